@@ -1,0 +1,3 @@
+DROP TABLE pull_requests;
+DROP TABLE branches;
+DROP TABLE repos;

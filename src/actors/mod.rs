@@ -1,0 +1,106 @@
+//! The actors, and `Kiln`, the handle to everything they share.
+//!
+//! Every organization, repository, task and history is an actor with its own
+//! mailbox, and each table has exactly one writing actor:
+//!
+//! | actor               | writes                                              |
+//! |---------------------|-----------------------------------------------------|
+//! | OrganizationActor   | organizations, provider_profiles, api_tokens        |
+//! | RepositoryActor     | repos, branches, pull_requests                      |
+//! | TaskActor           | tasks, task_runtime, task_sessions                  |
+//! | SandboxActor        | sandbox_instances (arrives with sandboxes)          |
+//! | HistoryActor        | events                                              |
+//!
+//! A table's write functions live in its owner's `store.rs` and are private to that
+//! actor's module; `tests/single_writer.rs` fails if any other file writes a table.
+
+/// Runs an async block as an atomic handler (`AtomicResponse`): its state checks,
+/// write and event complete before the actor takes its next message. Also marks
+/// the actor active for `/admin/actors`.
+macro_rules! atomic {
+    ($self:ident, $body:expr) => {{
+        $self.meta.touch();
+        actix::AtomicResponse::new(Box::pin(actix::fut::wrap_future($body)))
+    }};
+}
+
+pub mod history;
+pub mod organization;
+pub mod registry;
+pub mod repository;
+pub mod task;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::config::Config;
+use crate::db::Db;
+use crate::error::{AppError, AppResult};
+use crate::metrics::Metrics;
+
+use history::{Append, HistoryActor, NewEvent};
+use organization::OrganizationActor;
+use registry::{Handle, Registry};
+use repository::RepositoryActor;
+use task::TaskActor;
+
+/// Everything the actors and handlers share. Cheap to clone.
+#[derive(Clone)]
+pub struct Kiln {
+    pub db: Db,
+    pub config: Arc<Config>,
+    pub data_dir: PathBuf,
+    pub metrics: Arc<Metrics>,
+    pub registry: Registry,
+}
+
+impl Kiln {
+    /// The HistoryActor of `org`, started on demand.
+    pub fn history(&self, org: &str) -> Handle<HistoryActor> {
+        let kiln = self.clone();
+        let org_name = org.to_string();
+        self.registry
+            .get_or_start(registry::history_key(org), "history", move |meta| HistoryActor::new(kiln, org_name, meta))
+    }
+
+    /// The OrganizationActor of `org`, started on demand.
+    pub fn organization(&self, org: &str) -> Handle<OrganizationActor> {
+        let kiln = self.clone();
+        let org_name = org.to_string();
+        self.registry.get_or_start(registry::org_key(org), "organization", move |meta| {
+            OrganizationActor::new(kiln, org_name, meta)
+        })
+    }
+
+    /// The RepositoryActor of `org/repo`, started on demand.
+    pub fn repository(&self, org: &str, repo: &str) -> Handle<RepositoryActor> {
+        let kiln = self.clone();
+        let (o, r) = (org.to_string(), repo.to_string());
+        self.registry
+            .get_or_start(registry::repo_key(org, repo), "repository", move |meta| RepositoryActor::new(kiln, o, r, meta))
+    }
+
+    /// The TaskActor of one task, started on demand (it stops itself when quiet).
+    pub fn task(&self, org: &str, repo: &str, task: &str) -> Handle<TaskActor> {
+        let kiln = self.clone();
+        let (o, r, t) = (org.to_string(), repo.to_string(), task.to_string());
+        self.registry
+            .get_or_start(registry::task_key(org, repo, task), "task", move |meta| TaskActor::new(kiln, o, r, t, meta))
+    }
+
+    /// Appends events to `org`'s history and waits until they are persisted.
+    pub async fn emit(&self, org: &str, events: Vec<NewEvent>) -> AppResult<Vec<i64>> {
+        self.history(org).send(Append { events }).await?
+    }
+
+    /// Appends one event and waits until it is persisted.
+    pub async fn emit_one(&self, org: &str, event: NewEvent) -> AppResult<i64> {
+        let ids = self.emit(org, vec![event]).await?;
+        ids.first().copied().ok_or_else(|| AppError::bug("history answered no id"))
+    }
+
+    /// Where a repository's bare mirror lives.
+    pub fn mirror_dir(&self, org: &str, repo: &str) -> PathBuf {
+        self.data_dir.join("repos").join(org).join(format!("{repo}.git"))
+    }
+}

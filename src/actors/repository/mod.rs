@@ -1,0 +1,226 @@
+//! RepositoryActor (`org/{org}/repo/{repo}`): the only writer of `repos`,
+//! `branches` and `pull_requests`.
+//!
+//! Messages: `RegisterRepo` (clone a bare mirror, then insert the row; idempotent
+//! for the same source) and `DeleteRepo` (refused while tasks are active). The
+//! pollers' results arrive here in later work. Handlers are atomic, so two
+//! registrations of one name never race. Lifecycle: started on demand; commands
+//! only.
+
+mod source;
+mod store;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use serde_json::json;
+
+pub use source::{derive_name, Source};
+
+use super::history::{Append, NewEvent};
+use super::registry::ActorMeta;
+use super::Kiln;
+use crate::db::models::{NewRepo, Repo};
+use crate::db::{pool::blocking, queries, DbError};
+use crate::error::{AppError, AppResult};
+use crate::integrations::git::{self, GitError};
+use crate::util::{now_ms, random_hex};
+
+/// Registers a repository by local path or remote URL. Answers the row and
+/// whether it was created now (false: it was already registered).
+#[derive(Message, Clone)]
+#[rtype(result = "AppResult<(Repo, bool)>")]
+pub struct RegisterRepo {
+    pub source: Source,
+}
+
+/// Deletes the repository, its mirror and its finished tasks.
+#[derive(Message, Clone)]
+#[rtype(result = "AppResult<()>")]
+pub struct DeleteRepo {}
+
+pub struct RepositoryActor {
+    kiln: Kiln,
+    org: String,
+    repo: String,
+    meta: Arc<ActorMeta>,
+}
+
+impl RepositoryActor {
+    pub fn new(kiln: Kiln, org: String, repo: String, meta: Arc<ActorMeta>) -> Self {
+        RepositoryActor { kiln, org, repo, meta }
+    }
+}
+
+impl Actor for RepositoryActor {
+    type Context = Context<Self>;
+
+    fn stopped(&mut self, _: &mut Self::Context) {
+        self.kiln.registry.remove(&self.meta);
+    }
+}
+
+impl Handler<RegisterRepo> for RepositoryActor {
+    type Result = AtomicResponse<Self, AppResult<(Repo, bool)>>;
+
+    fn handle(&mut self, msg: RegisterRepo, _: &mut Self::Context) -> Self::Result {
+        let (kiln, org, name) = (self.kiln.clone(), self.org.clone(), self.repo.clone());
+        atomic!(self, register(kiln, org, name, msg.source))
+    }
+}
+
+async fn register(kiln: Kiln, org: String, name: String, source: Source) -> AppResult<(Repo, bool)> {
+    let (o, n, s) = (org.clone(), name.clone(), source.as_str().to_string());
+    let (org_row, by_name) =
+        kiln.db.read(move |c| Ok((queries::organization(c, &o)?, queries::repo_by_name(c, &o, &n)?))).await?;
+    if org_row.is_none() {
+        return Err(AppError::not_found("organization_not_found", format!("organization `{org}` does not exist")));
+    }
+    if let Some(existing) = by_name {
+        if existing.source == s {
+            return Ok((existing, false));
+        }
+        return Err(AppError::conflict(
+            "repo_name_taken",
+            format!("repository `{name}` is already registered from {}: pass another name", existing.source),
+        ));
+    }
+    // A source may be registered only once per organization, under one name.
+    let source = source.check(&kiln.config.repos).await?;
+    let (o, s) = (org.clone(), source.as_str().to_string());
+    if let Some(other) = kiln.db.read(move |c| find_by_source(c, &o, &s)).await? {
+        return Err(AppError::conflict(
+            "repo_already_registered",
+            format!("{} is already registered as `{}`", source.as_str(), other.name),
+        ));
+    }
+
+    let repo_event = |kind, data| NewEvent::new(kind, data).repo(&name);
+    kiln.emit_one(&org, repo_event("repo.clone_started", json!({"source": source.as_str()}))).await?;
+    let mirror = kiln.mirror_dir(&org, &name);
+    let cloned = clone_mirror(&kiln, &org, &name, &source, mirror.clone()).await;
+    let default_branch = match cloned {
+        Ok(branch) => branch,
+        Err(err) => {
+            kiln.emit_one(&org, repo_event("repo.clone_failed", json!({"error": err.to_string()}))).await?;
+            return Err(err);
+        }
+    };
+
+    let now = now_ms();
+    let row = NewRepo {
+        organization: org.clone(),
+        name: name.clone(),
+        source: source.as_str().to_string(),
+        source_kind: source.kind().to_string(),
+        mirror_path: mirror.to_string_lossy().to_string(),
+        default_branch,
+        created_at: now,
+        updated_at: now,
+    };
+    let repo = match kiln.db.write(move |c| store::insert_repo(c, &row)).await {
+        Ok(repo) => repo,
+        Err(err) => {
+            remove_dir(mirror).await;
+            return Err(err.into());
+        }
+    };
+    kiln.emit_one(
+        &org,
+        repo_event("repo.registered", json!({"source": repo.source, "default_branch": repo.default_branch})),
+    )
+    .await?;
+    Ok((repo, true))
+}
+
+fn find_by_source(c: &mut diesel::SqliteConnection, org: &str, source: &str) -> diesel::QueryResult<Option<Repo>> {
+    Ok(queries::repos_list(c, org)?.into_iter().find(|r| r.source == source))
+}
+
+/// Clones into a temporary folder beside the final one and renames it into place,
+/// so a failed clone leaves nothing behind. Answers the default branch.
+async fn clone_mirror(kiln: &Kiln, org: &str, name: &str, source: &Source, mirror: PathBuf) -> AppResult<String> {
+    let parent = mirror.parent().map(PathBuf::from).ok_or_else(|| AppError::bug("mirror has no parent"))?;
+    let tmp = parent.join(format!(".tmp-{name}-{}", random_hex(8)));
+    let history = kiln.history(org).addr;
+    let (repo_name, url) = (name.to_string(), source.as_str().to_string());
+    let timeout = Duration::from_secs(kiln.config.repos.clone_timeout_secs);
+    let is_url = matches!(source, Source::Url(_));
+    let tmp_for_clone = tmp.clone();
+    let result = blocking(move || {
+        std::fs::create_dir_all(&parent).map_err(|e| DbError::Blocking(e.to_string()))?;
+        let outcome = git::clone_bare(&url, &tmp_for_clone, timeout, |p| {
+            // Progress is advisory: fire and forget, the history keeps order.
+            history.do_send(Append {
+                events: vec![NewEvent::new("repo.clone_progress", json!({"phase": p.phase, "percent": p.percent}))
+                    .repo(&repo_name)],
+            });
+        })
+        .and_then(|()| git::default_branch(&tmp_for_clone));
+        let outcome = outcome.and_then(|branch| {
+            if mirror.exists() {
+                // A mirror without a row is a leftover of a crash: ours to replace.
+                std::fs::remove_dir_all(&mirror)?;
+            }
+            std::fs::rename(&tmp_for_clone, &mirror)?;
+            Ok(branch)
+        });
+        if outcome.is_err() {
+            let _ = std::fs::remove_dir_all(&tmp_for_clone);
+        }
+        Ok(outcome)
+    })
+    .await?;
+    result.map_err(|err| clone_error(err, is_url))
+}
+
+fn clone_error(err: GitError, is_url: bool) -> AppError {
+    match err {
+        GitError::Failed { stderr, .. } if is_url => {
+            AppError::invalid("repo_unreachable", format!("cannot clone the repository: {stderr}"))
+        }
+        GitError::Failed { stderr, .. } => AppError::invalid("clone_failed", format!("cannot clone the repository: {stderr}")),
+        GitError::TimedOut { secs, .. } => AppError::invalid(
+            "repo_unreachable",
+            format!("cloning took longer than {secs} s and was stopped; raise repos.clone_timeout_secs for large repositories"),
+        ),
+        other => AppError::internal(other),
+    }
+}
+
+async fn remove_dir(dir: PathBuf) {
+    let shown = dir.display().to_string();
+    if let Err(e) = blocking(move || std::fs::remove_dir_all(&dir).map_err(|e| DbError::Blocking(e.to_string()))).await {
+        log::warn!("could not remove {shown}: {e}");
+    }
+}
+
+impl Handler<DeleteRepo> for RepositoryActor {
+    type Result = AtomicResponse<Self, AppResult<()>>;
+
+    fn handle(&mut self, _: DeleteRepo, _: &mut Self::Context) -> Self::Result {
+        let (kiln, org, name) = (self.kiln.clone(), self.org.clone(), self.repo.clone());
+        atomic!(self, async move {
+            let (o, n) = (org.clone(), name.clone());
+            let repo = kiln
+                .db
+                .read(move |c| queries::repo_by_name(c, &o, &n))
+                .await?
+                .ok_or_else(|| AppError::not_found("repo_not_found", format!("no repository `{name}` in `{org}`")))?;
+            let repo_id = repo.id;
+            let active = kiln.db.read(move |c| queries::active_tasks_count(c, repo_id)).await?;
+            if active > 0 {
+                return Err(AppError::conflict(
+                    "repo_has_active_tasks",
+                    format!("repository `{name}` has {active} active tasks: archive or kill them first"),
+                ));
+            }
+            kiln.db.write(move |c| store::delete_repo(c, repo_id)).await?;
+            remove_dir(PathBuf::from(&repo.mirror_path)).await;
+            kiln.emit_one(&org, NewEvent::new("repo.deleted", json!({"source": repo.source})).repo(&name)).await?;
+            Ok(())
+        })
+    }
+}

@@ -1,0 +1,170 @@
+//! Boot: config → data dir (locked) → database (migrated) → actors → HTTP server.
+//! Shutdown (SIGTERM, Ctrl-C): stop accepting, finish in-flight requests, flush
+//! every HistoryActor's pending batch, exit 0.
+
+use std::net::SocketAddr;
+use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use actix::prelude::*;
+use actix_web::{middleware, web, App, HttpServer};
+
+use crate::actors::history::{Flush, HistoryActor};
+use crate::actors::organization::CreateOrganization;
+use crate::actors::registry::Registry;
+use crate::actors::Kiln;
+use crate::config::Config;
+use crate::db::{queries, Db};
+use crate::http::{self, auth};
+use crate::metrics::Metrics;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BootError {
+    #[error("cannot prepare the data dir {path}: {source}")]
+    DataDir { path: PathBuf, source: std::io::Error },
+    #[error("another `kiln serve` is already using {0}: stop it first, or give this one another data_dir")]
+    Locked(PathBuf),
+    #[error("database: {0}")]
+    Db(#[from] crate::db::DbError),
+    #[error("cannot listen on {bind}: {source}")]
+    Bind { bind: String, source: std::io::Error },
+    #[error("cannot create the default organization: {0}")]
+    Seed(String),
+    #[error("the server failed: {0}")]
+    Server(std::io::Error),
+}
+
+/// Creates the data dir layout (mode 0700) and returns it.
+pub fn prepare_data_dir(config: &Config) -> Result<PathBuf, BootError> {
+    let dir = config.data_dir();
+    for sub in ["", "repos", "worktrees", "logs", "backups"] {
+        let path = dir.join(sub);
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&path)
+            .map_err(|source| BootError::DataDir { path: path.clone(), source })?;
+    }
+    Ok(dir)
+}
+
+/// Takes an exclusive lock on `<data>/kiln.lock` for the life of the process, so
+/// two servers never write one database.
+fn lock_data_dir(dir: &Path) -> Result<std::fs::File, BootError> {
+    let path = dir.join("kiln.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|source| BootError::DataDir { path: path.clone(), source })?;
+    // SAFETY: flock on a descriptor we own; no memory is involved.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        return Err(BootError::Locked(dir.to_path_buf()));
+    }
+    Ok(file)
+}
+
+/// Opens and migrates the database in the data dir.
+pub fn open_db(config: &Config, dir: &Path) -> Result<(Db, usize), BootError> {
+    let db = Db::open(&dir.join("kiln.db"), config.database.busy_timeout_ms, config.database.read_pool_size)?;
+    let applied = db.migrate()?;
+    Ok((db, applied))
+}
+
+/// Runs the service until a shutdown signal. Must run inside an actix System.
+pub async fn serve(config: Config) -> Result<(), BootError> {
+    let dir = prepare_data_dir(&config)?;
+    let _lock = lock_data_dir(&dir)?;
+    let (db, applied) = {
+        let (config, dir) = (config.clone(), dir.clone());
+        web::block(move || open_db(&config, &dir)).await.map_err(|e| BootError::Server(std::io::Error::other(e)))??
+    };
+    if applied > 0 {
+        log::info!("applied {applied} migrations to {}", db.path().display());
+    }
+    let admin_token = auth::ensure_admin_token(&dir).map_err(|source| BootError::DataDir { path: dir.clone(), source })?;
+    let auth_state = auth::AuthState {
+        enabled: config.auth.enabled,
+        admin_hash: crate::util::sha256_hex(admin_token.as_bytes()),
+    };
+    if !config.auth.enabled {
+        log::warn!("auth is turned off (auth.enabled = false): anyone who can reach {} can drive Kiln", config.server.bind);
+    }
+
+    let actors = Arbiter::new();
+    let kiln = Kiln {
+        db,
+        config: Arc::new(config.clone()),
+        data_dir: dir.clone(),
+        metrics: Arc::new(Metrics::default()),
+        registry: Registry::new(actors.handle()),
+    };
+    seed_default_organization(&kiln).await?;
+
+    let max_body = config.server.max_body_bytes;
+    let (kiln_data, auth_data) = (web::Data::new(kiln.clone()), web::Data::new(auth_state));
+    let mut server = HttpServer::new(move || {
+        let metrics = kiln_data.metrics.clone();
+        App::new()
+            .app_data(kiln_data.clone())
+            .app_data(auth_data.clone())
+            .wrap(http::json_error_pages())
+            .wrap_fn(move |req, srv| {
+                use actix_web::dev::Service;
+                let metrics = metrics.clone();
+                let fut = srv.call(req);
+                async move {
+                    let res = fut.await?;
+                    metrics.record_request(res.status().as_u16());
+                    Ok(res)
+                }
+            })
+            .wrap(middleware::Logger::new("%a \"%r\" %s %b %Dms").exclude("/v1/health"))
+            .configure(|cfg| http::configure(cfg, max_body))
+            .default_service(web::to(http::not_found))
+    })
+    .shutdown_timeout(10);
+    if config.server.workers > 0 {
+        server = server.workers(config.server.workers);
+    }
+    let server = server
+        .bind(&config.server.bind)
+        .map_err(|source| BootError::Bind { bind: config.server.bind.clone(), source })?;
+    let addrs: Vec<SocketAddr> = server.addrs();
+    for addr in &addrs {
+        // Tests and scripts read this line to find an ephemeral port.
+        println!("kiln listening on http://{addr} (data dir {})", dir.display());
+    }
+    server.run().await.map_err(BootError::Server)?;
+
+    log::info!("shutting down: flushing event history");
+    for history in kiln.registry.all::<HistoryActor>() {
+        match history.send(Flush {}).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => log::error!("flushing {} failed: {e}", history.meta.key),
+            Err(e) => log::error!("flushing {} failed: {e}", history.meta.key),
+        }
+    }
+    actors.stop();
+    log::info!("stopped");
+    Ok(())
+}
+
+/// On a fresh database, creates the `default` organization so a newcomer can
+/// register a repository straight away.
+async fn seed_default_organization(kiln: &Kiln) -> Result<(), BootError> {
+    let existing = kiln.db.read(queries::organizations_list).await?;
+    if !existing.is_empty() {
+        return Ok(());
+    }
+    kiln.organization("default")
+        .send(CreateOrganization { display_name: Some("Default".into()) })
+        .await
+        .map_err(|e| BootError::Seed(e.to_string()))?
+        .map_err(|e| BootError::Seed(e.to_string()))?;
+    Ok(())
+}

@@ -1,0 +1,420 @@
+//! The client commands. Each one is a request or two and some output; `--json`
+//! prints the server's answer as is.
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use structopt::StructOpt;
+
+use super::client::{Api, CliError, CliResult};
+use super::output::{self, field};
+use super::Command;
+
+pub struct Ctx {
+    pub api: Api,
+    pub org: String,
+}
+
+impl Ctx {
+    fn org_path(&self, rest: &str) -> String {
+        format!("/v1/organizations/{}{}", enc(&self.org), rest)
+    }
+}
+
+/// Percent-encodes one path or query segment.
+fn enc(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+#[derive(Debug, StructOpt)]
+pub enum OrganizationCmd {
+    /// Make NAME the default organization (writes default_organization to the user config).
+    Use { name: String },
+    /// List organizations.
+    List {
+        #[structopt(long)]
+        json: bool,
+    },
+    /// Create an organization (admin only).
+    Create {
+        name: String,
+        #[structopt(long)]
+        display_name: Option<String>,
+    },
+}
+
+#[derive(Debug, StructOpt)]
+pub enum RepoCmd {
+    /// Register a repository by local path or URL; Kiln clones a bare mirror.
+    Add {
+        /// A path on the server's host, or a URL git can clone.
+        source: String,
+        /// The name in Kiln (default: the last segment of the source).
+        #[structopt(long)]
+        name: Option<String>,
+    },
+    /// List repositories.
+    List {
+        #[structopt(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, StructOpt)]
+pub struct CreateArgs {
+    /// The repository the task works on.
+    #[structopt(long, short = "r")]
+    pub repo: String,
+    #[structopt(long, short = "t")]
+    pub title: Option<String>,
+    /// The branch to start from (default: the repository's default branch).
+    #[structopt(long)]
+    pub base: Option<String>,
+    #[structopt(long)]
+    pub agent: Option<String>,
+    #[structopt(long)]
+    pub provider: Option<String>,
+    #[structopt(long)]
+    pub json: bool,
+    /// What the agent should do.
+    #[structopt(required = true)]
+    pub description: Vec<String>,
+}
+
+#[derive(Debug, StructOpt)]
+pub struct ListArgs {
+    #[structopt(long, short = "r")]
+    pub repo: Option<String>,
+    #[structopt(long, short = "s")]
+    pub status: Option<String>,
+    /// How many tasks to show, newest first.
+    #[structopt(long, default_value = "50")]
+    pub limit: i64,
+    #[structopt(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, StructOpt)]
+pub struct EventsArgs {
+    /// Show events after this id (default: the newest --limit events).
+    #[structopt(long)]
+    pub since: Option<i64>,
+    #[structopt(long)]
+    pub repo: Option<String>,
+    #[structopt(long)]
+    pub task: Option<String>,
+    /// An event kind, or a prefix like `task.`.
+    #[structopt(long)]
+    pub kind: Option<String>,
+    #[structopt(long, default_value = "50")]
+    pub limit: i64,
+    /// Keep streaming new events until interrupted.
+    #[structopt(long, short = "f")]
+    pub follow: bool,
+    /// One JSON object per line.
+    #[structopt(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, StructOpt)]
+pub enum TokenCmd {
+    /// Create a token for the organization; its secret is printed once.
+    Create {
+        name: String,
+        #[structopt(long)]
+        json: bool,
+    },
+    /// List the organization's tokens.
+    List {
+        #[structopt(long)]
+        json: bool,
+    },
+    /// Revoke a token by id.
+    Revoke { id: String },
+}
+
+pub async fn run(ctx: Ctx, command: Command) -> CliResult<()> {
+    match command {
+        Command::Organization(cmd) => organization(&ctx, cmd).await,
+        Command::Repo(cmd) => repo(&ctx, cmd).await,
+        Command::Create(args) => create(&ctx, args).await,
+        Command::List(args) => list(&ctx, args).await,
+        Command::Show { task, json } => show(&ctx, &task, json).await,
+        Command::Kill { task } => action(&ctx, &task, "kill").await,
+        Command::Archive { task } => action(&ctx, &task, "archive").await,
+        Command::Events(args) => events(&ctx, args).await,
+        Command::Token(cmd) => token(&ctx, cmd).await,
+        Command::Serve { .. } | Command::Migrate { .. } => Err(CliError("not a client command".into())),
+    }
+}
+
+async fn organization(ctx: &Ctx, cmd: OrganizationCmd) -> CliResult<()> {
+    match cmd {
+        OrganizationCmd::Use { name } => {
+            crate::validate::name("organization", &name).map_err(|e| CliError(e.to_string()))?;
+            let path = crate::config::set_user_key("default_organization", &name)?;
+            println!("now using organization `{name}` (saved in {})", path.display());
+            Ok(())
+        }
+        OrganizationCmd::List { json } => {
+            let res: Value = ctx.api.get("/v1/organizations").await?;
+            if json {
+                output::json(&res["items"]);
+                return Ok(());
+            }
+            let rows = items(&res)
+                .iter()
+                .map(|o| {
+                    let mark = if o["name"] == ctx.org.as_str() { "*" } else { "" };
+                    vec![format!("{}{}", field(o, "name"), mark), field(o, "display_name"), created(o)]
+                })
+                .collect::<Vec<_>>();
+            output::table(&["NAME", "DISPLAY NAME", "CREATED"], &rows);
+            Ok(())
+        }
+        OrganizationCmd::Create { name, display_name } => {
+            let res: Value =
+                ctx.api.post("/v1/organizations", &json!({"name": name, "display_name": display_name})).await?;
+            println!("created organization `{}`", field(&res, "name"));
+            Ok(())
+        }
+    }
+}
+
+fn items(res: &Value) -> Vec<Value> {
+    res["items"].as_array().cloned().unwrap_or_default()
+}
+
+fn created(v: &Value) -> String {
+    v["created_at"].as_i64().map(output::time).unwrap_or_else(|| "-".into())
+}
+
+async fn repo(ctx: &Ctx, cmd: RepoCmd) -> CliResult<()> {
+    match cmd {
+        RepoCmd::Add { source, name } => {
+            // A relative path means one on this machine: send it absolute.
+            let source = match std::fs::canonicalize(&source) {
+                Ok(p) if !source.contains("://") => p.to_string_lossy().to_string(),
+                _ => source,
+            };
+            let progress = actix_web::rt::spawn(show_clone_progress(ctx.api.websocket(&ctx.org_path("/stream")).await.ok()));
+            let res: CliResult<Value> =
+                ctx.api.post(&ctx.org_path("/repos"), &json!({"source": source, "name": name})).await;
+            progress.abort();
+            let res = res?;
+            println!(
+                "registered `{}` from {} (default branch {})",
+                field(&res, "name"),
+                field(&res, "source"),
+                field(&res, "default_branch")
+            );
+            Ok(())
+        }
+        RepoCmd::List { json } => {
+            let res: Value = ctx.api.get(&ctx.org_path("/repos")).await?;
+            if json {
+                output::json(&res["items"]);
+                return Ok(());
+            }
+            let rows = items(&res)
+                .iter()
+                .map(|r| vec![field(r, "name"), field(r, "default_branch"), field(r, "source"), created(r)])
+                .collect::<Vec<_>>();
+            output::table(&["NAME", "DEFAULT BRANCH", "SOURCE", "CREATED"], &rows);
+            Ok(())
+        }
+    }
+}
+
+/// Prints clone progress events to stderr while a registration runs.
+async fn show_clone_progress(ws: Option<actix_codec::Framed<awc::BoxedSocket, awc::ws::Codec>>) {
+    let Some(mut ws) = ws else { return };
+    while let Some(Ok(frame)) = ws.next().await {
+        if let awc::ws::Frame::Text(bytes) = frame {
+            let Ok(event) = serde_json::from_slice::<Value>(&bytes) else { continue };
+            match event["kind"].as_str() {
+                Some("repo.clone_progress") => {
+                    eprintln!("  {}: {}%", field(&event["data"], "phase"), event["data"]["percent"]);
+                }
+                Some("repo.clone_started") => eprintln!("cloning {} …", field(&event["data"], "source")),
+                _ => {}
+            }
+        }
+    }
+}
+
+async fn create(ctx: &Ctx, args: CreateArgs) -> CliResult<()> {
+    let body = json!({
+        "repo": args.repo,
+        "description": args.description.join(" "),
+        "title": args.title,
+        "base_branch": args.base,
+        "agent": args.agent,
+        "provider": args.provider,
+    });
+    let res: Value = ctx.api.post(&ctx.org_path("/tasks"), &body).await?;
+    if args.json {
+        output::json(&res);
+    } else {
+        println!("created task {} `{}` on branch {} ({})", field(&res, "id"), field(&res, "title"), field(&res, "branch"), field(&res, "status"));
+    }
+    Ok(())
+}
+
+async fn list(ctx: &Ctx, args: ListArgs) -> CliResult<()> {
+    let mut query = format!("?limit={}", args.limit.clamp(1, 500));
+    if let Some(repo) = &args.repo {
+        query.push_str(&format!("&repo={}", enc(repo)));
+    }
+    if let Some(status) = &args.status {
+        query.push_str(&format!("&status={}", enc(status)));
+    }
+    let res: Value = ctx.api.get(&ctx.org_path(&format!("/tasks{query}"))).await?;
+    if args.json {
+        output::json(&res["items"]);
+        return Ok(());
+    }
+    let rows = items(&res)
+        .iter()
+        .map(|t| {
+            vec![field(t, "id"), field(t, "status"), field(t, "repo"), field(t, "agent"), field(t, "branch"), field(t, "title")]
+        })
+        .collect::<Vec<_>>();
+    output::table(&["ID", "STATUS", "REPO", "AGENT", "BRANCH", "TITLE"], &rows);
+    if !res["next_cursor"].is_null() {
+        eprintln!("(more tasks: raise --limit or filter with --repo/--status)");
+    }
+    Ok(())
+}
+
+async fn show(ctx: &Ctx, task: &str, json: bool) -> CliResult<()> {
+    let res: Value = ctx.api.get(&ctx.org_path(&format!("/tasks/{}", enc(task)))).await?;
+    if json {
+        output::json(&res);
+        return Ok(());
+    }
+    for key in ["id", "title", "status", "status_reason", "repo", "branch", "base_branch", "agent", "provider"] {
+        println!("{key:<14}{}", field(&res, key));
+    }
+    println!("{:<14}{}", "created", created(&res));
+    println!("\n{}", field(&res, "description"));
+    Ok(())
+}
+
+async fn action(ctx: &Ctx, task: &str, action: &str) -> CliResult<()> {
+    let res: Value = ctx.api.post(&ctx.org_path(&format!("/tasks/{}/{action}", enc(task))), &json!({})).await?;
+    println!("task {} is now {}", field(&res["task"], "id"), field(&res["task"], "status"));
+    if let Some(snapshot) = res["snapshot_ref"].as_str() {
+        println!("uncommitted work saved to {snapshot}");
+    }
+    Ok(())
+}
+
+fn print_event(e: &Value, json: bool) {
+    if json {
+        println!("{e}");
+        return;
+    }
+    let scope = match (e["repo"].as_str(), e["task"].as_str()) {
+        (Some(r), Some(t)) => format!("{r}/{t}"),
+        (Some(r), None) => r.to_string(),
+        (None, Some(t)) => t.to_string(),
+        _ => "-".into(),
+    };
+    let at = e["at"].as_i64().map(output::time).unwrap_or_default();
+    println!("{:>6}  {at}  {:<22}  {scope:<24}  {}", e["id"], field(e, "kind"), e["data"]);
+}
+
+async fn events(ctx: &Ctx, args: EventsArgs) -> CliResult<()> {
+    let mut query = format!("?limit={}", args.limit.clamp(1, 1000));
+    match args.since {
+        Some(since) => query.push_str(&format!("&since={since}")),
+        None => query.push_str(&format!("&tail={}", args.limit.clamp(1, 1000))),
+    }
+    for (key, value) in [("repo", &args.repo), ("task", &args.task), ("kind", &args.kind)] {
+        if let Some(v) = value {
+            query.push_str(&format!("&{key}={}", enc(v)));
+        }
+    }
+    let res: Value = ctx.api.get(&ctx.org_path(&format!("/events{query}"))).await?;
+    for e in items(&res) {
+        print_event(&e, args.json);
+    }
+    if !args.follow {
+        return Ok(());
+    }
+    let mut since = res["next_since"].as_i64().unwrap_or(0);
+    let matches = |e: &Value| {
+        args.repo.as_deref().is_none_or(|r| e["repo"] == r)
+            && args.task.as_deref().is_none_or(|t| e["task"] == t)
+            && args.kind.as_deref().is_none_or(|k| {
+                let kind = e["kind"].as_str().unwrap_or("");
+                let prefix = k.strip_suffix('*').unwrap_or(k);
+                if prefix.ends_with('.') { kind.starts_with(prefix) } else { kind == k }
+            })
+    };
+    // Reconnect with `since` whenever the server closes the stream (restart, or
+    // this client fell behind): nothing is missed and nothing is shown twice.
+    loop {
+        let mut ws = ctx.api.websocket(&ctx.org_path(&format!("/stream?since={since}"))).await?;
+        while let Some(frame) = ws.next().await {
+            match frame? {
+                awc::ws::Frame::Text(bytes) => {
+                    let Ok(event) = serde_json::from_slice::<Value>(&bytes) else { continue };
+                    since = event["id"].as_i64().unwrap_or(since);
+                    if matches(&event) {
+                        print_event(&event, args.json);
+                    }
+                }
+                awc::ws::Frame::Ping(p) => ws.send(awc::ws::Message::Pong(p)).await?,
+                awc::ws::Frame::Close(reason) => {
+                    eprintln!("stream closed ({}); reconnecting from {since}", reason.and_then(|r| r.description).unwrap_or_default());
+                    break;
+                }
+                _ => {}
+            }
+        }
+        actix_web::rt::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
+}
+
+async fn token(ctx: &Ctx, cmd: TokenCmd) -> CliResult<()> {
+    match cmd {
+        TokenCmd::Create { name, json } => {
+            let res: Value = ctx.api.post(&ctx.org_path("/tokens"), &json!({"name": name})).await?;
+            if json {
+                output::json(&res);
+            } else {
+                println!("created token {} `{}` for `{}`", field(&res, "id"), field(&res, "name"), ctx.org);
+                println!("{}", field(&res, "token"));
+                eprintln!("(this secret is shown only now: store it safely)");
+            }
+            Ok(())
+        }
+        TokenCmd::List { json } => {
+            let res: Value = ctx.api.get(&ctx.org_path("/tokens")).await?;
+            if json {
+                output::json(&res["items"]);
+                return Ok(());
+            }
+            let rows = items(&res)
+                .iter()
+                .map(|t| {
+                    let revoked = t["revoked_at"].as_i64().map(output::time).unwrap_or_else(|| "-".into());
+                    vec![field(t, "id"), field(t, "name"), created(t), revoked]
+                })
+                .collect::<Vec<_>>();
+            output::table(&["ID", "NAME", "CREATED", "REVOKED"], &rows);
+            Ok(())
+        }
+        TokenCmd::Revoke { id } => {
+            let _: Value = ctx.api.delete_json(&ctx.org_path(&format!("/tokens/{}", enc(&id)))).await?;
+            println!("revoked token {id}");
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,126 @@
+//! The `kiln` command line (structopt): `serve` and `migrate` run the service;
+//! every other command is a thin client of the HTTP API.
+
+mod client;
+mod commands;
+mod output;
+
+use std::path::PathBuf;
+
+use structopt::StructOpt;
+
+use crate::config::Config;
+use client::{Api, CliError};
+
+#[derive(Debug, StructOpt)]
+#[structopt(name = "kiln", about = "Run many coding agents side by side, each on its own branch.")]
+pub struct Opts {
+    /// A config file, applied over the user config file.
+    #[structopt(long, global = true, parse(from_os_str))]
+    pub config: Option<PathBuf>,
+    /// The organization to act on (default: `default_organization`, then `default`).
+    #[structopt(long, short = "o", global = true)]
+    pub organization: Option<String>,
+    /// The Kiln server URL (default: client.url, then http://<server.bind>).
+    #[structopt(long, global = true)]
+    pub url: Option<String>,
+    /// The bearer token (default: client.token, then <data_dir>/admin.token).
+    #[structopt(long, global = true, env = "KILN_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    #[structopt(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, StructOpt)]
+pub enum Command {
+    /// Run the service.
+    Serve {
+        /// Listen here instead of server.bind (e.g. 0.0.0.0:7420).
+        #[structopt(long)]
+        bind: Option<String>,
+        /// Keep data here instead of data_dir.
+        #[structopt(long, parse(from_os_str))]
+        data_dir: Option<PathBuf>,
+    },
+    /// Apply database migrations and exit.
+    Migrate {
+        #[structopt(long, parse(from_os_str))]
+        data_dir: Option<PathBuf>,
+    },
+    /// Organizations: use, list, create.
+    Organization(commands::OrganizationCmd),
+    /// Repositories: add, list.
+    Repo(commands::RepoCmd),
+    /// Create a task from a description.
+    Create(commands::CreateArgs),
+    /// List tasks.
+    List(commands::ListArgs),
+    /// Show one task.
+    Show {
+        task: String,
+        #[structopt(long)]
+        json: bool,
+    },
+    /// Kill a task: stop its agent, keep its branch, save uncommitted work.
+    Kill { task: String },
+    /// Archive a task: like kill, for finished work.
+    Archive { task: String },
+    /// Show the event history; --follow streams new events.
+    Events(commands::EventsArgs),
+    /// API tokens of an organization: create, list, revoke (admin only).
+    Token(commands::TokenCmd),
+}
+
+/// Runs the CLI and answers the process exit code.
+pub fn main() -> i32 {
+    let opts = Opts::from_args();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(match opts.command {
+        Command::Serve { .. } | Command::Migrate { .. } => "info",
+        _ => "warn",
+    }))
+    .init();
+    let mut config = match Config::load(opts.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 2;
+        }
+    };
+    match run(opts, &mut config) {
+        Ok(()) => 0,
+        Err(CliError(message)) => {
+            eprintln!("error: {message}");
+            1
+        }
+    }
+}
+
+fn run(opts: Opts, config: &mut Config) -> Result<(), CliError> {
+    match opts.command {
+        Command::Serve { bind, data_dir } => {
+            if let Some(bind) = bind {
+                config.server.bind = bind;
+            }
+            if let Some(dir) = data_dir {
+                config.data_dir = dir.to_string_lossy().to_string();
+            }
+            let config = config.clone();
+            actix_web::rt::System::new().block_on(crate::app::serve(config)).map_err(CliError::from)
+        }
+        Command::Migrate { data_dir } => {
+            if let Some(dir) = data_dir {
+                config.data_dir = dir.to_string_lossy().to_string();
+            }
+            let dir = crate::app::prepare_data_dir(config)?;
+            let (_, applied) = crate::app::open_db(config, &dir)?;
+            println!("applied {applied} migrations to {}", dir.join("kiln.db").display());
+            Ok(())
+        }
+        command => {
+            let org = config.resolve_organization(opts.organization.as_deref());
+            let api = Api::new(config, opts.url.as_deref(), opts.token.as_deref());
+            let ctx = commands::Ctx { api, org };
+            actix_web::rt::System::new().block_on(commands::run(ctx, command))
+        }
+    }
+}

@@ -1,0 +1,342 @@
+//! Layered configuration.
+//!
+//! Layers, each over the one before: the compiled-in `config/default.toml`, the user
+//! file `$XDG_CONFIG_HOME/kiln/config.toml`, `--config FILE`, then `KILN_*`
+//! environment variables. An environment variable names a key in lower case with
+//! `__` between a section and its key (`KILN_SERVER__BIND`, `KILN_DATA_DIR`).
+//! Unknown keys in a file are an error, so a typo never goes unnoticed.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// The compiled-in defaults.
+pub const DEFAULTS: &str = include_str!("../config/default.toml");
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config file {path} is not valid TOML: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+    #[error("cannot write config file {path}: {source}")]
+    Write { path: PathBuf, source: std::io::Error },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub data_dir: String,
+    pub default_organization: String,
+    pub server: ServerConfig,
+    pub client: ClientConfig,
+    pub database: DatabaseConfig,
+    pub events: EventsConfig,
+    pub tasks: TasksConfig,
+    pub repos: ReposConfig,
+    pub auth: AuthConfig,
+    pub agents: BTreeMap<String, AgentProfile>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    pub bind: String,
+    pub max_body_bytes: usize,
+    pub workers: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientConfig {
+    pub url: String,
+    pub token: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseConfig {
+    pub busy_timeout_ms: u32,
+    pub read_pool_size: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventsConfig {
+    pub batch_max: usize,
+    pub batch_interval_ms: u64,
+    pub subscriber_buffer: usize,
+    pub heartbeat_secs: u64,
+    pub client_timeout_secs: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TasksConfig {
+    pub actor_idle_secs: u64,
+    pub default_agent: String,
+    pub default_provider: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReposConfig {
+    pub allow_local_paths: bool,
+    pub clone_timeout_secs: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    pub enabled: bool,
+}
+
+/// One named agent program and how to start and resume it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentProfile {
+    pub command: Vec<String>,
+    pub resume: Vec<String>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+}
+
+impl Config {
+    /// Loads every layer. `explicit` is the `--config FILE` argument.
+    pub fn load(explicit: Option<&Path>) -> Result<Config, ConfigError> {
+        let env: Vec<(String, String)> = std::env::vars().collect();
+        Self::load_from(user_config_path().as_deref(), explicit, &env)
+    }
+
+    /// Loads the layers from the given sources; `load` feeds it the real ones.
+    pub fn load_from(
+        user_file: Option<&Path>,
+        explicit: Option<&Path>,
+        env: &[(String, String)],
+    ) -> Result<Config, ConfigError> {
+        let mut merged: toml::Value = toml::from_str(DEFAULTS).map_err(|e| ConfigError::Parse {
+            path: PathBuf::from("config/default.toml"),
+            message: e.to_string(),
+        })?;
+        if let Some(path) = user_file.filter(|p| p.exists()) {
+            merge(&mut merged, read_toml(path)?);
+        }
+        if let Some(path) = explicit {
+            merge(&mut merged, read_toml(path)?);
+        }
+        for (name, value) in env {
+            if let Some(key) = name.strip_prefix("KILN_") {
+                apply_env(&mut merged, key, value);
+            }
+        }
+        let config: Config = merged
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Invalid(e.message().to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.database.read_pool_size == 0 {
+            return Err(ConfigError::Invalid("database.read_pool_size must be at least 1".into()));
+        }
+        if self.events.batch_max == 0 || self.events.subscriber_buffer == 0 {
+            return Err(ConfigError::Invalid(
+                "events.batch_max and events.subscriber_buffer must be at least 1".into(),
+            ));
+        }
+        if self.events.client_timeout_secs <= self.events.heartbeat_secs {
+            return Err(ConfigError::Invalid(
+                "events.client_timeout_secs must be longer than events.heartbeat_secs".into(),
+            ));
+        }
+        for (name, agent) in &self.agents {
+            if agent.command.is_empty() {
+                return Err(ConfigError::Invalid(format!("agents.{name}.command is empty")));
+            }
+        }
+        if !self.agents.contains_key(&self.tasks.default_agent) {
+            return Err(ConfigError::Invalid(format!(
+                "tasks.default_agent `{}` is not an agent profile",
+                self.tasks.default_agent
+            )));
+        }
+        Ok(())
+    }
+
+    /// The data directory, with the XDG default filled in.
+    pub fn data_dir(&self) -> PathBuf {
+        if !self.data_dir.is_empty() {
+            return expand_home(&self.data_dir);
+        }
+        match std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
+            Some(dir) => PathBuf::from(dir).join("kiln"),
+            None => home_dir().join(".local/share/kiln"),
+        }
+    }
+
+    /// The base URL the CLI talks to.
+    pub fn client_url(&self) -> String {
+        if !self.client.url.is_empty() {
+            return self.client.url.trim_end_matches('/').to_string();
+        }
+        let bind = self.server.bind.replace("0.0.0.0", "127.0.0.1").replace("[::]", "[::1]");
+        format!("http://{bind}")
+    }
+
+    /// The organization a command acts on: the flag, then `default_organization`,
+    /// then `default`.
+    pub fn resolve_organization(&self, flag: Option<&str>) -> String {
+        flag.filter(|s| !s.is_empty())
+            .or(Some(self.default_organization.as_str()).filter(|s| !s.is_empty()))
+            .unwrap_or("default")
+            .to_string()
+    }
+}
+
+/// `$XDG_CONFIG_HOME/kiln/config.toml`, or `~/.config/kiln/config.toml`.
+pub fn user_config_path() -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_CONFIG_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| home_dir().join(".config"));
+    Some(base.join("kiln/config.toml"))
+}
+
+/// Sets one top-level key in the user config file, keeping everything else in it.
+pub fn set_user_key(key: &str, value: &str) -> Result<PathBuf, ConfigError> {
+    let path = user_config_path().ok_or_else(|| ConfigError::Invalid("no home directory".into()))?;
+    let mut doc = if path.exists() { read_toml(&path)? } else { toml::Value::Table(Default::default()) };
+    if let toml::Value::Table(table) = &mut doc {
+        table.insert(key.to_string(), toml::Value::String(value.to_string()));
+    }
+    let write_err = |source| ConfigError::Write { path: path.clone(), source };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(write_err)?;
+    }
+    let text = toml::to_string_pretty(&doc).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+    std::fs::write(&path, text).map_err(write_err)?;
+    Ok(path)
+}
+
+fn home_dir() -> PathBuf {
+    std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/"))
+}
+
+fn expand_home(path: &str) -> PathBuf {
+    match path.strip_prefix("~/") {
+        Some(rest) => home_dir().join(rest),
+        None => PathBuf::from(path),
+    }
+}
+
+fn read_toml(path: &Path) -> Result<toml::Value, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+    toml::from_str(&text).map_err(|e: toml::de::Error| ConfigError::Parse {
+        path: path.to_path_buf(),
+        message: e.message().to_string(),
+    })
+}
+
+/// Deep-merges `over` into `base`: tables merge key by key, anything else replaces.
+fn merge(base: &mut toml::Value, over: toml::Value) {
+    match (base, over) {
+        (toml::Value::Table(base), toml::Value::Table(over)) => {
+            for (key, value) in over {
+                match base.get_mut(&key) {
+                    Some(existing) => merge(existing, value),
+                    None => {
+                        base.insert(key, value);
+                    }
+                }
+            }
+        }
+        (base, over) => *base = over,
+    }
+}
+
+/// Applies `KILN_SECTION__KEY=value` when that key exists in the config; other
+/// `KILN_*` variables (the CLI's `KILN_TOKEN`, say) are not config and are left alone.
+/// The value is parsed as the type of the key it replaces.
+fn apply_env(merged: &mut toml::Value, key: &str, raw: &str) {
+    let path: Vec<String> = key.to_ascii_lowercase().split("__").map(str::to_string).collect();
+    let mut slot = &mut *merged;
+    for part in &path {
+        match slot.get_mut(part) {
+            Some(next) => slot = next,
+            None => return,
+        }
+    }
+    let value = match slot {
+        toml::Value::String(_) => toml::Value::String(raw.to_string()),
+        toml::Value::Table(_) => return,
+        _ => match toml::from_str::<toml::Table>(&format!("v = {raw}")) {
+            Ok(mut t) => t.remove("v").unwrap_or_else(|| toml::Value::String(raw.to_string())),
+            Err(_) => toml::Value::String(raw.to_string()),
+        },
+    };
+    *slot = value;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn defaults_parse() {
+        let c = Config::load_from(None, None, &[]).unwrap();
+        assert_eq!(c.server.bind, "127.0.0.1:7420");
+        assert!(c.agents.contains_key("claude"));
+        assert!(c.auth.enabled);
+    }
+
+    #[test]
+    fn layers_apply_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let user = dir.path().join("user.toml");
+        let explicit = dir.path().join("explicit.toml");
+        std::fs::write(&user, "default_organization = \"acme\"\n[server]\nbind = \"127.0.0.1:1\"\n").unwrap();
+        std::fs::write(&explicit, "[server]\nbind = \"127.0.0.1:2\"\n").unwrap();
+        let c = Config::load_from(Some(&user), Some(&explicit), &[]).unwrap();
+        assert_eq!(c.server.bind, "127.0.0.1:2");
+        assert_eq!(c.default_organization, "acme");
+        let c = Config::load_from(
+            Some(&user),
+            Some(&explicit),
+            &env(&[("KILN_SERVER__BIND", "127.0.0.1:3"), ("KILN_EVENTS__BATCH_MAX", "7"), ("KILN_TOKEN", "x")]),
+        )
+        .unwrap();
+        assert_eq!(c.server.bind, "127.0.0.1:3");
+        assert_eq!(c.events.batch_max, 7);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(&file, "[server]\nbindd = \"x\"\n").unwrap();
+        assert!(matches!(Config::load_from(None, Some(&file), &[]), Err(ConfigError::Invalid(_))));
+        std::fs::write(&file, "[server\n").unwrap();
+        assert!(matches!(Config::load_from(None, Some(&file), &[]), Err(ConfigError::Parse { .. })));
+        let bad = env(&[("KILN_DATABASE__READ_POOL_SIZE", "zero")]);
+        assert!(Config::load_from(None, None, &bad).is_err());
+    }
+
+    #[test]
+    fn organization_resolution_order() {
+        let mut c = Config::load_from(None, None, &[]).unwrap();
+        c.default_organization = "acme".into();
+        assert_eq!(c.resolve_organization(Some("flag")), "flag");
+        assert_eq!(c.resolve_organization(None), "acme");
+        c.default_organization.clear();
+        assert_eq!(c.resolve_organization(None), "default");
+    }
+}

@@ -1,0 +1,159 @@
+//! Row types, as read from the database and sent over the API.
+
+use diesel::prelude::*;
+use serde::Serialize;
+
+use crate::db::schema::*;
+
+#[derive(Debug, Clone, Queryable, Selectable, Insertable, Serialize)]
+#[diesel(table_name = organizations)]
+pub struct Organization {
+    pub name: String,
+    pub display_name: String,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+/// A token row; `token_hash` never leaves the server.
+#[derive(Debug, Clone, Queryable, Selectable, Insertable, Serialize)]
+#[diesel(table_name = api_tokens)]
+pub struct ApiToken {
+    pub id: String,
+    pub organization: String,
+    pub name: String,
+    #[serde(skip)]
+    pub token_hash: String,
+    pub created_at: i64,
+    pub revoked_at: Option<i64>,
+}
+
+#[derive(Debug, Clone, Queryable, Selectable, Serialize)]
+#[diesel(table_name = repos)]
+pub struct Repo {
+    pub id: i32,
+    pub organization: String,
+    pub name: String,
+    pub source: String,
+    pub source_kind: String,
+    #[serde(skip)]
+    pub mirror_path: String,
+    pub default_branch: String,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+#[derive(Debug, Clone, Insertable)]
+#[diesel(table_name = repos)]
+pub struct NewRepo {
+    pub organization: String,
+    pub name: String,
+    pub source: String,
+    pub source_kind: String,
+    pub mirror_path: String,
+    pub default_branch: String,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+#[derive(Debug, Clone, Queryable, Selectable, Serialize)]
+#[diesel(table_name = branches)]
+pub struct Branch {
+    #[serde(skip)]
+    pub repo_id: i32,
+    pub name: String,
+    pub head_sha: String,
+    pub ahead: Option<i32>,
+    pub behind: Option<i32>,
+    pub updated_at: i64,
+}
+
+#[derive(Debug, Clone, Queryable, Selectable, Serialize)]
+#[diesel(table_name = pull_requests)]
+pub struct PullRequest {
+    #[serde(skip)]
+    pub repo_id: i32,
+    pub number: i32,
+    pub state: String,
+    pub draft: bool,
+    pub title: String,
+    pub url: String,
+    pub head_ref: String,
+    pub head_sha: String,
+    pub base_ref: String,
+    pub mergeable: Option<bool>,
+    pub ci_state: Option<String>,
+    pub review_decision: Option<String>,
+    pub updated_at: i64,
+}
+
+#[derive(Debug, Clone, Queryable, Selectable, Insertable, Serialize)]
+#[diesel(table_name = tasks)]
+pub struct Task {
+    pub id: String,
+    pub organization: String,
+    #[serde(skip)]
+    pub repo_id: i32,
+    pub title: String,
+    pub description: String,
+    pub base_branch: String,
+    pub branch: String,
+    pub agent: String,
+    pub provider: String,
+    pub status: String,
+    pub status_reason: Option<String>,
+    pub awaiting_input: bool,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+#[derive(Debug, Clone, Queryable, Selectable, Serialize)]
+#[diesel(table_name = task_runtime)]
+pub struct TaskRuntime {
+    #[serde(skip)]
+    pub task_id: String,
+    pub pid: Option<i32>,
+    pub exit_code: Option<i32>,
+    pub started_at: Option<i64>,
+    pub last_output_at: Option<i64>,
+    pub updated_at: i64,
+}
+
+#[derive(Debug, Clone, Queryable, Selectable, Serialize)]
+#[diesel(table_name = sandbox_instances)]
+pub struct SandboxInstance {
+    pub id: String,
+    #[serde(skip)]
+    pub organization: String,
+    #[serde(skip)]
+    pub task_id: String,
+    pub provider: String,
+    pub state: String,
+    pub path: Option<String>,
+    pub remote_id: Option<String>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+/// One persisted event. `data` is stored as JSON text and sent as JSON.
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = events)]
+pub struct EventRow {
+    pub id: i64,
+    pub organization: String,
+    pub repo: Option<String>,
+    pub task: Option<String>,
+    pub kind: String,
+    pub at: i64,
+    pub data: String,
+}
+
+#[derive(Debug, Clone, Insertable)]
+#[diesel(table_name = events)]
+pub struct NewEventRow<'a> {
+    pub organization: &'a str,
+    pub repo: Option<&'a str>,
+    pub task: Option<&'a str>,
+    pub kind: &'a str,
+    pub at: i64,
+    pub data: String,
+}

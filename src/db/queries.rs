@@ -1,0 +1,232 @@
+//! Read-only queries. Anyone may read anything; these run on a reader connection
+//! through `Db::read`.
+
+use diesel::prelude::*;
+use diesel::sqlite::SqliteConnection;
+use diesel::QueryResult;
+
+use crate::db::models::*;
+use crate::db::schema::*;
+
+/// Task statuses that still hold (or may hold) a sandbox; a repository with tasks in
+/// these cannot be deleted.
+pub const ACTIVE_TASK_STATUSES: &[&str] =
+    &["queued", "provisioning", "running", "idle", "stalled", "interrupted"];
+
+pub fn organization(conn: &mut SqliteConnection, name: &str) -> QueryResult<Option<Organization>> {
+    organizations::table
+        .find(name)
+        .select(Organization::as_select())
+        .first(conn)
+        .optional()
+}
+
+pub fn organizations_list(conn: &mut SqliteConnection) -> QueryResult<Vec<Organization>> {
+    organizations::table
+        .order(organizations::name.asc())
+        .select(Organization::as_select())
+        .load(conn)
+}
+
+/// A live (not revoked) token by the hash of its secret.
+pub fn token_by_hash(conn: &mut SqliteConnection, hash: &str) -> QueryResult<Option<ApiToken>> {
+    api_tokens::table
+        .filter(api_tokens::token_hash.eq(hash))
+        .filter(api_tokens::revoked_at.is_null())
+        .select(ApiToken::as_select())
+        .first(conn)
+        .optional()
+}
+
+pub fn tokens_list(conn: &mut SqliteConnection, org: &str) -> QueryResult<Vec<ApiToken>> {
+    api_tokens::table
+        .filter(api_tokens::organization.eq(org))
+        .order(api_tokens::created_at.asc())
+        .select(ApiToken::as_select())
+        .load(conn)
+}
+
+/// A provider profile's `(config, secrets, updated_at)`, as stored JSON text.
+pub fn provider_profile(
+    conn: &mut SqliteConnection,
+    org: &str,
+    provider: &str,
+) -> QueryResult<Option<(String, String, i64)>> {
+    provider_profiles::table
+        .find((org, provider))
+        .select((provider_profiles::config, provider_profiles::secrets, provider_profiles::updated_at))
+        .first(conn)
+        .optional()
+}
+
+pub fn repo_by_name(conn: &mut SqliteConnection, org: &str, name: &str) -> QueryResult<Option<Repo>> {
+    repos::table
+        .filter(repos::organization.eq(org))
+        .filter(repos::name.eq(name))
+        .select(Repo::as_select())
+        .first(conn)
+        .optional()
+}
+
+pub fn repo_by_id(conn: &mut SqliteConnection, id: i32) -> QueryResult<Option<Repo>> {
+    repos::table.find(id).select(Repo::as_select()).first(conn).optional()
+}
+
+pub fn repos_list(conn: &mut SqliteConnection, org: &str) -> QueryResult<Vec<Repo>> {
+    repos::table
+        .filter(repos::organization.eq(org))
+        .order(repos::name.asc())
+        .select(Repo::as_select())
+        .load(conn)
+}
+
+pub fn repos_count(conn: &mut SqliteConnection, org: &str) -> QueryResult<i64> {
+    repos::table.filter(repos::organization.eq(org)).count().get_result(conn)
+}
+
+pub fn active_tasks_count(conn: &mut SqliteConnection, repo_id: i32) -> QueryResult<i64> {
+    tasks::table
+        .filter(tasks::repo_id.eq(repo_id))
+        .filter(tasks::status.eq_any(ACTIVE_TASK_STATUSES))
+        .count()
+        .get_result(conn)
+}
+
+pub fn branches_list(conn: &mut SqliteConnection, repo_id: i32) -> QueryResult<Vec<Branch>> {
+    branches::table
+        .filter(branches::repo_id.eq(repo_id))
+        .order(branches::name.asc())
+        .select(Branch::as_select())
+        .load(conn)
+}
+
+pub fn pulls_list(conn: &mut SqliteConnection, repo_id: i32) -> QueryResult<Vec<PullRequest>> {
+    pull_requests::table
+        .filter(pull_requests::repo_id.eq(repo_id))
+        .order(pull_requests::number.desc())
+        .select(PullRequest::as_select())
+        .load(conn)
+}
+
+pub fn task(conn: &mut SqliteConnection, org: &str, id: &str) -> QueryResult<Option<Task>> {
+    tasks::table
+        .filter(tasks::organization.eq(org))
+        .filter(tasks::id.eq(id))
+        .select(Task::as_select())
+        .first(conn)
+        .optional()
+}
+
+/// Filters and keyset page for listing tasks, newest first.
+#[derive(Debug, Clone, Default)]
+pub struct TaskFilter {
+    pub repo_id: Option<i32>,
+    pub status: Option<String>,
+    /// Continue after this `(created_at, id)`.
+    pub after: Option<(i64, String)>,
+    pub limit: i64,
+}
+
+pub fn tasks_list(conn: &mut SqliteConnection, org: &str, f: &TaskFilter) -> QueryResult<Vec<Task>> {
+    let mut q = tasks::table
+        .filter(tasks::organization.eq(org))
+        .select(Task::as_select())
+        .into_boxed();
+    if let Some(repo_id) = f.repo_id {
+        q = q.filter(tasks::repo_id.eq(repo_id));
+    }
+    if let Some(status) = &f.status {
+        q = q.filter(tasks::status.eq(status.clone()));
+    }
+    if let Some((created_at, id)) = &f.after {
+        q = q.filter(
+            tasks::created_at
+                .lt(*created_at)
+                .or(tasks::created_at.eq(*created_at).and(tasks::id.lt(id.clone()))),
+        );
+    }
+    q.order((tasks::created_at.desc(), tasks::id.desc())).limit(f.limit).load(conn)
+}
+
+pub fn task_runtime(conn: &mut SqliteConnection, task_id: &str) -> QueryResult<Option<TaskRuntime>> {
+    task_runtime::table
+        .find(task_id)
+        .select(TaskRuntime::as_select())
+        .first(conn)
+        .optional()
+}
+
+/// The newest sandbox of a task, if it ever had one.
+pub fn task_sandbox(conn: &mut SqliteConnection, task_id: &str) -> QueryResult<Option<SandboxInstance>> {
+    sandbox_instances::table
+        .filter(sandbox_instances::task_id.eq(task_id))
+        .order(sandbox_instances::created_at.desc())
+        .select(SandboxInstance::as_select())
+        .first(conn)
+        .optional()
+}
+
+pub fn task_pull_request(
+    conn: &mut SqliteConnection,
+    repo_id: i32,
+    branch: &str,
+) -> QueryResult<Option<PullRequest>> {
+    pull_requests::table
+        .filter(pull_requests::repo_id.eq(repo_id))
+        .filter(pull_requests::head_ref.eq(branch))
+        .order(pull_requests::number.desc())
+        .select(PullRequest::as_select())
+        .first(conn)
+        .optional()
+}
+
+/// Filters for reading the event history, oldest first.
+#[derive(Debug, Clone, Default)]
+pub struct EventFilter {
+    pub since: i64,
+    pub repo: Option<String>,
+    pub task: Option<String>,
+    /// An exact kind, or a prefix when it ends in `.` or `*` (`task.`, `task.*`).
+    pub kind: Option<String>,
+    pub limit: i64,
+    /// Take the newest `limit` matching events instead of the oldest (still
+    /// answered oldest first).
+    pub newest: bool,
+}
+
+pub fn events_list(conn: &mut SqliteConnection, org: &str, f: &EventFilter) -> QueryResult<Vec<EventRow>> {
+    let mut q = events::table
+        .filter(events::organization.eq(org))
+        .filter(events::id.gt(f.since))
+        .select(EventRow::as_select())
+        .into_boxed();
+    if let Some(repo) = &f.repo {
+        q = q.filter(events::repo.eq(repo.clone()));
+    }
+    if let Some(task) = &f.task {
+        q = q.filter(events::task.eq(task.clone()));
+    }
+    if let Some(kind) = &f.kind {
+        let prefix = kind.strip_suffix('*').unwrap_or(kind);
+        if prefix.ends_with('.') {
+            let escaped = prefix.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_");
+            q = q.filter(events::kind.like(format!("{escaped}%")).escape('\\'));
+        } else {
+            q = q.filter(events::kind.eq(kind.clone()));
+        }
+    }
+    if f.newest {
+        let mut rows: Vec<EventRow> = q.order(events::id.desc()).limit(f.limit).load(conn)?;
+        rows.reverse();
+        return Ok(rows);
+    }
+    q.order(events::id.asc()).limit(f.limit).load(conn)
+}
+
+pub fn events_max_id(conn: &mut SqliteConnection, org: &str) -> QueryResult<i64> {
+    events::table
+        .filter(events::organization.eq(org))
+        .select(diesel::dsl::max(events::id))
+        .first::<Option<i64>>(conn)
+        .map(|v| v.unwrap_or(0))
+}

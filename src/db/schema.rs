@@ -1,0 +1,171 @@
+// @generated shape: kept in step with migrations/ (see diesel.toml). `events.id`
+// is read as BigInt because SQLite rowids are 64-bit.
+
+diesel::table! {
+    api_tokens (id) {
+        id -> Text,
+        organization -> Text,
+        name -> Text,
+        token_hash -> Text,
+        created_at -> BigInt,
+        revoked_at -> Nullable<BigInt>,
+    }
+}
+
+diesel::table! {
+    branches (repo_id, name) {
+        repo_id -> Integer,
+        name -> Text,
+        head_sha -> Text,
+        ahead -> Nullable<Integer>,
+        behind -> Nullable<Integer>,
+        updated_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    events (id) {
+        id -> BigInt,
+        organization -> Text,
+        repo -> Nullable<Text>,
+        task -> Nullable<Text>,
+        kind -> Text,
+        at -> BigInt,
+        data -> Text,
+    }
+}
+
+diesel::table! {
+    organizations (name) {
+        name -> Text,
+        display_name -> Text,
+        created_at -> BigInt,
+        updated_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    provider_profiles (organization, provider) {
+        organization -> Text,
+        provider -> Text,
+        config -> Text,
+        secrets -> Text,
+        updated_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    pull_requests (repo_id, number) {
+        repo_id -> Integer,
+        number -> Integer,
+        state -> Text,
+        draft -> Bool,
+        title -> Text,
+        url -> Text,
+        head_ref -> Text,
+        head_sha -> Text,
+        base_ref -> Text,
+        mergeable -> Nullable<Bool>,
+        ci_state -> Nullable<Text>,
+        review_decision -> Nullable<Text>,
+        updated_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    repos (id) {
+        id -> Integer,
+        organization -> Text,
+        name -> Text,
+        source -> Text,
+        source_kind -> Text,
+        mirror_path -> Text,
+        default_branch -> Text,
+        created_at -> BigInt,
+        updated_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    sandbox_instances (id) {
+        id -> Text,
+        organization -> Text,
+        task_id -> Text,
+        provider -> Text,
+        state -> Text,
+        path -> Nullable<Text>,
+        remote_id -> Nullable<Text>,
+        created_at -> BigInt,
+        updated_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    task_runtime (task_id) {
+        task_id -> Text,
+        pid -> Nullable<Integer>,
+        exit_code -> Nullable<Integer>,
+        started_at -> Nullable<BigInt>,
+        last_output_at -> Nullable<BigInt>,
+        updated_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    task_sessions (id) {
+        id -> Text,
+        task_id -> Text,
+        agent -> Text,
+        acp_server_id -> Text,
+        remote_session_id -> Nullable<Text>,
+        status -> Text,
+        last_remote_seq -> BigInt,
+        created_at -> BigInt,
+        updated_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    tasks (id) {
+        id -> Text,
+        organization -> Text,
+        repo_id -> Integer,
+        title -> Text,
+        description -> Text,
+        base_branch -> Text,
+        branch -> Text,
+        agent -> Text,
+        provider -> Text,
+        status -> Text,
+        status_reason -> Nullable<Text>,
+        awaiting_input -> Bool,
+        created_at -> BigInt,
+        updated_at -> BigInt,
+    }
+}
+
+diesel::joinable!(api_tokens -> organizations (organization));
+diesel::joinable!(branches -> repos (repo_id));
+diesel::joinable!(provider_profiles -> organizations (organization));
+diesel::joinable!(pull_requests -> repos (repo_id));
+diesel::joinable!(repos -> organizations (organization));
+diesel::joinable!(sandbox_instances -> organizations (organization));
+diesel::joinable!(sandbox_instances -> tasks (task_id));
+diesel::joinable!(task_runtime -> tasks (task_id));
+diesel::joinable!(task_sessions -> tasks (task_id));
+diesel::joinable!(tasks -> organizations (organization));
+diesel::joinable!(tasks -> repos (repo_id));
+
+diesel::allow_tables_to_appear_in_same_query!(
+    api_tokens,
+    branches,
+    events,
+    organizations,
+    provider_profiles,
+    pull_requests,
+    repos,
+    sandbox_instances,
+    task_runtime,
+    task_sessions,
+    tasks,
+);

@@ -1,0 +1,124 @@
+//! Bearer-token auth. The admin token lives in `<data>/admin.token` (mode 0600)
+//! and is compared by hash in constant time; organization tokens are stored
+//! hashed in `api_tokens`. WebSocket routes also accept `?access_token=`, since
+//! browsers cannot set headers on a WebSocket.
+
+use std::future::Future;
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+use std::pin::Pin;
+
+use actix_web::{web, FromRequest, HttpRequest};
+
+use crate::actors::Kiln;
+use crate::db::queries;
+use crate::error::AppError;
+use crate::util::{constant_time_eq, random_hex, sha256_hex};
+
+/// The name of the admin token file in the data dir.
+pub const ADMIN_TOKEN_FILE: &str = "admin.token";
+
+/// What the server knows to check callers against.
+#[derive(Clone)]
+pub struct AuthState {
+    pub enabled: bool,
+    pub admin_hash: String,
+}
+
+/// Reads the admin token, creating it (mode 0600) on first start.
+pub fn ensure_admin_token(data_dir: &Path) -> std::io::Result<String> {
+    let path = data_dir.join(ADMIN_TOKEN_FILE);
+    if path.exists() {
+        let mode = std::fs::metadata(&path)?.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            log::warn!("{} is readable by others (mode {:o}); tightening to 0600", path.display(), mode);
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+        }
+        let token = std::fs::read_to_string(&path)?.trim().to_string();
+        if !token.is_empty() {
+            return Ok(token);
+        }
+    }
+    let token = format!("kiln_admin_{}", random_hex(48));
+    let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&path)?;
+    file.write_all(format!("{token}\n").as_bytes())?;
+    log::info!("created the admin token in {}", path.display());
+    Ok(token)
+}
+
+/// Who is calling.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Caller {
+    Admin,
+    Organization(String),
+}
+
+impl Caller {
+    /// Allows the admin, and a token of `org` itself. A token of another
+    /// organization gets 403, before anything about `org` is looked up.
+    pub fn require_org(&self, org: &str) -> Result<(), AppError> {
+        match self {
+            Caller::Admin => Ok(()),
+            Caller::Organization(own) if own == org => Ok(()),
+            Caller::Organization(own) => {
+                Err(AppError::forbidden(format!("this token belongs to organization `{own}` and cannot reach `{org}`")))
+            }
+        }
+    }
+
+    pub fn require_admin(&self) -> Result<(), AppError> {
+        match self {
+            Caller::Admin => Ok(()),
+            Caller::Organization(_) => Err(AppError::forbidden("this needs the admin token")),
+        }
+    }
+}
+
+fn bearer(req: &HttpRequest) -> Option<String> {
+    if let Some(value) = req.headers().get("authorization").and_then(|v| v.to_str().ok()) {
+        let (scheme, token) = value.split_once(' ')?;
+        return scheme.eq_ignore_ascii_case("bearer").then(|| token.trim().to_string());
+    }
+    let is_ws = req
+        .headers()
+        .get("upgrade")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    if is_ws {
+        return web::Query::<std::collections::HashMap<String, String>>::from_query(req.query_string())
+            .ok()
+            .and_then(|q| q.get("access_token").cloned());
+    }
+    None
+}
+
+impl FromRequest for Caller {
+    type Error = AppError;
+    type Future = Pin<Box<dyn Future<Output = Result<Caller, AppError>>>>;
+
+    fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
+        let auth = req.app_data::<web::Data<AuthState>>().cloned();
+        let kiln = req.app_data::<web::Data<Kiln>>().cloned();
+        let token = bearer(req);
+        Box::pin(async move {
+            let (Some(auth), Some(kiln)) = (auth, kiln) else {
+                return Err(AppError::bug("auth state is not configured"));
+            };
+            if !auth.enabled {
+                return Ok(Caller::Admin);
+            }
+            let token = token.ok_or_else(|| AppError::Unauthorized {
+                message: "missing bearer token: send `Authorization: Bearer <token>`".into(),
+            })?;
+            let hash = sha256_hex(token.as_bytes());
+            if constant_time_eq(hash.as_bytes(), auth.admin_hash.as_bytes()) {
+                return Ok(Caller::Admin);
+            }
+            match kiln.db.read(move |c| queries::token_by_hash(c, &hash)).await? {
+                Some(row) => Ok(Caller::Organization(row.organization)),
+                None => Err(AppError::Unauthorized { message: "the bearer token is not valid or was revoked".into() }),
+            }
+        })
+    }
+}

@@ -1,0 +1,43 @@
+//! `GET /v1/organizations/{org}/events`: the history, oldest first.
+
+use actix_web::{web, HttpResponse};
+use serde_json::json;
+
+use super::auth::Caller;
+use super::dto;
+use super::organization_or_404;
+use crate::actors::history::Event;
+use crate::actors::Kiln;
+use crate::db::queries::{self, EventFilter};
+use crate::error::{AppError, AppResult};
+
+/// Lists events after `since`, filtered by `repo`, `task` and `kind` (exact, or a
+/// prefix ending in `.` or `.*`); or, with `tail=N`, the newest N. `next_since`
+/// continues the listing.
+pub async fn list(
+    kiln: web::Data<Kiln>,
+    caller: Caller,
+    path: web::Path<String>,
+    query: web::Query<dto::EventsQuery>,
+) -> AppResult<HttpResponse> {
+    let org = path.into_inner();
+    caller.require_org(&org)?;
+    organization_or_404(&kiln, &org).await?;
+    let q = query.into_inner();
+    if q.tail.is_some() && q.since.is_some() {
+        return Err(AppError::bad_request("invalid_query", "give since or tail, not both"));
+    }
+    let limit = q.tail.or(q.limit).unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(AppError::bad_request("invalid_limit", "limit and tail must be between 1 and 1000"));
+    }
+    let since = q.since.unwrap_or(0);
+    if since < 0 {
+        return Err(AppError::bad_request("invalid_since", "since must be an event id, 0 or more"));
+    }
+    let filter = EventFilter { since, repo: q.repo, task: q.task, kind: q.kind, limit, newest: q.tail.is_some() };
+    let rows = kiln.db.read(move |c| queries::events_list(c, &org, &filter)).await?;
+    let next_since = rows.last().map(|e| e.id).unwrap_or(since);
+    let events: Vec<Event> = rows.into_iter().map(Event::from).collect();
+    Ok(HttpResponse::Ok().json(json!({ "items": events, "next_since": next_since })))
+}

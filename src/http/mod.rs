@@ -1,0 +1,146 @@
+//! The HTTP surface: `/v1` for clients, `/admin` for operators, `/metrics`.
+//! One file per resource. Every error leaves as `{"error", "message"}`.
+
+pub mod admin;
+pub mod auth;
+pub mod dto;
+pub mod events;
+pub mod organizations;
+pub mod repos;
+pub mod stream;
+pub mod tasks;
+
+use actix_web::body::{BoxBody, MessageBody};
+use actix_web::dev::ServiceResponse;
+use actix_web::error::{JsonPayloadError, PathError, QueryPayloadError};
+use actix_web::http::StatusCode;
+use actix_web::middleware::{ErrorHandlerResponse, ErrorHandlers};
+use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
+
+use crate::actors::Kiln;
+use crate::db::models::Organization;
+use crate::db::queries;
+use crate::error::{AppError, AppResult};
+
+/// Registers every route, and the extractor configs that turn malformed input into
+/// clear 4xx errors.
+pub fn configure(cfg: &mut web::ServiceConfig, max_body: usize) {
+    cfg.app_data(web::JsonConfig::default().limit(max_body).error_handler(move |err, _| json_error(err, max_body).into()))
+        .app_data(web::QueryConfig::default().error_handler(|err, _| query_error(err).into()))
+        .app_data(web::PathConfig::default().error_handler(|err, _| path_error(err).into()))
+        .app_data(web::PayloadConfig::default().limit(max_body))
+        .route("/v1/health", web::get().to(admin::health))
+        .route("/metrics", web::get().to(admin::metrics))
+        .service(
+            web::scope("/v1/organizations")
+                .service(
+                    web::resource("")
+                        .route(web::get().to(organizations::list))
+                        .route(web::post().to(organizations::create)),
+                )
+                .service(
+                    web::resource("/{org}")
+                        .route(web::get().to(organizations::get))
+                        .route(web::patch().to(organizations::update))
+                        .route(web::delete().to(organizations::delete)),
+                )
+                .service(
+                    web::resource("/{org}/providers/{provider}")
+                        .route(web::get().to(organizations::get_provider))
+                        .route(web::put().to(organizations::put_provider)),
+                )
+                .service(
+                    web::resource("/{org}/tokens")
+                        .route(web::get().to(organizations::list_tokens))
+                        .route(web::post().to(organizations::create_token)),
+                )
+                .service(web::resource("/{org}/tokens/{token}").route(web::delete().to(organizations::revoke_token)))
+                .service(web::resource("/{org}/repos").route(web::get().to(repos::list)).route(web::post().to(repos::create)))
+                .service(
+                    web::resource("/{org}/repos/{repo}")
+                        .route(web::get().to(repos::get))
+                        .route(web::delete().to(repos::delete)),
+                )
+                .service(web::resource("/{org}/repos/{repo}/branches").route(web::get().to(repos::branches)))
+                .service(web::resource("/{org}/repos/{repo}/pulls").route(web::get().to(repos::pulls)))
+                .service(web::resource("/{org}/tasks").route(web::get().to(tasks::list)).route(web::post().to(tasks::create)))
+                .service(web::resource("/{org}/tasks/{task}").route(web::get().to(tasks::get)))
+                .service(web::resource("/{org}/tasks/{task}/{action}").route(web::post().to(tasks::action)))
+                .service(web::resource("/{org}/events").route(web::get().to(events::list)))
+                .service(web::resource("/{org}/stream").route(web::get().to(stream::connect))),
+        )
+        .service(
+            web::scope("/admin")
+                .route("/actors", web::get().to(admin::actors))
+                .route("/config", web::get().to(admin::config))
+                .route("/db/checkpoint", web::post().to(admin::checkpoint))
+                .route("/db/backup", web::post().to(admin::backup)),
+        );
+}
+
+/// Rewrites the framework's empty 404 and 405 answers into the JSON error shape.
+pub fn json_error_pages<B: MessageBody + 'static>() -> ErrorHandlers<B> {
+    ErrorHandlers::new()
+        .handler(StatusCode::NOT_FOUND, rewrite_empty::<B>)
+        .handler(StatusCode::METHOD_NOT_ALLOWED, rewrite_empty::<B>)
+}
+
+fn rewrite_empty<B: MessageBody + 'static>(res: ServiceResponse<B>) -> actix_web::Result<ErrorHandlerResponse<B>> {
+    let is_json = res
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if is_json {
+        return Ok(ErrorHandlerResponse::Response(res.map_into_left_body()));
+    }
+    let err = if res.status() == StatusCode::METHOD_NOT_ALLOWED {
+        AppError::BadRequest { code: "method_not_allowed", message: format!("{} is not allowed here", res.request().method()) }
+    } else {
+        AppError::not_found("route_not_found", format!("no route for {} {}", res.request().method(), res.request().path()))
+    };
+    let status = res.status();
+    let (req, _) = res.into_parts();
+    let mut body: HttpResponse<BoxBody> = err.error_response();
+    *body.status_mut() = status;
+    Ok(ErrorHandlerResponse::Response(ServiceResponse::new(req, body).map_into_right_body::<B>()))
+}
+
+/// Unmatched routes.
+pub async fn not_found(req: HttpRequest) -> AppResult<HttpResponse> {
+    Err(AppError::not_found("route_not_found", format!("no route for {} {}", req.method(), req.path())))
+}
+
+fn json_error(err: JsonPayloadError, limit: usize) -> AppError {
+    match err {
+        JsonPayloadError::Overflow { .. } | JsonPayloadError::OverflowKnownLength { .. } => {
+            AppError::PayloadTooLarge { limit }
+        }
+        JsonPayloadError::ContentType => {
+            AppError::bad_request("expected_json", "send the body as JSON with `Content-Type: application/json`")
+        }
+        JsonPayloadError::Deserialize(e) if e.is_data() => AppError::invalid("invalid_body", e.to_string()),
+        JsonPayloadError::Deserialize(e) => AppError::bad_request("malformed_json", format!("the body is not valid JSON: {e}")),
+        other => AppError::bad_request("bad_body", other.to_string()),
+    }
+}
+
+fn query_error(err: QueryPayloadError) -> AppError {
+    AppError::bad_request("invalid_query", format!("bad query string: {err}"))
+}
+
+fn path_error(err: PathError) -> AppError {
+    AppError::bad_request("invalid_path", format!("bad path: {err}"))
+}
+
+
+/// The organization row, or 404.
+pub async fn organization_or_404(kiln: &Kiln, org: &str) -> AppResult<Organization> {
+    crate::validate::name("organization", org)
+        .map_err(|_| AppError::not_found("organization_not_found", format!("organization `{org}` does not exist")))?;
+    let name = org.to_string();
+    kiln.db
+        .read(move |c| queries::organization(c, &name))
+        .await?
+        .ok_or_else(|| AppError::not_found("organization_not_found", format!("organization `{org}` does not exist")))
+}

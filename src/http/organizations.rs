@@ -1,0 +1,160 @@
+//! `/v1/organizations`: organizations, their tokens and provider profiles.
+
+use actix_web::{web, HttpResponse};
+use serde_json::json;
+
+use super::auth::Caller;
+use super::dto;
+use super::organization_or_404;
+use crate::actors::organization::{
+    CreateOrganization, CreateToken, DeleteOrganization, ProviderProfileView, PutProviderProfile, RevokeToken,
+    UpdateOrganization, PROVIDERS,
+};
+use crate::actors::Kiln;
+use crate::db::queries;
+use crate::error::{AppError, AppResult};
+use crate::validate;
+
+/// Lists the organizations the caller can see: all for the admin, its own for an
+/// organization token.
+pub async fn list(kiln: web::Data<Kiln>, caller: Caller) -> AppResult<HttpResponse> {
+    let mut orgs = kiln.db.read(queries::organizations_list).await?;
+    if let Caller::Organization(own) = &caller {
+        orgs.retain(|o| &o.name == own);
+    }
+    Ok(HttpResponse::Ok().json(json!({ "items": orgs })))
+}
+
+pub async fn create(
+    kiln: web::Data<Kiln>,
+    caller: Caller,
+    body: web::Json<dto::CreateOrganization>,
+) -> AppResult<HttpResponse> {
+    caller.require_admin()?;
+    let body = body.into_inner();
+    validate::name("organization", &body.name)?;
+    let row = kiln.organization(&body.name).send(CreateOrganization { display_name: body.display_name }).await??;
+    Ok(HttpResponse::Created().json(row))
+}
+
+pub async fn get(kiln: web::Data<Kiln>, caller: Caller, path: web::Path<String>) -> AppResult<HttpResponse> {
+    let org = path.into_inner();
+    caller.require_org(&org)?;
+    Ok(HttpResponse::Ok().json(organization_or_404(&kiln, &org).await?))
+}
+
+pub async fn update(
+    kiln: web::Data<Kiln>,
+    caller: Caller,
+    path: web::Path<String>,
+    body: web::Json<dto::UpdateOrganization>,
+) -> AppResult<HttpResponse> {
+    let org = path.into_inner();
+    caller.require_org(&org)?;
+    organization_or_404(&kiln, &org).await?;
+    let display_name = body.into_inner().display_name.trim().to_string();
+    if display_name.is_empty() || display_name.len() > 200 {
+        return Err(AppError::invalid("invalid_display_name", "display_name must be 1-200 characters"));
+    }
+    let row = kiln.organization(&org).send(UpdateOrganization { display_name }).await??;
+    Ok(HttpResponse::Ok().json(row))
+}
+
+pub async fn delete(kiln: web::Data<Kiln>, caller: Caller, path: web::Path<String>) -> AppResult<HttpResponse> {
+    let org = path.into_inner();
+    caller.require_admin()?;
+    organization_or_404(&kiln, &org).await?;
+    kiln.organization(&org).send(DeleteOrganization {}).await??;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+/// Reads a provider profile: its config and the names of its secrets.
+pub async fn get_provider(
+    kiln: web::Data<Kiln>,
+    caller: Caller,
+    path: web::Path<(String, String)>,
+) -> AppResult<HttpResponse> {
+    let (org, provider) = path.into_inner();
+    caller.require_org(&org)?;
+    organization_or_404(&kiln, &org).await?;
+    known_provider(&provider)?;
+    let (o, p) = (org.clone(), provider.clone());
+    let row = kiln.db.read(move |c| queries::provider_profile(c, &o, &p)).await?;
+    let view = match row {
+        Some((config, secrets, at)) => ProviderProfileView::from_row(&provider, &config, &secrets, at),
+        None => ProviderProfileView { provider, config: json!({}), secrets: vec![], updated_at: 0 },
+    };
+    Ok(HttpResponse::Ok().json(view))
+}
+
+pub async fn put_provider(
+    kiln: web::Data<Kiln>,
+    caller: Caller,
+    path: web::Path<(String, String)>,
+    body: web::Json<dto::PutProviderProfile>,
+) -> AppResult<HttpResponse> {
+    let (org, provider) = path.into_inner();
+    caller.require_org(&org)?;
+    organization_or_404(&kiln, &org).await?;
+    known_provider(&provider)?;
+    let body = body.into_inner();
+    if let Some((key, _)) = body.secrets.iter().find(|(_, v)| !(v.is_string() || v.is_null())) {
+        return Err(AppError::invalid("invalid_secret", format!("secret `{key}` must be a string (or null to remove it)")));
+    }
+    let view = kiln
+        .organization(&org)
+        .send(PutProviderProfile { provider, config: body.config, secrets: body.secrets })
+        .await??;
+    Ok(HttpResponse::Ok().json(view))
+}
+
+fn known_provider(provider: &str) -> AppResult<()> {
+    if PROVIDERS.contains(&provider) {
+        Ok(())
+    } else {
+        Err(AppError::not_found(
+            "provider_not_found",
+            format!("no provider `{}`: use one of {}", validate::truncate(provider, 40), PROVIDERS.join(", ")),
+        ))
+    }
+}
+
+pub async fn list_tokens(kiln: web::Data<Kiln>, caller: Caller, path: web::Path<String>) -> AppResult<HttpResponse> {
+    let org = path.into_inner();
+    caller.require_admin()?;
+    organization_or_404(&kiln, &org).await?;
+    let tokens = kiln.db.read(move |c| queries::tokens_list(c, &org)).await?;
+    Ok(HttpResponse::Ok().json(json!({ "items": tokens })))
+}
+
+/// Creates a token; the secret is in this answer and nowhere else.
+pub async fn create_token(
+    kiln: web::Data<Kiln>,
+    caller: Caller,
+    path: web::Path<String>,
+    body: web::Json<dto::CreateToken>,
+) -> AppResult<HttpResponse> {
+    let org = path.into_inner();
+    caller.require_admin()?;
+    organization_or_404(&kiln, &org).await?;
+    let name = body.into_inner().name.trim().to_string();
+    if name.is_empty() || name.len() > 100 {
+        return Err(AppError::invalid("invalid_token_name", "a token name must be 1-100 characters"));
+    }
+    let (row, secret) = kiln.organization(&org).send(CreateToken { name }).await??;
+    let mut value = serde_json::to_value(&row).map_err(AppError::internal)?;
+    value["token"] = json!(secret);
+    Ok(HttpResponse::Created().json(value))
+}
+
+pub async fn revoke_token(
+    kiln: web::Data<Kiln>,
+    caller: Caller,
+    path: web::Path<(String, String)>,
+) -> AppResult<HttpResponse> {
+    let (org, id) = path.into_inner();
+    caller.require_admin()?;
+    organization_or_404(&kiln, &org).await?;
+    let row = kiln.organization(&org).send(RevokeToken { id }).await??;
+    Ok(HttpResponse::Ok().json(row))
+}

@@ -1,0 +1,81 @@
+//! `/v1/organizations/{org}/repos`: register, list, read and delete repositories.
+
+use actix_web::{web, HttpResponse};
+use serde_json::json;
+
+use super::auth::Caller;
+use super::dto;
+use super::organization_or_404;
+use crate::actors::repository::{derive_name, DeleteRepo, RegisterRepo, Source};
+use crate::actors::Kiln;
+use crate::db::models::Repo;
+use crate::db::queries;
+use crate::error::{AppError, AppResult};
+use crate::validate;
+
+pub async fn list(kiln: web::Data<Kiln>, caller: Caller, path: web::Path<String>) -> AppResult<HttpResponse> {
+    let org = path.into_inner();
+    caller.require_org(&org)?;
+    organization_or_404(&kiln, &org).await?;
+    let repos = kiln.db.read(move |c| queries::repos_list(c, &org)).await?;
+    Ok(HttpResponse::Ok().json(json!({ "items": repos })))
+}
+
+/// Registers a repository: 201 when cloned now, 200 when it was already there.
+pub async fn create(
+    kiln: web::Data<Kiln>,
+    caller: Caller,
+    path: web::Path<String>,
+    body: web::Json<dto::CreateRepo>,
+) -> AppResult<HttpResponse> {
+    let org = path.into_inner();
+    caller.require_org(&org)?;
+    organization_or_404(&kiln, &org).await?;
+    let body = body.into_inner();
+    let source = Source::parse(&body.source)?;
+    let name = body.name.unwrap_or_else(|| derive_name(&source));
+    validate::name("repository", &name)?;
+    let (repo, created) = kiln.repository(&org, &name).send(RegisterRepo { source }).await??;
+    Ok(if created { HttpResponse::Created() } else { HttpResponse::Ok() }.json(repo))
+}
+
+/// The repository row, or 404.
+pub async fn repo_or_404(kiln: &Kiln, org: &str, name: &str) -> AppResult<Repo> {
+    let missing = || AppError::not_found("repo_not_found", format!("no repository `{}` in `{org}`", validate::truncate(name, 63)));
+    validate::name("repository", name).map_err(|_| missing())?;
+    let (o, n) = (org.to_string(), name.to_string());
+    kiln.db.read(move |c| queries::repo_by_name(c, &o, &n)).await?.ok_or_else(missing)
+}
+
+pub async fn get(kiln: web::Data<Kiln>, caller: Caller, path: web::Path<(String, String)>) -> AppResult<HttpResponse> {
+    let (org, name) = path.into_inner();
+    caller.require_org(&org)?;
+    Ok(HttpResponse::Ok().json(repo_or_404(&kiln, &org, &name).await?))
+}
+
+/// Deletes a repository with no active tasks.
+pub async fn delete(kiln: web::Data<Kiln>, caller: Caller, path: web::Path<(String, String)>) -> AppResult<HttpResponse> {
+    let (org, name) = path.into_inner();
+    caller.require_org(&org)?;
+    repo_or_404(&kiln, &org, &name).await?;
+    kiln.repository(&org, &name).send(DeleteRepo {}).await??;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+/// The branch snapshot the BranchSyncPoller keeps.
+pub async fn branches(kiln: web::Data<Kiln>, caller: Caller, path: web::Path<(String, String)>) -> AppResult<HttpResponse> {
+    let (org, name) = path.into_inner();
+    caller.require_org(&org)?;
+    let repo = repo_or_404(&kiln, &org, &name).await?;
+    let rows = kiln.db.read(move |c| queries::branches_list(c, repo.id)).await?;
+    Ok(HttpResponse::Ok().json(json!({ "items": rows })))
+}
+
+/// The pull-request cache the PrSyncPoller keeps.
+pub async fn pulls(kiln: web::Data<Kiln>, caller: Caller, path: web::Path<(String, String)>) -> AppResult<HttpResponse> {
+    let (org, name) = path.into_inner();
+    caller.require_org(&org)?;
+    let repo = repo_or_404(&kiln, &org, &name).await?;
+    let rows = kiln.db.read(move |c| queries::pulls_list(c, repo.id)).await?;
+    Ok(HttpResponse::Ok().json(json!({ "items": rows })))
+}

@@ -1,0 +1,187 @@
+//! `WS /v1/organizations/{org}/stream?since=N`: the live event stream.
+//!
+//! The session subscribes to the HistoryActor *first*, then replays the history
+//! after `since` from the database, then forwards live events, dropping any id it
+//! has already sent: no gap, no duplicate. Text frames carry one event each, as
+//! JSON.
+//!
+//! Backpressure: the session only runs while the connection accepts bytes, so a
+//! client that stops reading stops draining its bounded buffer in the
+//! HistoryActor. When that buffer overflows the HistoryActor drops the subscriber
+//! and the client is closed with code 1013 and a reason naming the `since` to
+//! resume from. A client that answers no ping for `client_timeout_secs` is
+//! dropped; either way `stopping` unregisters the subscriber.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web_actors::ws;
+
+use super::auth::Caller;
+use super::dto;
+use super::organization_or_404;
+use crate::actors::history::{Event, Published, Subscribe, Subscription, Unsubscribe};
+use crate::actors::Kiln;
+use crate::db::queries::{self, EventFilter};
+use crate::error::{AppError, AppResult};
+
+/// Events read from the database per replay step.
+const REPLAY_PAGE: i64 = 1000;
+
+pub async fn connect(
+    req: HttpRequest,
+    payload: web::Payload,
+    kiln: web::Data<Kiln>,
+    caller: Caller,
+    path: web::Path<String>,
+    query: web::Query<dto::StreamQuery>,
+) -> AppResult<HttpResponse> {
+    let org = path.into_inner();
+    caller.require_org(&org)?;
+    organization_or_404(&kiln, &org).await?;
+    let since = query.since;
+    if since.is_some_and(|s| s < 0) {
+        return Err(AppError::bad_request("invalid_since", "since must be an event id, 0 or more"));
+    }
+    ws::handshake(&req).map_err(|e| AppError::bad_request("websocket_required", format!("this route speaks WebSocket only: {e}")))?;
+    let history = kiln.history(&org);
+    let subscription = history.send(Subscribe {}).await?;
+    let sub_id = subscription.id;
+    let session = StreamSession {
+        kiln: kiln.get_ref().clone(),
+        org: org.clone(),
+        subscription: Some(subscription),
+        sub_id,
+        last_sent: since.unwrap_or(0),
+        replay: since.is_some(),
+        heartbeat: Instant::now(),
+    };
+    ws::start(session, &req, payload).map_err(|e| {
+        history.addr.do_send(Unsubscribe { id: sub_id });
+        AppError::bad_request("websocket_required", e.to_string())
+    })
+}
+
+struct StreamSession {
+    kiln: Kiln,
+    org: String,
+    subscription: Option<Subscription>,
+    sub_id: u64,
+    /// The highest event id sent; nothing at or below it is sent again.
+    last_sent: i64,
+    replay: bool,
+    heartbeat: Instant,
+}
+
+impl StreamSession {
+    fn replay_page(&mut self, ctx: &mut ws::WebsocketContext<Self>) {
+        let db = self.kiln.db.clone();
+        let org = self.org.clone();
+        let filter = EventFilter { since: self.last_sent, limit: REPLAY_PAGE, ..Default::default() };
+        let load = async move { db.read(move |c| queries::events_list(c, &org, &filter)).await };
+        ctx.wait(load.into_actor(self).map(|rows, act, ctx| match rows {
+            Ok(rows) => {
+                let full = rows.len() as i64 == REPLAY_PAGE;
+                for row in rows {
+                    let event = Event::from(row);
+                    act.last_sent = event.id;
+                    ctx.text(serde_json::to_string(&event).unwrap_or_default());
+                }
+                if full {
+                    act.replay_page(ctx);
+                } else {
+                    act.go_live(ctx);
+                }
+            }
+            Err(err) => {
+                log::error!("replaying events for {} failed: {err}", act.org);
+                ctx.close(Some(ws::CloseReason {
+                    code: ws::CloseCode::Again,
+                    description: Some(format!("history unavailable; retry with since={}", act.last_sent)),
+                }));
+                ctx.stop();
+            }
+        }));
+    }
+
+    fn go_live(&mut self, ctx: &mut ws::WebsocketContext<Self>) {
+        if let Some(sub) = self.subscription.as_mut() {
+            let mut rx = std::mem::replace(&mut sub.events, tokio::sync::mpsc::channel(1).1);
+            ctx.add_stream(futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)));
+        }
+    }
+}
+
+impl Actor for StreamSession {
+    type Context = ws::WebsocketContext<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        self.kiln.metrics.stream_subscribers.fetch_add(1, Ordering::Relaxed);
+        let every = Duration::from_secs(self.kiln.config.events.heartbeat_secs);
+        let timeout = Duration::from_secs(self.kiln.config.events.client_timeout_secs);
+        ctx.run_interval(every, move |act, ctx| {
+            if act.heartbeat.elapsed() > timeout {
+                log::info!("stream client of {} missed its heartbeats; dropping it", act.org);
+                ctx.stop();
+            } else {
+                ctx.ping(b"");
+            }
+        });
+        if self.replay {
+            self.replay_page(ctx);
+        } else {
+            self.go_live(ctx);
+        }
+    }
+
+    fn stopping(&mut self, _: &mut Self::Context) -> Running {
+        self.kiln.history(&self.org).addr.do_send(Unsubscribe { id: self.sub_id });
+        self.kiln.metrics.stream_subscribers.fetch_sub(1, Ordering::Relaxed);
+        Running::Stop
+    }
+}
+
+impl StreamHandler<Arc<Published>> for StreamSession {
+    fn handle(&mut self, event: Arc<Published>, ctx: &mut Self::Context) {
+        if event.id > self.last_sent {
+            self.last_sent = event.id;
+            ctx.text(event.json.clone());
+        }
+    }
+
+    /// The HistoryActor dropped us: we fell behind, or the server is stopping.
+    fn finished(&mut self, ctx: &mut Self::Context) {
+        let lagged = self.subscription.as_ref().is_some_and(|s| s.lagged.load(Ordering::SeqCst));
+        let (code, why) = if lagged {
+            (ws::CloseCode::Again, "too slow: events overflowed your buffer")
+        } else {
+            (ws::CloseCode::Restart, "server is restarting")
+        };
+        ctx.close(Some(ws::CloseReason {
+            code,
+            description: Some(format!("{why}; reconnect with since={}", self.last_sent)),
+        }));
+        ctx.stop();
+    }
+}
+
+impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for StreamSession {
+    fn handle(&mut self, msg: Result<ws::Message, ws::ProtocolError>, ctx: &mut Self::Context) {
+        self.heartbeat = Instant::now();
+        match msg {
+            Ok(ws::Message::Ping(bytes)) => ctx.pong(&bytes),
+            Ok(ws::Message::Close(reason)) => {
+                ctx.close(reason);
+                ctx.stop();
+            }
+            Ok(_) => {}
+            Err(err) => {
+                log::debug!("stream client protocol error: {err}");
+                ctx.stop();
+            }
+        }
+    }
+}

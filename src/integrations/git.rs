@@ -1,0 +1,241 @@
+//! git, run as a child process with an argument vector (never a shell). Every
+//! function here blocks: call it on the blocking pool.
+//!
+//! Git never prompts (`GIT_TERMINAL_PROMPT=0`), never runs the `ext::` transport,
+//! and gets `--` before anything a user typed.
+
+use std::io::Read;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, thiserror::Error)]
+pub enum GitError {
+    #[error("git is not installed or not on PATH: {0}")]
+    Missing(std::io::Error),
+    #[error("running git failed: {0}")]
+    Io(#[from] std::io::Error),
+    /// git ran and failed; `stderr` is git's own message.
+    #[error("git {command} failed: {stderr}")]
+    Failed { command: String, stderr: String },
+    #[error("git {command} took longer than {secs} s and was stopped")]
+    TimedOut { command: String, secs: u64 },
+}
+
+impl GitError {
+    /// git's own message, for responses and events.
+    pub fn message(&self) -> String {
+        match self {
+            GitError::Failed { stderr, .. } => stderr.clone(),
+            other => other.to_string(),
+        }
+    }
+}
+
+/// One step of a clone's progress, as git reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CloneProgress {
+    pub phase: String,
+    pub percent: u8,
+}
+
+fn git() -> Command {
+    let mut cmd = Command::new("git");
+    cmd.env("GIT_TERMINAL_PROMPT", "0")
+        .env("GIT_ASKPASS", "/bin/false")
+        .env("SSH_ASKPASS", "/bin/false")
+        .env("LC_ALL", "C")
+        .args(["-c", "protocol.ext.allow=never", "-c", "core.hooksPath=/dev/null"])
+        .stdin(Stdio::null());
+    cmd
+}
+
+/// Runs git in `dir` and returns its trimmed stdout.
+pub fn run(dir: &Path, args: &[&str]) -> Result<String, GitError> {
+    let out = git()
+        .arg("-C")
+        .arg(dir)
+        .args(args)
+        .output()
+        .map_err(spawn_error)?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    } else {
+        Err(GitError::Failed {
+            command: args.first().copied().unwrap_or("").to_string(),
+            stderr: clean_stderr(&out.stderr),
+        })
+    }
+}
+
+fn spawn_error(e: std::io::Error) -> GitError {
+    if e.kind() == std::io::ErrorKind::NotFound {
+        GitError::Missing(e)
+    } else {
+        GitError::Io(e)
+    }
+}
+
+/// Whether `path` is inside a git repository (bare or not).
+pub fn is_repository(path: &Path) -> Result<bool, GitError> {
+    match run(path, &["rev-parse", "--git-dir"]) {
+        Ok(_) => Ok(true),
+        Err(GitError::Failed { .. }) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// `git clone --bare` from `source` (a URL or path) into `dest`, reporting progress
+/// to `on_progress` and stopping after `timeout`. Later fetches go to
+/// `refs/remotes/origin/*`, so they never move a task branch.
+pub fn clone_bare(
+    source: &str,
+    dest: &Path,
+    timeout: Duration,
+    mut on_progress: impl FnMut(CloneProgress),
+) -> Result<(), GitError> {
+    let mut child = git()
+        .args(["clone", "--bare", "--progress", "--"])
+        .arg(source)
+        .arg(dest)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(spawn_error)?;
+    let mut stderr = child.stderr.take().ok_or_else(|| GitError::Io(std::io::Error::other("no stderr")))?;
+    let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
+    let reader = std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = stderr.read(&mut buf) {
+            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    let started = Instant::now();
+    let mut all = Vec::new();
+    let mut tracker = ProgressTracker::default();
+    let status = loop {
+        while let Ok(chunk) = rx.recv_timeout(Duration::from_millis(50)) {
+            all.extend_from_slice(&chunk);
+            for p in tracker.feed(&chunk) {
+                on_progress(p);
+            }
+        }
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if started.elapsed() > timeout {
+            let _ = child.kill();
+            let _ = child.wait();
+            let _ = reader.join();
+            return Err(GitError::TimedOut { command: "clone".into(), secs: timeout.as_secs() });
+        }
+    };
+    let _ = reader.join();
+    while let Ok(chunk) = rx.try_recv() {
+        all.extend_from_slice(&chunk);
+    }
+    if !status.success() {
+        return Err(GitError::Failed { command: "clone".into(), stderr: clean_stderr(&all) });
+    }
+    run(dest, &["config", "remote.origin.fetch", "+refs/heads/*:refs/remotes/origin/*"])?;
+    Ok(())
+}
+
+/// The branch `HEAD` points at in a repository (`main` for `refs/heads/main`).
+pub fn default_branch(repo: &Path) -> Result<String, GitError> {
+    let full = run(repo, &["symbolic-ref", "--quiet", "HEAD"])?;
+    Ok(full.strip_prefix("refs/heads/").unwrap_or(&full).to_string())
+}
+
+/// Whether `refs/heads/<branch>` exists in `repo`.
+pub fn branch_exists(repo: &Path, branch: &str) -> Result<bool, GitError> {
+    let refname = format!("refs/heads/{branch}");
+    match run(repo, &["show-ref", "--verify", "--quiet", "--", &refname]) {
+        Ok(_) => Ok(true),
+        Err(GitError::Failed { .. }) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Turns git's progress output into a few meaningful steps: one per phase change
+/// and one per 10% within a phase.
+#[derive(Default)]
+struct ProgressTracker {
+    partial: String,
+    last: Option<(String, u8)>,
+}
+
+impl ProgressTracker {
+    fn feed(&mut self, chunk: &[u8]) -> Vec<CloneProgress> {
+        self.partial.push_str(&String::from_utf8_lossy(chunk));
+        let mut out = Vec::new();
+        while let Some(pos) = self.partial.find(['\r', '\n']) {
+            let line: String = self.partial.drain(..=pos).collect();
+            if let Some(p) = parse_progress(line.trim()) {
+                let bucket = p.percent / 10;
+                let changed = match &self.last {
+                    Some((phase, b)) => *phase != p.phase || *b != bucket,
+                    None => true,
+                };
+                if changed {
+                    self.last = Some((p.phase.clone(), bucket));
+                    out.push(p);
+                }
+            }
+        }
+        out
+    }
+}
+
+fn parse_progress(line: &str) -> Option<CloneProgress> {
+    let line = line.strip_prefix("remote: ").unwrap_or(line);
+    let (phase, rest) = line.split_once(':')?;
+    let pct_end = rest.find('%')?;
+    let percent: u8 = rest[..pct_end].trim().parse().ok()?;
+    Some(CloneProgress { phase: phase.trim().to_string(), percent: percent.min(100) })
+}
+
+/// git's stderr without progress noise, at most 2,000 characters.
+fn clean_stderr(raw: &[u8]) -> String {
+    let text = String::from_utf8_lossy(raw);
+    let lines: Vec<&str> = text
+        .split(['\r', '\n'])
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && parse_progress(l).is_none() && !l.starts_with("Cloning into"))
+        .collect();
+    let joined = lines.join("\n");
+    crate::validate::truncate(&joined, 2000)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn progress_is_thinned_to_phases_and_tens() {
+        let mut t = ProgressTracker::default();
+        let mut steps = Vec::new();
+        let input = "Cloning into bare repository 'x'...\nremote: Counting objects:   1% (1/100)\rremote: Counting objects:   5% (5/100)\rremote: Counting objects: 100% (100/100), done.\nReceiving objects:  12% (12/100)\rReceiving objects:  19% (19/100)\rReceiving objects:  20% (20/100)\r";
+        for chunk in input.as_bytes().chunks(7) {
+            steps.extend(t.feed(chunk));
+        }
+        let seen: Vec<(String, u8)> = steps.into_iter().map(|p| (p.phase, p.percent)).collect();
+        assert_eq!(
+            seen,
+            vec![
+                ("Counting objects".into(), 1),
+                ("Counting objects".into(), 100),
+                ("Receiving objects".into(), 12),
+                ("Receiving objects".into(), 20),
+            ]
+        );
+    }
+
+    #[test]
+    fn stderr_keeps_the_message_not_the_progress() {
+        let raw = b"Cloning into bare repository 'x'...\nReceiving objects:  12% (1/8)\rfatal: repository 'x' does not exist\n";
+        assert_eq!(clean_stderr(raw), "fatal: repository 'x' does not exist");
+    }
+}

@@ -1,0 +1,3 @@
+//! Clients of the outside world: git (and later GitHub, Daytona, sandbox-agent).
+
+pub mod git;
