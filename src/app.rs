@@ -75,10 +75,21 @@ pub fn open_db(config: &Config, dir: &Path) -> Result<(Db, usize), BootError> {
     Ok((db, applied))
 }
 
-/// Runs the service until a shutdown signal. Must run inside an actix System.
-pub async fn serve(config: Config) -> Result<(), BootError> {
+/// A started service: its shared state, its HTTP server and the addresses it
+/// listens on. `serve` runs one until a signal; tests and benchmarks start one
+/// in-process and stop it themselves.
+pub struct Running {
+    pub kiln: Kiln,
+    pub server: actix_web::dev::Server,
+    pub addrs: Vec<SocketAddr>,
+    actors: Arbiter,
+    _lock: std::fs::File,
+}
+
+/// Boots everything and starts the HTTP server. Must run inside an actix System.
+pub async fn start(config: Config) -> Result<Running, BootError> {
     let dir = prepare_data_dir(&config)?;
-    let _lock = lock_data_dir(&dir)?;
+    let lock = lock_data_dir(&dir)?;
     let (db, applied) = {
         let (config, dir) = (config.clone(), dir.clone());
         web::block(move || open_db(&config, &dir)).await.map_err(|e| BootError::Server(std::io::Error::other(e)))??
@@ -139,19 +150,31 @@ pub async fn serve(config: Config) -> Result<(), BootError> {
         // Tests and scripts read this line to find an ephemeral port.
         println!("kiln listening on http://{addr} (data dir {})", dir.display());
     }
-    server.run().await.map_err(BootError::Server)?;
+    Ok(Running { kiln, server: server.run(), addrs, actors, _lock: lock })
+}
 
-    log::info!("shutting down: flushing event history");
-    for history in kiln.registry.all::<HistoryActor>() {
-        match history.send(Flush {}).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => log::error!("flushing {} failed: {e}", history.meta.key),
-            Err(e) => log::error!("flushing {} failed: {e}", history.meta.key),
+impl Running {
+    /// Waits for the HTTP server to stop (a signal, or `server.handle().stop`),
+    /// then flushes every HistoryActor so no acknowledged event is lost.
+    pub async fn finish(self) -> Result<(), BootError> {
+        let result = self.server.await.map_err(BootError::Server);
+        log::info!("shutting down: flushing event history");
+        for history in self.kiln.registry.all::<HistoryActor>() {
+            match history.send(Flush {}).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => log::error!("flushing {} failed: {e}", history.meta.key),
+                Err(e) => log::error!("flushing {} failed: {e}", history.meta.key),
+            }
         }
+        self.actors.stop();
+        log::info!("stopped");
+        result
     }
-    actors.stop();
-    log::info!("stopped");
-    Ok(())
+}
+
+/// Runs the service until a shutdown signal. Must run inside an actix System.
+pub async fn serve(config: Config) -> Result<(), BootError> {
+    start(config).await?.finish().await
 }
 
 /// On a fresh database, creates the `default` organization so a newcomer can
