@@ -149,11 +149,13 @@ async fn create(kiln: Kiln, org: String, id: String, msg: CreateTask) -> AppResu
     }
     kiln.emit_one(
         &org,
+        // The whole task, so a dashboard can show it without another request.
         NewEvent::new(
             "task.created",
             json!({
-                "title": task.title, "branch": task.branch, "base_branch": task.base_branch,
-                "agent": task.agent, "provider": task.provider, "status": task.status,
+                "title": task.title, "description": task.description, "branch": task.branch,
+                "base_branch": task.base_branch, "agent": task.agent, "provider": task.provider,
+                "status": task.status,
             }),
         )
         .repo(&msg.repo.name)

@@ -1,0 +1,392 @@
+//! The main API flows: organizations, repositories, tasks, actions, events.
+
+use serde_json::json;
+
+use crate::common::*;
+
+#[actix_web::test]
+async fn health_needs_no_token() {
+    let (server, _dir) = Server::start(&[]);
+    let anon = server.client().with_token(None);
+    let r = anon.get("/v1/health").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body["status"], "ok");
+    assert!(r.body["version"].is_string());
+}
+
+#[actix_web::test]
+async fn first_start_seeds_default_org_and_a_private_admin_token() {
+    use std::os::unix::fs::PermissionsExt;
+    let (server, _dir) = Server::start(&[]);
+    let mode = std::fs::metadata(server.data_dir().join("admin.token")).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let r = server.client().get("/v1/organizations").await;
+    assert_eq!(r.status, 200);
+    let names: Vec<&str> = r.body["items"].as_array().unwrap().iter().map(|o| o["name"].as_str().unwrap()).collect();
+    assert_eq!(names, vec!["default"]);
+}
+
+#[actix_web::test]
+async fn organizations_crud() {
+    let (server, _dir) = Server::start(&[]);
+    let c = server.client();
+    let r = c.post("/v1/organizations", json!({"name": "acme", "display_name": "Acme Inc"})).await;
+    assert_eq!(r.status, 201, "{r:?}");
+    assert_eq!(r.body["display_name"], "Acme Inc");
+    let r = c.post("/v1/organizations", json!({"name": "acme"})).await;
+    assert_eq!((r.status, r.code()), (409, "organization_exists"));
+    let r = c.patch("/v1/organizations/acme", json!({"display_name": "Acme"})).await;
+    assert_eq!((r.status, r.body["display_name"].as_str()), (200, Some("Acme")));
+    assert_eq!(c.get("/v1/organizations/acme").await.body["display_name"], "Acme");
+    let r = c.delete("/v1/organizations/acme").await;
+    assert_eq!(r.status, 204, "{r:?}");
+    assert_eq!(c.get("/v1/organizations/acme").await.status, 404);
+    let kinds: Vec<String> =
+        c.events_since("acme", 0).await.iter().map(|e| e["kind"].as_str().unwrap().to_string()).collect();
+    assert_eq!(kinds, vec!["organization.created", "organization.updated", "organization.deleted"]);
+}
+
+#[actix_web::test]
+async fn organization_with_repos_cannot_be_deleted() {
+    let (server, dir) = Server::start(&[]);
+    let c = server.client();
+    c.add_repo("default", &git_repo(dir.path(), "app")).await;
+    let r = c.delete("/v1/organizations/default").await;
+    assert_eq!((r.status, r.code()), (409, "organization_not_empty"));
+}
+
+#[actix_web::test]
+async fn register_repository_by_path_is_idempotent_and_emits_progress() {
+    let (server, dir) = Server::start(&[]);
+    let c = server.client();
+    let src = git_repo(dir.path(), "My-App");
+    let r = c.post("/v1/organizations/default/repos", json!({"source": src.to_str().unwrap()})).await;
+    assert_eq!(r.status, 201, "{r:?}");
+    assert_eq!(r.body["name"], "my-app");
+    assert_eq!(r.body["default_branch"], "main");
+    assert_eq!(r.body["source_kind"], "path");
+    assert!(r.body.get("mirror_path").is_none(), "internal paths stay private");
+    let mirror = server.data_dir().join("repos/default/my-app.git");
+    assert!(mirror.join("HEAD").exists(), "bare mirror exists");
+    // Again: the same row, 200, no second clone.
+    let again = c.post("/v1/organizations/default/repos", json!({"source": src.to_str().unwrap()})).await;
+    assert_eq!(again.status, 200);
+    assert_eq!(again.body["id"], r.body["id"]);
+    let list = c.get("/v1/organizations/default/repos").await;
+    assert_eq!(list.body["items"].as_array().unwrap().len(), 1);
+    let one = c.get("/v1/organizations/default/repos/my-app").await;
+    assert_eq!(one.body["source"], src.canonicalize().unwrap().to_str().unwrap());
+    let kinds: Vec<String> = c
+        .events_since("default", 0)
+        .await
+        .iter()
+        .filter(|e| e["repo"] == "my-app")
+        .map(|e| e["kind"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(kinds.first().map(String::as_str), Some("repo.clone_started"));
+    assert_eq!(kinds.last().map(String::as_str), Some("repo.registered"));
+    assert_eq!(kinds.iter().filter(|k| *k == "repo.registered").count(), 1);
+}
+
+#[actix_web::test]
+async fn register_by_file_url_reports_clone_progress() {
+    let (server, dir) = Server::start(&[]);
+    let c = server.client();
+    let src = git_repo(dir.path(), "remote");
+    // Enough objects for git to print progress.
+    for i in 0..30 {
+        std::fs::write(src.join(format!("f{i}.txt")), format!("{i}\n").repeat(200)).unwrap();
+    }
+    let git = |args: &[&str]| {
+        let ok = std::process::Command::new("git")
+            .args(["-c", "user.name=t", "-c", "user.email=t@t"])
+            .args(args)
+            .current_dir(&src)
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    };
+    git(&["add", "."]);
+    git(&["commit", "-qm", "more"]);
+    let url = format!("file://{}", src.display());
+    let r = c.post("/v1/organizations/default/repos", json!({"source": url, "name": "remote"})).await;
+    assert_eq!(r.status, 201, "{r:?}");
+    assert_eq!(r.body["source_kind"], "url");
+    let progress: Vec<_> =
+        c.events_since("default", 0).await.into_iter().filter(|e| e["kind"] == "repo.clone_progress").collect();
+    assert!(!progress.is_empty(), "a clone over a URL reports progress");
+    assert!(progress.iter().all(|e| e["data"]["phase"].is_string() && e["data"]["percent"].as_u64().unwrap() <= 100));
+}
+
+#[actix_web::test]
+async fn bad_repository_sources_leave_nothing_behind() {
+    let (server, dir) = Server::start(&[]);
+    let c = server.client();
+    let plain = dir.path().join("plain");
+    std::fs::create_dir_all(&plain).unwrap();
+    let cases = [
+        (json!({"source": dir.path().join("missing").to_str().unwrap()}), 422, "repo_path_not_found"),
+        (json!({"source": plain.to_str().unwrap()}), 422, "not_a_git_repository"),
+        (json!({"source": "file:///nonexistent/repo.git", "name": "gone"}), 422, "repo_unreachable"),
+        (json!({"source": "http://127.0.0.1:1/x.git"}), 422, "repo_unreachable"),
+        (json!({"source": "relative/path"}), 422, "invalid_source"),
+        (json!({"source": "ext::sh -c touch% /tmp/pwned"}), 422, "unsupported_source"),
+        (json!({"source": "-uhttps://x"}), 422, "invalid_source"),
+        (json!({"source": "/tmp", "name": "../evil"}), 422, "invalid_name"),
+    ];
+    for (body, status, code) in cases {
+        let r = c.post("/v1/organizations/default/repos", body.clone()).await;
+        assert_eq!((r.status, r.code()), (status, code), "{body}: {r:?}");
+        assert!(r.body["message"].as_str().unwrap().len() > 10);
+    }
+    assert_eq!(c.get("/v1/organizations/default/repos").await.body["items"], json!([]));
+    let leftovers: Vec<_> = std::fs::read_dir(server.data_dir().join("repos"))
+        .unwrap()
+        .flat_map(|d| std::fs::read_dir(d.unwrap().path()).into_iter().flatten())
+        .collect();
+    assert!(leftovers.is_empty(), "no half-made mirrors: {leftovers:?}");
+}
+
+#[actix_web::test]
+async fn same_name_other_source_conflicts() {
+    let (server, dir) = Server::start(&[]);
+    let c = server.client();
+    let a = git_repo(&dir.path().join("a"), "app");
+    let b = git_repo(&dir.path().join("b"), "app");
+    c.add_repo("default", &a).await;
+    let r = c.post("/v1/organizations/default/repos", json!({"source": b.to_str().unwrap()})).await;
+    assert_eq!((r.status, r.code()), (409, "repo_name_taken"));
+    let r = c.post("/v1/organizations/default/repos", json!({"source": a.to_str().unwrap(), "name": "other"})).await;
+    assert_eq!((r.status, r.code()), (409, "repo_already_registered"));
+    let r = c.post("/v1/organizations/default/repos", json!({"source": b.to_str().unwrap(), "name": "app-b"})).await;
+    assert_eq!(r.status, 201);
+}
+
+#[actix_web::test]
+async fn tasks_are_created_queued_on_a_valid_branch() {
+    let (server, dir) = Server::start(&[]);
+    let c = server.client();
+    c.add_repo("default", &git_repo(dir.path(), "app")).await;
+    let t = c.create_task("default", "app", "Fix the login bug!\n\nUsers can't log in on Safari.").await;
+    let id = t["id"].as_str().unwrap();
+    assert_eq!(id.len(), 8);
+    assert_eq!(t["status"], "queued");
+    assert_eq!(t["title"], "Fix the login bug!");
+    assert_eq!(t["branch"], format!("kiln/fix-the-login-bug-{id}"));
+    assert_eq!(t["base_branch"], "main");
+    assert_eq!(t["agent"], "claude");
+    assert_eq!(t["provider"], "worktree");
+    assert_eq!(t["repo"], "app");
+    let check = std::process::Command::new("git")
+        .args(["check-ref-format", "--branch", t["branch"].as_str().unwrap()])
+        .status()
+        .unwrap();
+    assert!(check.success(), "git accepts the branch name");
+
+    let r = c
+        .post(
+            "/v1/organizations/default/tasks",
+            json!({"repo": "app", "description": "x", "title": "Émoji ☃ only ???", "base_branch": "dev", "agent": "shell"}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{r:?}");
+    assert_eq!(r.body["base_branch"], "dev");
+    assert!(r.body["branch"].as_str().unwrap().starts_with("kiln/moji-only-"));
+
+    let got = c.get(&format!("/v1/organizations/default/tasks/{id}")).await;
+    assert_eq!(got.status, 200);
+    assert_eq!(got.body["description"], "Fix the login bug!\n\nUsers can't log in on Safari.");
+    assert!(got.body.get("runtime").is_some() && got.body.get("sandbox").is_some());
+
+    let events = c.events_since("default", 0).await;
+    let created: Vec<_> = events.iter().filter(|e| e["kind"] == "task.created").collect();
+    assert_eq!(created.len(), 2);
+    assert_eq!(created[0]["task"], id);
+    assert_eq!(created[0]["repo"], "app");
+}
+
+#[actix_web::test]
+async fn task_creation_refuses_bad_references() {
+    let (server, dir) = Server::start(&[]);
+    let c = server.client();
+    c.add_repo("default", &git_repo(dir.path(), "app")).await;
+    let cases = [
+        (json!({"repo": "nope", "description": "x"}), 404, "repo_not_found"),
+        (json!({"repo": "app", "description": "   "}), 422, "invalid_description"),
+        (json!({"repo": "app", "description": "x", "base_branch": "missing"}), 422, "unknown_base_branch"),
+        (json!({"repo": "app", "description": "x", "base_branch": "a..b"}), 422, "invalid_branch"),
+        (json!({"repo": "app", "description": "x", "agent": "hal9000"}), 422, "unknown_agent"),
+        (json!({"repo": "app", "description": "x", "provider": "k8s"}), 422, "unknown_provider"),
+    ];
+    for (body, status, code) in cases {
+        let r = c.post("/v1/organizations/default/tasks", body.clone()).await;
+        assert_eq!((r.status, r.code()), (status, code), "{body}: {r:?}");
+    }
+    let list = c.get("/v1/organizations/default/tasks").await;
+    assert_eq!(list.body["items"], json!([]));
+}
+
+#[actix_web::test]
+async fn task_list_filters_and_pages() {
+    let (server, dir) = Server::start(&[]);
+    let c = server.client();
+    c.add_repo("default", &git_repo(dir.path(), "one")).await;
+    c.add_repo("default", &git_repo(dir.path(), "two")).await;
+    let mut ids = Vec::new();
+    for i in 0..7 {
+        let repo = if i % 2 == 0 { "one" } else { "two" };
+        ids.push(c.create_task("default", repo, &format!("task {i}")).await["id"].as_str().unwrap().to_string());
+    }
+    let killed = &ids[0];
+    let r = c.post(&format!("/v1/organizations/default/tasks/{killed}/kill"), json!({})).await;
+    assert_eq!(r.status, 200);
+
+    // Pages of 3, newest first, every task exactly once.
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let path = match &cursor {
+            Some(cur) => format!("/v1/organizations/default/tasks?limit=3&cursor={cur}"),
+            None => "/v1/organizations/default/tasks?limit=3".to_string(),
+        };
+        let r = c.get(&path).await;
+        assert_eq!(r.status, 200, "{r:?}");
+        let items = r.body["items"].as_array().unwrap();
+        assert!(items.len() <= 3);
+        seen.extend(items.iter().map(|t| t["id"].as_str().unwrap().to_string()));
+        match r.body["next_cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_string()),
+            None => break,
+        }
+    }
+    let mut expected = ids.clone();
+    expected.reverse();
+    assert_eq!(seen.len(), 7);
+    let mut sorted_seen = seen.clone();
+    sorted_seen.sort();
+    let mut sorted_ids = ids.clone();
+    sorted_ids.sort();
+    assert_eq!(sorted_seen, sorted_ids);
+
+    let one = c.get("/v1/organizations/default/tasks?repo=one").await;
+    assert_eq!(one.body["items"].as_array().unwrap().len(), 4);
+    assert!(one.body["items"].as_array().unwrap().iter().all(|t| t["repo"] == "one"));
+    let k = c.get("/v1/organizations/default/tasks?status=killed").await;
+    assert_eq!(k.body["items"].as_array().unwrap().len(), 1);
+    assert_eq!(k.body["items"][0]["id"], killed.as_str());
+    let q = c.get("/v1/organizations/default/tasks?status=queued&repo=two").await;
+    assert_eq!(q.body["items"].as_array().unwrap().len(), 3);
+}
+
+#[actix_web::test]
+async fn actions_follow_the_lifecycle() {
+    let (server, dir) = Server::start(&[]);
+    let c = server.client();
+    c.add_repo("default", &git_repo(dir.path(), "app")).await;
+    let id = c.create_task("default", "app", "a").await["id"].as_str().unwrap().to_string();
+    let base = format!("/v1/organizations/default/tasks/{id}");
+    for action in ["push", "sync", "pr", "merge", "resume", "input", "attach", "switch"] {
+        let r = c.post(&format!("{base}/{action}"), json!({})).await;
+        assert_eq!((r.status, r.code()), (409, "invalid_transition"), "{action}: {r:?}");
+        assert!(r.body["message"].as_str().unwrap().contains("queued"), "{r:?}");
+    }
+    let r = c.post(&format!("{base}/explode"), json!({})).await;
+    assert_eq!((r.status, r.code()), (404, "unknown_action"));
+    let r = c.post(&format!("{base}/archive"), json!({})).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.body["task"]["status"], "archived");
+    let r = c.post(&format!("{base}/kill"), json!({})).await;
+    assert_eq!((r.status, r.code()), (409, "invalid_transition"));
+    assert!(r.body["message"].as_str().unwrap().contains("archived"));
+    let changes: Vec<_> =
+        c.events_since("default", 0).await.into_iter().filter(|e| e["kind"] == "task.status_changed").collect();
+    assert_eq!(changes.len(), 1, "refused actions emit nothing");
+    assert_eq!(changes[0]["data"]["from"], "queued");
+    assert_eq!(changes[0]["data"]["to"], "archived");
+    assert_eq!(changes[0]["data"]["action"], "archive");
+}
+
+#[actix_web::test]
+async fn repository_delete_is_refused_while_tasks_are_active() {
+    let (server, dir) = Server::start(&[]);
+    let c = server.client();
+    c.add_repo("default", &git_repo(dir.path(), "app")).await;
+    let id = c.create_task("default", "app", "a").await["id"].as_str().unwrap().to_string();
+    let r = c.delete("/v1/organizations/default/repos/app").await;
+    assert_eq!((r.status, r.code()), (409, "repo_has_active_tasks"));
+    c.post(&format!("/v1/organizations/default/tasks/{id}/kill"), json!({})).await;
+    let r = c.delete("/v1/organizations/default/repos/app").await;
+    assert_eq!(r.status, 204, "{r:?}");
+    assert!(!server.data_dir().join("repos/default/app.git").exists(), "mirror removed");
+    assert_eq!(c.get("/v1/organizations/default/repos/app").await.status, 404);
+    assert_eq!(c.get(&format!("/v1/organizations/default/tasks/{id}")).await.status, 404);
+}
+
+#[actix_web::test]
+async fn events_filter_by_repo_task_kind_and_limit() {
+    let (server, dir) = Server::start(&[]);
+    let c = server.client();
+    c.add_repo("default", &git_repo(dir.path(), "one")).await;
+    c.add_repo("default", &git_repo(dir.path(), "two")).await;
+    let t1 = c.create_task("default", "one", "a").await["id"].as_str().unwrap().to_string();
+    let _t2 = c.create_task("default", "two", "b").await;
+    c.post(&format!("/v1/organizations/default/tasks/{t1}/kill"), json!({})).await;
+
+    let by_task = c.get(&format!("/v1/organizations/default/events?task={t1}")).await;
+    let kinds: Vec<&str> = by_task.body["items"].as_array().unwrap().iter().map(|e| e["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, vec!["task.created", "task.status_changed"]);
+    let by_repo = c.get("/v1/organizations/default/events?repo=two").await;
+    assert!(by_repo.body["items"].as_array().unwrap().iter().all(|e| e["repo"] == "two"));
+    let prefix = c.get("/v1/organizations/default/events?kind=task.").await;
+    assert_eq!(prefix.body["items"].as_array().unwrap().len(), 3);
+    let star = c.get("/v1/organizations/default/events?kind=task.*").await;
+    assert_eq!(star.body["items"], prefix.body["items"]);
+    let exact = c.get("/v1/organizations/default/events?kind=task.created").await;
+    assert_eq!(exact.body["items"].as_array().unwrap().len(), 2);
+    let under = c.get("/v1/organizations/default/events?kind=task_created").await;
+    assert_eq!(under.body["items"], json!([]), "`_` is not a wildcard");
+
+    let all = c.events_since("default", 0).await;
+    let first_two = c.get("/v1/organizations/default/events?limit=2").await;
+    assert_eq!(first_two.body["items"].as_array().unwrap().len(), 2);
+    let next = first_two.body["next_since"].as_i64().unwrap();
+    let rest = c.get(&format!("/v1/organizations/default/events?since={next}&limit=1000")).await;
+    assert_eq!(rest.body["items"].as_array().unwrap().len(), all.len() - 2);
+    let tail = c.get("/v1/organizations/default/events?tail=2").await;
+    let tail_ids: Vec<i64> = tail.body["items"].as_array().unwrap().iter().map(|e| e["id"].as_i64().unwrap()).collect();
+    let last_ids: Vec<i64> = all[all.len() - 2..].iter().map(|e| e["id"].as_i64().unwrap()).collect();
+    assert_eq!(tail_ids, last_ids);
+    // Ids only grow.
+    assert!(all.windows(2).all(|w| w[0]["id"].as_i64() < w[1]["id"].as_i64()));
+}
+
+#[actix_web::test]
+async fn provider_secrets_are_write_only() {
+    let (server, _dir) = Server::start(&[]);
+    let c = server.client();
+    let r = c
+        .put(
+            "/v1/organizations/default/providers/daytona",
+            json!({"config": {"api_url": "http://127.0.0.1:9"}, "secrets": {"api_key": "sekrit-123"}}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.body["secrets"], json!(["api_key"]));
+    assert!(!r.text.contains("sekrit-123"));
+    let r = c.get("/v1/organizations/default/providers/daytona").await;
+    assert_eq!(r.body["config"]["api_url"], "http://127.0.0.1:9");
+    assert!(!r.text.contains("sekrit-123"));
+    // A second write without secrets keeps the first; null removes one.
+    c.put("/v1/organizations/default/providers/daytona", json!({"config": {}, "secrets": {"other": "x"}})).await;
+    let r = c.get("/v1/organizations/default/providers/daytona").await;
+    assert_eq!(r.body["secrets"], json!(["api_key", "other"]));
+    c.put("/v1/organizations/default/providers/daytona", json!({"secrets": {"other": null}})).await;
+    assert_eq!(c.get("/v1/organizations/default/providers/daytona").await.body["secrets"], json!(["api_key"]));
+    let events = c.get("/v1/organizations/default/events?kind=provider.updated").await;
+    assert!(!events.text.contains("sekrit-123"), "secrets never reach events");
+    assert!(!server.log().contains("sekrit-123"), "secrets never reach logs");
+    let r = c.put("/v1/organizations/default/providers/nope", json!({})).await;
+    assert_eq!((r.status, r.code()), (404, "provider_not_found"));
+    let r = c.put("/v1/organizations/default/providers/worktree", json!({"secrets": {"k": 1}})).await;
+    assert_eq!((r.status, r.code()), (422, "invalid_secret"));
+}

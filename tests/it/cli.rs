@@ -1,0 +1,150 @@
+//! The `kiln` CLI against a real server.
+
+use serde_json::Value;
+
+use crate::common::*;
+
+fn ok(out: (i32, String, String)) -> String {
+    assert_eq!(out.0, 0, "stdout: {}\nstderr: {}", out.1, out.2);
+    out.1
+}
+
+#[actix_web::test]
+async fn walk_through() {
+    let (server, dir) = Server::start(&[]);
+    let src = git_repo(dir.path(), "app");
+
+    let out = ok(cli(&server, &["repo", "add", src.to_str().unwrap()]));
+    assert!(out.contains("registered `app`"), "{out}");
+    let repos: Value = serde_json::from_str(&ok(cli(&server, &["repo", "list", "--json"]))).unwrap();
+    assert_eq!(repos[0]["name"], "app");
+    let table = ok(cli(&server, &["repo", "list"]));
+    assert!(table.starts_with("NAME"), "{table}");
+
+    let out = ok(cli(&server, &["create", "--repo", "app", "Fix", "the", "flaky", "test"]));
+    assert!(out.contains("kiln/fix-the-flaky-test-"), "{out}");
+    let created: Value =
+        serde_json::from_str(&ok(cli(&server, &["create", "-r", "app", "--title", "Second", "--json", "do it"]))).unwrap();
+    let id = created["id"].as_str().unwrap().to_string();
+
+    let tasks: Value = serde_json::from_str(&ok(cli(&server, &["list", "--json"]))).unwrap();
+    assert_eq!(tasks.as_array().unwrap().len(), 2);
+    let table = ok(cli(&server, &["list"]));
+    let header = table.lines().next().unwrap();
+    assert!(header.starts_with("ID") && header.contains("STATUS") && header.contains("BRANCH"), "{table}");
+    assert_eq!(table.lines().count(), 3);
+
+    let out = ok(cli(&server, &["show", &id]));
+    assert!(out.contains("Second") && out.contains("queued"), "{out}");
+    let out = ok(cli(&server, &["kill", &id]));
+    assert!(out.contains("killed"), "{out}");
+    let queued: Value = serde_json::from_str(&ok(cli(&server, &["list", "--status", "queued", "--json"]))).unwrap();
+    assert_eq!(queued.as_array().unwrap().len(), 1);
+
+    let events = ok(cli(&server, &["events", "--json"]));
+    let kinds: Vec<String> = events
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap()["kind"].as_str().unwrap().to_string())
+        .collect();
+    assert!(kinds.contains(&"task.created".to_string()) && kinds.contains(&"task.status_changed".to_string()), "{kinds:?}");
+    let human = ok(cli(&server, &["events", "--kind", "task."]));
+    assert_eq!(human.lines().count(), 3, "{human}");
+}
+
+#[actix_web::test]
+async fn organizations_and_tokens() {
+    let (server, _dir) = Server::start(&[]);
+    let out = ok(cli(&server, &["organization", "create", "acme", "--display-name", "Acme"]));
+    assert!(out.contains("acme"));
+    let orgs: Value = serde_json::from_str(&ok(cli(&server, &["organization", "list", "--json"]))).unwrap();
+    assert_eq!(orgs.as_array().unwrap().len(), 2);
+
+    // `use` sets the default for later commands.
+    ok(cli(&server, &["organization", "use", "acme"]));
+    let config = std::fs::read_to_string(server.dir.join("config/kiln/config.toml")).unwrap();
+    assert!(config.contains("default_organization = \"acme\""), "{config}");
+    let table = ok(cli(&server, &["organization", "list"]));
+    assert!(table.contains("acme*"), "{table}");
+
+    let created: Value = serde_json::from_str(&ok(cli(&server, &["token", "create", "ci", "--json"]))).unwrap();
+    let secret = created["token"].as_str().unwrap().to_string();
+    let id = created["id"].as_str().unwrap().to_string();
+    let list: Value = serde_json::from_str(&ok(cli(&server, &["token", "list", "--json"]))).unwrap();
+    assert_eq!(list[0]["id"], id.as_str());
+    // The org token works for its own organization through the CLI...
+    let repos = cli(&server, &["--token", &secret, "repo", "list", "--json"]);
+    assert_eq!(repos.0, 0, "{repos:?}");
+    // ...but not for another, with a clear message and a non-zero exit.
+    let other = cli(&server, &["--token", &secret, "-o", "default", "repo", "list"]);
+    assert_eq!(other.0, 1);
+    assert!(other.2.contains("403") && other.2.contains("acme"), "{}", other.2);
+    ok(cli(&server, &["token", "revoke", &id]));
+    let revoked = cli(&server, &["--token", &secret, "repo", "list"]);
+    assert_eq!(revoked.0, 1);
+    assert!(revoked.2.contains("401"), "{}", revoked.2);
+}
+
+#[actix_web::test]
+async fn errors_are_clear_and_exit_non_zero() {
+    let (server, dir) = Server::start(&[]);
+    let out = cli(&server, &["repo", "add", dir.path().join("missing").to_str().unwrap()]);
+    assert_eq!(out.0, 1);
+    assert!(out.2.starts_with("error: ") && out.2.contains("repo_path_not_found"), "{}", out.2);
+    let out = cli(&server, &["create", "-r", "nope", "x"]);
+    assert_eq!(out.0, 1);
+    assert!(out.2.contains("no repository `nope`"), "{}", out.2);
+    // Nothing listening.
+    let out = std::process::Command::new(BIN)
+        .args(["--url", "http://127.0.0.1:9", "--token", "x", "list"])
+        .env("HOME", dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is `kiln serve` running?"));
+    // A config with a typo is refused before anything runs.
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[server]\nbnd = 1\n").unwrap();
+    let out = cli(&server, &["--config", bad.to_str().unwrap(), "list"]);
+    assert_eq!(out.0, 2);
+    assert!(out.2.contains("bnd"), "{}", out.2);
+}
+
+#[actix_web::test]
+async fn events_follow_streams_new_events() {
+    let (server, dir) = Server::start(&[]);
+    let c = server.client();
+    c.add_repo("default", &git_repo(dir.path(), "app")).await;
+    let mut child = std::process::Command::new(BIN)
+        .args(["--url", &server.url, "events", "--follow", "--json", "--kind", "task."])
+        .env("HOME", &server.dir)
+        .env("KILN_DATA_DIR", server.data_dir())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    // Keep creating until the follower shows one (it may still be connecting).
+    let mut created = Vec::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let line = loop {
+        if let Ok(line) = rx.recv_timeout(std::time::Duration::from_millis(200)) {
+            break line;
+        }
+        assert!(std::time::Instant::now() < deadline, "events --follow printed nothing");
+        created.push(c.create_task("default", "app", "followed").await["id"].as_str().unwrap().to_string());
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    let event: Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(event["kind"], "task.created");
+    assert!(created.contains(&event["task"].as_str().unwrap().to_string()));
+}

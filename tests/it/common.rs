@@ -1,0 +1,380 @@
+//! The test harness: a real `kiln serve` process on an ephemeral port with its own
+//! temp data dir, an HTTP/WebSocket client for it, and real git repositories.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_kiln");
+
+/// One running server. Killed on drop; its log is printed if the test failed.
+pub struct Server {
+    child: Option<Child>,
+    pub url: String,
+    pub dir: PathBuf,
+    pub token: String,
+    env: Vec<(String, String)>,
+}
+
+/// A fresh temp dir that lives as long as the test holds it.
+pub fn tempdir() -> tempfile::TempDir {
+    tempfile::Builder::new().prefix("kiln-test-").tempdir().expect("tempdir")
+}
+
+impl Server {
+    /// Starts a server on `dir` with extra `KILN_*` settings.
+    pub fn start_in(dir: &Path, env: &[(&str, &str)]) -> Server {
+        let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let mut server = Server { child: None, url: String::new(), dir: dir.to_path_buf(), token: String::new(), env };
+        server.boot();
+        server
+    }
+
+    fn boot(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("server.log"))
+            .expect("log file");
+        let mut cmd = Command::new(BIN);
+        cmd.arg("serve")
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("HOME", &self.dir)
+            .env("XDG_CONFIG_HOME", self.dir.join("config"))
+            .env("KILN_DATA_DIR", self.dir.join("data"))
+            .env("KILN_SERVER__BIND", "127.0.0.1:0")
+            .env("KILN_SERVER__WORKERS", "2")
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(log);
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn kiln serve");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            let mut sent = false;
+            while let Some(Ok(line)) = lines.next() {
+                if !sent {
+                    if let Some(rest) = line.strip_prefix("kiln listening on ") {
+                        let url = rest.split_whitespace().next().unwrap_or_default().to_string();
+                        let _ = tx.send(url);
+                        sent = true;
+                    }
+                }
+            }
+        });
+        let url = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(url) => url,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("kiln serve did not start:\n{}", self.log());
+            }
+        };
+        self.url = url;
+        self.token = std::fs::read_to_string(self.dir.join("data/admin.token")).expect("admin token").trim().to_string();
+        self.child = Some(child);
+    }
+
+    pub fn start(env: &[(&str, &str)]) -> (Server, tempfile::TempDir) {
+        let dir = tempdir();
+        (Server::start_in(dir.path(), env), dir)
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default()
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn stop(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("server is running");
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        wait_exit(&mut child, Duration::from_secs(30))
+    }
+
+    /// SIGKILL: the process dies with no chance to clean up.
+    pub fn kill(&mut self) {
+        let mut child = self.child.take().expect("server is running");
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    /// Starts the server again on the same data dir (after `stop` or `kill`).
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "stop or kill the server first");
+        self.boot();
+    }
+
+    pub fn client(&self) -> Client {
+        Client::new(&self.url, Some(&self.token))
+    }
+}
+
+fn wait_exit(child: &mut Child, timeout: Duration) -> ExitStatus {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("server did not exit within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if std::thread::panicking() {
+            let log = self.log();
+            let tail: Vec<&str> = log.lines().rev().take(60).collect();
+            eprintln!("--- server log (last lines) ---");
+            for line in tail.into_iter().rev() {
+                eprintln!("{line}");
+            }
+        }
+    }
+}
+
+/// A small HTTP client for the API.
+#[derive(Clone)]
+pub struct Client {
+    pub base: String,
+    pub token: Option<String>,
+    http: awc::Client,
+}
+
+pub struct Reply {
+    pub status: u16,
+    pub body: Value,
+    pub text: String,
+}
+
+impl Reply {
+    /// The `error` code of an error body.
+    pub fn code(&self) -> &str {
+        self.body["error"].as_str().unwrap_or("")
+    }
+}
+
+impl std::fmt::Debug for Reply {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.status, self.text)
+    }
+}
+
+impl Client {
+    pub fn new(base: &str, token: Option<&str>) -> Client {
+        let http = awc::Client::builder().timeout(Duration::from_secs(120)).finish();
+        Client { base: base.to_string(), token: token.map(str::to_string), http }
+    }
+
+    pub fn with_token(&self, token: Option<&str>) -> Client {
+        Client::new(&self.base, token)
+    }
+
+    pub async fn raw(&self, method: &str, path: &str, body: Option<&[u8]>, content_type: Option<&str>) -> Reply {
+        let method = awc::http::Method::from_bytes(method.as_bytes()).expect("method");
+        let mut req = self.http.request(method, format!("{}{}", self.base, path));
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(ct) = content_type {
+            req = req.insert_header(("content-type", ct));
+        }
+        let mut res = match body {
+            Some(b) => req.send_body(b.to_vec()).await,
+            None => req.send().await,
+        }
+        .expect("request failed");
+        let bytes = res.body().limit(256 * 1024 * 1024).await.expect("body");
+        let text = String::from_utf8_lossy(&bytes).to_string();
+        let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        Reply { status: res.status().as_u16(), body, text }
+    }
+
+    pub async fn get(&self, path: &str) -> Reply {
+        self.raw("GET", path, None, None).await
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> Reply {
+        self.raw("POST", path, Some(body.to_string().as_bytes()), Some("application/json")).await
+    }
+
+    pub async fn put(&self, path: &str, body: Value) -> Reply {
+        self.raw("PUT", path, Some(body.to_string().as_bytes()), Some("application/json")).await
+    }
+
+    pub async fn patch(&self, path: &str, body: Value) -> Reply {
+        self.raw("PATCH", path, Some(body.to_string().as_bytes()), Some("application/json")).await
+    }
+
+    pub async fn delete(&self, path: &str) -> Reply {
+        self.raw("DELETE", path, None, None).await
+    }
+
+    /// Opens a WebSocket on `path`.
+    pub async fn ws(&self, path: &str) -> Ws {
+        let url = format!("{}{}", self.base.replacen("http", "ws", 1), path);
+        let mut req = self.http.ws(url).max_frame_size(16 * 1024 * 1024);
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        let (_, framed) = req.connect().await.expect("websocket connect");
+        Ws { framed }
+    }
+
+    /// Registers a repository by path; asserts it worked.
+    pub async fn add_repo(&self, org: &str, path: &Path) -> Value {
+        let r = self
+            .post(&format!("/v1/organizations/{org}/repos"), serde_json::json!({"source": path.to_str().unwrap()}))
+            .await;
+        assert!(r.status == 201 || r.status == 200, "register repo: {r:?}");
+        r.body
+    }
+
+    /// Creates a task; asserts it worked.
+    pub async fn create_task(&self, org: &str, repo: &str, description: &str) -> Value {
+        let r = self
+            .post(&format!("/v1/organizations/{org}/tasks"), serde_json::json!({"repo": repo, "description": description}))
+            .await;
+        assert_eq!(r.status, 201, "create task: {r:?}");
+        r.body
+    }
+
+    /// Every event of `org` after `since`, paging through the history.
+    pub async fn events_since(&self, org: &str, since: i64) -> Vec<Value> {
+        let mut out = Vec::new();
+        let mut since = since;
+        loop {
+            let r = self.get(&format!("/v1/organizations/{org}/events?since={since}&limit=1000")).await;
+            assert_eq!(r.status, 200, "{r:?}");
+            let items = r.body["items"].as_array().cloned().unwrap_or_default();
+            if items.is_empty() {
+                return out;
+            }
+            since = r.body["next_since"].as_i64().unwrap();
+            out.extend(items);
+        }
+    }
+}
+
+/// A WebSocket client connection.
+pub struct Ws {
+    pub framed: actix_codec::Framed<awc::BoxedSocket, awc::ws::Codec>,
+}
+
+#[derive(Debug)]
+pub enum WsItem {
+    Event(Value),
+    Close(Option<awc::ws::CloseReason>),
+    Ended,
+}
+
+impl Ws {
+    /// The next event or close, answering pings on the way; panics after `timeout`.
+    pub async fn next(&mut self, timeout: Duration) -> WsItem {
+        use futures_util::{SinkExt, StreamExt};
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let frame = tokio::time::timeout_at(deadline, self.framed.next()).await.expect("websocket: nothing arrived in time");
+            match frame {
+                None => return WsItem::Ended,
+                Some(Err(e)) => panic!("websocket error: {e}"),
+                Some(Ok(awc::ws::Frame::Text(b))) => return WsItem::Event(serde_json::from_slice(&b).expect("event json")),
+                Some(Ok(awc::ws::Frame::Ping(p))) => {
+                    let _ = self.framed.send(awc::ws::Message::Pong(p)).await;
+                }
+                Some(Ok(awc::ws::Frame::Close(reason))) => return WsItem::Close(reason),
+                Some(Ok(_)) => {}
+            }
+        }
+    }
+
+    /// The next `n` events; panics on a close or after `timeout`.
+    pub async fn events(&mut self, n: usize, timeout: Duration) -> Vec<Value> {
+        let mut out = Vec::with_capacity(n);
+        while out.len() < n {
+            match self.next(timeout).await {
+                WsItem::Event(e) => out.push(e),
+                other => panic!("expected {n} events, got {} then {other:?}", out.len()),
+            }
+        }
+        out
+    }
+}
+
+/// A real git repository with one commit on `main` (and a `dev` branch).
+pub fn git_repo(parent: &Path, name: &str) -> PathBuf {
+    let dir = parent.join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    let git = |args: &[&str]| {
+        let out = Command::new("git")
+            .args(["-c", "user.name=Kiln Test", "-c", "user.email=test@kiln.invalid", "-c", "init.defaultBranch=main"])
+            .args(args)
+            .current_dir(&dir)
+            .output()
+            .expect("git");
+        assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    git(&["init", "-q"]);
+    std::fs::write(dir.join("README.md"), "hello\n").unwrap();
+    git(&["add", "."]);
+    git(&["commit", "-q", "-m", "first"]);
+    git(&["branch", "dev"]);
+    dir
+}
+
+/// Polls `check` until it answers `Some`, or panics after `timeout`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Runs the `kiln` CLI against `server` with a clean home; answers (status, stdout, stderr).
+pub fn cli(server: &Server, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(BIN)
+        .args(["--url", &server.url])
+        .args(args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("HOME", &server.dir)
+        .env("XDG_CONFIG_HOME", server.dir.join("config"))
+        .env("KILN_DATA_DIR", server.data_dir())
+        .output()
+        .expect("run kiln");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}

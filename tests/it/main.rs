@@ -1,0 +1,15 @@
+//! Integration tests: each starts the real `kiln` binary on an ephemeral port
+//! with its own data dir, and speaks HTTP and WebSocket to it.
+
+mod common;
+
+mod api;
+mod auth;
+mod bad_input;
+mod cli;
+mod concurrency;
+mod lifecycle;
+mod migrations;
+mod restart;
+mod single_writer;
+mod stream;

@@ -1,0 +1,93 @@
+//! Restart: everything persisted is there after a clean stop or a SIGKILL, and a
+//! stream client resuming with `since` misses nothing.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::common::*;
+
+#[actix_web::test]
+async fn state_survives_a_clean_stop_and_a_kill() {
+    let dir = tempdir();
+    let mut server = Server::start_in(dir.path(), &[]);
+    let c = server.client();
+    c.post("/v1/organizations", json!({"name": "acme"})).await;
+    c.add_repo("acme", &git_repo(dir.path(), "app")).await;
+    let mut tasks = Vec::new();
+    for i in 0..5 {
+        tasks.push(c.create_task("acme", "app", &format!("task {i}")).await["id"].as_str().unwrap().to_string());
+    }
+    let token = c.post("/v1/organizations/acme/tokens", json!({"name": "ci"})).await.body["token"].as_str().unwrap().to_string();
+    let events_before = c.events_since("acme", 0).await;
+    let admin_token = server.token.clone();
+
+    let status = server.stop();
+    assert_eq!(status.code(), Some(0), "SIGTERM exits 0: {}", server.log());
+    server.restart();
+    assert_eq!(server.token, admin_token, "the admin token is kept");
+    let c = server.client();
+    let listed = c.get("/v1/organizations/acme/tasks").await;
+    let mut got: Vec<String> = listed.body["items"].as_array().unwrap().iter().map(|t| t["id"].as_str().unwrap().to_string()).collect();
+    got.sort();
+    tasks.sort();
+    assert_eq!(got, tasks);
+    assert_eq!(c.events_since("acme", 0).await, events_before);
+    assert_eq!(c.with_token(Some(&token)).get("/v1/organizations/acme/repos").await.status, 200, "org tokens survive");
+
+    // SIGKILL: acknowledged writes are still there.
+    let t = c.create_task("acme", "app", "right before the kill").await;
+    server.kill();
+    server.restart();
+    let c = server.client();
+    let r = c.get(&format!("/v1/organizations/acme/tasks/{}", t["id"].as_str().unwrap())).await;
+    assert_eq!(r.status, 200);
+    let kinds: Vec<_> = c.events_since("acme", 0).await.into_iter().map(|e| e["kind"].clone()).collect();
+    assert_eq!(kinds.iter().filter(|k| *k == "task.created").count(), 6, "the acknowledged event was not lost");
+    // A second server on the same data dir is refused while the first runs.
+    let second = std::process::Command::new(BIN)
+        .arg("serve")
+        .env("HOME", dir.path())
+        .env("KILN_DATA_DIR", server.data_dir())
+        .env("KILN_SERVER__BIND", "127.0.0.1:0")
+        .output()
+        .unwrap();
+    assert!(!second.status.success());
+    assert!(String::from_utf8_lossy(&second.stderr).contains("already using"), "{}", String::from_utf8_lossy(&second.stderr));
+}
+
+#[actix_web::test]
+async fn a_stream_client_resumes_across_a_restart_without_missing_anything() {
+    let dir = tempdir();
+    let mut server = Server::start_in(dir.path(), &[]);
+    let c = server.client();
+    c.add_repo("default", &git_repo(dir.path(), "app")).await;
+    let mut ws = c.ws("/v1/organizations/default/stream?since=0").await;
+    for i in 0..3 {
+        c.create_task("default", "app", &format!("a{i}")).await;
+    }
+    let first = c.events_since("default", 0).await;
+    let seen = ws.events(first.len(), Duration::from_secs(30)).await;
+    let last = seen.last().unwrap()["id"].as_i64().unwrap();
+
+    // The server goes down; the stream ends with a close (or just ends).
+    let status = server.stop();
+    assert_eq!(status.code(), Some(0));
+    match ws.next(Duration::from_secs(30)).await {
+        WsItem::Close(_) | WsItem::Ended => {}
+        WsItem::Event(e) => panic!("unexpected event after stop: {e}"),
+    }
+    server.restart();
+    let c = server.client();
+    // Events happen before the client is back.
+    for i in 0..4 {
+        c.create_task("default", "app", &format!("b{i}")).await;
+    }
+    let mut ws = c.ws(&format!("/v1/organizations/default/stream?since={last}")).await;
+    c.create_task("default", "app", "live").await;
+    let all = c.events_since("default", 0).await;
+    let missed: Vec<_> = all.iter().filter(|e| e["id"].as_i64().unwrap() > last).cloned().collect();
+    assert_eq!(missed.len(), 5);
+    let got = ws.events(missed.len(), Duration::from_secs(30)).await;
+    assert_eq!(got, missed);
+}
