@@ -11,7 +11,7 @@ use std::sync::Arc;
 use actix::prelude::*;
 use actix_web::{middleware, web, App, HttpServer};
 
-use crate::actors::history::{Flush, HistoryActor};
+use crate::actors::history::{CloseSubscribers, Flush, HistoryActor};
 use crate::actors::organization::CreateOrganization;
 use crate::actors::registry::Registry;
 use crate::actors::Kiln;
@@ -138,7 +138,9 @@ pub async fn start(config: Config) -> Result<Running, BootError> {
             .configure(|cfg| http::configure(cfg, max_body))
             .default_service(web::to(http::not_found))
     })
-    .shutdown_timeout(10);
+    .shutdown_timeout(10)
+    // `serve` handles signals itself, so it can close streams before waiting.
+    .disable_signals();
     if config.server.workers > 0 {
         server = server.workers(config.server.workers);
     }
@@ -172,9 +174,40 @@ impl Running {
     }
 }
 
-/// Runs the service until a shutdown signal. Must run inside an actix System.
+/// Runs the service until SIGTERM or Ctrl-C. Must run inside an actix System.
+///
+/// On the signal: stream clients are closed first (code 1012, with the `since`
+/// to resume from), so the graceful stop does not wait on them; in-flight requests
+/// finish; then the history is flushed.
 pub async fn serve(config: Config) -> Result<(), BootError> {
-    start(config).await?.finish().await
+    let running = start(config).await?;
+    let handle = running.server.handle();
+    let kiln = running.kiln.clone();
+    actix_web::rt::spawn(async move {
+        wait_for_signal().await;
+        log::info!("shutting down: closing event streams, finishing requests");
+        for history in kiln.registry.all::<HistoryActor>() {
+            let _ = history.send(CloseSubscribers {}).await;
+        }
+        handle.stop(true).await;
+    });
+    running.finish().await
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {},
+                _ = int.recv() => {},
+            }
+        }
+        _ => {
+            log::error!("cannot listen for signals; stop the server with SIGKILL");
+            std::future::pending::<()>().await;
+        }
+    }
 }
 
 /// On a fresh database, creates the `default` organization so a newcomer can

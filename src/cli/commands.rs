@@ -360,7 +360,7 @@ async fn events(ctx: &Ctx, args: EventsArgs) -> CliResult<()> {
     // Reconnect with `since` whenever the server closes the stream (restart, or
     // this client fell behind): nothing is missed and nothing is shown twice.
     loop {
-        let mut ws = ctx.api.websocket(&ctx.org_path(&format!("/stream?since={since}"))).await?;
+        let mut ws = connect_with_retry(ctx, &format!("/stream?since={since}")).await?;
         while let Some(frame) = ws.next().await {
             match frame? {
                 awc::ws::Frame::Text(bytes) => {
@@ -379,6 +379,27 @@ async fn events(ctx: &Ctx, args: EventsArgs) -> CliResult<()> {
             }
         }
         actix_web::rt::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
+}
+
+/// Connects a stream, waiting up to a minute for a restarting server.
+async fn connect_with_retry(
+    ctx: &Ctx,
+    path: &str,
+) -> CliResult<actix_codec::Framed<awc::BoxedSocket, awc::ws::Codec>> {
+    let mut attempt = 0;
+    loop {
+        match ctx.api.websocket(&ctx.org_path(path)).await {
+            Ok(ws) => return Ok(ws),
+            Err(e) if attempt < 60 && e.0.contains("cannot reach") => {
+                if attempt == 0 {
+                    eprintln!("waiting for the server to come back…");
+                }
+                attempt += 1;
+                actix_web::rt::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+            Err(e) => return Err(e),
+        }
     }
 }
 

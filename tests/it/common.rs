@@ -99,8 +99,13 @@ impl Server {
 
     /// Sends SIGTERM and waits for the exit status.
     pub fn stop(&mut self) -> ExitStatus {
+        self.signal(libc::SIGTERM)
+    }
+
+    /// Sends `signal` (SIGTERM, SIGINT) and waits for the exit status.
+    pub fn signal(&mut self, signal: i32) -> ExitStatus {
         let mut child = self.child.take().expect("server is running");
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        unsafe { libc::kill(child.id() as i32, signal) };
         wait_exit(&mut child, Duration::from_secs(30))
     }
 

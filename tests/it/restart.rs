@@ -35,6 +35,11 @@ async fn state_survives_a_clean_stop_and_a_kill() {
     assert_eq!(c.events_since("acme", 0).await, events_before);
     assert_eq!(c.with_token(Some(&token)).get("/v1/organizations/acme/repos").await.status, 200, "org tokens survive");
 
+    // Ctrl-C behaves the same.
+    assert_eq!(server.signal(libc::SIGINT).code(), Some(0), "Ctrl-C exits 0");
+    server.restart();
+    let c = server.client();
+
     // SIGKILL: acknowledged writes are still there.
     let t = c.create_task("acme", "app", "right before the kill").await;
     server.kill();
@@ -70,12 +75,17 @@ async fn a_stream_client_resumes_across_a_restart_without_missing_anything() {
     let seen = ws.events(first.len(), Duration::from_secs(30)).await;
     let last = seen.last().unwrap()["id"].as_i64().unwrap();
 
-    // The server goes down; the stream ends with a close (or just ends).
+    // The server goes down; the stream is closed first, quickly, with where to resume.
+    let started = std::time::Instant::now();
     let status = server.stop();
     assert_eq!(status.code(), Some(0));
+    assert!(started.elapsed() < Duration::from_secs(8), "an open stream does not hold up shutdown");
     match ws.next(Duration::from_secs(30)).await {
-        WsItem::Close(_) | WsItem::Ended => {}
-        WsItem::Event(e) => panic!("unexpected event after stop: {e}"),
+        WsItem::Close(Some(reason)) => {
+            assert_eq!(reason.code, awc::ws::CloseCode::Restart);
+            assert!(reason.description.unwrap_or_default().contains(&format!("since={last}")));
+        }
+        other => panic!("expected a restart close, got {other:?}"),
     }
     server.restart();
     let c = server.client();
@@ -90,4 +100,26 @@ async fn a_stream_client_resumes_across_a_restart_without_missing_anything() {
     assert_eq!(missed.len(), 5);
     let got = ws.events(missed.len(), Duration::from_secs(30)).await;
     assert_eq!(got, missed);
+}
+
+#[actix_web::test]
+async fn migrate_runs_alone() {
+    let dir = tempdir();
+    let data = dir.path().join("data");
+    let run = || {
+        std::process::Command::new(BIN)
+            .args(["migrate", "--data-dir", data.to_str().unwrap()])
+            .env("HOME", dir.path())
+            .output()
+            .unwrap()
+    };
+    let first = run();
+    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
+    assert!(String::from_utf8_lossy(&first.stdout).contains("applied 4 migrations"));
+    assert!(data.join("kiln.db").exists());
+    let second = run();
+    assert!(String::from_utf8_lossy(&second.stdout).contains("applied 0 migrations"));
+    // A server on the migrated database starts and serves.
+    let server = Server::start_in(dir.path(), &[]);
+    assert_eq!(server.client().get("/v1/organizations").await.status, 200);
 }

@@ -1,7 +1,7 @@
 //! HistoryActor (`org/{org}/history`): the only writer of `events`.
 //!
 //! Messages: `Append` (answered once the events are persisted), `Subscribe`,
-//! `Unsubscribe` and `Flush`. Appends are gathered into batches, one transaction
+//! `Unsubscribe`, `CloseSubscribers` and `Flush`. Appends are gathered into batches, one transaction
 //! each, of at most `events.batch_max` events or `events.batch_interval_ms` of
 //! waiting. A batch is published to subscribers only after it commits, so a client
 //! that resumes with `since` sees no gap and no duplicate.
@@ -93,6 +93,12 @@ pub struct Append {
 #[derive(Message)]
 #[rtype(result = "AppResult<()>")]
 pub struct Flush {}
+
+/// Drops every subscriber: their streams end and their clients are told to
+/// reconnect (used at shutdown).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct CloseSubscribers {}
 
 /// Registers a live subscriber; published events arrive on the receiver.
 #[derive(Message)]
@@ -281,6 +287,14 @@ impl Handler<Subscribe> for HistoryActor {
         self.next_subscriber += 1;
         self.subscribers.insert(id, Subscriber { tx, lagged: lagged.clone() });
         MessageResult(Subscription { id, events: rx, lagged })
+    }
+}
+
+impl Handler<CloseSubscribers> for HistoryActor {
+    type Result = ();
+
+    fn handle(&mut self, _: CloseSubscribers, _: &mut Self::Context) {
+        self.subscribers.clear();
     }
 }
 
