@@ -134,7 +134,12 @@ pub async fn start(config: Config) -> Result<Running, BootError> {
                     Ok(res)
                 }
             })
-            .wrap(middleware::Logger::new("%a \"%r\" %s %b %Dms").exclude("/v1/health"))
+            // The path only: a query string may carry `access_token`.
+            .wrap(
+                middleware::Logger::new("%a \"%{request}xi\" %s %b %Dms")
+                    .custom_request_replace("request", |req| format!("{} {}", req.method(), req.path()))
+                    .exclude("/v1/health"),
+            )
             .configure(|cfg| http::configure(cfg, max_body))
             .default_service(web::to(http::not_found))
     })
