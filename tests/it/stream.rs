@@ -70,7 +70,13 @@ async fn without_since_only_live_events_and_browsers_can_use_access_token() {
     c.patch("/v1/organizations/default", json!({"display_name": "Live"})).await;
     let got = ws.events(1, WAIT).await;
     assert_eq!(got[0]["kind"], "organization.updated", "history before connecting is not replayed");
-    assert!(server.log().contains("GET /v1/organizations/default/stream"), "requests are logged");
+    drop(ws);
+    // The access log line is written when the connection ends.
+    eventually(WAIT, "the stream request is logged", || {
+        let log = server.log();
+        async move { log.contains("GET /v1/organizations/default/stream").then_some(()) }
+    })
+    .await;
     assert!(!server.log().contains(&server.token), "tokens in query strings never reach the log");
 }
 
