@@ -74,10 +74,25 @@ impl<A: Actor> Handle<A> {
         A: Handler<M>,
         A::Context: ToEnvelope<A, M>,
     {
-        self.meta.in_flight.fetch_add(1, Ordering::Relaxed);
-        let result = self.addr.send(msg).await;
-        self.meta.in_flight.fetch_sub(1, Ordering::Relaxed);
-        result
+        let _counted = InFlight::new(&self.meta);
+        self.addr.send(msg).await
+    }
+}
+
+/// Counts one message as in flight until dropped, even when the caller gives up
+/// waiting (a client that disconnects drops the future mid-send).
+struct InFlight<'a>(&'a ActorMeta);
+
+impl<'a> InFlight<'a> {
+    fn new(meta: &'a ActorMeta) -> Self {
+        meta.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(meta)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
