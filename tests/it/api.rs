@@ -390,3 +390,19 @@ async fn provider_secrets_are_write_only() {
     let r = c.put("/v1/organizations/default/providers/worktree", json!({"secrets": {"k": 1}})).await;
     assert_eq!((r.status, r.code()), (422, "invalid_secret"));
 }
+
+#[actix_web::test]
+async fn a_server_without_git_says_so() {
+    let (server, dir) = Server::start(&[]);
+    let src = git_repo(dir.path(), "app");
+    // Restart with a PATH that has no git.
+    let mut server = server;
+    server.kill();
+    let empty = dir.path().join("empty-bin");
+    std::fs::create_dir_all(&empty).unwrap();
+    let no_git = Server::start_in(dir.path(), &[("PATH", empty.to_str().unwrap())]);
+    let r = no_git.client().post("/v1/organizations/default/repos", json!({"source": src.to_str().unwrap()})).await;
+    assert_eq!((r.status, r.code()), (503, "git_missing"), "{r:?}");
+    let r = no_git.client().post("/v1/organizations/default/repos", json!({"source": "https://example.invalid/x.git"})).await;
+    assert_eq!((r.status, r.code()), (503, "git_missing"), "{r:?}");
+}

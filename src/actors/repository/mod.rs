@@ -186,8 +186,13 @@ fn clone_error(err: GitError, is_url: bool) -> AppError {
             "repo_unreachable",
             format!("cloning took longer than {secs} s and was stopped; raise repos.clone_timeout_secs for large repositories"),
         ),
+        GitError::Missing(_) => git_missing(),
         other => AppError::internal(other),
     }
+}
+
+fn git_missing() -> AppError {
+    AppError::unavailable("git_missing", "git is not installed on the Kiln server (or not on its PATH): install git")
 }
 
 async fn remove_dir(dir: PathBuf) {

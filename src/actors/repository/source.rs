@@ -84,6 +84,7 @@ impl Source {
             match git::is_repository(&canonical) {
                 Ok(true) => Ok(Ok(canonical)),
                 Ok(false) => Ok(Err("not_git")),
+                Err(git::GitError::Missing(_)) => Ok(Err("git_missing")),
                 Err(e) => Err(DbError::Blocking(e.to_string())),
             }
         })
@@ -91,6 +92,7 @@ impl Source {
         match checked {
             Ok(canonical) => Ok(Source::Path(canonical)),
             Err("missing") => Err(AppError::invalid("repo_path_not_found", format!("no directory at {shown}"))),
+            Err("git_missing") => Err(super::git_missing()),
             Err(_) => Err(AppError::invalid("not_a_git_repository", format!("{shown} is not a git repository"))),
         }
     }
