@@ -11,4 +11,5 @@ pub mod http;
 pub mod integrations;
 pub mod metrics;
 pub mod util;
+pub mod terminal;
 pub mod validate;

@@ -148,7 +148,9 @@ pub async fn run(ctx: Ctx, command: Command) -> CliResult<()> {
         Command::Archive { task } => action(&ctx, &task, "archive").await,
         Command::Events(args) => events(&ctx, args).await,
         Command::Token(cmd) => token(&ctx, cmd).await,
-        Command::Serve { .. } | Command::Migrate { .. } => Err(CliError("not a client command".into())),
+        Command::Serve { .. } | Command::Migrate { .. } | Command::TerminalHost { .. } => {
+            Err(CliError("not a client command".into()))
+        }
     }
 }
 

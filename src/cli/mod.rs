@@ -69,11 +69,35 @@ pub enum Command {
     Events(commands::EventsArgs),
     /// API tokens of an organization: create, list, revoke (admin only).
     Token(commands::TokenCmd),
+    /// Internal: the detached process that holds one sandbox's terminal.
+    #[structopt(name = "terminal-host", setting = structopt::clap::AppSettings::Hidden)]
+    TerminalHost {
+        #[structopt(long, parse(from_os_str))]
+        state_dir: PathBuf,
+        #[structopt(long, parse(from_os_str))]
+        cwd: PathBuf,
+        #[structopt(long, default_value = "8388608")]
+        log_max_bytes: u64,
+        #[structopt(long, default_value = "120")]
+        cols: u16,
+        #[structopt(long, default_value = "40")]
+        rows: u16,
+        /// A shell command to run before the agent (repeatable).
+        #[structopt(long)]
+        setup: Vec<String>,
+        /// The agent's argument vector.
+        #[structopt(last = true, required = true)]
+        argv: Vec<String>,
+    },
 }
 
 /// Runs the CLI and answers the process exit code.
 pub fn main() -> i32 {
     let opts = Opts::from_args();
+    if let Command::TerminalHost { state_dir, cwd, log_max_bytes, cols, rows, setup, argv } = opts.command {
+        let host = crate::terminal::host::HostOptions { state_dir, cwd, log_max_bytes, cols, rows, setup, argv };
+        return crate::terminal::host::run(host);
+    }
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(match opts.command {
         Command::Serve { .. } | Command::Migrate { .. } => "info",
         _ => "warn",

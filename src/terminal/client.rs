@@ -1,0 +1,134 @@
+//! The server's side of a terminal host: launching one, asking its status, and
+//! sending it input and signals. These block (short timeouts): call them on the
+//! blocking pool. Attaching for a WebSocket lives in `http/terminal.rs`.
+
+use std::io;
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::host::{HostOptions, EXIT_FILE, SOCKET};
+use super::protocol::{self, ExitInfo, Frame, HostStatus};
+
+/// How long a status or input call waits for the host.
+const TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Connects to the host serving `state_dir`.
+pub fn connect(state_dir: &Path) -> io::Result<UnixStream> {
+    let stream = UnixStream::connect(state_dir.join(SOCKET))?;
+    stream.set_read_timeout(Some(TIMEOUT))?;
+    stream.set_write_timeout(Some(TIMEOUT))?;
+    Ok(stream)
+}
+
+/// The host's status; an error when no host answers.
+pub fn status(state_dir: &Path) -> io::Result<HostStatus> {
+    let mut stream = connect(state_dir)?;
+    protocol::write_frame(&mut stream, &Frame::new(protocol::STATUS, vec![]))?;
+    loop {
+        match protocol::read_frame(&mut stream)? {
+            Some(f) if f.kind == protocol::STATUS_REPLY => {
+                return serde_json::from_slice(&f.payload).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+            }
+            Some(_) => continue,
+            None => return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the host closed the connection")),
+        }
+    }
+}
+
+/// Types `bytes` into the agent's terminal.
+pub fn send_input(state_dir: &Path, bytes: &[u8]) -> io::Result<()> {
+    let mut stream = connect(state_dir)?;
+    for chunk in bytes.chunks(64 * 1024) {
+        protocol::write_frame(&mut stream, &Frame::new(protocol::INPUT, chunk.to_vec()))?;
+    }
+    // A status round trip proves the host has read (and so written) the input.
+    protocol::write_frame(&mut stream, &Frame::new(protocol::STATUS, vec![]))?;
+    while let Some(f) = protocol::read_frame(&mut stream)? {
+        if f.kind == protocol::STATUS_REPLY {
+            return Ok(());
+        }
+    }
+    Ok(())
+}
+
+/// Sends `sig` to the agent's process group.
+pub fn signal(state_dir: &Path, sig: i32) -> io::Result<()> {
+    let mut stream = connect(state_dir)?;
+    protocol::write_frame(&mut stream, &Frame::signal(sig))?;
+    protocol::write_frame(&mut stream, &Frame::new(protocol::STATUS, vec![]))?;
+    let _ = protocol::read_frame(&mut stream);
+    Ok(())
+}
+
+/// How the agent ended, if the host recorded it.
+pub fn exit_info(state_dir: &Path) -> Option<ExitInfo> {
+    let bytes = std::fs::read(state_dir.join(EXIT_FILE)).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+/// Starts a detached host (its own session, so it outlives the server) running
+/// `opts`, with `env` added to the server's environment, and waits until it
+/// answers on its socket.
+pub fn launch(opts: &HostOptions, env: &[(String, String)]) -> io::Result<()> {
+    std::fs::create_dir_all(&opts.state_dir)?;
+    let socket = opts.state_dir.join(SOCKET);
+    if socket.as_os_str().len() > 100 {
+        return Err(io::Error::other(format!(
+            "the terminal socket path {} is too long for a unix socket: use a shorter data_dir",
+            socket.display()
+        )));
+    }
+    let stderr = std::fs::OpenOptions::new().create(true).append(true).open(opts.state_dir.join("host.log"))?;
+    let exe = std::env::current_exe()?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("terminal-host")
+        .arg("--state-dir")
+        .arg(&opts.state_dir)
+        .arg("--cwd")
+        .arg(&opts.cwd)
+        .args(["--log-max-bytes", &opts.log_max_bytes.to_string()])
+        .args(["--cols", &opts.cols.to_string(), "--rows", &opts.rows.to_string()]);
+    for step in &opts.setup {
+        cmd.arg("--setup").arg(step);
+    }
+    cmd.arg("--").args(&opts.argv);
+    cmd.envs(env.iter().map(|(k, v)| (k, v)))
+        .env("TERM", "xterm-256color")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(stderr);
+    // SAFETY: setsid is async-signal-safe; it detaches the host from the server's
+    // session and process group, so signals to the server do not reach it.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setsid() < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn()?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if status(&opts.state_dir).is_ok() {
+            break;
+        }
+        if let Some(code) = child.try_wait()? {
+            let log = std::fs::read_to_string(opts.state_dir.join("host.log")).unwrap_or_default();
+            return Err(io::Error::other(format!("the terminal host exited at once ({code}): {}", log.trim())));
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            return Err(io::Error::other("the terminal host did not come up within 10 s"));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // Reap it when it ends, so it never lingers as a zombie of this server.
+    std::thread::spawn(move || {
+        let _ = child.wait();
+    });
+    Ok(())
+}

@@ -1,0 +1,388 @@
+//! `kiln terminal-host`: a small detached process, one per sandbox, that owns the
+//! agent's PTY. It outlives the server: it keeps the agent running, appends every
+//! byte of output to the terminal log, and serves any number of attachers over a
+//! unix socket in the sandbox's state dir.
+//!
+//! Threads: one reads the PTY, one accepts connections, and each connection has a
+//! reader and a writer. A slow attacher never blocks the agent: its bounded queue
+//! overflows, it is disconnected, and it can come back at its offset.
+//!
+//! Files in the state dir: `host.sock`, `host.pid`, `terminal.log*` and
+//! `exit.json` (how the agent ended; written before the host exits).
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use super::log::TerminalLog;
+use super::protocol::{self, ExitInfo, Frame, HostStatus};
+use crate::util::now_ms;
+
+/// Frames queued per attacher before it is cut loose.
+const CLIENT_QUEUE: usize = 1024;
+/// Bytes per history chunk sent to a new attacher.
+const HISTORY_CHUNK: usize = 64 * 1024;
+
+pub const SOCKET: &str = "host.sock";
+pub const PID_FILE: &str = "host.pid";
+pub const EXIT_FILE: &str = "exit.json";
+
+/// What to run, and where.
+#[derive(Debug, Clone)]
+pub struct HostOptions {
+    pub state_dir: PathBuf,
+    pub cwd: PathBuf,
+    pub log_max_bytes: u64,
+    pub cols: u16,
+    pub rows: u16,
+    /// Shell commands run one by one in the PTY before the agent; the first that
+    /// fails ends the host with `phase: setup`.
+    pub setup: Vec<String>,
+    pub argv: Vec<String>,
+}
+
+enum Outgoing {
+    Frame(Frame),
+    /// Send the log from `from` up to `to`, then carry on with live frames.
+    History { from: u64, to: u64 },
+}
+
+struct Client {
+    tx: SyncSender<Outgoing>,
+    attached: bool,
+    size: Option<(u16, u16)>,
+    /// A handle to shut the connection down when the client falls behind.
+    stream: UnixStream,
+}
+
+struct State {
+    log: TerminalLog,
+    clients: HashMap<u64, Client>,
+    next_client: u64,
+    agent_pid: Option<u32>,
+    exit: Option<ExitInfo>,
+    started_at: i64,
+    last_output_at: Option<i64>,
+    active_size: Option<(u16, u16)>,
+}
+
+impl State {
+    fn status(&self) -> HostStatus {
+        HostStatus {
+            host_pid: std::process::id(),
+            agent_pid: self.agent_pid,
+            running: self.exit.is_none(),
+            exit: self.exit.clone(),
+            started_at: self.started_at,
+            last_output_at: self.last_output_at,
+            end_offset: self.log.end(),
+            start_offset: self.log.start(),
+        }
+    }
+
+    /// Sends `frame` to every attached client; drops those whose queue is full.
+    fn broadcast(&mut self, frame: &Frame) {
+        self.clients.retain(|_, c| {
+            if !c.attached {
+                return true;
+            }
+            match c.tx.try_send(Outgoing::Frame(frame.clone())) {
+                Ok(()) => true,
+                Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                    let _ = c.stream.shutdown(std::net::Shutdown::Both);
+                    false
+                }
+            }
+        });
+    }
+}
+
+type Shared = Arc<Mutex<State>>;
+
+fn lock(state: &Shared) -> std::sync::MutexGuard<'_, State> {
+    state.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Runs the host until the agent has exited; answers the process exit code.
+pub fn run(opts: HostOptions) -> i32 {
+    match serve(opts) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("terminal-host: {e}");
+            1
+        }
+    }
+}
+
+fn serve(opts: HostOptions) -> std::io::Result<()> {
+    std::fs::create_dir_all(&opts.state_dir)?;
+    let _ = std::fs::remove_file(opts.state_dir.join(EXIT_FILE));
+    let sock_path = opts.state_dir.join(SOCKET);
+    if sock_path.exists() {
+        if UnixStream::connect(&sock_path).is_ok() {
+            return Err(std::io::Error::other(format!("a host already serves {}", sock_path.display())));
+        }
+        std::fs::remove_file(&sock_path)?;
+    }
+    let log = TerminalLog::open(&opts.state_dir, opts.log_max_bytes)?;
+    let (pty, pts) = pty_process::blocking::open().map_err(std::io::Error::other)?;
+    pty.resize(pty_process::Size::new(opts.rows, opts.cols)).map_err(std::io::Error::other)?;
+    let pty = Arc::new(pty);
+    let state: Shared = Arc::new(Mutex::new(State {
+        log,
+        clients: HashMap::new(),
+        next_client: 1,
+        agent_pid: None,
+        exit: None,
+        started_at: now_ms(),
+        last_output_at: None,
+        active_size: None,
+    }));
+
+    // Listen before anything runs, so the server can attach from byte 0.
+    let listener = UnixListener::bind(&sock_path)?;
+    std::fs::write(opts.state_dir.join(PID_FILE), std::process::id().to_string())?;
+    {
+        let (state, pty) = (state.clone(), pty.clone());
+        std::thread::spawn(move || accept_loop(listener, state, pty));
+    }
+    let reader = {
+        let (state, pty) = (state.clone(), pty.clone());
+        std::thread::spawn(move || pump_output(&pty, &state))
+    };
+
+    let exit = run_steps(&opts, pts, &state);
+    // Give the reader a moment to drain what the agent printed last.
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    while !reader.is_finished() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let json = serde_json::to_vec(&exit).unwrap_or_default();
+    std::fs::write(opts.state_dir.join(EXIT_FILE), &json)?;
+    {
+        let mut s = lock(&state);
+        s.exit = Some(exit);
+        s.agent_pid = None;
+        s.broadcast(&Frame::new(protocol::EXITED, json));
+    }
+    // Let attachers read the last frames, then go.
+    std::thread::sleep(Duration::from_millis(500));
+    let _ = std::fs::remove_file(&sock_path);
+    let _ = std::fs::remove_file(opts.state_dir.join(PID_FILE));
+    Ok(())
+}
+
+/// Runs the setup commands, then the agent; answers how it ended.
+fn run_steps(opts: &HostOptions, pts: pty_process::blocking::Pts, state: &Shared) -> ExitInfo {
+    for cmd in &opts.setup {
+        announce(state, &format!("\r\n$ {cmd}\r\n"));
+        let child = pty_process::blocking::Command::new("sh").arg("-c").arg(cmd).current_dir(&opts.cwd).spawn_borrowed(&pts);
+        let status = match child {
+            Ok(mut child) => {
+                lock(state).agent_pid = Some(child.id());
+                child.wait()
+            }
+            Err(e) => Err(std::io::Error::other(e)),
+        };
+        match status {
+            Ok(s) if s.success() => {}
+            Ok(s) => return exit_info(&s, "setup"),
+            Err(e) => {
+                announce(state, &format!("\r\nkiln: setup could not start: {e}\r\n"));
+                return ExitInfo { code: Some(127), signal: None, phase: "setup".into(), at: now_ms() };
+            }
+        }
+    }
+    let Some((program, args)) = opts.argv.split_first() else {
+        return ExitInfo { code: Some(127), signal: None, phase: "agent".into(), at: now_ms() };
+    };
+    let spawned = pty_process::blocking::Command::new(program).args(args).current_dir(&opts.cwd).spawn(pts);
+    match spawned {
+        Ok(mut child) => {
+            lock(state).agent_pid = Some(child.id());
+            match child.wait() {
+                Ok(s) => exit_info(&s, "agent"),
+                Err(_) => ExitInfo { code: None, signal: None, phase: "agent".into(), at: now_ms() },
+            }
+        }
+        Err(e) => {
+            announce(state, &format!("\r\nkiln: cannot start `{program}`: {e}\r\n"));
+            ExitInfo { code: Some(127), signal: None, phase: "agent".into(), at: now_ms() }
+        }
+    }
+}
+
+fn exit_info(status: &std::process::ExitStatus, phase: &str) -> ExitInfo {
+    use std::os::unix::process::ExitStatusExt;
+    ExitInfo { code: status.code(), signal: status.signal(), phase: phase.into(), at: now_ms() }
+}
+
+/// Writes a line of Kiln's own into the terminal stream.
+fn announce(state: &Shared, text: &str) {
+    record_output(state, text.as_bytes());
+}
+
+fn record_output(state: &Shared, bytes: &[u8]) {
+    let mut s = lock(state);
+    match s.log.append(bytes) {
+        Ok(offset) => {
+            s.last_output_at = Some(now_ms());
+            s.broadcast(&Frame::output(offset, bytes));
+        }
+        Err(e) => eprintln!("terminal-host: cannot write the log: {e}"),
+    }
+}
+
+fn pump_output(pty: &pty_process::blocking::Pty, state: &Shared) {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match (&*pty).read(&mut buf) {
+            Ok(0) => return,
+            Ok(n) => record_output(state, &buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            // EIO: every process holding the terminal has gone.
+            Err(_) => return,
+        }
+    }
+}
+
+fn accept_loop(listener: UnixListener, state: Shared, pty: Arc<pty_process::blocking::Pty>) {
+    for conn in listener.incoming() {
+        let Ok(stream) = conn else { continue };
+        let (state, pty) = (state.clone(), pty.clone());
+        std::thread::spawn(move || serve_client(stream, state, pty));
+    }
+}
+
+fn serve_client(stream: UnixStream, state: Shared, pty: Arc<pty_process::blocking::Pty>) {
+    let (Ok(write_half), Ok(shutdown_handle)) = (stream.try_clone(), stream.try_clone()) else { return };
+    let (tx, rx) = sync_channel::<Outgoing>(CLIENT_QUEUE);
+    let id = {
+        let mut s = lock(&state);
+        let id = s.next_client;
+        s.next_client += 1;
+        s.clients.insert(id, Client { tx: tx.clone(), attached: false, size: None, stream: shutdown_handle });
+        id
+    };
+    let writer = {
+        let state = state.clone();
+        std::thread::spawn(move || write_client(write_half, rx, &state))
+    };
+    let mut reader = stream;
+    while let Ok(Some(frame)) = protocol::read_frame(&mut reader) {
+        if !handle_frame(&frame, id, &tx, &state, &pty) {
+            break;
+        }
+    }
+    lock(&state).clients.remove(&id);
+    drop(tx);
+    let _ = reader.shutdown(std::net::Shutdown::Both);
+    let _ = writer.join();
+}
+
+/// Handles one client frame; `false` ends the connection.
+fn handle_frame(
+    frame: &Frame,
+    id: u64,
+    tx: &SyncSender<Outgoing>,
+    state: &Shared,
+    pty: &pty_process::blocking::Pty,
+) -> bool {
+    match frame.kind {
+        protocol::ATTACH => {
+            let Some(offset) = frame.u64_prefix() else { return false };
+            let mut s = lock(state);
+            let to = s.log.end();
+            let Some(client) = s.clients.get_mut(&id) else { return false };
+            if !client.attached {
+                client.attached = true;
+                // Queued under the lock, so history comes before any live frame.
+                if tx.try_send(Outgoing::History { from: offset, to }).is_err() {
+                    return false;
+                }
+                if let Some(exit) = &s.exit {
+                    let json = serde_json::to_vec(exit).unwrap_or_default();
+                    let _ = tx.try_send(Outgoing::Frame(Frame::new(protocol::EXITED, json)));
+                }
+            }
+            true
+        }
+        protocol::INPUT => {
+            make_active(state, id, pty);
+            (&*pty).write_all(&frame.payload).is_ok()
+        }
+        protocol::RESIZE => {
+            let Some(size) = frame.size() else { return false };
+            if size.0 == 0 || size.1 == 0 {
+                return true;
+            }
+            if let Some(c) = lock(state).clients.get_mut(&id) {
+                c.size = Some(size);
+            }
+            make_active(state, id, pty);
+            true
+        }
+        protocol::STATUS => {
+            let json = serde_json::to_vec(&lock(state).status()).unwrap_or_default();
+            tx.send(Outgoing::Frame(Frame::new(protocol::STATUS_REPLY, json))).is_ok()
+        }
+        protocol::SIGNAL => {
+            let pid = lock(state).agent_pid;
+            if let (Some(pid), Some(sig)) = (pid, frame.signal_number()) {
+                // The agent leads its own session and process group.
+                unsafe { libc::kill(-(pid as i32), sig) };
+            }
+            true
+        }
+        _ => false,
+    }
+}
+
+/// The most recently active client decides the terminal size.
+fn make_active(state: &Shared, id: u64, pty: &pty_process::blocking::Pty) {
+    let mut s = lock(state);
+    let Some(size) = s.clients.get(&id).and_then(|c| c.size) else { return };
+    if s.active_size != Some(size) {
+        s.active_size = Some(size);
+        let _ = pty.resize(pty_process::Size::new(size.1, size.0));
+    }
+}
+
+fn write_client(mut stream: UnixStream, rx: Receiver<Outgoing>, state: &Shared) {
+    for msg in rx {
+        let ok = match msg {
+            Outgoing::Frame(frame) => protocol::write_frame(&mut stream, &frame).is_ok(),
+            Outgoing::History { from, to } => send_history(&mut stream, state, from, to),
+        };
+        if !ok {
+            break;
+        }
+    }
+    let _ = stream.shutdown(std::net::Shutdown::Both);
+}
+
+fn send_history(stream: &mut UnixStream, state: &Shared, from: u64, to: u64) -> bool {
+    let mut at = from;
+    while at < to {
+        let chunk = lock(state).log.read_at(at, HISTORY_CHUNK.min((to - at) as usize));
+        match chunk {
+            Ok((offset, bytes)) if !bytes.is_empty() => {
+                if protocol::write_frame(stream, &Frame::output(offset, &bytes)).is_err() {
+                    return false;
+                }
+                at = offset + bytes.len() as u64;
+            }
+            _ => break,
+        }
+    }
+    stream.flush().is_ok()
+}
+
+/// Whether a host answers on the socket in `state_dir`.
+pub fn socket_path(state_dir: &Path) -> PathBuf {
+    state_dir.join(SOCKET)
+}

@@ -1,0 +1,9 @@
+//! Terminals: the agent runs in a PTY held by a detached `kiln terminal-host`
+//! process (one per sandbox), which keeps an append-only log and serves attachers
+//! over a unix socket. The server only connects to hosts; it never owns a PTY, so
+//! agents keep running across server restarts.
+
+pub mod client;
+pub mod host;
+pub mod log;
+pub mod protocol;
