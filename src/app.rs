@@ -52,7 +52,7 @@ pub fn prepare_data_dir(config: &Config) -> Result<PathBuf, BootError> {
 
 /// Takes an exclusive lock on `<data>/kiln.lock` for the life of the process, so
 /// two servers never write one database.
-fn lock_data_dir(dir: &Path) -> Result<std::fs::File, BootError> {
+pub fn lock_data_dir(dir: &Path) -> Result<std::fs::File, BootError> {
     let path = dir.join("kiln.lock");
     let file = std::fs::OpenOptions::new()
         .create(true)
@@ -123,6 +123,7 @@ pub async fn start(config: Config) -> Result<Running, BootError> {
         App::new()
             .app_data(kiln_data.clone())
             .app_data(auth_data.clone())
+            .wrap(middleware::from_fn(auth::authenticate))
             .wrap(http::json_error_pages())
             .wrap_fn(move |req, srv| {
                 use actix_web::dev::Service;

@@ -37,8 +37,18 @@ pub struct Config {
     pub events: EventsConfig,
     pub tasks: TasksConfig,
     pub repos: ReposConfig,
+    pub terminal: TerminalConfig,
     pub auth: AuthConfig,
     pub agents: BTreeMap<String, AgentProfile>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TerminalConfig {
+    pub log_max_bytes: u64,
+    pub cols: u16,
+    pub rows: u16,
+    pub kill_grace_secs: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -101,7 +111,28 @@ pub struct AgentProfile {
     pub command: Vec<String>,
     pub resume: Vec<String>,
     #[serde(default)]
+    pub prompt: PromptMode,
+    #[serde(default = "default_idle_secs")]
+    pub idle_secs: u64,
+    #[serde(default)]
     pub env: BTreeMap<String, String>,
+}
+
+fn default_idle_secs() -> u64 {
+    30
+}
+
+/// How the task description reaches the agent.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PromptMode {
+    /// Appended to the command as its last argument.
+    #[default]
+    Argument,
+    /// Typed into the terminal as the first input.
+    Input,
+    /// Not handed over.
+    None,
 }
 
 impl Config {
@@ -129,7 +160,9 @@ impl Config {
         }
         for (name, value) in env {
             if let Some(key) = name.strip_prefix("KILN_") {
-                apply_env(&mut merged, key, value);
+                if !apply_env(&mut merged, key, value) && !CLIENT_ENV.contains(&name.as_str()) {
+                    log::warn!("{name} names no config key and is ignored (sections and keys are joined by `__`)");
+                }
             }
         }
         let config: Config = merged
@@ -154,9 +187,18 @@ impl Config {
             ));
         }
         for (name, agent) in &self.agents {
-            if agent.command.is_empty() {
-                return Err(ConfigError::Invalid(format!("agents.{name}.command is empty")));
+            if agent.command.is_empty() || agent.resume.is_empty() {
+                return Err(ConfigError::Invalid(format!("agents.{name}.command and .resume must not be empty")));
             }
+        }
+        if self.terminal.cols == 0 || self.terminal.rows == 0 || self.terminal.log_max_bytes < 4096 {
+            return Err(ConfigError::Invalid("terminal.cols/rows must be positive and log_max_bytes at least 4096".into()));
+        }
+        if !["worktree", "daytona"].contains(&self.tasks.default_provider.as_str()) {
+            return Err(ConfigError::Invalid(format!(
+                "tasks.default_provider `{}` is not a provider (worktree, daytona)",
+                self.tasks.default_provider
+            )));
         }
         if !self.agents.contains_key(&self.tasks.default_agent) {
             return Err(ConfigError::Invalid(format!(
@@ -259,27 +301,30 @@ fn merge(base: &mut toml::Value, over: toml::Value) {
     }
 }
 
-/// Applies `KILN_SECTION__KEY=value` when that key exists in the config; other
-/// `KILN_*` variables (the CLI's `KILN_TOKEN`, say) are not config and are left alone.
-/// The value is parsed as the type of the key it replaces.
-fn apply_env(merged: &mut toml::Value, key: &str, raw: &str) {
+/// `KILN_*` variables that are not config keys but the CLI's own.
+const CLIENT_ENV: &[&str] = &["KILN_TOKEN"];
+
+/// Applies `KILN_SECTION__KEY=value` when that key exists in the config; answers
+/// whether it did. The value is parsed as the type of the key it replaces.
+fn apply_env(merged: &mut toml::Value, key: &str, raw: &str) -> bool {
     let path: Vec<String> = key.to_ascii_lowercase().split("__").map(str::to_string).collect();
     let mut slot = &mut *merged;
     for part in &path {
         match slot.get_mut(part) {
             Some(next) => slot = next,
-            None => return,
+            None => return false,
         }
     }
     let value = match slot {
         toml::Value::String(_) => toml::Value::String(raw.to_string()),
-        toml::Value::Table(_) => return,
+        toml::Value::Table(_) => return false,
         _ => match toml::from_str::<toml::Table>(&format!("v = {raw}")) {
             Ok(mut t) => t.remove("v").unwrap_or_else(|| toml::Value::String(raw.to_string())),
             Err(_) => toml::Value::String(raw.to_string()),
         },
     };
     *slot = value;
+    true
 }
 
 #[cfg(test)]

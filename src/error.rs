@@ -71,6 +71,10 @@ impl AppError {
     pub fn internal(err: impl std::error::Error + Send + Sync + 'static) -> Self {
         AppError::Internal(Box::new(err))
     }
+    /// git is missing on the server: an environment problem an operator can fix.
+    pub fn git_missing() -> Self {
+        AppError::unavailable("git_missing", "git is not installed on the Kiln server (or not on its PATH): install git")
+    }
     /// An internal error from plain text (a broken invariant).
     pub fn bug(message: impl Into<String>) -> Self {
         AppError::Internal(message.into().into())

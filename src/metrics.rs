@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 #[derive(Debug, Default)]
 pub struct Metrics {
+    pub requests_1xx: AtomicU64,
     pub requests_2xx: AtomicU64,
     pub requests_3xx: AtomicU64,
     pub requests_4xx: AtomicU64,
@@ -19,6 +20,7 @@ impl Metrics {
     /// Counts one finished HTTP request by its status class.
     pub fn record_request(&self, status: u16) {
         let counter = match status {
+            100..=199 => &self.requests_1xx,
             200..=299 => &self.requests_2xx,
             300..=399 => &self.requests_3xx,
             400..=499 => &self.requests_4xx,
@@ -32,9 +34,10 @@ impl Metrics {
     pub fn render(&self, live_actors: usize) -> String {
         let mut out = String::new();
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        out.push_str("# HELP kiln_http_requests_total HTTP requests answered, by status class.\n");
+        out.push_str("# HELP kiln_http_requests_total HTTP requests answered, by status class (1xx: WebSocket upgrades).\n");
         out.push_str("# TYPE kiln_http_requests_total counter\n");
         for (class, c) in [
+            ("1xx", &self.requests_1xx),
             ("2xx", &self.requests_2xx),
             ("3xx", &self.requests_3xx),
             ("4xx", &self.requests_4xx),

@@ -44,6 +44,24 @@ use registry::{Handle, Registry};
 use repository::RepositoryActor;
 use task::TaskActor;
 
+/// Stops a command actor once it has handled no message for `tasks.actor_idle_secs`;
+/// the registry starts it again, from its rows, on the next message.
+pub fn stop_when_idle<A>(ctx: &mut actix::Context<A>, meta: std::sync::Arc<registry::ActorMeta>, idle_secs: u64)
+where
+    A: actix::Actor<Context = actix::Context<A>>,
+{
+    use actix::{ActorContext, AsyncContext};
+    let idle_ms = (idle_secs * 1000) as i64;
+    let every = std::time::Duration::from_millis((idle_ms as u64 / 4).clamp(100, 30_000));
+    ctx.run_interval(every, move |_, ctx| {
+        // A long handler (a clone) still has its message in flight: never stop under it.
+        if meta.in_flight() == 0 && crate::util::now_ms() - meta.last_activity() >= idle_ms {
+            log::debug!("{} is quiet; stopping", meta.key);
+            ctx.stop();
+        }
+    });
+}
+
 /// Everything the actors and handlers share. Cheap to clone.
 #[derive(Clone)]
 pub struct Kiln {

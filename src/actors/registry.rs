@@ -41,6 +41,11 @@ impl ActorMeta {
     pub fn last_activity(&self) -> i64 {
         self.last_activity.load(Ordering::Relaxed)
     }
+
+    /// Messages sent through a `Handle` and not answered yet.
+    pub fn in_flight(&self) -> i64 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
 }
 
 /// A row of `/admin/actors`.

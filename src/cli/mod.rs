@@ -136,6 +136,7 @@ fn run(opts: Opts, config: &mut Config) -> Result<(), CliError> {
                 config.data_dir = dir.to_string_lossy().to_string();
             }
             let dir = crate::app::prepare_data_dir(config)?;
+            let _lock = crate::app::lock_data_dir(&dir)?;
             let (_, applied) = crate::app::open_db(config, &dir)?;
             println!("applied {applied} migrations to {}", dir.join("kiln.db").display());
             Ok(())

@@ -141,8 +141,9 @@ impl Db {
         .await
     }
 
-    /// Checkpoints the WAL into the main file and truncates it.
-    pub async fn checkpoint(&self) -> Result<(i64, i64), DbError> {
+    /// Checkpoints the WAL into the main file and truncates it. Answers whether it
+    /// completed (false: a reader held the log), and the WAL frames before it.
+    pub async fn checkpoint(&self) -> Result<(bool, i64), DbError> {
         let writer = self.writer.clone();
         blocking(move || {
             use diesel::sql_types::BigInt;
@@ -156,6 +157,9 @@ impl Db {
                 checkpointed: i64,
             }
             let mut conn = writer.lock().map_err(|_| DbError::Poisoned)?;
+            let frames: i64 = diesel::RunQueryDsl::get_result::<Row>(diesel::sql_query("PRAGMA wal_checkpoint(PASSIVE)"), &mut *conn)
+                .map(|r| r.log)
+                .unwrap_or(0);
             let row: Row = diesel::RunQueryDsl::get_result(
                 diesel::sql_query("PRAGMA wal_checkpoint(TRUNCATE)"),
                 &mut *conn,
@@ -163,22 +167,22 @@ impl Db {
             if row.busy != 0 {
                 log::warn!("WAL checkpoint could not finish: a reader holds the log");
             }
-            Ok((row.log, row.checkpointed))
+            let _ = row.checkpointed;
+            Ok((row.busy == 0, frames))
         })
         .await
     }
 
     /// Writes a consistent copy of the database to `target` with `VACUUM INTO`.
     pub async fn backup(&self, target: PathBuf) -> Result<(), DbError> {
-        let readers = self.readers.clone();
+        let source = self.path.to_string_lossy().to_string();
         blocking(move || {
-            let mut conn = readers.get()?;
+            // A connection of its own: VACUUM INTO writes a file, which the pool's
+            // query_only readers may not, and none of them is ever made writable.
+            let mut conn = SqliteConnection::establish(&source)?;
+            conn.batch_execute("PRAGMA busy_timeout = 5000;")?;
             let quoted = target.to_string_lossy().replace('\'', "''");
-            // VACUUM INTO writes another file, so it is allowed on a query_only
-            // connection only once query_only is lifted for this statement.
-            conn.batch_execute(&format!(
-                "PRAGMA query_only = OFF; VACUUM INTO '{quoted}'; PRAGMA query_only = ON;"
-            ))?;
+            conn.batch_execute(&format!("VACUUM INTO '{quoted}';"))?;
             Ok(())
         })
         .await

@@ -43,8 +43,11 @@ pub async fn config(kiln: web::Data<Kiln>, caller: Caller) -> AppResult<HttpResp
 /// Checkpoints the WAL into the database file.
 pub async fn checkpoint(kiln: web::Data<Kiln>, caller: Caller) -> AppResult<HttpResponse> {
     caller.require_admin()?;
-    let (wal_frames, checkpointed) = kiln.db.checkpoint().await?;
-    Ok(HttpResponse::Ok().json(json!({"wal_frames": wal_frames, "checkpointed_frames": checkpointed})))
+    let (completed, wal_frames) = kiln.db.checkpoint().await?;
+    if !completed {
+        return Err(AppError::unavailable("checkpoint_busy", "a reader holds the WAL, so it could not be truncated; retry shortly"));
+    }
+    Ok(HttpResponse::Ok().json(json!({"completed": true, "wal_frames": wal_frames})))
 }
 
 /// Writes a consistent copy of the database to `<data>/backups/` with `VACUUM INTO`.

@@ -3,13 +3,14 @@
 //! hashed in `api_tokens`. WebSocket routes also accept `?access_token=`, since
 //! browsers cannot set headers on a WebSocket.
 
-use std::future::Future;
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
-use std::pin::Pin;
 
-use actix_web::{web, FromRequest, HttpRequest};
+use actix_web::body::{EitherBody, MessageBody};
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::middleware::Next;
+use actix_web::{web, FromRequest, HttpMessage, HttpRequest, ResponseError};
 
 use crate::actors::Kiln;
 use crate::db::queries;
@@ -93,32 +94,52 @@ fn bearer(req: &HttpRequest) -> Option<String> {
     None
 }
 
+/// Works out who is calling: the admin, an organization's token, or nobody.
+async fn identify(req: &HttpRequest) -> Result<Caller, AppError> {
+    let (Some(auth), Some(kiln)) = (req.app_data::<web::Data<AuthState>>(), req.app_data::<web::Data<Kiln>>()) else {
+        return Err(AppError::bug("auth state is not configured"));
+    };
+    if !auth.enabled {
+        return Ok(Caller::Admin);
+    }
+    let token = bearer(req).ok_or_else(|| AppError::Unauthorized {
+        message: "missing bearer token: send `Authorization: Bearer <token>`".into(),
+    })?;
+    let hash = sha256_hex(token.as_bytes());
+    if constant_time_eq(hash.as_bytes(), auth.admin_hash.as_bytes()) {
+        return Ok(Caller::Admin);
+    }
+    match kiln.db.read(move |c| queries::token_by_hash(c, &hash)).await? {
+        Some(row) => Ok(Caller::Organization(row.organization)),
+        None => Err(AppError::Unauthorized { message: "the bearer token is not valid or was revoked".into() }),
+    }
+}
+
+/// Middleware: authenticates every request but the health check *before* any
+/// extractor runs, so a bad token is always a 401, whatever the body holds.
+pub async fn authenticate(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
+    if req.path() == "/v1/health" {
+        return next.call(req).await.map(ServiceResponse::map_into_left_body);
+    }
+    match identify(req.request()).await {
+        Ok(caller) => {
+            req.extensions_mut().insert(caller);
+            next.call(req).await.map(ServiceResponse::map_into_left_body)
+        }
+        Err(err) => Ok(req.into_response(err.error_response()).map_into_right_body()),
+    }
+}
+
 impl FromRequest for Caller {
     type Error = AppError;
-    type Future = Pin<Box<dyn Future<Output = Result<Caller, AppError>>>>;
+    type Future = std::future::Ready<Result<Caller, AppError>>;
 
     fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
-        let auth = req.app_data::<web::Data<AuthState>>().cloned();
-        let kiln = req.app_data::<web::Data<Kiln>>().cloned();
-        let token = bearer(req);
-        Box::pin(async move {
-            let (Some(auth), Some(kiln)) = (auth, kiln) else {
-                return Err(AppError::bug("auth state is not configured"));
-            };
-            if !auth.enabled {
-                return Ok(Caller::Admin);
-            }
-            let token = token.ok_or_else(|| AppError::Unauthorized {
-                message: "missing bearer token: send `Authorization: Bearer <token>`".into(),
-            })?;
-            let hash = sha256_hex(token.as_bytes());
-            if constant_time_eq(hash.as_bytes(), auth.admin_hash.as_bytes()) {
-                return Ok(Caller::Admin);
-            }
-            match kiln.db.read(move |c| queries::token_by_hash(c, &hash)).await? {
-                Some(row) => Ok(Caller::Organization(row.organization)),
-                None => Err(AppError::Unauthorized { message: "the bearer token is not valid or was revoked".into() }),
-            }
-        })
+        std::future::ready(
+            req.extensions().get::<Caller>().cloned().ok_or_else(|| AppError::bug("the auth middleware did not run")),
+        )
     }
 }

@@ -33,6 +33,9 @@ pub async fn create(
     caller.require_admin()?;
     let body = body.into_inner();
     validate::name("organization", &body.name)?;
+    if body.display_name.as_ref().is_some_and(|d| d.chars().count() > 200) {
+        return Err(AppError::invalid("invalid_display_name", "display_name must be 1-200 characters"));
+    }
     let row = kiln.organization(&body.name).send(CreateOrganization { display_name: body.display_name }).await??;
     Ok(HttpResponse::Created().json(row))
 }
@@ -53,7 +56,7 @@ pub async fn update(
     caller.require_org(&org)?;
     organization_or_404(&kiln, &org).await?;
     let display_name = body.into_inner().display_name.trim().to_string();
-    if display_name.is_empty() || display_name.len() > 200 {
+    if display_name.is_empty() || display_name.chars().count() > 200 {
         return Err(AppError::invalid("invalid_display_name", "display_name must be 1-200 characters"));
     }
     let row = kiln.organization(&org).send(UpdateOrganization { display_name }).await??;

@@ -57,7 +57,7 @@ pub async fn create(
     if body.description.len() > MAX_DESCRIPTION {
         return Err(AppError::invalid("invalid_description", format!("description is longer than {MAX_DESCRIPTION} bytes")));
     }
-    if body.title.as_ref().is_some_and(|t| t.len() > 200) {
+    if body.title.as_ref().is_some_and(|t| t.chars().count() > 200) {
         return Err(AppError::invalid("invalid_title", "title is longer than 200 characters"));
     }
     let agent = body.agent.unwrap_or_else(|| kiln.config.tasks.default_agent.clone());

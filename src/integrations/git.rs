@@ -159,6 +159,73 @@ pub fn branch_exists(repo: &Path, branch: &str) -> Result<bool, GitError> {
     }
 }
 
+/// Adds a worktree at `path` on `branch`: a new branch from `base` when it does
+/// not exist yet, else the existing branch (a resumed task).
+pub fn worktree_add(mirror: &Path, path: &Path, branch: &str, base: &str) -> Result<(), GitError> {
+    let path_str = path.to_string_lossy().to_string();
+    if branch_exists(mirror, branch)? {
+        run(mirror, &["worktree", "add", "--", &path_str, branch])?;
+    } else {
+        let base_ref = format!("refs/heads/{base}");
+        run(mirror, &["worktree", "add", "-b", branch, "--", &path_str, &base_ref])?;
+    }
+    Ok(())
+}
+
+/// Removes the worktree at `path` (forcefully: its work was snapshotted first) and
+/// prunes stale worktree records.
+pub fn worktree_remove(mirror: &Path, path: &Path) -> Result<(), GitError> {
+    let path_str = path.to_string_lossy().to_string();
+    if path.exists() {
+        if let Err(e) = run(mirror, &["worktree", "remove", "--force", "--force", "--", &path_str]) {
+            log::warn!("git worktree remove failed ({}); removing the folder", e.message());
+            std::fs::remove_dir_all(path)?;
+        }
+    }
+    run(mirror, &["worktree", "prune"])?;
+    Ok(())
+}
+
+/// Saves everything uncommitted in the worktree at `path` (modified, staged and
+/// untracked files; not ignored ones) as a commit on top of HEAD, stored under
+/// `refname`, without touching the worktree or its index. Answers the commit, or
+/// `None` when there was nothing to save.
+pub fn snapshot(path: &Path, refname: &str, message: &str) -> Result<Option<String>, GitError> {
+    let dirty = run(path, &["status", "--porcelain", "--untracked-files=all"])?;
+    if dirty.is_empty() {
+        return Ok(None);
+    }
+    let index = std::env::temp_dir().join(format!("kiln-snapshot-{}.index", crate::util::random_hex(12)));
+    let with_index = |args: &[&str]| -> Result<String, GitError> {
+        let out = git()
+            .arg("-C")
+            .arg(path)
+            .args(args)
+            .env("GIT_INDEX_FILE", &index)
+            .env("GIT_AUTHOR_NAME", "Kiln")
+            .env("GIT_AUTHOR_EMAIL", "kiln@localhost")
+            .env("GIT_COMMITTER_NAME", "Kiln")
+            .env("GIT_COMMITTER_EMAIL", "kiln@localhost")
+            .output()
+            .map_err(spawn_error)?;
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+        } else {
+            Err(GitError::Failed { command: args[0].to_string(), stderr: clean_stderr(&out.stderr) })
+        }
+    };
+    let result = (|| {
+        with_index(&["read-tree", "HEAD"])?;
+        with_index(&["add", "--all", "--", "."])?;
+        let tree = with_index(&["write-tree"])?;
+        let commit = with_index(&["commit-tree", &tree, "-p", "HEAD", "-m", message])?;
+        with_index(&["update-ref", refname, &commit])?;
+        Ok(commit)
+    })();
+    let _ = std::fs::remove_file(&index);
+    result.map(Some)
+}
+
 /// Turns git's progress output into a few meaningful steps: one per phase change
 /// and one per 10% within a phase.
 #[derive(Default)]

@@ -151,3 +151,17 @@ async fn auth_can_be_turned_off_explicitly() {
     assert_eq!(anon.get("/v1/organizations").await.status, 200);
     assert!(server.log().contains("auth is turned off"));
 }
+
+#[actix_web::test]
+async fn a_bad_token_is_401_whatever_the_body() {
+    let (server, _dir) = Server::start(&[]);
+    let c = server.client().with_token(Some("kiln_wrong"));
+    for body in [&b"{not json"[..], b"[]", b"{\"unknown\":1}"] {
+        let r = c.raw("POST", "/v1/organizations/default/tasks", Some(body), Some("application/json")).await;
+        assert_eq!((r.status, r.code()), (401, "unauthorized"), "{r:?}");
+    }
+    let r = c.get("/v1/organizations/default/tasks?limit=abc").await;
+    assert_eq!((r.status, r.code()), (401, "unauthorized"));
+    let r = c.get("/v1/no-such-route").await;
+    assert_eq!(r.status, 401, "unknown routes reveal nothing without a token");
+}

@@ -5,8 +5,8 @@
 //! `CreateToken`, `RevokeToken`, `PutProviderProfile`. Each checks the request
 //! against the current rows, writes, emits its event and answers. Handlers are
 //! atomic: the next message waits until the write and its event are done.
-//! Lifecycle: started on the first command for the organization; commands only,
-//! no timer.
+//! Lifecycle: started on the first command for the organization; stops after
+//! `tasks.actor_idle_secs` without one.
 
 mod store;
 
@@ -108,6 +108,10 @@ impl OrganizationActor {
 
 impl Actor for OrganizationActor {
     type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        super::stop_when_idle(ctx, self.meta.clone(), self.kiln.config.tasks.actor_idle_secs);
+    }
 
     fn stopped(&mut self, _: &mut Self::Context) {
         self.kiln.registry.remove(&self.meta);

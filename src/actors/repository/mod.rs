@@ -4,8 +4,8 @@
 //! Messages: `RegisterRepo` (clone a bare mirror, then insert the row; idempotent
 //! for the same source) and `DeleteRepo` (refused while tasks are active). The
 //! pollers' results arrive here in later work. Handlers are atomic, so two
-//! registrations of one name never race. Lifecycle: started on demand; commands
-//! only.
+//! registrations of one name never race. Lifecycle: started on demand; stops
+//! after `tasks.actor_idle_secs` without a command.
 
 mod source;
 mod store;
@@ -57,6 +57,10 @@ impl RepositoryActor {
 impl Actor for RepositoryActor {
     type Context = Context<Self>;
 
+    fn started(&mut self, ctx: &mut Self::Context) {
+        super::stop_when_idle(ctx, self.meta.clone(), self.kiln.config.tasks.actor_idle_secs);
+    }
+
     fn stopped(&mut self, _: &mut Self::Context) {
         self.kiln.registry.remove(&self.meta);
     }
@@ -72,6 +76,8 @@ impl Handler<RegisterRepo> for RepositoryActor {
 }
 
 async fn register(kiln: Kiln, org: String, name: String, source: Source) -> AppResult<(Repo, bool)> {
+    // Canonical first, so `/x/app/` and `/x/app` are one source.
+    let source = source.check(&kiln.config.repos).await?;
     let (o, n, s) = (org.clone(), name.clone(), source.as_str().to_string());
     let (org_row, by_name) =
         kiln.db.read(move |c| Ok((queries::organization(c, &o)?, queries::repo_by_name(c, &o, &n)?))).await?;
@@ -88,7 +94,6 @@ async fn register(kiln: Kiln, org: String, name: String, source: Source) -> AppR
         ));
     }
     // A source may be registered only once per organization, under one name.
-    let source = source.check(&kiln.config.repos).await?;
     let (o, s) = (org.clone(), source.as_str().to_string());
     if let Some(other) = kiln.db.read(move |c| find_by_source(c, &o, &s)).await? {
         return Err(AppError::conflict(
@@ -186,14 +191,11 @@ fn clone_error(err: GitError, is_url: bool) -> AppError {
             "repo_unreachable",
             format!("cloning took longer than {secs} s and was stopped; raise repos.clone_timeout_secs for large repositories"),
         ),
-        GitError::Missing(_) => git_missing(),
+        GitError::Missing(_) => AppError::git_missing(),
         other => AppError::internal(other),
     }
 }
 
-fn git_missing() -> AppError {
-    AppError::unavailable("git_missing", "git is not installed on the Kiln server (or not on its PATH): install git")
-}
 
 async fn remove_dir(dir: PathBuf) {
     let shown = dir.display().to_string();

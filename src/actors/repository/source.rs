@@ -92,7 +92,7 @@ impl Source {
         match checked {
             Ok(canonical) => Ok(Source::Path(canonical)),
             Err("missing") => Err(AppError::invalid("repo_path_not_found", format!("no directory at {shown}"))),
-            Err("git_missing") => Err(super::git_missing()),
+            Err("git_missing") => Err(AppError::git_missing()),
             Err(_) => Err(AppError::invalid("not_a_git_repository", format!("{shown} is not a git repository"))),
         }
     }

@@ -15,7 +15,6 @@ mod store;
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use actix::prelude::*;
 use serde_json::json;
@@ -24,7 +23,7 @@ use super::history::NewEvent;
 use super::registry::ActorMeta;
 use super::Kiln;
 use crate::db::models::{Repo, Task};
-use crate::db::{pool::blocking, queries, DbError};
+use crate::db::{pool::blocking, queries};
 use crate::error::{AppError, AppResult};
 use crate::integrations::git;
 use crate::util::now_ms;
@@ -77,14 +76,7 @@ impl Actor for TaskActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        let idle_ms = (self.kiln.config.tasks.actor_idle_secs * 1000) as i64;
-        let every = Duration::from_millis((idle_ms as u64 / 4).clamp(100, 30_000));
-        ctx.run_interval(every, move |act, ctx| {
-            if now_ms() - act.meta.last_activity() >= idle_ms {
-                log::debug!("task actor {} is quiet; stopping", act.meta.key);
-                ctx.stop();
-            }
-        });
+        super::stop_when_idle(ctx, self.meta.clone(), self.kiln.config.tasks.actor_idle_secs);
     }
 
     fn stopped(&mut self, _: &mut Self::Context) {
@@ -106,8 +98,10 @@ async fn create(kiln: Kiln, org: String, id: String, msg: CreateTask) -> AppResu
     validate::branch(&base)?;
     let mirror = PathBuf::from(&msg.repo.mirror_path);
     let base_for_check = base.clone();
-    let exists = blocking(move || git::branch_exists(&mirror, &base_for_check).map_err(|e| DbError::Blocking(e.to_string())))
-        .await?;
+    let exists = blocking(move || Ok(git::branch_exists(&mirror, &base_for_check))).await?.map_err(|e| match e {
+        git::GitError::Missing(_) => AppError::git_missing(),
+        other => AppError::internal(other),
+    })?;
     if !exists {
         return Err(AppError::invalid(
             "unknown_base_branch",
