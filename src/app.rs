@@ -113,8 +113,10 @@ pub async fn start(config: Config) -> Result<Running, BootError> {
         data_dir: dir.clone(),
         metrics: Arc::new(Metrics::default()),
         registry: Registry::new(actors.handle()),
+        providers: Arc::new(crate::providers::Providers::builtin(dir.clone(), config.terminal.clone())),
     };
     seed_default_organization(&kiln).await?;
+    recover_tasks(&kiln).await?;
 
     let max_body = config.server.max_body_bytes;
     let (kiln_data, auth_data) = (web::Data::new(kiln.clone()), web::Data::new(auth_state));
@@ -214,6 +216,30 @@ async fn wait_for_signal() {
             std::future::pending::<()>().await;
         }
     }
+}
+
+/// Before any traffic: every task that had a live agent is reconciled with its
+/// sandbox. A live terminal host is re-attached (its poller starts again);
+/// otherwise the task becomes `interrupted` (or `stalled` if the checkout is gone).
+async fn recover_tasks(kiln: &Kiln) -> Result<(), BootError> {
+    use crate::actors::task::Recover;
+    let tasks = kiln.db.read(queries::tasks_to_recover).await?;
+    if tasks.is_empty() {
+        return Ok(());
+    }
+    log::info!("reconciling {} active tasks with their sandboxes", tasks.len());
+    let checks = tasks.iter().map(|(org, repo, id)| {
+        let handle = kiln.task(org, repo, id);
+        async move { (id.clone(), handle.send(Recover {}).await) }
+    });
+    for (id, result) in futures_util::future::join_all(checks).await {
+        match result {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => log::error!("recovering task {id} failed: {e}"),
+            Err(e) => log::error!("recovering task {id} failed: {e}"),
+        }
+    }
+    Ok(())
 }
 
 /// On a fresh database, creates the `default` organization so a newcomer can

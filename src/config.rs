@@ -87,6 +87,7 @@ pub struct EventsConfig {
 #[serde(deny_unknown_fields)]
 pub struct TasksConfig {
     pub actor_idle_secs: u64,
+    pub status_poll_ms: u64,
     pub default_agent: String,
     pub default_provider: String,
 }

@@ -10,6 +10,7 @@ pub mod error;
 pub mod http;
 pub mod integrations;
 pub mod metrics;
+pub mod providers;
 pub mod util;
 pub mod terminal;
 pub mod validate;

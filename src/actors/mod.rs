@@ -26,8 +26,10 @@ macro_rules! atomic {
 
 pub mod history;
 pub mod organization;
+pub mod pollers;
 pub mod registry;
 pub mod repository;
+pub mod sandbox;
 pub mod task;
 
 use std::path::PathBuf;
@@ -37,6 +39,7 @@ use crate::config::Config;
 use crate::db::Db;
 use crate::error::{AppError, AppResult};
 use crate::metrics::Metrics;
+use crate::providers::{Providers, SandboxHandle};
 
 use history::{Append, HistoryActor, NewEvent};
 use organization::OrganizationActor;
@@ -70,6 +73,7 @@ pub struct Kiln {
     pub data_dir: PathBuf,
     pub metrics: Arc<Metrics>,
     pub registry: Registry,
+    pub providers: Arc<Providers>,
 }
 
 impl Kiln {
@@ -104,6 +108,34 @@ impl Kiln {
         let (o, r, t) = (org.to_string(), repo.to_string(), task.to_string());
         self.registry
             .get_or_start(registry::task_key(org, repo, task), "task", move |meta| TaskActor::new(kiln, o, r, t, meta))
+    }
+
+    /// The SandboxActor of a task's sandbox on `provider`, started on demand.
+    pub fn sandbox(&self, org: &str, provider: &str, id: &str) -> AppResult<Handle<sandbox::SandboxActor>> {
+        let p = self.providers.get(provider)?;
+        let kiln = self.clone();
+        let (o, i) = (org.to_string(), id.to_string());
+        let key = format!("org/{org}/provider/{provider}/sandbox/{id}");
+        Ok(self.registry.get_or_start(key, "sandbox", move |meta| sandbox::SandboxActor::new(kiln, o, i, p, meta)))
+    }
+
+    /// The TaskStatusPoller of a task, started on demand.
+    pub fn status_poller(
+        &self,
+        org: &str,
+        repo: &str,
+        task: &str,
+        provider: &str,
+        handle: SandboxHandle,
+    ) -> AppResult<Handle<pollers::task_status::TaskStatusPoller>> {
+        let p = self.providers.get(provider)?;
+        let kiln = self.clone();
+        let (o, r, t) = (org.to_string(), repo.to_string(), task.to_string());
+        let key = format!("{}/status-sync", registry::task_key(org, repo, task));
+        let interval = std::time::Duration::from_millis(self.config.tasks.status_poll_ms);
+        Ok(self.registry.get_or_start(key, "poller", move |meta| {
+            pollers::task_status::TaskStatusPoller::new(kiln, o, r, t, handle, p, meta, interval)
+        }))
     }
 
     /// Appends events to `org`'s history and waits until they are persisted.

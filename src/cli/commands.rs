@@ -15,13 +15,13 @@ pub struct Ctx {
 }
 
 impl Ctx {
-    fn org_path(&self, rest: &str) -> String {
+    pub fn org_path(&self, rest: &str) -> String {
         format!("/v1/organizations/{}{}", enc(&self.org), rest)
     }
 }
 
 /// Percent-encodes one path or query segment.
-fn enc(s: &str) -> String {
+pub fn enc(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
             b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
@@ -144,8 +144,19 @@ pub async fn run(ctx: Ctx, command: Command) -> CliResult<()> {
         Command::Create(args) => create(&ctx, args).await,
         Command::List(args) => list(&ctx, args).await,
         Command::Show { task, json } => show(&ctx, &task, json).await,
-        Command::Kill { task } => action(&ctx, &task, "kill").await,
-        Command::Archive { task } => action(&ctx, &task, "archive").await,
+        Command::Kill { task } => action(&ctx, &task, "kill", json!({})).await.map(|_| ()),
+        Command::Archive { task } => action(&ctx, &task, "archive", json!({})).await.map(|_| ()),
+        Command::Resume { task } => action(&ctx, &task, "resume", json!({})).await.map(|_| ()),
+        Command::Attach { task } => super::attach::attach(&ctx, &task).await,
+        Command::Send { task, no_enter, text } => {
+            let mut text = text.join(" ");
+            if !no_enter {
+                text.push('\r');
+            }
+            let _: Value = ctx.api.post(&ctx.org_path(&format!("/tasks/{}/input", enc(&task))), &json!({"text": text})).await?;
+            Ok(())
+        }
+        Command::Switch { task, shell } => switch(&ctx, &task, shell).await,
         Command::Events(args) => events(&ctx, args).await,
         Command::Token(cmd) => token(&ctx, cmd).await,
         Command::Serve { .. } | Command::Migrate { .. } | Command::TerminalHost { .. } => {
@@ -307,11 +318,35 @@ async fn show(ctx: &Ctx, task: &str, json: bool) -> CliResult<()> {
     Ok(())
 }
 
-async fn action(ctx: &Ctx, task: &str, action: &str) -> CliResult<()> {
-    let res: Value = ctx.api.post(&ctx.org_path(&format!("/tasks/{}/{action}", enc(task))), &json!({})).await?;
+async fn action(ctx: &Ctx, task: &str, action: &str, body: Value) -> CliResult<Value> {
+    let res: Value = ctx.api.post(&ctx.org_path(&format!("/tasks/{}/{action}", enc(task))), &body).await?;
     println!("task {} is now {}", field(&res["task"], "id"), field(&res["task"], "status"));
-    if let Some(snapshot) = res["snapshot_ref"].as_str() {
-        println!("uncommitted work saved to {snapshot}");
+    match res["snapshot_ref"].as_str() {
+        Some(snapshot) => println!("uncommitted work saved to {snapshot}"),
+        None if action == "kill" || action == "archive" => println!("no uncommitted work to save"),
+        None => {}
+    }
+    if action == "kill" || action == "archive" {
+        println!("branch {} is kept", field(&res["task"], "branch"));
+    }
+    Ok(res)
+}
+
+async fn switch(ctx: &Ctx, task: &str, shell: bool) -> CliResult<()> {
+    let res: Value = ctx.api.post(&ctx.org_path(&format!("/tasks/{}/switch", enc(task))), &json!({})).await?;
+    let path = res["sandbox"]["path"].as_str().ok_or_else(|| CliError("the task has no sandbox".into()))?.to_string();
+    if !shell {
+        println!("{path}");
+        return Ok(());
+    }
+    if !std::path::Path::new(&path).is_dir() {
+        return Err(CliError(format!("{path} is not on this machine: run `kiln switch --shell` where the server runs")));
+    }
+    let program = std::env::var("SHELL").unwrap_or_else(|_| "/bin/sh".into());
+    eprintln!("opening {program} in {path}; exit the shell to come back");
+    let status = std::process::Command::new(&program).current_dir(&path).status()?;
+    if !status.success() {
+        return Err(CliError(format!("{program} exited with {status}")));
     }
     Ok(())
 }

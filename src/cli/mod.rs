@@ -1,6 +1,7 @@
 //! The `kiln` command line (structopt): `serve` and `migrate` run the service;
 //! every other command is a thin client of the HTTP API.
 
+mod attach;
 mod client;
 mod commands;
 mod output;
@@ -61,10 +62,29 @@ pub enum Command {
         #[structopt(long)]
         json: bool,
     },
-    /// Kill a task: stop its agent, keep its branch, save uncommitted work.
+    /// Kill a task: stop its agent, save uncommitted work, remove its sandbox; the branch stays.
     Kill { task: String },
     /// Archive a task: like kill, for finished work.
     Archive { task: String },
+    /// Relaunch an interrupted or stalled task's agent with its resume command.
+    Resume { task: String },
+    /// Attach this terminal to the task's agent (Ctrl-\ detaches).
+    Attach { task: String },
+    /// Type text into the task's agent, followed by Enter.
+    Send {
+        task: String,
+        /// Do not press Enter after the text.
+        #[structopt(long)]
+        no_enter: bool,
+        #[structopt(required = true)]
+        text: Vec<String>,
+    },
+    /// Print the task's sandbox path; --shell opens a shell there.
+    Switch {
+        task: String,
+        #[structopt(long)]
+        shell: bool,
+    },
     /// Show the event history; --follow streams new events.
     Events(commands::EventsArgs),
     /// API tokens of an organization: create, list, revoke (admin only).

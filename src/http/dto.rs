@@ -45,6 +45,14 @@ pub struct CreateTask {
     pub provider: Option<String>,
 }
 
+/// The optional body of `POST …/tasks/{task}/{action}`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskAction {
+    /// For `input`: the text to type into the agent's terminal.
+    pub text: Option<String>,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TaskListQuery {
@@ -72,6 +80,21 @@ pub struct StreamQuery {
     pub since: Option<i64>,
     /// The token, for clients that cannot send headers (read by the auth extractor).
     pub access_token: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TerminalQuery {
+    /// Send the terminal output from this byte offset (default 0: all that is kept).
+    pub offset: Option<u64>,
+    pub access_token: Option<String>,
+}
+
+/// A text frame a terminal client sends.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum TerminalControl {
+    Resize { cols: u16, rows: u16 },
 }
 
 #[derive(Debug, Deserialize)]

@@ -9,6 +9,7 @@ pub mod organizations;
 pub mod repos;
 pub mod stream;
 pub mod tasks;
+pub mod terminal;
 
 use actix_web::body::{BoxBody, MessageBody};
 use actix_web::dev::ServiceResponse;
@@ -65,6 +66,7 @@ pub fn configure(cfg: &mut web::ServiceConfig, max_body: usize) {
                 .service(web::resource("/{org}/repos/{repo}/pulls").route(web::get().to(repos::pulls)))
                 .service(web::resource("/{org}/tasks").route(web::get().to(tasks::list)).route(web::post().to(tasks::create)))
                 .service(web::resource("/{org}/tasks/{task}").route(web::get().to(tasks::get)))
+                .service(web::resource("/{org}/tasks/{task}/terminal").route(web::get().to(terminal::connect)))
                 .service(web::resource("/{org}/tasks/{task}/{action}").route(web::post().to(tasks::action)))
                 .service(web::resource("/{org}/events").route(web::get().to(events::list)))
                 .service(web::resource("/{org}/stream").route(web::get().to(stream::connect))),

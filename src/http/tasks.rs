@@ -75,6 +75,7 @@ pub async fn create(
             format!("no provider `{}`: use one of {}", validate::truncate(&provider, 40), PROVIDERS.join(", ")),
         ));
     }
+    kiln.providers.get(&provider)?;
     let repo = repo_or_404(&kiln, &org, &body.repo).await?;
     let msg = CreateTask {
         repo: repo.clone(),
@@ -147,7 +148,7 @@ fn parse_cursor(raw: &str) -> AppResult<(i64, String)> {
 }
 
 /// The task row and its repository's name, or 404.
-async fn task_or_404(kiln: &Kiln, org: &str, id: &str) -> AppResult<(Task, String)> {
+pub async fn task_or_404(kiln: &Kiln, org: &str, id: &str) -> AppResult<(Task, String)> {
     validate::task_id(id)?;
     let (o, i) = (org.to_string(), id.to_string());
     let found = kiln
@@ -184,9 +185,21 @@ pub async fn action(
     kiln: web::Data<Kiln>,
     caller: Caller,
     path: web::Path<(String, String, String)>,
+    body: web::Bytes,
 ) -> AppResult<HttpResponse> {
     let (org, id, action) = path.into_inner();
     caller.require_org(&org)?;
+    let body: dto::TaskAction = if body.iter().all(u8::is_ascii_whitespace) {
+        dto::TaskAction::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| {
+            if e.is_data() {
+                AppError::invalid("invalid_body", e.to_string())
+            } else {
+                AppError::bad_request("malformed_json", format!("the body is not valid JSON: {e}"))
+            }
+        })?
+    };
     let input = TaskInput::from_action(&action).ok_or_else(|| {
         AppError::not_found(
             "unknown_action",
@@ -194,7 +207,7 @@ pub async fn action(
         )
     })?;
     let (_, repo) = task_or_404(&kiln, &org, &id).await?;
-    let msg = ApplyAction { input };
+    let msg = ApplyAction { input, text: body.text };
     // The actor may have stopped for quiet between lookup and send: start it again.
     let outcome = match kiln.task(&org, &repo, &id).send(msg.clone()).await {
         Err(actix::MailboxError::Closed) => kiln.task(&org, &repo, &id).send(msg).await?,
@@ -203,6 +216,7 @@ pub async fn action(
     Ok(HttpResponse::Ok().json(json!({
         "action": outcome.action,
         "snapshot_ref": outcome.snapshot_ref,
+        "sandbox": outcome.sandbox.map(|s| json!({"path": s.path})),
         "task": TaskView { task: outcome.task, repo },
     })))
 }

@@ -70,10 +70,22 @@ pub fn exit_info(state_dir: &Path) -> Option<ExitInfo> {
 }
 
 /// Starts a detached host (its own session, so it outlives the server) running
-/// `opts`, with `env` added to the server's environment, and waits until it
-/// answers on its socket.
-pub fn launch(opts: &HostOptions, env: &[(String, String)]) -> io::Result<()> {
+/// `opts` with the launch's environment added to the server's, and waits until
+/// it answers on its socket. The launch's first input goes through a private
+/// file the host types in once the agent has started.
+pub fn launch(opts: &HostOptions, launch: &crate::providers::LaunchSpec) -> io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
     std::fs::create_dir_all(&opts.state_dir)?;
+    if let Some(text) = &launch.initial_input {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(opts.state_dir.join(super::host::INITIAL_INPUT_FILE))?;
+        std::io::Write::write_all(&mut f, text.as_bytes())?;
+    }
+    let env = &launch.env;
     let socket = opts.state_dir.join(SOCKET);
     if socket.as_os_str().len() > 100 {
         return Err(io::Error::other(format!(

@@ -30,6 +30,8 @@ const HISTORY_CHUNK: usize = 64 * 1024;
 pub const SOCKET: &str = "host.sock";
 pub const PID_FILE: &str = "host.pid";
 pub const EXIT_FILE: &str = "exit.json";
+/// Text to type into the agent once it has started (read, then deleted).
+pub const INITIAL_INPUT_FILE: &str = "initial-input";
 
 /// What to run, and where.
 #[derive(Debug, Clone)]
@@ -68,6 +70,8 @@ struct State {
     started_at: i64,
     last_output_at: Option<i64>,
     active_size: Option<(u16, u16)>,
+    /// `setup` while setup commands run, then `agent`.
+    phase: &'static str,
 }
 
 impl State {
@@ -76,6 +80,7 @@ impl State {
             host_pid: std::process::id(),
             agent_pid: self.agent_pid,
             running: self.exit.is_none(),
+            phase: self.phase.to_string(),
             exit: self.exit.clone(),
             started_at: self.started_at,
             last_output_at: self.last_output_at,
@@ -141,6 +146,7 @@ fn serve(opts: HostOptions) -> std::io::Result<()> {
         started_at: now_ms(),
         last_output_at: None,
         active_size: None,
+        phase: "setup",
     }));
 
     // Listen before anything runs, so the server can attach from byte 0.
@@ -155,7 +161,7 @@ fn serve(opts: HostOptions) -> std::io::Result<()> {
         std::thread::spawn(move || pump_output(&pty, &state))
     };
 
-    let exit = run_steps(&opts, pts, &state);
+    let exit = run_steps(&opts, &pty, pts, &state);
     // Give the reader a moment to drain what the agent printed last.
     let deadline = std::time::Instant::now() + Duration::from_secs(2);
     while !reader.is_finished() && std::time::Instant::now() < deadline {
@@ -177,7 +183,12 @@ fn serve(opts: HostOptions) -> std::io::Result<()> {
 }
 
 /// Runs the setup commands, then the agent; answers how it ended.
-fn run_steps(opts: &HostOptions, pts: pty_process::blocking::Pts, state: &Shared) -> ExitInfo {
+fn run_steps(
+    opts: &HostOptions,
+    pty: &pty_process::blocking::Pty,
+    pts: pty_process::blocking::Pts,
+    state: &Shared,
+) -> ExitInfo {
     for cmd in &opts.setup {
         announce(state, &format!("\r\n$ {cmd}\r\n"));
         let child = pty_process::blocking::Command::new("sh").arg("-c").arg(cmd).current_dir(&opts.cwd).spawn_borrowed(&pts);
@@ -203,7 +214,16 @@ fn run_steps(opts: &HostOptions, pts: pty_process::blocking::Pts, state: &Shared
     let spawned = pty_process::blocking::Command::new(program).args(args).current_dir(&opts.cwd).spawn(pts);
     match spawned {
         Ok(mut child) => {
-            lock(state).agent_pid = Some(child.id());
+            {
+                let mut s = lock(state);
+                s.agent_pid = Some(child.id());
+                s.phase = "agent";
+            }
+            let input_file = opts.state_dir.join(INITIAL_INPUT_FILE);
+            if let Ok(text) = std::fs::read(&input_file) {
+                let _ = std::fs::remove_file(&input_file);
+                let _ = (&*pty).write_all(&text);
+            }
             match child.wait() {
                 Ok(s) => exit_info(&s, "agent"),
                 Err(_) => ExitInfo { code: None, signal: None, phase: "agent".into(), at: now_ms() },

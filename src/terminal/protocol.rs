@@ -103,6 +103,24 @@ pub fn write_frame(w: &mut impl Write, frame: &Frame) -> io::Result<()> {
     w.write_all(&frame.encode())
 }
 
+/// Reads one frame from an async stream; `Ok(None)` on a clean end.
+pub async fn read_frame_async(r: &mut (impl tokio::io::AsyncRead + Unpin)) -> io::Result<Option<Frame>> {
+    use tokio::io::AsyncReadExt;
+    let mut header = [0u8; 5];
+    match r.read_exact(&mut header).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
+    if len > MAX_FRAME {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, format!("frame of {len} bytes is too large")));
+    }
+    let mut payload = vec![0u8; len];
+    r.read_exact(&mut payload).await?;
+    Ok(Some(Frame { kind: header[0], payload }))
+}
+
 /// How the agent ended.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExitInfo {
@@ -121,6 +139,8 @@ pub struct HostStatus {
     pub host_pid: u32,
     pub agent_pid: Option<u32>,
     pub running: bool,
+    /// `setup` while setup commands run, then `agent`.
+    pub phase: String,
     pub exit: Option<ExitInfo>,
     pub started_at: i64,
     pub last_output_at: Option<i64>,

@@ -167,14 +167,16 @@ async fn tasks_are_created_queued_on_a_valid_branch() {
     let (server, dir) = Server::start(&[]);
     let c = server.client();
     c.add_repo("default", &git_repo(dir.path(), "app")).await;
-    let t = c.create_task("default", "app", "Fix the login bug!\n\nUsers can't log in on Safari.").await;
+    let t = c
+        .create_task_with("default", json!({"repo": "app", "description": "Fix the login bug!\n\nUsers can't log in on Safari."}))
+        .await;
     let id = t["id"].as_str().unwrap();
     assert_eq!(id.len(), 8);
-    assert_eq!(t["status"], "queued");
+    assert_eq!(t["status"], "queued", "a new task starts queued; provisioning follows");
     assert_eq!(t["title"], "Fix the login bug!");
     assert_eq!(t["branch"], format!("kiln/fix-the-login-bug-{id}"));
     assert_eq!(t["base_branch"], "main");
-    assert_eq!(t["agent"], "claude");
+    assert_eq!(t["agent"], "fake", "the configured default agent");
     assert_eq!(t["provider"], "worktree");
     assert_eq!(t["repo"], "app");
     let check = std::process::Command::new("git")
@@ -203,6 +205,7 @@ async fn tasks_are_created_queued_on_a_valid_branch() {
     assert_eq!(created.len(), 2);
     assert_eq!(created[0]["task"], id);
     assert_eq!(created[0]["repo"], "app");
+    assert_eq!(created[0]["data"]["description"], "Fix the login bug!\n\nUsers can't log in on Safari.");
 }
 
 #[actix_web::test]
@@ -274,7 +277,7 @@ async fn task_list_filters_and_pages() {
     let k = c.get("/v1/organizations/default/tasks?status=killed").await;
     assert_eq!(k.body["items"].as_array().unwrap().len(), 1);
     assert_eq!(k.body["items"][0]["id"], killed.as_str());
-    let q = c.get("/v1/organizations/default/tasks?status=queued&repo=two").await;
+    let q = c.get("/v1/organizations/default/tasks?status=running&repo=two").await;
     assert_eq!(q.body["items"].as_array().unwrap().len(), 3);
 }
 
@@ -285,10 +288,22 @@ async fn actions_follow_the_lifecycle() {
     c.add_repo("default", &git_repo(dir.path(), "app")).await;
     let id = c.create_task("default", "app", "a").await["id"].as_str().unwrap().to_string();
     let base = format!("/v1/organizations/default/tasks/{id}");
-    for action in ["push", "sync", "pr", "merge", "resume", "input", "attach", "switch"] {
+    // A running task: resume makes no sense; the git actions arrive with the git lifecycle.
+    let r = c.post(&format!("{base}/resume"), json!({})).await;
+    assert_eq!((r.status, r.code()), (409, "invalid_transition"), "{r:?}");
+    assert!(r.body["message"].as_str().unwrap().contains("running"), "{r:?}");
+    for action in ["push", "sync", "pr", "merge"] {
         let r = c.post(&format!("{base}/{action}"), json!({})).await;
-        assert_eq!((r.status, r.code()), (409, "invalid_transition"), "{action}: {r:?}");
-        assert!(r.body["message"].as_str().unwrap().contains("queued"), "{r:?}");
+        assert_eq!((r.status, r.code()), (501, "not_implemented"), "{action}: {r:?}");
+    }
+    let r = c.post(&format!("{base}/input"), json!({})).await;
+    assert_eq!((r.status, r.code()), (422, "invalid_input"));
+    let r = c.post(&format!("{base}/input"), json!({"txt": "x"})).await;
+    assert_eq!((r.status, r.code()), (422, "invalid_body"));
+    for action in ["attach", "switch"] {
+        let r = c.post(&format!("{base}/{action}"), json!({})).await;
+        assert_eq!(r.status, 200, "{action}: {r:?}");
+        assert!(r.body["sandbox"]["path"].as_str().unwrap().ends_with(&format!("worktrees/default/app/{id}")));
     }
     let r = c.post(&format!("{base}/explode"), json!({})).await;
     assert_eq!((r.status, r.code()), (404, "unknown_action"));
@@ -298,12 +313,33 @@ async fn actions_follow_the_lifecycle() {
     let r = c.post(&format!("{base}/kill"), json!({})).await;
     assert_eq!((r.status, r.code()), (409, "invalid_transition"));
     assert!(r.body["message"].as_str().unwrap().contains("archived"));
+    for action in ["push", "input", "attach", "resume"] {
+        let r = c.post(&format!("{base}/{action}"), json!({"text": "x"})).await;
+        assert_eq!((r.status, r.code()), (409, "invalid_transition"), "{action} on archived: {r:?}");
+    }
     let changes: Vec<_> =
         c.events_since("default", 0).await.into_iter().filter(|e| e["kind"] == "task.status_changed").collect();
-    assert_eq!(changes.len(), 1, "refused actions emit nothing");
-    assert_eq!(changes[0]["data"]["from"], "queued");
-    assert_eq!(changes[0]["data"]["to"], "archived");
-    assert_eq!(changes[0]["data"]["action"], "archive");
+    let path: Vec<(&str, &str)> =
+        changes.iter().map(|e| (e["data"]["from"].as_str().unwrap(), e["data"]["to"].as_str().unwrap())).collect();
+    assert_eq!(path, vec![("queued", "provisioning"), ("provisioning", "running"), ("running", "archived")]);
+    assert_eq!(changes[2]["data"]["action"], "archive", "refused actions emit nothing");
+}
+
+#[actix_web::test]
+async fn a_queued_task_can_be_killed_before_it_provisions() {
+    let (server, dir) = Server::start(&[]);
+    let c = server.client();
+    c.add_repo("default", &git_repo(dir.path(), "app")).await;
+    // A missing agent fails provisioning at once; kill of a failed task is refused,
+    // archive tidies it away.
+    let t = c.create_task_with("default", json!({"repo": "app", "description": "x", "agent": "ghost"})).await;
+    let id = t["id"].as_str().unwrap();
+    let failed = c.wait_status("default", id, "failed").await;
+    assert!(failed["status_reason"].as_str().unwrap().contains("agent `kiln-no-such-agent` not found on PATH"), "{failed}");
+    let r = c.post(&format!("/v1/organizations/default/tasks/{id}/kill"), json!({})).await;
+    assert_eq!((r.status, r.code()), (409, "invalid_transition"));
+    let r = c.post(&format!("/v1/organizations/default/tasks/{id}/archive"), json!({})).await;
+    assert_eq!(r.body["task"]["status"], "archived", "{r:?}");
 }
 
 #[actix_web::test]
@@ -333,12 +369,16 @@ async fn events_filter_by_repo_task_kind_and_limit() {
     c.post(&format!("/v1/organizations/default/tasks/{t1}/kill"), json!({})).await;
 
     let by_task = c.get(&format!("/v1/organizations/default/events?task={t1}")).await;
-    let kinds: Vec<&str> = by_task.body["items"].as_array().unwrap().iter().map(|e| e["kind"].as_str().unwrap()).collect();
-    assert_eq!(kinds, vec!["task.created", "task.status_changed"]);
+    let items = by_task.body["items"].as_array().unwrap();
+    assert!(items.iter().all(|e| e["task"] == t1.as_str()));
+    let kinds: Vec<&str> = items.iter().map(|e| e["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds.first(), Some(&"task.created"));
+    assert!(kinds.contains(&"sandbox.created") && kinds.contains(&"sandbox.destroyed"), "{kinds:?}");
     let by_repo = c.get("/v1/organizations/default/events?repo=two").await;
     assert!(by_repo.body["items"].as_array().unwrap().iter().all(|e| e["repo"] == "two"));
     let prefix = c.get("/v1/organizations/default/events?kind=task.").await;
-    assert_eq!(prefix.body["items"].as_array().unwrap().len(), 3);
+    let prefixed = prefix.body["items"].as_array().unwrap();
+    assert!(prefixed.len() >= 6 && prefixed.iter().all(|e| e["kind"].as_str().unwrap().starts_with("task.")));
     let star = c.get("/v1/organizations/default/events?kind=task.*").await;
     assert_eq!(star.body["items"], prefix.body["items"]);
     let exact = c.get("/v1/organizations/default/events?kind=task.created").await;

@@ -12,6 +12,32 @@ use serde_json::Value;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_kiln");
 
+/// The fake agent every test task runs (see tests/fake-agent.sh).
+pub fn fake_agent() -> String {
+    format!("{}/tests/fake-agent.sh", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The config every test server gets: the fake agent as the default profile
+/// (never idle, so a running task stays put), `quick` (idle after one quiet
+/// second), `typed` (the description typed as input) and `ghost` (whose program
+/// does not exist).
+fn test_config(dir: &Path) -> PathBuf {
+    let path = dir.join("kiln-test.toml");
+    let agent = fake_agent();
+    std::fs::write(
+        &path,
+        format!(
+            "[tasks]\ndefault_agent = \"fake\"\nstatus_poll_ms = 200\n\n\
+             [agents.fake]\ncommand = [\"{agent}\"]\nresume = [\"{agent}\", \"--resumed\"]\nprompt = \"argument\"\nidle_secs = 3600\n\n\
+             [agents.quick]\ncommand = [\"{agent}\"]\nresume = [\"{agent}\", \"--resumed\"]\nprompt = \"argument\"\nidle_secs = 1\n\n\
+             [agents.typed]\ncommand = [\"{agent}\"]\nresume = [\"{agent}\", \"--resumed\"]\nprompt = \"input\"\nidle_secs = 1\n\n\
+             [agents.ghost]\ncommand = [\"kiln-no-such-agent\"]\nresume = [\"kiln-no-such-agent\"]\n"
+        ),
+    )
+    .expect("test config");
+    path
+}
+
 /// One running server. Killed on drop; its log is printed if the test failed.
 pub struct Server {
     child: Option<Child>,
@@ -41,8 +67,11 @@ impl Server {
             .append(true)
             .open(self.dir.join("server.log"))
             .expect("log file");
+        let config = test_config(&self.dir);
         let mut cmd = Command::new(BIN);
-        cmd.arg("serve")
+        cmd.arg("--config")
+            .arg(&config)
+            .arg("serve")
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("HOME", &self.dir)
@@ -141,12 +170,26 @@ fn wait_exit(child: &mut Child, timeout: Duration) -> ExitStatus {
     }
 }
 
+/// Kills every terminal host (and so its agent) under `data_dir`: they are
+/// detached on purpose and would outlive the test.
+pub fn kill_hosts(data_dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(data_dir.join("sandboxes")) else { return };
+    for entry in entries.flatten() {
+        if let Ok(pid) = std::fs::read_to_string(entry.path().join("host.pid")) {
+            if let Ok(pid) = pid.trim().parse::<i32>() {
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+    }
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
         }
+        kill_hosts(&self.dir.join("data"));
         if std::thread::panicking() {
             let log = self.log();
             let tail: Vec<&str> = log.lines().rev().take(60).collect();
@@ -255,13 +298,33 @@ impl Client {
         r.body
     }
 
-    /// Creates a task; asserts it worked.
+    /// Creates a task and waits until its agent runs; answers the create reply.
     pub async fn create_task(&self, org: &str, repo: &str, description: &str) -> Value {
-        let r = self
-            .post(&format!("/v1/organizations/{org}/tasks"), serde_json::json!({"repo": repo, "description": description}))
-            .await;
+        let body = serde_json::json!({"repo": repo, "description": description});
+        let created = self.create_task_with(org, body).await;
+        self.wait_status(org, created["id"].as_str().unwrap(), "running").await;
+        created
+    }
+
+    /// Creates a task from `body`; asserts the create worked, not that it runs.
+    pub async fn create_task_with(&self, org: &str, body: Value) -> Value {
+        let r = self.post(&format!("/v1/organizations/{org}/tasks"), body).await;
         assert_eq!(r.status, 201, "create task: {r:?}");
         r.body
+    }
+
+    /// Waits until the task is in `status`; answers the task.
+    pub async fn wait_status(&self, org: &str, task: &str, status: &str) -> Value {
+        let path = format!("/v1/organizations/{org}/tasks/{task}");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let r = self.get(&path).await;
+            if r.body["status"] == status {
+                return r.body;
+            }
+            assert!(Instant::now() < deadline, "task {task} never became {status}: {r:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// Every event of `org` after `since`, paging through the history.

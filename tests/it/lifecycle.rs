@@ -17,6 +17,7 @@ async fn task_actors_start_on_demand_and_stop_when_quiet() {
     c.add_repo("default", &git_repo(dir.path(), "app")).await;
     let id = c.create_task("default", "app", "x").await["id"].as_str().unwrap().to_string();
     let key = format!("org/default/repo/app/task/{id}");
+    let poller = format!("{key}/status-sync");
     let actors = c.get("/admin/actors").await;
     assert_eq!(actors.status, 200);
     let keys = actor_keys(&actors.body);
@@ -26,8 +27,15 @@ async fn task_actors_start_on_demand_and_stop_when_quiet() {
     let row = actors.body["items"].as_array().unwrap().iter().find(|a| a["key"] == key.as_str()).unwrap().clone();
     assert_eq!(row["kind"], "task");
     assert!(row["last_activity_at"].as_i64().unwrap() >= row["started_at"].as_i64().unwrap());
-    assert_eq!(row["mailbox_backlog"], 0);
+    assert!(row["mailbox_backlog"].as_i64().unwrap() >= 0);
+    assert!(keys.contains(&poller), "a running task has its status poller: {keys:?}");
 
+    // While the task runs, its poller keeps the actor alive; once it ends, the
+    // poller stops and the quiet actor goes.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(actor_keys(&c.get("/admin/actors").await.body).contains(&key), "an active task keeps its actor");
+    let r = c.post(&format!("/v1/organizations/default/tasks/{id}/archive"), json!({})).await;
+    assert_eq!(r.status, 200, "{r:?}");
     eventually(Duration::from_secs(20), "the quiet task actor stops", || {
         let (c, key) = (c.clone(), key.clone());
         async move { (!actor_keys(&c.get("/admin/actors").await.body).contains(&key)).then_some(()) }
@@ -36,10 +44,10 @@ async fn task_actors_start_on_demand_and_stop_when_quiet() {
     // Reading a task never starts its actor; acting on it does, from its rows.
     assert_eq!(c.get(&format!("/v1/organizations/default/tasks/{id}")).await.status, 200);
     assert!(!actor_keys(&c.get("/admin/actors").await.body).contains(&key));
+    assert!(!actor_keys(&c.get("/admin/actors").await.body).contains(&poller), "the poller stopped");
     let r = c.post(&format!("/v1/organizations/default/tasks/{id}/kill"), json!({})).await;
-    assert_eq!(r.status, 200, "{r:?}");
-    assert_eq!(r.body["task"]["status"], "killed");
-    assert!(actor_keys(&c.get("/admin/actors").await.body).contains(&key));
+    assert_eq!((r.status, r.code()), (409, "invalid_transition"), "{r:?}");
+    assert!(actor_keys(&c.get("/admin/actors").await.body).contains(&key), "the message started it again");
 }
 
 #[actix_web::test]
@@ -50,12 +58,13 @@ async fn pull_requests_never_start_task_actors_and_bulk_reads_start_nothing() {
     for i in 0..20 {
         c.create_task("default", "app", &format!("t{i}")).await;
     }
-    let before = c.get("/admin/actors").await.body["items"].as_array().unwrap().len();
+    let before = actor_keys(&c.get("/admin/actors").await.body);
     c.get("/v1/organizations/default/tasks?limit=100").await;
     c.get("/v1/organizations/default/repos/app/pulls").await;
     c.get("/v1/organizations/default/events?limit=1000").await;
-    let after = c.get("/admin/actors").await.body["items"].as_array().unwrap().len();
-    assert_eq!(before, after, "listing starts no actors");
+    let after = actor_keys(&c.get("/admin/actors").await.body);
+    let started: Vec<_> = after.iter().filter(|k| !before.contains(k)).collect();
+    assert!(started.is_empty(), "listing started actors: {started:?}");
 }
 
 #[actix_web::test]

@@ -1,15 +1,19 @@
 //! TaskActor (`org/{org}/repo/{repo}/task/{task}`): the only writer of `tasks`,
 //! `task_runtime` and `task_sessions`.
 //!
-//! Messages: `CreateTask` (insert as `queued`) and `ApplyAction` (a user action
-//! run through the pure lifecycle in `state.rs`; a refused one is a 409). Every
-//! handler is atomic and re-reads its row, so push, sync, merge, archive and kill
-//! on one task run one after another and always see the last write.
+//! Messages: `CreateTask` (insert as `queued`, then provision), `ApplyAction` (a
+//! user action run through the pure lifecycle in `state.rs`; a refused one is a
+//! 409), `StatusObserved` (from its TaskStatusPoller) and `Recover` (at boot).
+//! Every handler is atomic and re-reads its row, so push, sync, merge, archive and
+//! kill on one task run one after another and always see the last write. A
+//! transition's effects (create the sandbox, stop the agent, snapshot…) run
+//! before its status is written, so a failed effect leaves the status as it was.
 //!
-//! Lifecycle: lazy. It starts on the first message for its task, loads its row,
-//! and stops itself after `tasks.actor_idle_secs` without a message; the next
-//! message starts it again from its rows.
+//! Lifecycle: lazy. It starts on the first message for its task and stops itself
+//! after `tasks.actor_idle_secs` without one; while the task is active its poller
+//! keeps it busy. The next message starts it again from its rows.
 
+mod effects;
 pub mod state;
 mod store;
 
@@ -23,7 +27,7 @@ use super::history::NewEvent;
 use super::registry::ActorMeta;
 use super::Kiln;
 use crate::db::models::{Repo, Task};
-use crate::db::{pool::blocking, queries};
+use crate::db::pool::blocking;
 use crate::error::{AppError, AppResult};
 use crate::integrations::git;
 use crate::util::now_ms;
@@ -42,11 +46,13 @@ pub struct CreateTask {
     pub provider: String,
 }
 
-/// Applies a user action (`kill`, `archive`, …) through the lifecycle.
+/// Applies a user action (`kill`, `archive`, `input`, …) through the lifecycle.
 #[derive(Message, Clone)]
 #[rtype(result = "AppResult<ActionOutcome>")]
 pub struct ApplyAction {
     pub input: TaskInput,
+    /// The text for `input`.
+    pub text: Option<String>,
 }
 
 /// What an action did.
@@ -56,7 +62,26 @@ pub struct ActionOutcome {
     pub action: &'static str,
     /// Where uncommitted work was saved, when the action removed a sandbox.
     pub snapshot_ref: Option<String>,
+    /// The sandbox, for `attach` and `switch`.
+    pub sandbox: Option<crate::providers::SandboxHandle>,
 }
+
+/// Starts provisioning a queued task (sent by the actor to itself after create).
+#[derive(Message, Clone)]
+#[rtype(result = "AppResult<()>")]
+pub struct Provision {}
+
+/// What the TaskStatusPoller saw; answers whether the task is still active.
+#[derive(Message, Clone)]
+#[rtype(result = "AppResult<bool>")]
+pub struct StatusObserved {
+    pub health: crate::providers::SandboxHealth,
+}
+
+/// At boot: reconcile an active task with its sandbox (re-attach or interrupt).
+#[derive(Message, Clone)]
+#[rtype(result = "AppResult<()>")]
+pub struct Recover {}
 
 pub struct TaskActor {
     kiln: Kiln,
@@ -69,6 +94,10 @@ pub struct TaskActor {
 impl TaskActor {
     pub fn new(kiln: Kiln, org: String, repo: String, id: String, meta: Arc<ActorMeta>) -> Self {
         TaskActor { kiln, org, repo, id, meta }
+    }
+
+    fn ctx(&self) -> effects::TaskCtx {
+        effects::TaskCtx { kiln: self.kiln.clone(), org: self.org.clone(), repo: self.repo.clone(), id: self.id.clone() }
     }
 }
 
@@ -89,7 +118,57 @@ impl Handler<CreateTask> for TaskActor {
 
     fn handle(&mut self, msg: CreateTask, _: &mut Self::Context) -> Self::Result {
         let (kiln, org, id) = (self.kiln.clone(), self.org.clone(), self.id.clone());
-        atomic!(self, create(kiln, org, id, msg))
+        self.meta.touch();
+        AtomicResponse::new(Box::pin(actix::fut::wrap_future(create(kiln, org, id, msg)).map(
+            |created: AppResult<Task>, _act: &mut Self, ctx: &mut Context<Self>| {
+                if created.is_ok() {
+                    ctx.notify(Provision {});
+                }
+                created
+            },
+        )))
+    }
+}
+
+impl Handler<Provision> for TaskActor {
+    type Result = AtomicResponse<Self, AppResult<()>>;
+
+    fn handle(&mut self, _: Provision, _: &mut Self::Context) -> Self::Result {
+        let ctx = self.ctx();
+        atomic!(self, async move {
+            let result = effects::provision(&ctx).await;
+            if let Err(e) = &result {
+                log::warn!("provisioning task {} failed: {e}", ctx.id);
+            }
+            result
+        })
+    }
+}
+
+impl Handler<ApplyAction> for TaskActor {
+    type Result = AtomicResponse<Self, AppResult<ActionOutcome>>;
+
+    fn handle(&mut self, msg: ApplyAction, _: &mut Self::Context) -> Self::Result {
+        let ctx = self.ctx();
+        atomic!(self, effects::apply(ctx, msg.input, msg.text))
+    }
+}
+
+impl Handler<StatusObserved> for TaskActor {
+    type Result = AtomicResponse<Self, AppResult<bool>>;
+
+    fn handle(&mut self, msg: StatusObserved, _: &mut Self::Context) -> Self::Result {
+        let ctx = self.ctx();
+        atomic!(self, effects::observe(ctx, msg.health))
+    }
+}
+
+impl Handler<Recover> for TaskActor {
+    type Result = AtomicResponse<Self, AppResult<()>>;
+
+    fn handle(&mut self, _: Recover, _: &mut Self::Context) -> Self::Result {
+        let ctx = self.ctx();
+        atomic!(self, effects::recover(ctx))
     }
 }
 
@@ -160,49 +239,3 @@ async fn create(kiln: Kiln, org: String, id: String, msg: CreateTask) -> AppResu
     Ok(task)
 }
 
-impl Handler<ApplyAction> for TaskActor {
-    type Result = AtomicResponse<Self, AppResult<ActionOutcome>>;
-
-    fn handle(&mut self, msg: ApplyAction, _: &mut Self::Context) -> Self::Result {
-        let (kiln, org, repo, id) = (self.kiln.clone(), self.org.clone(), self.repo.clone(), self.id.clone());
-        atomic!(self, apply(kiln, org, repo, id, msg.input))
-    }
-}
-
-async fn apply(kiln: Kiln, org: String, repo: String, id: String, input: TaskInput) -> AppResult<ActionOutcome> {
-    let (o, i) = (org.clone(), id.clone());
-    let task = kiln
-        .db
-        .read(move |c| queries::task(c, &o, &i))
-        .await?
-        .ok_or_else(|| AppError::not_found("task_not_found", format!("no task `{id}` in `{org}`")))?;
-    let from: TaskStatus = task.status.parse().map_err(AppError::bug)?;
-    let step = state::transition(from, &input).map_err(|r| AppError::conflict("invalid_transition", r.message))?;
-    if let Some(effect) = step.effects.first() {
-        // Sandboxes, agents and git operations arrive with the sandboxes and git
-        // work; until then no task ever reaches a status that has effects.
-        return Err(AppError::NotImplemented {
-            message: format!("`{}` needs {:?}, which this build of Kiln cannot do yet", input.name(), effect),
-        });
-    }
-    let (to, reason) = (step.to, step.reason.clone());
-    let i = id.clone();
-    let updated = kiln
-        .db
-        .write(move |c| store::set_status(c, &i, from.as_str(), to.as_str(), reason.as_deref(), now_ms()))
-        .await?
-        .ok_or_else(|| AppError::conflict("task_changed", "the task changed while this action ran: try again"))?;
-    if from != to {
-        kiln.emit_one(
-            &org,
-            NewEvent::new(
-                "task.status_changed",
-                json!({"from": from.as_str(), "to": to.as_str(), "action": input.name(), "reason": step.reason}),
-            )
-            .repo(&repo)
-            .task(&id),
-        )
-        .await?;
-    }
-    Ok(ActionOutcome { task: updated, action: input.name(), snapshot_ref: None })
-}

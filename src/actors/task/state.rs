@@ -100,8 +100,10 @@ pub enum TaskInput {
     Quiet,
     /// The sandbox disappeared under a live task.
     SandboxLost,
-    /// At boot, no live agent was found for the task.
+    /// No terminal host answers for the task (it died, or the machine restarted).
     AgentGone,
+    /// The agent process ended on its own (or was killed outside Kiln).
+    AgentExited { code: Option<i32>, signal: Option<i32> },
     // User actions, by name in `POST …/tasks/{task}/{action}`.
     Push,
     Sync,
@@ -145,6 +147,7 @@ impl TaskInput {
             TaskInput::Quiet => "quiet",
             TaskInput::SandboxLost => "sandbox_lost",
             TaskInput::AgentGone => "agent_gone",
+            TaskInput::AgentExited { .. } => "agent_exited",
             TaskInput::Push => "push",
             TaskInput::Sync => "sync",
             TaskInput::Pr => "pr",
@@ -222,7 +225,23 @@ pub fn transition(from: TaskStatus, input: &TaskInput) -> Result<Transition, Ref
         (S::Running | S::Idle, I::Activity) => go(S::Running, vec![]),
         (S::Running | S::Idle, I::Quiet) => go(S::Idle, vec![]),
         (S::Provisioning | S::Running | S::Idle, I::SandboxLost) => go(S::Stalled, vec![]),
-        (S::Provisioning | S::Running | S::Idle, I::AgentGone) => go(S::Interrupted, vec![]),
+        (S::Provisioning | S::Running | S::Idle, I::AgentGone) => Ok(Transition {
+            to: S::Interrupted,
+            effects: vec![],
+            reason: Some("the terminal host is gone: resume to relaunch the agent".into()),
+        }),
+        (S::Provisioning | S::Running | S::Idle, I::AgentExited { code, signal }) => {
+            let how = match (code, signal) {
+                (Some(c), _) => format!("with code {c}"),
+                (None, Some(s)) => format!("on signal {s}"),
+                _ => "".into(),
+            };
+            Ok(Transition {
+                to: S::Interrupted,
+                effects: vec![],
+                reason: Some(format!("the agent exited {how}: resume to relaunch it").replace("  ", " ")),
+            })
+        }
         (_, I::Push) if live => go(from, vec![Git(GitOp::Push)]),
         (_, I::Sync) if live => go(from, vec![Git(GitOp::Sync)]),
         (_, I::Pr) if live => go(from, vec![Git(GitOp::Pr)]),
@@ -271,6 +290,7 @@ mod tests {
             TaskInput::Quiet,
             TaskInput::SandboxLost,
             TaskInput::AgentGone,
+            TaskInput::AgentExited { code: Some(3), signal: None },
         ]);
         v
     }
@@ -288,7 +308,7 @@ mod tests {
                 "activity" => live.then_some(S::Running),
                 "quiet" => live.then_some(S::Idle),
                 "sandbox_lost" => (live || from == S::Provisioning).then_some(S::Stalled),
-                "agent_gone" => (live || from == S::Provisioning).then_some(S::Interrupted),
+                "agent_gone" | "agent_exited" => (live || from == S::Provisioning).then_some(S::Interrupted),
                 "push" | "sync" | "pr" | "merge" | "input" | "attach" => live.then_some(from),
                 "switch" => (live || matches!(from, S::Stalled | S::Interrupted)).then_some(from),
                 "resume" => matches!(from, S::Stalled | S::Interrupted).then_some(S::Provisioning),
@@ -312,7 +332,7 @@ mod tests {
                 checked += 1;
             }
         }
-        assert_eq!(checked, 9 * 17);
+        assert_eq!(checked, 9 * 18);
     }
 
     #[test]
@@ -335,6 +355,8 @@ mod tests {
         assert_eq!(archive_idle.effects, vec![Effect::StopAgent, Effect::SnapshotAndDestroySandbox]);
         assert_eq!(transition(S::Queued, &TaskInput::Provision).unwrap().effects, vec![Effect::CreateSandbox]);
         assert_eq!(transition(S::Stalled, &TaskInput::Resume).unwrap().effects, vec![Effect::RelaunchAgent]);
+        let exited = transition(S::Running, &TaskInput::AgentExited { code: Some(3), signal: None }).unwrap();
+        assert_eq!(exited.reason.as_deref(), Some("the agent exited with code 3: resume to relaunch it"));
         let failed = transition(S::Provisioning, &TaskInput::ProvisionFailed { reason: "no git".into() }).unwrap();
         assert_eq!(failed.reason.as_deref(), Some("no git"));
     }

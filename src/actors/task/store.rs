@@ -26,3 +26,36 @@ pub(super) fn set_status(
         .get_result(conn)
         .optional()
 }
+
+/// Records what the status poller saw of the agent.
+pub(super) fn upsert_runtime(
+    conn: &mut SqliteConnection,
+    task: &str,
+    pid: Option<i32>,
+    exit_code: Option<i32>,
+    started_at: Option<i64>,
+    last_output_at: Option<i64>,
+    now: i64,
+) -> QueryResult<()> {
+    use crate::db::schema::task_runtime;
+    diesel::insert_into(task_runtime::table)
+        .values((
+            task_runtime::task_id.eq(task),
+            task_runtime::pid.eq(pid),
+            task_runtime::exit_code.eq(exit_code),
+            task_runtime::started_at.eq(started_at),
+            task_runtime::last_output_at.eq(last_output_at),
+            task_runtime::updated_at.eq(now),
+        ))
+        .on_conflict(task_runtime::task_id)
+        .do_update()
+        .set((
+            task_runtime::pid.eq(pid),
+            task_runtime::exit_code.eq(exit_code),
+            task_runtime::started_at.eq(started_at),
+            task_runtime::last_output_at.eq(last_output_at),
+            task_runtime::updated_at.eq(now),
+        ))
+        .execute(conn)
+        .map(|_| ())
+}

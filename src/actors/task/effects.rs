@@ -1,0 +1,335 @@
+//! The TaskActor's work: carrying out what a transition asks (provision, stop,
+//! snapshot, relaunch, type input) and applying what the status poller observes.
+//! Every function here runs inside one atomic handler of the task's actor.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde_json::json;
+
+use super::state::{self, Effect, TaskInput, TaskStatus};
+use super::{store, ActionOutcome};
+use crate::actors::history::NewEvent;
+use crate::actors::sandbox::{DestroySandbox, MarkSandboxLost, ProvisionSandbox, RelaunchSandbox};
+use crate::actors::Kiln;
+use crate::config::PromptMode;
+use crate::db::models::{Repo, Task};
+use crate::db::queries;
+use crate::error::{AppError, AppResult};
+use crate::providers::{CreateSandbox, DestroySandbox as DestroyRequest, LaunchSpec, ResumeSandbox, SandboxHandle, SandboxHealth};
+use crate::util::now_ms;
+
+/// Who the work is for.
+#[derive(Clone)]
+pub struct TaskCtx {
+    pub kiln: Kiln,
+    pub org: String,
+    pub repo: String,
+    pub id: String,
+}
+
+impl TaskCtx {
+    async fn load(&self) -> AppResult<(Task, Repo)> {
+        let (o, i) = (self.org.clone(), self.id.clone());
+        let found = self
+            .kiln
+            .db
+            .read(move |c| {
+                let Some(task) = queries::task(c, &o, &i)? else { return Ok(None) };
+                let repo = queries::repo_by_id(c, task.repo_id)?;
+                Ok(repo.map(|r| (task, r)))
+            })
+            .await?;
+        found.ok_or_else(|| AppError::not_found("task_not_found", format!("no task `{}` in `{}`", self.id, self.org)))
+    }
+
+    fn handle(&self, task: &Task, repo: &Repo) -> AppResult<SandboxHandle> {
+        let provider = self.kiln.providers.get(&task.provider)?;
+        Ok(provider.handle_for(&self.org, &self.repo, &task.id, std::path::Path::new(&repo.mirror_path)))
+    }
+
+    fn event(&self, kind: &'static str, data: serde_json::Value) -> NewEvent {
+        NewEvent::new(kind, data).repo(&self.repo).task(&self.id)
+    }
+
+    /// Moves the task `from` → `to` and records the event; answers the new row.
+    async fn set_status(
+        &self,
+        from: TaskStatus,
+        to: TaskStatus,
+        reason: Option<String>,
+        cause: &str,
+        extra: serde_json::Value,
+    ) -> AppResult<Task> {
+        let (i, r) = (self.id.clone(), reason.clone());
+        let updated = self
+            .kiln
+            .db
+            .write(move |c| store::set_status(c, &i, from.as_str(), to.as_str(), r.as_deref(), now_ms()))
+            .await?
+            .ok_or_else(|| AppError::conflict("task_changed", "the task changed while this ran: try again"))?;
+        if from != to {
+            let mut data = json!({"from": from.as_str(), "to": to.as_str(), "action": cause, "reason": reason});
+            if let (Some(obj), serde_json::Value::Object(more)) = (data.as_object_mut(), extra) {
+                obj.extend(more);
+            }
+            self.kiln.emit_one(&self.org, self.event("task.status_changed", data)).await?;
+        }
+        Ok(updated)
+    }
+
+    /// Makes sure the status poller runs for this task.
+    fn watch(&self, task: &Task, handle: SandboxHandle) -> AppResult<()> {
+        self.kiln.status_poller(&self.org, &self.repo, &self.id, &task.provider, handle)?;
+        Ok(())
+    }
+
+    fn stop_watching(&self) {
+        let key = format!("{}/status-sync", crate::actors::registry::task_key(&self.org, &self.repo, &self.id));
+        if let Some(p) = self.kiln.registry.get::<crate::actors::pollers::task_status::TaskStatusPoller>(&key) {
+            p.addr.do_send(crate::actors::pollers::StopPoller {});
+        }
+    }
+}
+
+/// How to start (or resume) the task's agent: the profile's command, the
+/// description as it says, its env plus the organization's provider secrets.
+async fn launch_spec(ctx: &TaskCtx, task: &Task, resume: bool) -> AppResult<LaunchSpec> {
+    let profile = ctx.kiln.config.agents.get(&task.agent).cloned().ok_or_else(|| {
+        AppError::invalid("unknown_agent", format!("agent profile `{}` is no longer in the config", task.agent))
+    })?;
+    let mut argv = if resume { profile.resume.clone() } else { profile.command.clone() };
+    let mut initial_input = None;
+    if !resume {
+        match profile.prompt {
+            PromptMode::Argument => argv.push(task.description.clone()),
+            PromptMode::Input => initial_input = Some(format!("{}\r", task.description)),
+            PromptMode::None => {}
+        }
+    }
+    let mut env: Vec<(String, String)> = profile.env.into_iter().collect();
+    let (o, p) = (ctx.org.clone(), task.provider.clone());
+    if let Some((_, secrets, _)) = ctx.kiln.db.read(move |c| queries::provider_profile(c, &o, &p)).await? {
+        let secrets: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&secrets).unwrap_or_default();
+        env.extend(secrets.into_iter().filter_map(|(k, v)| v.as_str().map(|v| (k, v.to_string()))));
+    }
+    env.push(("KILN_TASK".into(), task.id.clone()));
+    Ok(LaunchSpec { argv, env, initial_input })
+}
+
+/// `queued → provisioning`, then the sandbox. Setup runs in the terminal; the
+/// poller moves the task on to `running` once the agent has started.
+pub async fn provision(ctx: &TaskCtx) -> AppResult<()> {
+    let (task, repo) = ctx.load().await?;
+    let from: TaskStatus = task.status.parse().map_err(AppError::bug)?;
+    let step = state::transition(from, &TaskInput::Provision).map_err(|r| AppError::conflict("invalid_transition", r.message))?;
+    let task = ctx.set_status(from, step.to, None, "provision", json!({})).await?;
+    let created = async {
+        let launch = launch_spec(ctx, &task, false).await?;
+        let source_checkout = (repo.source_kind == "path").then(|| PathBuf::from(&repo.source));
+        let req = CreateSandbox {
+            org: ctx.org.clone(),
+            repo: ctx.repo.clone(),
+            task: task.id.clone(),
+            mirror: PathBuf::from(&repo.mirror_path),
+            branch: task.branch.clone(),
+            base_branch: task.base_branch.clone(),
+            source_checkout,
+            copy: Vec::new(),
+            setup: Vec::new(),
+            launch,
+        };
+        ctx.kiln.sandbox(&ctx.org, &task.provider, &task.id)?.send(ProvisionSandbox { req }).await?
+    }
+    .await;
+    match created {
+        Ok(handle) => {
+            ctx.kiln
+                .emit_one(&ctx.org, ctx.event("sandbox.created", json!({"path": handle.path, "provider": task.provider})))
+                .await?;
+            ctx.watch(&task, handle)
+        }
+        Err(err) => {
+            let reason = err.to_string();
+            let failed = TaskInput::ProvisionFailed { reason: reason.clone() };
+            let step = state::transition(step.to, &failed).map_err(|r| AppError::bug(r.message))?;
+            ctx.set_status(TaskStatus::Provisioning, step.to, step.reason, "provision", json!({})).await?;
+            Err(err)
+        }
+    }
+}
+
+/// A user action: check it against the lifecycle, carry out its effects, then
+/// write the new status.
+pub async fn apply(ctx: TaskCtx, input: TaskInput, text: Option<String>) -> AppResult<ActionOutcome> {
+    let (task, repo) = ctx.load().await?;
+    let from: TaskStatus = task.status.parse().map_err(AppError::bug)?;
+    let step = state::transition(from, &input).map_err(|r| AppError::conflict("invalid_transition", r.message))?;
+    let mut snapshot_ref = None;
+    let mut sandbox = None;
+    for effect in &step.effects {
+        match effect {
+            Effect::StopAgent => {} // done by the destroy that always follows it
+            Effect::SnapshotAndDestroySandbox => {
+                ctx.stop_watching();
+                let handle = ctx.handle(&task, &repo)?;
+                let req = DestroyRequest {
+                    handle,
+                    snapshot_ref: format!("refs/kiln/snapshots/{}", task.id),
+                    grace: Duration::from_secs(ctx.kiln.config.terminal.kill_grace_secs),
+                };
+                let destroyed = ctx.kiln.sandbox(&ctx.org, &task.provider, &task.id)?.send(DestroySandbox { req }).await??;
+                if let Some((refname, commit)) = &destroyed.snapshot {
+                    ctx.kiln
+                        .emit_one(&ctx.org, ctx.event("task.snapshot_saved", json!({"ref": refname, "commit": commit})))
+                        .await?;
+                }
+                snapshot_ref = destroyed.snapshot.map(|(r, _)| r);
+                ctx.kiln.emit_one(&ctx.org, ctx.event("sandbox.destroyed", json!({}))).await?;
+            }
+            Effect::RelaunchAgent => {
+                let handle = ctx.handle(&task, &repo)?;
+                let launch = launch_spec(&ctx, &task, true).await?;
+                let req = ResumeSandbox { handle, branch: task.branch.clone(), launch };
+                let handle = ctx.kiln.sandbox(&ctx.org, &task.provider, &task.id)?.send(RelaunchSandbox { req }).await??;
+                ctx.watch(&task, handle)?;
+            }
+            Effect::SendInput => {
+                let text = text.clone().filter(|t| !t.is_empty()).ok_or_else(|| {
+                    AppError::invalid("invalid_input", "send the text to type as {\"text\": \"...\"}")
+                })?;
+                let handle = ctx.handle(&task, &repo)?;
+                crate::db::pool::blocking(move || {
+                    crate::terminal::client::send_input(&handle.state_dir, text.as_bytes())
+                        .map_err(|e| crate::db::DbError::Blocking(e.to_string()))
+                })
+                .await
+                .map_err(|_| AppError::conflict("agent_unreachable", "the agent's terminal does not answer; try resume"))?;
+            }
+            Effect::DescribeSandbox => sandbox = Some(ctx.handle(&task, &repo)?),
+            Effect::CreateSandbox | Effect::Git(_) => {
+                return Err(AppError::NotImplemented {
+                    message: format!("`{}` arrives with the git lifecycle; this build cannot do it yet", input.name()),
+                })
+            }
+        }
+    }
+    let extra = json!({"snapshot_ref": snapshot_ref});
+    let task = if from != step.to {
+        ctx.set_status(from, step.to, step.reason.clone(), input.name(), extra).await?
+    } else {
+        task
+    };
+    Ok(ActionOutcome { task, action: input.name(), snapshot_ref, sandbox })
+}
+
+/// Applies what the status poller saw. Answers whether the task is still active
+/// (the poller stops when it is not).
+pub async fn observe(ctx: TaskCtx, health: SandboxHealth) -> AppResult<bool> {
+    let (task, _) = ctx.load().await?;
+    let from: TaskStatus = task.status.parse().map_err(AppError::bug)?;
+    if !matches!(from, TaskStatus::Provisioning | TaskStatus::Running | TaskStatus::Idle) {
+        return Ok(false);
+    }
+    record_runtime(&ctx, &health).await?;
+    let mut inputs = Vec::new();
+    if !health.exists && from != TaskStatus::Provisioning {
+        inputs.push(TaskInput::SandboxLost);
+    } else if let Some(exit) = &health.exit {
+        if exit.phase == "setup" {
+            let tail = terminal_tail(&ctx, &task).await;
+            inputs.push(TaskInput::ProvisionFailed {
+                reason: format!("setup failed (exit {}): {tail}", exit.code.map(|c| c.to_string()).unwrap_or_else(|| "signal".into())),
+            });
+        } else {
+            if from == TaskStatus::Provisioning {
+                inputs.push(TaskInput::Provisioned);
+            }
+            inputs.push(TaskInput::AgentExited { code: exit.code, signal: exit.signal });
+        }
+    } else if let Some(host) = &health.host {
+        if from == TaskStatus::Provisioning {
+            if host.phase == "agent" {
+                inputs.push(TaskInput::Provisioned);
+            }
+        } else {
+            let profile_idle = ctx.kiln.config.agents.get(&task.agent).map(|p| p.idle_secs).unwrap_or(30);
+            let last = host.last_output_at.unwrap_or(host.started_at);
+            let quiet = now_ms() - last >= (profile_idle * 1000) as i64;
+            inputs.push(if quiet { TaskInput::Quiet } else { TaskInput::Activity });
+        }
+    } else {
+        inputs.push(TaskInput::AgentGone);
+    }
+    let mut status = from;
+    for input in inputs {
+        let Ok(step) = state::transition(status, &input) else { continue };
+        if step.to == status {
+            continue;
+        }
+        if let TaskInput::AgentExited { code, signal } = &input {
+            ctx.kiln.emit_one(&ctx.org, ctx.event("task.agent_exited", json!({"code": code, "signal": signal}))).await?;
+        }
+        if input == TaskInput::SandboxLost {
+            ctx.kiln.sandbox(&ctx.org, &task.provider, &task.id)?.send(MarkSandboxLost {}).await??;
+        }
+        ctx.set_status(status, step.to, step.reason.clone(), input.name(), json!({})).await?;
+        status = step.to;
+    }
+    Ok(matches!(status, TaskStatus::Provisioning | TaskStatus::Running | TaskStatus::Idle))
+}
+
+/// The last few lines of the terminal, for a failure reason.
+async fn terminal_tail(ctx: &TaskCtx, task: &Task) -> String {
+    let Ok((_, repo)) = ctx.load().await else { return String::new() };
+    let Ok(handle) = ctx.handle(task, &repo) else { return String::new() };
+    crate::db::pool::blocking(move || {
+        let log = crate::terminal::log::TerminalLog::read_only(&handle.state_dir)
+            .map_err(|e| crate::db::DbError::Blocking(e.to_string()))?;
+        let from = log.end().saturating_sub(2000);
+        let (_, bytes) = log.read_at(from, 2000).map_err(|e| crate::db::DbError::Blocking(e.to_string()))?;
+        Ok(String::from_utf8_lossy(&bytes).replace('\r', "").trim().lines().rev().take(10).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n"))
+    })
+    .await
+    .unwrap_or_default()
+}
+
+/// Keeps `task_runtime` in step with the host, writing only on change.
+async fn record_runtime(ctx: &TaskCtx, health: &SandboxHealth) -> AppResult<()> {
+    let pid = health.host.as_ref().and_then(|h| h.agent_pid).map(|p| p as i32);
+    let exit_code = health.exit.as_ref().and_then(|e| e.code);
+    let started_at = health.host.as_ref().map(|h| h.started_at);
+    let last_output_at = health.host.as_ref().and_then(|h| h.last_output_at);
+    let id = ctx.id.clone();
+    let current = ctx.kiln.db.read(move |c| queries::task_runtime(c, &id)).await?;
+    let unchanged = current.as_ref().is_some_and(|r| {
+        r.pid == pid && r.exit_code == exit_code && (last_output_at.is_none() || r.last_output_at == last_output_at)
+    });
+    if unchanged {
+        return Ok(());
+    }
+    let id = ctx.id.clone();
+    ctx.kiln
+        .db
+        .write(move |c| store::upsert_runtime(c, &id, pid, exit_code, started_at, last_output_at, now_ms()))
+        .await?;
+    Ok(())
+}
+
+/// At boot: an active task gets its poller back, and the first observation
+/// decides whether its agent is still there (re-attached) or not (interrupted).
+pub async fn recover(ctx: TaskCtx) -> AppResult<()> {
+    let (task, repo) = ctx.load().await?;
+    let status: TaskStatus = task.status.parse().map_err(AppError::bug)?;
+    if !matches!(status, TaskStatus::Provisioning | TaskStatus::Running | TaskStatus::Idle) {
+        return Ok(());
+    }
+    let handle = ctx.handle(&task, &repo)?;
+    let provider = ctx.kiln.providers.get(&task.provider)?;
+    let health = provider.health(handle.clone()).await?;
+    let still_active = observe(ctx.clone(), health).await?;
+    if still_active {
+        ctx.watch(&task, handle)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,235 @@
+//! `WS /v1/organizations/{org}/tasks/{task}/terminal?offset=N`: attach to a task's
+//! terminal, like tmux.
+//!
+//! The session connects to the sandbox's terminal host and asks for the output
+//! from byte `offset`; the host sends the kept scrollback from there, then live
+//! bytes, with no gap and no duplicate. Binary frames carry terminal bytes both
+//! ways. Text frames carry control JSON: the server sends `{"type":"attached",
+//! "offset":N}` first, `{"type":"offset","offset":N}` when output skips ahead
+//! (older output was rotated away), and `{"type":"exited",...}` when the agent
+//! ends; the client sends `{"type":"resize","cols":C,"rows":R}`.
+//!
+//! When the host is gone, the session sends what the log on disk holds and
+//! closes. A client that falls behind is cut loose by the host and closed here
+//! with code 1013 and the `offset` to resume from.
+
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web_actors::ws;
+use serde_json::json;
+use tokio::sync::mpsc;
+
+use super::auth::Caller;
+use super::dto;
+use super::tasks::task_or_404;
+use crate::actors::Kiln;
+use crate::db::pool::blocking;
+use crate::db::{queries, DbError};
+use crate::error::{AppError, AppResult};
+use crate::terminal::log::TerminalLog;
+use crate::terminal::protocol::{self, Frame};
+
+pub async fn connect(
+    req: HttpRequest,
+    payload: web::Payload,
+    kiln: web::Data<Kiln>,
+    caller: Caller,
+    path: web::Path<(String, String)>,
+    query: web::Query<dto::TerminalQuery>,
+) -> AppResult<HttpResponse> {
+    let (org, id) = path.into_inner();
+    caller.require_org(&org)?;
+    let (task, repo_name) = task_or_404(&kiln, &org, &id).await?;
+    let repo_id = task.repo_id;
+    let repo = kiln
+        .db
+        .read(move |c| queries::repo_by_id(c, repo_id))
+        .await?
+        .ok_or_else(|| AppError::bug("task without repository"))?;
+    let provider = kiln.providers.get(&task.provider)?;
+    let handle = provider.handle_for(&org, &repo_name, &task.id, std::path::Path::new(&repo.mirror_path));
+    let crate::providers::AttachTarget::Local { state_dir } = provider.attach_target(&handle)?;
+    if !state_dir.exists() {
+        return Err(AppError::conflict(
+            "no_terminal",
+            format!("task `{id}` has no terminal yet (it is {}): wait until it is provisioning or running", task.status),
+        ));
+    }
+    ws::handshake(&req).map_err(|e| AppError::bad_request("websocket_required", format!("this route speaks WebSocket only: {e}")))?;
+    let offset = query.offset.unwrap_or(0);
+    let socket = state_dir.join(crate::terminal::host::SOCKET);
+    let live = tokio::net::UnixStream::connect(&socket).await.ok();
+    let replay = if live.is_none() {
+        let dir = state_dir.clone();
+        let (start, bytes) = blocking(move || read_log(&dir, offset)).await?;
+        let exit = crate::terminal::client::exit_info(&state_dir);
+        Some((start, bytes, exit))
+    } else {
+        None
+    };
+    let session = TerminalSession {
+        heartbeat: Instant::now(),
+        every: Duration::from_secs(kiln.config.events.heartbeat_secs),
+        timeout: Duration::from_secs(kiln.config.events.client_timeout_secs),
+        requested: offset,
+        next: offset,
+        live,
+        replay,
+        to_host: None,
+        exited: false,
+    };
+    ws::start(session, &req, payload).map_err(|e| AppError::bad_request("websocket_required", e.to_string()))
+}
+
+/// The whole kept log from `offset`, for a terminal whose host is gone.
+fn read_log(dir: &std::path::Path, offset: u64) -> Result<(u64, Vec<u8>), DbError> {
+    let log = TerminalLog::read_only(dir).map_err(|e| DbError::Blocking(e.to_string()))?;
+    let mut out = Vec::new();
+    let mut at = offset;
+    let mut start = None;
+    loop {
+        let (from, bytes) = log.read_at(at, 1 << 20).map_err(|e| DbError::Blocking(e.to_string()))?;
+        start.get_or_insert(from);
+        if bytes.is_empty() {
+            return Ok((start.unwrap_or(offset), out));
+        }
+        at = from + bytes.len() as u64;
+        out.extend(bytes);
+    }
+}
+
+struct TerminalSession {
+    heartbeat: Instant,
+    every: Duration,
+    timeout: Duration,
+    requested: u64,
+    /// The offset of the next byte the client expects.
+    next: u64,
+    live: Option<tokio::net::UnixStream>,
+    replay: Option<(u64, Vec<u8>, Option<protocol::ExitInfo>)>,
+    to_host: Option<mpsc::UnboundedSender<Frame>>,
+    exited: bool,
+}
+
+impl TerminalSession {
+    fn control(&self, ctx: &mut ws::WebsocketContext<Self>, value: serde_json::Value) {
+        ctx.text(value.to_string());
+    }
+
+    fn output(&mut self, ctx: &mut ws::WebsocketContext<Self>, offset: u64, bytes: &[u8]) {
+        if bytes.is_empty() {
+            return;
+        }
+        if offset != self.next {
+            self.control(ctx, json!({"type": "offset", "offset": offset}));
+        }
+        ctx.binary(bytes.to_vec());
+        self.next = offset + bytes.len() as u64;
+    }
+
+    fn to_host(&self, frame: Frame) {
+        if let Some(tx) = &self.to_host {
+            let _ = tx.send(frame);
+        }
+    }
+}
+
+impl Actor for TerminalSession {
+    type Context = ws::WebsocketContext<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        let (every, timeout) = (self.every, self.timeout);
+        ctx.run_interval(every, move |act, ctx| {
+            if act.heartbeat.elapsed() > timeout {
+                ctx.stop();
+            } else {
+                ctx.ping(b"");
+            }
+        });
+        self.control(ctx, json!({"type": "attached", "offset": self.requested}));
+        if let Some((start, bytes, exit)) = self.replay.take() {
+            self.output(ctx, start, &bytes);
+            let exit = exit.map(|e| json!({"type": "exited", "code": e.code, "signal": e.signal, "phase": e.phase}));
+            self.control(ctx, exit.unwrap_or_else(|| json!({"type": "exited", "code": null, "reason": "the terminal host is gone"})));
+            ctx.close(Some(ws::CloseReason { code: ws::CloseCode::Normal, description: Some("the agent is not running".into()) }));
+            ctx.stop();
+            return;
+        }
+        let Some(stream) = self.live.take() else { return };
+        let (read_half, mut write_half) = stream.into_split();
+        let (tx, mut rx) = mpsc::unbounded_channel::<Frame>();
+        let _ = tx.send(Frame::attach(self.requested));
+        self.to_host = Some(tx);
+        actix_web::rt::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            while let Some(frame) = rx.recv().await {
+                if write_half.write_all(&frame.encode()).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let frames = futures_util::stream::unfold(read_half, |mut r| async move {
+            match protocol::read_frame_async(&mut r).await {
+                Ok(Some(frame)) => Some((frame, r)),
+                _ => None,
+            }
+        });
+        ctx.add_stream(frames);
+    }
+}
+
+impl StreamHandler<Frame> for TerminalSession {
+    fn handle(&mut self, frame: Frame, ctx: &mut Self::Context) {
+        match frame.kind {
+            protocol::OUTPUT => {
+                if let Some(offset) = frame.u64_prefix() {
+                    self.output(ctx, offset, &frame.payload[8..]);
+                }
+            }
+            protocol::EXITED => {
+                self.exited = true;
+                let exit: serde_json::Value = serde_json::from_slice(&frame.payload).unwrap_or(json!({}));
+                self.control(ctx, json!({"type": "exited", "code": exit["code"], "signal": exit["signal"], "phase": exit["phase"]}));
+            }
+            _ => {}
+        }
+    }
+
+    /// The host closed the connection: the agent ended, or we fell behind.
+    fn finished(&mut self, ctx: &mut Self::Context) {
+        let reason = if self.exited {
+            ws::CloseReason { code: ws::CloseCode::Normal, description: Some("the agent exited".into()) }
+        } else {
+            ws::CloseReason {
+                code: ws::CloseCode::Again,
+                description: Some(format!("terminal stream interrupted; reconnect with offset={}", self.next)),
+            }
+        };
+        ctx.close(Some(reason));
+        ctx.stop();
+    }
+}
+
+impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for TerminalSession {
+    fn handle(&mut self, msg: Result<ws::Message, ws::ProtocolError>, ctx: &mut Self::Context) {
+        self.heartbeat = Instant::now();
+        match msg {
+            Ok(ws::Message::Binary(bytes)) => self.to_host(Frame::new(protocol::INPUT, bytes.to_vec())),
+            Ok(ws::Message::Text(text)) => match serde_json::from_str::<dto::TerminalControl>(&text) {
+                Ok(dto::TerminalControl::Resize { cols, rows }) if cols > 0 && rows > 0 => {
+                    self.to_host(Frame::resize(cols, rows))
+                }
+                _ => self.control(ctx, json!({"type": "error", "message": "unknown control message; send {\"type\":\"resize\",\"cols\":C,\"rows\":R}"})),
+            },
+            Ok(ws::Message::Ping(bytes)) => ctx.pong(&bytes),
+            Ok(ws::Message::Close(reason)) => {
+                ctx.close(reason);
+                ctx.stop();
+            }
+            Ok(_) => {}
+            Err(_) => ctx.stop(),
+        }
+    }
+}

@@ -1,0 +1,146 @@
+//! Sandbox providers: where a task's code lives and its agent runs. Each provider
+//! implements `SandboxProvider`; `worktree` (a git worktree on this host, the agent
+//! in a detached terminal host) is the default and needs only git.
+
+pub mod worktree;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+
+use serde::Serialize;
+
+use crate::error::AppError;
+use crate::terminal::protocol::{ExitInfo, HostStatus};
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+pub type ProviderResult<T> = Result<T, AppError>;
+
+/// What a provider can do.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct ProviderCapabilities {
+    /// The terminal host runs on this machine, so its socket can be attached.
+    pub local_terminal: bool,
+    /// Work survives the server's host going away.
+    pub remote: bool,
+}
+
+/// How to start the agent: its argument vector, extra environment, and text
+/// typed as its first input (if the profile hands the task over that way).
+#[derive(Debug, Clone)]
+pub struct LaunchSpec {
+    pub argv: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub initial_input: Option<String>,
+}
+
+/// Everything needed to create a task's sandbox.
+#[derive(Debug, Clone)]
+pub struct CreateSandbox {
+    pub org: String,
+    pub repo: String,
+    pub task: String,
+    pub mirror: PathBuf,
+    pub branch: String,
+    pub base_branch: String,
+    /// A checkout to copy untracked files (`.env`, …) from, when there is one.
+    pub source_checkout: Option<PathBuf>,
+    /// Paths relative to the checkout to copy, besides `.worktreeinclude`'s.
+    pub copy: Vec<String>,
+    /// Shell commands run in the terminal before the agent.
+    pub setup: Vec<String>,
+    pub launch: LaunchSpec,
+}
+
+/// Where a sandbox is, as the provider made it.
+#[derive(Debug, Clone, Serialize)]
+pub struct SandboxHandle {
+    pub id: String,
+    /// The checkout the agent works in.
+    pub path: PathBuf,
+    /// Where the terminal host keeps its socket and log.
+    pub state_dir: PathBuf,
+    pub mirror: PathBuf,
+}
+
+/// Relaunch the agent in an existing sandbox (its resume command).
+#[derive(Debug, Clone)]
+pub struct ResumeSandbox {
+    pub handle: SandboxHandle,
+    pub branch: String,
+    pub launch: LaunchSpec,
+}
+
+/// Stop the agent, save uncommitted work to `snapshot_ref`, remove the sandbox.
+#[derive(Debug, Clone)]
+pub struct DestroySandbox {
+    pub handle: SandboxHandle,
+    pub snapshot_ref: String,
+    pub grace: std::time::Duration,
+}
+
+/// What a destroy saved.
+#[derive(Debug, Clone, Serialize)]
+pub struct Destroyed {
+    /// The snapshot ref and commit, when there was uncommitted work to save.
+    pub snapshot: Option<(String, String)>,
+}
+
+/// A sandbox as observed now.
+#[derive(Debug, Clone, Serialize)]
+pub struct SandboxHealth {
+    /// The checkout is still there.
+    pub exists: bool,
+    /// The terminal host answered, with this status.
+    pub host: Option<HostStatus>,
+    /// How the agent ended, if the host recorded it.
+    pub exit: Option<ExitInfo>,
+}
+
+/// Where a client attaches to a sandbox's terminal.
+#[derive(Debug, Clone)]
+pub enum AttachTarget {
+    /// A terminal host on this machine, by its state dir.
+    Local { state_dir: PathBuf },
+}
+
+pub trait SandboxProvider: Send + Sync {
+    fn id(&self) -> &str;
+    fn capabilities(&self) -> ProviderCapabilities;
+    /// Checks a provider profile's config; answers it normalized.
+    fn validate_config(&self, cfg: &serde_json::Value) -> ProviderResult<serde_json::Value>;
+    /// Where a task's sandbox is (or would be), from what the rows know.
+    fn handle_for(&self, org: &str, repo: &str, task: &str, mirror: &std::path::Path) -> SandboxHandle;
+    fn create(&self, req: CreateSandbox) -> BoxFuture<'_, ProviderResult<SandboxHandle>>;
+    fn resume(&self, req: ResumeSandbox) -> BoxFuture<'_, ProviderResult<SandboxHandle>>;
+    fn destroy(&self, req: DestroySandbox) -> BoxFuture<'_, ProviderResult<Destroyed>>;
+    fn health(&self, handle: SandboxHandle) -> BoxFuture<'_, ProviderResult<SandboxHealth>>;
+    fn attach_target(&self, handle: &SandboxHandle) -> ProviderResult<AttachTarget>;
+}
+
+/// The providers this server offers, by name.
+pub struct Providers {
+    map: std::collections::BTreeMap<String, std::sync::Arc<dyn SandboxProvider>>,
+}
+
+impl Providers {
+    /// The built-in set: `worktree`, rooted in the data dir.
+    pub fn builtin(data_dir: PathBuf, terminal: crate::config::TerminalConfig) -> Self {
+        let mut map: std::collections::BTreeMap<String, std::sync::Arc<dyn SandboxProvider>> = Default::default();
+        map.insert("worktree".into(), std::sync::Arc::new(worktree::WorktreeProvider::new(data_dir, terminal)));
+        Providers { map }
+    }
+
+    pub fn get(&self, name: &str) -> ProviderResult<std::sync::Arc<dyn SandboxProvider>> {
+        self.map.get(name).cloned().ok_or_else(|| {
+            AppError::invalid(
+                "provider_unavailable",
+                format!("provider `{name}` is not available on this server: use one of {}", self.names().join(", ")),
+            )
+        })
+    }
+
+    pub fn names(&self) -> Vec<String> {
+        self.map.keys().cloned().collect()
+    }
+}

@@ -1,0 +1,288 @@
+//! The `worktree` provider: the sandbox is a `git worktree` of the repository's
+//! bare mirror under `<data>/worktrees/<org>/<repo>/<task>`, and the agent runs
+//! in a detached terminal host whose state lives in `<data>/sandboxes/<task>`.
+//! Needs only git. Every step here blocks, so each runs on the blocking pool.
+
+use std::path::{Component, Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use super::*;
+use crate::config::TerminalConfig;
+use crate::db::pool::blocking;
+use crate::integrations::git::{self, GitError};
+use crate::terminal::{client, host::HostOptions};
+
+/// The file in a checkout that lists untracked files to copy into new sandboxes.
+pub const INCLUDE_FILE: &str = ".worktreeinclude";
+
+pub struct WorktreeProvider {
+    data_dir: PathBuf,
+    terminal: TerminalConfig,
+}
+
+impl WorktreeProvider {
+    pub fn new(data_dir: PathBuf, terminal: TerminalConfig) -> Self {
+        WorktreeProvider { data_dir, terminal }
+    }
+
+    fn host_options(&self, handle: &SandboxHandle, setup: Vec<String>, launch: &LaunchSpec) -> HostOptions {
+        HostOptions {
+            state_dir: handle.state_dir.clone(),
+            cwd: handle.path.clone(),
+            log_max_bytes: self.terminal.log_max_bytes,
+            cols: self.terminal.cols,
+            rows: self.terminal.rows,
+            setup,
+            argv: launch.argv.clone(),
+        }
+    }
+}
+
+/// Runs blocking provider work on the blocking pool, mapping errors.
+async fn off_thread<T: Send + 'static>(
+    f: impl FnOnce() -> ProviderResult<T> + Send + 'static,
+) -> ProviderResult<T> {
+    blocking(move || Ok(f())).await.map_err(AppError::from)?
+}
+
+fn git_error(step: &str, e: GitError) -> AppError {
+    match e {
+        GitError::Missing(_) => AppError::git_missing(),
+        GitError::Failed { stderr, .. } => AppError::invalid("sandbox_failed", format!("{step} failed: {stderr}")),
+        other => AppError::internal(other),
+    }
+}
+
+fn io_error(step: &str, e: std::io::Error) -> AppError {
+    AppError::invalid("sandbox_failed", format!("{step} failed: {e}"))
+}
+
+/// Finds `program` the way exec would: a path as given, else on `PATH`.
+pub fn find_program(program: &str, path_var: Option<&str>) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let executable = |p: &Path| p.is_file() && p.metadata().is_ok_and(|m| m.permissions().mode() & 0o111 != 0);
+    if program.contains('/') {
+        let p = PathBuf::from(program);
+        return executable(&p).then_some(p);
+    }
+    let path_var = path_var.map(str::to_string).or_else(|| std::env::var("PATH").ok()).unwrap_or_default();
+    path_var.split(':').filter(|d| !d.is_empty()).map(|d| Path::new(d).join(program)).find(|p| executable(p))
+}
+
+/// A relative path that stays inside the checkout.
+fn safe_relative(p: &str) -> Option<PathBuf> {
+    let path = Path::new(p.trim());
+    let ok = !p.trim().is_empty() && path.components().all(|c| matches!(c, Component::Normal(_)));
+    ok.then(|| path.to_path_buf())
+}
+
+/// Copies the listed untracked files (`.worktreeinclude` plus `extra`) from the
+/// source checkout into the new worktree. Missing files are skipped.
+fn copy_includes(source: &Path, dest: &Path, extra: &[String]) -> std::io::Result<Vec<String>> {
+    let listed = std::fs::read_to_string(source.join(INCLUDE_FILE)).unwrap_or_default();
+    let mut copied = Vec::new();
+    let entries = listed
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(str::to_string)
+        .chain(extra.iter().cloned());
+    for entry in entries {
+        let Some(rel) = safe_relative(&entry) else {
+            log::warn!("skipping `{entry}` in {INCLUDE_FILE}: only relative paths inside the checkout are copied");
+            continue;
+        };
+        let from = source.join(&rel);
+        if !from.exists() || from.is_symlink() {
+            continue;
+        }
+        copy_tree(&from, &dest.join(&rel))?;
+        copied.push(rel.to_string_lossy().to_string());
+    }
+    Ok(copied)
+}
+
+fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
+    if from.is_dir() {
+        std::fs::create_dir_all(to)?;
+        for entry in std::fs::read_dir(from)? {
+            let entry = entry?;
+            if !entry.file_type()?.is_symlink() {
+                copy_tree(&entry.path(), &to.join(entry.file_name()))?;
+            }
+        }
+        Ok(())
+    } else {
+        if let Some(parent) = to.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::copy(from, to).map(|_| ())
+    }
+}
+
+/// Stops the agent: SIGTERM to its process group, then SIGKILL after `grace`;
+/// waits for the host to finish.
+fn stop_agent(state_dir: &Path, grace: Duration) {
+    if client::status(state_dir).is_err() {
+        return;
+    }
+    let _ = client::signal(state_dir, libc::SIGTERM);
+    let deadline = Instant::now() + grace;
+    while Instant::now() < deadline {
+        match client::status(state_dir) {
+            Ok(s) if s.running => std::thread::sleep(Duration::from_millis(50)),
+            _ => return,
+        }
+    }
+    let _ = client::signal(state_dir, libc::SIGKILL);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while client::status(state_dir).is_ok_and(|s| s.running) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+impl SandboxProvider for WorktreeProvider {
+    fn id(&self) -> &str {
+        "worktree"
+    }
+
+    fn capabilities(&self) -> ProviderCapabilities {
+        ProviderCapabilities { local_terminal: true, remote: false }
+    }
+
+    fn validate_config(&self, cfg: &serde_json::Value) -> ProviderResult<serde_json::Value> {
+        match cfg {
+            serde_json::Value::Object(map) if map.is_empty() => Ok(cfg.clone()),
+            serde_json::Value::Object(map) => Err(AppError::invalid(
+                "invalid_provider_config",
+                format!("the worktree provider takes no settings, got: {}", map.keys().cloned().collect::<Vec<_>>().join(", ")),
+            )),
+            _ => Err(AppError::invalid("invalid_provider_config", "provider config must be a JSON object")),
+        }
+    }
+
+    fn handle_for(&self, org: &str, repo: &str, task: &str, mirror: &Path) -> SandboxHandle {
+        SandboxHandle {
+            id: task.to_string(),
+            path: self.data_dir.join("worktrees").join(org).join(repo).join(task),
+            state_dir: self.data_dir.join("sandboxes").join(task),
+            mirror: mirror.to_path_buf(),
+        }
+    }
+
+    fn create(&self, req: CreateSandbox) -> BoxFuture<'_, ProviderResult<SandboxHandle>> {
+        let handle = self.handle_for(&req.org, &req.repo, &req.task, &req.mirror);
+        let opts = self.host_options(&handle, req.setup.clone(), &req.launch);
+        Box::pin(off_thread(move || {
+            let program = &req.launch.argv[0];
+            let path_var = req.launch.env.iter().find(|(k, _)| k == "PATH").map(|(_, v)| v.as_str());
+            if find_program(program, path_var).is_none() {
+                return Err(AppError::invalid(
+                    "agent_not_found",
+                    format!("agent `{program}` not found on PATH: install it or choose another agent"),
+                ));
+            }
+            if let Some(parent) = handle.path.parent() {
+                std::fs::create_dir_all(parent).map_err(|e| io_error("creating the worktree folder", e))?;
+            }
+            if handle.path.exists() {
+                // A leftover of a crash mid-provisioning: ours to replace.
+                git::worktree_remove(&handle.mirror, &handle.path).map_err(|e| git_error("clearing an old worktree", e))?;
+            }
+            git::worktree_add(&handle.mirror, &handle.path, &req.branch, &req.base_branch)
+                .map_err(|e| git_error("git worktree add", e))?;
+            let launched = (|| {
+                if let Some(source) = &req.source_checkout {
+                    copy_includes(source, &handle.path, &req.copy).map_err(|e| io_error("copying included files", e))?;
+                }
+                if handle.state_dir.exists() {
+                    std::fs::remove_dir_all(&handle.state_dir).map_err(|e| io_error("clearing old terminal state", e))?;
+                }
+                client::launch(&opts, &req.launch).map_err(|e| io_error("starting the terminal host", e))?;
+                Ok(())
+            })();
+            if let Err(e) = launched {
+                // Leave nothing half-made: the branch stays, the worktree goes.
+                let _ = git::worktree_remove(&handle.mirror, &handle.path);
+                return Err(e);
+            }
+            Ok(handle)
+        }))
+    }
+
+    fn resume(&self, req: ResumeSandbox) -> BoxFuture<'_, ProviderResult<SandboxHandle>> {
+        let opts = self.host_options(&req.handle, Vec::new(), &req.launch);
+        Box::pin(off_thread(move || {
+            let handle = req.handle;
+            if client::status(&handle.state_dir).is_ok_and(|s| s.running) {
+                return Err(AppError::conflict("agent_running", "the agent is still running: attach to it instead"));
+            }
+            if !handle.path.exists() {
+                git::worktree_add(&handle.mirror, &handle.path, &req.branch, &req.branch)
+                    .map_err(|e| git_error("recreating the worktree", e))?;
+            }
+            let program = &req.launch.argv[0];
+            if find_program(program, None).is_none() {
+                return Err(AppError::invalid(
+                    "agent_not_found",
+                    format!("agent `{program}` not found on PATH: install it or choose another agent"),
+                ));
+            }
+            client::launch(&opts, &req.launch).map_err(|e| io_error("starting the terminal host", e))?;
+            Ok(handle)
+        }))
+    }
+
+    fn destroy(&self, req: DestroySandbox) -> BoxFuture<'_, ProviderResult<Destroyed>> {
+        Box::pin(off_thread(move || {
+            let handle = &req.handle;
+            stop_agent(&handle.state_dir, req.grace);
+            let mut snapshot = None;
+            if handle.path.exists() {
+                let message = format!("kiln: uncommitted work of task {}", handle.id);
+                match git::snapshot(&handle.path, &req.snapshot_ref, &message) {
+                    Ok(Some(commit)) => snapshot = Some((req.snapshot_ref.clone(), commit)),
+                    Ok(None) => {}
+                    // Never remove work that could not be saved.
+                    Err(e) => return Err(git_error("saving uncommitted work", e)),
+                }
+            }
+            git::worktree_remove(&handle.mirror, &handle.path).map_err(|e| git_error("git worktree remove", e))?;
+            Ok(Destroyed { snapshot })
+        }))
+    }
+
+    fn health(&self, handle: SandboxHandle) -> BoxFuture<'_, ProviderResult<SandboxHealth>> {
+        Box::pin(off_thread(move || {
+            let host = client::status(&handle.state_dir).ok();
+            let exit = host.as_ref().and_then(|h| h.exit.clone()).or_else(|| client::exit_info(&handle.state_dir));
+            Ok(SandboxHealth { exists: handle.path.exists(), host, exit })
+        }))
+    }
+
+    fn attach_target(&self, handle: &SandboxHandle) -> ProviderResult<AttachTarget> {
+        Ok(AttachTarget::Local { state_dir: handle.state_dir.clone() })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn include_paths_stay_inside() {
+        assert!(safe_relative(".env").is_some());
+        assert!(safe_relative("config/local.json").is_some());
+        for bad in ["", "/etc/passwd", "../x", "a/../../b", "./x/../.."] {
+            assert!(safe_relative(bad).is_none(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn programs_are_found_like_exec_finds_them() {
+        assert!(find_program("sh", None).is_some());
+        assert!(find_program("definitely-not-a-program-kiln", None).is_none());
+        assert!(find_program("/bin/sh", None).is_some());
+        assert!(find_program("sh", Some("/nonexistent")).is_none());
+    }
+}
