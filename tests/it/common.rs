@@ -170,15 +170,18 @@ fn wait_exit(child: &mut Child, timeout: Duration) -> ExitStatus {
     }
 }
 
-/// Kills every terminal host (and so its agent) under `data_dir`: they are
-/// detached on purpose and would outlive the test.
+/// Kills every terminal host (and so its agent) whose command line names
+/// `data_dir`: they are detached on purpose and would outlive the test. Found by
+/// their command line, since the temp dir may already be gone.
 pub fn kill_hosts(data_dir: &Path) {
-    let Ok(entries) = std::fs::read_dir(data_dir.join("sandboxes")) else { return };
-    for entry in entries.flatten() {
-        if let Ok(pid) = std::fs::read_to_string(entry.path().join("host.pid")) {
-            if let Ok(pid) = pid.trim().parse::<i32>() {
-                unsafe { libc::kill(pid, libc::SIGKILL) };
-            }
+    let needle = data_dir.to_string_lossy().to_string();
+    let Ok(procs) = std::fs::read_dir("/proc") else { return };
+    for entry in procs.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if cmdline.contains("terminal-host") && cmdline.contains(&needle) {
+            unsafe { libc::kill(pid, libc::SIGKILL) };
         }
     }
 }
