@@ -96,6 +96,13 @@ pub fn title_from_description(description: &str) -> String {
     }
 }
 
+/// A relative path with only normal parts: it cannot leave the folder it is
+/// joined to.
+pub fn is_relative_inside(p: &str) -> bool {
+    let path = std::path::Path::new(p.trim());
+    !p.trim().is_empty() && path.components().all(|c| matches!(c, std::path::Component::Normal(_)))
+}
+
 /// At most `max` characters of `s`, for echoing user input in messages.
 pub fn truncate(s: &str, max: usize) -> String {
     if s.chars().count() <= max {

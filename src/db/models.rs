@@ -40,6 +40,29 @@ pub struct Repo {
     pub default_branch: String,
     pub created_at: i64,
     pub updated_at: i64,
+    #[serde(serialize_with = "json_text")]
+    pub setup: String,
+}
+
+/// A repository's setup step, stored as JSON in `repos.setup`.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct RepoSetup {
+    #[serde(default)]
+    pub commands: Vec<String>,
+    #[serde(default)]
+    pub copy: Vec<String>,
+}
+
+impl Repo {
+    pub fn setup(&self) -> RepoSetup {
+        serde_json::from_str(&self.setup).unwrap_or_default()
+    }
+}
+
+/// Serializes a JSON text column as the JSON it holds.
+fn json_text<S: serde::Serializer>(text: &str, s: S) -> Result<S::Ok, S::Error> {
+    let value: serde_json::Value = serde_json::from_str(text).unwrap_or(serde_json::Value::Null);
+    serde::Serialize::serialize(&value, s)
 }
 
 #[derive(Debug, Clone, Insertable)]

@@ -83,6 +83,7 @@ diesel::table! {
         default_branch -> Text,
         created_at -> BigInt,
         updated_at -> BigInt,
+        setup -> Text,
     }
 }
 

@@ -5,6 +5,8 @@ use actix_web::{web, HttpResponse};
 use serde_json::json;
 
 use super::auth::Caller;
+use crate::actors::pollers::task_status::TaskStatusPoller;
+use crate::actors::pollers::{DescribePoller, PollNow, SetInterval, StopPoller};
 use crate::actors::Kiln;
 use crate::db::{pool::blocking, DbError};
 use crate::error::{AppError, AppResult};
@@ -64,4 +66,58 @@ pub async fn backup(kiln: web::Data<Kiln>, caller: Caller) -> AppResult<HttpResp
     let bytes = blocking(move || std::fs::metadata(&path).map(|m| m.len()).map_err(|e| DbError::Blocking(e.to_string())))
         .await?;
     Ok(HttpResponse::Created().json(json!({"path": target, "bytes": bytes})))
+}
+
+/// Every live poller, with its interval and how its polls went.
+pub async fn pollers(kiln: web::Data<Kiln>, caller: Caller) -> AppResult<HttpResponse> {
+    caller.require_admin()?;
+    let mut items = Vec::new();
+    for info in kiln.registry.list().into_iter().filter(|a| a.kind == "poller") {
+        if let Some(p) = kiln.registry.get::<TaskStatusPoller>(&info.key) {
+            if let Ok(described) = p.send(DescribePoller {}).await {
+                items.push(described);
+            }
+        }
+    }
+    Ok(HttpResponse::Ok().json(json!({ "items": items })))
+}
+
+/// `POST /admin/pollers/{key}/{poll|stop|interval}`; `interval` takes
+/// `{"interval_ms": N}`.
+pub async fn poller_control(
+    kiln: web::Data<Kiln>,
+    caller: Caller,
+    path: web::Path<(String, String)>,
+    body: web::Bytes,
+) -> AppResult<HttpResponse> {
+    caller.require_admin()?;
+    let (key, op) = path.into_inner();
+    let poller = kiln
+        .registry
+        .get::<TaskStatusPoller>(&key)
+        .ok_or_else(|| AppError::not_found("poller_not_found", format!("no live poller `{}`", crate::validate::truncate(&key, 200))))?;
+    match op.as_str() {
+        "poll" => poller.send(PollNow {}).await?,
+        "stop" => poller.send(StopPoller {}).await?,
+        "interval" => {
+            #[derive(serde::Deserialize)]
+            #[serde(deny_unknown_fields)]
+            struct Interval {
+                interval_ms: u64,
+            }
+            let body: Interval = serde_json::from_slice(&body)
+                .map_err(|e| AppError::invalid("invalid_body", format!("send {{\"interval_ms\": N}}: {e}")))?;
+            if !(100..=3_600_000).contains(&body.interval_ms) {
+                return Err(AppError::invalid("invalid_interval", "interval_ms must be between 100 and 3600000"));
+            }
+            poller.send(SetInterval { millis: body.interval_ms }).await?
+        }
+        other => {
+            return Err(AppError::not_found(
+                "unknown_poller_action",
+                format!("no poller action `{}`: use poll, stop or interval", crate::validate::truncate(other, 40)),
+            ))
+        }
+    }
+    Ok(HttpResponse::Ok().json(json!({"key": key, "done": op})))
 }

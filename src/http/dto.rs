@@ -45,6 +45,16 @@ pub struct CreateTask {
     pub provider: Option<String>,
 }
 
+/// `PUT …/repos/{repo}/setup`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RepoSetup {
+    #[serde(default)]
+    pub commands: Vec<String>,
+    #[serde(default)]
+    pub copy: Vec<String>,
+}
+
 /// The optional body of `POST …/tasks/{task}/{action}`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -62,6 +62,7 @@ pub fn configure(cfg: &mut web::ServiceConfig, max_body: usize) {
                         .route(web::get().to(repos::get))
                         .route(web::delete().to(repos::delete)),
                 )
+                .service(web::resource("/{org}/repos/{repo}/setup").route(web::put().to(repos::put_setup)))
                 .service(web::resource("/{org}/repos/{repo}/branches").route(web::get().to(repos::branches)))
                 .service(web::resource("/{org}/repos/{repo}/pulls").route(web::get().to(repos::pulls)))
                 .service(web::resource("/{org}/tasks").route(web::get().to(tasks::list)).route(web::post().to(tasks::create)))
@@ -76,7 +77,9 @@ pub fn configure(cfg: &mut web::ServiceConfig, max_body: usize) {
                 .route("/actors", web::get().to(admin::actors))
                 .route("/config", web::get().to(admin::config))
                 .route("/db/checkpoint", web::post().to(admin::checkpoint))
-                .route("/db/backup", web::post().to(admin::backup)),
+                .route("/db/backup", web::post().to(admin::backup))
+                .route("/pollers", web::get().to(admin::pollers))
+                .route("/pollers/{key:.+}/{op}", web::post().to(admin::poller_control)),
         );
 }
 

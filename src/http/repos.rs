@@ -6,7 +6,7 @@ use serde_json::json;
 use super::auth::Caller;
 use super::dto;
 use super::organization_or_404;
-use crate::actors::repository::{derive_name, DeleteRepo, RegisterRepo, Source};
+use crate::actors::repository::{derive_name, DeleteRepo, RegisterRepo, SetRepoSetup, Source};
 use crate::actors::Kiln;
 use crate::db::models::Repo;
 use crate::db::queries;
@@ -60,6 +60,35 @@ pub async fn delete(kiln: web::Data<Kiln>, caller: Caller, path: web::Path<(Stri
     repo_or_404(&kiln, &org, &name).await?;
     kiln.repository(&org, &name).send(DeleteRepo {}).await??;
     Ok(HttpResponse::NoContent().finish())
+}
+
+/// Replaces the repository's setup step: shell commands run in each new task's
+/// terminal before the agent, and untracked files copied from the source checkout.
+pub async fn put_setup(
+    kiln: web::Data<Kiln>,
+    caller: Caller,
+    path: web::Path<(String, String)>,
+    body: web::Json<dto::RepoSetup>,
+) -> AppResult<HttpResponse> {
+    let (org, name) = path.into_inner();
+    caller.require_org(&org)?;
+    repo_or_404(&kiln, &org, &name).await?;
+    let body = body.into_inner();
+    if body.commands.len() > 50 || body.copy.len() > 200 {
+        return Err(AppError::invalid("invalid_setup", "at most 50 commands and 200 files"));
+    }
+    if let Some(bad) = body.commands.iter().find(|c| c.trim().is_empty() || c.len() > 4096 || c.contains('\0')) {
+        return Err(AppError::invalid("invalid_setup", format!("setup command `{}` must be 1-4096 characters", validate::truncate(bad, 40))));
+    }
+    if let Some(bad) = body.copy.iter().find(|p| !validate::is_relative_inside(p)) {
+        return Err(AppError::invalid(
+            "invalid_setup",
+            format!("`{}` must be a relative path inside the checkout", validate::truncate(bad, 80)),
+        ));
+    }
+    let setup = crate::db::models::RepoSetup { commands: body.commands, copy: body.copy };
+    let repo = kiln.repository(&org, &name).send(SetRepoSetup { setup }).await??;
+    Ok(HttpResponse::Ok().json(repo))
 }
 
 /// The branch snapshot the BranchSyncPoller keeps.

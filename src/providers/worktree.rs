@@ -3,7 +3,7 @@
 //! in a detached terminal host whose state lives in `<data>/sandboxes/<task>`.
 //! Needs only git. Every step here blocks, so each runs on the blocking pool.
 
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use super::*;
@@ -71,9 +71,7 @@ pub fn find_program(program: &str, path_var: Option<&str>) -> Option<PathBuf> {
 
 /// A relative path that stays inside the checkout.
 fn safe_relative(p: &str) -> Option<PathBuf> {
-    let path = Path::new(p.trim());
-    let ok = !p.trim().is_empty() && path.components().all(|c| matches!(c, Component::Normal(_)));
-    ok.then(|| path.to_path_buf())
+    crate::validate::is_relative_inside(p).then(|| PathBuf::from(p.trim()))
 }
 
 /// Copies the listed untracked files (`.worktreeinclude` plus `extra`) from the

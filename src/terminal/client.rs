@@ -122,10 +122,17 @@ pub fn launch(opts: &HostOptions, launch: &crate::providers::LaunchSpec) -> io::
             Ok(())
         });
     }
+    // A host whose agent has ended lingers briefly to flush its clients: wait
+    // for it to go, so the new one can take the socket.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while status(&opts.state_dir).is_ok_and(|s| !s.running) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let mut child = cmd.spawn()?;
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        if status(&opts.state_dir).is_ok() {
+        // Only our own host counts as up, not one that was there before.
+        if status(&opts.state_dir).is_ok_and(|s| s.host_pid == child.id()) {
             break;
         }
         if let Some(code) = child.try_wait()? {

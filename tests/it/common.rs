@@ -449,3 +449,94 @@ pub fn cli(server: &Server, args: &[&str]) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stderr).to_string(),
     )
 }
+
+/// A terminal attach over WebSocket, keeping what arrived and where it is.
+pub struct Term {
+    pub ws: Ws,
+    /// Every byte of terminal output received.
+    pub output: Vec<u8>,
+    /// The offset the next byte will have.
+    pub offset: u64,
+    /// Control messages received (`attached`, `offset`, `exited`, …).
+    pub controls: Vec<Value>,
+    pub closed: Option<Option<awc::ws::CloseReason>>,
+}
+
+impl Term {
+    pub async fn open(c: &Client, org: &str, task: &str, offset: u64) -> Term {
+        let ws = c.ws(&format!("/v1/organizations/{org}/tasks/{task}/terminal?offset={offset}")).await;
+        Term { ws, output: Vec::new(), offset, controls: Vec::new(), closed: None }
+    }
+
+    /// Reads frames until `done` holds for what has arrived, or panics after `timeout`.
+    pub async fn until(&mut self, timeout: Duration, what: &str, done: impl Fn(&Term) -> bool) {
+        use futures_util::{SinkExt, StreamExt};
+        let deadline = tokio::time::Instant::now() + timeout;
+        while !done(self) {
+            let frame = match tokio::time::timeout_at(deadline, self.ws.framed.next()).await {
+                Ok(f) => f,
+                Err(_) => panic!("terminal: timed out waiting for {what}; got so far:\n{}", self.text()),
+            };
+            match frame {
+                None => {
+                    self.closed.get_or_insert(None);
+                    assert!(done(self), "terminal ended before {what}; got:\n{}", self.text());
+                    return;
+                }
+                Some(Err(e)) => panic!("terminal websocket error: {e}"),
+                Some(Ok(awc::ws::Frame::Binary(b))) => {
+                    self.output.extend_from_slice(&b);
+                    self.offset += b.len() as u64;
+                }
+                Some(Ok(awc::ws::Frame::Text(t))) => {
+                    let v: Value = serde_json::from_slice(&t).expect("control json");
+                    if v["type"] == "offset" {
+                        self.offset = v["offset"].as_u64().unwrap();
+                    }
+                    self.controls.push(v);
+                }
+                Some(Ok(awc::ws::Frame::Ping(p))) => {
+                    let _ = self.ws.framed.send(awc::ws::Message::Pong(p)).await;
+                }
+                Some(Ok(awc::ws::Frame::Close(reason))) => {
+                    self.closed = Some(reason);
+                    assert!(done(self), "terminal closed before {what}; got:\n{}", self.text());
+                    return;
+                }
+                Some(Ok(_)) => {}
+            }
+        }
+    }
+
+    /// Waits until the output contains `needle`.
+    pub async fn expect(&mut self, needle: &str) {
+        let n = needle.to_string();
+        self.until(Duration::from_secs(30), &format!("{needle:?}"), move |t| t.text().contains(&n)).await;
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.output).to_string()
+    }
+
+    pub async fn send(&mut self, bytes: &[u8]) {
+        use futures_util::SinkExt;
+        self.ws.framed.send(awc::ws::Message::Binary(bytes.to_vec().into())).await.expect("send input");
+    }
+
+    pub async fn control(&mut self, value: Value) {
+        use futures_util::SinkExt;
+        self.ws.framed.send(awc::ws::Message::Text(value.to_string().into())).await.expect("send control");
+    }
+}
+
+/// Runs git in `dir`; answers stdout.
+pub fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .args(["-c", "user.name=Kiln Test", "-c", "user.email=test@kiln.invalid"])
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("git");
+    assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}

@@ -11,5 +11,6 @@ mod concurrency;
 mod lifecycle;
 mod migrations;
 mod restart;
+mod sandboxes;
 mod single_writer;
 mod stream;

@@ -2,7 +2,8 @@
 //! `branches` and `pull_requests`.
 //!
 //! Messages: `RegisterRepo` (clone a bare mirror, then insert the row; idempotent
-//! for the same source) and `DeleteRepo` (refused while tasks are active). The
+//! for the same source), `SetRepoSetup` and `DeleteRepo` (refused while tasks are
+//! active). The
 //! pollers' results arrive here in later work. Handlers are atomic, so two
 //! registrations of one name never race. Lifecycle: started on demand; stops
 //! after `tasks.actor_idle_secs` without a command.
@@ -34,6 +35,13 @@ use crate::util::{now_ms, random_hex};
 #[rtype(result = "AppResult<(Repo, bool)>")]
 pub struct RegisterRepo {
     pub source: Source,
+}
+
+/// Replaces the repository's setup step.
+#[derive(Message, Clone)]
+#[rtype(result = "AppResult<Repo>")]
+pub struct SetRepoSetup {
+    pub setup: crate::db::models::RepoSetup,
 }
 
 /// Deletes the repository, its mirror and its finished tasks.
@@ -201,6 +209,26 @@ async fn remove_dir(dir: PathBuf) {
     let shown = dir.display().to_string();
     if let Err(e) = blocking(move || std::fs::remove_dir_all(&dir).map_err(|e| DbError::Blocking(e.to_string()))).await {
         log::warn!("could not remove {shown}: {e}");
+    }
+}
+
+impl Handler<SetRepoSetup> for RepositoryActor {
+    type Result = AtomicResponse<Self, AppResult<Repo>>;
+
+    fn handle(&mut self, msg: SetRepoSetup, _: &mut Self::Context) -> Self::Result {
+        let (kiln, org, name) = (self.kiln.clone(), self.org.clone(), self.repo.clone());
+        atomic!(self, async move {
+            let text = serde_json::to_string(&msg.setup).map_err(AppError::internal)?;
+            let (o, n) = (org.clone(), name.clone());
+            let repo = kiln
+                .db
+                .write(move |c| store::set_setup(c, &o, &n, &text, now_ms()))
+                .await?
+                .ok_or_else(|| AppError::not_found("repo_not_found", format!("no repository `{name}` in `{org}`")))?;
+            let data = json!({"commands": msg.setup.commands, "copy": msg.setup.copy});
+            kiln.emit_one(&org, NewEvent::new("repo.setup_changed", data).repo(&name)).await?;
+            Ok(repo)
+        })
     }
 }
 

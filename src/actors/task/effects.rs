@@ -127,6 +127,7 @@ pub async fn provision(ctx: &TaskCtx) -> AppResult<()> {
     let created = async {
         let launch = launch_spec(ctx, &task, false).await?;
         let source_checkout = (repo.source_kind == "path").then(|| PathBuf::from(&repo.source));
+        let setup = repo.setup();
         let req = CreateSandbox {
             org: ctx.org.clone(),
             repo: ctx.repo.clone(),
@@ -135,8 +136,8 @@ pub async fn provision(ctx: &TaskCtx) -> AppResult<()> {
             branch: task.branch.clone(),
             base_branch: task.base_branch.clone(),
             source_checkout,
-            copy: Vec::new(),
-            setup: Vec::new(),
+            copy: setup.copy,
+            setup: setup.commands,
             launch,
         };
         ctx.kiln.sandbox(&ctx.org, &task.provider, &task.id)?.send(ProvisionSandbox { req }).await?

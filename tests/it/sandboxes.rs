@@ -1,0 +1,321 @@
+//! Worktree sandboxes, agents in terminal hosts, attach, and what survives a
+//! server restart.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::common::*;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+#[actix_web::test]
+async fn the_whole_path_from_create_to_archive() {
+    let (server, dir) = Server::start(&[]);
+    let c = server.client();
+    c.add_repo("default", &git_repo(dir.path(), "app")).await;
+    let t = c.create_task_with("default", json!({"repo": "app", "description": "Fix it", "agent": "quick"})).await;
+    let id = t["id"].as_str().unwrap().to_string();
+    let running = c.wait_status("default", &id, "running").await;
+    assert_eq!(running["sandbox"]["state"], "ready");
+    let worktree = server.data_dir().join(format!("worktrees/default/app/{id}"));
+    assert_eq!(git(&worktree, &["rev-parse", "--abbrev-ref", "HEAD"]), t["branch"].as_str().unwrap());
+    // The description was handed over as an argument; quiet for a second → idle.
+    let mut term = Term::open(&c, "default", &id, 0).await;
+    term.expect("fake-agent ready: Fix it").await;
+    c.wait_status("default", &id, "idle").await;
+
+    // Input through the API makes it run again, and shows in the terminal.
+    let r = c.post(&format!("/v1/organizations/default/tasks/{id}/input"), json!({"text": "hello there\r"})).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    term.expect("echo: hello there").await;
+    // Typing through the attached terminal works too.
+    term.send(b"spam 3\r").await;
+    term.expect("line 3").await;
+    let runtime = c.get(&format!("/v1/organizations/default/tasks/{id}")).await.body["runtime"].clone();
+    assert!(runtime["pid"].as_i64().unwrap() > 0, "{runtime}");
+
+    // Detach, then reattach from the offset reached: only what is new arrives.
+    let offset = term.offset;
+    drop(term);
+    c.post(&format!("/v1/organizations/default/tasks/{id}/input"), json!({"text": "while away\r"})).await;
+    let mut again = Term::open(&c, "default", &id, offset).await;
+    again.expect("echo: while away").await;
+    assert!(!again.text().contains("fake-agent ready"), "no duplicate from before the offset");
+
+    // The agent wrote a file it never committed; archive saves it to the snapshot ref.
+    again.send(b"write notes.txt\r").await;
+    again.expect("wrote notes.txt").await;
+    let r = c.post(&format!("/v1/organizations/default/tasks/{id}/archive"), json!({})).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.body["task"]["status"], "archived");
+    let snapshot = r.body["snapshot_ref"].as_str().unwrap().to_string();
+    assert_eq!(snapshot, format!("refs/kiln/snapshots/{id}"));
+    assert!(!worktree.exists(), "the worktree is removed");
+    let mirror = server.data_dir().join("repos/default/app.git");
+    assert_eq!(git(&mirror, &["show", &format!("{snapshot}:notes.txt")]), "agent was here");
+    // The branch is kept.
+    git(&mirror, &["rev-parse", "--verify", t["branch"].as_str().unwrap()]);
+    let task = c.get(&format!("/v1/organizations/default/tasks/{id}")).await.body;
+    assert_eq!(task["sandbox"]["state"], "destroyed");
+    // Its terminal log stays readable after the end.
+    let mut log = Term::open(&c, "default", &id, 0).await;
+    log.until(WAIT, "the whole log and a close", |t| t.closed.is_some()).await;
+    assert!(log.text().contains("fake-agent ready") && log.text().contains("wrote notes.txt"));
+}
+
+#[actix_web::test]
+async fn two_attachers_share_one_terminal() {
+    let (server, dir) = Server::start(&[]);
+    let c = server.client();
+    c.add_repo("default", &git_repo(dir.path(), "app")).await;
+    let id = c.create_task("default", "app", "shared").await["id"].as_str().unwrap().to_string();
+    let mut a = Term::open(&c, "default", &id, 0).await;
+    let mut b = Term::open(&c, "default", &id, 0).await;
+    a.expect("fake-agent ready").await;
+    b.expect("fake-agent ready").await;
+    a.send(b"from a\r").await;
+    b.send(b"from b\r").await;
+    for t in [&mut a, &mut b] {
+        t.expect("echo: from a").await;
+        t.expect("echo: from b").await;
+    }
+    // Resize follows the most recently active client; the agent sees it.
+    a.control(json!({"type": "resize", "cols": 100, "rows": 30})).await;
+    b.control(json!({"type": "resize", "cols": 90, "rows": 25})).await;
+    b.send(b"x\r").await;
+    b.expect("echo: x").await;
+    let state_dir = server.data_dir().join(format!("sandboxes/{id}"));
+    let log = std::fs::read_to_string(state_dir.join("terminal.log")).unwrap();
+    assert!(log.contains("echo: from a") && log.contains("echo: from b"));
+    // Bad control messages get an answer, not a disconnect.
+    a.control(json!({"type": "dance"})).await;
+    a.until(WAIT, "an error control", |t| t.controls.iter().any(|c| c["type"] == "error")).await;
+}
+
+#[actix_web::test]
+async fn agents_outlive_a_killed_server_and_nothing_printed_is_lost() {
+    let dir = tempdir();
+    let mut server = Server::start_in(dir.path(), &[]);
+    let c = server.client();
+    c.add_repo("default", &git_repo(dir.path(), "app")).await;
+    let id = c.create_task("default", "app", "survive").await["id"].as_str().unwrap().to_string();
+    let mut term = Term::open(&c, "default", &id, 0).await;
+    term.expect("fake-agent ready").await;
+    // Through the API: answered once the host has the input.
+    let r = c.post(&format!("/v1/organizations/default/tasks/{id}/input"), json!({"text": "sleep 1\r"})).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let host_pid: i32 = std::fs::read_to_string(server.data_dir().join(format!("sandboxes/{id}/host.pid")))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+
+    server.kill();
+    // While the server is down the agent keeps running and printing ("slept").
+    assert_eq!(unsafe { libc::kill(host_pid, 0) }, 0, "the host survived the server's SIGKILL");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    server.restart();
+    let c = server.client();
+    let task = c.get(&format!("/v1/organizations/default/tasks/{id}")).await.body;
+    assert_eq!(task["status"], "running", "re-attached, not interrupted: {task}");
+    let mut after = Term::open(&c, "default", &id, 0).await;
+    after.expect("slept").await;
+    assert!(after.text().starts_with("fake-agent ready"), "the whole scrollback: {}", after.text());
+    after.send(b"still there?\r").await;
+    after.expect("echo: still there?").await;
+    let actors = c.get("/admin/pollers").await;
+    assert!(actors.text.contains(&format!("task/{id}/status-sync")), "the poller is back: {actors:?}");
+}
+
+#[actix_web::test]
+async fn an_agent_that_exits_while_the_server_is_down_is_reported_with_its_code() {
+    let dir = tempdir();
+    let mut server = Server::start_in(dir.path(), &[]);
+    let c = server.client();
+    c.add_repo("default", &git_repo(dir.path(), "app")).await;
+    let id = c.create_task("default", "app", "exit later").await["id"].as_str().unwrap().to_string();
+    server.kill();
+    // Tell the agent to exit while nobody watches: straight through its host.
+    let state_dir = server.data_dir().join(format!("sandboxes/{id}"));
+    kiln::terminal::client::send_input(&state_dir, b"exit 7\r").unwrap();
+    eventually(WAIT, "the host records the exit", || {
+        let f = state_dir.join("exit.json");
+        async move { f.exists().then_some(()) }
+    })
+    .await;
+    server.restart();
+    let c = server.client();
+    let task = c.get(&format!("/v1/organizations/default/tasks/{id}")).await.body;
+    assert_eq!(task["status"], "interrupted", "{task}");
+    assert!(task["status_reason"].as_str().unwrap().contains("code 7"), "{task}");
+    assert_eq!(task["runtime"]["exit_code"], 7);
+    let exited: Vec<_> = c.events_since("default", 0).await.into_iter().filter(|e| e["kind"] == "task.agent_exited").collect();
+    assert_eq!(exited[0]["data"]["code"], 7);
+    // Resume relaunches it in the same worktree with the resume command.
+    let r = c.post(&format!("/v1/organizations/default/tasks/{id}/resume"), json!({})).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    c.wait_status("default", &id, "running").await;
+    let mut term = Term::open(&c, "default", &id, 0).await;
+    term.expect("fake-agent ready: --resumed").await;
+}
+
+#[actix_web::test]
+async fn a_dead_host_interrupts_the_task_and_resume_brings_it_back() {
+    let (server, dir) = Server::start(&[]);
+    let c = server.client();
+    c.add_repo("default", &git_repo(dir.path(), "app")).await;
+    let id = c.create_task("default", "app", "fragile").await["id"].as_str().unwrap().to_string();
+    let state_dir = server.data_dir().join(format!("sandboxes/{id}"));
+    let host_pid: i32 = std::fs::read_to_string(state_dir.join("host.pid")).unwrap().trim().parse().unwrap();
+    unsafe { libc::kill(host_pid, libc::SIGKILL) };
+    let task = c.wait_status("default", &id, "interrupted").await;
+    assert!(task["status_reason"].as_str().unwrap().contains("resume"), "{task}");
+    let r = c.post(&format!("/v1/organizations/default/tasks/{id}/resume"), json!({})).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    c.wait_status("default", &id, "running").await;
+    let mut term = Term::open(&c, "default", &id, 0).await;
+    term.expect("--resumed").await;
+    term.send(b"ok?\r").await;
+    term.expect("echo: ok?").await;
+}
+
+#[actix_web::test]
+async fn kill_saves_untracked_and_modified_work_and_keeps_the_branch() {
+    let (server, dir) = Server::start(&[]);
+    let c = server.client();
+    let src = git_repo(dir.path(), "app");
+    c.add_repo("default", &src).await;
+    let t = c.create_task("default", "app", "edit things").await;
+    let id = t["id"].as_str().unwrap();
+    let worktree = server.data_dir().join(format!("worktrees/default/app/{id}"));
+    std::fs::write(worktree.join("README.md"), "changed by the user\n").unwrap();
+    std::fs::create_dir_all(worktree.join("new/dir")).unwrap();
+    std::fs::write(worktree.join("new/dir/file.txt"), "brand new\n").unwrap();
+    let out = cli(&server, &["kill", id]);
+    assert_eq!(out.0, 0, "{out:?}");
+    assert!(out.1.contains(&format!("uncommitted work saved to refs/kiln/snapshots/{id}")), "{}", out.1);
+    assert!(out.1.contains(&format!("branch {} is kept", t["branch"].as_str().unwrap())), "{}", out.1);
+    let mirror = server.data_dir().join("repos/default/app.git");
+    let snap = format!("refs/kiln/snapshots/{id}");
+    assert_eq!(git(&mirror, &["show", &format!("{snap}:README.md")]), "changed by the user");
+    assert_eq!(git(&mirror, &["show", &format!("{snap}:new/dir/file.txt")]), "brand new");
+    // The snapshot sits on top of the branch, which is untouched.
+    let branch = t["branch"].as_str().unwrap();
+    assert_eq!(git(&mirror, &["rev-parse", &format!("{snap}^")]), git(&mirror, &["rev-parse", branch]));
+    let status = c.get(&format!("/v1/organizations/default/tasks/{id}")).await.body;
+    assert_eq!(status["status"], "killed");
+    // The agent and its host are gone.
+    let state_dir = server.data_dir().join(format!("sandboxes/{id}"));
+    let exit = kiln::terminal::client::exit_info(&state_dir).expect("the host recorded the end");
+    assert_eq!(exit.signal, Some(libc::SIGTERM), "stopped by SIGTERM within the grace period");
+    eventually(WAIT, "the host exits", || {
+        let dir = state_dir.clone();
+        async move { kiln::terminal::client::status(&dir).is_err().then_some(()) }
+    })
+    .await;
+}
+
+#[actix_web::test]
+async fn failures_while_provisioning_are_clear_and_clean() {
+    let (server, dir) = Server::start(&[]);
+    let c = server.client();
+    c.add_repo("default", &git_repo(dir.path(), "app")).await;
+    // A missing agent.
+    let t = c.create_task_with("default", json!({"repo": "app", "description": "x", "agent": "ghost"})).await;
+    let id = t["id"].as_str().unwrap();
+    let failed = c.wait_status("default", id, "failed").await;
+    assert_eq!(
+        failed["status_reason"],
+        "agent `kiln-no-such-agent` not found on PATH: install it or choose another agent"
+    );
+    assert!(!server.data_dir().join(format!("worktrees/default/app/{id}")).exists(), "nothing half-made");
+    let event = c.events_since("default", 0).await.into_iter().rev().find(|e| e["kind"] == "task.status_changed").unwrap();
+    assert_eq!(event["data"]["to"], "failed");
+    assert!(event["data"]["reason"].as_str().unwrap().contains("not found on PATH"));
+    // A failing setup step keeps its output in the reason and the terminal.
+    let r = c
+        .put("/v1/organizations/default/repos/app/setup", json!({"commands": ["echo preparing", "echo broken >&2; exit 4"]}))
+        .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let t = c.create_task_with("default", json!({"repo": "app", "description": "y"})).await;
+    let id = t["id"].as_str().unwrap();
+    let failed = c.wait_status("default", id, "failed").await;
+    let reason = failed["status_reason"].as_str().unwrap();
+    assert!(reason.contains("setup failed (exit 4)") && reason.contains("broken"), "{reason}");
+    let mut log = Term::open(&c, "default", id, 0).await;
+    log.until(WAIT, "the setup output", |t| t.closed.is_some()).await;
+    assert!(log.text().contains("preparing") && log.text().contains("broken"), "{}", log.text());
+}
+
+#[actix_web::test]
+async fn setup_copies_included_files_and_runs_before_the_agent() {
+    let (server, dir) = Server::start(&[]);
+    let c = server.client();
+    let src = git_repo(dir.path(), "app");
+    std::fs::write(src.join(".env"), "SECRET=1\n").unwrap();
+    std::fs::write(src.join(".worktreeinclude"), "# local files\n.env\n../escape\n").unwrap();
+    std::fs::write(src.join("extra.cfg"), "x\n").unwrap();
+    c.add_repo("default", &src).await;
+    let r = c
+        .put("/v1/organizations/default/repos/app/setup", json!({"commands": ["touch setup-ran"], "copy": ["extra.cfg"]}))
+        .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(c.get("/v1/organizations/default/repos/app").await.body["setup"]["commands"], json!(["touch setup-ran"]));
+    let id = c.create_task("default", "app", "go").await["id"].as_str().unwrap().to_string();
+    let worktree = server.data_dir().join(format!("worktrees/default/app/{id}"));
+    assert_eq!(std::fs::read_to_string(worktree.join(".env")).unwrap(), "SECRET=1\n");
+    assert!(worktree.join("extra.cfg").exists());
+    assert!(worktree.join("setup-ran").exists(), "setup ran in the worktree");
+    for bad in [json!({"commands": [""]}), json!({"copy": ["../x"]}), json!({"copy": ["/etc/passwd"]}), json!({"commands": "ls"})] {
+        let r = c.put("/v1/organizations/default/repos/app/setup", bad.clone()).await;
+        assert!(r.status == 422, "{bad}: {r:?}");
+    }
+}
+
+#[actix_web::test]
+async fn prompt_as_input_and_secrets_as_env() {
+    let (server, dir) = Server::start(&[]);
+    let c = server.client();
+    c.add_repo("default", &git_repo(dir.path(), "app")).await;
+    c.put("/v1/organizations/default/providers/worktree", json!({"secrets": {"ANTHROPIC_API_KEY": "sk-test-123"}})).await;
+    let t = c.create_task_with("default", json!({"repo": "app", "description": "typed in", "agent": "typed"})).await;
+    let id = t["id"].as_str().unwrap();
+    c.wait_status("default", id, "running").await;
+    let mut term = Term::open(&c, "default", id, 0).await;
+    term.expect("echo: typed in").await;
+    assert!(term.text().contains("fake-agent ready: \r\n") || term.text().contains("fake-agent ready:\r\n"), "no argument: {}", term.text());
+    let worktree = server.data_dir().join(format!("worktrees/default/app/{id}"));
+    let environ = std::fs::read_to_string(format!(
+        "/proc/{}/environ",
+        c.get(&format!("/v1/organizations/default/tasks/{id}")).await.body["runtime"]["pid"]
+    ))
+    .unwrap();
+    assert!(environ.contains("ANTHROPIC_API_KEY=sk-test-123"), "the secret reaches the agent's env");
+    assert!(environ.contains(&format!("KILN_TASK={id}")));
+    assert!(worktree.exists());
+    assert!(!server.log().contains("sk-test-123"), "secrets never reach the log");
+}
+
+#[actix_web::test]
+async fn a_terminal_client_that_falls_behind_resumes_at_its_offset() {
+    let (server, dir) = Server::start(&[]);
+    let c = server.client();
+    c.add_repo("default", &git_repo(dir.path(), "app")).await;
+    let id = c.create_task("default", "app", "loud").await["id"].as_str().unwrap().to_string();
+    let mut term = Term::open(&c, "default", &id, 0).await;
+    term.expect("fake-agent ready").await;
+    term.send(b"spam 2000\r").await;
+    term.until(WAIT, "some of the spam", |t| t.text().contains("line 500")).await;
+    let offset = term.offset;
+    let seen = term.output.clone();
+    drop(term);
+    let mut rest = Term::open(&c, "default", &id, offset).await;
+    rest.expect("line 2000").await;
+    let mut whole = seen;
+    whole.extend_from_slice(&rest.output);
+    let text = String::from_utf8_lossy(&whole);
+    for n in [1, 499, 500, 501, 1999, 2000] {
+        assert_eq!(text.matches(&format!("line {n}\r\n")).count(), 1, "line {n} exactly once");
+    }
+}
