@@ -104,6 +104,19 @@ pub async fn put_provider(
     if let Some((key, _)) = body.secrets.iter().find(|(_, v)| !(v.is_string() || v.is_null())) {
         return Err(AppError::invalid("invalid_secret", format!("secret `{key}` must be a string (or null to remove it)")));
     }
+    // Secrets reach agents as environment variables, so their names must be valid ones.
+    let env_name = |k: &str| {
+        !k.is_empty()
+            && k.len() <= 128
+            && k.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+    };
+    if let Some(key) = body.secrets.keys().find(|k| !env_name(k)) {
+        return Err(AppError::invalid(
+            "invalid_secret",
+            format!("secret name `{}` is not an environment variable name (letters, digits, _)", validate::truncate(key, 40)),
+        ));
+    }
     let view = kiln
         .organization(&org)
         .send(PutProviderProfile { provider, config: body.config, secrets: body.secrets })

@@ -446,3 +446,15 @@ async fn a_server_without_git_says_so() {
     let r = no_git.client().post("/v1/organizations/default/repos", json!({"source": "https://example.invalid/x.git"})).await;
     assert_eq!((r.status, r.code()), (503, "git_missing"), "{r:?}");
 }
+
+#[actix_web::test]
+async fn secret_names_must_be_environment_variable_names() {
+    let (server, _dir) = Server::start(&[]);
+    let c = server.client();
+    for bad in ["", "1ABC", "A-B", "A B", "ÄPI"] {
+        let r = c.put("/v1/organizations/default/providers/worktree", json!({"secrets": {bad: "x"}})).await;
+        assert_eq!((r.status, r.code()), (422, "invalid_secret"), "{bad:?}: {r:?}");
+    }
+    let r = c.put("/v1/organizations/default/providers/worktree", json!({"secrets": {"OPENAI_API_KEY": "x"}})).await;
+    assert_eq!(r.status, 200);
+}

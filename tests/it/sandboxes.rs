@@ -319,3 +319,125 @@ async fn a_terminal_client_that_falls_behind_resumes_at_its_offset() {
         assert_eq!(text.matches(&format!("line {n}\r\n")).count(), 1, "line {n} exactly once");
     }
 }
+
+#[actix_web::test]
+async fn cli_attach_detaches_on_ctrl_backslash_and_send_types() {
+    use std::io::{BufRead, Write};
+    let (server, dir) = Server::start(&[]);
+    let c = server.client();
+    c.add_repo("default", &git_repo(dir.path(), "app")).await;
+    let id = c.create_task("default", "app", "attach me").await["id"].as_str().unwrap().to_string();
+    let out = cli(&server, &["send", &id, "typed", "by", "send"]);
+    assert_eq!(out.0, 0, "{out:?}");
+    let mut child = std::process::Command::new(BIN)
+        .args(["--url", &server.url, "attach", &id])
+        .env("HOME", &server.dir)
+        .env("KILN_DATA_DIR", server.data_dir())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut reader = std::io::BufReader::new(stdout);
+        let mut line = String::new();
+        while reader.read_line(&mut line).unwrap_or(0) > 0 {
+            let _ = tx.send(line.clone());
+            line.clear();
+        }
+    });
+    let wait_for = |needle: &str| {
+        let deadline = std::time::Instant::now() + WAIT;
+        loop {
+            let line = rx.recv_timeout(deadline - std::time::Instant::now()).unwrap_or_else(|_| panic!("attach never showed {needle}"));
+            if line.contains(needle) {
+                return;
+            }
+        }
+    };
+    wait_for("echo: typed by send");
+    stdin.write_all(b"through attach\r").unwrap();
+    stdin.flush().unwrap();
+    wait_for("echo: through attach");
+    stdin.write_all(&[0x1c]).unwrap();
+    stdin.flush().unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("detached"), "{}", String::from_utf8_lossy(&out.stderr));
+    // The agent keeps running after the detach.
+    let task = c.get(&format!("/v1/organizations/default/tasks/{id}")).await.body;
+    assert_eq!(task["status"], "running");
+    let path = cli(&server, &["switch", &id]);
+    assert_eq!(path.1.trim(), server.data_dir().join(format!("worktrees/default/app/{id}")).to_str().unwrap());
+}
+
+#[actix_web::test]
+async fn pollers_can_be_listed_polled_slowed_and_stopped() {
+    let (server, dir) = Server::start(&[]);
+    let c = server.client();
+    c.add_repo("default", &git_repo(dir.path(), "app")).await;
+    let id = c.create_task("default", "app", "polled").await["id"].as_str().unwrap().to_string();
+    let key = format!("org/default/repo/app/task/{id}/status-sync");
+    let list = c.get("/admin/pollers").await;
+    let me = list.body["items"].as_array().unwrap().iter().find(|p| p["key"] == key.as_str()).cloned().expect("listed");
+    assert_eq!(me["kind"], "task_status");
+    assert_eq!(me["interval_ms"], 200);
+    let r = c.post(&format!("/admin/pollers/{key}/interval"), json!({"interval_ms": 60000})).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let before = c.get("/admin/pollers").await.body["items"][0]["polls"].as_u64().unwrap();
+    let r = c.post(&format!("/admin/pollers/{key}/poll"), json!({})).await;
+    assert_eq!(r.status, 200);
+    eventually(WAIT, "the poll happens", || {
+        let c = c.clone();
+        async move { (c.get("/admin/pollers").await.body["items"][0]["polls"].as_u64().unwrap() > before).then_some(()) }
+    })
+    .await;
+    assert_eq!(c.get("/admin/pollers").await.body["items"][0]["interval_ms"], 60000);
+    for (body, code) in [(json!({"interval_ms": 1}), "invalid_interval"), (json!({"secs": 1}), "invalid_body")] {
+        let r = c.post(&format!("/admin/pollers/{key}/interval"), body).await;
+        assert_eq!((r.status, r.code()), (422, code));
+    }
+    let r = c.post(&format!("/admin/pollers/{key}/explode"), json!({})).await;
+    assert_eq!((r.status, r.code()), (404, "unknown_poller_action"));
+    let r = c.post(&format!("/admin/pollers/{key}/stop"), json!({})).await;
+    assert_eq!(r.status, 200);
+    eventually(WAIT, "the poller is gone", || {
+        let c = c.clone();
+        async move { c.get("/admin/pollers").await.body["items"].as_array().unwrap().is_empty().then_some(()) }
+    })
+    .await;
+    let r = c.post(&format!("/admin/pollers/{key}/poll"), json!({})).await;
+    assert_eq!((r.status, r.code()), (404, "poller_not_found"));
+    // An organization token cannot touch pollers.
+    let tok = c.post("/v1/organizations/default/tokens", json!({"name": "t"})).await.body["token"].as_str().unwrap().to_string();
+    assert_eq!(c.with_token(Some(&tok)).get("/admin/pollers").await.status, 403);
+}
+
+#[actix_web::test]
+async fn terminal_logs_rotate_and_attach_skips_ahead() {
+    let (server, dir) = Server::start(&[("KILN_TERMINAL__LOG_MAX_BYTES", "8192")]);
+    let c = server.client();
+    c.add_repo("default", &git_repo(dir.path(), "app")).await;
+    let id = c.create_task("default", "app", "chatty").await["id"].as_str().unwrap().to_string();
+    let mut live = Term::open(&c, "default", &id, 0).await;
+    c.post(&format!("/v1/organizations/default/tasks/{id}/input"), json!({"text": "spam 3000\r"})).await;
+    live.expect("line 3000").await;
+    assert!(live.text().contains("fake-agent ready"), "a live attacher saw everything");
+    // A new attacher from 0 gets what is kept, told where it starts.
+    let mut term = Term::open(&c, "default", &id, 0).await;
+    term.expect("line 3000").await;
+    let skipped = term.controls.iter().find(|v| v["type"] == "offset").expect("an offset control: old output was dropped");
+    assert!(skipped["offset"].as_u64().unwrap() > 0);
+    assert!(!term.text().contains("fake-agent ready"), "the rotated-away start is gone");
+    let state = server.data_dir().join(format!("sandboxes/{id}"));
+    let total: u64 = std::fs::read_dir(&state)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("terminal.log"))
+        .map(|e| e.metadata().unwrap().len())
+        .sum();
+    assert!(total <= 2 * 8192 + 65536, "bounded: {total}");
+}
