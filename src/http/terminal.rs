@@ -31,6 +31,9 @@ use crate::error::{AppError, AppResult};
 use crate::terminal::log::TerminalLog;
 use crate::terminal::protocol::{self, Frame};
 
+/// Frames from one client queued for its host before the client is cut off.
+const INPUT_QUEUE: usize = 1024;
+
 pub async fn connect(
     req: HttpRequest,
     payload: web::Payload,
@@ -109,7 +112,7 @@ struct TerminalSession {
     next: u64,
     live: Option<tokio::net::UnixStream>,
     replay: Option<(u64, Vec<u8>, Option<protocol::ExitInfo>)>,
-    to_host: Option<mpsc::UnboundedSender<Frame>>,
+    to_host: Option<mpsc::Sender<Frame>>,
     exited: bool,
 }
 
@@ -129,9 +132,16 @@ impl TerminalSession {
         self.next = offset + bytes.len() as u64;
     }
 
-    fn to_host(&self, frame: Frame) {
-        if let Some(tx) = &self.to_host {
-            let _ = tx.send(frame);
+    /// Queues a frame for the host. A client that sends faster than the agent
+    /// reads (the queue is bounded) is closed rather than buffered without end.
+    fn to_host(&self, frame: Frame, ctx: &mut ws::WebsocketContext<Self>) {
+        let Some(tx) = &self.to_host else { return };
+        if let Err(mpsc::error::TrySendError::Full(_)) = tx.try_send(frame) {
+            ctx.close(Some(ws::CloseReason {
+                code: ws::CloseCode::Size,
+                description: Some("input arrives faster than the agent reads it".into()),
+            }));
+            ctx.stop();
         }
     }
 }
@@ -159,8 +169,8 @@ impl Actor for TerminalSession {
         }
         let Some(stream) = self.live.take() else { return };
         let (read_half, mut write_half) = stream.into_split();
-        let (tx, mut rx) = mpsc::unbounded_channel::<Frame>();
-        let _ = tx.send(Frame::attach(self.requested));
+        let (tx, mut rx) = mpsc::channel::<Frame>(INPUT_QUEUE);
+        let _ = tx.try_send(Frame::attach(self.requested));
         self.to_host = Some(tx);
         actix_web::rt::spawn(async move {
             use tokio::io::AsyncWriteExt;
@@ -216,10 +226,10 @@ impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for TerminalSession {
     fn handle(&mut self, msg: Result<ws::Message, ws::ProtocolError>, ctx: &mut Self::Context) {
         self.heartbeat = Instant::now();
         match msg {
-            Ok(ws::Message::Binary(bytes)) => self.to_host(Frame::new(protocol::INPUT, bytes.to_vec())),
+            Ok(ws::Message::Binary(bytes)) => self.to_host(Frame::new(protocol::INPUT, bytes.to_vec()), ctx),
             Ok(ws::Message::Text(text)) => match serde_json::from_str::<dto::TerminalControl>(&text) {
                 Ok(dto::TerminalControl::Resize { cols, rows }) if cols > 0 && rows > 0 => {
-                    self.to_host(Frame::resize(cols, rows))
+                    self.to_host(Frame::resize(cols, rows), ctx)
                 }
                 _ => self.control(ctx, json!({"type": "error", "message": "unknown control message; send {\"type\":\"resize\",\"cols\":C,\"rows\":R}"})),
             },
