@@ -243,6 +243,11 @@ async fn failures_while_provisioning_are_clear_and_clean() {
     let failed = c.wait_status("default", id, "failed").await;
     let reason = failed["status_reason"].as_str().unwrap();
     assert!(reason.contains("setup failed (exit 4)") && reason.contains("broken"), "{reason}");
+    eventually(WAIT, "the half-made worktree is removed", || {
+        let w = server.data_dir().join(format!("worktrees/default/app/{id}"));
+        async move { (!w.exists()).then_some(()) }
+    })
+    .await;
     let mut log = Term::open(&c, "default", id, 0).await;
     log.until(WAIT, "the setup output", |t| t.closed.is_some()).await;
     assert!(log.text().contains("preparing") && log.text().contains("broken"), "{}", log.text());

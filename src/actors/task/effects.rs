@@ -276,8 +276,25 @@ pub async fn observe(ctx: TaskCtx, health: SandboxHealth) -> AppResult<bool> {
         }
         ctx.set_status(status, step.to, step.reason.clone(), input.name(), json!({})).await?;
         status = step.to;
+        if status == TaskStatus::Failed {
+            // A half-made sandbox is removed; the terminal log stays for reading.
+            remove_sandbox(&ctx, &task).await?;
+        }
     }
     Ok(matches!(status, TaskStatus::Provisioning | TaskStatus::Running | TaskStatus::Idle))
+}
+
+/// Removes a failed task's sandbox, saving anything uncommitted first.
+async fn remove_sandbox(ctx: &TaskCtx, task: &Task) -> AppResult<()> {
+    let (_, repo) = ctx.load().await?;
+    let req = DestroyRequest {
+        handle: ctx.handle(task, &repo)?,
+        snapshot_ref: format!("refs/kiln/snapshots/{}", task.id),
+        grace: Duration::from_secs(ctx.kiln.config.terminal.kill_grace_secs),
+    };
+    ctx.kiln.sandbox(&ctx.org, &task.provider, &task.id)?.send(DestroySandbox { req }).await??;
+    ctx.kiln.emit_one(&ctx.org, ctx.event("sandbox.destroyed", json!({}))).await?;
+    Ok(())
 }
 
 /// The last few lines of the terminal, for a failure reason.
