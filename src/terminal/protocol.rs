@@ -90,13 +90,18 @@ pub fn read_frame(r: &mut impl Read) -> io::Result<Option<Frame>> {
         Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
         Err(e) => return Err(e),
     }
+    let mut payload = vec![0u8; payload_len(&header)?];
+    r.read_exact(&mut payload)?;
+    Ok(Some(Frame { kind: header[0], payload }))
+}
+
+/// The payload length a header announces, refused above `MAX_FRAME`.
+fn payload_len(header: &[u8; 5]) -> io::Result<usize> {
     let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
     if len > MAX_FRAME {
         return Err(io::Error::new(io::ErrorKind::InvalidData, format!("frame of {len} bytes is too large")));
     }
-    let mut payload = vec![0u8; len];
-    r.read_exact(&mut payload)?;
-    Ok(Some(Frame { kind: header[0], payload }))
+    Ok(len)
 }
 
 pub fn write_frame(w: &mut impl Write, frame: &Frame) -> io::Result<()> {
@@ -112,11 +117,7 @@ pub async fn read_frame_async(r: &mut (impl tokio::io::AsyncRead + Unpin)) -> io
         Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
         Err(e) => return Err(e),
     }
-    let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
-    if len > MAX_FRAME {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, format!("frame of {len} bytes is too large")));
-    }
-    let mut payload = vec![0u8; len];
+    let mut payload = vec![0u8; payload_len(&header)?];
     r.read_exact(&mut payload).await?;
     Ok(Some(Frame { kind: header[0], payload }))
 }
