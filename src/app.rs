@@ -147,6 +147,8 @@ pub async fn start(config: Config) -> Result<Running, BootError> {
             .default_service(web::to(http::not_found))
     })
     .shutdown_timeout(10)
+    // Events and keystrokes are small writes: send them now, not after Nagle's delay.
+    .tcp_nodelay(true)
     // `serve` handles signals itself, so it can close streams before waiting.
     .disable_signals();
     if config.server.workers > 0 {

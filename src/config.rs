@@ -77,7 +77,6 @@ pub struct DatabaseConfig {
 #[serde(deny_unknown_fields)]
 pub struct EventsConfig {
     pub batch_max: usize,
-    pub batch_interval_ms: u64,
     pub subscriber_buffer: usize,
     pub heartbeat_secs: u64,
     pub client_timeout_secs: u64,

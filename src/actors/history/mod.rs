@@ -1,10 +1,12 @@
 //! HistoryActor (`org/{org}/history`): the only writer of `events`.
 //!
 //! Messages: `Append` (answered once the events are persisted), `Subscribe`,
-//! `Unsubscribe`, `CloseSubscribers` and `Flush`. Appends are gathered into batches, one transaction
-//! each, of at most `events.batch_max` events or `events.batch_interval_ms` of
-//! waiting. A batch is published to subscribers only after it commits, so a client
-//! that resumes with `since` sees no gap and no duplicate.
+//! `Unsubscribe`, `CloseSubscribers` and `Flush`. Writes are group commits: when
+//! no write is in progress an append is written at once; appends that arrive
+//! during a write are gathered and written together (at most `events.batch_max`
+//! per transaction) as soon as it ends. One write at a time keeps ids, commits
+//! and publication in order. A batch is published to subscribers only after it
+//! commits, so a client that resumes with `since` sees no gap and no duplicate.
 //!
 //! Each subscriber has a bounded buffer. One that falls behind is dropped and
 //! flagged as lagging, never waited for, so a slow client cannot slow the others.
@@ -15,7 +17,6 @@ mod store;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use actix::prelude::*;
 use serde::Serialize;
@@ -134,7 +135,8 @@ pub struct HistoryActor {
     pending: Vec<NewEvent>,
     /// Who waits for which slice of `pending`.
     waiters: Vec<Waiter>,
-    flush_scheduled: bool,
+    /// A batch is being written; new appends wait in `pending` for the next one.
+    writing: bool,
     subscribers: HashMap<u64, Subscriber>,
     next_subscriber: u64,
 }
@@ -147,7 +149,7 @@ impl HistoryActor {
             meta,
             pending: Vec::new(),
             waiters: Vec::new(),
-            flush_scheduled: false,
+            writing: false,
             subscribers: HashMap::new(),
             next_subscriber: 1,
         }
@@ -158,26 +160,28 @@ impl HistoryActor {
         let start = self.pending.len();
         self.pending.extend(events);
         self.waiters.push((start, self.pending.len(), tx));
-        if self.pending.len() >= self.kiln.config.events.batch_max {
-            self.flush(ctx);
-        } else if !self.flush_scheduled {
-            self.flush_scheduled = true;
-            let delay = Duration::from_millis(self.kiln.config.events.batch_interval_ms);
-            ctx.run_later(delay, |act, ctx| act.flush(ctx));
-        }
+        self.flush(ctx);
         rx
     }
 
-    /// Writes the pending batch in one transaction, then publishes it and answers
-    /// its waiters. `ctx.wait` keeps the next message out until this is done, so
-    /// batches commit and publish in order.
+    /// Writes up to `batch_max` pending events in one transaction, then publishes
+    /// them and answers their waiters, then writes whatever gathered meanwhile.
+    /// Only one write runs at a time.
     fn flush(&mut self, ctx: &mut Context<Self>) {
-        self.flush_scheduled = false;
-        if self.waiters.is_empty() {
+        if self.writing || self.waiters.is_empty() {
             return;
         }
-        let batch = std::mem::take(&mut self.pending);
-        let waiters = std::mem::take(&mut self.waiters);
+        self.writing = true;
+        // Take whole waiters until the batch is full (a waiter's events stay together).
+        let max = self.kiln.config.events.batch_max;
+        let take = self.waiters.iter().take_while(|(_, end, _)| *end <= max).count().max(1);
+        let cut = self.waiters[take - 1].1;
+        let batch: Vec<NewEvent> = self.pending.drain(..cut).collect();
+        let waiters: Vec<Waiter> = self.waiters.drain(..take).collect();
+        for (start, end, _) in self.waiters.iter_mut() {
+            *start -= cut;
+            *end -= cut;
+        }
         let db = self.kiln.db.clone();
         let org = self.org.clone();
         let write = async move {
@@ -185,7 +189,16 @@ impl HistoryActor {
             let result = db.write(move |conn| store::append(conn, &org, &rows)).await;
             (batch, result)
         };
-        ctx.wait(write.into_actor(self).map(move |(batch, result), act, _ctx| match result {
+        ctx.spawn(write.into_actor(self).map(move |(batch, result), act, ctx| {
+            act.writing = false;
+            act.finish_write(batch, result, waiters);
+            act.flush(ctx);
+        }));
+    }
+
+    fn finish_write(&mut self, batch: Vec<NewEvent>, result: Result<Vec<Event>, crate::db::DbError>, waiters: Vec<Waiter>) {
+        let act = self;
+        match result {
             Ok(events) => {
                 act.kiln.metrics.events_appended.fetch_add(events.len() as u64, Ordering::Relaxed);
                 act.kiln.metrics.event_batches.fetch_add(1, Ordering::Relaxed);
@@ -205,7 +218,7 @@ impl HistoryActor {
                     }));
                 }
             }
-        }));
+        }
     }
 
     fn publish(&mut self, events: &[Event]) {
@@ -265,7 +278,7 @@ impl Handler<Flush> for HistoryActor {
     type Result = ResponseFuture<AppResult<()>>;
 
     fn handle(&mut self, _: Flush, ctx: &mut Self::Context) -> Self::Result {
-        if self.waiters.is_empty() {
+        if self.waiters.is_empty() && !self.writing {
             return Box::pin(async { Ok(()) });
         }
         let (tx, rx) = oneshot::channel();
