@@ -114,6 +114,7 @@ pub async fn start(config: Config) -> Result<Running, BootError> {
         metrics: Arc::new(Metrics::default()),
         registry: Registry::new(actors.handle()),
         providers: Arc::new(crate::providers::Providers::builtin(dir.clone(), config.terminal.clone())),
+        shutdown: Arc::new(tokio::sync::watch::channel(false).0),
     };
     seed_default_organization(&kiln).await?;
     recover_tasks(&kiln).await?;
@@ -195,7 +196,8 @@ pub async fn serve(config: Config) -> Result<(), BootError> {
     let kiln = running.kiln.clone();
     actix_web::rt::spawn(async move {
         wait_for_signal().await;
-        log::info!("shutting down: closing event streams, finishing requests");
+        log::info!("shutting down: closing event streams and terminals, finishing requests");
+        kiln.shutdown.send_replace(true);
         for history in kiln.registry.all::<HistoryActor>() {
             let _ = history.send(CloseSubscribers {}).await;
         }

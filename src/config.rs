@@ -194,11 +194,14 @@ impl Config {
         if self.terminal.cols == 0 || self.terminal.rows == 0 || self.terminal.log_max_bytes < 4096 {
             return Err(ConfigError::Invalid("terminal.cols/rows must be positive and log_max_bytes at least 4096".into()));
         }
-        if !["worktree", "daytona"].contains(&self.tasks.default_provider.as_str()) {
+        if self.tasks.default_provider != "worktree" {
             return Err(ConfigError::Invalid(format!(
-                "tasks.default_provider `{}` is not a provider (worktree, daytona)",
+                "tasks.default_provider `{}` is not available: this build has the `worktree` provider",
                 self.tasks.default_provider
             )));
+        }
+        if !(100..=600_000).contains(&self.tasks.status_poll_ms) {
+            return Err(ConfigError::Invalid("tasks.status_poll_ms must be between 100 and 600000".into()));
         }
         if !self.agents.contains_key(&self.tasks.default_agent) {
             return Err(ConfigError::Invalid(format!(

@@ -74,6 +74,9 @@ pub struct Kiln {
     pub metrics: Arc<Metrics>,
     pub registry: Registry,
     pub providers: Arc<Providers>,
+    /// Becomes `true` when the server begins to shut down; long-lived sessions
+    /// (terminal attaches) close themselves on it.
+    pub shutdown: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 impl Kiln {

@@ -148,12 +148,12 @@ pub fn tasks_list(conn: &mut SqliteConnection, org: &str, f: &TaskFilter) -> Que
     q.order((tasks::created_at.desc(), tasks::id.desc())).limit(f.limit).load(conn)
 }
 
-/// `(organization, repo name, task id)` of every task that may have a live agent:
-/// the ones boot recovery reconciles.
+/// `(organization, repo name, task id)` of every task that may have a live agent,
+/// or was waiting to get one: the ones boot recovery reconciles.
 pub fn tasks_to_recover(conn: &mut SqliteConnection) -> QueryResult<Vec<(String, String, String)>> {
     tasks::table
         .inner_join(repos::table)
-        .filter(tasks::status.eq_any(["provisioning", "running", "idle"]))
+        .filter(tasks::status.eq_any(["queued", "provisioning", "running", "idle"]))
         .select((tasks::organization, repos::name, tasks::id))
         .load(conn)
 }

@@ -117,6 +117,9 @@ pub async fn put_provider(
             format!("secret name `{}` is not an environment variable name (letters, digits, _)", validate::truncate(key, 40)),
         ));
     }
+    if let Ok(p) = kiln.providers.get(&provider) {
+        p.validate_config(&serde_json::Value::Object(body.config.clone()))?;
+    }
     let view = kiln
         .organization(&org)
         .send(PutProviderProfile { provider, config: body.config, secrets: body.secrets })

@@ -73,6 +73,7 @@ pub async fn connect(
         None
     };
     let session = TerminalSession {
+        shutdown: kiln.shutdown.subscribe(),
         heartbeat: Instant::now(),
         every: Duration::from_secs(kiln.config.events.heartbeat_secs),
         timeout: Duration::from_secs(kiln.config.events.client_timeout_secs),
@@ -104,6 +105,7 @@ fn read_log(dir: &std::path::Path, offset: u64) -> Result<(u64, Vec<u8>), DbErro
 }
 
 struct TerminalSession {
+    shutdown: tokio::sync::watch::Receiver<bool>,
     heartbeat: Instant,
     every: Duration,
     timeout: Duration,
@@ -122,13 +124,22 @@ impl TerminalSession {
     }
 
     fn output(&mut self, ctx: &mut ws::WebsocketContext<Self>, offset: u64, bytes: &[u8]) {
+        // Never send a byte twice, even if the host repeats one.
+        let (offset, bytes) = if offset < self.next {
+            let skip = ((self.next - offset) as usize).min(bytes.len());
+            (offset + skip as u64, &bytes[skip..])
+        } else {
+            (offset, bytes)
+        };
         if bytes.is_empty() {
             return;
         }
         if offset != self.next {
             self.control(ctx, json!({"type": "offset", "offset": offset}));
         }
-        ctx.binary(bytes.to_vec());
+        for chunk in bytes.chunks(1 << 20) {
+            ctx.binary(chunk.to_vec());
+        }
         self.next = offset + bytes.len() as u64;
     }
 
@@ -158,6 +169,21 @@ impl Actor for TerminalSession {
                 ctx.ping(b"");
             }
         });
+        // The server is stopping: tell the client to come back (the agent keeps running).
+        let mut shutdown = self.shutdown.clone();
+        ctx.spawn(
+            async move {
+                let _ = shutdown.wait_for(|stopping| *stopping).await;
+            }
+            .into_actor(self)
+            .map(|_, act, ctx| {
+                ctx.close(Some(ws::CloseReason {
+                    code: ws::CloseCode::Restart,
+                    description: Some(format!("server is restarting; reconnect with offset={}", act.next)),
+                }));
+                ctx.stop();
+            }),
+        );
         self.control(ctx, json!({"type": "attached", "offset": self.requested}));
         if let Some((start, bytes, exit)) = self.replay.take() {
             self.output(ctx, start, &bytes);

@@ -163,6 +163,8 @@ pub fn branch_exists(repo: &Path, branch: &str) -> Result<bool, GitError> {
 /// not exist yet, else the existing branch (a resumed task).
 pub fn worktree_add(mirror: &Path, path: &Path, branch: &str, base: &str) -> Result<(), GitError> {
     let path_str = path.to_string_lossy().to_string();
+    // Forget worktrees whose folders are gone, so their paths and branches are free.
+    run(mirror, &["worktree", "prune"])?;
     if branch_exists(mirror, branch)? {
         run(mirror, &["worktree", "add", "--", &path_str, branch])?;
     } else {

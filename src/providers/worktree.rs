@@ -121,7 +121,17 @@ fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
 /// Stops the agent: SIGTERM to its process group, then SIGKILL after `grace`;
 /// waits for the host to finish.
 fn stop_agent(state_dir: &Path, grace: Duration) {
-    if client::status(state_dir).is_err() {
+    if let Err(e) = client::status(state_dir) {
+        if !client::is_gone(&e) {
+            // A host that does not answer in time: stop it by its pid; the agent
+            // loses its terminal (SIGHUP) with it.
+            if let Some(pid) = std::fs::read_to_string(state_dir.join(crate::terminal::host::PID_FILE))
+                .ok()
+                .and_then(|p| p.trim().parse::<i32>().ok())
+            {
+                unsafe { libc::kill(pid, libc::SIGTERM) };
+            }
+        }
         return;
     }
     let _ = client::signal(state_dir, libc::SIGTERM);
@@ -220,7 +230,8 @@ impl SandboxProvider for WorktreeProvider {
                     .map_err(|e| git_error("recreating the worktree", e))?;
             }
             let program = &req.launch.argv[0];
-            if find_program(program, None).is_none() {
+            let path_var = req.launch.env.iter().find(|(k, _)| k == "PATH").map(|(_, v)| v.as_str());
+            if find_program(program, path_var).is_none() {
                 return Err(AppError::invalid(
                     "agent_not_found",
                     format!("agent `{program}` not found on PATH: install it or choose another agent"),
@@ -252,7 +263,12 @@ impl SandboxProvider for WorktreeProvider {
 
     fn health(&self, handle: SandboxHandle) -> BoxFuture<'_, ProviderResult<SandboxHealth>> {
         Box::pin(off_thread(move || {
-            let host = client::status(&handle.state_dir).ok();
+            let host = match client::status(&handle.state_dir) {
+                Ok(status) => Some(status),
+                Err(e) if client::is_gone(&e) => None,
+                // A slow host is not a dead one: report nothing this time.
+                Err(e) => return Err(AppError::unavailable("host_unresponsive", format!("the terminal host did not answer: {e}"))),
+            };
             let exit = host.as_ref().and_then(|h| h.exit.clone()).or_else(|| client::exit_info(&handle.state_dir));
             Ok(SandboxHealth { exists: handle.path.exists(), host, exit })
         }))

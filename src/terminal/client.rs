@@ -63,6 +63,11 @@ pub fn signal(state_dir: &Path, sig: i32) -> io::Result<()> {
     Ok(())
 }
 
+/// Whether a status error means no host is there (as opposed to a slow one).
+pub fn is_gone(err: &io::Error) -> bool {
+    matches!(err.kind(), io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused | io::ErrorKind::UnexpectedEof)
+}
+
 /// How the agent ended, if the host recorded it.
 pub fn exit_info(state_dir: &Path) -> Option<ExitInfo> {
     let bytes = std::fs::read(state_dir.join(EXIT_FILE)).ok()?;
@@ -76,13 +81,15 @@ pub fn exit_info(state_dir: &Path) -> Option<ExitInfo> {
 pub fn launch(opts: &HostOptions, launch: &crate::providers::LaunchSpec) -> io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     std::fs::create_dir_all(&opts.state_dir)?;
+    let input_file = opts.state_dir.join(super::host::INITIAL_INPUT_FILE);
+    let _ = std::fs::remove_file(&input_file);
     if let Some(text) = &launch.initial_input {
         let mut f = std::fs::OpenOptions::new()
             .write(true)
             .create(true)
             .truncate(true)
             .mode(0o600)
-            .open(opts.state_dir.join(super::host::INITIAL_INPUT_FILE))?;
+            .open(&input_file)?;
         std::io::Write::write_all(&mut f, text.as_bytes())?;
     }
     let env = &launch.env;
@@ -94,7 +101,10 @@ pub fn launch(opts: &HostOptions, launch: &crate::providers::LaunchSpec) -> io::
         )));
     }
     let stderr = std::fs::OpenOptions::new().create(true).append(true).open(opts.state_dir.join("host.log"))?;
-    let exe = std::env::current_exe()?;
+    // /proc/self/exe still runs this very binary after it was replaced on disk
+    // (a rebuild or an upgrade), where its path would name the new file or none.
+    let proc_exe = Path::new("/proc/self/exe");
+    let exe = if proc_exe.exists() { proc_exe.to_path_buf() } else { std::env::current_exe()? };
     let mut cmd = Command::new(exe);
     cmd.arg("terminal-host")
         .arg("--state-dir")

@@ -446,3 +446,24 @@ async fn terminal_logs_rotate_and_attach_skips_ahead() {
         .sum();
     assert!(total <= 2 * 8192 + 65536, "bounded: {total}");
 }
+
+#[actix_web::test]
+async fn shutdown_closes_attached_terminals_at_once_and_recovers_queued_tasks() {
+    let dir = tempdir();
+    let mut server = Server::start_in(dir.path(), &[]);
+    let c = server.client();
+    c.add_repo("default", &git_repo(dir.path(), "app")).await;
+    let id = c.create_task("default", "app", "attached").await["id"].as_str().unwrap().to_string();
+    let mut term = Term::open(&c, "default", &id, 0).await;
+    term.expect("fake-agent ready").await;
+    let started = std::time::Instant::now();
+    assert_eq!(server.stop().code(), Some(0));
+    assert!(started.elapsed() < Duration::from_secs(8), "an attached terminal does not hold up shutdown");
+    term.until(WAIT, "a close", |t| t.closed.is_some()).await;
+    let reason = term.closed.clone().flatten().expect("a close reason");
+    assert_eq!(reason.code, awc::ws::CloseCode::Restart);
+    assert!(reason.description.unwrap().contains("offset="));
+    server.restart();
+    let c = server.client();
+    assert_eq!(c.get(&format!("/v1/organizations/default/tasks/{id}")).await.body["status"], "running");
+}

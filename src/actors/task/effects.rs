@@ -173,20 +173,16 @@ pub async fn apply(ctx: TaskCtx, input: TaskInput, text: Option<String>) -> AppR
             Effect::StopAgent => {} // done by the destroy that always follows it
             Effect::SnapshotAndDestroySandbox => {
                 ctx.stop_watching();
-                let handle = ctx.handle(&task, &repo)?;
-                let req = DestroyRequest {
-                    handle,
-                    snapshot_ref: format!("refs/kiln/snapshots/{}", task.id),
-                    grace: Duration::from_secs(ctx.kiln.config.terminal.kill_grace_secs),
-                };
-                let destroyed = ctx.kiln.sandbox(&ctx.org, &task.provider, &task.id)?.send(DestroySandbox { req }).await??;
-                if let Some((refname, commit)) = &destroyed.snapshot {
-                    ctx.kiln
-                        .emit_one(&ctx.org, ctx.event("task.snapshot_saved", json!({"ref": refname, "commit": commit})))
-                        .await?;
+                match destroy_sandbox(&ctx, &task, &repo).await {
+                    Ok(saved) => snapshot_ref = saved,
+                    Err(err) => {
+                        // Nothing was removed: keep watching the task as it was.
+                        if from.may_have_sandbox() && from != TaskStatus::Stalled {
+                            let _ = ctx.watch(&task, ctx.handle(&task, &repo)?);
+                        }
+                        return Err(err);
+                    }
                 }
-                snapshot_ref = destroyed.snapshot.map(|(r, _)| r);
-                ctx.kiln.emit_one(&ctx.org, ctx.event("sandbox.destroyed", json!({}))).await?;
             }
             Effect::RelaunchAgent => {
                 let handle = ctx.handle(&task, &repo)?;
@@ -278,23 +274,27 @@ pub async fn observe(ctx: TaskCtx, health: SandboxHealth) -> AppResult<bool> {
         status = step.to;
         if status == TaskStatus::Failed {
             // A half-made sandbox is removed; the terminal log stays for reading.
-            remove_sandbox(&ctx, &task).await?;
+            let (_, repo) = ctx.load().await?;
+            destroy_sandbox(&ctx, &task, &repo).await?;
         }
     }
     Ok(matches!(status, TaskStatus::Provisioning | TaskStatus::Running | TaskStatus::Idle))
 }
 
-/// Removes a failed task's sandbox, saving anything uncommitted first.
-async fn remove_sandbox(ctx: &TaskCtx, task: &Task) -> AppResult<()> {
-    let (_, repo) = ctx.load().await?;
+/// Stops the agent, saves uncommitted work to `refs/kiln/snapshots/<task>` and
+/// removes the sandbox, with events; answers the snapshot ref when one was made.
+async fn destroy_sandbox(ctx: &TaskCtx, task: &Task, repo: &Repo) -> AppResult<Option<String>> {
     let req = DestroyRequest {
-        handle: ctx.handle(task, &repo)?,
+        handle: ctx.handle(task, repo)?,
         snapshot_ref: format!("refs/kiln/snapshots/{}", task.id),
         grace: Duration::from_secs(ctx.kiln.config.terminal.kill_grace_secs),
     };
-    ctx.kiln.sandbox(&ctx.org, &task.provider, &task.id)?.send(DestroySandbox { req }).await??;
+    let destroyed = ctx.kiln.sandbox(&ctx.org, &task.provider, &task.id)?.send(DestroySandbox { req }).await??;
+    if let Some((refname, commit)) = &destroyed.snapshot {
+        ctx.kiln.emit_one(&ctx.org, ctx.event("task.snapshot_saved", json!({"ref": refname, "commit": commit}))).await?;
+    }
     ctx.kiln.emit_one(&ctx.org, ctx.event("sandbox.destroyed", json!({}))).await?;
-    Ok(())
+    Ok(destroyed.snapshot.map(|(r, _)| r))
 }
 
 /// The last few lines of the terminal, for a failure reason.
@@ -339,6 +339,10 @@ async fn record_runtime(ctx: &TaskCtx, health: &SandboxHealth) -> AppResult<()> 
 pub async fn recover(ctx: TaskCtx) -> AppResult<()> {
     let (task, repo) = ctx.load().await?;
     let status: TaskStatus = task.status.parse().map_err(AppError::bug)?;
+    if status == TaskStatus::Queued {
+        // Created, but the server stopped before provisioning began.
+        return provision(&ctx).await;
+    }
     if !matches!(status, TaskStatus::Provisioning | TaskStatus::Running | TaskStatus::Idle) {
         return Ok(());
     }
