@@ -207,7 +207,10 @@ fn main() {
 
     let system = actix_rt::System::new();
     let (kiln_bytes, kiln_time, kiln_keys) = system.block_on(async {
-        let svc = Service::start_with_config(&config, &[("KILN_TERMINAL__LOG_MAX_BYTES", "8388608")]).await;
+        // The bench binary is not `kiln`: hosts run from the release build of it.
+        let host = concat!(env!("CARGO_MANIFEST_DIR"), "/target/release/kiln");
+        assert!(std::path::Path::new(host).exists(), "build it first: cargo build --release");
+        let svc = Service::start_with_config(&config, &[("KILN_TERMINAL__HOST_PROGRAM", host)]).await;
         let http = awc::Client::builder().timeout(Duration::from_secs(600)).finish();
         let repo = common::git_repo(svc.tmp.path(), "bench");
         let mut res = http

@@ -49,6 +49,7 @@ pub struct TerminalConfig {
     pub cols: u16,
     pub rows: u16,
     pub kill_grace_secs: u64,
+    pub host_program: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

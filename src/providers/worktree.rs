@@ -181,6 +181,7 @@ impl SandboxProvider for WorktreeProvider {
     fn create(&self, req: CreateSandbox) -> BoxFuture<'_, ProviderResult<SandboxHandle>> {
         let handle = self.handle_for(&req.org, &req.repo, &req.task, &req.mirror);
         let opts = self.host_options(&handle, req.setup.clone(), &req.launch);
+        let host_program = self.terminal.host_program.clone();
         Box::pin(off_thread(move || {
             let program = &req.launch.argv[0];
             let path_var = req.launch.env.iter().find(|(k, _)| k == "PATH").map(|(_, v)| v.as_str());
@@ -206,7 +207,7 @@ impl SandboxProvider for WorktreeProvider {
                 if handle.state_dir.exists() {
                     std::fs::remove_dir_all(&handle.state_dir).map_err(|e| io_error("clearing old terminal state", e))?;
                 }
-                client::launch(&opts, &req.launch).map_err(|e| io_error("starting the terminal host", e))?;
+                client::launch(&opts, &req.launch, &host_program).map_err(|e| io_error("starting the terminal host", e))?;
                 Ok(())
             })();
             if let Err(e) = launched {
@@ -220,6 +221,7 @@ impl SandboxProvider for WorktreeProvider {
 
     fn resume(&self, req: ResumeSandbox) -> BoxFuture<'_, ProviderResult<SandboxHandle>> {
         let opts = self.host_options(&req.handle, Vec::new(), &req.launch);
+        let host_program = self.terminal.host_program.clone();
         Box::pin(off_thread(move || {
             let handle = req.handle;
             if client::status(&handle.state_dir).is_ok_and(|s| s.running) {
@@ -237,7 +239,7 @@ impl SandboxProvider for WorktreeProvider {
                     format!("agent `{program}` not found on PATH: install it or choose another agent"),
                 ));
             }
-            client::launch(&opts, &req.launch).map_err(|e| io_error("starting the terminal host", e))?;
+            client::launch(&opts, &req.launch, &host_program).map_err(|e| io_error("starting the terminal host", e))?;
             Ok(handle)
         }))
     }

@@ -78,7 +78,7 @@ pub fn exit_info(state_dir: &Path) -> Option<ExitInfo> {
 /// `opts` with the launch's environment added to the server's, and waits until
 /// it answers on its socket. The launch's first input goes through a private
 /// file the host types in once the agent has started.
-pub fn launch(opts: &HostOptions, launch: &crate::providers::LaunchSpec) -> io::Result<()> {
+pub fn launch(opts: &HostOptions, launch: &crate::providers::LaunchSpec, program: &str) -> io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     std::fs::create_dir_all(&opts.state_dir)?;
     let input_file = opts.state_dir.join(super::host::INITIAL_INPUT_FILE);
@@ -104,7 +104,13 @@ pub fn launch(opts: &HostOptions, launch: &crate::providers::LaunchSpec) -> io::
     // /proc/self/exe still runs this very binary after it was replaced on disk
     // (a rebuild or an upgrade), where its path would name the new file or none.
     let proc_exe = Path::new("/proc/self/exe");
-    let exe = if proc_exe.exists() { proc_exe.to_path_buf() } else { std::env::current_exe()? };
+    let exe = if !program.is_empty() {
+        std::path::PathBuf::from(program)
+    } else if proc_exe.exists() {
+        proc_exe.to_path_buf()
+    } else {
+        std::env::current_exe()?
+    };
     let mut cmd = Command::new(exe);
     cmd.arg("terminal-host")
         .arg("--state-dir")
