@@ -42,6 +42,8 @@ pub struct Repo {
     pub updated_at: i64,
     #[serde(serialize_with = "json_text")]
     pub setup: String,
+    #[serde(serialize_with = "json_text")]
+    pub settings: String,
 }
 
 /// A repository's setup step, stored as JSON in `repos.setup`.
@@ -57,6 +59,88 @@ impl Repo {
     pub fn setup(&self) -> RepoSetup {
         serde_json::from_str(&self.setup).unwrap_or_default()
     }
+
+    pub fn settings(&self) -> RepoSettings {
+        serde_json::from_str(&self.settings).unwrap_or_default()
+    }
+
+    /// `owner/name` on GitHub: the setting, else derived from a github.com source.
+    pub fn github(&self) -> Option<String> {
+        self.settings().github.or_else(|| github_slug(&self.source))
+    }
+}
+
+/// `owner/name` of a github.com URL (https or ssh), if it is one.
+pub fn github_slug(source: &str) -> Option<String> {
+    let rest = source
+        .strip_prefix("https://github.com/")
+        .or_else(|| source.strip_prefix("http://github.com/"))
+        .or_else(|| source.strip_prefix("ssh://git@github.com/"))
+        .or_else(|| source.strip_prefix("git@github.com:"))?;
+    let rest = rest.trim_end_matches('/').trim_end_matches(".git");
+    let mut parts = rest.split('/');
+    let (owner, name) = (parts.next()?, parts.next()?);
+    (parts.next().is_none() && !owner.is_empty() && !name.is_empty()).then(|| format!("{owner}/{name}"))
+}
+
+/// A repository's settings, stored as JSON in `repos.settings`. Everything that
+/// makes Kiln act on its own is off by default.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RepoSettings {
+    /// `owner/name` on GitHub, when the source URL does not say it.
+    #[serde(default)]
+    pub github: Option<String>,
+    /// Keep a task (and its sandbox) after its PR is merged through Kiln.
+    #[serde(default)]
+    pub keep_after_merge: bool,
+    #[serde(default)]
+    pub automation: Automation,
+}
+
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Automation {
+    /// When a task goes idle: commit what the agent left, push, open a draft PR.
+    #[serde(default)]
+    pub on_idle: OnIdle,
+    /// When CI fails on a task's PR: hand the failure to the agent.
+    #[serde(default)]
+    pub on_ci_failure: OnCiFailure,
+    /// Archive a task whose PR was merged or closed outside Kiln.
+    #[serde(default)]
+    pub archive_on_external_merge: bool,
+}
+
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OnIdle {
+    #[serde(default)]
+    pub commit: bool,
+    #[serde(default)]
+    pub push: bool,
+    #[serde(default)]
+    pub draft_pr: bool,
+}
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OnCiFailure {
+    #[serde(default)]
+    pub enabled: bool,
+    /// At most this many hand-overs per task.
+    #[serde(default = "default_ci_attempts")]
+    pub max_attempts: u32,
+}
+
+impl Default for OnCiFailure {
+    fn default() -> Self {
+        OnCiFailure { enabled: false, max_attempts: default_ci_attempts() }
+    }
+}
+
+fn default_ci_attempts() -> u32 {
+    3
 }
 
 /// Serializes a JSON text column as the JSON it holds.
@@ -88,6 +172,7 @@ pub struct Branch {
     pub ahead: Option<i32>,
     pub behind: Option<i32>,
     pub updated_at: i64,
+    pub dirty_files: Option<i32>,
 }
 
 #[derive(Debug, Clone, Queryable, Selectable, Serialize)]
@@ -139,6 +224,7 @@ pub struct TaskRuntime {
     pub started_at: Option<i64>,
     pub last_output_at: Option<i64>,
     pub updated_at: i64,
+    pub ci_feedback_count: i32,
 }
 
 #[derive(Debug, Clone, Queryable, Selectable, Serialize)]

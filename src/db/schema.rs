@@ -20,6 +20,7 @@ diesel::table! {
         ahead -> Nullable<Integer>,
         behind -> Nullable<Integer>,
         updated_at -> BigInt,
+        dirty_files -> Nullable<Integer>,
     }
 }
 
@@ -84,6 +85,7 @@ diesel::table! {
         created_at -> BigInt,
         updated_at -> BigInt,
         setup -> Text,
+        settings -> Text,
     }
 }
 
@@ -109,6 +111,7 @@ diesel::table! {
         started_at -> Nullable<BigInt>,
         last_output_at -> Nullable<BigInt>,
         updated_at -> BigInt,
+        ci_feedback_count -> Integer,
     }
 }
 

@@ -61,6 +61,14 @@ pub struct RepoSetup {
 pub struct TaskAction {
     /// For `input`: the text to type into the agent's terminal.
     pub text: Option<String>,
+    /// For `push`: commit what is uncommitted first, with this message.
+    pub commit: Option<String>,
+    /// For `sync`: `rebase` (default) or `merge`.
+    pub mode: Option<String>,
+    /// For `pr`: open it as a draft.
+    pub draft: Option<bool>,
+    /// For `merge`: `squash` (default), `merge` or `rebase`.
+    pub method: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -63,6 +63,7 @@ pub fn configure(cfg: &mut web::ServiceConfig, max_body: usize) {
                         .route(web::delete().to(repos::delete)),
                 )
                 .service(web::resource("/{org}/repos/{repo}/setup").route(web::put().to(repos::put_setup)))
+                .service(web::resource("/{org}/repos/{repo}/settings").route(web::put().to(repos::put_settings)))
                 .service(web::resource("/{org}/repos/{repo}/branches").route(web::get().to(repos::branches)))
                 .service(web::resource("/{org}/repos/{repo}/pulls").route(web::get().to(repos::pulls)))
                 .service(web::resource("/{org}/tasks").route(web::get().to(tasks::list)).route(web::post().to(tasks::create)))

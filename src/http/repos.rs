@@ -6,7 +6,7 @@ use serde_json::json;
 use super::auth::Caller;
 use super::dto;
 use super::organization_or_404;
-use crate::actors::repository::{derive_name, DeleteRepo, RegisterRepo, SetRepoSetup, Source};
+use crate::actors::repository::{derive_name, DeleteRepo, RegisterRepo, SetRepoSettings, SetRepoSetup, Source};
 use crate::actors::Kiln;
 use crate::db::models::Repo;
 use crate::db::queries;
@@ -88,6 +88,32 @@ pub async fn put_setup(
     }
     let setup = crate::db::models::RepoSetup { commands: body.commands, copy: body.copy };
     let repo = kiln.repository(&org, &name).send(SetRepoSetup { setup }).await??;
+    Ok(HttpResponse::Ok().json(repo))
+}
+
+/// Replaces the repository's settings: its GitHub `owner/name` (when the source
+/// URL does not say it), `keep_after_merge`, and the automation switches.
+pub async fn put_settings(
+    kiln: web::Data<Kiln>,
+    caller: Caller,
+    path: web::Path<(String, String)>,
+    body: web::Json<crate::db::models::RepoSettings>,
+) -> AppResult<HttpResponse> {
+    let (org, name) = path.into_inner();
+    caller.require_org(&org)?;
+    repo_or_404(&kiln, &org, &name).await?;
+    let settings = body.into_inner();
+    if let Some(slug) = &settings.github {
+        let ok = slug.split('/').count() == 2
+            && slug.split('/').all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)));
+        if !ok {
+            return Err(AppError::invalid("invalid_settings", format!("github must be `owner/name`, not `{}`", validate::truncate(slug, 80))));
+        }
+    }
+    if settings.automation.on_ci_failure.max_attempts > 20 {
+        return Err(AppError::invalid("invalid_settings", "automation.on_ci_failure.max_attempts must be at most 20"));
+    }
+    let repo = kiln.repository(&org, &name).send(SetRepoSettings { settings }).await??;
     Ok(HttpResponse::Ok().json(repo))
 }
 

@@ -10,7 +10,7 @@ use super::auth::Caller;
 use super::dto;
 use super::organization_or_404;
 use super::repos::repo_or_404;
-use crate::actors::organization::PROVIDERS;
+use crate::actors::organization::SANDBOX_PROVIDERS as PROVIDERS;
 use crate::actors::task::state::{TaskInput, TaskStatus, ACTIONS};
 use crate::actors::task::{ApplyAction, CreateTask};
 use crate::actors::Kiln;
@@ -207,7 +207,8 @@ pub async fn action(
         )
     })?;
     let (_, repo) = task_or_404(&kiln, &org, &id).await?;
-    let msg = ApplyAction { input, text: body.text };
+    let git = crate::actors::task::git_ops::GitParams { commit: body.commit, mode: body.mode, draft: body.draft, method: body.method };
+    let msg = ApplyAction { input, text: body.text, git };
     // The actor may have stopped for quiet between lookup and send: start it again.
     let outcome = match kiln.task(&org, &repo, &id).send(msg.clone()).await {
         Err(actix::MailboxError::Closed) => kiln.task(&org, &repo, &id).send(msg).await?,

@@ -168,8 +168,8 @@ pub fn worktree_add(mirror: &Path, path: &Path, branch: &str, base: &str) -> Res
     if branch_exists(mirror, branch)? {
         run(mirror, &["worktree", "add", "--", &path_str, branch])?;
     } else {
-        let base_ref = format!("refs/heads/{base}");
-        run(mirror, &["worktree", "add", "-b", branch, "--", &path_str, &base_ref])?;
+        let start = base_ref(mirror, base);
+        run(mirror, &["worktree", "add", "--no-track", "-b", branch, "--", &path_str, &start])?;
     }
     Ok(())
 }
@@ -226,6 +226,216 @@ pub fn snapshot(path: &Path, refname: &str, message: &str) -> Result<Option<Stri
     })();
     let _ = std::fs::remove_file(&index);
     result.map(Some)
+}
+
+/// Runs git in `dir` with extra environment; answers stdout, or git's stderr.
+fn run_env(dir: &Path, args: &[&str], env: &[(String, String)]) -> Result<String, GitError> {
+    let out = git()
+        .arg("-C")
+        .arg(dir)
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .output()
+        .map_err(spawn_error)?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    } else {
+        let mut stderr = clean_stderr(&out.stderr);
+        if stderr.is_empty() {
+            stderr = clean_stderr(&out.stdout);
+        }
+        Err(GitError::Failed { command: args.first().copied().unwrap_or("").to_string(), stderr })
+    }
+}
+
+/// The identity for commits Kiln makes (rebases, snapshots, automatic commits),
+/// unless the repository configures one.
+fn identity(dir: &Path) -> Vec<(String, String)> {
+    if run(dir, &["config", "user.email"]).is_ok_and(|e| !e.is_empty()) {
+        return Vec::new();
+    }
+    ["GIT_AUTHOR_NAME", "GIT_COMMITTER_NAME"]
+        .into_iter()
+        .map(|k| (k.to_string(), "Kiln".to_string()))
+        .chain(["GIT_AUTHOR_EMAIL", "GIT_COMMITTER_EMAIL"].into_iter().map(|k| (k.to_string(), "kiln@localhost".to_string())))
+        .collect()
+}
+
+/// Credentials for a remote, handed to git through `GIT_ASKPASS` (this binary,
+/// answering from its environment), never in a URL or an argument.
+#[derive(Clone)]
+pub struct Credentials {
+    pub askpass: std::path::PathBuf,
+    pub token: String,
+}
+
+impl Credentials {
+    fn env(&self) -> Vec<(String, String)> {
+        vec![
+            ("GIT_ASKPASS".into(), self.askpass.to_string_lossy().to_string()),
+            ("KILN_GIT_ASKPASS".into(), "1".into()),
+            ("KILN_GIT_TOKEN".into(), self.token.clone()),
+        ]
+    }
+}
+
+/// Answers git's askpass prompt from `KILN_GIT_TOKEN`: the token as password,
+/// `x-access-token` as user name (GitHub's convention for tokens).
+pub fn askpass_answer(prompt: &str) -> Option<String> {
+    let token = std::env::var("KILN_GIT_TOKEN").ok()?;
+    Some(if prompt.to_ascii_lowercase().starts_with("username") { "x-access-token".into() } else { token })
+}
+
+/// The commit `rev` names.
+pub fn rev_parse(dir: &Path, rev: &str) -> Result<String, GitError> {
+    run(dir, &["rev-parse", "--verify", "--quiet", &format!("{rev}^{{commit}}")])
+}
+
+/// How many files differ from HEAD in a worktree (tracked changes and untracked files).
+pub fn dirty_count(worktree: &Path) -> Result<usize, GitError> {
+    Ok(run(worktree, &["status", "--porcelain", "--untracked-files=all"])?.lines().count())
+}
+
+/// Commits everything in the worktree (`git add -A`); `None` when there was nothing.
+pub fn commit_all(worktree: &Path, message: &str) -> Result<Option<String>, GitError> {
+    if dirty_count(worktree)? == 0 {
+        return Ok(None);
+    }
+    let env = identity(worktree);
+    run_env(worktree, &["add", "--all", "--", "."], &env)?;
+    run_env(worktree, &["commit", "--quiet", "--no-verify", "-m", message], &env)?;
+    rev_parse(worktree, "HEAD").map(Some)
+}
+
+/// Pushes HEAD of the worktree to `origin` as `branch`, setting the upstream.
+pub fn push(worktree: &Path, branch: &str, creds: Option<&Credentials>) -> Result<String, GitError> {
+    let env = creds.map(Credentials::env).unwrap_or_default();
+    let refspec = format!("HEAD:refs/heads/{branch}");
+    run_env(worktree, &["push", "--porcelain", "--set-upstream", "origin", &refspec], &env)?;
+    rev_parse(worktree, "HEAD")
+}
+
+/// Fetches `branch` from origin into `refs/remotes/origin/<branch>`.
+pub fn fetch_branch(dir: &Path, branch: &str, creds: Option<&Credentials>) -> Result<(), GitError> {
+    let env = creds.map(Credentials::env).unwrap_or_default();
+    let refspec = format!("+refs/heads/{branch}:refs/remotes/origin/{branch}");
+    run_env(dir, &["fetch", "--quiet", "--no-tags", "origin", &refspec], &env).map(|_| ())
+}
+
+/// Fetches every branch of origin into `refs/remotes/origin/*` (and prunes).
+pub fn fetch_all(mirror: &Path, creds: Option<&Credentials>) -> Result<(), GitError> {
+    let env = creds.map(Credentials::env).unwrap_or_default();
+    run_env(mirror, &["fetch", "--quiet", "--prune", "--no-tags", "origin"], &env).map(|_| ())
+}
+
+/// What integrating the base into a branch did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Integration {
+    /// Done; the new head.
+    Clean(String),
+    /// Conflicts in these files; nothing was changed.
+    Conflicts(Vec<String>),
+}
+
+fn conflicted_files(dir: &Path) -> Vec<String> {
+    run(dir, &["diff", "--name-only", "--diff-filter=U"])
+        .map(|out| out.lines().map(str::to_string).collect())
+        .unwrap_or_default()
+}
+
+/// Rebases the worktree's branch onto `upstream` (or merges it in), stashing
+/// and restoring uncommitted work. On a conflict it aborts, leaving the worktree
+/// exactly as it was, and answers the conflicting files.
+pub fn integrate(worktree: &Path, upstream: &str, merge: bool) -> Result<Integration, GitError> {
+    let env = identity(worktree);
+    let attempt = if merge {
+        run_env(worktree, &["merge", "--autostash", "--no-edit", upstream], &env)
+    } else {
+        run_env(worktree, &["rebase", "--autostash", upstream], &env)
+    };
+    match attempt {
+        Ok(_) => Ok(Integration::Clean(rev_parse(worktree, "HEAD")?)),
+        Err(GitError::Failed { stderr, command }) => {
+            let files = conflicted_files(worktree);
+            let abort = if merge { ["merge", "--abort"] } else { ["rebase", "--abort"] };
+            let _ = run_env(worktree, &abort, &env);
+            if files.is_empty() {
+                Err(GitError::Failed { command, stderr })
+            } else {
+                Ok(Integration::Conflicts(files))
+            }
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Merges `branch` into `base` inside a bare repository without a worktree
+/// (`git merge-tree`), as a merge commit or a squash; answers the new base
+/// commit, or the conflicting files. Nothing is written on a conflict.
+pub fn merge_in_bare(mirror: &Path, base_rev: &str, branch_rev: &str, squash: bool, message: &str) -> Result<Integration, GitError> {
+    let out = git()
+        .arg("-C")
+        .arg(mirror)
+        .args(["merge-tree", "--write-tree", "--name-only", base_rev, branch_rev])
+        .output()
+        .map_err(spawn_error)?;
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let mut lines = stdout.lines();
+    let tree = lines.next().unwrap_or_default().trim().to_string();
+    match out.status.code() {
+        Some(0) => {}
+        Some(1) => {
+            let files: Vec<String> = lines.take_while(|l| !l.is_empty()).map(str::to_string).collect();
+            return Ok(Integration::Conflicts(files));
+        }
+        _ => return Err(GitError::Failed { command: "merge-tree".into(), stderr: clean_stderr(&out.stderr) }),
+    }
+    let env = identity(mirror);
+    let base = rev_parse(mirror, base_rev)?;
+    let head = rev_parse(mirror, branch_rev)?;
+    let mut args = vec!["commit-tree", tree.as_str(), "-p", base.as_str()];
+    if !squash {
+        args.extend(["-p", head.as_str()]);
+    }
+    args.extend(["-m", message]);
+    Ok(Integration::Clean(run_env(mirror, &args, &env)?))
+}
+
+/// Pushes a commit to `refs/heads/<branch>` on origin (no force).
+pub fn push_commit(mirror: &Path, commit: &str, branch: &str, creds: Option<&Credentials>) -> Result<(), GitError> {
+    let env = creds.map(Credentials::env).unwrap_or_default();
+    run_env(mirror, &["push", "--porcelain", "origin", &format!("{commit}:refs/heads/{branch}")], &env).map(|_| ())
+}
+
+/// Every local branch of a repository with its head.
+pub fn branch_heads(mirror: &Path) -> Result<Vec<(String, String)>, GitError> {
+    let out = run(mirror, &["for-each-ref", "--format=%(refname:short) %(objectname)", "refs/heads"])?;
+    Ok(out.lines().filter_map(|l| l.split_once(' ').map(|(n, s)| (n.to_string(), s.to_string()))).collect())
+}
+
+/// Commits `branch` has that `base` lacks, and the other way round.
+pub fn ahead_behind(mirror: &Path, base: &str, branch: &str) -> Result<(i32, i32), GitError> {
+    let out = run(mirror, &["rev-list", "--left-right", "--count", &format!("{base}...{branch}")])?;
+    let mut parts = out.split_whitespace().map(|n| n.parse::<i32>().unwrap_or(0));
+    let behind = parts.next().unwrap_or(0);
+    let ahead = parts.next().unwrap_or(0);
+    Ok((ahead, behind))
+}
+
+/// One-line subjects of the commits on `branch` that `base` lacks, oldest first.
+pub fn commit_subjects(dir: &Path, base: &str, branch: &str) -> Result<Vec<String>, GitError> {
+    let out = run(dir, &["log", "--reverse", "--format=%s", &format!("{base}..{branch}")])?;
+    Ok(out.lines().map(str::to_string).collect())
+}
+
+/// The best ref for a base branch: origin's copy when fetched, else the local one.
+pub fn base_ref(mirror: &Path, base: &str) -> String {
+    let remote = format!("refs/remotes/origin/{base}");
+    if rev_parse(mirror, &remote).is_ok() {
+        remote
+    } else {
+        format!("refs/heads/{base}")
+    }
 }
 
 /// Turns git's progress output into a few meaningful steps: one per phase change

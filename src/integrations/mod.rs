@@ -1,3 +1,4 @@
 //! Clients of the outside world: git (and later GitHub, Daytona, sandbox-agent).
 
 pub mod git;
+pub mod github;

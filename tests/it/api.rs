@@ -288,14 +288,18 @@ async fn actions_follow_the_lifecycle() {
     c.add_repo("default", &git_repo(dir.path(), "app")).await;
     let id = c.create_task("default", "app", "a").await["id"].as_str().unwrap().to_string();
     let base = format!("/v1/organizations/default/tasks/{id}");
-    // A running task: resume makes no sense; the git actions arrive with the git lifecycle.
+    // A running task: resume makes no sense; push and sync work; a PR needs GitHub.
     let r = c.post(&format!("{base}/resume"), json!({})).await;
     assert_eq!((r.status, r.code()), (409, "invalid_transition"), "{r:?}");
     assert!(r.body["message"].as_str().unwrap().contains("running"), "{r:?}");
-    for action in ["push", "sync", "pr", "merge"] {
+    for action in ["push", "sync"] {
         let r = c.post(&format!("{base}/{action}"), json!({})).await;
-        assert_eq!((r.status, r.code()), (501, "not_implemented"), "{action}: {r:?}");
+        assert_eq!(r.status, 200, "{action}: {r:?}");
     }
+    let r = c.post(&format!("{base}/pr"), json!({})).await;
+    assert_eq!((r.status, r.code()), (422, "not_github"), "{r:?}");
+    let r = c.post(&format!("{base}/merge"), json!({"method": "octopus"})).await;
+    assert_eq!((r.status, r.code()), (422, "invalid_method"), "{r:?}");
     let r = c.post(&format!("{base}/input"), json!({})).await;
     assert_eq!((r.status, r.code()), (422, "invalid_input"));
     let r = c.post(&format!("{base}/input"), json!({"txt": "x"})).await;

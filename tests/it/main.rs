@@ -8,6 +8,7 @@ mod auth;
 mod bad_input;
 mod cli;
 mod concurrency;
+mod fake_github;
 mod lifecycle;
 mod migrations;
 mod restart;

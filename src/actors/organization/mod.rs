@@ -23,8 +23,12 @@ use crate::db::queries;
 use crate::error::{AppError, AppResult};
 use crate::util::{now_ms, random_hex, sha256_hex};
 
-/// Providers a profile can be stored for.
-pub const PROVIDERS: &[&str] = &["worktree", "daytona"];
+/// Profiles an organization can store: the sandbox providers, and `github`
+/// (its API URL, token and webhook secret).
+pub const PROVIDERS: &[&str] = &["worktree", "daytona", "github"];
+
+/// Where a task's sandbox can be.
+pub const SANDBOX_PROVIDERS: &[&str] = &["worktree", "daytona"];
 
 /// Creates the organization; answers `Conflict` if it exists.
 #[derive(Message, Clone)]

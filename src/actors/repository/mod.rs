@@ -44,6 +44,20 @@ pub struct SetRepoSetup {
     pub setup: crate::db::models::RepoSetup,
 }
 
+/// Replaces the repository's settings (GitHub slug, automation).
+#[derive(Message, Clone)]
+#[rtype(result = "AppResult<Repo>")]
+pub struct SetRepoSettings {
+    pub settings: crate::db::models::RepoSettings,
+}
+
+/// Records (inserts or updates) one pull request, e.g. one a task just opened.
+#[derive(Message, Clone)]
+#[rtype(result = "AppResult<crate::db::models::PullRequest>")]
+pub struct UpsertPullRequest {
+    pub row: crate::db::models::PullRequest,
+}
+
 /// Deletes the repository, its mirror and its finished tasks.
 #[derive(Message, Clone)]
 #[rtype(result = "AppResult<()>")]
@@ -227,6 +241,38 @@ impl Handler<SetRepoSetup> for RepositoryActor {
                 .ok_or_else(|| AppError::not_found("repo_not_found", format!("no repository `{name}` in `{org}`")))?;
             let data = json!({"commands": msg.setup.commands, "copy": msg.setup.copy});
             kiln.emit_one(&org, NewEvent::new("repo.setup_changed", data).repo(&name)).await?;
+            Ok(repo)
+        })
+    }
+}
+
+impl Handler<UpsertPullRequest> for RepositoryActor {
+    type Result = AtomicResponse<Self, AppResult<crate::db::models::PullRequest>>;
+
+    fn handle(&mut self, msg: UpsertPullRequest, _: &mut Self::Context) -> Self::Result {
+        let kiln = self.kiln.clone();
+        atomic!(self, async move {
+            let row = msg.row;
+            Ok(kiln.db.write(move |c| store::upsert_pull(c, &row)).await?)
+        })
+    }
+}
+
+impl Handler<SetRepoSettings> for RepositoryActor {
+    type Result = AtomicResponse<Self, AppResult<Repo>>;
+
+    fn handle(&mut self, msg: SetRepoSettings, _: &mut Self::Context) -> Self::Result {
+        let (kiln, org, name) = (self.kiln.clone(), self.org.clone(), self.repo.clone());
+        atomic!(self, async move {
+            let value = serde_json::to_value(&msg.settings).map_err(AppError::internal)?;
+            let text = value.to_string();
+            let (o, n) = (org.clone(), name.clone());
+            let repo = kiln
+                .db
+                .write(move |c| store::set_settings(c, &o, &n, &text, now_ms()))
+                .await?
+                .ok_or_else(|| AppError::not_found("repo_not_found", format!("no repository `{name}` in `{org}`")))?;
+            kiln.emit_one(&org, NewEvent::new("repo.settings_changed", value).repo(&name)).await?;
             Ok(repo)
         })
     }

@@ -4,8 +4,8 @@
 use diesel::prelude::*;
 use diesel::sqlite::SqliteConnection;
 
-use crate::db::models::{NewRepo, Repo};
-use crate::db::schema::repos;
+use crate::db::models::{NewRepo, PullRequest, Repo};
+use crate::db::schema::{pull_requests, repos};
 
 pub(super) fn insert_repo(conn: &mut SqliteConnection, row: &NewRepo) -> QueryResult<Repo> {
     diesel::insert_into(repos::table).values(row).returning(Repo::as_returning()).get_result(conn)
@@ -20,8 +20,46 @@ pub(super) fn set_setup(conn: &mut SqliteConnection, org: &str, name: &str, setu
         .optional()
 }
 
+/// Replaces the settings (JSON text) of a repository.
+pub(super) fn set_settings(conn: &mut SqliteConnection, org: &str, name: &str, settings: &str, now: i64) -> QueryResult<Option<Repo>> {
+    diesel::update(repos::table.filter(repos::organization.eq(org)).filter(repos::name.eq(name)))
+        .set((repos::settings.eq(settings), repos::updated_at.eq(now)))
+        .returning(Repo::as_returning())
+        .get_result(conn)
+        .optional()
+}
+
 /// Deletes the repository; its branches, pull requests and finished tasks go
 /// with it (foreign keys cascade).
 pub(super) fn delete_repo(conn: &mut SqliteConnection, id: i32) -> QueryResult<()> {
     diesel::delete(repos::table.find(id)).execute(conn).map(|_| ())
+}
+
+/// Inserts or replaces one pull request; keeps the CI state and review decision
+/// it had when the new row does not know them.
+pub(super) fn upsert_pull(conn: &mut SqliteConnection, row: &PullRequest) -> QueryResult<PullRequest> {
+    let existing: Option<PullRequest> = pull_requests::table
+        .find((row.repo_id, row.number))
+        .select(PullRequest::as_select())
+        .first(conn)
+        .optional()?;
+    let ci_state = row.ci_state.clone().or_else(|| existing.as_ref().and_then(|e| e.ci_state.clone()));
+    let review = row.review_decision.clone().or_else(|| existing.as_ref().and_then(|e| e.review_decision.clone()));
+    let values = (
+        pull_requests::repo_id.eq(row.repo_id),
+        pull_requests::number.eq(row.number),
+        pull_requests::state.eq(&row.state),
+        pull_requests::draft.eq(row.draft),
+        pull_requests::title.eq(&row.title),
+        pull_requests::url.eq(&row.url),
+        pull_requests::head_ref.eq(&row.head_ref),
+        pull_requests::head_sha.eq(&row.head_sha),
+        pull_requests::base_ref.eq(&row.base_ref),
+        pull_requests::mergeable.eq(row.mergeable),
+        pull_requests::ci_state.eq(ci_state),
+        pull_requests::review_decision.eq(review),
+        pull_requests::updated_at.eq(row.updated_at),
+    );
+    diesel::replace_into(pull_requests::table).values(values).execute(conn)?;
+    pull_requests::table.find((row.repo_id, row.number)).select(PullRequest::as_select()).first(conn)
 }

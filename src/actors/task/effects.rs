@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use super::state::{self, Effect, TaskInput, TaskStatus};
+use super::state::{self, Effect, GitOp, TaskInput, TaskStatus};
 use super::{store, ActionOutcome};
 use crate::actors::history::NewEvent;
 use crate::actors::sandbox::{DestroySandbox, MarkSandboxLost, ProvisionSandbox, RelaunchSandbox};
@@ -48,7 +48,7 @@ impl TaskCtx {
         Ok(provider.handle_for(&self.org, &self.repo, &task.id, std::path::Path::new(&repo.mirror_path)))
     }
 
-    fn event(&self, kind: &'static str, data: serde_json::Value) -> NewEvent {
+    pub(super) fn event(&self, kind: &'static str, data: serde_json::Value) -> NewEvent {
         NewEvent::new(kind, data).repo(&self.repo).task(&self.id)
     }
 
@@ -162,7 +162,7 @@ pub async fn provision(ctx: &TaskCtx) -> AppResult<()> {
 
 /// A user action: check it against the lifecycle, carry out its effects, then
 /// write the new status.
-pub async fn apply(ctx: TaskCtx, input: TaskInput, text: Option<String>) -> AppResult<ActionOutcome> {
+pub async fn apply(ctx: TaskCtx, input: TaskInput, text: Option<String>, params: super::git_ops::GitParams) -> AppResult<ActionOutcome> {
     let (task, repo) = ctx.load().await?;
     let from: TaskStatus = task.status.parse().map_err(AppError::bug)?;
     let step = state::transition(from, &input).map_err(|r| AppError::conflict("invalid_transition", r.message))?;
@@ -204,11 +204,33 @@ pub async fn apply(ctx: TaskCtx, input: TaskInput, text: Option<String>) -> AppR
                 .map_err(|_| AppError::conflict("agent_unreachable", "the agent's terminal does not answer; try resume"))?;
             }
             Effect::DescribeSandbox => sandbox = Some(ctx.handle(&task, &repo)?),
-            Effect::CreateSandbox | Effect::Git(_) => {
-                return Err(AppError::NotImplemented {
-                    message: format!("`{}` arrives with the git lifecycle; this build cannot do it yet", input.name()),
-                })
+            Effect::Git(op) => {
+                let worktree = ctx.handle(&task, &repo)?.path;
+                match op {
+                    GitOp::Push => {
+                        super::git_ops::push(&ctx, &task, &repo, &worktree, params.commit.clone()).await?;
+                    }
+                    GitOp::Sync => {
+                        super::git_ops::sync(&ctx, &task, &repo, &worktree, params.mode.clone()).await?;
+                    }
+                    GitOp::Pr => {
+                        super::git_ops::open_pr(&ctx, &task, &repo, &worktree, params.draft.unwrap_or(false)).await?;
+                    }
+                    GitOp::Merge => {
+                        super::git_ops::merge(&ctx, &task, &repo, &worktree, params.method.clone()).await?;
+                        if !repo.settings().keep_after_merge {
+                            // A merged task is done: archive it (snapshot first, as always).
+                            ctx.stop_watching();
+                            let saved = destroy_sandbox(&ctx, &task, &repo).await?;
+                            let task = ctx
+                                .set_status(from, TaskStatus::Archived, Some("merged".into()), "merge", json!({"snapshot_ref": saved}))
+                                .await?;
+                            return Ok(ActionOutcome { task, action: input.name(), snapshot_ref: saved, sandbox: None });
+                        }
+                    }
+                }
             }
+            Effect::CreateSandbox => return Err(AppError::bug("create is not a user action")),
         }
     }
     let extra = json!({"snapshot_ref": snapshot_ref});

@@ -14,6 +14,7 @@
 //! keeps it busy. The next message starts it again from its rows.
 
 mod effects;
+pub mod git_ops;
 pub mod state;
 mod store;
 
@@ -53,6 +54,8 @@ pub struct ApplyAction {
     pub input: TaskInput,
     /// The text for `input`.
     pub text: Option<String>,
+    /// What `push`, `sync`, `pr` and `merge` were asked to do.
+    pub git: git_ops::GitParams,
 }
 
 /// What an action did.
@@ -150,7 +153,7 @@ impl Handler<ApplyAction> for TaskActor {
 
     fn handle(&mut self, msg: ApplyAction, _: &mut Self::Context) -> Self::Result {
         let ctx = self.ctx();
-        atomic!(self, effects::apply(ctx, msg.input, msg.text))
+        atomic!(self, effects::apply(ctx, msg.input, msg.text, msg.git))
     }
 }
 

@@ -1,0 +1,283 @@
+//! A small GitHub REST client (awc): pull requests, merges, CI state, reviews,
+//! and the conditional, paginated PR list the poller uses. See PROTOCOLS.md §3.
+//!
+//! Every request sends the bearer token, `Accept: application/vnd.github+json`,
+//! a pinned `X-GitHub-Api-Version` and a `User-Agent`. Rate limits are read from
+//! the `x-ratelimit-*` headers; a 403/429 that is a rate limit answers
+//! `RateLimited` with how long to wait (`retry-after`, else until the reset).
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+pub const API_VERSION: &str = "2022-11-28";
+pub const DEFAULT_API_URL: &str = "https://api.github.com";
+
+#[derive(Debug, thiserror::Error)]
+pub enum GitHubError {
+    #[error("GitHub refused the token: {0}")]
+    Unauthorized(String),
+    #[error("not found on GitHub: {0}")]
+    NotFound(String),
+    #[error("GitHub refused the request: {0}")]
+    Validation(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    NotMergeable(String),
+    #[error("GitHub's rate limit is spent; retry in {} s", .retry_after.as_secs())]
+    RateLimited { retry_after: Duration },
+    #[error("GitHub answered {status}: {message}")]
+    Http { status: u16, message: String },
+    #[error("cannot reach GitHub: {0}")]
+    Transport(String),
+}
+
+/// A response worth keeping: status, body, and the headers the poller needs.
+#[derive(Debug, Clone)]
+pub struct Response {
+    pub status: u16,
+    pub body: Value,
+    pub etag: Option<String>,
+    pub next: Option<String>,
+    pub remaining: Option<u64>,
+}
+
+/// One repository on GitHub, reached with one token.
+#[derive(Debug, Clone)]
+pub struct GitHub {
+    pub api: String,
+    pub token: String,
+    /// `owner/name`.
+    pub repo: String,
+}
+
+impl GitHub {
+    pub fn new(api: &str, token: &str, repo: &str) -> GitHub {
+        GitHub { api: api.trim_end_matches('/').to_string(), token: token.to_string(), repo: repo.to_string() }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}/repos/{}{}", self.api, self.repo, path)
+    }
+
+    /// Sends one request. `url` may be a full URL (a `link` header's) or a path
+    /// under this repository. A 304 is answered as a `Response` with status 304.
+    pub async fn send(&self, method: &str, url: &str, body: Option<&Value>, etag: Option<&str>) -> Result<Response, GitHubError> {
+        let url = if url.starts_with("http://") || url.starts_with("https://") { url.to_string() } else { self.url(url) };
+        let client = awc::Client::builder().timeout(Duration::from_secs(30)).finish();
+        let method = awc::http::Method::from_bytes(method.as_bytes()).map_err(|e| GitHubError::Transport(e.to_string()))?;
+        let mut req = client
+            .request(method, &url)
+            .bearer_auth(&self.token)
+            .insert_header(("Accept", "application/vnd.github+json"))
+            .insert_header(("X-GitHub-Api-Version", API_VERSION))
+            .insert_header(("User-Agent", concat!("kiln/", env!("CARGO_PKG_VERSION"))));
+        if let Some(tag) = etag {
+            req = req.insert_header(("If-None-Match", tag));
+        }
+        let sent = match body {
+            Some(b) => req.send_json(b).await,
+            None => req.send().await,
+        };
+        let mut res = sent.map_err(|e| GitHubError::Transport(e.to_string()))?;
+        let header = |name: &str| res.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
+        let status = res.status().as_u16();
+        let etag = header("etag");
+        let next = header("link").and_then(|l| next_link(&l));
+        let remaining = header("x-ratelimit-remaining").and_then(|v| v.parse().ok());
+        let retry_after = header("retry-after").and_then(|v| v.parse::<u64>().ok());
+        let reset = header("x-ratelimit-reset").and_then(|v| v.parse::<i64>().ok());
+        let bytes = res.body().limit(32 * 1024 * 1024).await.map_err(|e| GitHubError::Transport(e.to_string()))?;
+        let body: Value = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap_or(Value::Null) };
+        let message = body["message"].as_str().unwrap_or("").to_string();
+        let rate_limited = (status == 403 || status == 429) && (retry_after.is_some() || remaining == Some(0));
+        match status {
+            200..=299 | 304 => Ok(Response { status, body, etag, next, remaining }),
+            _ if rate_limited => {
+                let wait = retry_after.map(Duration::from_secs).unwrap_or_else(|| {
+                    let now = crate::util::now_ms() / 1000;
+                    Duration::from_secs(reset.map(|r| (r - now).max(1) as u64).unwrap_or(60))
+                });
+                Err(GitHubError::RateLimited { retry_after: wait })
+            }
+            401 => Err(GitHubError::Unauthorized(message)),
+            404 => Err(GitHubError::NotFound(format!("{} ({})", self.repo, message))),
+            405 => Err(GitHubError::NotMergeable(message)),
+            409 => Err(GitHubError::Conflict(message)),
+            422 => Err(GitHubError::Validation(validation_message(&body))),
+            _ => Err(GitHubError::Http { status, message }),
+        }
+    }
+
+    /// Opens a pull request; answers the PR object.
+    pub async fn create_pull(&self, title: &str, head: &str, base: &str, body: &str, draft: bool) -> Result<Value, GitHubError> {
+        let req = json!({"title": title, "head": head, "base": base, "body": body, "draft": draft, "maintainer_can_modify": true});
+        Ok(self.send("POST", "/pulls", Some(&req), None).await?.body)
+    }
+
+    /// The open pull request whose head is `branch`, if there is one.
+    pub async fn open_pull_for(&self, branch: &str) -> Result<Option<Value>, GitHubError> {
+        let owner = self.repo.split('/').next().unwrap_or_default();
+        let path = format!("/pulls?state=open&head={owner}:{branch}&per_page=100");
+        let res = self.send("GET", &path, None, None).await?;
+        Ok(res.body.as_array().and_then(|prs| prs.iter().find(|p| p["head"]["ref"] == branch).cloned()))
+    }
+
+    pub async fn get_pull(&self, number: i64) -> Result<Value, GitHubError> {
+        Ok(self.send("GET", &format!("/pulls/{number}"), None, None).await?.body)
+    }
+
+    /// Merges with `sha` as the expected head, so a branch that moved is refused.
+    pub async fn merge_pull(&self, number: i64, method: &str, sha: &str, title: &str) -> Result<Value, GitHubError> {
+        let req = json!({"merge_method": method, "sha": sha, "commit_title": title});
+        Ok(self.send("PUT", &format!("/pulls/{number}/merge"), Some(&req), None).await?.body)
+    }
+
+    /// One CI state from check runs and the combined status: `failure` if
+    /// anything failed, `pending` if anything runs, `success` if all passed;
+    /// `None` when there is no CI at all. Also answers the failed checks.
+    pub async fn ci_state(&self, sha: &str) -> Result<(Option<String>, Vec<FailedCheck>), GitHubError> {
+        let runs = self.send("GET", &format!("/commits/{sha}/check-runs?per_page=100"), None, None).await?.body;
+        let status = self.send("GET", &format!("/commits/{sha}/status"), None, None).await?.body;
+        Ok(combine_ci(&runs, &status))
+    }
+
+    /// The review decision from the latest review of each reviewer.
+    pub async fn review_decision(&self, number: i64) -> Result<Option<String>, GitHubError> {
+        let reviews = self.send("GET", &format!("/pulls/{number}/reviews?per_page=100"), None, None).await?.body;
+        Ok(review_decision(&reviews))
+    }
+}
+
+/// A failed check, for the agent.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct FailedCheck {
+    pub name: String,
+    pub summary: String,
+}
+
+/// Folds check runs and the combined status into one CI state.
+pub fn combine_ci(runs: &Value, status: &Value) -> (Option<String>, Vec<FailedCheck>) {
+    let mut failed = Vec::new();
+    let mut pending = false;
+    let mut seen = false;
+    for run in runs["check_runs"].as_array().into_iter().flatten() {
+        seen = true;
+        match (run["status"].as_str(), run["conclusion"].as_str()) {
+            (Some("completed"), Some("success" | "neutral" | "skipped")) => {}
+            (Some("completed"), _) => failed.push(FailedCheck {
+                name: run["name"].as_str().unwrap_or("check").to_string(),
+                summary: run["output"]["summary"].as_str().or(run["output"]["title"].as_str()).unwrap_or("").to_string(),
+            }),
+            _ => pending = true,
+        }
+    }
+    // A combined status with no statuses says "pending" for repos that use only Actions.
+    if status["total_count"].as_u64().unwrap_or(0) > 0 {
+        seen = true;
+        for s in status["statuses"].as_array().into_iter().flatten() {
+            match s["state"].as_str() {
+                Some("success") => {}
+                Some("pending") => pending = true,
+                _ => failed.push(FailedCheck {
+                    name: s["context"].as_str().unwrap_or("status").to_string(),
+                    summary: s["description"].as_str().unwrap_or("").to_string(),
+                }),
+            }
+        }
+    }
+    let state = if !failed.is_empty() {
+        Some("failure")
+    } else if pending {
+        Some("pending")
+    } else if seen {
+        Some("success")
+    } else {
+        None
+    };
+    (state.map(str::to_string), failed)
+}
+
+/// `approved`, `changes_requested` or `review_required` from the latest review
+/// of each reviewer (comments do not count).
+pub fn review_decision(reviews: &Value) -> Option<String> {
+    let mut latest: std::collections::BTreeMap<String, String> = Default::default();
+    for r in reviews.as_array().into_iter().flatten() {
+        let (Some(user), Some(state)) = (r["user"]["login"].as_str(), r["state"].as_str()) else { continue };
+        match state {
+            "APPROVED" | "CHANGES_REQUESTED" | "DISMISSED" => {
+                latest.insert(user.to_string(), state.to_string());
+            }
+            _ => {}
+        }
+    }
+    if latest.values().any(|s| s == "CHANGES_REQUESTED") {
+        Some("changes_requested".into())
+    } else if latest.values().any(|s| s == "APPROVED") {
+        Some("approved".into())
+    } else if latest.is_empty() {
+        None
+    } else {
+        Some("review_required".into())
+    }
+}
+
+/// The `rel="next"` URL of a `link` header.
+pub fn next_link(link: &str) -> Option<String> {
+    link.split(',').find_map(|part| {
+        let (url, rel) = part.split_once(';')?;
+        rel.contains("rel=\"next\"").then(|| url.trim().trim_start_matches('<').trim_end_matches('>').to_string())
+    })
+}
+
+fn validation_message(body: &Value) -> String {
+    let mut parts = vec![body["message"].as_str().unwrap_or("Validation Failed").to_string()];
+    for e in body["errors"].as_array().into_iter().flatten() {
+        if let Some(m) = e["message"].as_str() {
+            parts.push(m.to_string());
+        } else if let (Some(f), Some(c)) = (e["field"].as_str(), e["code"].as_str()) {
+            parts.push(format!("{f} {c}"));
+        }
+    }
+    parts.join(": ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn link_headers() {
+        let link = r#"<https://api.github.com/r?page=2>; rel="prev", <https://api.github.com/r?page=4>; rel="next", <https://api.github.com/r?page=9>; rel="last""#;
+        assert_eq!(next_link(link).as_deref(), Some("https://api.github.com/r?page=4"));
+        assert_eq!(next_link(r#"<x>; rel="prev""#), None);
+    }
+
+    #[test]
+    fn ci_is_folded_from_runs_and_statuses() {
+        let none = json!({"total_count": 0, "check_runs": []});
+        let actions_only = json!({"state": "pending", "total_count": 0, "statuses": []});
+        assert_eq!(combine_ci(&none, &actions_only).0, None);
+        let ok = json!({"check_runs": [{"name": "test", "status": "completed", "conclusion": "success"}]});
+        assert_eq!(combine_ci(&ok, &actions_only).0.as_deref(), Some("success"));
+        let running = json!({"check_runs": [{"name": "test", "status": "in_progress", "conclusion": null}]});
+        assert_eq!(combine_ci(&running, &actions_only).0.as_deref(), Some("pending"));
+        let bad = json!({"check_runs": [{"name": "lint", "status": "completed", "conclusion": "failure", "output": {"summary": "2 errors"}}]});
+        let (state, failed) = combine_ci(&bad, &actions_only);
+        assert_eq!(state.as_deref(), Some("failure"));
+        assert_eq!(failed, vec![FailedCheck { name: "lint".into(), summary: "2 errors".into() }]);
+        let legacy = json!({"state": "failure", "total_count": 1, "statuses": [{"context": "ci/jenkins", "state": "error", "description": "boom"}]});
+        assert_eq!(combine_ci(&ok, &legacy).0.as_deref(), Some("failure"));
+    }
+
+    #[test]
+    fn reviews_keep_the_latest_per_reviewer() {
+        let r = |u: &str, s: &str| json!({"user": {"login": u}, "state": s});
+        assert_eq!(review_decision(&json!([])), None);
+        assert_eq!(review_decision(&json!([r("a", "COMMENTED")])), None);
+        assert_eq!(review_decision(&json!([r("a", "CHANGES_REQUESTED"), r("a", "APPROVED")])).as_deref(), Some("approved"));
+        assert_eq!(review_decision(&json!([r("a", "APPROVED"), r("b", "CHANGES_REQUESTED")])).as_deref(), Some("changes_requested"));
+        assert_eq!(review_decision(&json!([r("a", "DISMISSED")])).as_deref(), Some("review_required"));
+    }
+}
