@@ -118,6 +118,7 @@ pub async fn start(config: Config) -> Result<Running, BootError> {
     };
     seed_default_organization(&kiln).await?;
     recover_tasks(&kiln).await?;
+    start_repo_pollers(&kiln).await?;
 
     let max_body = config.server.max_body_bytes;
     let (kiln_data, auth_data) = (web::Data::new(kiln.clone()), web::Data::new(auth_state));
@@ -242,6 +243,15 @@ async fn recover_tasks(kiln: &Kiln) -> Result<(), BootError> {
             Ok(Err(e)) => log::error!("recovering task {id} failed: {e}"),
             Err(e) => log::error!("recovering task {id} failed: {e}"),
         }
+    }
+    Ok(())
+}
+
+/// Starts the branch and pull-request pollers of every repository.
+async fn start_repo_pollers(kiln: &Kiln) -> Result<(), BootError> {
+    let repos = kiln.db.read(queries::all_repos).await?;
+    for (org, name) in repos {
+        kiln.repo_pollers(&org, &name);
     }
     Ok(())
 }

@@ -37,6 +37,7 @@ pub struct Config {
     pub events: EventsConfig,
     pub tasks: TasksConfig,
     pub repos: ReposConfig,
+    pub github: GithubConfig,
     pub terminal: TerminalConfig,
     pub auth: AuthConfig,
     pub agents: BTreeMap<String, AgentProfile>,
@@ -97,6 +98,14 @@ pub struct TasksConfig {
 pub struct ReposConfig {
     pub allow_local_paths: bool,
     pub clone_timeout_secs: u64,
+    pub branch_poll_ms: u64,
+    pub fetch_secs: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GithubConfig {
+    pub pr_poll_ms: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -200,6 +209,9 @@ impl Config {
                 "tasks.default_provider `{}` is not available: this build has the `worktree` provider",
                 self.tasks.default_provider
             )));
+        }
+        if !(100..=3_600_000).contains(&self.repos.branch_poll_ms) || !(100..=3_600_000).contains(&self.github.pr_poll_ms) {
+            return Err(ConfigError::Invalid("repos.branch_poll_ms and github.pr_poll_ms must be between 100 and 3600000".into()));
         }
         if !(100..=600_000).contains(&self.tasks.status_poll_ms) {
             return Err(ConfigError::Invalid("tasks.status_poll_ms must be between 100 and 600000".into()));

@@ -141,6 +141,33 @@ impl Kiln {
         }))
     }
 
+    /// Makes sure a repository's pollers run: branch sync always, PR sync when
+    /// it is on GitHub with a token (the poller stops itself otherwise).
+    pub fn repo_pollers(&self, org: &str, repo: &str) {
+        use std::time::Duration;
+        let (kiln, o, r) = (self.clone(), org.to_string(), repo.to_string());
+        let every = Duration::from_millis(self.config.repos.branch_poll_ms);
+        self.registry.get_or_start(format!("{}/branch-sync", registry::repo_key(org, repo)), "poller", move |meta| {
+            pollers::branch_sync::BranchSyncPoller::new(kiln, o, r, meta, every)
+        });
+        let (kiln, o, r) = (self.clone(), org.to_string(), repo.to_string());
+        let every = Duration::from_millis(self.config.github.pr_poll_ms);
+        self.registry.get_or_start(format!("{}/pr-sync", registry::repo_key(org, repo)), "poller", move |meta| {
+            pollers::pr_sync::PrSyncPoller::new(kiln, o, r, meta, every)
+        });
+    }
+
+    /// Stops a repository's pollers (it was deleted).
+    pub fn stop_repo_pollers(&self, org: &str, repo: &str) {
+        let base = registry::repo_key(org, repo);
+        if let Some(p) = self.registry.get::<pollers::branch_sync::BranchSyncPoller>(&format!("{base}/branch-sync")) {
+            p.addr.do_send(pollers::StopPoller {});
+        }
+        if let Some(p) = self.registry.get::<pollers::pr_sync::PrSyncPoller>(&format!("{base}/pr-sync")) {
+            p.addr.do_send(pollers::StopPoller {});
+        }
+    }
+
     /// Appends events to `org`'s history and waits until they are persisted.
     pub async fn emit(&self, org: &str, events: Vec<NewEvent>) -> AppResult<Vec<i64>> {
         self.history(org).send(Append { events }).await?

@@ -80,6 +80,11 @@ pub fn repos_list(conn: &mut SqliteConnection, org: &str) -> QueryResult<Vec<Rep
         .load(conn)
 }
 
+/// `(organization, name)` of every repository.
+pub fn all_repos(conn: &mut SqliteConnection) -> QueryResult<Vec<(String, String)>> {
+    repos::table.select((repos::organization, repos::name)).load(conn)
+}
+
 pub fn repos_count(conn: &mut SqliteConnection, org: &str) -> QueryResult<i64> {
     repos::table.filter(repos::organization.eq(org)).count().get_result(conn)
 }
@@ -155,6 +160,15 @@ pub fn tasks_to_recover(conn: &mut SqliteConnection) -> QueryResult<Vec<(String,
         .inner_join(repos::table)
         .filter(tasks::status.eq_any(["queued", "provisioning", "running", "idle"]))
         .select((tasks::organization, repos::name, tasks::id))
+        .load(conn)
+}
+
+/// `(task id, branch, status)` of a repository's tasks that are not finished.
+pub fn active_task_branches(conn: &mut SqliteConnection, repo_id: i32) -> QueryResult<Vec<(String, String, String)>> {
+    tasks::table
+        .filter(tasks::repo_id.eq(repo_id))
+        .filter(tasks::status.eq_any(ACTIVE_TASK_STATUSES))
+        .select((tasks::id, tasks::branch, tasks::status))
         .load(conn)
 }
 

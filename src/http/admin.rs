@@ -5,7 +5,7 @@ use actix_web::{web, HttpResponse};
 use serde_json::json;
 
 use super::auth::Caller;
-use crate::actors::pollers::task_status::TaskStatusPoller;
+use crate::actors::pollers::{branch_sync::BranchSyncPoller, pr_sync::PrSyncPoller, task_status::TaskStatusPoller};
 use crate::actors::pollers::{DescribePoller, PollNow, SetInterval, StopPoller};
 use crate::actors::Kiln;
 use crate::db::{pool::blocking, DbError};
@@ -73,8 +73,8 @@ pub async fn pollers(kiln: web::Data<Kiln>, caller: Caller) -> AppResult<HttpRes
     caller.require_admin()?;
     let mut items = Vec::new();
     for info in kiln.registry.list().into_iter().filter(|a| a.kind == "poller") {
-        if let Some(p) = kiln.registry.get::<TaskStatusPoller>(&info.key) {
-            if let Ok(described) = p.send(DescribePoller {}).await {
+        if let Some(p) = poller(&kiln, &info.key) {
+            if let Ok(described) = p.describe.send(DescribePoller {}).await {
                 items.push(described);
             }
         }
@@ -92,13 +92,11 @@ pub async fn poller_control(
 ) -> AppResult<HttpResponse> {
     caller.require_admin()?;
     let (key, op) = path.into_inner();
-    let poller = kiln
-        .registry
-        .get::<TaskStatusPoller>(&key)
+    let poller = poller(&kiln, &key)
         .ok_or_else(|| AppError::not_found("poller_not_found", format!("no live poller `{}`", crate::validate::truncate(&key, 200))))?;
     match op.as_str() {
-        "poll" => poller.send(PollNow {}).await?,
-        "stop" => poller.send(StopPoller {}).await?,
+        "poll" => poller.poll.send(PollNow {}).await?,
+        "stop" => poller.stop.send(StopPoller {}).await?,
         "interval" => {
             #[derive(serde::Deserialize)]
             #[serde(deny_unknown_fields)]
@@ -110,7 +108,7 @@ pub async fn poller_control(
             if !(100..=3_600_000).contains(&body.interval_ms) {
                 return Err(AppError::invalid("invalid_interval", "interval_ms must be between 100 and 3600000"));
             }
-            poller.send(SetInterval { millis: body.interval_ms }).await?
+            poller.interval.send(SetInterval { millis: body.interval_ms }).await?
         }
         other => {
             return Err(AppError::not_found(
@@ -120,4 +118,39 @@ pub async fn poller_control(
         }
     }
     Ok(HttpResponse::Ok().json(json!({"key": key, "done": op})))
+}
+
+/// The control messages of a poller of any kind.
+struct PollerControl {
+    poll: actix::Recipient<PollNow>,
+    stop: actix::Recipient<StopPoller>,
+    interval: actix::Recipient<SetInterval>,
+    describe: actix::Recipient<DescribePoller>,
+}
+
+fn control<A>(h: crate::actors::registry::Handle<A>) -> PollerControl
+where
+    A: actix::Actor<Context = actix::Context<A>>
+        + actix::Handler<PollNow>
+        + actix::Handler<StopPoller>
+        + actix::Handler<SetInterval>
+        + actix::Handler<DescribePoller>,
+{
+    PollerControl {
+        poll: h.addr.clone().recipient(),
+        stop: h.addr.clone().recipient(),
+        interval: h.addr.clone().recipient(),
+        describe: h.addr.recipient(),
+    }
+}
+
+/// The live poller under `key`, whatever its kind.
+fn poller(kiln: &Kiln, key: &str) -> Option<PollerControl> {
+    if let Some(h) = kiln.registry.get::<TaskStatusPoller>(key) {
+        return Some(control(h));
+    }
+    if let Some(h) = kiln.registry.get::<BranchSyncPoller>(key) {
+        return Some(control(h));
+    }
+    kiln.registry.get::<PrSyncPoller>(key).map(control)
 }

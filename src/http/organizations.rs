@@ -120,10 +120,18 @@ pub async fn put_provider(
     if let Ok(p) = kiln.providers.get(&provider) {
         p.validate_config(&serde_json::Value::Object(body.config.clone()))?;
     }
+    let is_github = provider == "github";
     let view = kiln
         .organization(&org)
         .send(PutProviderProfile { provider, config: body.config, secrets: body.secrets })
         .await??;
+    if is_github {
+        // A new token or API URL: (re)start the pull-request pollers.
+        let o = org.clone();
+        for repo in kiln.db.read(move |c| queries::repos_list(c, &o)).await? {
+            kiln.repo_pollers(&org, &repo.name);
+        }
+    }
     Ok(HttpResponse::Ok().json(view))
 }
 

@@ -36,6 +36,7 @@ pub async fn create(
     let name = body.name.unwrap_or_else(|| derive_name(&source));
     validate::name("repository", &name)?;
     let (repo, created) = kiln.repository(&org, &name).send(RegisterRepo { source }).await??;
+    kiln.repo_pollers(&org, &repo.name);
     Ok(if created { HttpResponse::Created() } else { HttpResponse::Ok() }.json(repo))
 }
 
@@ -59,6 +60,7 @@ pub async fn delete(kiln: web::Data<Kiln>, caller: Caller, path: web::Path<(Stri
     caller.require_org(&org)?;
     repo_or_404(&kiln, &org, &name).await?;
     kiln.repository(&org, &name).send(DeleteRepo {}).await??;
+    kiln.stop_repo_pollers(&org, &name);
     Ok(HttpResponse::NoContent().finish())
 }
 
@@ -114,6 +116,7 @@ pub async fn put_settings(
         return Err(AppError::invalid("invalid_settings", "automation.on_ci_failure.max_attempts must be at most 20"));
     }
     let repo = kiln.repository(&org, &name).send(SetRepoSettings { settings }).await??;
+    kiln.repo_pollers(&org, &name);
     Ok(HttpResponse::Ok().json(repo))
 }
 

@@ -269,6 +269,12 @@ pub struct Credentials {
     pub token: String,
 }
 
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials").field("askpass", &self.askpass).field("token", &"(hidden)").finish()
+    }
+}
+
 impl Credentials {
     fn env(&self) -> Vec<(String, String)> {
         vec![

@@ -44,12 +44,18 @@ pub struct Response {
 }
 
 /// One repository on GitHub, reached with one token.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct GitHub {
     pub api: String,
     pub token: String,
     /// `owner/name`.
     pub repo: String,
+}
+
+impl std::fmt::Debug for GitHub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GitHub").field("api", &self.api).field("repo", &self.repo).field("token", &"(hidden)").finish()
+    }
 }
 
 impl GitHub {

@@ -3,31 +3,30 @@
 //! so creating and merging a pull request does to git what GitHub would.
 //!
 //! Where each behaviour comes from (PROTOCOLS.md §3):
-//! - §3.1: `Authorization: Bearer <token>` (or `token <token>`) with the one token;
-//!   anything else is `401 Bad credentials`. Errors are `{"message", "documentation_url", "status"}`.
-//! - §3.2: the PR list filters on `state`, `head=owner:branch`, `base`, `sort`, `direction`,
-//!   and leaves out `mergeable`, `mergeable_state`, `merged`, `merge_commit_sha` and the counts.
-//!   A `head` without `owner:` is silently ignored, as GitHub does (hub4j/github-api#538).
-//! - §3.3: one PR adds those fields; `mergeable` comes from `git merge-tree` unless a test
-//!   sets it (`null` = still computing). Head and base shas are read from git, so a push moves them.
+//! - §3.1: `Authorization: Bearer <token>` (or `token <token>`) with the one token; anything else
+//!   is `401 Bad credentials`. Errors are `{"message", "documentation_url", "status"}`.
+//! - §3.2: the PR list filters on `state`, `head=owner:branch` and `base`, newest first, and
+//!   leaves out `mergeable`, `mergeable_state`, `merged`, `merge_commit_sha` and the counts. A `head`
+//!   without `owner:` is silently ignored, as on GitHub (hub4j/github-api#538).
+//! - §3.3: one PR adds those; `mergeable` comes from `git merge-tree` unless a test sets it (`null`
+//!   is "still computing"). Head and base shas are read from git, so a push moves them.
 //! - §3.4: create, with the 422s for a head that is no branch, an open PR for the same head and
 //!   base, and no commits between base and head.
 //! - §3.5: merge: 405 when not open or not mergeable, 409 when `sha` is not the head; `merge` and
 //!   `squash` are written with `git merge-tree` + `git commit-tree` + `git update-ref`.
-//! - §3.6: check runs (`filter=latest` keeps the newest per name) and the combined status
-//!   (`pending` with `total_count: 0` when there is none); §3.3's reviews.
-//! - §3.7: branches, never protected.
-//! - §3.8: a `link` header (prev, next, last, first, as GitHub omits the ones that do not apply)
-//!   keeping the request's other query parameters; `per_page` defaults to 30, at most 100.
-//! - §3.9: `x-ratelimit-*` on every answer; 5000 to spend, one per authenticated request;
-//!   `403 API rate limit exceeded` at 0; `fail_next` injects secondary limits with `retry-after`;
+//! - §3.6: check runs (`filter=latest`, the default, keeps the newest per name) and the combined
+//!   status (`pending` with `total_count: 0` when there is none); §3.3's reviews.
+//! - §3.8: a `link` header (prev, next, last, first; GitHub leaves out the ones that do not apply)
+//!   keeping the request's other query parameters; `per_page` is 30 by default, at most 100.
+//! - §3.9: `x-ratelimit-*` on every answer; 5000 to spend, one per authenticated request; `403 API
+//!   rate limit exceeded` at 0; `fail_next` injects secondary limits with `retry-after`;
 //!   `GET /rate_limit` is free.
 //! - §3.10: every `200` to a GET carries a strong ETag of its body; a matching `If-None-Match`
 //!   answers `304` with no body and spends nothing.
 //! - §3.11: [`FakeGithub::sign`] makes `X-Hub-Signature-256`.
 //!
-//! Not faked: forks (`head` from another owner), `rebase` merges that are not a fast-forward
-//! (405), webhook delivery, GraphQL, the hourly reset of the limit, and `since`/cursor paging.
+//! Not faked: forks, `rebase` merges that are not a fast-forward (405), `sort`/`direction`,
+//! branches (§3.7), webhook delivery, GraphQL, and the hourly reset of the limit.
 
 #![allow(dead_code)]
 
@@ -47,19 +46,17 @@ const DOCS: &str = "https://docs.github.com/rest";
 /// The login the token belongs to: the author of the PRs Kiln opens.
 pub const BOT: &str = "kiln-bot";
 
-/// One request the fake answered.
+/// One request the fake answered: its method, its path with the query as sent
+/// (`/repos/acme/widget/pulls?state=all`), the status answered, and whether it carried `If-None-Match`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Request {
     pub method: String,
-    /// The path with its query, as sent: `/repos/acme/widget/pulls?state=all`.
     pub path: String,
-    /// The status answered.
     pub status: u16,
-    /// Whether it carried `If-None-Match`.
     pub if_none_match: bool,
 }
 
-/// The running fake. Stops on drop.
+/// The running fake; stops on drop.
 pub struct FakeGithub {
     /// The API base, `http://127.0.0.1:PORT`.
     pub url: String,
@@ -82,26 +79,27 @@ struct State {
     /// Injected failures: how many are left, the status, `retry-after`.
     fail: Option<(usize, u16, u64)>,
     requests: Vec<Request>,
-    clock: Clock,
 }
 
-/// Timestamps and ids. Every change gets a later second than the one before,
-/// so `updated_at` always moves even when two changes share a wall-clock second.
+/// A repository's timestamps: every change gets a later second than the last, so
+/// `updated_at` moves even when two changes share a wall-clock second.
 #[derive(Default)]
-struct Clock {
-    last: u64,
-    next_id: u64,
-}
+struct Clock(u64);
 
+/// A repository: its PRs, plus CI and reviews kept as the JSON GitHub answers.
 struct Repo {
     full_name: String,
     origin: PathBuf,
+    clock: Clock,
     pulls: Vec<Pull>,
-    check_runs: Vec<CheckRun>,
-    statuses: Vec<Status>,
-    reviews: Vec<Review>,
+    check_runs: Vec<Value>,
+    /// (sha, status)
+    statuses: Vec<(String, Value)>,
+    /// (PR number, review)
+    reviews: Vec<(u64, Value)>,
 }
 
+#[derive(Default)]
 struct Pull {
     number: u64,
     title: String,
@@ -109,7 +107,7 @@ struct Pull {
     user: String,
     head_ref: String,
     base_ref: String,
-    /// The last sha seen in git; frozen once the PR is closed, as on GitHub.
+    /// The shas last read from git; frozen once the PR is closed, as on GitHub.
     head_sha: String,
     base_sha: String,
     draft: bool,
@@ -121,35 +119,6 @@ struct Pull {
     updated_at: u64,
     closed_at: Option<u64>,
     merged_at: Option<u64>,
-}
-
-struct CheckRun {
-    id: u64,
-    sha: String,
-    name: String,
-    status: String,
-    conclusion: Option<String>,
-    summary: String,
-    started_at: u64,
-    completed_at: Option<u64>,
-}
-
-struct Status {
-    id: u64,
-    sha: String,
-    context: String,
-    state: String,
-    description: String,
-    at: u64,
-}
-
-struct Review {
-    id: u64,
-    number: u64,
-    user: String,
-    state: String,
-    commit_id: String,
-    at: u64,
 }
 
 /// What the server got, detached from actix so it can be answered on the blocking pool.
@@ -169,6 +138,8 @@ struct Answer {
     headers: Vec<(&'static str, String)>,
 }
 
+type Query = HashMap<String, String>;
+
 impl FakeGithub {
     /// Starts the server on its own thread with its own actix System (so it works
     /// from any test runtime); stops on drop.
@@ -182,7 +153,6 @@ impl FakeGithub {
             reset: now() + 3600,
             fail: None,
             requests: Vec::new(),
-            clock: Clock::default(),
         };
         let shared = Arc::new(Shared {
             token: format!("ghp_{}", hex::encode(rand::random::<[u8; 18]>())),
@@ -219,87 +189,81 @@ impl FakeGithub {
 
     /// Registers `owner/name`, backed by a real bare git repository at `origin` (Kiln pushes there).
     pub fn add_repo(&self, full_name: &str, origin: &Path) {
-        let repo = Repo {
-            full_name: full_name.to_string(),
-            origin: origin.to_path_buf(),
-            pulls: Vec::new(),
-            check_runs: Vec::new(),
-            statuses: Vec::new(),
-            reviews: Vec::new(),
-        };
-        self.state().repos.insert(full_name.to_string(), repo);
+        let (full_name, origin) = (full_name.to_string(), origin.to_path_buf());
+        let (clock, pulls, check_runs, statuses, reviews) = Default::default();
+        let repo = Repo { full_name: full_name.clone(), origin, clock, pulls, check_runs, statuses, reviews };
+        self.state().repos.insert(full_name, repo);
     }
 
-    /// Adds an open pull request that belongs to no task, by `octocat`: head
-    /// `head_ref` (need not exist in git), base `base`. Answers its number.
+    /// Adds an open pull request by `octocat` that belongs to no task: head `head_ref`
+    /// (need not exist in git), base `base`. Answers its number.
     pub fn add_pull(&self, full_name: &str, head_ref: &str, base: &str, title: &str) -> u64 {
-        self.with_repo(full_name, |repo, clock| {
+        self.with_repo(full_name, |repo| {
             let (head_sha, base_sha) = (made_up_sha(head_ref), made_up_sha(base));
-            repo.push_pull(clock, "octocat", head_ref, base, head_sha, base_sha, title, "", false)
+            repo.push_pull(Pull { user: "octocat".into(), head_ref: head_ref.into(), base_ref: base.into(), head_sha, base_sha, title: title.into(), ..Pull::default() })
         })
     }
 
-    /// Adds a check run on `sha`; `status` `completed` also sets `completed_at`.
-    /// Adding one with a name already used is a re-run: `filter=latest` shows the newer.
+    /// Adds a check run on `sha`; a `completed` one gets `completed_at`. A second run
+    /// with the same name is a re-run: `filter=latest` shows only the newer.
     pub fn add_check_run(&self, full_name: &str, sha: &str, name: &str, status: &str, conclusion: Option<&str>, summary: &str) {
-        self.with_repo(full_name, |repo, clock| {
-            let at = clock.tick();
-            repo.check_runs.push(CheckRun {
-                id: clock.id(),
-                sha: sha.to_string(),
-                name: name.to_string(),
-                status: status.to_string(),
-                conclusion: conclusion.map(str::to_string),
-                summary: summary.to_string(),
-                started_at: at,
-                completed_at: (status == "completed").then_some(at),
-            });
+        self.with_repo(full_name, |repo| {
+            let (at, id) = (rfc3339(repo.clock.tick()), next_id());
+            let url = format!("https://github.com/{full_name}/runs/{id}");
+            repo.check_runs.push(json!({
+                "id": id, "name": name, "head_sha": sha, "status": status, "conclusion": conclusion,
+                "started_at": at, "completed_at": (status == "completed").then_some(&at),
+                "html_url": url, "details_url": url, "output": {"title": name, "summary": summary},
+                "app": {"id": 15368, "slug": "github-actions", "name": "GitHub Actions"},
+            }));
         })
     }
 
-    /// Sets the commit status `context` on `sha` (replacing an earlier one with that context).
+    /// Sets the commit status `context` on `sha`, replacing an earlier one with that context.
     pub fn set_status(&self, full_name: &str, sha: &str, context: &str, state: &str, description: &str) {
-        self.with_repo(full_name, |repo, clock| {
-            repo.statuses.retain(|s| !(s.sha == sha && s.context == context));
-            let (at, id) = (clock.tick(), clock.id());
-            let (sha, context, state, description) = (sha.into(), context.into(), state.into(), description.into());
-            repo.statuses.push(Status { id, sha, context, state, description, at });
+        self.with_repo(full_name, |repo| {
+            repo.statuses.retain(|(s, v)| !(s == sha && v["context"] == context));
+            let (at, id) = (rfc3339(repo.clock.tick()), next_id());
+            let status = json!({"id": id, "context": context, "state": state, "description": description,
+                                "target_url": null, "created_at": at, "updated_at": at});
+            repo.statuses.push((sha.to_string(), status));
         })
     }
 
-    /// Adds a review of PR `number` on its current head (which bumps the PR's `updated_at`).
+    /// Adds a review of PR `number` on its current head; it bumps the PR's `updated_at`.
     pub fn add_review(&self, full_name: &str, number: u64, user: &str, state: &str) {
-        self.with_repo(full_name, |repo, clock| {
-            let at = clock.tick();
+        self.with_repo(full_name, |repo| {
+            let (at, id) = (repo.clock.tick(), next_id());
             let pull = repo.pull_mut(number);
             pull.updated_at = at;
-            let commit_id = pull.head_sha.clone();
-            let (id, user, state) = (clock.id(), user.to_string(), state.to_string());
-            repo.reviews.push(Review { id, number, user, state, commit_id, at });
+            let review = json!({"id": id, "user": {"login": user}, "body": "", "state": state, "commit_id": pull.head_sha,
+                                "submitted_at": rfc3339(at),
+                                "html_url": format!("https://github.com/{full_name}/pull/{number}#pullrequestreview-{id}")});
+            repo.reviews.push((number, review));
         })
     }
 
-    /// Sets what GET on the PR answers for `mergeable` (`None` is `null`, "still computing");
-    /// `Some(false)` also makes a merge answer 405.
+    /// Sets what GET on the PR answers for `mergeable` (`None` is `null`, "still
+    /// computing"); `Some(false)` also makes a merge answer 405.
     pub fn set_mergeable(&self, full_name: &str, number: u64, mergeable: Option<bool>) {
-        self.with_repo(full_name, |repo, _| repo.pull_mut(number).mergeable = Some(mergeable))
+        self.with_repo(full_name, |repo| repo.pull_mut(number).mergeable = Some(mergeable))
     }
 
-    /// Marks a PR merged outside Kiln (bumps updated_at and the list's ETag). When
-    /// its branches are in git and merge cleanly, a merge commit really lands on the
-    /// base; otherwise only the PR changes, with the head as `merge_commit_sha`.
+    /// Marks a PR merged outside Kiln (bumps updated_at and the list's ETag). When its
+    /// branches are in git and merge cleanly, a merge commit really lands on the base;
+    /// otherwise only the PR changes, with its head as `merge_commit_sha`.
     pub fn merge_externally(&self, full_name: &str, number: u64) {
-        self.with_repo(full_name, |repo, clock| {
+        self.with_repo(full_name, |repo| {
             let i = repo.index(number).expect("no such pull");
             let sha = repo.merge_in_git(&repo.pulls[i], "merge", None, None).unwrap_or_else(|_| repo.pulls[i].head_sha.clone());
-            repo.mark_merged(i, sha, clock.tick());
+            repo.mark_merged(i, sha);
         })
     }
 
     /// Closes a PR without merging it, outside Kiln (bumps updated_at and the list's ETag).
     pub fn close_externally(&self, full_name: &str, number: u64) {
-        self.with_repo(full_name, |repo, clock| {
-            let at = clock.tick();
+        self.with_repo(full_name, |repo| {
+            let at = repo.clock.tick();
             let pull = repo.pull_mut(number);
             (pull.open, pull.closed_at, pull.updated_at) = (false, Some(at), at);
         })
@@ -307,15 +271,11 @@ impl FakeGithub {
 
     /// The full PR object, as `GET /repos/{o}/{r}/pulls/{n}` answers it.
     pub fn pull(&self, full_name: &str, number: u64) -> Value {
-        let base = self.url.clone();
-        self.with_repo(full_name, |repo, _| {
-            let i = repo.index(number).expect("no such pull");
-            repo.pull_json(&base, &repo.pulls[i], true)
-        })
+        self.with_repo(full_name, |repo| repo.pull_json(&self.url, &repo.pulls[repo.index(number).expect("no such pull")], true))
     }
 
-    /// The next `count` API requests answer `status` (403 or 429) with
-    /// `retry-after: secs` and the current `x-ratelimit-remaining` (a secondary limit).
+    /// The next `count` API requests answer `status` (403 or 429) with `retry-after:
+    /// secs` and the unchanged `x-ratelimit-remaining`, as a secondary limit does.
     pub fn fail_next(&self, count: usize, status: u16, retry_after_secs: u64) {
         self.state().fail = (count > 0).then_some((count, status, retry_after_secs));
     }
@@ -347,12 +307,11 @@ impl FakeGithub {
     }
 
     /// Runs `f` on a registered repository, after reading its branches from git.
-    fn with_repo<T>(&self, full_name: &str, f: impl FnOnce(&mut Repo, &mut Clock) -> T) -> T {
+    fn with_repo<T>(&self, full_name: &str, f: impl FnOnce(&mut Repo) -> T) -> T {
         let mut state = self.state();
-        let State { repos, clock, .. } = &mut *state;
-        let repo = repos.get_mut(full_name).unwrap_or_else(|| panic!("fake github: no repo {full_name}"));
-        repo.refresh(clock);
-        f(repo, clock)
+        let repo = state.repos.get_mut(full_name).unwrap_or_else(|| panic!("fake github: no repo {full_name}"));
+        repo.refresh();
+        f(repo)
     }
 }
 
@@ -366,7 +325,7 @@ impl Drop for FakeGithub {
     }
 }
 
-/// The one handler: everything is routed by hand on the blocking pool, since most answers run git.
+/// The one handler: routing is by hand, on the blocking pool, since most answers run git.
 async fn entry(req: HttpRequest, body: web::Bytes, shared: web::Data<Shared>) -> HttpResponse {
     let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
     let call = Call {
@@ -381,10 +340,9 @@ async fn entry(req: HttpRequest, body: web::Bytes, shared: web::Data<Shared>) ->
     let Ok(answer) = web::block(move || shared.serve(&call)).await else {
         return HttpResponse::InternalServerError().finish();
     };
-    let status = actix_web::http::StatusCode::from_u16(answer.status).unwrap_or(actix_web::http::StatusCode::INTERNAL_SERVER_ERROR);
-    let mut res = HttpResponse::build(status);
-    for (name, value) in answer.headers {
-        res.insert_header((name, value));
+    let mut res = HttpResponse::build(actix_web::http::StatusCode::from_u16(answer.status).expect("a valid status"));
+    for header in answer.headers {
+        res.insert_header(header);
     }
     match answer.body {
         Some(body) => res.content_type("application/json; charset=utf-8").body(body.to_string()),
@@ -409,7 +367,7 @@ impl Shared {
 }
 
 impl State {
-    /// Authentication, injected failures and the rate limit (§3.9), then the route, then ETags (§3.10).
+    /// Authentication, injected failures and the rate limit (§3.9), the route, then ETags (§3.10).
     fn answer(&mut self, token: &str, call: &Call) -> Answer {
         let given = call.auth.as_deref().and_then(|a| a.strip_prefix("Bearer ").or_else(|| a.strip_prefix("token ")));
         if given != Some(token) {
@@ -426,15 +384,13 @@ impl State {
             return answer;
         }
         if self.remaining == 0 {
-            return error(403, "API rate limit exceeded for user ID 1. (But here's the good news: Authenticated requests get a higher rate limit.)");
+            return error(403, "API rate limit exceeded for user ID 1.");
         }
         let mut answer = self.route(call);
         if let (Some(body), "GET", 200) = (&answer.body, call.method.as_str(), answer.status) {
             let etag = format!("\"{}\"", hex::encode(sha2::Sha256::digest(body.to_string().as_bytes())));
-            let matches = call.if_none_match.as_deref().is_some_and(|h| {
-                h.split(',').map(|t| t.trim().trim_start_matches("W/")).any(|t| t == "*" || t == etag)
-            });
-            if matches {
+            let given = call.if_none_match.as_deref().unwrap_or_default();
+            if given.split(',').map(|t| t.trim().trim_start_matches("W/")).any(|t| t == "*" || t == etag) {
                 (answer.status, answer.body) = (304, None);
             }
             answer.headers.push(("etag", etag));
@@ -459,26 +415,26 @@ impl State {
         let segments: Vec<String> = call.path.split('/').filter(|s| !s.is_empty()).map(percent_decode).collect();
         let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
         let ["repos", owner, name, rest @ ..] = segments.as_slice() else { return not_found() };
-        let State { base, repos, clock, .. } = self;
-        let Some(repo) = repos.get_mut(&format!("{owner}/{name}")) else { return not_found() };
-        repo.refresh(clock);
-        let q = web::Query::<HashMap<String, String>>::from_query(&call.query).map(|q| q.into_inner()).unwrap_or_default();
+        let Some(repo) = self.repos.get_mut(&format!("{owner}/{name}")) else { return not_found() };
+        repo.refresh();
+        let base = &self.base;
+        let q: Query = web::Query::from_query(&call.query).map(web::Query::into_inner).unwrap_or_default();
         let page = |items: Vec<Value>| paginate(base, call, &q, items);
+        let pull = |n: &str| repo.index(n.parse().ok()?);
         match (call.method.as_str(), rest) {
             ("GET", ["pulls"]) => page(repo.list_pulls(base, &q)),
-            ("POST", ["pulls"]) => repo.create_pull(base, clock, &call.body),
-            ("GET", ["pulls", n]) => match repo.find(n) {
-                Some(i) => ok(repo.pull_json(base, &repo.pulls[i], true)),
+            ("POST", ["pulls"]) => repo.create_pull(base, &call.body),
+            ("GET", ["pulls", n]) => pull(n).map_or_else(not_found, |i| ok(repo.pull_json(base, &repo.pulls[i], true))),
+            ("PUT", ["pulls", n, "merge"]) => match pull(n) {
+                Some(i) => repo.merge_pull(i, &call.body),
                 None => not_found(),
             },
-            ("PUT", ["pulls", n, "merge"]) => repo.merge_pull(clock, n, &call.body),
-            ("GET", ["pulls", n, "reviews"]) => match repo.find(n) {
-                Some(i) => page(repo.reviews_json(repo.pulls[i].number)),
-                None => not_found(),
-            },
+            ("GET", ["pulls", n, "reviews"]) => pull(n).map_or_else(not_found, |i| {
+                let number = repo.pulls[i].number;
+                page(repo.reviews.iter().filter(|(n, _)| *n == number).map(|(_, r)| r.clone()).collect())
+            }),
             ("GET", ["commits", r @ .., "check-runs"]) if !r.is_empty() => repo.check_runs_json(&r.join("/"), &q),
             ("GET", ["commits", r @ .., "status"]) if !r.is_empty() => repo.combined_status(&r.join("/")),
-            ("GET", ["branches"]) => page(repo.branches_json(base, &q)),
             _ => not_found(),
         }
     }
@@ -486,14 +442,15 @@ impl State {
 
 impl Clock {
     fn tick(&mut self) -> u64 {
-        self.last = now().max(self.last + 1);
-        self.last
+        self.0 = now().max(self.0 + 1);
+        self.0
     }
+}
 
-    fn id(&mut self) -> u64 {
-        self.next_id += 1;
-        self.next_id
-    }
+/// Ids for check runs, statuses and reviews: unique across every fake, as on GitHub.
+fn next_id() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 impl Repo {
@@ -511,10 +468,11 @@ impl Repo {
         out.lines().filter_map(|l| l.split_once(' ')).map(|(b, s)| (b.to_string(), s.to_string())).collect()
     }
 
-    /// Reads the open PRs' head and base shas from git; a moved head bumps `updated_at` (a push).
-    fn refresh(&mut self, clock: &mut Clock) {
+    /// Reads the open PRs' head and base shas from git; a moved head bumps `updated_at`, as a push does.
+    fn refresh(&mut self) {
         let branches = self.branches();
-        for pull in self.pulls.iter_mut().filter(|p| p.open) {
+        let Repo { pulls, clock, .. } = self;
+        for pull in pulls.iter_mut().filter(|p| p.open) {
             if let Some(sha) = branches.get(&pull.head_ref).filter(|s| **s != pull.head_sha) {
                 (pull.head_sha, pull.updated_at) = (sha.clone(), clock.tick());
             }
@@ -524,17 +482,13 @@ impl Repo {
         }
     }
 
-    /// A sha, branch or tag as a commit sha. A full sha is taken as is, so CI can
-    /// be attached to commits the origin repository does not have.
+    /// A sha, branch or tag as a commit sha. A full sha is taken as is, so CI can be
+    /// attached to commits the origin repository does not have.
     fn resolve(&self, rev: &str) -> Option<String> {
         if rev.len() == 40 && rev.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Some(rev.to_ascii_lowercase());
         }
         self.git(&["rev-parse", "--verify", "-q", "--end-of-options", &format!("{rev}^{{commit}}")]).ok()
-    }
-
-    fn find(&self, number: &str) -> Option<usize> {
-        self.index(number.parse().ok()?)
     }
 
     fn index(&self, number: u64) -> Option<usize> {
@@ -546,31 +500,15 @@ impl Repo {
         &mut self.pulls[i]
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn push_pull(&mut self, clock: &mut Clock, user: &str, head_ref: &str, base_ref: &str, head_sha: String, base_sha: String, title: &str, body: &str, draft: bool) -> u64 {
-        let (number, at) = (self.pulls.len() as u64 + 1, clock.tick());
-        self.pulls.push(Pull {
-            number,
-            title: title.to_string(),
-            body: body.to_string(),
-            user: user.to_string(),
-            head_ref: head_ref.to_string(),
-            base_ref: base_ref.to_string(),
-            head_sha,
-            base_sha,
-            draft,
-            open: true,
-            mergeable: None,
-            merge_commit_sha: None,
-            created_at: at,
-            updated_at: at,
-            closed_at: None,
-            merged_at: None,
-        });
+    /// Opens `pull` with the next number; answers the number.
+    fn push_pull(&mut self, pull: Pull) -> u64 {
+        let (number, at) = (self.pulls.len() as u64 + 1, self.clock.tick());
+        self.pulls.push(Pull { number, open: true, created_at: at, updated_at: at, ..pull });
         number
     }
 
-    fn mark_merged(&mut self, i: usize, sha: String, at: u64) {
+    fn mark_merged(&mut self, i: usize, sha: String) {
+        let at = self.clock.tick();
         let pull = &mut self.pulls[i];
         (pull.open, pull.merge_commit_sha) = (false, Some(sha));
         (pull.closed_at, pull.merged_at, pull.updated_at) = (Some(at), Some(at), at);
@@ -582,89 +520,65 @@ impl Repo {
         let repo = json!({"full_name": self.full_name, "name": name, "owner": {"login": owner}});
         let mut v = json!({
             "url": format!("{base}/repos/{}/pulls/{}", self.full_name, p.number),
-            "id": 100_000 + p.number,
-            "number": p.number,
-            "state": if p.open { "open" } else { "closed" },
-            "draft": p.draft,
-            "title": p.title,
-            "body": p.body,
             "html_url": format!("https://github.com/{}/pull/{}", self.full_name, p.number),
-            "user": {"login": p.user},
+            "id": 100_000 + p.number, "number": p.number, "state": if p.open { "open" } else { "closed" },
+            "draft": p.draft, "title": p.title, "body": p.body, "user": {"login": p.user},
             "head": {"ref": p.head_ref, "sha": p.head_sha, "label": format!("{owner}:{}", p.head_ref), "repo": repo},
             "base": {"ref": p.base_ref, "sha": p.base_sha, "label": format!("{owner}:{}", p.base_ref), "repo": repo},
-            "created_at": rfc3339(p.created_at),
-            "updated_at": rfc3339(p.updated_at),
-            "closed_at": p.closed_at.map(rfc3339),
-            "merged_at": p.merged_at.map(rfc3339),
-            "labels": [],
-            "requested_reviewers": [],
-            "auto_merge": null,
+            "created_at": rfc3339(p.created_at), "updated_at": rfc3339(p.updated_at),
+            "closed_at": p.closed_at.map(rfc3339), "merged_at": p.merged_at.map(rfc3339),
+            "labels": [], "requested_reviewers": [], "auto_merge": null,
         });
-        if full {
-            // A closed PR is no longer computed: GitHub answers null/unknown.
-            let mergeable = match p.mergeable {
-                _ if !p.open => None,
-                Some(set) => set,
-                None => Some(!matches!(self.merge_tree(&p.base_sha, &p.head_sha), Ok(None))),
-            };
-            let mergeable_state = match mergeable {
-                None => "unknown",
-                Some(false) => "dirty",
-                Some(true) if p.draft => "draft",
-                Some(true) => "clean",
-            };
-            let count = |args: &[&str]| self.git(args).unwrap_or_default();
-            let commits: u64 = count(&["rev-list", "--count", &format!("{}..{}", p.base_sha, p.head_sha)]).parse().unwrap_or(0);
-            let numstat = count(&["diff", "--numstat", &format!("{}...{}", p.base_sha, p.head_sha)]);
-            let column = |n: usize| numstat.lines().filter_map(|l| l.split('\t').nth(n)?.parse::<u64>().ok()).sum::<u64>();
-            let fields = json!({
-                "merged": p.merged_at.is_some(),
-                "mergeable": mergeable,
-                "mergeable_state": mergeable_state,
-                "merge_commit_sha": p.merge_commit_sha,
-                "commits": commits,
-                "additions": column(0),
-                "deletions": column(1),
-                "changed_files": numstat.lines().count(),
-            });
-            v.as_object_mut().expect("object").extend(fields.as_object().expect("object").clone());
+        if !full {
+            return v;
         }
+        // A closed PR is no longer computed: GitHub answers null, "unknown".
+        let mergeable = match p.mergeable {
+            _ if !p.open => None,
+            Some(set) => set,
+            None => Some(!matches!(self.merge_tree(&p.base_sha, &p.head_sha), Ok(None))),
+        };
+        let mergeable_state = match mergeable {
+            None => "unknown",
+            Some(false) => "dirty",
+            Some(true) if p.draft => "draft",
+            Some(true) => "clean",
+        };
+        let commits = self.git(&["rev-list", "--count", &format!("{}..{}", p.base_sha, p.head_sha)]).unwrap_or_default();
+        let numstat = self.git(&["diff", "--numstat", &format!("{}...{}", p.base_sha, p.head_sha)]).unwrap_or_default();
+        let column = |n: usize| numstat.lines().filter_map(|l| l.split('\t').nth(n)?.parse::<u64>().ok()).sum::<u64>();
+        let fields = json!({
+            "merged": p.merged_at.is_some(), "mergeable": mergeable, "mergeable_state": mergeable_state,
+            "merge_commit_sha": p.merge_commit_sha, "commits": commits.parse::<u64>().unwrap_or(0),
+            "additions": column(0), "deletions": column(1), "changed_files": numstat.lines().count(),
+        });
+        v.as_object_mut().expect("an object").extend(fields.as_object().expect("an object").clone());
         v
     }
 
-    /// §3.2: filtered and sorted, newest first by default; paged by the caller.
-    fn list_pulls(&self, base: &str, q: &HashMap<String, String>) -> Vec<Value> {
+    /// §3.2: filtered, newest first, for the caller to page.
+    fn list_pulls(&self, base: &str, q: &Query) -> Vec<Value> {
         let arg = |k: &str| q.get(k).map(String::as_str);
         let head = arg("head").and_then(|h| h.split_once(':'));
-        let mut pulls: Vec<&Pull> = self
+        let pulls = self
             .pulls
             .iter()
+            .rev()
             .filter(|p| match arg("state") {
                 Some("all") => true,
                 Some("closed") => !p.open,
                 _ => p.open,
             })
             .filter(|p| head.is_none_or(|(owner, branch)| owner == self.owner() && branch == p.head_ref))
-            .filter(|p| arg("base").is_none_or(|b| b == p.base_ref))
-            .collect();
-        let by_created = matches!(arg("sort"), None | Some("created"));
-        if by_created {
-            pulls.sort_by_key(|p| p.number);
-        } else {
-            pulls.sort_by_key(|p| (p.updated_at, p.number));
-        }
-        // GitHub's default direction is desc when sorting by creation, asc otherwise.
-        if arg("direction").map_or(by_created, |d| d == "desc") {
-            pulls.reverse();
-        }
-        pulls.into_iter().map(|p| self.pull_json(base, p, false)).collect()
+            .filter(|p| arg("base").is_none_or(|b| b == p.base_ref));
+        pulls.map(|p| self.pull_json(base, p, false)).collect()
     }
 
-    /// §3.4: the three 422s, then a 201 with the full object.
-    fn create_pull(&mut self, base: &str, clock: &mut Clock, body: &[u8]) -> Answer {
+    /// §3.4: the three 422s, or a 201 with the full object.
+    fn create_pull(&mut self, base: &str, body: &[u8]) -> Answer {
         let Ok(b) = serde_json::from_slice::<Value>(body) else { return error(400, "Problems parsing JSON") };
         let (Some(title), Some(head), Some(base_ref)) = (b["title"].as_str(), b["head"].as_str(), b["base"].as_str()) else {
-            let field = ["title", "head", "base"].into_iter().find(|k| !b[k].is_string()).unwrap_or("title");
+            let field = ["title", "head", "base"].into_iter().find(|k| !b[k].is_string());
             return validation(json!({"resource": "PullRequest", "field": field, "code": "missing_field"}));
         };
         let invalid = |field: &str| validation(json!({"resource": "PullRequest", "field": field, "code": "invalid"}));
@@ -683,17 +597,14 @@ impl Repo {
         if self.git(&["rev-list", "--count", &format!("{base_sha}..{head_sha}")]).as_deref() == Ok("0") {
             return custom(format!("No commits between {base_ref} and {head_ref}"));
         }
-        let (body, draft) = (b["body"].as_str().unwrap_or_default(), b["draft"].as_bool().unwrap_or(false));
-        let number = self.push_pull(clock, BOT, head_ref, base_ref, head_sha, base_sha, title, body, draft);
-        let pull = &self.pulls[number as usize - 1];
-        let mut answer = json_answer(201, self.pull_json(base, pull, true));
-        answer.headers.push(("location", format!("{base}/repos/{}/pulls/{number}", self.full_name)));
-        answer
+        let (body, draft) = (b["body"].as_str().unwrap_or_default().into(), b["draft"].as_bool().unwrap_or(false));
+        let (title, user, head_ref, base_ref) = (title.into(), BOT.into(), head_ref.into(), base_ref.into());
+        let number = self.push_pull(Pull { title, body, user, head_ref, base_ref, head_sha, base_sha, draft, ..Pull::default() });
+        json_answer(201, self.pull_json(base, &self.pulls[number as usize - 1], true))
     }
 
     /// §3.5: 405 unless open and mergeable, 409 on a moved head, else a real merge.
-    fn merge_pull(&mut self, clock: &mut Clock, number: &str, body: &[u8]) -> Answer {
-        let Some(i) = self.find(number) else { return not_found() };
+    fn merge_pull(&mut self, i: usize, body: &[u8]) -> Answer {
         let b = if body.is_empty() { json!({}) } else { serde_json::from_slice(body).unwrap_or(Value::Null) };
         if !b.is_object() {
             return error(400, "Problems parsing JSON");
@@ -711,7 +622,7 @@ impl Repo {
         }
         match self.merge_in_git(pull, method, b["commit_title"].as_str(), b["commit_message"].as_str()) {
             Ok(sha) => {
-                self.mark_merged(i, sha.clone(), clock.tick());
+                self.mark_merged(i, sha.clone());
                 ok(json!({"sha": sha, "merged": true, "message": "Pull Request successfully merged"}))
             }
             Err(answer) => answer,
@@ -727,7 +638,7 @@ impl Repo {
         }
     }
 
-    /// Writes the merge of `p` into its base in the origin repository; answers the
+    /// Writes the merge of `p` onto its base in the origin repository; answers the
     /// new base commit, or what to answer instead.
     fn merge_in_git(&self, p: &Pull, method: &str, title: Option<&str>, message: Option<&str>) -> Result<String, Answer> {
         let not_mergeable = || error(405, "Pull Request is not mergeable");
@@ -750,96 +661,53 @@ impl Repo {
             }
             self.git(&args).map_err(|(_, e)| error(500, &format!("git commit-tree failed: {e}")))?
         };
-        let target = format!("refs/heads/{}", p.base_ref);
-        self.git(&["update-ref", &target, &commit, base])
+        // Compare-and-swap on the base we merged onto.
+        self.git(&["update-ref", &format!("refs/heads/{}", p.base_ref), &commit, base])
             .map_err(|_| error(409, "Base branch was modified. Review and try the merge again."))?;
         Ok(commit)
     }
 
     /// §3.6: the runs on `rev`, newest first; `filter=latest` (the default) keeps one per name.
-    fn check_runs_json(&self, rev: &str, q: &HashMap<String, String>) -> Answer {
+    fn check_runs_json(&self, rev: &str, q: &Query) -> Answer {
         let Some(sha) = self.resolve(rev) else { return error(422, &format!("No commit found for SHA: {rev}")) };
         let arg = |k: &str| q.get(k).map(String::as_str);
         let mut seen = HashSet::new();
-        let runs: Vec<Value> = self
+        let runs: Vec<&Value> = self
             .check_runs
             .iter()
             .rev()
-            .filter(|c| c.sha == sha && arg("check_name").is_none_or(|n| n == c.name))
-            .filter(|c| arg("filter") == Some("all") || seen.insert(c.name.clone()))
-            .filter(|c| arg("status").is_none_or(|s| s == c.status))
-            .map(|c| {
-                let html_url = format!("https://github.com/{}/runs/{}", self.full_name, c.id);
-                json!({
-                    "id": c.id, "name": c.name, "head_sha": c.sha, "status": c.status, "conclusion": c.conclusion,
-                    "started_at": rfc3339(c.started_at), "completed_at": c.completed_at.map(rfc3339),
-                    "html_url": html_url, "details_url": html_url,
-                    "output": {"title": c.name, "summary": c.summary},
-                    "app": {"id": 15368, "slug": "github-actions", "name": "GitHub Actions"},
-                })
-            })
+            .filter(|c| c["head_sha"] == sha.as_str() && arg("check_name").is_none_or(|n| c["name"] == n))
+            .filter(|c| arg("filter") == Some("all") || seen.insert(c["name"].clone()))
             .collect();
         ok(json!({"total_count": runs.len(), "check_runs": runs}))
     }
 
-    /// §3.6: the combined status; failure beats pending beats success, none is pending.
+    /// §3.6: the combined status; failure beats pending beats success, and none is pending.
     fn combined_status(&self, rev: &str) -> Answer {
         let Some(sha) = self.resolve(rev) else { return error(422, &format!("No commit found for SHA: {rev}")) };
-        let statuses: Vec<&Status> = self.statuses.iter().rev().filter(|s| s.sha == sha).collect();
-        let any = |states: &[&str]| statuses.iter().any(|s| states.contains(&s.state.as_str()));
-        let state = if any(&["failure", "error"]) {
-            "failure"
-        } else if statuses.is_empty() || any(&["pending"]) {
-            "pending"
-        } else {
-            "success"
+        let statuses: Vec<&Value> = self.statuses.iter().rev().filter(|(s, _)| *s == sha).map(|(_, v)| v).collect();
+        let any = |states: &[&str]| statuses.iter().any(|s| states.iter().any(|state| s["state"] == *state));
+        let state = match () {
+            _ if any(&["failure", "error"]) => "failure",
+            _ if statuses.is_empty() || any(&["pending"]) => "pending",
+            _ => "success",
         };
-        let list: Vec<Value> = statuses
-            .iter()
-            .map(|s| {
-                json!({"id": s.id, "context": s.context, "state": s.state, "description": s.description,
-                       "target_url": null, "created_at": rfc3339(s.at), "updated_at": rfc3339(s.at)})
-            })
-            .collect();
-        ok(json!({"state": state, "sha": sha, "total_count": list.len(), "statuses": list,
-                  "repository": {"full_name": self.full_name}}))
-    }
-
-    fn reviews_json(&self, number: u64) -> Vec<Value> {
-        let reviews = self.reviews.iter().filter(|r| r.number == number);
-        reviews
-            .map(|r| {
-                json!({"id": r.id, "user": {"login": r.user}, "body": "", "state": r.state, "commit_id": r.commit_id,
-                       "submitted_at": rfc3339(r.at),
-                       "html_url": format!("https://github.com/{}/pull/{number}#pullrequestreview-{}", self.full_name, r.id)})
-            })
-            .collect()
-    }
-
-    /// §3.7: every branch, sorted by name; none is protected.
-    fn branches_json(&self, base: &str, q: &HashMap<String, String>) -> Vec<Value> {
-        if q.get("protected").map(String::as_str) == Some("true") {
-            return Vec::new();
-        }
-        let mut branches: Vec<(String, String)> = self.branches().into_iter().collect();
-        branches.sort();
-        let commit_url = |sha: &str| format!("{base}/repos/{}/commits/{sha}", self.full_name);
-        branches.iter().map(|(name, sha)| json!({"name": name, "commit": {"sha": sha, "url": commit_url(sha)}, "protected": false})).collect()
+        let repository = json!({"full_name": self.full_name});
+        ok(json!({"state": state, "sha": sha, "total_count": statuses.len(), "statuses": statuses, "repository": repository}))
     }
 }
 
 /// §3.8: one page of `items`, with a `link` header when there is more than one page.
-fn paginate(base: &str, call: &Call, q: &HashMap<String, String>, items: Vec<Value>) -> Answer {
+fn paginate(base: &str, call: &Call, q: &Query, items: Vec<Value>) -> Answer {
     let number = |k: &str| q.get(k).and_then(|v| v.parse::<usize>().ok()).filter(|n| *n > 0);
-    let per_page = number("per_page").unwrap_or(30).min(100);
-    let page = number("page").unwrap_or(1);
+    let (per_page, page) = (number("per_page").unwrap_or(30).min(100), number("page").unwrap_or(1));
     let last = items.len().div_ceil(per_page).max(1);
-    let slice: Vec<Value> = items.into_iter().skip((page - 1) * per_page).take(per_page).collect();
-    let mut answer = ok(Value::Array(slice));
+    let mut answer = ok(items.into_iter().skip((page - 1) * per_page).take(per_page).collect());
     if last > 1 {
         let kept: Vec<&str> = call.query.split('&').filter(|kv| !kv.is_empty() && !kv.starts_with("page=")).collect();
         let link = |n: usize, rel: &str| {
-            let query = kept.iter().copied().chain([format!("page={n}").as_str()]).collect::<Vec<_>>().join("&");
+            let page = format!("page={n}");
+            let query = kept.iter().copied().chain([page.as_str()]).collect::<Vec<_>>().join("&");
             format!("<{base}{}?{query}>; rel=\"{rel}\"", call.path)
         };
         let mut links = Vec::new();
@@ -885,10 +753,9 @@ fn git(dir: &Path, args: &[&str]) -> Result<String, (i32, String)> {
         .current_dir(dir)
         .output()
         .map_err(|e| (-1, e.to_string()))?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-    } else {
-        Err((out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned()))
+    match out.status.success() {
+        true => Ok(String::from_utf8_lossy(&out.stdout).trim().to_string()),
+        false => Err((out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())),
     }
 }
 
@@ -897,22 +764,15 @@ fn made_up_sha(name: &str) -> String {
     hex::encode(sha2::Sha256::digest(name.as_bytes()))[..40].to_string()
 }
 
+/// `%2F` and friends in a path segment, as GitHub clients escape a branch's `/`.
 fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
+    let (bytes, mut out, mut i) = (s.as_bytes(), Vec::new(), 0);
     while i < bytes.len() {
         let escaped = bytes.get(i + 1..i + 3).and_then(|h| u8::from_str_radix(std::str::from_utf8(h).ok()?, 16).ok());
-        match escaped {
-            Some(b) if bytes[i] == b'%' => {
-                out.push(b);
-                i += 3;
-            }
-            _ => {
-                out.push(bytes[i]);
-                i += 1;
-            }
-        }
+        match escaped.filter(|_| bytes[i] == b'%') {
+            Some(b) => (out.push(b), i += 3),
+            None => (out.push(bytes[i]), i += 1),
+        };
     }
     String::from_utf8_lossy(&out).into_owned()
 }
@@ -933,4 +793,382 @@ fn rfc3339(secs: u64) -> String {
     let year = yoe + era * 400 + i64::from(month <= 2);
     let s = secs % 86_400;
     format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", s / 3600, s / 60 % 60, s % 60)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::common::{git_repo, tempdir};
+
+    const REPO: &str = "acme/widget";
+
+    /// An answer from the fake.
+    struct Got {
+        status: u16,
+        headers: awc::http::header::HeaderMap,
+        text: String,
+        body: Value,
+    }
+
+    impl Got {
+        fn header(&self, name: &str) -> &str {
+            self.headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or_default()
+        }
+
+        /// The URL of `rel` in the `link` header.
+        fn link(&self, rel: &str) -> Option<String> {
+            let wanted = format!("rel=\"{rel}\"");
+            let part = self.header("link").split(", ").find(|p| p.ends_with(&wanted))?;
+            Some(part.split_once('>')?.0.trim_start_matches('<').to_string())
+        }
+    }
+
+    impl std::fmt::Debug for Got {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "{} {}", self.status, self.text)
+        }
+    }
+
+    /// Sends a request to `url` (a path on `gh`, or a full URL) with `token` and extra headers.
+    async fn call(gh: &FakeGithub, token: Option<&str>, method: &str, url: &str, body: Option<Value>, headers: &[(&str, &str)]) -> Got {
+        let url = if url.starts_with("http") { url.to_string() } else { format!("{}{url}", gh.url) };
+        let method = awc::http::Method::from_bytes(method.as_bytes()).expect("method");
+        let mut req = awc::Client::default().request(method, url).insert_header(("user-agent", "kiln-test"));
+        if let Some(token) = token {
+            req = req.bearer_auth(token);
+        }
+        for header in headers {
+            req = req.insert_header(*header);
+        }
+        let mut res = match body {
+            Some(body) => req.send_json(&body).await,
+            None => req.send().await,
+        }
+        .expect("request to fake github");
+        let bytes = res.body().limit(64 << 20).await.expect("body");
+        let text = String::from_utf8_lossy(&bytes).into_owned();
+        let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        Got { status: res.status().as_u16(), headers: res.headers().clone(), text, body }
+    }
+
+    async fn get(gh: &FakeGithub, url: &str) -> Got {
+        call(gh, Some(gh.token()), "GET", url, None, &[]).await
+    }
+
+    async fn send(gh: &FakeGithub, method: &str, path: &str, body: Value) -> Got {
+        call(gh, Some(gh.token()), method, path, Some(body), &[]).await
+    }
+
+    /// A bare origin holding `main` (README.md) and the scratch clone it was pushed from.
+    fn origin(dir: &Path) -> (PathBuf, PathBuf) {
+        let work = git_repo(dir, "work");
+        let origin = dir.join("origin.git");
+        crate::common::git(dir, &["init", "-q", "--bare", "origin.git"]);
+        crate::common::git(&work, &["remote", "add", "origin", origin.to_str().unwrap()]);
+        crate::common::git(&work, &["push", "-q", "origin", "main"]);
+        (origin, work)
+    }
+
+    /// Commits `file` = `content` on `branch` (made from `main` if new) and pushes it; answers its sha.
+    fn push_branch(work: &Path, branch: &str, file: &str, content: &str) -> String {
+        let git = |args: &[&str]| crate::common::git(work, args);
+        if git(&["branch", "--list", branch]).is_empty() {
+            git(&["branch", branch, "main"]);
+        }
+        git(&["checkout", "-q", branch]);
+        std::fs::write(work.join(file), content).unwrap();
+        git(&["add", file]);
+        git(&["commit", "-q", "-m", &format!("{branch}: {file}")]);
+        git(&["push", "-q", "origin", branch]);
+        git(&["checkout", "-q", "main"]);
+        git(&["rev-parse", branch])
+    }
+
+    fn numbers(got: &Got) -> Vec<u64> {
+        got.body.as_array().expect("array").iter().map(|p| p["number"].as_u64().unwrap()).collect()
+    }
+
+    #[test]
+    fn sign_matches_the_documented_test_vector() {
+        assert_eq!(
+            FakeGithub::sign("It's a Secret to Everybody", b"Hello, World!"),
+            "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17"
+        );
+    }
+
+    #[test]
+    fn timestamps_are_rfc3339_utc() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(rfc3339(1_700_000_000), "2023-11-14T22:13:20Z");
+    }
+
+    #[actix_web::test]
+    async fn pulls_page_through_250_with_link_headers() {
+        let dir = tempdir();
+        let gh = FakeGithub::start();
+        gh.add_repo(REPO, &origin(dir.path()).0);
+        for i in 1..=250 {
+            assert_eq!(gh.add_pull(REPO, &format!("feature/{i}"), "main", &format!("PR {i}")), i);
+        }
+
+        let first = get(&gh, "/repos/acme/widget/pulls?state=all&per_page=100").await;
+        assert_eq!(first.status, 200, "{first:?}");
+        assert_eq!(numbers(&first), (151..=250).rev().collect::<Vec<_>>(), "newest first");
+        let base = format!("{}/repos/acme/widget/pulls", gh.url);
+        assert_eq!(first.link("next").unwrap(), format!("{base}?state=all&per_page=100&page=2"));
+        assert_eq!(first.link("last").unwrap(), format!("{base}?state=all&per_page=100&page=3"));
+        assert_eq!((first.link("prev"), first.link("first")), (None, None));
+
+        // The list leaves out what only GET on one PR has (§3.2).
+        let pr = &first.body[0];
+        for absent in ["mergeable", "mergeable_state", "merged", "merge_commit_sha", "commits"] {
+            assert!(pr.get(absent).is_none(), "{absent} in a list item");
+        }
+        assert_eq!(pr["head"]["label"], "acme:feature/250");
+        assert_eq!((pr["state"].as_str(), pr["user"]["login"].as_str()), (Some("open"), Some("octocat")));
+        assert!(pr["updated_at"].as_str().unwrap().ends_with('Z') && pr["merged_at"].is_null() && pr["labels"].is_array());
+
+        let middle = get(&gh, &first.link("next").unwrap()).await;
+        for rel in ["prev", "next", "last", "first"] {
+            assert!(middle.link(rel).is_some(), "no rel={rel} in {}", middle.header("link"));
+        }
+
+        // Following `next` from the default page size sees every PR once.
+        let (mut seen, mut url, mut pages) = (Vec::new(), Some("/repos/acme/widget/pulls?state=all".to_string()), 0);
+        while let Some(next) = url {
+            let page = get(&gh, &next).await;
+            assert_eq!(page.status, 200, "{page:?}");
+            seen.extend(numbers(&page));
+            (url, pages) = (page.link("next"), pages + 1);
+        }
+        assert_eq!((pages, seen), (9, (1..=250).rev().collect::<Vec<_>>()));
+
+        let capped = get(&gh, "/repos/acme/widget/pulls?per_page=500").await;
+        assert_eq!((numbers(&capped).len(), capped.link("last").unwrap().ends_with("page=3")), (100, true));
+        gh.close_externally(REPO, 7);
+        let closed = get(&gh, "/repos/acme/widget/pulls?state=closed").await;
+        assert_eq!((numbers(&closed), closed.header("link")), (vec![7], ""));
+        let one = get(&gh, "/repos/acme/widget/pulls?head=acme:feature/42").await;
+        assert_eq!(numbers(&one), vec![42]);
+        // GitHub ignores a head without its owner: every open PR comes back.
+        let ignored = get(&gh, "/repos/acme/widget/pulls?head=feature/42&per_page=100").await;
+        assert_eq!(numbers(&ignored).len(), 100);
+    }
+
+    #[actix_web::test]
+    async fn etag_then_304_spends_no_rate_limit() {
+        let dir = tempdir();
+        let gh = FakeGithub::start();
+        gh.add_repo(REPO, &origin(dir.path()).0);
+        gh.add_pull(REPO, "feature/a", "main", "A");
+        let path = "/repos/acme/widget/pulls?state=all";
+
+        let first = get(&gh, path).await;
+        let etag = first.header("etag").to_string();
+        assert!(etag.starts_with('"') && etag.ends_with('"'), "a strong etag: {etag}");
+        assert_eq!((first.header("x-ratelimit-remaining"), gh.rate_limit_remaining()), ("4999", 4999));
+        assert_eq!(first.header("x-ratelimit-used"), "1");
+        assert_eq!(first.header("x-ratelimit-resource"), "core");
+        assert!(first.header("x-ratelimit-reset").parse::<u64>().unwrap() > now());
+
+        let cached = call(&gh, Some(gh.token()), "GET", path, None, &[("if-none-match", &etag)]).await;
+        assert_eq!((cached.status, cached.text.as_str(), cached.header("etag")), (304, "", etag.as_str()));
+        assert_eq!((cached.header("x-ratelimit-remaining"), gh.rate_limit_remaining()), ("4999", 4999));
+        let last = gh.requests().pop().unwrap();
+        assert_eq!(last, Request { method: "GET".into(), path: path.into(), status: 304, if_none_match: true });
+
+        gh.merge_externally(REPO, 1);
+        let changed = call(&gh, Some(gh.token()), "GET", path, None, &[("if-none-match", &etag)]).await;
+        assert_eq!(changed.status, 200, "{changed:?}");
+        assert_ne!(changed.header("etag"), etag);
+        assert_eq!(changed.body[0]["state"], "closed");
+        assert!(changed.body[0]["merged_at"].is_string());
+        assert_eq!(gh.rate_limit_remaining(), 4998);
+
+        let pr = get(&gh, "/repos/acme/widget/pulls/1").await;
+        let again = call(&gh, Some(gh.token()), "GET", "/repos/acme/widget/pulls/1", None, &[("if-none-match", pr.header("etag"))]).await;
+        assert_eq!((pr.status, again.status, gh.rate_limit_remaining()), (200, 304, 4997));
+    }
+
+    #[actix_web::test]
+    async fn requests_without_the_token_get_401() {
+        let dir = tempdir();
+        let gh = FakeGithub::start();
+        gh.add_repo(REPO, &origin(dir.path()).0);
+        for token in [None, Some("ghp_wrong")] {
+            let got = call(&gh, token, "GET", "/repos/acme/widget/pulls", None, &[]).await;
+            assert_eq!((got.status, got.body["message"].as_str()), (401, Some("Bad credentials")), "{got:?}");
+            assert!(got.body["documentation_url"].is_string());
+            assert_eq!(got.header("x-ratelimit-limit"), "5000");
+        }
+        let scheme = call(&gh, None, "GET", "/repos/acme/widget/pulls", None, &[("authorization", &format!("token {}", gh.token()))]).await;
+        assert_eq!(scheme.status, 200, "the `token` scheme works too");
+        let unknown = get(&gh, "/repos/acme/nothing/pulls").await;
+        assert_eq!((unknown.status, unknown.body["message"].as_str()), (404, Some("Not Found")));
+        assert_eq!(gh.rate_limit_remaining(), 4998, "only the authenticated requests spent");
+    }
+
+    #[actix_web::test]
+    async fn injected_429_and_an_exhausted_limit() {
+        let dir = tempdir();
+        let gh = FakeGithub::start();
+        gh.add_repo(REPO, &origin(dir.path()).0);
+        gh.fail_next(2, 429, 7);
+        for _ in 0..2 {
+            let got = get(&gh, "/repos/acme/widget/pulls").await;
+            assert_eq!((got.status, got.header("retry-after")), (429, "7"), "{got:?}");
+            assert_eq!(got.header("x-ratelimit-remaining"), "5000");
+            assert!(got.body["message"].as_str().unwrap().contains("secondary rate limit"));
+        }
+        assert_eq!(get(&gh, "/repos/acme/widget/pulls").await.status, 200);
+
+        gh.set_rate_limit_remaining(1);
+        assert_eq!(get(&gh, "/repos/acme/widget/pulls").await.status, 200);
+        let over = get(&gh, "/repos/acme/widget/pulls").await;
+        assert_eq!((over.status, over.header("x-ratelimit-remaining")), (403, "0"), "{over:?}");
+        assert!(over.body["message"].as_str().unwrap().contains("API rate limit exceeded"));
+        let limit = get(&gh, "/rate_limit").await;
+        assert_eq!((limit.status, &limit.body["resources"]["core"]["remaining"]), (200, &json!(0)));
+        assert_eq!(limit.body["rate"]["used"], 5000);
+        let statuses: Vec<u16> = gh.requests().iter().map(|r| r.status).collect();
+        assert_eq!(statuses, vec![429, 429, 200, 200, 403, 200]);
+    }
+
+    #[actix_web::test]
+    async fn create_pull_and_its_three_422s() {
+        let dir = tempdir();
+        let gh = FakeGithub::start();
+        let (origin, work) = origin(dir.path());
+        gh.add_repo(REPO, &origin);
+        let sha = push_branch(&work, "orch/task-1", "a.txt", "a\n");
+        crate::common::git(&work, &["push", "-q", "origin", "main:refs/heads/same"]);
+        let body = |head: &str| json!({"title": "Task 1", "head": head, "base": "main", "body": "Done.", "draft": false, "maintainer_can_modify": true});
+
+        let created = send(&gh, "POST", "/repos/acme/widget/pulls", body("orch/task-1")).await;
+        assert_eq!(created.status, 201, "{created:?}");
+        let pr = &created.body;
+        assert_eq!((pr["number"].as_u64(), pr["state"].as_str(), pr["user"]["login"].as_str()), (Some(1), Some("open"), Some(BOT)));
+        assert_eq!((pr["head"]["sha"].as_str(), pr["head"]["ref"].as_str()), (Some(sha.as_str()), Some("orch/task-1")));
+        assert_eq!(pr["base"]["sha"].as_str().unwrap(), crate::common::git(&work, &["rev-parse", "main"]));
+        assert_eq!((&pr["merged"], &pr["mergeable"], &pr["mergeable_state"]), (&json!(false), &json!(true), &json!("clean")));
+        assert_eq!((&pr["commits"], &pr["additions"], &pr["deletions"], &pr["changed_files"]), (&json!(1), &json!(1), &json!(0), &json!(1)));
+
+        let missing = send(&gh, "POST", "/repos/acme/widget/pulls", body("no-such-branch")).await;
+        assert_eq!((missing.status, missing.body["message"].as_str()), (422, Some("Validation Failed")));
+        assert_eq!(missing.body["errors"][0], json!({"resource": "PullRequest", "field": "head", "code": "invalid"}));
+        let twice = send(&gh, "POST", "/repos/acme/widget/pulls", body("acme:orch/task-1")).await;
+        assert_eq!(twice.status, 422);
+        assert_eq!(twice.body["errors"][0]["message"], "A pull request already exists for acme:orch/task-1.");
+        let empty = send(&gh, "POST", "/repos/acme/widget/pulls", body("same")).await;
+        assert_eq!((empty.status, &empty.body["errors"][0]["message"]), (422, &json!("No commits between main and same")));
+
+        // A push moves head.sha (and updated_at) on the next read.
+        let moved = push_branch(&work, "orch/task-1", "b.txt", "b\n");
+        let pr = get(&gh, "/repos/acme/widget/pulls/1").await;
+        assert_eq!((pr.body["head"]["sha"].as_str(), &pr.body["commits"]), (Some(moved.as_str()), &json!(2)));
+        assert_ne!(pr.body["updated_at"], created.body["updated_at"]);
+        assert_eq!(gh.pull(REPO, 1)["head"]["sha"], pr.body["head"]["sha"]);
+    }
+
+    #[actix_web::test]
+    async fn merge_refuses_a_moved_head_then_merges_for_real() {
+        let dir = tempdir();
+        let gh = FakeGithub::start();
+        let (origin, work) = origin(dir.path());
+        gh.add_repo(REPO, &origin);
+        let head = push_branch(&work, "orch/task-1", "a.txt", "a\n");
+        let main_before = crate::common::git(&origin, &["rev-parse", "main"]);
+        let pr = send(&gh, "POST", "/repos/acme/widget/pulls", json!({"title": "Task 1", "head": "orch/task-1", "base": "main"})).await;
+        let merge = "/repos/acme/widget/pulls/1/merge";
+
+        let stale = send(&gh, "PUT", merge, json!({"merge_method": "squash", "sha": main_before})).await;
+        assert_eq!(stale.status, 409, "{stale:?}");
+        assert_eq!(stale.body["message"], "Head branch was modified. Review and try the merge again.");
+        assert_eq!(crate::common::git(&origin, &["rev-parse", "main"]), main_before, "a 409 writes nothing");
+
+        let merged = send(&gh, "PUT", merge, json!({"merge_method": "squash", "sha": head, "commit_title": "Task 1 (#1)"})).await;
+        assert_eq!(merged.status, 200, "{merged:?}");
+        assert_eq!((&merged.body["merged"], &merged.body["message"]), (&json!(true), &json!("Pull Request successfully merged")));
+        let sha = merged.body["sha"].as_str().unwrap();
+        let git = |args: &[&str]| crate::common::git(&origin, args);
+        assert_eq!(git(&["rev-parse", "main"]), sha, "main moved in the bare repository");
+        assert_eq!(git(&["rev-list", "--parents", "-n1", sha]), format!("{sha} {main_before}"), "a squash has one parent");
+        assert_eq!((git(&["show", "main:a.txt"]), git(&["log", "-1", "--format=%s|%an", "main"])), ("a".into(), "Task 1 (#1)|GitHub".into()));
+
+        let after = gh.pull(REPO, 1);
+        assert_eq!((&after["state"], &after["merged"], after["merge_commit_sha"].as_str()), (&json!("closed"), &json!(true), Some(sha)));
+        assert_eq!((&after["head"]["sha"], &after["mergeable"]), (&pr.body["head"]["sha"], &Value::Null));
+        assert_eq!(send(&gh, "PUT", merge, json!({})).await.status, 405, "a merged PR is not mergeable");
+
+        // A merge commit has two parents; a conflicting PR is not mergeable.
+        let second = push_branch(&work, "orch/task-2", "b.txt", "b\n");
+        send(&gh, "POST", "/repos/acme/widget/pulls", json!({"title": "Task 2", "head": "orch/task-2", "base": "main"})).await;
+        let merged = send(&gh, "PUT", "/repos/acme/widget/pulls/2/merge", json!({"merge_method": "merge"})).await;
+        let sha = merged.body["sha"].as_str().unwrap();
+        assert_eq!(git(&["rev-list", "--parents", "-n1", "main"]), format!("{sha} {} {second}", after["merge_commit_sha"].as_str().unwrap()));
+        push_branch(&work, "orch/task-3", "a.txt", "conflicting\n");
+        send(&gh, "POST", "/repos/acme/widget/pulls", json!({"title": "Task 3", "head": "orch/task-3", "base": "main"})).await;
+        assert_eq!((&gh.pull(REPO, 3)["mergeable"], &gh.pull(REPO, 3)["mergeable_state"]), (&json!(false), &json!("dirty")));
+        let refused = send(&gh, "PUT", "/repos/acme/widget/pulls/3/merge", json!({"merge_method": "squash"})).await;
+        assert_eq!((refused.status, &refused.body["message"]), (405, &json!("Pull Request is not mergeable")));
+        assert_eq!(git(&["rev-parse", "main"]), sha);
+    }
+
+    #[actix_web::test]
+    async fn check_runs_combined_status_and_reviews() {
+        let dir = tempdir();
+        let gh = FakeGithub::start();
+        let (origin, work) = origin(dir.path());
+        gh.add_repo(REPO, &origin);
+        let sha = push_branch(&work, "orch/task-1", "a.txt", "a\n");
+        let number = gh.add_pull(REPO, "orch/task-1", "main", "Task 1");
+
+        let none = get(&gh, &format!("/repos/acme/widget/commits/{sha}/status")).await;
+        assert_eq!(none.body, json!({"state": "pending", "sha": sha, "total_count": 0, "statuses": [], "repository": {"full_name": REPO}}));
+
+        gh.add_check_run(REPO, &sha, "test", "completed", Some("failure"), "2 failed");
+        gh.add_check_run(REPO, &sha, "test", "completed", Some("success"), "all passed");
+        gh.add_check_run(REPO, &sha, "lint", "in_progress", None, "");
+        let runs = get(&gh, "/repos/acme/widget/commits/orch%2Ftask-1/check-runs").await;
+        assert_eq!((runs.status, &runs.body["total_count"]), (200, &json!(2)), "{runs:?}");
+        let (lint, test) = (&runs.body["check_runs"][0], &runs.body["check_runs"][1]);
+        assert_eq!((&lint["name"], &lint["status"], &lint["conclusion"], &lint["completed_at"]), (&json!("lint"), &json!("in_progress"), &Value::Null, &Value::Null));
+        assert_eq!((&test["conclusion"], &test["output"]["summary"], &test["head_sha"]), (&json!("success"), &json!("all passed"), &json!(sha)));
+        assert_eq!(test["app"]["slug"], "github-actions");
+        for field in ["id", "started_at", "completed_at", "html_url", "details_url"] {
+            assert!(!test[field].is_null(), "check run without {field}");
+        }
+        let all = get(&gh, &format!("/repos/acme/widget/commits/{sha}/check-runs?filter=all&check_name=test")).await;
+        assert_eq!(all.body["total_count"], 2);
+
+        gh.set_status(REPO, &sha, "ci/build", "success", "built");
+        gh.set_status(REPO, &sha, "ci/deploy", "pending", "waiting");
+        let pending = get(&gh, "/repos/acme/widget/commits/orch/task-1/status").await;
+        assert_eq!((&pending.body["state"], &pending.body["total_count"]), (&json!("pending"), &json!(2)));
+        assert_eq!(pending.body["statuses"][0], json!({
+            "id": pending.body["statuses"][0]["id"], "context": "ci/deploy", "state": "pending", "description": "waiting",
+            "target_url": null, "created_at": pending.body["statuses"][0]["created_at"], "updated_at": pending.body["statuses"][0]["updated_at"],
+        }));
+        gh.set_status(REPO, &sha, "ci/deploy", "failure", "broke");
+        let failed = get(&gh, &format!("/repos/acme/widget/commits/{sha}/status")).await;
+        assert_eq!((&failed.body["state"], &failed.body["total_count"]), (&json!("failure"), &json!(2)));
+        gh.set_status(REPO, &sha, "ci/deploy", "success", "done");
+        assert_eq!(get(&gh, &format!("/repos/acme/widget/commits/{sha}/status")).await.body["state"], "success");
+        assert_eq!(get(&gh, "/repos/acme/widget/commits/nope/status").await.status, 422);
+
+        gh.add_review(REPO, number, "alice", "CHANGES_REQUESTED");
+        gh.add_review(REPO, number, "alice", "APPROVED");
+        let reviews = get(&gh, &format!("/repos/acme/widget/pulls/{number}/reviews")).await;
+        let states: Vec<(&str, &str)> = reviews.body.as_array().unwrap().iter().map(|r| (r["user"]["login"].as_str().unwrap(), r["state"].as_str().unwrap())).collect();
+        assert_eq!(states, vec![("alice", "CHANGES_REQUESTED"), ("alice", "APPROVED")]);
+        assert!(reviews.body[1]["id"].is_u64() && reviews.body[1]["submitted_at"].is_string());
+        assert_eq!(reviews.body[1]["commit_id"], json!(sha));
+        assert_eq!(get(&gh, "/repos/acme/widget/pulls/99/reviews").await.status, 404);
+
+        let branches = get(&gh, "/repos/acme/widget/branches").await;
+        let names: Vec<&str> = branches.body.as_array().unwrap().iter().map(|b| b["name"].as_str().unwrap()).collect();
+        assert_eq!(names, vec!["main", "orch/task-1"]);
+        assert_eq!((&branches.body[1]["commit"]["sha"], &branches.body[1]["protected"]), (&json!(sha), &json!(false)));
+    }
 }

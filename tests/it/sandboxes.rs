@@ -386,21 +386,28 @@ async fn pollers_can_be_listed_polled_slowed_and_stopped() {
     c.add_repo("default", &git_repo(dir.path(), "app")).await;
     let id = c.create_task("default", "app", "polled").await["id"].as_str().unwrap().to_string();
     let key = format!("org/default/repo/app/task/{id}/status-sync");
-    let list = c.get("/admin/pollers").await;
-    let me = list.body["items"].as_array().unwrap().iter().find(|p| p["key"] == key.as_str()).cloned().expect("listed");
+    let find = |body: &serde_json::Value, key: &str| body["items"].as_array().unwrap().iter().find(|p| p["key"] == key).cloned();
+    let me = find(&c.get("/admin/pollers").await.body, &key).expect("listed");
     assert_eq!(me["kind"], "task_status");
     assert_eq!(me["interval_ms"], 200);
+    let branch_key = "org/default/repo/app/branch-sync";
+    assert_eq!(find(&c.get("/admin/pollers").await.body, branch_key).expect("the branch poller runs")["kind"], "branch_sync");
     let r = c.post(&format!("/admin/pollers/{key}/interval"), json!({"interval_ms": 60000})).await;
     assert_eq!(r.status, 200, "{r:?}");
-    let before = c.get("/admin/pollers").await.body["items"][0]["polls"].as_u64().unwrap();
+    let before = find(&c.get("/admin/pollers").await.body, &key).unwrap()["polls"].as_u64().unwrap();
     let r = c.post(&format!("/admin/pollers/{key}/poll"), json!({})).await;
     assert_eq!(r.status, 200);
     eventually(WAIT, "the poll happens", || {
         let c = c.clone();
-        async move { (c.get("/admin/pollers").await.body["items"][0]["polls"].as_u64().unwrap() > before).then_some(()) }
+        let key = key.clone();
+        async move {
+            let body = c.get("/admin/pollers").await.body;
+            let polls = body["items"].as_array().unwrap().iter().find(|p| p["key"] == key.as_str()).unwrap()["polls"].as_u64().unwrap();
+            (polls > before).then_some(())
+        }
     })
     .await;
-    assert_eq!(c.get("/admin/pollers").await.body["items"][0]["interval_ms"], 60000);
+    assert_eq!(find(&c.get("/admin/pollers").await.body, &key).unwrap()["interval_ms"], 60000);
     for (body, code) in [(json!({"interval_ms": 1}), "invalid_interval"), (json!({"secs": 1}), "invalid_body")] {
         let r = c.post(&format!("/admin/pollers/{key}/interval"), body).await;
         assert_eq!((r.status, r.code()), (422, code));
@@ -411,7 +418,11 @@ async fn pollers_can_be_listed_polled_slowed_and_stopped() {
     assert_eq!(r.status, 200);
     eventually(WAIT, "the poller is gone", || {
         let c = c.clone();
-        async move { c.get("/admin/pollers").await.body["items"].as_array().unwrap().is_empty().then_some(()) }
+        let key = key.clone();
+        async move {
+            let body = c.get("/admin/pollers").await.body;
+            (!body["items"].as_array().unwrap().iter().any(|p| p["key"] == key.as_str())).then_some(())
+        }
     })
     .await;
     let r = c.post(&format!("/admin/pollers/{key}/poll"), json!({})).await;

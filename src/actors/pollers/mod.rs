@@ -2,6 +2,8 @@
 //! world and report to their parent actor; they never touch the database. Each
 //! takes the same control messages, which `/admin/pollers` sends.
 
+pub mod branch_sync;
+pub mod pr_sync;
 pub mod task_status;
 
 use actix::prelude::*;
@@ -37,4 +39,10 @@ pub struct PollerInfo {
     pub polls: u64,
     pub last_poll_at: Option<i64>,
     pub last_error: Option<String>,
+    /// What the last poll cost (pull-request pollers).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cost: Option<pr_sync::PollCost>,
+    /// Paused by a rate limit until then (unix ms).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub paused_until: Option<i64>,
 }

@@ -144,6 +144,8 @@ impl Handler<DescribePoller> for TaskStatusPoller {
             polls: self.polls,
             last_poll_at: self.last_poll_at,
             last_error: self.last_error.clone(),
+            cost: None,
+            paused_until: None,
         })
     }
 }

@@ -58,6 +58,65 @@ pub struct UpsertPullRequest {
     pub row: crate::db::models::PullRequest,
 }
 
+/// What the BranchSyncPoller should look at; `None` when the repository is gone.
+#[derive(Message, Clone)]
+#[rtype(result = "AppResult<Option<BranchPlan>>")]
+pub struct PlanBranchPoll {}
+
+#[derive(Debug, Clone)]
+pub struct BranchPlan {
+    pub mirror: PathBuf,
+    pub default_branch: String,
+    /// The folder holding this repository's task worktrees.
+    pub worktrees: PathBuf,
+    pub credentials: Option<crate::integrations::git::Credentials>,
+}
+
+/// One branch as the BranchSyncPoller saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BranchObservation {
+    pub name: String,
+    pub head: String,
+    pub ahead: i32,
+    pub behind: i32,
+    pub dirty_files: Option<i32>,
+}
+
+/// The BranchSyncPoller's findings: every branch of the mirror.
+#[derive(Message, Clone)]
+#[rtype(result = "AppResult<()>")]
+pub struct BranchesObserved {
+    pub branches: Vec<BranchObservation>,
+}
+
+/// What the PrSyncPoller should poll; `None` when the repository is not (or no
+/// longer) on GitHub with a token.
+#[derive(Message, Clone)]
+#[rtype(result = "AppResult<Option<PrPlan>>")]
+pub struct PlanPrPoll {}
+
+#[derive(Debug, Clone)]
+pub struct PrPlan {
+    pub github: crate::integrations::github::GitHub,
+    pub repo_id: i32,
+    /// Branches of tasks that are not finished: their PRs get CI and reviews read.
+    pub task_branches: Vec<String>,
+}
+
+/// One pull request as the PrSyncPoller saw it.
+#[derive(Debug, Clone)]
+pub struct PrObservation {
+    pub row: crate::db::models::PullRequest,
+    pub failed_checks: Vec<crate::integrations::github::FailedCheck>,
+}
+
+/// The PrSyncPoller's findings: every pull request of the repository.
+#[derive(Message, Clone)]
+#[rtype(result = "AppResult<()>")]
+pub struct PullRequestsObserved {
+    pub pulls: Vec<PrObservation>,
+}
+
 /// Deletes the repository, its mirror and its finished tasks.
 #[derive(Message, Clone)]
 #[rtype(result = "AppResult<()>")]
@@ -276,6 +335,148 @@ impl Handler<SetRepoSettings> for RepositoryActor {
             Ok(repo)
         })
     }
+}
+
+impl Handler<PlanBranchPoll> for RepositoryActor {
+    type Result = ResponseFuture<AppResult<Option<BranchPlan>>>;
+
+    fn handle(&mut self, _: PlanBranchPoll, _: &mut Self::Context) -> Self::Result {
+        self.meta.touch();
+        let (kiln, org, name) = (self.kiln.clone(), self.org.clone(), self.repo.clone());
+        Box::pin(async move {
+            let (o, n) = (org.clone(), name.clone());
+            let Some(repo) = kiln.db.read(move |c| queries::repo_by_name(c, &o, &n)).await? else { return Ok(None) };
+            let credentials = crate::actors::task::git_ops::github_client(&kiln, &org, &repo).await.ok().flatten().map(|(_, c)| c);
+            Ok(Some(BranchPlan {
+                mirror: PathBuf::from(&repo.mirror_path),
+                default_branch: repo.default_branch.clone(),
+                worktrees: kiln.data_dir.join("worktrees").join(&org).join(&name),
+                credentials,
+            }))
+        })
+    }
+}
+
+impl Handler<BranchesObserved> for RepositoryActor {
+    type Result = AtomicResponse<Self, AppResult<()>>;
+
+    fn handle(&mut self, msg: BranchesObserved, _: &mut Self::Context) -> Self::Result {
+        let (kiln, org, name) = (self.kiln.clone(), self.org.clone(), self.repo.clone());
+        atomic!(self, async move {
+            let (o, n) = (org.clone(), name.clone());
+            let Some(repo) = kiln.db.read(move |c| queries::repo_by_name(c, &o, &n)).await? else { return Ok(()) };
+            let repo_id = repo.id;
+            let observed = msg.branches;
+            let changes = kiln.db.write(move |c| store::apply_branches(c, repo_id, &observed, now_ms())).await?;
+            let events = changes
+                .into_iter()
+                .map(|(kind, data)| NewEvent::new(kind, data).repo(&name))
+                .collect::<Vec<_>>();
+            kiln.emit(&org, events).await?;
+            Ok(())
+        })
+    }
+}
+
+impl Handler<PlanPrPoll> for RepositoryActor {
+    type Result = ResponseFuture<AppResult<Option<PrPlan>>>;
+
+    fn handle(&mut self, _: PlanPrPoll, _: &mut Self::Context) -> Self::Result {
+        self.meta.touch();
+        let (kiln, org, name) = (self.kiln.clone(), self.org.clone(), self.repo.clone());
+        Box::pin(async move {
+            let (o, n) = (org.clone(), name.clone());
+            let Some(repo) = kiln.db.read(move |c| queries::repo_by_name(c, &o, &n)).await? else { return Ok(None) };
+            let Ok(Some((github, _))) = crate::actors::task::git_ops::github_client(&kiln, &org, &repo).await else { return Ok(None) };
+            let repo_id = repo.id;
+            let task_branches = kiln.db.read(move |c| queries::active_task_branches(c, repo_id)).await?.into_iter().map(|(_, b, _)| b).collect();
+            Ok(Some(PrPlan { github, repo_id, task_branches }))
+        })
+    }
+}
+
+impl Handler<PullRequestsObserved> for RepositoryActor {
+    type Result = AtomicResponse<Self, AppResult<()>>;
+
+    fn handle(&mut self, msg: PullRequestsObserved, _: &mut Self::Context) -> Self::Result {
+        let (kiln, org, name) = (self.kiln.clone(), self.org.clone(), self.repo.clone());
+        atomic!(self, apply_pulls(kiln, org, name, msg.pulls))
+    }
+}
+
+/// Stores what the PR poller saw, with events for task PRs that changed, and the
+/// automation that follows: archive on an outside merge, CI failures to the agent.
+async fn apply_pulls(kiln: Kiln, org: String, name: String, pulls: Vec<PrObservation>) -> AppResult<()> {
+    let (o, n) = (org.clone(), name.clone());
+    let Some(repo) = kiln.db.read(move |c| queries::repo_by_name(c, &o, &n)).await? else { return Ok(()) };
+    let repo_id = repo.id;
+    let tasks: std::collections::HashMap<String, (String, String)> = kiln
+        .db
+        .read(move |c| queries::active_task_branches(c, repo_id))
+        .await?
+        .into_iter()
+        .map(|(id, branch, status)| (branch, (id, status)))
+        .collect();
+    let rows: Vec<_> = pulls.iter().map(|p| p.row.clone()).collect();
+    let before = kiln.db.write(move |c| store::upsert_pulls(c, &rows)).await?;
+    let settings = repo.settings();
+    let mut events = Vec::new();
+    let mut follow_ups = Vec::new();
+    for (obs, old) in pulls.iter().zip(before) {
+        let row = &obs.row;
+        let Some((task_id, _)) = tasks.get(&row.head_ref) else { continue };
+        let event = |kind: &'static str, data: serde_json::Value| NewEvent::new(kind, data).repo(&name).task(task_id);
+        let base = json!({"number": row.number, "url": row.url});
+        match &old {
+            None => events.push(event("pr.opened", base.clone())),
+            Some(old) if old.state != row.state && row.state == "merged" => {
+                events.push(event("pr.merged", base.clone()));
+                if settings.automation.archive_on_external_merge {
+                    follow_ups.push((task_id.clone(), None));
+                }
+            }
+            Some(old) if old.state != row.state && row.state == "closed" => {
+                events.push(event("pr.closed", base.clone()));
+                if settings.automation.archive_on_external_merge {
+                    follow_ups.push((task_id.clone(), None));
+                }
+            }
+            _ => {}
+        }
+        let old_ci = old.as_ref().and_then(|o| o.ci_state.clone());
+        if row.ci_state.is_some() && row.ci_state != old_ci {
+            events.push(event("pr.ci_changed", json!({"number": row.number, "from": old_ci, "to": row.ci_state, "failed": obs.failed_checks})));
+            if row.ci_state.as_deref() == Some("failure") && settings.automation.on_ci_failure.enabled {
+                follow_ups.push((task_id.clone(), Some(obs.failed_checks.clone())));
+            }
+        }
+        let old_review = old.as_ref().and_then(|o| o.review_decision.clone());
+        if row.review_decision.is_some() && row.review_decision != old_review {
+            events.push(event("pr.review_changed", json!({"number": row.number, "from": old_review, "to": row.review_decision})));
+        }
+    }
+    kiln.emit(&org, events).await?;
+    // Tasks hear about it after the rows and events are written; never for PRs
+    // that belong to no task.
+    for (task_id, failed) in follow_ups {
+        let handle = kiln.task(&org, &name, &task_id);
+        let max = settings.automation.on_ci_failure.max_attempts;
+        let result = match failed {
+            None => handle
+                .send(crate::actors::task::ApplyAction {
+                    input: crate::actors::task::state::TaskInput::Archive,
+                    text: None,
+                    git: Default::default(),
+                })
+                .await
+                .map(|r| r.map(|_| ())),
+            Some(checks) => handle.send(crate::actors::task::CiFailed { checks, max_attempts: max }).await,
+        };
+        if let Ok(Err(e)) | Err(e) = result.map_err(AppError::from) {
+            log::warn!("follow-up for task {task_id} failed: {e}");
+        }
+    }
+    Ok(())
 }
 
 impl Handler<DeleteRepo> for RepositoryActor {

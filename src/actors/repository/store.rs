@@ -4,8 +4,9 @@
 use diesel::prelude::*;
 use diesel::sqlite::SqliteConnection;
 
-use crate::db::models::{NewRepo, PullRequest, Repo};
-use crate::db::schema::{pull_requests, repos};
+use super::BranchObservation;
+use crate::db::models::{Branch, NewRepo, PullRequest, Repo};
+use crate::db::schema::{branches, pull_requests, repos};
 
 pub(super) fn insert_repo(conn: &mut SqliteConnection, row: &NewRepo) -> QueryResult<Repo> {
     diesel::insert_into(repos::table).values(row).returning(Repo::as_returning()).get_result(conn)
@@ -62,4 +63,67 @@ pub(super) fn upsert_pull(conn: &mut SqliteConnection, row: &PullRequest) -> Que
     );
     diesel::replace_into(pull_requests::table).values(values).execute(conn)?;
     pull_requests::table.find((row.repo_id, row.number)).select(PullRequest::as_select()).first(conn)
+}
+
+/// Upserts many pull requests in one transaction; answers each one's previous row.
+pub(super) fn upsert_pulls(conn: &mut SqliteConnection, rows: &[PullRequest]) -> QueryResult<Vec<Option<PullRequest>>> {
+    let mut before = Vec::with_capacity(rows.len());
+    for row in rows {
+        let old: Option<PullRequest> = pull_requests::table
+            .find((row.repo_id, row.number))
+            .select(PullRequest::as_select())
+            .first(conn)
+            .optional()?;
+        let unchanged = old.as_ref().is_some_and(|o| {
+            o.state == row.state && o.head_sha == row.head_sha && o.title == row.title && o.draft == row.draft
+                && (row.ci_state.is_none() || o.ci_state == row.ci_state)
+                && (row.review_decision.is_none() || o.review_decision == row.review_decision)
+                && (row.mergeable.is_none() || o.mergeable == row.mergeable)
+        });
+        if !unchanged {
+            upsert_pull(conn, row)?;
+        }
+        before.push(old);
+    }
+    Ok(before)
+}
+
+/// Makes `branches` match what the poller saw; answers the events to emit.
+pub(super) fn apply_branches(
+    conn: &mut SqliteConnection,
+    repo_id: i32,
+    observed: &[BranchObservation],
+    now: i64,
+) -> QueryResult<Vec<(&'static str, serde_json::Value)>> {
+    let current: Vec<Branch> = branches::table.filter(branches::repo_id.eq(repo_id)).select(Branch::as_select()).load(conn)?;
+    let mut events = Vec::new();
+    for b in observed {
+        let old = current.iter().find(|c| c.name == b.name);
+        let same = old.is_some_and(|o| {
+            o.head_sha == b.head && o.ahead == Some(b.ahead) && o.behind == Some(b.behind) && o.dirty_files == b.dirty_files
+        });
+        if same {
+            continue;
+        }
+        diesel::replace_into(branches::table)
+            .values((
+                branches::repo_id.eq(repo_id),
+                branches::name.eq(&b.name),
+                branches::head_sha.eq(&b.head),
+                branches::ahead.eq(b.ahead),
+                branches::behind.eq(b.behind),
+                branches::dirty_files.eq(b.dirty_files),
+                branches::updated_at.eq(now),
+            ))
+            .execute(conn)?;
+        events.push((
+            "branch.updated",
+            serde_json::json!({"branch": b.name, "head": b.head, "ahead": b.ahead, "behind": b.behind, "dirty_files": b.dirty_files}),
+        ));
+    }
+    for gone in current.iter().filter(|c| !observed.iter().any(|b| b.name == c.name)) {
+        diesel::delete(branches::table.find((repo_id, &gone.name))).execute(conn)?;
+        events.push(("branch.deleted", serde_json::json!({"branch": gone.name})));
+    }
+    Ok(events)
 }

@@ -377,3 +377,42 @@ pub async fn recover(ctx: TaskCtx) -> AppResult<()> {
     }
     Ok(())
 }
+
+/// Types the failed checks into the agent, counting hand-overs per task; once
+/// the limit is reached it says so once and stops.
+pub async fn ci_failed(ctx: TaskCtx, checks: Vec<crate::integrations::github::FailedCheck>, max_attempts: u32) -> AppResult<()> {
+    let (task, repo) = ctx.load().await?;
+    let status: TaskStatus = task.status.parse().map_err(AppError::bug)?;
+    if !matches!(status, TaskStatus::Running | TaskStatus::Idle) {
+        return Ok(());
+    }
+    let id = ctx.id.clone();
+    let count = ctx.kiln.db.read(move |c| queries::task_runtime(c, &id)).await?.map(|r| r.ci_feedback_count).unwrap_or(0);
+    if count as u32 >= max_attempts {
+        if count as u32 == max_attempts {
+            ctx.kiln
+                .emit_one(&ctx.org, ctx.event("task.ci_feedback_exhausted", json!({"attempts": count, "max_attempts": max_attempts})))
+                .await?;
+            let id = ctx.id.clone();
+            ctx.kiln.db.write(move |c| store::bump_ci_feedback(c, &id, now_ms())).await?;
+        }
+        return Ok(());
+    }
+    let mut text = String::from("CI failed on your pull request:\n");
+    for c in &checks {
+        text.push_str(&format!("- {}: {}\n", c.name, c.summary.lines().next().unwrap_or("")));
+    }
+    text.push_str("Please fix these failures, commit, and push.\r");
+    let handle = ctx.handle(&task, &repo)?;
+    crate::db::pool::blocking(move || {
+        crate::terminal::client::send_input(&handle.state_dir, text.as_bytes()).map_err(|e| crate::db::DbError::Blocking(e.to_string()))
+    })
+    .await
+    .map_err(|_| AppError::conflict("agent_unreachable", "the agent's terminal does not answer"))?;
+    let id = ctx.id.clone();
+    ctx.kiln.db.write(move |c| store::bump_ci_feedback(c, &id, now_ms())).await?;
+    ctx.kiln
+        .emit_one(&ctx.org, ctx.event("task.ci_feedback_sent", json!({"attempt": count + 1, "max_attempts": max_attempts, "checks": checks})))
+        .await?;
+    Ok(())
+}

@@ -31,9 +31,15 @@ pub struct GitParams {
 
 /// The GitHub repository and credentials of `repo`, when it has them.
 pub async fn github_for(ctx: &TaskCtx, repo: &Repo) -> AppResult<Option<(GitHub, Credentials)>> {
+    github_client(&ctx.kiln, &ctx.org, repo).await
+}
+
+/// The GitHub client and git credentials for `repo`: `None` when it is not on
+/// GitHub, an error when it is but the organization has no token.
+pub async fn github_client(kiln: &crate::actors::Kiln, org: &str, repo: &Repo) -> AppResult<Option<(GitHub, Credentials)>> {
     let Some(slug) = repo.github() else { return Ok(None) };
-    let org = ctx.org.clone();
-    let profile = ctx.kiln.db.read(move |c| queries::provider_profile(c, &org, "github")).await?;
+    let org_name = org.to_string();
+    let profile = kiln.db.read(move |c| queries::provider_profile(c, &org_name, "github")).await?;
     let (config, secrets) = match profile {
         Some((config, secrets, _)) => (
             serde_json::from_str::<serde_json::Value>(&config).unwrap_or_default(),
@@ -44,16 +50,16 @@ pub async fn github_for(ctx: &TaskCtx, repo: &Repo) -> AppResult<Option<(GitHub,
     let Some(token) = secrets["token"].as_str().filter(|t| !t.is_empty()) else {
         return Err(AppError::invalid(
             "github_token_missing",
-            format!("repository `{}` is on GitHub ({slug}) but this organization has no GitHub token: PUT /v1/organizations/{}/providers/github {{\"secrets\": {{\"token\": \"…\"}}}}", repo.name, ctx.org),
+            format!("repository `{}` is on GitHub ({slug}) but this organization has no GitHub token: PUT /v1/organizations/{}/providers/github {{\"secrets\": {{\"token\": \"…\"}}}}", repo.name, org),
         ));
     };
     let api = config["api_url"].as_str().unwrap_or(DEFAULT_API_URL);
-    Ok(Some((GitHub::new(api, token, &slug), credentials(ctx, token))))
+    Ok(Some((GitHub::new(api, token, &slug), credentials(kiln, token))))
 }
 
 /// git gets the token from this binary acting as its askpass helper.
-pub fn credentials(ctx: &TaskCtx, token: &str) -> Credentials {
-    let program = &ctx.kiln.config.terminal.host_program;
+pub fn credentials(kiln: &crate::actors::Kiln, token: &str) -> Credentials {
+    let program = &kiln.config.terminal.host_program;
     let askpass = if !program.is_empty() {
         program.into()
     } else if Path::new("/proc/self/exe").exists() {

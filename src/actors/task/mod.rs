@@ -81,6 +81,15 @@ pub struct StatusObserved {
     pub health: crate::providers::SandboxHealth,
 }
 
+/// CI failed on the task's pull request: hand the failed checks to the agent,
+/// at most `max_attempts` times per task.
+#[derive(Message, Clone)]
+#[rtype(result = "AppResult<()>")]
+pub struct CiFailed {
+    pub checks: Vec<crate::integrations::github::FailedCheck>,
+    pub max_attempts: u32,
+}
+
 /// At boot: reconcile an active task with its sandbox (re-attach or interrupt).
 #[derive(Message, Clone)]
 #[rtype(result = "AppResult<()>")]
@@ -163,6 +172,15 @@ impl Handler<StatusObserved> for TaskActor {
     fn handle(&mut self, msg: StatusObserved, _: &mut Self::Context) -> Self::Result {
         let ctx = self.ctx();
         atomic!(self, effects::observe(ctx, msg.health))
+    }
+}
+
+impl Handler<CiFailed> for TaskActor {
+    type Result = AtomicResponse<Self, AppResult<()>>;
+
+    fn handle(&mut self, msg: CiFailed, _: &mut Self::Context) -> Self::Result {
+        let ctx = self.ctx();
+        atomic!(self, effects::ci_failed(ctx, msg.checks, msg.max_attempts))
     }
 }
 

@@ -59,3 +59,15 @@ pub(super) fn upsert_runtime(
         .execute(conn)
         .map(|_| ())
 }
+
+/// Counts one more CI failure handed to the agent.
+pub(super) fn bump_ci_feedback(conn: &mut SqliteConnection, task: &str, now: i64) -> QueryResult<()> {
+    use crate::db::schema::task_runtime;
+    diesel::insert_into(task_runtime::table)
+        .values((task_runtime::task_id.eq(task), task_runtime::ci_feedback_count.eq(1), task_runtime::updated_at.eq(now)))
+        .on_conflict(task_runtime::task_id)
+        .do_update()
+        .set((task_runtime::ci_feedback_count.eq(task_runtime::ci_feedback_count + 1), task_runtime::updated_at.eq(now)))
+        .execute(conn)
+        .map(|_| ())
+}

@@ -1,0 +1,167 @@
+//! BranchSyncPoller (`org/{org}/repo/{repo}/branch-sync`): one per repository,
+//! every `repos.branch_poll_ms` (5 s). It asks its RepositoryActor what to look
+//! at (`PlanBranchPoll`), then reads the mirror and the task worktrees: branch
+//! heads, ahead/behind against the default branch, and uncommitted files per
+//! worktree. Every `repos.fetch_secs` it first fetches origin. It reports
+//! `BranchesObserved` and writes nothing.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+
+use super::{DescribePoller, PollNow, PollerInfo, SetInterval, StopPoller};
+use crate::actors::registry::ActorMeta;
+use crate::actors::repository::{BranchObservation, BranchesObserved, PlanBranchPoll};
+use crate::actors::Kiln;
+use crate::db::pool::blocking;
+use crate::error::AppError;
+use crate::integrations::git;
+use crate::util::now_ms;
+
+pub struct BranchSyncPoller {
+    kiln: Kiln,
+    org: String,
+    repo: String,
+    meta: Arc<ActorMeta>,
+    interval: Duration,
+    timer: Option<SpawnHandle>,
+    busy: bool,
+    polls: u64,
+    last_poll_at: Option<i64>,
+    last_fetch_at: i64,
+    last_error: Option<String>,
+}
+
+impl BranchSyncPoller {
+    pub fn new(kiln: Kiln, org: String, repo: String, meta: Arc<ActorMeta>, interval: Duration) -> Self {
+        BranchSyncPoller { kiln, org, repo, meta, interval, timer: None, busy: false, polls: 0, last_poll_at: None, last_fetch_at: 0, last_error: None }
+    }
+
+    fn schedule(&mut self, ctx: &mut Context<Self>) {
+        if let Some(timer) = self.timer.take() {
+            ctx.cancel_future(timer);
+        }
+        self.timer = Some(ctx.run_interval(self.interval, |act, ctx| act.poll(ctx)));
+    }
+
+    fn poll(&mut self, ctx: &mut Context<Self>) {
+        if self.busy {
+            return;
+        }
+        self.busy = true;
+        self.meta.touch();
+        let fetch_due = now_ms() - self.last_fetch_at >= (self.kiln.config.repos.fetch_secs * 1000) as i64;
+        let (kiln, org, repo) = (self.kiln.clone(), self.org.clone(), self.repo.clone());
+        let work = async move {
+            let plan = kiln.repository(&org, &repo).send(PlanBranchPoll {}).await??;
+            let Some(plan) = plan else { return Ok(None) };
+            let creds = plan.credentials.clone();
+            let branches = blocking(move || Ok(observe(&plan.mirror, &plan.default_branch, &plan.worktrees, fetch_due, creds.as_ref())))
+                .await?
+                .map_err(|e: git::GitError| AppError::BadGateway { code: "git_failed", message: e.message() })?;
+            kiln.repository(&org, &repo).send(BranchesObserved { branches }).await??;
+            Ok::<_, AppError>(Some(fetch_due))
+        };
+        ctx.spawn(work.into_actor(self).map(|result, act, ctx| {
+            act.busy = false;
+            act.polls += 1;
+            act.last_poll_at = Some(now_ms());
+            match result {
+                Ok(Some(fetched)) => {
+                    act.last_error = None;
+                    if fetched {
+                        act.last_fetch_at = now_ms();
+                    }
+                }
+                // The repository is gone.
+                Ok(None) => ctx.stop(),
+                Err(e) => act.last_error = Some(e.to_string()),
+            }
+        }));
+    }
+}
+
+/// Reads branch heads, ahead/behind and dirty files (fetching first when due).
+fn observe(
+    mirror: &Path,
+    default_branch: &str,
+    worktrees: &Path,
+    fetch: bool,
+    creds: Option<&git::Credentials>,
+) -> Result<Vec<BranchObservation>, git::GitError> {
+    if fetch {
+        if let Err(e) = git::fetch_all(mirror, creds) {
+            log::warn!("fetching origin for {} failed: {}", mirror.display(), e.message());
+        }
+    }
+    let base = git::base_ref(mirror, default_branch);
+    let mut dirty = std::collections::HashMap::new();
+    if let Ok(entries) = std::fs::read_dir(worktrees) {
+        for entry in entries.flatten() {
+            let path: PathBuf = entry.path();
+            if let (Ok(branch), Ok(count)) = (git::run(&path, &["rev-parse", "--abbrev-ref", "HEAD"]), git::dirty_count(&path)) {
+                dirty.insert(branch, count as i32);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for (name, head) in git::branch_heads(mirror)? {
+        let (ahead, behind) = if name == default_branch { (0, 0) } else { git::ahead_behind(mirror, &base, &name).unwrap_or((0, 0)) };
+        out.push(BranchObservation { dirty_files: dirty.get(&name).copied(), name, head, ahead, behind });
+    }
+    Ok(out)
+}
+
+impl Actor for BranchSyncPoller {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        self.schedule(ctx);
+        self.poll(ctx);
+    }
+
+    fn stopped(&mut self, _: &mut Self::Context) {
+        self.kiln.registry.remove(&self.meta);
+    }
+}
+
+impl Handler<PollNow> for BranchSyncPoller {
+    type Result = ();
+    fn handle(&mut self, _: PollNow, ctx: &mut Self::Context) {
+        self.poll(ctx);
+    }
+}
+
+impl Handler<StopPoller> for BranchSyncPoller {
+    type Result = ();
+    fn handle(&mut self, _: StopPoller, ctx: &mut Self::Context) {
+        ctx.stop();
+    }
+}
+
+impl Handler<SetInterval> for BranchSyncPoller {
+    type Result = ();
+    fn handle(&mut self, msg: SetInterval, ctx: &mut Self::Context) {
+        self.interval = Duration::from_millis(msg.millis.max(100));
+        self.schedule(ctx);
+    }
+}
+
+impl Handler<DescribePoller> for BranchSyncPoller {
+    type Result = MessageResult<DescribePoller>;
+    fn handle(&mut self, _: DescribePoller, _: &mut Self::Context) -> Self::Result {
+        MessageResult(PollerInfo {
+            key: self.meta.key.clone(),
+            kind: "branch_sync",
+            interval_ms: self.interval.as_millis() as u64,
+            polls: self.polls,
+            last_poll_at: self.last_poll_at,
+            last_error: self.last_error.clone(),
+            cost: None,
+            paused_until: None,
+        })
+    }
+}
+

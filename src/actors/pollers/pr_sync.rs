@@ -1,0 +1,261 @@
+//! PrSyncPoller (`org/{org}/repo/{repo}/pr-sync`): one per repository on GitHub,
+//! every `github.pr_poll_ms` (30 s). It asks its RepositoryActor for the GitHub
+//! client and the task branches (`PlanPrPoll`), lists every pull request page by
+//! page with `If-None-Match` (an unchanged page is a free 304), and for the open
+//! pull requests of task branches reads mergeability, CI (check runs plus the
+//! combined status) and the review decision, also conditionally. It reports
+//! `PullRequestsObserved` and writes nothing. Rate limits: a 403/429 pauses it
+//! for `retry-after` (or until the reset), doubling on repeats.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use serde_json::Value;
+
+use super::{DescribePoller, PollNow, PollerInfo, SetInterval, StopPoller};
+use crate::actors::registry::ActorMeta;
+use crate::actors::repository::{PlanPrPoll, PrObservation, PullRequestsObserved};
+use crate::actors::task::git_ops::pull_row;
+use crate::actors::Kiln;
+use crate::error::AppError;
+use crate::integrations::github::{combine_ci, review_decision, GitHub, GitHubError};
+use crate::util::now_ms;
+
+/// Responses kept for conditional requests: URL → (etag, body).
+type Cache = HashMap<String, (String, Value)>;
+
+/// What one poll cost, for `/admin/pollers` and the benchmark.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct PollCost {
+    pub requests: u64,
+    pub not_modified: u64,
+    pub rate_limit_remaining: Option<u64>,
+    pub millis: u64,
+}
+
+pub struct PrSyncPoller {
+    kiln: Kiln,
+    org: String,
+    repo: String,
+    meta: Arc<ActorMeta>,
+    interval: Duration,
+    timer: Option<SpawnHandle>,
+    busy: bool,
+    cache: Option<Cache>,
+    paused_until: i64,
+    failures: u32,
+    polls: u64,
+    last_poll_at: Option<i64>,
+    last_error: Option<String>,
+    pub last_cost: PollCost,
+}
+
+impl PrSyncPoller {
+    pub fn new(kiln: Kiln, org: String, repo: String, meta: Arc<ActorMeta>, interval: Duration) -> Self {
+        PrSyncPoller {
+            kiln,
+            org,
+            repo,
+            meta,
+            interval,
+            timer: None,
+            busy: false,
+            cache: Some(HashMap::new()),
+            paused_until: 0,
+            failures: 0,
+            polls: 0,
+            last_poll_at: None,
+            last_error: None,
+            last_cost: PollCost::default(),
+        }
+    }
+
+    fn schedule(&mut self, ctx: &mut Context<Self>) {
+        if let Some(timer) = self.timer.take() {
+            ctx.cancel_future(timer);
+        }
+        self.timer = Some(ctx.run_interval(self.interval, |act, ctx| act.poll(ctx, false)));
+    }
+
+    fn poll(&mut self, ctx: &mut Context<Self>, forced: bool) {
+        if self.busy || (!forced && now_ms() < self.paused_until) {
+            return;
+        }
+        self.busy = true;
+        self.meta.touch();
+        let mut cache = self.cache.take().unwrap_or_default();
+        let (kiln, org, repo) = (self.kiln.clone(), self.org.clone(), self.repo.clone());
+        let work = async move {
+            let result = async {
+                let Some(plan) = kiln.repository(&org, &repo).send(PlanPrPoll {}).await?? else { return Ok(None) };
+                let mut cost = PollCost::default();
+                let started = std::time::Instant::now();
+                let observed = poll_github(&plan.github, plan.repo_id, &plan.task_branches, &mut cache, &mut cost).await;
+                cost.millis = started.elapsed().as_millis() as u64;
+                let pulls = observed?;
+                kiln.repository(&org, &repo).send(PullRequestsObserved { pulls }).await??;
+                Ok::<_, PollError>(Some(cost))
+            }
+            .await;
+            (result, cache)
+        };
+        ctx.spawn(work.into_actor(self).map(|(result, cache), act, ctx| {
+            act.cache = Some(cache);
+            act.busy = false;
+            act.polls += 1;
+            act.last_poll_at = Some(now_ms());
+            match result {
+                Ok(Some(cost)) => {
+                    act.failures = 0;
+                    act.last_error = None;
+                    act.last_cost = cost;
+                }
+                Ok(None) => ctx.stop(),
+                Err(PollError::RateLimited(wait)) => {
+                    act.failures += 1;
+                    let backoff = wait.max(Duration::from_secs(1)) * 2u32.saturating_pow(act.failures - 1).min(16);
+                    act.paused_until = now_ms() + backoff.as_millis() as i64;
+                    act.last_error = Some(format!("rate limited; paused for {} s", backoff.as_secs()));
+                }
+                Err(PollError::Other(e)) => act.last_error = Some(e),
+            }
+        }));
+    }
+}
+
+enum PollError {
+    RateLimited(Duration),
+    Other(String),
+}
+
+impl From<AppError> for PollError {
+    fn from(e: AppError) -> Self {
+        PollError::Other(e.to_string())
+    }
+}
+
+impl From<actix::MailboxError> for PollError {
+    fn from(e: actix::MailboxError) -> Self {
+        PollError::Other(e.to_string())
+    }
+}
+
+impl From<GitHubError> for PollError {
+    fn from(e: GitHubError) -> Self {
+        match e {
+            GitHubError::RateLimited { retry_after } => PollError::RateLimited(retry_after),
+            other => PollError::Other(other.to_string()),
+        }
+    }
+}
+
+/// A conditional GET: a 304 answers the cached body.
+async fn get(gh: &GitHub, url: &str, cache: &mut Cache, cost: &mut PollCost) -> Result<(Value, Option<String>), GitHubError> {
+    let etag = cache.get(url).map(|(e, _)| e.clone());
+    let res = gh.send("GET", url, None, etag.as_deref()).await?;
+    cost.requests += 1;
+    if res.remaining.is_some() {
+        cost.rate_limit_remaining = res.remaining;
+    }
+    if res.status == 304 {
+        cost.not_modified += 1;
+        if let Some((_, body)) = cache.get(url) {
+            return Ok((body.clone(), res.next));
+        }
+    }
+    if let Some(tag) = &res.etag {
+        cache.insert(url.to_string(), (tag.clone(), res.body.clone()));
+    }
+    Ok((res.body, res.next))
+}
+
+/// One cycle: every page of pull requests, then the details of task PRs.
+async fn poll_github(
+    gh: &GitHub,
+    repo_id: i32,
+    task_branches: &[String],
+    cache: &mut Cache,
+    cost: &mut PollCost,
+) -> Result<Vec<PrObservation>, PollError> {
+    let mut url = "/pulls?state=all&per_page=100".to_string();
+    let mut listed = Vec::new();
+    for _page in 0..100 {
+        let (body, next) = get(gh, &url, cache, cost).await?;
+        listed.extend(body.as_array().cloned().unwrap_or_default());
+        match next {
+            Some(n) => url = n,
+            None => break,
+        }
+    }
+    let mut out = Vec::with_capacity(listed.len());
+    for pr in listed {
+        let mut row = pull_row(repo_id, &pr);
+        let mut failed = Vec::new();
+        if row.state == "open" && task_branches.contains(&row.head_ref) {
+            let (full, _) = get(gh, &format!("/pulls/{}", row.number), cache, cost).await?;
+            row = pull_row(repo_id, &full);
+            let (runs, _) = get(gh, &format!("/commits/{}/check-runs?per_page=100", row.head_sha), cache, cost).await?;
+            let (status, _) = get(gh, &format!("/commits/{}/status", row.head_sha), cache, cost).await?;
+            let (ci, failures) = combine_ci(&runs, &status);
+            row.ci_state = ci;
+            failed = failures;
+            let (reviews, _) = get(gh, &format!("/pulls/{}/reviews?per_page=100", row.number), cache, cost).await?;
+            row.review_decision = review_decision(&reviews);
+        }
+        out.push(PrObservation { row, failed_checks: failed });
+    }
+    Ok(out)
+}
+
+impl Actor for PrSyncPoller {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        self.schedule(ctx);
+        self.poll(ctx, false);
+    }
+
+    fn stopped(&mut self, _: &mut Self::Context) {
+        self.kiln.registry.remove(&self.meta);
+    }
+}
+
+impl Handler<PollNow> for PrSyncPoller {
+    type Result = ();
+    fn handle(&mut self, _: PollNow, ctx: &mut Self::Context) {
+        self.poll(ctx, false);
+    }
+}
+
+impl Handler<StopPoller> for PrSyncPoller {
+    type Result = ();
+    fn handle(&mut self, _: StopPoller, ctx: &mut Self::Context) {
+        ctx.stop();
+    }
+}
+
+impl Handler<SetInterval> for PrSyncPoller {
+    type Result = ();
+    fn handle(&mut self, msg: SetInterval, ctx: &mut Self::Context) {
+        self.interval = Duration::from_millis(msg.millis.max(100));
+        self.schedule(ctx);
+    }
+}
+
+impl Handler<DescribePoller> for PrSyncPoller {
+    type Result = MessageResult<DescribePoller>;
+    fn handle(&mut self, _: DescribePoller, _: &mut Self::Context) -> Self::Result {
+        MessageResult(PollerInfo {
+            key: self.meta.key.clone(),
+            kind: "pr_sync",
+            interval_ms: self.interval.as_millis() as u64,
+            polls: self.polls,
+            last_poll_at: self.last_poll_at,
+            last_error: self.last_error.clone(),
+            cost: Some(self.last_cost.clone()),
+            paused_until: (self.paused_until > now_ms()).then_some(self.paused_until),
+        })
+    }
+}
