@@ -122,11 +122,13 @@ pub async fn start(config: Config) -> Result<Running, BootError> {
 
     let max_body = config.server.max_body_bytes;
     let (kiln_data, auth_data) = (web::Data::new(kiln.clone()), web::Data::new(auth_state));
+    let deliveries = web::Data::new(http::webhooks::Deliveries::default());
     let mut server = HttpServer::new(move || {
         let metrics = kiln_data.metrics.clone();
         App::new()
             .app_data(kiln_data.clone())
             .app_data(auth_data.clone())
+            .app_data(deliveries.clone())
             .wrap(middleware::from_fn(auth::authenticate))
             .wrap(http::json_error_pages())
             .wrap_fn(move |req, srv| {

@@ -147,6 +147,19 @@ pub async fn run(ctx: Ctx, command: Command) -> CliResult<()> {
         Command::Kill { task } => action(&ctx, &task, "kill", json!({})).await.map(|_| ()),
         Command::Archive { task } => action(&ctx, &task, "archive", json!({})).await.map(|_| ()),
         Command::Resume { task } => action(&ctx, &task, "resume", json!({})).await.map(|_| ()),
+        Command::Push { task, commit } => action(&ctx, &task, "push", json!({"commit": commit})).await.map(|_| ()),
+        Command::Sync { task, merge } => {
+            action(&ctx, &task, "sync", json!({"mode": if merge { "merge" } else { "rebase" }})).await.map(|_| ())
+        }
+        Command::Pr { task, draft } => {
+            action(&ctx, &task, "pr", json!({"draft": draft})).await?;
+            let t: Value = ctx.api.get(&ctx.org_path(&format!("/tasks/{}", enc(&task)))).await?;
+            if let Some(url) = t["pull_request"]["url"].as_str() {
+                println!("pull request #{}: {url}", t["pull_request"]["number"]);
+            }
+            Ok(())
+        }
+        Command::Merge { task, method } => action(&ctx, &task, "merge", json!({"method": method})).await.map(|_| ()),
         Command::Attach { task } => super::attach::attach(&ctx, &task).await,
         Command::Send { task, no_enter, text } => {
             let mut text = text.join(" ");
@@ -294,10 +307,16 @@ async fn list(ctx: &Ctx, args: ListArgs) -> CliResult<()> {
     let rows = items(&res)
         .iter()
         .map(|t| {
-            vec![field(t, "id"), field(t, "status"), field(t, "repo"), field(t, "agent"), field(t, "branch"), field(t, "title")]
+            let pr = &t["pr"];
+            let (number, ci, review) = if pr.is_null() {
+                ("-".to_string(), "-".to_string(), "-".to_string())
+            } else {
+                (format!("#{}", pr["number"]), field(pr, "ci_state"), field(pr, "review_decision"))
+            };
+            vec![field(t, "id"), field(t, "status"), field(t, "repo"), field(t, "branch"), number, ci, review, field(t, "title")]
         })
         .collect::<Vec<_>>();
-    output::table(&["ID", "STATUS", "REPO", "AGENT", "BRANCH", "TITLE"], &rows);
+    output::table(&["ID", "STATUS", "REPO", "BRANCH", "PR", "CI", "REVIEW", "TITLE"], &rows);
     if !res["next_cursor"].is_null() {
         eprintln!("(more tasks: raise --limit or filter with --repo/--status)");
     }

@@ -66,6 +66,30 @@ pub enum Command {
     Kill { task: String },
     /// Archive a task: like kill, for finished work.
     Archive { task: String },
+    /// Push the task branch to origin (with --commit, commit uncommitted work first).
+    Push {
+        task: String,
+        #[structopt(long)]
+        commit: Option<String>,
+    },
+    /// Rebase the task branch onto its base (--merge: merge the base in instead).
+    Sync {
+        task: String,
+        #[structopt(long)]
+        merge: bool,
+    },
+    /// Open the task's pull request on GitHub (or adopt the one that exists).
+    Pr {
+        task: String,
+        #[structopt(long)]
+        draft: bool,
+    },
+    /// Merge the task: on GitHub with the expected head, or locally for other remotes.
+    Merge {
+        task: String,
+        #[structopt(long, default_value = "squash", possible_values = &["squash", "merge", "rebase"])]
+        method: String,
+    },
     /// Relaunch an interrupted or stalled task's agent with its resume command.
     Resume { task: String },
     /// Attach this terminal to the task's agent (Ctrl-\ detaches).

@@ -80,6 +80,26 @@ pub fn repos_list(conn: &mut SqliteConnection, org: &str) -> QueryResult<Vec<Rep
         .load(conn)
 }
 
+/// Every repository of every organization.
+pub fn all_repos_full(conn: &mut SqliteConnection) -> QueryResult<Vec<Repo>> {
+    repos::table.select(Repo::as_select()).load(conn)
+}
+
+/// `(organization, webhook secret)` of every organization that set one.
+pub fn github_webhook_secrets(conn: &mut SqliteConnection) -> QueryResult<Vec<(String, String)>> {
+    let rows: Vec<(String, String)> = provider_profiles::table
+        .filter(provider_profiles::provider.eq("github"))
+        .select((provider_profiles::organization, provider_profiles::secrets))
+        .load(conn)?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|(org, secrets)| {
+            let v: serde_json::Value = serde_json::from_str(&secrets).ok()?;
+            v["webhook_secret"].as_str().filter(|s| !s.is_empty()).map(|s| (org, s.to_string()))
+        })
+        .collect())
+}
+
 /// `(organization, name)` of every repository.
 pub fn all_repos(conn: &mut SqliteConnection) -> QueryResult<Vec<(String, String)>> {
     repos::table.select((repos::organization, repos::name)).load(conn)

@@ -10,6 +10,7 @@ pub mod repos;
 pub mod stream;
 pub mod tasks;
 pub mod terminal;
+pub mod webhooks;
 
 use actix_web::body::{BoxBody, MessageBody};
 use actix_web::dev::ServiceResponse;
@@ -31,6 +32,12 @@ pub fn configure(cfg: &mut web::ServiceConfig, max_body: usize) {
         .app_data(web::PathConfig::default().error_handler(|err, _| path_error(err).into()))
         .app_data(web::PayloadConfig::default().limit(max_body))
         .route("/v1/health", web::get().to(admin::health))
+        .service(
+            web::resource("/v1/webhooks/github")
+                // GitHub sends payloads up to 25 MB; pull request events are far smaller.
+                .app_data(web::PayloadConfig::new(5 * 1024 * 1024))
+                .route(web::post().to(webhooks::github)),
+        )
         .route("/metrics", web::get().to(admin::metrics))
         .service(
             web::scope("/v1/organizations")

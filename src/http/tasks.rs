@@ -31,6 +31,22 @@ pub struct TaskView {
     pub repo: String,
 }
 
+/// A task in a list: with its pull request's number, CI state and review.
+#[derive(Serialize)]
+struct TaskListItem {
+    #[serde(flatten)]
+    task: TaskView,
+    pr: Option<PrSummary>,
+}
+
+#[derive(Serialize)]
+struct PrSummary {
+    number: i32,
+    state: String,
+    ci_state: Option<String>,
+    review_decision: Option<String>,
+}
+
 /// One task with everything known about it.
 #[derive(Serialize)]
 struct TaskDetail {
@@ -121,8 +137,19 @@ pub async fn list(
     let after = q.cursor.as_deref().map(parse_cursor).transpose()?;
     let filter = TaskFilter { repo_id, status: q.status, after, limit: limit + 1 };
     let o = org.clone();
-    let (mut rows, repos) =
-        kiln.db.read(move |c| Ok((queries::tasks_list(c, &o, &filter)?, queries::repos_list(c, &o)?))).await?;
+    let (mut rows, repos, pulls) = kiln
+        .db
+        .read(move |c| {
+            let rows = queries::tasks_list(c, &o, &filter)?;
+            let mut pulls = HashMap::new();
+            for t in &rows {
+                if let Some(pr) = queries::task_pull_request(c, t.repo_id, &t.branch)? {
+                    pulls.insert(t.id.clone(), pr);
+                }
+            }
+            Ok((rows, queries::repos_list(c, &o)?, pulls))
+        })
+        .await?;
     let next_cursor = if rows.len() as i64 > limit {
         rows.truncate(limit as usize);
         rows.last().map(|t| format!("{}.{}", t.created_at, t.id))
@@ -130,11 +157,17 @@ pub async fn list(
         None
     };
     let names: HashMap<i32, String> = repos.into_iter().map(|r| (r.id, r.name)).collect();
-    let items: Vec<TaskView> = rows
+    let items: Vec<TaskListItem> = rows
         .into_iter()
         .map(|task| {
             let repo = names.get(&task.repo_id).cloned().unwrap_or_default();
-            TaskView { task, repo }
+            let pr = pulls.get(&task.id).map(|p| PrSummary {
+                number: p.number,
+                state: p.state.clone(),
+                ci_state: p.ci_state.clone(),
+                review_decision: p.review_decision.clone(),
+            });
+            TaskListItem { task: TaskView { task, repo }, pr }
         })
         .collect();
     Ok(HttpResponse::Ok().json(json!({ "items": items, "next_cursor": next_cursor })))

@@ -294,6 +294,9 @@ pub async fn observe(ctx: TaskCtx, health: SandboxHealth) -> AppResult<bool> {
         }
         ctx.set_status(status, step.to, step.reason.clone(), input.name(), json!({})).await?;
         status = step.to;
+        if status == TaskStatus::Idle {
+            on_idle(&ctx, &task).await?;
+        }
         if status == TaskStatus::Failed {
             // A half-made sandbox is removed; the terminal log stays for reading.
             let (_, repo) = ctx.load().await?;
@@ -317,6 +320,45 @@ async fn destroy_sandbox(ctx: &TaskCtx, task: &Task, repo: &Repo) -> AppResult<O
     }
     ctx.kiln.emit_one(&ctx.org, ctx.event("sandbox.destroyed", json!({}))).await?;
     Ok(destroyed.snapshot.map(|(r, _)| r))
+}
+
+/// The repository's on-idle automation: commit, push, open a draft PR (each
+/// only when switched on). A failing step is an event, not an error.
+async fn on_idle(ctx: &TaskCtx, task: &Task) -> AppResult<()> {
+    let (_, repo) = ctx.load().await?;
+    let auto = repo.settings().automation.on_idle;
+    if !(auto.commit || auto.push || auto.draft_pr) {
+        return Ok(());
+    }
+    let worktree = ctx.handle(task, &repo)?.path;
+    let commit = auto.commit.then(|| format!("kiln: work in progress on {}", task.title));
+    let mut result = Ok(());
+    if auto.push || auto.commit {
+        // A commit is made by the push step; without push, commit alone.
+        result = if auto.push {
+            super::git_ops::push(ctx, task, &repo, &worktree, commit).await.map(|_| ()).map_err(|e| ("push", e))
+        } else {
+            let dir = worktree.clone();
+            let message = commit.unwrap_or_default();
+            crate::db::pool::blocking(move || {
+                crate::integrations::git::commit_all(&dir, &message).map_err(|e| crate::db::DbError::Blocking(e.message()))
+            })
+            .await
+            .map(|_| ())
+            .map_err(|e| ("commit", AppError::from(e)))
+        };
+    }
+    if result.is_ok() && auto.draft_pr {
+        let (repo_id, branch) = (repo.id, task.branch.clone());
+        let existing = ctx.kiln.db.read(move |c| queries::task_pull_request(c, repo_id, &branch)).await?;
+        if existing.is_none() {
+            result = super::git_ops::open_pr(ctx, task, &repo, &worktree, true).await.map(|_| ()).map_err(|e| ("draft_pr", e));
+        }
+    }
+    if let Err((step, err)) = result {
+        ctx.kiln.emit_one(&ctx.org, ctx.event("task.automation_failed", json!({"step": step, "error": err.to_string()}))).await?;
+    }
+    Ok(())
 }
 
 /// The last few lines of the terminal, for a failure reason.
