@@ -9,6 +9,7 @@ mod bad_input;
 mod cli;
 mod concurrency;
 mod fake_github;
+mod git_lifecycle;
 mod lifecycle;
 mod migrations;
 mod restart;

@@ -444,7 +444,9 @@ async fn apply_pulls(kiln: Kiln, org: String, name: String, pulls: Vec<PrObserva
             _ => {}
         }
         let old_ci = old.as_ref().and_then(|o| o.ci_state.clone());
-        if row.ci_state.is_some() && row.ci_state != old_ci {
+        let new_head = old.as_ref().is_some_and(|o| o.head_sha != row.head_sha);
+        // A failure on a new head is a new failure, even if the last head failed too.
+        if row.ci_state.is_some() && (row.ci_state != old_ci || new_head) {
             events.push(event("pr.ci_changed", json!({"number": row.number, "from": old_ci, "to": row.ci_state, "failed": obs.failed_checks})));
             if row.ci_state.as_deref() == Some("failure") && settings.automation.on_ci_failure.enabled {
                 follow_ups.push((task_id.clone(), Some(obs.failed_checks.clone())));

@@ -44,7 +44,9 @@ pub(super) fn upsert_pull(conn: &mut SqliteConnection, row: &PullRequest) -> Que
         .select(PullRequest::as_select())
         .first(conn)
         .optional()?;
-    let ci_state = row.ci_state.clone().or_else(|| existing.as_ref().and_then(|e| e.ci_state.clone()));
+    // CI belongs to a head: a new head starts without the old one's state.
+    let same_head = existing.as_ref().is_some_and(|e| e.head_sha == row.head_sha);
+    let ci_state = row.ci_state.clone().or_else(|| existing.as_ref().filter(|_| same_head).and_then(|e| e.ci_state.clone()));
     let review = row.review_decision.clone().or_else(|| existing.as_ref().and_then(|e| e.review_decision.clone()));
     let values = (
         pull_requests::repo_id.eq(row.repo_id),

@@ -1,0 +1,411 @@
+//! The git lifecycle: push, sync, pull requests, merges, the branch and PR
+//! pollers, webhooks and automation, against real bare repositories as `origin`
+//! and the fake GitHub server.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::common::*;
+use crate::fake_github::FakeGithub;
+
+const WAIT: Duration = Duration::from_secs(30);
+const FULL: &str = "acme/app";
+
+/// A bare repository with `main` and one commit, as `origin`; answers (bare, scratch clone).
+fn bare_origin(dir: &Path) -> (PathBuf, PathBuf) {
+    let bare = dir.join("origin.git");
+    git(dir, &["init", "-q", "--bare", "-b", "main", bare.to_str().unwrap()]);
+    let work = dir.join("upstream-work");
+    git(dir, &["clone", "-q", bare.to_str().unwrap(), work.to_str().unwrap()]);
+    git(&work, &["checkout", "-q", "-b", "main"]);
+    std::fs::write(work.join("README.md"), "hello\n").unwrap();
+    std::fs::write(work.join("other.txt"), "other\n").unwrap();
+    git(&work, &["add", "."]);
+    git(&work, &["commit", "-q", "-m", "first"]);
+    git(&work, &["push", "-q", "origin", "main"]);
+    (bare, work)
+}
+
+/// Commits `content` to `file` on `branch` in the scratch clone and pushes it to origin.
+fn upstream_commit(work: &Path, branch: &str, file: &str, content: &str) {
+    git(work, &["fetch", "-q", "origin"]);
+    let exists = std::process::Command::new("git")
+        .args(["rev-parse", "--verify", "-q", &format!("origin/{branch}")])
+        .current_dir(work)
+        .status()
+        .unwrap()
+        .success();
+    if exists {
+        git(work, &["checkout", "-q", "-B", branch, &format!("origin/{branch}")]);
+    } else {
+        git(work, &["checkout", "-q", "-B", branch]);
+    }
+    std::fs::write(work.join(file), content).unwrap();
+    git(work, &["add", "."]);
+    git(work, &["commit", "-q", "-m", &format!("upstream change to {file}")]);
+    git(work, &["push", "-q", "-f", "origin", branch]);
+}
+
+struct Setup {
+    server: Server,
+    c: Client,
+    bare: PathBuf,
+    work: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+/// A server with `app` registered from a bare origin; with `github`, the repo is
+/// `acme/app` on the fake GitHub with a token and webhook secret.
+async fn setup(github: Option<&FakeGithub>, env: &[(&str, &str)]) -> Setup {
+    let dir = tempdir();
+    let server = Server::start_in(dir.path(), env);
+    let c = server.client();
+    let (bare, work) = bare_origin(dir.path());
+    c.add_repo("default", &bare).await;
+    if let Some(gh) = github {
+        gh.add_repo(FULL, &bare);
+        let r = c
+            .put(
+                "/v1/organizations/default/providers/github",
+                json!({"config": {"api_url": gh.url}, "secrets": {"token": gh.token(), "webhook_secret": gh.webhook_secret()}}),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{r:?}");
+        let r = c.put("/v1/organizations/default/repos/origin/settings", json!({"github": FULL})).await;
+        assert_eq!(r.status, 200, "{r:?}");
+    }
+    Setup { server, c, bare, work, _dir: dir }
+}
+
+async fn task_with_work(s: &Setup, file: &str) -> (String, PathBuf) {
+    let t = s.c.create_task("default", "origin", "make a change").await;
+    let id = t["id"].as_str().unwrap().to_string();
+    let worktree = s.server.data_dir().join(format!("worktrees/default/origin/{id}"));
+    std::fs::write(worktree.join(file), "task work\n").unwrap();
+    (id, worktree)
+}
+
+async fn act(c: &Client, id: &str, action: &str, body: Value) -> Reply {
+    c.post(&format!("/v1/organizations/default/tasks/{id}/{action}"), body).await
+}
+
+fn kinds(events: &[Value], task: &str) -> Vec<String> {
+    events.iter().filter(|e| e["task"] == task).map(|e| e["kind"].as_str().unwrap().to_string()).collect()
+}
+
+#[actix_web::test]
+async fn push_commits_and_pushes_and_a_rejected_push_is_clear() {
+    let s = setup(None, &[]).await;
+    let (id, worktree) = task_with_work(&s, "feature.txt").await;
+    let r = act(&s.c, &id, "push", json!({"commit": "Add the feature"})).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let branch = r.body["task"]["branch"].as_str().unwrap().to_string();
+    assert_eq!(git(&s.bare, &["show", &format!("{branch}:feature.txt")]), "task work");
+    assert_eq!(git(&s.bare, &["log", "-1", "--format=%s", &branch]), "Add the feature");
+    assert_eq!(git(&worktree, &["rev-parse", "--abbrev-ref", "@{upstream}"]), format!("origin/{branch}"));
+    let events = s.c.events_since("default", 0).await;
+    assert!(kinds(&events, &id).contains(&"task.committed".to_string()) && kinds(&events, &id).contains(&"task.pushed".to_string()));
+
+    // Someone else pushed to the branch: our push is not a fast-forward.
+    upstream_commit(&s.work, &branch, "theirs.txt", "theirs\n");
+    std::fs::write(worktree.join("more.txt"), "more\n").unwrap();
+    let r = act(&s.c, &id, "push", json!({"commit": "More"})).await;
+    assert_eq!((r.status, r.code()), (409, "push_rejected"), "{r:?}");
+    assert!(r.body["message"].as_str().unwrap().contains("rejected"), "git's own words: {r:?}");
+    let failed = s.c.events_since("default", 0).await.into_iter().find(|e| e["kind"] == "task.push_failed").expect("an event");
+    assert!(failed["data"]["error"].as_str().unwrap().contains("rejected"));
+}
+
+#[actix_web::test]
+async fn sync_rebases_cleanly_and_a_conflict_leaves_the_worktree_as_it_was() {
+    let s = setup(None, &[]).await;
+    let (id, worktree) = task_with_work(&s, "feature.txt").await;
+    act(&s.c, &id, "push", json!({"commit": "Feature"})).await;
+    upstream_commit(&s.work, "main", "other.txt", "changed upstream\n");
+    let r = act(&s.c, &id, "sync", json!({})).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(std::fs::read_to_string(worktree.join("other.txt")).unwrap(), "changed upstream\n");
+    assert_eq!(git(&worktree, &["log", "-1", "--format=%s"]), "Feature", "our commit is on top");
+
+    // Now a conflict: both sides change README.md; plus uncommitted work.
+    std::fs::write(worktree.join("README.md"), "ours\n").unwrap();
+    git(&worktree, &["commit", "-q", "-am", "ours"]);
+    upstream_commit(&s.work, "main", "README.md", "theirs\n");
+    std::fs::write(worktree.join("scratch.txt"), "uncommitted\n").unwrap();
+    let head = git(&worktree, &["rev-parse", "HEAD"]);
+    let status = git(&worktree, &["status", "--porcelain"]);
+    let r = act(&s.c, &id, "sync", json!({})).await;
+    assert_eq!((r.status, r.code()), (409, "sync_conflict"), "{r:?}");
+    assert!(r.body["message"].as_str().unwrap().contains("README.md"));
+    assert_eq!(git(&worktree, &["rev-parse", "HEAD"]), head, "HEAD unchanged");
+    assert_eq!(git(&worktree, &["status", "--porcelain"]), status, "the worktree is exactly as it was");
+    assert_eq!(std::fs::read_to_string(worktree.join("scratch.txt")).unwrap(), "uncommitted\n");
+    let conflict = s.c.events_since("default", 0).await.into_iter().find(|e| e["kind"] == "task.sync_conflict").unwrap();
+    assert_eq!(conflict["data"]["files"], json!(["README.md"]));
+    // Merge mode conflicts the same way, also cleanly.
+    let r = act(&s.c, &id, "sync", json!({"mode": "merge"})).await;
+    assert_eq!((r.status, r.code()), (409, "sync_conflict"), "{r:?}");
+    assert_eq!(git(&worktree, &["rev-parse", "HEAD"]), head);
+    let r = act(&s.c, &id, "sync", json!({"mode": "sideways"})).await;
+    assert_eq!((r.status, r.code()), (422, "invalid_mode"));
+}
+
+#[actix_web::test]
+async fn a_pull_request_is_opened_or_adopted_and_a_moved_head_is_not_merged() {
+    let gh = FakeGithub::start();
+    let s = setup(Some(&gh), &[]).await;
+    let (id, _) = task_with_work(&s, "feature.txt").await;
+    act(&s.c, &id, "push", json!({"commit": "Feature"})).await;
+    let branch = s.c.get(&format!("/v1/organizations/default/tasks/{id}")).await.body["branch"].as_str().unwrap().to_string();
+    // A PR for the branch already exists (opened by hand): Kiln adopts it.
+    let existing = gh.add_pull(FULL, &branch, "main", "Opened by hand");
+    let r = act(&s.c, &id, "pr", json!({})).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let task = s.c.get(&format!("/v1/organizations/default/tasks/{id}")).await.body;
+    assert_eq!(task["pull_request"]["number"], existing);
+    let events = s.c.events_since("default", 0).await;
+    assert!(kinds(&events, &id).contains(&"pr.adopted".to_string()), "{:?}", kinds(&events, &id));
+    let creates = gh.requests().iter().filter(|r| r.method == "POST" && r.path.ends_with("/pulls")).count();
+    assert_eq!(creates, 1, "one create, refused, then adopted");
+
+    // The branch moves on GitHub behind Kiln's back: the merge is refused.
+    upstream_commit(&s.work, &branch, "sneaky.txt", "sneaky\n");
+    let r = act(&s.c, &id, "merge", json!({"method": "squash"})).await;
+    assert_eq!((r.status, r.code()), (409, "head_moved"), "{r:?}");
+    assert_eq!(gh.pull(FULL, existing)["merged"], false);
+    assert_eq!(s.c.get(&format!("/v1/organizations/default/tasks/{id}")).await.body["status"], "running");
+}
+
+#[actix_web::test]
+async fn a_new_pull_request_is_opened_and_merged_through_github() {
+    let gh = FakeGithub::start();
+    let s = setup(Some(&gh), &[]).await;
+    let (id, _) = task_with_work(&s, "feature.txt").await;
+    let r = act(&s.c, &id, "push", json!({"commit": "Feature"})).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let r = act(&s.c, &id, "pr", json!({"draft": true})).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let task = s.c.get(&format!("/v1/organizations/default/tasks/{id}")).await.body;
+    let number = task["pull_request"]["number"].as_u64().unwrap();
+    let pr = gh.pull(FULL, number);
+    assert_eq!(pr["draft"], true);
+    assert!(pr["body"].as_str().unwrap().contains("make a change") && pr["body"].as_str().unwrap().contains("Feature"));
+    let r = act(&s.c, &id, "merge", json!({"method": "squash"})).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(r.body["task"]["status"], "archived", "a merged task is archived");
+    assert_eq!(gh.pull(FULL, number)["merged"], true);
+    assert_eq!(git(&s.bare, &["show", "main:feature.txt"]), "task work");
+}
+
+#[actix_web::test]
+async fn a_repository_without_github_merges_locally() {
+    let s = setup(None, &[]).await;
+    let (id, _) = task_with_work(&s, "feature.txt").await;
+    act(&s.c, &id, "push", json!({"commit": "Feature"})).await;
+    let r = act(&s.c, &id, "pr", json!({})).await;
+    assert_eq!((r.status, r.code()), (422, "not_github"));
+    let r = act(&s.c, &id, "merge", json!({"method": "merge"})).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(git(&s.bare, &["show", "main:feature.txt"]), "task work");
+    assert_eq!(git(&s.bare, &["rev-list", "--count", "--merges", "main"]), "1", "a merge commit");
+    assert_eq!(r.body["task"]["status"], "archived");
+    let events = s.c.events_since("default", 0).await;
+    assert!(kinds(&events, &id).contains(&"task.merged".to_string()));
+}
+
+fn metric_requests(gh: &FakeGithub) -> (usize, usize) {
+    let reqs = gh.requests();
+    (reqs.len(), reqs.iter().filter(|r| r.status == 304).count())
+}
+
+#[actix_web::test]
+async fn the_pr_poller_spends_no_rate_limit_when_nothing_changed_and_backs_off_on_429() {
+    let gh = FakeGithub::start();
+    let s = setup(Some(&gh), &[("KILN_GITHUB__PR_POLL_MS", "300")]).await;
+    for i in 0..150 {
+        gh.add_pull(FULL, &format!("feature-{i}"), "main", &format!("PR {i}"));
+    }
+    eventually(WAIT, "the PR cache is filled", || {
+        let c = s.c.clone();
+        async move { (c.get("/v1/organizations/default/repos/origin/pulls").await.body["items"].as_array().unwrap().len() == 150).then_some(()) }
+    })
+    .await;
+    // Let a full cycle pass so every page has an ETag, then measure.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let spent_before = gh.rate_limit_remaining();
+    let (n_before, not_modified_before) = metric_requests(&gh);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (n_after, not_modified_after) = metric_requests(&gh);
+    assert!(n_after - n_before >= 4, "it kept polling: {} requests", n_after - n_before);
+    assert_eq!(n_after - n_before, not_modified_after - not_modified_before, "every request was a 304");
+    assert_eq!(gh.rate_limit_remaining(), spent_before, "a 304 costs no rate limit");
+
+    // 429 with retry-after: the poller pauses and says so, then recovers.
+    gh.fail_next(1, 429, 2);
+    let key = "org/default/repo/origin/pr-sync";
+    let paused = eventually(WAIT, "the poller pauses", || {
+        let c = s.c.clone();
+        async move {
+            let body = c.get("/admin/pollers").await.body;
+            body["items"].as_array().unwrap().iter().find(|p| p["key"] == key && p["paused_until"].is_i64()).cloned()
+        }
+    })
+    .await;
+    assert!(paused["last_error"].as_str().unwrap().contains("rate limited"), "{paused}");
+    let during = gh.requests().len();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(gh.requests().len(), during, "no requests while paused");
+    eventually(WAIT, "the poller recovers", || {
+        let c = s.c.clone();
+        async move {
+            let body = c.get("/admin/pollers").await.body;
+            body["items"].as_array().unwrap().iter().find(|p| p["key"] == key && p["last_error"].is_null()).map(|_| ())
+        }
+    })
+    .await;
+}
+
+#[actix_web::test]
+async fn webhooks_are_verified_and_replays_refused() {
+    let gh = FakeGithub::start();
+    let s = setup(Some(&gh), &[("KILN_GITHUB__PR_POLL_MS", "3600000")]).await;
+    let body = json!({"action": "opened", "number": 1, "repository": {"full_name": FULL}}).to_string();
+    let send = |sig: String, delivery: &'static str| {
+        let c = s.c.with_token(None);
+        let body = body.clone();
+        async move {
+            let client = awc::Client::default();
+            let mut res = client
+                .post(format!("{}/v1/webhooks/github", c.base))
+                .insert_header(("X-GitHub-Event", "pull_request"))
+                .insert_header(("X-GitHub-Delivery", delivery))
+                .insert_header(("X-Hub-Signature-256", sig))
+                .insert_header(("content-type", "application/json"))
+                .send_body(body)
+                .await
+                .unwrap();
+            let status = res.status().as_u16();
+            let text = String::from_utf8_lossy(&res.body().await.unwrap()).to_string();
+            (status, text)
+        }
+    };
+    let bad = send(FakeGithub::sign("wrong secret", body.as_bytes()), "d-1").await;
+    assert_eq!(bad.0, 401, "{bad:?}");
+    let rejected = s.c.events_since("default", 0).await.into_iter().find(|e| e["kind"] == "webhook.rejected").expect("an event");
+    assert_eq!(rejected["data"]["delivery"], "d-1");
+    assert!(!s.server.log().contains("\"action\""), "the payload is not logged");
+    let polls_before = gh.requests().len();
+    let good = send(FakeGithub::sign(gh.webhook_secret(), body.as_bytes()), "d-2").await;
+    assert_eq!(good.0, 202, "{good:?}");
+    eventually(WAIT, "the webhook wakes the PR poller", || {
+        let n = gh.requests().len();
+        async move { (n > polls_before).then_some(()) }
+    })
+    .await;
+    let replay = send(FakeGithub::sign(gh.webhook_secret(), body.as_bytes()), "d-2").await;
+    assert_eq!(replay.0, 409, "{replay:?}");
+    assert!(replay.1.contains("replayed_delivery"));
+}
+
+#[actix_web::test]
+async fn ci_failures_go_to_the_agent_at_most_n_times() {
+    let gh = FakeGithub::start();
+    let s = setup(Some(&gh), &[("KILN_GITHUB__PR_POLL_MS", "200")]).await;
+    let r = s
+        .c
+        .put("/v1/organizations/default/repos/origin/settings", json!({"github": FULL, "automation": {"on_ci_failure": {"enabled": true, "max_attempts": 2}}}))
+        .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let (id, worktree) = task_with_work(&s, "feature.txt").await;
+    act(&s.c, &id, "push", json!({"commit": "Feature"})).await;
+    act(&s.c, &id, "pr", json!({})).await;
+    let mut term = Term::open(&s.c, "default", &id, 0).await;
+    for round in 1..=3 {
+        let head = git(&worktree, &["rev-parse", "HEAD"]);
+        gh.add_check_run(FULL, &head, "tests", "completed", Some("failure"), &format!("3 tests failed (round {round})"));
+        if round <= 2 {
+            term.expect(&format!("tests: 3 tests failed (round {round})")).await;
+        } else {
+            eventually(WAIT, "the loop stops", || {
+                let c = s.c.clone();
+                async move { c.events_since("default", 0).await.iter().any(|e| e["kind"] == "task.ci_feedback_exhausted").then_some(()) }
+            })
+            .await;
+        }
+        // The agent "fixes" it: a new commit, pushed.
+        std::fs::write(worktree.join("feature.txt"), format!("fix {round}\n")).unwrap();
+        let r = act(&s.c, &id, "push", json!({"commit": format!("fix {round}")})).await;
+        assert_eq!(r.status, 200, "{r:?}");
+    }
+    let events = s.c.events_since("default", 0).await;
+    let sent = events.iter().filter(|e| e["kind"] == "task.ci_feedback_sent").count();
+    assert_eq!(sent, 2, "at most N hand-overs");
+    assert!(!term.text().contains("round 3"), "no third hand-over");
+    assert!(events.iter().any(|e| e["kind"] == "pr.ci_changed" && e["data"]["to"] == "failure"));
+}
+
+#[actix_web::test]
+async fn a_pr_merged_outside_kiln_archives_its_task() {
+    let gh = FakeGithub::start();
+    let s = setup(Some(&gh), &[("KILN_GITHUB__PR_POLL_MS", "200")]).await;
+    s.c.put("/v1/organizations/default/repos/origin/settings", json!({"github": FULL, "automation": {"archive_on_external_merge": true}})).await;
+    let (id, _) = task_with_work(&s, "feature.txt").await;
+    act(&s.c, &id, "push", json!({"commit": "Feature"})).await;
+    act(&s.c, &id, "pr", json!({})).await;
+    let number = s.c.get(&format!("/v1/organizations/default/tasks/{id}")).await.body["pull_request"]["number"].as_u64().unwrap();
+    gh.merge_externally(FULL, number);
+    let task = s.c.wait_status("default", &id, "archived").await;
+    assert_eq!(task["pull_request"]["state"], "merged");
+    let events = s.c.events_since("default", 0).await;
+    assert!(kinds(&events, &id).contains(&"pr.merged".to_string()));
+}
+
+#[actix_web::test]
+async fn five_hundred_pull_requests_are_rows_not_actors() {
+    let gh = FakeGithub::start();
+    let s = setup(Some(&gh), &[("KILN_GITHUB__PR_POLL_MS", "500")]).await;
+    for i in 0..500 {
+        gh.add_pull(FULL, &format!("someone/feature-{i}"), "main", &format!("PR {i}"));
+    }
+    eventually(WAIT, "500 PR rows", || {
+        let c = s.c.clone();
+        async move { (c.get("/v1/organizations/default/repos/origin/pulls").await.body["items"].as_array().unwrap().len() == 500).then_some(()) }
+    })
+    .await;
+    let actors = s.c.get("/admin/actors").await.body;
+    let task_actors: Vec<_> = actors["items"].as_array().unwrap().iter().filter(|a| a["kind"] == "task").collect();
+    assert!(task_actors.is_empty(), "no TaskActor for PRs without tasks: {task_actors:?}");
+    // And no events for them either: rows only.
+    let pr_events = s.c.events_since("default", 0).await.into_iter().filter(|e| e["kind"].as_str().unwrap().starts_with("pr.")).count();
+    assert_eq!(pr_events, 0);
+}
+
+#[actix_web::test]
+async fn the_branch_poller_reports_heads_ahead_behind_and_dirty_files() {
+    let s = setup(None, &[("KILN_REPOS__BRANCH_POLL_MS", "200"), ("KILN_REPOS__FETCH_SECS", "1")]).await;
+    let (id, _) = task_with_work(&s, "feature.txt").await;
+    act(&s.c, &id, "push", json!({"commit": "Feature"})).await;
+    let branch = s.c.get(&format!("/v1/organizations/default/tasks/{id}")).await.body["branch"].as_str().unwrap().to_string();
+    upstream_commit(&s.work, "main", "other.txt", "moved on\n");
+    let worktree = s.server.data_dir().join(format!("worktrees/default/origin/{id}"));
+    std::fs::write(worktree.join("wip.txt"), "wip\n").unwrap();
+    let row = eventually(WAIT, "the branch row shows ahead 1, behind 1, 1 dirty file", || {
+        let c = s.c.clone();
+        let branch = branch.clone();
+        async move {
+            let body = c.get("/v1/organizations/default/repos/origin/branches").await.body;
+            body["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|b| b["name"] == branch.as_str() && b["ahead"] == 1 && b["behind"] == 1 && b["dirty_files"] == 1)
+                .cloned()
+        }
+    })
+    .await;
+    assert_eq!(row["head_sha"].as_str().unwrap().len(), 40);
+    let events = s.c.events_since("default", 0).await;
+    assert!(events.iter().any(|e| e["kind"] == "branch.updated" && e["data"]["branch"] == branch.as_str()));
+}
