@@ -277,3 +277,20 @@ pub fn machine_line() -> String {
         .unwrap_or_else(|| "unknown CPU".into());
     format!("{cores} cores, {cpu}")
 }
+
+/// A fresh temp dir (the test helpers of `tests/it/fake_github.rs` use it too).
+pub fn tempdir() -> tempfile::TempDir {
+    tempfile::Builder::new().prefix("kiln-bench-").tempdir().expect("tempdir")
+}
+
+/// Runs git in `dir` with a fixed identity; answers stdout.
+pub fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .args(["-c", "user.name=x", "-c", "user.email=x@x"])
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("git");
+    assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
