@@ -409,3 +409,39 @@ async fn the_branch_poller_reports_heads_ahead_behind_and_dirty_files() {
     let events = s.c.events_since("default", 0).await;
     assert!(events.iter().any(|e| e["kind"] == "branch.updated" && e["data"]["branch"] == branch.as_str()));
 }
+
+#[actix_web::test]
+async fn on_idle_automation_commits_pushes_and_opens_a_draft_pr() {
+    let gh = FakeGithub::start();
+    let s = setup(Some(&gh), &[]).await;
+    let r = s
+        .c
+        .put(
+            "/v1/organizations/default/repos/origin/settings",
+            json!({"github": FULL, "automation": {"on_idle": {"commit": true, "push": true, "draft_pr": true}}}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    // The `quick` agent is idle after one quiet second.
+    let t = s.c.create_task_with("default", json!({"repo": "origin", "description": "automate me", "agent": "quick"})).await;
+    let id = t["id"].as_str().unwrap().to_string();
+    let running = s.c.wait_status("default", &id, "running").await;
+    let worktree = s.server.data_dir().join(format!("worktrees/default/origin/{id}"));
+    std::fs::write(worktree.join("auto.txt"), "written by the agent\n").unwrap();
+    let branch = running["branch"].as_str().unwrap().to_string();
+    let task = eventually(WAIT, "a draft PR after the task goes idle", || {
+        let c = s.c.clone();
+        let id = id.clone();
+        async move {
+            let t = c.get(&format!("/v1/organizations/default/tasks/{id}")).await.body;
+            (!t["pull_request"].is_null()).then_some(t)
+        }
+    })
+    .await;
+    assert_eq!(task["status"], "idle");
+    assert_eq!(task["pull_request"]["draft"], true);
+    assert_eq!(git(&s.bare, &["show", &format!("{branch}:auto.txt")]), "written by the agent");
+    assert!(git(&s.bare, &["log", "-1", "--format=%s", &branch]).starts_with("kiln: work in progress"));
+    let listed = s.c.get("/v1/organizations/default/tasks").await.body;
+    assert_eq!(listed["items"][0]["pr"]["number"], task["pull_request"]["number"], "the list shows the PR");
+}
