@@ -478,3 +478,21 @@ async fn shutdown_closes_attached_terminals_at_once_and_recovers_queued_tasks() 
     let c = server.client();
     assert_eq!(c.get(&format!("/v1/organizations/default/tasks/{id}")).await.body["status"], "running");
 }
+
+#[actix_web::test]
+async fn the_terminal_size_follows_the_most_recently_active_client() {
+    let (server, dir) = Server::start(&[]);
+    let c = server.client();
+    c.add_repo("default", &git_repo(dir.path(), "app")).await;
+    let t = c.create_task_with("default", json!({"repo": "app", "description": "sizes", "agent": "shell"})).await;
+    let id = t["id"].as_str().unwrap().to_string();
+    c.wait_status("default", &id, "running").await;
+    let mut a = Term::open(&c, "default", &id, 0).await;
+    let mut b = Term::open(&c, "default", &id, 0).await;
+    a.control(json!({"type": "resize", "cols": 100, "rows": 30})).await;
+    b.control(json!({"type": "resize", "cols": 90, "rows": 25})).await;
+    b.send(b"stty size\r").await;
+    b.expect("25 90").await;
+    a.send(b"stty size\r").await;
+    a.expect("30 100").await;
+}
