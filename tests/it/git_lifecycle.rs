@@ -445,3 +445,19 @@ async fn on_idle_automation_commits_pushes_and_opens_a_draft_pr() {
     let listed = s.c.get("/v1/organizations/default/tasks").await.body;
     assert_eq!(listed["items"][0]["pr"]["number"], task["pull_request"]["number"], "the list shows the PR");
 }
+
+#[test]
+fn the_kiln_binary_answers_gits_askpass_prompts_from_its_environment() {
+    let ask = |prompt: &str, token: Option<&str>| {
+        let mut cmd = std::process::Command::new(BIN);
+        cmd.arg(prompt).env("KILN_GIT_ASKPASS", "1");
+        if let Some(t) = token {
+            cmd.env("KILN_GIT_TOKEN", t);
+        }
+        let out = cmd.output().unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).trim().to_string())
+    };
+    assert_eq!(ask("Username for 'https://github.com': ", Some("ghs_secret")), (Some(0), "x-access-token".into()));
+    assert_eq!(ask("Password for 'https://x-access-token@github.com': ", Some("ghs_secret")), (Some(0), "ghs_secret".into()));
+    assert_eq!(ask("Password: ", None).0, Some(1), "no token, no answer");
+}

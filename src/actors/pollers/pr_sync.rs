@@ -23,8 +23,8 @@ use crate::error::AppError;
 use crate::integrations::github::{combine_ci, review_decision, GitHub, GitHubError};
 use crate::util::now_ms;
 
-/// Responses kept for conditional requests: URL → (etag, body).
-type Cache = HashMap<String, (String, Value)>;
+/// Responses kept for conditional requests: URL → (etag, body, next page).
+type Cache = HashMap<String, (String, Value, Option<String>)>;
 
 /// What one poll cost, for `/admin/pollers` and the benchmark.
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -152,8 +152,14 @@ impl From<GitHubError> for PollError {
 }
 
 /// A conditional GET: a 304 answers the cached body.
-async fn get(gh: &GitHub, url: &str, cache: &mut Cache, cost: &mut PollCost) -> Result<(Value, Option<String>), GitHubError> {
-    let etag = cache.get(url).map(|(e, _)| e.clone());
+async fn get(
+    gh: &GitHub,
+    url: &str,
+    cache: &mut Cache,
+    used: &mut Cache,
+    cost: &mut PollCost,
+) -> Result<(Value, Option<String>), GitHubError> {
+    let etag = cache.get(url).map(|(e, _, _)| e.clone());
     let res = gh.send("GET", url, None, etag.as_deref()).await?;
     cost.requests += 1;
     if res.remaining.is_some() {
@@ -161,12 +167,14 @@ async fn get(gh: &GitHub, url: &str, cache: &mut Cache, cost: &mut PollCost) -> 
     }
     if res.status == 304 {
         cost.not_modified += 1;
-        if let Some((_, body)) = cache.get(url) {
-            return Ok((body.clone(), res.next));
+        if let Some(entry) = cache.remove(url) {
+            let answer = (entry.1.clone(), res.next.clone().or_else(|| entry.2.clone()));
+            used.insert(url.to_string(), entry);
+            return Ok(answer);
         }
     }
     if let Some(tag) = &res.etag {
-        cache.insert(url.to_string(), (tag.clone(), res.body.clone()));
+        used.insert(url.to_string(), (tag.clone(), res.body.clone(), res.next.clone()));
     }
     Ok((res.body, res.next))
 }
@@ -179,10 +187,30 @@ async fn poll_github(
     cache: &mut Cache,
     cost: &mut PollCost,
 ) -> Result<Vec<PrObservation>, PollError> {
+    // Entries used this cycle move to `used`, which becomes the cache: URLs no
+    // longer asked (an old head's CI) drop out.
+    let mut used = Cache::new();
+    let result = poll_pages(gh, repo_id, task_branches, cache, &mut used, cost).await;
+    if result.is_ok() {
+        *cache = used;
+    } else {
+        cache.extend(used);
+    }
+    result
+}
+
+async fn poll_pages(
+    gh: &GitHub,
+    repo_id: i32,
+    task_branches: &[String],
+    cache: &mut Cache,
+    used: &mut Cache,
+    cost: &mut PollCost,
+) -> Result<Vec<PrObservation>, PollError> {
     let mut url = "/pulls?state=all&per_page=100".to_string();
     let mut listed = Vec::new();
     for _page in 0..100 {
-        let (body, next) = get(gh, &url, cache, cost).await?;
+        let (body, next) = get(gh, &url, cache, used, cost).await?;
         listed.extend(body.as_array().cloned().unwrap_or_default());
         match next {
             Some(n) => url = n,
@@ -194,14 +222,14 @@ async fn poll_github(
         let mut row = pull_row(repo_id, &pr);
         let mut failed = Vec::new();
         if row.state == "open" && task_branches.contains(&row.head_ref) {
-            let (full, _) = get(gh, &format!("/pulls/{}", row.number), cache, cost).await?;
+            let (full, _) = get(gh, &format!("/pulls/{}", row.number), cache, used, cost).await?;
             row = pull_row(repo_id, &full);
-            let (runs, _) = get(gh, &format!("/commits/{}/check-runs?per_page=100", row.head_sha), cache, cost).await?;
-            let (status, _) = get(gh, &format!("/commits/{}/status", row.head_sha), cache, cost).await?;
+            let (runs, _) = get(gh, &format!("/commits/{}/check-runs?per_page=100", row.head_sha), cache, used, cost).await?;
+            let (status, _) = get(gh, &format!("/commits/{}/status", row.head_sha), cache, used, cost).await?;
             let (ci, failures) = combine_ci(&runs, &status);
             row.ci_state = ci;
             failed = failures;
-            let (reviews, _) = get(gh, &format!("/pulls/{}/reviews?per_page=100", row.number), cache, cost).await?;
+            let (reviews, _) = get(gh, &format!("/pulls/{}/reviews?per_page=100", row.number), cache, used, cost).await?;
             row.review_decision = review_decision(&reviews);
         }
         out.push(PrObservation { row, failed_checks: failed });

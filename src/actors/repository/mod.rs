@@ -459,10 +459,16 @@ async fn apply_pulls(kiln: Kiln, org: String, name: String, pulls: Vec<PrObserva
     }
     kiln.emit(&org, events).await?;
     // Tasks hear about it after the rows and events are written; never for PRs
-    // that belong to no task.
+    // that belong to no task. Sent from a task of their own, so this actor never
+    // waits on a TaskActor that may itself be waiting on this actor (pr, merge).
+    let max = settings.automation.on_ci_failure.max_attempts;
+    actix::spawn(notify_tasks(kiln, org, name, follow_ups, max));
+    Ok(())
+}
+
+async fn notify_tasks(kiln: Kiln, org: String, name: String, follow_ups: Vec<(String, Option<Vec<crate::integrations::github::FailedCheck>>)>, max: u32) {
     for (task_id, failed) in follow_ups {
         let handle = kiln.task(&org, &name, &task_id);
-        let max = settings.automation.on_ci_failure.max_attempts;
         let result = match failed {
             None => handle
                 .send(crate::actors::task::ApplyAction {
@@ -478,7 +484,6 @@ async fn apply_pulls(kiln: Kiln, org: String, name: String, pulls: Vec<PrObserva
             log::warn!("follow-up for task {task_id} failed: {e}");
         }
     }
-    Ok(())
 }
 
 impl Handler<DeleteRepo> for RepositoryActor {

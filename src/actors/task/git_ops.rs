@@ -60,10 +60,10 @@ pub async fn github_client(kiln: &crate::actors::Kiln, org: &str, repo: &Repo) -
 /// git gets the token from this binary acting as its askpass helper.
 pub fn credentials(kiln: &crate::actors::Kiln, token: &str) -> Credentials {
     let program = &kiln.config.terminal.host_program;
+    // The real path of this binary: git runs the askpass program itself, so
+    // `/proc/self/exe` would name git there.
     let askpass = if !program.is_empty() {
         program.into()
-    } else if Path::new("/proc/self/exe").exists() {
-        "/proc/self/exe".into()
     } else {
         std::env::current_exe().unwrap_or_else(|_| "kiln".into())
     };
@@ -90,7 +90,8 @@ fn git_failure(code: &'static str, err: GitError) -> AppError {
     match err {
         GitError::Missing(_) => AppError::git_missing(),
         GitError::Failed { stderr, .. } => {
-            let rejected = ["rejected", "non-fast-forward", "fetch first", "protected"].iter().any(|w| stderr.contains(w));
+            let lower = stderr.to_lowercase();
+            let rejected = ["rejected", "non-fast-forward", "fetch first", "protected"].iter().any(|w| lower.contains(w));
             if rejected {
                 AppError::conflict(code, format!("the remote rejected it: {stderr}"))
             } else {
@@ -152,7 +153,13 @@ pub async fn sync(ctx: &TaskCtx, task: &Task, repo: &Repo, worktree: &Path, mode
             ctx.kiln.emit_one(&ctx.org, ctx.event("task.sync_conflict", json!({"files": files, "base": task.base_branch}))).await?;
             Err(AppError::conflict(
                 "sync_conflict",
-                format!("rebasing onto {} conflicts in: {}; the worktree is unchanged: resolve in the sandbox, or sync with mode merge", task.base_branch, files.join(", ")),
+                format!(
+                    "{} {} conflicts in: {}; the worktree is unchanged: resolve it in the sandbox{}",
+                    if merge { "merging in" } else { "rebasing onto" },
+                    task.base_branch,
+                    files.join(", "),
+                    if merge { "" } else { ", or sync with mode merge" }
+                ),
             ))
         }
         Err(e) => {

@@ -198,7 +198,7 @@ async fn create(kiln: Kiln, org: String, id: String, msg: CreateTask) -> AppResu
     validate::branch(&base)?;
     let mirror = PathBuf::from(&msg.repo.mirror_path);
     let base_for_check = base.clone();
-    let exists = blocking(move || Ok(git::branch_exists(&mirror, &base_for_check))).await?.map_err(|e| match e {
+    let exists = blocking(move || Ok(git::base_exists(&mirror, &base_for_check))).await?.map_err(|e| match e {
         git::GitError::Missing(_) => AppError::git_missing(),
         other => AppError::internal(other),
     })?;
