@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use actix::prelude::*;
 
-use super::{DescribePoller, PollNow, PollerInfo, SetInterval, StopPoller};
 use crate::actors::registry::ActorMeta;
 use crate::actors::repository::{BranchObservation, BranchesObserved, PlanBranchPoll};
 use crate::actors::Kiln;
@@ -39,12 +38,6 @@ impl BranchSyncPoller {
         BranchSyncPoller { kiln, org, repo, meta, interval, timer: None, busy: false, polls: 0, last_poll_at: None, last_fetch_at: 0, last_error: None }
     }
 
-    fn schedule(&mut self, ctx: &mut Context<Self>) {
-        if let Some(timer) = self.timer.take() {
-            ctx.cancel_future(timer);
-        }
-        self.timer = Some(ctx.run_interval(self.interval, |act, ctx| act.poll(ctx)));
-    }
 
     fn poll(&mut self, ctx: &mut Context<Self>) {
         if self.busy {
@@ -127,41 +120,4 @@ impl Actor for BranchSyncPoller {
     }
 }
 
-impl Handler<PollNow> for BranchSyncPoller {
-    type Result = ();
-    fn handle(&mut self, _: PollNow, ctx: &mut Self::Context) {
-        self.poll(ctx);
-    }
-}
-
-impl Handler<StopPoller> for BranchSyncPoller {
-    type Result = ();
-    fn handle(&mut self, _: StopPoller, ctx: &mut Self::Context) {
-        ctx.stop();
-    }
-}
-
-impl Handler<SetInterval> for BranchSyncPoller {
-    type Result = ();
-    fn handle(&mut self, msg: SetInterval, ctx: &mut Self::Context) {
-        self.interval = Duration::from_millis(msg.millis.max(100));
-        self.schedule(ctx);
-    }
-}
-
-impl Handler<DescribePoller> for BranchSyncPoller {
-    type Result = MessageResult<DescribePoller>;
-    fn handle(&mut self, _: DescribePoller, _: &mut Self::Context) -> Self::Result {
-        MessageResult(PollerInfo {
-            key: self.meta.key.clone(),
-            kind: "branch_sync",
-            interval_ms: self.interval.as_millis() as u64,
-            polls: self.polls,
-            last_poll_at: self.last_poll_at,
-            last_error: self.last_error.clone(),
-            cost: None,
-            paused_until: None,
-        })
-    }
-}
-
+poller_controls!(BranchSyncPoller, "branch_sync", |_this| (None, None));

@@ -2,6 +2,64 @@
 //! world and report to their parent actor; they never touch the database. Each
 //! takes the same control messages, which `/admin/pollers` sends.
 
+/// Gives a poller type its timer (`schedule`) and the four control messages.
+/// The type has `meta`, `interval`, `timer`, `polls`, `last_poll_at` and
+/// `last_error` fields and a `poll(&mut self, ctx)` method; `$extras` answers the
+/// `(cost, paused_until)` it reports.
+macro_rules! poller_controls {
+    ($ty:ty, $kind:literal, |$this:ident| $extras:expr) => {
+        impl $ty {
+            fn schedule(&mut self, ctx: &mut actix::Context<Self>) {
+                use actix::AsyncContext;
+                if let Some(timer) = self.timer.take() {
+                    ctx.cancel_future(timer);
+                }
+                self.timer = Some(ctx.run_interval(self.interval, |act, ctx| act.poll(ctx)));
+            }
+        }
+
+        impl actix::Handler<$crate::actors::pollers::PollNow> for $ty {
+            type Result = ();
+            fn handle(&mut self, _: $crate::actors::pollers::PollNow, ctx: &mut Self::Context) {
+                self.poll(ctx);
+            }
+        }
+
+        impl actix::Handler<$crate::actors::pollers::StopPoller> for $ty {
+            type Result = ();
+            fn handle(&mut self, _: $crate::actors::pollers::StopPoller, ctx: &mut Self::Context) {
+                actix::ActorContext::stop(ctx);
+            }
+        }
+
+        impl actix::Handler<$crate::actors::pollers::SetInterval> for $ty {
+            type Result = ();
+            fn handle(&mut self, msg: $crate::actors::pollers::SetInterval, ctx: &mut Self::Context) {
+                self.interval = std::time::Duration::from_millis(msg.millis.max(100));
+                self.schedule(ctx);
+            }
+        }
+
+        impl actix::Handler<$crate::actors::pollers::DescribePoller> for $ty {
+            type Result = actix::MessageResult<$crate::actors::pollers::DescribePoller>;
+            fn handle(&mut self, _: $crate::actors::pollers::DescribePoller, _: &mut Self::Context) -> Self::Result {
+                let $this = &*self;
+                let (cost, paused_until) = $extras;
+                actix::MessageResult($crate::actors::pollers::PollerInfo {
+                    key: self.meta.key.clone(),
+                    kind: $kind,
+                    interval_ms: self.interval.as_millis() as u64,
+                    polls: self.polls,
+                    last_poll_at: self.last_poll_at,
+                    last_error: self.last_error.clone(),
+                    cost,
+                    paused_until,
+                })
+            }
+        }
+    };
+}
+
 pub mod branch_sync;
 pub mod pr_sync;
 pub mod task_status;

@@ -14,7 +14,6 @@ use std::time::Duration;
 use actix::prelude::*;
 use serde_json::Value;
 
-use super::{DescribePoller, PollNow, PollerInfo, SetInterval, StopPoller};
 use crate::actors::registry::ActorMeta;
 use crate::actors::repository::{PlanPrPoll, PrObservation, PullRequestsObserved};
 use crate::actors::task::git_ops::pull_row;
@@ -72,15 +71,9 @@ impl PrSyncPoller {
         }
     }
 
-    fn schedule(&mut self, ctx: &mut Context<Self>) {
-        if let Some(timer) = self.timer.take() {
-            ctx.cancel_future(timer);
-        }
-        self.timer = Some(ctx.run_interval(self.interval, |act, ctx| act.poll(ctx, false)));
-    }
 
-    fn poll(&mut self, ctx: &mut Context<Self>, forced: bool) {
-        if self.busy || (!forced && now_ms() < self.paused_until) {
+    fn poll(&mut self, ctx: &mut Context<Self>) {
+        if self.busy || now_ms() < self.paused_until {
             return;
         }
         self.busy = true;
@@ -242,7 +235,7 @@ impl Actor for PrSyncPoller {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         self.schedule(ctx);
-        self.poll(ctx, false);
+        self.poll(ctx);
     }
 
     fn stopped(&mut self, _: &mut Self::Context) {
@@ -250,40 +243,4 @@ impl Actor for PrSyncPoller {
     }
 }
 
-impl Handler<PollNow> for PrSyncPoller {
-    type Result = ();
-    fn handle(&mut self, _: PollNow, ctx: &mut Self::Context) {
-        self.poll(ctx, false);
-    }
-}
-
-impl Handler<StopPoller> for PrSyncPoller {
-    type Result = ();
-    fn handle(&mut self, _: StopPoller, ctx: &mut Self::Context) {
-        ctx.stop();
-    }
-}
-
-impl Handler<SetInterval> for PrSyncPoller {
-    type Result = ();
-    fn handle(&mut self, msg: SetInterval, ctx: &mut Self::Context) {
-        self.interval = Duration::from_millis(msg.millis.max(100));
-        self.schedule(ctx);
-    }
-}
-
-impl Handler<DescribePoller> for PrSyncPoller {
-    type Result = MessageResult<DescribePoller>;
-    fn handle(&mut self, _: DescribePoller, _: &mut Self::Context) -> Self::Result {
-        MessageResult(PollerInfo {
-            key: self.meta.key.clone(),
-            kind: "pr_sync",
-            interval_ms: self.interval.as_millis() as u64,
-            polls: self.polls,
-            last_poll_at: self.last_poll_at,
-            last_error: self.last_error.clone(),
-            cost: Some(self.last_cost.clone()),
-            paused_until: (self.paused_until > now_ms()).then_some(self.paused_until),
-        })
-    }
-}
+poller_controls!(PrSyncPoller, "pr_sync", |this| (Some(this.last_cost.clone()), (this.paused_until > now_ms()).then_some(this.paused_until)));

@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use actix::prelude::*;
 
-use super::{DescribePoller, PollNow, PollerInfo, SetInterval, StopPoller};
 use crate::actors::registry::ActorMeta;
 use crate::actors::task::StatusObserved;
 use crate::actors::Kiln;
@@ -62,12 +61,6 @@ impl TaskStatusPoller {
         }
     }
 
-    fn schedule(&mut self, ctx: &mut Context<Self>) {
-        if let Some(timer) = self.timer.take() {
-            ctx.cancel_future(timer);
-        }
-        self.timer = Some(ctx.run_interval(self.interval, |act, ctx| act.poll(ctx)));
-    }
 
     fn poll(&mut self, ctx: &mut Context<Self>) {
         if self.busy {
@@ -112,40 +105,4 @@ impl Actor for TaskStatusPoller {
     }
 }
 
-impl Handler<PollNow> for TaskStatusPoller {
-    type Result = ();
-    fn handle(&mut self, _: PollNow, ctx: &mut Self::Context) {
-        self.poll(ctx);
-    }
-}
-
-impl Handler<StopPoller> for TaskStatusPoller {
-    type Result = ();
-    fn handle(&mut self, _: StopPoller, ctx: &mut Self::Context) {
-        ctx.stop();
-    }
-}
-
-impl Handler<SetInterval> for TaskStatusPoller {
-    type Result = ();
-    fn handle(&mut self, msg: SetInterval, ctx: &mut Self::Context) {
-        self.interval = Duration::from_millis(msg.millis.max(100));
-        self.schedule(ctx);
-    }
-}
-
-impl Handler<DescribePoller> for TaskStatusPoller {
-    type Result = MessageResult<DescribePoller>;
-    fn handle(&mut self, _: DescribePoller, _: &mut Self::Context) -> Self::Result {
-        MessageResult(PollerInfo {
-            key: self.meta.key.clone(),
-            kind: "task_status",
-            interval_ms: self.interval.as_millis() as u64,
-            polls: self.polls,
-            last_poll_at: self.last_poll_at,
-            last_error: self.last_error.clone(),
-            cost: None,
-            paused_until: None,
-        })
-    }
-}
+poller_controls!(TaskStatusPoller, "task_status", |_this| (None, None));
