@@ -140,6 +140,18 @@ impl Registry {
         Handle { addr, meta }
     }
 
+    /// Forgets the actor under `key` (if any) and answers it, so the next
+    /// `get_or_start` starts a fresh one even while the old one is stopping.
+    pub fn detach<A>(&self, key: &str) -> Option<Handle<A>>
+    where
+        A: Actor<Context = Context<A>>,
+    {
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = entries.remove(key)?;
+        let addr = entry.addr.downcast_ref::<Addr<A>>()?;
+        Some(Handle { addr: addr.clone(), meta: entry.meta.clone() })
+    }
+
     /// The live actor under `key`, without starting one.
     pub fn get<A>(&self, key: &str) -> Option<Handle<A>>
     where

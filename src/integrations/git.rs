@@ -50,6 +50,9 @@ fn git() -> Command {
         .env("SSH_ASKPASS", "/bin/false")
         .env("LC_ALL", "C")
         .args(["-c", "protocol.ext.allow=never", "-c", "core.hooksPath=/dev/null"])
+        // Worktrees share the mirror's refs, and Kiln runs git for several tasks
+        // and pollers at once: wait for a ref lock instead of failing on it.
+        .args(["-c", "core.filesRefLockTimeout=10000", "-c", "core.packedRefsTimeout=10000"])
         .stdin(Stdio::null());
     cmd
 }
@@ -320,7 +323,9 @@ pub fn rev_parse(dir: &Path, rev: &str) -> Result<String, GitError> {
 
 /// How many files differ from HEAD in a worktree (tracked changes and untracked files).
 pub fn dirty_count(worktree: &Path) -> Result<usize, GitError> {
-    Ok(run(worktree, &["status", "--porcelain", "--untracked-files=all"])?.lines().count())
+    // A read for a poller: it must never take the worktree's index lock, which
+    // the agent's own git (or `git worktree add` itself) may need at that moment.
+    Ok(run(worktree, &["--no-optional-locks", "status", "--porcelain", "--untracked-files=all"])?.lines().count())
 }
 
 /// Commits everything in the worktree (`git add -A`); `None` when there was nothing.

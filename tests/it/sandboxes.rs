@@ -489,10 +489,15 @@ async fn the_terminal_size_follows_the_most_recently_active_client() {
     c.wait_status("default", &id, "running").await;
     let mut a = Term::open(&c, "default", &id, 0).await;
     let mut b = Term::open(&c, "default", &id, 0).await;
+    // Each step waits for its answer: frames from two connections have no order.
     a.control(json!({"type": "resize", "cols": 100, "rows": 30})).await;
+    a.send(b"stty size\r").await;
+    a.expect("30 100").await;
     b.control(json!({"type": "resize", "cols": 90, "rows": 25})).await;
     b.send(b"stty size\r").await;
     b.expect("25 90").await;
+    // Typing makes `a` the most recent again: its size comes back.
+    let seen = a.output.len();
     a.send(b"stty size\r").await;
-    a.expect("30 100").await;
+    a.until(WAIT, "a second 30 100", |t| String::from_utf8_lossy(&t.output[seen..]).contains("30 100")).await;
 }

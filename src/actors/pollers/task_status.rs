@@ -70,9 +70,10 @@ impl TaskStatusPoller {
         self.meta.touch();
         let (provider, handle) = (self.provider.clone(), self.handle.clone());
         let (kiln, org, repo, task) = (self.kiln.clone(), self.org.clone(), self.repo.clone(), self.task.clone());
+        let from = self.meta.clone();
         let work = async move {
             let health = provider.health(handle).await?;
-            let reply = kiln.task(&org, &repo, &task).send(StatusObserved { health }).await?;
+            let reply = kiln.task(&org, &repo, &task).send(StatusObserved { health, from }).await?;
             reply
         };
         ctx.spawn(work.into_actor(self).map(|result, act, ctx| {

@@ -78,8 +78,14 @@ impl TaskCtx {
         Ok(updated)
     }
 
-    /// Makes sure the status poller runs for this task.
+    /// Starts a fresh status poller for this task. An old one (it may be about to
+    /// stop, having seen the task end) is told to stop and replaced, so the new
+    /// sandbox is always watched.
     fn watch(&self, task: &Task, handle: SandboxHandle) -> AppResult<()> {
+        let key = format!("{}/status-sync", crate::actors::registry::task_key(&self.org, &self.repo, &self.id));
+        if let Some(old) = self.kiln.registry.detach::<crate::actors::pollers::task_status::TaskStatusPoller>(&key) {
+            old.addr.do_send(crate::actors::pollers::StopPoller {});
+        }
         self.kiln.status_poller(&self.org, &self.repo, &self.id, &task.provider, handle)?;
         Ok(())
     }

@@ -79,6 +79,9 @@ pub struct Provision {}
 #[rtype(result = "AppResult<bool>")]
 pub struct StatusObserved {
     pub health: crate::providers::SandboxHealth,
+    /// The poller that saw it; an observation from a poller that was replaced
+    /// (the sandbox was relaunched since) is stale and ignored.
+    pub from: Arc<ActorMeta>,
 }
 
 /// CI failed on the task's pull request: hand the failed checks to the agent,
@@ -171,7 +174,18 @@ impl Handler<StatusObserved> for TaskActor {
 
     fn handle(&mut self, msg: StatusObserved, _: &mut Self::Context) -> Self::Result {
         let ctx = self.ctx();
-        atomic!(self, effects::observe(ctx, msg.health))
+        let key = format!("{}/status-sync", super::registry::task_key(&self.org, &self.repo, &self.id));
+        let current = self
+            .kiln
+            .registry
+            .get::<crate::actors::pollers::task_status::TaskStatusPoller>(&key)
+            .is_some_and(|p| Arc::ptr_eq(&p.meta, &msg.from));
+        atomic!(self, async move {
+            if !current {
+                return Ok(false);
+            }
+            effects::observe(ctx, msg.health).await
+        })
     }
 }
 
