@@ -39,7 +39,7 @@ pub enum BootError {
 /// Creates the data dir layout (mode 0700) and returns it.
 pub fn prepare_data_dir(config: &Config) -> Result<PathBuf, BootError> {
     let dir = config.data_dir();
-    for sub in ["", "repos", "worktrees", "logs", "backups"] {
+    for sub in ["", "repos", "worktrees", "sandboxes", "backups"] {
         let path = dir.join(sub);
         std::fs::DirBuilder::new()
             .recursive(true)

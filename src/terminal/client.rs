@@ -123,6 +123,12 @@ pub fn launch(opts: &HostOptions, launch: &crate::providers::LaunchSpec, program
         cmd.arg("--setup").arg(step);
     }
     cmd.arg("--").args(&opts.argv);
+    // The server's own settings (KILN_*) are none of the agent's business.
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("KILN_") {
+            cmd.env_remove(key);
+        }
+    }
     cmd.envs(env.iter().map(|(k, v)| (k, v)))
         .env("TERM", "xterm-256color")
         .stdin(Stdio::null())

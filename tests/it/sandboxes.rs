@@ -298,6 +298,7 @@ async fn prompt_as_input_and_secrets_as_env() {
     .unwrap();
     assert!(environ.contains("ANTHROPIC_API_KEY=sk-test-123"), "the secret reaches the agent's env");
     assert!(environ.contains(&format!("KILN_TASK={id}")));
+    assert!(!environ.contains("KILN_DATA_DIR="), "the server's own settings stay with the server");
     assert!(worktree.exists());
     assert!(!server.log().contains("sk-test-123"), "secrets never reach the log");
 }
