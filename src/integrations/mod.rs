@@ -2,3 +2,4 @@
 
 pub mod git;
 pub mod github;
+pub mod sandbox_agent;

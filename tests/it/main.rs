@@ -13,6 +13,7 @@ mod git_lifecycle;
 mod lifecycle;
 mod migrations;
 mod restart;
+mod sandbox_agent;
 mod sandboxes;
 mod single_writer;
 mod stream;
