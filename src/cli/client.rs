@@ -61,6 +61,10 @@ impl Api {
         self.send(self.request(awc::http::Method::POST, path), Some(body)).await
     }
 
+    pub async fn put<T: DeserializeOwned>(&self, path: &str, body: &Value) -> CliResult<T> {
+        self.send(self.request(awc::http::Method::PUT, path), Some(body)).await
+    }
+
     pub async fn delete_json<T: DeserializeOwned>(&self, path: &str) -> CliResult<T> {
         self.send(self.request(awc::http::Method::DELETE, path), None).await
     }

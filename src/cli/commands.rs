@@ -62,6 +62,56 @@ pub enum RepoCmd {
         #[structopt(long)]
         json: bool,
     },
+    /// Set the setup step: commands run before each agent, files copied in.
+    Setup {
+        repo: String,
+        /// A shell command to run in the new worktree (repeatable, in order).
+        #[structopt(long = "command")]
+        commands: Vec<String>,
+        /// A file to copy from the source checkout (repeatable).
+        #[structopt(long = "copy")]
+        copy: Vec<String>,
+    },
+    /// Change settings; flags not given keep their value.
+    Settings {
+        repo: String,
+        /// `owner/name` on GitHub, when the source URL does not say it.
+        #[structopt(long)]
+        github: Option<String>,
+        /// Keep a task after its PR is merged through Kiln (true/false).
+        #[structopt(long)]
+        keep_after_merge: Option<bool>,
+        /// On idle, any of: commit, push, draft_pr (comma-separated; `none` clears).
+        #[structopt(long)]
+        on_idle: Option<String>,
+        /// Hand CI failures to the agent at most N times per task (0: never).
+        #[structopt(long)]
+        ci_feedback: Option<u32>,
+        /// Archive a task whose PR is merged or closed outside Kiln (true/false).
+        #[structopt(long)]
+        archive_on_external_merge: Option<bool>,
+        #[structopt(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, StructOpt)]
+pub enum ProviderCmd {
+    /// Show a profile: its config and the names of its secrets.
+    Show { name: String },
+    /// Set a profile's config and secrets (worktree, daytona, github).
+    Set {
+        name: String,
+        /// A config value as key=value (repeatable; replaces the profile's config).
+        #[structopt(long = "setting")]
+        settings: Vec<String>,
+        /// A secret to set, its value read from standard input (never an argument).
+        #[structopt(long)]
+        secret: Option<String>,
+        /// A secret to remove (repeatable).
+        #[structopt(long)]
+        remove_secret: Vec<String>,
+    },
 }
 
 #[derive(Debug, StructOpt)]
@@ -139,6 +189,7 @@ pub enum TokenCmd {
 
 pub async fn run(ctx: Ctx, command: Command) -> CliResult<()> {
     match command {
+        Command::Provider(cmd) => provider(&ctx, cmd).await,
         Command::Organization(cmd) => organization(&ctx, cmd).await,
         Command::Repo(cmd) => repo(&ctx, cmd).await,
         Command::Create(args) => create(&ctx, args).await,
@@ -221,6 +272,46 @@ fn created(v: &Value) -> String {
 
 async fn repo(ctx: &Ctx, cmd: RepoCmd) -> CliResult<()> {
     match cmd {
+        RepoCmd::Setup { repo, commands, copy } => {
+            let res: Value =
+                ctx.api.put(&ctx.org_path(&format!("/repos/{}/setup", enc(&repo))), &json!({"commands": commands, "copy": copy})).await?;
+            println!("setup of `{}`: {} commands, {} files to copy", field(&res, "name"), commands.len(), copy.len());
+            Ok(())
+        }
+        RepoCmd::Settings { repo, github, keep_after_merge, on_idle, ci_feedback, archive_on_external_merge, json } => {
+            let current: Value = ctx.api.get(&ctx.org_path(&format!("/repos/{}", enc(&repo)))).await?;
+            let mut settings = current["settings"].clone();
+            if !settings.is_object() {
+                settings = json!({});
+            }
+            if let Some(g) = github {
+                settings["github"] = if g.is_empty() { Value::Null } else { json!(g) };
+            }
+            if let Some(k) = keep_after_merge {
+                settings["keep_after_merge"] = json!(k);
+            }
+            if let Some(list) = on_idle {
+                let steps: Vec<&str> = list.split(',').map(str::trim).filter(|s| !s.is_empty() && *s != "none").collect();
+                if let Some(bad) = steps.iter().find(|s| !["commit", "push", "draft_pr"].contains(s)) {
+                    return Err(CliError(format!("--on-idle takes commit, push, draft_pr or none, not `{bad}`")));
+                }
+                settings["automation"]["on_idle"] =
+                    json!({"commit": steps.contains(&"commit"), "push": steps.contains(&"push"), "draft_pr": steps.contains(&"draft_pr")});
+            }
+            if let Some(n) = ci_feedback {
+                settings["automation"]["on_ci_failure"] = json!({"enabled": n > 0, "max_attempts": n});
+            }
+            if let Some(a) = archive_on_external_merge {
+                settings["automation"]["archive_on_external_merge"] = json!(a);
+            }
+            let res: Value = ctx.api.put(&ctx.org_path(&format!("/repos/{}/settings", enc(&repo))), &settings).await?;
+            if json {
+                output::json(&res["settings"]);
+            } else {
+                println!("settings of `{}`: {}", field(&res, "name"), res["settings"]);
+            }
+            Ok(())
+        }
         RepoCmd::Add { source, name } => {
             // A relative path means one on this machine: send it absolute.
             let source = match std::fs::canonicalize(&source) {
@@ -491,6 +582,40 @@ async fn token(ctx: &Ctx, cmd: TokenCmd) -> CliResult<()> {
         TokenCmd::Revoke { id } => {
             let _: Value = ctx.api.delete_json(&ctx.org_path(&format!("/tokens/{}", enc(&id)))).await?;
             println!("revoked token {id}");
+            Ok(())
+        }
+    }
+}
+
+async fn provider(ctx: &Ctx, cmd: ProviderCmd) -> CliResult<()> {
+    match cmd {
+        ProviderCmd::Show { name } => {
+            let res: Value = ctx.api.get(&ctx.org_path(&format!("/providers/{}", enc(&name)))).await?;
+            output::json(&res);
+            Ok(())
+        }
+        ProviderCmd::Set { name, settings, secret, remove_secret } => {
+            let mut cfg = serde_json::Map::new();
+            for pair in &settings {
+                let (k, v) = pair.split_once('=').ok_or_else(|| CliError(format!("--setting takes key=value, not `{pair}`")))?;
+                cfg.insert(k.to_string(), json!(v));
+            }
+            let mut secrets = serde_json::Map::new();
+            if let Some(key) = secret {
+                let mut value = String::new();
+                std::io::stdin().read_line(&mut value)?;
+                let value = value.trim_end_matches(['\r', '\n']).to_string();
+                if value.is_empty() {
+                    return Err(CliError(format!("no value for secret `{key}`: pipe it on standard input")));
+                }
+                secrets.insert(key, json!(value));
+            }
+            for key in remove_secret {
+                secrets.insert(key, Value::Null);
+            }
+            let res: Value =
+                ctx.api.put(&ctx.org_path(&format!("/providers/{}", enc(&name))), &json!({"config": cfg, "secrets": secrets})).await?;
+            println!("profile `{}` saved; secrets: {}", field(&res, "provider"), res["secrets"]);
             Ok(())
         }
     }

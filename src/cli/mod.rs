@@ -50,7 +50,7 @@ pub enum Command {
     },
     /// Organizations: use, list, create.
     Organization(commands::OrganizationCmd),
-    /// Repositories: add, list.
+    /// Repositories: add, list, setup, settings.
     Repo(commands::RepoCmd),
     /// Create a task from a description.
     Create(commands::CreateArgs),
@@ -113,6 +113,8 @@ pub enum Command {
     Events(commands::EventsArgs),
     /// API tokens of an organization: create, list, revoke (admin only).
     Token(commands::TokenCmd),
+    /// Provider and integration profiles (worktree, daytona, github): show, set.
+    Provider(commands::ProviderCmd),
     /// Internal: the detached process that holds one sandbox's terminal.
     #[structopt(name = "terminal-host", setting = structopt::clap::AppSettings::Hidden)]
     TerminalHost {

@@ -149,3 +149,47 @@ async fn events_follow_streams_new_events() {
     assert_eq!(event["kind"], "task.created");
     assert!(created.contains(&event["task"].as_str().unwrap().to_string()));
 }
+
+#[actix_web::test]
+async fn repository_setup_settings_and_provider_profiles() {
+    use std::io::Write;
+    let (server, dir) = Server::start(&[]);
+    ok(cli(&server, &["repo", "add", git_repo(dir.path(), "app").to_str().unwrap()]));
+    ok(cli(&server, &["repo", "setup", "app", "--command", "npm ci", "--command", "make", "--copy", ".env"]));
+    let repo = server.client().get("/v1/organizations/default/repos/app").await.body;
+    assert_eq!(repo["setup"]["commands"], serde_json::json!(["npm ci", "make"]));
+    assert_eq!(repo["setup"]["copy"], serde_json::json!([".env"]));
+
+    let out: Value = serde_json::from_str(&ok(cli(
+        &server,
+        &["repo", "settings", "app", "--github", "acme/app", "--on-idle", "commit,push", "--ci-feedback", "2", "--json"],
+    )))
+    .unwrap();
+    assert_eq!(out["github"], "acme/app");
+    assert_eq!(out["automation"]["on_idle"]["push"], true);
+    assert_eq!(out["automation"]["on_idle"]["draft_pr"], false);
+    assert_eq!(out["automation"]["on_ci_failure"]["max_attempts"], 2);
+    // Flags not given keep their value.
+    let out: Value = serde_json::from_str(&ok(cli(&server, &["repo", "settings", "app", "--keep-after-merge", "true", "--json"]))).unwrap();
+    assert_eq!(out["github"], "acme/app");
+    assert_eq!(out["keep_after_merge"], true);
+    let bad = cli(&server, &["repo", "settings", "app", "--on-idle", "dance"]);
+    assert_eq!(bad.0, 1);
+
+    // A secret is read from standard input, never from the command line.
+    let mut child = std::process::Command::new(BIN)
+        .args(["--url", &server.url, "provider", "set", "github", "--setting", "api_url=http://127.0.0.1:9", "--secret", "token"])
+        .env("HOME", &server.dir)
+        .env("KILN_DATA_DIR", server.data_dir())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"ghp_from_stdin\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let shown = ok(cli(&server, &["provider", "show", "github"]));
+    assert!(shown.contains("token") && shown.contains("127.0.0.1:9") && !shown.contains("ghp_from_stdin"), "{shown}");
+    ok(cli(&server, &["provider", "set", "github", "--setting", "api_url=http://127.0.0.1:9", "--remove-secret", "token"]));
+    assert!(!ok(cli(&server, &["provider", "show", "github"])).contains("token"));
+}
