@@ -102,7 +102,8 @@ pub enum ProviderCmd {
     /// Set a profile's config and secrets (worktree, daytona, github).
     Set {
         name: String,
-        /// A config value as key=value (repeatable; replaces the profile's config).
+        /// A config value as key=value (repeatable; other keys keep their value,
+        /// `key=` removes one).
         #[structopt(long = "setting")]
         settings: Vec<String>,
         /// A secret to set, its value read from standard input (never an argument).
@@ -595,10 +596,15 @@ async fn provider(ctx: &Ctx, cmd: ProviderCmd) -> CliResult<()> {
             Ok(())
         }
         ProviderCmd::Set { name, settings, secret, remove_secret } => {
-            let mut cfg = serde_json::Map::new();
+            let current: Value = ctx.api.get(&ctx.org_path(&format!("/providers/{}", enc(&name)))).await?;
+            let mut cfg = current["config"].as_object().cloned().unwrap_or_default();
             for pair in &settings {
                 let (k, v) = pair.split_once('=').ok_or_else(|| CliError(format!("--setting takes key=value, not `{pair}`")))?;
-                cfg.insert(k.to_string(), json!(v));
+                if v.is_empty() {
+                    cfg.remove(k);
+                } else {
+                    cfg.insert(k.to_string(), json!(v));
+                }
             }
             let mut secrets = serde_json::Map::new();
             if let Some(key) = secret {
