@@ -107,17 +107,4 @@ fn observe(
     Ok(out)
 }
 
-impl Actor for BranchSyncPoller {
-    type Context = Context<Self>;
-
-    fn started(&mut self, ctx: &mut Self::Context) {
-        self.schedule(ctx);
-        self.poll(ctx);
-    }
-
-    fn stopped(&mut self, _: &mut Self::Context) {
-        self.kiln.registry.remove(&self.meta);
-    }
-}
-
 poller_controls!(BranchSyncPoller, "branch_sync", |_this| (None, None));

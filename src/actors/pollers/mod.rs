@@ -2,12 +2,26 @@
 //! world and report to their parent actor; they never touch the database. Each
 //! takes the same control messages, which `/admin/pollers` sends.
 
-/// Gives a poller type its timer (`schedule`) and the four control messages.
-/// The type has `meta`, `interval`, `timer`, `polls`, `last_poll_at` and
-/// `last_error` fields and a `poll(&mut self, ctx)` method; `$extras` answers the
-/// `(cost, paused_until)` it reports.
+/// Makes a poller type an actor (it polls at once, then on its timer, and leaves
+/// the registry when it stops) and gives it the four control messages. The type
+/// has `kiln`, `meta`, `interval`, `timer`, `polls`, `last_poll_at` and
+/// `last_error` fields and a `poll(&mut self, ctx)` method; `$extras` answers
+/// the `(cost, paused_until)` it reports.
 macro_rules! poller_controls {
     ($ty:ty, $kind:literal, |$this:ident| $extras:expr) => {
+        impl actix::Actor for $ty {
+            type Context = actix::Context<Self>;
+
+            fn started(&mut self, ctx: &mut Self::Context) {
+                self.schedule(ctx);
+                self.poll(ctx);
+            }
+
+            fn stopped(&mut self, _: &mut Self::Context) {
+                self.kiln.registry.remove(&self.meta);
+            }
+        }
+
         impl $ty {
             fn schedule(&mut self, ctx: &mut actix::Context<Self>) {
                 use actix::AsyncContext;

@@ -230,17 +230,4 @@ async fn poll_pages(
     Ok(out)
 }
 
-impl Actor for PrSyncPoller {
-    type Context = Context<Self>;
-
-    fn started(&mut self, ctx: &mut Self::Context) {
-        self.schedule(ctx);
-        self.poll(ctx);
-    }
-
-    fn stopped(&mut self, _: &mut Self::Context) {
-        self.kiln.registry.remove(&self.meta);
-    }
-}
-
 poller_controls!(PrSyncPoller, "pr_sync", |this| (Some(this.last_cost.clone()), (this.paused_until > now_ms()).then_some(this.paused_until)));

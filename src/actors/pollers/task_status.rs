@@ -93,17 +93,4 @@ impl TaskStatusPoller {
     }
 }
 
-impl Actor for TaskStatusPoller {
-    type Context = Context<Self>;
-
-    fn started(&mut self, ctx: &mut Self::Context) {
-        self.schedule(ctx);
-        self.poll(ctx);
-    }
-
-    fn stopped(&mut self, _: &mut Self::Context) {
-        self.kiln.registry.remove(&self.meta);
-    }
-}
-
 poller_controls!(TaskStatusPoller, "task_status", |_this| (None, None));
