@@ -20,8 +20,19 @@ const TOKEN: &str = "kiln-test-token";
 /// Every wait below polls against this deadline.
 const WAIT: Duration = Duration::from_secs(20);
 
+/// Where `.ci/run` caches the pinned binary, so `cargo test` finds it after one
+/// run of `.ci/run` without any variable set.
+fn ci_cache() -> Option<PathBuf> {
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+    let bin = cache.join("kiln-ci/sandbox-agent-0.4.2/node_modules/@sandbox-agent/cli-linux-x64/bin/sandbox-agent");
+    bin.is_file().then_some(bin)
+}
+
 fn binary() -> PathBuf {
-    match find_binary(None) {
+    let configured = std::env::var_os("KILN_SANDBOX_AGENT_BIN").is_some();
+    match find_binary(None).or_else(|| if configured { None } else { ci_cache() }) {
         Some(bin) => bin,
         None => panic!(
             "the sandbox-agent binary was not found: run `.ci/run`, or `npm install @sandbox-agent/cli-linux-x64@0.4.2` \
