@@ -42,8 +42,6 @@ pub enum AppError {
     /// Busy, overloaded or shutting down: the client may retry.
     #[error("{message}")]
     Unavailable { code: &'static str, message: String },
-    #[error("{message}")]
-    NotImplemented { message: String },
     /// A bug or an environment failure; the source is logged, never sent.
     #[error("internal error: {0}")]
     Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
@@ -92,7 +90,6 @@ impl AppError {
             AppError::Unauthorized { .. } => "unauthorized",
             AppError::Forbidden { .. } => "forbidden",
             AppError::PayloadTooLarge { .. } => "payload_too_large",
-            AppError::NotImplemented { .. } => "not_implemented",
             AppError::Internal(_) => "internal_error",
         }
     }
@@ -139,7 +136,6 @@ impl ResponseError for AppError {
             AppError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             AppError::BadGateway { .. } => StatusCode::BAD_GATEWAY,
             AppError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
-            AppError::NotImplemented { .. } => StatusCode::NOT_IMPLEMENTED,
             AppError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
