@@ -31,6 +31,7 @@ pub enum ConfigError {
 pub struct Config {
     pub data_dir: String,
     pub default_organization: String,
+    pub sandbox_agent_bin: String,
     pub server: ServerConfig,
     pub client: ClientConfig,
     pub database: DatabaseConfig,
@@ -124,6 +125,9 @@ pub struct AgentProfile {
     pub prompt: PromptMode,
     #[serde(default = "default_idle_secs")]
     pub idle_secs: u64,
+    /// The sandbox-agent agent id, for structured sessions over ACP.
+    #[serde(default)]
+    pub acp: Option<String>,
     #[serde(default)]
     pub env: BTreeMap<String, String>,
 }

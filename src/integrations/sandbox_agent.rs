@@ -125,6 +125,14 @@ pub fn spawn_server(
     token: Option<&str>,
     extra_env: &[(String, String)],
 ) -> io::Result<Child> {
+    let mut cmd = server_command(bin, host, port, token, extra_env);
+    cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::inherit());
+    cmd.spawn()
+}
+
+/// The `sandbox-agent server` command line (argument vector, raised ACP timeout),
+/// for callers that set up stdio, the working directory or the session themselves.
+pub fn server_command(bin: &Path, host: &str, port: u16, token: Option<&str>, extra_env: &[(String, String)]) -> Command {
     let mut cmd = Command::new(bin);
     cmd.arg("server").arg("--host").arg(host).arg("--port").arg(port.to_string());
     match token {
@@ -133,11 +141,23 @@ pub fn spawn_server(
     };
     cmd.arg("--no-telemetry")
         .env(ACP_TIMEOUT_ENV, ACP_REQUEST_TIMEOUT.as_millis().to_string())
-        .envs(extra_env.iter().map(|(k, v)| (k, v)))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit());
-    cmd.spawn()
+        .envs(extra_env.iter().map(|(k, v)| (k, v)));
+    cmd
+}
+
+/// A blocking `GET /v1/health` on a loopback server (for pollers on the
+/// blocking pool): whether it answered 200 within `timeout`.
+pub fn probe_health(port: u16, token: &str, timeout: std::time::Duration) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), timeout) else { return false };
+    let _ = stream.set_read_timeout(Some(timeout));
+    let _ = stream.set_write_timeout(Some(timeout));
+    let request = format!("GET /v1/health HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n");
+    if stream.write_all(request.as_bytes()).is_err() {
+        return false;
+    }
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head).is_ok() && head.starts_with(b"HTTP/1.1 200")
 }
 
 /// What went wrong talking to sandbox-agent.

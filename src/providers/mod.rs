@@ -95,6 +95,36 @@ pub struct SandboxHealth {
     pub host: Option<HostStatus>,
     /// How the agent ended, if the host recorded it.
     pub exit: Option<ExitInfo>,
+    /// The sandbox-agent server, when the sandbox has one: whether it answers.
+    pub agent_server: Option<bool>,
+}
+
+/// Start (or find) the sandbox's sandbox-agent server.
+#[derive(Debug, Clone)]
+pub struct EnsureAgent {
+    pub handle: SandboxHandle,
+    /// The sandbox-agent binary.
+    pub bin: PathBuf,
+    pub env: Vec<(String, String)>,
+}
+
+/// Where a sandbox's sandbox-agent server answers.
+#[derive(Clone, Serialize, serde::Deserialize)]
+pub struct AgentEndpoint {
+    pub url: String,
+    #[serde(skip_serializing)]
+    pub token: String,
+    pub port: u16,
+    pub pid: u32,
+    /// It was down and has been started again.
+    #[serde(default)]
+    pub restarted: bool,
+}
+
+impl std::fmt::Debug for AgentEndpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentEndpoint").field("url", &self.url).field("pid", &self.pid).field("token", &"(hidden)").finish()
+    }
 }
 
 /// Where a client attaches to a sandbox's terminal.
@@ -115,6 +145,9 @@ pub trait SandboxProvider: Send + Sync {
     fn resume(&self, req: ResumeSandbox) -> BoxFuture<'_, ProviderResult<SandboxHandle>>;
     fn destroy(&self, req: DestroySandbox) -> BoxFuture<'_, ProviderResult<Destroyed>>;
     fn health(&self, handle: SandboxHandle) -> BoxFuture<'_, ProviderResult<SandboxHealth>>;
+    /// Makes sure the sandbox's sandbox-agent server runs (starting it, or
+    /// starting it again if it died), and answers where it is.
+    fn ensure_agent(&self, req: EnsureAgent) -> BoxFuture<'_, ProviderResult<AgentEndpoint>>;
     fn attach_target(&self, handle: &SandboxHandle) -> ProviderResult<AttachTarget>;
 }
 

@@ -15,6 +15,89 @@ use crate::terminal::{client, host::HostOptions};
 /// The file in a checkout that lists untracked files to copy into new sandboxes.
 pub const INCLUDE_FILE: &str = ".worktreeinclude";
 
+/// Where a sandbox's sandbox-agent server is recorded (port, token, pid; 0600).
+pub const AGENT_FILE: &str = "sandbox-agent.json";
+
+fn read_agent(state_dir: &Path) -> Option<AgentEndpoint> {
+    serde_json::from_slice(&std::fs::read(state_dir.join(AGENT_FILE)).ok()?).ok()
+}
+
+fn agent_alive(endpoint: &AgentEndpoint) -> bool {
+    crate::integrations::sandbox_agent::probe_health(endpoint.port, &endpoint.token, Duration::from_secs(2))
+}
+
+/// Stops a recorded sandbox-agent server (it leads its own process group) and
+/// forgets it.
+fn stop_agent_server(state_dir: &Path) {
+    if let Some(endpoint) = read_agent(state_dir) {
+        unsafe { libc::kill(-(endpoint.pid as i32), libc::SIGTERM) };
+    }
+    let _ = std::fs::remove_file(state_dir.join(AGENT_FILE));
+}
+
+/// Starts a detached sandbox-agent server for the sandbox on a free loopback
+/// port with a fresh token, waits for its health check, and records it.
+fn start_agent_server(req: &EnsureAgent, restarted: bool) -> ProviderResult<AgentEndpoint> {
+    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::process::CommandExt;
+    use crate::integrations::sandbox_agent::{free_port, probe_health, server_command};
+    let state_dir = &req.handle.state_dir;
+    std::fs::create_dir_all(state_dir).map_err(|e| io_error("preparing the sandbox-agent folder", e))?;
+    let port = free_port().map_err(|e| io_error("finding a free port", e))?;
+    let token = crate::util::random_hex(40);
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(state_dir.join("sandbox-agent.log"))
+        .map_err(|e| io_error("opening the sandbox-agent log", e))?;
+    let log2 = log.try_clone().map_err(|e| io_error("opening the sandbox-agent log", e))?;
+    let mut cmd = server_command(&req.bin, "127.0.0.1", port, Some(&token), &req.env);
+    cmd.current_dir(&req.handle.path).stdin(std::process::Stdio::null()).stdout(log).stderr(log2);
+    // SAFETY: setsid is async-signal-safe; the server outlives Kiln like the terminal host.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setsid() < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().map_err(|e| io_error("starting sandbox-agent", e))?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !probe_health(port, &token, Duration::from_secs(1)) {
+        if let Ok(Some(status)) = child.try_wait() {
+            let log = std::fs::read_to_string(state_dir.join("sandbox-agent.log")).unwrap_or_default();
+            let tail: String = log.chars().rev().take(500).collect::<String>().chars().rev().collect();
+            return Err(AppError::invalid("sandbox_agent_failed", format!("sandbox-agent exited at once ({status}): {}", tail.trim())));
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            return Err(AppError::invalid("sandbox_agent_failed", "sandbox-agent did not answer its health check within 20 s"));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let endpoint = AgentEndpoint { url: format!("http://127.0.0.1:{port}"), token, port, pid: child.id(), restarted };
+    // The token is a secret: the record is readable by Kiln's user only.
+    let record = serde_json::to_vec(&serde_json::json!({
+        "url": endpoint.url, "token": endpoint.token, "port": port, "pid": endpoint.pid,
+    }))
+    .map_err(AppError::internal)?;
+    let tmp = state_dir.join(format!("{AGENT_FILE}.tmp"));
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, &record))
+        .and_then(|_| std::fs::rename(&tmp, state_dir.join(AGENT_FILE)))
+        .map_err(|e| io_error("recording the sandbox-agent server", e))?;
+    std::thread::spawn(move || {
+        let _ = child.wait();
+    });
+    Ok(endpoint)
+}
+
 pub struct WorktreeProvider {
     data_dir: PathBuf,
     terminal: TerminalConfig,
@@ -247,6 +330,7 @@ impl SandboxProvider for WorktreeProvider {
     fn destroy(&self, req: DestroySandbox) -> BoxFuture<'_, ProviderResult<Destroyed>> {
         Box::pin(off_thread(move || {
             let handle = &req.handle;
+            stop_agent_server(&handle.state_dir);
             stop_agent(&handle.state_dir, req.grace);
             let mut snapshot = None;
             if handle.path.exists() {
@@ -272,7 +356,22 @@ impl SandboxProvider for WorktreeProvider {
                 Err(e) => return Err(AppError::unavailable("host_unresponsive", format!("the terminal host did not answer: {e}"))),
             };
             let exit = host.as_ref().and_then(|h| h.exit.clone()).or_else(|| client::exit_info(&handle.state_dir));
-            Ok(SandboxHealth { exists: handle.path.exists(), host, exit })
+            let agent_server = read_agent(&handle.state_dir).map(|e| agent_alive(&e));
+            Ok(SandboxHealth { exists: handle.path.exists(), host, exit, agent_server })
+        }))
+    }
+
+    fn ensure_agent(&self, req: EnsureAgent) -> BoxFuture<'_, ProviderResult<AgentEndpoint>> {
+        Box::pin(off_thread(move || {
+            let recorded = read_agent(&req.handle.state_dir);
+            if let Some(endpoint) = &recorded {
+                if agent_alive(endpoint) {
+                    return Ok(endpoint.clone());
+                }
+                // Recorded but not answering: make sure it is gone before a new one.
+                stop_agent_server(&req.handle.state_dir);
+            }
+            start_agent_server(&req, recorded.is_some())
         }))
     }
 

@@ -12,6 +12,19 @@ use serde_json::Value;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_kiln");
 
+/// The real sandbox-agent binary: `KILN_SANDBOX_AGENT_BIN`, else where `.ci/run`
+/// caches it.
+pub fn sandbox_agent_bin() -> Option<String> {
+    if let Ok(bin) = std::env::var("KILN_SANDBOX_AGENT_BIN") {
+        return Some(bin);
+    }
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+    let bin = cache.join("kiln-ci/sandbox-agent-0.4.2/node_modules/@sandbox-agent/cli-linux-x64/bin/sandbox-agent");
+    bin.is_file().then(|| bin.to_string_lossy().to_string())
+}
+
 /// The fake agent every test task runs (see tests/fake-agent.sh).
 pub fn fake_agent() -> String {
     format!("{}/tests/fake-agent.sh", env!("CARGO_MANIFEST_DIR"))
@@ -31,6 +44,7 @@ fn test_config(dir: &Path) -> PathBuf {
              [agents.fake]\ncommand = [\"{agent}\"]\nresume = [\"{agent}\", \"--resumed\"]\nprompt = \"argument\"\nidle_secs = 3600\n\n\
              [agents.quick]\ncommand = [\"{agent}\"]\nresume = [\"{agent}\", \"--resumed\"]\nprompt = \"argument\"\nidle_secs = 1\n\n\
              [agents.typed]\ncommand = [\"{agent}\"]\nresume = [\"{agent}\", \"--resumed\"]\nprompt = \"input\"\nidle_secs = 1\n\n\
+             [agents.acp]\ncommand = [\"{agent}\"]\nresume = [\"{agent}\", \"--resumed\"]\nprompt = \"none\"\nidle_secs = 3600\nacp = \"mock\"\n\n\
              [agents.ghost]\ncommand = [\"kiln-no-such-agent\"]\nresume = [\"kiln-no-such-agent\"]\n"
         ),
     )
@@ -82,6 +96,9 @@ impl Server {
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
             .stderr(log);
+        if let Some(bin) = sandbox_agent_bin() {
+            cmd.env("KILN_SANDBOX_AGENT_BIN", bin);
+        }
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
@@ -180,7 +197,9 @@ pub fn kill_hosts(data_dir: &Path) {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
         let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
         let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-        if cmdline.contains("terminal-host") && cmdline.contains(&needle) {
+        let cwd = std::fs::read_link(entry.path().join("cwd")).map(|p| p.to_string_lossy().to_string()).unwrap_or_default();
+        let agent_server = cmdline.contains("sandbox-agent") && cmdline.contains(" server") && cwd.starts_with(&needle);
+        if (cmdline.contains("terminal-host") && cmdline.contains(&needle)) || agent_server {
             unsafe { libc::kill(pid, libc::SIGKILL) };
         }
     }

@@ -425,3 +425,64 @@ async fn an_agent_that_dies_is_reported() {
     let again = read_until(&mut fresh, |m| is_response_to(m, 3)).await;
     assert_eq!(again[0].id, 1, "a re-created instance numbers from 1 again");
 }
+
+/// A task whose agent profile has `acp` gets a supervised sandbox-agent server
+/// beside its terminal: started at provisioning, started again when it dies,
+/// stopped with the task.
+#[actix_web::test]
+async fn an_acp_task_gets_a_supervised_sandbox_agent_server() {
+    use crate::common::*;
+    assert!(sandbox_agent_bin().is_some(), "the sandbox-agent binary is missing: run .ci/run");
+    let (server, dir) = Server::start(&[]);
+    let c = server.client();
+    c.add_repo("default", &git_repo(dir.path(), "app")).await;
+    let t = c.create_task_with("default", json!({"repo": "app", "description": "structured", "agent": "acp"})).await;
+    let id = t["id"].as_str().unwrap().to_string();
+    c.wait_status("default", &id, "running").await;
+    let record_path = server.data_dir().join(format!("sandboxes/{id}/sandbox-agent.json"));
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&record_path).unwrap().permissions().mode() & 0o777, 0o600, "the token stays private");
+    let record: Value = serde_json::from_slice(&std::fs::read(&record_path).unwrap()).unwrap();
+    let client = AcpClient::new(record["url"].as_str().unwrap(), record["token"].as_str());
+    client.health().await.expect("the server answers with its token");
+    assert!(matches!(AcpClient::new(record["url"].as_str().unwrap(), Some("wrong")).health().await, Err(AcpError::Unauthorized(_))));
+    let started = c.events_since("default", 0).await.into_iter().find(|e| e["kind"] == "sandbox.agent_started").expect("an event");
+    assert!(!started.to_string().contains(record["token"].as_str().unwrap()), "the token is never in an event");
+
+    // It dies: the status poller starts it again, with an event.
+    let old_pid = record["pid"].as_i64().unwrap() as i32;
+    unsafe { libc::kill(old_pid, libc::SIGKILL) };
+    let restarted = crate::common::eventually(WAIT, "a restart", || {
+        let c = c.clone();
+        async move { c.events_since("default", 0).await.into_iter().find(|e| e["kind"] == "sandbox.agent_restarted") }
+    })
+    .await;
+    assert_ne!(restarted["data"]["pid"].as_i64().unwrap() as i32, old_pid);
+    let record: Value = serde_json::from_slice(&std::fs::read(&record_path).unwrap()).unwrap();
+    AcpClient::new(record["url"].as_str().unwrap(), record["token"].as_str()).health().await.expect("the new server answers");
+
+    // Kill the task: the server goes with it.
+    let r = c.post(&format!("/v1/organizations/default/tasks/{id}/kill"), json!({})).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(!record_path.exists());
+    let url = record["url"].as_str().unwrap().to_string();
+    crate::common::eventually(WAIT, "the server is gone", || {
+        let client = AcpClient::new(&url, record["token"].as_str());
+        async move { client.health().await.is_err().then_some(()) }
+    })
+    .await;
+}
+
+#[actix_web::test]
+async fn without_the_binary_an_acp_task_fails_and_says_how_to_install_it() {
+    use crate::common::*;
+    let (server, dir) = Server::start(&[("KILN_SANDBOX_AGENT_BIN", "/nonexistent/sandbox-agent")]);
+    let c = server.client();
+    c.add_repo("default", &git_repo(dir.path(), "app")).await;
+    let t = c.create_task_with("default", json!({"repo": "app", "description": "x", "agent": "acp"})).await;
+    let id = t["id"].as_str().unwrap();
+    let failed = c.wait_status("default", id, "failed").await;
+    let reason = failed["status_reason"].as_str().unwrap();
+    assert!(reason.contains("sandbox-agent is not installed") && reason.contains("npm install"), "{reason}");
+    assert!(!server.data_dir().join(format!("worktrees/default/app/{id}")).exists(), "the sandbox was taken down");
+}

@@ -123,6 +123,32 @@ async fn launch_spec(ctx: &TaskCtx, task: &Task, resume: bool) -> AppResult<Laun
     Ok(LaunchSpec { argv, env, initial_input })
 }
 
+/// The sandbox-agent binary, or a 4xx that says how to install it.
+fn sandbox_agent_bin(ctx: &TaskCtx) -> AppResult<PathBuf> {
+    crate::integrations::sandbox_agent::find_binary(Some(&ctx.kiln.config.sandbox_agent_bin)).ok_or_else(|| {
+        AppError::invalid(
+            "sandbox_agent_missing",
+            "sandbox-agent is not installed: `npm install -g @sandbox-agent/cli-linux-x64@0.4.2`, or set sandbox_agent_bin (KILN_SANDBOX_AGENT_BIN) to its path",
+        )
+    })
+}
+
+/// For an agent profile with `acp`: makes sure the sandbox's sandbox-agent server
+/// runs, with an event when it starts (or starts again).
+async fn ensure_agent_server(ctx: &TaskCtx, task: &Task, handle: &SandboxHandle) -> AppResult<()> {
+    let Some(profile) = ctx.kiln.config.agents.get(&task.agent) else { return Ok(()) };
+    if profile.acp.is_none() {
+        return Ok(());
+    }
+    let bin = sandbox_agent_bin(ctx)?;
+    let provider = ctx.kiln.providers.get(&task.provider)?;
+    let env: Vec<(String, String)> = profile.env.clone().into_iter().collect();
+    let endpoint = provider.ensure_agent(crate::providers::EnsureAgent { handle: handle.clone(), bin, env }).await?;
+    let kind = if endpoint.restarted { "sandbox.agent_restarted" } else { "sandbox.agent_started" };
+    ctx.kiln.emit_one(&ctx.org, ctx.event(kind, json!({"url": endpoint.url, "pid": endpoint.pid}))).await?;
+    Ok(())
+}
+
 /// `queued → provisioning`, then the sandbox. Setup runs in the terminal; the
 /// poller moves the task on to `running` once the agent has started.
 pub async fn provision(ctx: &TaskCtx) -> AppResult<()> {
@@ -149,6 +175,17 @@ pub async fn provision(ctx: &TaskCtx) -> AppResult<()> {
         ctx.kiln.sandbox(&ctx.org, &task.provider, &task.id)?.send(ProvisionSandbox { req }).await?
     }
     .await;
+    let created = match created {
+        Ok(handle) => match ensure_agent_server(ctx, &task, &handle).await {
+            Ok(()) => Ok(handle),
+            Err(err) => {
+                // The sandbox was made but cannot serve ACP: take it down again.
+                let _ = destroy_sandbox(ctx, &task, &repo).await;
+                Err(err)
+            }
+        },
+        Err(err) => Err(err),
+    };
     match created {
         Ok(handle) => {
             ctx.kiln
@@ -195,6 +232,7 @@ pub async fn apply(ctx: TaskCtx, input: TaskInput, text: Option<String>, params:
                 let launch = launch_spec(&ctx, &task, true).await?;
                 let req = ResumeSandbox { handle, branch: task.branch.clone(), launch };
                 let handle = ctx.kiln.sandbox(&ctx.org, &task.provider, &task.id)?.send(RelaunchSandbox { req }).await??;
+                ensure_agent_server(&ctx, &task, &handle).await?;
                 ctx.watch(&task, handle)?;
             }
             Effect::SendInput => {
@@ -257,6 +295,14 @@ pub async fn observe(ctx: TaskCtx, health: SandboxHealth) -> AppResult<bool> {
         return Ok(false);
     }
     record_runtime(&ctx, &health).await?;
+    if health.agent_server == Some(false) && health.host.as_ref().is_some_and(|h| h.running) {
+        // Supervision: the sandbox-agent server died under a live task.
+        let (_, repo) = ctx.load().await?;
+        let handle = ctx.handle(&task, &repo)?;
+        if let Err(e) = ensure_agent_server(&ctx, &task, &handle).await {
+            ctx.kiln.emit_one(&ctx.org, ctx.event("sandbox.agent_failed", json!({"error": e.to_string()}))).await?;
+        }
+    }
     let mut inputs = Vec::new();
     if !health.exists && from != TaskStatus::Provisioning {
         inputs.push(TaskInput::SandboxLost);
