@@ -266,11 +266,3 @@ pub fn events_list(conn: &mut SqliteConnection, org: &str, f: &EventFilter) -> Q
     }
     q.order(events::id.asc()).limit(f.limit).load(conn)
 }
-
-pub fn events_max_id(conn: &mut SqliteConnection, org: &str) -> QueryResult<i64> {
-    events::table
-        .filter(events::organization.eq(org))
-        .select(diesel::dsl::max(events::id))
-        .first::<Option<i64>>(conn)
-        .map(|v| v.unwrap_or(0))
-}

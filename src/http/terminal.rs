@@ -66,8 +66,11 @@ pub async fn connect(
     let live = tokio::net::UnixStream::connect(&socket).await.ok();
     let replay = if live.is_none() {
         let dir = state_dir.clone();
-        let (start, bytes) = blocking(move || read_log(&dir, offset)).await?;
-        let exit = crate::terminal::client::exit_info(&state_dir);
+        let (start, bytes, exit) = blocking(move || {
+            let (start, bytes) = read_log(&dir, offset)?;
+            Ok((start, bytes, crate::terminal::client::exit_info(&dir)))
+        })
+        .await?;
         Some((start, bytes, exit))
     } else {
         None

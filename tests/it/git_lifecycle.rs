@@ -232,8 +232,18 @@ async fn the_pr_poller_spends_no_rate_limit_when_nothing_changed_and_backs_off_o
         async move { (c.get("/v1/organizations/default/repos/origin/pulls").await.body["items"].as_array().unwrap().len() == 150).then_some(()) }
     })
     .await;
-    // Let a full cycle pass so every page has an ETag, then measure.
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    // Wait for a cycle that found every page unchanged, then measure.
+    let key = "org/default/repo/origin/pr-sync";
+    eventually(WAIT, "a cycle of nothing but 304s", || {
+        let c = s.c.clone();
+        async move {
+            let body = c.get("/admin/pollers").await.body;
+            let p = body["items"].as_array().unwrap().iter().find(|p| p["key"] == key)?.clone();
+            let cost = &p["cost"];
+            (cost["requests"].as_u64()? > 0 && cost["requests"] == cost["not_modified"]).then_some(())
+        }
+    })
+    .await;
     let spent_before = gh.rate_limit_remaining();
     let (n_before, not_modified_before) = metric_requests(&gh);
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -244,7 +254,6 @@ async fn the_pr_poller_spends_no_rate_limit_when_nothing_changed_and_backs_off_o
 
     // 429 with retry-after: the poller pauses and says so, then recovers.
     gh.fail_next(1, 429, 2);
-    let key = "org/default/repo/origin/pr-sync";
     let paused = eventually(WAIT, "the poller pauses", || {
         let c = s.c.clone();
         async move {

@@ -80,7 +80,8 @@ async fn two_attachers_share_one_terminal() {
         t.expect("echo: from a").await;
         t.expect("echo: from b").await;
     }
-    // Resize follows the most recently active client; the agent sees it.
+    // Resize messages keep both sessions alive (what size wins is checked by
+    // `the_terminal_size_follows_the_most_recently_active_client`).
     a.control(json!({"type": "resize", "cols": 100, "rows": 30})).await;
     b.control(json!({"type": "resize", "cols": 90, "rows": 25})).await;
     b.send(b"x\r").await;
