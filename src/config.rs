@@ -41,7 +41,19 @@ pub struct Config {
     pub github: GithubConfig,
     pub terminal: TerminalConfig,
     pub auth: AuthConfig,
+    pub sessions: SessionsConfig,
     pub agents: BTreeMap<String, AgentProfile>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionsConfig {
+    /// The restore preamble holds at most this many transcript items...
+    pub preamble_max_events: usize,
+    /// ...and at most this many characters.
+    pub preamble_max_chars: usize,
+    /// How long closing a session waits for sandbox-agent's DELETE.
+    pub close_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -8,6 +8,7 @@
 //! | OrganizationActor   | organizations, provider_profiles, api_tokens        |
 //! | RepositoryActor     | repos, branches, pull_requests                      |
 //! | TaskActor           | tasks, task_runtime, task_sessions                  |
+//! | SessionActor        | nothing: its journal goes through the HistoryActor  |
 //! | SandboxActor        | sandbox_instances (arrives with sandboxes)          |
 //! | HistoryActor        | events                                              |
 //!
@@ -30,6 +31,7 @@ pub mod pollers;
 pub mod registry;
 pub mod repository;
 pub mod sandbox;
+pub mod session;
 pub mod task;
 
 use std::path::PathBuf;
@@ -63,6 +65,10 @@ where
             ctx.stop();
         }
     });
+}
+
+fn session_key(org: &str, repo: &str, task: &str, id: &str) -> String {
+    format!("{}/session/{id}", registry::task_key(org, repo, task))
 }
 
 /// Everything the actors and handlers share. Cheap to clone.
@@ -111,6 +117,21 @@ impl Kiln {
         let (o, r, t) = (org.to_string(), repo.to_string(), task.to_string());
         self.registry
             .get_or_start(registry::task_key(org, repo, task), "task", move |meta| TaskActor::new(kiln, o, r, t, meta))
+    }
+
+    /// The SessionActor of one ACP session of a task, started on demand (it
+    /// loads its row and journal first).
+    pub fn session(&self, org: &str, repo: &str, task: &str, id: &str) -> Handle<session::SessionActor> {
+        let kiln = self.clone();
+        let (o, r, t, i) = (org.to_string(), repo.to_string(), task.to_string(), id.to_string());
+        self.registry.get_or_start(session_key(org, repo, task, id), "session", move |meta| {
+            session::SessionActor::new(kiln, o, r, t, i, meta)
+        })
+    }
+
+    /// The SessionActor of a session if it runs (without starting one).
+    pub fn session_if_running(&self, org: &str, repo: &str, task: &str, id: &str) -> Option<Handle<session::SessionActor>> {
+        self.registry.get(&session_key(org, repo, task, id))
     }
 
     /// The SandboxActor of a task's sandbox on `provider`, started on demand.

@@ -254,6 +254,7 @@ pub struct EventRow {
     pub kind: String,
     pub at: i64,
     pub data: String,
+    pub session: Option<String>,
 }
 
 #[derive(Debug, Clone, Insertable)]
@@ -265,4 +266,35 @@ pub struct NewEventRow<'a> {
     pub kind: &'a str,
     pub at: i64,
     pub data: String,
+    pub session: Option<&'a str>,
+}
+
+/// One ACP session of a task (written only by the TaskActor).
+#[derive(Debug, Clone, Queryable, Selectable, Insertable, Serialize)]
+#[diesel(table_name = task_sessions)]
+pub struct TaskSession {
+    pub id: String,
+    pub task_id: String,
+    /// The sandbox-agent agent id (`claude`, `codex`, …).
+    pub agent: String,
+    /// The ACP server id on the sandbox's sandbox-agent (one per session
+    /// generation: a restore makes a new one).
+    pub acp_server_id: String,
+    /// The agent's own session id (`sess_…`), once `session/new` answered.
+    pub remote_session_id: Option<String>,
+    /// `starting`, `ready`, `prompting`, `closed` or `lost`.
+    pub status: String,
+    /// The last SSE event id journaled from the current ACP instance.
+    pub last_remote_seq: i64,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub mode: Option<String>,
+    pub model: Option<String>,
+    pub stop_reason: Option<String>,
+    pub awaiting_input: bool,
+    /// The instance's `createdAtMs`: a change means its sequence restarted.
+    pub remote_epoch: Option<i64>,
+    /// The agent can `session/load`.
+    pub load_session: bool,
+    pub last_error: Option<String>,
 }

@@ -266,3 +266,47 @@ pub fn events_list(conn: &mut SqliteConnection, org: &str, f: &EventFilter) -> Q
     }
     q.order(events::id.asc()).limit(f.limit).load(conn)
 }
+
+/// The event kinds a session's journal is made of (one per envelope).
+pub const JOURNAL_KINDS: &[&str] =
+    &["session.sent", "session.update", "session.request", "session.notification", "session.response"];
+
+/// A task's ACP sessions, oldest first.
+pub fn task_sessions(conn: &mut SqliteConnection, task_id: &str) -> QueryResult<Vec<TaskSession>> {
+    task_sessions::table
+        .filter(task_sessions::task_id.eq(task_id))
+        .order((task_sessions::created_at.asc(), task_sessions::id.asc()))
+        .select(TaskSession::as_select())
+        .load(conn)
+}
+
+/// One session of a task.
+pub fn task_session(conn: &mut SqliteConnection, task_id: &str, id: &str) -> QueryResult<Option<TaskSession>> {
+    task_sessions::table
+        .filter(task_sessions::task_id.eq(task_id))
+        .filter(task_sessions::id.eq(id))
+        .select(TaskSession::as_select())
+        .first(conn)
+        .optional()
+}
+
+/// Sessions that were open (starting, ready or prompting), by org, repo, task
+/// and id: the ones to resume at boot.
+pub fn open_sessions(conn: &mut SqliteConnection, task_id: &str) -> QueryResult<Vec<TaskSession>> {
+    task_sessions::table
+        .filter(task_sessions::task_id.eq(task_id))
+        .filter(task_sessions::status.eq_any(["starting", "ready", "prompting"]))
+        .select(TaskSession::as_select())
+        .load(conn)
+}
+
+/// A session's journal, in order: the data of its envelope events.
+pub fn session_journal(conn: &mut SqliteConnection, org: &str, session: &str) -> QueryResult<Vec<(i64, String)>> {
+    events::table
+        .filter(events::session.eq(session))
+        .filter(events::organization.eq(org))
+        .filter(events::kind.eq_any(JOURNAL_KINDS))
+        .order(events::id.asc())
+        .select((events::id, events::data))
+        .load(conn)
+}

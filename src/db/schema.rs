@@ -33,6 +33,7 @@ diesel::table! {
         kind -> Text,
         at -> BigInt,
         data -> Text,
+        session -> Nullable<Text>,
     }
 }
 
@@ -126,6 +127,13 @@ diesel::table! {
         last_remote_seq -> BigInt,
         created_at -> BigInt,
         updated_at -> BigInt,
+        mode -> Nullable<Text>,
+        model -> Nullable<Text>,
+        stop_reason -> Nullable<Text>,
+        awaiting_input -> Bool,
+        remote_epoch -> Nullable<BigInt>,
+        load_session -> Bool,
+        last_error -> Nullable<Text>,
     }
 }
 

@@ -120,3 +120,29 @@ pub enum TerminalControl {
 pub struct CreateToken {
     pub name: String,
 }
+
+/// `POST …/tasks/{task}/sessions`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateSession {
+    /// The sandbox-agent agent id; the task profile's `acp` when absent.
+    pub agent: Option<String>,
+    pub mode: Option<String>,
+    pub model: Option<String>,
+}
+
+/// `POST …/sessions/{session}/prompt`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionPrompt {
+    pub text: String,
+}
+
+/// `POST …/sessions/{session}/permissions/{request}`: an option, or `cancelled`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PermissionAnswer {
+    pub option_id: Option<String>,
+    /// `"cancelled"` declines without choosing.
+    pub outcome: Option<String>,
+}

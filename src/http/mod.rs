@@ -7,6 +7,7 @@ pub mod dto;
 pub mod events;
 pub mod organizations;
 pub mod repos;
+pub mod sessions;
 pub mod stream;
 pub mod tasks;
 pub mod terminal;
@@ -76,6 +77,23 @@ pub fn configure(cfg: &mut web::ServiceConfig, max_body: usize) {
                 .service(web::resource("/{org}/tasks").route(web::get().to(tasks::list)).route(web::post().to(tasks::create)))
                 .service(web::resource("/{org}/tasks/{task}").route(web::get().to(tasks::get)))
                 .service(web::resource("/{org}/tasks/{task}/terminal").route(web::get().to(terminal::connect)))
+                .service(
+                    web::resource("/{org}/tasks/{task}/sessions")
+                        .route(web::get().to(sessions::list))
+                        .route(web::post().to(sessions::create)),
+                )
+                .service(
+                    web::resource("/{org}/tasks/{task}/sessions/{session}")
+                        .route(web::get().to(sessions::get))
+                        .route(web::delete().to(sessions::close)),
+                )
+                .service(web::resource("/{org}/tasks/{task}/sessions/{session}/transcript").route(web::get().to(sessions::transcript)))
+                .service(web::resource("/{org}/tasks/{task}/sessions/{session}/prompt").route(web::post().to(sessions::prompt)))
+                .service(web::resource("/{org}/tasks/{task}/sessions/{session}/cancel").route(web::post().to(sessions::cancel)))
+                .service(
+                    web::resource("/{org}/tasks/{task}/sessions/{session}/permissions/{request}")
+                        .route(web::post().to(sessions::answer_permission)),
+                )
                 .service(web::resource("/{org}/tasks/{task}/{action}").route(web::post().to(tasks::action)))
                 .service(web::resource("/{org}/events").route(web::get().to(events::list)))
                 .service(web::resource("/{org}/stream").route(web::get().to(stream::connect))),

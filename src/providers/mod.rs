@@ -119,6 +119,9 @@ pub struct AgentEndpoint {
     /// It was down and has been started again.
     #[serde(default)]
     pub restarted: bool,
+    /// It was started by this call (not found running).
+    #[serde(default, skip_serializing)]
+    pub fresh: bool,
 }
 
 impl std::fmt::Debug for AgentEndpoint {

@@ -34,11 +34,17 @@ pub struct NewEvent {
     pub task: Option<String>,
     pub kind: &'static str,
     pub data: serde_json::Value,
+    /// The ACP session an event belongs to (its journal entries, its status).
+    pub session: Option<String>,
 }
 
 impl NewEvent {
     pub fn new(kind: &'static str, data: serde_json::Value) -> Self {
-        NewEvent { repo: None, task: None, kind, data }
+        NewEvent { repo: None, task: None, kind, data, session: None }
+    }
+    pub fn session(mut self, session: &str) -> Self {
+        self.session = Some(session.to_string());
+        self
     }
     pub fn repo(mut self, repo: &str) -> Self {
         self.repo = Some(repo.to_string());
@@ -60,6 +66,8 @@ pub struct Event {
     pub kind: String,
     pub at: i64,
     pub data: serde_json::Value,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
 }
 
 impl From<EventRow> for Event {
@@ -72,6 +80,7 @@ impl From<EventRow> for Event {
             kind: row.kind,
             at: row.at,
             data: serde_json::from_str(&row.data).unwrap_or(serde_json::Value::Null),
+            session: row.session,
         }
     }
 }

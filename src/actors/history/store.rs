@@ -14,7 +14,7 @@ use crate::util::now_ms;
 pub(super) fn append(conn: &mut SqliteConnection, org: &str, batch: &[NewEvent]) -> QueryResult<Vec<Event>> {
     let at = now_ms();
     let mut out = Vec::with_capacity(batch.len());
-    // SQLite caps bound variables per statement; 7 columns x 1000 rows stays under it.
+    // SQLite caps bound variables per statement; 8 columns x 1000 rows stays under it.
     for chunk in batch.chunks(1000) {
         let rows: Vec<NewEventRow> = chunk
             .iter()
@@ -25,6 +25,7 @@ pub(super) fn append(conn: &mut SqliteConnection, org: &str, batch: &[NewEvent])
                 kind: e.kind,
                 at,
                 data: e.data.to_string(),
+                session: e.session.as_deref(),
             })
             .collect();
         diesel::insert_into(events::table).values(&rows).execute(conn)?;
@@ -38,6 +39,7 @@ pub(super) fn append(conn: &mut SqliteConnection, org: &str, batch: &[NewEvent])
             kind: e.kind.to_string(),
             at,
             data: e.data.clone(),
+            session: e.session.clone(),
         }));
     }
     Ok(out)

@@ -29,7 +29,7 @@ pub struct TaskCtx {
 }
 
 impl TaskCtx {
-    async fn load(&self) -> AppResult<(Task, Repo)> {
+    pub(super) async fn load(&self) -> AppResult<(Task, Repo)> {
         let (o, i) = (self.org.clone(), self.id.clone());
         let found = self
             .kiln
@@ -43,7 +43,7 @@ impl TaskCtx {
         found.ok_or_else(|| AppError::not_found("task_not_found", format!("no task `{}` in `{}`", self.id, self.org)))
     }
 
-    fn handle(&self, task: &Task, repo: &Repo) -> AppResult<SandboxHandle> {
+    pub(super) fn handle(&self, task: &Task, repo: &Repo) -> AppResult<SandboxHandle> {
         let provider = self.kiln.providers.get(&task.provider)?;
         Ok(provider.handle_for(&self.org, &self.repo, &task.id, std::path::Path::new(&repo.mirror_path)))
     }
@@ -53,7 +53,7 @@ impl TaskCtx {
     }
 
     /// Moves the task `from` → `to` and records the event; answers the new row.
-    async fn set_status(
+    pub(super) async fn set_status(
         &self,
         from: TaskStatus,
         to: TaskStatus,
@@ -133,20 +133,29 @@ fn sandbox_agent_bin(ctx: &TaskCtx) -> AppResult<PathBuf> {
     })
 }
 
-/// For an agent profile with `acp`: makes sure the sandbox's sandbox-agent server
-/// runs, with an event when it starts (or starts again).
-async fn ensure_agent_server(ctx: &TaskCtx, task: &Task, handle: &SandboxHandle) -> AppResult<()> {
-    let Some(profile) = ctx.kiln.config.agents.get(&task.agent) else { return Ok(()) };
-    if profile.acp.is_none() {
-        return Ok(());
+/// Makes sure the sandbox's sandbox-agent server runs, with an event when it
+/// starts (or starts again). Without `on_demand` only for agent profiles with
+/// `acp`; sessions ask for it on demand for any task. Answers the endpoint when
+/// there is one.
+pub(super) async fn ensure_agent_server(
+    ctx: &TaskCtx,
+    task: &Task,
+    handle: &SandboxHandle,
+    on_demand: bool,
+) -> AppResult<Option<crate::providers::AgentEndpoint>> {
+    let profile = ctx.kiln.config.agents.get(&task.agent);
+    if !on_demand && profile.map_or(true, |p| p.acp.is_none()) {
+        return Ok(None);
     }
     let bin = sandbox_agent_bin(ctx)?;
     let provider = ctx.kiln.providers.get(&task.provider)?;
-    let env: Vec<(String, String)> = profile.env.clone().into_iter().collect();
+    let env: Vec<(String, String)> = profile.map(|p| p.env.clone().into_iter().collect()).unwrap_or_default();
     let endpoint = provider.ensure_agent(crate::providers::EnsureAgent { handle: handle.clone(), bin, env }).await?;
-    let kind = if endpoint.restarted { "sandbox.agent_restarted" } else { "sandbox.agent_started" };
-    ctx.kiln.emit_one(&ctx.org, ctx.event(kind, json!({"url": endpoint.url, "pid": endpoint.pid}))).await?;
-    Ok(())
+    if endpoint.fresh {
+        let kind = if endpoint.restarted { "sandbox.agent_restarted" } else { "sandbox.agent_started" };
+        ctx.kiln.emit_one(&ctx.org, ctx.event(kind, json!({"url": endpoint.url, "pid": endpoint.pid}))).await?;
+    }
+    Ok(Some(endpoint))
 }
 
 /// `queued → provisioning`, then the sandbox. Setup runs in the terminal; the
@@ -176,8 +185,8 @@ pub async fn provision(ctx: &TaskCtx) -> AppResult<()> {
     }
     .await;
     let created = match created {
-        Ok(handle) => match ensure_agent_server(ctx, &task, &handle).await {
-            Ok(()) => Ok(handle),
+        Ok(handle) => match ensure_agent_server(ctx, &task, &handle, false).await {
+            Ok(_) => Ok(handle),
             Err(err) => {
                 // The sandbox was made but cannot serve ACP: take it down again.
                 let _ = destroy_sandbox(ctx, &task, &repo).await;
@@ -232,7 +241,7 @@ pub async fn apply(ctx: TaskCtx, input: TaskInput, text: Option<String>, params:
                 let launch = launch_spec(&ctx, &task, true).await?;
                 let req = ResumeSandbox { handle, branch: task.branch.clone(), launch };
                 let handle = ctx.kiln.sandbox(&ctx.org, &task.provider, &task.id)?.send(RelaunchSandbox { req }).await??;
-                ensure_agent_server(&ctx, &task, &handle).await?;
+                ensure_agent_server(&ctx, &task, &handle, false).await?;
                 ctx.watch(&task, handle)?;
             }
             Effect::SendInput => {
@@ -299,7 +308,7 @@ pub async fn observe(ctx: TaskCtx, health: SandboxHealth) -> AppResult<bool> {
         // Supervision: the sandbox-agent server died under a live task.
         let (_, repo) = ctx.load().await?;
         let handle = ctx.handle(&task, &repo)?;
-        if let Err(e) = ensure_agent_server(&ctx, &task, &handle).await {
+        if let Err(e) = ensure_agent_server(&ctx, &task, &handle, true).await {
             ctx.kiln.emit_one(&ctx.org, ctx.event("sandbox.agent_failed", json!({"error": e.to_string()}))).await?;
         }
     }
@@ -323,7 +332,8 @@ pub async fn observe(ctx: TaskCtx, health: SandboxHealth) -> AppResult<bool> {
             if host.phase == "agent" {
                 inputs.push(TaskInput::Provisioned);
             }
-        } else {
+        } else if !super::sessions::has_live_sessions(&ctx).await? {
+            // With ACP sessions the protocol says when the agent works; without, quiescence.
             let profile_idle = ctx.kiln.config.agents.get(&task.agent).map(|p| p.idle_secs).unwrap_or(30);
             let last = host.last_output_at.unwrap_or(host.started_at);
             let quiet = now_ms() - last >= (profile_idle * 1000) as i64;
@@ -361,6 +371,7 @@ pub async fn observe(ctx: TaskCtx, health: SandboxHealth) -> AppResult<bool> {
 /// Stops the agent, saves uncommitted work to `refs/kiln/snapshots/<task>` and
 /// removes the sandbox, with events; answers the snapshot ref when one was made.
 async fn destroy_sandbox(ctx: &TaskCtx, task: &Task, repo: &Repo) -> AppResult<Option<String>> {
+    super::sessions::close_all(ctx, "the task's sandbox was removed").await?;
     let req = DestroyRequest {
         handle: ctx.handle(task, repo)?,
         snapshot_ref: format!("refs/kiln/snapshots/{}", task.id),
@@ -376,7 +387,7 @@ async fn destroy_sandbox(ctx: &TaskCtx, task: &Task, repo: &Repo) -> AppResult<O
 
 /// The repository's on-idle automation: commit, push, open a draft PR (each
 /// only when switched on). A failing step is an event, not an error.
-async fn on_idle(ctx: &TaskCtx, task: &Task) -> AppResult<()> {
+pub(super) async fn on_idle(ctx: &TaskCtx, task: &Task) -> AppResult<()> {
     let (_, repo) = ctx.load().await?;
     let auto = repo.settings().automation.on_idle;
     if !(auto.commit || auto.push || auto.draft_pr) {
@@ -468,6 +479,11 @@ pub async fn recover(ctx: TaskCtx) -> AppResult<()> {
     let still_active = observe(ctx.clone(), health).await?;
     if still_active {
         ctx.watch(&task, handle)?;
+        // Open ACP sessions pick up their streams where the journal left off.
+        let t = ctx.id.clone();
+        for s in ctx.kiln.db.read(move |c| queries::open_sessions(c, &t)).await? {
+            ctx.kiln.session(&ctx.org, &ctx.repo, &ctx.id, &s.id).addr.do_send(crate::actors::session::ResumeSession {});
+        }
     }
     Ok(())
 }

@@ -3,7 +3,9 @@
 //!
 //! Messages: `CreateTask` (insert as `queued`, then provision), `ApplyAction` (a
 //! user action run through the pure lifecycle in `state.rs`; a refused one is a
-//! 409), `StatusObserved` (from its TaskStatusPoller) and `Recover` (at boot).
+//! 409), `StatusObserved` (from its TaskStatusPoller), `Recover` (at boot), and
+//! for ACP sessions `CreateSession`, `SessionObserved` (from a SessionActor),
+//! `CloseSession` and `EnsureAcp` (see `sessions.rs`).
 //! Every handler is atomic and re-reads its row, so push, sync, merge, archive and
 //! kill on one task run one after another and always see the last write. A
 //! transition's effects (create the sandbox, stop the agent, snapshot…) run
@@ -15,6 +17,7 @@
 
 mod effects;
 pub mod git_ops;
+mod sessions;
 pub mod state;
 mod store;
 
@@ -92,6 +95,29 @@ pub struct CiFailed {
     pub checks: Vec<crate::integrations::github::FailedCheck>,
     pub max_attempts: u32,
 }
+
+/// Inserts an ACP session as `starting`; its SessionActor then opens it.
+#[derive(Message, Clone)]
+#[rtype(result = "AppResult<crate::db::models::TaskSession>")]
+pub struct CreateSession {
+    pub id: String,
+    /// The sandbox-agent agent id; the task profile's `acp` when absent.
+    pub agent: Option<String>,
+    pub mode: Option<String>,
+    pub model: Option<String>,
+}
+
+/// Marks one session closed (its SessionActor let go of the ACP instance).
+#[derive(Message, Clone)]
+#[rtype(result = "AppResult<crate::db::models::TaskSession>")]
+pub struct CloseSession {
+    pub id: String,
+}
+
+/// Makes sure the sandbox's sandbox-agent server runs; answers where it is.
+#[derive(Message, Clone)]
+#[rtype(result = "AppResult<(crate::providers::AgentEndpoint, PathBuf)>")]
+pub struct EnsureAcp {}
 
 /// At boot: reconcile an active task with its sandbox (re-attach or interrupt).
 #[derive(Message, Clone)]
@@ -204,6 +230,42 @@ impl Handler<Recover> for TaskActor {
     fn handle(&mut self, _: Recover, _: &mut Self::Context) -> Self::Result {
         let ctx = self.ctx();
         atomic!(self, effects::recover(ctx))
+    }
+}
+
+impl Handler<CreateSession> for TaskActor {
+    type Result = AtomicResponse<Self, AppResult<crate::db::models::TaskSession>>;
+
+    fn handle(&mut self, msg: CreateSession, _: &mut Self::Context) -> Self::Result {
+        let ctx = self.ctx();
+        atomic!(self, async move { sessions::create(&ctx, msg.id, msg.agent, msg.mode, msg.model).await })
+    }
+}
+
+impl Handler<crate::actors::session::SessionObserved> for TaskActor {
+    type Result = AtomicResponse<Self, AppResult<crate::db::models::TaskSession>>;
+
+    fn handle(&mut self, msg: crate::actors::session::SessionObserved, _: &mut Self::Context) -> Self::Result {
+        let ctx = self.ctx();
+        atomic!(self, async move { sessions::observed(&ctx, msg).await })
+    }
+}
+
+impl Handler<CloseSession> for TaskActor {
+    type Result = AtomicResponse<Self, AppResult<crate::db::models::TaskSession>>;
+
+    fn handle(&mut self, msg: CloseSession, _: &mut Self::Context) -> Self::Result {
+        let ctx = self.ctx();
+        atomic!(self, async move { sessions::close_one(&ctx, &msg.id).await })
+    }
+}
+
+impl Handler<EnsureAcp> for TaskActor {
+    type Result = AtomicResponse<Self, AppResult<(crate::providers::AgentEndpoint, PathBuf)>>;
+
+    fn handle(&mut self, _: EnsureAcp, _: &mut Self::Context) -> Self::Result {
+        let ctx = self.ctx();
+        atomic!(self, async move { sessions::ensure_acp(&ctx).await })
     }
 }
 

@@ -71,3 +71,62 @@ pub(super) fn bump_ci_feedback(conn: &mut SqliteConnection, task: &str, now: i64
         .execute(conn)
         .map(|_| ())
 }
+
+pub(super) fn insert_session(conn: &mut SqliteConnection, row: &crate::db::models::TaskSession) -> QueryResult<()> {
+    use crate::db::schema::task_sessions;
+    diesel::insert_into(task_sessions::table).values(row).execute(conn).map(|_| ())
+}
+
+/// What a session observation writes (every field; the caller read the row first).
+#[derive(Debug, Clone, diesel::AsChangeset)]
+#[diesel(table_name = crate::db::schema::task_sessions, treat_none_as_null = true)]
+pub(super) struct SessionChanges {
+    pub acp_server_id: String,
+    pub remote_session_id: Option<String>,
+    pub status: String,
+    pub last_remote_seq: i64,
+    pub stop_reason: Option<String>,
+    pub awaiting_input: bool,
+    pub remote_epoch: Option<i64>,
+    pub load_session: bool,
+    pub last_error: Option<String>,
+    pub updated_at: i64,
+}
+
+pub(super) fn update_session(
+    conn: &mut SqliteConnection,
+    id: &str,
+    changes: &SessionChanges,
+) -> QueryResult<crate::db::models::TaskSession> {
+    use crate::db::models::TaskSession;
+    use crate::db::schema::task_sessions;
+    diesel::update(task_sessions::table.filter(task_sessions::id.eq(id)))
+        .set(changes)
+        .returning(TaskSession::as_returning())
+        .get_result(conn)
+}
+
+/// Marks every open session of a task closed (its sandbox went away).
+pub(super) fn close_sessions(conn: &mut SqliteConnection, task: &str, reason: &str, now: i64) -> QueryResult<usize> {
+    use crate::db::schema::task_sessions;
+    diesel::update(
+        task_sessions::table
+            .filter(task_sessions::task_id.eq(task))
+            .filter(task_sessions::status.ne("closed")),
+    )
+    .set((
+        task_sessions::status.eq("closed"),
+        task_sessions::awaiting_input.eq(false),
+        task_sessions::last_error.eq(reason),
+        task_sessions::updated_at.eq(now),
+    ))
+    .execute(conn)
+}
+
+/// Sets the task's `awaiting_input` flag; answers whether it changed.
+pub(super) fn set_awaiting_input(conn: &mut SqliteConnection, id: &str, awaiting: bool, now: i64) -> QueryResult<bool> {
+    diesel::update(tasks::table.filter(tasks::id.eq(id)).filter(tasks::awaiting_input.ne(awaiting)))
+        .set((tasks::awaiting_input.eq(awaiting), tasks::updated_at.eq(now)))
+        .execute(conn)
+        .map(|n| n > 0)
+}

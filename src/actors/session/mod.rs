@@ -1,0 +1,1038 @@
+//! SessionActor (`org/{org}/repo/{repo}/task/{task}/session/{id}`): one ACP
+//! session with an agent, through the sandbox's sandbox-agent server
+//! (PROTOCOLS.md §1.4, §1.7). It writes no table itself: every envelope goes
+//! into the session's journal through the HistoryActor (`events`, kinds
+//! `session.sent|update|request|notification|response`), and the session's row
+//! is written by the TaskActor from what this actor reports (`SessionObserved`).
+//!
+//! Messages: `OpenSession` (after the TaskActor inserted the row), `Prompt`,
+//! `Cancel`, `AnswerPermission`, `CloseSession`, `ResumeSession` (at boot) and
+//! `ShutdownSession` (the sandbox is going away).
+//!
+//! How it works:
+//! - One ACP server id per session generation (`<id>`, then `<id>-2`, … after
+//!   restores), so the SSE sequence of an instance belongs to one session.
+//! - A reader task follows the instance's SSE stream, resuming with
+//!   `Last-Event-ID` from the journal's cursor. On every (re)connect it compares
+//!   the instance's `createdAtMs` with the one journaled: a change means the
+//!   remote sequence restarted, and it resyncs from the start of the new one.
+//! - Everything is journaled in order under one lock, before anyone acts on it.
+//!   A response that arrives twice (POST body and SSE) is journaled once (by
+//!   JSON-RPC id). The journal folded by `view.rs` gives the live state.
+//! - A prompt is posted from a spawned task, so the actor's mailbox is free
+//!   while the turn runs; the turn ends when its response is journaled.
+//! - When the agent or the instance is gone the session is `lost`; the next
+//!   prompt restores it: `session/load` if the agent can, else `session/new`
+//!   plus a preamble replayed from the journal, carried by exactly one prompt.
+//!
+//! Lifecycle: started on demand; stops when the session is closed.
+
+pub mod view;
+
+use std::cell::RefCell;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use futures_util::{FutureExt, StreamExt};
+use serde::Serialize;
+use serde_json::{json, Value};
+use tokio::sync::{mpsc, oneshot, Mutex};
+
+use super::history::NewEvent;
+use super::registry::ActorMeta;
+use super::Kiln;
+use crate::db::models::TaskSession;
+use crate::db::queries;
+use crate::error::{AppError, AppResult};
+use crate::integrations::sandbox_agent::{AcpClient, AcpError, Dedup, PostOutcome, SseMessage};
+use view::{Change, Dir, Entry, SessionView};
+
+/// A session's status (the `task_sessions.status` CHECK).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SessionStatus {
+    Starting,
+    Ready,
+    Prompting,
+    Closed,
+    Lost,
+}
+
+impl SessionStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SessionStatus::Starting => "starting",
+            SessionStatus::Ready => "ready",
+            SessionStatus::Prompting => "prompting",
+            SessionStatus::Closed => "closed",
+            SessionStatus::Lost => "lost",
+        }
+    }
+
+    fn parse(s: &str) -> SessionStatus {
+        match s {
+            "ready" => SessionStatus::Ready,
+            "prompting" => SessionStatus::Prompting,
+            "closed" => SessionStatus::Closed,
+            "lost" => SessionStatus::Lost,
+            _ => SessionStatus::Starting,
+        }
+    }
+}
+
+/// What a SessionActor reports of its session: the whole row's state, so the
+/// TaskActor only has to apply reports in order.
+#[derive(Message, Debug, Clone, PartialEq)]
+#[rtype(result = "AppResult<TaskSession>")]
+pub struct SessionObserved {
+    pub session: String,
+    pub acp_server_id: String,
+    pub remote_session_id: Option<String>,
+    pub status: SessionStatus,
+    pub last_remote_seq: i64,
+    pub stop_reason: Option<String>,
+    pub awaiting_input: bool,
+    pub remote_epoch: Option<i64>,
+    pub load_session: bool,
+    pub last_error: Option<String>,
+}
+
+/// Opens a freshly created session: `initialize`, `session/new`, mode and model.
+#[derive(Message)]
+#[rtype(result = "AppResult<TaskSession>")]
+pub struct OpenSession {}
+
+/// Sends one prompt (restoring the session first if it was lost).
+#[derive(Message)]
+#[rtype(result = "AppResult<PromptAccepted>")]
+pub struct Prompt {
+    pub text: String,
+}
+
+/// What `Prompt` answers: the turn runs on.
+#[derive(Debug, Clone, Serialize)]
+pub struct PromptAccepted {
+    pub session: String,
+    /// The JSON-RPC id of the `session/prompt`; its response ends the turn.
+    pub request_id: u64,
+    /// The prompt's journal cursor, and its event id (stream from it with `since`).
+    pub seq: u64,
+    pub event_id: i64,
+    /// The session was lost and has been restored for this prompt.
+    pub restored: Option<&'static str>,
+}
+
+/// Cancels the turn in flight (`session/cancel`, and every pending permission
+/// answered `cancelled`, as ACP requires).
+#[derive(Message)]
+#[rtype(result = "AppResult<Value>")]
+pub struct Cancel {}
+
+/// Answers a pending `session/request_permission`.
+#[derive(Message)]
+#[rtype(result = "AppResult<Value>")]
+pub struct AnswerPermission {
+    /// The request's JSON-RPC id as the API shows it.
+    pub request: String,
+    /// The option chosen; `None` answers `cancelled`.
+    pub option_id: Option<String>,
+}
+
+/// Closes the session: DELETE on its ACP instance (with a timeout), then the row.
+#[derive(Message)]
+#[rtype(result = "AppResult<TaskSession>")]
+pub struct CloseSession {}
+
+/// At boot: pick the session up again (or mark it lost if it was still opening).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ResumeSession {}
+
+/// The task's sandbox is going away: stop reading and stop.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ShutdownSession {}
+
+/// The live state, behind the journal lock.
+struct Live {
+    row: TaskSession,
+    status: SessionStatus,
+    view: SessionView,
+    dedup: Dedup,
+    client: Option<AcpClient>,
+    /// The sandbox checkout (the agent's `cwd`).
+    cwd: Option<PathBuf>,
+    /// The instance's `createdAtMs`, as last seen in `GET /v1/acp`.
+    epoch: Option<i64>,
+    /// The id of a `session/load` in flight: updates until its response are replays.
+    loading: Option<Value>,
+    /// The last report sent (without the cursor), to send only changes.
+    reported: Option<SessionObserved>,
+    last_error: Option<String>,
+}
+
+/// An envelope about to be journaled.
+struct Pending {
+    dir: Dir,
+    remote_seq: Option<u64>,
+    purpose: Option<&'static str>,
+    envelope: Value,
+}
+
+impl Pending {
+    fn out(envelope: Value, purpose: Option<&'static str>) -> Pending {
+        Pending { dir: Dir::Out, remote_seq: None, purpose, envelope }
+    }
+    fn inbound(envelope: Value, remote_seq: Option<u64>) -> Pending {
+        Pending { dir: Dir::In, remote_seq, purpose: None, envelope }
+    }
+}
+
+type Report = (SessionObserved, Option<oneshot::Sender<AppResult<TaskSession>>>);
+
+/// What the actor and its reader share.
+struct Shared {
+    kiln: Kiln,
+    org: String,
+    repo: String,
+    task: String,
+    id: String,
+    live: Mutex<Live>,
+    reports: mpsc::UnboundedSender<Report>,
+}
+
+fn upstream(e: AcpError) -> AppError {
+    match e {
+        AcpError::Timeout(m) => AppError::BadGateway { code: "agent_timeout", message: format!("the agent did not answer: {m}") },
+        AcpError::AgentExited(m) => AppError::BadGateway { code: "agent_exited", message: format!("the agent process exited: {m}") },
+        other => AppError::BadGateway { code: "sandbox_agent_error", message: other.to_string() },
+    }
+}
+
+fn rpc_error_text(error: &Value) -> String {
+    error.get("message").and_then(Value::as_str).map(str::to_string).unwrap_or_else(|| error.to_string())
+}
+
+impl Shared {
+    fn event(&self, kind: &'static str, data: Value) -> NewEvent {
+        NewEvent::new(kind, data).repo(&self.repo).task(&self.task).session(&self.id)
+    }
+
+    /// Journals envelopes in order (dropping a response already journaled),
+    /// then folds them into the view. Answers the changes and the event ids.
+    async fn record(&self, live: &mut Live, items: Vec<Pending>) -> AppResult<(Vec<Change>, Vec<i64>)> {
+        let mut entries = Vec::with_capacity(items.len());
+        let mut seq = live.view.seq;
+        for p in items {
+            let mut replay = false;
+            if p.dir == Dir::In {
+                let env = &p.envelope;
+                if p.remote_seq.is_some() && live.loading.is_some() {
+                    if env.get("method").and_then(Value::as_str) == Some("session/update") {
+                        replay = true;
+                    } else if env.get("method").is_none() && env.get("id") == live.loading.as_ref() {
+                        // The load's response on SSE: everything before it was history.
+                        live.loading = None;
+                    }
+                }
+                if !live.dedup.is_new(env) {
+                    continue;
+                }
+            }
+            seq += 1;
+            entries.push(Entry {
+                seq,
+                dir: p.dir,
+                server: live.row.acp_server_id.clone(),
+                remote_seq: p.remote_seq,
+                epoch: p.remote_seq.and(live.epoch),
+                replay,
+                purpose: p.purpose.map(str::to_string),
+                envelope: p.envelope,
+            });
+        }
+        if entries.is_empty() {
+            return Ok((Vec::new(), Vec::new()));
+        }
+        let events = entries
+            .iter()
+            .map(|e| self.event(e.kind(), serde_json::to_value(e).unwrap_or(Value::Null)))
+            .collect();
+        let ids = match self.kiln.emit(&self.org, events).await {
+            Ok(ids) => ids,
+            Err(e) => {
+                // Nothing was journaled: forget the ids this batch marked as seen.
+                live.dedup = dedup_from(&live.view);
+                return Err(e);
+            }
+        };
+        let mut changes = Vec::new();
+        for e in &entries {
+            changes.extend(live.view.apply(e));
+        }
+        for c in &changes {
+            if let Change::AgentExited { detail } = c {
+                live.status = SessionStatus::Lost;
+                live.last_error = Some(detail.clone());
+            }
+        }
+        self.report(live, None);
+        Ok((changes, ids))
+    }
+
+    /// Sends the session's state to the TaskActor if it changed (or always,
+    /// when `done` waits for the written row).
+    fn report(&self, live: &mut Live, done: Option<oneshot::Sender<AppResult<TaskSession>>>) {
+        let status = match live.status {
+            SessionStatus::Ready | SessionStatus::Prompting if live.view.prompting() => SessionStatus::Prompting,
+            SessionStatus::Ready | SessionStatus::Prompting => SessionStatus::Ready,
+            other => other,
+        };
+        live.status = status;
+        let mut obs = SessionObserved {
+            session: self.id.clone(),
+            acp_server_id: live.row.acp_server_id.clone(),
+            remote_session_id: live.row.remote_session_id.clone(),
+            status,
+            last_remote_seq: 0,
+            stop_reason: live.view.stop_reason.clone(),
+            awaiting_input: !live.view.pending_permissions.is_empty(),
+            remote_epoch: live.epoch,
+            load_session: live.row.load_session,
+            last_error: live.last_error.clone(),
+        };
+        if done.is_none() && live.reported.as_ref() == Some(&obs) {
+            return;
+        }
+        live.reported = Some(obs.clone());
+        obs.last_remote_seq = live.view.cursor(&live.row.acp_server_id, live.epoch).unwrap_or(0) as i64;
+        let _ = self.reports.send((obs, done));
+    }
+
+    /// Marks the session lost (journaling why, which also ends a turn in flight).
+    async fn lose(&self, live: &mut Live, reason: String) {
+        if matches!(live.status, SessionStatus::Closed | SessionStatus::Lost) {
+            return;
+        }
+        log::info!("session {} of task {} is lost: {reason}", self.id, self.task);
+        // Kiln's own (marked) note: it ends a turn in flight like `_adapter/agent_exited`.
+        let note = json!({"jsonrpc": "2.0", "method": "_kiln/session_lost", "params": {"reason": reason}});
+        let mut p = Pending::inbound(note, None);
+        p.purpose = Some("kiln");
+        live.last_error = Some(reason.clone());
+        if self.record(live, vec![p]).await.is_err() || live.status != SessionStatus::Lost {
+            live.status = SessionStatus::Lost;
+            self.report(live, None);
+        }
+    }
+
+    /// Sends one request and journals both ways; answers its `result`, or the
+    /// JSON-RPC error as a 502.
+    async fn request(
+        &self,
+        live: &mut Live,
+        method: &str,
+        params: Value,
+        purpose: Option<&'static str>,
+        agent: Option<&str>,
+    ) -> AppResult<Value> {
+        let id = live.view.next_request_id;
+        let envelope = json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
+        self.record(live, vec![Pending::out(envelope.clone(), purpose)]).await?;
+        let client = live.client.clone().ok_or_else(|| AppError::bug("no sandbox-agent client"))?;
+        let answer = client.post(&live.row.acp_server_id, agent, &envelope).await.map_err(upstream)?;
+        let PostOutcome::Response(response) = answer else {
+            return Err(AppError::BadGateway {
+                code: "sandbox_agent_error",
+                message: format!("sandbox-agent accepted `{method}` without answering it"),
+            });
+        };
+        self.record(live, vec![Pending::inbound(response.clone(), None)]).await?;
+        if let Some(err) = response.get("error") {
+            return Err(AppError::BadGateway {
+                code: "agent_error",
+                message: format!("the agent refused `{method}`: {}", rpc_error_text(err)),
+            });
+        }
+        Ok(response.get("result").cloned().unwrap_or(Value::Null))
+    }
+
+    /// Posts an envelope that gets no response (a notification, or Kiln's
+    /// answer to an agent request), journaled first.
+    async fn notify(&self, live: &mut Live, envelope: Value) -> AppResult<()> {
+        self.record(live, vec![Pending::out(envelope.clone(), None)]).await?;
+        let client = live.client.clone().ok_or_else(|| AppError::bug("no sandbox-agent client"))?;
+        match client.post_with_timeout(&live.row.acp_server_id, None, &envelope, Duration::from_secs(30)).await {
+            Ok(_) => Ok(()),
+            Err(AcpError::AgentExited(m)) => {
+                self.lose(live, format!("the agent process exited: {m}")).await;
+                Err(AppError::conflict("session_lost", "the agent is gone; the next prompt restores the session"))
+            }
+            Err(e) => Err(upstream(e)),
+        }
+    }
+
+    /// Opens an ACP instance for the session: a new one on create, the next
+    /// generation on restore. Answers how it was restored, if it was.
+    async fn open(self: &Rc<Self>, live: &mut Live, restore: bool) -> AppResult<Option<&'static str>> {
+        let (endpoint, cwd) = self.kiln.task(&self.org, &self.repo, &self.task).send(super::task::EnsureAcp {}).await??;
+        let client = AcpClient::new(&endpoint.url, Some(&endpoint.token));
+        let agent = live.row.agent.clone();
+        client.install_agent(&agent).await.map_err(|e| match e {
+            AcpError::Http { status: 400, message, .. } => {
+                AppError::invalid("unsupported_agent", format!("sandbox-agent does not know agent `{agent}`: {message}"))
+            }
+            other => upstream(other),
+        })?;
+        if restore {
+            live.row.acp_server_id = next_server_id(&self.id, &live.row.acp_server_id);
+        }
+        live.client = Some(client);
+        live.cwd = Some(cwd.clone());
+        live.epoch = None;
+        live.loading = None;
+        live.dedup = dedup_from(&live.view);
+        let init = json!({
+            "protocolVersion": 1,
+            "clientCapabilities": {"fs": {"readTextFile": false, "writeTextFile": false}, "terminal": false},
+            "clientInfo": {"name": "kiln", "version": env!("CARGO_PKG_VERSION")},
+        });
+        let init = self.request(live, "initialize", init, None, Some(&agent)).await?;
+        live.row.load_session = init["agentCapabilities"]["loadSession"].as_bool().unwrap_or(false);
+        // The instance exists now: follow its stream before anything else happens.
+        live.status = SessionStatus::Starting;
+        let cwd = cwd.to_string_lossy().to_string();
+        let mut how = None;
+        if restore && live.row.load_session && live.row.remote_session_id.is_some() {
+            let params = json!({"sessionId": live.row.remote_session_id, "cwd": cwd, "mcpServers": []});
+            live.loading = Some(json!(live.view.next_request_id));
+            match self.request(live, "session/load", params, Some("load"), None).await {
+                Ok(_) => how = Some("load"),
+                Err(e) => {
+                    live.loading = None;
+                    log::warn!("session/load of {} failed ({e}); opening a new session instead", self.id);
+                }
+            }
+        }
+        if how.is_none() {
+            let purpose = restore.then_some("restore");
+            let result = self.request(live, "session/new", json!({"cwd": cwd, "mcpServers": []}), purpose, None).await?;
+            let sid = result.get("sessionId").and_then(Value::as_str).ok_or_else(|| AppError::BadGateway {
+                code: "agent_error",
+                message: format!("the agent answered session/new without a sessionId: {result}"),
+            })?;
+            live.row.remote_session_id = Some(sid.to_string());
+            how = restore.then_some("new");
+        }
+        let sid = live.row.remote_session_id.clone();
+        if let Some(mode) = live.row.mode.clone() {
+            self.request(live, "session/set_mode", json!({"sessionId": sid, "modeId": mode}), None, None).await?;
+        }
+        if let Some(model) = live.row.model.clone() {
+            self.request(live, "session/set_model", json!({"sessionId": sid, "modelId": model}), None, None).await?;
+        }
+        live.status = SessionStatus::Ready;
+        live.last_error = None;
+        Ok(how)
+    }
+
+    /// Waits until the reader has journaled a `session/load`'s response from
+    /// SSE (so the replayed history is marked as such), at most 30 s.
+    async fn wait_loaded(&self) -> tokio::sync::MutexGuard<'_, Live> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let mut live = self.live.lock().await;
+            if live.loading.is_none() {
+                return live;
+            }
+            if std::time::Instant::now() >= deadline {
+                log::warn!("session {}: the session/load response never came on SSE; going on", self.id);
+                live.loading = None;
+                return live;
+            }
+            drop(live);
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// Where the sandbox-agent server is now (it may have been restarted on a
+    /// new port).
+    async fn refresh_client(&self) -> AppResult<()> {
+        let (endpoint, cwd) = self.kiln.task(&self.org, &self.repo, &self.task).send(super::task::EnsureAcp {}).await??;
+        let mut live = self.live.lock().await;
+        live.client = Some(AcpClient::new(&endpoint.url, Some(&endpoint.token)));
+        live.cwd = Some(cwd);
+        Ok(())
+    }
+}
+
+fn dedup_from(view: &SessionView) -> Dedup {
+    let mut d = Dedup::new(view.response_ids.len().max(4096) * 2);
+    for id in &view.response_ids {
+        d.is_new(&json!({"jsonrpc": "2.0", "id": id, "result": null}));
+    }
+    d
+}
+
+/// `<id>`, `<id>-2`, `<id>-3`…: the ACP server id of the next generation.
+fn next_server_id(id: &str, current: &str) -> String {
+    let n = current.strip_prefix(id).and_then(|r| r.strip_prefix('-')).and_then(|n| n.parse::<u64>().ok()).unwrap_or(1);
+    format!("{id}-{}", n + 1)
+}
+
+/// What the reader decided after a batch.
+enum Next {
+    More,
+    Reconnect,
+    Stop,
+}
+
+/// Follows the session's SSE stream until the session is lost or closed.
+async fn read_loop(shared: Rc<Shared>) {
+    let mut failures: u32 = 0;
+    loop {
+        let (client, server, epoch) = {
+            let live = shared.live.lock().await;
+            if !matches!(live.status, SessionStatus::Ready | SessionStatus::Prompting | SessionStatus::Starting) {
+                return;
+            }
+            (live.client.clone(), live.row.acp_server_id.clone(), live.epoch)
+        };
+        let Some(client) = client else {
+            if let Err(e) = shared.refresh_client().await {
+                let mut live = shared.live.lock().await;
+                shared.lose(&mut live, format!("the sandbox-agent server is not available: {e}")).await;
+                return;
+            }
+            continue;
+        };
+        if failures > 0 {
+            tokio::time::sleep(Duration::from_millis((100u64 << failures.min(6)).min(5000))).await;
+            if failures % 3 == 0 {
+                // Several failures in a row: the server may have been restarted elsewhere.
+                let _ = shared.refresh_client().await;
+            }
+        }
+        // The instance must still exist, with the sequence the journal knows.
+        let instance = match client.list().await {
+            Ok(servers) => servers.into_iter().find(|s| s["serverId"].as_str() == Some(server.as_str())),
+            Err(e) => {
+                log::debug!("session {}: listing ACP instances failed: {e}", shared.id);
+                failures += 1;
+                continue;
+            }
+        };
+        let Some(instance) = instance else {
+            let mut live = shared.live.lock().await;
+            if live.row.acp_server_id == server {
+                shared.lose(&mut live, "the ACP instance is gone (sandbox-agent was restarted or the instance was closed)".into()).await;
+            }
+            return;
+        };
+        let created = instance["createdAtMs"].as_i64();
+        let cursor = {
+            let mut live = shared.live.lock().await;
+            if live.row.acp_server_id != server {
+                continue;
+            }
+            if created != epoch {
+                if epoch.is_some() {
+                    // Same server id, new instance: its sequence starts again at 1.
+                    let cursor = live.view.cursor(&server, epoch);
+                    log::info!("session {}: the remote sequence was reset; resyncing", shared.id);
+                    let _ = shared
+                        .kiln
+                        .emit_one(
+                            &shared.org,
+                            shared.event(
+                                "session.resynced",
+                                json!({"server": server, "old_epoch": epoch, "new_epoch": created, "cursor": cursor}),
+                            ),
+                        )
+                        .await;
+                }
+                live.epoch = created;
+                shared.report(&mut live, None);
+            }
+            live.view.cursor(&server, created)
+        };
+        let mut stream = match client.connect(&server, cursor).await {
+            Ok(s) => s,
+            Err(AcpError::NotFound(_)) => {
+                let mut live = shared.live.lock().await;
+                shared.lose(&mut live, "the ACP instance is gone".into()).await;
+                return;
+            }
+            Err(e) => {
+                log::debug!("session {}: opening the stream failed: {e}", shared.id);
+                failures += 1;
+                continue;
+            }
+        };
+        failures = 0;
+        let mut last = cursor;
+        loop {
+            let Some(first) = stream.next().await else { break };
+            let mut batch = vec![first];
+            while batch.len() < 256 {
+                match stream.next().now_or_never() {
+                    Some(Some(item)) => batch.push(item),
+                    _ => break,
+                }
+            }
+            let mut messages: Vec<SseMessage> = Vec::with_capacity(batch.len());
+            let mut broken = false;
+            for item in batch {
+                match item {
+                    Ok(m) if last.is_some_and(|l| m.id <= l) => {
+                        // Replayed below the cursor: the sequence restarted under us.
+                        log::warn!("session {}: SSE id {} is not above {:?}; reconnecting", shared.id, m.id, last);
+                        broken = true;
+                        break;
+                    }
+                    Ok(m) => {
+                        last = Some(m.id);
+                        messages.push(m);
+                    }
+                    Err(AcpError::Protocol(e)) => log::warn!("session {}: unreadable SSE event skipped: {e}", shared.id),
+                    Err(e) => {
+                        log::debug!("session {}: the stream broke: {e}", shared.id);
+                        broken = true;
+                        break;
+                    }
+                }
+            }
+            let next = ingest(&shared, &server, messages).await;
+            match next {
+                Next::Stop => return,
+                Next::Reconnect => break,
+                Next::More if broken => break,
+                Next::More => {}
+            }
+        }
+        failures += 1;
+    }
+}
+
+/// Journals a batch from the stream; answers what the reader does next.
+async fn ingest(shared: &Rc<Shared>, server: &str, messages: Vec<SseMessage>) -> Next {
+    if messages.is_empty() {
+        return Next::More;
+    }
+    let mut live = shared.live.lock().await;
+    if live.row.acp_server_id != server || matches!(live.status, SessionStatus::Closed) {
+        return Next::Stop;
+    }
+    let items = messages.into_iter().map(|m| Pending::inbound(m.data, Some(m.id))).collect();
+    match shared.record(&mut live, items).await {
+        Ok(_) if live.status == SessionStatus::Lost => Next::Stop,
+        Ok(_) => Next::More,
+        Err(e) => {
+            // Not journaled: read it again from the persisted cursor.
+            log::warn!("session {}: journaling failed ({e}); resuming from the cursor", shared.id);
+            Next::Reconnect
+        }
+    }
+}
+
+pub struct SessionActor {
+    kiln: Kiln,
+    org: String,
+    repo: String,
+    task: String,
+    id: String,
+    meta: Arc<ActorMeta>,
+    shared: Option<Rc<Shared>>,
+    reader: Rc<RefCell<Option<tokio::task::JoinHandle<()>>>>,
+}
+
+impl SessionActor {
+    pub fn new(kiln: Kiln, org: String, repo: String, task: String, id: String, meta: Arc<ActorMeta>) -> Self {
+        SessionActor { kiln, org, repo, task, id, meta, shared: None, reader: Rc::new(RefCell::new(None)) }
+    }
+
+    fn shared(&self) -> AppResult<Rc<Shared>> {
+        self.shared.clone().ok_or_else(|| AppError::not_found("session_not_found", format!("no session `{}`", self.id)))
+    }
+
+    fn stop_reader(&self) {
+        if let Some(r) = self.reader.borrow_mut().take() {
+            r.abort();
+        }
+    }
+}
+
+/// Starts the reader unless one runs.
+fn start_reader(reader: &Rc<RefCell<Option<tokio::task::JoinHandle<()>>>>, shared: &Rc<Shared>) {
+    let mut slot = reader.borrow_mut();
+    if slot.as_ref().is_some_and(|h| !h.is_finished()) {
+        return;
+    }
+    *slot = Some(actix::spawn(read_loop(shared.clone())));
+}
+
+/// Loads the session's row and journal.
+async fn load(kiln: &Kiln, org: &str, task: &str, id: &str) -> AppResult<Option<(TaskSession, Vec<Entry>)>> {
+    let (o, t, i) = (org.to_string(), task.to_string(), id.to_string());
+    let found = kiln
+        .db
+        .read(move |c| {
+            let Some(row) = queries::task_session(c, &t, &i)? else { return Ok(None) };
+            let journal = queries::session_journal(c, &o, &i)?;
+            Ok(Some((row, journal)))
+        })
+        .await?;
+    Ok(found.map(|(row, journal)| {
+        let entries = journal.into_iter().filter_map(|(_, data)| serde_json::from_str::<Entry>(&data).ok()).collect();
+        (row, entries)
+    }))
+}
+
+/// Reads a session's journal and folds it (for the API; no actor needed).
+pub async fn read_view(kiln: &Kiln, org: &str, task: &str, id: &str) -> AppResult<Option<(TaskSession, SessionView)>> {
+    Ok(load(kiln, org, task, id).await?.map(|(row, entries)| (row, SessionView::from_entries(&entries))))
+}
+
+impl Actor for SessionActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        let (kiln, org, task, id) = (self.kiln.clone(), self.org.clone(), self.task.clone(), self.id.clone());
+        // Nothing else runs until the session is loaded.
+        ctx.wait(actix::fut::wrap_future(async move { load(&kiln, &org, &task, &id).await }).map(
+            |loaded, act: &mut Self, ctx: &mut Context<Self>| {
+                let (row, entries) = match loaded {
+                    Ok(Some(found)) => found,
+                    Ok(None) => return ctx.stop(),
+                    Err(e) => {
+                        log::error!("loading session {} failed: {e}", act.id);
+                        return ctx.stop();
+                    }
+                };
+                let view = SessionView::from_entries(&entries);
+                let (tx, mut rx) = mpsc::unbounded_channel::<Report>();
+                let status = SessionStatus::parse(&row.status);
+                let live = Live {
+                    status,
+                    dedup: dedup_from(&view),
+                    view,
+                    client: None,
+                    cwd: None,
+                    epoch: row.remote_epoch,
+                    loading: None,
+                    reported: None,
+                    last_error: row.last_error.clone(),
+                    row,
+                };
+                let shared = Rc::new(Shared {
+                    kiln: act.kiln.clone(),
+                    org: act.org.clone(),
+                    repo: act.repo.clone(),
+                    task: act.task.clone(),
+                    id: act.id.clone(),
+                    live: Mutex::new(live),
+                    reports: tx,
+                });
+                // One reporter, so the TaskActor sees the reports in order.
+                let (kiln, org, repo, task) = (act.kiln.clone(), act.org.clone(), act.repo.clone(), act.task.clone());
+                actix::spawn(async move {
+                    while let Some((obs, done)) = rx.recv().await {
+                        let written = match kiln.task(&org, &repo, &task).send(obs).await {
+                            Ok(r) => r,
+                            Err(e) => Err(AppError::from(e)),
+                        };
+                        if let Err(e) = &written {
+                            log::warn!("recording a session report failed: {e}");
+                        }
+                        if let Some(done) = done {
+                            let _ = done.send(written);
+                        }
+                    }
+                });
+                if matches!(status, SessionStatus::Ready | SessionStatus::Prompting) {
+                    start_reader(&act.reader, &shared);
+                }
+                act.shared = Some(shared);
+            },
+        ));
+    }
+
+    fn stopped(&mut self, _: &mut Self::Context) {
+        self.stop_reader();
+        self.kiln.registry.remove(&self.meta);
+    }
+}
+
+impl Handler<OpenSession> for SessionActor {
+    type Result = AtomicResponse<Self, AppResult<TaskSession>>;
+
+    fn handle(&mut self, _: OpenSession, _: &mut Self::Context) -> Self::Result {
+        let (shared, reader) = (self.shared(), self.reader.clone());
+        atomic!(self, async move {
+            let shared = shared?;
+            let mut live = shared.live.lock().await;
+            if live.status != SessionStatus::Starting || live.client.is_some() {
+                return Err(AppError::conflict("session_open", "the session is already open"));
+            }
+            let opened = shared.open(&mut live, false).await;
+            if let Err(e) = &opened {
+                live.status = SessionStatus::Lost;
+                live.last_error = Some(e.to_string());
+            } else {
+                start_reader(&reader, &shared);
+            }
+            let (tx, rx) = oneshot::channel();
+            shared.report(&mut live, Some(tx));
+            drop(live);
+            let row = rx.await.map_err(|_| AppError::bug("the session report was dropped"))??;
+            opened.map(|_| row)
+        })
+    }
+}
+
+impl Handler<Prompt> for SessionActor {
+    type Result = AtomicResponse<Self, AppResult<PromptAccepted>>;
+
+    fn handle(&mut self, msg: Prompt, _: &mut Self::Context) -> Self::Result {
+        let (shared, reader) = (self.shared(), self.reader.clone());
+        let (max_events, max_chars) =
+            (self.kiln.config.sessions.preamble_max_events, self.kiln.config.sessions.preamble_max_chars);
+        atomic!(self, async move {
+            let shared = shared?;
+            let mut live = shared.live.lock().await;
+            let mut restored = None;
+            match live.status {
+                SessionStatus::Closed => return Err(AppError::conflict("session_closed", "the session is closed: open a new one")),
+                SessionStatus::Starting => {
+                    return Err(AppError::conflict("session_starting", "the session is still opening: try again in a moment"))
+                }
+                SessionStatus::Lost => {
+                    restored = shared.open(&mut live, true).await.map_err(|e| {
+                        AppError::BadGateway { code: "restore_failed", message: format!("the session was lost and could not be restored: {e}") }
+                    })?;
+                    shared.report(&mut live, None);
+                    start_reader(&reader, &shared);
+                    if restored == Some("load") {
+                        // The agent replayed the history on SSE before answering the
+                        // load: let the reader journal it (as replay) before this prompt.
+                        drop(live);
+                        live = shared.wait_loaded().await;
+                    }
+                }
+                SessionStatus::Ready | SessionStatus::Prompting => {}
+            }
+            if live.view.prompting() {
+                return Err(AppError::conflict(
+                    "turn_in_progress",
+                    "the agent is still working on the last prompt: wait for it, or cancel it",
+                ));
+            }
+            if live.client.is_none() {
+                drop(live);
+                shared.refresh_client().await?;
+                live = shared.live.lock().await;
+            }
+            let mut blocks = vec![json!({"type": "text", "text": msg.text})];
+            let mut purpose = None;
+            if live.view.preamble_due {
+                if let Some(preamble) = live.view.preamble(max_events, max_chars) {
+                    blocks.insert(0, json!({"type": "text", "text": preamble}));
+                    purpose = Some("preamble");
+                }
+            }
+            let id = live.view.next_request_id;
+            let envelope = json!({
+                "jsonrpc": "2.0", "id": id, "method": "session/prompt",
+                "params": {"sessionId": live.row.remote_session_id, "prompt": blocks},
+            });
+            let (_, ids) = shared.record(&mut live, vec![Pending::out(envelope.clone(), purpose)]).await?;
+            let accepted = PromptAccepted {
+                session: shared.id.clone(),
+                request_id: id,
+                seq: live.view.seq,
+                event_id: ids.first().copied().unwrap_or(0),
+                restored,
+            };
+            let client = live.client.clone().ok_or_else(|| AppError::bug("no sandbox-agent client"))?;
+            let server = live.row.acp_server_id.clone();
+            drop(live);
+            // The turn runs on without the mailbox: its answer is journaled when it comes.
+            let s = shared.clone();
+            actix::spawn(async move {
+                let answer = client.post(&server, None, &envelope).await;
+                let mut live = s.live.lock().await;
+                if live.row.acp_server_id != server {
+                    return;
+                }
+                match answer {
+                    Ok(PostOutcome::Response(response)) => {
+                        let _ = s.record(&mut live, vec![Pending::inbound(response, None)]).await;
+                    }
+                    Ok(PostOutcome::Accepted) | Err(AcpError::Timeout(_)) => {} // SSE brings the answer
+                    Err(AcpError::AgentExited(m)) => s.lose(&mut live, format!("the agent process exited: {m}")).await,
+                    Err(e) => {
+                        // No answer will come: end the turn with Kiln's own (marked) error.
+                        let mut p = Pending::inbound(
+                            json!({"jsonrpc": "2.0", "id": id, "error": {"code": -32603, "message": format!("kiln: the prompt could not be delivered: {e}")}}),
+                            None,
+                        );
+                        p.purpose = Some("kiln");
+                        let _ = s.record(&mut live, vec![p]).await;
+                    }
+                }
+            });
+            Ok(accepted)
+        })
+    }
+}
+
+impl Handler<Cancel> for SessionActor {
+    type Result = AtomicResponse<Self, AppResult<Value>>;
+
+    fn handle(&mut self, _: Cancel, _: &mut Self::Context) -> Self::Result {
+        let shared = self.shared();
+        atomic!(self, async move {
+            let shared = shared?;
+            let mut live = shared.live.lock().await;
+            if !live.view.prompting() {
+                return Err(AppError::conflict("no_turn", "no prompt is in progress"));
+            }
+            if live.client.is_none() {
+                drop(live);
+                shared.refresh_client().await?;
+                live = shared.live.lock().await;
+            }
+            let sid = live.row.remote_session_id.clone();
+            shared.notify(&mut live, json!({"jsonrpc": "2.0", "method": "session/cancel", "params": {"sessionId": sid}})).await?;
+            let pending: Vec<Value> = live.view.pending_permissions.iter().map(|p| p.id.clone()).collect();
+            for id in &pending {
+                let answer = json!({"jsonrpc": "2.0", "id": id, "result": {"outcome": {"outcome": "cancelled"}}});
+                shared.notify(&mut live, answer).await?;
+            }
+            Ok(json!({"session": shared.id, "cancelled": true, "permissions_cancelled": pending.len()}))
+        })
+    }
+}
+
+impl Handler<AnswerPermission> for SessionActor {
+    type Result = AtomicResponse<Self, AppResult<Value>>;
+
+    fn handle(&mut self, msg: AnswerPermission, _: &mut Self::Context) -> Self::Result {
+        let shared = self.shared();
+        atomic!(self, async move {
+            let shared = shared?;
+            let mut live = shared.live.lock().await;
+            let pending = live
+                .view
+                .pending_permissions
+                .iter()
+                .find(|p| p.request == msg.request || p.id.as_str() == Some(msg.request.as_str()))
+                .cloned()
+                .ok_or_else(|| {
+                    AppError::not_found("permission_not_found", format!("no pending permission request `{}`", msg.request))
+                })?;
+            let outcome = match &msg.option_id {
+                Some(option) => {
+                    let known = pending.options.as_array().is_some_and(|o| o.iter().any(|o| o["optionId"] == json!(option)));
+                    if !known {
+                        let ids: Vec<String> = pending
+                            .options
+                            .as_array()
+                            .map(|o| o.iter().filter_map(|o| o["optionId"].as_str().map(str::to_string)).collect())
+                            .unwrap_or_default();
+                        return Err(AppError::invalid(
+                            "unknown_option",
+                            format!("option `{option}` is not offered; choose one of: {}", ids.join(", ")),
+                        ));
+                    }
+                    json!({"outcome": "selected", "optionId": option})
+                }
+                None => json!({"outcome": "cancelled"}),
+            };
+            if live.client.is_none() {
+                drop(live);
+                shared.refresh_client().await?;
+                live = shared.live.lock().await;
+            }
+            let answer = json!({"jsonrpc": "2.0", "id": pending.id, "result": {"outcome": outcome}});
+            shared.notify(&mut live, answer).await?;
+            Ok(json!({"session": shared.id, "request": pending.request, "outcome": outcome}))
+        })
+    }
+}
+
+impl Handler<CloseSession> for SessionActor {
+    type Result = AtomicResponse<Self, AppResult<TaskSession>>;
+
+    fn handle(&mut self, _: CloseSession, _: &mut Self::Context) -> Self::Result {
+        let (shared, reader) = (self.shared(), self.reader.clone());
+        let (kiln, org, repo, task, id) = (self.kiln.clone(), self.org.clone(), self.repo.clone(), self.task.clone(), self.id.clone());
+        let timeout = Duration::from_millis(self.kiln.config.sessions.close_timeout_ms);
+        AtomicResponse::new(Box::pin(
+            actix::fut::wrap_future(async move {
+                let shared = shared?;
+                let mut live = shared.live.lock().await;
+                if let Some(r) = reader.borrow_mut().take() {
+                    r.abort();
+                }
+                if let Some(client) = live.client.clone() {
+                    // 0.4.2 never answers a DELETE on a live instance: a timeout is success.
+                    if let Err(e) = client.delete(&live.row.acp_server_id, timeout).await {
+                        log::warn!("closing session {id}: DELETE failed ({e}); the instance goes with the sandbox");
+                    }
+                }
+                live.status = SessionStatus::Closed;
+                drop(live);
+                kiln.task(&org, &repo, &task).send(super::task::CloseSession { id }).await?
+            })
+            .map(|closed, act: &mut Self, ctx: &mut Context<Self>| {
+                act.meta.touch();
+                ctx.stop();
+                closed
+            }),
+        ))
+    }
+}
+
+impl Handler<ResumeSession> for SessionActor {
+    type Result = AtomicResponse<Self, ()>;
+
+    fn handle(&mut self, _: ResumeSession, _: &mut Self::Context) -> Self::Result {
+        let (shared, reader) = (self.shared(), self.reader.clone());
+        atomic!(self, async move {
+            let Ok(shared) = shared else { return };
+            let mut live = shared.live.lock().await;
+            match live.status {
+                SessionStatus::Starting => {
+                    shared.lose(&mut live, "Kiln stopped while the session was opening".into()).await;
+                }
+                SessionStatus::Ready | SessionStatus::Prompting => start_reader(&reader, &shared),
+                _ => {}
+            }
+        })
+    }
+}
+
+impl Handler<ShutdownSession> for SessionActor {
+    type Result = ();
+
+    fn handle(&mut self, _: ShutdownSession, ctx: &mut Self::Context) {
+        self.stop_reader();
+        ctx.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_ids_count_generations() {
+        assert_eq!(next_server_id("s1", "s1"), "s1-2");
+        assert_eq!(next_server_id("s1", "s1-2"), "s1-3");
+        assert_eq!(next_server_id("s1", "s1-x"), "s1-2");
+    }
+}

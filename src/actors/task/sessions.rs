@@ -1,0 +1,248 @@
+//! The TaskActor's share of ACP sessions: it is the only writer of
+//! `task_sessions`, so it creates their rows, applies what each SessionActor
+//! reports, and closes them with the sandbox. A session's status drives the
+//! task's: a prompt in flight is `running`, its response `idle`, and a pending
+//! permission request sets the task's `awaiting_input` flag.
+//!
+//! The TaskActor never waits on a SessionActor (SessionActors wait on it), so
+//! the two cannot deadlock.
+
+use serde_json::json;
+
+use super::effects::TaskCtx;
+use super::state::{self, TaskInput, TaskStatus};
+use super::store::{self, SessionChanges};
+use crate::actors::session::{SessionObserved, SessionStatus, ShutdownSession};
+use crate::db::models::TaskSession;
+use crate::db::queries;
+use crate::error::{AppError, AppResult};
+use crate::util::now_ms;
+
+/// Inserts a session as `starting` (the SessionActor then opens it).
+pub async fn create(
+    ctx: &TaskCtx,
+    id: String,
+    agent: Option<String>,
+    mode: Option<String>,
+    model: Option<String>,
+) -> AppResult<TaskSession> {
+    let (task, _) = ctx.load().await?;
+    let status: TaskStatus = task.status.parse().map_err(AppError::bug)?;
+    if !matches!(status, TaskStatus::Running | TaskStatus::Idle) {
+        return Err(AppError::conflict(
+            "task_not_active",
+            format!("task `{}` is {}: sessions need a running or idle task (its sandbox)", task.id, status.as_str()),
+        ));
+    }
+    let profile_acp = ctx.kiln.config.agents.get(&task.agent).and_then(|p| p.acp.clone());
+    let agent = agent.map(|a| a.trim().to_string()).filter(|a| !a.is_empty()).or(profile_acp).ok_or_else(|| {
+        AppError::invalid(
+            "agent_required",
+            format!("name the ACP agent (`claude`, `codex`, …): the task's profile `{}` has no `acp` default", task.agent),
+        )
+    })?;
+    for (what, value) in [("agent", Some(&agent)), ("mode", mode.as_ref()), ("model", model.as_ref())] {
+        if let Some(v) = value {
+            if v.len() > 100 || !v.chars().all(|c| c.is_ascii_alphanumeric() || "-_.:/@".contains(c)) {
+                return Err(AppError::invalid(
+                    "invalid_session",
+                    format!("{what} `{v}` is not a valid id (letters, digits and - _ . : / @, at most 100)"),
+                ));
+            }
+        }
+    }
+    let now = now_ms();
+    let row = TaskSession {
+        id: id.clone(),
+        task_id: task.id.clone(),
+        agent,
+        acp_server_id: id.clone(),
+        remote_session_id: None,
+        status: SessionStatus::Starting.as_str().into(),
+        last_remote_seq: 0,
+        created_at: now,
+        updated_at: now,
+        mode,
+        model,
+        stop_reason: None,
+        awaiting_input: false,
+        remote_epoch: None,
+        load_session: false,
+        last_error: None,
+    };
+    let insert = row.clone();
+    ctx.kiln.db.write(move |c| store::insert_session(c, &insert)).await?;
+    ctx.kiln
+        .emit_one(&ctx.org, ctx.event("session.created", json!({"agent": row.agent, "mode": row.mode, "model": row.model})).session(&id))
+        .await?;
+    Ok(row)
+}
+
+/// Applies a SessionActor's report: writes the row, then moves the task.
+pub async fn observed(ctx: &TaskCtx, obs: SessionObserved) -> AppResult<TaskSession> {
+    let (t, s) = (ctx.id.clone(), obs.session.clone());
+    let before = ctx
+        .kiln
+        .db
+        .read(move |c| queries::task_session(c, &t, &s))
+        .await?
+        .ok_or_else(|| AppError::not_found("session_not_found", format!("no session `{}`", obs.session)))?;
+    if before.status == SessionStatus::Closed.as_str() {
+        // A late report from a session that was closed meanwhile changes nothing.
+        return Ok(before);
+    }
+    let changes = SessionChanges {
+        acp_server_id: obs.acp_server_id,
+        remote_session_id: obs.remote_session_id,
+        status: obs.status.as_str().into(),
+        last_remote_seq: obs.last_remote_seq,
+        stop_reason: obs.stop_reason,
+        awaiting_input: obs.awaiting_input,
+        remote_epoch: obs.remote_epoch,
+        load_session: obs.load_session,
+        last_error: obs.last_error,
+        updated_at: now_ms(),
+    };
+    let id = obs.session.clone();
+    let after = ctx.kiln.db.write(move |c| store::update_session(c, &id, &changes)).await?;
+    let mut events = Vec::new();
+    if before.status != after.status {
+        events.push(
+            ctx.event(
+                "session.status_changed",
+                json!({"from": before.status, "to": after.status, "stop_reason": after.stop_reason, "error": after.last_error}),
+            )
+            .session(&after.id),
+        );
+    }
+    if before.awaiting_input != after.awaiting_input {
+        events.push(ctx.event("session.awaiting_input", json!({"awaiting_input": after.awaiting_input})).session(&after.id));
+    }
+    if !events.is_empty() {
+        ctx.kiln.emit(&ctx.org, events).await?;
+    }
+    follow_sessions(ctx, before.status == SessionStatus::Prompting.as_str()).await?;
+    Ok(after)
+}
+
+/// Moves the task after its sessions: `running` while any prompt is in flight,
+/// `idle` once the last one's response came; `awaiting_input` while any
+/// session waits for a permission answer.
+async fn follow_sessions(ctx: &TaskCtx, was_prompting: bool) -> AppResult<()> {
+    let t = ctx.id.clone();
+    let sessions = ctx.kiln.db.read(move |c| queries::task_sessions(c, &t)).await?;
+    let prompting = sessions.iter().any(|s| s.status == SessionStatus::Prompting.as_str());
+    let awaiting = sessions.iter().any(|s| s.awaiting_input && s.status != SessionStatus::Closed.as_str());
+    let (task, _) = ctx.load().await?;
+    let from: TaskStatus = task.status.parse().map_err(AppError::bug)?;
+    let input = if prompting {
+        Some(TaskInput::Activity)
+    } else if was_prompting {
+        Some(TaskInput::Quiet)
+    } else {
+        None
+    };
+    let mut now_idle = false;
+    if let Some(input) = input {
+        if let Ok(step) = state::transition(from, &input) {
+            if step.to != from {
+                ctx.set_status(from, step.to, step.reason.clone(), "session", json!({})).await?;
+                now_idle = step.to == TaskStatus::Idle;
+            }
+        }
+    }
+    let i = ctx.id.clone();
+    if ctx.kiln.db.write(move |c| store::set_awaiting_input(c, &i, awaiting, now_ms())).await? {
+        ctx.kiln.emit_one(&ctx.org, ctx.event("task.awaiting_input", json!({"awaiting_input": awaiting}))).await?;
+    }
+    if now_idle {
+        super::effects::on_idle(ctx, &task).await?;
+    }
+    Ok(())
+}
+
+/// Closes every session of the task (its sandbox is going away): the rows
+/// first, then each SessionActor is told to let go (without waiting for it).
+pub async fn close_all(ctx: &TaskCtx, reason: &str) -> AppResult<()> {
+    let t = ctx.id.clone();
+    let open = ctx.kiln.db.read(move |c| queries::task_sessions(c, &t)).await?;
+    let open: Vec<TaskSession> = open.into_iter().filter(|s| s.status != SessionStatus::Closed.as_str()).collect();
+    if open.is_empty() {
+        return Ok(());
+    }
+    let (t, r) = (ctx.id.clone(), reason.to_string());
+    ctx.kiln.db.write(move |c| store::close_sessions(c, &t, &r, now_ms())).await?;
+    let events = open
+        .iter()
+        .map(|s| ctx.event("session.status_changed", json!({"from": s.status, "to": "closed", "error": reason})).session(&s.id))
+        .collect();
+    ctx.kiln.emit(&ctx.org, events).await?;
+    for s in &open {
+        if let Some(actor) = ctx.kiln.session_if_running(&ctx.org, &ctx.repo, &ctx.id, &s.id) {
+            actor.addr.do_send(ShutdownSession {});
+        }
+    }
+    let i = ctx.id.clone();
+    ctx.kiln.db.write(move |c| store::set_awaiting_input(c, &i, false, now_ms())).await?;
+    Ok(())
+}
+
+/// Closes one session on request (the SessionActor has already let go of its
+/// ACP instance).
+pub async fn close_one(ctx: &TaskCtx, session: &str) -> AppResult<TaskSession> {
+    let (t, s) = (ctx.id.clone(), session.to_string());
+    let row = ctx
+        .kiln
+        .db
+        .read(move |c| queries::task_session(c, &t, &s))
+        .await?
+        .ok_or_else(|| AppError::not_found("session_not_found", format!("no session `{session}` on task `{}`", ctx.id)))?;
+    if row.status == SessionStatus::Closed.as_str() {
+        return Ok(row);
+    }
+    let changes = SessionChanges {
+        acp_server_id: row.acp_server_id.clone(),
+        remote_session_id: row.remote_session_id.clone(),
+        status: SessionStatus::Closed.as_str().into(),
+        last_remote_seq: row.last_remote_seq,
+        stop_reason: row.stop_reason.clone(),
+        awaiting_input: false,
+        remote_epoch: row.remote_epoch,
+        load_session: row.load_session,
+        last_error: Some("closed".into()),
+        updated_at: now_ms(),
+    };
+    let id = row.id.clone();
+    let after = ctx.kiln.db.write(move |c| store::update_session(c, &id, &changes)).await?;
+    ctx.kiln
+        .emit_one(&ctx.org, ctx.event("session.status_changed", json!({"from": row.status, "to": "closed"})).session(&row.id))
+        .await?;
+    follow_sessions(ctx, row.status == SessionStatus::Prompting.as_str()).await?;
+    Ok(after)
+}
+
+/// The sandbox's sandbox-agent server, started if it is not running (for a
+/// session to open or restore).
+pub async fn ensure_acp(ctx: &TaskCtx) -> AppResult<(crate::providers::AgentEndpoint, std::path::PathBuf)> {
+    let (task, repo) = ctx.load().await?;
+    let status: TaskStatus = task.status.parse().map_err(AppError::bug)?;
+    if !matches!(status, TaskStatus::Running | TaskStatus::Idle) {
+        return Err(AppError::conflict(
+            "task_not_active",
+            format!("task `{}` is {}: its sandbox is not available", task.id, status.as_str()),
+        ));
+    }
+    let handle = ctx.handle(&task, &repo)?;
+    let endpoint = super::effects::ensure_agent_server(ctx, &task, &handle, true)
+        .await?
+        .ok_or_else(|| AppError::bug("ensure_agent answered no endpoint on demand"))?;
+    Ok((endpoint, handle.path))
+}
+
+/// Whether the task has sessions that are not closed: their protocol, not
+/// output quiescence, then says whether the agent works.
+pub async fn has_live_sessions(ctx: &TaskCtx) -> AppResult<bool> {
+    let t = ctx.id.clone();
+    let sessions = ctx.kiln.db.read(move |c| queries::open_sessions(c, &t)).await?;
+    Ok(!sessions.is_empty())
+}

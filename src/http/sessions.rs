@@ -1,0 +1,170 @@
+//! `/v1/organizations/{org}/tasks/{task}/sessions`: ACP sessions with a task's
+//! agent. Writes go to the task's SessionActor (which journals every envelope
+//! and reports to the TaskActor); reads fold the journal (`session/view.rs`).
+
+use actix_web::{web, HttpResponse};
+use serde::Serialize;
+use serde_json::json;
+
+use super::auth::Caller;
+use super::dto;
+use super::tasks::task_or_404;
+use crate::actors::session::{self, view::SessionView, AnswerPermission, Cancel, CloseSession, OpenSession, Prompt};
+use crate::actors::task::CreateSession;
+use crate::actors::Kiln;
+use crate::db::models::{Task, TaskSession};
+use crate::db::queries;
+use crate::error::{AppError, AppResult};
+use crate::util::random_hex;
+
+/// Longest accepted prompt, in bytes.
+const MAX_PROMPT: usize = 128 * 1024;
+
+/// A session as the API shows it: its row plus what the journal says now.
+#[derive(Serialize)]
+struct SessionDetail {
+    #[serde(flatten)]
+    session: TaskSession,
+    /// A prompt is in flight (its `session/prompt` request id).
+    prompt_in_flight: Option<serde_json::Value>,
+    pending_permissions: Vec<session::view::PendingPermission>,
+    /// The journal's last cursor.
+    seq: u64,
+}
+
+fn detail(session: TaskSession, view: &SessionView) -> SessionDetail {
+    SessionDetail {
+        session,
+        prompt_in_flight: view.prompt_in_flight.clone(),
+        pending_permissions: view.pending_permissions.clone(),
+        seq: view.seq,
+    }
+}
+
+fn session_id(raw: &str) -> AppResult<()> {
+    let ok = raw.len() == 12 && raw.chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase());
+    if ok {
+        Ok(())
+    } else {
+        Err(AppError::not_found("session_not_found", format!("no session `{raw}`")))
+    }
+}
+
+/// The task, its repository and one of its sessions with its journal folded, or 404.
+async fn session_or_404(kiln: &Kiln, org: &str, task: &str, id: &str) -> AppResult<(Task, String, TaskSession, SessionView)> {
+    let (task, repo) = task_or_404(kiln, org, task).await?;
+    session_id(id)?;
+    let (row, view) = session::read_view(kiln, org, &task.id, id)
+        .await?
+        .ok_or_else(|| AppError::not_found("session_not_found", format!("no session `{id}` on task `{}`", task.id)))?;
+    Ok((task, repo, row, view))
+}
+
+pub async fn create(
+    kiln: web::Data<Kiln>,
+    caller: Caller,
+    path: web::Path<(String, String)>,
+    body: web::Json<dto::CreateSession>,
+) -> AppResult<HttpResponse> {
+    let (org, id) = path.into_inner();
+    caller.require_org(&org)?;
+    let (task, repo) = task_or_404(&kiln, &org, &id).await?;
+    let body = body.into_inner();
+    let sid = random_hex(6);
+    let msg = CreateSession { id: sid.clone(), agent: body.agent, mode: body.mode, model: body.model };
+    kiln.task(&org, &repo, &task.id).send(msg).await??;
+    // Opening talks to the agent; a failure leaves the session `lost` with its error.
+    let row = kiln.session(&org, &repo, &task.id, &sid).send(OpenSession {}).await??;
+    let view = session::read_view(&kiln, &org, &task.id, &sid).await?.map(|(_, v)| v).unwrap_or_default();
+    Ok(HttpResponse::Created().json(detail(row, &view)))
+}
+
+pub async fn list(kiln: web::Data<Kiln>, caller: Caller, path: web::Path<(String, String)>) -> AppResult<HttpResponse> {
+    let (org, id) = path.into_inner();
+    caller.require_org(&org)?;
+    let (task, _) = task_or_404(&kiln, &org, &id).await?;
+    let t = task.id.clone();
+    let rows = kiln.db.read(move |c| queries::task_sessions(c, &t)).await?;
+    Ok(HttpResponse::Ok().json(json!({ "items": rows })))
+}
+
+pub async fn get(kiln: web::Data<Kiln>, caller: Caller, path: web::Path<(String, String, String)>) -> AppResult<HttpResponse> {
+    let (org, task, sid) = path.into_inner();
+    caller.require_org(&org)?;
+    let (_, _, row, view) = session_or_404(&kiln, &org, &task, &sid).await?;
+    Ok(HttpResponse::Ok().json(detail(row, &view)))
+}
+
+pub async fn transcript(
+    kiln: web::Data<Kiln>,
+    caller: Caller,
+    path: web::Path<(String, String, String)>,
+) -> AppResult<HttpResponse> {
+    let (org, task, sid) = path.into_inner();
+    caller.require_org(&org)?;
+    let (_, _, row, view) = session_or_404(&kiln, &org, &task, &sid).await?;
+    Ok(HttpResponse::Ok().json(json!({ "session": row, "transcript": view })))
+}
+
+pub async fn prompt(
+    kiln: web::Data<Kiln>,
+    caller: Caller,
+    path: web::Path<(String, String, String)>,
+    body: web::Json<dto::SessionPrompt>,
+) -> AppResult<HttpResponse> {
+    let (org, task, sid) = path.into_inner();
+    caller.require_org(&org)?;
+    let text = body.into_inner().text;
+    if text.trim().is_empty() {
+        return Err(AppError::invalid("invalid_prompt", "the prompt is empty: send {\"text\": \"...\"}"));
+    }
+    if text.len() > MAX_PROMPT {
+        return Err(AppError::invalid("invalid_prompt", format!("the prompt is longer than {MAX_PROMPT} bytes")));
+    }
+    let (task, repo, _, _) = session_or_404(&kiln, &org, &task, &sid).await?;
+    let accepted = kiln.session(&org, &repo, &task.id, &sid).send(Prompt { text }).await??;
+    Ok(HttpResponse::Accepted().json(accepted))
+}
+
+pub async fn cancel(kiln: web::Data<Kiln>, caller: Caller, path: web::Path<(String, String, String)>) -> AppResult<HttpResponse> {
+    let (org, task, sid) = path.into_inner();
+    caller.require_org(&org)?;
+    let (task, repo, _, _) = session_or_404(&kiln, &org, &task, &sid).await?;
+    let outcome = kiln.session(&org, &repo, &task.id, &sid).send(Cancel {}).await??;
+    Ok(HttpResponse::Accepted().json(outcome))
+}
+
+pub async fn answer_permission(
+    kiln: web::Data<Kiln>,
+    caller: Caller,
+    path: web::Path<(String, String, String, String)>,
+    body: web::Json<dto::PermissionAnswer>,
+) -> AppResult<HttpResponse> {
+    let (org, task, sid, request) = path.into_inner();
+    caller.require_org(&org)?;
+    let body = body.into_inner();
+    let option_id = match (body.option_id, body.outcome.as_deref()) {
+        (Some(o), None) if !o.is_empty() => Some(o),
+        (None, Some("cancelled")) => None,
+        _ => {
+            return Err(AppError::invalid(
+                "invalid_answer",
+                "answer with {\"option_id\": \"<one of the request's options>\"} or {\"outcome\": \"cancelled\"}",
+            ))
+        }
+    };
+    let (task, repo, _, _) = session_or_404(&kiln, &org, &task, &sid).await?;
+    let outcome = kiln.session(&org, &repo, &task.id, &sid).send(AnswerPermission { request, option_id }).await??;
+    Ok(HttpResponse::Accepted().json(outcome))
+}
+
+pub async fn close(kiln: web::Data<Kiln>, caller: Caller, path: web::Path<(String, String, String)>) -> AppResult<HttpResponse> {
+    let (org, task, sid) = path.into_inner();
+    caller.require_org(&org)?;
+    let (task, repo, row, _) = session_or_404(&kiln, &org, &task, &sid).await?;
+    if row.status == "closed" {
+        return Ok(HttpResponse::Ok().json(row));
+    }
+    let row = kiln.session(&org, &repo, &task.id, &sid).send(CloseSession {}).await??;
+    Ok(HttpResponse::Ok().json(row))
+}
