@@ -9,6 +9,7 @@ mod bad_input;
 mod cli;
 mod concurrency;
 mod fake_github;
+mod fake_sandbox_agent;
 mod git_lifecycle;
 mod lifecycle;
 mod migrations;
