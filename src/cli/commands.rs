@@ -223,6 +223,7 @@ pub async fn run(ctx: Ctx, command: Command) -> CliResult<()> {
         }
         Command::Switch { task, shell } => switch(&ctx, &task, shell).await,
         Command::Events(args) => events(&ctx, args).await,
+        Command::Session(cmd) => super::session::run(&ctx, cmd).await,
         Command::Token(cmd) => token(&ctx, cmd).await,
         Command::Serve { .. } | Command::Migrate { .. } | Command::TerminalHost { .. } => {
             Err(CliError("not a client command".into()))
@@ -531,7 +532,7 @@ async fn events(ctx: &Ctx, args: EventsArgs) -> CliResult<()> {
 }
 
 /// Connects a stream, waiting up to a minute for a restarting server.
-async fn connect_with_retry(
+pub(super) async fn connect_with_retry(
     ctx: &Ctx,
     path: &str,
 ) -> CliResult<actix_codec::Framed<awc::BoxedSocket, awc::ws::Codec>> {

@@ -5,6 +5,7 @@ mod attach;
 mod client;
 mod commands;
 mod output;
+mod session;
 
 use std::path::PathBuf;
 
@@ -111,6 +112,8 @@ pub enum Command {
     },
     /// Show the event history; --follow streams new events.
     Events(commands::EventsArgs),
+    /// ACP sessions with a task's agent: new, list, prompt, cancel, answer, show, close.
+    Session(session::SessionCmd),
     /// API tokens of an organization: create, list, revoke (admin only).
     Token(commands::TokenCmd),
     /// Provider and integration profiles (worktree, daytona, github): show, set.

@@ -70,7 +70,7 @@ pub async fn create(
     caller.require_org(&org)?;
     let (task, repo) = task_or_404(&kiln, &org, &id).await?;
     let body = body.into_inner();
-    let sid = random_hex(6);
+    let sid = random_hex(12);
     let msg = CreateSession { id: sid.clone(), agent: body.agent, mode: body.mode, model: body.model };
     kiln.task(&org, &repo, &task.id).send(msg).await??;
     // Opening talks to the agent; a failure leaves the session `lost` with its error.

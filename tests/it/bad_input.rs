@@ -15,6 +15,9 @@ fn body_routes(task: &str) -> Vec<(&'static str, String)> {
         ("POST", format!("{o}/tokens")),
         ("POST", format!("{o}/repos")),
         ("POST", format!("{o}/tasks")),
+        ("POST", format!("{o}/tasks/{task}/sessions")),
+        ("POST", format!("{o}/tasks/{task}/sessions/0123456789ab/prompt")),
+        ("POST", format!("{o}/tasks/{task}/sessions/0123456789ab/permissions/1")),
         // Actions take no body today; they must still not choke on one.
         ("POST", format!("{o}/tasks/{task}/kill")),
     ]

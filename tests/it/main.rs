@@ -16,5 +16,6 @@ mod migrations;
 mod restart;
 mod sandbox_agent;
 mod sandboxes;
+mod sessions;
 mod single_writer;
 mod stream;

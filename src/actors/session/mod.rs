@@ -50,6 +50,10 @@ use crate::error::{AppError, AppResult};
 use crate::integrations::sandbox_agent::{AcpClient, AcpError, Dedup, PostOutcome, SseMessage};
 use view::{Change, Dir, Entry, SessionView};
 
+/// How long a prompt's response from the POST waits for its copy on SSE
+/// before it is journaled itself (the SSE copy comes after the turn's updates).
+const PROMPT_RESPONSE_GRACE: Duration = Duration::from_secs(5);
+
 /// A session's status (the `task_sessions.status` CHECK).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -863,6 +867,12 @@ impl Handler<Prompt> for SessionActor {
             let s = shared.clone();
             actix::spawn(async move {
                 let answer = client.post(&server, None, &envelope).await;
+                if matches!(answer, Ok(PostOutcome::Response(_))) {
+                    // SSE carries the turn's updates and then this same response, and
+                    // says best when the turn ended; the POST's copy only stands in
+                    // if the stream has not delivered it after a grace period.
+                    tokio::time::sleep(PROMPT_RESPONSE_GRACE).await;
+                }
                 let mut live = s.live.lock().await;
                 if live.row.acp_server_id != server {
                     return;
