@@ -458,3 +458,35 @@ async fn the_cli_opens_prompts_streams_and_shows_sessions() {
     assert_eq!(code, 1);
     assert!(err.contains("no prompt is in progress"), "{err}");
 }
+
+#[actix_rt::test]
+async fn a_sandbox_agent_crash_is_supervised_and_the_session_restored() {
+    let s = Setup::new(&[]).await;
+    let sid = s.open("fake").await;
+    s.prompt(&sid, "before the crash").await;
+    s.wait_turn(&sid, "end_turn").await;
+    let record = s.server.data_dir().join(format!("sandboxes/{}/sandbox-agent.json", s.task));
+    let old: Value = serde_json::from_slice(&std::fs::read(&record).expect("record")).expect("json");
+    let pid = old["pid"].as_i64().expect("pid") as i32;
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    // The status poller starts a new server; the session sees its instance gone.
+    eventually(WAIT, "sandbox.agent_restarted", || async {
+        let events = s.c.events_since("default", 0).await;
+        events.iter().any(|e| e["kind"] == "sandbox.agent_restarted").then_some(())
+    })
+    .await;
+    let lost = eventually(WAIT, "the session to be lost", || async {
+        let v = s.session(&sid).await;
+        (v["status"] == "lost").then_some(v)
+    })
+    .await;
+    assert!(lost["last_error"].as_str().unwrap().contains("gone"), "{lost}");
+    let accepted = s.prompt(&sid, "after the crash").await;
+    assert_eq!(accepted["restored"], "new");
+    s.wait_turn(&sid, "end_turn").await;
+    let new: Value = serde_json::from_slice(&std::fs::read(&record).expect("record")).expect("json");
+    assert_ne!(new["pid"], old["pid"], "a new server");
+    let sent = s.received(&format!("{sid}-2")).await;
+    let preamble = sent[2]["params"]["prompt"][0]["text"].as_str().expect("preamble");
+    assert!(preamble.contains("before the crash"), "{preamble}");
+}
