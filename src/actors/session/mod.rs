@@ -54,6 +54,10 @@ use view::{Change, Dir, Entry, SessionView};
 /// before it is journaled itself (the SSE copy comes after the turn's updates).
 const PROMPT_RESPONSE_GRACE: Duration = Duration::from_secs(5);
 
+/// How long the requests that open a session (`initialize`, `session/new`,
+/// `session/load`, mode and model) may take. Prompts have no such limit.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(300);
+
 /// A session's status (the `task_sessions.status` CHECK).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -333,8 +337,8 @@ impl Shared {
         }
     }
 
-    /// Sends one request and journals both ways; answers its `result`, or the
-    /// JSON-RPC error as a 502.
+    /// Sends one request (of those that open a session) and journals both ways;
+    /// answers its `result`, or the JSON-RPC error as a 502.
     async fn request(
         &self,
         live: &mut Live,
@@ -347,7 +351,8 @@ impl Shared {
         let envelope = json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
         self.record(live, vec![Pending::out(envelope.clone(), purpose)]).await?;
         let client = live.client.clone().ok_or_else(|| AppError::bug("no sandbox-agent client"))?;
-        let answer = client.post(&live.row.acp_server_id, agent, &envelope).await.map_err(upstream)?;
+        let answer =
+            client.post_with_timeout(&live.row.acp_server_id, agent, &envelope, OPEN_TIMEOUT).await.map_err(upstream)?;
         let PostOutcome::Response(response) = answer else {
             return Err(AppError::BadGateway {
                 code: "sandbox_agent_error",
