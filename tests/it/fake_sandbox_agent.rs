@@ -12,6 +12,8 @@ use serde_json::{json, Value};
 
 use kiln::integrations::sandbox_agent::{free_port, spawn_server, AcpClient, AcpError, PostOutcome, SseMessage};
 
+use crate::sandbox_agent::{next_before, read_until};
+
 const TOKEN: &str = "fake-test-token";
 /// Every wait below gives up at this deadline.
 const WAIT: Duration = Duration::from_secs(20);
@@ -153,37 +155,6 @@ async fn open_session(c: &AcpClient, server_id: &str, agent: &str) -> String {
     post_request(c, server_id, Some(agent), &initialize(1)).await;
     let created = post_request(c, server_id, None, &new_session(2)).await;
     created["result"]["sessionId"].as_str().expect("sessionId").to_string()
-}
-
-/// The next SSE message, waiting at most until `deadline`.
-async fn next_before<S>(stream: &mut S, deadline: Instant) -> SseMessage
-where
-    S: Stream<Item = Result<SseMessage, AcpError>> + Unpin,
-{
-    let left = deadline.saturating_duration_since(Instant::now());
-    match tokio::time::timeout(left, stream.next()).await {
-        Ok(Some(Ok(m))) => m,
-        Ok(Some(Err(e))) => panic!("SSE error: {e}"),
-        Ok(None) => panic!("SSE stream ended"),
-        Err(_) => panic!("no SSE message before the deadline"),
-    }
-}
-
-/// Reads SSE messages until one satisfies `done`; answers all of them.
-async fn read_until<S>(stream: &mut S, done: impl Fn(&SseMessage) -> bool) -> Vec<SseMessage>
-where
-    S: Stream<Item = Result<SseMessage, AcpError>> + Unpin,
-{
-    let deadline = Instant::now() + WAIT;
-    let mut seen = Vec::new();
-    loop {
-        let m = next_before(stream, deadline).await;
-        let stop = done(&m);
-        seen.push(m);
-        if stop {
-            return seen;
-        }
-    }
 }
 
 /// Waits for the stream to end (the server closed it).

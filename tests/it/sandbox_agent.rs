@@ -143,7 +143,7 @@ async fn post_request(c: &AcpClient, server_id: &str, agent: Option<&str>, envel
 }
 
 /// The next SSE message, waiting at most until `deadline`.
-async fn next_before<S>(stream: &mut S, deadline: Instant) -> SseMessage
+pub(crate) async fn next_before<S>(stream: &mut S, deadline: Instant) -> SseMessage
 where
     S: Stream<Item = Result<SseMessage, AcpError>> + Unpin,
 {
@@ -157,7 +157,7 @@ where
 }
 
 /// Reads SSE messages until one satisfies `done`; answers all of them.
-async fn read_until<S>(stream: &mut S, done: impl Fn(&SseMessage) -> bool) -> Vec<SseMessage>
+pub(crate) async fn read_until<S>(stream: &mut S, done: impl Fn(&SseMessage) -> bool) -> Vec<SseMessage>
 where
     S: Stream<Item = Result<SseMessage, AcpError>> + Unpin,
 {
