@@ -819,9 +819,29 @@ impl Handler<Prompt> for SessionActor {
                     return Err(AppError::conflict("session_starting", "the session is still opening: try again in a moment"))
                 }
                 SessionStatus::Lost => {
-                    restored = shared.open(&mut live, true).await.map_err(|e| {
-                        AppError::BadGateway { code: "restore_failed", message: format!("the session was lost and could not be restored: {e}") }
-                    })?;
+                    // The old instance is dead: its reader (maybe stuck on a stream that
+                    // stays open) goes, and the instance is deleted in the background.
+                    if let Some(r) = reader.borrow_mut().take() {
+                        r.abort();
+                    }
+                    if let Some(old) = live.client.clone() {
+                        let server = live.row.acp_server_id.clone();
+                        actix::spawn(async move {
+                            let _ = old.delete(&server, crate::integrations::sandbox_agent::DELETE_TIMEOUT).await;
+                        });
+                    }
+                    restored = match shared.open(&mut live, true).await {
+                        Ok(how) => how,
+                        Err(e) => {
+                            live.status = SessionStatus::Lost;
+                            live.last_error = Some(e.to_string());
+                            shared.report(&mut live, None);
+                            return Err(AppError::BadGateway {
+                                code: "restore_failed",
+                                message: format!("the session was lost and could not be restored: {e}"),
+                            });
+                        }
+                    };
                     shared.report(&mut live, None);
                     start_reader(&reader, &shared);
                     if restored == Some("load") {
