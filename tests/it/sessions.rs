@@ -490,3 +490,31 @@ async fn a_sandbox_agent_crash_is_supervised_and_the_session_restored() {
     let preamble = sent[2]["params"]["prompt"][0]["text"].as_str().expect("preamble");
     assert!(preamble.contains("before the crash"), "{preamble}");
 }
+
+/// With the real sandbox-agent binary: its `mock` agent is installed on demand
+/// and answers `initialize` and `session/new` through the real bridge, but only
+/// by echoing, so the session cannot open: a clear 502, the session `lost`, and
+/// both exchanges journaled with each response once.
+#[actix_rt::test]
+async fn the_real_sandbox_agent_mock_cannot_open_a_session_and_says_why() {
+    let bin = crate::common::sandbox_agent_bin().expect("the sandbox-agent binary: run .ci/run");
+    let s = Setup::new(&[("KILN_SANDBOX_AGENT_BIN", &bin)]).await;
+    let r = s.c.post(&s.path(""), json!({"agent": "mock"})).await;
+    assert_eq!((r.status, r.code()), (502, "agent_error"), "{r:?}");
+    assert!(r.body["message"].as_str().unwrap().contains("without a sessionId"), "{r:?}");
+    let list = s.c.get(&s.path("")).await;
+    let session = &list.body["items"][0];
+    assert_eq!(session["status"], "lost");
+    let sid = session["id"].as_str().unwrap().to_string();
+    let journal = s.journal(&sid).await;
+    let kinds: Vec<(&str, &str)> = journal
+        .iter()
+        .map(|e| (e["kind"].as_str().unwrap(), e["data"]["envelope"]["method"].as_str().unwrap_or("")))
+        .collect();
+    assert_eq!(
+        kinds[..4],
+        [("session.sent", "initialize"), ("session.response", ""), ("session.sent", "session/new"), ("session.response", "")],
+        "{kinds:?}"
+    );
+    assert_eq!(journal[1]["data"]["envelope"]["result"]["echoed"]["method"], "initialize");
+}
