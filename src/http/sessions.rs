@@ -60,6 +60,19 @@ async fn session_or_404(kiln: &Kiln, org: &str, task: &str, id: &str) -> AppResu
     Ok((task, repo, row, view))
 }
 
+/// The task, its repository and one of its sessions (without the journal), or 404.
+async fn session_row_or_404(kiln: &Kiln, org: &str, task: &str, id: &str) -> AppResult<(Task, String, TaskSession)> {
+    let (task, repo) = task_or_404(kiln, org, task).await?;
+    session_id(id)?;
+    let (t, i) = (task.id.clone(), id.to_string());
+    let row = kiln
+        .db
+        .read(move |c| queries::task_session(c, &t, &i))
+        .await?
+        .ok_or_else(|| AppError::not_found("session_not_found", format!("no session `{id}` on task `{}`", task.id)))?;
+    Ok((task, repo, row))
+}
+
 pub async fn create(
     kiln: web::Data<Kiln>,
     caller: Caller,
@@ -121,7 +134,7 @@ pub async fn prompt(
     if text.len() > MAX_PROMPT {
         return Err(AppError::invalid("invalid_prompt", format!("the prompt is longer than {MAX_PROMPT} bytes")));
     }
-    let (task, repo, _, _) = session_or_404(&kiln, &org, &task, &sid).await?;
+    let (task, repo, _) = session_row_or_404(&kiln, &org, &task, &sid).await?;
     let accepted = kiln.session(&org, &repo, &task.id, &sid).send(Prompt { text }).await??;
     Ok(HttpResponse::Accepted().json(accepted))
 }
@@ -129,7 +142,7 @@ pub async fn prompt(
 pub async fn cancel(kiln: web::Data<Kiln>, caller: Caller, path: web::Path<(String, String, String)>) -> AppResult<HttpResponse> {
     let (org, task, sid) = path.into_inner();
     caller.require_org(&org)?;
-    let (task, repo, _, _) = session_or_404(&kiln, &org, &task, &sid).await?;
+    let (task, repo, _) = session_row_or_404(&kiln, &org, &task, &sid).await?;
     let outcome = kiln.session(&org, &repo, &task.id, &sid).send(Cancel {}).await??;
     Ok(HttpResponse::Accepted().json(outcome))
 }
@@ -153,7 +166,7 @@ pub async fn answer_permission(
             ))
         }
     };
-    let (task, repo, _, _) = session_or_404(&kiln, &org, &task, &sid).await?;
+    let (task, repo, _) = session_row_or_404(&kiln, &org, &task, &sid).await?;
     let outcome = kiln.session(&org, &repo, &task.id, &sid).send(AnswerPermission { request, option_id }).await??;
     Ok(HttpResponse::Accepted().json(outcome))
 }
@@ -161,7 +174,7 @@ pub async fn answer_permission(
 pub async fn close(kiln: web::Data<Kiln>, caller: Caller, path: web::Path<(String, String, String)>) -> AppResult<HttpResponse> {
     let (org, task, sid) = path.into_inner();
     caller.require_org(&org)?;
-    let (task, repo, row, _) = session_or_404(&kiln, &org, &task, &sid).await?;
+    let (task, repo, row) = session_row_or_404(&kiln, &org, &task, &sid).await?;
     if row.status == "closed" {
         return Ok(HttpResponse::Ok().json(row));
     }
