@@ -284,7 +284,8 @@ pub struct TaskSession {
     pub remote_session_id: Option<String>,
     /// `starting`, `ready`, `prompting`, `closed` or `lost`.
     pub status: String,
-    /// The last SSE event id journaled from the current ACP instance.
+    /// The last SSE event id journaled from the current ACP instance, as of
+    /// the session's last change of state (the journal itself is exact).
     pub last_remote_seq: i64,
     pub created_at: i64,
     pub updated_at: i64,
