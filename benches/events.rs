@@ -81,6 +81,7 @@ fn raw_insert(total: usize, senders: usize) -> Measured {
                 kind: e.kind,
                 at,
                 data: e.data.to_string(),
+                session: e.session.as_deref(),
             })
             .collect();
         conn.immediate_transaction(|c| diesel::insert_into(events::table).values(&rows).execute(c))
