@@ -232,6 +232,8 @@ pub struct EventFilter {
     pub task: Option<String>,
     /// An exact kind, or a prefix when it ends in `.` or `*` (`task.`, `task.*`).
     pub kind: Option<String>,
+    /// One ACP session's events.
+    pub session: Option<String>,
     pub limit: i64,
     /// Take the newest `limit` matching events instead of the oldest (still
     /// answered oldest first).
@@ -249,6 +251,9 @@ pub fn events_list(conn: &mut SqliteConnection, org: &str, f: &EventFilter) -> Q
     }
     if let Some(task) = &f.task {
         q = q.filter(events::task.eq(task.clone()));
+    }
+    if let Some(session) = &f.session {
+        q = q.filter(events::session.eq(session.clone()));
     }
     if let Some(kind) = &f.kind {
         let prefix = kind.strip_suffix('*').unwrap_or(kind);

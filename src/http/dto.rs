@@ -87,6 +87,8 @@ pub struct EventsQuery {
     pub repo: Option<String>,
     pub task: Option<String>,
     pub kind: Option<String>,
+    /// One ACP session's events (its journal and status).
+    pub session: Option<String>,
     pub limit: Option<i64>,
     /// The newest N events instead of the ones after `since`.
     pub tail: Option<i64>,

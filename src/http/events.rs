@@ -11,7 +11,7 @@ use crate::actors::Kiln;
 use crate::db::queries::{self, EventFilter};
 use crate::error::{AppError, AppResult};
 
-/// Lists events after `since`, filtered by `repo`, `task` and `kind` (exact, or a
+/// Lists events after `since`, filtered by `repo`, `task`, `session` and `kind` (exact, or a
 /// prefix ending in `.` or `.*`); or, with `tail=N`, the newest N. `next_since`
 /// continues the listing.
 pub async fn list(
@@ -41,7 +41,8 @@ pub async fn list(
     if since < 0 {
         return Err(AppError::bad_request("invalid_since", "since must be an event id, 0 or more"));
     }
-    let filter = EventFilter { since, repo: q.repo, task: q.task, kind: q.kind, limit, newest: q.tail.is_some() };
+    let filter =
+        EventFilter { since, repo: q.repo, task: q.task, kind: q.kind, session: q.session, limit, newest: q.tail.is_some() };
     let rows = kiln.db.read(move |c| queries::events_list(c, &org, &filter)).await?;
     let next_since = rows.last().map(|e| e.id).unwrap_or(since);
     let events: Vec<Event> = rows.into_iter().map(Event::from).collect();

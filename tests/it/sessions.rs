@@ -74,14 +74,21 @@ impl Setup {
         r.body["transcript"].clone()
     }
 
-    /// The session's journal: its envelope events, in order.
+    /// The session's journal: its envelope events, in order (`?session=`).
     async fn journal(&self, sid: &str) -> Vec<Value> {
-        self.c
-            .events_since("default", 0)
-            .await
-            .into_iter()
-            .filter(|e| e["session"] == sid && e["data"]["envelope"].is_object())
-            .collect()
+        let mut out: Vec<Value> = Vec::new();
+        let mut since = 0;
+        loop {
+            let r = self.c.get(&format!("/v1/organizations/default/events?session={sid}&since={since}&limit=1000")).await;
+            assert_eq!(r.status, 200, "{r:?}");
+            let items = r.body["items"].as_array().cloned().unwrap_or_default();
+            if items.is_empty() {
+                return out;
+            }
+            since = r.body["next_since"].as_i64().expect("next_since");
+            assert!(items.iter().all(|e| e["session"] == sid), "the filter holds");
+            out.extend(items.into_iter().filter(|e| e["data"]["envelope"].is_object()));
+        }
     }
 
     /// A client for the task's sandbox-agent (the fake), from its 0600 record.
