@@ -23,6 +23,13 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     cargo build --release --locked --bin kiln \
  && install -m 0755 target/release/kiln /usr/local/bin/kiln
 
+# sandbox-agent, pinned, for ACP sessions (docs/sessions.md). The npm package ships
+# one statically linked binary; only that binary goes into the image.
+FROM node:22-bookworm-slim AS sandbox-agent
+RUN npm install --prefix /opt/sa --no-audit --no-fund @sandbox-agent/cli-linux-x64@0.4.2 \
+ && install -m 0755 /opt/sa/node_modules/@sandbox-agent/cli-linux-x64/bin/sandbox-agent /usr/local/bin/sandbox-agent \
+ && /usr/local/bin/sandbox-agent --version
+
 FROM debian:bookworm-slim
 # git:             every repository operation runs the git binary.
 # ca-certificates: https clones (git's Recommends, dropped by --no-install-recommends).
@@ -39,6 +46,7 @@ RUN groupadd --gid 10001 kiln \
  && install -d -o 10001 -g 10001 -m 0700 /data
 
 COPY --from=builder /usr/local/bin/kiln /usr/local/bin/kiln
+COPY --from=sandbox-agent /usr/local/bin/sandbox-agent /usr/local/bin/sandbox-agent
 
 ENV KILN_DATA_DIR=/data \
     KILN_SERVER__BIND=0.0.0.0:7420
