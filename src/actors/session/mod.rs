@@ -520,7 +520,7 @@ async fn read_loop(shared: Rc<Shared>) {
         };
         if failures > 0 {
             tokio::time::sleep(Duration::from_millis((100u64 << failures.min(6)).min(5000))).await;
-            if failures % 3 == 0 {
+            if failures.is_multiple_of(3) {
                 // Several failures in a row: the server may have been restarted elsewhere.
                 let _ = shared.refresh_client().await;
             }
@@ -583,8 +583,7 @@ async fn read_loop(shared: Rc<Shared>) {
         };
         failures = 0;
         let mut last = cursor;
-        loop {
-            let Some(first) = stream.next().await else { break };
+        while let Some(first) = stream.next().await {
             let mut batch = vec![first];
             while batch.len() < 256 {
                 match stream.next().now_or_never() {

@@ -144,7 +144,7 @@ pub(super) async fn ensure_agent_server(
     on_demand: bool,
 ) -> AppResult<Option<crate::providers::AgentEndpoint>> {
     let profile = ctx.kiln.config.agents.get(&task.agent);
-    if !on_demand && profile.map_or(true, |p| p.acp.is_none()) {
+    if !on_demand && profile.is_none_or(|p| p.acp.is_none()) {
         return Ok(None);
     }
     let bin = sandbox_agent_bin(ctx)?;
