@@ -50,8 +50,10 @@ use crate::error::{AppError, AppResult};
 use crate::integrations::sandbox_agent::{AcpClient, AcpError, Dedup, PostOutcome, SseMessage};
 use view::{Change, Dir, Entry, SessionView};
 
-/// How long a prompt's response from the POST waits for its copy on SSE
-/// before it is journaled itself (the SSE copy comes after the turn's updates).
+/// A prompt's response from the POST waits for its copy on SSE (which comes
+/// after the turn's updates) as long as the stream makes progress; once the
+/// stream has brought nothing for this long (counted from the POST's answer at
+/// the earliest), the POST's copy is journaled.
 const PROMPT_RESPONSE_GRACE: Duration = Duration::from_secs(5);
 
 /// How long the requests that open a session (`initialize`, `session/new`,
@@ -179,6 +181,8 @@ struct Live {
     loading: Option<Value>,
     /// The last report sent (without the cursor), to send only changes.
     reported: Option<SessionObserved>,
+    /// When the reader last journaled something from the stream.
+    last_ingest: std::time::Instant,
     last_error: Option<String>,
 }
 
@@ -635,6 +639,7 @@ async fn ingest(shared: &Rc<Shared>, server: &str, messages: Vec<SseMessage>) ->
         return Next::Stop;
     }
     let items = messages.into_iter().map(|m| Pending::inbound(m.data, Some(m.id))).collect();
+    live.last_ingest = std::time::Instant::now();
     match shared.record(&mut live, items).await {
         Ok(_) if live.status == SessionStatus::Lost => Next::Stop,
         Ok(_) => Next::More,
@@ -732,6 +737,7 @@ impl Actor for SessionActor {
                     epoch: row.remote_epoch,
                     loading: None,
                     reported: None,
+                    last_ingest: std::time::Instant::now(),
                     last_error: row.last_error.clone(),
                     row,
                 };
@@ -891,13 +897,21 @@ impl Handler<Prompt> for SessionActor {
             let s = shared.clone();
             actix::spawn(async move {
                 let answer = client.post(&server, None, &envelope).await;
-                if matches!(answer, Ok(PostOutcome::Response(_))) {
+                let answered_at = std::time::Instant::now();
+                let mut live = loop {
                     // SSE carries the turn's updates and then this same response, and
-                    // says best when the turn ended; the POST's copy only stands in
-                    // if the stream has not delivered it after a grace period.
-                    tokio::time::sleep(PROMPT_RESPONSE_GRACE).await;
-                }
-                let mut live = s.live.lock().await;
+                    // says best when the turn ended: the POST's copy only stands in
+                    // once the stream has stalled.
+                    let live = s.live.lock().await;
+                    let waiting = matches!(answer, Ok(PostOutcome::Response(_)))
+                        && live.view.prompt_in_flight == Some(json!(id))
+                        && live.last_ingest.max(answered_at).elapsed() < PROMPT_RESPONSE_GRACE;
+                    if !waiting {
+                        break live;
+                    }
+                    drop(live);
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                };
                 if live.row.acp_server_id != server {
                     return;
                 }
