@@ -54,6 +54,10 @@ pub struct SessionsConfig {
     pub preamble_max_chars: usize,
     /// How long closing a session waits for sandbox-agent's DELETE.
     pub close_timeout_ms: u64,
+    /// After a restart, how long a prompt journaled just before Kiln stopped
+    /// may show no sign of reaching the agent before its turn is ended as
+    /// undelivered.
+    pub undelivered_grace_ms: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

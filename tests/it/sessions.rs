@@ -525,3 +525,70 @@ async fn the_real_sandbox_agent_mock_cannot_open_a_session_and_says_why() {
     );
     assert_eq!(journal[1]["data"]["envelope"]["result"]["echoed"]["method"], "initialize");
 }
+
+#[actix_rt::test]
+async fn a_turn_that_ends_while_kiln_is_down_is_picked_up_after_the_restart() {
+    let mut s = Setup::new(&[]).await;
+    let sid = s.open("fake").await;
+    // Kiln dies once the agent has the prompt; the agent finishes the turn alone.
+    s.prompt(&sid, "flood 500").await;
+    eventually(WAIT, "the prompt to reach the agent", || async {
+        s.received(&sid).await.iter().any(|e| e["method"] == "session/prompt").then_some(())
+    })
+    .await;
+    s.server.kill();
+    s.server.restart();
+    s.c = s.server.client();
+    let session = s.wait_turn(&sid, "end_turn").await;
+    assert_eq!(session["status"], "ready");
+    let journal = s.journal(&sid).await;
+    let chunks = journal
+        .iter()
+        .filter(|e| e["data"]["envelope"]["params"]["update"]["sessionUpdate"] == "agent_message_chunk")
+        .count();
+    assert_eq!(chunks, 500, "every update once");
+    assert_eq!(journal.last().expect("journal")["kind"], "session.response", "the response ends the turn");
+    let t = s.transcript(&sid).await;
+    assert_eq!(items_of(&t, "agent")[0]["text"].as_str().unwrap().len(), 500);
+    s.c.wait_status("default", &s.task, "idle").await;
+}
+
+/// A prompt journaled right before Kiln died may never have been posted. The
+/// journal is written here by hand, as a crash between the two would leave it.
+#[actix_rt::test]
+async fn a_prompt_that_never_reached_the_agent_ends_its_turn_after_a_restart() {
+    use diesel::prelude::*;
+    let mut s = Setup::new(&[("KILN_SESSIONS__UNDELIVERED_GRACE_MS", "1500")]).await;
+    let sid = s.open("fake").await;
+    let journal = s.journal(&sid).await;
+    let last = journal.last().expect("journal").clone();
+    s.server.kill();
+    let seq = last["data"]["seq"].as_u64().unwrap() + 1;
+    let data = json!({"seq": seq, "dir": "out", "server": sid, "replay": false,
+        "envelope": {"jsonrpc": "2.0", "id": 3, "method": "session/prompt",
+                     "params": {"sessionId": "sess_1", "prompt": [{"type": "text", "text": "lost in the crash"}]}}});
+    let db = s.server.data_dir().join("kiln.db");
+    let mut conn = diesel::sqlite::SqliteConnection::establish(db.to_str().unwrap()).expect("db");
+    diesel::sql_query(format!(
+        "INSERT INTO events (organization, repo, task, kind, at, data, session) VALUES ('default', 'widget', '{}', 'session.sent', 0, '{}', '{}')",
+        s.task,
+        data.to_string().replace('\'', "''"),
+        sid
+    ))
+    .execute(&mut conn)
+    .expect("insert");
+    drop(conn);
+    s.server.restart();
+    s.c = s.server.client();
+    let t = eventually(WAIT, "the undelivered turn to end", || async {
+        let t = s.transcript(&sid).await;
+        items_of(&t, "turn_ended").first().cloned().map(|_| t)
+    })
+    .await;
+    let ended = &items_of(&t, "turn_ended")[0];
+    assert!(ended["error"].as_str().unwrap().contains("send it again"), "{ended}");
+    assert!(s.received(&sid).await.iter().all(|e| e["method"] != "session/prompt"), "never posted");
+    // The session works on.
+    s.prompt(&sid, "once more").await;
+    s.wait_turn(&sid, "end_turn").await;
+}

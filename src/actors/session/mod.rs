@@ -496,6 +496,33 @@ fn next_server_id(id: &str, current: &str) -> String {
     format!("{id}-{}", n + 1)
 }
 
+/// At start: the row is brought in line with the journal (a report may not
+/// have made it before Kiln stopped). And a prompt journaled just before Kiln
+/// stopped may never have been posted: if nothing from the agent arrives after
+/// it within `grace` (the reader replays what sandbox-agent buffered
+/// meanwhile), its turn is ended with Kiln's own marked error, so the session
+/// does not wait forever.
+async fn after_start(shared: Rc<Shared>, grace: Duration) {
+    {
+        let mut live = shared.live.lock().await;
+        shared.report(&mut live, None);
+        if live.view.unacknowledged_prompt().is_none() {
+            return;
+        }
+    }
+    tokio::time::sleep(grace).await;
+    let mut live = shared.live.lock().await;
+    let Some((id, _)) = live.view.unacknowledged_prompt() else { return };
+    if live.status != SessionStatus::Ready && live.status != SessionStatus::Prompting {
+        return;
+    }
+    log::warn!("session {}: prompt {id} shows no sign of reaching the agent; ending its turn", shared.id);
+    let message = "kiln: Kiln stopped right after this prompt and the agent never acknowledged it; send it again";
+    let mut p = Pending::inbound(json!({"jsonrpc": "2.0", "id": id, "error": {"code": -32603, "message": message}}), None);
+    p.purpose = Some("kiln");
+    let _ = shared.record(&mut live, vec![p]).await;
+}
+
 /// What the reader decided after a batch.
 enum Next {
     More,
@@ -768,6 +795,8 @@ impl Actor for SessionActor {
                 });
                 if matches!(status, SessionStatus::Ready | SessionStatus::Prompting) {
                     start_reader(&act.reader, &shared);
+                    let grace = Duration::from_millis(act.kiln.config.sessions.undelivered_grace_ms);
+                    actix::spawn(after_start(shared.clone(), grace));
                 }
                 act.shared = Some(shared);
             },

@@ -153,6 +153,12 @@ pub struct SessionView {
     pub pending_permissions: Vec<PendingPermission>,
     /// The id of the `session/prompt` in flight, if any.
     pub prompt_in_flight: Option<Value>,
+    /// The journal cursor of that prompt.
+    #[serde(skip)]
+    pub prompt_seq: Option<u64>,
+    /// The journal cursor of the last envelope from the agent.
+    #[serde(skip)]
+    pub last_in_seq: u64,
     pub stop_reason: Option<String>,
     pub current_mode: Option<String>,
     pub usage: Option<Value>,
@@ -216,6 +222,14 @@ impl SessionView {
         self.prompt_in_flight.is_some()
     }
 
+    /// The prompt in flight, if nothing from the agent has been journaled since
+    /// it was sent (no sign that the agent got it).
+    pub fn unacknowledged_prompt(&self) -> Option<(Value, u64)> {
+        let seq = self.prompt_seq?;
+        let id = self.prompt_in_flight.clone()?;
+        (self.last_in_seq < seq).then_some((id, seq))
+    }
+
     /// Applies one entry; answers what it changed.
     pub fn apply(&mut self, e: &Entry) -> Vec<Change> {
         self.seq = self.seq.max(e.seq);
@@ -247,6 +261,7 @@ impl SessionView {
                 let text = prompt_text(&env["params"]["prompt"], preamble);
                 self.items.push(Item::User { text, seq: e.seq });
                 self.prompt_in_flight = Some(id.clone());
+                self.prompt_seq = Some(e.seq);
                 changes.push(Change::TurnStarted);
             }
             (Some("session/new"), Some(_)) if e.purpose.as_deref() == Some("restore") => self.preamble_due = true,
@@ -273,6 +288,7 @@ impl SessionView {
     }
 
     fn apply_in(&mut self, e: &Entry) -> Vec<Change> {
+        self.last_in_seq = self.last_in_seq.max(e.seq);
         let env = &e.envelope;
         let mut changes = Vec::new();
         let id = env.get("id").filter(|i| !i.is_null());
@@ -599,6 +615,20 @@ mod tests {
         assert_eq!(answered.len(), 2);
         assert_eq!(answered[0]["optionId"], "allow-once");
         assert!(v.pending_permissions.is_empty());
+    }
+
+    #[test]
+    fn a_prompt_is_unacknowledged_until_the_agent_sends_anything() {
+        let mut j = J::new();
+        j.out(prompt(1, "a"));
+        assert_eq!(j.view().unacknowledged_prompt(), Some((json!(1), 1)));
+        j.update(json!({"sessionUpdate":"agent_thought_chunk","content":{"type":"text","text":"hm"}}));
+        assert_eq!(j.view().unacknowledged_prompt(), None, "the agent is on it");
+        j.sse(json!({"jsonrpc":"2.0","id":1,"result":{"stopReason":"end_turn"}}));
+        j.out(prompt(2, "b"));
+        assert_eq!(j.view().unacknowledged_prompt(), Some((json!(2), 4)));
+        j.sse(json!({"jsonrpc":"2.0","id":2,"result":{"stopReason":"end_turn"}}));
+        assert_eq!(j.view().unacknowledged_prompt(), None, "no turn in flight");
     }
 
     #[test]
