@@ -54,8 +54,9 @@
 //! - §1.8: the scripted agent and the DELETE-hang switch.
 //!
 //! The scripted agent chooses a script from the prompt's text (lower-cased, the
-//! text blocks joined with `\n`), checking in this order: `permission`, `wait`,
-//! `flood <N>`, `fail`, else the default turn (thought, plan, a tool call
+//! text blocks joined with `\n`), checking in this order: `read file` (an
+//! `fs/read_text_file` request to the client, whose answer or error it reports
+//! as its reply), `permission`, `wait`, `flood <N>`, `fail`, else the default turn (thought, plan, a tool call
 //! pending → in_progress → completed, `"Hello"` + `" world"`, `end_turn`). A
 //! session's conversation is kept for the whole server process, so a session can
 //! be loaded (`session/load`, on `fake-load`) on a fresh instance; an agent
@@ -1034,6 +1035,8 @@ impl Drop for TurnGuard {
 /// The prompt scripts (see the module docs).
 enum Script {
     Default,
+    /// An `fs/read_text_file` request to the client (which said it cannot).
+    ReadFile,
     Permission,
     Wait,
     Flood(u64),
@@ -1042,6 +1045,9 @@ enum Script {
 
 fn choose_script(text: &str) -> Script {
     let text = text.to_lowercase();
+    if text.contains("read file") {
+        return Script::ReadFile;
+    }
     if text.contains("permission") {
         return Script::Permission;
     }
@@ -1121,6 +1127,15 @@ async fn prompt(agent: &Agent, params: &Value) -> Option<Result<Value, RpcError>
             agent.chunk(session, "agent_message_chunk", "Hello", Some(&message))?;
             agent.chunk(session, "agent_message_chunk", " world", Some(&message))?;
             ("Hello world".to_string(), end("end_turn"))
+        }
+        Script::ReadFile => {
+            let answer = agent.ask("fs/read_text_file", json!({"sessionId": session, "path": "/src/lib.rs"})).await?;
+            let said = match answer.get("error") {
+                Some(err) => format!("cannot read: {}", err["message"].as_str().unwrap_or("error")),
+                None => format!("read {}", answer["result"]["content"].as_str().unwrap_or("")),
+            };
+            agent.chunk(session, "agent_message_chunk", &said, Some(&message))?;
+            (said, end("end_turn"))
         }
         Script::Permission => {
             agent.update(session, tool("pending"))?;

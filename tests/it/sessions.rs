@@ -592,3 +592,16 @@ async fn a_prompt_that_never_reached_the_agent_ends_its_turn_after_a_restart() {
     s.prompt(&sid, "once more").await;
     s.wait_turn(&sid, "end_turn").await;
 }
+
+#[actix_rt::test]
+async fn requests_kiln_does_not_serve_are_refused_so_the_agent_goes_on() {
+    let s = Setup::new(&[]).await;
+    let sid = s.open("fake").await;
+    s.prompt(&sid, "read file please").await;
+    s.wait_turn(&sid, "end_turn").await;
+    let t = s.transcript(&sid).await;
+    let reply = items_of(&t, "agent")[0]["text"].as_str().unwrap().to_string();
+    assert!(reply.starts_with("cannot read:") && reply.contains("fs/read_text_file"), "{reply}");
+    let refusal = s.received(&sid).await.into_iter().find(|e| e["error"]["code"] == -32601).expect("refusal");
+    assert_eq!(refusal["id"], 1000);
+}

@@ -388,6 +388,20 @@ impl Shared {
         }
     }
 
+    /// Answers the agent's requests Kiln does not serve (`fs/*`, `terminal/*`:
+    /// `initialize` advertised neither) with "method not found", so the agent
+    /// does not wait for an answer that never comes.
+    async fn refuse_unsupported(&self, live: &mut Live) {
+        for (id, method) in live.view.unsupported_requests.clone() {
+            let message = format!("Kiln does not serve `{method}` (its initialize advertised no such capability)");
+            let answer = json!({"jsonrpc": "2.0", "id": id, "error": {"code": -32601, "message": message}});
+            if let Err(e) = self.notify(live, answer).await {
+                log::warn!("session {}: answering `{method}` failed: {e}", self.id);
+                return;
+            }
+        }
+    }
+
     /// Opens an ACP instance for the session: a new one on create, the next
     /// generation on restore. Answers how it was restored, if it was.
     async fn open(self: &Rc<Self>, live: &mut Live, restore: bool) -> AppResult<Option<&'static str>> {
@@ -613,6 +627,11 @@ async fn read_loop(shared: Rc<Shared>) {
             }
         };
         failures = 0;
+        {
+            // A request journaled just before Kiln stopped is not replayed: answer it now.
+            let mut live = shared.live.lock().await;
+            shared.refuse_unsupported(&mut live).await;
+        }
         let mut last = cursor;
         while let Some(first) = stream.next().await {
             let mut batch = vec![first];
@@ -669,7 +688,10 @@ async fn ingest(shared: &Rc<Shared>, server: &str, messages: Vec<SseMessage>) ->
     live.last_ingest = std::time::Instant::now();
     match shared.record(&mut live, items).await {
         Ok(_) if live.status == SessionStatus::Lost => Next::Stop,
-        Ok(_) => Next::More,
+        Ok(_) => {
+            shared.refuse_unsupported(&mut live).await;
+            Next::More
+        }
         Err(e) => {
             // Not journaled: read it again from the persisted cursor.
             log::warn!("session {}: journaling failed ({e}); resuming from the cursor", shared.id);

@@ -151,6 +151,10 @@ pub struct SessionView {
     /// The current plan's entries (a `plan` update replaces the whole list).
     pub plan: Option<Value>,
     pub pending_permissions: Vec<PendingPermission>,
+    /// Other requests from the agent (`fs/*`, `terminal/*`, …) not answered yet:
+    /// Kiln advertises none of those capabilities and answers them with an error.
+    #[serde(skip)]
+    pub unsupported_requests: Vec<(Value, String)>,
     /// The id of the `session/prompt` in flight, if any.
     pub prompt_in_flight: Option<Value>,
     /// The journal cursor of that prompt.
@@ -268,6 +272,7 @@ impl SessionView {
             (None, Some(id)) => {
                 // Kiln's answer to an agent request (a permission).
                 let key = id_key(id);
+                self.unsupported_requests.retain(|(i, _)| id_key(i) != key);
                 let before = self.pending_permissions.len();
                 self.pending_permissions.retain(|p| id_key(&p.id) != key);
                 if let Some(Item::Permission { outcome, .. }) = self
@@ -326,7 +331,12 @@ impl SessionView {
                     changes.push(Change::AwaitingInput(false));
                 }
                 self.outstanding.clear();
+                self.unsupported_requests.clear();
                 changes.push(Change::AgentExited { detail });
+            }
+            Some(method) if id.is_some() => {
+                let id = id.cloned().unwrap_or(Value::Null);
+                self.unsupported_requests.push((id, method.to_string()));
             }
             Some(_) => {}
             None => {
@@ -629,6 +639,19 @@ mod tests {
         assert_eq!(j.view().unacknowledged_prompt(), Some((json!(2), 4)));
         j.sse(json!({"jsonrpc":"2.0","id":2,"result":{"stopReason":"end_turn"}}));
         assert_eq!(j.view().unacknowledged_prompt(), None, "no turn in flight");
+    }
+
+    #[test]
+    fn other_agent_requests_wait_for_an_answer() {
+        let mut j = J::new();
+        j.out(prompt(1, "a"));
+        j.sse(json!({"jsonrpc":"2.0","id":7,"method":"fs/read_text_file","params":{"path":"/x"}}));
+        j.sse(json!({"jsonrpc":"2.0","id":8,"method":"terminal/create","params":{}}));
+        let v = j.view();
+        assert_eq!(v.unsupported_requests, [(json!(7), "fs/read_text_file".to_string()), (json!(8), "terminal/create".to_string())]);
+        assert!(v.pending_permissions.is_empty(), "not permissions");
+        j.out(json!({"jsonrpc":"2.0","id":7,"error":{"code":-32601,"message":"no"}}));
+        assert_eq!(j.view().unsupported_requests.len(), 1);
     }
 
     #[test]
