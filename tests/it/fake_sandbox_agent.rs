@@ -29,6 +29,17 @@ pub fn fake_sandbox_agent_bin() -> PathBuf {
             bin.display()
         );
     }
+    // `cargo test --test it` does not rebuild examples: refuse a stale fake.
+    let source = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fake_sandbox_agent.rs");
+    let modified = |p: &PathBuf| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    if let (Some(src), Some(built)) = (modified(&source), modified(&bin)) {
+        assert!(
+            built >= src,
+            "the fake sandbox-agent at {} is older than tests/fake_sandbox_agent.rs: \
+             run `cargo build --example fake-sandbox-agent` (plain `cargo test` rebuilds it)",
+            bin.display()
+        );
+    }
     bin
 }
 
