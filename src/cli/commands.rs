@@ -426,6 +426,12 @@ async fn show(ctx: &Ctx, task: &str, json: bool) -> CliResult<()> {
         println!("{key:<14}{}", field(&res, key));
     }
     println!("{:<14}{}", "created", created(&res));
+    if res["awaiting_input"] == true {
+        println!("{:<14}yes: a session waits for a permission answer (`kiln session show`)", "awaiting");
+    }
+    for s in res["sessions"].as_array().cloned().unwrap_or_default() {
+        println!("{:<14}{} {} {}", "session", field(&s, "id"), field(&s, "agent"), field(&s, "status"));
+    }
     println!("\n{}", field(&res, "description"));
     Ok(())
 }

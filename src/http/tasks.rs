@@ -14,7 +14,7 @@ use crate::actors::organization::SANDBOX_PROVIDERS as PROVIDERS;
 use crate::actors::task::state::{TaskInput, TaskStatus, ACTIONS};
 use crate::actors::task::{ApplyAction, CreateTask};
 use crate::actors::Kiln;
-use crate::db::models::{PullRequest, SandboxInstance, Task, TaskRuntime};
+use crate::db::models::{PullRequest, SandboxInstance, Task, TaskRuntime, TaskSession};
 use crate::db::queries::{self, TaskFilter};
 use crate::error::{AppError, AppResult};
 use crate::util::random_hex;
@@ -55,6 +55,8 @@ struct TaskDetail {
     runtime: Option<TaskRuntime>,
     sandbox: Option<SandboxInstance>,
     pull_request: Option<PullRequest>,
+    /// Its ACP sessions, oldest first.
+    sessions: Vec<TaskSession>,
 }
 
 pub async fn create(
@@ -200,17 +202,18 @@ pub async fn get(kiln: web::Data<Kiln>, caller: Caller, path: web::Path<(String,
     caller.require_org(&org)?;
     let (task, repo) = task_or_404(&kiln, &org, &id).await?;
     let (task_id, repo_id, branch) = (task.id.clone(), task.repo_id, task.branch.clone());
-    let (runtime, sandbox, pull_request) = kiln
+    let (runtime, sandbox, pull_request, sessions) = kiln
         .db
         .read(move |c| {
             Ok((
                 queries::task_runtime(c, &task_id)?,
                 queries::task_sandbox(c, &task_id)?,
                 queries::task_pull_request(c, repo_id, &branch)?,
+                queries::task_sessions(c, &task_id)?,
             ))
         })
         .await?;
-    Ok(HttpResponse::Ok().json(TaskDetail { task: TaskView { task, repo }, runtime, sandbox, pull_request }))
+    Ok(HttpResponse::Ok().json(TaskDetail { task: TaskView { task, repo }, runtime, sandbox, pull_request, sessions }))
 }
 
 /// `POST …/tasks/{task}/{action}`: runs the action through the task's actor.

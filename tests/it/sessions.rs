@@ -198,6 +198,7 @@ async fn a_permission_request_sets_awaiting_input_until_answered() {
     let request = pending["request"].as_str().expect("request").to_string();
     let task = s.c.get(&format!("/v1/organizations/default/tasks/{}", s.task)).await;
     assert_eq!(task.body["awaiting_input"], true, "the task shows it too");
+    assert_eq!(task.body["sessions"][0]["awaiting_input"], true, "and its sessions");
     let events = s.c.events_since("default", 0).await;
     assert!(events.iter().any(|e| e["kind"] == "task.awaiting_input" && e["data"]["awaiting_input"] == true));
 
