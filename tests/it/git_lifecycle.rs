@@ -470,3 +470,30 @@ fn the_kiln_binary_answers_gits_askpass_prompts_from_its_environment() {
     assert_eq!(ask("Password for 'https://x-access-token@github.com': ", Some("ghs_secret")), (Some(0), "ghs_secret".into()));
     assert_eq!(ask("Password: ", None).0, Some(1), "no token, no answer");
 }
+
+#[actix_web::test]
+async fn on_idle_commit_alone_commits_with_an_event() {
+    let s = setup(None, &[]).await;
+    let r = s
+        .c
+        .put("/v1/organizations/default/repos/origin/settings", json!({"automation": {"on_idle": {"commit": true}}}))
+        .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let t = s.c.create_task_with("default", json!({"repo": "origin", "description": "commit me", "agent": "quick"})).await;
+    let id = t["id"].as_str().unwrap().to_string();
+    s.c.wait_status("default", &id, "running").await;
+    let worktree = s.server.data_dir().join(format!("worktrees/default/origin/{id}"));
+    std::fs::write(worktree.join("auto.txt"), "written by the agent\n").unwrap();
+    let committed = eventually(WAIT, "task.committed", || {
+        let c = s.c.clone();
+        let id = id.clone();
+        async move {
+            let events = c.events_since("default", 0).await;
+            events.into_iter().find(|e| e["kind"] == "task.committed" && e["task"] == id.as_str())
+        }
+    })
+    .await;
+    let sha = committed["data"]["sha"].as_str().unwrap();
+    assert_eq!(git(&worktree, &["rev-parse", "HEAD"]), sha);
+    assert!(git(&worktree, &["status", "--porcelain"]).is_empty(), "everything committed");
+}

@@ -401,14 +401,8 @@ pub(super) async fn on_idle(ctx: &TaskCtx, task: &Task) -> AppResult<()> {
         result = if auto.push {
             super::git_ops::push(ctx, task, &repo, &worktree, commit).await.map(|_| ()).map_err(|e| ("push", e))
         } else {
-            let dir = worktree.clone();
             let message = commit.unwrap_or_default();
-            crate::db::pool::blocking(move || {
-                crate::integrations::git::commit_all(&dir, &message).map_err(|e| crate::db::DbError::Blocking(e.message()))
-            })
-            .await
-            .map(|_| ())
-            .map_err(|e| ("commit", AppError::from(e)))
+            super::git_ops::commit_all(ctx, &worktree, message).await.map(|_| ()).map_err(|e| ("commit", e))
         };
     }
     if result.is_ok() && auto.draft_pr {

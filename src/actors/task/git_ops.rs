@@ -102,16 +102,25 @@ fn git_failure(code: &'static str, err: GitError) -> AppError {
     }
 }
 
+/// Commits everything uncommitted in the worktree (`task.committed` when there
+/// was something); answers the new commit.
+pub async fn commit_all(ctx: &TaskCtx, worktree: &Path, message: String) -> AppResult<Option<String>> {
+    let dir = worktree.to_path_buf();
+    match git_call(move || git::commit_all(&dir, &message)).await? {
+        Ok(Some(sha)) => {
+            ctx.kiln.emit_one(&ctx.org, ctx.event("task.committed", json!({"sha": sha}))).await?;
+            Ok(Some(sha))
+        }
+        Ok(None) => Ok(None),
+        Err(e) => Err(git_failure("commit_failed", e)),
+    }
+}
+
 /// Commits (when asked) and pushes the task branch to origin with upstream set.
 pub async fn push(ctx: &TaskCtx, task: &Task, repo: &Repo, worktree: &Path, commit: Option<String>) -> AppResult<String> {
     let creds = github_for(ctx, repo).await.ok().flatten().map(|(_, c)| c);
     if let Some(message) = commit.filter(|m| !m.trim().is_empty()) {
-        let dir = worktree.to_path_buf();
-        match git_call(move || git::commit_all(&dir, &message)).await? {
-            Ok(Some(sha)) => ctx.kiln.emit_one(&ctx.org, ctx.event("task.committed", json!({"sha": sha}))).await.map(|_| ())?,
-            Ok(None) => {}
-            Err(e) => return Err(git_failure("commit_failed", e)),
-        }
+        commit_all(ctx, worktree, message).await?;
     }
     let (dir, branch) = (worktree.to_path_buf(), task.branch.clone());
     match git_call(move || git::push(&dir, &branch, creds.as_ref())).await? {
