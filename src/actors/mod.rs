@@ -83,6 +83,9 @@ pub struct Kiln {
     /// Becomes `true` when the server begins to shut down; long-lived sessions
     /// (terminal attaches) close themselves on it.
     pub shutdown: Arc<tokio::sync::watch::Sender<bool>>,
+    /// One lock per repository mirror: git work that writes to it (push, sync,
+    /// merge, commit, the poller's fetch) runs one at a time across its tasks.
+    pub git_locks: Arc<std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
 }
 
 impl Kiln {
@@ -198,6 +201,15 @@ impl Kiln {
     pub async fn emit_one(&self, org: &str, event: NewEvent) -> AppResult<i64> {
         let ids = self.emit(org, vec![event]).await?;
         ids.first().copied().ok_or_else(|| AppError::bug("history answered no id"))
+    }
+
+    /// Waits for the git lock of a repository's mirror (see `git_locks`).
+    pub async fn lock_git(&self, mirror: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = {
+            let mut locks = self.git_locks.lock().unwrap_or_else(|e| e.into_inner());
+            locks.entry(mirror.to_string()).or_default().clone()
+        };
+        lock.lock_owned().await
     }
 
     /// Where a repository's bare mirror lives.

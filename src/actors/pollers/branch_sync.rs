@@ -51,6 +51,8 @@ impl BranchSyncPoller {
             let plan = kiln.repository(&org, &repo).send(PlanBranchPoll {}).await??;
             let Some(plan) = plan else { return Ok(None) };
             let creds = plan.credentials.clone();
+            // A fetch writes the mirror's refs: it waits for the tasks' git work.
+            let _git = if fetch_due { Some(kiln.lock_git(&plan.mirror.to_string_lossy()).await) } else { None };
             let branches = blocking(move || Ok(observe(&plan.mirror, &plan.default_branch, &plan.worktrees, fetch_due, creds.as_ref())))
                 .await?
                 .map_err(|e: git::GitError| AppError::BadGateway { code: "git_failed", message: e.message() })?;

@@ -259,6 +259,7 @@ pub async fn apply(ctx: TaskCtx, input: TaskInput, text: Option<String>, params:
             Effect::DescribeSandbox => sandbox = Some(ctx.handle(&task, &repo)?),
             Effect::Git(op) => {
                 let worktree = ctx.handle(&task, &repo)?.path;
+                let _git = ctx.kiln.lock_git(&repo.mirror_path).await;
                 match op {
                     GitOp::Push => {
                         super::git_ops::push(&ctx, &task, &repo, &worktree, params.commit.clone()).await?;
@@ -394,6 +395,7 @@ pub(super) async fn on_idle(ctx: &TaskCtx, task: &Task) -> AppResult<()> {
         return Ok(());
     }
     let worktree = ctx.handle(task, &repo)?.path;
+    let _git = ctx.kiln.lock_git(&repo.mirror_path).await;
     let commit = auto.commit.then(|| format!("kiln: work in progress on {}", task.title));
     let mut result = Ok(());
     if auto.push || auto.commit {
