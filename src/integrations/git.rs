@@ -321,6 +321,17 @@ pub fn rev_parse(dir: &Path, rev: &str) -> Result<String, GitError> {
     run(dir, &["rev-parse", "--verify", "--quiet", &format!("{rev}^{{commit}}")])
 }
 
+/// Whether `ancestor` is an ancestor of (or the same commit as) `descendant`.
+/// An object this repository does not have answers `false`.
+pub fn is_ancestor(dir: &Path, ancestor: &str, descendant: &str) -> Result<bool, GitError> {
+    let (Ok(a), Ok(d)) = (rev_parse(dir, ancestor), rev_parse(dir, descendant)) else { return Ok(false) };
+    match run(dir, &["merge-base", &a, &d]) {
+        Ok(base) => Ok(base.trim() == a),
+        Err(GitError::Missing(m)) => Err(GitError::Missing(m)),
+        Err(_) => Ok(false),
+    }
+}
+
 /// How many files differ from HEAD in a worktree (tracked changes and untracked files).
 pub fn dirty_count(worktree: &Path) -> Result<usize, GitError> {
     // A read for a poller: it must never take the worktree's index lock, which

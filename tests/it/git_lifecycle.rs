@@ -176,6 +176,23 @@ async fn a_pull_request_is_opened_or_adopted_and_a_moved_head_is_not_merged() {
     assert_eq!((r.status, r.code()), (409, "head_moved"), "{r:?}");
     assert_eq!(gh.pull(FULL, existing)["merged"], false);
     assert_eq!(s.c.get(&format!("/v1/organizations/default/tasks/{id}")).await.body["status"], "running");
+
+    // After a sync the task is ahead of GitHub: Kiln says to push, not that GitHub moved.
+    let r = act(&s.c, &id, "sync", json!({"mode": "merge"})).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let worktree = s.server.data_dir().join(format!("worktrees/default/origin/{id}"));
+    git(&worktree, &["pull", "--no-rebase", "--no-edit", "-q", "origin", &branch]);
+    std::fs::write(worktree.join("local.txt"), "not pushed\n").unwrap();
+    git(&worktree, &["add", "local.txt"]);
+    git(&worktree, &["commit", "-q", "-m", "local only"]);
+    let r = act(&s.c, &id, "merge", json!({"method": "squash"})).await;
+    assert_eq!((r.status, r.code()), (409, "unpushed_commits"), "{r:?}");
+    assert_eq!(gh.pull(FULL, existing)["merged"], false);
+    let r = act(&s.c, &id, "push", json!({})).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let r = act(&s.c, &id, "merge", json!({"method": "squash"})).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(gh.pull(FULL, existing)["merged"], true);
 }
 
 #[actix_web::test]

@@ -262,6 +262,23 @@ pub async fn merge(ctx: &TaskCtx, task: &Task, repo: &Repo, worktree: &Path, met
                     None => return Err(AppError::conflict("no_pull_request", "the task has no open pull request: open one with `pr` first")),
                 },
             };
+            // GitHub merges only the head it was told; say clearly when that is
+            // not what the worktree holds.
+            let pr_head = gh.get_pull(number).await.map_err(github_error)?["head"]["sha"].as_str().unwrap_or_default().to_string();
+            if !pr_head.is_empty() && pr_head != head {
+                let (dir, remote, local) = (worktree.to_path_buf(), pr_head.clone(), head.clone());
+                let ahead = git_call(move || git::is_ancestor(&dir, &remote, &local)).await?.unwrap_or(false);
+                let err = if ahead {
+                    AppError::conflict("unpushed_commits", "the task has commits that are not pushed yet: push, then merge")
+                } else {
+                    AppError::conflict(
+                        "head_moved",
+                        format!("the pull request's head on GitHub ({pr_head}) is not the task's HEAD ({head}): sync (or push), then merge again"),
+                    )
+                };
+                ctx.kiln.emit_one(&ctx.org, ctx.event("task.merge_failed", json!({"error": err.to_string()}))).await?;
+                return Err(err);
+            }
             let merged = gh.merge_pull(number, &method, &head, &task.title).await;
             let merged = match merged {
                 Ok(m) => m,
@@ -271,8 +288,19 @@ pub async fn merge(ctx: &TaskCtx, task: &Task, repo: &Repo, worktree: &Path, met
                     return Err(err);
                 }
             };
-            let pr = gh.get_pull(number).await.map_err(github_error)?;
-            ctx.kiln.repository(&ctx.org, &ctx.repo).send(UpsertPullRequest { row: pull_row(repo.id, &pr) }).await??;
+            // The merge happened: recording the PR's new state is best effort (the
+            // PR poller catches up), and never turns the merge into an error.
+            let recorded = match gh.get_pull(number).await {
+                Ok(pr) => match ctx.kiln.repository(&ctx.org, &ctx.repo).send(UpsertPullRequest { row: pull_row(repo.id, &pr) }).await {
+                    Ok(Ok(_)) => Ok(()),
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Err(e) => Err(e.to_string()),
+                },
+                Err(e) => Err(e.to_string()),
+            };
+            if let Err(e) = recorded {
+                log::warn!("task {}: merged PR #{number}, but recording its state failed: {e}", task.id);
+            }
             merged["sha"].as_str().unwrap_or_default().to_string()
         }
         None => {
