@@ -75,6 +75,7 @@
 //!   its sessions are kept (a dead agent comes back without sessions).
 //! - `POST /_fake/emit/{id}` with any JSON body: broadcast as-is; answers
 //!   `{"eventId": N}`.
+//! - `GET  /_fake/env`: the server's environment (what its agents inherit).
 //! - `GET  /_fake/subscribers/{id}`: `{"subscribers": n}`, the open SSE
 //!   subscriptions after dropping disconnected ones.
 //!
@@ -239,6 +240,7 @@ fn serve(config: Config) -> std::io::Result<()> {
                         .route(web::delete().to(acp_delete)),
                 )
                 .route("/_fake/received", web::get().to(fake_received))
+                .route("/_fake/env", web::get().to(fake_env))
                 .route("/_fake/delete_hangs", web::post().to(fake_delete_hangs))
                 .route("/_fake/exit/{server_id}", web::post().to(fake_exit))
                 .route("/_fake/reset/{server_id}", web::post().to(fake_reset))
@@ -760,6 +762,13 @@ async fn acp_delete(path: web::Path<String>, shared: web::Data<Shared>) -> HttpR
 
 async fn fake_received(shared: web::Data<Shared>) -> HttpResponse {
     json_ok(Value::Array(shared.lock().received.clone()))
+}
+
+/// The server's environment, as its agents would inherit it.
+async fn fake_env() -> HttpResponse {
+    let env: serde_json::Map<String, Value> =
+        std::env::vars().map(|(k, v)| (k, Value::String(v))).collect();
+    json_ok(Value::Object(env))
 }
 
 async fn fake_delete_hangs(body: Bytes, shared: web::Data<Shared>) -> HttpResponse {

@@ -51,7 +51,15 @@ fn start_agent_server(req: &EnsureAgent, restarted: bool) -> ProviderResult<Agen
         .open(state_dir.join("sandbox-agent.log"))
         .map_err(|e| io_error("opening the sandbox-agent log", e))?;
     let log2 = log.try_clone().map_err(|e| io_error("opening the sandbox-agent log", e))?;
-    let mut cmd = server_command(&req.bin, "127.0.0.1", port, Some(&token), &req.env);
+    let mut cmd = server_command(&req.bin, "127.0.0.1", port, Some(&token), &[]);
+    // The server's own settings (KILN_*) are none of the agents' business; the
+    // profile's env and the organization's secrets are (as for the terminal).
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("KILN_") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd.envs(req.env.iter().map(|(k, v)| (k, v)));
     cmd.current_dir(&req.handle.path).stdin(std::process::Stdio::null()).stdout(log).stderr(log2);
     // SAFETY: setsid is async-signal-safe; the server outlives Kiln like the terminal host.
     unsafe {

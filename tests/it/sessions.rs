@@ -606,3 +606,17 @@ async fn requests_kiln_does_not_serve_are_refused_so_the_agent_goes_on() {
     let refusal = s.received(&sid).await.into_iter().find(|e| e["error"]["code"] == -32601).expect("refusal");
     assert_eq!(refusal["id"], 1000);
 }
+
+#[actix_rt::test]
+async fn the_sandbox_agent_server_gets_the_organizations_secrets_and_no_kiln_settings() {
+    let s = Setup::new(&[]).await;
+    let r = s.c.put("/v1/organizations/default/providers/worktree", json!({"secrets": {"ACME_API_KEY": "s3cret"}})).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    s.open("fake").await;
+    let env = s.fake().get("/_fake/env").await.body;
+    assert_eq!(env["ACME_API_KEY"], "s3cret", "agents need their credentials");
+    assert_eq!(env["KILN_TASK"], s.task.as_str());
+    let leaked: Vec<&String> = env.as_object().unwrap().keys().filter(|k| k.starts_with("KILN_") && *k != "KILN_TASK").collect();
+    assert!(leaked.is_empty(), "the server's own settings stay out: {leaked:?}");
+    assert!(env["SANDBOX_AGENT_ACP_REQUEST_TIMEOUT_MS"].as_str().is_some(), "the raised ACP timeout is kept");
+}

@@ -113,14 +113,20 @@ async fn launch_spec(ctx: &TaskCtx, task: &Task, resume: bool) -> AppResult<Laun
             PromptMode::None => {}
         }
     }
-    let mut env: Vec<(String, String)> = profile.env.into_iter().collect();
+    let env = agent_env(ctx, task, profile.env.into_iter().collect()).await?;
+    Ok(LaunchSpec { argv, env, initial_input })
+}
+
+/// What an agent's environment gets: `base` (the profile's env), then the
+/// organization's provider secrets, then `KILN_TASK`.
+async fn agent_env(ctx: &TaskCtx, task: &Task, mut env: Vec<(String, String)>) -> AppResult<Vec<(String, String)>> {
     let (o, p) = (ctx.org.clone(), task.provider.clone());
     if let Some((_, secrets, _)) = ctx.kiln.db.read(move |c| queries::provider_profile(c, &o, &p)).await? {
         let secrets: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&secrets).unwrap_or_default();
         env.extend(secrets.into_iter().filter_map(|(k, v)| v.as_str().map(|v| (k, v.to_string()))));
     }
     env.push(("KILN_TASK".into(), task.id.clone()));
-    Ok(LaunchSpec { argv, env, initial_input })
+    Ok(env)
 }
 
 /// The sandbox-agent binary, or a 4xx that says how to install it.
@@ -149,7 +155,8 @@ pub(super) async fn ensure_agent_server(
     }
     let bin = sandbox_agent_bin(ctx)?;
     let provider = ctx.kiln.providers.get(&task.provider)?;
-    let env: Vec<(String, String)> = profile.map(|p| p.env.clone().into_iter().collect()).unwrap_or_default();
+    let base: Vec<(String, String)> = profile.map(|p| p.env.clone().into_iter().collect()).unwrap_or_default();
+    let env = agent_env(ctx, task, base).await?;
     let endpoint = provider.ensure_agent(crate::providers::EnsureAgent { handle: handle.clone(), bin, env }).await?;
     if endpoint.fresh {
         let kind = if endpoint.restarted { "sandbox.agent_restarted" } else { "sandbox.agent_started" };
