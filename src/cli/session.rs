@@ -194,7 +194,7 @@ async fn stream_turn(ctx: &Ctx, task: &str, session: &str, accepted: &Value, jso
     let mut since = accepted["event_id"].as_i64().unwrap_or(0);
     let stdout = std::io::stdout();
     loop {
-        let mut ws = connect_with_retry(ctx, &format!("/stream?since={since}")).await?;
+        let mut ws = connect_with_retry(ctx, &format!("/stream?since={since}&session={}", enc(session))).await?;
         while let Some(frame) = ws.next().await {
             let bytes = match frame? {
                 awc::ws::Frame::Text(bytes) => bytes,

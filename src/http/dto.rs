@@ -98,6 +98,10 @@ pub struct EventsQuery {
 #[serde(deny_unknown_fields)]
 pub struct StreamQuery {
     pub since: Option<i64>,
+    /// Only this task's events.
+    pub task: Option<String>,
+    /// Only this ACP session's events.
+    pub session: Option<String>,
     /// The token, for clients that cannot send headers (read by the auth extractor).
     pub access_token: Option<String>,
 }

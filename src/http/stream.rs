@@ -1,4 +1,5 @@
-//! `WS /v1/organizations/{org}/stream?since=N`: the live event stream.
+//! `WS /v1/organizations/{org}/stream?since=N[&task=T][&session=S]`: the live
+//! event stream, optionally of one task or one ACP session only.
 //!
 //! The session subscribes to the HistoryActor *first*, then replays the history
 //! after `since` from the database, then forwards live events, dropping any id it
@@ -50,9 +51,12 @@ pub async fn connect(
     let history = kiln.history(&org);
     let subscription = history.send(Subscribe {}).await?;
     let sub_id = subscription.id;
+    let query = query.into_inner();
     let session = StreamSession {
         kiln: kiln.get_ref().clone(),
         org: org.clone(),
+        task: query.task,
+        session: query.session,
         subscription: Some(subscription),
         sub_id,
         last_sent: since.unwrap_or(0),
@@ -68,6 +72,9 @@ pub async fn connect(
 struct StreamSession {
     kiln: Kiln,
     org: String,
+    /// Only events of this task / this session, when set.
+    task: Option<String>,
+    session: Option<String>,
     subscription: Option<Subscription>,
     sub_id: u64,
     /// The highest event id sent; nothing at or below it is sent again.
@@ -80,7 +87,13 @@ impl StreamSession {
     fn replay_page(&mut self, ctx: &mut ws::WebsocketContext<Self>) {
         let db = self.kiln.db.clone();
         let org = self.org.clone();
-        let filter = EventFilter { since: self.last_sent, limit: REPLAY_PAGE, ..Default::default() };
+        let filter = EventFilter {
+            since: self.last_sent,
+            limit: REPLAY_PAGE,
+            task: self.task.clone(),
+            session: self.session.clone(),
+            ..Default::default()
+        };
         let load = async move { db.read(move |c| queries::events_list(c, &org, &filter)).await };
         ctx.wait(load.into_actor(self).map(|rows, act, ctx| match rows {
             Ok(rows) => {
@@ -148,7 +161,11 @@ impl StreamHandler<Arc<Published>> for StreamSession {
     fn handle(&mut self, event: Arc<Published>, ctx: &mut Self::Context) {
         if event.id > self.last_sent {
             self.last_sent = event.id;
-            ctx.text(event.json.clone());
+            let wanted = self.task.as_ref().is_none_or(|t| event.task.as_ref() == Some(t))
+                && self.session.as_ref().is_none_or(|s| event.session.as_ref() == Some(s));
+            if wanted {
+                ctx.text(event.json.clone());
+            }
         }
     }
 

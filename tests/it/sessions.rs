@@ -620,3 +620,36 @@ async fn the_sandbox_agent_server_gets_the_organizations_secrets_and_no_kiln_set
     assert!(leaked.is_empty(), "the server's own settings stay out: {leaked:?}");
     assert!(env["SANDBOX_AGENT_ACP_REQUEST_TIMEOUT_MS"].as_str().is_some(), "the raised ACP timeout is kept");
 }
+
+#[actix_rt::test]
+async fn the_stream_can_follow_one_session() {
+    let s = Setup::new(&[]).await;
+    let first = s.open("fake").await;
+    let second = s.open("fake").await;
+    s.prompt(&first, "one").await;
+    s.wait_turn(&first, "end_turn").await;
+    s.prompt(&second, "two").await;
+    s.wait_turn(&second, "end_turn").await;
+    let expected: Vec<i64> = s
+        .c
+        .get(&format!("/v1/organizations/default/events?session={second}&limit=1000"))
+        .await
+        .body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["id"].as_i64().unwrap())
+        .collect();
+    let mut ws = s.c.ws(&format!("/v1/organizations/default/stream?since=0&session={second}")).await;
+    let got = ws.events(expected.len(), WAIT).await;
+    let ids: Vec<i64> = got.iter().map(|e| e["id"].as_i64().unwrap()).collect();
+    assert_eq!(ids, expected, "the replay holds that session's events only");
+    // Live: a turn of the other session is not sent; this one's is.
+    s.prompt(&first, "three").await;
+    s.wait_turn(&first, "end_turn").await;
+    s.prompt(&second, "four").await;
+    let live = ws.events(1, WAIT).await;
+    assert_eq!(live[0]["session"], second.as_str(), "{live:?}");
+    let r = s.c.get(&format!("/v1/organizations/default/stream?task={}", s.task)).await;
+    assert_eq!(r.status, 400, "not a WebSocket: {r:?}");
+}

@@ -90,6 +90,9 @@ impl From<EventRow> for Event {
 pub struct Published {
     pub id: i64,
     pub json: String,
+    /// For subscribers that filter (the stream's `task` and `session`).
+    pub task: Option<String>,
+    pub session: Option<String>,
 }
 
 /// Appends events; answers with their ids once they are persisted.
@@ -236,7 +239,14 @@ impl HistoryActor {
         }
         let published: Vec<Arc<Published>> = events
             .iter()
-            .map(|e| Arc::new(Published { id: e.id, json: serde_json::to_string(e).unwrap_or_default() }))
+            .map(|e| {
+                Arc::new(Published {
+                    id: e.id,
+                    json: serde_json::to_string(e).unwrap_or_default(),
+                    task: e.task.clone(),
+                    session: e.session.clone(),
+                })
+            })
             .collect();
         let metrics = self.kiln.metrics.clone();
         self.subscribers.retain(|_, sub| {
