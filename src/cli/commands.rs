@@ -515,7 +515,9 @@ async fn events(ctx: &Ctx, args: EventsArgs) -> CliResult<()> {
     // Reconnect with `since` whenever the server closes the stream (restart, or
     // this client fell behind): nothing is missed and nothing is shown twice.
     loop {
-        let mut ws = connect_with_retry(ctx, &format!("/stream?since={since}")).await?;
+        // The server filters by task; repo and kind are matched here.
+        let task_filter = args.task.as_deref().map(|t| format!("&task={}", enc(t))).unwrap_or_default();
+        let mut ws = connect_with_retry(ctx, &format!("/stream?since={since}{task_filter}")).await?;
         while let Some(frame) = ws.next().await {
             match frame? {
                 awc::ws::Frame::Text(bytes) => {
