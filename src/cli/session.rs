@@ -45,6 +45,9 @@ pub enum SessionCmd {
         #[structopt(required = true)]
         text: Vec<String>,
     },
+    /// Talk with a session: each line read is a prompt, the reply streams back,
+    /// and permission requests are asked on the terminal. Ctrl-D ends.
+    Chat { task: String, session: String },
     /// Cancel the turn in progress.
     Cancel { task: String, session: String },
     /// Answer a pending permission request with an option, or decline it.
@@ -123,8 +126,9 @@ pub async fn run(ctx: &Ctx, cmd: SessionCmd) -> CliResult<()> {
                 }
                 return Ok(());
             }
-            stream_turn(ctx, &task, &session, &res, json).await
+            stream_turn(ctx, &task, &session, &res, if json { Mode::Json } else { Mode::Text }).await
         }
+        SessionCmd::Chat { task, session } => chat(ctx, &task, &session).await,
         SessionCmd::Cancel { task, session } => {
             let res: Value = ctx.api.post(&path(ctx, &task, &format!("/{}/cancel", enc(&session))), &json!({})).await?;
             println!("cancelled ({} permission request(s) declined)", res["permissions_cancelled"]);
@@ -188,8 +192,88 @@ fn print_transcript(res: &Value) {
     }
 }
 
+/// How a turn is shown.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// The reply's text; permission requests say how to answer them.
+    Text,
+    /// The journal entries as JSON lines.
+    Json,
+    /// The reply's text; permission requests are asked on the terminal.
+    Chat,
+}
+
+/// One line from standard input (`None` at its end), read off the runtime.
+async fn read_line() -> CliResult<Option<String>> {
+    let read = actix_web::rt::task::spawn_blocking(|| {
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line).map(|n| (n > 0).then_some(line))
+    })
+    .await
+    .map_err(|e| CliError(format!("reading standard input: {e}")))?;
+    read.map_err(|e| CliError(format!("reading standard input: {e}")))
+}
+
+async fn chat(ctx: &Ctx, task: &str, session: &str) -> CliResult<()> {
+    eprintln!("session {session}: type a prompt and press Enter; Ctrl-D ends");
+    loop {
+        eprint!("> ");
+        let _ = std::io::stderr().flush();
+        let Some(line) = read_line().await? else {
+            eprintln!();
+            return Ok(());
+        };
+        let text = line.trim();
+        if text.is_empty() {
+            continue;
+        }
+        let url = path(ctx, task, &format!("/{}/prompt", enc(session)));
+        let turn = async {
+            let res: Value = ctx.api.post(&url, &json!({"text": text})).await?;
+            if let Some(how) = res["restored"].as_str() {
+                eprintln!("(the session was lost and has been restored with session/{how})");
+            }
+            stream_turn(ctx, task, session, &res, Mode::Chat).await
+        };
+        // A failed turn is said, and the conversation goes on.
+        if let Err(CliError(message)) = turn.await {
+            eprintln!("error: {message}");
+        }
+    }
+}
+
+/// Asks on the terminal which option answers a permission request, and sends it.
+async fn ask_permission(ctx: &Ctx, task: &str, session: &str, envelope: &Value) -> CliResult<()> {
+    let options = envelope["params"]["options"].as_array().cloned().unwrap_or_default();
+    let request = envelope["id"].as_str().map(str::to_string).unwrap_or_else(|| envelope["id"].to_string());
+    eprintln!("\n[permission] the agent asks for {}:", field(&envelope["params"]["toolCall"], "toolCallId"));
+    for (i, o) in options.iter().enumerate() {
+        eprintln!("  {}. {} ({})", i + 1, field(o, "name"), field(o, "optionId"));
+    }
+    eprint!("choose 1-{} (Enter declines): ", options.len());
+    let _ = std::io::stderr().flush();
+    let line = read_line().await?.unwrap_or_default();
+    let choice = line.trim();
+    let option = choice
+        .parse::<usize>()
+        .ok()
+        .and_then(|n| n.checked_sub(1))
+        .and_then(|i| options.get(i))
+        .map(|o| field(o, "optionId"))
+        .or_else(|| options.iter().map(|o| field(o, "optionId")).find(|id| id == choice));
+    let body = match &option {
+        Some(id) => json!({"option_id": id}),
+        None => json!({"outcome": "cancelled"}),
+    };
+    let url = path(ctx, task, &format!("/{}/permissions/{}", enc(session), enc(&request)));
+    let _: Value = ctx.api.post(&url, &body).await?;
+    eprintln!("[{}]", option.as_deref().unwrap_or("declined"));
+    Ok(())
+}
+
 /// Follows the stream from the prompt's event until the turn's response.
-async fn stream_turn(ctx: &Ctx, task: &str, session: &str, accepted: &Value, json: bool) -> CliResult<()> {
+async fn stream_turn(ctx: &Ctx, task: &str, session: &str, accepted: &Value, mode: Mode) -> CliResult<()> {
+    let json = mode == Mode::Json;
     let request_id = accepted["request_id"].clone();
     let mut since = accepted["event_id"].as_i64().unwrap_or(0);
     let stdout = std::io::stdout();
@@ -229,6 +313,9 @@ async fn stream_turn(ctx: &Ctx, task: &str, session: &str, accepted: &Value, jso
                         }
                         _ => {}
                     }
+                }
+                "session.request" if envelope["method"] == "session/request_permission" && mode == Mode::Chat => {
+                    ask_permission(ctx, task, session, envelope).await?;
                 }
                 "session.request" if envelope["method"] == "session/request_permission" => {
                     let options: Vec<String> = envelope["params"]["options"]

@@ -653,3 +653,33 @@ async fn the_stream_can_follow_one_session() {
     let r = s.c.get(&format!("/v1/organizations/default/stream?task={}", s.task)).await;
     assert_eq!(r.status, 400, "not a WebSocket: {r:?}");
 }
+
+#[actix_rt::test]
+async fn kiln_session_chat_prompts_per_line_and_asks_for_permissions() {
+    use std::io::Write;
+    let s = Setup::new(&[]).await;
+    let sid = s.open("fake").await;
+    let mut child = std::process::Command::new(crate::common::BIN)
+        .args(["--url", &s.server.url, "session", "chat", &s.task, &sid])
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("HOME", &s.server.dir)
+        .env("XDG_CONFIG_HOME", s.server.dir.join("config"))
+        .env("KILN_DATA_DIR", s.server.data_dir())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("kiln session chat");
+    // The answer to the permission question follows its prompt line; the chat
+    // reads it when the request arrives.
+    child.stdin.take().expect("stdin").write_all(b"hello there\n\nthis needs permission\n1\n").expect("write");
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output()).await.expect("join").expect("output");
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{stderr}");
+    assert!(stdout.contains("Hello world") && stdout.contains("allowed"), "{stdout} / {stderr}");
+    assert!(stderr.contains("1. Allow once (allow-once)") && stderr.contains("[allow-once]"), "{stderr}");
+    let t = s.transcript(&sid).await;
+    assert_eq!(items_of(&t, "permission")[0]["outcome"]["optionId"], "allow-once");
+    assert_eq!(items_of(&t, "turn_ended").len(), 2);
+}
