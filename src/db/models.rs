@@ -298,4 +298,9 @@ pub struct TaskSession {
     /// The agent can `session/load`.
     pub load_session: bool,
     pub last_error: Option<String>,
+    /// The session's view as of journal event `checkpoint_event_id` (internal).
+    #[serde(skip)]
+    pub checkpoint: Option<String>,
+    #[serde(skip)]
+    pub checkpoint_event_id: i64,
 }

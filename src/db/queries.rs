@@ -305,10 +305,12 @@ pub fn open_sessions(conn: &mut SqliteConnection, task_id: &str) -> QueryResult<
         .load(conn)
 }
 
-/// A session's journal, in order: the data of its envelope events.
-pub fn session_journal(conn: &mut SqliteConnection, org: &str, session: &str) -> QueryResult<Vec<(i64, String)>> {
+/// A session's journal after event `after` (0: all of it), in order: the ids
+/// and data of its envelope events.
+pub fn session_journal(conn: &mut SqliteConnection, org: &str, session: &str, after: i64) -> QueryResult<Vec<(i64, String)>> {
     events::table
         .filter(events::session.eq(session))
+        .filter(events::id.gt(after))
         .filter(events::organization.eq(org))
         .filter(events::kind.eq_any(JOURNAL_KINDS))
         .order(events::id.asc())

@@ -134,6 +134,8 @@ diesel::table! {
         remote_epoch -> Nullable<BigInt>,
         load_session -> Bool,
         last_error -> Nullable<Text>,
+        checkpoint -> Nullable<Text>,
+        checkpoint_event_id -> BigInt,
     }
 }
 

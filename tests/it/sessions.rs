@@ -683,3 +683,40 @@ async fn kiln_session_chat_prompts_per_line_and_asks_for_permissions() {
     assert_eq!(items_of(&t, "permission")[0]["outcome"]["optionId"], "allow-once");
     assert_eq!(items_of(&t, "turn_ended").len(), 2);
 }
+
+#[actix_rt::test]
+async fn long_sessions_load_from_a_checkpoint_that_matches_the_whole_journal() {
+    use diesel::prelude::*;
+    let mut s = Setup::new(&[]).await;
+    let sid = s.open("fake").await;
+    s.prompt(&sid, "flood 2500").await;
+    s.wait_turn(&sid, "end_turn").await;
+    let db = s.server.data_dir().join("kiln.db");
+    let checkpoint_event = |db: &std::path::Path| -> i64 {
+        let mut conn = diesel::sqlite::SqliteConnection::establish(db.to_str().unwrap()).expect("db");
+        #[derive(QueryableByName)]
+        struct Row {
+            #[diesel(sql_type = diesel::sql_types::BigInt)]
+            checkpoint_event_id: i64,
+        }
+        let rows: Vec<Row> = diesel::sql_query(format!("SELECT checkpoint_event_id FROM task_sessions WHERE id = '{sid}'"))
+            .load(&mut conn)
+            .expect("query");
+        rows[0].checkpoint_event_id
+    };
+    eventually(WAIT, "a checkpoint", || async { (checkpoint_event(&db) > 0).then_some(()) }).await;
+    let with_checkpoint = s.transcript(&sid).await;
+    assert_eq!(items_of(&with_checkpoint, "agent")[0]["text"].as_str().unwrap().len(), 2500);
+    // Without the checkpoint the whole journal is folded: the same view.
+    s.server.kill();
+    let mut conn = diesel::sqlite::SqliteConnection::establish(db.to_str().unwrap()).expect("db");
+    diesel::sql_query("UPDATE task_sessions SET checkpoint = NULL, checkpoint_event_id = 0").execute(&mut conn).expect("clear");
+    drop(conn);
+    s.server.restart();
+    s.c = s.server.client();
+    assert_eq!(s.transcript(&sid).await, with_checkpoint);
+    // And the session goes on (saving a new checkpoint as it does).
+    s.prompt(&sid, "more").await;
+    s.wait_turn(&sid, "end_turn").await;
+    assert_eq!(items_of(&s.transcript(&sid).await, "turn_ended").len(), 2);
+}

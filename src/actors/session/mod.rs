@@ -56,6 +56,9 @@ use view::{Change, Dir, Entry, SessionView};
 /// the earliest), the POST's copy is journaled.
 const PROMPT_RESPONSE_GRACE: Duration = Duration::from_secs(5);
 
+/// A checkpoint of the view is saved every this many journal entries.
+const CHECKPOINT_EVERY: u64 = 1000;
+
 /// How long the requests that open a session (`initialize`, `session/new`,
 /// `session/load`, mode and model) may take. Prompts have no such limit.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(300);
@@ -108,6 +111,17 @@ pub struct SessionObserved {
     pub remote_epoch: Option<i64>,
     pub load_session: bool,
     pub last_error: Option<String>,
+}
+
+/// A session's view as of journal event `event_id`, for the TaskActor to keep
+/// (`task_sessions.checkpoint`): loading starts from it instead of the
+/// journal's beginning.
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "AppResult<()>")]
+pub struct SaveCheckpoint {
+    pub session: String,
+    pub checkpoint: String,
+    pub event_id: i64,
 }
 
 /// Opens a freshly created session: `initialize`, `session/new`, mode and model.
@@ -183,6 +197,8 @@ struct Live {
     reported: Option<SessionObserved>,
     /// When the reader last journaled something from the stream.
     last_ingest: std::time::Instant,
+    /// The journal cursor of the last checkpoint saved (or loaded).
+    checkpoint_seq: u64,
     last_error: Option<String>,
 }
 
@@ -292,6 +308,20 @@ impl Shared {
             }
         }
         self.report(live, None);
+        if live.view.seq >= live.checkpoint_seq + CHECKPOINT_EVERY {
+            if let Some(&event_id) = ids.last() {
+                live.checkpoint_seq = live.view.seq;
+                let msg = SaveCheckpoint { session: self.id.clone(), checkpoint: live.view.checkpoint(), event_id };
+                let task = self.kiln.task(&self.org, &self.repo, &self.task);
+                actix::spawn(async move {
+                    match task.send(msg).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => log::warn!("saving a session checkpoint failed: {e}"),
+                        Err(e) => log::warn!("saving a session checkpoint failed: {e}"),
+                    }
+                });
+            }
+        }
         Ok((changes, ids))
     }
 
@@ -736,26 +766,36 @@ fn start_reader(reader: &Rc<RefCell<Option<tokio::task::JoinHandle<()>>>>, share
     *slot = Some(actix::spawn(read_loop(shared.clone())));
 }
 
-/// Loads the session's row and journal.
-async fn load(kiln: &Kiln, org: &str, task: &str, id: &str) -> AppResult<Option<(TaskSession, Vec<Entry>)>> {
+/// Loads the session's row and its view: the checkpoint (if any) with the
+/// journal after it folded in. Also answers how many entries that was.
+async fn load(kiln: &Kiln, org: &str, task: &str, id: &str) -> AppResult<Option<(TaskSession, SessionView, u64)>> {
     let (o, t, i) = (org.to_string(), task.to_string(), id.to_string());
     let found = kiln
         .db
         .read(move |c| {
             let Some(row) = queries::task_session(c, &t, &i)? else { return Ok(None) };
-            let journal = queries::session_journal(c, &o, &i)?;
-            Ok(Some((row, journal)))
+            let saved = row.checkpoint.as_deref().and_then(SessionView::from_checkpoint);
+            // A checkpoint that does not read back is ignored: fold from the start.
+            let after = if saved.is_some() { row.checkpoint_event_id } else { 0 };
+            let journal = queries::session_journal(c, &o, &i, after)?;
+            Ok(Some((row, saved, journal)))
         })
         .await?;
-    Ok(found.map(|(row, journal)| {
-        let entries = journal.into_iter().filter_map(|(_, data)| serde_json::from_str::<Entry>(&data).ok()).collect();
-        (row, entries)
+    Ok(found.map(|(row, saved, journal)| {
+        let mut view = saved.unwrap_or_else(|| SessionView::from_entries(&[]));
+        let tail = journal.len() as u64;
+        for (_, data) in journal {
+            if let Ok(entry) = serde_json::from_str::<Entry>(&data) {
+                view.apply(&entry);
+            }
+        }
+        (row, view, tail)
     }))
 }
 
 /// Reads a session's journal and folds it (for the API; no actor needed).
 pub async fn read_view(kiln: &Kiln, org: &str, task: &str, id: &str) -> AppResult<Option<(TaskSession, SessionView)>> {
-    Ok(load(kiln, org, task, id).await?.map(|(row, entries)| (row, SessionView::from_entries(&entries))))
+    Ok(load(kiln, org, task, id).await?.map(|(row, view, _)| (row, view)))
 }
 
 impl Actor for SessionActor {
@@ -766,7 +806,7 @@ impl Actor for SessionActor {
         // Nothing else runs until the session is loaded.
         ctx.wait(actix::fut::wrap_future(async move { load(&kiln, &org, &task, &id).await }).map(
             |loaded, act: &mut Self, ctx: &mut Context<Self>| {
-                let (row, entries) = match loaded {
+                let (row, view, tail) = match loaded {
                     Ok(Some(found)) => found,
                     Ok(None) => return ctx.stop(),
                     Err(e) => {
@@ -774,9 +814,10 @@ impl Actor for SessionActor {
                         return ctx.stop();
                     }
                 };
-                let view = SessionView::from_entries(&entries);
                 let (tx, mut rx) = mpsc::unbounded_channel::<Report>();
                 let status = SessionStatus::parse(&row.status);
+                // Where the loaded checkpoint was: a long tail gets a new one soon.
+                let checkpoint_seq = view.seq.saturating_sub(tail);
                 let live = Live {
                     status,
                     dedup: dedup_from(&view),
@@ -787,6 +828,7 @@ impl Actor for SessionActor {
                     loading: None,
                     reported: None,
                     last_ingest: std::time::Instant::now(),
+                    checkpoint_seq,
                     last_error: row.last_error.clone(),
                     row,
                 };

@@ -73,7 +73,7 @@ pub fn id_key(id: &Value) -> String {
 }
 
 /// One thing in the transcript, in the order it first appeared.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Item {
     /// What the user asked (a prompt Kiln sent, or a `user_message_chunk`).
@@ -120,7 +120,7 @@ pub enum Item {
 }
 
 /// A permission request waiting for its answer.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PendingPermission {
     /// The JSON-RPC id as the agent sent it (number or string).
     pub id: Value,
@@ -187,6 +187,30 @@ pub struct SessionView {
     tools: BTreeMap<String, usize>,
 }
 
+/// A view saved whole (every field, the internal ones too), so a long journal
+/// need not be folded again from its start: the view as of one journal event,
+/// plus the entries after it, is the view.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Saved {
+    items: Vec<Item>,
+    plan: Option<Value>,
+    pending_permissions: Vec<PendingPermission>,
+    unsupported_requests: Vec<(Value, String)>,
+    prompt_in_flight: Option<Value>,
+    prompt_seq: Option<u64>,
+    last_in_seq: u64,
+    stop_reason: Option<String>,
+    current_mode: Option<String>,
+    usage: Option<Value>,
+    seq: u64,
+    next_request_id: u64,
+    preamble_due: bool,
+    response_ids: Vec<Value>,
+    outstanding: BTreeMap<String, String>,
+    cursors: Vec<(String, Option<i64>, u64)>,
+    tools: BTreeMap<String, usize>,
+}
+
 fn text_of(content: &Value) -> String {
     match content.get("type").and_then(Value::as_str) {
         Some("text") => content.get("text").and_then(Value::as_str).unwrap_or_default().to_string(),
@@ -214,6 +238,54 @@ impl SessionView {
             view.apply(e);
         }
         view
+    }
+
+    /// The whole view as JSON text, for a checkpoint.
+    pub fn checkpoint(&self) -> String {
+        let saved = Saved {
+            items: self.items.clone(),
+            plan: self.plan.clone(),
+            pending_permissions: self.pending_permissions.clone(),
+            unsupported_requests: self.unsupported_requests.clone(),
+            prompt_in_flight: self.prompt_in_flight.clone(),
+            prompt_seq: self.prompt_seq,
+            last_in_seq: self.last_in_seq,
+            stop_reason: self.stop_reason.clone(),
+            current_mode: self.current_mode.clone(),
+            usage: self.usage.clone(),
+            seq: self.seq,
+            next_request_id: self.next_request_id,
+            preamble_due: self.preamble_due,
+            response_ids: self.response_ids.clone(),
+            outstanding: self.outstanding.clone(),
+            cursors: self.cursors.iter().map(|((s, e), c)| (s.clone(), *e, *c)).collect(),
+            tools: self.tools.clone(),
+        };
+        serde_json::to_string(&saved).unwrap_or_default()
+    }
+
+    /// A view from a checkpoint; `None` if the text is not one.
+    pub fn from_checkpoint(text: &str) -> Option<SessionView> {
+        let s: Saved = serde_json::from_str(text).ok()?;
+        Some(SessionView {
+            items: s.items,
+            plan: s.plan,
+            pending_permissions: s.pending_permissions,
+            unsupported_requests: s.unsupported_requests,
+            prompt_in_flight: s.prompt_in_flight,
+            prompt_seq: s.prompt_seq,
+            last_in_seq: s.last_in_seq,
+            stop_reason: s.stop_reason,
+            current_mode: s.current_mode,
+            usage: s.usage,
+            seq: s.seq,
+            next_request_id: s.next_request_id,
+            preamble_due: s.preamble_due,
+            response_ids: s.response_ids,
+            outstanding: s.outstanding,
+            cursors: s.cursors.into_iter().map(|(s, e, c)| ((s, e), c)).collect(),
+            tools: s.tools,
+        })
     }
 
     /// The largest SSE id journaled from `server` while its instance had `epoch`.
@@ -652,6 +724,32 @@ mod tests {
         assert!(v.pending_permissions.is_empty(), "not permissions");
         j.out(json!({"jsonrpc":"2.0","id":7,"error":{"code":-32601,"message":"no"}}));
         assert_eq!(j.view().unsupported_requests.len(), 1);
+    }
+
+    #[test]
+    fn a_checkpoint_plus_the_rest_of_the_journal_is_the_whole_fold() {
+        let mut j = J::new();
+        j.out(prompt(1, "first"));
+        j.update(json!({"sessionUpdate":"tool_call","toolCallId":"c1","title":"Edit","status":"pending"}));
+        j.update(json!({"sessionUpdate":"agent_message_chunk","messageId":"m","content":{"type":"text","text":"Hel"}}));
+        j.sse(json!({"jsonrpc":"2.0","id":9,"method":"session/request_permission","params":{"sessionId":"s","toolCall":{"toolCallId":"c1"},"options":[]}}));
+        j.sse(json!({"jsonrpc":"2.0","id":10,"method":"fs/read_text_file","params":{}}));
+        let cut = j.entries.len();
+        j.update(json!({"sessionUpdate":"agent_message_chunk","messageId":"m","content":{"type":"text","text":"lo"}}));
+        j.out(json!({"jsonrpc":"2.0","id":9,"result":{"outcome":{"outcome":"cancelled"}}}));
+        j.update(json!({"sessionUpdate":"tool_call_update","toolCallId":"c1","status":"completed"}));
+        j.sse(json!({"jsonrpc":"2.0","id":1,"result":{"stopReason":"end_turn"}}));
+        j.out(prompt(2, "second"));
+        let whole = j.view();
+        let head = SessionView::from_entries(&j.entries[..cut]);
+        let mut resumed = SessionView::from_checkpoint(&head.checkpoint()).expect("checkpoint");
+        assert_eq!(resumed.checkpoint(), head.checkpoint(), "a checkpoint reads back as it was");
+        for e in &j.entries[cut..] {
+            resumed.apply(e);
+        }
+        assert_eq!(resumed.checkpoint(), whole.checkpoint());
+        assert_eq!(serde_json::to_value(&resumed).unwrap(), serde_json::to_value(&whole).unwrap());
+        assert!(SessionView::from_checkpoint("{not json").is_none());
     }
 
     #[test]

@@ -251,6 +251,15 @@ impl Handler<crate::actors::session::SessionObserved> for TaskActor {
     }
 }
 
+impl Handler<crate::actors::session::SaveCheckpoint> for TaskActor {
+    type Result = AtomicResponse<Self, AppResult<()>>;
+
+    fn handle(&mut self, msg: crate::actors::session::SaveCheckpoint, _: &mut Self::Context) -> Self::Result {
+        let ctx = self.ctx();
+        atomic!(self, async move { sessions::save_checkpoint(&ctx, msg).await })
+    }
+}
+
 impl Handler<CloseSession> for TaskActor {
     type Result = AtomicResponse<Self, AppResult<crate::db::models::TaskSession>>;
 

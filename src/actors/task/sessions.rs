@@ -69,6 +69,8 @@ pub async fn create(
         remote_epoch: None,
         load_session: false,
         last_error: None,
+        checkpoint: None,
+        checkpoint_event_id: 0,
     };
     let insert = row.clone();
     ctx.kiln.db.write(move |c| store::insert_session(c, &insert)).await?;
@@ -237,6 +239,12 @@ pub async fn ensure_acp(ctx: &TaskCtx) -> AppResult<(crate::providers::AgentEndp
         .await?
         .ok_or_else(|| AppError::bug("ensure_agent answered no endpoint on demand"))?;
     Ok((endpoint, handle.path))
+}
+
+/// Saves a session's checkpoint, unless a newer one is already there.
+pub async fn save_checkpoint(ctx: &TaskCtx, msg: crate::actors::session::SaveCheckpoint) -> AppResult<()> {
+    ctx.kiln.db.write(move |c| store::save_checkpoint(c, &msg.session, &msg.checkpoint, msg.event_id)).await?;
+    Ok(())
 }
 
 /// Whether the task has sessions that are not closed: their protocol, not

@@ -130,3 +130,12 @@ pub(super) fn set_awaiting_input(conn: &mut SqliteConnection, id: &str, awaiting
         .execute(conn)
         .map(|n| n > 0)
 }
+
+/// Keeps a session's newest checkpoint (an older one arriving late is ignored).
+pub(super) fn save_checkpoint(conn: &mut SqliteConnection, id: &str, checkpoint: &str, event_id: i64) -> QueryResult<()> {
+    use crate::db::schema::task_sessions;
+    diesel::update(task_sessions::table.filter(task_sessions::id.eq(id)).filter(task_sessions::checkpoint_event_id.lt(event_id)))
+        .set((task_sessions::checkpoint.eq(checkpoint), task_sessions::checkpoint_event_id.eq(event_id)))
+        .execute(conn)
+        .map(|_| ())
+}
