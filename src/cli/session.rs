@@ -49,7 +49,12 @@ pub enum SessionCmd {
     /// and permission requests are asked on the terminal. Ctrl-D ends.
     Chat { task: String, session: String },
     /// Cancel the turn in progress.
-    Cancel { task: String, session: String },
+    Cancel {
+        task: String,
+        session: String,
+        #[structopt(long)]
+        json: bool,
+    },
     /// Answer a pending permission request with an option, or decline it.
     Answer {
         task: String,
@@ -61,6 +66,8 @@ pub enum SessionCmd {
         /// Decline without choosing.
         #[structopt(long)]
         cancel: bool,
+        #[structopt(long)]
+        json: bool,
     },
     /// Show a session: status, pending permissions and the transcript.
     Show {
@@ -70,7 +77,12 @@ pub enum SessionCmd {
         json: bool,
     },
     /// Close a session (its ACP instance is stopped).
-    Close { task: String, session: String },
+    Close {
+        task: String,
+        session: String,
+        #[structopt(long)]
+        json: bool,
+    },
 }
 
 fn path(ctx: &Ctx, task: &str, rest: &str) -> String {
@@ -129,16 +141,24 @@ pub async fn run(ctx: &Ctx, cmd: SessionCmd) -> CliResult<()> {
             stream_turn(ctx, &task, &session, &res, if json { Mode::Json } else { Mode::Text }).await
         }
         SessionCmd::Chat { task, session } => chat(ctx, &task, &session).await,
-        SessionCmd::Cancel { task, session } => {
+        SessionCmd::Cancel { task, session, json } => {
             let res: Value = ctx.api.post(&path(ctx, &task, &format!("/{}/cancel", enc(&session))), &json!({})).await?;
-            println!("cancelled ({} permission request(s) declined)", res["permissions_cancelled"]);
+            if json {
+                output::json(&res);
+            } else {
+                println!("cancelled ({} permission request(s) declined)", res["permissions_cancelled"]);
+            }
             Ok(())
         }
-        SessionCmd::Answer { task, session, request, option, cancel } => {
+        SessionCmd::Answer { task, session, request, option, cancel, json } => {
             let body = if cancel { json!({"outcome": "cancelled"}) } else { json!({"option_id": option}) };
             let url = path(ctx, &task, &format!("/{}/permissions/{}", enc(&session), enc(&request)));
             let res: Value = ctx.api.post(&url, &body).await?;
-            println!("answered {}: {}", field(&res, "request"), res["outcome"]);
+            if json {
+                output::json(&res);
+            } else {
+                println!("answered {}: {}", field(&res, "request"), res["outcome"]);
+            }
             Ok(())
         }
         SessionCmd::Show { task, session, json } => {
@@ -150,9 +170,13 @@ pub async fn run(ctx: &Ctx, cmd: SessionCmd) -> CliResult<()> {
             }
             Ok(())
         }
-        SessionCmd::Close { task, session } => {
+        SessionCmd::Close { task, session, json } => {
             let res: Value = ctx.api.delete_json(&path(ctx, &task, &format!("/{}", enc(&session)))).await?;
-            println!("session {} is {}", field(&res, "id"), field(&res, "status"));
+            if json {
+                output::json(&res);
+            } else {
+                println!("session {} is {}", field(&res, "id"), field(&res, "status"));
+            }
             Ok(())
         }
     }

@@ -465,6 +465,10 @@ async fn the_cli_opens_prompts_streams_and_shows_sessions() {
     let (code, _, err) = cli(server, &["session", "cancel", &s.task, &sid]);
     assert_eq!(code, 1);
     assert!(err.contains("no prompt is in progress"), "{err}");
+    let (code, out, err) = cli(server, &["session", "close", &s.task, &sid, "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let closed: Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(closed["status"], "closed");
 }
 
 #[actix_rt::test]
