@@ -115,7 +115,16 @@ async fn agents_outlive_a_killed_server_and_nothing_printed_is_lost() {
     server.kill();
     // While the server is down the agent keeps running and printing ("slept").
     assert_eq!(unsafe { libc::kill(host_pid, 0) }, 0, "the host survived the server's SIGKILL");
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let state_dir = server.data_dir().join(format!("sandboxes/{id}"));
+    eventually(WAIT, "the agent to print while the server is down", || {
+        let state_dir = state_dir.clone();
+        async move {
+            let log = kiln::terminal::log::TerminalLog::read_only(&state_dir).ok()?;
+            let (_, bytes) = log.read_at(0, 1 << 20).ok()?;
+            String::from_utf8_lossy(&bytes).contains("slept").then_some(())
+        }
+    })
+    .await;
     server.restart();
     let c = server.client();
     let task = c.get(&format!("/v1/organizations/default/tasks/{id}")).await.body;

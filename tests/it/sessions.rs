@@ -424,8 +424,18 @@ async fn sessions_refuse_bad_input_and_close() {
     assert_eq!((r.status, r.body["status"].as_str()), (200, Some("closed")), "{r:?}");
     let r = s.c.post(&s.path(&format!("/{sid}/prompt")), json!({"text": "hello?"})).await;
     assert_eq!((r.status, r.code()), (409, "session_closed"));
+    let r = s.c.post(&s.path(&format!("/{sid}/permissions/1000")), json!({"option_id": "allow-once"})).await;
+    assert_eq!((r.status, r.code()), (409, "session_not_open"), "{r:?}");
+    // An empty mode or model means none (not an empty id sent to the agent).
+    let r = s.c.post(&s.path(""), json!({"agent": "fake", "mode": "", "model": " "})).await;
+    assert_eq!((r.status, r.body["mode"].clone(), r.body["model"].clone()), (201, Value::Null, Value::Null), "{r:?}");
+    let other = r.body["id"].as_str().unwrap().to_string();
+    // A mode and a model are set on the agent's new session.
+    let r = s.c.post(&s.path(""), json!({"agent": "fake", "mode": "plan", "model": "m1"})).await;
+    assert_eq!((r.status, r.body["mode"].as_str()), (201, Some("plan")), "{r:?}");
+    let methods: Vec<Value> = s.received(r.body["id"].as_str().unwrap()).await.iter().map(|e| e["method"].clone()).collect();
+    assert_eq!(methods, ["initialize", "session/new", "session/set_mode", "session/set_model"].map(|m| json!(m)));
     // Archiving the task closes every session.
-    let other = s.open("fake").await;
     let r = s.c.post(&format!("/v1/organizations/default/tasks/{}/archive", s.task), json!({})).await;
     assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(s.session(&other).await["status"], "closed");

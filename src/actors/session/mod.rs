@@ -120,7 +120,8 @@ pub struct SessionObserved {
 #[rtype(result = "AppResult<()>")]
 pub struct SaveCheckpoint {
     pub session: String,
-    pub checkpoint: String,
+    /// Serialized by the writer, on the blocking pool.
+    pub view: SessionView,
     pub event_id: i64,
 }
 
@@ -311,7 +312,7 @@ impl Shared {
         if live.view.seq >= live.checkpoint_seq + CHECKPOINT_EVERY {
             if let Some(&event_id) = ids.last() {
                 live.checkpoint_seq = live.view.seq;
-                let msg = SaveCheckpoint { session: self.id.clone(), checkpoint: live.view.checkpoint(), event_id };
+                let msg = SaveCheckpoint { session: self.id.clone(), view: live.view.clone(), event_id };
                 let task = self.kiln.task(&self.org, &self.repo, &self.task);
                 actix::spawn(async move {
                     match task.send(msg).await {
@@ -513,6 +514,19 @@ impl Shared {
             drop(live);
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
+    }
+
+    /// The live state, with a client for the sandbox-agent server when the
+    /// session is open (after a Kiln restart the reader may not have made one
+    /// yet). Handlers take it first and check the state after.
+    async fn open_live(&self) -> AppResult<tokio::sync::MutexGuard<'_, Live>> {
+        let live = self.live.lock().await;
+        if live.client.is_some() || !matches!(live.status, SessionStatus::Ready | SessionStatus::Prompting) {
+            return Ok(live);
+        }
+        drop(live);
+        self.refresh_client().await?;
+        Ok(self.live.lock().await)
     }
 
     /// Where the sandbox-agent server is now (it may have been restarted on a
@@ -770,7 +784,9 @@ fn start_reader(reader: &Rc<RefCell<Option<tokio::task::JoinHandle<()>>>>, share
 /// journal after it folded in. Also answers how many entries that was.
 async fn load(kiln: &Kiln, org: &str, task: &str, id: &str) -> AppResult<Option<(TaskSession, SessionView, u64)>> {
     let (o, t, i) = (org.to_string(), task.to_string(), id.to_string());
-    let found = kiln
+    // Reading, parsing and folding all run on the blocking pool, never on the
+    // actor's thread (a journal without a checkpoint can be long).
+    Ok(kiln
         .db
         .read(move |c| {
             let Some(row) = queries::task_session(c, &t, &i)? else { return Ok(None) };
@@ -778,19 +794,16 @@ async fn load(kiln: &Kiln, org: &str, task: &str, id: &str) -> AppResult<Option<
             // A checkpoint that does not read back is ignored: fold from the start.
             let after = if saved.is_some() { row.checkpoint_event_id } else { 0 };
             let journal = queries::session_journal(c, &o, &i, after)?;
-            Ok(Some((row, saved, journal)))
-        })
-        .await?;
-    Ok(found.map(|(row, saved, journal)| {
-        let mut view = saved.unwrap_or_else(|| SessionView::from_entries(&[]));
-        let tail = journal.len() as u64;
-        for (_, data) in journal {
-            if let Ok(entry) = serde_json::from_str::<Entry>(&data) {
-                view.apply(&entry);
+            let mut view = saved.unwrap_or_else(|| SessionView::from_entries(&[]));
+            let tail = journal.len() as u64;
+            for (_, data) in journal {
+                if let Ok(entry) = serde_json::from_str::<Entry>(&data) {
+                    view.apply(&entry);
+                }
             }
-        }
-        (row, view, tail)
-    }))
+            Ok(Some((row, view, tail)))
+        })
+        .await?)
 }
 
 /// Reads a session's journal and folds it (for the API; no actor needed).
@@ -909,7 +922,7 @@ impl Handler<Prompt> for SessionActor {
             (self.kiln.config.sessions.preamble_max_events, self.kiln.config.sessions.preamble_max_chars);
         atomic!(self, async move {
             let shared = shared?;
-            let mut live = shared.live.lock().await;
+            let mut live = shared.open_live().await?;
             let mut restored = None;
             match live.status {
                 SessionStatus::Closed => return Err(AppError::conflict("session_closed", "the session is closed: open a new one")),
@@ -956,11 +969,6 @@ impl Handler<Prompt> for SessionActor {
                     "turn_in_progress",
                     "the agent is still working on the last prompt: wait for it, or cancel it",
                 ));
-            }
-            if live.client.is_none() {
-                drop(live);
-                shared.refresh_client().await?;
-                live = shared.live.lock().await;
             }
             let mut blocks = vec![json!({"type": "text", "text": msg.text})];
             let mut purpose = None;
@@ -1037,14 +1045,9 @@ impl Handler<Cancel> for SessionActor {
         let shared = self.shared();
         atomic!(self, async move {
             let shared = shared?;
-            let mut live = shared.live.lock().await;
+            let mut live = shared.open_live().await?;
             if !live.view.prompting() {
                 return Err(AppError::conflict("no_turn", "no prompt is in progress"));
-            }
-            if live.client.is_none() {
-                drop(live);
-                shared.refresh_client().await?;
-                live = shared.live.lock().await;
             }
             let sid = live.row.remote_session_id.clone();
             shared.notify(&mut live, json!({"jsonrpc": "2.0", "method": "session/cancel", "params": {"sessionId": sid}})).await?;
@@ -1065,7 +1068,16 @@ impl Handler<AnswerPermission> for SessionActor {
         let shared = self.shared();
         atomic!(self, async move {
             let shared = shared?;
-            let mut live = shared.live.lock().await;
+            let mut live = shared.open_live().await?;
+            match live.status {
+                SessionStatus::Ready | SessionStatus::Prompting => {}
+                other => {
+                    return Err(AppError::conflict(
+                        "session_not_open",
+                        format!("the session is {}: no permission request waits", other.as_str()),
+                    ))
+                }
+            }
             let pending = live
                 .view
                 .pending_permissions
@@ -1093,11 +1105,6 @@ impl Handler<AnswerPermission> for SessionActor {
                 }
                 None => json!({"outcome": "cancelled"}),
             };
-            if live.client.is_none() {
-                drop(live);
-                shared.refresh_client().await?;
-                live = shared.live.lock().await;
-            }
             let answer = json!({"jsonrpc": "2.0", "id": pending.id, "result": {"outcome": outcome}});
             shared.notify(&mut live, answer).await?;
             Ok(json!({"session": shared.id, "request": pending.request, "outcome": outcome}))

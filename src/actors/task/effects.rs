@@ -130,8 +130,11 @@ async fn agent_env(ctx: &TaskCtx, task: &Task, mut env: Vec<(String, String)>) -
 }
 
 /// The sandbox-agent binary, or a 4xx that says how to install it.
-fn sandbox_agent_bin(ctx: &TaskCtx) -> AppResult<PathBuf> {
-    crate::integrations::sandbox_agent::find_binary(Some(&ctx.kiln.config.sandbox_agent_bin)).ok_or_else(|| {
+async fn sandbox_agent_bin(ctx: &TaskCtx) -> AppResult<PathBuf> {
+    // Looking on PATH stats files: not on the actor's thread.
+    let configured = ctx.kiln.config.sandbox_agent_bin.clone();
+    let found = crate::db::pool::blocking(move || Ok(crate::integrations::sandbox_agent::find_binary(Some(&configured)))).await?;
+    found.ok_or_else(|| {
         AppError::invalid(
             "sandbox_agent_missing",
             "sandbox-agent is not installed: `npm install -g @sandbox-agent/cli-linux-x64@0.4.2`, or set sandbox_agent_bin (KILN_SANDBOX_AGENT_BIN) to its path",
@@ -153,7 +156,7 @@ pub(super) async fn ensure_agent_server(
     if !on_demand && profile.is_none_or(|p| p.acp.is_none()) {
         return Ok(None);
     }
-    let bin = sandbox_agent_bin(ctx)?;
+    let bin = sandbox_agent_bin(ctx).await?;
     let provider = ctx.kiln.providers.get(&task.provider)?;
     let base: Vec<(String, String)> = profile.map(|p| p.env.clone().into_iter().collect()).unwrap_or_default();
     let env = agent_env(ctx, task, base).await?;

@@ -41,6 +41,8 @@ pub async fn create(
             format!("name the ACP agent (`claude`, `codex`, …): the task's profile `{}` has no `acp` default", task.agent),
         )
     })?;
+    // An empty mode or model means none.
+    let (mode, model) = (mode.filter(|m| !m.trim().is_empty()), model.filter(|m| !m.trim().is_empty()));
     for (what, value) in [("agent", Some(&agent)), ("mode", mode.as_ref()), ("model", model.as_ref())] {
         if let Some(v) = value {
             if v.len() > 100 || !v.chars().all(|c| c.is_ascii_alphanumeric() || "-_.:/@".contains(c)) {
@@ -243,7 +245,10 @@ pub async fn ensure_acp(ctx: &TaskCtx) -> AppResult<(crate::providers::AgentEndp
 
 /// Saves a session's checkpoint, unless a newer one is already there.
 pub async fn save_checkpoint(ctx: &TaskCtx, msg: crate::actors::session::SaveCheckpoint) -> AppResult<()> {
-    ctx.kiln.db.write(move |c| store::save_checkpoint(c, &msg.session, &msg.checkpoint, msg.event_id)).await?;
+    // Serialized on the blocking pool, not on the writer connection's time.
+    let view = msg.view;
+    let text = crate::db::pool::blocking(move || Ok(view.checkpoint())).await?;
+    ctx.kiln.db.write(move |c| store::save_checkpoint(c, &msg.session, &text, msg.event_id)).await?;
     Ok(())
 }
 
