@@ -367,6 +367,15 @@ async fn a_lost_session_is_restored_with_a_capped_preamble_sent_once() {
     let t = s.transcript(&sid).await;
     let users: Vec<Value> = items_of(&t, "user").iter().map(|u| u["text"].clone()).collect();
     assert_eq!(users.len(), 5, "the preamble is not a user message: {users:?}");
+    // lost (with its cause) → starting (with nothing stale) → ready → prompting…
+    let events = s.events(&sid).await;
+    assert_status_chain(&events);
+    let moves: Vec<&Value> = events.iter().filter(|e| e["kind"] == "session.status_changed").map(|e| &e["data"]).collect();
+    let at = moves.iter().position(|m| m["to"] == "lost").expect("lost");
+    assert!(moves[at]["error"].as_str().unwrap().contains("exited"), "{}", moves[at]);
+    assert_eq!(moves[at + 1]["to"], "starting");
+    assert!(moves[at + 1].get("error").is_none() && moves[at + 1].get("stop_reason").is_none(), "{}", moves[at + 1]);
+    assert_eq!(moves[at + 2]["to"], "ready");
 }
 
 #[actix_rt::test]
@@ -576,6 +585,11 @@ async fn a_sandbox_agent_crash_is_supervised_and_the_session_restored() {
     })
     .await;
     assert!(lost["last_error"].as_str().unwrap().contains("gone"), "{lost}");
+    // The cause is named as it is: the instance went, the agent did not exit.
+    let events = s.events(&sid).await;
+    let lost_event = events.iter().find(|e| e["kind"] == "session.status_changed" && e["data"]["to"] == "lost").expect("lost");
+    let cause = lost_event["data"]["error"].as_str().unwrap();
+    assert!(cause.contains("instance is gone") && !cause.contains("exited"), "{cause}");
     let accepted = s.prompt(&sid, "after the crash").await;
     assert_eq!(accepted["restored"], "new");
     s.wait_turn(&sid, "end_turn").await;
@@ -923,9 +937,10 @@ async fn a_turns_status_is_journaled_in_order_while_the_task_actor_is_busy() {
     eventually(WAIT, "the on-idle push to reach the remote", || async { (accepted.load(Ordering::SeqCst) > 0).then_some(()) }).await;
     let second = s.prompt(&sid, "answer at once").await;
     let id = second["request_id"].clone();
-    let events = eventually(WAIT, "the second turn's response in the journal", || async {
+    let events = eventually(WAIT, "the second turn's response in the journal, and a status after it", || async {
         let events = s.events(&sid).await;
-        events.iter().any(|e| e["kind"] == "session.response" && e["data"]["envelope"]["id"] == id).then_some(events)
+        let response = events.iter().position(|e| e["kind"] == "session.response" && e["data"]["envelope"]["id"] == id)?;
+        events[response..].iter().any(|e| e["kind"] == "session.status_changed").then_some(events)
     })
     .await;
     assert_eq!(s.session(&sid).await["status"], "ready", "the row is still behind: the TaskActor is busy");

@@ -19,6 +19,12 @@
 //! - Everything is journaled in order under one lock, before anyone acts on it.
 //!   A response that arrives twice (POST body and SSE) is journaled once (by
 //!   JSON-RPC id). The journal folded by `view.rs` gives the live state.
+//! - The session's status events (`session.status_changed`,
+//!   `session.awaiting_input`) are decided from that fold and journaled by
+//!   this actor under the same lock, right after the entry that caused them:
+//!   `prompting` before the prompt is posted, `ready` right after the response.
+//! - A failed open deletes the ACP instance it made; a failed create leaves
+//!   the session `closed` (and the actor stops), a failed restore `lost`.
 //! - A prompt is posted from a spawned task, so the actor's mailbox is free
 //!   while the turn runs; the turn ends when its response is journaled.
 //! - When the agent or the instance is gone the session is `lost`; the next
@@ -1414,7 +1420,8 @@ impl Handler<ShutdownSession> for SessionActor {
                 // session is journaled after this point.
                 if let Some(shared) = shared {
                     let mut live = shared.live.lock().await;
-                    shared.flush(&mut live).await;
+                    // A status event still unwritten would now come after `closed`.
+                    live.unjournaled.clear();
                     live.status = SessionStatus::Closed;
                     live.journaled = SessionStatus::Closed;
                 }
@@ -1430,6 +1437,50 @@ impl Handler<ShutdownSession> for SessionActor {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn status_events_carry_only_the_new_states_fields() {
+        use SessionStatus::*;
+        let facts = StatusFacts {
+            request_id: Some(json!(7)),
+            stop_reason: Some("end_turn".into()),
+            turn_error: None,
+            error: Some("an old error".into()),
+        };
+        assert_eq!(status_data(Ready, Prompting, 5, &facts), json!({"from": "ready", "to": "prompting", "seq": 5, "request_id": 7}));
+        assert_eq!(
+            status_data(Prompting, Ready, 9, &facts),
+            json!({"from": "prompting", "to": "ready", "seq": 9, "stop_reason": "end_turn"})
+        );
+        let failed = StatusFacts { stop_reason: None, turn_error: Some("boom".into()), ..facts.clone() };
+        assert_eq!(status_data(Prompting, Ready, 9, &failed), json!({"from": "prompting", "to": "ready", "seq": 9, "error": "boom"}));
+        assert_eq!(status_data(Starting, Ready, 4, &facts), json!({"from": "starting", "to": "ready", "seq": 4}));
+        assert_eq!(status_data(Lost, Starting, 4, &facts), json!({"from": "lost", "to": "starting", "seq": 4}));
+        assert_eq!(
+            status_data(Ready, Lost, 4, &facts),
+            json!({"from": "ready", "to": "lost", "seq": 4, "error": "an old error"})
+        );
+        let on_request = StatusFacts { error: None, ..facts };
+        assert_eq!(status_data(Ready, Closed, 4, &on_request), json!({"from": "ready", "to": "closed", "seq": 4}));
+    }
+
+    #[test]
+    fn a_turn_in_flight_makes_an_open_session_prompting() {
+        use SessionStatus::*;
+        let mut view = SessionView::from_entries(&[]);
+        assert_eq!(effective(Prompting, &view), Ready);
+        view.prompt_in_flight = Some(json!(3));
+        assert_eq!(effective(Ready, &view), Prompting);
+        for other in [Starting, Lost, Closed] {
+            assert_eq!(effective(other, &view), other, "only an open session follows the turn");
+        }
+    }
+
+    #[test]
+    fn notes_add_to_the_message_and_keep_the_code() {
+        let e = noted(AppError::BadGateway { code: "agent_error", message: "no".into() }, "; gone");
+        assert_eq!((e.code(), e.to_string()), ("agent_error", "no; gone".to_string()));
+    }
 
     #[test]
     fn server_ids_count_generations() {
