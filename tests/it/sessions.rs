@@ -265,9 +265,20 @@ async fn a_permission_request_sets_awaiting_input_until_answered() {
     assert_eq!(waiting["status"], "prompting");
     let pending = &waiting["pending_permissions"][0];
     let request = pending["request"].as_str().expect("request").to_string();
-    let task = s.c.get(&format!("/v1/organizations/default/tasks/{}", s.task)).await;
-    assert_eq!(task.body["awaiting_input"], true, "the task shows it too");
+    // The task's flag follows its session's row, a moment later.
+    let task = eventually(WAIT, "the task to show it too", || async {
+        let task = s.c.get(&format!("/v1/organizations/default/tasks/{}", s.task)).await;
+        (task.body["awaiting_input"] == true).then_some(task)
+    })
+    .await;
     assert_eq!(task.body["sessions"][0]["awaiting_input"], true, "and its sessions");
+    let events = s.events(&sid).await;
+    let asked = events.iter().position(|e| e["kind"] == "session.request").expect("the request");
+    assert_eq!(
+        (events[asked + 1]["kind"].as_str(), events[asked + 1]["data"]["awaiting_input"].as_bool()),
+        (Some("session.awaiting_input"), Some(true)),
+        "the session's flag is journaled right after the request"
+    );
     let events = s.c.events_since("default", 0).await;
     assert!(events.iter().any(|e| e["kind"] == "task.awaiting_input" && e["data"]["awaiting_input"] == true));
 
