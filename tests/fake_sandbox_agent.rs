@@ -56,11 +56,15 @@
 //! The scripted agent chooses a script from the prompt's text (lower-cased, the
 //! text blocks joined with `\n`), checking in this order: `read file` (an
 //! `fs/read_text_file` request to the client, whose answer or error it reports
-//! as its reply), `permission`, `wait`, `flood <N>`, `fail`, else the default turn (thought, plan, a tool call
+//! as its reply), `permission`, `wait`, `flood <N>`, `fail`, `at once` (the
+//! response `end_turn` at once, with no update: on SSE before the POST even
+//! answers), else the default turn (thought, plan, a tool call
 //! pending → in_progress → completed, `"Hello"` + `" world"`, `end_turn`). A
 //! session's conversation is kept for the whole server process, so a session can
 //! be loaded (`session/load`, on `fake-load`) on a fresh instance; an agent
 //! process (an instance) only knows the sessions it created or loaded.
+//! `session/set_mode` knows the modes `default` and `plan` only (anything else
+//! is an `Invalid params` error, so an open can be made to fail).
 //!
 //! Control endpoints for tests (same token rule as `/v1/*`):
 //!
@@ -962,6 +966,9 @@ async fn run_request(agent: Agent, envelope: Value) {
         }
         "session/new" => Some(session_new(&agent, &params)),
         "session/load" => session_load(&agent, &params),
+        "session/set_mode" if !matches!(params["modeId"].as_str(), Some("default" | "plan")) => {
+            Some(Err(invalid_params(format!("unknown mode {}", params["modeId"]))))
+        }
         "session/set_mode" | "session/set_model" => Some(match params["sessionId"].as_str() {
             Some(s) if agent.knows(s) => Ok(json!({})),
             Some(s) => Err(invalid_params(format!("unknown session {s}"))),
@@ -1050,6 +1057,8 @@ enum Script {
     Wait,
     Flood(u64),
     Fail,
+    /// The response at once, with no update.
+    AtOnce,
 }
 
 fn choose_script(text: &str) -> Script {
@@ -1071,6 +1080,9 @@ fn choose_script(text: &str) -> Script {
     }
     if text.contains("fail") {
         return Script::Fail;
+    }
+    if text.contains("at once") {
+        return Script::AtOnce;
     }
     Script::Default
 }
@@ -1198,6 +1210,7 @@ async fn prompt(agent: &Agent, params: &Value) -> Option<Result<Value, RpcError>
             ("x".repeat(sent as usize), end(reason))
         }
         Script::Fail => (String::new(), Err((-32000, "scripted failure".to_string()))),
+        Script::AtOnce => (String::new(), end("end_turn")),
     };
 
     let mut st = agent.shared.lock();

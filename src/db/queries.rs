@@ -305,6 +305,21 @@ pub fn open_sessions(conn: &mut SqliteConnection, task_id: &str) -> QueryResult<
         .load(conn)
 }
 
+/// The status a session's last `session.status_changed` event moved it to, if
+/// it has one (its SessionActor goes on from there, so the chain of events
+/// stays unbroken across restarts).
+pub fn last_journaled_status(conn: &mut SqliteConnection, org: &str, session: &str) -> QueryResult<Option<String>> {
+    let data: Option<String> = events::table
+        .filter(events::session.eq(session))
+        .filter(events::organization.eq(org))
+        .filter(events::kind.eq("session.status_changed"))
+        .order(events::id.desc())
+        .select(events::data)
+        .first(conn)
+        .optional()?;
+    Ok(data.and_then(|d| serde_json::from_str::<serde_json::Value>(&d).ok()).and_then(|v| v["to"].as_str().map(str::to_string)))
+}
+
 /// A session's journal after event `after` (0: all of it), in order: the ids
 /// and data of its envelope events.
 pub fn session_journal(conn: &mut SqliteConnection, org: &str, session: &str, after: i64) -> QueryResult<Vec<(i64, String)>> {

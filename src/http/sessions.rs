@@ -50,6 +50,22 @@ fn session_id(raw: &str) -> AppResult<()> {
     }
 }
 
+/// Sends `msg` to the session's actor. A SessionActor stops once its session
+/// is closed, dropping what waited in its mailbox; a message that met that
+/// goes once more, to a fresh actor that answers from the closed row (so a
+/// second close is the same 200, and a prompt the same 409 `session_closed`).
+async fn ask<M, R>(kiln: &Kiln, org: &str, repo: &str, task: &str, sid: &str, msg: M) -> AppResult<R>
+where
+    M: actix::Message<Result = AppResult<R>> + Clone + Send + 'static,
+    R: Send + 'static,
+    session::SessionActor: actix::Handler<M>,
+{
+    match kiln.session(org, repo, task, sid).send(msg.clone()).await {
+        Err(actix::MailboxError::Closed) => kiln.session(org, repo, task, sid).send(msg).await?,
+        answer => answer?,
+    }
+}
+
 /// The task, its repository and one of its sessions with its journal folded, or 404.
 async fn session_or_404(kiln: &Kiln, org: &str, task: &str, id: &str) -> AppResult<(Task, String, TaskSession, SessionView)> {
     let (task, repo) = task_or_404(kiln, org, task).await?;
@@ -86,7 +102,8 @@ pub async fn create(
     let sid = random_hex(12);
     let msg = CreateSession { id: sid.clone(), agent: body.agent, mode: body.mode, model: body.model };
     kiln.task(&org, &repo, &task.id).send(msg).await??;
-    // Opening talks to the agent; a failure leaves the session `lost` with its error.
+    // Opening talks to the agent. A failure deletes the ACP instance it made and
+    // leaves the session `closed`, with the cause in `last_error`.
     let row = kiln.session(&org, &repo, &task.id, &sid).send(OpenSession {}).await??;
     let view = session::read_view(&kiln, &org, &task.id, &sid).await?.map(|(_, v)| v).unwrap_or_default();
     Ok(HttpResponse::Created().json(detail(row, &view)))
@@ -135,7 +152,7 @@ pub async fn prompt(
         return Err(AppError::invalid("invalid_prompt", format!("the prompt is longer than {MAX_PROMPT} bytes")));
     }
     let (task, repo, _) = session_row_or_404(&kiln, &org, &task, &sid).await?;
-    let accepted = kiln.session(&org, &repo, &task.id, &sid).send(Prompt { text }).await??;
+    let accepted = ask(&kiln, &org, &repo, &task.id, &sid, Prompt { text }).await?;
     Ok(HttpResponse::Accepted().json(accepted))
 }
 
@@ -143,7 +160,7 @@ pub async fn cancel(kiln: web::Data<Kiln>, caller: Caller, path: web::Path<(Stri
     let (org, task, sid) = path.into_inner();
     caller.require_org(&org)?;
     let (task, repo, _) = session_row_or_404(&kiln, &org, &task, &sid).await?;
-    let outcome = kiln.session(&org, &repo, &task.id, &sid).send(Cancel {}).await??;
+    let outcome = ask(&kiln, &org, &repo, &task.id, &sid, Cancel {}).await?;
     Ok(HttpResponse::Accepted().json(outcome))
 }
 
@@ -167,7 +184,7 @@ pub async fn answer_permission(
         }
     };
     let (task, repo, _) = session_row_or_404(&kiln, &org, &task, &sid).await?;
-    let outcome = kiln.session(&org, &repo, &task.id, &sid).send(AnswerPermission { request, option_id }).await??;
+    let outcome = ask(&kiln, &org, &repo, &task.id, &sid, AnswerPermission { request, option_id }).await?;
     Ok(HttpResponse::Accepted().json(outcome))
 }
 
@@ -175,9 +192,10 @@ pub async fn close(kiln: web::Data<Kiln>, caller: Caller, path: web::Path<(Strin
     let (org, task, sid) = path.into_inner();
     caller.require_org(&org)?;
     let (task, repo, row) = session_row_or_404(&kiln, &org, &task, &sid).await?;
+    // Idempotent: closing a closed session answers it as it is, with no new event.
     if row.status == "closed" {
         return Ok(HttpResponse::Ok().json(row));
     }
-    let row = kiln.session(&org, &repo, &task.id, &sid).send(CloseSession {}).await??;
+    let row = ask(&kiln, &org, &repo, &task.id, &sid, CloseSession {}).await?;
     Ok(HttpResponse::Ok().json(row))
 }

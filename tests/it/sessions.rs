@@ -76,6 +76,11 @@ impl Setup {
 
     /// The session's journal: its envelope events, in order (`?session=`).
     async fn journal(&self, sid: &str) -> Vec<Value> {
+        self.events(sid).await.into_iter().filter(|e| e["data"]["envelope"].is_object()).collect()
+    }
+
+    /// Every event of the session (its journal and its status), in order.
+    async fn events(&self, sid: &str) -> Vec<Value> {
         let mut out: Vec<Value> = Vec::new();
         let mut since = 0;
         loop {
@@ -87,7 +92,7 @@ impl Setup {
             }
             since = r.body["next_since"].as_i64().expect("next_since");
             assert!(items.iter().all(|e| e["session"] == sid), "the filter holds");
-            out.extend(items.into_iter().filter(|e| e["data"]["envelope"].is_object()));
+            out.extend(items);
         }
     }
 
@@ -110,6 +115,70 @@ impl Setup {
             .filter(|x| x["serverId"] == server_id)
             .map(|x| x["envelope"].clone())
             .collect()
+    }
+}
+
+/// Waits until the session has no turn in flight and is `ready`.
+async fn wait_ready(s: &Setup, sid: &str) -> Value {
+    eventually(WAIT, "the turn to end", || async {
+        let v = s.session(sid).await;
+        (v["status"] == "ready" && v["prompt_in_flight"].is_null()).then_some(v)
+    })
+    .await
+}
+
+/// Asserts one turn's events, in the session's event order: the prompt sent,
+/// at once `prompting` (with the prompt's id and nothing of an earlier turn),
+/// the turn's updates, its response, and at once `ready` with this turn's
+/// `stop_reason` (`Ok`) or error (`Err`).
+fn assert_turn_in_order(events: &[Value], request_id: &Value, end: Result<&str, &str>) {
+    let show = |i: usize| format!("{} {}", events[i]["kind"], events[i]["data"]);
+    let sent = events
+        .iter()
+        .position(|e| e["kind"] == "session.sent" && e["data"]["envelope"]["id"] == *request_id && e["data"]["envelope"]["method"] == "session/prompt")
+        .unwrap_or_else(|| panic!("no prompt {request_id} sent"));
+    let prompting = &events[sent + 1];
+    assert_eq!(
+        (prompting["kind"].as_str(), prompting["data"]["to"].as_str(), &prompting["data"]["request_id"]),
+        (Some("session.status_changed"), Some("prompting"), request_id),
+        "the status right after prompt {request_id}: {}",
+        show(sent + 1)
+    );
+    assert_eq!(prompting["data"]["from"], "ready");
+    let stale: Vec<&str> = ["stop_reason", "error"].into_iter().filter(|k| !prompting["data"][*k].is_null()).collect();
+    assert!(stale.is_empty(), "prompting carries nothing of an earlier state: {}", prompting["data"]);
+    let response = events
+        .iter()
+        .position(|e| e["kind"] == "session.response" && e["data"]["envelope"]["id"] == *request_id)
+        .unwrap_or_else(|| panic!("no response to {request_id}"));
+    assert!(response > sent + 1, "the response comes after prompting");
+    for (i, e) in events.iter().enumerate().take(response).skip(sent + 2) {
+        let kind = e["kind"].as_str().unwrap_or("");
+        assert!(kind != "session.status_changed", "no status change inside the turn: {}", show(i));
+    }
+    let ready = &events[response + 1];
+    assert_eq!(
+        (ready["kind"].as_str(), ready["data"]["from"].as_str(), ready["data"]["to"].as_str()),
+        (Some("session.status_changed"), Some("prompting"), Some("ready")),
+        "the status right after response {request_id}: {}",
+        show(response + 1)
+    );
+    match end {
+        Ok(stop) => assert_eq!((ready["data"]["stop_reason"].as_str(), &ready["data"]["error"]), (Some(stop), &Value::Null), "{}", ready["data"]),
+        Err(error) => assert_eq!((&ready["data"]["stop_reason"], ready["data"]["error"].as_str()), (&Value::Null, Some(error)), "{}", ready["data"]),
+    }
+    assert!(ready["data"]["seq"].as_u64() >= events[response]["data"]["seq"].as_u64(), "it names the journal cursor it follows");
+}
+
+/// The session's status events form one chain: each starts where the last ended.
+fn assert_status_chain(events: &[Value]) {
+    let moves: Vec<(&str, &str)> = events
+        .iter()
+        .filter(|e| e["kind"] == "session.status_changed")
+        .map(|e| (e["data"]["from"].as_str().unwrap_or("?"), e["data"]["to"].as_str().unwrap_or("?")))
+        .collect();
+    for pair in moves.windows(2) {
+        assert_eq!(pair[0].1, pair[1].0, "an unbroken chain: {moves:?}");
     }
 }
 
@@ -196,9 +265,20 @@ async fn a_permission_request_sets_awaiting_input_until_answered() {
     assert_eq!(waiting["status"], "prompting");
     let pending = &waiting["pending_permissions"][0];
     let request = pending["request"].as_str().expect("request").to_string();
-    let task = s.c.get(&format!("/v1/organizations/default/tasks/{}", s.task)).await;
-    assert_eq!(task.body["awaiting_input"], true, "the task shows it too");
+    // The task's flag follows its session's row, a moment later.
+    let task = eventually(WAIT, "the task to show it too", || async {
+        let task = s.c.get(&format!("/v1/organizations/default/tasks/{}", s.task)).await;
+        (task.body["awaiting_input"] == true).then_some(task)
+    })
+    .await;
     assert_eq!(task.body["sessions"][0]["awaiting_input"], true, "and its sessions");
+    let events = s.events(&sid).await;
+    let asked = events.iter().position(|e| e["kind"] == "session.request").expect("the request");
+    assert_eq!(
+        (events[asked + 1]["kind"].as_str(), events[asked + 1]["data"]["awaiting_input"].as_bool()),
+        (Some("session.awaiting_input"), Some(true)),
+        "the session's flag is journaled right after the request"
+    );
     let events = s.c.events_since("default", 0).await;
     assert!(events.iter().any(|e| e["kind"] == "task.awaiting_input" && e["data"]["awaiting_input"] == true));
 
@@ -298,6 +378,15 @@ async fn a_lost_session_is_restored_with_a_capped_preamble_sent_once() {
     let t = s.transcript(&sid).await;
     let users: Vec<Value> = items_of(&t, "user").iter().map(|u| u["text"].clone()).collect();
     assert_eq!(users.len(), 5, "the preamble is not a user message: {users:?}");
+    // lost (with its cause) → starting (with nothing stale) → ready → prompting…
+    let events = s.events(&sid).await;
+    assert_status_chain(&events);
+    let moves: Vec<&Value> = events.iter().filter(|e| e["kind"] == "session.status_changed").map(|e| &e["data"]).collect();
+    let at = moves.iter().position(|m| m["to"] == "lost").expect("lost");
+    assert!(moves[at]["error"].as_str().unwrap().contains("exited"), "{}", moves[at]);
+    assert_eq!(moves[at + 1]["to"], "starting");
+    assert!(moves[at + 1].get("error").is_none() && moves[at + 1].get("stop_reason").is_none(), "{}", moves[at + 1]);
+    assert_eq!(moves[at + 2]["to"], "ready");
 }
 
 #[actix_rt::test]
@@ -418,7 +507,11 @@ async fn sessions_refuse_bad_input_and_close() {
     })
     .await;
     let list = s.c.get(&s.path("")).await;
-    assert_eq!(list.body["items"].as_array().unwrap().len(), 2, "the unsupported agent's session is kept, lost");
+    let items = list.body["items"].as_array().unwrap();
+    assert_eq!(items.len(), 2, "the unsupported agent's session is kept: {items:?}");
+    let unsupported = items.iter().find(|i| i["agent"] == "nope").expect("the unsupported agent's session");
+    assert_eq!(unsupported["status"], "closed", "it never opened: nothing to restore");
+    assert!(unsupported["last_error"].as_str().unwrap().contains("does not know agent"), "{unsupported}");
     // Close answers even though 0.4.2's DELETE never does (the fake hangs the same way).
     let r = s.c.delete(&s.path(&format!("/{sid}"))).await;
     assert_eq!((r.status, r.body["status"].as_str()), (200, Some("closed")), "{r:?}");
@@ -503,6 +596,11 @@ async fn a_sandbox_agent_crash_is_supervised_and_the_session_restored() {
     })
     .await;
     assert!(lost["last_error"].as_str().unwrap().contains("gone"), "{lost}");
+    // The cause is named as it is: the instance went, the agent did not exit.
+    let events = s.events(&sid).await;
+    let lost_event = events.iter().find(|e| e["kind"] == "session.status_changed" && e["data"]["to"] == "lost").expect("lost");
+    let cause = lost_event["data"]["error"].as_str().unwrap();
+    assert!(cause.contains("instance is gone") && !cause.contains("exited"), "{cause}");
     let accepted = s.prompt(&sid, "after the crash").await;
     assert_eq!(accepted["restored"], "new");
     s.wait_turn(&sid, "end_turn").await;
@@ -515,19 +613,31 @@ async fn a_sandbox_agent_crash_is_supervised_and_the_session_restored() {
 
 /// With the real sandbox-agent binary: its `mock` agent is installed on demand
 /// and answers `initialize` and `session/new` through the real bridge, but only
-/// by echoing, so the session cannot open: a clear 502, the session `lost`, and
-/// both exchanges journaled with each response once.
+/// by echoing, so the session cannot open: a clear 502, both exchanges
+/// journaled with each response once, the ACP instance (a real agent process)
+/// deleted again, and the session `closed` with the cause.
 #[actix_rt::test]
 async fn the_real_sandbox_agent_mock_cannot_open_a_session_and_says_why() {
     let bin = crate::common::sandbox_agent_bin().expect("the sandbox-agent binary: run .ci/run");
     let s = Setup::new(&[("KILN_SANDBOX_AGENT_BIN", &bin)]).await;
     let r = s.c.post(&s.path(""), json!({"agent": "mock"})).await;
     assert_eq!((r.status, r.code()), (502, "agent_error"), "{r:?}");
-    assert!(r.body["message"].as_str().unwrap().contains("without a sessionId"), "{r:?}");
+    let message = r.body["message"].as_str().unwrap();
+    assert!(message.contains("without a sessionId"), "{r:?}");
+    assert!(message.contains("was deleted") && message.contains("is closed"), "it says what became of it: {message}");
     let list = s.c.get(&s.path("")).await;
     let session = &list.body["items"][0];
-    assert_eq!(session["status"], "lost");
+    assert_eq!(session["status"], "closed", "not `lost`: there is nothing to restore");
+    assert!(session["last_error"].as_str().unwrap().contains("without a sessionId"), "{session}");
     let sid = session["id"].as_str().unwrap().to_string();
+    // sandbox-agent lists no instance any more (PROTOCOLS §1.4.3), and its
+    // agent processes are gone.
+    let acp = s.fake().get("/v1/acp").await;
+    assert_eq!(acp.status, 200, "{acp:?}");
+    assert_eq!(acp.body["servers"], json!([]), "no instance is left: {acp:?}");
+    let record = std::fs::read(s.server.data_dir().join(format!("sandboxes/{}/sandbox-agent.json", s.task))).expect("record");
+    let pid = serde_json::from_slice::<Value>(&record).expect("json")["pid"].as_i64().expect("pid");
+    eventually(WAIT, "the mock agent process to exit", || async { children_of(pid as i32).is_empty().then_some(()) }).await;
     let journal = s.journal(&sid).await;
     let kinds: Vec<(&str, &str)> = journal
         .iter()
@@ -539,6 +649,30 @@ async fn the_real_sandbox_agent_mock_cannot_open_a_session_and_says_why() {
         "{kinds:?}"
     );
     assert_eq!(journal[1]["data"]["envelope"]["result"]["echoed"]["method"], "initialize");
+    // The deletion is journaled, then the closing, with its cause.
+    let events = s.events(&sid).await;
+    let deleted = events.iter().position(|e| e["data"]["envelope"]["method"] == "_kiln/instance_deleted").expect("the note");
+    assert_eq!(events[deleted]["data"]["envelope"]["params"]["confirmed"], true, "{}", events[deleted]);
+    assert_eq!(events[deleted]["data"]["purpose"], "kiln");
+    let closed = &events[deleted + 1];
+    assert_eq!((closed["data"]["from"].as_str(), closed["data"]["to"].as_str()), (Some("starting"), Some("closed")), "{closed}");
+    assert!(closed["data"]["error"].as_str().unwrap().contains("without a sessionId"), "{closed}");
+}
+
+/// The live processes whose parent is `pid`.
+fn children_of(pid: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Ok(child) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
+        // `pid (comm) state ppid …`; comm may hold spaces, so split after the last ')'.
+        let mut rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("").split_whitespace();
+        let state = rest.next().unwrap_or("");
+        if rest.next() == Some(pid.to_string().as_str()) && state != "Z" {
+            out.push(child);
+        }
+    }
+    out
 }
 
 #[actix_rt::test]
@@ -733,4 +867,175 @@ async fn long_sessions_load_from_a_checkpoint_that_matches_the_whole_journal() {
     s.prompt(&sid, "more").await;
     s.wait_turn(&sid, "end_turn").await;
     assert_eq!(items_of(&s.transcript(&sid).await, "turn_ended").len(), 2);
+}
+
+/// Each turn's status changes are journaled in the order they happened, with
+/// only the new state's fields, over many turns of every kind: the default
+/// turn, a response that comes at once (before the POST even answers), a
+/// failed turn and a cancelled one.
+#[actix_rt::test]
+async fn every_turns_status_changes_are_journaled_in_order() {
+    let s = Setup::new(&[]).await;
+    let sid = s.open("fake").await;
+    let mut turns = Vec::new();
+    for i in 0..11 {
+        let (text, end) = match i % 4 {
+            0 => ("fix the bug", Ok("end_turn")),
+            1 => ("answer at once", Ok("end_turn")),
+            2 => ("please fail", Err("scripted failure")),
+            _ => ("wait for me", Ok("cancelled")),
+        };
+        let accepted = s.prompt(&sid, text).await;
+        if i % 4 == 3 {
+            eventually(WAIT, "the turn to run", || async { (s.session(&sid).await["status"] == "prompting").then_some(()) }).await;
+            let r = s.c.post(&s.path(&format!("/{sid}/cancel")), json!({})).await;
+            assert_eq!(r.status, 202, "{r:?}");
+        }
+        wait_ready(&s, &sid).await;
+        turns.push((accepted["request_id"].clone(), end));
+    }
+    let events = s.events(&sid).await;
+    for (id, end) in &turns {
+        assert_turn_in_order(&events, id, *end);
+    }
+    assert_status_chain(&events);
+    let opened = events.iter().find(|e| e["kind"] == "session.status_changed").expect("a status event");
+    assert_eq!((opened["data"]["from"].as_str(), opened["data"]["to"].as_str()), (Some("starting"), Some("ready")));
+    assert!(opened["data"].get("stop_reason").is_none() && opened["data"].get("error").is_none(), "{opened}");
+}
+
+/// The race behind out-of-order status events, made certain: the TaskActor
+/// (which writes the session's row) is held up in the repository's on-idle
+/// push, to a remote that never answers, while a whole turn runs and its
+/// response is journaled. The turn's status changes are the SessionActor's
+/// own, so they are in the journal already, around the response.
+#[actix_rt::test]
+async fn a_turns_status_is_journaled_in_order_while_the_task_actor_is_busy() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+    let s = Setup::new(&[]).await;
+    // A git:// "remote" that takes the connection and says nothing until released.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let held: Arc<Mutex<Vec<std::net::TcpStream>>> = Arc::default();
+    let (accepted, released) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicBool::new(false)));
+    {
+        let (held, accepted, released) = (held.clone(), accepted.clone(), released.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming().flatten() {
+                accepted.fetch_add(1, Ordering::SeqCst);
+                if !released.load(Ordering::SeqCst) {
+                    held.lock().expect("held").push(conn);
+                }
+            }
+        });
+    }
+    let mirror = s.server.data_dir().join("repos/default/widget.git");
+    let out = std::process::Command::new("git")
+        .arg("-C")
+        .arg(&mirror)
+        .args(["config", "remote.origin.pushurl", &format!("git://127.0.0.1:{port}/widget.git")])
+        .output()
+        .expect("git config");
+    assert!(out.status.success(), "{out:?}");
+    let r = s.c.put("/v1/organizations/default/repos/widget/settings", json!({"automation": {"on_idle": {"push": true}}})).await;
+    assert_eq!(r.status, 200, "{r:?}");
+
+    let sid = s.open("fake").await;
+    s.prompt(&sid, "first").await;
+    wait_ready(&s, &sid).await;
+    // The turn's end made the task idle, and its on-idle push now hangs in the TaskActor.
+    eventually(WAIT, "the on-idle push to reach the remote", || async { (accepted.load(Ordering::SeqCst) > 0).then_some(()) }).await;
+    let second = s.prompt(&sid, "answer at once").await;
+    let id = second["request_id"].clone();
+    let events = eventually(WAIT, "the second turn's response in the journal, and a status after it", || async {
+        let events = s.events(&sid).await;
+        let response = events.iter().position(|e| e["kind"] == "session.response" && e["data"]["envelope"]["id"] == id)?;
+        events[response..].iter().any(|e| e["kind"] == "session.status_changed").then_some(events)
+    })
+    .await;
+    assert_eq!(s.session(&sid).await["status"], "ready", "the row is still behind: the TaskActor is busy");
+    assert_turn_in_order(&events, &id, Ok("end_turn"));
+
+    // Let the push fail; the TaskActor catches up with the row.
+    released.store(true, Ordering::SeqCst);
+    held.lock().expect("held").clear();
+    eventually(WAIT, "the push to fail", || async {
+        let events = s.c.events_since("default", 0).await;
+        events.iter().any(|e| e["kind"] == "task.push_failed").then_some(())
+    })
+    .await;
+    let session = wait_ready(&s, &sid).await;
+    assert_eq!(session["stop_reason"], "end_turn");
+    let events = s.events(&sid).await;
+    assert_turn_in_order(&events, &id, Ok("end_turn"));
+    assert_status_chain(&events);
+}
+
+/// A failed open deletes the ACP instance it made and leaves the session
+/// `closed` with the cause: nothing that looks restorable, no agent process.
+#[actix_rt::test]
+async fn a_failed_open_deletes_its_instance_and_closes_the_session() {
+    let s = Setup::new(&[]).await;
+    let r = s.c.post(&s.path(""), json!({"agent": "fake", "mode": "no-such-mode"})).await;
+    assert_eq!((r.status, r.code()), (502, "agent_error"), "{r:?}");
+    let message = r.body["message"].as_str().unwrap();
+    assert!(message.contains("unknown mode") && message.contains("was deleted") && message.contains("is closed"), "{message}");
+    let list = s.c.get(&s.path("")).await;
+    let session = list.body["items"][0].clone();
+    let sid = session["id"].as_str().unwrap().to_string();
+    assert_eq!(session["status"], "closed", "{session}");
+    assert!(session["last_error"].as_str().unwrap().contains("unknown mode"), "{session}");
+    let acp = s.fake().get("/v1/acp").await;
+    assert!(acp.body["servers"].as_array().unwrap().iter().all(|i| i["serverId"] != sid.as_str()), "no instance left: {acp:?}");
+    // The journal says what happened, in order.
+    let events = s.events(&sid).await;
+    let tail: Vec<(String, String)> = events
+        .iter()
+        .rev()
+        .take(4)
+        .rev()
+        .map(|e| {
+            let what = e["data"]["envelope"]["method"].as_str().or(e["data"]["to"].as_str()).unwrap_or("");
+            (e["kind"].as_str().unwrap().to_string(), what.to_string())
+        })
+        .collect();
+    let expected = [
+        ("session.sent", "session/set_mode"),
+        ("session.response", ""),
+        ("session.notification", "_kiln/instance_deleted"),
+        ("session.status_changed", "closed"),
+    ];
+    assert_eq!(tail, expected.map(|(k, w)| (k.to_string(), w.to_string())), "{events:?}");
+    assert_eq!(events[events.len() - 2]["data"]["envelope"]["params"]["confirmed"], true);
+    assert!(events.last().unwrap()["data"]["error"].as_str().unwrap().contains("unknown mode"));
+    assert_status_chain(&events);
+    // It is closed for good: a prompt is refused, and closing it again is the same answer.
+    let r = s.c.post(&s.path(&format!("/{sid}/prompt")), json!({"text": "hello?"})).await;
+    assert_eq!((r.status, r.code()), (409, "session_closed"), "{r:?}");
+    let r = s.c.delete(&s.path(&format!("/{sid}"))).await;
+    assert_eq!((r.status, &r.body), (200, &session), "{r:?}");
+}
+
+/// DELETE is idempotent: two closes at once, and one more later, all answer
+/// 200 with the same closed session, and the close is journaled once.
+#[actix_rt::test]
+async fn closing_a_closed_session_answers_the_closed_session() {
+    let s = Setup::new(&[]).await;
+    let sid = s.open("fake").await;
+    let path = s.path(&format!("/{sid}"));
+    // The first close waits out the DELETE that 0.4.2 (and the fake) never
+    // answers; the second arrives meanwhile and waits behind it.
+    let (a, b) = tokio::join!(s.c.delete(&path), s.c.delete(&path));
+    assert_eq!((a.status, a.body["status"].as_str()), (200, Some("closed")), "{a:?}");
+    assert_eq!((b.status, &b.body), (200, &a.body), "{b:?}");
+    let again = s.c.delete(&path).await;
+    assert_eq!((again.status, &again.body), (200, &a.body), "{again:?}");
+    let events = s.events(&sid).await;
+    let closes: Vec<&Value> =
+        events.iter().filter(|e| e["kind"] == "session.status_changed" && e["data"]["to"] == "closed").collect();
+    assert_eq!(closes.len(), 1, "{closes:?}");
+    assert_eq!(closes[0]["data"]["from"], "ready");
+    assert!(closes[0]["data"].get("error").is_none(), "closed on request: no cause: {}", closes[0]);
+    assert_status_chain(&events);
 }

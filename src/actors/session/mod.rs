@@ -19,6 +19,12 @@
 //! - Everything is journaled in order under one lock, before anyone acts on it.
 //!   A response that arrives twice (POST body and SSE) is journaled once (by
 //!   JSON-RPC id). The journal folded by `view.rs` gives the live state.
+//! - The session's status events (`session.status_changed`,
+//!   `session.awaiting_input`) are decided from that fold and journaled by
+//!   this actor under the same lock, right after the entry that caused them:
+//!   `prompting` before the prompt is posted, `ready` right after the response.
+//! - A failed open deletes the ACP instance it made; a failed create leaves
+//!   the session `closed` (and the actor stops), a failed restore `lost`.
 //! - A prompt is posted from a spawned task, so the actor's mailbox is free
 //!   while the turn runs; the turn ends when its response is journaled.
 //! - When the agent or the instance is gone the session is `lost`; the next
@@ -131,7 +137,7 @@ pub struct SaveCheckpoint {
 pub struct OpenSession {}
 
 /// Sends one prompt (restoring the session first if it was lost).
-#[derive(Message)]
+#[derive(Message, Clone)]
 #[rtype(result = "AppResult<PromptAccepted>")]
 pub struct Prompt {
     pub text: String,
@@ -152,12 +158,12 @@ pub struct PromptAccepted {
 
 /// Cancels the turn in flight (`session/cancel`, and every pending permission
 /// answered `cancelled`, as ACP requires).
-#[derive(Message)]
+#[derive(Message, Clone)]
 #[rtype(result = "AppResult<Value>")]
 pub struct Cancel {}
 
 /// Answers a pending `session/request_permission`.
-#[derive(Message)]
+#[derive(Message, Clone)]
 #[rtype(result = "AppResult<Value>")]
 pub struct AnswerPermission {
     /// The request's JSON-RPC id as the API shows it.
@@ -166,8 +172,9 @@ pub struct AnswerPermission {
     pub option_id: Option<String>,
 }
 
-/// Closes the session: DELETE on its ACP instance (with a timeout), then the row.
-#[derive(Message)]
+/// Closes the session: DELETE on its ACP instance (with a timeout), then the
+/// row. Closing a closed session answers it as it is.
+#[derive(Message, Clone)]
 #[rtype(result = "AppResult<TaskSession>")]
 pub struct CloseSession {}
 
@@ -201,6 +208,61 @@ struct Live {
     /// The journal cursor of the last checkpoint saved (or loaded).
     checkpoint_seq: u64,
     last_error: Option<String>,
+    /// The status the last `session.status_changed` event moved to.
+    journaled: SessionStatus,
+    /// Status events decided but not journaled yet (a write failed): they go
+    /// first into the next write, so they still precede anything later.
+    unjournaled: Vec<NewEvent>,
+}
+
+/// What a new status says about itself in its `session.status_changed` event.
+#[derive(Debug, Default, Clone, PartialEq)]
+struct StatusFacts {
+    /// The `session/prompt` in flight.
+    request_id: Option<Value>,
+    /// How the turn that just ended ended.
+    stop_reason: Option<String>,
+    turn_error: Option<String>,
+    /// Why the session is lost, or closed other than on request.
+    error: Option<String>,
+}
+
+/// The data of a `session.status_changed` event: `from`, `to`, the journal
+/// cursor it follows (`seq`), and only the fields of the new state: the
+/// prompt's `request_id` for `prompting`; the turn's `stop_reason` (or
+/// `error`) for `ready` after a turn; the cause (`error`) for `lost`, and for
+/// `closed` when it has one. Nothing of an earlier state comes along.
+fn status_data(from: SessionStatus, to: SessionStatus, seq: u64, facts: &StatusFacts) -> Value {
+    let mut data = json!({"from": from.as_str(), "to": to.as_str(), "seq": seq});
+    let mut set = |key: &str, value: &Option<String>| {
+        if let Some(v) = value {
+            data[key] = json!(v);
+        }
+    };
+    match to {
+        SessionStatus::Ready if from == SessionStatus::Prompting => {
+            set("stop_reason", &facts.stop_reason);
+            set("error", &facts.turn_error);
+        }
+        SessionStatus::Lost | SessionStatus::Closed => set("error", &facts.error),
+        SessionStatus::Prompting => {
+            if let Some(id) = &facts.request_id {
+                data["request_id"] = id.clone();
+            }
+        }
+        SessionStatus::Ready | SessionStatus::Starting => {}
+    }
+    data
+}
+
+/// The status the live state says: an open session is `prompting` exactly
+/// while a turn is in flight.
+fn effective(status: SessionStatus, view: &SessionView) -> SessionStatus {
+    match status {
+        SessionStatus::Ready | SessionStatus::Prompting if view.prompting() => SessionStatus::Prompting,
+        SessionStatus::Ready | SessionStatus::Prompting => SessionStatus::Ready,
+        other => other,
+    }
 }
 
 /// An envelope about to be journaled.
@@ -241,6 +303,20 @@ fn upstream(e: AcpError) -> AppError {
     }
 }
 
+/// The same error with `note` added to its message.
+fn noted(e: AppError, note: &str) -> AppError {
+    let add = |message: String| format!("{message}{note}");
+    match e {
+        AppError::BadGateway { code, message } => AppError::BadGateway { code, message: add(message) },
+        AppError::Invalid { code, message } => AppError::Invalid { code, message: add(message) },
+        AppError::Conflict { code, message } => AppError::Conflict { code, message: add(message) },
+        AppError::Unavailable { code, message } => AppError::Unavailable { code, message: add(message) },
+        AppError::NotFound { code, message } => AppError::NotFound { code, message: add(message) },
+        AppError::BadRequest { code, message } => AppError::BadRequest { code, message: add(message) },
+        other => other,
+    }
+}
+
 fn rpc_error_text(error: &Value) -> String {
     error.get("message").and_then(Value::as_str).map(str::to_string).unwrap_or_else(|| error.to_string())
 }
@@ -252,6 +328,12 @@ impl Shared {
 
     /// Journals envelopes in order (dropping a response already journaled),
     /// then folds them into the view. Answers the changes and the event ids.
+    ///
+    /// Status events are journaled in the same order: the entries go out in
+    /// runs that end at one that may change the status; after each run is
+    /// folded, the status it led to is decided, and its event goes out at the
+    /// head of the next run (or alone, at the end). All of it under the
+    /// journal lock, so nothing else of this session is journaled in between.
     async fn record(&self, live: &mut Live, items: Vec<Pending>) -> AppResult<(Vec<Change>, Vec<i64>)> {
         let mut entries = Vec::with_capacity(items.len());
         let mut seq = live.view.seq;
@@ -286,28 +368,35 @@ impl Shared {
         if entries.is_empty() {
             return Ok((Vec::new(), Vec::new()));
         }
-        let events = entries
-            .iter()
-            .map(|e| self.event(e.kind(), serde_json::to_value(e).unwrap_or(Value::Null)))
-            .collect();
-        let ids = match self.kiln.emit(&self.org, events).await {
-            Ok(ids) => ids,
-            Err(e) => {
-                // Nothing was journaled: forget the ids this batch marked as seen.
-                live.dedup = dedup_from(&live.view);
-                return Err(e);
-            }
-        };
         let mut changes = Vec::new();
-        for e in &entries {
-            changes.extend(live.view.apply(e));
-        }
-        for c in &changes {
-            if let Change::AgentExited { detail } = c {
-                live.status = SessionStatus::Lost;
-                live.last_error = Some(detail.clone());
+        let mut ids = Vec::with_capacity(entries.len());
+        let mut rest = entries.as_slice();
+        while !rest.is_empty() {
+            let cut = rest.iter().position(Entry::may_change_status).map_or(rest.len(), |i| i + 1);
+            let (run, tail) = rest.split_at(cut);
+            let status = live.unjournaled.len();
+            let mut events = live.unjournaled.clone();
+            events.extend(run.iter().map(|e| self.event(e.kind(), serde_json::to_value(e).unwrap_or(Value::Null))));
+            match self.kiln.emit(&self.org, events).await {
+                Ok(written) => {
+                    live.unjournaled.clear();
+                    ids.extend(written.into_iter().skip(status));
+                }
+                Err(e) => {
+                    // This run was not journaled: forget the ids it marked as seen.
+                    live.dedup = dedup_from(&live.view);
+                    return Err(e);
+                }
             }
+            let mut run_changes = Vec::new();
+            for e in run {
+                run_changes.extend(live.view.apply(e));
+            }
+            self.decide(live, &run_changes);
+            changes.extend(run_changes);
+            rest = tail;
         }
+        self.flush(live).await;
         self.report(live, None);
         if live.view.seq >= live.checkpoint_seq + CHECKPOINT_EVERY {
             if let Some(&event_id) = ids.last() {
@@ -326,15 +415,71 @@ impl Shared {
         Ok((changes, ids))
     }
 
+    /// Applies what a folded run changed to the live status, and queues the
+    /// events it calls for: `session.awaiting_input` when a permission request
+    /// starts or stops waiting, `session.status_changed` when the status moved.
+    fn decide(&self, live: &mut Live, changes: &[Change]) {
+        let mut facts = StatusFacts::default();
+        for c in changes {
+            match c {
+                Change::AgentExited { detail } => {
+                    if live.status != SessionStatus::Closed {
+                        live.status = SessionStatus::Lost;
+                        live.last_error = Some(detail.clone());
+                    }
+                }
+                Change::TurnEnded { stop_reason, error } => {
+                    facts.stop_reason = stop_reason.clone();
+                    facts.turn_error = error.clone();
+                }
+                Change::AwaitingInput(waiting) => {
+                    let data = json!({"awaiting_input": waiting, "seq": live.view.seq});
+                    live.unjournaled.push(self.event("session.awaiting_input", data));
+                }
+                Change::TurnStarted => {}
+            }
+        }
+        self.decide_status(live, facts);
+    }
+
+    /// Settles the live status and, if it moved since the last status event,
+    /// queues the event for the new one.
+    fn decide_status(&self, live: &mut Live, mut facts: StatusFacts) {
+        live.status = effective(live.status, &live.view);
+        if live.status == live.journaled {
+            return;
+        }
+        facts.request_id = live.view.prompt_in_flight.clone();
+        facts.error = live.last_error.clone();
+        let data = status_data(live.journaled, live.status, live.view.seq, &facts);
+        live.unjournaled.push(self.event("session.status_changed", data));
+        live.journaled = live.status;
+    }
+
+    /// Journals the queued status events now. If that fails they stay queued
+    /// and go out first with the next write.
+    async fn flush(&self, live: &mut Live) {
+        if live.unjournaled.is_empty() {
+            return;
+        }
+        match self.kiln.emit(&self.org, live.unjournaled.clone()).await {
+            Ok(_) => live.unjournaled.clear(),
+            Err(e) => log::warn!("session {}: journaling its status failed ({e}); it goes with the next write", self.id),
+        }
+    }
+
+    /// After a status change outside the journal (opening, closing, a failure):
+    /// its event is journaled, then the state reported.
+    async fn settle(&self, live: &mut Live) {
+        self.decide_status(live, StatusFacts::default());
+        self.flush(live).await;
+        self.report(live, None);
+    }
+
     /// Sends the session's state to the TaskActor if it changed (or always,
     /// when `done` waits for the written row).
     fn report(&self, live: &mut Live, done: Option<oneshot::Sender<AppResult<TaskSession>>>) {
-        let status = match live.status {
-            SessionStatus::Ready | SessionStatus::Prompting if live.view.prompting() => SessionStatus::Prompting,
-            SessionStatus::Ready | SessionStatus::Prompting => SessionStatus::Ready,
-            other => other,
-        };
-        live.status = status;
+        let status = live.status;
         let mut obs = SessionObserved {
             session: self.id.clone(),
             acp_server_id: live.row.acp_server_id.clone(),
@@ -368,7 +513,7 @@ impl Shared {
         live.last_error = Some(reason.clone());
         if self.record(live, vec![p]).await.is_err() || live.status != SessionStatus::Lost {
             live.status = SessionStatus::Lost;
-            self.report(live, None);
+            self.settle(live).await;
         }
     }
 
@@ -434,8 +579,14 @@ impl Shared {
     }
 
     /// Opens an ACP instance for the session: a new one on create, the next
-    /// generation on restore. Answers how it was restored, if it was.
+    /// generation on restore. Answers how it was restored, if it was. If it
+    /// fails once the instance may exist, the instance is deleted again (and
+    /// the error says so): a failed open leaves no agent process behind.
     async fn open(self: &Rc<Self>, live: &mut Live, restore: bool) -> AppResult<Option<&'static str>> {
+        if restore {
+            live.status = SessionStatus::Starting;
+            self.settle(live).await;
+        }
         let (endpoint, cwd) = self.kiln.task(&self.org, &self.repo, &self.task).send(super::task::EnsureAcp {}).await??;
         let client = AcpClient::new(&endpoint.url, Some(&endpoint.token));
         let agent = live.row.agent.clone();
@@ -446,6 +597,12 @@ impl Shared {
             other => upstream(other),
         })?;
         if restore {
+            // The lost generation's instance goes, if it is still there (in the
+            // background: 0.4.2 never answers a DELETE of a live instance).
+            let (old, server) = (client.clone(), live.row.acp_server_id.clone());
+            actix::spawn(async move {
+                let _ = old.delete(&server, crate::integrations::sandbox_agent::DELETE_TIMEOUT).await;
+            });
             live.row.acp_server_id = next_server_id(&self.id, &live.row.acp_server_id);
         }
         live.client = Some(client);
@@ -453,15 +610,36 @@ impl Shared {
         live.epoch = None;
         live.loading = None;
         live.dedup = dedup_from(&live.view);
+        match self.open_instance(live, restore, &agent, cwd).await {
+            Ok(how) => Ok(how),
+            Err(e) => {
+                let server = live.row.acp_server_id.clone();
+                let note = if self.discard_instance(live, &e).await {
+                    format!("; its ACP instance `{server}` was deleted")
+                } else {
+                    format!("; deleting its ACP instance `{server}` could not be confirmed")
+                };
+                Err(noted(e, &note))
+            }
+        }
+    }
+
+    /// The requests that open an instance: `initialize`, then `session/load`
+    /// (restoring an agent that can) or `session/new`, then mode and model.
+    async fn open_instance(
+        self: &Rc<Self>,
+        live: &mut Live,
+        restore: bool,
+        agent: &str,
+        cwd: PathBuf,
+    ) -> AppResult<Option<&'static str>> {
         let init = json!({
             "protocolVersion": 1,
             "clientCapabilities": {"fs": {"readTextFile": false, "writeTextFile": false}, "terminal": false},
             "clientInfo": {"name": "kiln", "version": env!("CARGO_PKG_VERSION")},
         });
-        let init = self.request(live, "initialize", init, None, Some(&agent)).await?;
+        let init = self.request(live, "initialize", init, None, Some(agent)).await?;
         live.row.load_session = init["agentCapabilities"]["loadSession"].as_bool().unwrap_or(false);
-        // The instance exists now: follow its stream before anything else happens.
-        live.status = SessionStatus::Starting;
         let cwd = cwd.to_string_lossy().to_string();
         let mut how = None;
         if restore && live.row.load_session && live.row.remote_session_id.is_some() {
@@ -495,6 +673,36 @@ impl Shared {
         live.status = SessionStatus::Ready;
         live.last_error = None;
         Ok(how)
+    }
+
+    /// After a failed open: deletes the instance it made (PROTOCOLS §1.4.4: a
+    /// DELETE that times out counts, and the list confirms), and journals that
+    /// it did, and why (`_kiln/instance_deleted`). Answers whether the instance
+    /// is confirmed gone.
+    async fn discard_instance(&self, live: &mut Live, cause: &AppError) -> bool {
+        let Some(client) = live.client.clone() else { return true };
+        let server = live.row.acp_server_id.clone();
+        let timeout = Duration::from_millis(self.kiln.config.sessions.close_timeout_ms);
+        if let Err(e) = client.delete(&server, timeout).await {
+            log::warn!("session {}: deleting ACP instance {server} after a failed open failed: {e}", self.id);
+        }
+        let gone = match client.list().await {
+            Ok(servers) => !servers.iter().any(|s| s["serverId"].as_str() == Some(server.as_str())),
+            Err(e) => {
+                log::warn!("session {}: listing ACP instances failed: {e}", self.id);
+                false
+            }
+        };
+        let note = json!({
+            "jsonrpc": "2.0", "method": "_kiln/instance_deleted",
+            "params": {"server": server, "reason": cause.to_string(), "confirmed": gone},
+        });
+        let mut p = Pending::inbound(note, None);
+        p.purpose = Some("kiln");
+        if let Err(e) = self.record(live, vec![p]).await {
+            log::warn!("session {}: journaling the deleted instance failed: {e}", self.id);
+        }
+        gone
     }
 
     /// Waits until the reader has journaled a `session/load`'s response from
@@ -563,7 +771,7 @@ fn next_server_id(id: &str, current: &str) -> String {
 async fn after_start(shared: Rc<Shared>, grace: Duration) {
     {
         let mut live = shared.live.lock().await;
-        shared.report(&mut live, None);
+        shared.settle(&mut live).await;
         if live.view.unacknowledged_prompt().is_none() {
             return;
         }
@@ -653,7 +861,7 @@ async fn read_loop(shared: Rc<Shared>) {
                         .await;
                 }
                 live.epoch = created;
-                shared.report(&mut live, None);
+                shared.settle(&mut live).await;
             }
             live.view.cursor(&server, created)
         };
@@ -782,7 +990,14 @@ fn start_reader(reader: &Rc<RefCell<Option<tokio::task::JoinHandle<()>>>>, share
 
 /// Loads the session's row and its view: the checkpoint (if any) with the
 /// journal after it folded in. Also answers how many entries that was.
-async fn load(kiln: &Kiln, org: &str, task: &str, id: &str) -> AppResult<Option<(TaskSession, SessionView, u64)>> {
+/// With `status`, also the status the session's last status event moved it to.
+async fn load(
+    kiln: &Kiln,
+    org: &str,
+    task: &str,
+    id: &str,
+    status: bool,
+) -> AppResult<Option<(TaskSession, SessionView, u64, Option<String>)>> {
     let (o, t, i) = (org.to_string(), task.to_string(), id.to_string());
     // Reading, parsing and folding all run on the blocking pool, never on the
     // actor's thread (a journal without a checkpoint can be long).
@@ -801,14 +1016,15 @@ async fn load(kiln: &Kiln, org: &str, task: &str, id: &str) -> AppResult<Option<
                     view.apply(&entry);
                 }
             }
-            Ok(Some((row, view, tail)))
+            let journaled = if status { queries::last_journaled_status(c, &o, &i)? } else { None };
+            Ok(Some((row, view, tail, journaled)))
         })
         .await?)
 }
 
 /// Reads a session's journal and folds it (for the API; no actor needed).
 pub async fn read_view(kiln: &Kiln, org: &str, task: &str, id: &str) -> AppResult<Option<(TaskSession, SessionView)>> {
-    Ok(load(kiln, org, task, id).await?.map(|(row, view, _)| (row, view)))
+    Ok(load(kiln, org, task, id, false).await?.map(|(row, view, ..)| (row, view)))
 }
 
 impl Actor for SessionActor {
@@ -817,9 +1033,9 @@ impl Actor for SessionActor {
     fn started(&mut self, ctx: &mut Self::Context) {
         let (kiln, org, task, id) = (self.kiln.clone(), self.org.clone(), self.task.clone(), self.id.clone());
         // Nothing else runs until the session is loaded.
-        ctx.wait(actix::fut::wrap_future(async move { load(&kiln, &org, &task, &id).await }).map(
+        ctx.wait(actix::fut::wrap_future(async move { load(&kiln, &org, &task, &id, true).await }).map(
             |loaded, act: &mut Self, ctx: &mut Context<Self>| {
-                let (row, view, tail) = match loaded {
+                let (row, view, tail, journaled) = match loaded {
                     Ok(Some(found)) => found,
                     Ok(None) => return ctx.stop(),
                     Err(e) => {
@@ -843,6 +1059,8 @@ impl Actor for SessionActor {
                     last_ingest: std::time::Instant::now(),
                     checkpoint_seq,
                     last_error: row.last_error.clone(),
+                    journaled: journaled.as_deref().map_or(status, SessionStatus::parse),
+                    unjournaled: Vec::new(),
                     row,
                 };
                 let shared = Rc::new(Shared {
@@ -891,25 +1109,48 @@ impl Handler<OpenSession> for SessionActor {
 
     fn handle(&mut self, _: OpenSession, _: &mut Self::Context) -> Self::Result {
         let (shared, reader) = (self.shared(), self.reader.clone());
-        atomic!(self, async move {
-            let shared = shared?;
-            let mut live = shared.live.lock().await;
-            if live.status != SessionStatus::Starting || live.client.is_some() {
-                return Err(AppError::conflict("session_open", "the session is already open"));
-            }
-            let opened = shared.open(&mut live, false).await;
-            if let Err(e) = &opened {
-                live.status = SessionStatus::Lost;
-                live.last_error = Some(e.to_string());
-            } else {
-                start_reader(&reader, &shared);
-            }
-            let (tx, rx) = oneshot::channel();
-            shared.report(&mut live, Some(tx));
-            drop(live);
-            let row = rx.await.map_err(|_| AppError::bug("the session report was dropped"))??;
-            opened.map(|_| row)
-        })
+        self.meta.touch();
+        AtomicResponse::new(Box::pin(
+            actix::fut::wrap_future(async move {
+                let shared = match shared {
+                    Ok(s) => s,
+                    Err(e) => return (Err(e), false),
+                };
+                let mut live = shared.live.lock().await;
+                if live.status != SessionStatus::Starting || live.client.is_some() {
+                    return (Err(AppError::conflict("session_open", "the session is already open")), false);
+                }
+                let opened = shared.open(&mut live, false).await;
+                match &opened {
+                    Ok(_) => start_reader(&reader, &shared),
+                    Err(e) => {
+                        // A session that never opened has nothing to restore: it
+                        // is closed, with the cause (its instance is already gone).
+                        live.status = SessionStatus::Closed;
+                        live.last_error = Some(e.to_string());
+                    }
+                }
+                shared.decide_status(&mut live, StatusFacts::default());
+                shared.flush(&mut live).await;
+                let (tx, rx) = oneshot::channel();
+                shared.report(&mut live, Some(tx));
+                drop(live);
+                let row = match rx.await {
+                    Ok(row) => row,
+                    Err(_) => Err(AppError::bug("the session report was dropped")),
+                };
+                match opened {
+                    Ok(_) => (row, false),
+                    Err(e) => (Err(noted(e, &format!("; session `{}` is closed", shared.id))), true),
+                }
+            })
+            .map(|(answer, closed), _: &mut Self, ctx: &mut Context<Self>| {
+                if closed {
+                    ctx.stop();
+                }
+                answer
+            }),
+        ))
     }
 }
 
@@ -931,29 +1172,24 @@ impl Handler<Prompt> for SessionActor {
                 }
                 SessionStatus::Lost => {
                     // The old instance is dead: its reader (maybe stuck on a stream that
-                    // stays open) goes, and the instance is deleted in the background.
+                    // stays open) goes; `open` deletes the instance.
                     if let Some(r) = reader.borrow_mut().take() {
                         r.abort();
-                    }
-                    if let Some(old) = live.client.clone() {
-                        let server = live.row.acp_server_id.clone();
-                        actix::spawn(async move {
-                            let _ = old.delete(&server, crate::integrations::sandbox_agent::DELETE_TIMEOUT).await;
-                        });
                     }
                     restored = match shared.open(&mut live, true).await {
                         Ok(how) => how,
                         Err(e) => {
+                            // Still lost (the next prompt tries again), with this cause.
                             live.status = SessionStatus::Lost;
-                            live.last_error = Some(e.to_string());
-                            shared.report(&mut live, None);
+                            live.last_error = Some(format!("restoring the session failed: {e}"));
+                            shared.settle(&mut live).await;
                             return Err(AppError::BadGateway {
                                 code: "restore_failed",
                                 message: format!("the session was lost and could not be restored: {e}"),
                             });
                         }
                     };
-                    shared.report(&mut live, None);
+                    shared.settle(&mut live).await;
                     start_reader(&reader, &shared);
                     if restored == Some("load") {
                         // The agent replayed the history on SSE before answering the
@@ -1013,7 +1249,7 @@ impl Handler<Prompt> for SessionActor {
                     drop(live);
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 };
-                if live.row.acp_server_id != server {
+                if live.row.acp_server_id != server || live.status == SessionStatus::Closed {
                     return;
                 }
                 match answer {
@@ -1126,14 +1362,22 @@ impl Handler<CloseSession> for SessionActor {
                 if let Some(r) = reader.borrow_mut().take() {
                     r.abort();
                 }
-                if let Some(client) = live.client.clone() {
-                    // 0.4.2 never answers a DELETE on a live instance: a timeout is success.
-                    if let Err(e) = client.delete(&live.row.acp_server_id, timeout).await {
-                        log::warn!("closing session {id}: DELETE failed ({e}); the instance goes with the sandbox");
+                if live.status != SessionStatus::Closed {
+                    if let Some(client) = live.client.clone() {
+                        // 0.4.2 never answers a DELETE on a live instance: a timeout is success.
+                        if let Err(e) = client.delete(&live.row.acp_server_id, timeout).await {
+                            log::warn!("closing session {id}: DELETE failed ({e}); the instance goes with the sandbox");
+                        }
                     }
+                    // Closed on request: no cause to report. Journaled here, after
+                    // everything else of the session; the TaskActor writes the row.
+                    live.status = SessionStatus::Closed;
+                    live.last_error = None;
+                    shared.decide_status(&mut live, StatusFacts::default());
+                    shared.flush(&mut live).await;
                 }
-                live.status = SessionStatus::Closed;
                 drop(live);
+                // Idempotent: an already closed row is answered as it is.
                 kiln.task(&org, &repo, &task).send(super::task::CloseSession { id }).await?
             })
             .map(|closed, act: &mut Self, ctx: &mut Context<Self>| {
@@ -1165,17 +1409,78 @@ impl Handler<ResumeSession> for SessionActor {
 }
 
 impl Handler<ShutdownSession> for SessionActor {
-    type Result = ();
+    type Result = AtomicResponse<Self, ()>;
 
-    fn handle(&mut self, _: ShutdownSession, ctx: &mut Self::Context) {
+    fn handle(&mut self, _: ShutdownSession, _: &mut Self::Context) -> Self::Result {
         self.stop_reader();
-        ctx.stop();
+        let shared = self.shared.clone();
+        AtomicResponse::new(Box::pin(
+            actix::fut::wrap_future(async move {
+                // The TaskActor closed the row and journaled it: nothing of this
+                // session is journaled after this point.
+                if let Some(shared) = shared {
+                    let mut live = shared.live.lock().await;
+                    // A status event still unwritten would now come after `closed`.
+                    live.unjournaled.clear();
+                    live.status = SessionStatus::Closed;
+                    live.journaled = SessionStatus::Closed;
+                }
+            })
+            .map(|_, act: &mut Self, ctx: &mut Context<Self>| {
+                act.stop_reader();
+                ctx.stop();
+            }),
+        ))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn status_events_carry_only_the_new_states_fields() {
+        use SessionStatus::*;
+        let facts = StatusFacts {
+            request_id: Some(json!(7)),
+            stop_reason: Some("end_turn".into()),
+            turn_error: None,
+            error: Some("an old error".into()),
+        };
+        assert_eq!(status_data(Ready, Prompting, 5, &facts), json!({"from": "ready", "to": "prompting", "seq": 5, "request_id": 7}));
+        assert_eq!(
+            status_data(Prompting, Ready, 9, &facts),
+            json!({"from": "prompting", "to": "ready", "seq": 9, "stop_reason": "end_turn"})
+        );
+        let failed = StatusFacts { stop_reason: None, turn_error: Some("boom".into()), ..facts.clone() };
+        assert_eq!(status_data(Prompting, Ready, 9, &failed), json!({"from": "prompting", "to": "ready", "seq": 9, "error": "boom"}));
+        assert_eq!(status_data(Starting, Ready, 4, &facts), json!({"from": "starting", "to": "ready", "seq": 4}));
+        assert_eq!(status_data(Lost, Starting, 4, &facts), json!({"from": "lost", "to": "starting", "seq": 4}));
+        assert_eq!(
+            status_data(Ready, Lost, 4, &facts),
+            json!({"from": "ready", "to": "lost", "seq": 4, "error": "an old error"})
+        );
+        let on_request = StatusFacts { error: None, ..facts };
+        assert_eq!(status_data(Ready, Closed, 4, &on_request), json!({"from": "ready", "to": "closed", "seq": 4}));
+    }
+
+    #[test]
+    fn a_turn_in_flight_makes_an_open_session_prompting() {
+        use SessionStatus::*;
+        let mut view = SessionView::from_entries(&[]);
+        assert_eq!(effective(Prompting, &view), Ready);
+        view.prompt_in_flight = Some(json!(3));
+        assert_eq!(effective(Ready, &view), Prompting);
+        for other in [Starting, Lost, Closed] {
+            assert_eq!(effective(other, &view), other, "only an open session follows the turn");
+        }
+    }
+
+    #[test]
+    fn notes_add_to_the_message_and_keep_the_code() {
+        let e = noted(AppError::BadGateway { code: "agent_error", message: "no".into() }, "; gone");
+        assert_eq!((e.code(), e.to_string()), ("agent_error", "no; gone".to_string()));
+    }
 
     #[test]
     fn server_ids_count_generations() {

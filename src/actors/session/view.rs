@@ -52,6 +52,14 @@ pub struct Entry {
 }
 
 impl Entry {
+    /// Whether folding this entry may change the session's status or its
+    /// `awaiting_input` (everything but the agent's `session/update`s, which
+    /// only carry a turn's content). The journal is written in runs that end
+    /// at such an entry, so a status event can follow its cause at once.
+    pub fn may_change_status(&self) -> bool {
+        !(self.dir == Dir::In && self.envelope.get("method").and_then(Value::as_str) == Some("session/update"))
+    }
+
     /// The event kind this entry is journaled under.
     pub fn kind(&self) -> &'static str {
         if self.dir == Dir::Out {
@@ -392,8 +400,13 @@ impl SessionView {
                     changes.push(Change::AwaitingInput(true));
                 }
             }
-            Some("_adapter/agent_exited") | Some("_kiln/session_lost") => {
-                let detail = format!("the agent process exited ({})", env["params"]);
+            Some(m @ ("_adapter/agent_exited" | "_kiln/session_lost")) => {
+                // Kiln's own note names its cause; the adapter's says the process exited.
+                let reason = env["params"]["reason"].as_str().filter(|_| m == "_kiln/session_lost");
+                let detail = match reason {
+                    Some(r) => r.to_string(),
+                    None => format!("the agent process exited ({})", env["params"]),
+                };
                 if self.prompt_in_flight.take().is_some() {
                     self.items.push(Item::TurnEnded { stop_reason: None, error: Some(detail.clone()), seq: e.seq });
                     changes.push(Change::TurnEnded { stop_reason: None, error: Some(detail.clone()) });
@@ -777,6 +790,40 @@ mod tests {
         assert!(matches!(&changes[3][0], Change::TurnEnded { error: Some(e), .. } if e.contains("exited")));
         assert!(matches!(&changes[3][1], Change::AgentExited { .. }));
         assert!(!v.prompting());
+    }
+
+    #[test]
+    fn kilns_own_loss_note_names_its_cause() {
+        let mut j = J::new();
+        j.out(prompt(1, "a"));
+        let mut note = j.push(
+            Dir::In,
+            None,
+            json!({"jsonrpc":"2.0","method":"_kiln/session_lost","params":{"reason":"the ACP instance is gone"}}),
+        )
+        .clone();
+        note.purpose = Some("kiln".into());
+        let mut v = SessionView::from_entries(&j.entries[..1]);
+        let changes = v.apply(&note);
+        let cause = Some("the ACP instance is gone".to_string());
+        assert_eq!(changes[0], Change::TurnEnded { stop_reason: None, error: cause.clone() });
+        assert_eq!(changes.last(), Some(&Change::AgentExited { detail: "the ACP instance is gone".into() }));
+        // The adapter's own notification still says the process exited.
+        let exited = json!({"jsonrpc":"2.0","method":"_adapter/agent_exited","params":{"reason":"x"}});
+        let e = Entry { envelope: exited, ..note };
+        assert!(matches!(&v.apply(&e)[0], Change::AgentExited { detail } if detail.starts_with("the agent process exited")));
+    }
+
+    #[test]
+    fn only_the_agents_updates_leave_the_status_alone() {
+        let mut j = J::new();
+        j.out(prompt(1, "a"));
+        j.update(json!({"sessionUpdate":"agent_message_chunk","content":{"type":"text","text":"x"}}));
+        j.sse(json!({"jsonrpc":"2.0","id":1000,"method":"session/request_permission","params":{}}));
+        j.sse(json!({"jsonrpc":"2.0","id":1,"result":{"stopReason":"end_turn"}}));
+        j.sse(json!({"jsonrpc":"2.0","method":"_adapter/agent_exited","params":{}}));
+        let split: Vec<bool> = j.entries.iter().map(Entry::may_change_status).collect();
+        assert_eq!(split, [true, false, true, true, true]);
     }
 
     #[test]

@@ -82,7 +82,10 @@ pub async fn create(
     Ok(row)
 }
 
-/// Applies a SessionActor's report: writes the row, then moves the task.
+/// Applies a SessionActor's report: writes the row, then moves the task. The
+/// session's own events (`session.status_changed`, `session.awaiting_input`)
+/// are the SessionActor's: it journals them in order with its envelopes, so
+/// they never trail the turn that caused them.
 pub async fn observed(ctx: &TaskCtx, obs: SessionObserved) -> AppResult<TaskSession> {
     let (t, s) = (ctx.id.clone(), obs.session.clone());
     let before = ctx
@@ -109,22 +112,6 @@ pub async fn observed(ctx: &TaskCtx, obs: SessionObserved) -> AppResult<TaskSess
     };
     let id = obs.session.clone();
     let after = ctx.kiln.db.write(move |c| store::update_session(c, &id, &changes)).await?;
-    let mut events = Vec::new();
-    if before.status != after.status {
-        events.push(
-            ctx.event(
-                "session.status_changed",
-                json!({"from": before.status, "to": after.status, "stop_reason": after.stop_reason, "error": after.last_error}),
-            )
-            .session(&after.id),
-        );
-    }
-    if before.awaiting_input != after.awaiting_input {
-        events.push(ctx.event("session.awaiting_input", json!({"awaiting_input": after.awaiting_input})).session(&after.id));
-    }
-    if !events.is_empty() {
-        ctx.kiln.emit(&ctx.org, events).await?;
-    }
     follow_sessions(ctx, before.status == SessionStatus::Prompting.as_str()).await?;
     Ok(after)
 }
@@ -192,7 +179,7 @@ pub async fn close_all(ctx: &TaskCtx, reason: &str) -> AppResult<()> {
 }
 
 /// Closes one session on request (the SessionActor has already let go of its
-/// ACP instance).
+/// ACP instance and journaled the change). A closed session is answered as it is.
 pub async fn close_one(ctx: &TaskCtx, session: &str) -> AppResult<TaskSession> {
     let (t, s) = (ctx.id.clone(), session.to_string());
     let row = ctx
@@ -218,9 +205,6 @@ pub async fn close_one(ctx: &TaskCtx, session: &str) -> AppResult<TaskSession> {
     };
     let id = row.id.clone();
     let after = ctx.kiln.db.write(move |c| store::update_session(c, &id, &changes)).await?;
-    ctx.kiln
-        .emit_one(&ctx.org, ctx.event("session.status_changed", json!({"from": row.status, "to": "closed"})).session(&row.id))
-        .await?;
     follow_sessions(ctx, row.status == SessionStatus::Prompting.as_str()).await?;
     Ok(after)
 }
