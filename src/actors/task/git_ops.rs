@@ -153,11 +153,12 @@ pub(super) fn plan_push(remote: Option<&str>, head_contains_remote: bool, lease:
     }
 }
 
-/// 409 `remote_moved`: origin's branch is at `remote`, which Kiln did not push
-/// (`expected` is what it expected there: its last push, or what it just saw).
+/// 409 `remote_moved`: origin's branch is at `remote`, which Kiln did not push;
+/// `expected` is what it expected there (its last push, or what it saw a moment
+/// before pushing), `None` for a branch that did not exist.
 fn remote_moved(branch: &str, remote: &str, expected: Option<&str>) -> AppError {
     let was = match expected {
-        Some(sha) => format!("not at {sha} where Kiln last pushed it"),
+        Some(sha) => format!("not at {sha} as Kiln expected"),
         None => "where it did not exist a moment ago".to_string(),
     };
     AppError::conflict(
@@ -229,7 +230,9 @@ pub async fn push(ctx: &TaskCtx, task: &Task, repo: &Repo, worktree: &Path, comm
                     let (dir, branch) = (worktree.to_path_buf(), task.branch.clone());
                     let now = git_call(move || git::remote_head(&dir, &branch, creds.as_ref())).await?.ok().flatten();
                     match now {
-                        Some(remote) if expected.as_deref() != Some(remote.as_str()) => remote_moved(&task.branch, &remote, expected.as_deref()),
+                        Some(remote) if expected.as_deref() != Some(remote.as_str()) => {
+                            remote_moved(&task.branch, &remote, lease.as_deref().or(expected.as_deref()))
+                        }
                         _ => git_failure("push_rejected", e),
                     }
                 }
