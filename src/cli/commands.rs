@@ -199,7 +199,10 @@ pub async fn run(ctx: Ctx, command: Command) -> CliResult<()> {
         Command::Kill { task } => action(&ctx, &task, "kill", json!({})).await.map(|_| ()),
         Command::Archive { task } => action(&ctx, &task, "archive", json!({})).await.map(|_| ()),
         Command::Resume { task } => action(&ctx, &task, "resume", json!({})).await.map(|_| ()),
-        Command::Push { task, commit } => action(&ctx, &task, "push", json!({"commit": commit})).await.map(|_| ()),
+        Command::Push { task, commit, force } => {
+            let body = if force { json!({"commit": commit, "force": true}) } else { json!({"commit": commit}) };
+            action(&ctx, &task, "push", body).await.map(|_| ())
+        }
         Command::Sync { task, merge } => {
             action(&ctx, &task, "sync", json!({"mode": if merge { "merge" } else { "rebase" }})).await.map(|_| ())
         }
@@ -426,6 +429,18 @@ async fn show(ctx: &Ctx, task: &str, json: bool) -> CliResult<()> {
         println!("{key:<14}{}", field(&res, key));
     }
     println!("{:<14}{}", "created", created(&res));
+    let pr = &res["pull_request"];
+    if pr.is_null() {
+        println!("{:<14}-", "pr");
+    } else {
+        let draft = if pr["draft"] == true { " (draft)" } else { "" };
+        println!("{:<14}#{} {}{draft} {}", "pr", pr["number"], field(pr, "state"), field(pr, "url"));
+        println!("{:<14}{}", "ci", field(pr, "ci_state"));
+        println!("{:<14}{}", "review", field(pr, "review_decision"));
+    }
+    if let Some(sha) = res["runtime"]["pushed_sha"].as_str() {
+        println!("{:<14}{sha} to {}", "pushed", field(&res["runtime"], "pushed_branch"));
+    }
     if res["awaiting_input"] == true {
         println!("{:<14}yes: a session waits for a permission answer (`kiln session show`)", "awaiting");
     }

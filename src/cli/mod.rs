@@ -68,10 +68,15 @@ pub enum Command {
     /// Archive a task: like kill, for finished work.
     Archive { task: String },
     /// Push the task branch to origin (with --commit, commit uncommitted work first).
+    /// After a sync rebased it, Kiln replaces its own last push; --force replaces
+    /// the branch even when someone else pushed to it.
     Push {
         task: String,
         #[structopt(long)]
         commit: Option<String>,
+        /// Replace the remote branch even when someone else pushed to it.
+        #[structopt(long)]
+        force: bool,
     },
     /// Rebase the task branch onto its base (--merge: merge the base in instead).
     Sync {

@@ -225,6 +225,10 @@ pub struct TaskRuntime {
     pub last_output_at: Option<i64>,
     pub updated_at: i64,
     pub ci_feedback_count: i32,
+    /// The remote branch Kiln last pushed the task to, and the commit it pushed:
+    /// the lease a later forced push may replace (see docs/git.md).
+    pub pushed_branch: Option<String>,
+    pub pushed_sha: Option<String>,
 }
 
 #[derive(Debug, Clone, Queryable, Selectable, Serialize)]

@@ -113,6 +113,8 @@ diesel::table! {
         last_output_at -> Nullable<BigInt>,
         updated_at -> BigInt,
         ci_feedback_count -> Integer,
+        pushed_branch -> Nullable<Text>,
+        pushed_sha -> Nullable<Text>,
     }
 }
 

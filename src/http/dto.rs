@@ -63,6 +63,9 @@ pub struct TaskAction {
     pub text: Option<String>,
     /// For `push`: commit what is uncommitted first, with this message.
     pub commit: Option<String>,
+    /// For `push`: replace the branch on the remote even when someone else
+    /// pushed to it (otherwise 409 `remote_moved`).
+    pub force: Option<bool>,
     /// For `sync`: `rebase` (default) or `merge`.
     pub mode: Option<String>,
     /// For `pr`: open it as a draft.

@@ -243,7 +243,13 @@ pub async fn action(
         )
     })?;
     let (_, repo) = task_or_404(&kiln, &org, &id).await?;
-    let git = crate::actors::task::git_ops::GitParams { commit: body.commit, mode: body.mode, draft: body.draft, method: body.method };
+    let git = crate::actors::task::git_ops::GitParams {
+        commit: body.commit,
+        force: body.force,
+        mode: body.mode,
+        draft: body.draft,
+        method: body.method,
+    };
     let msg = ApplyAction { input, text: body.text, git };
     // The actor may have stopped for quiet between lookup and send: start it again.
     let outcome = match kiln.task(&org, &repo, &id).send(msg.clone()).await {

@@ -5,8 +5,9 @@
 //! and gets `--` before anything a user typed.
 
 use std::io::Read;
+use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 #[derive(Debug, thiserror::Error)]
@@ -15,7 +16,8 @@ pub enum GitError {
     Missing(std::io::Error),
     #[error("running git failed: {0}")]
     Io(#[from] std::io::Error),
-    /// git ran and failed; `stderr` is git's own message.
+    /// git ran and failed; `stderr` is git's own message, or how git ended when
+    /// it printed nothing (see [`failure`]): never empty.
     #[error("git {command} failed: {stderr}")]
     Failed { command: String, stderr: String },
     #[error("git {command} took longer than {secs} s and was stopped")]
@@ -68,10 +70,51 @@ pub fn run(dir: &Path, args: &[&str]) -> Result<String, GitError> {
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
     } else {
-        Err(GitError::Failed {
-            command: args.first().copied().unwrap_or("").to_string(),
-            stderr: clean_stderr(&out.stderr),
-        })
+        Err(failure(args.first().copied().unwrap_or(""), out.status, &out.stderr, &out.stdout))
+    }
+}
+
+/// The error for a git that ran and failed: its stderr (else its stdout) without
+/// progress noise. When git printed nothing, or was killed by a signal, the
+/// message says how it ended, so no error ever reads `…failed: ` and nothing.
+pub fn failure(command: &str, status: ExitStatus, stderr: &[u8], stdout: &[u8]) -> GitError {
+    let mut text = clean_stderr(stderr);
+    if text.is_empty() {
+        text = clean_stderr(stdout);
+    }
+    let ended = match (status.signal(), status.code()) {
+        (Some(sig), _) => format!("git was killed by signal {sig} ({})", signal_name(sig)),
+        (None, Some(code)) => format!("git exited with status {code}"),
+        (None, None) => "git ended without an exit status".to_string(),
+    };
+    let stderr = if text.is_empty() {
+        format!("{ended} and printed nothing")
+    } else if status.signal().is_some() {
+        format!("{text}\n({ended})")
+    } else {
+        text
+    };
+    GitError::Failed { command: command.to_string(), stderr }
+}
+
+/// The name of a signal number (`SIGKILL` for 9), for messages.
+fn signal_name(sig: i32) -> &'static str {
+    match sig {
+        libc::SIGHUP => "SIGHUP",
+        libc::SIGINT => "SIGINT",
+        libc::SIGQUIT => "SIGQUIT",
+        libc::SIGILL => "SIGILL",
+        libc::SIGABRT => "SIGABRT",
+        libc::SIGBUS => "SIGBUS",
+        libc::SIGFPE => "SIGFPE",
+        libc::SIGKILL => "SIGKILL",
+        libc::SIGSEGV => "SIGSEGV",
+        libc::SIGPIPE => "SIGPIPE",
+        libc::SIGALRM => "SIGALRM",
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGXCPU => "SIGXCPU",
+        libc::SIGXFSZ => "SIGXFSZ",
+        _ => "an unnamed signal",
     }
 }
 
@@ -144,7 +187,7 @@ pub fn clone_bare(
         all.extend_from_slice(&chunk);
     }
     if !status.success() {
-        return Err(GitError::Failed { command: "clone".into(), stderr: clean_stderr(&all) });
+        return Err(failure("clone", status, &all, &[]));
     }
     run(dest, &["config", "remote.origin.fetch", "+refs/heads/*:refs/remotes/origin/*"])?;
     Ok(())
@@ -233,7 +276,7 @@ pub fn snapshot(path: &Path, refname: &str, message: &str) -> Result<Option<Stri
         if out.status.success() {
             Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
         } else {
-            Err(GitError::Failed { command: args[0].to_string(), stderr: clean_stderr(&out.stderr) })
+            Err(failure(args[0], out.status, &out.stderr, &out.stdout))
         }
     };
     let result = (|| {
@@ -260,11 +303,7 @@ fn run_env(dir: &Path, args: &[&str], env: &[(String, String)]) -> Result<String
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
     } else {
-        let mut stderr = clean_stderr(&out.stderr);
-        if stderr.is_empty() {
-            stderr = clean_stderr(&out.stdout);
-        }
-        Err(GitError::Failed { command: args.first().copied().unwrap_or("").to_string(), stderr })
+        Err(failure(args.first().copied().unwrap_or(""), out.status, &out.stderr, &out.stdout))
     }
 }
 
@@ -350,12 +389,56 @@ pub fn commit_all(worktree: &Path, message: &str) -> Result<Option<String>, GitE
     rev_parse(worktree, "HEAD").map(Some)
 }
 
-/// Pushes HEAD of the worktree to `origin` as `branch`, setting the upstream.
-pub fn push(worktree: &Path, branch: &str, creds: Option<&Credentials>) -> Result<String, GitError> {
+/// What a push may replace on origin's branch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lease {
+    /// Nothing: a plain push, which git allows only as a fast-forward.
+    FastForwardOnly,
+    /// Exactly this state of the branch (`None`: the branch must not exist), checked
+    /// by the remote as it updates the ref (`--force-with-lease=<ref>:<sha>`).
+    Expect(Option<String>),
+}
+
+/// Pushes HEAD of the worktree to `origin` as `branch`, setting the upstream,
+/// replacing only what `lease` allows. Answers the pushed commit. A refusal is
+/// `GitError::Failed` with git's message and the refused ref's status line.
+pub fn push(worktree: &Path, branch: &str, lease: &Lease, creds: Option<&Credentials>) -> Result<String, GitError> {
     let env = creds.map(Credentials::env).unwrap_or_default();
-    let refspec = format!("HEAD:refs/heads/{branch}");
-    run_env(worktree, &["push", "--porcelain", "--set-upstream", "origin", &refspec], &env)?;
+    let refname = format!("refs/heads/{branch}");
+    let refspec = format!("HEAD:{refname}");
+    let mut args = vec!["push".to_string(), "--porcelain".into(), "--set-upstream".into()];
+    if let Lease::Expect(expect) = lease {
+        args.push(format!("--force-with-lease={refname}:{}", expect.as_deref().unwrap_or("")));
+    }
+    args.extend(["origin".into(), refspec]);
+    let out = git()
+        .arg("-C")
+        .arg(worktree)
+        .args(&args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .output()
+        .map_err(spawn_error)?;
+    if !out.status.success() {
+        // With --porcelain, why a ref was refused (`[rejected] (stale info)`) is on stdout.
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let mut text: Vec<u8> = stdout.lines().filter(|l| l.starts_with('!')).flat_map(|l| format!("{l}\n").into_bytes()).collect();
+        text.extend_from_slice(&out.stderr);
+        return Err(failure("push", out.status, &text, &out.stdout));
+    }
     rev_parse(worktree, "HEAD")
+}
+
+/// The commit `branch` points at on origin, asked of origin itself (not the last
+/// fetch); `None` when origin has no such branch.
+pub fn remote_head(dir: &Path, branch: &str, creds: Option<&Credentials>) -> Result<Option<String>, GitError> {
+    let env = creds.map(Credentials::env).unwrap_or_default();
+    let refname = format!("refs/heads/{branch}");
+    let out = run_env(dir, &["ls-remote", "--heads", "origin", &refname], &env)?;
+    Ok(out
+        .lines()
+        .filter_map(|l| l.split_once('\t'))
+        .find(|(_, r)| r.trim() == refname)
+        .map(|(sha, _)| sha.trim().to_string()))
 }
 
 /// Fetches `branch` from origin into `refs/remotes/origin/<branch>`.
@@ -431,7 +514,7 @@ pub fn merge_in_bare(mirror: &Path, base_rev: &str, branch_rev: &str, squash: bo
             let files: Vec<String> = lines.take_while(|l| !l.is_empty()).map(str::to_string).collect();
             return Ok(Integration::Conflicts(files));
         }
-        _ => return Err(GitError::Failed { command: "merge-tree".into(), stderr: clean_stderr(&out.stderr) }),
+        _ => return Err(failure("merge-tree", out.status, &out.stderr, &[])),
     }
     let env = identity(mirror);
     let base = rev_parse(mirror, base_rev)?;
@@ -569,6 +652,26 @@ mod tests {
                 ("Receiving objects".into(), 20),
             ]
         );
+    }
+
+    #[test]
+    fn a_git_that_printed_nothing_says_how_it_ended() {
+        use std::os::unix::process::ExitStatusExt;
+        // Raw wait statuses: a signal number alone, or the exit code shifted left by 8.
+        let killed = ExitStatus::from_raw(libc::SIGKILL);
+        assert_eq!(failure("clone", killed, b"", b"").message(), "git was killed by signal 9 (SIGKILL) and printed nothing");
+        let segv = ExitStatus::from_raw(libc::SIGSEGV);
+        assert_eq!(
+            failure("worktree", segv, b"Preparing worktree\n", b"").message(),
+            "Preparing worktree\n(git was killed by signal 11 (SIGSEGV))"
+        );
+        let exited = ExitStatus::from_raw(128 << 8);
+        assert_eq!(failure("fetch", exited, b"  \n", b"").message(), "git exited with status 128 and printed nothing");
+        // Progress alone is no message either.
+        assert_eq!(failure("clone", exited, b"Receiving objects:  12% (1/8)\r", b"").message(), "git exited with status 128 and printed nothing");
+        // What git said wins; stdout when stderr is empty.
+        assert_eq!(failure("push", exited, b"fatal: no such remote\n", b"").message(), "fatal: no such remote");
+        assert_eq!(failure("push", exited, b"", b"! refs/heads/x [rejected]\n").message(), "! refs/heads/x [rejected]");
     }
 
     #[test]

@@ -96,7 +96,7 @@ fn kinds(events: &[Value], task: &str) -> Vec<String> {
 }
 
 #[actix_web::test]
-async fn push_commits_and_pushes_and_a_rejected_push_is_clear() {
+async fn push_commits_and_pushes_and_never_replaces_someone_elses_push() {
     let s = setup(None, &[]).await;
     let (id, worktree) = task_with_work(&s, "feature.txt").await;
     let r = act(&s.c, &id, "push", json!({"commit": "Add the feature"})).await;
@@ -108,14 +108,107 @@ async fn push_commits_and_pushes_and_a_rejected_push_is_clear() {
     let events = s.c.events_since("default", 0).await;
     assert!(kinds(&events, &id).contains(&"task.committed".to_string()) && kinds(&events, &id).contains(&"task.pushed".to_string()));
 
-    // Someone else pushed to the branch: our push is not a fast-forward.
+    let pushed = git(&s.bare, &["rev-parse", &branch]);
+    let detail = s.c.get(&format!("/v1/organizations/default/tasks/{id}")).await.body;
+    assert_eq!(detail["runtime"]["pushed_sha"], pushed.as_str(), "the lease is recorded: {detail}");
+    assert_eq!(detail["runtime"]["pushed_branch"], branch.as_str());
+
+    // Someone else pushes to the task branch, the base moves, and the task syncs
+    // (a rebase): the push would have to replace their commit, and is refused.
     upstream_commit(&s.work, &branch, "theirs.txt", "theirs\n");
+    let theirs = git(&s.bare, &["rev-parse", &branch]);
+    upstream_commit(&s.work, "main", "other.txt", "base moved\n");
+    let r = act(&s.c, &id, "sync", json!({})).await;
+    assert_eq!(r.status, 200, "{r:?}");
     std::fs::write(worktree.join("more.txt"), "more\n").unwrap();
     let r = act(&s.c, &id, "push", json!({"commit": "More"})).await;
+    assert_eq!((r.status, r.code()), (409, "remote_moved"), "{r:?}");
+    let message = r.body["message"].as_str().unwrap();
+    assert!(message.contains(&theirs) && message.contains(&pushed), "names both commits: {message}");
+    assert_eq!(git(&s.bare, &["rev-parse", &branch]), theirs, "their commit is still on the remote");
+    assert_eq!(git(&s.bare, &["show", &format!("{branch}:theirs.txt")]), "theirs");
+    let failed = s.c.events_since("default", 0).await.into_iter().find(|e| e["kind"] == "task.push_failed").expect("an event");
+    assert_eq!(failed["data"]["code"], "remote_moved");
+
+    // Asked to, Kiln replaces them (still only what it saw there), and says so.
+    let r = act(&s.c, &id, "push", json!({"force": true})).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let head = git(&worktree, &["rev-parse", "HEAD"]);
+    assert_eq!(git(&s.bare, &["rev-parse", &branch]), head);
+    let forced = s.c.events_since("default", 0).await.into_iter().rev().find(|e| e["kind"] == "task.pushed").unwrap();
+    assert_eq!((forced["data"]["forced"].clone(), forced["data"]["replaced"].clone()), (json!(true), json!(theirs)));
+}
+
+#[actix_web::test]
+async fn a_branch_kiln_did_not_push_first_is_only_fast_forwarded() {
+    let s = setup(None, &[]).await;
+    let (id, worktree) = task_with_work(&s, "feature.txt").await;
+    let branch = s.c.get(&format!("/v1/organizations/default/tasks/{id}")).await.body["branch"].as_str().unwrap().to_string();
+    // The branch exists on the remote before Kiln ever pushes it.
+    upstream_commit(&s.work, &branch, "theirs.txt", "theirs\n");
+    let theirs = git(&s.bare, &["rev-parse", &branch]);
+    let r = act(&s.c, &id, "push", json!({"commit": "Feature"})).await;
     assert_eq!((r.status, r.code()), (409, "push_rejected"), "{r:?}");
     assert!(r.body["message"].as_str().unwrap().contains("rejected"), "git's own words: {r:?}");
+    assert_eq!(git(&s.bare, &["rev-parse", &branch]), theirs);
     let failed = s.c.events_since("default", 0).await.into_iter().find(|e| e["kind"] == "task.push_failed").expect("an event");
     assert!(failed["data"]["error"].as_str().unwrap().contains("rejected"));
+    // Once the task has their commit, the push is a fast-forward.
+    git(&worktree, &["pull", "--no-rebase", "--no-edit", "-q", "origin", &branch]);
+    let r = act(&s.c, &id, "push", json!({})).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(git(&s.bare, &["merge-base", "--is-ancestor", &theirs, &branch]).is_empty(), "theirs is kept");
+    assert_eq!(git(&s.bare, &["show", &format!("{branch}:feature.txt")]), "task work");
+}
+
+/// The README's walk-through: push, the base moves on, sync (a rebase), push
+/// again, open the pull request, merge it.
+#[actix_web::test]
+async fn the_readme_flow_push_sync_push_pr_merge() {
+    let gh = FakeGithub::start();
+    let s = setup(Some(&gh), &[]).await;
+    let (id, worktree) = task_with_work(&s, "feature.txt").await;
+    let r = act(&s.c, &id, "push", json!({"commit": "Add the feature"})).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let branch = r.body["task"]["branch"].as_str().unwrap().to_string();
+    let first = git(&s.bare, &["rev-parse", &branch]);
+
+    // Another clone pushes to main; the task rebases onto it, rewriting its branch.
+    upstream_commit(&s.work, "main", "other.txt", "base moved\n");
+    let r = act(&s.c, &id, "sync", json!({})).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let rebased = git(&worktree, &["rev-parse", "HEAD"]);
+    assert_ne!(rebased, first);
+    let r = act(&s.c, &id, "push", json!({})).await;
+    assert_eq!(r.status, 200, "the push after a sync replaces Kiln's own last push: {r:?}");
+    assert_eq!(git(&s.bare, &["rev-parse", &branch]), rebased);
+    let pushed = s.c.events_since("default", 0).await.into_iter().rev().find(|e| e["kind"] == "task.pushed").unwrap();
+    assert_eq!((pushed["data"]["forced"].clone(), pushed["data"]["replaced"].clone()), (json!(true), json!(first)));
+
+    // The PR pushes too: nothing new to replace.
+    let r = act(&s.c, &id, "pr", json!({})).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let number = s.c.get(&format!("/v1/organizations/default/tasks/{id}")).await.body["pull_request"]["number"].as_u64().unwrap();
+    assert_eq!(gh.pull(FULL, number)["head"]["sha"], rebased.as_str());
+
+    // The base moves again: sync, and the PR pushes the rewritten branch itself.
+    upstream_commit(&s.work, "main", "README.md", "base moved again\n");
+    let r = act(&s.c, &id, "sync", json!({})).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let r = act(&s.c, &id, "merge", json!({})).await;
+    assert_eq!((r.status, r.code()), (409, "unpushed_commits"), "the rebase is not on GitHub yet: {r:?}");
+    let r = act(&s.c, &id, "pr", json!({})).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let head = git(&worktree, &["rev-parse", "HEAD"]);
+    assert_eq!(git(&s.bare, &["rev-parse", &branch]), head);
+    assert_eq!(gh.pull(FULL, number)["head"]["sha"], head.as_str());
+
+    let r = act(&s.c, &id, "merge", json!({"method": "squash"})).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(gh.pull(FULL, number)["merged"], true);
+    assert_eq!(git(&s.bare, &["show", "main:feature.txt"]), "task work");
+    assert_eq!(git(&s.bare, &["show", "main:README.md"]), "base moved again");
+    assert_eq!(git(&s.bare, &["show", "main:other.txt"]), "base moved");
 }
 
 #[actix_web::test]
@@ -513,4 +606,38 @@ async fn on_idle_commit_alone_commits_with_an_event() {
     let sha = committed["data"]["sha"].as_str().unwrap();
     assert_eq!(git(&worktree, &["rev-parse", "HEAD"]), sha);
     assert!(git(&worktree, &["status", "--porcelain"]).is_empty(), "everything committed");
+}
+
+#[actix_web::test]
+async fn kiln_show_shows_the_pull_request_ci_and_review() {
+    let gh = FakeGithub::start();
+    let s = setup(Some(&gh), &[("KILN_GITHUB__PR_POLL_MS", "200")]).await;
+    let (id, worktree) = task_with_work(&s, "feature.txt").await;
+    let out = cli(&s.server, &["show", &id]);
+    assert_eq!(out.0, 0, "{out:?}");
+    assert!(out.1.lines().any(|l| l.split_whitespace().collect::<Vec<_>>() == ["pr", "-"]), "no PR yet: {}", out.1);
+    act(&s.c, &id, "push", json!({"commit": "Feature"})).await;
+    let r = act(&s.c, &id, "pr", json!({"draft": true})).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let head = git(&worktree, &["rev-parse", "HEAD"]);
+    gh.add_check_run(FULL, &head, "tests", "completed", Some("success"), "all green");
+    let number = s.c.get(&format!("/v1/organizations/default/tasks/{id}")).await.body["pull_request"]["number"].as_u64().unwrap();
+    gh.add_review(FULL, number, "reviewer", "APPROVED");
+    eventually(WAIT, "the PR poller records CI and the review", || {
+        let c = s.c.clone();
+        let id = id.clone();
+        async move {
+            let pr = c.get(&format!("/v1/organizations/default/tasks/{id}")).await.body["pull_request"].clone();
+            (pr["ci_state"] == "success" && pr["review_decision"] == "approved").then_some(())
+        }
+    })
+    .await;
+    let out = cli(&s.server, &["show", &id]);
+    assert_eq!(out.0, 0, "{out:?}");
+    let line = |key: &str| out.1.lines().find(|l| l.split_whitespace().next() == Some(key)).map(|l| l.split_whitespace().skip(1).collect::<Vec<_>>().join(" "));
+    let pr = line("pr").unwrap_or_default();
+    assert!(pr.starts_with(&format!("#{number} open (draft) http")), "{}", out.1);
+    assert_eq!(line("ci").as_deref(), Some("success"), "{}", out.1);
+    assert_eq!(line("review").as_deref(), Some("approved"), "{}", out.1);
+    assert_eq!(line("pushed"), Some(format!("{head} to {}", r.body["task"]["branch"].as_str().unwrap())), "{}", out.1);
 }

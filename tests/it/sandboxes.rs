@@ -512,3 +512,60 @@ async fn the_terminal_size_follows_the_most_recently_active_client() {
     a.send(b"stty size\r").await;
     a.until(WAIT, "a second 30 100", |t| String::from_utf8_lossy(&t.output[seen..]).contains("30 100")).await;
 }
+
+/// The first `name` on PATH.
+fn on_path(name: &str) -> std::path::PathBuf {
+    std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| panic!("{name} is not on PATH"))
+}
+
+#[actix_web::test]
+async fn a_git_killed_by_a_signal_is_named_in_the_error() {
+    let dir = tempdir();
+    // A `git` first on the server's PATH that kills itself (SIGKILL, printing
+    // nothing) to clone a source named `doomed`, or to add a worktree.
+    let bin = dir.path().join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let wrapper = bin.join("git");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\ncase \"$*\" in\n  *' clone '*doomed*|*'worktree add'*) kill -9 $$ ;;\nesac\nexec '{}' \"$@\"\n",
+            on_path("git").display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&wrapper, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
+    let server = Server::start_in(dir.path(), &[("PATH", &path)]);
+    let c = server.client();
+
+    let doomed = git_repo(dir.path(), "doomed");
+    let r = c.post("/v1/organizations/default/repos", json!({"source": doomed.to_str().unwrap()})).await;
+    assert_eq!((r.status, r.code()), (422, "clone_failed"), "{r:?}");
+    assert_eq!(r.body["message"], "cannot clone the repository: git was killed by signal 9 (SIGKILL) and printed nothing");
+
+    c.add_repo("default", &git_repo(dir.path(), "app")).await;
+    let t = c.create_task_with("default", json!({"repo": "app", "description": "x"})).await;
+    let failed = c.wait_status("default", t["id"].as_str().unwrap(), "failed").await;
+    assert_eq!(failed["status_reason"], "git worktree add failed: git was killed by signal 9 (SIGKILL) and printed nothing");
+}
+
+#[actix_web::test]
+async fn a_failed_setup_reports_its_output_as_plain_text() {
+    let (server, dir) = Server::start(&[]);
+    let c = server.client();
+    c.add_repo("default", &git_repo(dir.path(), "app")).await;
+    // What `npm ci` prints when it fails: colours, bold, a cleared line, a title.
+    let npm = r"printf '\033]0;npm ci\007\033[1m\033[31mnpm\033[39m \033[31mERR!\033[39m\033[22m missing script: ci\033[K\n'; exit 1";
+    let r = c.put("/v1/organizations/default/repos/app/setup", json!({"commands": [npm]})).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let t = c.create_task_with("default", json!({"repo": "app", "description": "y"})).await;
+    let failed = c.wait_status("default", t["id"].as_str().unwrap(), "failed").await;
+    let reason = failed["status_reason"].as_str().unwrap();
+    assert!(reason.starts_with("setup failed (exit 1): "), "{reason:?}");
+    assert!(reason.ends_with("\nnpm ERR! missing script: ci"), "{reason:?}");
+    assert!(!reason.chars().any(|ch| ch.is_control() && ch != '\n'), "no escape codes or control characters: {reason:?}");
+}

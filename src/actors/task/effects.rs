@@ -272,7 +272,7 @@ pub async fn apply(ctx: TaskCtx, input: TaskInput, text: Option<String>, params:
                 let _git = ctx.kiln.lock_git(&repo.mirror_path).await;
                 match op {
                     GitOp::Push => {
-                        super::git_ops::push(&ctx, &task, &repo, &worktree, params.commit.clone()).await?;
+                        super::git_ops::push(&ctx, &task, &repo, &worktree, params.commit.clone(), params.force.unwrap_or(false)).await?;
                     }
                     GitOp::Sync => {
                         super::git_ops::sync(&ctx, &task, &repo, &worktree, params.mode.clone()).await?;
@@ -411,7 +411,7 @@ pub(super) async fn on_idle(ctx: &TaskCtx, task: &Task) -> AppResult<()> {
     if auto.push || auto.commit {
         // A commit is made by the push step; without push, commit alone.
         result = if auto.push {
-            super::git_ops::push(ctx, task, &repo, &worktree, commit).await.map(|_| ()).map_err(|e| ("push", e))
+            super::git_ops::push(ctx, task, &repo, &worktree, commit, false).await.map(|_| ()).map_err(|e| ("push", e))
         } else {
             let message = commit.unwrap_or_default();
             super::git_ops::commit_all(ctx, &worktree, message).await.map(|_| ()).map_err(|e| ("commit", e))
@@ -439,7 +439,11 @@ async fn terminal_tail(ctx: &TaskCtx, task: &Task) -> String {
             .map_err(|e| crate::db::DbError::Blocking(e.to_string()))?;
         let from = log.end().saturating_sub(2000);
         let (_, bytes) = log.read_at(from, 2000).map_err(|e| crate::db::DbError::Blocking(e.to_string()))?;
-        Ok(String::from_utf8_lossy(&bytes).replace('\r', "").trim().lines().rev().take(10).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n"))
+        // Plain text: setup output carries colours and cursor moves (npm), which
+        // must not end up in the task's `status_reason`.
+        let text = crate::util::terminal_text(&String::from_utf8_lossy(&bytes));
+        let lines: Vec<&str> = text.trim().lines().map(str::trim_end).collect();
+        Ok(lines[lines.len().saturating_sub(10)..].join("\n"))
     })
     .await
     .unwrap_or_default()

@@ -8,6 +8,7 @@ use std::path::Path;
 use serde_json::json;
 
 use super::effects::TaskCtx;
+use super::store;
 use crate::actors::repository::UpsertPullRequest;
 use crate::db::models::{PullRequest, Repo, Task};
 use crate::db::pool::blocking;
@@ -21,6 +22,9 @@ use crate::integrations::github::{GitHub, GitHubError, DEFAULT_API_URL};
 pub struct GitParams {
     /// push: commit whatever is uncommitted first, with this message.
     pub commit: Option<String>,
+    /// push: replace the branch on the remote even when someone else pushed to
+    /// it (still with a lease on what Kiln saw there).
+    pub force: Option<bool>,
     /// sync: `rebase` (default) or `merge`.
     pub mode: Option<String>,
     /// pr: open it as a draft.
@@ -116,24 +120,133 @@ pub async fn commit_all(ctx: &TaskCtx, worktree: &Path, message: String) -> AppR
     }
 }
 
+/// What a push of the task branch may do, decided from origin's branch as it is
+/// now (`remote`), whether HEAD already contains that commit, the commit Kiln
+/// last pushed there (`lease`) and whether the user asked to force.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum PushPlan {
+    /// A new branch (`None`) or a fast-forward from this commit: nothing is lost,
+    /// and the push still expects exactly that, in case someone pushes meanwhile.
+    Update(Option<String>),
+    /// Kiln rewrote the branch it pushed (a rebase), or the user forced: replace
+    /// this commit, and only it.
+    Rewrite(String),
+    /// Someone else pushed: origin's branch is at `remote`, not at Kiln's `lease`.
+    RemoteMoved { remote: String, lease: String },
+    /// Not a fast-forward and Kiln never pushed this branch: a plain push, which
+    /// git refuses, with its own words.
+    PlainPush,
+}
+
+/// The pure decision behind every push of a task branch (see docs/git.md, "Push
+/// after a sync").
+pub(super) fn plan_push(remote: Option<&str>, head_contains_remote: bool, lease: Option<&str>, force: bool) -> PushPlan {
+    match remote {
+        None => PushPlan::Update(None),
+        Some(r) if head_contains_remote => PushPlan::Update(Some(r.to_string())),
+        Some(r) if force => PushPlan::Rewrite(r.to_string()),
+        Some(r) => match lease {
+            Some(l) if l == r => PushPlan::Rewrite(r.to_string()),
+            Some(l) => PushPlan::RemoteMoved { remote: r.to_string(), lease: l.to_string() },
+            None => PushPlan::PlainPush,
+        },
+    }
+}
+
+/// 409 `remote_moved`: origin's branch is at `remote`, which Kiln did not push;
+/// `expected` is what it expected there (its last push, or what it saw a moment
+/// before pushing), `None` for a branch that did not exist.
+fn remote_moved(branch: &str, remote: &str, expected: Option<&str>) -> AppError {
+    let was = match expected {
+        Some(sha) => format!("not at {sha} as Kiln expected"),
+        None => "where it did not exist a moment ago".to_string(),
+    };
+    AppError::conflict(
+        "remote_moved",
+        format!(
+            "the branch {branch} on the remote is at {remote}, {was}: someone else pushed to it, and Kiln does not \
+             overwrite their commits. Bring them into the task (in its terminal: `git pull --rebase origin {branch}`), \
+             then push again; or push with force (`kiln push --force`) to replace them"
+        ),
+    )
+}
+
+/// The commit Kiln last pushed to the task's branch on origin, if it did.
+async fn push_lease(ctx: &TaskCtx, task: &Task) -> AppResult<Option<String>> {
+    let id = ctx.id.clone();
+    let runtime = ctx.kiln.db.read(move |c| queries::task_runtime(c, &id)).await?;
+    Ok(runtime.filter(|r| r.pushed_branch.as_deref() == Some(task.branch.as_str())).and_then(|r| r.pushed_sha))
+}
+
 /// Commits (when asked) and pushes the task branch to origin with upstream set.
-pub async fn push(ctx: &TaskCtx, task: &Task, repo: &Repo, worktree: &Path, commit: Option<String>) -> AppResult<String> {
+/// A branch Kiln rewrote since its last push (a sync that rebased) is pushed with
+/// `--force-with-lease` on the commit Kiln pushed; when someone else pushed in
+/// between it is refused (`remote_moved`) unless `force`. Each push records
+/// what it pushed, as the next push's lease.
+pub async fn push(ctx: &TaskCtx, task: &Task, repo: &Repo, worktree: &Path, commit: Option<String>, force: bool) -> AppResult<String> {
     let creds = github_for(ctx, repo).await.ok().flatten().map(|(_, c)| c);
     if let Some(message) = commit.filter(|m| !m.trim().is_empty()) {
         commit_all(ctx, worktree, message).await?;
     }
-    let (dir, branch) = (worktree.to_path_buf(), task.branch.clone());
-    match git_call(move || git::push(&dir, &branch, creds.as_ref())).await? {
+    let lease = push_lease(ctx, task).await?;
+    let (dir, branch, c) = (worktree.to_path_buf(), task.branch.clone(), creds.clone());
+    let seen = git_call(move || {
+        let remote = git::remote_head(&dir, &branch, c.as_ref())?;
+        let contained = match &remote {
+            Some(r) => git::is_ancestor(&dir, r, "HEAD")?,
+            None => false,
+        };
+        Ok((remote, contained))
+    })
+    .await?;
+    let plan = match seen {
+        Ok((remote, contained)) => Ok(plan_push(remote.as_deref(), contained, lease.as_deref(), force)),
+        Err(e) => Err(git_failure("push_rejected", e)),
+    };
+    let (git_lease, replaced) = match plan {
+        Ok(PushPlan::Update(expect)) => (git::Lease::Expect(expect), None),
+        Ok(PushPlan::Rewrite(old)) => (git::Lease::Expect(Some(old.clone())), Some(old)),
+        Ok(PushPlan::PlainPush) => (git::Lease::FastForwardOnly, None),
+        Ok(PushPlan::RemoteMoved { remote, lease }) => return Err(push_failed(ctx, remote_moved(&task.branch, &remote, Some(&lease))).await?),
+        Err(e) => return Err(push_failed(ctx, e).await?),
+    };
+    let (dir, branch, l, c) = (worktree.to_path_buf(), task.branch.clone(), git_lease.clone(), creds.clone());
+    match git_call(move || git::push(&dir, &branch, &l, c.as_ref())).await? {
         Ok(sha) => {
-            ctx.kiln.emit_one(&ctx.org, ctx.event("task.pushed", json!({"branch": task.branch, "sha": sha}))).await?;
+            let (id, branch, pushed, now) = (ctx.id.clone(), task.branch.clone(), sha.clone(), crate::util::now_ms());
+            ctx.kiln.db.write(move |c| store::record_push(c, &id, &branch, &pushed, now)).await?;
+            let mut data = json!({"branch": task.branch, "sha": sha});
+            if let Some(old) = &replaced {
+                data["forced"] = json!(true);
+                data["replaced"] = json!(old);
+            }
+            ctx.kiln.emit_one(&ctx.org, ctx.event("task.pushed", data)).await?;
             Ok(sha)
         }
         Err(e) => {
-            let err = git_failure("push_rejected", e);
-            ctx.kiln.emit_one(&ctx.org, ctx.event("task.push_failed", json!({"error": err.to_string()}))).await?;
-            Err(err)
+            // A lease that failed between our look and the push: someone pushed just now.
+            let err = match &git_lease {
+                git::Lease::Expect(expected) => {
+                    let (dir, branch) = (worktree.to_path_buf(), task.branch.clone());
+                    let now = git_call(move || git::remote_head(&dir, &branch, creds.as_ref())).await?.ok().flatten();
+                    match now {
+                        Some(remote) if expected.as_deref() != Some(remote.as_str()) => {
+                            remote_moved(&task.branch, &remote, lease.as_deref().or(expected.as_deref()))
+                        }
+                        _ => git_failure("push_rejected", e),
+                    }
+                }
+                git::Lease::FastForwardOnly => git_failure("push_rejected", e),
+            };
+            Err(push_failed(ctx, err).await?)
         }
     }
+}
+
+/// Records a failed push as `task.push_failed`; answers the error to return.
+async fn push_failed(ctx: &TaskCtx, err: AppError) -> AppResult<AppError> {
+    ctx.kiln.emit_one(&ctx.org, ctx.event("task.push_failed", json!({"code": err.code(), "error": err.to_string()}))).await?;
+    Ok(err)
 }
 
 /// Fetches the base and rebases (or merges) the task branch onto it. A conflict
@@ -204,7 +317,7 @@ pub async fn open_pr(ctx: &TaskCtx, task: &Task, repo: &Repo, worktree: &Path, d
     let Some((gh, _)) = github_for(ctx, repo).await? else {
         return Err(not_github(repo));
     };
-    push(ctx, task, repo, worktree, None).await?;
+    push(ctx, task, repo, worktree, None, false).await?;
     let (dir, base_ref, branch) = (worktree.to_path_buf(), format!("refs/remotes/origin/{}", task.base_branch), task.branch.clone());
     let commits = git_call(move || git::commit_subjects(&dir, &base_ref, &branch)).await?.unwrap_or_default();
     let mut body = task.description.clone();
@@ -268,8 +381,12 @@ pub async fn merge(ctx: &TaskCtx, task: &Task, repo: &Repo, worktree: &Path, met
             if !pr_head.is_empty() && pr_head != head {
                 let (dir, remote, local) = (worktree.to_path_buf(), pr_head.clone(), head.clone());
                 let ahead = git_call(move || git::is_ancestor(&dir, &remote, &local)).await?.unwrap_or(false);
+                // GitHub still has what Kiln pushed last, and the task was rewritten since (a sync that rebased).
+                let rewritten = push_lease(ctx, task).await?.as_deref() == Some(pr_head.as_str());
                 let err = if ahead {
                     AppError::conflict("unpushed_commits", "the task has commits that are not pushed yet: push, then merge")
+                } else if rewritten {
+                    AppError::conflict("unpushed_commits", "the task was rebased since Kiln pushed it: push (Kiln replaces its own last push), then merge")
                 } else {
                     AppError::conflict(
                         "head_moved",
@@ -338,4 +455,42 @@ pub async fn merge(ctx: &TaskCtx, task: &Task, repo: &Repo, worktree: &Path, met
     };
     ctx.kiln.emit_one(&ctx.org, ctx.event("task.merged", json!({"sha": sha, "method": method, "base": task.base_branch}))).await?;
     Ok(sha)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{plan_push, PushPlan};
+
+    const A: &str = "aaaa";
+    const B: &str = "bbbb";
+
+    #[test]
+    fn a_new_branch_or_a_fast_forward_expects_what_is_there() {
+        assert_eq!(plan_push(None, false, None, false), PushPlan::Update(None));
+        // The branch was deleted on the remote after Kiln pushed it: push it again.
+        assert_eq!(plan_push(None, false, Some(A), false), PushPlan::Update(None));
+        assert_eq!(plan_push(Some(A), true, Some(A), false), PushPlan::Update(Some(A.into())));
+        // Someone else's commit, already in HEAD (pulled in): a fast-forward loses nothing.
+        assert_eq!(plan_push(Some(B), true, Some(A), false), PushPlan::Update(Some(B.into())));
+        // A branch Kiln never pushed, HEAD on top of it.
+        assert_eq!(plan_push(Some(B), true, None, false), PushPlan::Update(Some(B.into())));
+    }
+
+    #[test]
+    fn kiln_replaces_only_its_own_last_push() {
+        assert_eq!(plan_push(Some(A), false, Some(A), false), PushPlan::Rewrite(A.into()));
+        assert_eq!(
+            plan_push(Some(B), false, Some(A), false),
+            PushPlan::RemoteMoved { remote: B.into(), lease: A.into() }
+        );
+        // Never pushed by Kiln and not a fast-forward: git decides (and refuses).
+        assert_eq!(plan_push(Some(B), false, None, false), PushPlan::PlainPush);
+    }
+
+    #[test]
+    fn force_replaces_what_was_seen() {
+        assert_eq!(plan_push(Some(B), false, Some(A), true), PushPlan::Rewrite(B.into()));
+        assert_eq!(plan_push(Some(B), false, None, true), PushPlan::Rewrite(B.into()));
+        assert_eq!(plan_push(Some(A), true, Some(A), true), PushPlan::Update(Some(A.into())));
+    }
 }

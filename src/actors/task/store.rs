@@ -60,6 +60,23 @@ pub(super) fn upsert_runtime(
         .map(|_| ())
 }
 
+/// Records the push lease: Kiln just pushed `sha` to `branch` on origin.
+pub(super) fn record_push(conn: &mut SqliteConnection, task: &str, branch: &str, sha: &str, now: i64) -> QueryResult<()> {
+    use crate::db::schema::task_runtime;
+    diesel::insert_into(task_runtime::table)
+        .values((
+            task_runtime::task_id.eq(task),
+            task_runtime::pushed_branch.eq(branch),
+            task_runtime::pushed_sha.eq(sha),
+            task_runtime::updated_at.eq(now),
+        ))
+        .on_conflict(task_runtime::task_id)
+        .do_update()
+        .set((task_runtime::pushed_branch.eq(branch), task_runtime::pushed_sha.eq(sha), task_runtime::updated_at.eq(now)))
+        .execute(conn)
+        .map(|_| ())
+}
+
 /// Counts one more CI failure handed to the agent.
 pub(super) fn bump_ci_feedback(conn: &mut SqliteConnection, task: &str, now: i64) -> QueryResult<()> {
     use crate::db::schema::task_runtime;

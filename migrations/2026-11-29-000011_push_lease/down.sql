@@ -1,0 +1,2 @@
+ALTER TABLE task_runtime DROP COLUMN pushed_sha;
+ALTER TABLE task_runtime DROP COLUMN pushed_branch;
