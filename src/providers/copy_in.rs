@@ -30,6 +30,10 @@ const INCLUDE_MAX_BYTES: u64 = 1024 * 1024;
 /// Folders nested deeper than this (counted from the checkout) are not copied.
 pub const MAX_DEPTH: usize = 64;
 
+/// At most this many skips are listed (and logged) one by one; the rest are
+/// counted. A copied `node_modules` may hold thousands of links.
+pub const MAX_LISTED_SKIPS: usize = 100;
+
 /// Something the copy-in left out, and why.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Skipped {
@@ -46,11 +50,18 @@ pub struct Skipped {
 pub struct CopyReport {
     /// Entries copied (a folder counts once, as listed).
     pub copied: Vec<String>,
+    /// The first `MAX_LISTED_SKIPS` things left out.
     pub skipped: Vec<Skipped>,
+    /// How many more were left out than `skipped` lists.
+    pub more_skipped: usize,
 }
 
 impl CopyReport {
     fn skip(&mut self, path: &str, reason: &'static str, message: impl Into<String>) {
+        if self.skipped.len() >= MAX_LISTED_SKIPS {
+            self.more_skipped += 1;
+            return;
+        }
         let message = message.into();
         log::warn!("copy-in: skipped `{path}`: {message}");
         self.skipped.push(Skipped { path: path.to_string(), reason, message });
@@ -280,6 +291,9 @@ pub fn copy_includes(source: &Path, dest: &Path, extra: &[String]) -> io::Result
             report.copied.push(copied);
         }
     }
+    if report.more_skipped > 0 {
+        log::warn!("copy-in: skipped {} more", report.more_skipped);
+    }
     Ok(report)
 }
 
@@ -302,14 +316,10 @@ fn copy_entry(src_root: &Dir, dst_root: &Dir, parts: &[CString], report: &mut Co
             // Nothing to copy there: missing entries are left out quietly.
             Kind::Missing | Kind::File | Kind::Other => return Ok(None),
         }
-        src_holder = match src.open_dir(name) {
-            Ok(d) => d,
-            Err(e) if is_errno(&e, libc::ENOTDIR) || is_errno(&e, libc::ELOOP) => {
-                report.skip(&entry, "symlink_in_source", format!("`{rel}` changed into a symlink in the source checkout: links are not followed"));
-                return Ok(None);
-            }
-            Err(e) => return Err(at(&rel, e)),
-        };
+        match open_source_dir(src, name, &rel, &entry, report)? {
+            Some(d) => src_holder = d,
+            None => return Ok(None),
+        }
         src = &src_holder;
     }
     let path = join(&rel, last);
@@ -341,18 +351,24 @@ fn copy_entry(src_root: &Dir, dst_root: &Dir, parts: &[CString], report: &mut Co
     let copied = match kind {
         Kind::File => copy_file(src, dst, last, &path, report)?,
         _ => {
-            let from = match src.open_dir(last) {
-                Ok(d) => d,
-                Err(e) if is_errno(&e, libc::ENOTDIR) || is_errno(&e, libc::ELOOP) => {
-                    report.skip(&path, "symlink_in_source", "it changed into a symlink in the source checkout: links are not followed");
-                    return Ok(None);
-                }
-                Err(e) => return Err(at(&path, e)),
-            };
+            let Some(from) = open_source_dir(src, last, &path, &path, report)? else { return Ok(None) };
             copy_dir(&from, dst, last, &path, parts.len(), report)?
         }
     };
     Ok(copied.then_some(entry))
+}
+
+/// Opens the source folder `name` (at `rel`), which was a folder a moment ago;
+/// `None` when it has been swapped for a link since, which is reported.
+fn open_source_dir(parent: &Dir, name: &CStr, rel: &str, entry: &str, report: &mut CopyReport) -> io::Result<Option<Dir>> {
+    match parent.open_dir(name) {
+        Ok(d) => Ok(Some(d)),
+        Err(e) if is_errno(&e, libc::ENOTDIR) || is_errno(&e, libc::ELOOP) => {
+            report.skip(entry, "symlink_in_source", format!("`{rel}` changed into a symlink in the source checkout: links are not followed"));
+            Ok(None)
+        }
+        Err(e) => Err(at(rel, e)),
+    }
 }
 
 /// Makes (if needed) and opens the folder `name` (at `rel`) in the worktree;
@@ -430,15 +446,11 @@ fn copy_dir(from: &Dir, dst: &Dir, name: &CStr, rel: &str, depth: usize, report:
             Kind::Symlink => report.skip(&path, "symlink_in_source", "a symlink in a copied folder: links are not copied"),
             Kind::Other => report.skip(&path, "not_a_file", "not a regular file or folder"),
             Kind::Dir if depth >= MAX_DEPTH => report.skip(&path, "too_deep", format!("more than {MAX_DEPTH} folders deep")),
-            Kind::Dir => match from.open_dir(&child) {
-                Ok(sub) => {
+            Kind::Dir => {
+                if let Some(sub) = open_source_dir(from, &child, &path, &path, report)? {
                     copy_dir(&sub, &to, &child, &path, depth + 1, report)?;
                 }
-                Err(e) if is_errno(&e, libc::ENOTDIR) || is_errno(&e, libc::ELOOP) => {
-                    report.skip(&path, "symlink_in_source", "it changed into a symlink in the source checkout: links are not followed");
-                }
-                Err(e) => return Err(at(&path, e)),
-            },
+            }
         }
     }
     Ok(true)
@@ -550,6 +562,20 @@ mod tests {
                 ("conf/inner-link".to_string(), "symlink_in_source"),
             ]
         );
+    }
+
+    #[test]
+    fn a_folder_full_of_links_is_reported_in_short() {
+        let t = trees();
+        std::fs::create_dir(t.src.join("bin")).unwrap();
+        for i in 0..MAX_LISTED_SKIPS + 20 {
+            symlink("../somewhere", t.src.join(format!("bin/l{i:03}"))).unwrap();
+        }
+        std::fs::write(t.src.join("bin/real"), "x").unwrap();
+        let report = copy_includes(&t.src, &t.dst, &["bin".into()]).unwrap();
+        assert_eq!((report.skipped.len(), report.more_skipped), (MAX_LISTED_SKIPS, 20));
+        assert_eq!(report.skipped[0].path, "bin/l000");
+        assert_eq!(std::fs::read_dir(t.dst.join("bin")).unwrap().count(), 1, "only the file");
     }
 
     #[test]

@@ -53,12 +53,13 @@ pub struct CreateSandbox {
     pub launch: LaunchSpec,
 }
 
-/// What a create made: the sandbox, and what its copy-in left out.
+/// What a create made: the sandbox, and what its copy-in did.
 #[derive(Debug, Clone)]
 pub struct Created {
     pub handle: SandboxHandle,
-    /// Files of `.worktreeinclude` or `setup.copy` that were not copied, and why.
-    pub copy_skipped: Vec<copy_in::Skipped>,
+    /// What of `.worktreeinclude` and `setup.copy` was copied, and what was left
+    /// out and why (empty without a source checkout).
+    pub copy: copy_in::CopyReport,
 }
 
 /// Where a sandbox is, as the provider made it.

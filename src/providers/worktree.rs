@@ -264,21 +264,20 @@ impl SandboxProvider for WorktreeProvider {
             }
             let h = handle.clone();
             let launched = off_thread(move || {
-                let mut skipped = Vec::new();
+                let mut report = super::copy_in::CopyReport::default();
                 if let Some(source) = &req.source_checkout {
-                    let report = super::copy_in::copy_includes(source, &h.path, &req.copy)
+                    report = super::copy_in::copy_includes(source, &h.path, &req.copy)
                         .map_err(|e| io_error("copying included files", e))?;
-                    skipped = report.skipped;
                 }
                 if h.state_dir.exists() {
                     std::fs::remove_dir_all(&h.state_dir).map_err(|e| io_error("clearing old terminal state", e))?;
                 }
                 client::launch(&opts, &req.launch, &host_program).map_err(|e| io_error("starting the terminal host", e))?;
-                Ok(skipped)
+                Ok(report)
             })
             .await;
             match launched {
-                Ok(copy_skipped) => Ok(Created { handle, copy_skipped }),
+                Ok(copy) => Ok(Created { handle, copy }),
                 Err(e) => {
                     // Leave nothing half-made: the branch stays, the worktree goes.
                     let _git = locks.lock(&handle.mirror).await;

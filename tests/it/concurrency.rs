@@ -7,21 +7,25 @@ use serde_json::{json, Value};
 
 use crate::common::*;
 
+/// `n` task creations on `repo`, all sent at once; answers the replies.
+async fn create_all_at_once(c: &Client, repo: &str, n: usize) -> Vec<Reply> {
+    let creates: Vec<_> = (0..n)
+        .map(|i| {
+            let c = c.clone();
+            async move {
+                c.post("/v1/organizations/default/tasks", json!({"repo": repo, "description": format!("parallel {i}")})).await
+            }
+        })
+        .collect();
+    futures_util::future::join_all(creates).await
+}
+
 #[actix_web::test]
 async fn fifty_parallel_creates_make_fifty_tasks() {
     let (server, dir) = Server::start(&[]);
     let c = server.client();
     c.add_repo("default", &git_repo(dir.path(), "app")).await;
-    let creates: Vec<_> = (0..50)
-        .map(|i| {
-            let c = c.clone();
-            async move {
-                c.post("/v1/organizations/default/tasks", json!({"repo": "app", "description": format!("parallel {i}")}))
-                    .await
-            }
-        })
-        .collect();
-    let replies = futures_util::future::join_all(creates).await;
+    let replies = create_all_at_once(&c, "app", 50).await;
     for r in &replies {
         assert_eq!(r.status, 201, "{r:?}");
     }
@@ -69,15 +73,7 @@ async fn fifty_tasks_created_together_all_run_and_all_go_away_cleanly() {
     let (server, dir) = Server::start(&[]);
     let c = server.client();
     c.add_repo("default", &git_repo(dir.path(), "app")).await;
-    let creates: Vec<_> = (0..50)
-        .map(|i| {
-            let c = c.clone();
-            async move {
-                c.post("/v1/organizations/default/tasks", json!({"repo": "app", "description": format!("burst {i}")})).await
-            }
-        })
-        .collect();
-    let replies = futures_util::future::join_all(creates).await;
+    let replies = create_all_at_once(&c, "app", 50).await;
     let ids: Vec<String> = replies
         .iter()
         .map(|r| {

@@ -195,10 +195,11 @@ pub async fn provision(ctx: &TaskCtx) -> AppResult<()> {
     }
     .await;
     let created = match created {
-        Ok(crate::providers::Created { handle, copy_skipped }) => {
-            if !copy_skipped.is_empty() {
+        Ok(crate::providers::Created { handle, copy }) => {
+            if !copy.skipped.is_empty() {
                 // Not fatal: the task runs without them, and says so.
-                ctx.kiln.emit_one(&ctx.org, ctx.event("sandbox.copy_skipped", json!({"skipped": copy_skipped}))).await?;
+                let data = json!({"skipped": copy.skipped, "more": copy.more_skipped});
+                ctx.kiln.emit_one(&ctx.org, ctx.event("sandbox.copy_skipped", data)).await?;
             }
             Ok(handle)
         }
