@@ -102,14 +102,12 @@ async fn fifty_tasks_created_together_all_run_and_all_go_away_cleanly() {
         assert!(worktrees.join(id).join("README.md").is_file(), "worktree of {id}");
     }
 
-    // And down again, all at once: half killed, half archived. A fresh client:
-    // the creates' pooled connections may have idled past the server's keep-alive.
-    let fresh = c.with_token(c.token.as_deref());
+    // And down again, all at once: half killed, half archived.
     let downs: Vec<_> = ids
         .iter()
         .enumerate()
         .map(|(i, id)| {
-            let c = fresh.clone();
+            let c = c.clone();
             let action = if i % 2 == 0 { "kill" } else { "archive" };
             async move { (action, c.post(&format!("/v1/organizations/default/tasks/{id}/{action}"), json!({})).await) }
         })
