@@ -107,15 +107,16 @@ pub async fn start(config: Config) -> Result<Running, BootError> {
     }
 
     let actors = Arbiter::new();
+    let git_locks = crate::integrations::git::MirrorLocks::default();
     let kiln = Kiln {
         db,
         config: Arc::new(config.clone()),
         data_dir: dir.clone(),
         metrics: Arc::new(Metrics::default()),
         registry: Registry::new(actors.handle()),
-        providers: Arc::new(crate::providers::Providers::builtin(dir.clone(), config.terminal.clone())),
+        providers: Arc::new(crate::providers::Providers::builtin(dir.clone(), config.terminal.clone(), git_locks.clone())),
         shutdown: Arc::new(tokio::sync::watch::channel(false).0),
-        git_locks: Default::default(),
+        git_locks,
     };
     seed_default_organization(&kiln).await?;
     recover_tasks(&kiln).await?;

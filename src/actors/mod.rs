@@ -83,9 +83,9 @@ pub struct Kiln {
     /// Becomes `true` when the server begins to shut down; long-lived sessions
     /// (terminal attaches) close themselves on it.
     pub shutdown: Arc<tokio::sync::watch::Sender<bool>>,
-    /// One lock per repository mirror: git work that writes to it (push, sync,
-    /// merge, commit, the poller's fetch) runs one at a time across its tasks.
-    pub git_locks: Arc<std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
+    /// One lock per repository mirror (see `git::MirrorLocks`), shared with the
+    /// providers, which take it around `worktree add` and `remove`.
+    pub git_locks: crate::integrations::git::MirrorLocks,
 }
 
 impl Kiln {
@@ -205,11 +205,7 @@ impl Kiln {
 
     /// Waits for the git lock of a repository's mirror (see `git_locks`).
     pub async fn lock_git(&self, mirror: &str) -> tokio::sync::OwnedMutexGuard<()> {
-        let lock = {
-            let mut locks = self.git_locks.lock().unwrap_or_else(|e| e.into_inner());
-            locks.entry(mirror.to_string()).or_default().clone()
-        };
-        lock.lock_owned().await
+        self.git_locks.lock(std::path::Path::new(mirror)).await
     }
 
     /// Where a repository's bare mirror lives.

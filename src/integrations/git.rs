@@ -4,11 +4,33 @@
 //! Git never prompts (`GIT_TERMINAL_PROMPT=0`), never runs the `ext::` transport,
 //! and gets `--` before anything a user typed.
 
+use std::collections::HashMap;
 use std::io::Read;
 use std::os::unix::process::ExitStatusExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+/// One lock per repository mirror. Every piece of git work on a mirror, or on a
+/// worktree of it, takes its mirror's lock first: provisioning (`worktree prune`
+/// and `add`), removal (the snapshot, `worktree remove`, `prune`), push, sync,
+/// merge, commits, and the branch poller's fetch. So they run one at a time per
+/// repository: `prune` never sees a half-made worktree record, and ref updates
+/// never collide. Held only around git itself, never while waiting on an actor.
+#[derive(Clone, Default)]
+pub struct MirrorLocks(Arc<Mutex<HashMap<PathBuf, Arc<tokio::sync::Mutex<()>>>>>);
+
+impl MirrorLocks {
+    /// Waits for the lock of `mirror`; it is held until the guard is dropped.
+    pub async fn lock(&self, mirror: &Path) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = {
+            let mut locks = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            locks.entry(mirror.to_path_buf()).or_default().clone()
+        };
+        lock.lock_owned().await
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum GitError {

@@ -2,6 +2,7 @@
 //! implements `SandboxProvider`; `worktree` (a git worktree on this host, the agent
 //! in a detached terminal host) is the default and needs only git.
 
+pub mod copy_in;
 pub mod worktree;
 
 use std::future::Future;
@@ -50,6 +51,15 @@ pub struct CreateSandbox {
     /// Shell commands run in the terminal before the agent.
     pub setup: Vec<String>,
     pub launch: LaunchSpec,
+}
+
+/// What a create made: the sandbox, and what its copy-in did.
+#[derive(Debug, Clone)]
+pub struct Created {
+    pub handle: SandboxHandle,
+    /// What of `.worktreeinclude` and `setup.copy` was copied, and what was left
+    /// out and why (empty without a source checkout).
+    pub copy: copy_in::CopyReport,
 }
 
 /// Where a sandbox is, as the provider made it.
@@ -144,7 +154,7 @@ pub trait SandboxProvider: Send + Sync {
     fn validate_config(&self, cfg: &serde_json::Value) -> ProviderResult<serde_json::Value>;
     /// Where a task's sandbox is (or would be), from what the rows know.
     fn handle_for(&self, org: &str, repo: &str, task: &str, mirror: &std::path::Path) -> SandboxHandle;
-    fn create(&self, req: CreateSandbox) -> BoxFuture<'_, ProviderResult<SandboxHandle>>;
+    fn create(&self, req: CreateSandbox) -> BoxFuture<'_, ProviderResult<Created>>;
     fn resume(&self, req: ResumeSandbox) -> BoxFuture<'_, ProviderResult<SandboxHandle>>;
     fn destroy(&self, req: DestroySandbox) -> BoxFuture<'_, ProviderResult<Destroyed>>;
     fn health(&self, handle: SandboxHandle) -> BoxFuture<'_, ProviderResult<SandboxHealth>>;
@@ -160,10 +170,11 @@ pub struct Providers {
 }
 
 impl Providers {
-    /// The built-in set: `worktree`, rooted in the data dir.
-    pub fn builtin(data_dir: PathBuf, terminal: crate::config::TerminalConfig) -> Self {
+    /// The built-in set: `worktree`, rooted in the data dir, taking the same
+    /// per-mirror git locks as the rest of Kiln.
+    pub fn builtin(data_dir: PathBuf, terminal: crate::config::TerminalConfig, git_locks: crate::integrations::git::MirrorLocks) -> Self {
         let mut map: std::collections::BTreeMap<String, std::sync::Arc<dyn SandboxProvider>> = Default::default();
-        map.insert("worktree".into(), std::sync::Arc::new(worktree::WorktreeProvider::new(data_dir, terminal)));
+        map.insert("worktree".into(), std::sync::Arc::new(worktree::WorktreeProvider::new(data_dir, terminal, git_locks)));
         Providers { map }
     }
 

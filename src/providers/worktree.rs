@@ -9,11 +9,10 @@ use std::time::{Duration, Instant};
 use super::*;
 use crate::config::TerminalConfig;
 use crate::db::pool::blocking;
-use crate::integrations::git::{self, GitError};
+use crate::integrations::git::{self, GitError, MirrorLocks};
 use crate::terminal::{client, host::HostOptions};
 
-/// The file in a checkout that lists untracked files to copy into new sandboxes.
-pub const INCLUDE_FILE: &str = ".worktreeinclude";
+pub use super::copy_in::INCLUDE_FILE;
 
 /// Where a sandbox's sandbox-agent server is recorded (port, token, pid; 0600).
 pub const AGENT_FILE: &str = "sandbox-agent.json";
@@ -110,11 +109,14 @@ fn start_agent_server(req: &EnsureAgent, restarted: bool) -> ProviderResult<Agen
 pub struct WorktreeProvider {
     data_dir: PathBuf,
     terminal: TerminalConfig,
+    /// The per-mirror git locks: `worktree add`, `remove` and `prune` change the
+    /// mirror's worktree records and refs, so they wait their turn like a push.
+    locks: MirrorLocks,
 }
 
 impl WorktreeProvider {
-    pub fn new(data_dir: PathBuf, terminal: TerminalConfig) -> Self {
-        WorktreeProvider { data_dir, terminal }
+    pub fn new(data_dir: PathBuf, terminal: TerminalConfig, locks: MirrorLocks) -> Self {
+        WorktreeProvider { data_dir, terminal, locks }
     }
 
     fn host_options(&self, handle: &SandboxHandle, setup: Vec<String>, launch: &LaunchSpec) -> HostOptions {
@@ -149,6 +151,11 @@ fn io_error(step: &str, e: std::io::Error) -> AppError {
     AppError::invalid("sandbox_failed", format!("{step} failed: {e}"))
 }
 
+/// The `PATH` the launch gives the agent, if it sets one.
+fn launch_path(launch: &LaunchSpec) -> Option<String> {
+    launch.env.iter().find(|(k, _)| k == "PATH").map(|(_, v)| v.clone())
+}
+
 /// Finds `program` the way exec would: a path as given, else on `PATH`.
 pub fn find_program(program: &str, path_var: Option<&str>) -> Option<PathBuf> {
     use std::os::unix::fs::PermissionsExt;
@@ -159,55 +166,6 @@ pub fn find_program(program: &str, path_var: Option<&str>) -> Option<PathBuf> {
     }
     let path_var = path_var.map(str::to_string).or_else(|| std::env::var("PATH").ok()).unwrap_or_default();
     path_var.split(':').filter(|d| !d.is_empty()).map(|d| Path::new(d).join(program)).find(|p| executable(p))
-}
-
-/// A relative path that stays inside the checkout.
-fn safe_relative(p: &str) -> Option<PathBuf> {
-    crate::validate::is_relative_inside(p).then(|| PathBuf::from(p.trim()))
-}
-
-/// Copies the listed untracked files (`.worktreeinclude` plus `extra`) from the
-/// source checkout into the new worktree. Missing files are skipped.
-fn copy_includes(source: &Path, dest: &Path, extra: &[String]) -> std::io::Result<Vec<String>> {
-    let listed = std::fs::read_to_string(source.join(INCLUDE_FILE)).unwrap_or_default();
-    let mut copied = Vec::new();
-    let entries = listed
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .map(str::to_string)
-        .chain(extra.iter().cloned());
-    for entry in entries {
-        let Some(rel) = safe_relative(&entry) else {
-            log::warn!("skipping `{entry}` in {INCLUDE_FILE}: only relative paths inside the checkout are copied");
-            continue;
-        };
-        let from = source.join(&rel);
-        if !from.exists() || from.is_symlink() {
-            continue;
-        }
-        copy_tree(&from, &dest.join(&rel))?;
-        copied.push(rel.to_string_lossy().to_string());
-    }
-    Ok(copied)
-}
-
-fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
-    if from.is_dir() {
-        std::fs::create_dir_all(to)?;
-        for entry in std::fs::read_dir(from)? {
-            let entry = entry?;
-            if !entry.file_type()?.is_symlink() {
-                copy_tree(&entry.path(), &to.join(entry.file_name()))?;
-            }
-        }
-        Ok(())
-    } else {
-        if let Some(parent) = to.parent() {
-            std::fs::create_dir_all(parent)?;
-        }
-        std::fs::copy(from, to).map(|_| ())
-    }
 }
 
 /// Stops the agent: SIGTERM to its process group, then SIGKILL after `grace`;
@@ -270,90 +228,136 @@ impl SandboxProvider for WorktreeProvider {
         }
     }
 
-    fn create(&self, req: CreateSandbox) -> BoxFuture<'_, ProviderResult<SandboxHandle>> {
+    fn create(&self, req: CreateSandbox) -> BoxFuture<'_, ProviderResult<Created>> {
         let handle = self.handle_for(&req.org, &req.repo, &req.task, &req.mirror);
         let opts = self.host_options(&handle, req.setup.clone(), &req.launch);
         let host_program = self.terminal.host_program.clone();
-        Box::pin(off_thread(move || {
-            let program = &req.launch.argv[0];
-            let path_var = req.launch.env.iter().find(|(k, _)| k == "PATH").map(|(_, v)| v.as_str());
-            if find_program(program, path_var).is_none() {
-                return Err(AppError::invalid(
-                    "agent_not_found",
-                    format!("agent `{program}` not found on PATH: install it or choose another agent"),
-                ));
-            }
-            if let Some(parent) = handle.path.parent() {
-                std::fs::create_dir_all(parent).map_err(|e| io_error("creating the worktree folder", e))?;
-            }
-            if handle.path.exists() {
-                // A leftover of a crash mid-provisioning: ours to replace.
-                git::worktree_remove(&handle.mirror, &handle.path).map_err(|e| git_error("clearing an old worktree", e))?;
-            }
-            git::worktree_add(&handle.mirror, &handle.path, &req.branch, &req.base_branch)
-                .map_err(|e| git_error("git worktree add", e))?;
-            let launched = (|| {
-                if let Some(source) = &req.source_checkout {
-                    copy_includes(source, &handle.path, &req.copy).map_err(|e| io_error("copying included files", e))?;
+        let locks = self.locks.clone();
+        Box::pin(async move {
+            let (program, path_var) = (req.launch.argv[0].clone(), launch_path(&req.launch));
+            let parent = handle.path.parent().map(Path::to_path_buf);
+            off_thread(move || {
+                if find_program(&program, path_var.as_deref()).is_none() {
+                    return Err(AppError::invalid(
+                        "agent_not_found",
+                        format!("agent `{program}` not found on PATH: install it or choose another agent"),
+                    ));
                 }
-                if handle.state_dir.exists() {
-                    std::fs::remove_dir_all(&handle.state_dir).map_err(|e| io_error("clearing old terminal state", e))?;
+                if let Some(parent) = parent {
+                    std::fs::create_dir_all(parent).map_err(|e| io_error("creating the worktree folder", e))?;
+                }
+                Ok(())
+            })
+            .await?;
+            {
+                // prune and add change the mirror's worktree records and refs.
+                let _git = locks.lock(&handle.mirror).await;
+                let (h, branch, base) = (handle.clone(), req.branch.clone(), req.base_branch.clone());
+                off_thread(move || {
+                    if h.path.exists() {
+                        // A leftover of a crash mid-provisioning: ours to replace.
+                        git::worktree_remove(&h.mirror, &h.path).map_err(|e| git_error("clearing an old worktree", e))?;
+                    }
+                    git::worktree_add(&h.mirror, &h.path, &branch, &base).map_err(|e| git_error("git worktree add", e))
+                })
+                .await?;
+            }
+            let h = handle.clone();
+            let launched = off_thread(move || {
+                let mut report = super::copy_in::CopyReport::default();
+                if let Some(source) = &req.source_checkout {
+                    report = super::copy_in::copy_includes(source, &h.path, &req.copy)
+                        .map_err(|e| io_error("copying included files", e))?;
+                }
+                if h.state_dir.exists() {
+                    std::fs::remove_dir_all(&h.state_dir).map_err(|e| io_error("clearing old terminal state", e))?;
                 }
                 client::launch(&opts, &req.launch, &host_program).map_err(|e| io_error("starting the terminal host", e))?;
-                Ok(())
-            })();
-            if let Err(e) = launched {
-                // Leave nothing half-made: the branch stays, the worktree goes.
-                let _ = git::worktree_remove(&handle.mirror, &handle.path);
-                return Err(e);
+                Ok(report)
+            })
+            .await;
+            match launched {
+                Ok(copy) => Ok(Created { handle, copy }),
+                Err(e) => {
+                    // Leave nothing half-made: the branch stays, the worktree goes.
+                    let _git = locks.lock(&handle.mirror).await;
+                    let _ = off_thread(move || git::worktree_remove(&handle.mirror, &handle.path).map_err(|e| git_error("git worktree remove", e))).await;
+                    Err(e)
+                }
             }
-            Ok(handle)
-        }))
+        })
     }
 
     fn resume(&self, req: ResumeSandbox) -> BoxFuture<'_, ProviderResult<SandboxHandle>> {
         let opts = self.host_options(&req.handle, Vec::new(), &req.launch);
         let host_program = self.terminal.host_program.clone();
-        Box::pin(off_thread(move || {
-            let handle = req.handle;
-            if client::status(&handle.state_dir).is_ok_and(|s| s.running) {
-                return Err(AppError::conflict("agent_running", "the agent is still running: attach to it instead"));
+        let locks = self.locks.clone();
+        Box::pin(async move {
+            let state_dir = req.handle.state_dir.clone();
+            let worktree = req.handle.path.clone();
+            let missing = off_thread(move || {
+                if client::status(&state_dir).is_ok_and(|s| s.running) {
+                    return Err(AppError::conflict("agent_running", "the agent is still running: attach to it instead"));
+                }
+                Ok(!worktree.exists())
+            })
+            .await?;
+            if missing {
+                let _git = locks.lock(&req.handle.mirror).await;
+                let (h, branch) = (req.handle.clone(), req.branch.clone());
+                off_thread(move || {
+                    if h.path.exists() {
+                        return Ok(());
+                    }
+                    git::worktree_add(&h.mirror, &h.path, &branch, &branch).map_err(|e| git_error("recreating the worktree", e))
+                })
+                .await?;
             }
-            if !handle.path.exists() {
-                git::worktree_add(&handle.mirror, &handle.path, &req.branch, &req.branch)
-                    .map_err(|e| git_error("recreating the worktree", e))?;
-            }
-            let program = &req.launch.argv[0];
-            let path_var = req.launch.env.iter().find(|(k, _)| k == "PATH").map(|(_, v)| v.as_str());
-            if find_program(program, path_var).is_none() {
-                return Err(AppError::invalid(
-                    "agent_not_found",
-                    format!("agent `{program}` not found on PATH: install it or choose another agent"),
-                ));
-            }
-            client::launch(&opts, &req.launch, &host_program).map_err(|e| io_error("starting the terminal host", e))?;
-            Ok(handle)
-        }))
+            off_thread(move || {
+                let handle = req.handle;
+                let program = &req.launch.argv[0];
+                if find_program(program, launch_path(&req.launch).as_deref()).is_none() {
+                    return Err(AppError::invalid(
+                        "agent_not_found",
+                        format!("agent `{program}` not found on PATH: install it or choose another agent"),
+                    ));
+                }
+                client::launch(&opts, &req.launch, &host_program).map_err(|e| io_error("starting the terminal host", e))?;
+                Ok(handle)
+            })
+            .await
+        })
     }
 
     fn destroy(&self, req: DestroySandbox) -> BoxFuture<'_, ProviderResult<Destroyed>> {
-        Box::pin(off_thread(move || {
-            let handle = &req.handle;
-            stop_agent_server(&handle.state_dir);
-            stop_agent(&handle.state_dir, req.grace);
-            let mut snapshot = None;
-            if handle.path.exists() {
-                let message = format!("kiln: uncommitted work of task {}", handle.id);
-                match git::snapshot(&handle.path, &req.snapshot_ref, &message) {
-                    Ok(Some(commit)) => snapshot = Some((req.snapshot_ref.clone(), commit)),
-                    Ok(None) => {}
-                    // Never remove work that could not be saved.
-                    Err(e) => return Err(git_error("saving uncommitted work", e)),
+        let locks = self.locks.clone();
+        Box::pin(async move {
+            let (state_dir, grace) = (req.handle.state_dir.clone(), req.grace);
+            off_thread(move || {
+                stop_agent_server(&state_dir);
+                stop_agent(&state_dir, grace);
+                Ok(())
+            })
+            .await?;
+            // The snapshot writes a ref, and remove/prune change the worktree records.
+            let _git = locks.lock(&req.handle.mirror).await;
+            off_thread(move || {
+                let handle = &req.handle;
+                let mut snapshot = None;
+                if handle.path.exists() {
+                    let message = format!("kiln: uncommitted work of task {}", handle.id);
+                    match git::snapshot(&handle.path, &req.snapshot_ref, &message) {
+                        Ok(Some(commit)) => snapshot = Some((req.snapshot_ref.clone(), commit)),
+                        Ok(None) => {}
+                        // Never remove work that could not be saved.
+                        Err(e) => return Err(git_error("saving uncommitted work", e)),
+                    }
                 }
-            }
-            git::worktree_remove(&handle.mirror, &handle.path).map_err(|e| git_error("git worktree remove", e))?;
-            Ok(Destroyed { snapshot })
-        }))
+                git::worktree_remove(&handle.mirror, &handle.path).map_err(|e| git_error("git worktree remove", e))?;
+                Ok(Destroyed { snapshot })
+            })
+            .await
+        })
     }
 
     fn health(&self, handle: SandboxHandle) -> BoxFuture<'_, ProviderResult<SandboxHealth>> {
@@ -392,15 +396,6 @@ impl SandboxProvider for WorktreeProvider {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn include_paths_stay_inside() {
-        assert!(safe_relative(".env").is_some());
-        assert!(safe_relative("config/local.json").is_some());
-        for bad in ["", "/etc/passwd", "../x", "a/../../b", "./x/../.."] {
-            assert!(safe_relative(bad).is_none(), "{bad}");
-        }
-    }
 
     #[test]
     fn programs_are_found_like_exec_finds_them() {

@@ -252,7 +252,11 @@ impl std::fmt::Debug for Reply {
 
 impl Client {
     pub fn new(base: &str, token: Option<&str>) -> Client {
-        let http = awc::Client::builder().timeout(Duration::from_secs(120)).finish();
+        // Pooled connections are dropped after 2 s idle, before the server's 5 s
+        // keep-alive closes them: reusing one the server is closing at that moment
+        // fails the request with `Connect(Disconnected)`.
+        let connector = awc::Connector::new().conn_keep_alive(Duration::from_secs(2));
+        let http = awc::Client::builder().connector(connector).timeout(Duration::from_secs(120)).finish();
         Client { base: base.to_string(), token: token.map(str::to_string), http }
     }
 
@@ -273,7 +277,7 @@ impl Client {
             Some(b) => req.send_body(b.to_vec()).await,
             None => req.send().await,
         }
-        .expect("request failed");
+        .unwrap_or_else(|e| panic!("request failed: {e:?}"));
         let bytes = res.body().limit(256 * 1024 * 1024).await.expect("body");
         let text = String::from_utf8_lossy(&bytes).to_string();
         let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);

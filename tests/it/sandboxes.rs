@@ -288,6 +288,119 @@ async fn setup_copies_included_files_and_runs_before_the_agent() {
     }
 }
 
+/// What the copy-in of task `id` reported skipping, as (path, reason).
+async fn copy_skipped(c: &Client, id: &str) -> Vec<(String, String)> {
+    c.events_since("default", 0)
+        .await
+        .into_iter()
+        .filter(|e| e["kind"] == "sandbox.copy_skipped" && e["task"] == id)
+        .flat_map(|e| e["data"]["skipped"].as_array().cloned().unwrap_or_default())
+        .map(|s| (s["path"].as_str().unwrap().to_string(), s["reason"].as_str().unwrap().to_string()))
+        .collect()
+}
+
+/// Regression: a committed `cfg -> /outside` plus the entry `cfg/local.env` made
+/// provisioning write `/outside/local.env`; a committed link as the entry itself
+/// was written through too.
+#[actix_web::test]
+async fn the_copy_in_never_writes_through_a_symlink_in_the_worktree() {
+    let (server, dir) = Server::start(&[]);
+    let c = server.client();
+    let outside = dir.path().join("outside");
+    std::fs::create_dir(&outside).unwrap();
+    let src = git_repo(dir.path(), "app");
+    // Committed: two links out of the tree. Worktrees check them out as links.
+    std::os::unix::fs::symlink(&outside, src.join("cfg")).unwrap();
+    std::os::unix::fs::symlink(outside.join("top.env"), src.join("top.env")).unwrap();
+    git(&src, &["add", "cfg", "top.env"]);
+    git(&src, &["commit", "-q", "-m", "links"]);
+    // The source checkout itself has real files there (uncommitted).
+    std::fs::remove_file(src.join("cfg")).unwrap();
+    std::fs::create_dir(src.join("cfg")).unwrap();
+    std::fs::write(src.join("cfg/local.env"), "LOCAL=1\n").unwrap();
+    std::fs::remove_file(src.join("top.env")).unwrap();
+    std::fs::write(src.join("top.env"), "TOP=1\n").unwrap();
+    std::fs::write(src.join(".env"), "FINE=1\n").unwrap();
+    std::fs::write(src.join(".worktreeinclude"), "cfg/local.env\n.env\n").unwrap();
+    c.add_repo("default", &src).await;
+    let r = c.put("/v1/organizations/default/repos/app/setup", json!({"copy": ["top.env", "cfg"]})).await;
+    assert_eq!(r.status, 200, "{r:?}");
+
+    let id = c.create_task("default", "app", "go").await["id"].as_str().unwrap().to_string();
+    let left: Vec<_> = std::fs::read_dir(&outside).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert!(left.is_empty(), "written outside the worktree: {left:?}");
+    let worktree = server.data_dir().join(format!("worktrees/default/app/{id}"));
+    assert!(std::fs::symlink_metadata(worktree.join("cfg")).unwrap().file_type().is_symlink(), "the link is left alone");
+    assert_eq!(std::fs::read_to_string(worktree.join(".env")).unwrap(), "FINE=1\n", "the rest is still copied");
+    let skipped = copy_skipped(&c, &id).await;
+    let expected: Vec<(String, String)> = [("cfg/local.env", "symlink_in_worktree"), ("top.env", "symlink_in_worktree"), ("cfg", "symlink_in_worktree")]
+        .iter()
+        .map(|(p, r)| (p.to_string(), r.to_string()))
+        .collect();
+    assert_eq!(skipped, expected);
+}
+
+/// Regression: `linkdir/secret.txt` with `linkdir -> /outside` in the source
+/// checkout copied an outside file into the worktree, and the kill snapshot then
+/// stored it. Also: the snapshot stores links an agent makes as links, never
+/// what they point at.
+#[actix_web::test]
+async fn the_copy_in_never_reads_through_a_symlink_and_snapshots_keep_links_as_links() {
+    let (server, dir) = Server::start(&[]);
+    let c = server.client();
+    let outside = dir.path().join("outside");
+    std::fs::create_dir(&outside).unwrap();
+    std::fs::write(outside.join("secret.txt"), "TOP SECRET\n").unwrap();
+    let src = git_repo(dir.path(), "app");
+    std::os::unix::fs::symlink(&outside, src.join("linkdir")).unwrap();
+    std::os::unix::fs::symlink(outside.join("secret.txt"), src.join("direct.txt")).unwrap();
+    std::fs::create_dir(src.join("conf")).unwrap();
+    std::fs::write(src.join("conf/ok.txt"), "ok\n").unwrap();
+    std::os::unix::fs::symlink(outside.join("secret.txt"), src.join("conf/escape")).unwrap();
+    std::fs::write(src.join(".env"), "FINE=1\n").unwrap();
+    std::fs::write(src.join(".worktreeinclude"), ".env\nlinkdir/secret.txt\nlinkdir\ndirect.txt\nconf\n").unwrap();
+    c.add_repo("default", &src).await;
+
+    let id = c.create_task("default", "app", "go").await["id"].as_str().unwrap().to_string();
+    let worktree = server.data_dir().join(format!("worktrees/default/app/{id}"));
+    assert!(std::fs::symlink_metadata(worktree.join("linkdir")).is_err(), "nothing was made for linkdir");
+    assert!(std::fs::symlink_metadata(worktree.join("direct.txt")).is_err());
+    assert!(std::fs::symlink_metadata(worktree.join("conf/escape")).is_err(), "links in a copied folder are skipped");
+    assert_eq!(std::fs::read_to_string(worktree.join("conf/ok.txt")).unwrap(), "ok\n");
+    assert_eq!(std::fs::read_to_string(worktree.join(".env")).unwrap(), "FINE=1\n");
+    let skipped = copy_skipped(&c, &id).await;
+    let expected: Vec<(String, String)> =
+        ["linkdir/secret.txt", "linkdir", "direct.txt", "conf/escape"].iter().map(|p| (p.to_string(), "symlink_in_source".to_string())).collect();
+    assert_eq!(skipped, expected);
+
+    // What an agent might leave: links out of the tree, to a file and a folder.
+    std::os::unix::fs::symlink(outside.join("secret.txt"), worktree.join("leak")).unwrap();
+    std::os::unix::fs::symlink(&outside, worktree.join("leakdir")).unwrap();
+    let r = c.post(&format!("/v1/organizations/default/tasks/{id}/kill"), json!({})).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let snapshot = r.body["snapshot_ref"].as_str().expect("a snapshot was saved").to_string();
+    let mirror = server.data_dir().join("repos/default/app.git");
+    let tree = git(&mirror, &["ls-tree", "-r", &snapshot]);
+    let entries: Vec<(String, String, String)> = tree
+        .lines()
+        .map(|l| {
+            let (meta, path) = l.split_once('\t').unwrap();
+            let parts: Vec<&str> = meta.split_whitespace().collect();
+            (parts[0].to_string(), parts[2].to_string(), path.to_string())
+        })
+        .collect();
+    let paths: Vec<&str> = entries.iter().map(|(_, _, p)| p.as_str()).collect();
+    assert_eq!(paths, vec![".env", "README.md", "conf/ok.txt", "leak", "leakdir"], "{tree}");
+    for (mode, object, path) in &entries {
+        let content = git(&mirror, &["cat-file", "-p", object]);
+        assert!(!content.contains("TOP SECRET"), "{path} holds the outside file");
+        if path.starts_with("leak") {
+            assert_eq!(mode, "120000", "{path} is stored as a link");
+        }
+    }
+    assert!(outside.join("secret.txt").exists(), "the outside file is untouched");
+}
+
 #[actix_web::test]
 async fn prompt_as_input_and_secrets_as_env() {
     let (server, dir) = Server::start(&[]);

@@ -17,12 +17,12 @@ use actix::prelude::*;
 use super::registry::ActorMeta;
 use super::Kiln;
 use crate::error::AppResult;
-use crate::providers::{CreateSandbox, DestroySandbox as DestroyRequest, Destroyed, ResumeSandbox, SandboxHandle, SandboxProvider};
+use crate::providers::{CreateSandbox, Created, DestroySandbox as DestroyRequest, Destroyed, ResumeSandbox, SandboxHandle, SandboxProvider};
 use crate::util::now_ms;
 
 /// Creates the sandbox for a task.
 #[derive(Message, Clone)]
-#[rtype(result = "AppResult<SandboxHandle>")]
+#[rtype(result = "AppResult<Created>")]
 pub struct ProvisionSandbox {
     pub req: CreateSandbox,
 }
@@ -73,7 +73,7 @@ impl Actor for SandboxActor {
 }
 
 impl Handler<ProvisionSandbox> for SandboxActor {
-    type Result = AtomicResponse<Self, AppResult<SandboxHandle>>;
+    type Result = AtomicResponse<Self, AppResult<Created>>;
 
     fn handle(&mut self, msg: ProvisionSandbox, _: &mut Self::Context) -> Self::Result {
         let (kiln, org, id, provider) = (self.kiln.clone(), self.org.clone(), self.id.clone(), self.provider.clone());
@@ -83,10 +83,10 @@ impl Handler<ProvisionSandbox> for SandboxActor {
             let created = provider.create(msg.req).await;
             let i = id.clone();
             match created {
-                Ok(handle) => {
-                    let path = handle.path.to_string_lossy().to_string();
+                Ok(created) => {
+                    let path = created.handle.path.to_string_lossy().to_string();
                     kiln.db.write(move |c| store::set_state(c, &i, "ready", Some(&path), now_ms())).await?;
-                    Ok(handle)
+                    Ok(created)
                 }
                 Err(err) => {
                     kiln.db.write(move |c| store::set_state(c, &i, "failed", None, now_ms())).await?;

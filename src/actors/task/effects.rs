@@ -195,6 +195,17 @@ pub async fn provision(ctx: &TaskCtx) -> AppResult<()> {
     }
     .await;
     let created = match created {
+        Ok(crate::providers::Created { handle, copy }) => {
+            if !copy.skipped.is_empty() {
+                // Not fatal: the task runs without them, and says so.
+                let data = json!({"skipped": copy.skipped, "more": copy.more_skipped});
+                ctx.kiln.emit_one(&ctx.org, ctx.event("sandbox.copy_skipped", data)).await?;
+            }
+            Ok(handle)
+        }
+        Err(err) => Err(err),
+    };
+    let created = match created {
         Ok(handle) => match ensure_agent_server(ctx, &task, &handle, false).await {
             Ok(_) => Ok(handle),
             Err(err) => {
@@ -269,7 +280,7 @@ pub async fn apply(ctx: TaskCtx, input: TaskInput, text: Option<String>, params:
             Effect::DescribeSandbox => sandbox = Some(ctx.handle(&task, &repo)?),
             Effect::Git(op) => {
                 let worktree = ctx.handle(&task, &repo)?.path;
-                let _git = ctx.kiln.lock_git(&repo.mirror_path).await;
+                let git_guard = ctx.kiln.lock_git(&repo.mirror_path).await;
                 match op {
                     GitOp::Push => {
                         super::git_ops::push(&ctx, &task, &repo, &worktree, params.commit.clone(), params.force.unwrap_or(false)).await?;
@@ -282,6 +293,8 @@ pub async fn apply(ctx: TaskCtx, input: TaskInput, text: Option<String>, params:
                     }
                     GitOp::Merge => {
                         super::git_ops::merge(&ctx, &task, &repo, &worktree, params.method.clone()).await?;
+                        // The removal below takes the mirror's lock itself (it is not reentrant).
+                        drop(git_guard);
                         if !repo.settings().keep_after_merge {
                             // A merged task is done: archive it (snapshot first, as always).
                             ctx.stop_watching();
