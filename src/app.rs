@@ -116,6 +116,7 @@ pub async fn start(config: Config) -> Result<Running, BootError> {
         providers: Arc::new(crate::providers::Providers::builtin(dir.clone(), config.terminal.clone())),
         shutdown: Arc::new(tokio::sync::watch::channel(false).0),
         git_locks: Default::default(),
+        redactor: Arc::new(crate::redact::Redactor::new(&dir)),
     };
     seed_default_organization(&kiln).await?;
     recover_tasks(&kiln).await?;
@@ -131,6 +132,7 @@ pub async fn start(config: Config) -> Result<Running, BootError> {
             .app_data(auth_data.clone())
             .app_data(deliveries.clone())
             .wrap(middleware::from_fn(auth::authenticate))
+            .wrap(middleware::from_fn(http::redact_errors))
             .wrap(http::json_error_pages())
             .wrap_fn(move |req, srv| {
                 use actix_web::dev::Service;

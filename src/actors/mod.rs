@@ -86,6 +86,9 @@ pub struct Kiln {
     /// One lock per repository mirror: git work that writes to it (push, sync,
     /// merge, commit, the poller's fetch) runs one at a time across its tasks.
     pub git_locks: Arc<std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
+    /// Takes the data dir's location and URL passwords out of events and error
+    /// messages (see `redact`).
+    pub redactor: Arc<crate::redact::Redactor>,
 }
 
 impl Kiln {

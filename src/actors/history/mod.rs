@@ -167,7 +167,11 @@ impl HistoryActor {
         }
     }
 
-    fn enqueue(&mut self, events: Vec<NewEvent>, ctx: &mut Context<Self>) -> oneshot::Receiver<AppResult<Vec<i64>>> {
+    fn enqueue(&mut self, mut events: Vec<NewEvent>, ctx: &mut Context<Self>) -> oneshot::Receiver<AppResult<Vec<i64>>> {
+        // Organizations read their events: no server path, no URL password.
+        for event in &mut events {
+            self.kiln.redactor.json(&mut event.data);
+        }
         let (tx, rx) = oneshot::channel();
         let start = self.pending.len();
         self.pending.extend(events);

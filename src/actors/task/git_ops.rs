@@ -13,7 +13,7 @@ use crate::db::models::{PullRequest, Repo, Task};
 use crate::db::pool::blocking;
 use crate::db::{queries, DbError};
 use crate::error::{AppError, AppResult};
-use crate::integrations::git::{self, Credentials, GitError, Integration};
+use crate::integrations::git::{self, Credentials, GitError, Integration, Origin};
 use crate::integrations::github::{GitHub, GitHubError, DEFAULT_API_URL};
 
 /// What a git action was asked to do.
@@ -57,6 +57,21 @@ pub async fn github_client(kiln: &crate::actors::Kiln, org: &str, repo: &Repo) -
     Ok(Some((GitHub::new(api, token, &slug), credentials(kiln, token))))
 }
 
+/// How git reaches `repo`'s origin: the `file` transport only for a repository
+/// registered from a local path; the repository's own credential (given in its
+/// source URL) when it has one, else the organization's GitHub token when the
+/// repository is on GitHub, else none.
+pub async fn origin(kiln: &crate::actors::Kiln, org: &str, repo: &Repo) -> AppResult<Origin> {
+    let local = repo.source_kind == "path";
+    let id = repo.id;
+    let own = kiln.db.read(move |c| queries::repo_credential(c, id)).await?;
+    let credentials = match own {
+        Some((user, secret)) => Some(Credentials { user, ..credentials(kiln, &secret) }),
+        None => github_client(kiln, org, repo).await.ok().flatten().map(|(_, c)| c),
+    };
+    Ok(Origin { local, credentials })
+}
+
 /// git gets the token from this binary acting as its askpass helper.
 pub fn credentials(kiln: &crate::actors::Kiln, token: &str) -> Credentials {
     let program = &kiln.config.terminal.host_program;
@@ -67,7 +82,7 @@ pub fn credentials(kiln: &crate::actors::Kiln, token: &str) -> Credentials {
     } else {
         std::env::current_exe().unwrap_or_else(|_| "kiln".into())
     };
-    Credentials { askpass, token: token.to_string() }
+    Credentials { askpass, user: None, token: token.to_string() }
 }
 
 fn github_error(err: GitHubError) -> AppError {
@@ -118,12 +133,12 @@ pub async fn commit_all(ctx: &TaskCtx, worktree: &Path, message: String) -> AppR
 
 /// Commits (when asked) and pushes the task branch to origin with upstream set.
 pub async fn push(ctx: &TaskCtx, task: &Task, repo: &Repo, worktree: &Path, commit: Option<String>) -> AppResult<String> {
-    let creds = github_for(ctx, repo).await.ok().flatten().map(|(_, c)| c);
+    let origin = origin(&ctx.kiln, &ctx.org, repo).await?;
     if let Some(message) = commit.filter(|m| !m.trim().is_empty()) {
         commit_all(ctx, worktree, message).await?;
     }
     let (dir, branch) = (worktree.to_path_buf(), task.branch.clone());
-    match git_call(move || git::push(&dir, &branch, creds.as_ref())).await? {
+    match git_call(move || git::push(&dir, &branch, &origin)).await? {
         Ok(sha) => {
             ctx.kiln.emit_one(&ctx.org, ctx.event("task.pushed", json!({"branch": task.branch, "sha": sha}))).await?;
             Ok(sha)
@@ -144,10 +159,10 @@ pub async fn sync(ctx: &TaskCtx, task: &Task, repo: &Repo, worktree: &Path, mode
         Some("merge") => true,
         Some(other) => return Err(AppError::invalid("invalid_mode", format!("sync mode `{other}`: use rebase or merge"))),
     };
-    let creds = github_for(ctx, repo).await.ok().flatten().map(|(_, c)| c);
+    let origin = origin(&ctx.kiln, &ctx.org, repo).await?;
     let (dir, base) = (worktree.to_path_buf(), task.base_branch.clone());
     let result = git_call(move || {
-        git::fetch_branch(&dir, &base, creds.as_ref())?;
+        git::fetch_branch(&dir, &base, &origin)?;
         git::integrate(&dir, &format!("refs/remotes/origin/{base}"), merge)
     })
     .await?;
@@ -309,13 +324,14 @@ pub async fn merge(ctx: &TaskCtx, task: &Task, repo: &Repo, worktree: &Path, met
             }
             let (mirror, base, branch, title) = (Path::new(&repo.mirror_path).to_path_buf(), task.base_branch.clone(), task.branch.clone(), task.title.clone());
             let squash = method == "squash";
+            let origin = origin(&ctx.kiln, &ctx.org, repo).await?;
             let result = git_call(move || {
-                git::fetch_branch(&mirror, &base, None)?;
+                git::fetch_branch(&mirror, &base, &origin)?;
                 let base_ref = format!("refs/remotes/origin/{base}");
                 match git::merge_in_bare(&mirror, &base_ref, &format!("refs/heads/{branch}"), squash, &title)? {
                     Integration::Clean(commit) => {
-                        git::push_commit(&mirror, &commit, &base, None)?;
-                        git::fetch_branch(&mirror, &base, None)?;
+                        git::push_commit(&mirror, &commit, &base, &origin)?;
+                        git::fetch_branch(&mirror, &base, &origin)?;
                         Ok(Integration::Clean(commit))
                     }
                     conflicts => Ok(conflicts),
