@@ -252,10 +252,15 @@ async fn recover_tasks(kiln: &Kiln) -> Result<(), BootError> {
     Ok(())
 }
 
-/// Starts the branch and pull-request pollers of every repository.
+/// Starts the branch and pull-request pollers of every repository, after moving
+/// any credential still stored in a source URL out of it.
 async fn start_repo_pollers(kiln: &Kiln) -> Result<(), BootError> {
     let repos = kiln.db.read(queries::all_repos).await?;
     for (org, name) in repos {
+        let moved = kiln.repository(&org, &name).send(crate::actors::repository::MoveSourceCredential {}).await;
+        if let Ok(Err(e)) | Err(e) = moved.map_err(crate::error::AppError::from) {
+            log::warn!("repository {org}/{name}: could not move the credential out of its source: {e}");
+        }
         kiln.repo_pollers(&org, &name);
     }
     Ok(())

@@ -122,6 +122,13 @@ pub struct PullRequestsObserved {
     pub pulls: Vec<PrObservation>,
 }
 
+/// Moves a credential out of a source stored before they were kept apart
+/// (`https://user:secret@host/…`): the row and the mirror's `remote.origin.url`
+/// get the URL without it, the credential its own columns. Sent at boot.
+#[derive(Message, Clone)]
+#[rtype(result = "AppResult<()>")]
+pub struct MoveSourceCredential {}
+
 /// Deletes the repository, its mirror and its finished tasks.
 #[derive(Message, Clone)]
 #[rtype(result = "AppResult<()>")]
@@ -298,6 +305,38 @@ async fn remove_dir(dir: PathBuf) {
     let shown = dir.display().to_string();
     if let Err(e) = blocking(move || std::fs::remove_dir_all(&dir).map_err(|e| DbError::Blocking(e.to_string()))).await {
         log::warn!("could not remove {shown}: {e}");
+    }
+}
+
+impl Handler<MoveSourceCredential> for RepositoryActor {
+    type Result = AtomicResponse<Self, AppResult<()>>;
+
+    fn handle(&mut self, _: MoveSourceCredential, _: &mut Self::Context) -> Self::Result {
+        let (kiln, org, name) = (self.kiln.clone(), self.org.clone(), self.repo.clone());
+        atomic!(self, async move {
+            let (o, n) = (org.clone(), name.clone());
+            let Some(repo) = kiln.db.read(move |c| queries::repo_by_name(c, &o, &n)).await? else { return Ok(()) };
+            let clean = crate::redact::strip_url_userinfo(&repo.source).to_string();
+            if repo.source_kind != "url" || clean == repo.source {
+                return Ok(());
+            }
+            // A password git cannot use (ssh, git://) is dropped, not kept.
+            let credential = match Source::parse(&repo.source) {
+                Ok((Source::Url(_), credential)) => credential,
+                _ => None,
+            };
+            let (id, url, mirror) = (repo.id, clean.clone(), PathBuf::from(&repo.mirror_path));
+            let user = credential.as_ref().and_then(|c| c.user.clone());
+            let secret = credential.map(|c| c.secret);
+            kiln.db.write(move |c| store::move_credential(c, id, &url, user, secret, now_ms())).await?;
+            let url = clean.clone();
+            let fixed = blocking(move || Ok(git::run(&mirror, &["config", "remote.origin.url", &url]))).await?;
+            if let Err(e) = fixed {
+                log::warn!("repository {org}/{name}: could not rewrite the mirror's origin URL: {}", e.message());
+            }
+            log::info!("repository {org}/{name}: moved the credential out of its stored source");
+            Ok(())
+        })
     }
 }
 
