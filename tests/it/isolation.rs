@@ -450,3 +450,64 @@ fn askpass_answers_the_repositorys_own_user() {
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "deploy");
 }
+
+/// A repository registered before credentials were kept apart still has one in
+/// its stored source (and its mirror's origin URL): at boot it is moved out, and
+/// git keeps authenticating with it.
+#[actix_web::test]
+async fn a_credential_stored_in_an_old_source_is_moved_out_at_boot() {
+    use diesel::connection::SimpleConnection;
+    use diesel::prelude::*;
+
+    let dir = tempdir();
+    let mut server = Server::start_in(dir.path(), &[("KILN_REPOS__BRANCH_POLL_MS", "200"), ("KILN_REPOS__FETCH_SECS", "0")]);
+    let c = server.client();
+    let served = dir.path().join("served");
+    std::fs::create_dir_all(&served).unwrap();
+    let bare = served.join("app.git");
+    git(dir.path(), &["clone", "-q", "--bare", git_repo(dir.path(), "seed").to_str().unwrap(), bare.to_str().unwrap()]);
+    let http = GitHttp::start(&served, "old", "0ld-s3cret");
+    let clean = format!("{}/app.git", http.url);
+    let r = c.post("/v1/organizations/default/repos", json!({"source": clean.replace("http://", "http://old:0ld-s3cret@")})).await;
+    assert_eq!(r.status, 201, "{r:?}");
+    server.stop();
+
+    // Make it look like a row from before: the credential in the URL, none apart.
+    let old = clean.replace("http://", "http://old:0ld-s3cret@");
+    let db = server.data_dir().join("kiln.db");
+    let mut conn = SqliteConnection::establish(db.to_str().unwrap()).unwrap();
+    conn.batch_execute(&format!(
+        "UPDATE repos SET source = '{old}', credential_user = NULL, credential_secret = NULL WHERE name = 'app';"
+    ))
+    .unwrap();
+    drop(conn);
+    let mirror = server.data_dir().join("repos/default/app.git");
+    git(&mirror, &["config", "remote.origin.url", &old]);
+
+    server.restart();
+    let c = server.client();
+    let shown = c.get("/v1/organizations/default/repos/app").await;
+    assert_eq!(shown.body["source"], clean, "{shown:?}");
+    assert!(!std::fs::read_to_string(mirror.join("config")).unwrap().contains("0ld-s3cret"), "the mirror's origin URL is clean");
+
+    // git still authenticates, now through askpass: the poller fetches a new commit.
+    let work = dir.path().join("upstream");
+    git(dir.path(), &["clone", "-q", bare.to_str().unwrap(), work.to_str().unwrap()]);
+    std::fs::write(work.join("new.txt"), "new\n").unwrap();
+    git(&work, &["add", "."]);
+    git(&work, &["commit", "-q", "-m", "upstream"]);
+    git(&work, &["push", "-q", "origin", "HEAD:main"]);
+    let head = git(&work, &["rev-parse", "HEAD"]);
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let b = c.get("/v1/organizations/default/repos/app/branches").await.body;
+        if b["items"].as_array().unwrap().iter().any(|x| x["name"] == "main" && x["head_sha"] == head.as_str()) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the poller never fetched {head}: {b}\n{}", server.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let log = server.log();
+    assert!(log.contains("moved the credential out of its stored source"), "{log}");
+    assert!(!log.contains("0ld-s3cret"), "{log}");
+}
