@@ -7,6 +7,8 @@
 //! per transaction) as soon as it ends. One write at a time keeps ids, commits
 //! and publication in order. A batch is published to subscribers only after it
 //! commits, so a client that resumes with `since` sees no gap and no duplicate.
+//! Event data is redacted on the way in (`redact`: no data dir location, no URL
+//! password), so what is stored is what any reader may see.
 //!
 //! Each subscriber has a bounded buffer. One that falls behind is dropped and
 //! flagged as lagging, never waited for, so a slow client cannot slow the others.

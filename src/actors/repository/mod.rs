@@ -1,9 +1,11 @@
 //! RepositoryActor (`org/{org}/repo/{repo}`): the only writer of `repos`,
 //! `branches` and `pull_requests`.
 //!
-//! Messages: `RegisterRepo` (clone a bare mirror, then insert the row; idempotent
-//! for the same source), `SetRepoSetup` and `DeleteRepo` (refused while tasks are
-//! active). The
+//! Messages: `RegisterRepo` (check who may register the source, clone a bare
+//! mirror, then insert the row with any URL credential kept apart; idempotent for
+//! the same source), `MoveSourceCredential` (at boot: a credential still in a
+//! stored source moves to its own columns), `SetRepoSetup` and `DeleteRepo`
+//! (refused while tasks are active). The
 //! pollers' results arrive here in later work. Handlers are atomic, so two
 //! registrations of one name never race. Lifecycle: started on demand; stops
 //! after `tasks.actor_idle_secs` without a command.
