@@ -117,6 +117,7 @@ pub async fn start(config: Config) -> Result<Running, BootError> {
         providers: Arc::new(crate::providers::Providers::builtin(dir.clone(), config.terminal.clone(), git_locks.clone())),
         shutdown: Arc::new(tokio::sync::watch::channel(false).0),
         git_locks,
+        redactor: Arc::new(crate::redact::Redactor::new(&dir)),
     };
     seed_default_organization(&kiln).await?;
     recover_tasks(&kiln).await?;
@@ -132,6 +133,7 @@ pub async fn start(config: Config) -> Result<Running, BootError> {
             .app_data(auth_data.clone())
             .app_data(deliveries.clone())
             .wrap(middleware::from_fn(auth::authenticate))
+            .wrap(middleware::from_fn(http::redact_errors))
             .wrap(http::json_error_pages())
             .wrap_fn(move |req, srv| {
                 use actix_web::dev::Service;
@@ -251,10 +253,15 @@ async fn recover_tasks(kiln: &Kiln) -> Result<(), BootError> {
     Ok(())
 }
 
-/// Starts the branch and pull-request pollers of every repository.
+/// Starts the branch and pull-request pollers of every repository, after moving
+/// any credential still stored in a source URL out of it.
 async fn start_repo_pollers(kiln: &Kiln) -> Result<(), BootError> {
     let repos = kiln.db.read(queries::all_repos).await?;
     for (org, name) in repos {
+        let moved = kiln.repository(&org, &name).send(crate::actors::repository::MoveSourceCredential {}).await;
+        if let Ok(Err(e)) | Err(e) = moved.map_err(crate::error::AppError::from) {
+            log::warn!("repository {org}/{name}: could not move the credential out of its source: {e}");
+        }
         kiln.repo_pollers(&org, &name);
     }
     Ok(())

@@ -114,6 +114,10 @@ pub struct TasksConfig {
 #[serde(deny_unknown_fields)]
 pub struct ReposConfig {
     pub allow_local_paths: bool,
+    /// Folders under which an organization's token may register local paths
+    /// (`{organization}` is replaced by the caller's organization). Empty: only
+    /// the admin token may register local paths.
+    pub local_roots: Vec<String>,
     pub clone_timeout_secs: u64,
     pub branch_poll_ms: u64,
     pub fetch_secs: u64,
@@ -235,6 +239,9 @@ impl Config {
         }
         if !(100..=600_000).contains(&self.tasks.status_poll_ms) {
             return Err(ConfigError::Invalid("tasks.status_poll_ms must be between 100 and 600000".into()));
+        }
+        if let Some(bad) = self.repos.local_roots.iter().find(|r| !r.starts_with('/')) {
+            return Err(ConfigError::Invalid(format!("repos.local_roots: `{bad}` is not an absolute path")));
         }
         if !self.agents.contains_key(&self.tasks.default_agent) {
             return Err(ConfigError::Invalid(format!(

@@ -29,6 +29,10 @@ pub enum AppError {
     Unauthorized { message: String },
     #[error("{message}")]
     Forbidden { message: String },
+    /// 403 with its own code, for refusals a client should tell apart from a
+    /// token that cannot reach the organization (e.g. `local_path_refused`).
+    #[error("{message}")]
+    Denied { code: &'static str, message: String },
     #[error("{message}")]
     NotFound { code: &'static str, message: String },
     /// The thing exists but its state does not allow the request.
@@ -63,6 +67,9 @@ impl AppError {
     pub fn forbidden(message: impl Into<String>) -> Self {
         AppError::Forbidden { message: message.into() }
     }
+    pub fn denied(code: &'static str, message: impl Into<String>) -> Self {
+        AppError::Denied { code, message: message.into() }
+    }
     pub fn unavailable(code: &'static str, message: impl Into<String>) -> Self {
         AppError::Unavailable { code, message: message.into() }
     }
@@ -78,6 +85,36 @@ impl AppError {
         AppError::Internal(message.into().into())
     }
 
+    /// A copy with its message passed through `redact`, when that changes it
+    /// (an internal error sends no text, so it never needs one).
+    pub fn redacted(&self, redact: impl Fn(&str) -> std::borrow::Cow<'_, str>) -> Option<AppError> {
+        let message = match self {
+            AppError::BadRequest { message, .. }
+            | AppError::Invalid { message, .. }
+            | AppError::Unauthorized { message }
+            | AppError::Forbidden { message }
+            | AppError::Denied { message, .. }
+            | AppError::NotFound { message, .. }
+            | AppError::Conflict { message, .. }
+            | AppError::BadGateway { message, .. }
+            | AppError::Unavailable { message, .. } => message,
+            AppError::PayloadTooLarge { .. } | AppError::Internal(_) => return None,
+        };
+        let std::borrow::Cow::Owned(message) = redact(message) else { return None };
+        Some(match self {
+            AppError::BadRequest { code, .. } => AppError::BadRequest { code, message },
+            AppError::Invalid { code, .. } => AppError::Invalid { code, message },
+            AppError::Unauthorized { .. } => AppError::Unauthorized { message },
+            AppError::Forbidden { .. } => AppError::Forbidden { message },
+            AppError::Denied { code, .. } => AppError::Denied { code, message },
+            AppError::NotFound { code, .. } => AppError::NotFound { code, message },
+            AppError::Conflict { code, .. } => AppError::Conflict { code, message },
+            AppError::BadGateway { code, .. } => AppError::BadGateway { code, message },
+            AppError::Unavailable { code, .. } => AppError::Unavailable { code, message },
+            AppError::PayloadTooLarge { .. } | AppError::Internal(_) => return None,
+        })
+    }
+
     /// The stable snake_case code sent as `error`.
     pub fn code(&self) -> &'static str {
         match self {
@@ -85,6 +122,7 @@ impl AppError {
             | AppError::Invalid { code, .. }
             | AppError::NotFound { code, .. }
             | AppError::Conflict { code, .. }
+            | AppError::Denied { code, .. }
             | AppError::BadGateway { code, .. }
             | AppError::Unavailable { code, .. } => code,
             AppError::Unauthorized { .. } => "unauthorized",
@@ -130,7 +168,7 @@ impl ResponseError for AppError {
             AppError::BadRequest { .. } => StatusCode::BAD_REQUEST,
             AppError::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             AppError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
-            AppError::Forbidden { .. } => StatusCode::FORBIDDEN,
+            AppError::Forbidden { .. } | AppError::Denied { .. } => StatusCode::FORBIDDEN,
             AppError::NotFound { .. } => StatusCode::NOT_FOUND,
             AppError::Conflict { .. } => StatusCode::CONFLICT,
             AppError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,

@@ -11,6 +11,7 @@ pub mod http;
 pub mod integrations;
 pub mod metrics;
 pub mod providers;
+pub mod redact;
 pub mod util;
 pub mod terminal;
 pub mod validate;

@@ -86,6 +86,9 @@ pub struct Kiln {
     /// One lock per repository mirror (see `git::MirrorLocks`), shared with the
     /// providers, which take it around `worktree add` and `remove`.
     pub git_locks: crate::integrations::git::MirrorLocks,
+    /// Takes the data dir's location and URL passwords out of events and error
+    /// messages (see `redact`).
+    pub redactor: Arc<crate::redact::Redactor>,
 }
 
 impl Kiln {

@@ -467,6 +467,11 @@ async fn action(ctx: &Ctx, task: &str, action: &str, body: Value) -> CliResult<V
 
 async fn switch(ctx: &Ctx, task: &str, shell: bool) -> CliResult<()> {
     let res: Value = ctx.api.post(&ctx.org_path(&format!("/tasks/{}/switch", enc(task))), &json!({})).await?;
+    if res["sandbox"].is_object() && res["sandbox"]["path"].is_null() {
+        return Err(CliError(
+            "the server shows where a task's worktree is only to the admin token (an organization's token does not learn server paths): run `kiln switch` with the admin token, or attach to the task's terminal with `kiln attach`".into(),
+        ));
+    }
     let path = res["sandbox"]["path"].as_str().ok_or_else(|| CliError("the task has no sandbox".into()))?.to_string();
     if !shell {
         println!("{path}");

@@ -149,7 +149,8 @@ fn json_text<S: serde::Serializer>(text: &str, s: S) -> Result<S::Ok, S::Error> 
     serde::Serialize::serialize(&value, s)
 }
 
-#[derive(Debug, Clone, Insertable)]
+/// A new `repos` row. Its credential is write-only: `Repo` does not read it back.
+#[derive(Clone, Insertable)]
 #[diesel(table_name = repos)]
 pub struct NewRepo {
     pub organization: String,
@@ -160,6 +161,8 @@ pub struct NewRepo {
     pub default_branch: String,
     pub created_at: i64,
     pub updated_at: i64,
+    pub credential_user: Option<String>,
+    pub credential_secret: Option<String>,
 }
 
 #[derive(Debug, Clone, Queryable, Selectable, Serialize)]

@@ -80,6 +80,16 @@ pub fn repos_list(conn: &mut SqliteConnection, org: &str) -> QueryResult<Vec<Rep
         .load(conn)
 }
 
+/// A repository's own credential for its origin (user name, secret), if it has one.
+pub fn repo_credential(conn: &mut SqliteConnection, id: i32) -> QueryResult<Option<(Option<String>, String)>> {
+    let row: Option<(Option<String>, Option<String>)> = repos::table
+        .find(id)
+        .select((repos::credential_user, repos::credential_secret))
+        .first(conn)
+        .optional()?;
+    Ok(row.and_then(|(user, secret)| secret.map(|s| (user, s))))
+}
+
 /// Every repository of every organization.
 pub fn all_repos_full(conn: &mut SqliteConnection) -> QueryResult<Vec<Repo>> {
     repos::table.select(Repo::as_select()).load(conn)

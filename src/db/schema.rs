@@ -87,6 +87,8 @@ diesel::table! {
         updated_at -> BigInt,
         setup -> Text,
         settings -> Text,
+        credential_user -> Nullable<Text>,
+        credential_secret -> Nullable<Text>,
     }
 }
 

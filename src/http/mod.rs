@@ -137,6 +137,27 @@ fn rewrite_empty<B: MessageBody + 'static>(res: ServiceResponse<B>) -> actix_web
     Ok(ErrorHandlerResponse::Response(ServiceResponse::new(req, body).map_into_right_body::<B>()))
 }
 
+/// Middleware: an error's message passes through the server's `Redactor` (no
+/// data dir location, no password in a URL), whatever produced it: git's
+/// messages name the mirror and worktree they ran in.
+pub async fn redact_errors(
+    req: actix_web::dev::ServiceRequest,
+    next: actix_web::middleware::Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<actix_web::body::EitherBody<impl MessageBody>>, actix_web::Error> {
+    let res = next.call(req).await?;
+    let redacted = res.response().error().and_then(|e| e.as_error::<AppError>()).and_then(|err| {
+        let kiln = res.request().app_data::<web::Data<Kiln>>()?;
+        err.redacted(|m| kiln.redactor.text(m))
+    });
+    match redacted {
+        Some(err) => {
+            let (req, _) = res.into_parts();
+            Ok(ServiceResponse::new(req, err.error_response()).map_into_right_body())
+        }
+        None => Ok(res.map_into_left_body()),
+    }
+}
+
 /// Unmatched routes.
 pub async fn not_found(req: HttpRequest) -> AppResult<HttpResponse> {
     Err(AppError::not_found("route_not_found", format!("no route for {} {}", req.method(), req.path())))

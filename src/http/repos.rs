@@ -6,7 +6,7 @@ use serde_json::json;
 use super::auth::Caller;
 use super::dto;
 use super::organization_or_404;
-use crate::actors::repository::{derive_name, DeleteRepo, RegisterRepo, SetRepoSettings, SetRepoSetup, Source};
+use crate::actors::repository::{derive_name, DeleteRepo, RegisterRepo, Registrant, SetRepoSettings, SetRepoSetup, Source};
 use crate::actors::Kiln;
 use crate::db::models::Repo;
 use crate::db::queries;
@@ -32,10 +32,11 @@ pub async fn create(
     caller.require_org(&org)?;
     organization_or_404(&kiln, &org).await?;
     let body = body.into_inner();
-    let source = Source::parse(&body.source)?;
+    let (source, credential) = Source::parse(&body.source)?;
     let name = body.name.unwrap_or_else(|| derive_name(&source));
     validate::name("repository", &name)?;
-    let (repo, created) = kiln.repository(&org, &name).send(RegisterRepo { source }).await??;
+    let by = if caller == Caller::Admin { Registrant::Admin } else { Registrant::Organization };
+    let (repo, created) = kiln.repository(&org, &name).send(RegisterRepo { source, credential, by }).await??;
     kiln.repo_pollers(&org, &repo.name);
     Ok(if created { HttpResponse::Created() } else { HttpResponse::Ok() }.json(repo))
 }

@@ -213,6 +213,8 @@ pub async fn get(kiln: web::Data<Kiln>, caller: Caller, path: web::Path<(String,
             ))
         })
         .await?;
+    // Where the sandbox lives on the server is the admin's business only.
+    let sandbox = sandbox.map(|s| SandboxInstance { path: s.path.filter(|_| caller == Caller::Admin), ..s });
     Ok(HttpResponse::Ok().json(TaskDetail { task: TaskView { task, repo }, runtime, sandbox, pull_request, sessions }))
 }
 
@@ -259,7 +261,8 @@ pub async fn action(
     Ok(HttpResponse::Ok().json(json!({
         "action": outcome.action,
         "snapshot_ref": outcome.snapshot_ref,
-        "sandbox": outcome.sandbox.map(|s| json!({"path": s.path})),
+        // `null` path: there is a sandbox, but only the admin token sees where.
+        "sandbox": outcome.sandbox.map(|s| json!({"path": Some(s.path).filter(|_| caller == Caller::Admin)})),
         "task": TaskView { task: outcome.task, repo },
     })))
 }

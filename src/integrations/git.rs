@@ -2,7 +2,11 @@
 //! function here blocks: call it on the blocking pool.
 //!
 //! Git never prompts (`GIT_TERMINAL_PROMPT=0`), never runs the `ext::` transport,
-//! and gets `--` before anything a user typed.
+//! and gets `--` before anything a user typed. Every command runs with
+//! `GIT_ALLOW_PROTOCOL=https:http:ssh:git`; only a command that talks to the origin
+//! of a repository registered from this host's disk (an [`Origin`] with `local`)
+//! may use `file` (and then nothing else), so neither a stored nor a
+//! config-changed origin can reach a local path, `ext::` or `fd::`.
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -63,6 +67,30 @@ pub struct CloneProgress {
     pub percent: u8,
 }
 
+/// The transports git may use for a remote origin.
+const REMOTE_PROTOCOLS: &str = "https:http:ssh:git";
+/// ...and for the origin of a repository registered from a local path.
+const LOCAL_PROTOCOLS: &str = "file";
+
+/// How git may reach a repository's origin: which transports (see the module
+/// doc) and which credentials.
+#[derive(Debug, Clone, Default)]
+pub struct Origin {
+    /// The origin is a path on this host, registered by a caller allowed to.
+    pub local: bool,
+    pub credentials: Option<Credentials>,
+}
+
+impl Origin {
+    fn env(&self) -> Vec<(String, String)> {
+        let mut env = self.credentials.as_ref().map(Credentials::env).unwrap_or_default();
+        if self.local {
+            env.push(("GIT_ALLOW_PROTOCOL".into(), LOCAL_PROTOCOLS.into()));
+        }
+        env
+    }
+}
+
 fn git() -> Command {
     let mut cmd = Command::new("git");
     cmd.env("GIT_TERMINAL_PROMPT", "0")
@@ -73,6 +101,7 @@ fn git() -> Command {
         .env("GIT_ASKPASS", "/bin/false")
         .env("SSH_ASKPASS", "/bin/false")
         .env("LC_ALL", "C")
+        .env("GIT_ALLOW_PROTOCOL", REMOTE_PROTOCOLS)
         .args(["-c", "protocol.ext.allow=never", "-c", "core.hooksPath=/dev/null"])
         // Worktrees share the mirror's refs, and Kiln runs git for several tasks
         // and pollers at once: wait for a ref lock instead of failing on it.
@@ -160,16 +189,29 @@ pub fn is_repository(path: &Path) -> Result<bool, GitError> {
 /// `git clone --bare` from `source` (a URL or path) into `dest`, reporting progress
 /// to `on_progress` and stopping after `timeout`. Later fetches go to
 /// `refs/remotes/origin/*`, so they never move a task branch.
+///
+/// A local source is cloned with `--no-local` (git's transport, not hard links or
+/// a copy of its object folder), and git runs inside the new, empty `dest`, so a
+/// relative name (`host:path`) can never match a folder of the server's.
 pub fn clone_bare(
     source: &str,
     dest: &Path,
     timeout: Duration,
+    origin: &Origin,
     mut on_progress: impl FnMut(CloneProgress),
 ) -> Result<(), GitError> {
-    let mut child = git()
-        .args(["clone", "--bare", "--progress", "--"])
+    std::fs::create_dir(dest)?;
+    let mut cmd = git();
+    cmd.args(["clone", "--bare", "--progress"]);
+    if origin.local {
+        cmd.arg("--no-local");
+    }
+    let mut child = cmd
+        .arg("--")
         .arg(source)
         .arg(dest)
+        .current_dir(dest)
+        .envs(origin.env())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -347,6 +389,8 @@ fn identity(dir: &Path) -> Vec<(String, String)> {
 #[derive(Clone)]
 pub struct Credentials {
     pub askpass: std::path::PathBuf,
+    /// The user name; `None` answers `x-access-token` (GitHub's name for tokens).
+    pub user: Option<String>,
     pub token: String,
 }
 
@@ -358,7 +402,7 @@ impl std::fmt::Debug for Credentials {
 
 impl Credentials {
     fn env(&self) -> Vec<(String, String)> {
-        vec![
+        let mut env = vec![
             ("GIT_ASKPASS".into(), self.askpass.to_string_lossy().to_string()),
             ("KILN_GIT_ASKPASS".into(), "1".into()),
             ("KILN_GIT_TOKEN".into(), self.token.clone()),
@@ -366,15 +410,23 @@ impl Credentials {
             ("GIT_CONFIG_COUNT".into(), "1".into()),
             ("GIT_CONFIG_KEY_0".into(), "credential.helper".into()),
             ("GIT_CONFIG_VALUE_0".into(), "".into()),
-        ]
+        ];
+        if let Some(user) = &self.user {
+            env.push(("KILN_GIT_USER".into(), user.clone()));
+        }
+        env
     }
 }
 
 /// Answers git's askpass prompt from `KILN_GIT_TOKEN`: the token as password,
-/// `x-access-token` as user name (GitHub's convention for tokens).
+/// `KILN_GIT_USER` as user name, else `x-access-token` (GitHub's convention for tokens).
 pub fn askpass_answer(prompt: &str) -> Option<String> {
     let token = std::env::var("KILN_GIT_TOKEN").ok()?;
-    Some(if prompt.to_ascii_lowercase().starts_with("username") { "x-access-token".into() } else { token })
+    Some(if prompt.to_ascii_lowercase().starts_with("username") {
+        std::env::var("KILN_GIT_USER").unwrap_or_else(|_| "x-access-token".into())
+    } else {
+        token
+    })
 }
 
 /// The commit `rev` names.
@@ -424,8 +476,8 @@ pub enum Lease {
 /// Pushes HEAD of the worktree to `origin` as `branch`, setting the upstream,
 /// replacing only what `lease` allows. Answers the pushed commit. A refusal is
 /// `GitError::Failed` with git's message and the refused ref's status line.
-pub fn push(worktree: &Path, branch: &str, lease: &Lease, creds: Option<&Credentials>) -> Result<String, GitError> {
-    let env = creds.map(Credentials::env).unwrap_or_default();
+pub fn push(worktree: &Path, branch: &str, lease: &Lease, origin: &Origin) -> Result<String, GitError> {
+    let env = origin.env();
     let refname = format!("refs/heads/{branch}");
     let refspec = format!("HEAD:{refname}");
     let mut args = vec!["push".to_string(), "--porcelain".into(), "--set-upstream".into()];
@@ -452,8 +504,8 @@ pub fn push(worktree: &Path, branch: &str, lease: &Lease, creds: Option<&Credent
 
 /// The commit `branch` points at on origin, asked of origin itself (not the last
 /// fetch); `None` when origin has no such branch.
-pub fn remote_head(dir: &Path, branch: &str, creds: Option<&Credentials>) -> Result<Option<String>, GitError> {
-    let env = creds.map(Credentials::env).unwrap_or_default();
+pub fn remote_head(dir: &Path, branch: &str, origin: &Origin) -> Result<Option<String>, GitError> {
+    let env = origin.env();
     let refname = format!("refs/heads/{branch}");
     let out = run_env(dir, &["ls-remote", "--heads", "origin", &refname], &env)?;
     Ok(out
@@ -464,15 +516,15 @@ pub fn remote_head(dir: &Path, branch: &str, creds: Option<&Credentials>) -> Res
 }
 
 /// Fetches `branch` from origin into `refs/remotes/origin/<branch>`.
-pub fn fetch_branch(dir: &Path, branch: &str, creds: Option<&Credentials>) -> Result<(), GitError> {
-    let env = creds.map(Credentials::env).unwrap_or_default();
+pub fn fetch_branch(dir: &Path, branch: &str, origin: &Origin) -> Result<(), GitError> {
+    let env = origin.env();
     let refspec = format!("+refs/heads/{branch}:refs/remotes/origin/{branch}");
     run_env(dir, &["fetch", "--quiet", "--no-tags", "origin", &refspec], &env).map(|_| ())
 }
 
 /// Fetches every branch of origin into `refs/remotes/origin/*` (and prunes).
-pub fn fetch_all(mirror: &Path, creds: Option<&Credentials>) -> Result<(), GitError> {
-    let env = creds.map(Credentials::env).unwrap_or_default();
+pub fn fetch_all(mirror: &Path, origin: &Origin) -> Result<(), GitError> {
+    let env = origin.env();
     run_env(mirror, &["fetch", "--quiet", "--prune", "--no-tags", "origin"], &env).map(|_| ())
 }
 
@@ -550,8 +602,8 @@ pub fn merge_in_bare(mirror: &Path, base_rev: &str, branch_rev: &str, squash: bo
 }
 
 /// Pushes a commit to `refs/heads/<branch>` on origin (no force).
-pub fn push_commit(mirror: &Path, commit: &str, branch: &str, creds: Option<&Credentials>) -> Result<(), GitError> {
-    let env = creds.map(Credentials::env).unwrap_or_default();
+pub fn push_commit(mirror: &Path, commit: &str, branch: &str, origin: &Origin) -> Result<(), GitError> {
+    let env = origin.env();
     run_env(mirror, &["push", "--porcelain", "origin", &format!("{commit}:refs/heads/{branch}")], &env).map(|_| ())
 }
 

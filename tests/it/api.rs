@@ -113,7 +113,9 @@ async fn register_by_file_url_reports_clone_progress() {
     let url = format!("file://{}", src.display());
     let r = c.post("/v1/organizations/default/repos", json!({"source": url, "name": "remote"})).await;
     assert_eq!(r.status, 201, "{r:?}");
-    assert_eq!(r.body["source_kind"], "url");
+    // A file:// URL is a local path like any other: stored canonical, cloned with git's transport.
+    assert_eq!(r.body["source_kind"], "path");
+    assert_eq!(r.body["source"], std::fs::canonicalize(&src).unwrap().to_str().unwrap());
     let progress: Vec<_> =
         c.events_since("default", 0).await.into_iter().filter(|e| e["kind"] == "repo.clone_progress").collect();
     assert!(!progress.is_empty(), "a clone over a URL reports progress");
@@ -129,7 +131,7 @@ async fn bad_repository_sources_leave_nothing_behind() {
     let cases = [
         (json!({"source": dir.path().join("missing").to_str().unwrap()}), 422, "repo_path_not_found"),
         (json!({"source": plain.to_str().unwrap()}), 422, "not_a_git_repository"),
-        (json!({"source": "file:///nonexistent/repo.git", "name": "gone"}), 422, "repo_unreachable"),
+        (json!({"source": "file:///nonexistent/repo.git", "name": "gone"}), 422, "repo_path_not_found"),
         (json!({"source": "http://127.0.0.1:1/x.git"}), 422, "repo_unreachable"),
         (json!({"source": "relative/path"}), 422, "invalid_source"),
         (json!({"source": "ext::sh -c touch% /tmp/pwned"}), 422, "unsupported_source"),

@@ -62,6 +62,14 @@ pub struct Server {
 }
 
 /// A fresh temp dir that lives as long as the test holds it.
+/// How many migrations the project has: one folder each under `migrations/`.
+pub fn migration_count() -> usize {
+    std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations"))
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().path().join("up.sql").is_file())
+        .count()
+}
+
 pub fn tempdir() -> tempfile::TempDir {
     tempfile::Builder::new().prefix("kiln-test-").tempdir().expect("tempdir")
 }

@@ -11,6 +11,7 @@ mod concurrency;
 mod fake_github;
 mod fake_sandbox_agent;
 mod git_lifecycle;
+mod isolation;
 mod lifecycle;
 mod migrations;
 mod restart;

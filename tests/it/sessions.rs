@@ -217,10 +217,18 @@ async fn a_turn_is_journaled_once_and_projected_into_a_transcript() {
     // The cursor is per session, contiguous, in journal order.
     let seqs: Vec<u64> = journal.iter().map(|e| e["data"]["seq"].as_u64().unwrap()).collect();
     assert_eq!(seqs, (1..=journal.len() as u64).collect::<Vec<_>>());
-    // Everything Kiln posted is journaled as sent, in the order posted.
+    // Everything Kiln posted is journaled as sent, in the order posted; like every
+    // event, with the data dir's location written `<data_dir>` (the agent's cwd).
     let sent: Vec<Value> =
         journal.iter().filter(|e| e["kind"] == "session.sent").map(|e| e["data"]["envelope"].clone()).collect();
-    assert_eq!(sent, s.received(&sid).await);
+    let data_dir = s.server.data_dir().to_string_lossy().to_string();
+    let received: Vec<Value> = s
+        .received(&sid)
+        .await
+        .into_iter()
+        .map(|v| serde_json::from_str(&v.to_string().replace(&data_dir, "<data_dir>")).unwrap())
+        .collect();
+    assert_eq!(sent, received);
     // SSE ids never repeat.
     let mut remote: Vec<u64> = journal.iter().filter_map(|e| e["data"]["remote_seq"].as_u64()).collect();
     let n = remote.len();

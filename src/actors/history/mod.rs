@@ -7,6 +7,8 @@
 //! per transaction) as soon as it ends. One write at a time keeps ids, commits
 //! and publication in order. A batch is published to subscribers only after it
 //! commits, so a client that resumes with `since` sees no gap and no duplicate.
+//! Event data is redacted on the way in (`redact`: no data dir location, no URL
+//! password), so what is stored is what any reader may see.
 //!
 //! Each subscriber has a bounded buffer. One that falls behind is dropped and
 //! flagged as lagging, never waited for, so a slow client cannot slow the others.
@@ -167,7 +169,11 @@ impl HistoryActor {
         }
     }
 
-    fn enqueue(&mut self, events: Vec<NewEvent>, ctx: &mut Context<Self>) -> oneshot::Receiver<AppResult<Vec<i64>>> {
+    fn enqueue(&mut self, mut events: Vec<NewEvent>, ctx: &mut Context<Self>) -> oneshot::Receiver<AppResult<Vec<i64>>> {
+        // Organizations read their events: no server path, no URL password.
+        for event in &mut events {
+            self.kiln.redactor.json(&mut event.data);
+        }
         let (tx, rx) = oneshot::channel();
         let start = self.pending.len();
         self.pending.extend(events);

@@ -50,10 +50,10 @@ impl BranchSyncPoller {
         let work = async move {
             let plan = kiln.repository(&org, &repo).send(PlanBranchPoll {}).await??;
             let Some(plan) = plan else { return Ok(None) };
-            let creds = plan.credentials.clone();
+            let origin = plan.origin.clone();
             // A fetch writes the mirror's refs: it waits for the tasks' git work.
             let _git = if fetch_due { Some(kiln.lock_git(&plan.mirror.to_string_lossy()).await) } else { None };
-            let branches = blocking(move || Ok(observe(&plan.mirror, &plan.default_branch, &plan.worktrees, fetch_due, creds.as_ref())))
+            let branches = blocking(move || Ok(observe(&plan.mirror, &plan.default_branch, &plan.worktrees, fetch_due, &origin)))
                 .await?
                 .map_err(|e: git::GitError| AppError::BadGateway { code: "git_failed", message: e.message() })?;
             kiln.repository(&org, &repo).send(BranchesObserved { branches }).await??;
@@ -84,10 +84,10 @@ fn observe(
     default_branch: &str,
     worktrees: &Path,
     fetch: bool,
-    creds: Option<&git::Credentials>,
+    origin: &git::Origin,
 ) -> Result<Vec<BranchObservation>, git::GitError> {
     if fetch {
-        if let Err(e) = git::fetch_all(mirror, creds) {
+        if let Err(e) = git::fetch_all(mirror, origin) {
             log::warn!("fetching origin for {} failed: {}", mirror.display(), e.message());
         }
     }

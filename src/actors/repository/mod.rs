@@ -1,9 +1,11 @@
 //! RepositoryActor (`org/{org}/repo/{repo}`): the only writer of `repos`,
 //! `branches` and `pull_requests`.
 //!
-//! Messages: `RegisterRepo` (clone a bare mirror, then insert the row; idempotent
-//! for the same source), `SetRepoSetup` and `DeleteRepo` (refused while tasks are
-//! active). The
+//! Messages: `RegisterRepo` (check who may register the source, clone a bare
+//! mirror, then insert the row with any URL credential kept apart; idempotent for
+//! the same source), `MoveSourceCredential` (at boot: a credential still in a
+//! stored source moves to its own columns), `SetRepoSetup` and `DeleteRepo`
+//! (refused while tasks are active). The
 //! pollers' results arrive here in later work. Handlers are atomic, so two
 //! registrations of one name never race. Lifecycle: started on demand; stops
 //! after `tasks.actor_idle_secs` without a command.
@@ -18,7 +20,7 @@ use std::time::Duration;
 use actix::prelude::*;
 use serde_json::json;
 
-pub use source::{derive_name, Source};
+pub use source::{derive_name, Registrant, Source, UrlCredential};
 
 use super::history::{Append, NewEvent};
 use super::registry::ActorMeta;
@@ -35,6 +37,10 @@ use crate::util::{now_ms, random_hex};
 #[rtype(result = "AppResult<(Repo, bool)>")]
 pub struct RegisterRepo {
     pub source: Source,
+    /// The user name and secret taken out of the source URL, if it had them.
+    pub credential: Option<UrlCredential>,
+    /// Who asks: which local paths it may register depends on it.
+    pub by: Registrant,
 }
 
 /// Replaces the repository's setup step.
@@ -69,7 +75,8 @@ pub struct BranchPlan {
     pub default_branch: String,
     /// The folder holding this repository's task worktrees.
     pub worktrees: PathBuf,
-    pub credentials: Option<crate::integrations::git::Credentials>,
+    /// How to fetch origin: transports and credentials.
+    pub origin: crate::integrations::git::Origin,
 }
 
 /// One branch as the BranchSyncPoller saw it.
@@ -117,6 +124,13 @@ pub struct PullRequestsObserved {
     pub pulls: Vec<PrObservation>,
 }
 
+/// Moves a credential out of a source stored before they were kept apart
+/// (`https://user:secret@host/…`): the row and the mirror's `remote.origin.url`
+/// get the URL without it, the credential its own columns. Sent at boot.
+#[derive(Message, Clone)]
+#[rtype(result = "AppResult<()>")]
+pub struct MoveSourceCredential {}
+
 /// Deletes the repository, its mirror and its finished tasks.
 #[derive(Message, Clone)]
 #[rtype(result = "AppResult<()>")]
@@ -152,13 +166,14 @@ impl Handler<RegisterRepo> for RepositoryActor {
 
     fn handle(&mut self, msg: RegisterRepo, _: &mut Self::Context) -> Self::Result {
         let (kiln, org, name) = (self.kiln.clone(), self.org.clone(), self.repo.clone());
-        atomic!(self, register(kiln, org, name, msg.source))
+        atomic!(self, register(kiln, org, name, msg))
     }
 }
 
-async fn register(kiln: Kiln, org: String, name: String, source: Source) -> AppResult<(Repo, bool)> {
+async fn register(kiln: Kiln, org: String, name: String, msg: RegisterRepo) -> AppResult<(Repo, bool)> {
     // Canonical first, so `/x/app/` and `/x/app` are one source.
-    let source = source.check(&kiln.config.repos).await?;
+    let source = msg.source.check(&kiln.config.repos, &kiln.data_dir, &org, msg.by).await?;
+    let credential = msg.credential;
     let (o, n, s) = (org.clone(), name.clone(), source.as_str().to_string());
     let (org_row, by_name) =
         kiln.db.read(move |c| Ok((queries::organization(c, &o)?, queries::repo_by_name(c, &o, &n)?))).await?;
@@ -186,7 +201,14 @@ async fn register(kiln: Kiln, org: String, name: String, source: Source) -> AppR
     let repo_event = |kind, data| NewEvent::new(kind, data).repo(&name);
     kiln.emit_one(&org, repo_event("repo.clone_started", json!({"source": source.as_str()}))).await?;
     let mirror = kiln.mirror_dir(&org, &name);
-    let cloned = clone_mirror(&kiln, &org, &name, &source, mirror.clone()).await;
+    let origin = git::Origin {
+        local: matches!(source, Source::Path(_)),
+        credentials: credential.as_ref().map(|c| git::Credentials {
+            user: c.user.clone(),
+            ..crate::actors::task::git_ops::credentials(&kiln, &c.secret)
+        }),
+    };
+    let cloned = clone_mirror(&kiln, &org, &name, &source, &origin, mirror.clone()).await;
     let default_branch = match cloned {
         Ok(branch) => branch,
         Err(err) => {
@@ -205,6 +227,8 @@ async fn register(kiln: Kiln, org: String, name: String, source: Source) -> AppR
         default_branch,
         created_at: now,
         updated_at: now,
+        credential_user: credential.as_ref().and_then(|c| c.user.clone()),
+        credential_secret: credential.map(|c| c.secret),
     };
     let repo = match kiln.db.write(move |c| store::insert_repo(c, &row)).await {
         Ok(repo) => repo,
@@ -227,7 +251,7 @@ fn find_by_source(c: &mut diesel::SqliteConnection, org: &str, source: &str) -> 
 
 /// Clones into a temporary folder beside the final one and renames it into place,
 /// so a failed clone leaves nothing behind. Answers the default branch.
-async fn clone_mirror(kiln: &Kiln, org: &str, name: &str, source: &Source, mirror: PathBuf) -> AppResult<String> {
+async fn clone_mirror(kiln: &Kiln, org: &str, name: &str, source: &Source, origin: &git::Origin, mirror: PathBuf) -> AppResult<String> {
     let parent = mirror.parent().map(PathBuf::from).ok_or_else(|| AppError::bug("mirror has no parent"))?;
     let tmp = parent.join(format!(".tmp-{name}-{}", random_hex(8)));
     let history = kiln.history(org).addr;
@@ -235,9 +259,10 @@ async fn clone_mirror(kiln: &Kiln, org: &str, name: &str, source: &Source, mirro
     let timeout = Duration::from_secs(kiln.config.repos.clone_timeout_secs);
     let is_url = matches!(source, Source::Url(_));
     let tmp_for_clone = tmp.clone();
+    let origin = origin.clone();
     let result = blocking(move || {
         std::fs::create_dir_all(&parent).map_err(|e| DbError::Blocking(e.to_string()))?;
-        let outcome = git::clone_bare(&url, &tmp_for_clone, timeout, |p| {
+        let outcome = git::clone_bare(&url, &tmp_for_clone, timeout, &origin, |p| {
             // Progress is advisory: fire and forget, the history keeps order.
             history.do_send(Append {
                 events: vec![NewEvent::new("repo.clone_progress", json!({"phase": p.phase, "percent": p.percent}))
@@ -282,6 +307,38 @@ async fn remove_dir(dir: PathBuf) {
     let shown = dir.display().to_string();
     if let Err(e) = blocking(move || std::fs::remove_dir_all(&dir).map_err(|e| DbError::Blocking(e.to_string()))).await {
         log::warn!("could not remove {shown}: {e}");
+    }
+}
+
+impl Handler<MoveSourceCredential> for RepositoryActor {
+    type Result = AtomicResponse<Self, AppResult<()>>;
+
+    fn handle(&mut self, _: MoveSourceCredential, _: &mut Self::Context) -> Self::Result {
+        let (kiln, org, name) = (self.kiln.clone(), self.org.clone(), self.repo.clone());
+        atomic!(self, async move {
+            let (o, n) = (org.clone(), name.clone());
+            let Some(repo) = kiln.db.read(move |c| queries::repo_by_name(c, &o, &n)).await? else { return Ok(()) };
+            let clean = crate::redact::strip_url_userinfo(&repo.source).to_string();
+            if repo.source_kind != "url" || clean == repo.source {
+                return Ok(());
+            }
+            // A password git cannot use (ssh, git://) is dropped, not kept.
+            let credential = match Source::parse(&repo.source) {
+                Ok((Source::Url(_), credential)) => credential,
+                _ => None,
+            };
+            let (id, url, mirror) = (repo.id, clean.clone(), PathBuf::from(&repo.mirror_path));
+            let user = credential.as_ref().and_then(|c| c.user.clone());
+            let secret = credential.map(|c| c.secret);
+            kiln.db.write(move |c| store::move_credential(c, id, &url, user, secret, now_ms())).await?;
+            let url = clean.clone();
+            let fixed = blocking(move || Ok(git::run(&mirror, &["config", "remote.origin.url", &url]))).await?;
+            if let Err(e) = fixed {
+                log::warn!("repository {org}/{name}: could not rewrite the mirror's origin URL: {}", e.message());
+            }
+            log::info!("repository {org}/{name}: moved the credential out of its stored source");
+            Ok(())
+        })
     }
 }
 
@@ -346,12 +403,12 @@ impl Handler<PlanBranchPoll> for RepositoryActor {
         Box::pin(async move {
             let (o, n) = (org.clone(), name.clone());
             let Some(repo) = kiln.db.read(move |c| queries::repo_by_name(c, &o, &n)).await? else { return Ok(None) };
-            let credentials = crate::actors::task::git_ops::github_client(&kiln, &org, &repo).await.ok().flatten().map(|(_, c)| c);
+            let origin = crate::actors::task::git_ops::origin(&kiln, &org, &repo).await?;
             Ok(Some(BranchPlan {
                 mirror: PathBuf::from(&repo.mirror_path),
                 default_branch: repo.default_branch.clone(),
                 worktrees: kiln.data_dir.join("worktrees").join(&org).join(&name),
-                credentials,
+                origin,
             }))
         })
     }

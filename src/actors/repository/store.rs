@@ -12,6 +12,29 @@ pub(super) fn insert_repo(conn: &mut SqliteConnection, row: &NewRepo) -> QueryRe
     diesel::insert_into(repos::table).values(row).returning(Repo::as_returning()).get_result(conn)
 }
 
+/// Replaces a stored source with the same URL without its userinfo, keeping the
+/// credential apart (a credential stored already is not overwritten).
+pub(super) fn move_credential(
+    conn: &mut SqliteConnection,
+    id: i32,
+    source: &str,
+    user: Option<String>,
+    secret: Option<String>,
+    now: i64,
+) -> QueryResult<()> {
+    // The writer runs this in one immediate transaction.
+    let stored: Option<String> = repos::table.find(id).select(repos::credential_secret).first(conn)?;
+    let update = diesel::update(repos::table.find(id));
+    if stored.is_none() && secret.is_some() {
+        update
+            .set((repos::source.eq(source), repos::credential_user.eq(user), repos::credential_secret.eq(secret), repos::updated_at.eq(now)))
+            .execute(conn)?;
+    } else {
+        update.set((repos::source.eq(source), repos::updated_at.eq(now))).execute(conn)?;
+    }
+    Ok(())
+}
+
 /// Replaces the setup step (JSON text) of a repository.
 pub(super) fn set_setup(conn: &mut SqliteConnection, org: &str, name: &str, setup: &str, now: i64) -> QueryResult<Option<Repo>> {
     diesel::update(repos::table.filter(repos::organization.eq(org)).filter(repos::name.eq(name)))

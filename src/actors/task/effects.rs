@@ -61,6 +61,8 @@ impl TaskCtx {
         cause: &str,
         extra: serde_json::Value,
     ) -> AppResult<Task> {
+        // Reasons quote git and the provider, which name server paths.
+        let reason = reason.map(|r| self.kiln.redactor.text(&r).into_owned());
         let (i, r) = (self.id.clone(), reason.clone());
         let updated = self
             .kiln
@@ -177,7 +179,9 @@ pub async fn provision(ctx: &TaskCtx) -> AppResult<()> {
     let task = ctx.set_status(from, step.to, None, "provision", json!({})).await?;
     let created = async {
         let launch = launch_spec(ctx, &task, false).await?;
-        let source_checkout = (repo.source_kind == "path").then(|| PathBuf::from(&repo.source));
+        // Never copy from inside the data dir (a row registered before that was refused).
+        let source_checkout =
+            (repo.source_kind == "path").then(|| PathBuf::from(&repo.source)).filter(|p| !p.starts_with(&ctx.kiln.data_dir));
         let setup = repo.setup();
         let req = CreateSandbox {
             org: ctx.org.clone(),

@@ -14,7 +14,7 @@ use crate::db::models::{PullRequest, Repo, Task};
 use crate::db::pool::blocking;
 use crate::db::{queries, DbError};
 use crate::error::{AppError, AppResult};
-use crate::integrations::git::{self, Credentials, GitError, Integration};
+use crate::integrations::git::{self, Credentials, GitError, Integration, Origin};
 use crate::integrations::github::{GitHub, GitHubError, DEFAULT_API_URL};
 
 /// What a git action was asked to do.
@@ -61,6 +61,21 @@ pub async fn github_client(kiln: &crate::actors::Kiln, org: &str, repo: &Repo) -
     Ok(Some((GitHub::new(api, token, &slug), credentials(kiln, token))))
 }
 
+/// How git reaches `repo`'s origin: the `file` transport only for a repository
+/// registered from a local path; the repository's own credential (given in its
+/// source URL) when it has one, else the organization's GitHub token when the
+/// repository is on GitHub, else none.
+pub async fn origin(kiln: &crate::actors::Kiln, org: &str, repo: &Repo) -> AppResult<Origin> {
+    let local = repo.source_kind == "path";
+    let id = repo.id;
+    let own = kiln.db.read(move |c| queries::repo_credential(c, id)).await?;
+    let credentials = match own {
+        Some((user, secret)) => Some(Credentials { user, ..credentials(kiln, &secret) }),
+        None => github_client(kiln, org, repo).await.ok().flatten().map(|(_, c)| c),
+    };
+    Ok(Origin { local, credentials })
+}
+
 /// git gets the token from this binary acting as its askpass helper.
 pub fn credentials(kiln: &crate::actors::Kiln, token: &str) -> Credentials {
     let program = &kiln.config.terminal.host_program;
@@ -71,7 +86,7 @@ pub fn credentials(kiln: &crate::actors::Kiln, token: &str) -> Credentials {
     } else {
         std::env::current_exe().unwrap_or_else(|_| "kiln".into())
     };
-    Credentials { askpass, token: token.to_string() }
+    Credentials { askpass, user: None, token: token.to_string() }
 }
 
 fn github_error(err: GitHubError) -> AppError {
@@ -184,14 +199,14 @@ async fn push_lease(ctx: &TaskCtx, task: &Task) -> AppResult<Option<String>> {
 /// between it is refused (`remote_moved`) unless `force`. Each push records
 /// what it pushed, as the next push's lease.
 pub async fn push(ctx: &TaskCtx, task: &Task, repo: &Repo, worktree: &Path, commit: Option<String>, force: bool) -> AppResult<String> {
-    let creds = github_for(ctx, repo).await.ok().flatten().map(|(_, c)| c);
+    let origin = origin(&ctx.kiln, &ctx.org, repo).await?;
     if let Some(message) = commit.filter(|m| !m.trim().is_empty()) {
         commit_all(ctx, worktree, message).await?;
     }
     let lease = push_lease(ctx, task).await?;
-    let (dir, branch, c) = (worktree.to_path_buf(), task.branch.clone(), creds.clone());
+    let (dir, branch, o) = (worktree.to_path_buf(), task.branch.clone(), origin.clone());
     let seen = git_call(move || {
-        let remote = git::remote_head(&dir, &branch, c.as_ref())?;
+        let remote = git::remote_head(&dir, &branch, &o)?;
         let contained = match &remote {
             Some(r) => git::is_ancestor(&dir, r, "HEAD")?,
             None => false,
@@ -210,8 +225,8 @@ pub async fn push(ctx: &TaskCtx, task: &Task, repo: &Repo, worktree: &Path, comm
         Ok(PushPlan::RemoteMoved { remote, lease }) => return Err(push_failed(ctx, remote_moved(&task.branch, &remote, Some(&lease))).await?),
         Err(e) => return Err(push_failed(ctx, e).await?),
     };
-    let (dir, branch, l, c) = (worktree.to_path_buf(), task.branch.clone(), git_lease.clone(), creds.clone());
-    match git_call(move || git::push(&dir, &branch, &l, c.as_ref())).await? {
+    let (dir, branch, l, o) = (worktree.to_path_buf(), task.branch.clone(), git_lease.clone(), origin.clone());
+    match git_call(move || git::push(&dir, &branch, &l, &o)).await? {
         Ok(sha) => {
             let (id, branch, pushed, now) = (ctx.id.clone(), task.branch.clone(), sha.clone(), crate::util::now_ms());
             ctx.kiln.db.write(move |c| store::record_push(c, &id, &branch, &pushed, now)).await?;
@@ -228,7 +243,7 @@ pub async fn push(ctx: &TaskCtx, task: &Task, repo: &Repo, worktree: &Path, comm
             let err = match &git_lease {
                 git::Lease::Expect(expected) => {
                     let (dir, branch) = (worktree.to_path_buf(), task.branch.clone());
-                    let now = git_call(move || git::remote_head(&dir, &branch, creds.as_ref())).await?.ok().flatten();
+                    let now = git_call(move || git::remote_head(&dir, &branch, &origin)).await?.ok().flatten();
                     match now {
                         Some(remote) if expected.as_deref() != Some(remote.as_str()) => {
                             remote_moved(&task.branch, &remote, lease.as_deref().or(expected.as_deref()))
@@ -257,10 +272,10 @@ pub async fn sync(ctx: &TaskCtx, task: &Task, repo: &Repo, worktree: &Path, mode
         Some("merge") => true,
         Some(other) => return Err(AppError::invalid("invalid_mode", format!("sync mode `{other}`: use rebase or merge"))),
     };
-    let creds = github_for(ctx, repo).await.ok().flatten().map(|(_, c)| c);
+    let origin = origin(&ctx.kiln, &ctx.org, repo).await?;
     let (dir, base) = (worktree.to_path_buf(), task.base_branch.clone());
     let result = git_call(move || {
-        git::fetch_branch(&dir, &base, creds.as_ref())?;
+        git::fetch_branch(&dir, &base, &origin)?;
         git::integrate(&dir, &format!("refs/remotes/origin/{base}"), merge)
     })
     .await?;
@@ -426,13 +441,14 @@ pub async fn merge(ctx: &TaskCtx, task: &Task, repo: &Repo, worktree: &Path, met
             }
             let (mirror, base, branch, title) = (Path::new(&repo.mirror_path).to_path_buf(), task.base_branch.clone(), task.branch.clone(), task.title.clone());
             let squash = method == "squash";
+            let origin = origin(&ctx.kiln, &ctx.org, repo).await?;
             let result = git_call(move || {
-                git::fetch_branch(&mirror, &base, None)?;
+                git::fetch_branch(&mirror, &base, &origin)?;
                 let base_ref = format!("refs/remotes/origin/{base}");
                 match git::merge_in_bare(&mirror, &base_ref, &format!("refs/heads/{branch}"), squash, &title)? {
                     Integration::Clean(commit) => {
-                        git::push_commit(&mirror, &commit, &base, None)?;
-                        git::fetch_branch(&mirror, &base, None)?;
+                        git::push_commit(&mirror, &commit, &base, &origin)?;
+                        git::fetch_branch(&mirror, &base, &origin)?;
                         Ok(Integration::Clean(commit))
                     }
                     conflicts => Ok(conflicts),

@@ -1,0 +1,2 @@
+ALTER TABLE repos DROP COLUMN credential_secret;
+ALTER TABLE repos DROP COLUMN credential_user;

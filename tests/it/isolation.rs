@@ -1,0 +1,513 @@
+//! One organization cannot reach another's data through the server's disk, and
+//! learns nothing about it: local sources are refused to organization tokens
+//! outside their `repos.local_roots` (one answer for every refusal), nothing in
+//! the data dir can be registered by anyone, server paths never reach an
+//! organization, and a password in a source URL is kept apart and used through
+//! askpass (against a real git HTTP server that demands it).
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+use serde_json::json;
+
+use crate::common::*;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// A server with organizations `alpha` and `beta`; `beta` may register local
+/// paths under `<tmp>/roots/{organization}`. Answers the server, the admin
+/// client, a client with beta's token, a client with alpha's token, and the temp dir.
+async fn two_tenants(extra: &[(&str, &str)]) -> (Server, Client, Client, Client, tempfile::TempDir) {
+    let dir = tempdir();
+    let roots = format!("[\"{}/roots/{{organization}}\"]", dir.path().display());
+    let mut env = vec![("KILN_REPOS__LOCAL_ROOTS", roots.as_str())];
+    env.extend_from_slice(extra);
+    let server = Server::start_in(dir.path(), &env);
+    let admin = server.client();
+    let mut tokens = Vec::new();
+    for org in ["alpha", "beta"] {
+        assert_eq!(admin.post("/v1/organizations", json!({"name": org})).await.status, 201);
+        let t = admin.post(&format!("/v1/organizations/{org}/tokens"), json!({"name": "t"})).await;
+        tokens.push(t.body["token"].as_str().unwrap().to_string());
+    }
+    let (alpha, beta) = (admin.with_token(Some(&tokens[0])), admin.with_token(Some(&tokens[1])));
+    (server, admin, beta, alpha, dir)
+}
+
+async fn register(c: &Client, org: &str, source: &str) -> Reply {
+    c.post(&format!("/v1/organizations/{org}/repos"), json!({"source": source, "name": "stolen"})).await
+}
+
+/// Every way the tester found (and a few more) for beta to read alpha's files is
+/// refused with the same 403 and the same words, none of them a path.
+#[actix_web::test]
+async fn an_organization_token_cannot_register_another_organizations_files() {
+    let (server, admin, beta, _alpha, dir) = two_tenants(&[]).await;
+    let data = server.data_dir();
+    let canonical_data = std::fs::canonicalize(&data).unwrap();
+    // The admin may register a local path outside the data dir: alpha's app.
+    let src = git_repo(&dir.path().join("srv"), "app");
+    std::fs::write(src.join("secret.env"), "ALPHA_SECRET=1\n").unwrap();
+    let r = admin.post("/v1/organizations/alpha/repos", json!({"source": src.to_str().unwrap()})).await;
+    assert_eq!(r.status, 201, "{r:?}");
+    let task = admin.create_task("alpha", "app", "alpha's work").await["id"].as_str().unwrap().to_string();
+    let mirror = data.join("repos/alpha/app.git");
+    let worktree = data.join(format!("worktrees/alpha/app/{task}"));
+    assert!(mirror.is_dir() && worktree.is_dir());
+
+    let beta_root = dir.path().join("roots/beta");
+    std::fs::create_dir_all(&beta_root).unwrap();
+    std::os::unix::fs::symlink(&mirror, beta_root.join("link-to-mirror")).unwrap();
+    std::os::unix::fs::symlink(&data, beta_root.join("link-to-data")).unwrap();
+    std::fs::create_dir_all(beta_root.join("not-a-repo")).unwrap();
+    let attempts = [
+        mirror.to_str().unwrap().to_string(),
+        format!("file://{}", mirror.display()),
+        format!("file://localhost{}", mirror.display()),
+        format!("{}/", mirror.display()),
+        worktree.to_str().unwrap().to_string(),
+        format!("file://{}", worktree.display()),
+        data.to_str().unwrap().to_string(),
+        beta_root.join("link-to-mirror").to_str().unwrap().to_string(),
+        beta_root.join("link-to-data/repos/alpha/app.git").to_str().unwrap().to_string(),
+        format!("{}/../../srv/app", beta_root.display()),
+        src.to_str().unwrap().to_string(),
+        dir.path().to_str().unwrap().to_string(),
+        beta_root.join("no-such-dir").to_str().unwrap().to_string(),
+        beta_root.join("not-a-repo").to_str().unwrap().to_string(),
+        "/nonexistent/anywhere".to_string(),
+        "/etc".to_string(),
+    ];
+    let mut answers = Vec::new();
+    for source in &attempts {
+        let r = register(&beta, "beta", source).await;
+        assert_eq!((r.status, r.code()), (403, "local_path_refused"), "{source}: {r:?}");
+        for needle in [dir.path().to_str().unwrap(), canonical_data.to_str().unwrap(), "/etc", "/nonexistent"] {
+            assert!(!r.text.contains(needle), "{source}: the answer names a path: {r:?}");
+        }
+        answers.push(r.text);
+    }
+    assert!(answers.windows(2).all(|w| w[0] == w[1]), "one answer for every refusal: {answers:#?}");
+    assert_eq!(beta.get("/v1/organizations/beta/repos").await.body["items"], json!([]));
+    assert!(!beta.events_since("beta", 0).await.iter().any(|e| e["kind"] == "repo.clone_started"), "nothing was cloned");
+
+    // The admin cannot register the data dir or anything in it (nor an ancestor) either.
+    for source in [mirror.to_str().unwrap().to_string(), format!("file://{}", worktree.display()), dir.path().to_str().unwrap().to_string()] {
+        let r = register(&admin, "beta", &source).await;
+        assert_eq!((r.status, r.code()), (403, "local_path_refused"), "admin {source}: {r:?}");
+    }
+    // The admin still tells a missing path from a directory that is no repository.
+    let r = register(&admin, "beta", beta_root.join("no-such-dir").to_str().unwrap()).await;
+    assert_eq!((r.status, r.code()), (422, "repo_path_not_found"), "{r:?}");
+    let r = register(&admin, "beta", beta_root.join("not-a-repo").to_str().unwrap()).await;
+    assert_eq!((r.status, r.code()), (422, "not_a_git_repository"), "{r:?}");
+
+    // Inside its own root, beta registers its repository (by path or file://).
+    let own = git_repo(&beta_root, "mine");
+    let r = beta.post("/v1/organizations/beta/repos", json!({"source": own.to_str().unwrap()})).await;
+    assert_eq!(r.status, 201, "{r:?}");
+    let r = beta.post("/v1/organizations/beta/repos", json!({"source": format!("file://{}", own.display()), "name": "mine"})).await;
+    assert_eq!(r.status, 200, "a file:// URL is the same local source: {r:?}");
+    // But not alpha's root, which `{organization}` keeps apart.
+    let alpha_root = dir.path().join("roots/alpha");
+    let theirs = git_repo(&alpha_root, "theirs");
+    let r = register(&beta, "beta", theirs.to_str().unwrap()).await;
+    assert_eq!((r.status, r.code()), (403, "local_path_refused"), "{r:?}");
+}
+
+/// With `repos.allow_local_paths = false` every local transport is refused, for
+/// the admin too: paths, file:// URLs, and what git reads as a path or a command.
+#[actix_web::test]
+async fn no_local_transport_gets_through_when_local_paths_are_off() {
+    let (server, admin, beta, _alpha, dir) = two_tenants(&[("KILN_REPOS__ALLOW_LOCAL_PATHS", "false")]).await;
+    let src = git_repo(dir.path(), "app");
+    let pwned = dir.path().join("pwned");
+    let refused_local = [src.to_str().unwrap().to_string(), format!("file://{}", src.display()), format!("FILE://{}", src.display())];
+    for c in [&admin, &beta] {
+        for source in &refused_local {
+            let r = register(c, "beta", source).await;
+            assert_eq!((r.status, r.code()), (403, "local_path_refused"), "{source}: {r:?}");
+        }
+        let commands = [
+            format!("ext::sh -c touch% {}", pwned.display()),
+            format!("ext::sh -c touch {}", pwned.display()),
+            "fd::0".to_string(),
+            "fd::3,4".to_string(),
+            format!("testgit::{}", src.display()),
+            format!("file::{}", src.display()),
+        ];
+        for source in &commands {
+            let r = register(c, "beta", source).await;
+            assert_eq!((r.status, r.code()), (422, "unsupported_source"), "{source}: {r:?}");
+        }
+        // Strings git would take for local paths though they have a colon.
+        let dot = dir.path().join("x:y");
+        std::fs::create_dir_all(&dot).unwrap();
+        for source in ["./x:y", "../app:y", "app/x:y", "relative/path", "[::1]:x"] {
+            let r = register(c, "beta", source).await;
+            assert!(r.status == 422 && matches!(r.code(), "invalid_source" | "unsupported_source"), "{source}: {r:?}");
+        }
+    }
+    assert!(!pwned.exists(), "ext:: ran a command");
+    assert_eq!(admin.get("/v1/organizations/beta/repos").await.body["items"], json!([]));
+    let tried: Vec<_> = admin.events_since("beta", 0).await.into_iter().filter(|e| e["kind"].as_str().unwrap().starts_with("repo.")).collect();
+    assert!(tried.is_empty(), "nothing was even tried: {tried:?}");
+    drop(server);
+}
+
+/// An organization's token sees no server path: not in a task, not in git's
+/// error messages, not in events. `kiln switch` says why it cannot answer.
+#[actix_web::test]
+async fn an_organization_sees_no_server_paths() {
+    let (server, admin, _beta, alpha, dir) = two_tenants(&[]).await;
+    let src = git_repo(&dir.path().join("srv"), "app");
+    admin.add_repo("alpha", &src).await;
+    let task = alpha.create_task("alpha", "app", "alpha's work").await["id"].as_str().unwrap().to_string();
+    let data = std::fs::canonicalize(server.data_dir()).unwrap();
+    let data = data.to_str().unwrap();
+    let worktree = server.data_dir().join(format!("worktrees/alpha/app/{task}"));
+    let no_path = |what: &str, text: &str| {
+        assert!(!text.contains(data) && !text.contains(server.data_dir().to_str().unwrap()), "{what} names the data dir: {text}");
+    };
+
+    let mine = alpha.get(&format!("/v1/organizations/alpha/tasks/{task}")).await;
+    assert_eq!(mine.status, 200);
+    assert!(mine.body["sandbox"].is_object() && mine.body["sandbox"]["path"].is_null(), "{mine:?}");
+    no_path("the task", &mine.text);
+    let theirs = admin.get(&format!("/v1/organizations/alpha/tasks/{task}")).await;
+    assert!(theirs.body["sandbox"]["path"].as_str().unwrap().ends_with(&format!("worktrees/alpha/app/{task}")), "the admin sees it");
+    let switched = alpha.post(&format!("/v1/organizations/alpha/tasks/{task}/switch"), json!({})).await;
+    assert_eq!(switched.status, 200, "{switched:?}");
+    assert!(switched.body["sandbox"].is_object() && switched.body["sandbox"]["path"].is_null(), "{switched:?}");
+    no_path("switch", &switched.text);
+
+    // `kiln switch` with the organization's token: a clear refusal, no path.
+    let token = alpha.token.clone().unwrap();
+    let out = std::process::Command::new(BIN)
+        .args(["--url", &server.url, "--organization", "alpha", "switch", &task])
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("HOME", &server.dir)
+        .env("XDG_CONFIG_HOME", server.dir.join("config"))
+        .env("KILN_TOKEN", &token)
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(!out.status.success(), "switch succeeded: {stdout}");
+    assert!(stderr.contains("only to the admin token"), "{stderr}");
+    no_path("kiln switch", &format!("{stdout}{stderr}"));
+    let (code, stdout, _) = cli(&server, &["--organization", "alpha", "switch", &task]);
+    assert_eq!(code, 0, "the admin's switch still prints the path");
+    assert!(stdout.trim().ends_with(&format!("worktrees/alpha/app/{task}")), "{stdout}");
+
+    // A failing git command names the worktree's git dir: the organization reads `<data_dir>`.
+    std::fs::write(worktree.join("work.txt"), "work\n").unwrap();
+    let git_dir = PathBuf::from(git(&worktree, &["rev-parse", "--absolute-git-dir"]));
+    std::fs::write(git_dir.join("index.lock"), "").unwrap();
+    let failed = alpha.post(&format!("/v1/organizations/alpha/tasks/{task}/push"), json!({"commit": "work"})).await;
+    assert!(failed.status >= 400, "{failed:?}");
+    assert!(failed.body["message"].as_str().unwrap().contains("<data_dir>/repos/alpha/app.git/worktrees/"), "git's words, redacted: {failed:?}");
+    no_path("a git error", &failed.text);
+    std::fs::remove_file(git_dir.join("index.lock")).unwrap();
+
+    // Events, through the API and the stream, name no server path either.
+    let events = alpha.events_since("alpha", 0).await;
+    let created = events.iter().find(|e| e["kind"] == "sandbox.created").expect("sandbox.created");
+    assert_eq!(created["data"]["path"], format!("<data_dir>/worktrees/alpha/app/{task}"));
+    no_path("the events", &serde_json::to_string(&events).unwrap());
+    let mut ws = alpha.ws("/v1/organizations/alpha/stream?since=0").await;
+    let streamed = ws.events(events.len(), WAIT).await;
+    no_path("the stream", &serde_json::to_string(&streamed).unwrap());
+}
+
+/// A git smart-HTTP server (`git http-backend` as CGI) that demands HTTP basic
+/// auth with one user and password; it counts the requests it let through.
+struct GitHttp {
+    url: String,
+    server: actix_web::dev::ServerHandle,
+    thread: Option<std::thread::JoinHandle<()>>,
+    shared: Arc<GitHttpState>,
+}
+
+struct GitHttpState {
+    root: PathBuf,
+    authorization: String,
+    /// (method, path and query, whether the credentials were right).
+    requests: Mutex<Vec<(String, String, bool)>>,
+}
+
+impl GitHttp {
+    fn start(root: &Path, user: &str, password: &str) -> GitHttp {
+        let shared = Arc::new(GitHttpState {
+            root: root.to_path_buf(),
+            authorization: format!("Basic {}", base64(format!("{user}:{password}").as_bytes())),
+            requests: Mutex::new(Vec::new()),
+        });
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let data = web::Data::from(shared.clone());
+        let (tx, rx) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            actix_web::rt::System::new().block_on(async move {
+                let server = HttpServer::new(move || App::new().app_data(data.clone()).default_service(web::to(cgi)))
+                    .workers(1)
+                    .disable_signals()
+                    .listen(listener)
+                    .expect("listen")
+                    .run();
+                tx.send(server.handle()).unwrap();
+                let _ = server.await;
+            })
+        });
+        let server = rx.recv().unwrap();
+        GitHttp { url, server, thread: Some(thread), shared }
+    }
+
+    fn requests(&self) -> Vec<(String, String, bool)> {
+        self.shared.requests.lock().unwrap().clone()
+    }
+}
+
+impl Drop for GitHttp {
+    fn drop(&mut self) {
+        drop(self.server.stop(false));
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+async fn cgi(req: HttpRequest, body: web::Bytes, state: web::Data<GitHttpState>) -> HttpResponse {
+    let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    let authorized = header("authorization") == state.authorization;
+    let target = format!("{}?{}", req.path(), req.query_string());
+    state.requests.lock().unwrap().push((req.method().to_string(), target, authorized));
+    if !authorized {
+        return HttpResponse::Unauthorized().insert_header(("WWW-Authenticate", "Basic realm=\"git\"")).finish();
+    }
+    let mut cmd = std::process::Command::new("git");
+    cmd.arg("http-backend")
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("GIT_PROJECT_ROOT", &state.root)
+        .env("GIT_HTTP_EXPORT_ALL", "1")
+        .env("REMOTE_USER", "kiln")
+        .env("REMOTE_ADDR", "127.0.0.1")
+        .env("PATH_INFO", req.path())
+        .env("QUERY_STRING", req.query_string())
+        .env("REQUEST_METHOD", req.method().as_str())
+        .env("CONTENT_TYPE", header("content-type"))
+        .env("CONTENT_LENGTH", body.len().to_string())
+        .env("HTTP_CONTENT_ENCODING", header("content-encoding"))
+        .env("HTTP_GIT_PROTOCOL", header("git-protocol"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null());
+    let out = web::block(move || {
+        use std::io::Write;
+        let mut child = cmd.spawn()?;
+        let mut stdin = child.stdin.take().unwrap();
+        let feeder = std::thread::spawn(move || stdin.write_all(&body));
+        let out = child.wait_with_output()?;
+        let _ = feeder.join();
+        Ok::<_, std::io::Error>(out.stdout)
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    // CGI: headers, a blank line, the body.
+    let split = out.windows(4).position(|w| w == b"\r\n\r\n").map(|p| (p, p + 4));
+    let split = split.or_else(|| out.windows(2).position(|w| w == b"\n\n").map(|p| (p, p + 2)));
+    let Some((head_end, body_start)) = split else { return HttpResponse::BadGateway().finish() };
+    let mut res = HttpResponse::Ok();
+    for line in String::from_utf8_lossy(&out[..head_end]).lines() {
+        let Some((name, value)) = line.split_once(':') else { continue };
+        let value = value.trim();
+        if name.eq_ignore_ascii_case("status") {
+            let code = value.split_whitespace().next().and_then(|c| c.parse().ok()).unwrap_or(500);
+            res.status(actix_web::http::StatusCode::from_u16(code).unwrap());
+        } else {
+            res.insert_header((name.trim().to_string(), value.to_string()));
+        }
+    }
+    res.body(out[body_start..].to_vec())
+}
+
+fn base64(input: &[u8]) -> String {
+    const TABLE: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in input.chunks(3) {
+        let n = chunk.iter().enumerate().fold(0u32, |acc, (i, b)| acc | (u32::from(*b) << (16 - 8 * i)));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(TABLE[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// `https://user:secret@host/…`: the secret is taken out of the URL, stored
+/// apart, never shown to anyone, and git still authenticates with it (clone, the
+/// poller's fetch, a task's push).
+#[actix_web::test]
+async fn a_password_in_a_source_url_is_kept_apart_and_used_through_askpass() {
+    let (server, admin, _beta, alpha, dir) =
+        two_tenants(&[("KILN_REPOS__BRANCH_POLL_MS", "200"), ("KILN_REPOS__FETCH_SECS", "0")]).await;
+    let served = dir.path().join("served");
+    std::fs::create_dir_all(&served).unwrap();
+    let bare = served.join("app.git");
+    git(dir.path(), &["clone", "-q", "--bare", git_repo(dir.path(), "seed").to_str().unwrap(), bare.to_str().unwrap()]);
+    git(&bare, &["config", "http.receivepack", "true"]);
+    let secret = "s3cr3t-Pa55@word";
+    let http = GitHttp::start(&served, "kiln-bot", secret);
+    let clean = format!("{}/app.git", http.url);
+    let with_password = format!("http://kiln-bot:{}@{}/app.git", secret.replace('@', "%40"), http.url.trim_start_matches("http://"));
+
+    // The server demands credentials: without them the clone fails.
+    let r = alpha.post("/v1/organizations/alpha/repos", json!({"source": clean, "name": "anon"})).await;
+    assert_eq!((r.status, r.code()), (422, "repo_unreachable"), "{r:?}");
+    let r = alpha.post("/v1/organizations/alpha/repos", json!({"source": with_password.replace("Pa55", "Wrong"), "name": "wrong"})).await;
+    assert_eq!((r.status, r.code()), (422, "repo_unreachable"), "{r:?}");
+    assert!(!r.text.contains("s3cr3t"), "{r:?}");
+
+    let r = alpha.post("/v1/organizations/alpha/repos", json!({"source": with_password})).await;
+    assert_eq!(r.status, 201, "{r:?}");
+    assert_eq!(r.body["source"], clean, "stored and shown without the credential");
+    assert_eq!(r.body["name"], "app");
+    let authenticated = http.requests().iter().any(|(_, target, ok)| *ok && target.contains("git-upload-pack"));
+    assert!(authenticated, "git authenticated: {:?}", http.requests());
+    // Registering again with the same URL is the same repository.
+    let again = alpha.post("/v1/organizations/alpha/repos", json!({"source": with_password})).await;
+    assert_eq!(again.status, 200, "{again:?}");
+
+    // The poller's fetch authenticates too: a new upstream commit shows up.
+    let work = dir.path().join("upstream");
+    git(dir.path(), &["clone", "-q", bare.to_str().unwrap(), work.to_str().unwrap()]);
+    std::fs::write(work.join("new.txt"), "new\n").unwrap();
+    git(&work, &["add", "."]);
+    git(&work, &["commit", "-q", "-m", "upstream"]);
+    git(&work, &["push", "-q", "origin", "HEAD:main"]);
+    let head = git(&work, &["rev-parse", "HEAD"]);
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let b = alpha.get("/v1/organizations/alpha/repos/app/branches").await.body;
+        if b["items"].as_array().unwrap().iter().any(|x| x["name"] == "main" && x["head_sha"] == head.as_str()) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the poller never fetched {head}: {b}\n{}", server.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // A task's push authenticates with it.
+    let task = alpha.create_task("alpha", "app", "push over http").await["id"].as_str().unwrap().to_string();
+    let worktree = server.data_dir().join(format!("worktrees/alpha/app/{task}"));
+    std::fs::write(worktree.join("pushed.txt"), "pushed\n").unwrap();
+    let pushed = alpha.post(&format!("/v1/organizations/alpha/tasks/{task}/push"), json!({"commit": "push it"})).await;
+    assert_eq!(pushed.status, 200, "{pushed:?}");
+    let branch = pushed.body["task"]["branch"].as_str().unwrap();
+    assert_eq!(git(&bare, &["show", &format!("{branch}:pushed.txt")]), "pushed");
+
+    // The secret is nowhere anyone reads: the API, the events, the stream, the
+    // mirror's config, and no URL in the database carries it.
+    let listed = admin.get("/v1/organizations/alpha/repos").await;
+    let one = alpha.get("/v1/organizations/alpha/repos/app").await;
+    let events = alpha.events_since("alpha", 0).await;
+    let started = events.iter().find(|e| e["kind"] == "repo.clone_started" && e["repo"] == "app").expect("clone_started");
+    assert_eq!(started["data"]["source"], clean);
+    let mut ws = alpha.ws("/v1/organizations/alpha/stream?since=0").await;
+    let streamed = ws.events(events.len(), WAIT).await;
+    let mirror_config = std::fs::read_to_string(server.data_dir().join("repos/alpha/app.git/config")).unwrap();
+    assert!(mirror_config.contains(&clean), "{mirror_config}");
+    for (what, text) in [
+        ("the list", listed.text),
+        ("the repo", one.text),
+        ("the events", serde_json::to_string(&events).unwrap()),
+        ("the stream", serde_json::to_string(&streamed).unwrap()),
+        ("the mirror's config", mirror_config),
+        ("the server log", server.log()),
+    ] {
+        assert!(!text.contains("s3cr3t"), "{what} shows the secret: {text}");
+    }
+    let db = [std::fs::read(server.data_dir().join("kiln.db")).unwrap(), std::fs::read(server.data_dir().join("kiln.db-wal")).unwrap_or_default()].concat();
+    let url_with_secret = format!("kiln-bot:{}", secret.replace('@', "%40"));
+    assert!(!db.windows(url_with_secret.len()).any(|w| w == url_with_secret.as_bytes()), "a URL with the secret is stored");
+}
+
+/// The askpass answer names the repository's own user when it has one.
+#[test]
+fn askpass_answers_the_repositorys_own_user() {
+    let out = std::process::Command::new(BIN)
+        .arg("Username for 'https://git.example': ")
+        .env("KILN_GIT_ASKPASS", "1")
+        .env("KILN_GIT_TOKEN", "pw")
+        .env("KILN_GIT_USER", "deploy")
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "deploy");
+}
+
+/// A repository registered before credentials were kept apart still has one in
+/// its stored source (and its mirror's origin URL): at boot it is moved out, and
+/// git keeps authenticating with it.
+#[actix_web::test]
+async fn a_credential_stored_in_an_old_source_is_moved_out_at_boot() {
+    use diesel::connection::SimpleConnection;
+    use diesel::prelude::*;
+
+    let dir = tempdir();
+    let mut server = Server::start_in(dir.path(), &[("KILN_REPOS__BRANCH_POLL_MS", "200"), ("KILN_REPOS__FETCH_SECS", "0")]);
+    let c = server.client();
+    let served = dir.path().join("served");
+    std::fs::create_dir_all(&served).unwrap();
+    let bare = served.join("app.git");
+    git(dir.path(), &["clone", "-q", "--bare", git_repo(dir.path(), "seed").to_str().unwrap(), bare.to_str().unwrap()]);
+    let http = GitHttp::start(&served, "old", "0ld-s3cret");
+    let clean = format!("{}/app.git", http.url);
+    let r = c.post("/v1/organizations/default/repos", json!({"source": clean.replace("http://", "http://old:0ld-s3cret@")})).await;
+    assert_eq!(r.status, 201, "{r:?}");
+    server.stop();
+
+    // Make it look like a row from before: the credential in the URL, none apart.
+    let old = clean.replace("http://", "http://old:0ld-s3cret@");
+    let db = server.data_dir().join("kiln.db");
+    let mut conn = SqliteConnection::establish(db.to_str().unwrap()).unwrap();
+    conn.batch_execute(&format!(
+        "UPDATE repos SET source = '{old}', credential_user = NULL, credential_secret = NULL WHERE name = 'app';"
+    ))
+    .unwrap();
+    drop(conn);
+    let mirror = server.data_dir().join("repos/default/app.git");
+    git(&mirror, &["config", "remote.origin.url", &old]);
+
+    server.restart();
+    let c = server.client();
+    let shown = c.get("/v1/organizations/default/repos/app").await;
+    assert_eq!(shown.body["source"], clean, "{shown:?}");
+    assert!(!std::fs::read_to_string(mirror.join("config")).unwrap().contains("0ld-s3cret"), "the mirror's origin URL is clean");
+
+    // git still authenticates, now through askpass: the poller fetches a new commit.
+    let work = dir.path().join("upstream");
+    git(dir.path(), &["clone", "-q", bare.to_str().unwrap(), work.to_str().unwrap()]);
+    std::fs::write(work.join("new.txt"), "new\n").unwrap();
+    git(&work, &["add", "."]);
+    git(&work, &["commit", "-q", "-m", "upstream"]);
+    git(&work, &["push", "-q", "origin", "HEAD:main"]);
+    let head = git(&work, &["rev-parse", "HEAD"]);
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let b = c.get("/v1/organizations/default/repos/app/branches").await.body;
+        if b["items"].as_array().unwrap().iter().any(|x| x["name"] == "main" && x["head_sha"] == head.as_str()) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the poller never fetched {head}: {b}\n{}", server.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let log = server.log();
+    assert!(log.contains("moved the credential out of its stored source"), "{log}");
+    assert!(!log.contains("0ld-s3cret"), "{log}");
+}
