@@ -130,6 +130,8 @@ pub async fn start(config: Config) -> Result<Running, BootError> {
             .app_data(kiln_data.clone())
             .app_data(auth_data.clone())
             .app_data(deliveries.clone())
+            // Innermost first: the query rule runs after auth, so 401 beats a bad query.
+            .wrap(middleware::from_fn(http::extract::query_rule))
             .wrap(middleware::from_fn(auth::authenticate))
             .wrap(http::json_error_pages())
             .wrap_fn(move |req, srv| {

@@ -23,6 +23,7 @@ use actix_web_actors::ws;
 
 use super::auth::Caller;
 use super::dto;
+use super::extract::Query;
 use super::organization_or_404;
 use crate::actors::history::{Event, Published, Subscribe, Subscription, Unsubscribe};
 use crate::actors::Kiln;
@@ -38,7 +39,7 @@ pub async fn connect(
     kiln: web::Data<Kiln>,
     caller: Caller,
     path: web::Path<String>,
-    query: web::Query<dto::StreamQuery>,
+    query: Query<dto::StreamQuery>,
 ) -> AppResult<HttpResponse> {
     let org = path.into_inner();
     caller.require_org(&org)?;

@@ -23,6 +23,7 @@ use tokio::sync::mpsc;
 
 use super::auth::Caller;
 use super::dto;
+use super::extract::Query;
 use super::tasks::task_or_404;
 use crate::actors::Kiln;
 use crate::db::pool::blocking;
@@ -40,7 +41,7 @@ pub async fn connect(
     kiln: web::Data<Kiln>,
     caller: Caller,
     path: web::Path<(String, String)>,
-    query: web::Query<dto::TerminalQuery>,
+    query: Query<dto::TerminalQuery>,
 ) -> AppResult<HttpResponse> {
     let (org, id) = path.into_inner();
     caller.require_org(&org)?;
