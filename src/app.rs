@@ -116,6 +116,7 @@ pub async fn start(config: Config) -> Result<Running, BootError> {
         providers: Arc::new(crate::providers::Providers::builtin(dir.clone(), config.terminal.clone())),
         shutdown: Arc::new(tokio::sync::watch::channel(false).0),
         git_locks: Default::default(),
+        connections: Default::default(),
     };
     seed_default_organization(&kiln).await?;
     recover_tasks(&kiln).await?;

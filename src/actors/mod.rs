@@ -25,6 +25,7 @@ macro_rules! atomic {
     }};
 }
 
+pub mod connections;
 pub mod history;
 pub mod organization;
 pub mod pollers;
@@ -86,6 +87,8 @@ pub struct Kiln {
     /// One lock per repository mirror: git work that writes to it (push, sync,
     /// merge, commit, the poller's fetch) runs one at a time across its tasks.
     pub git_locks: Arc<std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
+    /// WebSockets opened with an organization token, closed when it is revoked.
+    pub connections: Arc<connections::Connections>,
 }
 
 impl Kiln {
