@@ -381,11 +381,10 @@ impl<'de> de::Deserializer<'de> for Strict<'_> {
             Value::String(s) => visitor.visit_str(s),
             Value::Array(items) => {
                 let mut seq = SeqDe { items: items.iter().enumerate(), parent: &self.path };
-                let out = visitor.visit_seq(&mut seq)?;
-                match seq.items.len() {
+                visitor.visit_seq(&mut seq).and_then(|out| match seq.items.len() {
                     0 => Ok(out),
                     _ => Err(de::Error::invalid_length(items.len(), &"fewer elements")),
-                }
+                })
             }
             Value::Object(map) => visitor.visit_map(MapDe { items: map.iter(), current: None, parent: &self.path }),
         };
@@ -611,6 +610,7 @@ mod tests {
         assert_eq!(error(r#"{"name": "x", "secrets": "v"}"#).1, "`secrets`: expected an object, got a string");
         assert_eq!(error(r#"{"name": "x", "inner": {"flag": 1}}"#).1, "`inner.flag`: expected a boolean, got an integer");
         assert_eq!(error(r#"{"name": "x", "list": ["a", 2]}"#).1, "`list[1]`: expected a string, got an integer");
+        assert_eq!(error(r#"{"name": ["x"]}"#).1, "`name`: expected a string, got an array");
         assert_eq!(error(r#"{"name": "x", "inner": {"count": 300}}"#).1, "`inner.count`: expected u8; the integer given is not one");
         assert_eq!(error(r#"{"name": "x", "mode": "medium"}"#).1, "`mode`: unknown value, expected one of `fast`, `slow`");
         assert_eq!(error(r#"{}"#).1, "missing field `name`");
