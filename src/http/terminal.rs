@@ -10,10 +10,12 @@
 //! ends; the client sends `{"type":"resize","cols":C,"rows":R}`.
 //!
 //! When the host is gone, the session sends what the log on disk holds and
-//! closes. An attach opened with an organization token is registered in
-//! `actors::connections`: revoking the token (or deleting its organization)
-//! stops its output and input at once and closes it with 4001 (or 4004). A client that falls behind is cut loose by the host and closed here
+//! closes. A client that falls behind is cut loose by the host and closed here
 //! with code 1013 and the `offset` to resume from.
+//!
+//! An attach opened with an organization token is registered in
+//! `actors::connections`: revoking the token (or deleting its organization)
+//! stops its output and input at once and closes it with 4001 (or 4004).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
