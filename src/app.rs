@@ -111,12 +111,12 @@ pub async fn start(config: Config) -> Result<Running, BootError> {
         db,
         config: Arc::new(config.clone()),
         data_dir: dir.clone(),
+        connections: Default::default(),
         metrics: Arc::new(Metrics::default()),
         registry: Registry::new(actors.handle()),
         providers: Arc::new(crate::providers::Providers::builtin(dir.clone(), config.terminal.clone())),
         shutdown: Arc::new(tokio::sync::watch::channel(false).0),
         git_locks: Default::default(),
-        connections: Default::default(),
     };
     seed_default_organization(&kiln).await?;
     recover_tasks(&kiln).await?;

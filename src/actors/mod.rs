@@ -80,6 +80,8 @@ pub struct Kiln {
     pub data_dir: PathBuf,
     pub metrics: Arc<Metrics>,
     pub registry: Registry,
+    /// WebSockets opened with an organization token, closed when it is revoked.
+    pub connections: Arc<connections::Connections>,
     pub providers: Arc<Providers>,
     /// Becomes `true` when the server begins to shut down; long-lived sessions
     /// (terminal attaches) close themselves on it.
@@ -87,8 +89,6 @@ pub struct Kiln {
     /// One lock per repository mirror: git work that writes to it (push, sync,
     /// merge, commit, the poller's fetch) runs one at a time across its tasks.
     pub git_locks: Arc<std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
-    /// WebSockets opened with an organization token, closed when it is revoked.
-    pub connections: Arc<connections::Connections>,
 }
 
 impl Kiln {
