@@ -112,6 +112,7 @@ pub async fn start(config: Config) -> Result<Running, BootError> {
         db,
         config: Arc::new(config.clone()),
         data_dir: dir.clone(),
+        connections: Default::default(),
         metrics: Arc::new(Metrics::default()),
         registry: Registry::new(actors.handle()),
         providers: Arc::new(crate::providers::Providers::builtin(dir.clone(), config.terminal.clone(), git_locks.clone())),
@@ -132,6 +133,8 @@ pub async fn start(config: Config) -> Result<Running, BootError> {
             .app_data(kiln_data.clone())
             .app_data(auth_data.clone())
             .app_data(deliveries.clone())
+            // Innermost first: the query rule runs after auth, so 401 beats a bad query.
+            .wrap(middleware::from_fn(http::extract::query_rule))
             .wrap(middleware::from_fn(auth::authenticate))
             .wrap(middleware::from_fn(http::redact_errors))
             .wrap(http::json_error_pages())

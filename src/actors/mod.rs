@@ -25,6 +25,7 @@ macro_rules! atomic {
     }};
 }
 
+pub mod connections;
 pub mod history;
 pub mod organization;
 pub mod pollers;
@@ -79,6 +80,8 @@ pub struct Kiln {
     pub data_dir: PathBuf,
     pub metrics: Arc<Metrics>,
     pub registry: Registry,
+    /// WebSockets opened with an organization token, closed when it is revoked.
+    pub connections: Arc<connections::Connections>,
     pub providers: Arc<Providers>,
     /// Becomes `true` when the server begins to shut down; long-lived sessions
     /// (terminal attaches) close themselves on it.

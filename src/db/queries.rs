@@ -28,6 +28,12 @@ pub fn organizations_list(conn: &mut SqliteConnection) -> QueryResult<Vec<Organi
         .load(conn)
 }
 
+/// A token by its id, revoked or not (`None`: it never existed, or its
+/// organization was deleted and the token with it).
+pub fn token_by_id(conn: &mut SqliteConnection, id: &str) -> QueryResult<Option<ApiToken>> {
+    api_tokens::table.find(id).select(ApiToken::as_select()).first(conn).optional()
+}
+
 /// A live (not revoked) token by the hash of its secret.
 pub fn token_by_hash(conn: &mut SqliteConnection, hash: &str) -> QueryResult<Option<ApiToken>> {
     api_tokens::table

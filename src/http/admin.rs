@@ -5,6 +5,7 @@ use actix_web::{web, HttpResponse};
 use serde_json::json;
 
 use super::auth::Caller;
+use super::extract::OptionalJson;
 use crate::actors::pollers::{branch_sync::BranchSyncPoller, pr_sync::PrSyncPoller, task_status::TaskStatusPoller};
 use crate::actors::pollers::{DescribePoller, PollNow, SetInterval, StopPoller};
 use crate::actors::Kiln;
@@ -88,7 +89,7 @@ pub async fn poller_control(
     kiln: web::Data<Kiln>,
     caller: Caller,
     path: web::Path<(String, String)>,
-    body: web::Bytes,
+    body: OptionalJson<PollerBody>,
 ) -> AppResult<HttpResponse> {
     caller.require_admin()?;
     let (key, op) = path.into_inner();
@@ -98,17 +99,14 @@ pub async fn poller_control(
         "poll" => poller.poll.send(PollNow {}).await?,
         "stop" => poller.stop.send(StopPoller {}).await?,
         "interval" => {
-            #[derive(serde::Deserialize)]
-            #[serde(deny_unknown_fields)]
-            struct Interval {
-                interval_ms: u64,
-            }
-            let body: Interval = serde_json::from_slice(&body)
-                .map_err(|e| AppError::invalid("invalid_body", format!("send {{\"interval_ms\": N}}: {e}")))?;
-            if !(100..=3_600_000).contains(&body.interval_ms) {
+            let interval_ms = body
+                .into_inner()
+                .interval_ms
+                .ok_or_else(|| AppError::invalid("invalid_body", "send {\"interval_ms\": N}"))?;
+            if !(100..=3_600_000).contains(&interval_ms) {
                 return Err(AppError::invalid("invalid_interval", "interval_ms must be between 100 and 3600000"));
             }
-            poller.interval.send(SetInterval { millis: body.interval_ms }).await?
+            poller.interval.send(SetInterval { millis: interval_ms }).await?
         }
         other => {
             return Err(AppError::not_found(
@@ -118,6 +116,14 @@ pub async fn poller_control(
         }
     }
     Ok(HttpResponse::Ok().json(json!({"key": key, "done": op})))
+}
+
+/// The body of `POST /admin/pollers/{key}/{op}`: `interval` needs
+/// `interval_ms`; `poll` and `stop` need no body.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PollerBody {
+    interval_ms: Option<u64>,
 }
 
 /// The control messages of a poller of any kind.

@@ -7,11 +7,13 @@ use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
+use actix::Recipient;
 use actix_web::body::{EitherBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::middleware::Next;
 use actix_web::{web, FromRequest, HttpMessage, HttpRequest, ResponseError};
 
+use crate::actors::connections::{CloseRevoked, Revoked, Ticket};
 use crate::actors::Kiln;
 use crate::db::queries;
 use crate::error::AppError;
@@ -94,23 +96,33 @@ fn bearer(req: &HttpRequest) -> Option<String> {
     None
 }
 
-/// Works out who is calling: the admin, an organization's token, or nobody.
-async fn identify(req: &HttpRequest) -> Result<Caller, AppError> {
+/// The id of the organization token a request authenticated with; absent for the
+/// admin (and with auth turned off).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenId(pub String);
+
+/// The token id the auth middleware recorded for this request, if any.
+pub fn token_id(req: &HttpRequest) -> Option<String> {
+    req.extensions().get::<TokenId>().map(|t| t.0.clone())
+}
+
+/// Works out who is calling: the admin, an organization's token (with its id), or nobody.
+async fn identify(req: &HttpRequest) -> Result<(Caller, Option<TokenId>), AppError> {
     let (Some(auth), Some(kiln)) = (req.app_data::<web::Data<AuthState>>(), req.app_data::<web::Data<Kiln>>()) else {
         return Err(AppError::bug("auth state is not configured"));
     };
     if !auth.enabled {
-        return Ok(Caller::Admin);
+        return Ok((Caller::Admin, None));
     }
     let token = bearer(req).ok_or_else(|| AppError::Unauthorized {
         message: "missing bearer token: send `Authorization: Bearer <token>`".into(),
     })?;
     let hash = sha256_hex(token.as_bytes());
     if constant_time_eq(hash.as_bytes(), auth.admin_hash.as_bytes()) {
-        return Ok(Caller::Admin);
+        return Ok((Caller::Admin, None));
     }
     match kiln.db.read(move |c| queries::token_by_hash(c, &hash)).await? {
-        Some(row) => Ok(Caller::Organization(row.organization)),
+        Some(row) => Ok((Caller::Organization(row.organization), Some(TokenId(row.id)))),
         None => Err(AppError::Unauthorized { message: "the bearer token is not valid or was revoked".into() }),
     }
 }
@@ -126,8 +138,11 @@ pub async fn authenticate(
         return next.call(req).await.map(ServiceResponse::map_into_left_body);
     }
     match identify(req.request()).await {
-        Ok(caller) => {
+        Ok((caller, token)) => {
             req.extensions_mut().insert(caller);
+            if let Some(token) = token {
+                req.extensions_mut().insert(token);
+            }
             next.call(req).await.map(ServiceResponse::map_into_left_body)
         }
         Err(err) => Ok(req.into_response(err.error_response()).map_into_right_body()),
@@ -143,4 +158,37 @@ impl FromRequest for Caller {
             req.extensions().get::<Caller>().cloned().ok_or_else(|| AppError::bug("the auth middleware did not run")),
         )
     }
+}
+
+/// Registers a WebSocket just started for `req` with the token it authenticated
+/// with, so revoking the token closes it (`actors::connections`). The admin's
+/// connections are not registered.
+///
+/// The token was checked when the request arrived; it may have been revoked
+/// since, before the registration, when the revocation could not see it. So it is
+/// read again *after* registering: a revocation is then seen by one side or the
+/// other, and the connection closes at once.
+pub async fn register_connection(
+    kiln: &Kiln,
+    req: &HttpRequest,
+    org: &str,
+    ticket: &Ticket,
+    closer: Recipient<CloseRevoked>,
+) -> Result<(), AppError> {
+    let Some(token) = token_id(req) else { return Ok(()) };
+    kiln.connections.register(ticket, org, &token, closer);
+    let id = token.clone();
+    let row = match kiln.db.read(move |c| queries::token_by_id(c, &id)).await {
+        Ok(row) => row,
+        Err(e) => {
+            kiln.connections.close(ticket, Revoked::Token);
+            return Err(e.into());
+        }
+    };
+    match row {
+        Some(row) if row.revoked_at.is_none() => {}
+        Some(_) => kiln.connections.close(ticket, Revoked::Token),
+        None => kiln.connections.close(ticket, Revoked::Organization),
+    }
+    Ok(())
 }

@@ -5,6 +5,7 @@ use serde_json::json;
 
 use super::auth::Caller;
 use super::dto;
+use super::extract::Query;
 use super::organization_or_404;
 use crate::actors::history::Event;
 use crate::actors::Kiln;
@@ -18,7 +19,7 @@ pub async fn list(
     kiln: web::Data<Kiln>,
     caller: Caller,
     path: web::Path<String>,
-    query: web::Query<dto::EventsQuery>,
+    query: Query<dto::EventsQuery>,
 ) -> AppResult<HttpResponse> {
     let org = path.into_inner();
     caller.require_org(&org)?;

@@ -5,6 +5,7 @@ pub mod admin;
 pub mod auth;
 pub mod dto;
 pub mod events;
+pub mod extract;
 pub mod organizations;
 pub mod repos;
 pub mod sessions;
@@ -15,7 +16,7 @@ pub mod webhooks;
 
 use actix_web::body::{BoxBody, MessageBody};
 use actix_web::dev::ServiceResponse;
-use actix_web::error::{JsonPayloadError, PathError, QueryPayloadError};
+use actix_web::error::PathError;
 use actix_web::http::StatusCode;
 use actix_web::middleware::{ErrorHandlerResponse, ErrorHandlers};
 use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
@@ -24,19 +25,18 @@ use crate::actors::Kiln;
 use crate::db::models::Organization;
 use crate::db::queries;
 use crate::error::{AppError, AppResult};
+use crate::validate;
 
-/// Registers every route, and the extractor configs that turn malformed input into
-/// clear 4xx errors.
+/// Registers every route, with the limits the body extractors read (see
+/// `extract`: bodies, query strings and their errors are checked there).
 pub fn configure(cfg: &mut web::ServiceConfig, max_body: usize) {
-    cfg.app_data(web::JsonConfig::default().limit(max_body).error_handler(move |err, _| json_error(err, max_body).into()))
-        .app_data(web::QueryConfig::default().error_handler(|err, _| query_error(err).into()))
+    cfg.app_data(extract::BodyLimit(max_body))
         .app_data(web::PathConfig::default().error_handler(|err, _| path_error(err).into()))
-        .app_data(web::PayloadConfig::default().limit(max_body))
         .route("/v1/health", web::get().to(admin::health))
         .service(
             web::resource("/v1/webhooks/github")
                 // GitHub sends payloads up to 25 MB; pull request events are far smaller.
-                .app_data(web::PayloadConfig::new(5 * 1024 * 1024))
+                .app_data(extract::BodyLimit(5 * 1024 * 1024))
                 .route(web::post().to(webhooks::github)),
         )
         .route("/metrics", web::get().to(admin::metrics))
@@ -109,14 +109,14 @@ pub fn configure(cfg: &mut web::ServiceConfig, max_body: usize) {
         );
 }
 
-/// Rewrites the framework's empty 404 and 405 answers into the JSON error shape.
+/// Rewrites every error answer that is not already our JSON (actix's own 404,
+/// 405, 413 and 400s, and anything a future route lets through) into the JSON
+/// error shape, keeping its status. No response is ever `text/plain`.
 pub fn json_error_pages<B: MessageBody + 'static>() -> ErrorHandlers<B> {
-    ErrorHandlers::new()
-        .handler(StatusCode::NOT_FOUND, rewrite_empty::<B>)
-        .handler(StatusCode::METHOD_NOT_ALLOWED, rewrite_empty::<B>)
+    ErrorHandlers::new().default_handler(rewrite_plain::<B>)
 }
 
-fn rewrite_empty<B: MessageBody + 'static>(res: ServiceResponse<B>) -> actix_web::Result<ErrorHandlerResponse<B>> {
+fn rewrite_plain<B: MessageBody + 'static>(res: ServiceResponse<B>) -> actix_web::Result<ErrorHandlerResponse<B>> {
     let is_json = res
         .headers()
         .get("content-type")
@@ -125,12 +125,19 @@ fn rewrite_empty<B: MessageBody + 'static>(res: ServiceResponse<B>) -> actix_web
     if is_json {
         return Ok(ErrorHandlerResponse::Response(res.map_into_left_body()));
     }
-    let err = if res.status() == StatusCode::METHOD_NOT_ALLOWED {
-        AppError::BadRequest { code: "method_not_allowed", message: format!("{} is not allowed here", res.request().method()) }
-    } else {
-        AppError::not_found("route_not_found", format!("no route for {} {}", res.request().method(), res.request().path()))
-    };
     let status = res.status();
+    let (method, path) = (res.request().method().clone(), validate::truncate(res.request().path(), 200));
+    let err = match status {
+        StatusCode::NOT_FOUND => AppError::not_found("route_not_found", format!("no route for {method} {path}")),
+        StatusCode::METHOD_NOT_ALLOWED => AppError::bad_request("method_not_allowed", format!("{method} is not allowed here")),
+        StatusCode::PAYLOAD_TOO_LARGE => AppError::bad_request("payload_too_large", "the request body is larger than this route accepts"),
+        StatusCode::BAD_REQUEST => AppError::bad_request("bad_body", "the request could not be read"),
+        s if s.is_server_error() => {
+            log::error!("{method} {path} answered {s} without a JSON body");
+            AppError::bad_request("internal_error", "something went wrong inside Kiln; the server log has the details")
+        }
+        s => AppError::bad_request("bad_request", format!("the request was refused ({s})")),
+    };
     let (req, _) = res.into_parts();
     let mut body: HttpResponse<BoxBody> = err.error_response();
     *body.status_mut() = status;
@@ -160,25 +167,7 @@ pub async fn redact_errors(
 
 /// Unmatched routes.
 pub async fn not_found(req: HttpRequest) -> AppResult<HttpResponse> {
-    Err(AppError::not_found("route_not_found", format!("no route for {} {}", req.method(), req.path())))
-}
-
-fn json_error(err: JsonPayloadError, limit: usize) -> AppError {
-    match err {
-        JsonPayloadError::Overflow { .. } | JsonPayloadError::OverflowKnownLength { .. } => {
-            AppError::PayloadTooLarge { limit }
-        }
-        JsonPayloadError::ContentType => {
-            AppError::bad_request("expected_json", "send the body as JSON with `Content-Type: application/json`")
-        }
-        JsonPayloadError::Deserialize(e) if e.is_data() => AppError::invalid("invalid_body", e.to_string()),
-        JsonPayloadError::Deserialize(e) => AppError::bad_request("malformed_json", format!("the body is not valid JSON: {e}")),
-        other => AppError::bad_request("bad_body", other.to_string()),
-    }
-}
-
-fn query_error(err: QueryPayloadError) -> AppError {
-    AppError::bad_request("invalid_query", format!("bad query string: {err}"))
+    Err(AppError::not_found("route_not_found", format!("no route for {} {}", req.method(), validate::truncate(req.path(), 200))))
 }
 
 fn path_error(err: PathError) -> AppError {
@@ -188,7 +177,7 @@ fn path_error(err: PathError) -> AppError {
 
 /// The organization row, or 404.
 pub async fn organization_or_404(kiln: &Kiln, org: &str) -> AppResult<Organization> {
-    crate::validate::name("organization", org)
+    validate::name("organization", org)
         .map_err(|_| AppError::not_found("organization_not_found", format!("organization `{org}` does not exist")))?;
     let name = org.to_string();
     kiln.db

@@ -5,6 +5,7 @@ use serde_json::json;
 
 use super::auth::Caller;
 use super::dto;
+use super::extract::Json;
 use super::organization_or_404;
 use crate::actors::organization::{
     CreateOrganization, CreateToken, DeleteOrganization, ProviderProfileView, PutProviderProfile, RevokeToken,
@@ -28,7 +29,7 @@ pub async fn list(kiln: web::Data<Kiln>, caller: Caller) -> AppResult<HttpRespon
 pub async fn create(
     kiln: web::Data<Kiln>,
     caller: Caller,
-    body: web::Json<dto::CreateOrganization>,
+    body: Json<dto::CreateOrganization>,
 ) -> AppResult<HttpResponse> {
     caller.require_admin()?;
     let body = body.into_inner();
@@ -50,7 +51,7 @@ pub async fn update(
     kiln: web::Data<Kiln>,
     caller: Caller,
     path: web::Path<String>,
-    body: web::Json<dto::UpdateOrganization>,
+    body: Json<dto::UpdateOrganization>,
 ) -> AppResult<HttpResponse> {
     let org = path.into_inner();
     caller.require_org(&org)?;
@@ -94,7 +95,7 @@ pub async fn put_provider(
     kiln: web::Data<Kiln>,
     caller: Caller,
     path: web::Path<(String, String)>,
-    body: web::Json<dto::PutProviderProfile>,
+    body: Json<dto::PutProviderProfile>,
 ) -> AppResult<HttpResponse> {
     let (org, provider) = path.into_inner();
     caller.require_org(&org)?;
@@ -159,7 +160,7 @@ pub async fn create_token(
     kiln: web::Data<Kiln>,
     caller: Caller,
     path: web::Path<String>,
-    body: web::Json<dto::CreateToken>,
+    body: Json<dto::CreateToken>,
 ) -> AppResult<HttpResponse> {
     let org = path.into_inner();
     caller.require_admin()?;

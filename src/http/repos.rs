@@ -5,6 +5,7 @@ use serde_json::json;
 
 use super::auth::Caller;
 use super::dto;
+use super::extract::Json;
 use super::organization_or_404;
 use crate::actors::repository::{derive_name, DeleteRepo, RegisterRepo, Registrant, SetRepoSettings, SetRepoSetup, Source};
 use crate::actors::Kiln;
@@ -26,7 +27,7 @@ pub async fn create(
     kiln: web::Data<Kiln>,
     caller: Caller,
     path: web::Path<String>,
-    body: web::Json<dto::CreateRepo>,
+    body: Json<dto::CreateRepo>,
 ) -> AppResult<HttpResponse> {
     let org = path.into_inner();
     caller.require_org(&org)?;
@@ -71,7 +72,7 @@ pub async fn put_setup(
     kiln: web::Data<Kiln>,
     caller: Caller,
     path: web::Path<(String, String)>,
-    body: web::Json<dto::RepoSetup>,
+    body: Json<dto::RepoSetup>,
 ) -> AppResult<HttpResponse> {
     let (org, name) = path.into_inner();
     caller.require_org(&org)?;
@@ -100,7 +101,7 @@ pub async fn put_settings(
     kiln: web::Data<Kiln>,
     caller: Caller,
     path: web::Path<(String, String)>,
-    body: web::Json<crate::db::models::RepoSettings>,
+    body: Json<crate::db::models::RepoSettings>,
 ) -> AppResult<HttpResponse> {
     let (org, name) = path.into_inner();
     caller.require_org(&org)?;

@@ -8,6 +8,7 @@ use serde_json::json;
 
 use super::auth::Caller;
 use super::dto;
+use super::extract::Json;
 use super::tasks::task_or_404;
 use crate::actors::session::{self, view::SessionView, AnswerPermission, Cancel, CloseSession, OpenSession, Prompt};
 use crate::actors::task::CreateSession;
@@ -93,7 +94,7 @@ pub async fn create(
     kiln: web::Data<Kiln>,
     caller: Caller,
     path: web::Path<(String, String)>,
-    body: web::Json<dto::CreateSession>,
+    body: Json<dto::CreateSession>,
 ) -> AppResult<HttpResponse> {
     let (org, id) = path.into_inner();
     caller.require_org(&org)?;
@@ -140,7 +141,7 @@ pub async fn prompt(
     kiln: web::Data<Kiln>,
     caller: Caller,
     path: web::Path<(String, String, String)>,
-    body: web::Json<dto::SessionPrompt>,
+    body: Json<dto::SessionPrompt>,
 ) -> AppResult<HttpResponse> {
     let (org, task, sid) = path.into_inner();
     caller.require_org(&org)?;
@@ -168,7 +169,7 @@ pub async fn answer_permission(
     kiln: web::Data<Kiln>,
     caller: Caller,
     path: web::Path<(String, String, String, String)>,
-    body: web::Json<dto::PermissionAnswer>,
+    body: Json<dto::PermissionAnswer>,
 ) -> AppResult<HttpResponse> {
     let (org, task, sid, request) = path.into_inner();
     caller.require_org(&org)?;

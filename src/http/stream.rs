@@ -12,6 +12,10 @@
 //! and the client is closed with code 1013 and a reason naming the `since` to
 //! resume from. A client that answers no ping for `client_timeout_secs` is
 //! dropped; either way `stopping` unregisters the subscriber.
+//!
+//! Revocation: a stream opened with an organization token is registered in
+//! `actors::connections`; revoking the token (or deleting its organization)
+//! stops every send at once and closes with 4001 (or 4004).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -21,9 +25,11 @@ use actix::prelude::*;
 use actix_web::{web, HttpRequest, HttpResponse};
 use actix_web_actors::ws;
 
-use super::auth::Caller;
+use super::auth::{self, Caller};
 use super::dto;
+use super::extract::Query;
 use super::organization_or_404;
+use crate::actors::connections::{CloseRevoked, Ticket};
 use crate::actors::history::{Event, Published, Subscribe, Subscription, Unsubscribe};
 use crate::actors::Kiln;
 use crate::db::queries::{self, EventFilter};
@@ -38,7 +44,7 @@ pub async fn connect(
     kiln: web::Data<Kiln>,
     caller: Caller,
     path: web::Path<String>,
-    query: web::Query<dto::StreamQuery>,
+    query: Query<dto::StreamQuery>,
 ) -> AppResult<HttpResponse> {
     let org = path.into_inner();
     caller.require_org(&org)?;
@@ -52,6 +58,7 @@ pub async fn connect(
     let subscription = history.send(Subscribe {}).await?;
     let sub_id = subscription.id;
     let query = query.into_inner();
+    let ticket = kiln.connections.ticket();
     let session = StreamSession {
         kiln: kiln.get_ref().clone(),
         org: org.clone(),
@@ -62,11 +69,14 @@ pub async fn connect(
         last_sent: since.unwrap_or(0),
         replay: since.is_some(),
         heartbeat: Instant::now(),
+        ticket: ticket.clone(),
     };
-    ws::start(session, &req, payload).map_err(|e| {
+    let (addr, response) = ws::WsResponseBuilder::new(session, &req, payload).start_with_addr().map_err(|e| {
         history.addr.do_send(Unsubscribe { id: sub_id });
         AppError::bad_request("websocket_required", e.to_string())
-    })
+    })?;
+    auth::register_connection(&kiln, &req, &org, &ticket, addr.recipient()).await?;
+    Ok(response)
 }
 
 struct StreamSession {
@@ -81,6 +91,8 @@ struct StreamSession {
     last_sent: i64,
     replay: bool,
     heartbeat: Instant,
+    /// Cut when the token this stream was opened with is revoked: send nothing more.
+    ticket: Ticket,
 }
 
 impl StreamSession {
@@ -96,9 +108,14 @@ impl StreamSession {
         };
         let load = async move { db.read(move |c| queries::events_list(c, &org, &filter)).await };
         ctx.wait(load.into_actor(self).map(|rows, act, ctx| match rows {
+            // Revoked meanwhile: stop here; `CloseRevoked` is waiting to close.
+            _ if act.ticket.is_cut() => {}
             Ok(rows) => {
                 let full = rows.len() as i64 == REPLAY_PAGE;
                 for row in rows {
+                    if act.ticket.is_cut() {
+                        return;
+                    }
                     let event = Event::from(row);
                     act.last_sent = event.id;
                     ctx.text(serde_json::to_string(&event).unwrap_or_default());
@@ -151,6 +168,7 @@ impl Actor for StreamSession {
     }
 
     fn stopping(&mut self, _: &mut Self::Context) -> Running {
+        self.kiln.connections.unregister(&self.ticket);
         self.kiln.history(&self.org).addr.do_send(Unsubscribe { id: self.sub_id });
         self.kiln.metrics.stream_subscribers.fetch_sub(1, Ordering::Relaxed);
         Running::Stop
@@ -159,7 +177,7 @@ impl Actor for StreamSession {
 
 impl StreamHandler<Arc<Published>> for StreamSession {
     fn handle(&mut self, event: Arc<Published>, ctx: &mut Self::Context) {
-        if event.id > self.last_sent {
+        if event.id > self.last_sent && !self.ticket.is_cut() {
             self.last_sent = event.id;
             let wanted = self.task.as_ref().is_none_or(|t| event.task.as_ref() == Some(t))
                 && self.session.as_ref().is_none_or(|s| event.session.as_ref() == Some(s));
@@ -180,6 +198,19 @@ impl StreamHandler<Arc<Published>> for StreamSession {
         ctx.close(Some(ws::CloseReason {
             code,
             description: Some(format!("{why}; reconnect with since={}", self.last_sent)),
+        }));
+        ctx.stop();
+    }
+}
+
+/// The token this stream was opened with was revoked, or its organization deleted.
+impl Handler<CloseRevoked> for StreamSession {
+    type Result = ();
+
+    fn handle(&mut self, msg: CloseRevoked, ctx: &mut Self::Context) {
+        ctx.close(Some(ws::CloseReason {
+            code: ws::CloseCode::Other(msg.why.code()),
+            description: Some(msg.why.reason().into()),
         }));
         ctx.stop();
     }

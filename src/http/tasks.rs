@@ -8,6 +8,7 @@ use serde_json::json;
 
 use super::auth::Caller;
 use super::dto;
+use super::extract::{Json, OptionalJson, Query};
 use super::organization_or_404;
 use super::repos::repo_or_404;
 use crate::actors::organization::SANDBOX_PROVIDERS as PROVIDERS;
@@ -63,7 +64,7 @@ pub async fn create(
     kiln: web::Data<Kiln>,
     caller: Caller,
     path: web::Path<String>,
-    body: web::Json<dto::CreateTask>,
+    body: Json<dto::CreateTask>,
 ) -> AppResult<HttpResponse> {
     let org = path.into_inner();
     caller.require_org(&org)?;
@@ -119,7 +120,7 @@ pub async fn list(
     kiln: web::Data<Kiln>,
     caller: Caller,
     path: web::Path<String>,
-    query: web::Query<dto::TaskListQuery>,
+    query: Query<dto::TaskListQuery>,
 ) -> AppResult<HttpResponse> {
     let org = path.into_inner();
     caller.require_org(&org)?;
@@ -223,21 +224,11 @@ pub async fn action(
     kiln: web::Data<Kiln>,
     caller: Caller,
     path: web::Path<(String, String, String)>,
-    body: web::Bytes,
+    body: OptionalJson<dto::TaskAction>,
 ) -> AppResult<HttpResponse> {
     let (org, id, action) = path.into_inner();
     caller.require_org(&org)?;
-    let body: dto::TaskAction = if body.iter().all(u8::is_ascii_whitespace) {
-        dto::TaskAction::default()
-    } else {
-        serde_json::from_slice(&body).map_err(|e| {
-            if e.is_data() {
-                AppError::invalid("invalid_body", e.to_string())
-            } else {
-                AppError::bad_request("malformed_json", format!("the body is not valid JSON: {e}"))
-            }
-        })?
-    };
+    let body = body.into_inner();
     let input = TaskInput::from_action(&action).ok_or_else(|| {
         AppError::not_found(
             "unknown_action",

@@ -12,7 +12,12 @@
 //! When the host is gone, the session sends what the log on disk holds and
 //! closes. A client that falls behind is cut loose by the host and closed here
 //! with code 1013 and the `offset` to resume from.
+//!
+//! An attach opened with an organization token is registered in
+//! `actors::connections`: revoking the token (or deleting its organization)
+//! stops its output and input at once and closes it with 4001 (or 4004).
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
@@ -21,9 +26,11 @@ use actix_web_actors::ws;
 use serde_json::json;
 use tokio::sync::mpsc;
 
-use super::auth::Caller;
+use super::auth::{self, Caller};
 use super::dto;
+use super::extract::Query;
 use super::tasks::task_or_404;
+use crate::actors::connections::{CloseRevoked, Connections, Ticket};
 use crate::actors::Kiln;
 use crate::db::pool::blocking;
 use crate::db::{queries, DbError};
@@ -40,7 +47,7 @@ pub async fn connect(
     kiln: web::Data<Kiln>,
     caller: Caller,
     path: web::Path<(String, String)>,
-    query: web::Query<dto::TerminalQuery>,
+    query: Query<dto::TerminalQuery>,
 ) -> AppResult<HttpResponse> {
     let (org, id) = path.into_inner();
     caller.require_org(&org)?;
@@ -75,7 +82,10 @@ pub async fn connect(
     } else {
         None
     };
+    let ticket = kiln.connections.ticket();
     let session = TerminalSession {
+        connections: kiln.connections.clone(),
+        ticket: ticket.clone(),
         shutdown: kiln.shutdown.subscribe(),
         heartbeat: Instant::now(),
         every: Duration::from_secs(kiln.config.events.heartbeat_secs),
@@ -87,7 +97,11 @@ pub async fn connect(
         to_host: None,
         exited: false,
     };
-    ws::start(session, &req, payload).map_err(|e| AppError::bad_request("websocket_required", e.to_string()))
+    let (addr, response) = ws::WsResponseBuilder::new(session, &req, payload)
+        .start_with_addr()
+        .map_err(|e| AppError::bad_request("websocket_required", e.to_string()))?;
+    auth::register_connection(&kiln, &req, &org, &ticket, addr.recipient()).await?;
+    Ok(response)
 }
 
 /// The whole kept log from `offset`, for a terminal whose host is gone.
@@ -108,6 +122,10 @@ fn read_log(dir: &std::path::Path, offset: u64) -> Result<(u64, Vec<u8>), DbErro
 }
 
 struct TerminalSession {
+    connections: Arc<Connections>,
+    /// Cut when the token this attach was opened with is revoked: no output
+    /// goes out and no input goes in from then on.
+    ticket: Ticket,
     shutdown: tokio::sync::watch::Receiver<bool>,
     heartbeat: Instant,
     every: Duration,
@@ -123,6 +141,9 @@ struct TerminalSession {
 
 impl TerminalSession {
     fn control(&self, ctx: &mut ws::WebsocketContext<Self>, value: serde_json::Value) {
+        if self.ticket.is_cut() {
+            return;
+        }
         ctx.text(value.to_string());
     }
 
@@ -134,7 +155,7 @@ impl TerminalSession {
         } else {
             (offset, bytes)
         };
-        if bytes.is_empty() {
+        if bytes.is_empty() || self.ticket.is_cut() {
             return;
         }
         if offset != self.next {
@@ -149,6 +170,9 @@ impl TerminalSession {
     /// Queues a frame for the host. A client that sends faster than the agent
     /// reads (the queue is bounded) is closed rather than buffered without end.
     fn to_host(&self, frame: Frame, ctx: &mut ws::WebsocketContext<Self>) {
+        if self.ticket.is_cut() {
+            return;
+        }
         let Some(tx) = &self.to_host else { return };
         if let Err(mpsc::error::TrySendError::Full(_)) = tx.try_send(frame) {
             ctx.close(Some(ws::CloseReason {
@@ -216,6 +240,25 @@ impl Actor for TerminalSession {
             }
         });
         ctx.add_stream(frames);
+    }
+
+    fn stopping(&mut self, _: &mut Self::Context) -> Running {
+        self.connections.unregister(&self.ticket);
+        Running::Stop
+    }
+}
+
+/// The token this attach was opened with was revoked, or its organization deleted.
+impl Handler<CloseRevoked> for TerminalSession {
+    type Result = ();
+
+    fn handle(&mut self, msg: CloseRevoked, ctx: &mut Self::Context) {
+        self.to_host = None;
+        ctx.close(Some(ws::CloseReason {
+            code: ws::CloseCode::Other(msg.why.code()),
+            description: Some(msg.why.reason().into()),
+        }));
+        ctx.stop();
     }
 }
 

@@ -13,6 +13,7 @@ use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
 use sha2::Sha256;
 
+use super::extract::RawBody;
 use crate::actors::history::NewEvent;
 use crate::actors::pollers::PollNow;
 use crate::actors::Kiln;
@@ -61,10 +62,11 @@ fn header<'a>(req: &'a HttpRequest, name: &str) -> Option<&'a str> {
 
 pub async fn github(
     req: HttpRequest,
-    body: web::Bytes,
+    body: RawBody,
     kiln: web::Data<Kiln>,
     deliveries: web::Data<Deliveries>,
 ) -> AppResult<HttpResponse> {
+    let body = body.0;
     let event = header(&req, "x-github-event").unwrap_or("").to_string();
     let delivery = header(&req, "x-github-delivery").unwrap_or("").to_string();
     let signature = header(&req, "x-hub-signature-256").unwrap_or("").to_string();

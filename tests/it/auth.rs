@@ -173,3 +173,115 @@ async fn a_bad_token_is_401_whatever_the_body() {
     let r = c.get("/v1/no-such-route").await;
     assert_eq!(r.status, 401, "unknown routes reveal nothing without a token");
 }
+
+/// Reads the stream until it closes; answers the close reason (panics after `timeout`).
+async fn close_of(ws: &mut Ws, timeout: std::time::Duration) -> Option<awc::ws::CloseReason> {
+    loop {
+        match ws.next(timeout).await {
+            WsItem::Close(reason) => return reason,
+            WsItem::Ended => return None,
+            WsItem::Event(_) => {}
+        }
+    }
+}
+
+/// Sends terminal input without failing if the server already closed the socket.
+async fn type_quietly(term: &mut Term, bytes: &[u8]) {
+    use futures_util::SinkExt;
+    let _ = term.ws.framed.send(awc::ws::Message::Binary(bytes.to_vec().into())).await;
+}
+
+#[actix_web::test]
+async fn revoking_a_token_closes_its_streams_and_terminals_at_once() {
+    use std::time::Duration;
+    let (server, dir) = Server::start(&[]);
+    let admin = server.client();
+    admin.add_repo("default", &git_repo(dir.path(), "app")).await;
+    let task = admin.create_task("default", "app", "revocation").await["id"].as_str().unwrap().to_string();
+    let mint = |name: &'static str| {
+        let admin = admin.clone();
+        async move {
+            let r = admin.post("/v1/organizations/default/tokens", json!({"name": name})).await;
+            (r.body["id"].as_str().unwrap().to_string(), r.body["token"].as_str().unwrap().to_string())
+        }
+    };
+    let (revoked_id, revoked_secret) = mint("revoked").await;
+    let (_, kept_secret) = mint("kept").await;
+    let doomed = admin.with_token(Some(&revoked_secret));
+    let kept = admin.with_token(Some(&kept_secret));
+
+    let mut stream = doomed.ws("/v1/organizations/default/stream").await;
+    let mut term = Term::open(&doomed, "default", &task, 0).await;
+    term.expect("fake-agent ready").await;
+    // Connections of another token and of the admin are not touched.
+    let mut kept_stream = kept.ws("/v1/organizations/default/stream").await;
+    let mut admin_stream = admin.ws("/v1/organizations/default/stream").await;
+    let mut watcher = Term::open(&admin, "default", &task, 0).await;
+    watcher.expect("fake-agent ready").await;
+    // Typing works before the revocation.
+    term.send(b"before revocation\r").await;
+    term.expect("echo: before revocation").await;
+
+    let r = admin.delete(&format!("/v1/organizations/default/tokens/{revoked_id}")).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    // Typed after the DELETE was answered: it must never reach the agent.
+    type_quietly(&mut term, b"after revocation\r").await;
+
+    // Both connections get the documented close code at once (not at a heartbeat,
+    // which is 10 s away): before the fix they stayed open for good.
+    let deadline = Duration::from_secs(5);
+    let reason = close_of(&mut stream, deadline).await.expect("the stream gets a close frame");
+    assert_eq!(reason.code, awc::ws::CloseCode::Other(4001), "{reason:?}");
+    assert_eq!(reason.description.as_deref(), Some("token revoked"));
+    term.until(deadline, "the terminal's close", |t| t.closed.is_some()).await;
+    let reason = term.closed.clone().flatten().expect("the terminal gets a close frame");
+    assert_eq!(reason.code, awc::ws::CloseCode::Other(4001), "{reason:?}");
+    assert!(!term.text().contains("echo: after revocation"), "output after the revocation: {}", term.text());
+
+    // The agent never saw the input: a line typed later by the admin is echoed,
+    // and nothing typed through the revoked connection came before it.
+    watcher.send(b"admin marker\r").await;
+    watcher.expect("echo: admin marker").await;
+    assert!(!watcher.text().contains("echo: after revocation"), "input after revocation reached the agent:\n{}", watcher.text());
+
+    // The other token's and the admin's streams are still open and delivering.
+    for ws in [&mut kept_stream, &mut admin_stream] {
+        let event = ws.events(1, deadline).await.remove(0);
+        assert_eq!(event["kind"], "token.revoked", "{event}");
+    }
+    let r = admin.patch("/v1/organizations/default", json!({"display_name": "Still here"})).await;
+    assert_eq!(r.status, 200);
+    for ws in [&mut kept_stream, &mut admin_stream] {
+        assert_eq!(ws.events(1, deadline).await[0]["kind"], "organization.updated");
+    }
+    // And the revoked token cannot come back.
+    let r = doomed.get("/v1/organizations/default/stream").await;
+    assert_eq!((r.status, r.code()), (401, "unauthorized"));
+}
+
+#[actix_web::test]
+async fn deleting_an_organization_closes_the_streams_of_its_tokens() {
+    use std::time::Duration;
+    let (server, _dir) = Server::start(&[]);
+    let admin = server.client();
+    assert_eq!(admin.post("/v1/organizations", json!({"name": "acme"})).await.status, 201);
+    let secret = admin.post("/v1/organizations/acme/tokens", json!({"name": "ws"})).await.body["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let member = admin.with_token(Some(&secret));
+    let mut stream = member.ws("/v1/organizations/acme/stream").await;
+    let mut replaying = member.ws("/v1/organizations/acme/stream?since=0").await;
+    // The admin keeps watching a deleted organization (it can read its history too).
+    let mut admin_stream = admin.ws("/v1/organizations/acme/stream").await;
+
+    assert_eq!(admin.delete("/v1/organizations/acme").await.status, 204);
+    for ws in [&mut stream, &mut replaying] {
+        let reason = close_of(ws, Duration::from_secs(5)).await.expect("a close frame");
+        assert_eq!(reason.code, awc::ws::CloseCode::Other(4004), "{reason:?}");
+        assert_eq!(reason.description.as_deref(), Some("organization deleted"));
+    }
+    let event = admin_stream.events(1, Duration::from_secs(5)).await.remove(0);
+    assert_eq!(event["kind"], "organization.deleted");
+    assert_eq!(member.get("/v1/organizations/acme").await.status, 401);
+}

@@ -18,7 +18,7 @@ fn body_routes(task: &str) -> Vec<(&'static str, String)> {
         ("POST", format!("{o}/tasks/{task}/sessions")),
         ("POST", format!("{o}/tasks/{task}/sessions/0123456789ab/prompt")),
         ("POST", format!("{o}/tasks/{task}/sessions/0123456789ab/permissions/1")),
-        // Actions take no body today; they must still not choke on one.
+        // Actions take an optional body; a bad one is refused before the action.
         ("POST", format!("{o}/tasks/{task}/kill")),
     ]
 }
@@ -49,11 +49,6 @@ async fn malformed_bodies() {
         for (what, body, ct, expect) in cases {
             let r = c.raw(method, &path, Some(&body), ct).await;
             let label = format!("{method} {path} ({what})");
-            if path.ends_with("/kill") {
-                // No body is read: the action itself answers.
-                assert!(r.status != 500, "{label}: {r:?}");
-                continue;
-            }
             assert_clean_4xx(&r, &label);
             if let Some((status, code)) = expect {
                 assert_eq!((r.status, r.code()), (status, code), "{label}");
@@ -160,4 +155,282 @@ async fn unknown_routes_and_methods_answer_json() {
     let r = c.get("/v1/organizations/default/stream").await;
     assert_eq!((r.status, r.code()), (400, "websocket_required"), "plain GET on the stream: {r:?}");
     assert!(!server.log().contains("panicked"), "the server panicked");
+}
+
+/// How a route reads its body.
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Reads {
+    /// A JSON object body (required or optional).
+    Json,
+    /// The raw bytes, checked by signature (the webhook).
+    Raw,
+    /// No body; one sent is ignored.
+    Nothing,
+}
+
+/// Every route of api.md's table: (method, the path as the table writes it, a
+/// concrete path to call, how it reads its body). Destructive routes point at
+/// things that do not exist.
+fn every_route(task: &str) -> Vec<(&'static str, &'static str, String, Reads)> {
+    use Reads::*;
+    let o = "/v1/organizations/default";
+    let t = format!("{o}/tasks/{task}");
+    let s = format!("{t}/sessions/0123456789ab");
+    vec![
+        ("GET", "/v1/health", "/v1/health".into(), Nothing),
+        ("GET", "/v1/organizations", "/v1/organizations".into(), Nothing),
+        ("POST", "/v1/organizations", "/v1/organizations".into(), Json),
+        ("GET", "/v1/organizations/{org}", o.into(), Nothing),
+        ("PATCH", "/v1/organizations/{org}", o.into(), Json),
+        ("DELETE", "/v1/organizations/{org}", "/v1/organizations/ghost".into(), Nothing),
+        ("GET", "/v1/organizations/{org}/providers/{provider}", format!("{o}/providers/worktree"), Nothing),
+        ("PUT", "/v1/organizations/{org}/providers/{provider}", format!("{o}/providers/worktree"), Json),
+        ("GET", "/v1/organizations/{org}/tokens", format!("{o}/tokens"), Nothing),
+        ("POST", "/v1/organizations/{org}/tokens", format!("{o}/tokens"), Json),
+        ("DELETE", "/v1/organizations/{org}/tokens/{token}", format!("{o}/tokens/tok_000000000000"), Nothing),
+        ("GET", "/v1/organizations/{org}/repos", format!("{o}/repos"), Nothing),
+        ("POST", "/v1/organizations/{org}/repos", format!("{o}/repos"), Json),
+        ("GET", "/v1/organizations/{org}/repos/{repo}", format!("{o}/repos/app"), Nothing),
+        ("DELETE", "/v1/organizations/{org}/repos/{repo}", format!("{o}/repos/ghost"), Nothing),
+        ("PUT", "/v1/organizations/{org}/repos/{repo}/setup", format!("{o}/repos/app/setup"), Json),
+        ("PUT", "/v1/organizations/{org}/repos/{repo}/settings", format!("{o}/repos/app/settings"), Json),
+        ("GET", "/v1/organizations/{org}/repos/{repo}/branches", format!("{o}/repos/app/branches"), Nothing),
+        ("GET", "/v1/organizations/{org}/repos/{repo}/pulls", format!("{o}/repos/app/pulls"), Nothing),
+        ("GET", "/v1/organizations/{org}/tasks", format!("{o}/tasks"), Nothing),
+        ("POST", "/v1/organizations/{org}/tasks", format!("{o}/tasks"), Json),
+        ("GET", "/v1/organizations/{org}/tasks/{task}", t.clone(), Nothing),
+        ("POST", "/v1/organizations/{org}/tasks/{task}/{action}", format!("{t}/kill"), Json),
+        ("GET", "/v1/organizations/{org}/tasks/{task}/terminal", format!("{t}/terminal"), Nothing),
+        ("GET", "/v1/organizations/{org}/tasks/{task}/sessions", format!("{t}/sessions"), Nothing),
+        ("POST", "/v1/organizations/{org}/tasks/{task}/sessions", format!("{t}/sessions"), Json),
+        ("GET", "/v1/organizations/{org}/tasks/{task}/sessions/{session}", s.clone(), Nothing),
+        ("DELETE", "/v1/organizations/{org}/tasks/{task}/sessions/{session}", s.clone(), Nothing),
+        ("POST", "/v1/organizations/{org}/tasks/{task}/sessions/{session}/prompt", format!("{s}/prompt"), Json),
+        ("POST", "/v1/organizations/{org}/tasks/{task}/sessions/{session}/cancel", format!("{s}/cancel"), Nothing),
+        ("POST", "/v1/organizations/{org}/tasks/{task}/sessions/{session}/permissions/{request}", format!("{s}/permissions/1"), Json),
+        ("GET", "/v1/organizations/{org}/tasks/{task}/sessions/{session}/transcript", format!("{s}/transcript"), Nothing),
+        ("GET", "/v1/organizations/{org}/events", format!("{o}/events"), Nothing),
+        ("GET", "/v1/organizations/{org}/stream", format!("{o}/stream"), Nothing),
+        ("POST", "/v1/webhooks/github", "/v1/webhooks/github".into(), Raw),
+        ("GET", "/admin/actors", "/admin/actors".into(), Nothing),
+        ("GET", "/admin/config", "/admin/config".into(), Nothing),
+        ("POST", "/admin/db/checkpoint", "/admin/db/checkpoint".into(), Nothing),
+        ("POST", "/admin/db/backup", "/admin/db/backup".into(), Nothing),
+        ("GET", "/admin/pollers", "/admin/pollers".into(), Nothing),
+        ("POST", "/admin/pollers/{key}/{poll\\|stop\\|interval}", "/admin/pollers/org/default/nope/interval".into(), Json),
+        ("GET", "/metrics", "/metrics".into(), Nothing),
+    ]
+}
+
+/// The (method, path) rows of api.md's "Routes at a glance" table.
+fn documented_routes() -> Vec<(String, String)> {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/api.md")).unwrap();
+    let table = doc.split("## Routes at a glance").nth(1).unwrap().split("\n## ").next().unwrap();
+    let mut out = Vec::new();
+    for line in table.lines().filter(|l| l.starts_with("| ") && l.contains('`')) {
+        let cols: Vec<&str> = line.split(" | ").collect();
+        let methods = cols[0].trim_start_matches("| ");
+        let path = cols[1].trim_matches('`').to_string();
+        for m in methods.split_whitespace().filter(|m| !m.starts_with('(')) {
+            out.push((m.to_string(), path.clone()));
+        }
+    }
+    out
+}
+
+/// A fuzzer's sweep over every documented route: an array body, a scalar body, a
+/// wrong Content-Type, an oversized body and an unknown query parameter. Each is
+/// answered with the documented JSON error; nothing is ever text/plain or 5xx.
+/// A route added to api.md's table without a row here fails this test.
+#[actix_web::test]
+async fn every_route_refuses_what_a_fuzzer_sends_with_a_json_error() {
+    let (server, dir) = Server::start(&[("KILN_SERVER__MAX_BODY_BYTES", "4096")]);
+    let c = server.client();
+    c.add_repo("default", &git_repo(dir.path(), "app")).await;
+    let task = c.create_task("default", "app", "x").await["id"].as_str().unwrap().to_string();
+    let routes = every_route(&task);
+    for (method, path) in documented_routes() {
+        assert!(
+            routes.iter().any(|(m, p, _, _)| *m == method && *p == path),
+            "api.md documents {method} {path}, which this sweep does not cover: add it to every_route"
+        );
+    }
+    let oversized = format!("{{\"name\": \"{}\"}}", "x".repeat(8192));
+    let cases: [(&str, &[u8], &str); 5] = [
+        ("array", b"[\"acme/app\", true]", "application/json"),
+        ("empty array", b"[]", "application/json"),
+        ("scalar", b"42", "application/json"),
+        ("wrong content type", b"{}", "text/plain"),
+        ("oversized", oversized.as_bytes(), "application/json"),
+    ];
+    for (method, _, path, reads) in &routes {
+        for (what, body, ct) in cases {
+            let r = c.raw(method, path, Some(body), Some(ct)).await;
+            let label = format!("{method} {path} ({what})");
+            assert!(r.status < 500, "{label}: {r:?}");
+            if r.status >= 400 {
+                assert_clean_4xx(&r, &label);
+            }
+            let expected = match (reads, what) {
+                (Reads::Json, "wrong content type") => Some((400, "expected_json")),
+                (Reads::Json, "oversized") => Some((413, "payload_too_large")),
+                (Reads::Json, _) => Some((422, "invalid_body")),
+                // No signature: refused before the body means anything.
+                (Reads::Raw, _) => Some((401, "unauthorized")),
+                (Reads::Nothing, _) => None,
+            };
+            if let Some((status, code)) = expected {
+                assert_eq!((r.status, r.code()), (status, code), "{label}: {r:?}");
+            }
+        }
+        let r = c.raw(method, &format!("{path}?zzz=1"), None, None).await;
+        assert_eq!((r.status, r.code()), (400, "invalid_query"), "{method} {path}?zzz=1: {r:?}");
+        assert!(r.body["message"].as_str().unwrap().contains("zzz"), "{r:?}");
+    }
+    // None of it changed anything: the task still runs, nothing was created.
+    assert_eq!(c.get(&format!("/v1/organizations/default/tasks/{task}")).await.body["status"], "running");
+    assert_eq!(c.get("/v1/organizations").await.body["items"].as_array().unwrap().len(), 1);
+    assert!(!server.log().contains("panicked"), "the server panicked");
+}
+
+#[actix_web::test]
+async fn arrays_never_stand_in_for_objects() {
+    let (server, dir) = Server::start(&[]);
+    let c = server.client();
+    c.add_repo("default", &git_repo(dir.path(), "app")).await;
+    let repo = "/v1/organizations/default/repos/app";
+    let r = c.put(&format!("{repo}/setup"), json!({"commands": ["make"], "copy": [".env"]})).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let before = c.get(repo).await.body;
+    // serde's positional form of the structs, at the top and nested.
+    for (path, body) in [
+        (format!("{repo}/setup"), json!([])),
+        (format!("{repo}/setup"), json!([["rm -rf /"], []])),
+        (format!("{repo}/settings"), json!(["acme/app", true])),
+        (format!("{repo}/settings"), json!({"automation": [[true, true, true]]})),
+        (format!("{repo}/settings"), json!({"automation": {"on_idle": [true, true, true]}})),
+        ("/v1/organizations/default".to_string(), json!(["Renamed"])),
+    ] {
+        let r = c.raw(if path.ends_with("default") { "PATCH" } else { "PUT" }, &path, Some(body.to_string().as_bytes()), Some("application/json")).await;
+        assert_eq!((r.status, r.code()), (422, "invalid_body"), "{path} {body}: {r:?}");
+    }
+    assert_eq!(c.get(repo).await.body, before, "nothing changed");
+    assert_eq!(c.get("/v1/organizations/default").await.body["display_name"], "Default");
+}
+
+#[actix_web::test]
+async fn error_messages_never_repeat_a_value_sent() {
+    let (server, dir) = Server::start(&[]);
+    let c = server.client();
+    c.add_repo("default", &git_repo(dir.path(), "app")).await;
+    let task = c.create_task("default", "app", "x").await["id"].as_str().unwrap().to_string();
+    let secret = "sk-live-51HxQ2eZvKYlo2C0123456789";
+    // The report: a secret sent where an object belongs was echoed in the 422.
+    let r = c.put("/v1/organizations/default/providers/worktree", json!({"secrets": secret})).await;
+    assert_eq!((r.status, r.code()), (422, "invalid_body"), "{r:?}");
+    assert!(!r.text.contains("sk-live"), "{r:?}");
+    assert!(r.body["message"].as_str().unwrap().contains("secrets"), "the field is named: {r:?}");
+    // Every field of every body, with a value of the wrong kind that holds the secret.
+    let o = "/v1/organizations/default";
+    let fields: Vec<(&str, String, &[&str])> = vec![
+        ("POST", "/v1/organizations".into(), &["name", "display_name"]),
+        ("PATCH", o.into(), &["display_name"]),
+        ("PUT", format!("{o}/providers/worktree"), &["config", "secrets"]),
+        ("PUT", format!("{o}/providers/github"), &["config", "secrets"]),
+        ("POST", format!("{o}/tokens"), &["name"]),
+        ("POST", format!("{o}/repos"), &["source", "name"]),
+        ("PUT", format!("{o}/repos/app/setup"), &["commands", "copy"]),
+        ("PUT", format!("{o}/repos/app/settings"), &["github", "keep_after_merge", "automation"]),
+        ("POST", format!("{o}/tasks"), &["repo", "description", "title", "base_branch", "agent", "provider"]),
+        ("POST", format!("{o}/tasks/{task}/nope"), &["text", "commit", "mode", "draft", "method"]),
+        ("POST", format!("{o}/tasks/{task}/sessions"), &["agent", "mode", "model"]),
+        ("POST", format!("{o}/tasks/{task}/sessions/0123456789ab/prompt"), &["text"]),
+        ("POST", format!("{o}/tasks/{task}/sessions/0123456789ab/permissions/1"), &["option_id", "outcome"]),
+        ("POST", "/admin/pollers/nope/interval".into(), &["interval_ms"]),
+    ];
+    for (method, path, names) in &fields {
+        for name in names.iter() {
+            for value in [json!([secret]), json!(true), json!(7), json!({"nested": [secret]}), json!(format!("{secret}\u{0}"))] {
+                // Only wrong kinds: a string where a string belongs is not an error.
+                if value.is_string() && !["secrets", "config", "automation", "commands", "copy", "keep_after_merge", "draft", "interval_ms"].contains(name) {
+                    continue;
+                }
+                let body = json!({ *name: value });
+                let r = c.raw(method, path, Some(body.to_string().as_bytes()), Some("application/json")).await;
+                if r.code() == "invalid_body" {
+                    assert!(r.body["message"].as_str().unwrap().contains(name), "{method} {path} {body}: the field is named: {r:?}");
+                }
+                if r.status >= 400 {
+                    assert!(!r.text.contains("sk-live"), "{method} {path} {body}: {r:?}");
+                }
+            }
+        }
+    }
+}
+
+#[actix_web::test]
+async fn raw_body_routes_answer_json_and_check_the_content_type() {
+    let (server, dir) = Server::start(&[("KILN_SERVER__MAX_BODY_BYTES", "4096")]);
+    let c = server.client();
+    c.add_repo("default", &git_repo(dir.path(), "app")).await;
+    let task = c.create_task("default", "app", "x").await["id"].as_str().unwrap().to_string();
+    let big = format!("{{\"text\": \"{}\"}}", "x".repeat(5000));
+    let poller = format!("org/default/repo/app/branch-sync");
+    for path in [format!("/v1/organizations/default/tasks/{task}/input"), format!("/admin/pollers/{poller}/interval")] {
+        let r = c.raw("POST", &path, Some(big.as_bytes()), Some("application/json")).await;
+        assert_eq!((r.status, r.code()), (413, "payload_too_large"), "{path}: {r:?}");
+        assert!(r.body["message"].as_str().unwrap().contains("4096"), "{r:?}");
+    }
+    // The webhook has its own limit (5 MiB), answered as JSON too.
+    let huge = vec![b' '; 5 * 1024 * 1024 + 1];
+    let r = c.raw("POST", "/v1/webhooks/github", Some(&huge), Some("application/json")).await;
+    assert_eq!((r.status, r.code()), (413, "payload_too_large"), "{:?}", r.status);
+    // The poller interval needs JSON, like every body.
+    let path = format!("/admin/pollers/{poller}/interval");
+    let r = c.raw("POST", &path, Some(b"{\"interval_ms\": 1000}"), Some("text/plain")).await;
+    assert_eq!((r.status, r.code()), (400, "expected_json"), "{r:?}");
+    let r = c.raw("POST", &path, Some(b"{\"interval_ms\": 1000}"), None).await;
+    assert_eq!((r.status, r.code()), (400, "expected_json"), "{r:?}");
+    let r = c.post(&path, json!({})).await;
+    assert_eq!((r.status, r.code()), (422, "invalid_body"), "{r:?}");
+    let r = c.post(&path, json!({"interval_ms": 1000})).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    // Poll and stop need no body (and no Content-Type).
+    let r = c.raw("POST", &format!("/admin/pollers/{poller}/poll"), None, None).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    // An action with no body still needs none.
+    let r = c.raw("POST", &format!("/v1/organizations/default/tasks/{task}/input"), Some(b"{\"text\": \"hi\\r\"}"), Some("text/plain")).await;
+    assert_eq!((r.status, r.code()), (400, "expected_json"), "{r:?}");
+    let r = c.raw("POST", &format!("/v1/organizations/default/tasks/{task}/kill"), None, None).await;
+    assert_eq!(r.status, 200, "{r:?}");
+}
+
+#[actix_web::test]
+async fn unknown_query_parameters_are_refused_everywhere() {
+    let (server, _dir) = Server::start(&[]);
+    let c = server.client();
+    for path in [
+        "/v1/organizations/default?zzz=1",
+        "/v1/organizations?zzz=1",
+        "/v1/organizations/default/repos?zzz",
+        "/v1/health?zzz=1",
+        "/admin/actors?zzz=1",
+        "/v1/organizations/default?access_token=x",
+    ] {
+        let r = c.get(path).await;
+        assert_eq!((r.status, r.code()), (400, "invalid_query"), "{path}: {r:?}");
+    }
+    // A value is never repeated (it may be a token).
+    let r = c.get("/v1/organizations/default?access_token=kiln_secretvalue").await;
+    assert!(!r.text.contains("kiln_secretvalue"), "{r:?}");
+    // A bad query beats a 404, as for routes that read queries.
+    let r = c.get("/v1/organizations/ghost?zzz=1").await;
+    assert_eq!((r.status, r.code()), (400, "invalid_query"), "{r:?}");
+    // Known parameters still work; writes take none and change nothing.
+    assert_eq!(c.get("/v1/organizations/default/events?limit=5").await.status, 200);
+    let r = c.raw("PATCH", "/v1/organizations/default?zzz=1", Some(br#"{"display_name": "Changed"}"#), Some("application/json")).await;
+    assert_eq!((r.status, r.code()), (400, "invalid_query"), "{r:?}");
+    assert_eq!(c.get("/v1/organizations/default").await.body["display_name"], "Default");
+    // Unknown paths stay 404 whatever the query.
+    assert_eq!(c.get("/v1/nothing-here?zzz=1").await.code(), "route_not_found");
 }

@@ -5,6 +5,9 @@
 //! `CreateToken`, `RevokeToken`, `PutProviderProfile`. Each checks the request
 //! against the current rows, writes, emits its event and answers. Handlers are
 //! atomic: the next message waits until the write and its event are done.
+//! Revoking a token closes the WebSockets it opened, and deleting the
+//! organization closes those of all its tokens (`actors::connections`), before
+//! the answer.
 //! Lifecycle: started on the first command for the organization; stops after
 //! `tasks.actor_idle_secs` without one.
 
@@ -185,6 +188,8 @@ impl Handler<DeleteOrganization> for OrganizationActor {
             if !kiln.db.write(move |c| store::delete_organization(c, &name)).await? {
                 return Err(missing);
             }
+            // Its tokens went with it: so do the connections they opened.
+            kiln.connections.close_organization(&org);
             kiln.emit_one(&org, NewEvent::new("organization.deleted", json!({}))).await?;
             Ok(())
         })
@@ -230,6 +235,7 @@ impl Handler<RevokeToken> for OrganizationActor {
                 .write(move |c| store::revoke_token(c, &o, &id, now_ms()))
                 .await?
                 .ok_or_else(|| AppError::not_found("token_not_found", format!("no token `{}` in `{org}`", msg.id)))?;
+            kiln.connections.close_token(&row.id);
             kiln.emit_one(&org, NewEvent::new("token.revoked", json!({"id": row.id, "name": row.name}))).await?;
             Ok(row)
         })
