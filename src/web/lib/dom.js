@@ -1,10 +1,13 @@
 // Tiny DOM helpers: build elements without innerHTML, so text from the API is
 // never parsed as markup.
 
-/** h('a.card', {href: '/x', onclick}, 'text', child) → an element. */
+/** h('a#id.card.big', {href: '/x', onclick}, 'text', child) → an element. */
 export function h(spec, attrs, ...children) {
-  const [tag, ...classes] = spec.split('.');
-  const el = document.createElement(tag || 'div');
+  const tag = spec.match(/^[a-z][a-z0-9]*/)?.[0] || 'div';
+  const el = document.createElement(tag);
+  const id = spec.match(/#([\w-]+)/);
+  if (id) el.id = id[1];
+  const classes = [...spec.matchAll(/\.([\w-]+)/g)].map((m) => m[1]);
   if (classes.length) el.className = classes.join(' ');
   if (attrs && (typeof attrs !== 'object' || attrs instanceof Node || Array.isArray(attrs))) {
     children.unshift(attrs);

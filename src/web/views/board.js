@@ -104,7 +104,8 @@ export function boardView(main, app) {
     const why = needsYou(t);
     const pr = t.pr;
     const badges = [];
-    if (why) badges.push(h('span.badge.attn', why));
+    // The status pill already says idle; other reasons get a badge.
+    if (why && why !== 'Idle') badges.push(h('span.badge.attn', why));
     if (pr) {
       const ci = pr.ci_state ? h(`span.ci.ci-${pr.ci_state}`, { title: `CI: ${pr.ci_state}`, 'aria-label': `CI ${pr.ci_state}` }) : null;
       badges.push(h(`span.badge.pr.pr-${pr.state}`, { title: `Pull request #${pr.number}: ${pr.state}` }, ci, `#${pr.number}`));

@@ -17,7 +17,8 @@ const ACTIONS = [
   { action: 'kill', label: 'Kill', from: ['queued', 'provisioning', 'running', 'idle', 'stalled', 'interrupted'], confirm: true, danger: true },
 ];
 
-const NO_TERMINAL = ['queued'];
+// A terminal host exists from late in provisioning; attach once the agent runs.
+const NO_TERMINAL = ['queued', 'provisioning'];
 
 export function taskView(main, app, id) {
   const store = app.store;
@@ -89,7 +90,7 @@ export function taskView(main, app, id) {
     if (tab === 'terminal') {
       if (!task) return;
       if (NO_TERMINAL.includes(task.status)) {
-        pane.append(h('p.muted', 'The terminal opens once the task is provisioning.'));
+        pane.append(h('p.muted', 'The terminal opens once the agent has started.'));
         return;
       }
       closePane = terminalPane(pane, app, id);

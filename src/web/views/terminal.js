@@ -86,7 +86,7 @@ export function terminalPane(container, app, taskId) {
       }
       status.textContent = 'Reconnecting…';
       timer = setTimeout(connect, retry);
-      retry = Math.min(retry * 2, 10000);
+      retry = Math.min(retry * 2, 5000);
     };
   }
   connect();
