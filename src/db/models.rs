@@ -225,6 +225,11 @@ pub struct TaskRuntime {
     pub last_output_at: Option<i64>,
     pub updated_at: i64,
     pub ci_feedback_count: i32,
+    /// Whether the agent last started runs confined (`null`: not known, started
+    /// before Kiln recorded it).
+    pub confined: Option<bool>,
+    /// The Landlock ABI its rules were made for, when confined.
+    pub confine_abi: Option<i32>,
 }
 
 #[derive(Debug, Clone, Queryable, Selectable, Serialize)]

@@ -113,6 +113,8 @@ diesel::table! {
         last_output_at -> Nullable<BigInt>,
         updated_at -> BigInt,
         ci_feedback_count -> Integer,
+        confined -> Nullable<Bool>,
+        confine_abi -> Nullable<Integer>,
     }
 }
 

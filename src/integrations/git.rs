@@ -41,6 +41,13 @@ pub struct CloneProgress {
 
 fn git() -> Command {
     let mut cmd = Command::new("git");
+    settings(&mut cmd);
+    cmd
+}
+
+/// What every git Kiln runs gets: no prompts, no hooks, no fsmonitor (a
+/// program named in config), no `ext::` transport, patient ref locks.
+fn settings(cmd: &mut Command) {
     cmd.env("GIT_TERMINAL_PROMPT", "0")
         // A remote that stalls (under 1 KB/s for a minute) fails instead of hanging.
         .env("GIT_HTTP_LOW_SPEED_LIMIT", "1000")
@@ -49,22 +56,51 @@ fn git() -> Command {
         .env("GIT_ASKPASS", "/bin/false")
         .env("SSH_ASKPASS", "/bin/false")
         .env("LC_ALL", "C")
-        .args(["-c", "protocol.ext.allow=never", "-c", "core.hooksPath=/dev/null"])
+        .args(["-c", "protocol.ext.allow=never", "-c", "core.hooksPath=/dev/null", "-c", "core.fsmonitor=false"])
         // Worktrees share the mirror's refs, and Kiln runs git for several tasks
         // and pollers at once: wait for a ref lock instead of failing on it.
         .args(["-c", "core.filesRefLockTimeout=10000", "-c", "core.packedRefsTimeout=10000"])
         .stdin(Stdio::null());
-    cmd
+}
+
+/// git in `dir`, in the jail that path calls for (`crate::confine`): a task's
+/// worktree confines git like the agent, with the agent's environment (an agent
+/// can make its worktree's git read any config it likes, so that config may
+/// run only what the agent itself could); a repository's mirror keeps git out
+/// of the rest of the data dir. Answers the command and the task's temp dir.
+fn git_in(dir: &Path) -> Result<(Command, Option<std::path::PathBuf>), GitError> {
+    use crate::confine::GitJail;
+    let jail = match crate::confine::global() {
+        Some(confiner) => confiner.git_jail(dir).map_err(|e| GitError::Failed { command: "(confinement)".into(), stderr: e.to_string() })?,
+        None => GitJail::None,
+    };
+    let mut cmd = Command::new("git");
+    let mut tmp = None;
+    match &jail {
+        GitJail::None => {}
+        GitJail::Task { ruleset, env, tmp: dir } => {
+            // Nothing of the server's environment: a config the agent wrote may
+            // run a program here.
+            cmd.env_clear();
+            for key in ["PATH", "LANG"] {
+                if let Some(v) = std::env::var_os(key) {
+                    cmd.env(key, v);
+                }
+            }
+            cmd.envs(env.iter().map(|(k, v)| (k, v)));
+            ruleset.confine_command(&mut cmd);
+            tmp = Some(dir.clone());
+        }
+        GitJail::Repo { ruleset } => ruleset.confine_command(&mut cmd),
+    }
+    settings(&mut cmd);
+    cmd.arg("-C").arg(dir);
+    Ok((cmd, tmp))
 }
 
 /// Runs git in `dir` and returns its trimmed stdout.
 pub fn run(dir: &Path, args: &[&str]) -> Result<String, GitError> {
-    let out = git()
-        .arg("-C")
-        .arg(dir)
-        .args(args)
-        .output()
-        .map_err(spawn_error)?;
+    let out = git_in(dir)?.0.args(args).output().map_err(spawn_error)?;
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
     } else {
@@ -217,11 +253,12 @@ pub fn snapshot(path: &Path, refname: &str, message: &str) -> Result<Option<Stri
     if dirty.is_empty() {
         return Ok(None);
     }
-    let index = std::env::temp_dir().join(format!("kiln-snapshot-{}.index", crate::util::random_hex(12)));
+    // In the task's own temp dir when confined (git runs in the task's jail).
+    let tmp = git_in(path)?.1.unwrap_or_else(std::env::temp_dir);
+    let index = tmp.join(format!("kiln-snapshot-{}.index", crate::util::random_hex(12)));
     let with_index = |args: &[&str]| -> Result<String, GitError> {
-        let out = git()
-            .arg("-C")
-            .arg(path)
+        let out = git_in(path)?
+            .0
             .args(args)
             .env("GIT_INDEX_FILE", &index)
             .env("GIT_AUTHOR_NAME", "Kiln")
@@ -250,9 +287,8 @@ pub fn snapshot(path: &Path, refname: &str, message: &str) -> Result<Option<Stri
 
 /// Runs git in `dir` with extra environment; answers stdout, or git's stderr.
 fn run_env(dir: &Path, args: &[&str], env: &[(String, String)]) -> Result<String, GitError> {
-    let out = git()
-        .arg("-C")
-        .arg(dir)
+    let out = git_in(dir)?
+        .0
         .args(args)
         .envs(env.iter().map(|(k, v)| (k, v)))
         .output()
@@ -351,11 +387,17 @@ pub fn commit_all(worktree: &Path, message: &str) -> Result<Option<String>, GitE
 }
 
 /// Pushes HEAD of the worktree to `origin` as `branch`, setting the upstream.
-pub fn push(worktree: &Path, branch: &str, creds: Option<&Credentials>) -> Result<String, GitError> {
+/// The push runs in the mirror, never in the worktree: the agent can point its
+/// worktree's git at a config of its own (another remote URL), and the
+/// credentials must only ever meet the mirror's config, which it cannot write.
+pub fn push(worktree: &Path, mirror: &Path, branch: &str, creds: Option<&Credentials>) -> Result<String, GitError> {
     let env = creds.map(Credentials::env).unwrap_or_default();
-    let refspec = format!("HEAD:refs/heads/{branch}");
-    run_env(worktree, &["push", "--porcelain", "--set-upstream", "origin", &refspec], &env)?;
-    rev_parse(worktree, "HEAD")
+    let head = rev_parse(worktree, "HEAD")?;
+    let refspec = format!("{head}:refs/heads/{branch}");
+    run_env(mirror, &["push", "--porcelain", "origin", &refspec], &env)?;
+    // The worktree's `git status` compares with origin's copy (best effort).
+    let _ = run(mirror, &["branch", "--quiet", &format!("--set-upstream-to=origin/{branch}"), "--", branch]);
+    Ok(head)
 }
 
 /// Fetches `branch` from origin into `refs/remotes/origin/<branch>`.
@@ -416,9 +458,8 @@ pub fn integrate(worktree: &Path, upstream: &str, merge: bool) -> Result<Integra
 /// (`git merge-tree`), as a merge commit or a squash; answers the new base
 /// commit, or the conflicting files. Nothing is written on a conflict.
 pub fn merge_in_bare(mirror: &Path, base_rev: &str, branch_rev: &str, squash: bool, message: &str) -> Result<Integration, GitError> {
-    let out = git()
-        .arg("-C")
-        .arg(mirror)
+    let out = git_in(mirror)?
+        .0
         .args(["merge-tree", "--write-tree", "--name-only", base_rev, branch_rev])
         .output()
         .map_err(spawn_error)?;

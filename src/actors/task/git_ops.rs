@@ -122,8 +122,8 @@ pub async fn push(ctx: &TaskCtx, task: &Task, repo: &Repo, worktree: &Path, comm
     if let Some(message) = commit.filter(|m| !m.trim().is_empty()) {
         commit_all(ctx, worktree, message).await?;
     }
-    let (dir, branch) = (worktree.to_path_buf(), task.branch.clone());
-    match git_call(move || git::push(&dir, &branch, creds.as_ref())).await? {
+    let (dir, mirror, branch) = (worktree.to_path_buf(), Path::new(&repo.mirror_path).to_path_buf(), task.branch.clone());
+    match git_call(move || git::push(&dir, &mirror, &branch, creds.as_ref())).await? {
         Ok(sha) => {
             ctx.kiln.emit_one(&ctx.org, ctx.event("task.pushed", json!({"branch": task.branch, "sha": sha}))).await?;
             Ok(sha)
@@ -145,9 +145,10 @@ pub async fn sync(ctx: &TaskCtx, task: &Task, repo: &Repo, worktree: &Path, mode
         Some(other) => return Err(AppError::invalid("invalid_mode", format!("sync mode `{other}`: use rebase or merge"))),
     };
     let creds = github_for(ctx, repo).await.ok().flatten().map(|(_, c)| c);
-    let (dir, base) = (worktree.to_path_buf(), task.base_branch.clone());
+    let (dir, mirror, base) = (worktree.to_path_buf(), Path::new(&repo.mirror_path).to_path_buf(), task.base_branch.clone());
     let result = git_call(move || {
-        git::fetch_branch(&dir, &base, creds.as_ref())?;
+        // Fetched in the mirror, whose config the agent cannot touch (see `git::push`).
+        git::fetch_branch(&mirror, &base, creds.as_ref())?;
         git::integrate(&dir, &format!("refs/remotes/origin/{base}"), merge)
     })
     .await?;
