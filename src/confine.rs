@@ -530,6 +530,7 @@ impl Confiner {
         // may not create folders at the mirror's root.
         if paths.mirror.is_dir() {
             std::fs::create_dir_all(paths.mirror.join("logs"))?;
+            link_packed_refs(&paths.mirror)?;
         }
         Ok(())
     }
@@ -557,7 +558,7 @@ impl Confiner {
         // stay read-only.
         let m = &paths.mirror;
         rs.allow_path(m, READ)?;
-        for sub in ["objects", "refs", "logs"] {
+        for sub in ["objects", "refs", "logs", PACKED_DIR] {
             rs.allow_path(&m.join(sub), GIT_WRITE)?;
         }
         if !paths.task.is_empty() {
@@ -646,6 +647,34 @@ impl Confiner {
             _ => Ok(GitJail::None),
         }
     }
+}
+
+/// Where a mirror's packed refs live, so that git in a worktree can rewrite
+/// them: every ref deletion locks `packed-refs` by creating `packed-refs.lock`
+/// beside it, and the mirror's root (which holds `config` and `hooks/`) is not
+/// writable by agents. git resolves the symlink before it locks, so the lock
+/// and the new file land in `packed/`.
+pub const PACKED_DIR: &str = "packed";
+
+/// Turns `<mirror>/packed-refs` into a symlink to `packed/packed-refs` (once;
+/// every step is atomic for concurrent readers).
+fn link_packed_refs(mirror: &Path) -> std::io::Result<()> {
+    let link = mirror.join("packed-refs");
+    let target = Path::new(PACKED_DIR).join("packed-refs");
+    if std::fs::read_link(&link).is_ok_and(|t| t == target) {
+        return Ok(());
+    }
+    std::fs::create_dir_all(mirror.join(PACKED_DIR))?;
+    if link.is_file() {
+        let staged = mirror.join(PACKED_DIR).join("packed-refs.kiln-new");
+        let _ = std::fs::remove_file(&staged);
+        std::fs::hard_link(&link, &staged)?;
+        std::fs::rename(&staged, mirror.join(&target))?;
+    }
+    let tmp = mirror.join("packed-refs.kiln-link");
+    let _ = std::fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(&target, &tmp)?;
+    std::fs::rename(&tmp, &link)
 }
 
 fn allow_carved(rs: &Ruleset, path: &Path, access: u64, denied: &[PathBuf], carve: bool) -> std::io::Result<()> {
