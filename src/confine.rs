@@ -629,7 +629,10 @@ impl Confiner {
                 }
             }
             [r, org, mirror, ..] if r == "repos" && mirror.ends_with(".git") => {
-                let Some(abi) = self.abi()? else { return Ok(GitJail::None) };
+                // Only when agents are confined: a mirror's config is Kiln's, and
+                // where no agent can run (`required` on a kernel that cannot) the
+                // repository must still register and fetch.
+                let Decision::Confine { abi } = self.decision else { return Ok(GitJail::None) };
                 let repo = mirror.trim_end_matches(".git");
                 let mirror = self.data_dir.join("repos").join(org).join(format!("{repo}.git"));
                 let worktrees = self.data_dir.join("worktrees").join(org).join(repo);

@@ -100,14 +100,6 @@ pub fn launch(opts: &HostOptions, launch: &crate::providers::LaunchSpec, program
             .open(&input_file)?;
         std::io::Write::write_all(&mut f, text.as_bytes())?;
     }
-    // A fresh key per host: only Kiln (which can read the state dir) connects.
-    let _ = std::fs::remove_file(opts.state_dir.join(KEY_FILE));
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(opts.state_dir.join(KEY_FILE))
-        .and_then(|mut f| std::io::Write::write_all(&mut f, crate::util::random_hex(32).as_bytes()))?;
     let env = &launch.env;
     let socket = opts.state_dir.join(SOCKET);
     if socket.as_os_str().len() > 100 {
@@ -170,6 +162,15 @@ pub fn launch(opts: &HostOptions, launch: &crate::providers::LaunchSpec, program
     while status(&opts.state_dir).is_ok_and(|s| !s.running) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
+    // A fresh key per host (after the old one is gone: it knows only its own):
+    // only Kiln, which can read the state dir, connects.
+    let _ = std::fs::remove_file(opts.state_dir.join(KEY_FILE));
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(opts.state_dir.join(KEY_FILE))
+        .and_then(|mut f| std::io::Write::write_all(&mut f, crate::util::random_hex(32).as_bytes()))?;
     let mut child = cmd.spawn()?;
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
