@@ -425,7 +425,13 @@ pub struct Confiner {
     allow_read: Vec<PathBuf>,
     allow_write: Vec<PathBuf>,
     server_path: Option<String>,
+    /// Repository jails, built from a walk of `/` around the data dir: reused
+    /// for a few seconds, since the pollers run git on every mirror often.
+    repo_jails: std::sync::Mutex<std::collections::HashMap<PathBuf, (std::time::Instant, Arc<Ruleset>)>>,
 }
+
+/// How long a repository jail is reused.
+const REPO_JAIL_TTL: std::time::Duration = std::time::Duration::from_secs(10);
 
 static GLOBAL: RwLock<Option<Arc<Confiner>>> = RwLock::new(None);
 
@@ -462,6 +468,7 @@ impl Confiner {
             allow_read: abs(&cfg.allow_read),
             allow_write: abs(&cfg.allow_write),
             server_path: std::env::var("PATH").ok(),
+            repo_jails: Default::default(),
         }
     }
 
@@ -635,6 +642,10 @@ impl Confiner {
                 let Decision::Confine { abi } = self.decision else { return Ok(GitJail::None) };
                 let repo = mirror.trim_end_matches(".git");
                 let mirror = self.data_dir.join("repos").join(org).join(format!("{repo}.git"));
+                let cached = self.repo_jails.lock().ok().and_then(|m| m.get(&mirror).filter(|(at, _)| at.elapsed() < REPO_JAIL_TTL).map(|(_, r)| r.clone()));
+                if let Some(ruleset) = cached {
+                    return Ok(GitJail::Repo { ruleset });
+                }
                 let worktrees = self.data_dir.join("worktrees").join(org).join(repo);
                 std::fs::create_dir_all(&worktrees).map_err(AppError::internal)?;
                 let rs = (|| {
@@ -645,7 +656,12 @@ impl Confiner {
                     Ok::<_, std::io::Error>(rs)
                 })()
                 .map_err(AppError::internal)?;
-                Ok(GitJail::Repo { ruleset: Arc::new(rs) })
+                let ruleset = Arc::new(rs);
+                if let Ok(mut m) = self.repo_jails.lock() {
+                    m.retain(|_, (at, _)| at.elapsed() < REPO_JAIL_TTL);
+                    m.insert(mirror, (std::time::Instant::now(), ruleset.clone()));
+                }
+                Ok(GitJail::Repo { ruleset })
             }
             _ => Ok(GitJail::None),
         }
