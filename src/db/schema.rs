@@ -117,6 +117,8 @@ diesel::table! {
         ci_feedback_count -> Integer,
         pushed_branch -> Nullable<Text>,
         pushed_sha -> Nullable<Text>,
+        confined -> Nullable<Bool>,
+        confine_abi -> Nullable<Integer>,
     }
 }
 

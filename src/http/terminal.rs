@@ -70,7 +70,19 @@ pub async fn connect(
     ws::handshake(&req).map_err(|e| AppError::bad_request("websocket_required", format!("this route speaks WebSocket only: {e}")))?;
     let offset = query.offset.unwrap_or(0);
     let socket = state_dir.join(crate::terminal::host::SOCKET);
-    let live = tokio::net::UnixStream::connect(&socket).await.ok();
+    let key_dir = state_dir.clone();
+    let key = blocking(move || Ok(crate::terminal::client::host_key(&key_dir))).await?;
+    let live = match tokio::net::UnixStream::connect(&socket).await {
+        Ok(mut stream) => match key {
+            // The host wants its key first.
+            Some(key) => {
+                use tokio::io::AsyncWriteExt;
+                stream.write_all(&Frame::new(protocol::HELLO, key).encode()).await.ok().map(|_| stream)
+            }
+            None => Some(stream),
+        },
+        Err(_) => None,
+    };
     let replay = if live.is_none() {
         let dir = state_dir.clone();
         let (start, bytes, exit) = blocking(move || {

@@ -71,6 +71,21 @@ pub struct SandboxHandle {
     /// Where the terminal host keeps its socket and log.
     pub state_dir: PathBuf,
     pub mirror: PathBuf,
+    /// The organization's agent home (`HOME` of its agents).
+    pub home: PathBuf,
+}
+
+impl SandboxHandle {
+    /// The paths a task's jail is made of.
+    pub fn task_paths(&self) -> crate::confine::TaskPaths {
+        crate::confine::TaskPaths {
+            worktree: self.path.clone(),
+            state_dir: self.state_dir.clone(),
+            mirror: self.mirror.clone(),
+            home: self.home.clone(),
+            task: self.id.clone(),
+        }
+    }
 }
 
 /// Relaunch the agent in an existing sandbox (its resume command).

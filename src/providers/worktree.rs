@@ -50,6 +50,7 @@ fn start_agent_server(req: &EnsureAgent, restarted: bool) -> ProviderResult<Agen
         .open(state_dir.join("sandbox-agent.log"))
         .map_err(|e| io_error("opening the sandbox-agent log", e))?;
     let log2 = log.try_clone().map_err(|e| io_error("opening the sandbox-agent log", e))?;
+    let (env, ruleset) = confine_launch(&req.handle, &req.env, req.bin.parent().unwrap_or(&req.bin))?;
     let mut cmd = server_command(&req.bin, "127.0.0.1", port, Some(&token), &[]);
     // The server's own settings (KILN_*) are none of the agents' business; the
     // profile's env and the organization's secrets are (as for the terminal).
@@ -58,7 +59,7 @@ fn start_agent_server(req: &EnsureAgent, restarted: bool) -> ProviderResult<Agen
             cmd.env_remove(key);
         }
     }
-    cmd.envs(req.env.iter().map(|(k, v)| (k, v)));
+    cmd.envs(env.iter().map(|(k, v)| (k, v)));
     cmd.current_dir(&req.handle.path).stdin(std::process::Stdio::null()).stdout(log).stderr(log2);
     // SAFETY: setsid is async-signal-safe; the server outlives Kiln like the terminal host.
     unsafe {
@@ -68,6 +69,10 @@ fn start_agent_server(req: &EnsureAgent, restarted: bool) -> ProviderResult<Agen
             }
             Ok(())
         });
+    }
+    if let Some(ruleset) = &ruleset {
+        // In the task's jail, like the agent: setsid first, then the domain.
+        ruleset.confine_command(&mut cmd);
     }
     let mut child = cmd.spawn().map_err(|e| io_error("starting sandbox-agent", e))?;
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -128,8 +133,31 @@ impl WorktreeProvider {
             rows: self.terminal.rows,
             setup,
             argv: launch.argv.clone(),
+            confine: None,
         }
     }
+}
+
+/// The agent's environment and confinement: Kiln's defaults (`HOME` in the
+/// organization's agent home, `XDG_*`, `TMPDIR` in the task's temp dir) under
+/// the launch's own env, and the task's ruleset when agents are confined (an
+/// error in `required` mode on a kernel that cannot). `program` is what runs.
+fn confine_launch(
+    handle: &SandboxHandle,
+    env: &[(String, String)],
+    program: &Path,
+) -> ProviderResult<(Vec<(String, String)>, Option<std::sync::Arc<crate::confine::Ruleset>>)> {
+    use crate::confine::{Confiner, Extras};
+    let paths = handle.task_paths();
+    Confiner::prepare_dirs(&paths).map_err(|e| io_error("preparing the agent's home and temp dir", e))?;
+    let mut full = Confiner::task_env(&paths);
+    full.extend(env.iter().cloned());
+    let path_var = full.iter().rev().find(|(k, _)| k == "PATH").map(|(_, v)| v.clone());
+    let ruleset = match crate::confine::global() {
+        Some(confiner) => confiner.task_ruleset(&paths, &Extras { exec: vec![program.to_path_buf()], path_var })?,
+        None => None,
+    };
+    Ok((full, ruleset))
 }
 
 /// Runs blocking provider work on the blocking pool, mapping errors.
@@ -225,6 +253,7 @@ impl SandboxProvider for WorktreeProvider {
             path: self.data_dir.join("worktrees").join(org).join(repo).join(task),
             state_dir: self.data_dir.join("sandboxes").join(task),
             mirror: mirror.to_path_buf(),
+            home: crate::confine::Confiner::agent_home(&self.data_dir, org),
         }
     }
 
@@ -236,17 +265,17 @@ impl SandboxProvider for WorktreeProvider {
         Box::pin(async move {
             let (program, path_var) = (req.launch.argv[0].clone(), launch_path(&req.launch));
             let parent = handle.path.parent().map(Path::to_path_buf);
-            off_thread(move || {
-                if find_program(&program, path_var.as_deref()).is_none() {
+            let found = off_thread(move || {
+                let Some(found) = find_program(&program, path_var.as_deref()) else {
                     return Err(AppError::invalid(
                         "agent_not_found",
                         format!("agent `{program}` not found on PATH: install it or choose another agent"),
                     ));
-                }
+                };
                 if let Some(parent) = parent {
                     std::fs::create_dir_all(parent).map_err(|e| io_error("creating the worktree folder", e))?;
                 }
-                Ok(())
+                Ok(found)
             })
             .await?;
             {
@@ -272,7 +301,10 @@ impl SandboxProvider for WorktreeProvider {
                 if h.state_dir.exists() {
                     std::fs::remove_dir_all(&h.state_dir).map_err(|e| io_error("clearing old terminal state", e))?;
                 }
-                client::launch(&opts, &req.launch, &host_program).map_err(|e| io_error("starting the terminal host", e))?;
+                let (env, confine) = confine_launch(&h, &req.launch.env, &found)?;
+                let launch = LaunchSpec { env, ..req.launch.clone() };
+                let opts = HostOptions { confine, ..opts };
+                client::launch(&opts, &launch, &host_program).map_err(|e| io_error("starting the terminal host", e))?;
                 Ok(report)
             })
             .await;
@@ -316,13 +348,16 @@ impl SandboxProvider for WorktreeProvider {
             off_thread(move || {
                 let handle = req.handle;
                 let program = &req.launch.argv[0];
-                if find_program(program, launch_path(&req.launch).as_deref()).is_none() {
+                let Some(found) = find_program(program, launch_path(&req.launch).as_deref()) else {
                     return Err(AppError::invalid(
                         "agent_not_found",
                         format!("agent `{program}` not found on PATH: install it or choose another agent"),
                     ));
-                }
-                client::launch(&opts, &req.launch, &host_program).map_err(|e| io_error("starting the terminal host", e))?;
+                };
+                let (env, confine) = confine_launch(&handle, &req.launch.env, &found)?;
+                let launch = LaunchSpec { env, ..req.launch.clone() };
+                let opts = HostOptions { confine, ..opts };
+                client::launch(&opts, &launch, &host_program).map_err(|e| io_error("starting the terminal host", e))?;
                 Ok(handle)
             })
             .await

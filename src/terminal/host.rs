@@ -32,6 +32,9 @@ pub const PID_FILE: &str = "host.pid";
 pub const EXIT_FILE: &str = "exit.json";
 /// Text to type into the agent once it has started (read, then deleted).
 pub const INITIAL_INPUT_FILE: &str = "initial-input";
+/// The secret a client proves first on every connection (0600; confined agents
+/// cannot read it, but could otherwise connect to any host's socket).
+pub const KEY_FILE: &str = "host.key";
 
 /// What to run, and where.
 #[derive(Debug, Clone)]
@@ -45,6 +48,8 @@ pub struct HostOptions {
     /// fails ends the host with `phase: setup`.
     pub setup: Vec<String>,
     pub argv: Vec<String>,
+    /// The task's Landlock ruleset: setup commands and the agent enter it.
+    pub confine: Option<Arc<crate::confine::Ruleset>>,
 }
 
 enum Outgoing {
@@ -136,6 +141,11 @@ fn serve(opts: HostOptions) -> std::io::Result<()> {
     let log = TerminalLog::open(&opts.state_dir, opts.log_max_bytes)?;
     let (pty, pts) = pty_process::blocking::open().map_err(std::io::Error::other)?;
     pty.resize(pty_process::Size::new(opts.rows, opts.cols)).map_err(std::io::Error::other)?;
+    if let Some(ruleset) = &opts.confine {
+        // The agent's own terminal (`/dev/stderr`, `tty`), and no other.
+        ruleset.allow_terminal(std::os::fd::AsFd::as_fd(&pts))?;
+    }
+    let key = std::fs::read(opts.state_dir.join(KEY_FILE)).ok();
     let pty = Arc::new(pty);
     let state: Shared = Arc::new(Mutex::new(State {
         log,
@@ -154,7 +164,7 @@ fn serve(opts: HostOptions) -> std::io::Result<()> {
     std::fs::write(opts.state_dir.join(PID_FILE), std::process::id().to_string())?;
     {
         let (state, pty) = (state.clone(), pty.clone());
-        std::thread::spawn(move || accept_loop(listener, state, pty));
+        std::thread::spawn(move || accept_loop(listener, state, pty, key));
     }
     let reader = {
         let (state, pty) = (state.clone(), pty.clone());
@@ -191,7 +201,8 @@ fn run_steps(
 ) -> ExitInfo {
     for cmd in &opts.setup {
         announce(state, &format!("\r\n$ {cmd}\r\n"));
-        let child = pty_process::blocking::Command::new("sh").arg("-c").arg(cmd).current_dir(&opts.cwd).spawn_borrowed(&pts);
+        let mut command = confined(pty_process::blocking::Command::new("sh").arg("-c").arg(cmd).current_dir(&opts.cwd), opts);
+        let child = command.spawn_borrowed(&pts);
         let status = match child {
             Ok(mut child) => {
                 lock(state).agent_pid = Some(child.id());
@@ -211,7 +222,7 @@ fn run_steps(
     let Some((program, args)) = opts.argv.split_first() else {
         return ExitInfo { code: Some(127), signal: None, phase: "agent".into(), at: now_ms() };
     };
-    let spawned = pty_process::blocking::Command::new(program).args(args).current_dir(&opts.cwd).spawn(pts);
+    let spawned = confined(pty_process::blocking::Command::new(program).args(args).current_dir(&opts.cwd), opts).spawn(pts);
     match spawned {
         Ok(mut child) => {
             {
@@ -234,6 +245,15 @@ fn run_steps(
             ExitInfo { code: Some(127), signal: None, phase: "agent".into(), at: now_ms() }
         }
     }
+}
+
+/// Makes `cmd` enter the task's Landlock domain between fork and exec.
+fn confined(cmd: pty_process::blocking::Command, opts: &HostOptions) -> pty_process::blocking::Command {
+    let Some(ruleset) = &opts.confine else { return cmd };
+    let (fd, drop_caps) = (ruleset.raw_fd(), ruleset.drops_caps());
+    // SAFETY: `enter` makes only async-signal-safe system calls; the host keeps
+    // the ruleset open for its whole life.
+    unsafe { cmd.pre_exec(move || crate::confine::enter(fd, drop_caps)) }
 }
 
 fn exit_info(status: &std::process::ExitStatus, phase: &str) -> ExitInfo {
@@ -270,11 +290,21 @@ fn pump_output(pty: &pty_process::blocking::Pty, state: &Shared) {
     }
 }
 
-fn accept_loop(listener: UnixListener, state: Shared, pty: Arc<pty_process::blocking::Pty>) {
+fn accept_loop(listener: UnixListener, state: Shared, pty: Arc<pty_process::blocking::Pty>, key: Option<Vec<u8>>) {
+    let key = Arc::new(key);
     for conn in listener.incoming() {
         let Ok(stream) = conn else { continue };
-        let (state, pty) = (state.clone(), pty.clone());
-        std::thread::spawn(move || serve_client(stream, state, pty));
+        let (state, pty, key) = (state.clone(), pty.clone(), key.clone());
+        std::thread::spawn(move || {
+            let mut stream = stream;
+            if let Some(key) = key.as_ref() {
+                if !protocol::read_hello(&mut stream, key) {
+                    let _ = stream.shutdown(std::net::Shutdown::Both);
+                    return;
+                }
+            }
+            serve_client(stream, state, pty)
+        });
     }
 }
 

@@ -45,6 +45,7 @@ fn test_config(dir: &Path) -> PathBuf {
              [agents.quick]\ncommand = [\"{agent}\"]\nresume = [\"{agent}\", \"--resumed\"]\nprompt = \"argument\"\nidle_secs = 1\n\n\
              [agents.typed]\ncommand = [\"{agent}\"]\nresume = [\"{agent}\", \"--resumed\"]\nprompt = \"input\"\nidle_secs = 1\n\n\
              [agents.acp]\ncommand = [\"{agent}\"]\nresume = [\"{agent}\", \"--resumed\"]\nprompt = \"none\"\nidle_secs = 3600\nacp = \"mock\"\n\n\
+             [agents.sh]\ncommand = [\"bash\", \"--norc\", \"--noprofile\"]\nresume = [\"bash\", \"--norc\", \"--noprofile\"]\nprompt = \"none\"\nidle_secs = 3600\n\n\
              [agents.ghost]\ncommand = [\"kiln-no-such-agent\"]\nresume = [\"kiln-no-such-agent\"]\n"
         ),
     )
@@ -141,6 +142,11 @@ impl Server {
     pub fn start(env: &[(&str, &str)]) -> (Server, tempfile::TempDir) {
         let dir = tempdir();
         (Server::start_in(dir.path(), env), dir)
+    }
+
+    /// The server's process id (while it runs).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("server is running").id()
     }
 
     pub fn data_dir(&self) -> PathBuf {

@@ -8,6 +8,7 @@ mod auth;
 mod bad_input;
 mod cli;
 mod concurrency;
+mod confine;
 mod fake_github;
 mod fake_sandbox_agent;
 mod git_lifecycle;

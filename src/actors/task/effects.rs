@@ -225,6 +225,7 @@ pub async fn provision(ctx: &TaskCtx) -> AppResult<()> {
             ctx.kiln
                 .emit_one(&ctx.org, ctx.event("sandbox.created", json!({"path": handle.path, "provider": task.provider})))
                 .await?;
+            record_confinement(ctx).await?;
             ctx.watch(&task, handle)
         }
         Err(err) => {
@@ -267,6 +268,7 @@ pub async fn apply(ctx: TaskCtx, input: TaskInput, text: Option<String>, params:
                 let req = ResumeSandbox { handle, branch: task.branch.clone(), launch };
                 let handle = ctx.kiln.sandbox(&ctx.org, &task.provider, &task.id)?.send(RelaunchSandbox { req }).await??;
                 ensure_agent_server(&ctx, &task, &handle, false).await?;
+                record_confinement(&ctx).await?;
                 ctx.watch(&task, handle)?;
             }
             Effect::SendInput => {
@@ -394,6 +396,25 @@ pub async fn observe(ctx: TaskCtx, health: SandboxHealth) -> AppResult<bool> {
         }
     }
     Ok(matches!(status, TaskStatus::Provisioning | TaskStatus::Running | TaskStatus::Idle))
+}
+
+/// Records whether the agent just started is confined (the server's decision at
+/// boot: the provider refuses to start one otherwise in `required` mode), and
+/// says so with `sandbox.unconfined` when it is not.
+async fn record_confinement(ctx: &TaskCtx) -> AppResult<()> {
+    let status = match crate::confine::global() {
+        Some(confiner) => confiner.status(),
+        None => crate::confine::Status { confined: false, abi: None, reason: Some("this server was started without a confinement decision".into()) },
+    };
+    let (id, confined, abi) = (ctx.id.clone(), status.confined, status.abi.map(|a| a as i32));
+    ctx.kiln.db.write(move |c| store::set_confinement(c, &id, confined, abi, now_ms())).await?;
+    if !status.confined {
+        let mode = crate::confine::global().map(|c| c.mode).unwrap_or(crate::config::ConfineMode::Off);
+        ctx.kiln
+            .emit_one(&ctx.org, ctx.event("sandbox.unconfined", json!({"reason": status.reason, "mode": mode})))
+            .await?;
+    }
+    Ok(())
 }
 
 /// Stops the agent, saves uncommitted work to `refs/kiln/snapshots/<task>` and
