@@ -98,7 +98,9 @@ impl State {
             match c.tx.try_send(Outgoing::Frame(frame.clone())) {
                 Ok(()) => true,
                 Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-                    let _ = c.stream.shutdown(std::net::Shutdown::Both);
+                    // Only our side: the client sees the end of its output, and
+                    // whatever it typed before is still read and written.
+                    let _ = c.stream.shutdown(std::net::Shutdown::Write);
                     false
                 }
             }
@@ -298,6 +300,7 @@ fn serve_client(stream: UnixStream, state: Shared, pty: Arc<pty_process::blockin
             break;
         }
     }
+    // Everything the client sent has been read (or it broke the protocol).
     lock(&state).clients.remove(&id);
     drop(tx);
     let _ = reader.shutdown(std::net::Shutdown::Both);
@@ -382,7 +385,8 @@ fn write_client(mut stream: UnixStream, rx: Receiver<Outgoing>, state: &Shared) 
             break;
         }
     }
-    let _ = stream.shutdown(std::net::Shutdown::Both);
+    // Never the read side: the connection's reader drains the client's input.
+    let _ = stream.shutdown(std::net::Shutdown::Write);
 }
 
 fn send_history(stream: &mut UnixStream, state: &Shared, from: u64, to: u64) -> bool {

@@ -19,3 +19,4 @@ mod sandboxes;
 mod sessions;
 mod single_writer;
 mod stream;
+mod terminal_host;

@@ -1,0 +1,106 @@
+//! The terminal host as its users meet it: `kiln attach` on a pipe, a log that
+//! cannot be written, and kill or archive of a shell task with background jobs.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::common::*;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// Runs `kiln attach <task>` with `input` on its stdin (a pipe); answers
+/// (exit code, stderr). Panics if it has not ended within 30 s.
+fn attach_piped(server: &Server, task: &str, input: &[u8]) -> (i32, String) {
+    let mut child = Command::new(BIN)
+        .args(["--url", &server.url, "attach", task])
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("HOME", &server.dir)
+        .env("XDG_CONFIG_HOME", server.dir.join("config"))
+        .env("KILN_DATA_DIR", server.data_dir())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run kiln attach");
+    {
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin.write_all(input).expect("write stdin");
+    }
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            let mut err = String::new();
+            std::io::Read::read_to_string(child.stderr.as_mut().expect("stderr"), &mut err).expect("stderr");
+            return (status.code().unwrap_or(-1), err);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("kiln attach did not end within {WAIT:?} (input {:?})", String::from_utf8_lossy(input));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Everything the task's terminal has printed, read from its log on disk.
+fn terminal_log(server: &Server, task: &str) -> String {
+    let dir = server.data_dir().join("sandboxes").join(task);
+    let mut text = String::new();
+    for name in ["terminal.log.1", "terminal.log"] {
+        text.push_str(&String::from_utf8_lossy(&std::fs::read(dir.join(name)).unwrap_or_default()));
+    }
+    text
+}
+
+/// Creates a task running the default `shell` profile (an interactive bash) and
+/// waits until its prompt answers.
+async fn shell_task(server: &Server, dir: &Path) -> String {
+    let c = server.client();
+    c.add_repo("default", &git_repo(dir, "app")).await;
+    let t = c.create_task_with("default", json!({"repo": "app", "description": "a shell", "agent": "shell"})).await;
+    let id = t["id"].as_str().unwrap().to_string();
+    c.wait_status("default", &id, "running").await;
+    let mut term = Term::open(&c, "default", &id, 0).await;
+    term.send(b"echo sh\"\"ell-is-up\r").await;
+    term.expect("shell-is-up").await;
+    id
+}
+
+#[actix_web::test]
+async fn piped_attach_delivers_every_line_before_it_detaches() {
+    let (server, dir) = Server::start(&[]);
+    let id = shell_task(&server, dir.path()).await;
+    // The line is typed with quotes that the output does not have, so the
+    // terminal's echo of the typed line never counts as the command's output.
+    for n in 0..20 {
+        let input = format!("echo mark\"\"er-{n}-end\n\x1c");
+        let (code, err) = attach_piped(&server, &id, input.as_bytes());
+        assert_eq!(code, 0, "attach #{n} failed: {err}");
+        assert!(err.contains("detached from"), "attach #{n} says it detached: {err}");
+    }
+    eventually(WAIT, "every marker in the terminal log", || async {
+        let log = terminal_log(&server, &id);
+        (0..20).all(|n| log.contains(&format!("marker-{n}-end"))).then_some(())
+    })
+    .await;
+
+    // A pipe that ends without the detach key: what was read is delivered, then
+    // attach detaches by itself once the server has acknowledged it.
+    let (code, err) = attach_piped(&server, &id, b"echo e\"\"of-marker\n");
+    assert_eq!(code, 0, "attach on a pipe without a detach key: {err}");
+    assert!(err.contains("detached from"), "{err}");
+    eventually(WAIT, "the line of a pipe without a detach key", || async {
+        terminal_log(&server, &id).contains("eof-marker").then_some(())
+    })
+    .await;
+    // The shell is still there.
+    let task = server.client().get(&format!("/v1/organizations/default/tasks/{id}")).await.body;
+    assert_eq!(task["status"], "running", "{task}");
+}
+
+#[allow(dead_code)]
+fn _unused(_: Value) {}
