@@ -134,6 +134,9 @@ pub enum Command {
         /// A shell command to run before the agent (repeatable).
         #[structopt(long)]
         setup: Vec<String>,
+        /// Do not put the agent in a cgroup of its own.
+        #[structopt(long)]
+        no_cgroup: bool,
         /// The agent's argument vector.
         #[structopt(last = true, required = true)]
         argv: Vec<String>,
@@ -143,8 +146,9 @@ pub enum Command {
 /// Runs the CLI and answers the process exit code.
 pub fn main() -> i32 {
     let opts = Opts::from_args();
-    if let Command::TerminalHost { state_dir, cwd, log_max_bytes, cols, rows, setup, argv } = opts.command {
-        let host = crate::terminal::host::HostOptions { state_dir, cwd, log_max_bytes, cols, rows, setup, argv };
+    if let Command::TerminalHost { state_dir, cwd, log_max_bytes, cols, rows, setup, no_cgroup, argv } = opts.command {
+        let host =
+            crate::terminal::host::HostOptions { state_dir, cwd, log_max_bytes, cols, rows, setup, argv, cgroup: !no_cgroup };
         return crate::terminal::host::run(host);
     }
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(match opts.command {

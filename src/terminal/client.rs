@@ -122,6 +122,9 @@ pub fn launch(opts: &HostOptions, launch: &crate::providers::LaunchSpec, program
     for step in &opts.setup {
         cmd.arg("--setup").arg(step);
     }
+    if !opts.cgroup {
+        cmd.arg("--no-cgroup");
+    }
     cmd.arg("--").args(&opts.argv);
     // The server's own settings (KILN_*) are none of the agent's business.
     for (key, _) in std::env::vars_os() {

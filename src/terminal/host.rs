@@ -19,6 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::log::TerminalLog;
+use super::procs::Cgroup;
 use super::protocol::{self, ExitInfo, Frame, HostStatus};
 use crate::util::now_ms;
 
@@ -45,6 +46,9 @@ pub struct HostOptions {
     /// fails ends the host with `phase: setup`.
     pub setup: Vec<String>,
     pub argv: Vec<String>,
+    /// Run the setup commands and the agent in a cgroup of their own, where one
+    /// can be made (see `procs`).
+    pub cgroup: bool,
 }
 
 enum Outgoing {
@@ -136,6 +140,12 @@ fn serve(opts: HostOptions) -> std::io::Result<()> {
         std::fs::remove_file(&sock_path)?;
     }
     let log = TerminalLog::open(&opts.state_dir, opts.log_max_bytes)?;
+    let cgroup = if opts.cgroup {
+        Cgroup::create(&opts.state_dir)
+    } else {
+        let _ = std::fs::remove_file(opts.state_dir.join(super::procs::CGROUP_FILE));
+        None
+    };
     let (pty, pts) = pty_process::blocking::open().map_err(std::io::Error::other)?;
     pty.resize(pty_process::Size::new(opts.rows, opts.cols)).map_err(std::io::Error::other)?;
     let pty = Arc::new(pty);
@@ -163,7 +173,7 @@ fn serve(opts: HostOptions) -> std::io::Result<()> {
         std::thread::spawn(move || pump_output(&pty, &state))
     };
 
-    let exit = run_steps(&opts, &pty, pts, &state);
+    let exit = run_steps(&opts, &pty, pts, &state, cgroup.as_ref());
     // Give the reader a moment to drain what the agent printed last.
     let deadline = std::time::Instant::now() + Duration::from_secs(2);
     while !reader.is_finished() && std::time::Instant::now() < deadline {
@@ -179,6 +189,10 @@ fn serve(opts: HostOptions) -> std::io::Result<()> {
     }
     // Let attachers read the last frames, then go.
     std::thread::sleep(Duration::from_millis(500));
+    // Only once nothing the agent started runs on (kill stops those).
+    if let Some(cgroup) = &cgroup {
+        let _ = cgroup.remove();
+    }
     let _ = std::fs::remove_file(&sock_path);
     let _ = std::fs::remove_file(opts.state_dir.join(PID_FILE));
     Ok(())
@@ -190,10 +204,13 @@ fn run_steps(
     pty: &pty_process::blocking::Pty,
     pts: pty_process::blocking::Pts,
     state: &Shared,
+    cgroup: Option<&Cgroup>,
 ) -> ExitInfo {
     for cmd in &opts.setup {
         announce(state, &format!("\r\n$ {cmd}\r\n"));
+        let inside = cgroup.and_then(Cgroup::enter);
         let child = pty_process::blocking::Command::new("sh").arg("-c").arg(cmd).current_dir(&opts.cwd).spawn_borrowed(&pts);
+        drop(inside);
         let status = match child {
             Ok(mut child) => {
                 lock(state).agent_pid = Some(child.id());
@@ -213,7 +230,9 @@ fn run_steps(
     let Some((program, args)) = opts.argv.split_first() else {
         return ExitInfo { code: Some(127), signal: None, phase: "agent".into(), at: now_ms() };
     };
+    let inside = cgroup.and_then(Cgroup::enter);
     let spawned = pty_process::blocking::Command::new(program).args(args).current_dir(&opts.cwd).spawn(pts);
+    drop(inside);
     match spawned {
         Ok(mut child) => {
             {

@@ -203,6 +203,17 @@ pub fn kill_hosts(data_dir: &Path) {
             unsafe { libc::kill(pid, libc::SIGKILL) };
         }
     }
+    // The agents' cgroups (where they have them) would outlive the test too.
+    let Ok(sandboxes) = std::fs::read_dir(data_dir.join("sandboxes")) else { return };
+    for sandbox in sandboxes.flatten() {
+        let Ok(path) = std::fs::read_to_string(sandbox.path().join("agent.cgroup")) else { continue };
+        let cgroup = Path::new(path.trim());
+        let _ = std::fs::write(cgroup.join("cgroup.kill"), "1");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while std::fs::remove_dir(cgroup).is_err() && cgroup.exists() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
 }
 
 impl Drop for Server {

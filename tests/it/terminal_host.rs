@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
+use serde_json::json;
 
 use crate::common::*;
 
@@ -102,5 +102,82 @@ async fn piped_attach_delivers_every_line_before_it_detaches() {
     assert_eq!(task["status"], "running", "{task}");
 }
 
-#[allow(dead_code)]
-fn _unused(_: Value) {}
+/// The pids of processes whose command line is exactly `argv`.
+fn pids_running(argv: &[&str]) -> Vec<i32> {
+    let want: Vec<u8> = argv.iter().flat_map(|a| a.bytes().chain([0])).collect();
+    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
+    dir.flatten()
+        .filter_map(|e| {
+            let pid = e.file_name().to_str()?.parse::<i32>().ok()?;
+            let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+            let zombie = stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'));
+            (cmdline == want && !zombie).then_some(pid)
+        })
+        .collect()
+}
+
+/// A shell task starts background jobs (plain, `nohup`, and, with a cgroup,
+/// `setsid`); `action` (kill or archive) must stop every one of them, and
+/// without waiting out the grace period: the shell ends on the hangup.
+async fn stops_everything(action: &str, base: u32, cgroup: bool) {
+    let cgroup_setting = if cgroup { "true" } else { "false" };
+    let (server, dir) =
+        Server::start(&[("KILN_TERMINAL__KILL_GRACE_SECS", "30"), ("KILN_TERMINAL__CGROUP", cgroup_setting)]);
+    let c = server.client();
+    let id = shell_task(&server, dir.path()).await;
+    let uses_cgroup = server.data_dir().join("sandboxes").join(&id).join("agent.cgroup").exists();
+    if cgroup {
+        // Where cgroup v2 cannot be written (some CI), the session is used instead.
+        eprintln!("cgroup in use: {uses_cgroup}");
+    } else {
+        assert!(!uses_cgroup, "cgroup = false makes none");
+    }
+    let (plain, nohup, setsid) = (base.to_string(), (base + 1).to_string(), (base + 2).to_string());
+    let mut jobs: Vec<Vec<&str>> = vec![vec!["sleep", &plain], vec!["sleep", &nohup]];
+    let mut typed = format!("sleep {plain} &\rnohup sleep {nohup} >/dev/null 2>&1 &\r");
+    if uses_cgroup {
+        // It leaves the session and its parent at once: only the cgroup knows it.
+        jobs.push(vec!["sleep", &setsid]);
+        typed.push_str(&format!("setsid sleep {setsid} &\r"));
+    }
+    let mut term = Term::open(&c, "default", &id, 0).await;
+    term.send(typed.as_bytes()).await;
+    for job in &jobs {
+        eventually(WAIT, &format!("{job:?} running"), || async { (!pids_running(job).is_empty()).then_some(()) }).await;
+    }
+
+    let asked = Instant::now();
+    let r = c.post(&format!("/v1/organizations/default/tasks/{id}/{action}"), json!({})).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let took = asked.elapsed();
+    for job in &jobs {
+        eventually(WAIT, &format!("{job:?} gone after {action}"), || async { pids_running(job).is_empty().then_some(()) })
+            .await;
+    }
+    let events = c.get(&format!("/v1/organizations/default/events?task={id}&kind=sandbox.destroyed")).await.body;
+    let stop = events["items"][0]["data"]["agent_stop"].clone();
+    // The shell ended on the hangup; nothing needed SIGKILL after the 30 s grace.
+    assert_eq!(stop["how"], "hangup", "{stop}");
+    assert_eq!(stop["containment"], if uses_cgroup { "cgroup" } else { "session" }, "{stop}");
+    assert!(took < Duration::from_secs(20), "{action} took {took:?}: {stop}");
+    if uses_cgroup {
+        let path = std::fs::read_to_string(server.data_dir().join("sandboxes").join(&id).join("agent.cgroup")).unwrap();
+        eventually(WAIT, "the cgroup removed", || async { (!Path::new(path.trim()).exists()).then_some(()) }).await;
+    }
+}
+
+#[actix_web::test]
+async fn kill_stops_the_shell_and_its_background_jobs_at_once() {
+    stops_everything("kill", 77710, true).await;
+}
+
+#[actix_web::test]
+async fn archive_stops_the_shell_and_its_background_jobs_at_once() {
+    stops_everything("archive", 77720, true).await;
+}
+
+#[actix_web::test]
+async fn without_a_cgroup_kill_stops_the_agents_session() {
+    stops_everything("kill", 77730, false).await;
+}

@@ -392,7 +392,7 @@ async fn destroy_sandbox(ctx: &TaskCtx, task: &Task, repo: &Repo) -> AppResult<O
     if let Some((refname, commit)) = &destroyed.snapshot {
         ctx.kiln.emit_one(&ctx.org, ctx.event("task.snapshot_saved", json!({"ref": refname, "commit": commit}))).await?;
     }
-    ctx.kiln.emit_one(&ctx.org, ctx.event("sandbox.destroyed", json!({}))).await?;
+    ctx.kiln.emit_one(&ctx.org, ctx.event("sandbox.destroyed", json!({"agent_stop": destroyed.stop}))).await?;
     Ok(destroyed.snapshot.map(|(r, _)| r))
 }
 
