@@ -225,6 +225,8 @@ pub struct TaskRuntime {
     pub last_output_at: Option<i64>,
     pub updated_at: i64,
     pub ci_feedback_count: i32,
+    /// Why the terminal log cannot be written, while it cannot.
+    pub log_error: Option<String>,
 }
 
 #[derive(Debug, Clone, Queryable, Selectable, Serialize)]

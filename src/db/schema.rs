@@ -113,6 +113,7 @@ diesel::table! {
         last_output_at -> Nullable<BigInt>,
         updated_at -> BigInt,
         ci_feedback_count -> Integer,
+        log_error -> Nullable<Text>,
     }
 }
 

@@ -9,6 +9,13 @@
 //!
 //! Files in the state dir: `host.sock`, `host.pid`, `terminal.log*` and
 //! `exit.json` (how the agent ended; written before the host exits).
+//!
+//! A log that cannot be written (a full disk) never stops the terminal: output
+//! still reaches attachers, the bytes are a hole in the log, the failure is in
+//! the host's status for the server to report, and logging resumes as soon as
+//! a write succeeds again (tried on the next output, and every second). Nothing
+//! here may panic on a failed write: the host's own messages go to its stderr
+//! with `writeln!`, errors ignored.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -27,6 +34,8 @@ use crate::util::now_ms;
 const CLIENT_QUEUE: usize = 1024;
 /// Bytes per history chunk sent to a new attacher.
 const HISTORY_CHUNK: usize = 64 * 1024;
+/// How often a log that failed is tried again when there is no output to write.
+const LOG_RETRY: Duration = Duration::from_secs(1);
 
 pub const SOCKET: &str = "host.sock";
 pub const PID_FILE: &str = "host.pid";
@@ -76,6 +85,10 @@ struct State {
     active_size: Option<(u16, u16)>,
     /// `setup` while setup commands run, then `agent`.
     phase: &'static str,
+    /// The log write failing now, and since when.
+    log_error: Option<(String, i64)>,
+    /// Bytes of output that could not be written to the log, since the start.
+    log_dropped: u64,
 }
 
 impl State {
@@ -90,6 +103,31 @@ impl State {
             last_output_at: self.last_output_at,
             end_offset: self.log.end(),
             start_offset: self.log.start(),
+            log_error: self.log_error.as_ref().map(|(e, _)| e.clone()),
+            log_error_since: self.log_error.as_ref().map(|(_, at)| *at),
+            log_dropped_bytes: self.log_dropped,
+        }
+    }
+
+    /// Notes how a log write went: the first failure and the recovery are told
+    /// on stderr (and through `status`).
+    fn log_written(&mut self, result: std::io::Result<()>, len: usize) {
+        match result {
+            Ok(()) => {
+                if let Some((error, since)) = self.log_error.take() {
+                    note(&format!(
+                        "the log is written again after failing since {since} ({error}); {} bytes are missing from it",
+                        self.log_dropped
+                    ));
+                }
+            }
+            Err(e) => {
+                self.log_dropped += len as u64;
+                if self.log_error.is_none() {
+                    note(&format!("cannot write the log: {e}; output still reaches attachers"));
+                    self.log_error = Some((format!("log write failing: {e}"), now_ms()));
+                }
+            }
         }
     }
 
@@ -123,13 +161,30 @@ pub fn run(opts: HostOptions) -> i32 {
     match serve(opts) {
         Ok(()) => 0,
         Err(e) => {
-            eprintln!("terminal-host: {e}");
+            note(&e.to_string());
             1
         }
     }
 }
 
+/// A line on the host's stderr (`host.log`). A failed write is ignored: the
+/// disk may be full, and `eprintln!` would panic.
+fn note(message: &str) {
+    let _ = writeln!(std::io::stderr(), "terminal-host: {message}");
+}
+
+/// SIGXFSZ would kill the host when the log reaches a file size limit: with a
+/// handler (not SIG_IGN, which the agent would inherit) the write fails instead.
+fn survive_file_size_limit() {
+    extern "C" fn on_sigxfsz(_: libc::c_int) {}
+    // SAFETY: installs a handler that does nothing, which is async-signal-safe.
+    unsafe {
+        libc::signal(libc::SIGXFSZ, on_sigxfsz as extern "C" fn(libc::c_int) as libc::sighandler_t);
+    }
+}
+
 fn serve(opts: HostOptions) -> std::io::Result<()> {
+    survive_file_size_limit();
     std::fs::create_dir_all(&opts.state_dir)?;
     let _ = std::fs::remove_file(opts.state_dir.join(EXIT_FILE));
     let sock_path = opts.state_dir.join(SOCKET);
@@ -159,6 +214,8 @@ fn serve(opts: HostOptions) -> std::io::Result<()> {
         last_output_at: None,
         active_size: None,
         phase: "setup",
+        log_error: None,
+        log_dropped: 0,
     }));
 
     // Listen before anything runs, so the server can attach from byte 0.
@@ -172,6 +229,10 @@ fn serve(opts: HostOptions) -> std::io::Result<()> {
         let (state, pty) = (state.clone(), pty.clone());
         std::thread::spawn(move || pump_output(&pty, &state))
     };
+    {
+        let state = state.clone();
+        std::thread::spawn(move || retry_log(&state));
+    }
 
     let exit = run_steps(&opts, &pty, pts, &state, cgroup.as_ref());
     // Give the reader a moment to drain what the agent printed last.
@@ -180,7 +241,10 @@ fn serve(opts: HostOptions) -> std::io::Result<()> {
         std::thread::sleep(Duration::from_millis(20));
     }
     let json = serde_json::to_vec(&exit).unwrap_or_default();
-    std::fs::write(opts.state_dir.join(EXIT_FILE), &json)?;
+    // Attachers still hear of the end if the record cannot be written.
+    if let Err(e) = std::fs::write(opts.state_dir.join(EXIT_FILE), &json) {
+        note(&format!("cannot write {EXIT_FILE}: {e}"));
+    }
     {
         let mut s = lock(&state);
         s.exit = Some(exit);
@@ -267,14 +331,27 @@ fn announce(state: &Shared, text: &str) {
     record_output(state, text.as_bytes());
 }
 
+/// Logs and broadcasts output. A failed log write does not hold it back.
 fn record_output(state: &Shared, bytes: &[u8]) {
     let mut s = lock(state);
-    match s.log.append(bytes) {
-        Ok(offset) => {
-            s.last_output_at = Some(now_ms());
-            s.broadcast(&Frame::output(offset, bytes));
+    let (offset, written) = s.log.append(bytes);
+    s.log_written(written, bytes.len());
+    s.last_output_at = Some(now_ms());
+    s.broadcast(&Frame::output(offset, bytes));
+}
+
+/// While the log is failing, tries it again every `LOG_RETRY`, so the failure
+/// ends when the disk has room even if the agent prints nothing.
+fn retry_log(state: &Shared) {
+    loop {
+        std::thread::sleep(LOG_RETRY);
+        let mut s = lock(state);
+        if s.log.has_hole() {
+            let resumed = s.log.resume();
+            if resumed.is_ok() {
+                s.log_written(Ok(()), 0);
+            }
         }
-        Err(e) => eprintln!("terminal-host: cannot write the log: {e}"),
     }
 }
 

@@ -39,11 +39,11 @@ fn up_down_up() {
     ];
 
     let applied = conn.run_pending_migrations(MIGRATIONS).unwrap();
-    assert_eq!(applied.len(), 9);
+    assert_eq!(applied.len(), 10);
     assert_eq!(tables(&mut conn), expected);
 
     let reverted = conn.revert_all_migrations(MIGRATIONS).unwrap();
-    assert_eq!(reverted.len(), 9);
+    assert_eq!(reverted.len(), 10);
     assert!(tables(&mut conn).is_empty(), "down leaves nothing: {:?}", tables(&mut conn));
 
     conn.run_pending_migrations(MIGRATIONS).unwrap();

@@ -181,3 +181,68 @@ async fn archive_stops_the_shell_and_its_background_jobs_at_once() {
 async fn without_a_cgroup_kill_stops_the_agents_session() {
     stops_everything("kill", 77730, false).await;
 }
+
+/// Sets the soft file size limit of process `pid` (the hard one stays).
+fn set_file_size_limit(pid: i32, soft: libc::rlim_t) {
+    let mut old = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: prlimit(2) reading the current limits into `old`.
+    assert_eq!(unsafe { libc::prlimit(pid, libc::RLIMIT_FSIZE, std::ptr::null(), &mut old) }, 0);
+    let new = libc::rlimit { rlim_cur: soft.min(old.rlim_max), rlim_max: old.rlim_max };
+    // SAFETY: prlimit(2) setting limits from a valid struct.
+    assert_eq!(unsafe { libc::prlimit(pid, libc::RLIMIT_FSIZE, &new, std::ptr::null_mut()) }, 0, "prlimit");
+}
+
+/// The log's writes are made to fail for real (a file size limit of 0 on the
+/// host: every write to a file fails, as on a full disk), then to work again.
+#[actix_web::test]
+async fn a_log_that_cannot_be_written_keeps_the_terminal_working_and_is_reported() {
+    let (server, dir) = Server::start(&[]);
+    let c = server.client();
+    let id = shell_task(&server, dir.path()).await;
+    let task_path = format!("/v1/organizations/default/tasks/{id}");
+    let state_dir = server.data_dir().join("sandboxes").join(&id);
+    let host: i32 = std::fs::read_to_string(state_dir.join("host.pid")).unwrap().trim().parse().unwrap();
+    let mut term = Term::open(&c, "default", &id, 0).await;
+    term.expect("shell-is-up").await;
+
+    set_file_size_limit(host, 0);
+    term.send(b"echo dur\"\"ing-full\r").await;
+    term.expect("during-full").await;
+    let runtime = eventually(WAIT, "the failure in the task's runtime", || async {
+        let runtime = c.get(&task_path).await.body["runtime"].clone();
+        runtime["log_error"].is_string().then_some(runtime)
+    })
+    .await;
+    assert!(runtime["log_error"].as_str().unwrap().starts_with("log write failing: "), "{runtime}");
+    let failed = c.get(&format!("/v1/organizations/default/events?task={id}&kind=terminal.log_write_failed")).await.body;
+    assert_eq!(failed["items"].as_array().unwrap().len(), 1, "{failed}");
+    assert!(failed["items"][0]["data"]["dropped_bytes"].as_u64().unwrap() > 0, "{failed}");
+    // Typing still works, and the task is still running.
+    term.send(b"echo sti\"\"ll-here\r").await;
+    term.expect("still-here").await;
+    assert!(!terminal_log(&server, &id).contains("during-full"), "nothing could be written");
+    assert_eq!(c.get(&task_path).await.body["status"], "running");
+
+    // Room again: the log recovers by itself, without new output.
+    set_file_size_limit(host, libc::RLIM_INFINITY);
+    eventually(WAIT, "the recovery in the task's runtime", || async {
+        c.get(&task_path).await.body["runtime"]["log_error"].is_null().then_some(())
+    })
+    .await;
+    let recovered = c.get(&format!("/v1/organizations/default/events?task={id}&kind=terminal.*")).await.body;
+    let kinds: Vec<&str> = recovered["items"].as_array().unwrap().iter().map(|e| e["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["terminal.log_write_failed", "terminal.log_write_recovered"]);
+    term.send(b"echo af\"\"ter-full\r").await;
+    term.expect("after-full").await;
+    eventually(WAIT, "new output in the log on disk", || async {
+        terminal_log(&server, &id).contains("after-full").then_some(())
+    })
+    .await;
+
+    // A new attacher gets what was kept, with the hole skipped and said so.
+    let mut again = Term::open(&c, "default", &id, 0).await;
+    again.until(WAIT, "the output after the hole", |t| t.text().contains("after-full")).await;
+    assert!(again.text().contains("shell-is-up") && !again.text().contains("during-full"), "{}", again.text());
+    assert!(again.controls.iter().any(|v| v["type"] == "offset"), "the hole is announced: {:?}", again.controls);
+    assert_eq!(again.offset, term.offset, "offsets agree across the hole");
+}

@@ -315,6 +315,9 @@ pub async fn observe(ctx: TaskCtx, health: SandboxHealth) -> AppResult<bool> {
         return Ok(false);
     }
     record_runtime(&ctx, &health).await?;
+    if let Some(host) = &health.host {
+        record_log_health(&ctx, host).await?;
+    }
     if health.agent_server == Some(false) && health.host.as_ref().is_some_and(|h| h.running) {
         // Supervision: the sandbox-agent server died under a live task.
         let (_, repo) = ctx.load().await?;
@@ -464,6 +467,26 @@ async fn record_runtime(ctx: &TaskCtx, health: &SandboxHealth) -> AppResult<()> 
         .db
         .write(move |c| store::upsert_runtime(c, &id, pid, exit_code, started_at, last_output_at, now_ms()))
         .await?;
+    Ok(())
+}
+
+/// Keeps `task_runtime.log_error` in step with the host's log: when writing it
+/// starts failing, `terminal.log_write_failed`; when it works again,
+/// `terminal.log_write_recovered`. The row makes both once-only, across restarts.
+async fn record_log_health(ctx: &TaskCtx, host: &crate::terminal::protocol::HostStatus) -> AppResult<()> {
+    let id = ctx.id.clone();
+    let recorded = ctx.kiln.db.read(move |c| queries::task_runtime(c, &id)).await?.and_then(|r| r.log_error);
+    let event = match (&recorded, &host.log_error) {
+        (None, Some(error)) => {
+            log::warn!("task {}: its terminal log cannot be written: {error}", ctx.id);
+            ("terminal.log_write_failed", json!({"error": error, "since": host.log_error_since, "dropped_bytes": host.log_dropped_bytes}))
+        }
+        (Some(_), None) => ("terminal.log_write_recovered", json!({"dropped_bytes": host.log_dropped_bytes})),
+        _ => return Ok(()),
+    };
+    let (id, error) = (ctx.id.clone(), host.log_error.clone());
+    ctx.kiln.db.write(move |c| store::set_log_error(c, &id, error.as_deref(), now_ms())).await?;
+    ctx.kiln.emit_one(&ctx.org, ctx.event(event.0, event.1)).await?;
     Ok(())
 }
 
