@@ -119,7 +119,7 @@ async fn migrate_runs_alone() {
     };
     let first = run();
     assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
-    assert!(String::from_utf8_lossy(&first.stdout).contains("applied 9 migrations"));
+    assert!(String::from_utf8_lossy(&first.stdout).contains("applied 10 migrations"));
     assert!(data.join("kiln.db").exists());
     let second = run();
     assert!(String::from_utf8_lossy(&second.stdout).contains("applied 0 migrations"));
