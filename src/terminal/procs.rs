@@ -128,6 +128,13 @@ impl Cgroup {
         made
     }
 
+    /// The cgroup this process would make for `state_dir`, if it exists (found
+    /// by its name, so even when the state dir is gone).
+    pub fn existing_for(state_dir: &Path) -> Option<Cgroup> {
+        let path = own_cgroup_dir()?.join(name_for(state_dir));
+        path.join("cgroup.procs").exists().then_some(Cgroup { path })
+    }
+
     /// The cgroup recorded in `state_dir`, if it still exists.
     pub fn recorded(state_dir: &Path) -> Option<Cgroup> {
         let path = PathBuf::from(std::fs::read_to_string(state_dir.join(CGROUP_FILE)).ok()?.trim());

@@ -202,16 +202,16 @@ pub fn kill_hosts(data_dir: &Path) {
         if (cmdline.contains("terminal-host") && cmdline.contains(&needle)) || agent_server {
             unsafe { libc::kill(pid, libc::SIGKILL) };
         }
-    }
-    // The agents' cgroups (where they have them) would outlive the test too.
-    let Ok(sandboxes) = std::fs::read_dir(data_dir.join("sandboxes")) else { return };
-    for sandbox in sandboxes.flatten() {
-        let Ok(path) = std::fs::read_to_string(sandbox.path().join("agent.cgroup")) else { continue };
-        let cgroup = Path::new(path.trim());
-        let _ = std::fs::write(cgroup.join("cgroup.kill"), "1");
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while std::fs::remove_dir(cgroup).is_err() && cgroup.exists() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
+        // The agent's cgroup (where it has one) would outlive the test too.
+        let state_dir = cmdline.split(' ').skip_while(|a| *a != "--state-dir").nth(1);
+        if let Some(cgroup) = state_dir.filter(|_| cmdline.contains("terminal-host")).and_then(|d| {
+            kiln::terminal::procs::Cgroup::existing_for(Path::new(d))
+        }) {
+            cgroup.kill();
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while cgroup.remove().is_err() && cgroup.path().exists() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
         }
     }
 }
