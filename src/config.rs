@@ -95,6 +95,8 @@ pub struct TerminalConfig {
     pub rows: u16,
     pub kill_grace_secs: u64,
     pub host_program: String,
+    /// Each sandbox's agent in a cgroup v2 of its own, where one can be made.
+    pub cgroup: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

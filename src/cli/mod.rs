@@ -144,6 +144,9 @@ pub enum Command {
         confine_fd: Option<i32>,
         #[structopt(long, default_value = "0")]
         confine_abi: u32,
+        /// Do not put the agent in a cgroup of its own.
+        #[structopt(long)]
+        no_cgroup: bool,
         /// The agent's argument vector.
         #[structopt(last = true, required = true)]
         argv: Vec<String>,
@@ -153,7 +156,7 @@ pub enum Command {
 /// Runs the CLI and answers the process exit code.
 pub fn main() -> i32 {
     let opts = Opts::from_args();
-    if let Command::TerminalHost { state_dir, cwd, log_max_bytes, cols, rows, setup, argv, confine_fd, confine_abi } = opts.command {
+    if let Command::TerminalHost { state_dir, cwd, log_max_bytes, cols, rows, setup, argv, confine_fd, confine_abi, no_cgroup } = opts.command {
         let confine = match confine_fd.filter(|fd| *fd > 2) {
             // SAFETY: the server left this ruleset open for us and nothing else owns it.
             Some(fd) => match unsafe { crate::confine::Ruleset::from_inherited(fd, confine_abi, true) } {
@@ -166,7 +169,17 @@ pub fn main() -> i32 {
             },
             None => None,
         };
-        let host = crate::terminal::host::HostOptions { state_dir, cwd, log_max_bytes, cols, rows, setup, argv, confine };
+        let host = crate::terminal::host::HostOptions {
+            state_dir,
+            cwd,
+            log_max_bytes,
+            cols,
+            rows,
+            setup,
+            argv,
+            confine,
+            cgroup: !no_cgroup,
+        };
         return crate::terminal::host::run(host);
     }
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(match opts.command {

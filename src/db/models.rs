@@ -237,6 +237,8 @@ pub struct TaskRuntime {
     pub confined: Option<bool>,
     /// The Landlock ABI its rules were made for, when confined.
     pub confine_abi: Option<i32>,
+    /// Why the terminal log cannot be written, while it cannot.
+    pub log_error: Option<String>,
 }
 
 #[derive(Debug, Clone, Queryable, Selectable, Serialize)]

@@ -119,6 +119,7 @@ diesel::table! {
         pushed_sha -> Nullable<Text>,
         confined -> Nullable<Bool>,
         confine_abi -> Nullable<Integer>,
+        log_error -> Nullable<Text>,
     }
 }
 

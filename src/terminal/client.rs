@@ -134,6 +134,9 @@ pub fn launch(opts: &HostOptions, launch: &crate::providers::LaunchSpec, program
         let fd = ruleset.pass_to(&mut cmd);
         cmd.args(["--confine-fd", &fd.to_string(), "--confine-abi", &ruleset.abi().to_string()]);
     }
+    if !opts.cgroup {
+        cmd.arg("--no-cgroup");
+    }
     cmd.arg("--").args(&opts.argv);
     // The server's own settings (KILN_*) are none of the agent's business.
     for (key, _) in std::env::vars_os() {

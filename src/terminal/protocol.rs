@@ -165,6 +165,16 @@ pub struct HostStatus {
     pub end_offset: u64,
     /// The oldest offset still kept (older output was rotated away).
     pub start_offset: u64,
+    /// Why the log cannot be written, while it cannot (`log write failing: No
+    /// space left on device (os error 28)`); output still reaches attachers.
+    #[serde(default)]
+    pub log_error: Option<String>,
+    /// When the log started failing.
+    #[serde(default)]
+    pub log_error_since: Option<i64>,
+    /// Bytes of output missing from the log (holes), since the host started.
+    #[serde(default)]
+    pub log_dropped_bytes: u64,
 }
 
 #[cfg(test)]

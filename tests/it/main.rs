@@ -21,3 +21,4 @@ mod sandboxes;
 mod sessions;
 mod single_writer;
 mod stream;
+mod terminal_host;

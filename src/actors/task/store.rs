@@ -94,6 +94,18 @@ pub(super) fn set_confinement(conn: &mut SqliteConnection, task: &str, confined:
         .map(|_| ())
 }
 
+/// Records why the terminal log cannot be written, or (`None`) that it can again.
+pub(super) fn set_log_error(conn: &mut SqliteConnection, task: &str, error: Option<&str>, now: i64) -> QueryResult<()> {
+    use crate::db::schema::task_runtime;
+    diesel::insert_into(task_runtime::table)
+        .values((task_runtime::task_id.eq(task), task_runtime::log_error.eq(error), task_runtime::updated_at.eq(now)))
+        .on_conflict(task_runtime::task_id)
+        .do_update()
+        .set((task_runtime::log_error.eq(error), task_runtime::updated_at.eq(now)))
+        .execute(conn)
+        .map(|_| ())
+}
+
 /// Counts one more CI failure handed to the agent.
 pub(super) fn bump_ci_feedback(conn: &mut SqliteConnection, task: &str, now: i64) -> QueryResult<()> {
     use crate::db::schema::task_runtime;
