@@ -426,8 +426,11 @@ pub struct Confiner {
     allow_write: Vec<PathBuf>,
     server_path: Option<String>,
     /// Repository jails, built from a walk of `/` around the data dir: reused
-    /// for a few seconds, since the pollers run git on every mirror often.
-    repo_jails: std::sync::Mutex<std::collections::HashMap<PathBuf, (std::time::Instant, Arc<Ruleset>)>>,
+    /// for a few seconds, since the pollers run git on every mirror often. Keyed
+    /// by the mirror's and its worktrees folder's inodes too: Landlock rules hold
+    /// the folders they were made for, so a repository removed and registered
+    /// again under the same name needs a jail of its own.
+    repo_jails: std::sync::Mutex<std::collections::HashMap<(PathBuf, u64, u64), (std::time::Instant, Arc<Ruleset>)>>,
 }
 
 /// How long a repository jail is reused.
@@ -642,12 +645,14 @@ impl Confiner {
                 let Decision::Confine { abi } = self.decision else { return Ok(GitJail::None) };
                 let repo = mirror.trim_end_matches(".git");
                 let mirror = self.data_dir.join("repos").join(org).join(format!("{repo}.git"));
-                let cached = self.repo_jails.lock().ok().and_then(|m| m.get(&mirror).filter(|(at, _)| at.elapsed() < REPO_JAIL_TTL).map(|(_, r)| r.clone()));
+                let worktrees = self.data_dir.join("worktrees").join(org).join(repo);
+                std::fs::create_dir_all(&worktrees).map_err(AppError::internal)?;
+                let inode = |p: &Path| std::fs::metadata(p).map(|m| std::os::unix::fs::MetadataExt::ino(&m)).map_err(AppError::internal);
+                let key = (mirror.clone(), inode(&mirror)?, inode(&worktrees)?);
+                let cached = self.repo_jails.lock().ok().and_then(|m| m.get(&key).filter(|(at, _)| at.elapsed() < REPO_JAIL_TTL).map(|(_, r)| r.clone()));
                 if let Some(ruleset) = cached {
                     return Ok(GitJail::Repo { ruleset });
                 }
-                let worktrees = self.data_dir.join("worktrees").join(org).join(repo);
-                std::fs::create_dir_all(&worktrees).map_err(AppError::internal)?;
                 let rs = (|| {
                     let rs = Ruleset::create(abi, 0, false)?;
                     allow_carved(&rs, Path::new("/"), EVERYTHING, &self.denied, true)?;
@@ -659,7 +664,7 @@ impl Confiner {
                 let ruleset = Arc::new(rs);
                 if let Ok(mut m) = self.repo_jails.lock() {
                     m.retain(|_, (at, _)| at.elapsed() < REPO_JAIL_TTL);
-                    m.insert(mirror, (std::time::Instant::now(), ruleset.clone()));
+                    m.insert(key, (std::time::Instant::now(), ruleset.clone()));
                 }
                 Ok(GitJail::Repo { ruleset })
             }
