@@ -304,22 +304,24 @@ pub fn base_exists(repo: &Path, branch: &str) -> Result<bool, GitError> {
     if branch_exists(repo, branch)? {
         return Ok(true);
     }
-    let remote = format!("refs/remotes/origin/{branch}");
-    match run(repo, &["show-ref", "--verify", "--quiet", "--", &remote]) {
-        Ok(_) => Ok(true),
-        Err(GitError::Failed { .. }) => Ok(false),
-        Err(e) => Err(e),
+    ref_exists(repo, &format!("refs/remotes/origin/{branch}"))
+}
+
+/// Whether the ref `refname` exists in `repo`. Only git's "no such ref" answer
+/// (status 1) is `false`: a repository git cannot read is an error, never a
+/// missing branch.
+fn ref_exists(repo: &Path, refname: &str) -> Result<bool, GitError> {
+    let out = git_in(repo)?.0.args(["show-ref", "--verify", "--quiet", "--", refname]).output().map_err(spawn_error)?;
+    match out.status.code() {
+        Some(0) => Ok(true),
+        Some(1) => Ok(false),
+        _ => Err(failure("show-ref", out.status, &out.stderr, &out.stdout)),
     }
 }
 
 /// Whether `refs/heads/<branch>` exists in `repo`.
 pub fn branch_exists(repo: &Path, branch: &str) -> Result<bool, GitError> {
-    let refname = format!("refs/heads/{branch}");
-    match run(repo, &["show-ref", "--verify", "--quiet", "--", &refname]) {
-        Ok(_) => Ok(true),
-        Err(GitError::Failed { .. }) => Ok(false),
-        Err(e) => Err(e),
-    }
+    ref_exists(repo, &format!("refs/heads/{branch}"))
 }
 
 /// Adds a worktree at `path` on `branch`: a new branch from `base` when it does
