@@ -919,11 +919,12 @@ async fn every_turns_status_changes_are_journaled_in_order() {
 /// own, so they are in the journal already, around the response.
 #[actix_rt::test]
 async fn a_turns_status_is_journaled_in_order_while_the_task_actor_is_busy() {
-    let s = Setup::new(&[]).await;
     // A push remote whose pre-receive hook holds every push until released (then
     // refuses it): a local bare repository, since a repository registered by path
-    // may only talk to local remotes.
+    // may only talk to local remotes. Made before the server, whose git jail for the
+    // mirror grants what exists around the data dir when it is made.
     let hold = crate::common::tempdir();
+    let s = Setup::new(&[]).await;
     let (accepted, release) = (hold.path().join("accepted"), hold.path().join("release"));
     let remote = hold.path().join("held.git");
     crate::common::git(hold.path(), &["init", "-q", "--bare", remote.to_str().unwrap()]);
