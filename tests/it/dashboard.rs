@@ -466,3 +466,29 @@ async fn in_a_browser_revoking_the_token_ends_the_session() {
     browser.wait_for("form #token").await;
     assert!(!browser.text().await.contains("Keep me private"));
 }
+
+#[actix_web::test]
+async fn kiln_dashboard_prints_a_link_for_its_own_token() {
+    let (server, _dir) = Server::start(&[]);
+    let admin = server.client();
+    let (token, token_id) = org_with_token(&admin, "acme").await;
+    // An organization token, with the CLI's default organization (`default`) not its own.
+    let (code, out, err) = cli(&server, &["dashboard", "--print", "--token", &token]);
+    assert_eq!(code, 0, "{out}{err}");
+    let link = out.trim().to_string();
+    assert!(link.starts_with(&format!("{}/sign-in?code=", server.url)), "{out}");
+    assert!(err.contains("organization `acme`") && err.contains("60 seconds"), "{err}");
+    let opened = raw("GET", &link, &[], None).await;
+    assert_eq!((opened.status, opened.header("location").as_str()), (303, "/"));
+    let me = raw("GET", &format!("{}/v1/dashboard/session", server.url), &[("cookie", &cookie_of(&opened))], None).await;
+    assert_eq!((me.body["organization"].as_str(), me.body["token"].as_str()), (Some("acme"), Some(token_id.as_str())));
+    // The admin picks the board with -o; another organization's token cannot.
+    let (code, out, err) = cli(&server, &["-o", "acme", "dashboard", "--print"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let opened = raw("GET", out.trim(), &[], None).await;
+    let me = raw("GET", &format!("{}/v1/dashboard/session", server.url), &[("cookie", &cookie_of(&opened))], None).await;
+    assert_eq!((me.body["organization"].as_str(), me.body["admin"].as_bool()), (Some("acme"), Some(true)));
+    let (code, _, err) = cli(&server, &["-o", "default", "dashboard", "--print", "--token", &token]);
+    assert_eq!(code, 1);
+    assert!(err.contains("forbidden"), "{err}");
+}
