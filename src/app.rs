@@ -141,6 +141,7 @@ pub async fn start(config: Config) -> Result<Running, BootError> {
     recover_tasks(&kiln).await?;
     start_repo_pollers(&kiln).await?;
 
+    web::block(http::web_assets::prepare_assets).await.map_err(|e| BootError::Server(std::io::Error::other(e)))?;
     let max_body = config.server.max_body_bytes;
     let (kiln_data, auth_data) = (web::Data::new(kiln.clone()), web::Data::new(auth_state));
     let deliveries = web::Data::new(http::webhooks::Deliveries::default());
@@ -172,7 +173,8 @@ pub async fn start(config: Config) -> Result<Running, BootError> {
                     .exclude("/v1/health"),
             )
             .configure(|cfg| http::configure(cfg, max_body))
-            .default_service(web::to(http::not_found))
+            // The dashboard: every path outside /v1, /admin and /metrics.
+            .default_service(web::to(http::web_assets::serve))
     })
     .shutdown_timeout(10)
     // Events and keystrokes are small writes: send them now, not after Nagle's delay.

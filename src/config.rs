@@ -41,6 +41,7 @@ pub struct Config {
     pub github: GithubConfig,
     pub terminal: TerminalConfig,
     pub auth: AuthConfig,
+    pub dashboard: DashboardConfig,
     pub sessions: SessionsConfig,
     pub sandboxes: SandboxesConfig,
     pub agents: BTreeMap<String, AgentProfile>,
@@ -162,6 +163,14 @@ pub struct GithubConfig {
 #[serde(deny_unknown_fields)]
 pub struct AuthConfig {
     pub enabled: bool,
+}
+
+/// The web dashboard's sign-in (docs/dashboard.md).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DashboardConfig {
+    /// How long a browser stays signed in, from sign-in (not sliding).
+    pub session_ttl_secs: u64,
 }
 
 /// One named agent program and how to start and resume it.

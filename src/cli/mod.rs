@@ -4,6 +4,7 @@
 mod attach;
 mod client;
 mod commands;
+mod dashboard;
 mod output;
 mod session;
 
@@ -123,6 +124,13 @@ pub enum Command {
     Token(commands::TokenCmd),
     /// Provider and integration profiles (worktree, daytona, github): show, set.
     Provider(commands::ProviderCmd),
+    /// Sign a browser in to the web dashboard: prints a one-time link (valid 60 s,
+    /// for this CLI's token) and opens it where a browser exists.
+    Dashboard {
+        /// Only print the link; do not open a browser.
+        #[structopt(long)]
+        print: bool,
+    },
     /// Internal: the detached process that holds one sandbox's terminal.
     #[structopt(name = "terminal-host", setting = structopt::clap::AppSettings::Hidden)]
     TerminalHost {
@@ -224,6 +232,12 @@ fn run(opts: Opts, config: &mut Config) -> Result<(), CliError> {
             let (_, applied) = crate::app::open_db(config, &dir)?;
             println!("applied {applied} migrations to {}", dir.join("kiln.db").display());
             Ok(())
+        }
+        Command::Dashboard { print } => {
+            let org = config.resolve_organization(opts.organization.as_deref());
+            let api = Api::new(config, opts.url.as_deref(), opts.token.as_deref());
+            let explicit = opts.organization.is_some();
+            actix_web::rt::System::new().block_on(async move { dashboard::dashboard(&api, &org, explicit, print).await })
         }
         command => {
             let org = config.resolve_organization(opts.organization.as_deref());
