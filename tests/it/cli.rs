@@ -1,5 +1,7 @@
 //! The `kiln` CLI against a real server.
 
+use std::process::Stdio;
+
 use serde_json::Value;
 
 use crate::common::*;
@@ -108,6 +110,34 @@ async fn errors_are_clear_and_exit_non_zero() {
     let out = cli(&server, &["--config", bad.to_str().unwrap(), "list"]);
     assert_eq!(out.0, 2);
     assert!(out.2.contains("bnd"), "{}", out.2);
+}
+
+/// `kiln list | head -1`: a reader that closes the pipe early ends the command
+/// quietly (SIGPIPE, as `ls` does), never with a panic and a backtrace.
+#[actix_web::test]
+async fn a_closed_stdout_ends_a_listing_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    let (server, _dir) = Server::start(&[]);
+    for args in [&["organization", "list"][..], &["list", "--json"], &["events"]] {
+        // The read end is closed before the command starts: its first print fails.
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = std::process::Command::new(BIN)
+            .args(["--url", &server.url])
+            .args(args)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("HOME", &server.dir)
+            .env("XDG_CONFIG_HOME", server.dir.join("config"))
+            .env("KILN_DATA_DIR", server.data_dir())
+            .stdout(writer)
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert_eq!(out.status.signal(), Some(libc::SIGPIPE), "{args:?}: {:?} {stderr}", out.status);
+    }
 }
 
 #[actix_web::test]
