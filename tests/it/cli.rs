@@ -1,6 +1,7 @@
 //! The `kiln` CLI against a real server.
 
 use std::process::Stdio;
+use std::time::Duration;
 
 use serde_json::Value;
 
@@ -110,6 +111,43 @@ async fn errors_are_clear_and_exit_non_zero() {
     let out = cli(&server, &["--config", bad.to_str().unwrap(), "list"]);
     assert_eq!(out.0, 2);
     assert!(out.2.contains("bnd"), "{}", out.2);
+}
+
+/// `kiln events --follow` with a token that gets revoked stops at once with a
+/// clear error: it does not announce a reconnect that can only be refused.
+#[actix_web::test]
+async fn events_follow_ends_when_its_token_is_revoked() {
+    let (server, _dir) = Server::start(&[]);
+    let c = server.client();
+    let created: Value = serde_json::from_str(&ok(cli(&server, &["token", "create", "watcher", "--json"]))).unwrap();
+    let (secret, id) = (created["token"].as_str().unwrap(), created["id"].as_str().unwrap());
+    let mut child = std::process::Command::new(BIN)
+        .args(["--url", &server.url, "--token", secret, "events", "--follow"])
+        .env("HOME", &server.dir)
+        .env("KILN_DATA_DIR", server.data_dir())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    eventually(Duration::from_secs(20), "the follower's stream is open", || {
+        let c = c.clone();
+        async move {
+            let r = c.get("/metrics").await;
+            r.text.lines().any(|l| l.strip_prefix("kiln_stream_subscribers ").is_some_and(|v| v.trim() != "0")).then_some(())
+        }
+    })
+    .await;
+    ok(cli(&server, &["token", "revoke", id]));
+    let status = eventually(Duration::from_secs(10), "the follower ends", || {
+        let done = child.try_wait().unwrap();
+        async move { done }
+    })
+    .await;
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("the token was revoked"), "{stderr}");
+    assert!(!stderr.contains("reconnecting"), "{stderr}");
 }
 
 /// `kiln list | head -1`: a reader that closes the pipe early ends the command
