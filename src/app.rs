@@ -68,6 +68,21 @@ pub fn lock_data_dir(dir: &Path) -> Result<std::fs::File, BootError> {
     Ok(file)
 }
 
+/// Says at boot, loudly when it matters, whether agents will be confined.
+fn announce_confinement(confiner: &crate::confine::Confiner) {
+    use crate::confine::Decision;
+    match &confiner.decision {
+        Decision::Confine { abi } => {
+            log::info!("agents are confined with Landlock ABI {abi} (sandboxes.confine = {:?})", confiner.mode);
+            if *abi < 6 {
+                log::warn!("Landlock ABI {abi} cannot scope signals or abstract unix sockets (ABI 6, Linux 6.12): an agent can signal Kiln's processes");
+            }
+        }
+        Decision::Unconfined { reason } => log::warn!("AGENTS ARE NOT CONFINED: {reason}; every agent can read the admin token, kiln.db and every organization's files"),
+        Decision::Refuse { reason } => log::error!("{reason}: every task's provisioning will fail until this is fixed"),
+    }
+}
+
 /// Opens and migrates the database in the data dir.
 pub fn open_db(config: &Config, dir: &Path) -> Result<(Db, usize), BootError> {
     let db = Db::open(&dir.join("kiln.db"), config.database.busy_timeout_ms, config.database.read_pool_size)?;
@@ -105,6 +120,8 @@ pub async fn start(config: Config) -> Result<Running, BootError> {
     if !config.auth.enabled {
         log::warn!("auth is turned off (auth.enabled = false): anyone who can reach {} can drive Kiln", config.server.bind);
     }
+
+    announce_confinement(crate::confine::Confiner::new(&config.sandboxes, &dir, &config.files).install().as_ref());
 
     let actors = Arbiter::new();
     let git_locks = crate::integrations::git::MirrorLocks::default();

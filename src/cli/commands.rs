@@ -441,6 +441,7 @@ async fn show(ctx: &Ctx, task: &str, json: bool) -> CliResult<()> {
     if let Some(sha) = res["runtime"]["pushed_sha"].as_str() {
         println!("{:<14}{sha} to {}", "pushed", field(&res["runtime"], "pushed_branch"));
     }
+    println!("{:<14}{}", "confined", confinement(&res["runtime"]));
     if res["awaiting_input"] == true {
         println!("{:<14}yes: a session waits for a permission answer (`kiln session show`)", "awaiting");
     }
@@ -449,6 +450,16 @@ async fn show(ctx: &Ctx, task: &str, json: bool) -> CliResult<()> {
     }
     println!("\n{}", field(&res, "description"));
     Ok(())
+}
+
+/// `yes (Landlock ABI 7)`, `NO: …` or `not known yet`, from a task's runtime.
+fn confinement(runtime: &Value) -> String {
+    match (runtime["confined"].as_bool(), runtime["confine_abi"].as_i64()) {
+        (Some(true), Some(abi)) => format!("yes (Landlock ABI {abi})"),
+        (Some(true), None) => "yes".into(),
+        (Some(false), _) => "NO: the agent can read every organization's files (see the sandbox.unconfined event)".into(),
+        (None, _) => "not known yet (the agent has not started since Kiln records it)".into(),
+    }
 }
 
 async fn action(ctx: &Ctx, task: &str, action: &str, body: Value) -> CliResult<Value> {

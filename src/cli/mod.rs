@@ -139,6 +139,14 @@ pub enum Command {
         /// A shell command to run before the agent (repeatable).
         #[structopt(long)]
         setup: Vec<String>,
+        /// An inherited Landlock ruleset that setup commands and the agent enter.
+        #[structopt(long)]
+        confine_fd: Option<i32>,
+        #[structopt(long, default_value = "0")]
+        confine_abi: u32,
+        /// Do not put the agent in a cgroup of its own.
+        #[structopt(long)]
+        no_cgroup: bool,
         /// The agent's argument vector.
         #[structopt(last = true, required = true)]
         argv: Vec<String>,
@@ -148,8 +156,30 @@ pub enum Command {
 /// Runs the CLI and answers the process exit code.
 pub fn main() -> i32 {
     let opts = Opts::from_args();
-    if let Command::TerminalHost { state_dir, cwd, log_max_bytes, cols, rows, setup, argv } = opts.command {
-        let host = crate::terminal::host::HostOptions { state_dir, cwd, log_max_bytes, cols, rows, setup, argv };
+    if let Command::TerminalHost { state_dir, cwd, log_max_bytes, cols, rows, setup, argv, confine_fd, confine_abi, no_cgroup } = opts.command {
+        let confine = match confine_fd.filter(|fd| *fd > 2) {
+            // SAFETY: the server left this ruleset open for us and nothing else owns it.
+            Some(fd) => match unsafe { crate::confine::Ruleset::from_inherited(fd, confine_abi, true) } {
+                Ok(r) => Some(std::sync::Arc::new(r)),
+                Err(e) => {
+                    // Never run an agent unconfined that was meant to be confined.
+                    eprintln!("terminal-host: the confinement ruleset is unusable: {e}");
+                    return 1;
+                }
+            },
+            None => None,
+        };
+        let host = crate::terminal::host::HostOptions {
+            state_dir,
+            cwd,
+            log_max_bytes,
+            cols,
+            rows,
+            setup,
+            argv,
+            confine,
+            cgroup: !no_cgroup,
+        };
         return crate::terminal::host::run(host);
     }
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(match opts.command {

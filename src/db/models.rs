@@ -232,6 +232,13 @@ pub struct TaskRuntime {
     /// the lease a later forced push may replace (see docs/git.md).
     pub pushed_branch: Option<String>,
     pub pushed_sha: Option<String>,
+    /// Whether the agent last started runs confined (`null`: not known, started
+    /// before Kiln recorded it).
+    pub confined: Option<bool>,
+    /// The Landlock ABI its rules were made for, when confined.
+    pub confine_abi: Option<i32>,
+    /// Why the terminal log cannot be written, while it cannot.
+    pub log_error: Option<String>,
 }
 
 #[derive(Debug, Clone, Queryable, Selectable, Serialize)]

@@ -117,6 +117,9 @@ diesel::table! {
         ci_feedback_count -> Integer,
         pushed_branch -> Nullable<Text>,
         pushed_sha -> Nullable<Text>,
+        confined -> Nullable<Bool>,
+        confine_abi -> Nullable<Integer>,
+        log_error -> Nullable<Text>,
     }
 }
 

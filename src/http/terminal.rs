@@ -40,6 +40,8 @@ use crate::terminal::protocol::{self, Frame};
 
 /// Frames from one client queued for its host before the client is cut off.
 const INPUT_QUEUE: usize = 1024;
+/// How long a client's close waits for the host to confirm the input before it.
+const CLOSE_ACK: Duration = Duration::from_secs(5);
 
 pub async fn connect(
     req: HttpRequest,
@@ -70,7 +72,19 @@ pub async fn connect(
     ws::handshake(&req).map_err(|e| AppError::bad_request("websocket_required", format!("this route speaks WebSocket only: {e}")))?;
     let offset = query.offset.unwrap_or(0);
     let socket = state_dir.join(crate::terminal::host::SOCKET);
-    let live = tokio::net::UnixStream::connect(&socket).await.ok();
+    let key_dir = state_dir.clone();
+    let key = blocking(move || Ok(crate::terminal::client::host_key(&key_dir))).await?;
+    let live = match tokio::net::UnixStream::connect(&socket).await {
+        Ok(mut stream) => match key {
+            // The host wants its key first.
+            Some(key) => {
+                use tokio::io::AsyncWriteExt;
+                stream.write_all(&Frame::new(protocol::HELLO, key).encode()).await.ok().map(|_| stream)
+            }
+            None => Some(stream),
+        },
+        Err(_) => None,
+    };
     let replay = if live.is_none() {
         let dir = state_dir.clone();
         let (start, bytes, exit) = blocking(move || {
@@ -96,6 +110,7 @@ pub async fn connect(
         replay,
         to_host: None,
         exited: false,
+        closing: None,
     };
     let (addr, response) = ws::WsResponseBuilder::new(session, &req, payload)
         .start_with_addr()
@@ -137,6 +152,9 @@ struct TerminalSession {
     replay: Option<(u64, Vec<u8>, Option<protocol::ExitInfo>)>,
     to_host: Option<mpsc::Sender<Frame>>,
     exited: bool,
+    /// The client has closed: its close is answered once the host has confirmed
+    /// every input before it (a `STATUS` round trip behind them).
+    closing: Option<Option<ws::CloseReason>>,
 }
 
 impl TerminalSession {
@@ -179,6 +197,36 @@ impl TerminalSession {
                 code: ws::CloseCode::Size,
                 description: Some("input arrives faster than the agent reads it".into()),
             }));
+            ctx.stop();
+        }
+    }
+
+    /// The client closed. Input it sent just before must still reach the agent,
+    /// so the close is answered only after the host has read everything queued
+    /// (a `STATUS` sent behind it comes back), or after `CLOSE_ACK` at most.
+    fn client_closed(&mut self, reason: Option<ws::CloseReason>, ctx: &mut ws::WebsocketContext<Self>) {
+        if self.closing.is_some() {
+            return;
+        }
+        let Some(tx) = self.to_host.clone() else {
+            ctx.close(reason);
+            ctx.stop();
+            return;
+        };
+        self.closing = Some(reason);
+        // A full queue waits for room rather than dropping the marker.
+        ctx.spawn(
+            async move {
+                let _ = tx.send(Frame::new(protocol::STATUS, vec![])).await;
+            }
+            .into_actor(self),
+        );
+        ctx.run_later(CLOSE_ACK, |act, ctx| act.finish_close(ctx));
+    }
+
+    fn finish_close(&mut self, ctx: &mut ws::WebsocketContext<Self>) {
+        if let Some(reason) = self.closing.take() {
+            ctx.close(reason);
             ctx.stop();
         }
     }
@@ -275,6 +323,8 @@ impl StreamHandler<Frame> for TerminalSession {
                 let exit: serde_json::Value = serde_json::from_slice(&frame.payload).unwrap_or(json!({}));
                 self.control(ctx, json!({"type": "exited", "code": exit["code"], "signal": exit["signal"], "phase": exit["phase"]}));
             }
+            // Only a closing client asks for status: the host has taken its input.
+            protocol::STATUS_REPLY => self.finish_close(ctx),
             _ => {}
         }
     }
@@ -298,6 +348,8 @@ impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for TerminalSession {
     fn handle(&mut self, msg: Result<ws::Message, ws::ProtocolError>, ctx: &mut Self::Context) {
         self.heartbeat = Instant::now();
         match msg {
+            // Nothing counts after the client's close.
+            Ok(_) if self.closing.is_some() => {}
             Ok(ws::Message::Binary(bytes)) => self.to_host(Frame::new(protocol::INPUT, bytes.to_vec()), ctx),
             Ok(ws::Message::Text(text)) => match serde_json::from_str::<dto::TerminalControl>(&text) {
                 Ok(dto::TerminalControl::Resize { cols, rows }) if cols > 0 && rows > 0 => {
@@ -306,10 +358,7 @@ impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for TerminalSession {
                 _ => self.control(ctx, json!({"type": "error", "message": "unknown control message; send {\"type\":\"resize\",\"cols\":C,\"rows\":R}"})),
             },
             Ok(ws::Message::Ping(bytes)) => ctx.pong(&bytes),
-            Ok(ws::Message::Close(reason)) => {
-                ctx.close(reason);
-                ctx.stop();
-            }
+            Ok(ws::Message::Close(reason)) => self.client_closed(reason, ctx),
             Ok(_) => {}
             Err(_) => ctx.stop(),
         }

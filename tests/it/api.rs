@@ -366,6 +366,33 @@ async fn repository_delete_is_refused_while_tasks_are_active() {
     assert_eq!(c.get(&format!("/v1/organizations/default/tasks/{id}")).await.status, 404);
 }
 
+/// A repository removed and registered again under the same name works at once:
+/// tasks provision and the branch poller fetches (Kiln's git on a mirror runs in
+/// a jail made for that mirror; the old one must not be reused for the new).
+#[actix_web::test]
+async fn a_repository_registered_again_at_once_works() {
+    let (server, dir) = Server::start(&[("KILN_REPOS__FETCH_SECS", "1"), ("KILN_REPOS__BRANCH_POLL_MS", "200")]);
+    let c = server.client();
+    let source = git_repo(dir.path(), "app");
+    c.add_repo("default", &source).await;
+    let first = c.create_task("default", "app", "a").await["id"].as_str().unwrap().to_string();
+    c.wait_status("default", &first, "running").await;
+    assert_eq!(c.post(&format!("/v1/organizations/default/tasks/{first}/kill"), json!({})).await.status, 200);
+    assert_eq!(c.delete("/v1/organizations/default/repos/app").await.status, 204);
+    c.add_repo("default", &source).await;
+    let second = c.create_task("default", "app", "b").await["id"].as_str().unwrap().to_string();
+    c.wait_status("default", &second, "running").await;
+    // The poller's fetch of the new mirror sees a commit pushed to its origin.
+    git(&source, &["commit", "-q", "--allow-empty", "-m", "later"]);
+    let head = git(&source, &["rev-parse", "HEAD"]);
+    eventually(std::time::Duration::from_secs(60), "the new mirror fetched by the branch poller", || async {
+        let branches = c.get("/v1/organizations/default/repos/app/branches").await;
+        branches.body["items"].as_array()?.iter().any(|b| b["name"] == "main" && b["head_sha"] == head.trim()).then_some(())
+    })
+    .await;
+    assert!(!server.log().contains("not a git repository"), "{}", server.log());
+}
+
 #[actix_web::test]
 async fn events_filter_by_repo_task_kind_and_limit() {
     let (server, dir) = Server::start(&[]);

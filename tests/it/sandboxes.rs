@@ -218,7 +218,7 @@ async fn kill_saves_untracked_and_modified_work_and_keeps_the_branch() {
     // The agent and its host are gone.
     let state_dir = server.data_dir().join(format!("sandboxes/{id}"));
     let exit = kiln::terminal::client::exit_info(&state_dir).expect("the host recorded the end");
-    assert_eq!(exit.signal, Some(libc::SIGTERM), "stopped by SIGTERM within the grace period");
+    assert_eq!(exit.signal, Some(libc::SIGHUP), "stopped by the hangup, as a closing terminal stops it");
     eventually(WAIT, "the host exits", || {
         let dir = state_dir.clone();
         async move { kiln::terminal::client::status(&dir).is_err().then_some(()) }
