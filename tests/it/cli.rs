@@ -150,6 +150,55 @@ async fn events_follow_ends_when_its_token_is_revoked() {
     assert!(!stderr.contains("reconnecting"), "{stderr}");
 }
 
+/// `kiln attach` with a token that gets revoked ends with an error and a non-zero
+/// exit, like `events --follow`, not as if the user had detached.
+#[actix_web::test]
+async fn attach_ends_with_an_error_when_its_token_is_revoked() {
+    let (server, dir) = Server::start(&[]);
+    let c = server.client();
+    c.add_repo("default", &git_repo(dir.path(), "app")).await;
+    let task = c.create_task("default", "app", "watched").await["id"].as_str().unwrap().to_string();
+    c.wait_status("default", &task, "running").await;
+    let created: Value = serde_json::from_str(&ok(cli(&server, &["token", "create", "viewer", "--json"]))).unwrap();
+    let (secret, id) = (created["token"].as_str().unwrap(), created["id"].as_str().unwrap());
+    let mut child = std::process::Command::new(BIN)
+        .args(["--url", &server.url, "--token", secret, "attach", &task])
+        .env("HOME", &server.dir)
+        .env("KILN_DATA_DIR", server.data_dir())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Attached once the replayed scrollback shows the agent's banner.
+    let mut stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = std::io::Read::read(&mut stdout, &mut buf) {
+            if n == 0 {
+                break;
+            }
+            seen.extend_from_slice(&buf[..n]);
+            if String::from_utf8_lossy(&seen).contains("fake-agent ready") {
+                let _ = tx.send(());
+            }
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(30)).expect("attach replays the terminal");
+    ok(cli(&server, &["token", "revoke", id]));
+    let status = eventually(Duration::from_secs(10), "attach ends", || {
+        let done = child.try_wait().unwrap();
+        async move { done }
+    })
+    .await;
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("the token was revoked"), "{stderr}");
+}
+
 /// `kiln list | head -1`: a reader that closes the pipe early ends the command
 /// quietly (SIGPIPE, as `ls` does), never with a panic and a backtrace.
 #[actix_web::test]
