@@ -288,6 +288,12 @@ pub fn events_list(conn: &mut SqliteConnection, org: &str, f: &EventFilter) -> Q
     q.order(events::id.asc()).limit(f.limit).load(conn)
 }
 
+/// The newest event id of any organization (ids come from one sequence), 0 when
+/// there is none.
+pub fn newest_event_id(conn: &mut SqliteConnection) -> QueryResult<i64> {
+    events::table.select(diesel::dsl::max(events::id)).first::<Option<i64>>(conn).map(|id| id.unwrap_or(0))
+}
+
 /// The event kinds a session's journal is made of (one per envelope).
 pub const JOURNAL_KINDS: &[&str] =
     &["session.sent", "session.update", "session.request", "session.notification", "session.response"];

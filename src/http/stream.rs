@@ -53,6 +53,7 @@ pub async fn connect(
     if since.is_some_and(|s| s < 0) {
         return Err(AppError::bad_request("invalid_since", "since must be an event id, 0 or more"));
     }
+    super::events::since_not_ahead(&kiln, since.unwrap_or(0)).await?;
     ws::handshake(&req).map_err(|e| AppError::bad_request("websocket_required", format!("this route speaks WebSocket only: {e}")))?;
     let history = kiln.history(&org);
     let subscription = history.send(Subscribe {}).await?;
