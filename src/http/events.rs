@@ -32,6 +32,19 @@ pub(super) async fn since_not_ahead(kiln: &Kiln, since: i64) -> AppResult<()> {
     Ok(())
 }
 
+/// Where a caller's view of an organization's history starts (events with a
+/// greater id): for an organization token, at the organization's latest
+/// `organization.created`. An earlier organization of the same name was deleted,
+/// and its events, kept for the admin's audits, are not the new one's to read.
+pub(super) async fn history_floor(kiln: &Kiln, caller: &Caller, org: &str) -> AppResult<i64> {
+    if *caller == Caller::Admin {
+        return Ok(0);
+    }
+    let org = org.to_string();
+    let began = kiln.db.read(move |c| queries::organization_began(c, &org)).await?;
+    Ok((began - 1).max(0))
+}
+
 /// Lists events after `since`, filtered by `repo`, `task`, `session` and `kind` (exact, or a
 /// prefix ending in `.` or `.*`); or, with `tail=N`, the newest N. `next_since`
 /// continues the listing.
@@ -63,6 +76,7 @@ pub async fn list(
         return Err(AppError::bad_request("invalid_since", "since must be an event id, 0 or more"));
     }
     since_not_ahead(&kiln, since).await?;
+    let since = since.max(history_floor(&kiln, &caller, &org).await?);
     let filter =
         EventFilter { since, repo: q.repo, task: q.task, kind: q.kind, session: q.session, limit, newest: q.tail.is_some() };
     let rows = kiln.db.read(move |c| queries::events_list(c, &org, &filter)).await?;
