@@ -244,5 +244,15 @@ async fn a_log_that_cannot_be_written_keeps_the_terminal_working_and_is_reported
     again.until(WAIT, "the output after the hole", |t| t.text().contains("after-full")).await;
     assert!(again.text().contains("shell-is-up") && !again.text().contains("during-full"), "{}", again.text());
     assert!(again.controls.iter().any(|v| v["type"] == "offset"), "the hole is announced: {:?}", again.controls);
+    // Each attacher stopped reading at the first frame holding "after-full"; the
+    // shell's next prompt may have come in that frame for one and after it for
+    // the other. Both read on to the same byte: wrong hole accounting would leave
+    // one short (or ahead) for good, and the wait would time out.
+    let (a, t) = (again.offset, term.offset);
+    if a > t {
+        term.until(WAIT, "the first attacher at the second's offset", move |x| x.offset >= a).await;
+    } else if t > a {
+        again.until(WAIT, "the second attacher at the first's offset", move |x| x.offset >= t).await;
+    }
     assert_eq!(again.offset, term.offset, "offsets agree across the hole");
 }
