@@ -95,6 +95,10 @@ async fn show(
         }
         Some(Ok(awc::ws::Frame::Ping(p))) => sink.send(awc::ws::Message::Pong(p)).await?,
         Some(Ok(awc::ws::Frame::Close(reason))) => {
+            // The token was revoked (4001) or its organization deleted (4004): an error.
+            if let Some(gone) = super::commands::credential_gone(&reason) {
+                return Ok(Some(Err(gone)));
+            }
             if ending.is_none() {
                 *ending = reason.and_then(|r| r.description);
             }

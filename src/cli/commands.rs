@@ -560,6 +560,9 @@ async fn events(ctx: &Ctx, args: EventsArgs) -> CliResult<()> {
                 }
                 awc::ws::Frame::Ping(p) => ws.send(awc::ws::Message::Pong(p)).await?,
                 awc::ws::Frame::Close(reason) => {
+                    if let Some(gone) = credential_gone(&reason) {
+                        return Err(gone);
+                    }
                     eprintln!("stream closed ({}); reconnecting from {since}", reason.and_then(|r| r.description).unwrap_or_default());
                     break;
                 }
@@ -568,6 +571,18 @@ async fn events(ctx: &Ctx, args: EventsArgs) -> CliResult<()> {
         }
         actix_web::rt::time::sleep(std::time::Duration::from_secs(1)).await;
     }
+}
+
+/// A stream closed because the credential it was opened with is gone (4001: the
+/// token was revoked; 4004: its organization was deleted). Reconnecting cannot
+/// help, so the command ends with this error instead.
+pub(super) fn credential_gone(reason: &Option<awc::ws::CloseReason>) -> Option<CliError> {
+    let why = match reason.as_ref().map(|r| u16::from(r.code)) {
+        Some(4001) => "the token was revoked",
+        Some(4004) => "the token's organization was deleted",
+        _ => return None,
+    };
+    Some(CliError(format!("the server closed the stream: {why} (use another token)")))
 }
 
 /// Connects a stream, waiting up to a minute for a restarting server.

@@ -240,10 +240,25 @@ fn run(opts: Opts, config: &mut Config) -> Result<(), CliError> {
             actix_web::rt::System::new().block_on(async move { dashboard::dashboard(&api, &org, explicit, print).await })
         }
         command => {
+            if !matches!(command, Command::Attach { .. }) {
+                die_quietly_on_closed_stdout();
+            }
             let org = config.resolve_organization(opts.organization.as_deref());
             let api = Api::new(config, opts.url.as_deref(), opts.token.as_deref());
             let ctx = commands::Ctx { api, org };
             actix_web::rt::System::new().block_on(commands::run(ctx, command))
         }
+    }
+}
+
+/// `kiln list | head -1`: a reader that stops early closes the pipe, and the
+/// next print would panic (Rust ignores SIGPIPE, so `println!` gets EPIPE).
+/// Client commands take SIGPIPE's default instead and end quietly, as `ls`
+/// does. Sockets are unaffected: std sends on them with `MSG_NOSIGNAL`. `attach`
+/// keeps the error path, so it always restores the terminal mode first.
+fn die_quietly_on_closed_stdout() {
+    // SAFETY: resets one signal's disposition before any thread is started.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }

@@ -319,6 +319,23 @@ pub fn events_list(conn: &mut SqliteConnection, org: &str, f: &EventFilter) -> Q
     q.order(events::id.asc()).limit(f.limit).load(conn)
 }
 
+/// The newest event id of any organization (ids come from one sequence), 0 when
+/// there is none.
+pub fn newest_event_id(conn: &mut SqliteConnection) -> QueryResult<i64> {
+    events::table.select(diesel::dsl::max(events::id)).first::<Option<i64>>(conn).map(|id| id.unwrap_or(0))
+}
+
+/// The id of the latest `organization.created` under `org`: where the
+/// organization that now bears the name began (0 when none is recorded).
+pub fn organization_began(conn: &mut SqliteConnection, org: &str) -> QueryResult<i64> {
+    events::table
+        .filter(events::organization.eq(org))
+        .filter(events::kind.eq("organization.created"))
+        .select(diesel::dsl::max(events::id))
+        .first::<Option<i64>>(conn)
+        .map(|id| id.unwrap_or(0))
+}
+
 /// The event kinds a session's journal is made of (one per envelope).
 pub const JOURNAL_KINDS: &[&str] =
     &["session.sent", "session.update", "session.request", "session.notification", "session.response"];

@@ -42,6 +42,11 @@ use crate::terminal::protocol::{self, Frame};
 const INPUT_QUEUE: usize = 1024;
 /// How long a client's close waits for the host to confirm the input before it.
 const CLOSE_ACK: Duration = Duration::from_secs(5);
+/// The largest message a client may send (one frame, or the frames of a
+/// fragmented message put together): a big paste fits, a runaway client does not.
+const MAX_MESSAGE: usize = 1 << 20;
+/// Input goes to the host in pieces of at most this many bytes.
+const INPUT_PIECE: usize = 64 * 1024;
 
 pub async fn connect(
     req: HttpRequest,
@@ -111,8 +116,10 @@ pub async fn connect(
         to_host: None,
         exited: false,
         closing: None,
+        partial: None,
     };
     let (addr, response) = ws::WsResponseBuilder::new(session, &req, payload)
+        .frame_size(MAX_MESSAGE)
         .start_with_addr()
         .map_err(|e| AppError::bad_request("websocket_required", e.to_string()))?;
     auth::register_connection(&kiln, &req, &org, &ticket, addr.recipient()).await?;
@@ -155,6 +162,8 @@ struct TerminalSession {
     /// The client has closed: its close is answered once the host has confirmed
     /// every input before it (a `STATUS` round trip behind them).
     closing: Option<Option<ws::CloseReason>>,
+    /// A fragmented message being put together: whether it is text, and its bytes so far.
+    partial: Option<(bool, Vec<u8>)>,
 }
 
 impl TerminalSession {
@@ -198,6 +207,49 @@ impl TerminalSession {
                 description: Some("input arrives faster than the agent reads it".into()),
             }));
             ctx.stop();
+        }
+    }
+
+    /// One whole message from the client: input bytes, or a control message.
+    fn client_message(&mut self, text: bool, bytes: &[u8], ctx: &mut ws::WebsocketContext<Self>) {
+        if !text {
+            for piece in bytes.chunks(INPUT_PIECE) {
+                self.to_host(Frame::new(protocol::INPUT, piece.to_vec()), ctx);
+            }
+            return;
+        }
+        match serde_json::from_slice::<dto::TerminalControl>(bytes) {
+            Ok(dto::TerminalControl::Resize { cols, rows }) if cols > 0 && rows > 0 => self.to_host(Frame::resize(cols, rows), ctx),
+            _ => self.control(ctx, json!({"type": "error", "message": "unknown control message; send {\"type\":\"resize\",\"cols\":C,\"rows\":R}"})),
+        }
+    }
+
+    /// A part of a fragmented message (RFC 6455 §5.4): kept until its last part
+    /// comes, then handled like a message sent whole.
+    fn continuation(&mut self, item: actix_http::ws::Item, ctx: &mut ws::WebsocketContext<Self>) {
+        use actix_http::ws::Item;
+        let (bytes, last) = match item {
+            Item::FirstText(b) => {
+                self.partial = Some((true, Vec::new()));
+                (b, false)
+            }
+            Item::FirstBinary(b) => {
+                self.partial = Some((false, Vec::new()));
+                (b, false)
+            }
+            Item::Continue(b) => (b, false),
+            Item::Last(b) => (b, true),
+        };
+        let Some((_, buf)) = self.partial.as_mut() else { return };
+        if buf.len() + bytes.len() > MAX_MESSAGE {
+            self.partial = None;
+            return too_big(ctx);
+        }
+        buf.extend_from_slice(&bytes);
+        if last {
+            if let Some((text, buf)) = self.partial.take() {
+                self.client_message(text, &buf, ctx);
+            }
         }
     }
 
@@ -350,17 +402,23 @@ impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for TerminalSession {
         match msg {
             // Nothing counts after the client's close.
             Ok(_) if self.closing.is_some() => {}
-            Ok(ws::Message::Binary(bytes)) => self.to_host(Frame::new(protocol::INPUT, bytes.to_vec()), ctx),
-            Ok(ws::Message::Text(text)) => match serde_json::from_str::<dto::TerminalControl>(&text) {
-                Ok(dto::TerminalControl::Resize { cols, rows }) if cols > 0 && rows > 0 => {
-                    self.to_host(Frame::resize(cols, rows), ctx)
-                }
-                _ => self.control(ctx, json!({"type": "error", "message": "unknown control message; send {\"type\":\"resize\",\"cols\":C,\"rows\":R}"})),
-            },
+            Ok(ws::Message::Binary(bytes)) => self.client_message(false, &bytes, ctx),
+            Ok(ws::Message::Text(text)) => self.client_message(true, text.as_bytes(), ctx),
+            Ok(ws::Message::Continuation(item)) => self.continuation(item, ctx),
             Ok(ws::Message::Ping(bytes)) => ctx.pong(&bytes),
             Ok(ws::Message::Close(reason)) => self.client_closed(reason, ctx),
             Ok(_) => {}
+            Err(ws::ProtocolError::Overflow) => too_big(ctx),
             Err(_) => ctx.stop(),
         }
     }
+}
+
+/// A client message over `MAX_MESSAGE`: closed with 1009 and a reason, not dropped silently.
+fn too_big(ctx: &mut ws::WebsocketContext<TerminalSession>) {
+    ctx.close(Some(ws::CloseReason {
+        code: ws::CloseCode::Size,
+        description: Some(format!("a message is at most {MAX_MESSAGE} bytes: send input in smaller pieces")),
+    }));
+    ctx.stop();
 }

@@ -55,6 +55,42 @@ async fn organization_with_repos_cannot_be_deleted() {
     assert_eq!((r.status, r.code()), (409, "organization_not_empty"));
 }
 
+/// Deleting an organization deletes its agents' home (where agents keep their
+/// logins and caches): a later organization of the same name, perhaps another
+/// tenant, starts with an empty one instead of inheriting them.
+#[actix_web::test]
+async fn a_deleted_organizations_agent_home_does_not_pass_to_the_next_of_its_name() {
+    let (server, dir) = Server::start(&[]);
+    let c = server.client();
+    c.post("/v1/organizations", json!({"name": "acme"})).await;
+    c.add_repo("acme", &git_repo(dir.path(), "app")).await;
+    let id = c.create_task_with("acme", json!({"repo": "app", "description": "log in", "agent": "sh"})).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    c.wait_status("acme", &id, "running").await;
+    let home = server.data_dir().join("homes/acme");
+    let r = c.post(&format!("/v1/organizations/acme/tasks/{id}/input"), json!({"text": "echo sk-ant-old > \"$HOME/.credentials\"\r"})).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    eventually(std::time::Duration::from_secs(20), "the agent writes into its home", || {
+        let done = home.join(".credentials").is_file();
+        async move { done.then_some(()) }
+    })
+    .await;
+    c.post(&format!("/v1/organizations/acme/tasks/{id}/kill"), json!({})).await;
+    assert_eq!(c.delete("/v1/organizations/acme/repos/app").await.status, 204);
+    assert_eq!(c.delete("/v1/organizations/acme").await.status, 204);
+    assert!(!home.exists(), "the home went with the organization");
+    let homes: Vec<String> = std::fs::read_dir(server.data_dir().join("homes"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .collect();
+    assert!(!homes.iter().any(|h| h.contains("acme")), "nothing of it is left: {homes:?}");
+    // A new `acme` starts afresh.
+    c.post("/v1/organizations", json!({"name": "acme"})).await;
+    assert!(!home.join(".credentials").exists());
+}
+
 #[actix_web::test]
 async fn register_repository_by_path_is_idempotent_and_emits_progress() {
     let (server, dir) = Server::start(&[]);

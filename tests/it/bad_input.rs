@@ -373,6 +373,25 @@ async fn error_messages_never_repeat_a_value_sent() {
     }
 }
 
+/// A setup command the API refuses is named by its place, never quoted: shell
+/// text may carry a credential (`TOKEN=… make`), and the 422 used to repeat it.
+#[actix_web::test]
+async fn a_refused_setup_command_is_named_not_quoted() {
+    let (server, dir) = Server::start(&[]);
+    let c = server.client();
+    c.add_repo("default", &git_repo(dir.path(), "app")).await;
+    let path = "/v1/organizations/default/repos/app/setup";
+    let secret = "TOKEN=sk-live-51HxQ2eZvKYlo2C0123456789 make deploy";
+    for bad in [format!("{secret}\u{0}"), format!("{secret} {}", "x".repeat(4096)), "   ".to_string()] {
+        let r = c.put(path, json!({"commands": ["npm ci", bad]})).await;
+        assert_eq!((r.status, r.code()), (422, "invalid_setup"), "{r:?}");
+        assert!(!r.text.contains("sk-live") && !r.text.contains("TOKEN"), "{r:?}");
+        assert!(r.body["message"].as_str().unwrap().contains("commands[1]"), "the command is named by its place: {r:?}");
+    }
+    // Nothing was stored.
+    assert_eq!(c.get("/v1/organizations/default/repos/app").await.body["setup"]["commands"], json!([]));
+}
+
 #[actix_web::test]
 async fn raw_body_routes_answer_json_and_check_the_content_type() {
     let (server, dir) = Server::start(&[("KILN_SERVER__MAX_BODY_BYTES", "4096")]);

@@ -221,6 +221,13 @@ impl Handler<DeleteOrganization> for OrganizationActor {
                     format!("organization `{org}` still has {repos} repositories: delete them first"),
                 ));
             }
+            // Its agents' home (their logins, caches) goes first: a later
+            // organization of the same name must not start with it.
+            let home = crate::confine::Confiner::agent_home(&kiln.data_dir, &org);
+            crate::db::pool::blocking(move || {
+                retire_home(&home).map_err(|e| crate::db::DbError::Blocking(format!("removing {}: {e}", home.display())))
+            })
+            .await?;
             let name = org.clone();
             if !kiln.db.write(move |c| store::delete_organization(c, &name)).await? {
                 return Err(missing);
@@ -231,6 +238,22 @@ impl Handler<DeleteOrganization> for OrganizationActor {
             Ok(())
         })
     }
+}
+
+/// Moves a deleted organization's agent home out of the way (a rename, which
+/// nothing an agent left inside can stop), then removes it. What cannot be
+/// removed stays under a hidden name no organization can have, and is logged.
+fn retire_home(home: &std::path::Path) -> std::io::Result<()> {
+    let name = home.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+    let gone = home.with_file_name(format!(".deleted-{name}-{}", random_hex(8)));
+    match std::fs::rename(home, &gone) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        other => other?,
+    }
+    if let Err(e) = std::fs::remove_dir_all(&gone) {
+        log::warn!("the agent home of deleted organization `{name}` is left at {}: {e}", gone.display());
+    }
+    Ok(())
 }
 
 impl Handler<CreateToken> for OrganizationActor {
