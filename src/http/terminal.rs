@@ -5,8 +5,10 @@
 //! from byte `offset`; the host sends the kept scrollback from there, then live
 //! bytes, with no gap and no duplicate. Binary frames carry terminal bytes both
 //! ways. Text frames carry control JSON: the server sends `{"type":"attached",
-//! "offset":N}` first, `{"type":"offset","offset":N}` when output skips ahead
-//! (older output was rotated away), and `{"type":"exited",...}` when the agent
+//! "offset":N}` first, `{"type":"offset","offset":N}` when the next byte is not
+//! where the client expects it (older output was rotated away or lost in a hole
+//! of the log, so output skips ahead; or `offset` was past the end, so the
+//! attach starts at the end, told before any output), and `{"type":"exited",...}` when the agent
 //! ends; the client sends `{"type":"resize","cols":C,"rows":R}`.
 //!
 //! When the host is gone, the session sends what the log on disk holds and
@@ -194,6 +196,15 @@ impl TerminalSession {
         self.next = offset + bytes.len() as u64;
     }
 
+    /// The next byte the client gets is at `offset`, not where it expected (the
+    /// offset it asked for was past the end): it is told, with no bytes yet.
+    fn move_to(&mut self, ctx: &mut ws::WebsocketContext<Self>, offset: u64) {
+        if offset != self.next && !self.ticket.is_cut() {
+            self.control(ctx, json!({"type": "offset", "offset": offset}));
+            self.next = offset;
+        }
+    }
+
     /// Queues a frame for the host. A client that sends faster than the agent
     /// reads (the queue is bounded) is closed rather than buffered without end.
     fn to_host(&self, frame: Frame, ctx: &mut ws::WebsocketContext<Self>) {
@@ -313,6 +324,9 @@ impl Actor for TerminalSession {
         );
         self.control(ctx, json!({"type": "attached", "offset": self.requested}));
         if let Some((start, bytes, exit)) = self.replay.take() {
+            if bytes.is_empty() {
+                self.move_to(ctx, start);
+            }
             self.output(ctx, start, &bytes);
             let exit = exit.map(|e| json!({"type": "exited", "code": e.code, "signal": e.signal, "phase": e.phase}));
             self.control(ctx, exit.unwrap_or_else(|| json!({"type": "exited", "code": null, "reason": "the terminal host is gone"})));
@@ -368,6 +382,12 @@ impl StreamHandler<Frame> for TerminalSession {
             protocol::OUTPUT => {
                 if let Some(offset) = frame.u64_prefix() {
                     self.output(ctx, offset, &frame.payload[8..]);
+                }
+            }
+            // Where the host starts: before any output, so only a clamped offset moves it.
+            protocol::ATTACHED => {
+                if let Some(offset) = frame.u64_prefix().filter(|o| *o < self.next) {
+                    self.move_to(ctx, offset);
                 }
             }
             protocol::EXITED => {

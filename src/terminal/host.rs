@@ -449,8 +449,12 @@ fn handle_frame(
             let Some(client) = s.clients.get_mut(&id) else { return false };
             if !client.attached {
                 client.attached = true;
+                // An offset past the end (a stale or made-up one) starts at the
+                // end: live output follows, and the client is told where it is.
+                let from = offset.min(to);
                 // Queued under the lock, so history comes before any live frame.
-                if tx.try_send(Outgoing::History { from: offset, to }).is_err() {
+                let attached = Outgoing::Frame(Frame::new(protocol::ATTACHED, from.to_be_bytes().to_vec()));
+                if tx.try_send(attached).is_err() || tx.try_send(Outgoing::History { from, to }).is_err() {
                     return false;
                 }
                 if let Some(exit) = &s.exit {

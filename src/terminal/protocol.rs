@@ -4,8 +4,10 @@
 //! Client to host: `ATTACH` (u64 offset: send output from there, then live),
 //! `INPUT` (bytes for the PTY), `RESIZE` (u16 cols, u16 rows), `STATUS` (answered
 //! with a `STATUS` frame) and `SIGNAL` (i32: send it to the agent's process group).
-//! Host to client: `OUTPUT` (u64 offset of the first byte, then the bytes),
-//! `STATUS` (JSON `HostStatus`) and `EXITED` (JSON `ExitInfo`).
+//! Host to client: `ATTACHED` (u64: the offset output starts from, answering
+//! `ATTACH`; an offset past the end is moved back to the end), `OUTPUT` (u64
+//! offset of the first byte, then the bytes), `STATUS` (JSON `HostStatus`) and
+//! `EXITED` (JSON `ExitInfo`).
 
 use std::io::{self, Read, Write};
 
@@ -21,6 +23,7 @@ pub const HELLO: u8 = 6;
 pub const OUTPUT: u8 = 101;
 pub const STATUS_REPLY: u8 = 102;
 pub const EXITED: u8 = 103;
+pub const ATTACHED: u8 = 104;
 
 /// Reads the first frame (with a short timeout) and answers whether it is a
 /// `HELLO` with `key`, compared in constant time.

@@ -624,6 +624,38 @@ async fn terminal_logs_rotate_and_attach_skips_ahead() {
     assert!(total <= 2 * 8192 + 65536, "bounded: {total}");
 }
 
+/// An attach from past the end starts at the end, says so, and gets live output
+/// (it used to wait, silent, until output reached the offset asked for).
+#[actix_web::test]
+async fn an_attach_past_the_end_starts_at_the_end_and_gets_live_output() {
+    let (server, dir) = Server::start(&[]);
+    let c = server.client();
+    c.add_repo("default", &git_repo(dir.path(), "app")).await;
+    let id = c.create_task("default", "app", "far ahead").await["id"].as_str().unwrap().to_string();
+    let mut live = Term::open(&c, "default", &id, 0).await;
+    live.expect("fake-agent ready").await;
+    let before = live.offset;
+    const FAR: u64 = 999_999_999;
+    let mut ahead = Term::open(&c, "default", &id, FAR).await;
+    ahead.until(WAIT, "the offset control", |t| t.controls.iter().any(|v| v["type"] == "offset")).await;
+    assert_eq!(ahead.controls[0], json!({"type": "attached", "offset": FAR}), "{:?}", ahead.controls);
+    let moved = ahead.controls[1]["offset"].as_u64().unwrap();
+    assert!(moved >= before && moved < FAR, "moved back to the end ({before}..): {:?}", ahead.controls);
+    assert!(ahead.output.is_empty(), "told before any output");
+    // Typing through it reaches the agent, and its output comes back live.
+    ahead.send(b"past the end\r").await;
+    ahead.expect("echo: past the end").await;
+    live.expect("echo: past the end").await;
+    assert!(!ahead.text().contains("fake-agent ready"), "nothing from before the end");
+    // Both attachers place the echo at the same stream offset.
+    let end_of = |t: &Term| {
+        let needle = b"echo: past the end";
+        let at = t.output.windows(needle.len()).position(|w| w == needle).unwrap() + needle.len();
+        t.offset - (t.output.len() - at) as u64
+    };
+    assert_eq!(end_of(&ahead), end_of(&live), "the offsets told are the stream's");
+}
+
 #[actix_web::test]
 async fn shutdown_closes_attached_terminals_at_once_and_recovers_queued_tasks() {
     let dir = tempdir();

@@ -710,6 +710,26 @@ async fn a_turn_that_ends_while_kiln_is_down_is_picked_up_after_the_restart() {
     s.c.wait_status("default", &s.task, "idle").await;
 }
 
+/// A task that is `running` for a reason other than a turn (here its terminal
+/// agent, whose quiet time is an hour; after a restart, output quiet-time while
+/// the sessions were `lost`) follows its sessions once one is open: none is
+/// prompting, so it is idle. It used to stay `running` until a turn ended.
+#[actix_rt::test]
+async fn a_running_task_with_an_open_session_and_no_turn_is_idle() {
+    let s = Setup::new(&[]).await;
+    s.c.wait_status("default", &s.task, "running").await;
+    let sid = s.open("fake").await;
+    assert_eq!(s.session(&sid).await["status"], "ready");
+    s.c.wait_status("default", &s.task, "idle").await;
+    // And a turn still drives it: running during it, idle after it.
+    s.prompt(&sid, "wait for me").await;
+    s.c.wait_status("default", &s.task, "running").await;
+    let r = s.c.post(&s.path(&format!("/{sid}/cancel")), json!({})).await;
+    assert_eq!(r.status, 202, "{r:?}");
+    s.wait_turn(&sid, "cancelled").await;
+    s.c.wait_status("default", &s.task, "idle").await;
+}
+
 /// A prompt journaled right before Kiln died may never have been posted. The
 /// journal is written here by hand, as a crash between the two would leave it.
 #[actix_rt::test]
@@ -947,10 +967,13 @@ async fn a_turns_status_is_journaled_in_order_while_the_task_actor_is_busy() {
         .output()
         .expect("git config");
     assert!(out.status.success(), "{out:?}");
+    // Opening the session makes the task idle (no turn in flight) before the
+    // on-idle push is set, so the first push is the one after the first turn.
+    let sid = s.open("fake").await;
+    s.c.wait_status("default", &s.task, "idle").await;
     let r = s.c.put("/v1/organizations/default/repos/widget/settings", json!({"automation": {"on_idle": {"push": true}}})).await;
     assert_eq!(r.status, 200, "{r:?}");
 
-    let sid = s.open("fake").await;
     s.prompt(&sid, "first").await;
     wait_ready(&s, &sid).await;
     // The turn's end made the task idle, and its on-idle push now hangs in the TaskActor.

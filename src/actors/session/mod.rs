@@ -91,7 +91,7 @@ impl SessionStatus {
         }
     }
 
-    fn parse(s: &str) -> SessionStatus {
+    pub(crate) fn parse(s: &str) -> SessionStatus {
         match s {
             "ready" => SessionStatus::Ready,
             "prompting" => SessionStatus::Prompting,

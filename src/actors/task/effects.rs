@@ -365,8 +365,12 @@ pub async fn observe(ctx: TaskCtx, health: SandboxHealth) -> AppResult<bool> {
             if host.phase == "agent" {
                 inputs.push(TaskInput::Provisioned);
             }
-        } else if !super::sessions::has_live_sessions(&ctx).await? {
-            // With ACP sessions the protocol says when the agent works; without, quiescence.
+        } else if let Some(input) = super::sessions::protocol_status(&ctx).await? {
+            // With ACP sessions the protocol says when the agent works, and
+            // holds the task to it (a status set while they were lost follows it).
+            inputs.push(input);
+        } else {
+            // Without, quiescence.
             let profile_idle = ctx.kiln.config.agents.get(&task.agent).map(|p| p.idle_secs).unwrap_or(30);
             let last = host.last_output_at.unwrap_or(host.started_at);
             let quiet = now_ms() - last >= (profile_idle * 1000) as i64;

@@ -116,23 +116,34 @@ pub async fn observed(ctx: &TaskCtx, obs: SessionObserved) -> AppResult<TaskSess
     Ok(after)
 }
 
-/// Moves the task after its sessions: `running` while any prompt is in flight,
-/// `idle` once the last one's response came; `awaiting_input` while any
-/// session waits for a permission answer.
+/// What the task's sessions say of it, from their statuses: `Activity` while
+/// any has a prompt in flight; `Quiet` when some are open (`starting`, `ready`)
+/// and none is prompting, whatever the task's status came from (output
+/// quiet-time while they were `lost`, a terminal that was busy when the first
+/// one opened); nothing when none is open, and output quiet-time decides.
+pub fn protocol_input<'a>(statuses: impl IntoIterator<Item = &'a str>) -> Option<TaskInput> {
+    let mut open = false;
+    for status in statuses {
+        match SessionStatus::parse(status) {
+            SessionStatus::Prompting => return Some(TaskInput::Activity),
+            SessionStatus::Starting | SessionStatus::Ready => open = true,
+            SessionStatus::Closed | SessionStatus::Lost => {}
+        }
+    }
+    open.then_some(TaskInput::Quiet)
+}
+
+/// Moves the task after its sessions (`protocol_input`): `running` while any
+/// prompt is in flight, `idle` when none is, and also when the last session
+/// with a turn in flight closed; `awaiting_input` while any session waits for
+/// a permission answer.
 async fn follow_sessions(ctx: &TaskCtx, was_prompting: bool) -> AppResult<()> {
     let t = ctx.id.clone();
     let sessions = ctx.kiln.db.read(move |c| queries::task_sessions(c, &t)).await?;
-    let prompting = sessions.iter().any(|s| s.status == SessionStatus::Prompting.as_str());
     let awaiting = sessions.iter().any(|s| s.awaiting_input && s.status != SessionStatus::Closed.as_str());
     let (task, _) = ctx.load().await?;
     let from: TaskStatus = task.status.parse().map_err(AppError::bug)?;
-    let input = if prompting {
-        Some(TaskInput::Activity)
-    } else if was_prompting {
-        Some(TaskInput::Quiet)
-    } else {
-        None
-    };
+    let input = protocol_input(sessions.iter().map(|s| s.status.as_str())).or(was_prompting.then_some(TaskInput::Quiet));
     let mut now_idle = false;
     if let Some(input) = input {
         if let Ok(step) = state::transition(from, &input) {
@@ -236,10 +247,31 @@ pub async fn save_checkpoint(ctx: &TaskCtx, msg: crate::actors::session::SaveChe
     Ok(())
 }
 
-/// Whether the task has sessions that are not closed: their protocol, not
-/// output quiescence, then says whether the agent works.
-pub async fn has_live_sessions(ctx: &TaskCtx) -> AppResult<bool> {
+/// What the task's open sessions say of it (`protocol_input`); `None` when it
+/// has none, and output quiet-time says whether the agent works.
+pub async fn protocol_status(ctx: &TaskCtx) -> AppResult<Option<TaskInput>> {
     let t = ctx.id.clone();
     let sessions = ctx.kiln.db.read(move |c| queries::open_sessions(c, &t)).await?;
-    Ok(!sessions.is_empty())
+    Ok(protocol_input(sessions.iter().map(|s| s.status.as_str())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn open_sessions_decide_running_and_idle() {
+        assert_eq!(protocol_input([]), None, "no sessions: output quiet-time decides");
+        assert_eq!(protocol_input(["closed", "lost"]), None, "none open: output quiet-time decides");
+        assert_eq!(protocol_input(["ready", "prompting", "lost"]), Some(TaskInput::Activity));
+        assert_eq!(protocol_input(["prompting"]), Some(TaskInput::Activity));
+        // Open and none prompting: idle, even when the session never passed
+        // through `prompting` on the way (`lost` to `ready` after a restart).
+        assert_eq!(protocol_input(["ready"]), Some(TaskInput::Quiet));
+        assert_eq!(protocol_input(["starting", "closed"]), Some(TaskInput::Quiet));
+        assert_eq!(protocol_input(["lost", "ready"]), Some(TaskInput::Quiet));
+        // The pure transition it feeds: a running task becomes idle.
+        let step = state::transition(TaskStatus::Running, &TaskInput::Quiet).unwrap();
+        assert_eq!(step.to, TaskStatus::Idle);
+    }
 }
