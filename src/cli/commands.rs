@@ -228,7 +228,7 @@ pub async fn run(ctx: Ctx, command: Command) -> CliResult<()> {
         Command::Events(args) => events(&ctx, args).await,
         Command::Session(cmd) => super::session::run(&ctx, cmd).await,
         Command::Token(cmd) => token(&ctx, cmd).await,
-        Command::Serve { .. } | Command::Migrate { .. } | Command::TerminalHost { .. } => {
+        Command::Serve { .. } | Command::Migrate { .. } | Command::Openapi | Command::TerminalHost { .. } => {
             Err(CliError("not a client command".into()))
         }
     }

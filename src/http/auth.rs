@@ -133,8 +133,9 @@ pub async fn authenticate(
     req: ServiceRequest,
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
-    // Health is open; webhooks carry their own HMAC signature instead of a token.
-    if req.path() == "/v1/health" || req.path() == "/v1/webhooks/github" {
+    // Health and the API's document are open; webhooks carry their own HMAC
+    // signature instead of a token.
+    if matches!(req.path(), "/v1/health" | "/v1/openapi.json" | "/v1/webhooks/github") {
         return next.call(req).await.map(ServiceResponse::map_into_left_body);
     }
     match identify(req.request()).await {

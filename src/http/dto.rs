@@ -1,22 +1,33 @@
-//! Request bodies and query strings. Unknown fields are refused, so a typo is an
-//! error rather than a silently ignored setting.
+//! Request bodies and query strings, and the answers that have no row type of
+//! their own. Unknown fields are refused, so a typo is an error rather than a
+//! silently ignored setting.
+//!
+//! These types are the API's one description: the handlers read and write
+//! them, the OpenAPI document (`http::openapi`) is derived from them, and the
+//! CLI sends and reads them (so a renamed field breaks the build, not a user).
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateOrganization {
+    #[schema(pattern = r"^[a-z0-9](\.?[a-z0-9_-])*\.?$", min_length = 1, max_length = 63)]
     pub name: String,
+    /// Defaults to the name.
+    #[schema(max_length = 200)]
     pub display_name: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateOrganization {
+    /// Stored without leading and trailing white space.
+    #[schema(max_length = 200, pattern = r"[^ \t\n\f\r]")]
     pub display_name: String,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PutProviderProfile {
     #[serde(default)]
@@ -25,20 +36,26 @@ pub struct PutProviderProfile {
     pub secrets: serde_json::Map<String, serde_json::Value>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateRepo {
     /// An absolute path on the server's host, or a URL git can clone.
     pub source: String,
     /// Defaults to the last segment of the source.
+    #[schema(pattern = r"^[a-z0-9](\.?[a-z0-9_-])*\.?$", min_length = 1, max_length = 63)]
     pub name: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateTask {
+    /// The repository's name.
     pub repo: String,
+    /// What the agent is asked to do: at most 65536 characters, not all white space.
+    #[schema(max_length = 65536, pattern = r"[^ \t\n\f\r]")]
     pub description: String,
+    /// Defaults to the description's first line.
+    #[schema(max_length = 200)]
     pub title: Option<String>,
     pub base_branch: Option<String>,
     pub agent: Option<String>,
@@ -46,7 +63,7 @@ pub struct CreateTask {
 }
 
 /// `PUT …/repos/{repo}/setup`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RepoSetup {
     #[serde(default)]
@@ -56,7 +73,7 @@ pub struct RepoSetup {
 }
 
 /// The optional body of `POST …/tasks/{task}/{action}`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TaskAction {
     /// For `input`: the text to type into the agent's terminal.
@@ -67,39 +84,61 @@ pub struct TaskAction {
     /// pushed to it (otherwise 409 `remote_moved`).
     pub force: Option<bool>,
     /// For `sync`: `rebase` (default) or `merge`.
+    #[schema(pattern = "^(rebase|merge)$")]
     pub mode: Option<String>,
     /// For `pr`: open it as a draft.
     pub draft: Option<bool>,
     /// For `merge`: `squash` (default), `merge` or `rebase`.
+    #[schema(pattern = "^(squash|merge|rebase)$")]
     pub method: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Serialize, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct TaskListQuery {
+    /// Only this repository's tasks.
     pub repo: Option<String>,
+    /// Only tasks in this status.
+    #[param(pattern = "^(queued|provisioning|running|idle|stalled|interrupted|failed|archived|killed)$")]
     pub status: Option<String>,
+    /// At most this many (default 50).
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<i64>,
+    /// The `next_cursor` of the previous page.
+    #[param(pattern = r"^[0-9]{1,18}\.[0-9a-f]{8}$")]
     pub cursor: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Serialize, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct EventsQuery {
+    /// Events after this id (default 0: from the start). Not with `tail`.
+    #[param(minimum = 0)]
     pub since: Option<i64>,
+    /// Only this repository's events.
     pub repo: Option<String>,
+    /// Only this task's events.
     pub task: Option<String>,
+    /// A kind (`task.created`), or a prefix ending in `.` or `.*` (`task.`).
     pub kind: Option<String>,
     /// One ACP session's events (its journal and status).
     pub session: Option<String>,
+    /// At most this many (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<i64>,
     /// The newest N events instead of the ones after `since`.
+    #[param(minimum = 1, maximum = 1000)]
     pub tail: Option<i64>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Serialize, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct StreamQuery {
+    /// Replay the events after this id first.
+    #[param(minimum = 0)]
     pub since: Option<i64>,
     /// Only this task's events.
     pub task: Option<String>,
@@ -109,7 +148,8 @@ pub struct StreamQuery {
     pub access_token: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Serialize, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct TerminalQuery {
     /// Send the terminal output from this byte offset (default 0: all that is kept).
@@ -124,14 +164,16 @@ pub enum TerminalControl {
     Resize { cols: u16, rows: u16 },
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateToken {
+    /// 1-100 characters, stored without leading and trailing white space.
+    #[schema(max_length = 100, pattern = r"[^ \t\n\f\r]")]
     pub name: String,
 }
 
 /// `POST …/tasks/{task}/sessions`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateSession {
     /// The sandbox-agent agent id; the task profile's `acp` when absent.
@@ -141,17 +183,109 @@ pub struct CreateSession {
 }
 
 /// `POST …/sessions/{session}/prompt`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SessionPrompt {
+    /// At most 131072 characters, not all white space.
+    #[schema(max_length = 131072, pattern = r"[^ \t\n\f\r]")]
     pub text: String,
 }
 
 /// `POST …/sessions/{session}/permissions/{request}`: an option, or `cancelled`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PermissionAnswer {
     pub option_id: Option<String>,
     /// `"cancelled"` declines without choosing.
     pub outcome: Option<String>,
+}
+
+// ---- Answers ----------------------------------------------------------------
+
+/// A list: `{"items": [...]}`.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Items<T> {
+    pub items: Vec<T>,
+}
+
+/// `GET /v1/health`.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Health {
+    /// Always `ok`.
+    pub status: String,
+    /// The server's version.
+    pub version: String,
+}
+
+/// `GET …/events`: a page of the history, oldest first.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct EventPage {
+    pub items: Vec<crate::actors::history::Event>,
+    /// The `since` that continues the listing.
+    pub next_since: i64,
+}
+
+/// `POST …/tokens`: the token row and its secret, shown this once.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CreatedToken {
+    #[serde(flatten)]
+    pub row: crate::db::models::ApiToken,
+    /// The bearer token itself (`kiln_…`). It is not stored and cannot be read again.
+    pub token: String,
+}
+
+/// Where an action's sandbox is; `path` only for the admin.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct SandboxRef {
+    pub path: Option<String>,
+}
+
+/// `POST …/sessions/{session}/cancel`.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Cancelled {
+    pub session: String,
+    pub cancelled: bool,
+    /// Permission requests answered `cancelled` with the turn.
+    pub permissions_cancelled: u64,
+}
+
+/// `POST …/sessions/{session}/permissions/{request}`.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct PermissionAnswered {
+    pub session: String,
+    pub request: String,
+    /// The ACP outcome sent to the agent: `{"outcome": "selected", "optionId": …}`
+    /// or `{"outcome": "cancelled"}`.
+    pub outcome: serde_json::Value,
+}
+
+/// `POST /admin/db/checkpoint`.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Checkpoint {
+    pub completed: bool,
+    pub wal_frames: i64,
+}
+
+/// `POST /admin/db/backup`.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Backup {
+    /// The backup's path on the server.
+    pub path: String,
+    pub bytes: u64,
+}
+
+/// `POST /admin/pollers/{key}/{op}`.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct PollerDone {
+    pub key: String,
+    pub done: String,
+}
+
+/// `POST /v1/webhooks/github`: a delivery accepted.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct WebhookAccepted {
+    pub delivery: String,
+    pub event: String,
+    /// The repositories (in the signing organization) it concerns.
+    pub repositories: Vec<String>,
 }

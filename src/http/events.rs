@@ -1,10 +1,10 @@
 //! `GET /v1/organizations/{org}/events`: the history, oldest first.
 
 use actix_web::{web, HttpResponse};
-use serde_json::json;
 
 use super::auth::Caller;
 use super::dto;
+use super::openapi::{ApiError, OrgPath};
 use super::extract::Query;
 use super::organization_or_404;
 use crate::actors::history::Event;
@@ -15,6 +15,14 @@ use crate::error::{AppError, AppResult};
 /// Lists events after `since`, filtered by `repo`, `task`, `session` and `kind` (exact, or a
 /// prefix ending in `.` or `.*`); or, with `tail=N`, the newest N. `next_since`
 /// continues the listing.
+#[utoipa::path(
+    get, path = "/v1/organizations/{org}/events", tag = "events", params(OrgPath, dto::EventsQuery),
+    responses(
+        (status = 200, description = "A page of events", body = dto::EventPage),
+        (status = 400, description = "Bad query:\n- `invalid_query`: `since` and `tail` together\n- `invalid_limit`\n- `invalid_since`", body = ApiError),
+        (status = 404, description = "Not found:\n- `organization_not_found` (an organization token only: the admin may read a deleted organization's history)", body = ApiError),
+    ),
+)]
 pub async fn list(
     kiln: web::Data<Kiln>,
     caller: Caller,
@@ -47,5 +55,5 @@ pub async fn list(
     let rows = kiln.db.read(move |c| queries::events_list(c, &org, &filter)).await?;
     let next_since = rows.last().map(|e| e.id).unwrap_or(since);
     let events: Vec<Event> = rows.into_iter().map(Event::from).collect();
-    Ok(HttpResponse::Ok().json(json!({ "items": events, "next_since": next_since })))
+    Ok(HttpResponse::Ok().json(dto::EventPage { items: events, next_since }))
 }

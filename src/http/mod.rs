@@ -6,6 +6,7 @@ pub mod auth;
 pub mod dto;
 pub mod events;
 pub mod extract;
+pub mod openapi;
 pub mod organizations;
 pub mod repos;
 pub mod sessions;
@@ -32,7 +33,8 @@ use crate::validate;
 pub fn configure(cfg: &mut web::ServiceConfig, max_body: usize) {
     cfg.app_data(extract::BodyLimit(max_body))
         .app_data(web::PathConfig::default().error_handler(|err, _| path_error(err).into()))
-        .route("/v1/health", web::get().to(admin::health))
+        .service(web::resource("/v1/health").route(web::get().to(admin::health)))
+        .service(web::resource("/v1/openapi.json").route(web::get().to(openapi::serve)))
         .service(
             web::resource("/v1/webhooks/github")
                 // GitHub sends payloads up to 25 MB; pull request events are far smaller.

@@ -1,0 +1,253 @@
+//! The API contract: an OpenAPI 3.1 document derived from the handlers' own
+//! types (`dto`, the row types, the views) and the `#[utoipa::path]` attribute
+//! on each handler, served at `GET /v1/openapi.json` without a token and
+//! committed as `docs/openapi.json` (a test fails when that copy is stale;
+//! `kiln openapi > docs/openapi.json` writes it again).
+//!
+//! What every route shares is added here once, by [`Conventions`], from the same
+//! facts the middleware and extractors enforce: the bearer token (401/403) on
+//! every route but health, this document and the webhook; the query and path
+//! checks (400); the body checks (400/413/422) on routes that read a body; the
+//! retryable 503s and the 500 on every route that reaches the database. Each
+//! handler lists only what it adds.
+
+use std::sync::OnceLock;
+
+use actix_web::HttpResponse;
+use serde::Deserialize;
+use utoipa::openapi::path::Operation;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::{ContentBuilder, RefOr, Response, ResponseBuilder};
+use utoipa::{IntoParams, Modify, OpenApi, ToSchema};
+
+use super::{admin, events, organizations, repos, sessions, stream, tasks, terminal, webhooks};
+
+/// The JSON body of every error answer.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct ApiError {
+    /// The stable snake_case code, for programs (the routes list theirs).
+    pub error: String,
+    /// What happened and what to do, for people. Never quotes a value sent.
+    pub message: String,
+}
+
+/// `{org}`.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct OrgPath {
+    /// The organization's name.
+    #[param(pattern = r"^[a-z0-9](\.?[a-z0-9_-])*\.?$", min_length = 1, max_length = 63)]
+    pub org: String,
+}
+
+/// `{org}/repos/{repo}`.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct RepoPath {
+    /// The organization's name.
+    #[param(pattern = r"^[a-z0-9](\.?[a-z0-9_-])*\.?$", min_length = 1, max_length = 63)]
+    pub org: String,
+    /// The repository's name.
+    #[param(pattern = r"^[a-z0-9](\.?[a-z0-9_-])*\.?$", min_length = 1, max_length = 63)]
+    pub repo: String,
+}
+
+/// `{org}/tasks/{task}`.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct TaskPath {
+    /// The organization's name.
+    #[param(pattern = r"^[a-z0-9](\.?[a-z0-9_-])*\.?$", min_length = 1, max_length = 63)]
+    pub org: String,
+    /// The task's id: 8 lowercase hex characters.
+    #[param(pattern = "^[0-9a-f]{8}$")]
+    pub task: String,
+}
+
+/// `{org}/tasks/{task}/sessions/{session}`.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct SessionPath {
+    /// The organization's name.
+    #[param(pattern = r"^[a-z0-9](\.?[a-z0-9_-])*\.?$", min_length = 1, max_length = 63)]
+    pub org: String,
+    /// The task's id: 8 lowercase hex characters.
+    #[param(pattern = "^[0-9a-f]{8}$")]
+    pub task: String,
+    /// The session's id: 12 lowercase hex characters.
+    #[param(pattern = "^[0-9a-f]{12}$")]
+    pub session: String,
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Kiln",
+        description = "Run many coding agents side by side: sandboxes, terminals, events and the git lifecycle. \
+            The narrative (concepts, the order of checks, WebSocket frames, close codes) is docs/api.md; \
+            this document is the contract for every route, field and status code.",
+    ),
+    paths(
+        admin::health,
+        serve,
+        organizations::list, organizations::create, organizations::get, organizations::update, organizations::delete,
+        organizations::get_provider, organizations::put_provider,
+        organizations::list_tokens, organizations::create_token, organizations::revoke_token,
+        repos::list, repos::create, repos::get, repos::delete, repos::put_setup, repos::put_settings,
+        repos::branches, repos::pulls,
+        tasks::list, tasks::create, tasks::get, tasks::action,
+        terminal::connect,
+        sessions::list, sessions::create, sessions::get, sessions::close, sessions::transcript,
+        sessions::prompt, sessions::cancel, sessions::answer_permission,
+        events::list,
+        stream::connect,
+        webhooks::github,
+        admin::actors, admin::config, admin::checkpoint, admin::backup, admin::pollers, admin::poller_control,
+        admin::metrics,
+    ),
+    components(schemas(ApiError)),
+    modifiers(&Conventions),
+    tags(
+        (name = "health", description = "Liveness, and this document."),
+        (name = "organizations", description = "Organizations, their provider profiles and tokens."),
+        (name = "repos", description = "Repositories: registration, setup, settings, branches, pull requests."),
+        (name = "tasks", description = "Tasks: an agent in its own worktree, and the git lifecycle."),
+        (name = "sessions", description = "ACP sessions with a task's agent."),
+        (name = "events", description = "The event history and its live stream."),
+        (name = "webhooks", description = "GitHub deliveries, signed with HMAC-SHA256."),
+        (name = "admin", description = "Operator routes: the admin token only."),
+    ),
+)]
+struct ApiDoc;
+
+/// The document, built once.
+pub fn document() -> &'static utoipa::openapi::OpenApi {
+    static DOC: OnceLock<utoipa::openapi::OpenApi> = OnceLock::new();
+    DOC.get_or_init(ApiDoc::openapi)
+}
+
+/// The document as pretty JSON with a final newline: what `docs/openapi.json` holds.
+pub fn json() -> String {
+    // Serializing plain maps and strings cannot fail.
+    let mut text = serde_json::to_string_pretty(document()).unwrap_or_default();
+    text.push('\n');
+    text
+}
+
+/// This document: OpenAPI 3.1, no token needed.
+#[utoipa::path(
+    get,
+    path = "/v1/openapi.json",
+    tag = "health",
+    operation_id = "openapi",
+    security(()),
+    responses((status = 200, description = "The OpenAPI 3.1 document of this API", content_type = "application/json", body = Object)),
+)]
+pub async fn serve() -> HttpResponse {
+    static BODY: OnceLock<String> = OnceLock::new();
+    HttpResponse::Ok().content_type("application/json").body(BODY.get_or_init(json).clone())
+}
+
+/// Adds the security scheme and the answers every route shares (see the module doc).
+struct Conventions;
+
+/// Routes with no bearer token.
+const OPEN: &[&str] = &["/v1/health", "/v1/openapi.json", "/v1/webhooks/github"];
+/// Routes that never reach the database or an actor.
+const NO_STATE: &[&str] = &["/v1/health", "/v1/openapi.json"];
+
+impl Modify for Conventions {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        let components = doc.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "The admin token, or an organization's token (`kiln_…`). WebSocket upgrades may pass it as `?access_token=`.",
+                    ))
+                    .build(),
+            ),
+        );
+        doc.security = Some(vec![utoipa::openapi::security::SecurityRequirement::new("bearer", Vec::<String>::new())]);
+        for (path, item) in doc.paths.paths.iter_mut() {
+            let open = OPEN.contains(&path.as_str());
+            let stateful = !NO_STATE.contains(&path.as_str());
+            let has_path_params = path.contains('{');
+            for op in operations(item) {
+                let reads_body = op.request_body.is_some();
+                let mut bad = vec!["`invalid_query`: a query parameter this route does not read, or a bad value"];
+                if has_path_params {
+                    bad.push("`invalid_path`: a path parameter that does not parse");
+                }
+                if reads_body {
+                    bad.push("`expected_json`: the body is not sent as `application/json`");
+                    bad.push("`malformed_json`: the body is not valid JSON");
+                    bad.push("`bad_body`: the body could not be read");
+                }
+                add(op, "400", "Bad request", &bad);
+                if reads_body {
+                    add(op, "413", "The body is larger than this route accepts", &["`payload_too_large`"]);
+                    add(
+                        op,
+                        "422",
+                        "The body is JSON of the wrong shape",
+                        &["`invalid_body`: not an object, an unknown or missing field, or a wrong type (the message names the field)"],
+                    );
+                }
+                if !open {
+                    add(op, "401", "No bearer token, or an unknown or revoked one (with `WWW-Authenticate: Bearer`)", &["`unauthorized`"]);
+                    add(
+                        op,
+                        "403",
+                        "The token cannot do this",
+                        &["`forbidden`: a token of another organization, or an organization token on an admin route"],
+                    );
+                }
+                if stateful {
+                    add(
+                        op,
+                        "503",
+                        "Busy or stopping: retry shortly",
+                        &["`database_busy`", "`shutting_down`", "`busy`"],
+                    );
+                    add(op, "500", "A bug or an environment failure; the server log has the details", &["`internal_error`"]);
+                }
+                if open {
+                    op.security = Some(vec![utoipa::openapi::security::SecurityRequirement::default()]);
+                }
+            }
+        }
+    }
+}
+
+/// Every operation of a path.
+fn operations(item: &mut utoipa::openapi::PathItem) -> impl Iterator<Item = &mut Operation> {
+    [&mut item.get, &mut item.put, &mut item.post, &mut item.delete, &mut item.patch, &mut item.head, &mut item.options]
+        .into_iter()
+        .filter_map(Option::as_mut)
+}
+
+/// Adds the error codes `codes` to the operation's answer `status`, creating it
+/// (with the error schema) when the handler did not list it.
+fn add(op: &mut Operation, status: &str, summary: &str, codes: &[&str]) {
+    let list = codes.iter().map(|c| format!("- {c}")).collect::<Vec<_>>().join("\n");
+    match op.responses.responses.get_mut(status) {
+        Some(RefOr::T(existing)) => {
+            existing.description = format!("{}\n{list}", existing.description.trim_end());
+        }
+        Some(RefOr::Ref(_)) => {}
+        None => {
+            op.responses.responses.insert(status.to_string(), RefOr::T(error_response(&format!("{summary}:\n{list}"))));
+        }
+    }
+}
+
+/// An error answer with the `ApiError` body.
+pub fn error_response(description: &str) -> Response {
+    ResponseBuilder::new()
+        .description(description)
+        .content("application/json", ContentBuilder::new().schema(Some(utoipa::openapi::Ref::from_schema_name("ApiError"))).build())
+        .build()
+}
