@@ -92,6 +92,7 @@ pub fn github_slug(source: &str) -> Option<String> {
 pub struct RepoSettings {
     /// `owner/name` on GitHub, when the source URL does not say it.
     #[serde(default)]
+    #[schema(pattern = "^[A-Za-z0-9._-]+/[A-Za-z0-9._-]+$")]
     pub github: Option<String>,
     /// Keep a task (and its sandbox) after its PR is merged through Kiln.
     #[serde(default)]

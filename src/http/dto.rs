@@ -40,6 +40,7 @@ pub struct PutProviderProfile {
 #[serde(deny_unknown_fields)]
 pub struct CreateRepo {
     /// An absolute path on the server's host, or a URL git can clone.
+    #[schema(min_length = 1)]
     pub source: String,
     /// Defaults to the last segment of the source.
     #[schema(pattern = r"^[a-z0-9](\.?[a-z0-9_-])*\.?$", min_length = 1, max_length = 63)]
@@ -58,7 +59,10 @@ pub struct CreateTask {
     #[schema(max_length = 200)]
     pub title: Option<String>,
     pub base_branch: Option<String>,
+    /// An agent profile of the server's config; `tasks.default_agent` when absent.
     pub agent: Option<String>,
+    /// `worktree` or `daytona`; `tasks.default_provider` when absent.
+    #[schema(pattern = "^(worktree|daytona)$")]
     pub provider: Option<String>,
 }
 
@@ -114,7 +118,7 @@ pub struct TaskListQuery {
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct EventsQuery {
-    /// Events after this id (default 0: from the start). Not with `tail`.
+    /// Events after this id (default 0: from the start).
     #[param(minimum = 0)]
     pub since: Option<i64>,
     /// Only this repository's events.
@@ -128,7 +132,7 @@ pub struct EventsQuery {
     /// At most this many (default 100).
     #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<i64>,
-    /// The newest N events instead of the ones after `since`.
+    /// The newest N events (after `since`, when given) instead of the oldest.
     #[param(minimum = 1, maximum = 1000)]
     pub tail: Option<i64>,
 }

@@ -79,6 +79,26 @@ pub struct SessionPath {
     pub session: String,
 }
 
+/// The headers of a WebSocket upgrade (RFC 6455), as the WebSocket routes
+/// check them; a client library sends them itself.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Header)]
+#[allow(dead_code)] // Only its parameters are used, in the document.
+pub struct WebSocketUpgrade {
+    /// `websocket`.
+    #[param(rename = "Upgrade", pattern = "[Ww][Ee][Bb][Ss][Oo][Cc][Kk][Ee][Tt]")]
+    upgrade: String,
+    /// `Upgrade`.
+    #[param(rename = "Connection", pattern = "^[Uu][Pp][Gg][Rr][Aa][Dd][Ee]$")]
+    connection: String,
+    /// `13`.
+    #[param(rename = "Sec-WebSocket-Version", pattern = "^(13|8|7)$")]
+    sec_websocket_version: String,
+    /// A random base64 nonce.
+    #[param(rename = "Sec-WebSocket-Key")]
+    sec_websocket_key: String,
+}
+
 #[derive(OpenApi)]
 #[openapi(
     info(
@@ -129,7 +149,9 @@ pub fn document() -> &'static utoipa::openapi::OpenApi {
 /// The document as pretty JSON with a final newline: what `docs/openapi.json` holds.
 pub fn json() -> String {
     // Serializing plain maps and strings cannot fail.
-    let mut text = serde_json::to_string_pretty(document()).unwrap_or_default();
+    let mut value = serde_json::to_value(document()).unwrap_or_default();
+    link_created(&mut value);
+    let mut text = serde_json::to_string_pretty(&value).unwrap_or_default();
     text.push('\n');
     text
 }
@@ -146,6 +168,69 @@ pub fn json() -> String {
 pub async fn serve() -> HttpResponse {
     static BODY: OnceLock<String> = OnceLock::new();
     HttpResponse::Ok().content_type("application/json").body(BODY.get_or_init(json).clone())
+}
+
+/// The methods the document lists for a route pattern as actix spells it
+/// (`/admin/pollers/{key:.+}/{op}`), as an `Allow` header value.
+pub fn allowed_methods(pattern: &str) -> Option<String> {
+    // `{name:regex}` in actix is `{name}` in OpenAPI.
+    let mut path = String::with_capacity(pattern.len());
+    let (mut in_param, mut in_regex) = (false, false);
+    for c in pattern.chars() {
+        match c {
+            '{' => in_param = true,
+            '}' => (in_param, in_regex) = (false, false),
+            ':' if in_param => in_regex = true,
+            _ => {}
+        }
+        if !in_regex {
+            path.push(c);
+        }
+    }
+    let item = document().paths.paths.get(&path)?;
+    let methods: Vec<&str> = [
+        (item.get.is_some(), "GET"),
+        (item.post.is_some(), "POST"),
+        (item.put.is_some(), "PUT"),
+        (item.patch.is_some(), "PATCH"),
+        (item.delete.is_some(), "DELETE"),
+    ]
+    .into_iter()
+    .filter_map(|(has, m)| has.then_some(m))
+    .collect();
+    (!methods.is_empty()).then(|| methods.join(", "))
+}
+
+/// Whether the document has an operation for `method` on this request path
+/// (`{param}` matches one segment; `{key}`, a poller's key, one or more).
+pub fn has_operation(method: &actix_web::http::Method, path: &str) -> bool {
+    let segments: Vec<&str> = path.trim_end_matches('/').split('/').collect();
+    // As routing does: a literal segment (`…/terminal`) wins over a parameter (`…/{action}`).
+    let best = document()
+        .paths
+        .paths
+        .iter()
+        .filter(|(template, _)| matches(&template.split('/').collect::<Vec<_>>(), &segments))
+        .max_by_key(|(template, _)| template.split('/').filter(|s| !s.starts_with('{')).count());
+    let Some((_, item)) = best else { return false };
+    match *method {
+        actix_web::http::Method::GET => item.get.is_some(),
+        actix_web::http::Method::POST => item.post.is_some(),
+        actix_web::http::Method::PUT => item.put.is_some(),
+        actix_web::http::Method::PATCH => item.patch.is_some(),
+        actix_web::http::Method::DELETE => item.delete.is_some(),
+        _ => false,
+    }
+}
+
+fn matches(template: &[&str], segments: &[&str]) -> bool {
+    match (template.split_first(), segments.split_first()) {
+        (None, None) => true,
+        (Some((&"{key}", rest)), Some(_)) => (1..=segments.len()).any(|n| matches(rest, &segments[n..])),
+        (Some((t, rest)), Some((s, more))) if t.starts_with('{') => !s.is_empty() && matches(rest, more),
+        (Some((t, rest)), Some((s, more))) => t == s && matches(rest, more),
+        _ => false,
+    }
 }
 
 /// Adds the security scheme and the answers every route shares (see the module doc).
@@ -176,6 +261,13 @@ impl Modify for Conventions {
             let stateful = !NO_STATE.contains(&path.as_str());
             let has_path_params = path.contains('{');
             for op in operations(item) {
+                // Handlers' names repeat across resources (`list`, `create`): an
+                // operation id is the tag and the name (`repos_list`).
+                if let (Some(tag), Some(id)) = (op.tags.as_ref().and_then(|t| t.first()), op.operation_id.as_mut()) {
+                    if !id.starts_with(tag.as_str()) {
+                        *id = format!("{tag}_{id}");
+                    }
+                }
                 let reads_body = op.request_body.is_some();
                 let mut bad = vec!["`invalid_query`: a query parameter this route does not read, or a bad value"];
                 if has_path_params {
@@ -217,6 +309,58 @@ impl Modify for Conventions {
                 if open {
                     op.security = Some(vec![utoipa::openapi::security::SecurityRequirement::default()]);
                 }
+            }
+        }
+    }
+}
+
+/// The routes that create a resource, the path parameter that names it, and
+/// where the answer holds its value.
+const CREATES: &[(&str, &str, &str)] = &[
+    ("/v1/organizations", "org", "/name"),
+    ("/v1/organizations/{org}/repos", "repo", "/name"),
+    ("/v1/organizations/{org}/tokens", "token", "/id"),
+    ("/v1/organizations/{org}/tasks", "task", "/id"),
+    ("/v1/organizations/{org}/tasks/{task}/sessions", "session", "/id"),
+];
+
+/// OpenAPI links from each creating `POST`'s success answers to the operations
+/// on what it created, so a client (or a fuzzer) knows that `{repo}` is the
+/// answer's `name`, not its `id`. Only to operations whose path parameters the
+/// creating request and its answer supply. Written into the JSON (utoipa 5
+/// spells a link's `operationId` as `operation_id`).
+fn link_created(doc: &mut serde_json::Value) {
+    let Some(paths) = doc.get_mut("paths").and_then(serde_json::Value::as_object_mut) else { return };
+    let params_of = |path: &str| -> Vec<String> {
+        path.split('/').filter_map(|s| s.strip_prefix('{').and_then(|s| s.strip_suffix('}'))).map(str::to_string).collect()
+    };
+    for (base, param, pointer) in CREATES {
+        let prefix = format!("{base}/{{{param}}}");
+        let known: Vec<String> = params_of(base).into_iter().chain([param.to_string()]).collect();
+        let mut links = serde_json::Map::new();
+        for (path, item) in paths.iter() {
+            let params = params_of(path);
+            if !(path == &prefix || path.starts_with(&format!("{prefix}/"))) || params.iter().any(|p| !known.contains(p)) {
+                continue;
+            }
+            for op in item.as_object().into_iter().flat_map(|m| m.values()) {
+                let Some(id) = op.get("operationId").and_then(serde_json::Value::as_str) else { continue };
+                let parameters: serde_json::Map<String, serde_json::Value> = params
+                    .iter()
+                    .map(|p| {
+                        let value = if p == param { format!("$response.body#{pointer}") } else { format!("$request.path.{p}") };
+                        (p.clone(), serde_json::Value::String(value))
+                    })
+                    .collect();
+                links.insert(id.to_string(), serde_json::json!({"operationId": id, "parameters": parameters}));
+            }
+        }
+        let Some(responses) = paths.get_mut(*base).and_then(|i| i.get_mut("post")).and_then(|o| o.get_mut("responses")) else {
+            continue;
+        };
+        for (status, response) in responses.as_object_mut().into_iter().flatten() {
+            if status.starts_with('2') && !links.is_empty() {
+                response["links"] = serde_json::Value::Object(links.clone());
             }
         }
     }

@@ -47,7 +47,7 @@ const REPLAY_PAGE: i64 = 1000;
 /// to resume from), 4001 when the token is revoked, 4004 when the organization
 /// is deleted.
 #[utoipa::path(
-    get, path = "/v1/organizations/{org}/stream", tag = "events", params(OrgPath, dto::StreamQuery),
+    get, path = "/v1/organizations/{org}/stream", tag = "events", operation_id = "stream", params(OrgPath, dto::StreamQuery, super::openapi::WebSocketUpgrade),
     responses(
         (status = 101, description = "Switching to the WebSocket protocol: one `Event` per text frame"),
         (status = 400, description = "Bad request:\n- `websocket_required`: not a WebSocket upgrade\n- `invalid_since`", body = ApiError),

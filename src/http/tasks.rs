@@ -296,6 +296,17 @@ pub async fn action(
             format!("no task action `{}`: use one of {}", validate::truncate(&action, 40), ACTIONS.join(", ")),
         )
     })?;
+    // A value outside its set is refused whatever the action, never ignored
+    // (the sync and merge steps check again, with the same codes).
+    if let Some(mode) = body.mode.as_deref().filter(|m| !["rebase", "merge"].contains(m)) {
+        return Err(AppError::invalid("invalid_mode", format!("sync mode `{}`: use rebase or merge", validate::truncate(mode, 40))));
+    }
+    if let Some(method) = body.method.as_deref().filter(|m| !["squash", "merge", "rebase"].contains(m)) {
+        return Err(AppError::invalid(
+            "invalid_method",
+            format!("merge method `{}`: use squash, merge or rebase", validate::truncate(method, 40)),
+        ));
+    }
     let (_, repo) = task_or_404(&kiln, &org, &id).await?;
     let git = crate::actors::task::git_ops::GitParams {
         commit: body.commit,

@@ -51,7 +51,7 @@ const INPUT_QUEUE: usize = 1024;
 /// Close codes: 1013 for a client that fell behind (the reason names the offset to
 /// resume from), 4001 when the token is revoked, 4004 when the organization is deleted.
 #[utoipa::path(
-    get, path = "/v1/organizations/{org}/tasks/{task}/terminal", tag = "tasks", params(TaskPath, dto::TerminalQuery),
+    get, path = "/v1/organizations/{org}/tasks/{task}/terminal", tag = "tasks", operation_id = "terminal", params(TaskPath, dto::TerminalQuery, super::openapi::WebSocketUpgrade),
     responses(
         (status = 101, description = "Switching to the WebSocket protocol: terminal bytes in binary frames, control JSON in text frames"),
         (status = 400, description = "Bad request:\n- `websocket_required`: not a WebSocket upgrade", body = ApiError),

@@ -115,3 +115,59 @@ async fn every_documented_route_is_routed() {
         }
     }
 }
+
+/// What Schemathesis found, fixed where every route is served: a 405 names the
+/// allowed methods (RFC 9110), on every path, `/metrics` and `/admin/*` too; a
+/// method no route takes is a 405 even with a query string; an integral number
+/// is an integer; a value outside its set is refused by every task action.
+#[actix_web::test]
+async fn what_the_fuzzer_found() {
+    let (server, dir) = Server::start(&[]);
+    let c = server.client();
+    let allow = |r: &awc::ClientResponse<_>| r.headers().get("allow").and_then(|v| v.to_str().ok()).map(str::to_string);
+    let http = awc::Client::default();
+    for (method, path, expected) in [
+        ("PUT", "/v1/organizations", "GET, POST"),
+        ("TRACE", "/v1/organizations/default", "GET, PATCH, DELETE"),
+        ("POST", "/v1/health", "GET"),
+        ("DELETE", "/metrics", "GET"),
+        ("GET", "/admin/db/backup", "POST"),
+        ("GET", "/admin/pollers/org/default/app/pr-sync/poll", "POST"),
+        ("POST", "/v1/organizations/default/events?since=1", "GET"),
+        ("POST", "/v1/organizations/default/tasks/0badc0de/terminal?offset=0", "GET"),
+    ] {
+        let req = http
+            .request(awc::http::Method::from_bytes(method.as_bytes()).unwrap(), format!("{}{path}", server.url))
+            .bearer_auth(&server.token);
+        let mut res = req.send().await.unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+        let body: Value = res.json().await.unwrap_or(Value::Null);
+        assert_eq!((res.status().as_u16(), body["error"].as_str()), (405, Some("method_not_allowed")), "{method} {path}: {body}");
+        assert_eq!(allow(&res).as_deref(), Some(expected), "{method} {path}: Allow");
+    }
+    // A query string on a route that exists for the method is still refused first.
+    let r = c.raw("DELETE", "/v1/organizations/default?force=1", None, None).await;
+    assert_eq!((r.status, r.code()), (400, "invalid_query"));
+    // `5.0` is the integer 5 (JSON Schema says so): an integer field takes it.
+    let r = c.raw("POST", "/admin/pollers/nope/interval", Some(br#"{"interval_ms": 5000.0}"#), Some("application/json")).await;
+    assert_eq!((r.status, r.code()), (404, "poller_not_found"), "5000.0 as an integer: {r:?}");
+    let r = c.raw("POST", "/admin/pollers/nope/interval", Some(br#"{"interval_ms": 5000.5}"#), Some("application/json")).await;
+    assert_eq!((r.status, r.code()), (422, "invalid_body"), "a fraction is not an integer: {r:?}");
+    // `since` and `tail` together: the newest N after `since`.
+    c.add_repo("default", &git_repo(dir.path(), "app")).await;
+    let all = c.get("/v1/organizations/default/events?limit=1000").await.body["items"].as_array().cloned().unwrap_or_default();
+    assert!(all.len() >= 3, "{all:?}");
+    let first = all[0]["id"].as_i64().unwrap();
+    let r = c.get(&format!("/v1/organizations/default/events?since={first}&tail=2")).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let ids: Vec<i64> = r.body["items"].as_array().unwrap().iter().map(|e| e["id"].as_i64().unwrap()).collect();
+    let newest: Vec<i64> = all.iter().rev().take(2).rev().map(|e| e["id"].as_i64().unwrap()).collect();
+    assert_eq!(ids, newest);
+    // A sync mode or merge method outside its set is refused by any action.
+    let task = c.create_task("default", "app", "x").await["id"].as_str().unwrap().to_string();
+    let r = c.post(&format!("/v1/organizations/default/tasks/{task}/archive"), serde_json::json!({"mode": "merge*"})).await;
+    assert_eq!((r.status, r.code()), (422, "invalid_mode"), "{r:?}");
+    let r = c.post(&format!("/v1/organizations/default/tasks/{task}/kill"), serde_json::json!({"method": "octopus"})).await;
+    assert_eq!((r.status, r.code()), (422, "invalid_method"), "{r:?}");
+    let r = c.get(&format!("/v1/organizations/default/tasks/{task}")).await;
+    assert_ne!(r.body["status"], "archived", "the refused action ran: {r:?}");
+}
