@@ -94,7 +94,8 @@ pub struct RepoSettings {
     #[serde(default)]
     #[schema(pattern = "^[A-Za-z0-9._-]+/[A-Za-z0-9._-]+$")]
     pub github: Option<String>,
-    /// Keep a task (and its sandbox) after its PR is merged through Kiln.
+    /// Keep a task (and its sandbox) after its PR is merged through Kiln,
+    /// instead of archiving it.
     #[serde(default)]
     pub keep_after_merge: bool,
     #[serde(default)]
@@ -118,10 +119,13 @@ pub struct Automation {
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OnIdle {
+    /// Commit what the agent left.
     #[serde(default)]
     pub commit: bool,
+    /// Push the task's branch.
     #[serde(default)]
     pub push: bool,
+    /// Open a draft pull request when the task has none.
     #[serde(default)]
     pub draft_pr: bool,
 }

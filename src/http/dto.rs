@@ -12,9 +12,10 @@ use utoipa::{IntoParams, ToSchema};
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateOrganization {
+    /// An organization name: `a-z 0-9 - _ .`, a letter or digit first, no `..`.
     #[schema(pattern = r"^[a-z0-9](\.?[a-z0-9_-])*\.?$", min_length = 1, max_length = 63)]
     pub name: String,
-    /// Defaults to the name.
+    /// Empty, white space or absent means "use `name`".
     #[schema(max_length = 200)]
     pub display_name: Option<String>,
 }
@@ -22,7 +23,7 @@ pub struct CreateOrganization {
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateOrganization {
-    /// Stored without leading and trailing white space.
+    /// Stored without leading and trailing ASCII white space.
     #[schema(max_length = 200, pattern = r"[^ \t\n\f\r]")]
     pub display_name: String,
 }
@@ -30,8 +31,12 @@ pub struct UpdateOrganization {
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PutProviderProfile {
+    /// Replaces the stored config as a whole (`worktree` takes none).
     #[serde(default)]
     pub config: serde_json::Map<String, serde_json::Value>,
+    /// Merged name by name into the stored secrets: a string sets one, `null`
+    /// removes it. Names are environment variable names (`A-Z a-z 0-9 _`, not a
+    /// digit first, at most 128). Never read back.
     #[serde(default)]
     pub secrets: serde_json::Map<String, serde_json::Value>,
 }
@@ -39,10 +44,13 @@ pub struct PutProviderProfile {
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateRepo {
-    /// An absolute path on the server's host, or a URL git can clone.
+    /// A URL git can clone (`https://`, `http://`, `ssh://`, `git://`, scp-like
+    /// `user@host:path`), or an absolute path on the server's host or a
+    /// `file://` URL (who may register which is in docs/api.md).
     #[schema(min_length = 1)]
     pub source: String,
-    /// Defaults to the last segment of the source.
+    /// Defaults to the last segment of the source, without `.git`, lowercased,
+    /// other characters turned into `-`.
     #[schema(pattern = r"^[a-z0-9](\.?[a-z0-9_-])*\.?$", min_length = 1, max_length = 63)]
     pub name: Option<String>,
 }
@@ -50,14 +58,17 @@ pub struct CreateRepo {
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateTask {
-    /// The repository's name.
+    /// A repository name in this organization.
     pub repo: String,
     /// What the agent is asked to do: at most 65536 characters, not all white space.
     #[schema(max_length = 65536, pattern = r"[^ \t\n\f\r]")]
     pub description: String,
-    /// Defaults to the description's first line.
+    /// Blank or absent means the first non-empty line of the description, cut
+    /// to 72 characters.
     #[schema(max_length = 200)]
     pub title: Option<String>,
+    /// Defaults to the repository's default branch; a valid branch name that
+    /// exists in the mirror.
     pub base_branch: Option<String>,
     /// An agent profile of the server's config; `tasks.default_agent` when absent.
     pub agent: Option<String>,
@@ -70,9 +81,15 @@ pub struct CreateTask {
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RepoSetup {
+    /// Shell commands run in each new task's terminal before the agent, each as
+    /// `sh -c '<command>'` in the worktree: 1-4096 bytes, not blank, no NUL.
     #[serde(default)]
+    #[schema(max_items = 50)]
     pub commands: Vec<String>,
+    /// Untracked files copied from the source checkout into each new worktree:
+    /// relative paths inside the checkout (no leading `/`, no `..`, no `.`).
     #[serde(default)]
+    #[schema(max_items = 200)]
     pub copy: Vec<String>,
 }
 

@@ -19,7 +19,7 @@ use crate::db::queries;
 use crate::error::{AppError, AppResult};
 use crate::util::random_hex;
 
-/// Longest accepted prompt, in bytes.
+/// Longest accepted prompt, in characters (as the document says).
 const MAX_PROMPT: usize = 128 * 1024;
 
 /// A session as the API shows it: its row plus what the journal says now.
@@ -192,11 +192,11 @@ pub async fn prompt(
     let (org, task, sid) = path.into_inner();
     caller.require_org(&org)?;
     let text = body.into_inner().text;
-    if text.trim().is_empty() {
+    if text.trim_matches(|c: char| c.is_ascii_whitespace()).is_empty() {
         return Err(AppError::invalid("invalid_prompt", "the prompt is empty: send {\"text\": \"...\"}"));
     }
-    if text.len() > MAX_PROMPT {
-        return Err(AppError::invalid("invalid_prompt", format!("the prompt is longer than {MAX_PROMPT} bytes")));
+    if text.chars().count() > MAX_PROMPT {
+        return Err(AppError::invalid("invalid_prompt", format!("the prompt is longer than {MAX_PROMPT} characters")));
     }
     let (task, repo, _) = session_row_or_404(&kiln, &org, &task, &sid).await?;
     let accepted = ask(&kiln, &org, &repo, &task.id, &sid, Prompt { text }).await?;

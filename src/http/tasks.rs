@@ -22,7 +22,7 @@ use crate::error::{AppError, AppResult};
 use crate::util::random_hex;
 use crate::validate;
 
-/// Longest accepted task description, in bytes.
+/// Longest accepted task description, in characters (as the document says).
 const MAX_DESCRIPTION: usize = 64 * 1024;
 
 /// A task as the API shows it, with its repository's name.
@@ -103,11 +103,11 @@ pub async fn create(
     caller.require_org(&org)?;
     organization_or_404(&kiln, &org).await?;
     let body = body.into_inner();
-    if body.description.trim().is_empty() {
+    if body.description.trim_matches(|c: char| c.is_ascii_whitespace()).is_empty() {
         return Err(AppError::invalid("invalid_description", "describe the change: description is empty"));
     }
-    if body.description.len() > MAX_DESCRIPTION {
-        return Err(AppError::invalid("invalid_description", format!("description is longer than {MAX_DESCRIPTION} bytes")));
+    if body.description.chars().count() > MAX_DESCRIPTION {
+        return Err(AppError::invalid("invalid_description", format!("description is longer than {MAX_DESCRIPTION} characters")));
     }
     if body.title.as_ref().is_some_and(|t| t.chars().count() > 200) {
         return Err(AppError::invalid("invalid_title", "title is longer than 200 characters"));
