@@ -5,7 +5,7 @@ use serde::Serialize;
 
 use crate::db::schema::*;
 
-#[derive(Debug, Clone, Queryable, Selectable, Insertable, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Queryable, Selectable, Insertable, Serialize, serde::Deserialize, utoipa::ToSchema)]
 #[diesel(table_name = organizations)]
 pub struct Organization {
     pub name: String,
@@ -15,7 +15,7 @@ pub struct Organization {
 }
 
 /// A token row; `token_hash` never leaves the server.
-#[derive(Debug, Clone, Queryable, Selectable, Insertable, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Queryable, Selectable, Insertable, Serialize, serde::Deserialize, utoipa::ToSchema)]
 #[diesel(table_name = api_tokens)]
 pub struct ApiToken {
     pub id: String,
@@ -205,7 +205,7 @@ pub struct PullRequest {
     pub updated_at: i64,
 }
 
-#[derive(Debug, Clone, Queryable, Selectable, Insertable, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Queryable, Selectable, Insertable, Serialize, serde::Deserialize, utoipa::ToSchema)]
 #[diesel(table_name = tasks)]
 pub struct Task {
     pub id: String,

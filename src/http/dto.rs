@@ -247,7 +247,7 @@ pub struct EventPage {
 }
 
 /// `POST …/tokens`: the token row and its secret, shown this once.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct CreatedToken {
     #[serde(flatten)]
     pub row: crate::db::models::ApiToken,
@@ -309,4 +309,39 @@ pub struct WebhookAccepted {
     pub event: String,
     /// The repositories (in the signing organization) it concerns.
     pub repositories: Vec<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::extract::parse;
+
+    /// What the CLI sends (these types, serialized) is what the server's
+    /// extractor reads back, field for field: the client and the server share
+    /// one definition, so they cannot drift apart.
+    #[test]
+    fn the_cli_bodies_are_what_the_server_reads() {
+        let action = TaskAction { commit: Some("wip".into()), force: Some(true), ..Default::default() };
+        let back: TaskAction = parse(&serde_json::to_vec(&action).unwrap()).unwrap();
+        assert_eq!((back.commit.as_deref(), back.force, back.text), (Some("wip"), Some(true), None));
+        let task = CreateTask {
+            repo: "app".into(),
+            description: "fix it".into(),
+            title: None,
+            base_branch: Some("main".into()),
+            agent: None,
+            provider: Some("worktree".into()),
+        };
+        let back: CreateTask = parse(&serde_json::to_vec(&task).unwrap()).unwrap();
+        assert_eq!((back.repo.as_str(), back.base_branch.as_deref()), ("app", Some("main")));
+        let answer = PermissionAnswer { option_id: None, outcome: Some("cancelled".into()) };
+        let back: PermissionAnswer = parse(&serde_json::to_vec(&answer).unwrap()).unwrap();
+        assert_eq!(back.outcome.as_deref(), Some("cancelled"));
+        let settings = crate::db::models::RepoSettings { github: Some("acme/app".into()), ..Default::default() };
+        let back: crate::db::models::RepoSettings = parse(&serde_json::to_vec(&settings).unwrap()).unwrap();
+        assert_eq!(back.github.as_deref(), Some("acme/app"));
+        // A field the server does not know is refused, so a rename on one side shows.
+        let renamed = serde_json::json!({"repository": "app", "description": "x"});
+        assert_eq!(parse::<CreateTask>(renamed.to_string().as_bytes()).unwrap_err().code(), "invalid_body");
+    }
 }

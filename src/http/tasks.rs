@@ -26,7 +26,7 @@ use crate::validate;
 const MAX_DESCRIPTION: usize = 64 * 1024;
 
 /// A task as the API shows it, with its repository's name.
-#[derive(Serialize, ToSchema)]
+#[derive(Serialize, serde::Deserialize, ToSchema)]
 pub struct TaskView {
     #[serde(flatten)]
     pub task: Task,
