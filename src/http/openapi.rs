@@ -151,6 +151,7 @@ pub fn json() -> String {
     // Serializing plain maps and strings cannot fail.
     let mut value = serde_json::to_value(document()).unwrap_or_default();
     link_created(&mut value);
+    list_error_codes(&mut value);
     let mut text = serde_json::to_string_pretty(&value).unwrap_or_default();
     text.push('\n');
     text
@@ -308,6 +309,33 @@ impl Modify for Conventions {
                 }
                 if open {
                     op.security = Some(vec![utoipa::openapi::security::SecurityRequirement::default()]);
+                }
+            }
+        }
+    }
+}
+
+/// Gives every error answer an `x-error-codes` list: the `error` codes its
+/// description names (each on a line `- \`code\`…`), for programs.
+fn list_error_codes(doc: &mut serde_json::Value) {
+    let Some(paths) = doc.get_mut("paths").and_then(serde_json::Value::as_object_mut) else { return };
+    for item in paths.values_mut().filter_map(serde_json::Value::as_object_mut) {
+        for op in item.values_mut() {
+            let Some(responses) = op.get_mut("responses").and_then(serde_json::Value::as_object_mut) else { continue };
+            for (status, response) in responses.iter_mut() {
+                if status.as_str() < "400" {
+                    continue;
+                }
+                let codes: Vec<serde_json::Value> = response["description"]
+                    .as_str()
+                    .unwrap_or("")
+                    .lines()
+                    .filter_map(|l| l.strip_prefix("- `"))
+                    .filter_map(|l| l.split('`').next())
+                    .map(|c| serde_json::Value::String(c.to_string()))
+                    .collect();
+                if !codes.is_empty() {
+                    response["x-error-codes"] = serde_json::Value::Array(codes);
                 }
             }
         }

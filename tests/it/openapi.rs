@@ -40,6 +40,16 @@ async fn the_document_is_served_without_a_token_and_is_openapi_3_1() {
         let security = op.get("security").cloned().unwrap_or_else(|| r.body["security"].clone());
         assert_eq!(security == serde_json::json!([{}]), open, "{method} {path}: security {security}");
         assert_eq!(op["responses"].get("401").is_some(), !open || path == "/v1/webhooks/github", "{method} {path}: 401");
+        // Every error answer is the JSON error, with the codes it may carry.
+        for (status, response) in op["responses"].as_object().expect("responses") {
+            if status.as_str() < "400" {
+                continue;
+            }
+            let schema = &response["content"]["application/json"]["schema"]["$ref"];
+            assert_eq!(schema, "#/components/schemas/ApiError", "{method} {path} {status}: {response}");
+            let codes = response["x-error-codes"].as_array().map(Vec::len).unwrap_or(0);
+            assert!(codes > 0, "{method} {path} {status} lists no error codes: {response}");
+        }
     }
     // A query string is still refused here, as on every route that reads none.
     assert_eq!(anonymous.get("/v1/openapi.json?x=1").await.code(), "invalid_query");
