@@ -68,6 +68,21 @@ pub fn lock_data_dir(dir: &Path) -> Result<std::fs::File, BootError> {
     Ok(file)
 }
 
+/// Says at boot, loudly when it matters, whether agents will be confined.
+fn announce_confinement(confiner: &crate::confine::Confiner) {
+    use crate::confine::Decision;
+    match &confiner.decision {
+        Decision::Confine { abi } => {
+            log::info!("agents are confined with Landlock ABI {abi} (sandboxes.confine = {:?})", confiner.mode);
+            if *abi < 6 {
+                log::warn!("Landlock ABI {abi} cannot scope signals or abstract unix sockets (ABI 6, Linux 6.12): an agent can signal Kiln's processes");
+            }
+        }
+        Decision::Unconfined { reason } => log::warn!("AGENTS ARE NOT CONFINED: {reason}; every agent can read the admin token, kiln.db and every organization's files"),
+        Decision::Refuse { reason } => log::error!("{reason}: every task's provisioning will fail until this is fixed"),
+    }
+}
+
 /// Opens and migrates the database in the data dir.
 pub fn open_db(config: &Config, dir: &Path) -> Result<(Db, usize), BootError> {
     let db = Db::open(&dir.join("kiln.db"), config.database.busy_timeout_ms, config.database.read_pool_size)?;
@@ -106,6 +121,8 @@ pub async fn start(config: Config) -> Result<Running, BootError> {
         log::warn!("auth is turned off (auth.enabled = false): anyone who can reach {} can drive Kiln", config.server.bind);
     }
 
+    announce_confinement(crate::confine::Confiner::new(&config.sandboxes, &dir, &config.files).install().as_ref());
+
     let actors = Arbiter::new();
     let git_locks = crate::integrations::git::MirrorLocks::default();
     let kiln = Kiln {
@@ -124,6 +141,7 @@ pub async fn start(config: Config) -> Result<Running, BootError> {
     recover_tasks(&kiln).await?;
     start_repo_pollers(&kiln).await?;
 
+    web::block(http::web_assets::prepare_assets).await.map_err(|e| BootError::Server(std::io::Error::other(e)))?;
     let max_body = config.server.max_body_bytes;
     let (kiln_data, auth_data) = (web::Data::new(kiln.clone()), web::Data::new(auth_state));
     let deliveries = web::Data::new(http::webhooks::Deliveries::default());
@@ -155,7 +173,8 @@ pub async fn start(config: Config) -> Result<Running, BootError> {
                     .exclude("/v1/health"),
             )
             .configure(|cfg| http::configure(cfg, max_body))
-            .default_service(web::to(http::not_found))
+            // The dashboard: every path outside /v1, /admin and /metrics.
+            .default_service(web::to(http::web_assets::serve))
     })
     .shutdown_timeout(10)
     // Events and keystrokes are small writes: send them now, not after Nagle's delay.

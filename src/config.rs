@@ -41,8 +41,36 @@ pub struct Config {
     pub github: GithubConfig,
     pub terminal: TerminalConfig,
     pub auth: AuthConfig,
+    pub dashboard: DashboardConfig,
     pub sessions: SessionsConfig,
+    pub sandboxes: SandboxesConfig,
     pub agents: BTreeMap<String, AgentProfile>,
+    /// The config files this was loaded from (never granted to agents).
+    #[serde(skip)]
+    pub files: Vec<PathBuf>,
+}
+
+/// How agents are confined (`docs/operations.md`, "Agent confinement").
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SandboxesConfig {
+    pub confine: ConfineMode,
+    /// The lowest Landlock ABI that counts as "the kernel can confine".
+    pub confine_min_abi: u32,
+    /// Extra absolute paths every agent may read and run (toolchains outside PATH).
+    pub allow_read: Vec<String>,
+    /// Extra absolute paths every agent may read and write (shared caches).
+    pub allow_write: Vec<String>,
+}
+
+/// `auto`: confine where the kernel can, say so loudly where it cannot;
+/// `required`: never start an agent unconfined; `off`: never confine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ConfineMode {
+    Auto,
+    Required,
+    Off,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -68,6 +96,8 @@ pub struct TerminalConfig {
     pub rows: u16,
     pub kill_grace_secs: u64,
     pub host_program: String,
+    /// Each sandbox's agent in a cgroup v2 of its own, where one can be made.
+    pub cgroup: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -135,6 +165,14 @@ pub struct AuthConfig {
     pub enabled: bool,
 }
 
+/// The web dashboard's sign-in (docs/dashboard.md).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DashboardConfig {
+    /// How long a browser stays signed in, from sign-in (not sliding).
+    pub session_ttl_secs: u64,
+}
+
 /// One named agent program and how to start and resume it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -186,11 +224,14 @@ impl Config {
             path: PathBuf::from("config/default.toml"),
             message: e.to_string(),
         })?;
+        let mut files = Vec::new();
         if let Some(path) = user_file.filter(|p| p.exists()) {
             merge(&mut merged, read_toml(path)?);
+            files.push(path.to_path_buf());
         }
         if let Some(path) = explicit {
             merge(&mut merged, read_toml(path)?);
+            files.push(path.to_path_buf());
         }
         for (name, value) in env {
             if let Some(key) = name.strip_prefix("KILN_") {
@@ -199,9 +240,10 @@ impl Config {
                 }
             }
         }
-        let config: Config = merged
+        let mut config: Config = merged
             .try_into()
             .map_err(|e: toml::de::Error| ConfigError::Invalid(e.message().to_string()))?;
+        config.files = files;
         config.validate()?;
         Ok(config)
     }
@@ -242,6 +284,17 @@ impl Config {
         }
         if let Some(bad) = self.repos.local_roots.iter().find(|r| !r.starts_with('/')) {
             return Err(ConfigError::Invalid(format!("repos.local_roots: `{bad}` is not an absolute path")));
+        }
+        if self.sandboxes.confine_min_abi < crate::confine::LOWEST_USABLE_ABI {
+            return Err(ConfigError::Invalid(format!(
+                "sandboxes.confine_min_abi must be at least {}: under Landlock ABI 1 git cannot move files between folders",
+                crate::confine::LOWEST_USABLE_ABI
+            )));
+        }
+        for path in self.sandboxes.allow_read.iter().chain(&self.sandboxes.allow_write) {
+            if !path.starts_with('/') {
+                return Err(ConfigError::Invalid(format!("sandboxes.allow_read/allow_write take absolute paths, not `{path}`")));
+            }
         }
         if !self.agents.contains_key(&self.tasks.default_agent) {
             return Err(ConfigError::Invalid(format!(

@@ -5,6 +5,7 @@ pub mod actors;
 pub mod app;
 pub mod cli;
 pub mod config;
+pub mod confine;
 pub mod db;
 pub mod error;
 pub mod http;

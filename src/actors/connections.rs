@@ -1,6 +1,7 @@
-//! Live client connections opened with an organization token (the event stream
-//! and terminal WebSockets), so that revoking the token or deleting its
-//! organization closes them at once instead of at their next reconnect.
+//! Live client connections opened with an organization token or a dashboard
+//! session (the event stream and terminal WebSockets), so that revoking the
+//! token, deleting its organization or ending the session closes them at once
+//! instead of at their next reconnect.
 //!
 //! A WebSocket session takes a [`Ticket`] before it starts, registers it with
 //! its token once it has an address, and unregisters it in `stopping()`. The
@@ -12,7 +13,8 @@
 //! request is answered, even before the close frame is out.
 //!
 //! Connections opened with the admin token are never registered: it cannot be
-//! revoked.
+//! revoked. A dashboard session of the admin is registered by its session only,
+//! so signing out closes its connections.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -27,6 +29,8 @@ pub enum Revoked {
     Token,
     /// The token's organization was deleted (and its tokens with it).
     Organization,
+    /// The dashboard session it was opened with ended (signed out).
+    SessionEnded,
 }
 
 impl Revoked {
@@ -35,6 +39,7 @@ impl Revoked {
         match self {
             Revoked::Token => 4001,
             Revoked::Organization => 4004,
+            Revoked::SessionEnded => 4003,
         }
     }
 
@@ -43,6 +48,7 @@ impl Revoked {
         match self {
             Revoked::Token => "token revoked",
             Revoked::Organization => "organization deleted",
+            Revoked::SessionEnded => "signed out",
         }
     }
 }
@@ -72,7 +78,10 @@ impl Ticket {
 
 struct Entry {
     organization: String,
-    token: String,
+    /// The organization token (`None`: a session of the admin).
+    token: Option<String>,
+    /// The hash of the dashboard session's id, for a connection opened with one.
+    session: Option<String>,
     cut: Arc<AtomicBool>,
     closer: Recipient<CloseRevoked>,
 }
@@ -95,10 +104,23 @@ impl Connections {
         Ticket { id: self.next.fetch_add(1, Ordering::Relaxed), cut: Arc::new(AtomicBool::new(false)) }
     }
 
-    /// Records that the connection of `ticket` was opened with `token` of `organization`.
-    pub fn register(&self, ticket: &Ticket, organization: &str, token: &str, closer: Recipient<CloseRevoked>) {
-        let entry =
-            Entry { organization: organization.to_string(), token: token.to_string(), cut: ticket.cut.clone(), closer };
+    /// Records that the connection of `ticket` was opened with `token` of
+    /// `organization`, through the dashboard session `session` when it has one.
+    pub fn register(
+        &self,
+        ticket: &Ticket,
+        organization: &str,
+        token: Option<&str>,
+        session: Option<&str>,
+        closer: Recipient<CloseRevoked>,
+    ) {
+        let entry = Entry {
+            organization: organization.to_string(),
+            token: token.map(str::to_string),
+            session: session.map(str::to_string),
+            cut: ticket.cut.clone(),
+            closer,
+        };
         self.open().insert(ticket.id, entry);
     }
 
@@ -114,12 +136,18 @@ impl Connections {
 
     /// Closes every connection opened with the token `token_id`; answers how many.
     pub fn close_token(&self, token_id: &str) -> usize {
-        self.close_where(Revoked::Token, |_, e| e.token == token_id)
+        self.close_where(Revoked::Token, |_, e| e.token.as_deref() == Some(token_id))
+    }
+
+    /// Closes every connection opened through the dashboard session whose id
+    /// hashes to `session_hash`; answers how many.
+    pub fn close_session(&self, session_hash: &str) -> usize {
+        self.close_where(Revoked::SessionEnded, |_, e| e.session.as_deref() == Some(session_hash))
     }
 
     /// Closes every connection opened with a token of `organization`; answers how many.
     pub fn close_organization(&self, organization: &str) -> usize {
-        self.close_where(Revoked::Organization, |_, e| e.organization == organization)
+        self.close_where(Revoked::Organization, |_, e| e.organization == organization && e.token.is_some())
     }
 
     fn close_where(&self, why: Revoked, matches: impl Fn(u64, &Entry) -> bool) -> usize {
@@ -165,18 +193,24 @@ mod tests {
         let probe = Probe(got.clone()).start();
         let c = Connections::default();
         let (a, b, other) = (c.ticket(), c.ticket(), c.ticket());
-        c.register(&a, "acme", "tok_a", probe.clone().recipient());
-        c.register(&b, "acme", "tok_b", probe.clone().recipient());
-        c.register(&other, "globex", "tok_g", probe.clone().recipient());
+        c.register(&a, "acme", Some("tok_a"), None, probe.clone().recipient());
+        c.register(&b, "acme", Some("tok_b"), Some("sess_b"), probe.clone().recipient());
+        c.register(&other, "globex", Some("tok_g"), None, probe.clone().recipient());
         assert_eq!(c.close_token("tok_a"), 1);
         assert!(a.is_cut() && !b.is_cut() && !other.is_cut(), "the flag is set before close_token returns");
         assert_eq!(c.close_organization("acme"), 1);
         assert!(b.is_cut() && !other.is_cut());
         assert_eq!(c.close_token("tok_a"), 0, "a closed connection is forgotten");
+        assert_eq!(c.close_session("sess_b"), 0, "b was closed with its organization");
+        let admin = c.ticket();
+        c.register(&admin, "globex", None, Some("sess_admin"), probe.clone().recipient());
+        assert_eq!(c.close_organization("globex"), 1, "an admin's session outlives an organization's tokens");
+        assert_eq!(c.close_session("sess_admin"), 1);
+        assert!(admin.is_cut());
         c.unregister(&other);
         assert!(c.is_empty());
         // Let the probe handle its mail.
         probe.send(CloseRevoked { why: Revoked::Token }).await.unwrap();
-        assert_eq!(*got.lock().unwrap(), vec![Revoked::Token, Revoked::Organization, Revoked::Token]);
+        assert_eq!(*got.lock().unwrap(), vec![Revoked::Token, Revoked::Organization, Revoked::Organization, Revoked::SessionEnded, Revoked::Token]);
     }
 }

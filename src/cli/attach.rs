@@ -13,6 +13,8 @@ use super::commands::Ctx;
 
 /// `Ctrl-\` (FS): the detach key.
 const DETACH: u8 = 0x1c;
+/// How long a detach waits for the server to confirm it has passed the input on.
+const DETACH_ACK: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Puts stdin in raw mode until dropped.
 struct RawMode {
@@ -64,6 +66,51 @@ fn resize_message() -> Option<awc::ws::Message> {
     Some(awc::ws::Message::Text(json!({"type": "resize", "cols": cols, "rows": rows}).to_string().into()))
 }
 
+type WsSink = futures_util::stream::SplitSink<
+    actix_codec::Framed<awc::BoxedSocket, awc::ws::Codec>,
+    awc::ws::Message,
+>;
+
+/// Shows one frame from the server. Answers `Some` when the stream has ended:
+/// `Ok` for a close or its end, `Err` for a broken stream.
+async fn show(
+    frame: Option<Result<awc::ws::Frame, awc::error::WsProtocolError>>,
+    sink: &mut WsSink,
+    stdout: &mut std::io::Stdout,
+    ending: &mut Option<String>,
+) -> CliResult<Option<CliResult<()>>> {
+    match frame {
+        Some(Ok(awc::ws::Frame::Binary(bytes))) => {
+            stdout.write_all(&bytes)?;
+            stdout.flush()?;
+        }
+        Some(Ok(awc::ws::Frame::Text(text))) => {
+            let control: Value = serde_json::from_slice(&text).unwrap_or_default();
+            if control["type"] == "exited" {
+                *ending = Some(match control["code"].as_i64() {
+                    Some(code) => format!("the agent exited with code {code}"),
+                    None => "the agent is not running".into(),
+                });
+            }
+        }
+        Some(Ok(awc::ws::Frame::Ping(p))) => sink.send(awc::ws::Message::Pong(p)).await?,
+        Some(Ok(awc::ws::Frame::Close(reason))) => {
+            // The token was revoked (4001) or its organization deleted (4004): an error.
+            if let Some(gone) = super::commands::credential_gone(&reason) {
+                return Ok(Some(Err(gone)));
+            }
+            if ending.is_none() {
+                *ending = reason.and_then(|r| r.description);
+            }
+            return Ok(Some(Ok(())));
+        }
+        Some(Ok(_)) => {}
+        Some(Err(e)) => return Ok(Some(Err(CliError(format!("the terminal stream broke: {e}"))))),
+        None => return Ok(Some(Ok(()))),
+    }
+    Ok(None)
+}
+
 pub async fn attach(ctx: &Ctx, task: &str) -> CliResult<()> {
     let ws = ctx.api.websocket(&ctx.org_path(&format!("/tasks/{}/terminal?offset=0", super::commands::enc(task)))).await?;
     let (mut sink, mut stream) = ws.split();
@@ -91,51 +138,46 @@ pub async fn attach(ctx: &Ctx, task: &str) -> CliResult<()> {
     let result: CliResult<()> = async {
         loop {
             tokio::select! {
-                frame = stream.next() => match frame {
-                    Some(Ok(awc::ws::Frame::Binary(bytes))) => {
-                        stdout.write_all(&bytes)?;
-                        stdout.flush()?;
+                frame = stream.next() => {
+                    if let Some(end) = show(frame, &mut sink, &mut stdout, &mut ending).await? {
+                        return end;
                     }
-                    Some(Ok(awc::ws::Frame::Text(text))) => {
-                        let control: Value = serde_json::from_slice(&text).unwrap_or_default();
-                        if control["type"] == "exited" {
-                            ending = Some(match control["code"].as_i64() {
-                                Some(code) => format!("the agent exited with code {code}"),
-                                None => "the agent is not running".into(),
-                            });
-                        }
-                    }
-                    Some(Ok(awc::ws::Frame::Ping(p))) => sink.send(awc::ws::Message::Pong(p)).await?,
-                    Some(Ok(awc::ws::Frame::Close(reason))) => {
-                        if ending.is_none() {
-                            ending = reason.and_then(|r| r.description);
-                        }
-                        return Ok(());
-                    }
-                    Some(Ok(_)) => {}
-                    Some(Err(e)) => return Err(CliError(format!("the terminal stream broke: {e}"))),
-                    None => return Ok(()),
-                },
+                }
                 input = rx.recv() => match input {
                     Some(bytes) => {
                         if let Some(pos) = bytes.iter().position(|b| *b == DETACH) {
                             if pos > 0 {
                                 sink.send(awc::ws::Message::Binary(bytes[..pos].to_vec().into())).await?;
                             }
-                            ending = Some(format!("detached from {task}; the agent keeps running"));
-                            let _ = sink.send(awc::ws::Message::Close(None)).await;
-                            return Ok(());
+                            break;
                         }
                         sink.send(awc::ws::Message::Binary(bytes.into())).await?;
                     }
-                    // stdin ended (a pipe): keep showing output until the stream ends.
-                    None => futures_util::future::pending::<()>().await,
+                    // stdin ended (a pipe or file): what it held has been sent; detach.
+                    None => break,
                 },
                 _ = winch.recv() => {
                     if let Some(msg) = resize_message() {
                         sink.send(msg).await?;
                     }
                 }
+            }
+        }
+        // Detach: close, then wait for the server's close, which it sends once the
+        // host has taken every byte sent before. Leaving earlier could lose them.
+        sink.send(awc::ws::Message::Close(Some(awc::ws::CloseCode::Normal.into()))).await?;
+        let deadline = tokio::time::Instant::now() + DETACH_ACK;
+        loop {
+            let frame = tokio::time::timeout_at(deadline, stream.next()).await.map_err(|_| {
+                CliError(format!(
+                    "the server did not confirm the detach within {} s: input typed last may not have reached the agent",
+                    DETACH_ACK.as_secs()
+                ))
+            })?;
+            if let Some(end) = show(frame, &mut sink, &mut stdout, &mut ending).await? {
+                end?;
+                ending.get_or_insert(format!("detached from {task}; the agent keeps running"));
+                return Ok(());
             }
         }
     }

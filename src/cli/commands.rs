@@ -234,7 +234,7 @@ pub async fn run(ctx: Ctx, command: Command) -> CliResult<()> {
         Command::Events(args) => events(&ctx, args).await,
         Command::Session(cmd) => super::session::run(&ctx, cmd).await,
         Command::Token(cmd) => token(&ctx, cmd).await,
-        Command::Serve { .. } | Command::Migrate { .. } | Command::Openapi | Command::TerminalHost { .. } => {
+        Command::Serve { .. } | Command::Migrate { .. } | Command::Openapi | Command::TerminalHost { .. } | Command::Dashboard { .. } => {
             Err(CliError("not a client command".into()))
         }
     }
@@ -450,6 +450,7 @@ async fn show(ctx: &Ctx, task: &str, json: bool) -> CliResult<()> {
     if let Some(sha) = res["runtime"]["pushed_sha"].as_str() {
         println!("{:<14}{sha} to {}", "pushed", field(&res["runtime"], "pushed_branch"));
     }
+    println!("{:<14}{}", "confined", confinement(&res["runtime"]));
     if res["awaiting_input"] == true {
         println!("{:<14}yes: a session waits for a permission answer (`kiln session show`)", "awaiting");
     }
@@ -460,7 +461,18 @@ async fn show(ctx: &Ctx, task: &str, json: bool) -> CliResult<()> {
     Ok(())
 }
 
+/// `yes (Landlock ABI 7)`, `NO: …` or `not known yet`, from a task's runtime.
+fn confinement(runtime: &Value) -> String {
+    match (runtime["confined"].as_bool(), runtime["confine_abi"].as_i64()) {
+        (Some(true), Some(abi)) => format!("yes (Landlock ABI {abi})"),
+        (Some(true), None) => "yes".into(),
+        (Some(false), _) => "NO: the agent can read every organization's files (see the sandbox.unconfined event)".into(),
+        (None, _) => "not known yet (the agent has not started since Kiln records it)".into(),
+    }
+}
+
 async fn action(ctx: &Ctx, task: &str, action: &str, body: dto::TaskAction) -> CliResult<Value> {
+
     let res: Value = ctx.api.post(&ctx.org_path(&format!("/tasks/{}/{action}", enc(task))), &body).await?;
     println!("task {} is now {}", field(&res["task"], "id"), field(&res["task"], "status"));
     match res["snapshot_ref"].as_str() {
@@ -558,6 +570,9 @@ async fn events(ctx: &Ctx, args: EventsArgs) -> CliResult<()> {
                 }
                 awc::ws::Frame::Ping(p) => ws.send(awc::ws::Message::Pong(p)).await?,
                 awc::ws::Frame::Close(reason) => {
+                    if let Some(gone) = credential_gone(&reason) {
+                        return Err(gone);
+                    }
                     eprintln!("stream closed ({}); reconnecting from {since}", reason.and_then(|r| r.description).unwrap_or_default());
                     break;
                 }
@@ -566,6 +581,18 @@ async fn events(ctx: &Ctx, args: EventsArgs) -> CliResult<()> {
         }
         actix_web::rt::time::sleep(std::time::Duration::from_secs(1)).await;
     }
+}
+
+/// A stream closed because the credential it was opened with is gone (4001: the
+/// token was revoked; 4004: its organization was deleted). Reconnecting cannot
+/// help, so the command ends with this error instead.
+pub(super) fn credential_gone(reason: &Option<awc::ws::CloseReason>) -> Option<CliError> {
+    let why = match reason.as_ref().map(|r| u16::from(r.code)) {
+        Some(4001) => "the token was revoked",
+        Some(4004) => "the token's organization was deleted",
+        _ => return None,
+    };
+    Some(CliError(format!("the server closed the stream: {why} (use another token)")))
 }
 
 /// Connects a stream, waiting up to a minute for a restarting server.

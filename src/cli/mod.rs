@@ -4,6 +4,7 @@
 mod attach;
 mod client;
 mod commands;
+mod dashboard;
 mod output;
 mod session;
 
@@ -126,6 +127,13 @@ pub enum Command {
     Token(commands::TokenCmd),
     /// Provider and integration profiles (worktree, daytona, github): show, set.
     Provider(commands::ProviderCmd),
+    /// Sign a browser in to the web dashboard: prints a one-time link (valid 60 s,
+    /// for this CLI's token) and opens it where a browser exists.
+    Dashboard {
+        /// Only print the link; do not open a browser.
+        #[structopt(long)]
+        print: bool,
+    },
     /// Internal: the detached process that holds one sandbox's terminal.
     #[structopt(name = "terminal-host", setting = structopt::clap::AppSettings::Hidden)]
     TerminalHost {
@@ -142,6 +150,14 @@ pub enum Command {
         /// A shell command to run before the agent (repeatable).
         #[structopt(long)]
         setup: Vec<String>,
+        /// An inherited Landlock ruleset that setup commands and the agent enter.
+        #[structopt(long)]
+        confine_fd: Option<i32>,
+        #[structopt(long, default_value = "0")]
+        confine_abi: u32,
+        /// Do not put the agent in a cgroup of its own.
+        #[structopt(long)]
+        no_cgroup: bool,
         /// The agent's argument vector.
         #[structopt(last = true, required = true)]
         argv: Vec<String>,
@@ -151,8 +167,30 @@ pub enum Command {
 /// Runs the CLI and answers the process exit code.
 pub fn main() -> i32 {
     let opts = Opts::from_args();
-    if let Command::TerminalHost { state_dir, cwd, log_max_bytes, cols, rows, setup, argv } = opts.command {
-        let host = crate::terminal::host::HostOptions { state_dir, cwd, log_max_bytes, cols, rows, setup, argv };
+    if let Command::TerminalHost { state_dir, cwd, log_max_bytes, cols, rows, setup, argv, confine_fd, confine_abi, no_cgroup } = opts.command {
+        let confine = match confine_fd.filter(|fd| *fd > 2) {
+            // SAFETY: the server left this ruleset open for us and nothing else owns it.
+            Some(fd) => match unsafe { crate::confine::Ruleset::from_inherited(fd, confine_abi, true) } {
+                Ok(r) => Some(std::sync::Arc::new(r)),
+                Err(e) => {
+                    // Never run an agent unconfined that was meant to be confined.
+                    eprintln!("terminal-host: the confinement ruleset is unusable: {e}");
+                    return 1;
+                }
+            },
+            None => None,
+        };
+        let host = crate::terminal::host::HostOptions {
+            state_dir,
+            cwd,
+            log_max_bytes,
+            cols,
+            rows,
+            setup,
+            argv,
+            confine,
+            cgroup: !no_cgroup,
+        };
         return crate::terminal::host::run(host);
     }
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(match opts.command {
@@ -202,11 +240,32 @@ fn run(opts: Opts, config: &mut Config) -> Result<(), CliError> {
             println!("applied {applied} migrations to {}", dir.join("kiln.db").display());
             Ok(())
         }
+        Command::Dashboard { print } => {
+            let org = config.resolve_organization(opts.organization.as_deref());
+            let api = Api::new(config, opts.url.as_deref(), opts.token.as_deref());
+            let explicit = opts.organization.is_some();
+            actix_web::rt::System::new().block_on(async move { dashboard::dashboard(&api, &org, explicit, print).await })
+        }
         command => {
+            if !matches!(command, Command::Attach { .. }) {
+                die_quietly_on_closed_stdout();
+            }
             let org = config.resolve_organization(opts.organization.as_deref());
             let api = Api::new(config, opts.url.as_deref(), opts.token.as_deref());
             let ctx = commands::Ctx { api, org };
             actix_web::rt::System::new().block_on(commands::run(ctx, command))
         }
+    }
+}
+
+/// `kiln list | head -1`: a reader that stops early closes the pipe, and the
+/// next print would panic (Rust ignores SIGPIPE, so `println!` gets EPIPE).
+/// Client commands take SIGPIPE's default instead and end quietly, as `ls`
+/// does. Sockets are unaffected: std sends on them with `MSG_NOSIGNAL`. `attach`
+/// keeps the error path, so it always restores the terminal mode first.
+fn die_quietly_on_closed_stdout() {
+    // SAFETY: resets one signal's disposition before any thread is started.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }

@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 use structopt::StructOpt;
 
 use super::client::{CliError, CliResult};
-use super::commands::{connect_with_retry, enc, Ctx};
+use super::commands::{connect_with_retry, credential_gone, enc, Ctx};
 use super::output::{self, field};
 use crate::http::dto;
 
@@ -315,7 +315,10 @@ async fn stream_turn(ctx: &Ctx, task: &str, session: &str, accepted: &Value, mod
                     ws.send(awc::ws::Message::Pong(p)).await?;
                     continue;
                 }
-                awc::ws::Frame::Close(_) => break,
+                awc::ws::Frame::Close(reason) => match credential_gone(&reason) {
+                    Some(gone) => return Err(gone),
+                    None => break,
+                },
                 _ => continue,
             };
             let Ok(event) = serde_json::from_slice::<Value>(&bytes) else { continue };

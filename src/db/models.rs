@@ -240,6 +240,13 @@ pub struct TaskRuntime {
     /// the lease a later forced push may replace (see docs/git.md).
     pub pushed_branch: Option<String>,
     pub pushed_sha: Option<String>,
+    /// Whether the agent last started runs confined (`null`: not known, started
+    /// before Kiln recorded it).
+    pub confined: Option<bool>,
+    /// The Landlock ABI its rules were made for, when confined.
+    pub confine_abi: Option<i32>,
+    /// Why the terminal log cannot be written, while it cannot.
+    pub log_error: Option<String>,
 }
 
 #[derive(Debug, Clone, Queryable, Selectable, Serialize, utoipa::ToSchema)]
@@ -318,4 +325,28 @@ pub struct TaskSession {
     pub checkpoint: Option<String>,
     #[serde(skip)]
     pub checkpoint_event_id: i64,
+}
+
+/// A one-time dashboard sign-in code; only the hash of the code is stored.
+/// `token_id` is the organization token it signs in as (`None`: the admin).
+#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[diesel(table_name = web_sign_in_codes)]
+pub struct SignInCode {
+    pub code_hash: String,
+    pub organization: String,
+    pub token_id: Option<String>,
+    pub created_at: i64,
+    pub expires_at: i64,
+}
+
+/// A signed-in browser: the cookie carries the id, the row its hash. It acts as
+/// `token_id` (`None`: the admin) on `organization`'s board until `expires_at`.
+#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[diesel(table_name = web_sessions)]
+pub struct WebSession {
+    pub id_hash: String,
+    pub organization: String,
+    pub token_id: Option<String>,
+    pub created_at: i64,
+    pub expires_at: i64,
 }

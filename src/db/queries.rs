@@ -44,6 +44,37 @@ pub fn token_by_hash(conn: &mut SqliteConnection, hash: &str) -> QueryResult<Opt
         .optional()
 }
 
+/// A live web session by the hash of its cookie: not expired at `now`, and its
+/// token (when it has one) not revoked. The revocation deletes the session too;
+/// the token is checked again here so a session never outlives it.
+pub fn web_session_by_hash(conn: &mut SqliteConnection, hash: &str, now: i64) -> QueryResult<Option<WebSession>> {
+    let Some(session) = web_sessions::table
+        .find(hash)
+        .filter(web_sessions::expires_at.gt(now))
+        .select(WebSession::as_select())
+        .first(conn)
+        .optional()?
+    else {
+        return Ok(None);
+    };
+    if let Some(token) = &session.token_id {
+        let live = api_tokens::table
+            .find(token)
+            .filter(api_tokens::revoked_at.is_null())
+            .count()
+            .get_result::<i64>(conn)?;
+        if live == 0 {
+            return Ok(None);
+        }
+    }
+    Ok(Some(session))
+}
+
+/// A sign-in code by its hash, spent or expired ones aside (a spent code's row is gone).
+pub fn sign_in_code_by_hash(conn: &mut SqliteConnection, hash: &str) -> QueryResult<Option<SignInCode>> {
+    web_sign_in_codes::table.find(hash).select(SignInCode::as_select()).first(conn).optional()
+}
+
 pub fn tokens_list(conn: &mut SqliteConnection, org: &str) -> QueryResult<Vec<ApiToken>> {
     api_tokens::table
         .filter(api_tokens::organization.eq(org))
@@ -286,6 +317,23 @@ pub fn events_list(conn: &mut SqliteConnection, org: &str, f: &EventFilter) -> Q
         return Ok(rows);
     }
     q.order(events::id.asc()).limit(f.limit).load(conn)
+}
+
+/// The newest event id of any organization (ids come from one sequence), 0 when
+/// there is none.
+pub fn newest_event_id(conn: &mut SqliteConnection) -> QueryResult<i64> {
+    events::table.select(diesel::dsl::max(events::id)).first::<Option<i64>>(conn).map(|id| id.unwrap_or(0))
+}
+
+/// The id of the latest `organization.created` under `org`: where the
+/// organization that now bears the name began (0 when none is recorded).
+pub fn organization_began(conn: &mut SqliteConnection, org: &str) -> QueryResult<i64> {
+    events::table
+        .filter(events::organization.eq(org))
+        .filter(events::kind.eq("organization.created"))
+        .select(diesel::dsl::max(events::id))
+        .first::<Option<i64>>(conn)
+        .map(|id| id.unwrap_or(0))
 }
 
 /// The event kinds a session's journal is made of (one per envelope).

@@ -117,6 +117,9 @@ diesel::table! {
         ci_feedback_count -> Integer,
         pushed_branch -> Nullable<Text>,
         pushed_sha -> Nullable<Text>,
+        confined -> Nullable<Bool>,
+        confine_abi -> Nullable<Integer>,
+        log_error -> Nullable<Text>,
     }
 }
 
@@ -162,6 +165,26 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    web_sessions (id_hash) {
+        id_hash -> Text,
+        organization -> Text,
+        token_id -> Nullable<Text>,
+        created_at -> BigInt,
+        expires_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    web_sign_in_codes (code_hash) {
+        code_hash -> Text,
+        organization -> Text,
+        token_id -> Nullable<Text>,
+        created_at -> BigInt,
+        expires_at -> BigInt,
+    }
+}
+
 diesel::joinable!(api_tokens -> organizations (organization));
 diesel::joinable!(branches -> repos (repo_id));
 diesel::joinable!(provider_profiles -> organizations (organization));
@@ -173,6 +196,10 @@ diesel::joinable!(task_runtime -> tasks (task_id));
 diesel::joinable!(task_sessions -> tasks (task_id));
 diesel::joinable!(tasks -> organizations (organization));
 diesel::joinable!(tasks -> repos (repo_id));
+diesel::joinable!(web_sessions -> api_tokens (token_id));
+diesel::joinable!(web_sessions -> organizations (organization));
+diesel::joinable!(web_sign_in_codes -> api_tokens (token_id));
+diesel::joinable!(web_sign_in_codes -> organizations (organization));
 
 diesel::allow_tables_to_appear_in_same_query!(
     api_tokens,
@@ -186,4 +213,6 @@ diesel::allow_tables_to_appear_in_same_query!(
     task_runtime,
     task_sessions,
     tasks,
+    web_sessions,
+    web_sign_in_codes,
 );

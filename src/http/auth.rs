@@ -2,6 +2,15 @@
 //! and is compared by hash in constant time; organization tokens are stored
 //! hashed in `api_tokens`. WebSocket routes also accept `?access_token=`, since
 //! browsers cannot set headers on a WebSocket.
+//!
+//! The dashboard's pages authenticate with a session cookie instead
+//! ([`SESSION_COOKIE`], a row of `web_sessions` standing for one token), only when
+//! the request carries no bearer token. A cookie request that changes anything
+//! (any method but GET and HEAD, and every WebSocket) must come from the
+//! dashboard's own origin: its `Origin` names this server, or, without `Origin`,
+//! `Sec-Fetch-Site` says `same-origin` ([`same_origin`]). Everything outside
+//! `/v1`, `/admin` and `/metrics` is the dashboard's static assets and needs no
+//! credential: they carry no data.
 
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -96,6 +105,73 @@ fn bearer(req: &HttpRequest) -> Option<String> {
     None
 }
 
+/// The cookie naming a dashboard session (its random id; the row holds the hash).
+pub const SESSION_COOKIE: &str = "kiln_session";
+
+/// The hash of the id of the dashboard session a request authenticated with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionHash(pub String);
+
+/// The dashboard session a request authenticated with, if it used one.
+pub fn session_hash(req: &HttpRequest) -> Option<String> {
+    req.extensions().get::<SessionHash>().map(|s| s.0.clone())
+}
+
+/// The value of the session cookie, if the request has one.
+pub fn session_cookie(req: &HttpRequest) -> Option<String> {
+    req.headers()
+        .get_all("cookie")
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == SESSION_COOKIE)
+        .map(|(_, value)| value.trim().to_string())
+        .filter(|v| !v.is_empty())
+}
+
+/// Refuses a cookie-authenticated change that does not come from the dashboard's
+/// own origin (the CSRF defence, with the cookie's `SameSite=Strict`). A safe
+/// read (GET or HEAD, not a WebSocket) passes; anything else needs an `Origin`
+/// whose host and port are this request's `Host`, or, with no `Origin`,
+/// `Sec-Fetch-Site: same-origin`. Browsers send at least one of them on every
+/// such request; a cross-site page cannot forge either.
+pub fn same_origin(req: &HttpRequest) -> Result<(), AppError> {
+    let is_ws = req
+        .headers()
+        .get("upgrade")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    let safe = matches!(*req.method(), actix_web::http::Method::GET | actix_web::http::Method::HEAD) && !is_ws;
+    if safe {
+        return Ok(());
+    }
+    let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let refused = || {
+        AppError::denied(
+            "cross_origin_refused",
+            "a dashboard session accepts changes only from the dashboard's own pages (the Origin of this request is another site, or missing)",
+        )
+    };
+    if let Some(site) = header("sec-fetch-site") {
+        if site != "same-origin" {
+            return Err(refused());
+        }
+    }
+    match header("origin") {
+        Some(origin) => {
+            let authority = origin.split_once("://").map(|(_, rest)| rest).unwrap_or("");
+            let host = req.connection_info().host().to_string();
+            if authority.eq_ignore_ascii_case(&host) {
+                Ok(())
+            } else {
+                Err(refused())
+            }
+        }
+        None if header("sec-fetch-site").is_some() => Ok(()),
+        None => Err(refused()),
+    }
+}
+
 /// The id of the organization token a request authenticated with; absent for the
 /// admin (and with auth turned off).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -106,17 +182,32 @@ pub fn token_id(req: &HttpRequest) -> Option<String> {
     req.extensions().get::<TokenId>().map(|t| t.0.clone())
 }
 
-/// Works out who is calling: the admin, an organization's token (with its id), or nobody.
-async fn identify(req: &HttpRequest) -> Result<(Caller, Option<TokenId>), AppError> {
+/// Who a request authenticated as: the caller, the organization token's id, and
+/// the dashboard session's hash when it came with the session cookie.
+type Identity = (Caller, Option<TokenId>, Option<SessionHash>);
+
+/// Works out who is calling: the admin, an organization's token (with its id),
+/// a dashboard session (standing for one of those), or nobody.
+async fn identify(req: &HttpRequest) -> Result<Identity, AppError> {
     let (Some(auth), Some(kiln)) = (req.app_data::<web::Data<AuthState>>(), req.app_data::<web::Data<Kiln>>()) else {
         return Err(AppError::bug("auth state is not configured"));
     };
     if !auth.enabled {
-        return Ok((Caller::Admin, None));
+        return Ok((Caller::Admin, None, None));
     }
-    let token = bearer(req).ok_or_else(|| AppError::Unauthorized {
-        message: "missing bearer token: send `Authorization: Bearer <token>`".into(),
-    })?;
+    let Some(token) = bearer(req) else {
+        if let Some(cookie) = session_cookie(req) {
+            return identify_session(kiln, req, &cookie).await;
+        }
+        return Err(AppError::Unauthorized { message: "missing bearer token: send `Authorization: Bearer <token>`".into() });
+    };
+    let (caller, id) = check_token(auth, kiln, &token).await?;
+    Ok((caller, id, None))
+}
+
+/// Checks a bearer token (or one pasted into the sign-in page): the admin's, or
+/// a live organization token.
+pub async fn check_token(auth: &AuthState, kiln: &Kiln, token: &str) -> Result<(Caller, Option<TokenId>), AppError> {
     let hash = sha256_hex(token.as_bytes());
     if constant_time_eq(hash.as_bytes(), auth.admin_hash.as_bytes()) {
         return Ok((Caller::Admin, None));
@@ -127,6 +218,26 @@ async fn identify(req: &HttpRequest) -> Result<(Caller, Option<TokenId>), AppErr
     }
 }
 
+/// A request with the session cookie: a live session acts as its token (the
+/// admin when it has none), and a change must pass [`same_origin`].
+async fn identify_session(kiln: &Kiln, req: &HttpRequest, cookie: &str) -> Result<Identity, AppError> {
+    let hash = sha256_hex(cookie.as_bytes());
+    let lookup = hash.clone();
+    let session = kiln
+        .db
+        .read(move |c| queries::web_session_by_hash(c, &lookup, crate::util::now_ms()))
+        .await?
+        .ok_or_else(|| AppError::Unauthorized {
+            message: "your dashboard session has ended (signed out, expired, or its token was revoked): sign in again".into(),
+        })?;
+    same_origin(req)?;
+    let caller = match &session.token_id {
+        Some(_) => Caller::Organization(session.organization.clone()),
+        None => Caller::Admin,
+    };
+    Ok((caller, session.token_id.map(TokenId), Some(SessionHash(hash))))
+}
+
 /// Middleware: authenticates every request but the health check *before* any
 /// extractor runs, so a bad token is always a 401, whatever the body holds.
 pub async fn authenticate(
@@ -134,15 +245,22 @@ pub async fn authenticate(
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
     // Health and the API's document are open; webhooks carry their own HMAC
-    // signature instead of a token.
-    if matches!(req.path(), "/v1/health" | "/v1/openapi.json" | "/v1/webhooks/github") {
+    // signature instead of a token; signing in to the dashboard is how a browser
+    // gets a credential; the dashboard's assets hold no data.
+    let open = matches!(req.path(), "/v1/health" | "/v1/openapi.json" | "/v1/webhooks/github")
+        || (req.path() == super::dashboard::SESSIONS_PATH && req.method() == actix_web::http::Method::POST)
+        || !super::web_assets::is_api_path(req.path());
+    if open {
         return next.call(req).await.map(ServiceResponse::map_into_left_body);
     }
     match identify(req.request()).await {
-        Ok((caller, token)) => {
+        Ok((caller, token, session)) => {
             req.extensions_mut().insert(caller);
             if let Some(token) = token {
                 req.extensions_mut().insert(token);
+            }
+            if let Some(session) = session {
+                req.extensions_mut().insert(session);
             }
             next.call(req).await.map(ServiceResponse::map_into_left_body)
         }
@@ -161,9 +279,9 @@ impl FromRequest for Caller {
     }
 }
 
-/// Registers a WebSocket just started for `req` with the token it authenticated
-/// with, so revoking the token closes it (`actors::connections`). The admin's
-/// connections are not registered.
+/// Registers a WebSocket just started for `req` with the token (and dashboard
+/// session) it authenticated with, so revoking the token or signing out closes
+/// it (`actors::connections`). The admin's bearer connections are not registered.
 ///
 /// The token was checked when the request arrived; it may have been revoked
 /// since, before the registration, when the revocation could not see it. So it is
@@ -176,8 +294,20 @@ pub async fn register_connection(
     ticket: &Ticket,
     closer: Recipient<CloseRevoked>,
 ) -> Result<(), AppError> {
-    let Some(token) = token_id(req) else { return Ok(()) };
-    kiln.connections.register(ticket, org, &token, closer);
+    let session = session_hash(req);
+    let Some(token) = token_id(req) else {
+        if let Some(session) = session {
+            kiln.connections.register(ticket, org, None, Some(&session), closer);
+            // Signed out meanwhile: close at once (the admin's session has no token to re-read).
+            let lookup = session.clone();
+            let live = kiln.db.read(move |c| queries::web_session_by_hash(c, &lookup, crate::util::now_ms())).await;
+            if !matches!(live, Ok(Some(_))) {
+                kiln.connections.close(ticket, Revoked::SessionEnded);
+            }
+        }
+        return Ok(());
+    };
+    kiln.connections.register(ticket, org, Some(&token), session.as_deref(), closer);
     let id = token.clone();
     let row = match kiln.db.read(move |c| queries::token_by_id(c, &id)).await {
         Ok(row) => row,

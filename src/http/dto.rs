@@ -135,7 +135,8 @@ pub struct TaskListQuery {
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct EventsQuery {
-    /// Events after this id (default 0: from the start).
+    /// Events after this id (default 0: from the start); at most the newest
+    /// event id there is (past it is `400 invalid_since`, naming the id to go on from).
     #[param(minimum = 0)]
     pub since: Option<i64>,
     /// Only this repository's events.
@@ -158,7 +159,7 @@ pub struct EventsQuery {
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct StreamQuery {
-    /// Replay the events after this id first.
+    /// Replay the events after this id first; at most the newest event id there is.
     #[param(minimum = 0)]
     pub since: Option<i64>,
     /// Only this task's events.

@@ -12,6 +12,39 @@ use crate::actors::Kiln;
 use crate::db::queries::{self, EventFilter};
 use crate::error::{AppError, AppResult};
 
+/// Refuses a `since` past the newest event there is. A client only learns ids
+/// that were stored, so one from the future means the history was restored from
+/// a backup or reset: reading on from it would show nothing until new ids caught
+/// up, and the client would never know what it missed.
+pub(super) async fn since_not_ahead(kiln: &Kiln, since: i64) -> AppResult<()> {
+    if since == 0 {
+        return Ok(());
+    }
+    let newest = kiln.db.read(queries::newest_event_id).await?;
+    if since > newest {
+        return Err(AppError::bad_request(
+            "invalid_since",
+            format!(
+                "since {since} is ahead of the newest event, {newest}: the history was restored or reset; go on from since={newest}"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Where a caller's view of an organization's history starts (events with a
+/// greater id): for an organization token, at the organization's latest
+/// `organization.created`. An earlier organization of the same name was deleted,
+/// and its events, kept for the admin's audits, are not the new one's to read.
+pub(super) async fn history_floor(kiln: &Kiln, caller: &Caller, org: &str) -> AppResult<i64> {
+    if *caller == Caller::Admin {
+        return Ok(0);
+    }
+    let org = org.to_string();
+    let began = kiln.db.read(move |c| queries::organization_began(c, &org)).await?;
+    Ok((began - 1).max(0))
+}
+
 /// Lists events after `since`, filtered by `repo`, `task`, `session` and `kind` (exact, or a
 /// prefix ending in `.` or `.*`); or, with `tail=N`, the newest N of those. `next_since`
 /// continues the listing.
@@ -48,6 +81,8 @@ pub async fn list(
     if since < 0 {
         return Err(AppError::bad_request("invalid_since", "since must be an event id, 0 or more"));
     }
+    since_not_ahead(&kiln, since).await?;
+    let since = since.max(history_floor(&kiln, &caller, &org).await?);
     let filter =
         EventFilter { since, repo: q.repo, task: q.task, kind: q.kind, session: q.session, limit, newest: q.tail.is_some() };
     let rows = kiln.db.read(move |c| queries::events_list(c, &org, &filter)).await?;

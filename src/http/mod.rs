@@ -1,8 +1,11 @@
-//! The HTTP surface: `/v1` for clients, `/admin` for operators, `/metrics`.
-//! One file per resource. Every error leaves as `{"error", "message"}`.
+//! The HTTP surface: `/v1` for clients, `/admin` for operators, `/metrics`, and
+//! the web dashboard for every other path (`web`). One file per resource. Every
+//! error leaves as `{"error", "message"}`.
 
 pub mod admin;
+pub mod agents;
 pub mod auth;
+pub mod dashboard;
 pub mod dto;
 pub mod events;
 pub mod extract;
@@ -13,6 +16,7 @@ pub mod sessions;
 pub mod stream;
 pub mod tasks;
 pub mod terminal;
+pub mod web_assets;
 pub mod webhooks;
 
 use actix_web::body::{BoxBody, MessageBody};
@@ -42,6 +46,13 @@ pub fn configure(cfg: &mut web::ServiceConfig, max_body: usize) {
                 .route(web::post().to(webhooks::github)),
         )
         .service(web::resource("/metrics").route(web::get().to(admin::metrics)))
+        .service(web::resource("/v1/dashboard/codes").route(web::post().to(dashboard::create_code)))
+        .service(web::resource(dashboard::SESSIONS_PATH).route(web::post().to(dashboard::create_session)))
+        .service(
+            web::resource("/v1/dashboard/session")
+                .route(web::get().to(dashboard::get_session))
+                .route(web::delete().to(dashboard::delete_session)),
+        )
         .service(
             web::scope("/v1/organizations")
                 .service(
@@ -66,6 +77,7 @@ pub fn configure(cfg: &mut web::ServiceConfig, max_body: usize) {
                         .route(web::post().to(organizations::create_token)),
                 )
                 .service(web::resource("/{org}/tokens/{token}").route(web::delete().to(organizations::revoke_token)))
+                .service(web::resource("/{org}/agents").route(web::get().to(agents::list)))
                 .service(web::resource("/{org}/repos").route(web::get().to(repos::list)).route(web::post().to(repos::create)))
                 .service(
                     web::resource("/{org}/repos/{repo}")

@@ -20,7 +20,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, RefOr, Response, ResponseBuilder};
 use utoipa::{IntoParams, Modify, OpenApi, ToSchema};
 
-use super::{admin, events, organizations, repos, sessions, stream, tasks, terminal, webhooks};
+use super::{admin, agents, dashboard, events, organizations, repos, sessions, stream, tasks, terminal, webhooks};
 
 /// The JSON body of every error answer.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -115,6 +115,7 @@ pub struct WebSocketUpgrade {
         organizations::list_tokens, organizations::create_token, organizations::revoke_token,
         repos::list, repos::create, repos::get, repos::delete, repos::put_setup, repos::put_settings,
         repos::branches, repos::pulls,
+        agents::list,
         tasks::list, tasks::create, tasks::get, tasks::action,
         terminal::connect,
         sessions::list, sessions::create, sessions::get, sessions::close, sessions::transcript,
@@ -122,6 +123,7 @@ pub struct WebSocketUpgrade {
         events::list,
         stream::connect,
         webhooks::github,
+        dashboard::create_code, dashboard::create_session, dashboard::get_session, dashboard::delete_session,
         admin::actors, admin::config, admin::checkpoint, admin::backup, admin::pollers, admin::poller_control,
         admin::metrics,
     ),
@@ -135,6 +137,7 @@ pub struct WebSocketUpgrade {
         (name = "sessions", description = "ACP sessions with a task's agent."),
         (name = "events", description = "The event history and its live stream."),
         (name = "webhooks", description = "GitHub deliveries, signed with HMAC-SHA256."),
+        (name = "dashboard", description = "Signing a browser in to the web dashboard (a session cookie acts as the token it was made with)."),
         (name = "admin", description = "Operator routes: the admin token only."),
     ),
 )]
@@ -238,7 +241,7 @@ fn matches(template: &[&str], segments: &[&str]) -> bool {
 struct Conventions;
 
 /// Routes with no bearer token.
-const OPEN: &[&str] = &["/v1/health", "/v1/openapi.json", "/v1/webhooks/github"];
+const OPEN: &[&str] = &["/v1/health", "/v1/openapi.json", "/v1/webhooks/github", "/v1/dashboard/sessions"];
 /// Routes that never reach the database or an actor.
 const NO_STATE: &[&str] = &["/v1/health", "/v1/openapi.json"];
 
@@ -256,7 +259,19 @@ impl Modify for Conventions {
                     .build(),
             ),
         );
-        doc.security = Some(vec![utoipa::openapi::security::SecurityRequirement::new("bearer", Vec::<String>::new())]);
+        components.add_security_scheme(
+            "session",
+            SecurityScheme::ApiKey(utoipa::openapi::security::ApiKey::Cookie(
+                utoipa::openapi::security::ApiKeyValue::with_description(
+                    "kiln_session",
+                    "The web dashboard's session cookie: it acts as the token it was signed in with. Changes need the dashboard's own `Origin`.",
+                ),
+            )),
+        );
+        doc.security = Some(vec![
+            utoipa::openapi::security::SecurityRequirement::new("bearer", Vec::<String>::new()),
+            utoipa::openapi::security::SecurityRequirement::new("session", Vec::<String>::new()),
+        ]);
         for (path, item) in doc.paths.paths.iter_mut() {
             let open = OPEN.contains(&path.as_str());
             let stateful = !NO_STATE.contains(&path.as_str());

@@ -122,8 +122,12 @@ pub async fn put_setup(
     if body.commands.len() > 50 || body.copy.len() > 200 {
         return Err(AppError::invalid("invalid_setup", "at most 50 commands and 200 files"));
     }
-    if let Some(bad) = body.commands.iter().find(|c| c.trim().is_empty() || c.len() > 4096 || c.contains('\0')) {
-        return Err(AppError::invalid("invalid_setup", format!("setup command `{}` must be 1-4096 characters", validate::truncate(bad, 40))));
+    // A command is named by its place, never quoted: shell text may hold a credential.
+    if let Some(i) = body.commands.iter().position(|c| c.trim().is_empty() || c.len() > 4096 || c.contains('\0')) {
+        return Err(AppError::invalid(
+            "invalid_setup",
+            format!("setup command `commands[{i}]` must be 1-4096 bytes, not blank, with no NUL byte"),
+        ));
     }
     if let Some(bad) = body.copy.iter().find(|p| !validate::is_relative_inside(p)) {
         return Err(AppError::invalid(

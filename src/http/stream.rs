@@ -69,6 +69,8 @@ pub async fn connect(
     if since.is_some_and(|s| s < 0) {
         return Err(AppError::bad_request("invalid_since", "since must be an event id, 0 or more"));
     }
+    super::events::since_not_ahead(&kiln, since.unwrap_or(0)).await?;
+    let floor = super::events::history_floor(&kiln, &caller, &org).await?;
     ws::handshake(&req).map_err(|e| AppError::bad_request("websocket_required", format!("this route speaks WebSocket only: {e}")))?;
     let history = kiln.history(&org);
     let subscription = history.send(Subscribe {}).await?;
@@ -82,7 +84,7 @@ pub async fn connect(
         session: query.session,
         subscription: Some(subscription),
         sub_id,
-        last_sent: since.unwrap_or(0),
+        last_sent: since.map_or(0, |s| s.max(floor)),
         replay: since.is_some(),
         heartbeat: Instant::now(),
         ticket: ticket.clone(),

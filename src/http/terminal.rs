@@ -41,6 +41,13 @@ use crate::terminal::protocol::{self, Frame};
 
 /// Frames from one client queued for its host before the client is cut off.
 const INPUT_QUEUE: usize = 1024;
+/// How long a client's close waits for the host to confirm the input before it.
+const CLOSE_ACK: Duration = Duration::from_secs(5);
+/// The largest message a client may send (one frame, or the frames of a
+/// fragmented message put together): a big paste fits, a runaway client does not.
+const MAX_MESSAGE: usize = 1 << 20;
+/// Input goes to the host in pieces of at most this many bytes.
+const INPUT_PIECE: usize = 64 * 1024;
 
 /// Attaches to the task's terminal over a WebSocket.
 ///
@@ -89,7 +96,19 @@ pub async fn connect(
     ws::handshake(&req).map_err(|e| AppError::bad_request("websocket_required", format!("this route speaks WebSocket only: {e}")))?;
     let offset = query.offset.unwrap_or(0);
     let socket = state_dir.join(crate::terminal::host::SOCKET);
-    let live = tokio::net::UnixStream::connect(&socket).await.ok();
+    let key_dir = state_dir.clone();
+    let key = blocking(move || Ok(crate::terminal::client::host_key(&key_dir))).await?;
+    let live = match tokio::net::UnixStream::connect(&socket).await {
+        Ok(mut stream) => match key {
+            // The host wants its key first.
+            Some(key) => {
+                use tokio::io::AsyncWriteExt;
+                stream.write_all(&Frame::new(protocol::HELLO, key).encode()).await.ok().map(|_| stream)
+            }
+            None => Some(stream),
+        },
+        Err(_) => None,
+    };
     let replay = if live.is_none() {
         let dir = state_dir.clone();
         let (start, bytes, exit) = blocking(move || {
@@ -115,8 +134,11 @@ pub async fn connect(
         replay,
         to_host: None,
         exited: false,
+        closing: None,
+        partial: None,
     };
     let (addr, response) = ws::WsResponseBuilder::new(session, &req, payload)
+        .frame_size(MAX_MESSAGE)
         .start_with_addr()
         .map_err(|e| AppError::bad_request("websocket_required", e.to_string()))?;
     auth::register_connection(&kiln, &req, &org, &ticket, addr.recipient()).await?;
@@ -156,6 +178,11 @@ struct TerminalSession {
     replay: Option<(u64, Vec<u8>, Option<protocol::ExitInfo>)>,
     to_host: Option<mpsc::Sender<Frame>>,
     exited: bool,
+    /// The client has closed: its close is answered once the host has confirmed
+    /// every input before it (a `STATUS` round trip behind them).
+    closing: Option<Option<ws::CloseReason>>,
+    /// A fragmented message being put together: whether it is text, and its bytes so far.
+    partial: Option<(bool, Vec<u8>)>,
 }
 
 impl TerminalSession {
@@ -198,6 +225,79 @@ impl TerminalSession {
                 code: ws::CloseCode::Size,
                 description: Some("input arrives faster than the agent reads it".into()),
             }));
+            ctx.stop();
+        }
+    }
+
+    /// One whole message from the client: input bytes, or a control message.
+    fn client_message(&mut self, text: bool, bytes: &[u8], ctx: &mut ws::WebsocketContext<Self>) {
+        if !text {
+            for piece in bytes.chunks(INPUT_PIECE) {
+                self.to_host(Frame::new(protocol::INPUT, piece.to_vec()), ctx);
+            }
+            return;
+        }
+        match serde_json::from_slice::<dto::TerminalControl>(bytes) {
+            Ok(dto::TerminalControl::Resize { cols, rows }) if cols > 0 && rows > 0 => self.to_host(Frame::resize(cols, rows), ctx),
+            _ => self.control(ctx, json!({"type": "error", "message": "unknown control message; send {\"type\":\"resize\",\"cols\":C,\"rows\":R}"})),
+        }
+    }
+
+    /// A part of a fragmented message (RFC 6455 §5.4): kept until its last part
+    /// comes, then handled like a message sent whole.
+    fn continuation(&mut self, item: actix_http::ws::Item, ctx: &mut ws::WebsocketContext<Self>) {
+        use actix_http::ws::Item;
+        let (bytes, last) = match item {
+            Item::FirstText(b) => {
+                self.partial = Some((true, Vec::new()));
+                (b, false)
+            }
+            Item::FirstBinary(b) => {
+                self.partial = Some((false, Vec::new()));
+                (b, false)
+            }
+            Item::Continue(b) => (b, false),
+            Item::Last(b) => (b, true),
+        };
+        let Some((_, buf)) = self.partial.as_mut() else { return };
+        if buf.len() + bytes.len() > MAX_MESSAGE {
+            self.partial = None;
+            return too_big(ctx);
+        }
+        buf.extend_from_slice(&bytes);
+        if last {
+            if let Some((text, buf)) = self.partial.take() {
+                self.client_message(text, &buf, ctx);
+            }
+        }
+    }
+
+    /// The client closed. Input it sent just before must still reach the agent,
+    /// so the close is answered only after the host has read everything queued
+    /// (a `STATUS` sent behind it comes back), or after `CLOSE_ACK` at most.
+    fn client_closed(&mut self, reason: Option<ws::CloseReason>, ctx: &mut ws::WebsocketContext<Self>) {
+        if self.closing.is_some() {
+            return;
+        }
+        let Some(tx) = self.to_host.clone() else {
+            ctx.close(reason);
+            ctx.stop();
+            return;
+        };
+        self.closing = Some(reason);
+        // A full queue waits for room rather than dropping the marker.
+        ctx.spawn(
+            async move {
+                let _ = tx.send(Frame::new(protocol::STATUS, vec![])).await;
+            }
+            .into_actor(self),
+        );
+        ctx.run_later(CLOSE_ACK, |act, ctx| act.finish_close(ctx));
+    }
+
+    fn finish_close(&mut self, ctx: &mut ws::WebsocketContext<Self>) {
+        if let Some(reason) = self.closing.take() {
+            ctx.close(reason);
             ctx.stop();
         }
     }
@@ -294,6 +394,8 @@ impl StreamHandler<Frame> for TerminalSession {
                 let exit: serde_json::Value = serde_json::from_slice(&frame.payload).unwrap_or(json!({}));
                 self.control(ctx, json!({"type": "exited", "code": exit["code"], "signal": exit["signal"], "phase": exit["phase"]}));
             }
+            // Only a closing client asks for status: the host has taken its input.
+            protocol::STATUS_REPLY => self.finish_close(ctx),
             _ => {}
         }
     }
@@ -317,20 +419,25 @@ impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for TerminalSession {
     fn handle(&mut self, msg: Result<ws::Message, ws::ProtocolError>, ctx: &mut Self::Context) {
         self.heartbeat = Instant::now();
         match msg {
-            Ok(ws::Message::Binary(bytes)) => self.to_host(Frame::new(protocol::INPUT, bytes.to_vec()), ctx),
-            Ok(ws::Message::Text(text)) => match serde_json::from_str::<dto::TerminalControl>(&text) {
-                Ok(dto::TerminalControl::Resize { cols, rows }) if cols > 0 && rows > 0 => {
-                    self.to_host(Frame::resize(cols, rows), ctx)
-                }
-                _ => self.control(ctx, json!({"type": "error", "message": "unknown control message; send {\"type\":\"resize\",\"cols\":C,\"rows\":R}"})),
-            },
+            // Nothing counts after the client's close.
+            Ok(_) if self.closing.is_some() => {}
+            Ok(ws::Message::Binary(bytes)) => self.client_message(false, &bytes, ctx),
+            Ok(ws::Message::Text(text)) => self.client_message(true, text.as_bytes(), ctx),
+            Ok(ws::Message::Continuation(item)) => self.continuation(item, ctx),
             Ok(ws::Message::Ping(bytes)) => ctx.pong(&bytes),
-            Ok(ws::Message::Close(reason)) => {
-                ctx.close(reason);
-                ctx.stop();
-            }
+            Ok(ws::Message::Close(reason)) => self.client_closed(reason, ctx),
             Ok(_) => {}
+            Err(ws::ProtocolError::Overflow) => too_big(ctx),
             Err(_) => ctx.stop(),
         }
     }
+}
+
+/// A client message over `MAX_MESSAGE`: closed with 1009 and a reason, not dropped silently.
+fn too_big(ctx: &mut ws::WebsocketContext<TerminalSession>) {
+    ctx.close(Some(ws::CloseReason {
+        code: ws::CloseCode::Size,
+        description: Some(format!("a message is at most {MAX_MESSAGE} bytes: send input in smaller pieces")),
+    }));
+    ctx.stop();
 }

@@ -93,6 +93,13 @@ impl Origin {
 
 fn git() -> Command {
     let mut cmd = Command::new("git");
+    settings(&mut cmd);
+    cmd
+}
+
+/// What every git Kiln runs gets: no prompts, no hooks, no fsmonitor (a
+/// program named in config), no `ext::` transport, patient ref locks.
+fn settings(cmd: &mut Command) {
     cmd.env("GIT_TERMINAL_PROMPT", "0")
         // A remote that stalls (under 1 KB/s for a minute) fails instead of hanging.
         .env("GIT_HTTP_LOW_SPEED_LIMIT", "1000")
@@ -102,22 +109,51 @@ fn git() -> Command {
         .env("SSH_ASKPASS", "/bin/false")
         .env("LC_ALL", "C")
         .env("GIT_ALLOW_PROTOCOL", REMOTE_PROTOCOLS)
-        .args(["-c", "protocol.ext.allow=never", "-c", "core.hooksPath=/dev/null"])
+        .args(["-c", "protocol.ext.allow=never", "-c", "core.hooksPath=/dev/null", "-c", "core.fsmonitor=false"])
         // Worktrees share the mirror's refs, and Kiln runs git for several tasks
         // and pollers at once: wait for a ref lock instead of failing on it.
         .args(["-c", "core.filesRefLockTimeout=10000", "-c", "core.packedRefsTimeout=10000"])
         .stdin(Stdio::null());
-    cmd
+}
+
+/// git in `dir`, in the jail that path calls for (`crate::confine`): a task's
+/// worktree confines git like the agent, with the agent's environment (an agent
+/// can make its worktree's git read any config it likes, so that config may
+/// run only what the agent itself could); a repository's mirror keeps git out
+/// of the rest of the data dir. Answers the command and the task's temp dir.
+fn git_in(dir: &Path) -> Result<(Command, Option<std::path::PathBuf>), GitError> {
+    use crate::confine::GitJail;
+    let jail = match crate::confine::global() {
+        Some(confiner) => confiner.git_jail(dir).map_err(|e| GitError::Failed { command: "(confinement)".into(), stderr: e.to_string() })?,
+        None => GitJail::None,
+    };
+    let mut cmd = Command::new("git");
+    let mut tmp = None;
+    match &jail {
+        GitJail::None => {}
+        GitJail::Task { ruleset, env, tmp: dir } => {
+            // Nothing of the server's environment: a config the agent wrote may
+            // run a program here.
+            cmd.env_clear();
+            for key in ["PATH", "LANG"] {
+                if let Some(v) = std::env::var_os(key) {
+                    cmd.env(key, v);
+                }
+            }
+            cmd.envs(env.iter().map(|(k, v)| (k, v)));
+            ruleset.confine_command(&mut cmd);
+            tmp = Some(dir.clone());
+        }
+        GitJail::Repo { ruleset } => ruleset.confine_command(&mut cmd),
+    }
+    settings(&mut cmd);
+    cmd.arg("-C").arg(dir);
+    Ok((cmd, tmp))
 }
 
 /// Runs git in `dir` and returns its trimmed stdout.
 pub fn run(dir: &Path, args: &[&str]) -> Result<String, GitError> {
-    let out = git()
-        .arg("-C")
-        .arg(dir)
-        .args(args)
-        .output()
-        .map_err(spawn_error)?;
+    let out = git_in(dir)?.0.args(args).output().map_err(spawn_error)?;
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
     } else {
@@ -268,22 +304,24 @@ pub fn base_exists(repo: &Path, branch: &str) -> Result<bool, GitError> {
     if branch_exists(repo, branch)? {
         return Ok(true);
     }
-    let remote = format!("refs/remotes/origin/{branch}");
-    match run(repo, &["show-ref", "--verify", "--quiet", "--", &remote]) {
-        Ok(_) => Ok(true),
-        Err(GitError::Failed { .. }) => Ok(false),
-        Err(e) => Err(e),
+    ref_exists(repo, &format!("refs/remotes/origin/{branch}"))
+}
+
+/// Whether the ref `refname` exists in `repo`. Only git's "no such ref" answer
+/// (status 1) is `false`: a repository git cannot read is an error, never a
+/// missing branch.
+fn ref_exists(repo: &Path, refname: &str) -> Result<bool, GitError> {
+    let out = git_in(repo)?.0.args(["show-ref", "--verify", "--quiet", "--", refname]).output().map_err(spawn_error)?;
+    match out.status.code() {
+        Some(0) => Ok(true),
+        Some(1) => Ok(false),
+        _ => Err(failure("show-ref", out.status, &out.stderr, &out.stdout)),
     }
 }
 
 /// Whether `refs/heads/<branch>` exists in `repo`.
 pub fn branch_exists(repo: &Path, branch: &str) -> Result<bool, GitError> {
-    let refname = format!("refs/heads/{branch}");
-    match run(repo, &["show-ref", "--verify", "--quiet", "--", &refname]) {
-        Ok(_) => Ok(true),
-        Err(GitError::Failed { .. }) => Ok(false),
-        Err(e) => Err(e),
-    }
+    ref_exists(repo, &format!("refs/heads/{branch}"))
 }
 
 /// Adds a worktree at `path` on `branch`: a new branch from `base` when it does
@@ -324,11 +362,12 @@ pub fn snapshot(path: &Path, refname: &str, message: &str) -> Result<Option<Stri
     if dirty.is_empty() {
         return Ok(None);
     }
-    let index = std::env::temp_dir().join(format!("kiln-snapshot-{}.index", crate::util::random_hex(12)));
+    // In the task's own temp dir when confined (git runs in the task's jail).
+    let tmp = git_in(path)?.1.unwrap_or_else(std::env::temp_dir);
+    let index = tmp.join(format!("kiln-snapshot-{}.index", crate::util::random_hex(12)));
     let with_index = |args: &[&str]| -> Result<String, GitError> {
-        let out = git()
-            .arg("-C")
-            .arg(path)
+        let out = git_in(path)?
+            .0
             .args(args)
             .env("GIT_INDEX_FILE", &index)
             .env("GIT_AUTHOR_NAME", "Kiln")
@@ -357,9 +396,8 @@ pub fn snapshot(path: &Path, refname: &str, message: &str) -> Result<Option<Stri
 
 /// Runs git in `dir` with extra environment; answers stdout, or git's stderr.
 fn run_env(dir: &Path, args: &[&str], env: &[(String, String)]) -> Result<String, GitError> {
-    let out = git()
-        .arg("-C")
-        .arg(dir)
+    let out = git_in(dir)?
+        .0
         .args(args)
         .envs(env.iter().map(|(k, v)| (k, v)))
         .output()
@@ -473,23 +511,24 @@ pub enum Lease {
     Expect(Option<String>),
 }
 
-/// Pushes HEAD of the worktree to `origin` as `branch`, setting the upstream,
-/// replacing only what `lease` allows. Answers the pushed commit. A refusal is
-/// `GitError::Failed` with git's message and the refused ref's status line.
-pub fn push(worktree: &Path, branch: &str, lease: &Lease, origin: &Origin) -> Result<String, GitError> {
-    let env = origin.env();
+/// Pushes HEAD of the worktree to `origin` as `branch`, replacing only what
+/// `lease` allows, and sets the branch's upstream. Answers the pushed commit. A
+/// refusal is `GitError::Failed` with git's message and the refused ref's status
+/// line. The push runs in the mirror, never in the worktree: the agent can point
+/// its worktree's git at a config of its own (another remote URL), and the
+/// credentials must only ever meet the mirror's config, which it cannot write.
+pub fn push(worktree: &Path, mirror: &Path, branch: &str, lease: &Lease, origin: &Origin) -> Result<String, GitError> {
+    let head = rev_parse(worktree, "HEAD")?;
     let refname = format!("refs/heads/{branch}");
-    let refspec = format!("HEAD:{refname}");
-    let mut args = vec!["push".to_string(), "--porcelain".into(), "--set-upstream".into()];
+    let mut args = vec!["push".to_string(), "--porcelain".into()];
     if let Lease::Expect(expect) = lease {
         args.push(format!("--force-with-lease={refname}:{}", expect.as_deref().unwrap_or("")));
     }
-    args.extend(["origin".into(), refspec]);
-    let out = git()
-        .arg("-C")
-        .arg(worktree)
+    args.extend(["origin".into(), format!("{head}:{refname}")]);
+    let out = git_in(mirror)?
+        .0
         .args(&args)
-        .envs(env.iter().map(|(k, v)| (k, v)))
+        .envs(origin.env())
         .output()
         .map_err(spawn_error)?;
     if !out.status.success() {
@@ -499,7 +538,9 @@ pub fn push(worktree: &Path, branch: &str, lease: &Lease, origin: &Origin) -> Re
         text.extend_from_slice(&out.stderr);
         return Err(failure("push", out.status, &text, &out.stdout));
     }
-    rev_parse(worktree, "HEAD")
+    // The worktree's `git status` compares with origin's copy (best effort).
+    let _ = run(mirror, &["branch", "--quiet", &format!("--set-upstream-to=origin/{branch}"), "--", branch]);
+    Ok(head)
 }
 
 /// The commit `branch` points at on origin, asked of origin itself (not the last
@@ -573,9 +614,8 @@ pub fn integrate(worktree: &Path, upstream: &str, merge: bool) -> Result<Integra
 /// (`git merge-tree`), as a merge commit or a squash; answers the new base
 /// commit, or the conflicting files. Nothing is written on a conflict.
 pub fn merge_in_bare(mirror: &Path, base_rev: &str, branch_rev: &str, squash: bool, message: &str) -> Result<Integration, GitError> {
-    let out = git()
-        .arg("-C")
-        .arg(mirror)
+    let out = git_in(mirror)?
+        .0
         .args(["merge-tree", "--write-tree", "--name-only", base_rev, branch_rev])
         .output()
         .map_err(spawn_error)?;

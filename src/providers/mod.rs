@@ -71,6 +71,21 @@ pub struct SandboxHandle {
     /// Where the terminal host keeps its socket and log.
     pub state_dir: PathBuf,
     pub mirror: PathBuf,
+    /// The organization's agent home (`HOME` of its agents).
+    pub home: PathBuf,
+}
+
+impl SandboxHandle {
+    /// The paths a task's jail is made of.
+    pub fn task_paths(&self) -> crate::confine::TaskPaths {
+        crate::confine::TaskPaths {
+            worktree: self.path.clone(),
+            state_dir: self.state_dir.clone(),
+            mirror: self.mirror.clone(),
+            home: self.home.clone(),
+            task: self.id.clone(),
+        }
+    }
 }
 
 /// Relaunch the agent in an existing sandbox (its resume command).
@@ -94,6 +109,23 @@ pub struct DestroySandbox {
 pub struct Destroyed {
     /// The snapshot ref and commit, when there was uncommitted work to save.
     pub snapshot: Option<(String, String)>,
+    /// How the agent and what it started were stopped.
+    pub stop: AgentStop,
+}
+
+/// How a destroy stopped the agent and everything it started.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct AgentStop {
+    /// The last step the agent needed: `not_running`, `hangup` (SIGHUP, as when
+    /// a terminal closes), `terminate` (SIGTERM) or `kill` (SIGKILL, after the
+    /// grace period; also when something it left behind needed one).
+    pub how: &'static str,
+    /// Processes still running after the agent ended, which were stopped too.
+    pub leftovers: usize,
+    /// What found them: `cgroup` or `session` (see `terminal::procs`).
+    pub containment: &'static str,
+    /// How long stopping took.
+    pub ms: u64,
 }
 
 /// A sandbox as observed now.

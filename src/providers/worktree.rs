@@ -10,7 +10,7 @@ use super::*;
 use crate::config::TerminalConfig;
 use crate::db::pool::blocking;
 use crate::integrations::git::{self, GitError, MirrorLocks};
-use crate::terminal::{client, host::HostOptions};
+use crate::terminal::{client, host::HostOptions, procs};
 
 pub use super::copy_in::INCLUDE_FILE;
 
@@ -50,6 +50,7 @@ fn start_agent_server(req: &EnsureAgent, restarted: bool) -> ProviderResult<Agen
         .open(state_dir.join("sandbox-agent.log"))
         .map_err(|e| io_error("opening the sandbox-agent log", e))?;
     let log2 = log.try_clone().map_err(|e| io_error("opening the sandbox-agent log", e))?;
+    let (env, ruleset) = confine_launch(&req.handle, &req.env, req.bin.parent().unwrap_or(&req.bin))?;
     let mut cmd = server_command(&req.bin, "127.0.0.1", port, Some(&token), &[]);
     // The server's own settings (KILN_*) are none of the agents' business; the
     // profile's env and the organization's secrets are (as for the terminal).
@@ -58,7 +59,7 @@ fn start_agent_server(req: &EnsureAgent, restarted: bool) -> ProviderResult<Agen
             cmd.env_remove(key);
         }
     }
-    cmd.envs(req.env.iter().map(|(k, v)| (k, v)));
+    cmd.envs(env.iter().map(|(k, v)| (k, v)));
     cmd.current_dir(&req.handle.path).stdin(std::process::Stdio::null()).stdout(log).stderr(log2);
     // SAFETY: setsid is async-signal-safe; the server outlives Kiln like the terminal host.
     unsafe {
@@ -68,6 +69,10 @@ fn start_agent_server(req: &EnsureAgent, restarted: bool) -> ProviderResult<Agen
             }
             Ok(())
         });
+    }
+    if let Some(ruleset) = &ruleset {
+        // In the task's jail, like the agent: setsid first, then the domain.
+        ruleset.confine_command(&mut cmd);
     }
     let mut child = cmd.spawn().map_err(|e| io_error("starting sandbox-agent", e))?;
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -128,8 +133,32 @@ impl WorktreeProvider {
             rows: self.terminal.rows,
             setup,
             argv: launch.argv.clone(),
+            confine: None,
+            cgroup: self.terminal.cgroup,
         }
     }
+}
+
+/// The agent's environment and confinement: Kiln's defaults (`HOME` in the
+/// organization's agent home, `XDG_*`, `TMPDIR` in the task's temp dir) under
+/// the launch's own env, and the task's ruleset when agents are confined (an
+/// error in `required` mode on a kernel that cannot). `program` is what runs.
+fn confine_launch(
+    handle: &SandboxHandle,
+    env: &[(String, String)],
+    program: &Path,
+) -> ProviderResult<(Vec<(String, String)>, Option<std::sync::Arc<crate::confine::Ruleset>>)> {
+    use crate::confine::{Confiner, Extras};
+    let paths = handle.task_paths();
+    Confiner::prepare_dirs(&paths).map_err(|e| io_error("preparing the agent's home and temp dir", e))?;
+    let mut full = Confiner::task_env(&paths);
+    full.extend(env.iter().cloned());
+    let path_var = full.iter().rev().find(|(k, _)| k == "PATH").map(|(_, v)| v.clone());
+    let ruleset = match crate::confine::global() {
+        Some(confiner) => confiner.task_ruleset(&paths, &Extras { exec: vec![program.to_path_buf()], path_var })?,
+        None => None,
+    };
+    Ok((full, ruleset))
 }
 
 /// Runs blocking provider work on the blocking pool, mapping errors.
@@ -168,13 +197,44 @@ pub fn find_program(program: &str, path_var: Option<&str>) -> Option<PathBuf> {
     path_var.split(':').filter(|d| !d.is_empty()).map(|d| Path::new(d).join(program)).find(|p| executable(p))
 }
 
-/// Stops the agent: SIGTERM to its process group, then SIGKILL after `grace`;
-/// waits for the host to finish.
-fn stop_agent(state_dir: &Path, grace: Duration) {
-    if let Err(e) = client::status(state_dir) {
-        if !client::is_gone(&e) {
+/// How long a hung-up agent gets to end before SIGTERM follows.
+const HANGUP_WAIT: Duration = Duration::from_secs(1);
+/// How long SIGKILLed processes get to be gone.
+const KILL_WAIT: Duration = Duration::from_secs(5);
+
+/// Stops the agent and everything it started, as a terminal's close would and
+/// then some: SIGHUP and SIGCONT to the agent's process group (an interactive
+/// shell passes the hangup on to its jobs and exits); SIGTERM if it still runs
+/// after `HANGUP_WAIT`; SIGKILL once `grace` is over. Then whatever it left
+/// behind (its cgroup's members, else its session's and their descendants)
+/// gets SIGHUP, SIGTERM and SIGCONT, and SIGKILL at the end of `grace`. Waits
+/// for the host to finish.
+fn stop_agent(state_dir: &Path, grace: Duration) -> AgentStop {
+    let started = Instant::now();
+    let deadline = started + grace;
+    let cgroup = procs::Cgroup::recorded(state_dir);
+    let mut stop = AgentStop {
+        how: "not_running",
+        leftovers: 0,
+        containment: if cgroup.is_some() { "cgroup" } else { "session" },
+        ms: 0,
+    };
+    let mut sid = None;
+    let mut tracked = Vec::new();
+    match client::status(state_dir) {
+        Ok(s) => {
+            if let (true, Some(pid)) = (s.running, s.agent_pid) {
+                // The agent leads its session. Taken before anything is signalled,
+                // so a process that leaves the session later is still known.
+                sid = Some(pid as i32);
+                tracked = procs::session_tree(&procs::scan(), pid as i32);
+                let leader = tracked.iter().find(|p| p.pid == pid as i32).cloned();
+                stop.how = stop_leader(state_dir, leader.as_ref(), deadline);
+            }
+        }
+        Err(e) if !client::is_gone(&e) => {
             // A host that does not answer in time: stop it by its pid; the agent
-            // loses its terminal (SIGHUP) with it.
+            // loses its terminal (SIGHUP) with it, and the sweep below does the rest.
             if let Some(pid) = std::fs::read_to_string(state_dir.join(crate::terminal::host::PID_FILE))
                 .ok()
                 .and_then(|p| p.trim().parse::<i32>().ok())
@@ -182,21 +242,118 @@ fn stop_agent(state_dir: &Path, grace: Duration) {
                 unsafe { libc::kill(pid, libc::SIGTERM) };
             }
         }
-        return;
+        Err(_) => {}
+    }
+    let (leftovers, killed) = stop_leftovers(cgroup.as_ref(), sid, tracked, deadline);
+    stop.leftovers = leftovers;
+    if killed {
+        stop.how = "kill";
+    }
+    // The host ends once nothing holds the terminal any more.
+    host_done(state_dir, Instant::now() + KILL_WAIT);
+    if let Some(cgroup) = &cgroup {
+        // The host removes it when it ends; if it is gone already, we do.
+        let _ = cgroup.remove();
+    }
+    stop.ms = started.elapsed().as_millis() as u64;
+    stop
+}
+
+/// Ends the agent (`leader`, as found before) through its host: hangup, then
+/// SIGTERM, then SIGKILL; answers the step that ended it.
+fn stop_leader(state_dir: &Path, leader: Option<&procs::Proc>, deadline: Instant) -> &'static str {
+    // The agent itself, not the host's `running`: the host reports the end only
+    // once the terminal is drained, and a leftover can hold it open.
+    let ended = |until: Instant| loop {
+        if !leader.is_some_and(procs::alive) {
+            return true;
+        }
+        if Instant::now() >= until {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let _ = client::signal(state_dir, libc::SIGHUP);
+    let _ = client::signal(state_dir, libc::SIGCONT);
+    if ended(deadline.min(Instant::now() + HANGUP_WAIT)) {
+        return "hangup";
     }
     let _ = client::signal(state_dir, libc::SIGTERM);
-    let deadline = Instant::now() + grace;
-    while Instant::now() < deadline {
-        match client::status(state_dir) {
-            Ok(s) if s.running => std::thread::sleep(Duration::from_millis(50)),
-            _ => return,
-        }
+    if ended(deadline) {
+        return "terminate";
     }
     let _ = client::signal(state_dir, libc::SIGKILL);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while client::status(state_dir).is_ok_and(|s| s.running) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
+    ended(Instant::now() + KILL_WAIT);
+    "kill"
+}
+
+/// Whether the host reports the run over (or is gone) before `deadline`.
+fn host_done(state_dir: &Path, deadline: Instant) -> bool {
+    loop {
+        match client::status(state_dir) {
+            Ok(s) if s.running => {}
+            _ => return true,
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Stops what the agent left running: the processes `tracked` before it was
+/// signalled, its session's and their descendants now, and its cgroup's.
+/// Answers how many there were and whether any needed SIGKILL.
+fn stop_leftovers(
+    cgroup: Option<&procs::Cgroup>,
+    sid: Option<i32>,
+    tracked: Vec<procs::Proc>,
+    deadline: Instant,
+) -> (usize, bool) {
+    let me = std::process::id() as i32;
+    let remaining = || {
+        let all = procs::scan();
+        let mut found: Vec<procs::Proc> = tracked.iter().filter(|p| procs::alive(p)).cloned().collect();
+        if let Some(sid) = sid {
+            found.extend(procs::session_tree(&all, sid));
+        }
+        if let Some(cgroup) = cgroup {
+            let pids = cgroup.pids();
+            found.extend(all.iter().filter(|p| pids.contains(&p.pid) && p.state != 'Z').cloned());
+        }
+        found.retain(|p| p.pid != me);
+        found.sort_by_key(|p| p.pid);
+        found.dedup_by_key(|p| p.pid);
+        found
+    };
+    let left = remaining();
+    if left.is_empty() {
+        return (0, false);
+    }
+    for sig in [libc::SIGHUP, libc::SIGTERM, libc::SIGCONT] {
+        left.iter().for_each(|p| procs::signal(p, sig));
+    }
+    let gone = |deadline: Instant| loop {
+        let alive = left.iter().any(procs::alive) || cgroup.is_some_and(|c| !c.pids().is_empty());
+        if !alive {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    if gone(deadline) {
+        return (left.len(), false);
+    }
+    if let Some(cgroup) = cgroup {
+        cgroup.kill();
+    }
+    for p in remaining().iter().chain(left.iter()) {
+        procs::signal(p, libc::SIGKILL);
+    }
+    gone(Instant::now() + KILL_WAIT);
+    (left.len(), true)
 }
 
 impl SandboxProvider for WorktreeProvider {
@@ -225,6 +382,7 @@ impl SandboxProvider for WorktreeProvider {
             path: self.data_dir.join("worktrees").join(org).join(repo).join(task),
             state_dir: self.data_dir.join("sandboxes").join(task),
             mirror: mirror.to_path_buf(),
+            home: crate::confine::Confiner::agent_home(&self.data_dir, org),
         }
     }
 
@@ -236,17 +394,17 @@ impl SandboxProvider for WorktreeProvider {
         Box::pin(async move {
             let (program, path_var) = (req.launch.argv[0].clone(), launch_path(&req.launch));
             let parent = handle.path.parent().map(Path::to_path_buf);
-            off_thread(move || {
-                if find_program(&program, path_var.as_deref()).is_none() {
+            let found = off_thread(move || {
+                let Some(found) = find_program(&program, path_var.as_deref()) else {
                     return Err(AppError::invalid(
                         "agent_not_found",
                         format!("agent `{program}` not found on PATH: install it or choose another agent"),
                     ));
-                }
+                };
                 if let Some(parent) = parent {
                     std::fs::create_dir_all(parent).map_err(|e| io_error("creating the worktree folder", e))?;
                 }
-                Ok(())
+                Ok(found)
             })
             .await?;
             {
@@ -272,7 +430,10 @@ impl SandboxProvider for WorktreeProvider {
                 if h.state_dir.exists() {
                     std::fs::remove_dir_all(&h.state_dir).map_err(|e| io_error("clearing old terminal state", e))?;
                 }
-                client::launch(&opts, &req.launch, &host_program).map_err(|e| io_error("starting the terminal host", e))?;
+                let (env, confine) = confine_launch(&h, &req.launch.env, &found)?;
+                let launch = LaunchSpec { env, ..req.launch.clone() };
+                let opts = HostOptions { confine, ..opts };
+                client::launch(&opts, &launch, &host_program).map_err(|e| io_error("starting the terminal host", e))?;
                 Ok(report)
             })
             .await;
@@ -316,13 +477,16 @@ impl SandboxProvider for WorktreeProvider {
             off_thread(move || {
                 let handle = req.handle;
                 let program = &req.launch.argv[0];
-                if find_program(program, launch_path(&req.launch).as_deref()).is_none() {
+                let Some(found) = find_program(program, launch_path(&req.launch).as_deref()) else {
                     return Err(AppError::invalid(
                         "agent_not_found",
                         format!("agent `{program}` not found on PATH: install it or choose another agent"),
                     ));
-                }
-                client::launch(&opts, &req.launch, &host_program).map_err(|e| io_error("starting the terminal host", e))?;
+                };
+                let (env, confine) = confine_launch(&handle, &req.launch.env, &found)?;
+                let launch = LaunchSpec { env, ..req.launch.clone() };
+                let opts = HostOptions { confine, ..opts };
+                client::launch(&opts, &launch, &host_program).map_err(|e| io_error("starting the terminal host", e))?;
                 Ok(handle)
             })
             .await
@@ -333,10 +497,9 @@ impl SandboxProvider for WorktreeProvider {
         let locks = self.locks.clone();
         Box::pin(async move {
             let (state_dir, grace) = (req.handle.state_dir.clone(), req.grace);
-            off_thread(move || {
+            let stop = off_thread(move || {
                 stop_agent_server(&state_dir);
-                stop_agent(&state_dir, grace);
-                Ok(())
+                Ok(stop_agent(&state_dir, grace))
             })
             .await?;
             // The snapshot writes a ref, and remove/prune change the worktree records.
@@ -354,7 +517,7 @@ impl SandboxProvider for WorktreeProvider {
                     }
                 }
                 git::worktree_remove(&handle.mirror, &handle.path).map_err(|e| git_error("git worktree remove", e))?;
-                Ok(Destroyed { snapshot })
+                Ok(Destroyed { snapshot, stop })
             })
             .await
         })

@@ -9,18 +9,26 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::host::{HostOptions, EXIT_FILE, SOCKET};
+use super::host::{HostOptions, EXIT_FILE, KEY_FILE, SOCKET};
 use super::protocol::{self, ExitInfo, Frame, HostStatus};
 
 /// How long a status or input call waits for the host.
 const TIMEOUT: Duration = Duration::from_secs(3);
 
-/// Connects to the host serving `state_dir`.
+/// Connects to the host serving `state_dir`, proving its key first.
 pub fn connect(state_dir: &Path) -> io::Result<UnixStream> {
-    let stream = UnixStream::connect(state_dir.join(SOCKET))?;
+    let mut stream = UnixStream::connect(state_dir.join(SOCKET))?;
     stream.set_read_timeout(Some(TIMEOUT))?;
     stream.set_write_timeout(Some(TIMEOUT))?;
+    if let Some(key) = host_key(state_dir) {
+        protocol::write_frame(&mut stream, &Frame::new(protocol::HELLO, key))?;
+    }
     Ok(stream)
+}
+
+/// The key a host in `state_dir` wants first (none for hosts started before keys).
+pub fn host_key(state_dir: &Path) -> Option<Vec<u8>> {
+    std::fs::read(state_dir.join(KEY_FILE)).ok()
 }
 
 /// The host's status; an error when no host answers.
@@ -122,6 +130,13 @@ pub fn launch(opts: &HostOptions, launch: &crate::providers::LaunchSpec, program
     for step in &opts.setup {
         cmd.arg("--setup").arg(step);
     }
+    if let Some(ruleset) = &opts.confine {
+        let fd = ruleset.pass_to(&mut cmd);
+        cmd.args(["--confine-fd", &fd.to_string(), "--confine-abi", &ruleset.abi().to_string()]);
+    }
+    if !opts.cgroup {
+        cmd.arg("--no-cgroup");
+    }
     cmd.arg("--").args(&opts.argv);
     // The server's own settings (KILN_*) are none of the agent's business.
     for (key, _) in std::env::vars_os() {
@@ -150,6 +165,15 @@ pub fn launch(opts: &HostOptions, launch: &crate::providers::LaunchSpec, program
     while status(&opts.state_dir).is_ok_and(|s| !s.running) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
+    // A fresh key per host (after the old one is gone: it knows only its own):
+    // only Kiln, which can read the state dir, connects.
+    let _ = std::fs::remove_file(opts.state_dir.join(KEY_FILE));
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(opts.state_dir.join(KEY_FILE))
+        .and_then(|mut f| std::io::Write::write_all(&mut f, crate::util::random_hex(32).as_bytes()))?;
     let mut child = cmd.spawn()?;
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {

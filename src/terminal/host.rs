@@ -9,6 +9,13 @@
 //!
 //! Files in the state dir: `host.sock`, `host.pid`, `terminal.log*` and
 //! `exit.json` (how the agent ended; written before the host exits).
+//!
+//! A log that cannot be written (a full disk) never stops the terminal: output
+//! still reaches attachers, the bytes are a hole in the log, the failure is in
+//! the host's status for the server to report, and logging resumes as soon as
+//! a write succeeds again (tried on the next output, and every second). Nothing
+//! here may panic on a failed write: the host's own messages go to its stderr
+//! with `writeln!`, errors ignored.
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -19,6 +26,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::log::TerminalLog;
+use super::procs::Cgroup;
 use super::protocol::{self, ExitInfo, Frame, HostStatus};
 use crate::util::now_ms;
 
@@ -26,12 +34,17 @@ use crate::util::now_ms;
 const CLIENT_QUEUE: usize = 1024;
 /// Bytes per history chunk sent to a new attacher.
 const HISTORY_CHUNK: usize = 64 * 1024;
+/// How often a log that failed is tried again when there is no output to write.
+const LOG_RETRY: Duration = Duration::from_secs(1);
 
 pub const SOCKET: &str = "host.sock";
 pub const PID_FILE: &str = "host.pid";
 pub const EXIT_FILE: &str = "exit.json";
 /// Text to type into the agent once it has started (read, then deleted).
 pub const INITIAL_INPUT_FILE: &str = "initial-input";
+/// The secret a client proves first on every connection (0600; confined agents
+/// cannot read it, but could otherwise connect to any host's socket).
+pub const KEY_FILE: &str = "host.key";
 
 /// What to run, and where.
 #[derive(Debug, Clone)]
@@ -45,6 +58,11 @@ pub struct HostOptions {
     /// fails ends the host with `phase: setup`.
     pub setup: Vec<String>,
     pub argv: Vec<String>,
+    /// The task's Landlock ruleset: setup commands and the agent enter it.
+    pub confine: Option<Arc<crate::confine::Ruleset>>,
+    /// Run the setup commands and the agent in a cgroup of their own, where one
+    /// can be made (see `procs`).
+    pub cgroup: bool,
 }
 
 enum Outgoing {
@@ -72,6 +90,10 @@ struct State {
     active_size: Option<(u16, u16)>,
     /// `setup` while setup commands run, then `agent`.
     phase: &'static str,
+    /// The log write failing now, and since when.
+    log_error: Option<(String, i64)>,
+    /// Bytes of output that could not be written to the log, since the start.
+    log_dropped: u64,
 }
 
 impl State {
@@ -86,6 +108,31 @@ impl State {
             last_output_at: self.last_output_at,
             end_offset: self.log.end(),
             start_offset: self.log.start(),
+            log_error: self.log_error.as_ref().map(|(e, _)| e.clone()),
+            log_error_since: self.log_error.as_ref().map(|(_, at)| *at),
+            log_dropped_bytes: self.log_dropped,
+        }
+    }
+
+    /// Notes how a log write went: the first failure and the recovery are told
+    /// on stderr (and through `status`).
+    fn log_written(&mut self, result: std::io::Result<()>, len: usize) {
+        match result {
+            Ok(()) => {
+                if let Some((error, since)) = self.log_error.take() {
+                    note(&format!(
+                        "the log is written again after failing since {since} ({error}); {} bytes are missing from it",
+                        self.log_dropped
+                    ));
+                }
+            }
+            Err(e) => {
+                self.log_dropped += len as u64;
+                if self.log_error.is_none() {
+                    note(&format!("cannot write the log: {e}; output still reaches attachers"));
+                    self.log_error = Some((format!("log write failing: {e}"), now_ms()));
+                }
+            }
         }
     }
 
@@ -98,7 +145,9 @@ impl State {
             match c.tx.try_send(Outgoing::Frame(frame.clone())) {
                 Ok(()) => true,
                 Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-                    let _ = c.stream.shutdown(std::net::Shutdown::Both);
+                    // Only our side: the client sees the end of its output, and
+                    // whatever it typed before is still read and written.
+                    let _ = c.stream.shutdown(std::net::Shutdown::Write);
                     false
                 }
             }
@@ -117,13 +166,30 @@ pub fn run(opts: HostOptions) -> i32 {
     match serve(opts) {
         Ok(()) => 0,
         Err(e) => {
-            eprintln!("terminal-host: {e}");
+            note(&e.to_string());
             1
         }
     }
 }
 
+/// A line on the host's stderr (`host.log`). A failed write is ignored: the
+/// disk may be full, and `eprintln!` would panic.
+fn note(message: &str) {
+    let _ = writeln!(std::io::stderr(), "terminal-host: {message}");
+}
+
+/// SIGXFSZ would kill the host when the log reaches a file size limit: with a
+/// handler (not SIG_IGN, which the agent would inherit) the write fails instead.
+fn survive_file_size_limit() {
+    extern "C" fn on_sigxfsz(_: libc::c_int) {}
+    // SAFETY: installs a handler that does nothing, which is async-signal-safe.
+    unsafe {
+        libc::signal(libc::SIGXFSZ, on_sigxfsz as extern "C" fn(libc::c_int) as libc::sighandler_t);
+    }
+}
+
 fn serve(opts: HostOptions) -> std::io::Result<()> {
+    survive_file_size_limit();
     std::fs::create_dir_all(&opts.state_dir)?;
     let _ = std::fs::remove_file(opts.state_dir.join(EXIT_FILE));
     let sock_path = opts.state_dir.join(SOCKET);
@@ -134,8 +200,19 @@ fn serve(opts: HostOptions) -> std::io::Result<()> {
         std::fs::remove_file(&sock_path)?;
     }
     let log = TerminalLog::open(&opts.state_dir, opts.log_max_bytes)?;
+    let cgroup = if opts.cgroup {
+        Cgroup::create(&opts.state_dir)
+    } else {
+        let _ = std::fs::remove_file(opts.state_dir.join(super::procs::CGROUP_FILE));
+        None
+    };
     let (pty, pts) = pty_process::blocking::open().map_err(std::io::Error::other)?;
     pty.resize(pty_process::Size::new(opts.rows, opts.cols)).map_err(std::io::Error::other)?;
+    if let Some(ruleset) = &opts.confine {
+        // The agent's own terminal (`/dev/stderr`, `tty`), and no other.
+        ruleset.allow_terminal(std::os::fd::AsFd::as_fd(&pts))?;
+    }
+    let key = std::fs::read(opts.state_dir.join(KEY_FILE)).ok();
     let pty = Arc::new(pty);
     let state: Shared = Arc::new(Mutex::new(State {
         log,
@@ -147,6 +224,8 @@ fn serve(opts: HostOptions) -> std::io::Result<()> {
         last_output_at: None,
         active_size: None,
         phase: "setup",
+        log_error: None,
+        log_dropped: 0,
     }));
 
     // Listen before anything runs, so the server can attach from byte 0.
@@ -154,21 +233,28 @@ fn serve(opts: HostOptions) -> std::io::Result<()> {
     std::fs::write(opts.state_dir.join(PID_FILE), std::process::id().to_string())?;
     {
         let (state, pty) = (state.clone(), pty.clone());
-        std::thread::spawn(move || accept_loop(listener, state, pty));
+        std::thread::spawn(move || accept_loop(listener, state, pty, key));
     }
     let reader = {
         let (state, pty) = (state.clone(), pty.clone());
         std::thread::spawn(move || pump_output(&pty, &state))
     };
+    {
+        let state = state.clone();
+        std::thread::spawn(move || retry_log(&state));
+    }
 
-    let exit = run_steps(&opts, &pty, pts, &state);
+    let exit = run_steps(&opts, &pty, pts, &state, cgroup.as_ref());
     // Give the reader a moment to drain what the agent printed last.
     let deadline = std::time::Instant::now() + Duration::from_secs(2);
     while !reader.is_finished() && std::time::Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
     let json = serde_json::to_vec(&exit).unwrap_or_default();
-    std::fs::write(opts.state_dir.join(EXIT_FILE), &json)?;
+    // Attachers still hear of the end if the record cannot be written.
+    if let Err(e) = std::fs::write(opts.state_dir.join(EXIT_FILE), &json) {
+        note(&format!("cannot write {EXIT_FILE}: {e}"));
+    }
     {
         let mut s = lock(&state);
         s.exit = Some(exit);
@@ -177,6 +263,10 @@ fn serve(opts: HostOptions) -> std::io::Result<()> {
     }
     // Let attachers read the last frames, then go.
     std::thread::sleep(Duration::from_millis(500));
+    // Only once nothing the agent started runs on (kill stops those).
+    if let Some(cgroup) = &cgroup {
+        let _ = cgroup.remove();
+    }
     let _ = std::fs::remove_file(&sock_path);
     let _ = std::fs::remove_file(opts.state_dir.join(PID_FILE));
     Ok(())
@@ -188,10 +278,14 @@ fn run_steps(
     pty: &pty_process::blocking::Pty,
     pts: pty_process::blocking::Pts,
     state: &Shared,
+    cgroup: Option<&Cgroup>,
 ) -> ExitInfo {
     for cmd in &opts.setup {
         announce(state, &format!("\r\n$ {cmd}\r\n"));
-        let child = pty_process::blocking::Command::new("sh").arg("-c").arg(cmd).current_dir(&opts.cwd).spawn_borrowed(&pts);
+        let inside = cgroup.and_then(Cgroup::enter);
+        let mut command = confined(pty_process::blocking::Command::new("sh").arg("-c").arg(cmd).current_dir(&opts.cwd), opts);
+        let child = command.spawn_borrowed(&pts);
+        drop(inside);
         let status = match child {
             Ok(mut child) => {
                 lock(state).agent_pid = Some(child.id());
@@ -211,7 +305,9 @@ fn run_steps(
     let Some((program, args)) = opts.argv.split_first() else {
         return ExitInfo { code: Some(127), signal: None, phase: "agent".into(), at: now_ms() };
     };
-    let spawned = pty_process::blocking::Command::new(program).args(args).current_dir(&opts.cwd).spawn(pts);
+    let inside = cgroup.and_then(Cgroup::enter);
+    let spawned = confined(pty_process::blocking::Command::new(program).args(args).current_dir(&opts.cwd), opts).spawn(pts);
+    drop(inside);
     match spawned {
         Ok(mut child) => {
             {
@@ -236,6 +332,15 @@ fn run_steps(
     }
 }
 
+/// Makes `cmd` enter the task's Landlock domain between fork and exec.
+fn confined(cmd: pty_process::blocking::Command, opts: &HostOptions) -> pty_process::blocking::Command {
+    let Some(ruleset) = &opts.confine else { return cmd };
+    let (fd, drop_caps) = (ruleset.raw_fd(), ruleset.drops_caps());
+    // SAFETY: `enter` makes only async-signal-safe system calls; the host keeps
+    // the ruleset open for its whole life.
+    unsafe { cmd.pre_exec(move || crate::confine::enter(fd, drop_caps)) }
+}
+
 fn exit_info(status: &std::process::ExitStatus, phase: &str) -> ExitInfo {
     use std::os::unix::process::ExitStatusExt;
     ExitInfo { code: status.code(), signal: status.signal(), phase: phase.into(), at: now_ms() }
@@ -246,14 +351,27 @@ fn announce(state: &Shared, text: &str) {
     record_output(state, text.as_bytes());
 }
 
+/// Logs and broadcasts output. A failed log write does not hold it back.
 fn record_output(state: &Shared, bytes: &[u8]) {
     let mut s = lock(state);
-    match s.log.append(bytes) {
-        Ok(offset) => {
-            s.last_output_at = Some(now_ms());
-            s.broadcast(&Frame::output(offset, bytes));
+    let (offset, written) = s.log.append(bytes);
+    s.log_written(written, bytes.len());
+    s.last_output_at = Some(now_ms());
+    s.broadcast(&Frame::output(offset, bytes));
+}
+
+/// While the log is failing, tries it again every `LOG_RETRY`, so the failure
+/// ends when the disk has room even if the agent prints nothing.
+fn retry_log(state: &Shared) {
+    loop {
+        std::thread::sleep(LOG_RETRY);
+        let mut s = lock(state);
+        if s.log.has_hole() {
+            let resumed = s.log.resume();
+            if resumed.is_ok() {
+                s.log_written(Ok(()), 0);
+            }
         }
-        Err(e) => eprintln!("terminal-host: cannot write the log: {e}"),
     }
 }
 
@@ -270,11 +388,21 @@ fn pump_output(pty: &pty_process::blocking::Pty, state: &Shared) {
     }
 }
 
-fn accept_loop(listener: UnixListener, state: Shared, pty: Arc<pty_process::blocking::Pty>) {
+fn accept_loop(listener: UnixListener, state: Shared, pty: Arc<pty_process::blocking::Pty>, key: Option<Vec<u8>>) {
+    let key = Arc::new(key);
     for conn in listener.incoming() {
         let Ok(stream) = conn else { continue };
-        let (state, pty) = (state.clone(), pty.clone());
-        std::thread::spawn(move || serve_client(stream, state, pty));
+        let (state, pty, key) = (state.clone(), pty.clone(), key.clone());
+        std::thread::spawn(move || {
+            let mut stream = stream;
+            if let Some(key) = key.as_ref() {
+                if !protocol::read_hello(&mut stream, key) {
+                    let _ = stream.shutdown(std::net::Shutdown::Both);
+                    return;
+                }
+            }
+            serve_client(stream, state, pty)
+        });
     }
 }
 
@@ -298,6 +426,7 @@ fn serve_client(stream: UnixStream, state: Shared, pty: Arc<pty_process::blockin
             break;
         }
     }
+    // Everything the client sent has been read (or it broke the protocol).
     lock(&state).clients.remove(&id);
     drop(tx);
     let _ = reader.shutdown(std::net::Shutdown::Both);
@@ -382,7 +511,8 @@ fn write_client(mut stream: UnixStream, rx: Receiver<Outgoing>, state: &Shared) 
             break;
         }
     }
-    let _ = stream.shutdown(std::net::Shutdown::Both);
+    // Never the read side: the connection's reader drains the client's input.
+    let _ = stream.shutdown(std::net::Shutdown::Write);
 }
 
 fn send_history(stream: &mut UnixStream, state: &Shared, from: u64, to: u64) -> bool {

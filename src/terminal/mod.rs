@@ -6,4 +6,5 @@
 pub mod client;
 pub mod host;
 pub mod log;
+pub mod procs;
 pub mod protocol;

@@ -16,9 +16,25 @@ pub const INPUT: u8 = 2;
 pub const RESIZE: u8 = 3;
 pub const STATUS: u8 = 4;
 pub const SIGNAL: u8 = 5;
+/// The first frame of every connection to a host that has a key: the key.
+pub const HELLO: u8 = 6;
 pub const OUTPUT: u8 = 101;
 pub const STATUS_REPLY: u8 = 102;
 pub const EXITED: u8 = 103;
+
+/// Reads the first frame (with a short timeout) and answers whether it is a
+/// `HELLO` with `key`, compared in constant time.
+pub fn read_hello(stream: &mut std::os::unix::net::UnixStream, key: &[u8]) -> bool {
+    let _ = stream.set_read_timeout(Some(std::time::Duration::from_secs(5)));
+    let frame = read_frame(stream);
+    let _ = stream.set_read_timeout(None);
+    match frame {
+        Ok(Some(f)) if f.kind == HELLO && f.payload.len() == key.len() => {
+            f.payload.iter().zip(key).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+        }
+        _ => false,
+    }
+}
 
 /// Largest frame accepted, so a broken peer cannot make us allocate without bound.
 pub const MAX_FRAME: usize = 4 * 1024 * 1024;
@@ -149,6 +165,16 @@ pub struct HostStatus {
     pub end_offset: u64,
     /// The oldest offset still kept (older output was rotated away).
     pub start_offset: u64,
+    /// Why the log cannot be written, while it cannot (`log write failing: No
+    /// space left on device (os error 28)`); output still reaches attachers.
+    #[serde(default)]
+    pub log_error: Option<String>,
+    /// When the log started failing.
+    #[serde(default)]
+    pub log_error_since: Option<i64>,
+    /// Bytes of output missing from the log (holes), since the host started.
+    #[serde(default)]
+    pub log_dropped_bytes: u64,
 }
 
 #[cfg(test)]

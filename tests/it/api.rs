@@ -55,6 +55,42 @@ async fn organization_with_repos_cannot_be_deleted() {
     assert_eq!((r.status, r.code()), (409, "organization_not_empty"));
 }
 
+/// Deleting an organization deletes its agents' home (where agents keep their
+/// logins and caches): a later organization of the same name, perhaps another
+/// tenant, starts with an empty one instead of inheriting them.
+#[actix_web::test]
+async fn a_deleted_organizations_agent_home_does_not_pass_to_the_next_of_its_name() {
+    let (server, dir) = Server::start(&[]);
+    let c = server.client();
+    c.post("/v1/organizations", json!({"name": "acme"})).await;
+    c.add_repo("acme", &git_repo(dir.path(), "app")).await;
+    let id = c.create_task_with("acme", json!({"repo": "app", "description": "log in", "agent": "sh"})).await["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    c.wait_status("acme", &id, "running").await;
+    let home = server.data_dir().join("homes/acme");
+    let r = c.post(&format!("/v1/organizations/acme/tasks/{id}/input"), json!({"text": "echo sk-ant-old > \"$HOME/.credentials\"\r"})).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    eventually(std::time::Duration::from_secs(20), "the agent writes into its home", || {
+        let done = home.join(".credentials").is_file();
+        async move { done.then_some(()) }
+    })
+    .await;
+    c.post(&format!("/v1/organizations/acme/tasks/{id}/kill"), json!({})).await;
+    assert_eq!(c.delete("/v1/organizations/acme/repos/app").await.status, 204);
+    assert_eq!(c.delete("/v1/organizations/acme").await.status, 204);
+    assert!(!home.exists(), "the home went with the organization");
+    let homes: Vec<String> = std::fs::read_dir(server.data_dir().join("homes"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .collect();
+    assert!(!homes.iter().any(|h| h.contains("acme")), "nothing of it is left: {homes:?}");
+    // A new `acme` starts afresh.
+    c.post("/v1/organizations", json!({"name": "acme"})).await;
+    assert!(!home.join(".credentials").exists());
+}
+
 #[actix_web::test]
 async fn register_repository_by_path_is_idempotent_and_emits_progress() {
     let (server, dir) = Server::start(&[]);
@@ -364,6 +400,33 @@ async fn repository_delete_is_refused_while_tasks_are_active() {
     assert!(!server.data_dir().join("repos/default/app.git").exists(), "mirror removed");
     assert_eq!(c.get("/v1/organizations/default/repos/app").await.status, 404);
     assert_eq!(c.get(&format!("/v1/organizations/default/tasks/{id}")).await.status, 404);
+}
+
+/// A repository removed and registered again under the same name works at once:
+/// tasks provision and the branch poller fetches (Kiln's git on a mirror runs in
+/// a jail made for that mirror; the old one must not be reused for the new).
+#[actix_web::test]
+async fn a_repository_registered_again_at_once_works() {
+    let (server, dir) = Server::start(&[("KILN_REPOS__FETCH_SECS", "1"), ("KILN_REPOS__BRANCH_POLL_MS", "200")]);
+    let c = server.client();
+    let source = git_repo(dir.path(), "app");
+    c.add_repo("default", &source).await;
+    let first = c.create_task("default", "app", "a").await["id"].as_str().unwrap().to_string();
+    c.wait_status("default", &first, "running").await;
+    assert_eq!(c.post(&format!("/v1/organizations/default/tasks/{first}/kill"), json!({})).await.status, 200);
+    assert_eq!(c.delete("/v1/organizations/default/repos/app").await.status, 204);
+    c.add_repo("default", &source).await;
+    let second = c.create_task("default", "app", "b").await["id"].as_str().unwrap().to_string();
+    c.wait_status("default", &second, "running").await;
+    // The poller's fetch of the new mirror sees a commit pushed to its origin.
+    git(&source, &["commit", "-q", "--allow-empty", "-m", "later"]);
+    let head = git(&source, &["rev-parse", "HEAD"]);
+    eventually(std::time::Duration::from_secs(60), "the new mirror fetched by the branch poller", || async {
+        let branches = c.get("/v1/organizations/default/repos/app/branches").await;
+        branches.body["items"].as_array()?.iter().any(|b| b["name"] == "main" && b["head_sha"] == head.trim()).then_some(())
+    })
+    .await;
+    assert!(!server.log().contains("not a git repository"), "{}", server.log());
 }
 
 #[actix_web::test]

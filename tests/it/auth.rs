@@ -17,6 +17,7 @@ fn org_routes(org: &str, repo: &str, task: &str, token_id: &str, source: &str) -
         ("GET", format!("{o}/tokens"), None),
         ("POST", format!("{o}/tokens"), Some(json!({"name": "x"}))),
         ("DELETE", format!("{o}/tokens/{token_id}"), None),
+        ("GET", format!("{o}/agents"), None),
         ("GET", format!("{o}/repos"), None),
         ("POST", format!("{o}/repos"), Some(json!({"source": source, "name": "stolen"}))),
         ("GET", format!("{o}/repos/{repo}"), None),

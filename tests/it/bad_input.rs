@@ -190,6 +190,7 @@ fn every_route(task: &str) -> Vec<(&'static str, &'static str, String, Reads)> {
         ("GET", "/v1/organizations/{org}/tokens", format!("{o}/tokens"), Nothing),
         ("POST", "/v1/organizations/{org}/tokens", format!("{o}/tokens"), Json),
         ("DELETE", "/v1/organizations/{org}/tokens/{token}", format!("{o}/tokens/tok_000000000000"), Nothing),
+        ("GET", "/v1/organizations/{org}/agents", format!("{o}/agents"), Nothing),
         ("GET", "/v1/organizations/{org}/repos", format!("{o}/repos"), Nothing),
         ("POST", "/v1/organizations/{org}/repos", format!("{o}/repos"), Json),
         ("GET", "/v1/organizations/{org}/repos/{repo}", format!("{o}/repos/app"), Nothing),
@@ -214,6 +215,10 @@ fn every_route(task: &str) -> Vec<(&'static str, &'static str, String, Reads)> {
         ("GET", "/v1/organizations/{org}/events", format!("{o}/events"), Nothing),
         ("GET", "/v1/organizations/{org}/stream", format!("{o}/stream"), Nothing),
         ("POST", "/v1/webhooks/github", "/v1/webhooks/github".into(), Raw),
+        ("POST", "/v1/dashboard/codes", "/v1/dashboard/codes".into(), Json),
+        ("POST", "/v1/dashboard/sessions", "/v1/dashboard/sessions".into(), Json),
+        ("GET", "/v1/dashboard/session", "/v1/dashboard/session".into(), Nothing),
+        ("DELETE", "/v1/dashboard/session", "/v1/dashboard/session".into(), Nothing),
         ("GET", "/admin/actors", "/admin/actors".into(), Nothing),
         ("GET", "/admin/config", "/admin/config".into(), Nothing),
         ("POST", "/admin/db/checkpoint", "/admin/db/checkpoint".into(), Nothing),
@@ -368,6 +373,25 @@ async fn error_messages_never_repeat_a_value_sent() {
             }
         }
     }
+}
+
+/// A setup command the API refuses is named by its place, never quoted: shell
+/// text may carry a credential (`TOKEN=… make`), and the 422 used to repeat it.
+#[actix_web::test]
+async fn a_refused_setup_command_is_named_not_quoted() {
+    let (server, dir) = Server::start(&[]);
+    let c = server.client();
+    c.add_repo("default", &git_repo(dir.path(), "app")).await;
+    let path = "/v1/organizations/default/repos/app/setup";
+    let secret = "TOKEN=sk-live-51HxQ2eZvKYlo2C0123456789 make deploy";
+    for bad in [format!("{secret}\u{0}"), format!("{secret} {}", "x".repeat(4096)), "   ".to_string()] {
+        let r = c.put(path, json!({"commands": ["npm ci", bad]})).await;
+        assert_eq!((r.status, r.code()), (422, "invalid_setup"), "{r:?}");
+        assert!(!r.text.contains("sk-live") && !r.text.contains("TOKEN"), "{r:?}");
+        assert!(r.body["message"].as_str().unwrap().contains("commands[1]"), "the command is named by its place: {r:?}");
+    }
+    // Nothing was stored.
+    assert_eq!(c.get("/v1/organizations/default/repos/app").await.body["setup"]["commands"], json!([]));
 }
 
 #[actix_web::test]

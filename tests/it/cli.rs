@@ -1,5 +1,8 @@
 //! The `kiln` CLI against a real server.
 
+use std::process::Stdio;
+use std::time::Duration;
+
 use serde_json::Value;
 
 use crate::common::*;
@@ -108,6 +111,120 @@ async fn errors_are_clear_and_exit_non_zero() {
     let out = cli(&server, &["--config", bad.to_str().unwrap(), "list"]);
     assert_eq!(out.0, 2);
     assert!(out.2.contains("bnd"), "{}", out.2);
+}
+
+/// `kiln events --follow` with a token that gets revoked stops at once with a
+/// clear error: it does not announce a reconnect that can only be refused.
+#[actix_web::test]
+async fn events_follow_ends_when_its_token_is_revoked() {
+    let (server, _dir) = Server::start(&[]);
+    let c = server.client();
+    let created: Value = serde_json::from_str(&ok(cli(&server, &["token", "create", "watcher", "--json"]))).unwrap();
+    let (secret, id) = (created["token"].as_str().unwrap(), created["id"].as_str().unwrap());
+    let mut child = std::process::Command::new(BIN)
+        .args(["--url", &server.url, "--token", secret, "events", "--follow"])
+        .env("HOME", &server.dir)
+        .env("KILN_DATA_DIR", server.data_dir())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    eventually(Duration::from_secs(20), "the follower's stream is open", || {
+        let c = c.clone();
+        async move {
+            let r = c.get("/metrics").await;
+            r.text.lines().any(|l| l.strip_prefix("kiln_stream_subscribers ").is_some_and(|v| v.trim() != "0")).then_some(())
+        }
+    })
+    .await;
+    ok(cli(&server, &["token", "revoke", id]));
+    let status = eventually(Duration::from_secs(10), "the follower ends", || {
+        let done = child.try_wait().unwrap();
+        async move { done }
+    })
+    .await;
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("the token was revoked"), "{stderr}");
+    assert!(!stderr.contains("reconnecting"), "{stderr}");
+}
+
+/// `kiln attach` with a token that gets revoked ends with an error and a non-zero
+/// exit, like `events --follow`, not as if the user had detached.
+#[actix_web::test]
+async fn attach_ends_with_an_error_when_its_token_is_revoked() {
+    let (server, dir) = Server::start(&[]);
+    let c = server.client();
+    c.add_repo("default", &git_repo(dir.path(), "app")).await;
+    let task = c.create_task("default", "app", "watched").await["id"].as_str().unwrap().to_string();
+    c.wait_status("default", &task, "running").await;
+    let created: Value = serde_json::from_str(&ok(cli(&server, &["token", "create", "viewer", "--json"]))).unwrap();
+    let (secret, id) = (created["token"].as_str().unwrap(), created["id"].as_str().unwrap());
+    let mut child = std::process::Command::new(BIN)
+        .args(["--url", &server.url, "--token", secret, "attach", &task])
+        .env("HOME", &server.dir)
+        .env("KILN_DATA_DIR", server.data_dir())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Attached once the replayed scrollback shows the agent's banner.
+    let mut stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = std::io::Read::read(&mut stdout, &mut buf) {
+            if n == 0 {
+                break;
+            }
+            seen.extend_from_slice(&buf[..n]);
+            if String::from_utf8_lossy(&seen).contains("fake-agent ready") {
+                let _ = tx.send(());
+            }
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(30)).expect("attach replays the terminal");
+    ok(cli(&server, &["token", "revoke", id]));
+    let status = eventually(Duration::from_secs(10), "attach ends", || {
+        let done = child.try_wait().unwrap();
+        async move { done }
+    })
+    .await;
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("the token was revoked"), "{stderr}");
+}
+
+/// `kiln list | head -1`: a reader that closes the pipe early ends the command
+/// quietly (SIGPIPE, as `ls` does), never with a panic and a backtrace.
+#[actix_web::test]
+async fn a_closed_stdout_ends_a_listing_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    let (server, _dir) = Server::start(&[]);
+    for args in [&["organization", "list"][..], &["list", "--json"], &["events"]] {
+        // The read end is closed before the command starts: its first print fails.
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = std::process::Command::new(BIN)
+            .args(["--url", &server.url])
+            .args(args)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("HOME", &server.dir)
+            .env("XDG_CONFIG_HOME", server.dir.join("config"))
+            .env("KILN_DATA_DIR", server.data_dir())
+            .stdout(writer)
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert_eq!(out.status.signal(), Some(libc::SIGPIPE), "{args:?}: {:?} {stderr}", out.status);
+    }
 }
 
 #[actix_web::test]

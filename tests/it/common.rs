@@ -45,6 +45,7 @@ fn test_config(dir: &Path) -> PathBuf {
              [agents.quick]\ncommand = [\"{agent}\"]\nresume = [\"{agent}\", \"--resumed\"]\nprompt = \"argument\"\nidle_secs = 1\n\n\
              [agents.typed]\ncommand = [\"{agent}\"]\nresume = [\"{agent}\", \"--resumed\"]\nprompt = \"input\"\nidle_secs = 1\n\n\
              [agents.acp]\ncommand = [\"{agent}\"]\nresume = [\"{agent}\", \"--resumed\"]\nprompt = \"none\"\nidle_secs = 3600\nacp = \"mock\"\n\n\
+             [agents.sh]\ncommand = [\"bash\", \"--norc\", \"--noprofile\"]\nresume = [\"bash\", \"--norc\", \"--noprofile\"]\nprompt = \"none\"\nidle_secs = 3600\n\n\
              [agents.ghost]\ncommand = [\"kiln-no-such-agent\"]\nresume = [\"kiln-no-such-agent\"]\n"
         ),
     )
@@ -143,6 +144,11 @@ impl Server {
         (Server::start_in(dir.path(), env), dir)
     }
 
+    /// The server's process id (while it runs).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("server is running").id()
+    }
+
     pub fn data_dir(&self) -> PathBuf {
         self.dir.join("data")
     }
@@ -207,8 +213,21 @@ pub fn kill_hosts(data_dir: &Path) {
         let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
         let cwd = std::fs::read_link(entry.path().join("cwd")).map(|p| p.to_string_lossy().to_string()).unwrap_or_default();
         let agent_server = cmdline.contains("sandbox-agent") && cmdline.contains(" server") && cwd.starts_with(&needle);
-        if (cmdline.contains("terminal-host") && cmdline.contains(&needle)) || agent_server {
+        let host = cmdline.contains("terminal-host") && cmdline.contains(&needle);
+        if host || agent_server {
             unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        if !host {
+            continue;
+        }
+        // The agent's cgroup (where it has one) would outlive the test too.
+        let state_dir = cmdline.split(' ').skip_while(|a| *a != "--state-dir").nth(1);
+        if let Some(cgroup) = state_dir.and_then(|d| kiln::terminal::procs::Cgroup::existing_for(Path::new(d))) {
+            cgroup.kill();
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while cgroup.remove().is_err() && cgroup.path().exists() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
         }
     }
 }

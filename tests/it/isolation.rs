@@ -119,6 +119,45 @@ async fn an_organization_token_cannot_register_another_organizations_files() {
 
 /// With `repos.allow_local_paths = false` every local transport is refused, for
 /// the admin too: paths, file:// URLs, and what git reads as a path or a command.
+/// An organization created under the name of a deleted one does not read the
+/// deleted one's history (kept for the admin's audits): not on the list, not in
+/// the stream's replay. It used to get all of it: task descriptions, sources,
+/// session transcripts.
+#[actix_web::test]
+async fn a_new_organization_does_not_read_the_history_of_a_deleted_one_of_its_name() {
+    let (server, _dir) = Server::start(&[]);
+    let admin = server.client();
+    let token = |org: &'static str| {
+        let admin = admin.clone();
+        async move {
+            let r = admin.post(&format!("/v1/organizations/{org}/tokens"), json!({"name": "t"})).await;
+            admin.with_token(Some(r.body["token"].as_str().unwrap()))
+        }
+    };
+    admin.post("/v1/organizations", json!({"name": "acme"})).await;
+    let old = token("acme").await;
+    old.patch("/v1/organizations/acme", json!({"display_name": "Project Nightingale"})).await;
+    assert_eq!(admin.delete("/v1/organizations/acme").await.status, 204);
+    admin.post("/v1/organizations", json!({"name": "acme"})).await;
+    let new = token("acme").await;
+    let seen = |r: &Reply| r.body["items"].as_array().unwrap().iter().map(|e| e["kind"].as_str().unwrap().to_string()).collect::<Vec<_>>();
+    let r = new.get("/v1/organizations/acme/events?since=0").await;
+    assert_eq!(seen(&r), vec!["organization.created", "token.created"], "{r:?}");
+    assert!(!r.text.contains("Nightingale"), "{r:?}");
+    let r = new.get("/v1/organizations/acme/events?tail=100").await;
+    assert!(!r.text.contains("Nightingale") && !r.text.contains("organization.deleted"), "{r:?}");
+    let mut ws = new.ws("/v1/organizations/acme/stream?since=0").await;
+    let replay = ws.events(2, Duration::from_secs(10)).await;
+    assert_eq!(replay[0]["kind"], "organization.created");
+    assert_eq!(replay[1]["kind"], "token.created");
+    new.patch("/v1/organizations/acme", json!({"display_name": "Acme"})).await;
+    let live = ws.events(1, Duration::from_secs(10)).await;
+    assert_eq!(live[0]["data"]["display_name"], "Acme", "nothing older came between: {live:?}");
+    // The admin still reads everything under the name.
+    let all = admin.get("/v1/organizations/acme/events?since=0").await;
+    assert!(all.text.contains("Nightingale") && all.text.contains("organization.deleted"), "{all:?}");
+}
+
 #[actix_web::test]
 async fn no_local_transport_gets_through_when_local_paths_are_off() {
     let (server, admin, beta, _alpha, dir) = two_tenants(&[("KILN_REPOS__ALLOW_LOCAL_PATHS", "false")]).await;

@@ -94,6 +94,48 @@ async fn two_attachers_share_one_terminal() {
     a.until(WAIT, "an error control", |t| t.controls.iter().any(|c| c["type"] == "error")).await;
 }
 
+/// What any RFC 6455 client may send: a message in fragments (continuation
+/// frames) and a paste over 64 KiB in one frame. Both reach the agent whole (they
+/// used to be dropped, and to cut the connection without a close frame); a message
+/// over the 1 MiB limit is closed with 1009 and a reason.
+#[actix_web::test]
+async fn terminal_input_may_come_fragmented_or_large() {
+    use actix_http::ws::Item;
+    use futures_util::SinkExt;
+    let (server, dir) = Server::start(&[]);
+    let c = server.client();
+    c.add_repo("default", &git_repo(dir.path(), "app")).await;
+    let id = c.create_task("default", "app", "fragments").await["id"].as_str().unwrap().to_string();
+    let mut t = Term::open(&c, "default", &id, 0).await;
+    t.expect("fake-agent ready").await;
+    let fragments = |first: Item, rest: Vec<Item>| std::iter::once(first).chain(rest).map(awc::ws::Message::Continuation);
+    for m in fragments(Item::FirstBinary("frag".into()), vec![Item::Continue("men".into()), Item::Last("ted\r".into())]) {
+        t.ws.framed.send(m).await.unwrap();
+    }
+    t.expect("echo: fragmented").await;
+    // A control message in fragments is read whole too (this one is refused as unknown).
+    for m in fragments(Item::FirstText(r#"{"type":"#.into()), vec![Item::Last(r#""dance"}"#.into())]) {
+        t.ws.framed.send(m).await.unwrap();
+    }
+    t.until(WAIT, "an error control", |t| t.controls.iter().any(|c| c["type"] == "error")).await;
+    // An 84 KB paste in one frame: every line reaches the agent.
+    let paste: String = (0..12000).map(|i| format!("l{i:05}\r")).collect();
+    assert!(paste.len() > 64 * 1024);
+    t.send(paste.as_bytes()).await;
+    t.expect("echo: l11999").await;
+    assert!(t.text().contains("echo: l00000"));
+    // Over the limit (here a fragmented message, so the server has read every byte
+    // before it closes): 1009, with the limit in the reason.
+    let half = || actix_web::web::Bytes::from(vec![b'x'; 512 * 1024]);
+    for m in fragments(Item::FirstBinary(half()), vec![Item::Continue(half()), Item::Last("x".into())]) {
+        let _ = t.ws.framed.send(m).await;
+    }
+    t.until(WAIT, "the close", |t| t.closed.is_some()).await;
+    let reason = t.closed.clone().flatten().expect("a close frame with a reason");
+    assert_eq!(reason.code, awc::ws::CloseCode::Size, "{reason:?}");
+    assert!(reason.description.unwrap_or_default().contains("at most 1048576 bytes"));
+}
+
 #[actix_web::test]
 async fn agents_outlive_a_killed_server_and_nothing_printed_is_lost() {
     let dir = tempdir();
@@ -218,7 +260,7 @@ async fn kill_saves_untracked_and_modified_work_and_keeps_the_branch() {
     // The agent and its host are gone.
     let state_dir = server.data_dir().join(format!("sandboxes/{id}"));
     let exit = kiln::terminal::client::exit_info(&state_dir).expect("the host recorded the end");
-    assert_eq!(exit.signal, Some(libc::SIGTERM), "stopped by SIGTERM within the grace period");
+    assert_eq!(exit.signal, Some(libc::SIGHUP), "stopped by the hangup, as a closing terminal stops it");
     eventually(WAIT, "the host exits", || {
         let dir = state_dir.clone();
         async move { kiln::terminal::client::status(&dir).is_err().then_some(()) }

@@ -919,30 +919,31 @@ async fn every_turns_status_changes_are_journaled_in_order() {
 /// own, so they are in the journal already, around the response.
 #[actix_rt::test]
 async fn a_turns_status_is_journaled_in_order_while_the_task_actor_is_busy() {
-    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-    use std::sync::{Arc, Mutex};
+    // A push remote whose pre-receive hook holds every push until released (then
+    // refuses it): a local bare repository, since a repository registered by path
+    // may only talk to local remotes. Made before the server, whose git jail for the
+    // mirror grants what exists around the data dir when it is made.
+    let hold = crate::common::tempdir();
     let s = Setup::new(&[]).await;
-    // A git:// "remote" that takes the connection and says nothing until released.
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let port = listener.local_addr().expect("addr").port();
-    let held: Arc<Mutex<Vec<std::net::TcpStream>>> = Arc::default();
-    let (accepted, released) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicBool::new(false)));
-    {
-        let (held, accepted, released) = (held.clone(), accepted.clone(), released.clone());
-        std::thread::spawn(move || {
-            for conn in listener.incoming().flatten() {
-                accepted.fetch_add(1, Ordering::SeqCst);
-                if !released.load(Ordering::SeqCst) {
-                    held.lock().expect("held").push(conn);
-                }
-            }
-        });
-    }
+    let (accepted, release) = (hold.path().join("accepted"), hold.path().join("release"));
+    let remote = hold.path().join("held.git");
+    crate::common::git(hold.path(), &["init", "-q", "--bare", remote.to_str().unwrap()]);
+    let hook = remote.join("hooks/pre-receive");
+    std::fs::write(
+        &hook,
+        format!(
+            "#!/bin/sh\ntouch '{}'\nwhile [ ! -e '{}' ]; do sleep 0.05; done\necho held push refused >&2\nexit 1\n",
+            accepted.display(),
+            release.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let mirror = s.server.data_dir().join("repos/default/widget.git");
     let out = std::process::Command::new("git")
         .arg("-C")
         .arg(&mirror)
-        .args(["config", "remote.origin.pushurl", &format!("git://127.0.0.1:{port}/widget.git")])
+        .args(["config", "remote.origin.pushurl", remote.to_str().unwrap()])
         .output()
         .expect("git config");
     assert!(out.status.success(), "{out:?}");
@@ -953,7 +954,7 @@ async fn a_turns_status_is_journaled_in_order_while_the_task_actor_is_busy() {
     s.prompt(&sid, "first").await;
     wait_ready(&s, &sid).await;
     // The turn's end made the task idle, and its on-idle push now hangs in the TaskActor.
-    eventually(WAIT, "the on-idle push to reach the remote", || async { (accepted.load(Ordering::SeqCst) > 0).then_some(()) }).await;
+    eventually(WAIT, "the on-idle push to reach the remote", || async { accepted.exists().then_some(()) }).await;
     let second = s.prompt(&sid, "answer at once").await;
     let id = second["request_id"].clone();
     let events = eventually(WAIT, "the second turn's response in the journal, and a status after it", || async {
@@ -966,8 +967,7 @@ async fn a_turns_status_is_journaled_in_order_while_the_task_actor_is_busy() {
     assert_turn_in_order(&events, &id, Ok("end_turn"));
 
     // Let the push fail; the TaskActor catches up with the row.
-    released.store(true, Ordering::SeqCst);
-    held.lock().expect("held").clear();
+    std::fs::write(&release, "").unwrap();
     eventually(WAIT, "the push to fail", || async {
         let events = s.c.events_since("default", 0).await;
         events.iter().any(|e| e["kind"] == "task.push_failed").then_some(())

@@ -8,6 +8,8 @@ const OWNERS: &[(&str, &str)] = &[
     ("organizations", "src/actors/organization/store.rs"),
     ("provider_profiles", "src/actors/organization/store.rs"),
     ("api_tokens", "src/actors/organization/store.rs"),
+    ("web_sign_in_codes", "src/actors/organization/store.rs"),
+    ("web_sessions", "src/actors/organization/store.rs"),
     ("repos", "src/actors/repository/store.rs"),
     ("branches", "src/actors/repository/store.rs"),
     ("pull_requests", "src/actors/repository/store.rs"),

@@ -25,6 +25,31 @@ async fn metric(c: &Client, name: &str) -> i64 {
         .unwrap_or_else(|| panic!("no metric {name} in {}", r.text))
 }
 
+/// A `since` past the newest event (what a client holds after the server's
+/// database was restored from an older backup) is refused with the id to go on
+/// from, on the list and the stream alike. It used to be answered with silence
+/// until new ids caught up, so the client never learnt what it missed.
+#[actix_web::test]
+async fn a_since_past_the_newest_event_is_refused_with_where_to_go_on() {
+    let (server, _dir) = Server::start(&[]);
+    let c = server.client();
+    c.post("/v1/organizations", json!({"name": "acme"})).await;
+    let newest = c.get("/v1/organizations/acme/events?tail=1").await.body["next_since"].as_i64().unwrap();
+    assert!(newest > 0);
+    let ahead = newest + 1000;
+    for path in [format!("/v1/organizations/acme/events?since={ahead}"), format!("/v1/organizations/acme/stream?since={ahead}")] {
+        let r = c.get(&path).await;
+        assert_eq!((r.status, r.code()), (400, "invalid_since"), "{path}: {r:?}");
+        assert!(r.body["message"].as_str().unwrap().contains(&format!("since={newest}")), "{path}: {r:?}");
+    }
+    // Up to the newest id is fine, and the stream then delivers what comes next.
+    assert_eq!(c.get(&format!("/v1/organizations/acme/events?since={newest}")).await.status, 200);
+    let mut ws = c.ws(&format!("/v1/organizations/acme/stream?since={newest}")).await;
+    c.patch("/v1/organizations/acme", json!({"display_name": "Acme"})).await;
+    let events = ws.events(1, Duration::from_secs(10)).await;
+    assert_eq!(events[0]["kind"], "organization.updated");
+}
+
 #[actix_web::test]
 async fn replay_then_live_without_gap_or_duplicate() {
     let (server, dir) = Server::start(&[]);

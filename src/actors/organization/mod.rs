@@ -1,11 +1,14 @@
 //! OrganizationActor (`org/{org}`): the only writer of `organizations`,
-//! `provider_profiles` and `api_tokens`.
+//! `provider_profiles`, `api_tokens`, and the dashboard's `web_sign_in_codes` and
+//! `web_sessions` (which stand for its tokens).
 //!
 //! Messages: `CreateOrganization`, `UpdateOrganization`, `DeleteOrganization`,
-//! `CreateToken`, `RevokeToken`, `PutProviderProfile`. Each checks the request
+//! `CreateToken`, `RevokeToken`, `PutProviderProfile`, `CreateSignInCode`,
+//! `RedeemSignInCode`, `CreateWebSession`, `EndWebSession`. Each checks the request
 //! against the current rows, writes, emits its event and answers. Handlers are
 //! atomic: the next message waits until the write and its event are done.
-//! Revoking a token closes the WebSockets it opened, and deleting the
+//! Revoking a token deletes its dashboard sessions and closes the WebSockets it
+//! (or they) opened, and deleting the
 //! organization closes those of all its tokens (`actors::connections`), before
 //! the answer.
 //! Lifecycle: started on the first command for the organization; stops after
@@ -21,7 +24,7 @@ use serde_json::json;
 use super::history::NewEvent;
 use super::registry::ActorMeta;
 use super::Kiln;
-use crate::db::models::{ApiToken, Organization};
+use crate::db::models::{ApiToken, Organization, SignInCode, WebSession};
 use crate::db::queries;
 use crate::error::{AppError, AppResult};
 use crate::util::{now_ms, random_hex, sha256_hex};
@@ -65,6 +68,40 @@ pub struct CreateToken {
 #[rtype(result = "AppResult<ApiToken>")]
 pub struct RevokeToken {
     pub id: String,
+}
+
+/// Makes a one-time dashboard sign-in code for `token_id` (`None`: the admin),
+/// valid for `ttl_ms`; answers the code, which is stored only as a hash.
+#[derive(Message, Clone)]
+#[rtype(result = "AppResult<(String, SignInCode)>")]
+pub struct CreateSignInCode {
+    pub token_id: Option<String>,
+    pub ttl_ms: i64,
+}
+
+/// Spends a sign-in code of this organization and opens a web session for its
+/// token, valid for `ttl_ms`; answers the session id (the cookie's value) and row.
+#[derive(Message, Clone)]
+#[rtype(result = "AppResult<(String, WebSession)>")]
+pub struct RedeemSignInCode {
+    pub code_hash: String,
+    pub ttl_ms: i64,
+}
+
+/// Opens a web session for `token_id` (`None`: the admin) directly: the sign-in
+/// page's pasted token, already checked by the caller.
+#[derive(Message, Clone)]
+#[rtype(result = "AppResult<(String, WebSession)>")]
+pub struct CreateWebSession {
+    pub token_id: Option<String>,
+    pub ttl_ms: i64,
+}
+
+/// Ends a web session (sign out) and closes the WebSockets it opened.
+#[derive(Message, Clone)]
+#[rtype(result = "AppResult<()>")]
+pub struct EndWebSession {
+    pub id_hash: String,
 }
 
 /// Stores a provider profile. Secrets are merged key by key and never read back.
@@ -184,6 +221,13 @@ impl Handler<DeleteOrganization> for OrganizationActor {
                     format!("organization `{org}` still has {repos} repositories: delete them first"),
                 ));
             }
+            // Its agents' home (their logins, caches) goes first: a later
+            // organization of the same name must not start with it.
+            let home = crate::confine::Confiner::agent_home(&kiln.data_dir, &org);
+            crate::db::pool::blocking(move || {
+                retire_home(&home).map_err(|e| crate::db::DbError::Blocking(format!("removing {}: {e}", home.display())))
+            })
+            .await?;
             let name = org.clone();
             if !kiln.db.write(move |c| store::delete_organization(c, &name)).await? {
                 return Err(missing);
@@ -194,6 +238,22 @@ impl Handler<DeleteOrganization> for OrganizationActor {
             Ok(())
         })
     }
+}
+
+/// Moves a deleted organization's agent home out of the way (a rename, which
+/// nothing an agent left inside can stop), then removes it. What cannot be
+/// removed stays under a hidden name no organization can have, and is logged.
+fn retire_home(home: &std::path::Path) -> std::io::Result<()> {
+    let name = home.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+    let gone = home.with_file_name(format!(".deleted-{name}-{}", random_hex(8)));
+    match std::fs::rename(home, &gone) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        other => other?,
+    }
+    if let Err(e) = std::fs::remove_dir_all(&gone) {
+        log::warn!("the agent home of deleted organization `{name}` is left at {}: {e}", gone.display());
+    }
+    Ok(())
 }
 
 impl Handler<CreateToken> for OrganizationActor {
@@ -230,12 +290,16 @@ impl Handler<RevokeToken> for OrganizationActor {
         let (kiln, org) = (self.kiln.clone(), self.org.clone());
         atomic!(self, async move {
             let (o, id) = (org.clone(), msg.id.clone());
-            let row = kiln
+            let (row, sessions) = kiln
                 .db
                 .write(move |c| store::revoke_token(c, &o, &id, now_ms()))
                 .await?
                 .ok_or_else(|| AppError::not_found("token_not_found", format!("no token `{}` in `{org}`", msg.id)))?;
+            // A session's connections are registered under its token too.
             kiln.connections.close_token(&row.id);
+            if !sessions.is_empty() {
+                log::info!("revoking token {} of {org} ended {} dashboard sessions", row.id, sessions.len());
+            }
             kiln.emit_one(&org, NewEvent::new("token.revoked", json!({"id": row.id, "name": row.name}))).await?;
             Ok(row)
         })
@@ -271,6 +335,125 @@ impl Handler<PutProviderProfile> for OrganizationActor {
             )
             .await?;
             Ok(view)
+        })
+    }
+}
+
+impl OrganizationActor {
+    /// Checks that `token_id` (when set) is a live token of this organization,
+    /// and that the organization exists.
+    async fn check_signer(kiln: &Kiln, org: &str, token_id: Option<&str>) -> AppResult<()> {
+        let (name, token) = (org.to_string(), token_id.map(str::to_string));
+        let (exists, live) = kiln
+            .db
+            .read(move |c| {
+                let exists = queries::organization(c, &name)?.is_some();
+                let live = match &token {
+                    Some(id) => queries::token_by_id(c, id)?
+                        .is_some_and(|t| t.organization == name && t.revoked_at.is_none()),
+                    None => true,
+                };
+                Ok((exists, live))
+            })
+            .await?;
+        if !exists {
+            return Err(AppError::not_found("organization_not_found", format!("organization `{org}` does not exist")));
+        }
+        if !live {
+            return Err(AppError::Unauthorized { message: "the token is not valid or was revoked".into() });
+        }
+        Ok(())
+    }
+
+    /// Inserts a fresh web session for `token_id`; answers its id and row.
+    async fn open_session(kiln: &Kiln, org: &str, token_id: Option<String>, ttl_ms: i64) -> AppResult<(String, WebSession)> {
+        let id = random_hex(64);
+        let now = now_ms();
+        let row = WebSession {
+            id_hash: sha256_hex(id.as_bytes()),
+            organization: org.to_string(),
+            token_id,
+            created_at: now,
+            expires_at: now + ttl_ms,
+        };
+        let inserted = row.clone();
+        kiln.db.write(move |c| store::insert_web_session(c, &inserted)).await?;
+        Ok((id, row))
+    }
+}
+
+impl Handler<CreateSignInCode> for OrganizationActor {
+    type Result = AtomicResponse<Self, AppResult<(String, SignInCode)>>;
+
+    fn handle(&mut self, msg: CreateSignInCode, _: &mut Self::Context) -> Self::Result {
+        let (kiln, org) = (self.kiln.clone(), self.org.clone());
+        atomic!(self, async move {
+            Self::check_signer(&kiln, &org, msg.token_id.as_deref()).await?;
+            let code = random_hex(48);
+            let now = now_ms();
+            let row = SignInCode {
+                code_hash: sha256_hex(code.as_bytes()),
+                organization: org,
+                token_id: msg.token_id,
+                created_at: now,
+                expires_at: now + msg.ttl_ms,
+            };
+            let inserted = row.clone();
+            kiln.db.write(move |c| store::insert_sign_in_code(c, &inserted)).await?;
+            Ok((code, row))
+        })
+    }
+}
+
+impl Handler<RedeemSignInCode> for OrganizationActor {
+    type Result = AtomicResponse<Self, AppResult<(String, WebSession)>>;
+
+    fn handle(&mut self, msg: RedeemSignInCode, _: &mut Self::Context) -> Self::Result {
+        let (kiln, org) = (self.kiln.clone(), self.org.clone());
+        atomic!(self, async move {
+            let (o, hash) = (org.clone(), msg.code_hash.clone());
+            let code = kiln
+                .db
+                .write(move |c| store::take_sign_in_code(c, &o, &hash, now_ms()))
+                .await?
+                .ok_or_else(crate::http::dashboard::code_invalid)?;
+            Self::check_signer(&kiln, &org, code.token_id.as_deref()).await?;
+            let (id, row) = Self::open_session(&kiln, &org, code.token_id, msg.ttl_ms).await?;
+            kiln.emit_one(&org, NewEvent::new("dashboard.signed_in", json!({"token": row.token_id, "via": "code"})))
+                .await?;
+            Ok((id, row))
+        })
+    }
+}
+
+impl Handler<CreateWebSession> for OrganizationActor {
+    type Result = AtomicResponse<Self, AppResult<(String, WebSession)>>;
+
+    fn handle(&mut self, msg: CreateWebSession, _: &mut Self::Context) -> Self::Result {
+        let (kiln, org) = (self.kiln.clone(), self.org.clone());
+        atomic!(self, async move {
+            Self::check_signer(&kiln, &org, msg.token_id.as_deref()).await?;
+            let (id, row) = Self::open_session(&kiln, &org, msg.token_id, msg.ttl_ms).await?;
+            kiln.emit_one(&org, NewEvent::new("dashboard.signed_in", json!({"token": row.token_id, "via": "token"})))
+                .await?;
+            Ok((id, row))
+        })
+    }
+}
+
+impl Handler<EndWebSession> for OrganizationActor {
+    type Result = AtomicResponse<Self, AppResult<()>>;
+
+    fn handle(&mut self, msg: EndWebSession, _: &mut Self::Context) -> Self::Result {
+        let (kiln, org) = (self.kiln.clone(), self.org.clone());
+        atomic!(self, async move {
+            let (o, hash) = (org.clone(), msg.id_hash.clone());
+            let existed = kiln.db.write(move |c| store::delete_web_session(c, &o, &hash)).await?;
+            kiln.connections.close_session(&msg.id_hash);
+            if existed {
+                kiln.emit_one(&org, NewEvent::new("dashboard.signed_out", json!({}))).await?;
+            }
+            Ok(())
         })
     }
 }

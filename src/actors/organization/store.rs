@@ -1,12 +1,12 @@
-//! Writes to `organizations`, `provider_profiles` and `api_tokens`. Only the
-//! OrganizationActor calls these.
+//! Writes to `organizations`, `provider_profiles`, `api_tokens`,
+//! `web_sign_in_codes` and `web_sessions`. Only the OrganizationActor calls these.
 
 use diesel::prelude::*;
 use diesel::sqlite::SqliteConnection;
 
 use super::ProviderProfileView;
-use crate::db::models::{ApiToken, Organization};
-use crate::db::schema::{api_tokens, organizations, provider_profiles};
+use crate::db::models::{ApiToken, Organization, SignInCode, WebSession};
+use crate::db::schema::{api_tokens, organizations, provider_profiles, web_sessions, web_sign_in_codes};
 
 pub(super) fn insert_organization(conn: &mut SqliteConnection, row: &Organization) -> QueryResult<()> {
     diesel::insert_into(organizations::table).values(row).execute(conn).map(|_| ())
@@ -34,7 +34,25 @@ pub(super) fn insert_token(conn: &mut SqliteConnection, row: &ApiToken) -> Query
     diesel::insert_into(api_tokens::table).values(row).execute(conn).map(|_| ())
 }
 
-pub(super) fn revoke_token(conn: &mut SqliteConnection, org: &str, id: &str, now: i64) -> QueryResult<Option<ApiToken>> {
+/// Revokes the token, and in the same transaction deletes its dashboard sessions
+/// and unspent sign-in codes: a session never outlives its token. Answers the
+/// token and the hashes of the sessions deleted.
+pub(super) fn revoke_token(
+    conn: &mut SqliteConnection,
+    org: &str,
+    id: &str,
+    now: i64,
+) -> QueryResult<Option<(ApiToken, Vec<String>)>> {
+    // `Db::write` runs this in one transaction.
+    let Some(token) = revoke_token_row(conn, org, id, now)? else { return Ok(None) };
+    diesel::delete(web_sign_in_codes::table.filter(web_sign_in_codes::token_id.eq(id))).execute(conn)?;
+    let sessions = diesel::delete(web_sessions::table.filter(web_sessions::token_id.eq(id)))
+        .returning(web_sessions::id_hash)
+        .get_results(conn)?;
+    Ok(Some((token, sessions)))
+}
+
+fn revoke_token_row(conn: &mut SqliteConnection, org: &str, id: &str, now: i64) -> QueryResult<Option<ApiToken>> {
     diesel::update(
         api_tokens::table
             .filter(api_tokens::organization.eq(org))
@@ -90,4 +108,56 @@ pub(super) fn upsert_provider_profile(
         ))
         .execute(conn)?;
     Ok(ProviderProfileView::from_row(provider, &config_text, &secrets_text, now))
+}
+
+/// Stores a sign-in code, first dropping the organization's expired codes and
+/// sessions (nothing else cleans them up, and they are few).
+pub(super) fn insert_sign_in_code(conn: &mut SqliteConnection, row: &SignInCode) -> QueryResult<()> {
+    delete_expired(conn, &row.organization, row.created_at)?;
+    diesel::insert_into(web_sign_in_codes::table).values(row).execute(conn).map(|_| ())
+}
+
+/// Spends a code: deletes it and answers it when it was still valid at `now`.
+/// The delete is what makes a code single-use.
+pub(super) fn take_sign_in_code(
+    conn: &mut SqliteConnection,
+    org: &str,
+    code_hash: &str,
+    now: i64,
+) -> QueryResult<Option<SignInCode>> {
+    let taken = diesel::delete(
+        web_sign_in_codes::table
+            .filter(web_sign_in_codes::code_hash.eq(code_hash))
+            .filter(web_sign_in_codes::organization.eq(org)),
+    )
+    .returning(SignInCode::as_returning())
+    .get_result(conn)
+    .optional()?;
+    Ok(taken.filter(|c| c.expires_at > now))
+}
+
+pub(super) fn insert_web_session(conn: &mut SqliteConnection, row: &WebSession) -> QueryResult<()> {
+    delete_expired(conn, &row.organization, row.created_at)?;
+    diesel::insert_into(web_sessions::table).values(row).execute(conn).map(|_| ())
+}
+
+/// Deletes one session (sign out); answers whether it existed.
+pub(super) fn delete_web_session(conn: &mut SqliteConnection, org: &str, id_hash: &str) -> QueryResult<bool> {
+    diesel::delete(
+        web_sessions::table.filter(web_sessions::id_hash.eq(id_hash)).filter(web_sessions::organization.eq(org)),
+    )
+    .execute(conn)
+    .map(|n| n > 0)
+}
+
+fn delete_expired(conn: &mut SqliteConnection, org: &str, now: i64) -> QueryResult<()> {
+    diesel::delete(
+        web_sign_in_codes::table
+            .filter(web_sign_in_codes::organization.eq(org))
+            .filter(web_sign_in_codes::expires_at.le(now)),
+    )
+    .execute(conn)?;
+    diesel::delete(web_sessions::table.filter(web_sessions::organization.eq(org)).filter(web_sessions::expires_at.le(now)))
+        .execute(conn)?;
+    Ok(())
 }

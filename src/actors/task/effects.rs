@@ -225,6 +225,7 @@ pub async fn provision(ctx: &TaskCtx) -> AppResult<()> {
             ctx.kiln
                 .emit_one(&ctx.org, ctx.event("sandbox.created", json!({"path": handle.path, "provider": task.provider})))
                 .await?;
+            record_confinement(ctx).await?;
             ctx.watch(&task, handle)
         }
         Err(err) => {
@@ -267,6 +268,7 @@ pub async fn apply(ctx: TaskCtx, input: TaskInput, text: Option<String>, params:
                 let req = ResumeSandbox { handle, branch: task.branch.clone(), launch };
                 let handle = ctx.kiln.sandbox(&ctx.org, &task.provider, &task.id)?.send(RelaunchSandbox { req }).await??;
                 ensure_agent_server(&ctx, &task, &handle, false).await?;
+                record_confinement(&ctx).await?;
                 ctx.watch(&task, handle)?;
             }
             Effect::SendInput => {
@@ -331,7 +333,10 @@ pub async fn observe(ctx: TaskCtx, health: SandboxHealth) -> AppResult<bool> {
     if !matches!(from, TaskStatus::Provisioning | TaskStatus::Running | TaskStatus::Idle) {
         return Ok(false);
     }
-    record_runtime(&ctx, &health).await?;
+    let log_error = record_runtime(&ctx, &health).await?;
+    if let Some(host) = &health.host {
+        record_log_health(&ctx, host, log_error).await?;
+    }
     if health.agent_server == Some(false) && health.host.as_ref().is_some_and(|h| h.running) {
         // Supervision: the sandbox-agent server died under a live task.
         let (_, repo) = ctx.load().await?;
@@ -396,6 +401,25 @@ pub async fn observe(ctx: TaskCtx, health: SandboxHealth) -> AppResult<bool> {
     Ok(matches!(status, TaskStatus::Provisioning | TaskStatus::Running | TaskStatus::Idle))
 }
 
+/// Records whether the agent just started is confined (the server's decision at
+/// boot: the provider refuses to start one otherwise in `required` mode), and
+/// says so with `sandbox.unconfined` when it is not.
+async fn record_confinement(ctx: &TaskCtx) -> AppResult<()> {
+    let status = match crate::confine::global() {
+        Some(confiner) => confiner.status(),
+        None => crate::confine::Status { confined: false, abi: None, reason: Some("this server was started without a confinement decision".into()) },
+    };
+    let (id, confined, abi) = (ctx.id.clone(), status.confined, status.abi.map(|a| a as i32));
+    ctx.kiln.db.write(move |c| store::set_confinement(c, &id, confined, abi, now_ms())).await?;
+    if !status.confined {
+        let mode = crate::confine::global().map(|c| c.mode).unwrap_or(crate::config::ConfineMode::Off);
+        ctx.kiln
+            .emit_one(&ctx.org, ctx.event("sandbox.unconfined", json!({"reason": status.reason, "mode": mode})))
+            .await?;
+    }
+    Ok(())
+}
+
 /// Stops the agent, saves uncommitted work to `refs/kiln/snapshots/<task>` and
 /// removes the sandbox, with events; answers the snapshot ref when one was made.
 async fn destroy_sandbox(ctx: &TaskCtx, task: &Task, repo: &Repo) -> AppResult<Option<String>> {
@@ -409,7 +433,7 @@ async fn destroy_sandbox(ctx: &TaskCtx, task: &Task, repo: &Repo) -> AppResult<O
     if let Some((refname, commit)) = &destroyed.snapshot {
         ctx.kiln.emit_one(&ctx.org, ctx.event("task.snapshot_saved", json!({"ref": refname, "commit": commit}))).await?;
     }
-    ctx.kiln.emit_one(&ctx.org, ctx.event("sandbox.destroyed", json!({}))).await?;
+    ctx.kiln.emit_one(&ctx.org, ctx.event("sandbox.destroyed", json!({"agent_stop": destroyed.stop}))).await?;
     Ok(destroyed.snapshot.map(|(r, _)| r))
 }
 
@@ -466,8 +490,9 @@ async fn terminal_tail(ctx: &TaskCtx, task: &Task) -> String {
     .unwrap_or_default()
 }
 
-/// Keeps `task_runtime` in step with the host, writing only on change.
-async fn record_runtime(ctx: &TaskCtx, health: &SandboxHealth) -> AppResult<()> {
+/// Keeps `task_runtime` in step with the host, writing only on change; answers
+/// the row's `log_error` as it was.
+async fn record_runtime(ctx: &TaskCtx, health: &SandboxHealth) -> AppResult<Option<String>> {
     let pid = health.host.as_ref().and_then(|h| h.agent_pid).map(|p| p as i32);
     let exit_code = health.exit.as_ref().and_then(|e| e.code);
     let started_at = health.host.as_ref().map(|h| h.started_at);
@@ -477,14 +502,38 @@ async fn record_runtime(ctx: &TaskCtx, health: &SandboxHealth) -> AppResult<()> 
     let unchanged = current.as_ref().is_some_and(|r| {
         r.pid == pid && r.exit_code == exit_code && (last_output_at.is_none() || r.last_output_at == last_output_at)
     });
+    let log_error = current.and_then(|r| r.log_error);
     if unchanged {
-        return Ok(());
+        return Ok(log_error);
     }
     let id = ctx.id.clone();
     ctx.kiln
         .db
         .write(move |c| store::upsert_runtime(c, &id, pid, exit_code, started_at, last_output_at, now_ms()))
         .await?;
+    Ok(log_error)
+}
+
+/// Keeps `task_runtime.log_error` in step with the host's log: when writing it
+/// starts failing, `terminal.log_write_failed`; when it works again,
+/// `terminal.log_write_recovered`. The row (`recorded`, as it was) makes both
+/// once-only, across restarts.
+async fn record_log_health(
+    ctx: &TaskCtx,
+    host: &crate::terminal::protocol::HostStatus,
+    recorded: Option<String>,
+) -> AppResult<()> {
+    let event = match (&recorded, &host.log_error) {
+        (None, Some(error)) => {
+            log::warn!("task {}: its terminal log cannot be written: {error}", ctx.id);
+            ("terminal.log_write_failed", json!({"error": error, "since": host.log_error_since, "dropped_bytes": host.log_dropped_bytes}))
+        }
+        (Some(_), None) => ("terminal.log_write_recovered", json!({"dropped_bytes": host.log_dropped_bytes})),
+        _ => return Ok(()),
+    };
+    let (id, error) = (ctx.id.clone(), host.log_error.clone());
+    ctx.kiln.db.write(move |c| store::set_log_error(c, &id, error.as_deref(), now_ms())).await?;
+    ctx.kiln.emit_one(&ctx.org, ctx.event(event.0, event.1)).await?;
     Ok(())
 }
 

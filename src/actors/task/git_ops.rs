@@ -65,6 +65,11 @@ pub async fn github_client(kiln: &crate::actors::Kiln, org: &str, repo: &Repo) -
 /// registered from a local path; the repository's own credential (given in its
 /// source URL) when it has one, else the organization's GitHub token when the
 /// repository is on GitHub, else none.
+/// The repository's mirror, where Kiln's git talks to origin.
+fn mirror_of(repo: &Repo) -> std::path::PathBuf {
+    Path::new(&repo.mirror_path).to_path_buf()
+}
+
 pub async fn origin(kiln: &crate::actors::Kiln, org: &str, repo: &Repo) -> AppResult<Origin> {
     let local = repo.source_kind == "path";
     let id = repo.id;
@@ -204,9 +209,10 @@ pub async fn push(ctx: &TaskCtx, task: &Task, repo: &Repo, worktree: &Path, comm
         commit_all(ctx, worktree, message).await?;
     }
     let lease = push_lease(ctx, task).await?;
-    let (dir, branch, o) = (worktree.to_path_buf(), task.branch.clone(), origin.clone());
+    let (dir, mirror, branch, o) = (worktree.to_path_buf(), mirror_of(repo), task.branch.clone(), origin.clone());
     let seen = git_call(move || {
-        let remote = git::remote_head(&dir, &branch, &o)?;
+        // Asked in the mirror, whose config the agent cannot touch (see `git::push`).
+        let remote = git::remote_head(&mirror, &branch, &o)?;
         let contained = match &remote {
             Some(r) => git::is_ancestor(&dir, r, "HEAD")?,
             None => false,
@@ -225,8 +231,8 @@ pub async fn push(ctx: &TaskCtx, task: &Task, repo: &Repo, worktree: &Path, comm
         Ok(PushPlan::RemoteMoved { remote, lease }) => return Err(push_failed(ctx, remote_moved(&task.branch, &remote, Some(&lease))).await?),
         Err(e) => return Err(push_failed(ctx, e).await?),
     };
-    let (dir, branch, l, o) = (worktree.to_path_buf(), task.branch.clone(), git_lease.clone(), origin.clone());
-    match git_call(move || git::push(&dir, &branch, &l, &o)).await? {
+    let (dir, mirror, branch, l, o) = (worktree.to_path_buf(), mirror_of(repo), task.branch.clone(), git_lease.clone(), origin.clone());
+    match git_call(move || git::push(&dir, &mirror, &branch, &l, &o)).await? {
         Ok(sha) => {
             let (id, branch, pushed, now) = (ctx.id.clone(), task.branch.clone(), sha.clone(), crate::util::now_ms());
             ctx.kiln.db.write(move |c| store::record_push(c, &id, &branch, &pushed, now)).await?;
@@ -242,8 +248,8 @@ pub async fn push(ctx: &TaskCtx, task: &Task, repo: &Repo, worktree: &Path, comm
             // A lease that failed between our look and the push: someone pushed just now.
             let err = match &git_lease {
                 git::Lease::Expect(expected) => {
-                    let (dir, branch) = (worktree.to_path_buf(), task.branch.clone());
-                    let now = git_call(move || git::remote_head(&dir, &branch, &origin)).await?.ok().flatten();
+                    let (mirror, branch) = (mirror_of(repo), task.branch.clone());
+                    let now = git_call(move || git::remote_head(&mirror, &branch, &origin)).await?.ok().flatten();
                     match now {
                         Some(remote) if expected.as_deref() != Some(remote.as_str()) => {
                             remote_moved(&task.branch, &remote, lease.as_deref().or(expected.as_deref()))
@@ -273,9 +279,10 @@ pub async fn sync(ctx: &TaskCtx, task: &Task, repo: &Repo, worktree: &Path, mode
         Some(other) => return Err(AppError::invalid("invalid_mode", format!("sync mode `{other}`: use rebase or merge"))),
     };
     let origin = origin(&ctx.kiln, &ctx.org, repo).await?;
-    let (dir, base) = (worktree.to_path_buf(), task.base_branch.clone());
+    let (dir, mirror, base) = (worktree.to_path_buf(), mirror_of(repo), task.base_branch.clone());
     let result = git_call(move || {
-        git::fetch_branch(&dir, &base, &origin)?;
+        // Fetched in the mirror, whose config the agent cannot touch (see `git::push`).
+        git::fetch_branch(&mirror, &base, &origin)?;
         git::integrate(&dir, &format!("refs/remotes/origin/{base}"), merge)
     })
     .await?;

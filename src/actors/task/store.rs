@@ -77,6 +77,35 @@ pub(super) fn record_push(conn: &mut SqliteConnection, task: &str, branch: &str,
         .map(|_| ())
 }
 
+/// Records whether the agent just started runs confined, and at which ABI.
+pub(super) fn set_confinement(conn: &mut SqliteConnection, task: &str, confined: bool, abi: Option<i32>, now: i64) -> QueryResult<()> {
+    use crate::db::schema::task_runtime;
+    diesel::insert_into(task_runtime::table)
+        .values((
+            task_runtime::task_id.eq(task),
+            task_runtime::confined.eq(Some(confined)),
+            task_runtime::confine_abi.eq(abi),
+            task_runtime::updated_at.eq(now),
+        ))
+        .on_conflict(task_runtime::task_id)
+        .do_update()
+        .set((task_runtime::confined.eq(Some(confined)), task_runtime::confine_abi.eq(abi), task_runtime::updated_at.eq(now)))
+        .execute(conn)
+        .map(|_| ())
+}
+
+/// Records why the terminal log cannot be written, or (`None`) that it can again.
+pub(super) fn set_log_error(conn: &mut SqliteConnection, task: &str, error: Option<&str>, now: i64) -> QueryResult<()> {
+    use crate::db::schema::task_runtime;
+    diesel::insert_into(task_runtime::table)
+        .values((task_runtime::task_id.eq(task), task_runtime::log_error.eq(error), task_runtime::updated_at.eq(now)))
+        .on_conflict(task_runtime::task_id)
+        .do_update()
+        .set((task_runtime::log_error.eq(error), task_runtime::updated_at.eq(now)))
+        .execute(conn)
+        .map(|_| ())
+}
+
 /// Counts one more CI failure handed to the agent.
 pub(super) fn bump_ci_feedback(conn: &mut SqliteConnection, task: &str, now: i64) -> QueryResult<()> {
     use crate::db::schema::task_runtime;

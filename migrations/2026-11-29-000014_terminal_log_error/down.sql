@@ -1,0 +1,1 @@
+ALTER TABLE task_runtime DROP COLUMN log_error;

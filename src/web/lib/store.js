@@ -1,0 +1,208 @@
+// The page's one source of truth: the organization's tasks, loaded once and then
+// kept fresh by the event stream (no polling). After a disconnect the stream
+// resumes from the last event id it delivered, so nothing is missed or applied
+// twice. Views subscribe and re-render at most once per animation frame.
+
+import { get, orgPath, wsUrl } from './api.js';
+
+/** Close codes after which reconnecting is pointless: the credential is gone. */
+const CREDENTIAL_GONE = new Set([4001, 4003, 4004]);
+
+export class Store {
+  constructor(org) {
+    this.org = org;
+    this.tasks = new Map();
+    this.cursor = 0;
+    this.connected = false;
+    this.loaded = false;
+    this.listeners = new Set();
+    this.eventListeners = new Set();
+    this.retry = 500;
+    this.closed = false;
+    this.scheduled = false;
+  }
+
+  /** Loads the tasks, then follows the stream from the moment before the load. */
+  async start() {
+    // The cursor first, then the tasks: an event that lands in between is in the
+    // snapshot or replayed by the stream, or both (applying it twice is harmless).
+    const tail = await get(orgPath(this.org, '/events?tail=1'));
+    this.cursor = tail.next_since || 0;
+    let cursor = null;
+    do {
+      const q = cursor ? `&cursor=${encodeURIComponent(cursor)}` : '';
+      const page = await get(orgPath(this.org, `/tasks?limit=500${q}`));
+      for (const task of page.items) this.tasks.set(task.id, task);
+      cursor = page.next_cursor;
+      this.changed();
+    } while (cursor && !this.closed);
+    this.loaded = true;
+    this.changed();
+    this.connect();
+  }
+
+  stop() {
+    this.closed = true;
+    if (this.ws) this.ws.close(1000);
+    clearTimeout(this.reconnectTimer);
+  }
+
+  connect() {
+    if (this.closed) return;
+    const ws = new WebSocket(wsUrl(orgPath(this.org, `/stream?since=${this.cursor}`)));
+    this.ws = ws;
+    ws.onopen = () => {
+      this.connected = true;
+      this.retry = 500;
+      this.changed();
+    };
+    ws.onmessage = (msg) => {
+      let event;
+      try {
+        event = JSON.parse(msg.data);
+      } catch (e) {
+        return;
+      }
+      if (typeof event.id !== 'number' || event.id <= this.cursor) return;
+      this.cursor = event.id;
+      this.apply(event);
+      for (const fn of this.eventListeners) fn(event);
+    };
+    ws.onclose = (e) => {
+      this.connected = false;
+      this.changed();
+      if (this.closed) return;
+      if (CREDENTIAL_GONE.has(e.code)) {
+        window.dispatchEvent(new CustomEvent('kiln:signed-out', { detail: { code: e.code, message: e.reason } }));
+        return;
+      }
+      // Reconnect (not a poll): wait a little longer after each failure.
+      this.reconnectTimer = setTimeout(() => this.connect(), this.retry);
+      this.retry = Math.min(this.retry * 2, 10000);
+    };
+  }
+
+  /** Folds one event into the tasks. */
+  apply(ev) {
+    if (!ev.task) return;
+    const kind = ev.kind;
+    if (kind === 'task.created') {
+      const d = ev.data || {};
+      this.tasks.set(ev.task, {
+        id: ev.task, organization: this.org, repo: ev.repo, title: d.title, description: d.description,
+        branch: d.branch, base_branch: d.base_branch, agent: d.agent, provider: d.provider,
+        status: d.status || 'queued', status_reason: null, awaiting_input: false,
+        created_at: ev.at, updated_at: ev.at, pr: null,
+      });
+      this.changed();
+      return;
+    }
+    const task = this.tasks.get(ev.task);
+    if (!task) {
+      if (kind.startsWith('task.') || kind.startsWith('pr.')) this.fetchTask(ev.task);
+      return;
+    }
+    const d = ev.data || {};
+    const pr = () => (task.pr ||= { number: d.number, state: 'open', ci_state: null, review_decision: null });
+    switch (kind) {
+      case 'task.status_changed':
+        task.status = d.to;
+        task.status_reason = d.reason ?? null;
+        break;
+      case 'task.awaiting_input':
+        task.awaiting_input = !!d.awaiting_input;
+        break;
+      case 'task.sync_conflict':
+        task.conflict = true;
+        break;
+      case 'task.synced':
+        task.conflict = false;
+        break;
+      case 'pr.opened':
+      case 'pr.adopted':
+        task.pr = { number: d.number, state: 'open', ci_state: task.pr?.ci_state ?? null, review_decision: task.pr?.review_decision ?? null };
+        break;
+      case 'pr.merged':
+        pr().state = 'merged';
+        break;
+      case 'pr.closed':
+        pr().state = 'closed';
+        break;
+      case 'pr.ci_changed':
+        pr().ci_state = d.to;
+        break;
+      case 'pr.review_changed':
+        pr().review_decision = d.to;
+        break;
+      default:
+        return;
+    }
+    task.updated_at = ev.at;
+    this.changed();
+  }
+
+  async fetchTask(id) {
+    try {
+      const t = await get(orgPath(this.org, `/tasks/${encodeURIComponent(id)}`));
+      const p = t.pull_request;
+      this.tasks.set(id, { ...t, pr: p ? { number: p.number, state: p.state, ci_state: p.ci_state, review_decision: p.review_decision } : null });
+      this.changed();
+    } catch (e) {
+      // Deleted or out of reach: nothing to show.
+    }
+  }
+
+  subscribe(fn) {
+    this.listeners.add(fn);
+    return () => this.listeners.delete(fn);
+  }
+
+  onEvent(fn) {
+    this.eventListeners.add(fn);
+    return () => this.eventListeners.delete(fn);
+  }
+
+  changed() {
+    if (this.scheduled) return;
+    this.scheduled = true;
+    const run = () => {
+      this.scheduled = false;
+      for (const fn of this.listeners) fn();
+    };
+    if (document.hidden) setTimeout(run, 250);
+    else requestAnimationFrame(run);
+  }
+}
+
+/** The board's columns, in order, by what the task needs next. */
+export const COLUMNS = [
+  { id: 'working', title: 'Working', hint: 'Agents at work' },
+  { id: 'needs-you', title: 'Needs you', hint: 'Waiting for input, idle, CI red, changes requested or a conflict' },
+  { id: 'review', title: 'Review', hint: 'Pull request open' },
+  { id: 'ready', title: 'Ready', hint: 'Approved and green' },
+  { id: 'done', title: 'Done', hint: 'Merged or archived' },
+  { id: 'stopped', title: 'Stopped', hint: 'Failed, killed, interrupted or stalled' },
+];
+
+/** Why a task needs its person, or null. */
+export function needsYou(t) {
+  if (!['queued', 'provisioning', 'running', 'idle'].includes(t.status)) return null;
+  if (t.awaiting_input) return 'Needs input';
+  if (t.conflict) return 'Conflict';
+  const pr = t.pr && t.pr.state === 'open' ? t.pr : null;
+  if (pr?.ci_state === 'failure') return 'CI failed';
+  if (pr?.review_decision === 'changes_requested') return 'Changes requested';
+  if (t.status === 'idle' && !pr) return 'Idle';
+  return null;
+}
+
+/** The column a task belongs in: a pure function of the task. */
+export function columnOf(t) {
+  if (t.status === 'archived' || t.pr?.state === 'merged') return 'done';
+  if (['failed', 'killed', 'interrupted', 'stalled'].includes(t.status)) return 'stopped';
+  if (needsYou(t)) return 'needs-you';
+  const pr = t.pr && t.pr.state === 'open' ? t.pr : null;
+  if (pr && pr.review_decision === 'approved' && pr.ci_state !== 'failure' && pr.ci_state !== 'pending') return 'ready';
+  if (pr) return 'review';
+  return 'working';
+}
