@@ -41,15 +41,16 @@ pub struct Repo {
     pub created_at: i64,
     pub updated_at: i64,
     #[serde(serialize_with = "json_text")]
-    #[schema(value_type = RepoSetup)]
+    #[schema(value_type = crate::http::dto::RepoSetup)]
     pub setup: String,
     #[serde(serialize_with = "json_text")]
     #[schema(value_type = RepoSettings)]
     pub settings: String,
 }
 
-/// A repository's setup step, stored as JSON in `repos.setup`.
-#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+/// A repository's setup step, stored as JSON in `repos.setup` (the API shows
+/// it as `dto::RepoSetup`, its request body).
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct RepoSetup {
     #[serde(default)]
     pub commands: Vec<String>,

@@ -129,7 +129,7 @@ pub async fn pollers(kiln: web::Data<Kiln>, caller: Caller) -> AppResult<HttpRes
         ("key" = String, Path, description = "The poller's key, as `/admin/pollers` lists it"),
         ("op" = String, Path, description = "`poll`, `stop` or `interval`", pattern = "^(poll|stop|interval)$"),
     ),
-    request_body(content = PollerBody, description = "For `interval` only; optional"),
+    request_body(content = PollerBody, description = "Optional: for `interval` only"),
     responses(
         (status = 200, description = "Done", body = dto::PollerDone),
         (status = 404, description = "Not found:\n- `poller_not_found`\n- `unknown_poller_action`", body = ApiError),

@@ -40,6 +40,7 @@ pub fn code_invalid() -> AppError {
 }
 
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+#[schema(as = CreateSignInCode)]
 #[serde(deny_unknown_fields)]
 pub struct CreateCode {
     /// The board to open, for the admin (an organization token opens its own).
@@ -47,6 +48,7 @@ pub struct CreateCode {
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[schema(as = DashboardSignIn)]
 #[serde(deny_unknown_fields)]
 pub struct CreateSession {
     /// A sign-in code from `POST /v1/dashboard/codes`.
@@ -70,7 +72,7 @@ pub struct SignInCode {
 
 /// Who a dashboard session (or the bearer token) is.
 #[derive(Debug, serde::Serialize, Deserialize, utoipa::ToSchema)]
-pub struct SessionView {
+pub struct DashboardSession {
     pub admin: bool,
     /// `null` for the admin with a bearer token.
     pub organization: Option<String>,
@@ -122,7 +124,7 @@ pub async fn create_code(
     post, path = "/v1/dashboard/sessions", tag = "dashboard",
     request_body = CreateSession,
     responses(
-        (status = 201, description = "Signed in, with `Set-Cookie: kiln_session=…`", body = SessionView),
+        (status = 201, description = "Signed in, with `Set-Cookie: kiln_session=…`", body = DashboardSession),
         (status = 401, description = "Not signed in:\n- `unauthorized`: a token that is not valid or was revoked", body = super::openapi::ApiError),
         (status = 403, description = "Refused:\n- `cross_origin_refused`\n- `sign_in_code_invalid`\n- `forbidden`", body = super::openapi::ApiError),
         (status = 404, description = "Not found:\n- `organization_not_found`", body = super::openapi::ApiError),
@@ -168,7 +170,7 @@ pub async fn create_session(
 /// `GET /v1/dashboard/session`: who the caller is, and until when.
 #[utoipa::path(
     get, path = "/v1/dashboard/session", tag = "dashboard",
-    responses((status = 200, description = "Who the caller is (`Cache-Control: no-store`)", body = SessionView)),
+    responses((status = 200, description = "Who the caller is (`Cache-Control: no-store`)", body = DashboardSession)),
 )]
 pub async fn get_session(req: HttpRequest, kiln: web::Data<Kiln>, caller: Caller) -> AppResult<HttpResponse> {
     let session = match auth::session_hash(&req) {
@@ -177,8 +179,8 @@ pub async fn get_session(req: HttpRequest, kiln: web::Data<Kiln>, caller: Caller
     };
     let body = match (&session, &caller) {
         (Some(s), _) => view(s),
-        (None, Caller::Admin) => SessionView { admin: true, organization: None, token: None, expires_at: None, cookie: false },
-        (None, Caller::Organization(org)) => SessionView {
+        (None, Caller::Admin) => DashboardSession { admin: true, organization: None, token: None, expires_at: None, cookie: false },
+        (None, Caller::Organization(org)) => DashboardSession {
             admin: false,
             organization: Some(org.clone()),
             token: auth::token_id(&req),
@@ -253,8 +255,8 @@ fn session_ttl_ms(kiln: &Kiln) -> i64 {
     i64::try_from(kiln.config.dashboard.session_ttl_secs.saturating_mul(1000)).unwrap_or(i64::MAX / 2)
 }
 
-fn view(session: &WebSession) -> SessionView {
-    SessionView {
+fn view(session: &WebSession) -> DashboardSession {
+    DashboardSession {
         admin: session.token_id.is_none(),
         organization: Some(session.organization.clone()),
         token: session.token_id.clone(),

@@ -9,7 +9,8 @@
 //! every route but health, this document and the webhook; the query and path
 //! checks (400); the body checks (400/413/422) on routes that read a body; the
 //! retryable 503s and the 500 on every route that reaches the database. Each
-//! handler lists only what it adds.
+//! handler lists only what it adds. A body read with `OptionalJson` is described
+//! as "Optional: …", which makes it not required here.
 
 use std::sync::OnceLock;
 
@@ -277,6 +278,12 @@ impl Modify for Conventions {
             let stateful = !NO_STATE.contains(&path.as_str());
             let has_path_params = path.contains('{');
             for op in operations(item) {
+                // A body read with `OptionalJson` says so in its description.
+                if let Some(body) = op.request_body.as_mut() {
+                    if body.description.as_deref().is_some_and(|d| d.starts_with("Optional")) {
+                        body.required = Some(utoipa::openapi::Required::False);
+                    }
+                }
                 // Handlers' names repeat across resources (`list`, `create`): an
                 // operation id is the tag and the name (`repos_list`).
                 if let (Some(tag), Some(id)) = (op.tags.as_ref().and_then(|t| t.first()), op.operation_id.as_mut()) {
