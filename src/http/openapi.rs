@@ -445,3 +445,27 @@ pub fn error_response(description: &str) -> Response {
         .content("application/json", ContentBuilder::new().schema(Some(utoipa::openapi::Ref::from_schema_name("ApiError"))).build())
         .build()
 }
+
+#[cfg(test)]
+mod tests {
+    use actix_web::http::Method;
+
+    #[test]
+    fn allow_lists_the_documented_methods_of_an_actix_pattern() {
+        assert_eq!(super::allowed_methods("/v1/organizations/{org}").as_deref(), Some("GET, PATCH, DELETE"));
+        assert_eq!(super::allowed_methods("/admin/pollers/{key:.+}/{op}").as_deref(), Some("POST"));
+        assert_eq!(super::allowed_methods("/v1/nothing"), None);
+    }
+
+    #[test]
+    fn operations_are_found_as_routing_finds_them() {
+        assert!(super::has_operation(&Method::DELETE, "/v1/organizations/acme"));
+        assert!(!super::has_operation(&Method::PUT, "/v1/organizations/acme"));
+        // A literal segment wins over a parameter, as in routing.
+        assert!(!super::has_operation(&Method::POST, "/v1/organizations/acme/tasks/0badc0de/terminal"));
+        assert!(super::has_operation(&Method::POST, "/v1/organizations/acme/tasks/0badc0de/push"));
+        // A poller's key spans segments.
+        assert!(super::has_operation(&Method::POST, "/admin/pollers/org/acme/repo/app/pr-sync/poll"));
+        assert!(!super::has_operation(&Method::POST, "/v1/elsewhere"));
+    }
+}
