@@ -49,7 +49,7 @@ impl ActorMeta {
 }
 
 /// A row of `/admin/actors`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ActorInfo {
     pub key: String,
     pub kind: &'static str,

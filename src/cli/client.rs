@@ -1,9 +1,12 @@
 //! The API client the CLI uses: awc with the bearer token, and errors that say
-//! what went wrong and what to do.
+//! what went wrong and what to do. Bodies are the server's own request types
+//! (`http::dto`), and answers are read into its response types where the CLI
+//! looks into them, so a renamed field breaks the build, not a user.
 
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
+use serde::Serialize;
 use serde_json::Value;
 
 use crate::config::Config;
@@ -54,22 +57,22 @@ impl Api {
     }
 
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> CliResult<T> {
-        self.send(self.request(awc::http::Method::GET, path), None).await
+        self.send(self.request(awc::http::Method::GET, path), None::<&Value>).await
     }
 
-    pub async fn post<T: DeserializeOwned>(&self, path: &str, body: &Value) -> CliResult<T> {
+    pub async fn post<T: DeserializeOwned>(&self, path: &str, body: &impl Serialize) -> CliResult<T> {
         self.send(self.request(awc::http::Method::POST, path), Some(body)).await
     }
 
-    pub async fn put<T: DeserializeOwned>(&self, path: &str, body: &Value) -> CliResult<T> {
+    pub async fn put<T: DeserializeOwned>(&self, path: &str, body: &impl Serialize) -> CliResult<T> {
         self.send(self.request(awc::http::Method::PUT, path), Some(body)).await
     }
 
     pub async fn delete_json<T: DeserializeOwned>(&self, path: &str) -> CliResult<T> {
-        self.send(self.request(awc::http::Method::DELETE, path), None).await
+        self.send(self.request(awc::http::Method::DELETE, path), None::<&Value>).await
     }
 
-    async fn send<T: DeserializeOwned>(&self, req: awc::ClientRequest, body: Option<&Value>) -> CliResult<T> {
+    async fn send<T: DeserializeOwned>(&self, req: awc::ClientRequest, body: Option<&impl Serialize>) -> CliResult<T> {
         let sent = match body {
             Some(b) => req.send_json(b).await,
             None => req.send().await,

@@ -6,6 +6,8 @@ use serde_json::{json, Value};
 use structopt::StructOpt;
 
 use super::client::{Api, CliError, CliResult};
+use crate::db::models::{ApiToken, OnCiFailure, OnIdle, Organization, RepoSettings};
+use crate::http::dto;
 use super::output::{self, field};
 use super::Command;
 
@@ -196,39 +198,43 @@ pub async fn run(ctx: Ctx, command: Command) -> CliResult<()> {
         Command::Create(args) => create(&ctx, args).await,
         Command::List(args) => list(&ctx, args).await,
         Command::Show { task, json } => show(&ctx, &task, json).await,
-        Command::Kill { task } => action(&ctx, &task, "kill", json!({})).await.map(|_| ()),
-        Command::Archive { task } => action(&ctx, &task, "archive", json!({})).await.map(|_| ()),
-        Command::Resume { task } => action(&ctx, &task, "resume", json!({})).await.map(|_| ()),
+        Command::Kill { task } => action(&ctx, &task, "kill", dto::TaskAction::default()).await.map(|_| ()),
+        Command::Archive { task } => action(&ctx, &task, "archive", dto::TaskAction::default()).await.map(|_| ()),
+        Command::Resume { task } => action(&ctx, &task, "resume", dto::TaskAction::default()).await.map(|_| ()),
         Command::Push { task, commit, force } => {
-            let body = if force { json!({"commit": commit, "force": true}) } else { json!({"commit": commit}) };
+            let body = dto::TaskAction { commit, force: force.then_some(true), ..Default::default() };
             action(&ctx, &task, "push", body).await.map(|_| ())
         }
         Command::Sync { task, merge } => {
-            action(&ctx, &task, "sync", json!({"mode": if merge { "merge" } else { "rebase" }})).await.map(|_| ())
+            let mode = Some(if merge { "merge" } else { "rebase" }.to_string());
+            action(&ctx, &task, "sync", dto::TaskAction { mode, ..Default::default() }).await.map(|_| ())
         }
         Command::Pr { task, draft } => {
-            action(&ctx, &task, "pr", json!({"draft": draft})).await?;
+            action(&ctx, &task, "pr", dto::TaskAction { draft: Some(draft), ..Default::default() }).await?;
             let t: Value = ctx.api.get(&ctx.org_path(&format!("/tasks/{}", enc(&task)))).await?;
             if let Some(url) = t["pull_request"]["url"].as_str() {
                 println!("pull request #{}: {url}", t["pull_request"]["number"]);
             }
             Ok(())
         }
-        Command::Merge { task, method } => action(&ctx, &task, "merge", json!({"method": method})).await.map(|_| ()),
+        Command::Merge { task, method } => {
+            action(&ctx, &task, "merge", dto::TaskAction { method: Some(method), ..Default::default() }).await.map(|_| ())
+        }
         Command::Attach { task } => super::attach::attach(&ctx, &task).await,
         Command::Send { task, no_enter, text } => {
             let mut text = text.join(" ");
             if !no_enter {
                 text.push('\r');
             }
-            let _: Value = ctx.api.post(&ctx.org_path(&format!("/tasks/{}/input", enc(&task))), &json!({"text": text})).await?;
+            let body = dto::TaskAction { text: Some(text), ..Default::default() };
+            let _: Value = ctx.api.post(&ctx.org_path(&format!("/tasks/{}/input", enc(&task))), &body).await?;
             Ok(())
         }
         Command::Switch { task, shell } => switch(&ctx, &task, shell).await,
         Command::Events(args) => events(&ctx, args).await,
         Command::Session(cmd) => super::session::run(&ctx, cmd).await,
         Command::Token(cmd) => token(&ctx, cmd).await,
-        Command::Serve { .. } | Command::Migrate { .. } | Command::TerminalHost { .. } | Command::Dashboard { .. } => {
+        Command::Serve { .. } | Command::Migrate { .. } | Command::Openapi | Command::TerminalHost { .. } | Command::Dashboard { .. } => {
             Err(CliError("not a client command".into()))
         }
     }
@@ -243,25 +249,26 @@ async fn organization(ctx: &Ctx, cmd: OrganizationCmd) -> CliResult<()> {
             Ok(())
         }
         OrganizationCmd::List { json } => {
-            let res: Value = ctx.api.get("/v1/organizations").await?;
+            let res: dto::Items<Organization> = ctx.api.get("/v1/organizations").await?;
             if json {
-                output::json(&res["items"]);
+                output::json(&serde_json::to_value(&res.items)?);
                 return Ok(());
             }
-            let rows = items(&res)
+            let rows = res
+                .items
                 .iter()
                 .map(|o| {
-                    let mark = if o["name"] == ctx.org.as_str() { "*" } else { "" };
-                    vec![format!("{}{}", field(o, "name"), mark), field(o, "display_name"), created(o)]
+                    let mark = if o.name == ctx.org { "*" } else { "" };
+                    vec![format!("{}{mark}", o.name), o.display_name.clone(), output::time(o.created_at)]
                 })
                 .collect::<Vec<_>>();
             output::table(&["NAME", "DISPLAY NAME", "CREATED"], &rows);
             Ok(())
         }
         OrganizationCmd::Create { name, display_name } => {
-            let res: Value =
-                ctx.api.post("/v1/organizations", &json!({"name": name, "display_name": display_name})).await?;
-            println!("created organization `{}`", field(&res, "name"));
+            let res: Organization =
+                ctx.api.post("/v1/organizations", &dto::CreateOrganization { name, display_name }).await?;
+            println!("created organization `{}`", res.name);
             Ok(())
         }
     }
@@ -278,36 +285,38 @@ fn created(v: &Value) -> String {
 async fn repo(ctx: &Ctx, cmd: RepoCmd) -> CliResult<()> {
     match cmd {
         RepoCmd::Setup { repo, commands, copy } => {
+            let (n_commands, n_copy) = (commands.len(), copy.len());
             let res: Value =
-                ctx.api.put(&ctx.org_path(&format!("/repos/{}/setup", enc(&repo))), &json!({"commands": commands, "copy": copy})).await?;
-            println!("setup of `{}`: {} commands, {} files to copy", field(&res, "name"), commands.len(), copy.len());
+                ctx.api.put(&ctx.org_path(&format!("/repos/{}/setup", enc(&repo))), &dto::RepoSetup { commands, copy }).await?;
+            println!("setup of `{}`: {n_commands} commands, {n_copy} files to copy", field(&res, "name"));
             Ok(())
         }
         RepoCmd::Settings { repo, github, keep_after_merge, on_idle, ci_feedback, archive_on_external_merge, json } => {
             let current: Value = ctx.api.get(&ctx.org_path(&format!("/repos/{}", enc(&repo)))).await?;
-            let mut settings = current["settings"].clone();
-            if !settings.is_object() {
-                settings = json!({});
-            }
+            let mut settings: RepoSettings = serde_json::from_value(current["settings"].clone())
+                .map_err(|e| CliError(format!("the server sent settings this CLI cannot read: {e}")))?;
             if let Some(g) = github {
-                settings["github"] = if g.is_empty() { Value::Null } else { json!(g) };
+                settings.github = Some(g).filter(|g| !g.is_empty());
             }
             if let Some(k) = keep_after_merge {
-                settings["keep_after_merge"] = json!(k);
+                settings.keep_after_merge = k;
             }
             if let Some(list) = on_idle {
                 let steps: Vec<&str> = list.split(',').map(str::trim).filter(|s| !s.is_empty() && *s != "none").collect();
                 if let Some(bad) = steps.iter().find(|s| !["commit", "push", "draft_pr"].contains(s)) {
                     return Err(CliError(format!("--on-idle takes commit, push, draft_pr or none, not `{bad}`")));
                 }
-                settings["automation"]["on_idle"] =
-                    json!({"commit": steps.contains(&"commit"), "push": steps.contains(&"push"), "draft_pr": steps.contains(&"draft_pr")});
+                settings.automation.on_idle = OnIdle {
+                    commit: steps.contains(&"commit"),
+                    push: steps.contains(&"push"),
+                    draft_pr: steps.contains(&"draft_pr"),
+                };
             }
             if let Some(n) = ci_feedback {
-                settings["automation"]["on_ci_failure"] = json!({"enabled": n > 0, "max_attempts": n});
+                settings.automation.on_ci_failure = OnCiFailure { enabled: n > 0, max_attempts: n };
             }
             if let Some(a) = archive_on_external_merge {
-                settings["automation"]["archive_on_external_merge"] = json!(a);
+                settings.automation.archive_on_external_merge = a;
             }
             let res: Value = ctx.api.put(&ctx.org_path(&format!("/repos/{}/settings", enc(&repo))), &settings).await?;
             if json {
@@ -324,8 +333,7 @@ async fn repo(ctx: &Ctx, cmd: RepoCmd) -> CliResult<()> {
                 _ => source,
             };
             let progress = actix_web::rt::spawn(show_clone_progress(ctx.api.websocket(&ctx.org_path("/stream")).await.ok()));
-            let res: CliResult<Value> =
-                ctx.api.post(&ctx.org_path("/repos"), &json!({"source": source, "name": name})).await;
+            let res: CliResult<Value> = ctx.api.post(&ctx.org_path("/repos"), &dto::CreateRepo { source, name }).await;
             progress.abort();
             let res = res?;
             println!(
@@ -370,19 +378,20 @@ async fn show_clone_progress(ws: Option<actix_codec::Framed<awc::BoxedSocket, aw
 }
 
 async fn create(ctx: &Ctx, args: CreateArgs) -> CliResult<()> {
-    let body = json!({
-        "repo": args.repo,
-        "description": args.description.join(" "),
-        "title": args.title,
-        "base_branch": args.base,
-        "agent": args.agent,
-        "provider": args.provider,
-    });
-    let res: Value = ctx.api.post(&ctx.org_path("/tasks"), &body).await?;
+    let body = dto::CreateTask {
+        repo: args.repo,
+        description: args.description.join(" "),
+        title: args.title,
+        base_branch: args.base,
+        agent: args.agent,
+        provider: args.provider,
+    };
+    let res: crate::http::tasks::TaskView = ctx.api.post(&ctx.org_path("/tasks"), &body).await?;
     if args.json {
-        output::json(&res);
+        output::json(&serde_json::to_value(&res)?);
     } else {
-        println!("created task {} `{}` on branch {} ({})", field(&res, "id"), field(&res, "title"), field(&res, "branch"), field(&res, "status"));
+        let t = &res.task;
+        println!("created task {} `{}` on branch {} ({})", t.id, t.title, t.branch, t.status);
     }
     Ok(())
 }
@@ -462,7 +471,8 @@ fn confinement(runtime: &Value) -> String {
     }
 }
 
-async fn action(ctx: &Ctx, task: &str, action: &str, body: Value) -> CliResult<Value> {
+async fn action(ctx: &Ctx, task: &str, action: &str, body: dto::TaskAction) -> CliResult<Value> {
+
     let res: Value = ctx.api.post(&ctx.org_path(&format!("/tasks/{}/{action}", enc(task))), &body).await?;
     println!("task {} is now {}", field(&res["task"], "id"), field(&res["task"], "status"));
     match res["snapshot_ref"].as_str() {
@@ -477,7 +487,7 @@ async fn action(ctx: &Ctx, task: &str, action: &str, body: Value) -> CliResult<V
 }
 
 async fn switch(ctx: &Ctx, task: &str, shell: bool) -> CliResult<()> {
-    let res: Value = ctx.api.post(&ctx.org_path(&format!("/tasks/{}/switch", enc(task))), &json!({})).await?;
+    let res: Value = ctx.api.post(&ctx.org_path(&format!("/tasks/{}/switch", enc(task))), &dto::TaskAction::default()).await?;
     if res["sandbox"].is_object() && res["sandbox"]["path"].is_null() {
         return Err(CliError(
             "the server shows where a task's worktree is only to the admin token (an organization's token does not learn server paths): run `kiln switch` with the admin token, or attach to the task's terminal with `kiln attach`".into(),
@@ -526,14 +536,14 @@ async fn events(ctx: &Ctx, args: EventsArgs) -> CliResult<()> {
             query.push_str(&format!("&{key}={}", enc(v)));
         }
     }
-    let res: Value = ctx.api.get(&ctx.org_path(&format!("/events{query}"))).await?;
-    for e in items(&res) {
-        print_event(&e, args.json);
+    let res: dto::EventPage = ctx.api.get(&ctx.org_path(&format!("/events{query}"))).await?;
+    for e in &res.items {
+        print_event(&serde_json::to_value(e)?, args.json);
     }
     if !args.follow {
         return Ok(());
     }
-    let mut since = res["next_since"].as_i64().unwrap_or(0);
+    let mut since = res.next_since;
     let matches = |e: &Value| {
         args.repo.as_deref().is_none_or(|r| e["repo"] == r)
             && args.task.as_deref().is_none_or(|t| e["task"] == t)
@@ -609,34 +619,35 @@ pub(super) async fn connect_with_retry(
 async fn token(ctx: &Ctx, cmd: TokenCmd) -> CliResult<()> {
     match cmd {
         TokenCmd::Create { name, json } => {
-            let res: Value = ctx.api.post(&ctx.org_path("/tokens"), &json!({"name": name})).await?;
+            let res: dto::CreatedToken = ctx.api.post(&ctx.org_path("/tokens"), &dto::CreateToken { name }).await?;
             if json {
-                output::json(&res);
+                output::json(&serde_json::to_value(&res)?);
             } else {
-                println!("created token {} `{}` for `{}`", field(&res, "id"), field(&res, "name"), ctx.org);
-                println!("{}", field(&res, "token"));
+                println!("created token {} `{}` for `{}`", res.row.id, res.row.name, ctx.org);
+                println!("{}", res.token);
                 eprintln!("(this secret is shown only now: store it safely)");
             }
             Ok(())
         }
         TokenCmd::List { json } => {
-            let res: Value = ctx.api.get(&ctx.org_path("/tokens")).await?;
+            let res: dto::Items<ApiToken> = ctx.api.get(&ctx.org_path("/tokens")).await?;
             if json {
-                output::json(&res["items"]);
+                output::json(&serde_json::to_value(&res.items)?);
                 return Ok(());
             }
-            let rows = items(&res)
+            let rows = res
+                .items
                 .iter()
                 .map(|t| {
-                    let revoked = t["revoked_at"].as_i64().map(output::time).unwrap_or_else(|| "-".into());
-                    vec![field(t, "id"), field(t, "name"), created(t), revoked]
+                    let revoked = t.revoked_at.map(output::time).unwrap_or_else(|| "-".into());
+                    vec![t.id.clone(), t.name.clone(), output::time(t.created_at), revoked]
                 })
                 .collect::<Vec<_>>();
             output::table(&["ID", "NAME", "CREATED", "REVOKED"], &rows);
             Ok(())
         }
         TokenCmd::Revoke { id } => {
-            let _: Value = ctx.api.delete_json(&ctx.org_path(&format!("/tokens/{}", enc(&id)))).await?;
+            let _: ApiToken = ctx.api.delete_json(&ctx.org_path(&format!("/tokens/{}", enc(&id)))).await?;
             println!("revoked token {id}");
             Ok(())
         }
@@ -652,13 +663,13 @@ async fn provider(ctx: &Ctx, cmd: ProviderCmd) -> CliResult<()> {
         }
         ProviderCmd::Set { name, settings, secret, remove_secret } => {
             let current: Value = ctx.api.get(&ctx.org_path(&format!("/providers/{}", enc(&name)))).await?;
-            let mut cfg = current["config"].as_object().cloned().unwrap_or_default();
+            let mut config = current["config"].as_object().cloned().unwrap_or_default();
             for pair in &settings {
                 let (k, v) = pair.split_once('=').ok_or_else(|| CliError(format!("--setting takes key=value, not `{pair}`")))?;
                 if v.is_empty() {
-                    cfg.remove(k);
+                    config.remove(k);
                 } else {
-                    cfg.insert(k.to_string(), json!(v));
+                    config.insert(k.to_string(), json!(v));
                 }
             }
             let mut secrets = serde_json::Map::new();
@@ -674,9 +685,9 @@ async fn provider(ctx: &Ctx, cmd: ProviderCmd) -> CliResult<()> {
             for key in remove_secret {
                 secrets.insert(key, Value::Null);
             }
-            let res: Value =
-                ctx.api.put(&ctx.org_path(&format!("/providers/{}", enc(&name))), &json!({"config": cfg, "secrets": secrets})).await?;
-            println!("profile `{}` saved; secrets: {}", field(&res, "provider"), res["secrets"]);
+            let res: crate::actors::organization::ProviderProfileView =
+                ctx.api.put(&ctx.org_path(&format!("/providers/{}", enc(&name))), &dto::PutProviderProfile { config, secrets }).await?;
+            println!("profile `{}` saved; secrets: {}", res.provider, json!(res.secrets));
             Ok(())
         }
     }

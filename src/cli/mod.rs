@@ -45,6 +45,9 @@ pub enum Command {
         #[structopt(long, parse(from_os_str))]
         data_dir: Option<PathBuf>,
     },
+    /// Print the API's OpenAPI 3.1 document (what `GET /v1/openapi.json` serves
+    /// and `docs/openapi.json` holds) and exit.
+    Openapi,
     /// Apply database migrations and exit.
     Migrate {
         #[structopt(long, parse(from_os_str))]
@@ -222,6 +225,10 @@ fn run(opts: Opts, config: &mut Config) -> Result<(), CliError> {
             }
             let config = config.clone();
             actix_web::rt::System::new().block_on(crate::app::serve(config)).map_err(CliError::from)
+        }
+        Command::Openapi => {
+            print!("{}", crate::http::openapi::json());
+            Ok(())
         }
         Command::Migrate { data_dir } => {
             if let Some(dir) = data_dir {

@@ -10,6 +10,7 @@ use structopt::StructOpt;
 use super::client::{CliError, CliResult};
 use super::commands::{connect_with_retry, credential_gone, enc, Ctx};
 use super::output::{self, field};
+use crate::http::dto;
 
 #[derive(Debug, StructOpt)]
 pub enum SessionCmd {
@@ -93,7 +94,7 @@ pub async fn run(ctx: &Ctx, cmd: SessionCmd) -> CliResult<()> {
     match cmd {
         SessionCmd::New { task, agent, mode, model, json } => {
             eprintln!("opening a session with the agent (it may be installed first)…");
-            let res: Value = ctx.api.post(&path(ctx, &task, ""), &json!({"agent": agent, "mode": mode, "model": model})).await?;
+            let res: Value = ctx.api.post(&path(ctx, &task, ""), &dto::CreateSession { agent, mode, model }).await?;
             if json {
                 output::json(&res);
             } else {
@@ -127,8 +128,8 @@ pub async fn run(ctx: &Ctx, cmd: SessionCmd) -> CliResult<()> {
             Ok(())
         }
         SessionCmd::Prompt { task, session, json, no_wait, text } => {
-            let res: Value =
-                ctx.api.post(&path(ctx, &task, &format!("/{}/prompt", enc(&session))), &json!({"text": text.join(" ")})).await?;
+            let body = dto::SessionPrompt { text: text.join(" ") };
+            let res: Value = ctx.api.post(&path(ctx, &task, &format!("/{}/prompt", enc(&session))), &body).await?;
             if let Some(how) = res["restored"].as_str() {
                 eprintln!("(the session was lost and has been restored with session/{how})");
             }
@@ -142,22 +143,26 @@ pub async fn run(ctx: &Ctx, cmd: SessionCmd) -> CliResult<()> {
         }
         SessionCmd::Chat { task, session } => chat(ctx, &task, &session).await,
         SessionCmd::Cancel { task, session, json } => {
-            let res: Value = ctx.api.post(&path(ctx, &task, &format!("/{}/cancel", enc(&session))), &json!({})).await?;
+            let res: dto::Cancelled = ctx.api.post(&path(ctx, &task, &format!("/{}/cancel", enc(&session))), &json!({})).await?;
             if json {
-                output::json(&res);
+                output::json(&serde_json::to_value(&res)?);
             } else {
-                println!("cancelled ({} permission request(s) declined)", res["permissions_cancelled"]);
+                println!("cancelled ({} permission request(s) declined)", res.permissions_cancelled);
             }
             Ok(())
         }
         SessionCmd::Answer { task, session, request, option, cancel, json } => {
-            let body = if cancel { json!({"outcome": "cancelled"}) } else { json!({"option_id": option}) };
-            let url = path(ctx, &task, &format!("/{}/permissions/{}", enc(&session), enc(&request)));
-            let res: Value = ctx.api.post(&url, &body).await?;
-            if json {
-                output::json(&res);
+            let body = if cancel {
+                dto::PermissionAnswer { option_id: None, outcome: Some("cancelled".into()) }
             } else {
-                println!("answered {}: {}", field(&res, "request"), res["outcome"]);
+                dto::PermissionAnswer { option_id: option, outcome: None }
+            };
+            let url = path(ctx, &task, &format!("/{}/permissions/{}", enc(&session), enc(&request)));
+            let res: dto::PermissionAnswered = ctx.api.post(&url, &body).await?;
+            if json {
+                output::json(&serde_json::to_value(&res)?);
+            } else {
+                println!("answered {}: {}", res.request, res.outcome);
             }
             Ok(())
         }
@@ -253,7 +258,7 @@ async fn chat(ctx: &Ctx, task: &str, session: &str) -> CliResult<()> {
         }
         let url = path(ctx, task, &format!("/{}/prompt", enc(session)));
         let turn = async {
-            let res: Value = ctx.api.post(&url, &json!({"text": text})).await?;
+            let res: Value = ctx.api.post(&url, &dto::SessionPrompt { text: text.to_string() }).await?;
             if let Some(how) = res["restored"].as_str() {
                 eprintln!("(the session was lost and has been restored with session/{how})");
             }
@@ -286,8 +291,8 @@ async fn ask_permission(ctx: &Ctx, task: &str, session: &str, envelope: &Value) 
         .map(|o| field(o, "optionId"))
         .or_else(|| options.iter().map(|o| field(o, "optionId")).find(|id| id == choice));
     let body = match &option {
-        Some(id) => json!({"option_id": id}),
-        None => json!({"outcome": "cancelled"}),
+        Some(id) => dto::PermissionAnswer { option_id: Some(id.clone()), outcome: None },
+        None => dto::PermissionAnswer { option_id: None, outcome: Some("cancelled".into()) },
     };
     let url = path(ctx, task, &format!("/{}/permissions/{}", enc(session), enc(&request)));
     let _: Value = ctx.api.post(&url, &body).await?;

@@ -5,7 +5,7 @@ use serde::Serialize;
 
 use crate::db::schema::*;
 
-#[derive(Debug, Clone, Queryable, Selectable, Insertable, Serialize)]
+#[derive(Debug, Clone, Queryable, Selectable, Insertable, Serialize, serde::Deserialize, utoipa::ToSchema)]
 #[diesel(table_name = organizations)]
 pub struct Organization {
     pub name: String,
@@ -15,7 +15,7 @@ pub struct Organization {
 }
 
 /// A token row; `token_hash` never leaves the server.
-#[derive(Debug, Clone, Queryable, Selectable, Insertable, Serialize)]
+#[derive(Debug, Clone, Queryable, Selectable, Insertable, Serialize, serde::Deserialize, utoipa::ToSchema)]
 #[diesel(table_name = api_tokens)]
 pub struct ApiToken {
     pub id: String,
@@ -27,7 +27,7 @@ pub struct ApiToken {
     pub revoked_at: Option<i64>,
 }
 
-#[derive(Debug, Clone, Queryable, Selectable, Serialize)]
+#[derive(Debug, Clone, Queryable, Selectable, Serialize, utoipa::ToSchema)]
 #[diesel(table_name = repos)]
 pub struct Repo {
     pub id: i32,
@@ -41,12 +41,15 @@ pub struct Repo {
     pub created_at: i64,
     pub updated_at: i64,
     #[serde(serialize_with = "json_text")]
+    #[schema(value_type = crate::http::dto::RepoSetup)]
     pub setup: String,
     #[serde(serialize_with = "json_text")]
+    #[schema(value_type = RepoSettings)]
     pub settings: String,
 }
 
-/// A repository's setup step, stored as JSON in `repos.setup`.
+/// A repository's setup step, stored as JSON in `repos.setup` (the API shows
+/// it as `dto::RepoSetup`, its request body).
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct RepoSetup {
     #[serde(default)]
@@ -85,20 +88,22 @@ pub fn github_slug(source: &str) -> Option<String> {
 
 /// A repository's settings, stored as JSON in `repos.settings`. Everything that
 /// makes Kiln act on its own is off by default.
-#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RepoSettings {
     /// `owner/name` on GitHub, when the source URL does not say it.
     #[serde(default)]
+    #[schema(pattern = "^[A-Za-z0-9._-]+/[A-Za-z0-9._-]+$")]
     pub github: Option<String>,
-    /// Keep a task (and its sandbox) after its PR is merged through Kiln.
+    /// Keep a task (and its sandbox) after its PR is merged through Kiln,
+    /// instead of archiving it.
     #[serde(default)]
     pub keep_after_merge: bool,
     #[serde(default)]
     pub automation: Automation,
 }
 
-#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Automation {
     /// When a task goes idle: commit what the agent left, push, open a draft PR.
@@ -112,24 +117,28 @@ pub struct Automation {
     pub archive_on_external_merge: bool,
 }
 
-#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OnIdle {
+    /// Commit what the agent left.
     #[serde(default)]
     pub commit: bool,
+    /// Push the task's branch.
     #[serde(default)]
     pub push: bool,
+    /// Open a draft pull request when the task has none.
     #[serde(default)]
     pub draft_pr: bool,
 }
 
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OnCiFailure {
     #[serde(default)]
     pub enabled: bool,
     /// At most this many hand-overs per task.
     #[serde(default = "default_ci_attempts")]
+    #[schema(maximum = 20)]
     pub max_attempts: u32,
 }
 
@@ -165,7 +174,7 @@ pub struct NewRepo {
     pub credential_secret: Option<String>,
 }
 
-#[derive(Debug, Clone, Queryable, Selectable, Serialize)]
+#[derive(Debug, Clone, Queryable, Selectable, Serialize, utoipa::ToSchema)]
 #[diesel(table_name = branches)]
 pub struct Branch {
     #[serde(skip)]
@@ -178,7 +187,7 @@ pub struct Branch {
     pub dirty_files: Option<i32>,
 }
 
-#[derive(Debug, Clone, Queryable, Selectable, Serialize)]
+#[derive(Debug, Clone, Queryable, Selectable, Serialize, utoipa::ToSchema)]
 #[diesel(table_name = pull_requests)]
 pub struct PullRequest {
     #[serde(skip)]
@@ -197,7 +206,7 @@ pub struct PullRequest {
     pub updated_at: i64,
 }
 
-#[derive(Debug, Clone, Queryable, Selectable, Insertable, Serialize)]
+#[derive(Debug, Clone, Queryable, Selectable, Insertable, Serialize, serde::Deserialize, utoipa::ToSchema)]
 #[diesel(table_name = tasks)]
 pub struct Task {
     pub id: String,
@@ -217,7 +226,7 @@ pub struct Task {
     pub updated_at: i64,
 }
 
-#[derive(Debug, Clone, Queryable, Selectable, Serialize)]
+#[derive(Debug, Clone, Queryable, Selectable, Serialize, utoipa::ToSchema)]
 #[diesel(table_name = task_runtime)]
 pub struct TaskRuntime {
     #[serde(skip)]
@@ -241,7 +250,7 @@ pub struct TaskRuntime {
     pub log_error: Option<String>,
 }
 
-#[derive(Debug, Clone, Queryable, Selectable, Serialize)]
+#[derive(Debug, Clone, Queryable, Selectable, Serialize, utoipa::ToSchema)]
 #[diesel(table_name = sandbox_instances)]
 pub struct SandboxInstance {
     pub id: String,
@@ -284,7 +293,7 @@ pub struct NewEventRow<'a> {
 }
 
 /// One ACP session of a task (written only by the TaskActor).
-#[derive(Debug, Clone, Queryable, Selectable, Insertable, Serialize)]
+#[derive(Debug, Clone, Queryable, Selectable, Insertable, Serialize, utoipa::ToSchema)]
 #[diesel(table_name = task_sessions)]
 pub struct TaskSession {
     pub id: String,

@@ -5,6 +5,10 @@ use actix_web::{web, HttpResponse};
 use serde_json::json;
 
 use super::auth::Caller;
+use super::dto;
+use super::openapi::ApiError;
+use crate::actors::pollers::PollerInfo;
+use crate::actors::registry::ActorInfo;
 use super::extract::OptionalJson;
 use crate::actors::pollers::{branch_sync::BranchSyncPoller, pr_sync::PrSyncPoller, task_status::TaskStatusPoller};
 use crate::actors::pollers::{DescribePoller, PollNow, SetInterval, StopPoller};
@@ -14,11 +18,19 @@ use crate::error::{AppError, AppResult};
 use crate::util::now_ms;
 
 /// Liveness and version; no auth, for load balancers and `HEALTHCHECK`.
+#[utoipa::path(
+    get, path = "/v1/health", tag = "health",
+    responses((status = 200, description = "The server is up", body = dto::Health)),
+)]
 pub async fn health() -> HttpResponse {
-    HttpResponse::Ok().json(json!({"status": "ok", "version": env!("CARGO_PKG_VERSION")}))
+    HttpResponse::Ok().json(dto::Health { status: "ok".into(), version: env!("CARGO_PKG_VERSION").into() })
 }
 
 /// Prometheus text exposition.
+#[utoipa::path(
+    get, path = "/metrics", tag = "admin",
+    responses((status = 200, description = "Prometheus text format", content_type = "text/plain; version=0.0.4", body = String)),
+)]
 pub async fn metrics(kiln: web::Data<Kiln>, caller: Caller) -> AppResult<HttpResponse> {
     caller.require_admin()?;
     Ok(HttpResponse::Ok()
@@ -27,12 +39,20 @@ pub async fn metrics(kiln: web::Data<Kiln>, caller: Caller) -> AppResult<HttpRes
 }
 
 /// Live actors by key, with backlog and last activity.
+#[utoipa::path(
+    get, path = "/admin/actors", tag = "admin",
+    responses((status = 200, description = "The live actors", body = dto::Items<ActorInfo>)),
+)]
 pub async fn actors(kiln: web::Data<Kiln>, caller: Caller) -> AppResult<HttpResponse> {
     caller.require_admin()?;
-    Ok(HttpResponse::Ok().json(json!({ "items": kiln.registry.list() })))
+    Ok(HttpResponse::Ok().json(dto::Items { items: kiln.registry.list() }))
 }
 
 /// The effective configuration, with the client token hidden.
+#[utoipa::path(
+    get, path = "/admin/config", tag = "admin",
+    responses((status = 200, description = "The configuration (see docs/operations.md), with `data_dir`", body = Object)),
+)]
 pub async fn config(kiln: web::Data<Kiln>, caller: Caller) -> AppResult<HttpResponse> {
     caller.require_admin()?;
     let mut value = serde_json::to_value(kiln.config.as_ref()).map_err(AppError::internal)?;
@@ -44,16 +64,30 @@ pub async fn config(kiln: web::Data<Kiln>, caller: Caller) -> AppResult<HttpResp
 }
 
 /// Checkpoints the WAL into the database file.
+#[utoipa::path(
+    post, path = "/admin/db/checkpoint", tag = "admin",
+    responses(
+        (status = 200, description = "Checkpointed", body = dto::Checkpoint),
+        (status = 503, description = "Unavailable:\n- `checkpoint_busy`: a reader holds the WAL", body = ApiError),
+    ),
+)]
 pub async fn checkpoint(kiln: web::Data<Kiln>, caller: Caller) -> AppResult<HttpResponse> {
     caller.require_admin()?;
     let (completed, wal_frames) = kiln.db.checkpoint().await?;
     if !completed {
         return Err(AppError::unavailable("checkpoint_busy", "a reader holds the WAL, so it could not be truncated; retry shortly"));
     }
-    Ok(HttpResponse::Ok().json(json!({"completed": true, "wal_frames": wal_frames})))
+    Ok(HttpResponse::Ok().json(dto::Checkpoint { completed: true, wal_frames }))
 }
 
 /// Writes a consistent copy of the database to `<data>/backups/` with `VACUUM INTO`.
+#[utoipa::path(
+    post, path = "/admin/db/backup", tag = "admin",
+    responses(
+        (status = 201, description = "Written", body = dto::Backup),
+        (status = 409, description = "Conflict:\n- `backup_exists`", body = ApiError),
+    ),
+)]
 pub async fn backup(kiln: web::Data<Kiln>, caller: Caller) -> AppResult<HttpResponse> {
     caller.require_admin()?;
     let dir = kiln.data_dir.join("backups");
@@ -66,10 +100,14 @@ pub async fn backup(kiln: web::Data<Kiln>, caller: Caller) -> AppResult<HttpResp
     let path = target.clone();
     let bytes = blocking(move || std::fs::metadata(&path).map(|m| m.len()).map_err(|e| DbError::Blocking(e.to_string())))
         .await?;
-    Ok(HttpResponse::Created().json(json!({"path": target, "bytes": bytes})))
+    Ok(HttpResponse::Created().json(dto::Backup { path: target.to_string_lossy().into_owned(), bytes }))
 }
 
 /// Every live poller, with its interval and how its polls went.
+#[utoipa::path(
+    get, path = "/admin/pollers", tag = "admin",
+    responses((status = 200, description = "The live pollers", body = dto::Items<PollerInfo>)),
+)]
 pub async fn pollers(kiln: web::Data<Kiln>, caller: Caller) -> AppResult<HttpResponse> {
     caller.require_admin()?;
     let mut items = Vec::new();
@@ -80,11 +118,24 @@ pub async fn pollers(kiln: web::Data<Kiln>, caller: Caller) -> AppResult<HttpRes
             }
         }
     }
-    Ok(HttpResponse::Ok().json(json!({ "items": items })))
+    Ok(HttpResponse::Ok().json(dto::Items { items }))
 }
 
 /// `POST /admin/pollers/{key}/{poll|stop|interval}`; `interval` takes
 /// `{"interval_ms": N}`.
+#[utoipa::path(
+    post, path = "/admin/pollers/{key}/{op}", tag = "admin",
+    params(
+        ("key" = String, Path, description = "The poller's key, as `/admin/pollers` lists it"),
+        ("op" = String, Path, description = "`poll`, `stop` or `interval`", pattern = "^(poll|stop|interval)$"),
+    ),
+    request_body(content = PollerBody, description = "Optional: for `interval` only"),
+    responses(
+        (status = 200, description = "Done", body = dto::PollerDone),
+        (status = 404, description = "Not found:\n- `poller_not_found`\n- `unknown_poller_action`", body = ApiError),
+        (status = 422, description = "Invalid content:\n- `invalid_body`: `interval` without `interval_ms`\n- `invalid_interval`", body = ApiError),
+    ),
+)]
 pub async fn poller_control(
     kiln: web::Data<Kiln>,
     caller: Caller,
@@ -115,14 +166,16 @@ pub async fn poller_control(
             ))
         }
     }
-    Ok(HttpResponse::Ok().json(json!({"key": key, "done": op})))
+    Ok(HttpResponse::Ok().json(dto::PollerDone { key, done: op }))
 }
 
 /// The body of `POST /admin/pollers/{key}/{op}`: `interval` needs
 /// `interval_ms`; `poll` and `stop` need no body.
-#[derive(Debug, Default, serde::Deserialize)]
+#[derive(Debug, Default, serde::Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PollerBody {
+    /// 100 to 3600000.
+    #[schema(minimum = 100, maximum = 3_600_000)]
     interval_ms: Option<u64>,
 }
 

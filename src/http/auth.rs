@@ -244,11 +244,10 @@ pub async fn authenticate(
     req: ServiceRequest,
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
-    // Health is open; webhooks carry their own HMAC signature instead of a token;
-    // signing in to the dashboard is how a browser gets a credential; the
-    // dashboard's assets hold no data.
-    let open = req.path() == "/v1/health"
-        || req.path() == "/v1/webhooks/github"
+    // Health and the API's document are open; webhooks carry their own HMAC
+    // signature instead of a token; signing in to the dashboard is how a browser
+    // gets a credential; the dashboard's assets hold no data.
+    let open = matches!(req.path(), "/v1/health" | "/v1/openapi.json" | "/v1/webhooks/github")
         || (req.path() == super::dashboard::SESSIONS_PATH && req.method() == actix_web::http::Method::POST)
         || !super::web_assets::is_api_path(req.path());
     if open {

@@ -14,7 +14,6 @@
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
-use serde_json::json;
 
 use super::auth::{self, AuthState, Caller, SESSION_COOKIE};
 use super::extract::{Json, OptionalJson};
@@ -40,14 +39,16 @@ pub fn code_invalid() -> AppError {
     )
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+#[schema(as = CreateSignInCode)]
 #[serde(deny_unknown_fields)]
 pub struct CreateCode {
     /// The board to open, for the admin (an organization token opens its own).
     pub organization: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[schema(as = DashboardSignIn)]
 #[serde(deny_unknown_fields)]
 pub struct CreateSession {
     /// A sign-in code from `POST /v1/dashboard/codes`.
@@ -58,8 +59,41 @@ pub struct CreateSession {
     pub organization: Option<String>,
 }
 
+/// A one-time sign-in code.
+#[derive(Debug, serde::Serialize, Deserialize, utoipa::ToSchema)]
+pub struct SignInCode {
+    /// Single-use, valid for 60 seconds; only its SHA-256 is stored.
+    pub code: String,
+    pub organization: String,
+    pub expires_at: i64,
+    /// Append to the server's URL for the link (`/sign-in?code=…`).
+    pub path: String,
+}
+
+/// Who a dashboard session (or the bearer token) is.
+#[derive(Debug, serde::Serialize, Deserialize, utoipa::ToSchema)]
+pub struct DashboardSession {
+    pub admin: bool,
+    /// `null` for the admin with a bearer token.
+    pub organization: Option<String>,
+    /// The id of the token it stands for; `null` for the admin.
+    pub token: Option<String>,
+    /// `null` with a bearer token.
+    pub expires_at: Option<i64>,
+    /// A session cookie, not a bearer token.
+    pub cookie: bool,
+}
+
 /// `POST /v1/dashboard/codes`: a one-time code that signs a browser in as the
 /// caller's own credential.
+#[utoipa::path(
+    post, path = "/v1/dashboard/codes", tag = "dashboard",
+    request_body(content = CreateCode, description = "Optional: an empty body means no fields"),
+    responses(
+        (status = 201, description = "Created (`Cache-Control: no-store`)", body = SignInCode),
+        (status = 404, description = "Not found:\n- `organization_not_found`", body = super::openapi::ApiError),
+    ),
+)]
 pub async fn create_code(
     req: HttpRequest,
     kiln: web::Data<Kiln>,
@@ -78,15 +112,25 @@ pub async fn create_code(
     organization_or_404(&kiln, &org).await?;
     let token_id = auth::token_id(&req);
     let (code, row) = kiln.organization(&org).send(CreateSignInCode { token_id, ttl_ms: CODE_TTL_MS }).await??;
-    Ok(HttpResponse::Created().insert_header((header::CACHE_CONTROL, "no-store")).json(json!({
-        "code": code,
-        "organization": row.organization,
-        "expires_at": row.expires_at,
-        "path": format!("/sign-in?code={code}"),
-    })))
+    let path = format!("/sign-in?code={code}");
+    Ok(HttpResponse::Created()
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .json(SignInCode { code, organization: row.organization, expires_at: row.expires_at, path }))
 }
 
 /// `POST /v1/dashboard/sessions`: the page signs in with a code or a token.
+/// Only from the dashboard's own origin (`Origin` naming this server).
+#[utoipa::path(
+    post, path = "/v1/dashboard/sessions", tag = "dashboard",
+    request_body = CreateSession,
+    responses(
+        (status = 201, description = "Signed in, with `Set-Cookie: kiln_session=…`", body = DashboardSession),
+        (status = 401, description = "Not signed in:\n- `unauthorized`: a token that is not valid or was revoked", body = super::openapi::ApiError),
+        (status = 403, description = "Refused:\n- `cross_origin_refused`\n- `sign_in_code_invalid`\n- `forbidden`", body = super::openapi::ApiError),
+        (status = 404, description = "Not found:\n- `organization_not_found`", body = super::openapi::ApiError),
+        (status = 422, description = "Invalid content:\n- `invalid_sign_in`: neither or both of `code` and `token`", body = super::openapi::ApiError),
+    ),
+)]
 pub async fn create_session(
     req: HttpRequest,
     kiln: web::Data<Kiln>,
@@ -124,6 +168,10 @@ pub async fn create_session(
 }
 
 /// `GET /v1/dashboard/session`: who the caller is, and until when.
+#[utoipa::path(
+    get, path = "/v1/dashboard/session", tag = "dashboard",
+    responses((status = 200, description = "Who the caller is (`Cache-Control: no-store`)", body = DashboardSession)),
+)]
 pub async fn get_session(req: HttpRequest, kiln: web::Data<Kiln>, caller: Caller) -> AppResult<HttpResponse> {
     let session = match auth::session_hash(&req) {
         Some(hash) => kiln.db.read(move |c| queries::web_session_by_hash(c, &hash, crate::util::now_ms())).await?,
@@ -131,16 +179,28 @@ pub async fn get_session(req: HttpRequest, kiln: web::Data<Kiln>, caller: Caller
     };
     let body = match (&session, &caller) {
         (Some(s), _) => view(s),
-        (None, Caller::Admin) => json!({"admin": true, "organization": null, "token": null, "expires_at": null, "cookie": false}),
-        (None, Caller::Organization(org)) => {
-            json!({"admin": false, "organization": org, "token": auth::token_id(&req), "expires_at": null, "cookie": false})
-        }
+        (None, Caller::Admin) => DashboardSession { admin: true, organization: None, token: None, expires_at: None, cookie: false },
+        (None, Caller::Organization(org)) => DashboardSession {
+            admin: false,
+            organization: Some(org.clone()),
+            token: auth::token_id(&req),
+            expires_at: None,
+            cookie: false,
+        },
     };
     Ok(HttpResponse::Ok().insert_header((header::CACHE_CONTROL, "no-store")).json(body))
 }
 
 /// `DELETE /v1/dashboard/session`: signs out. The row is deleted, the
 /// session's WebSockets are closed (4003) and the cookie is cleared.
+#[utoipa::path(
+    delete, path = "/v1/dashboard/session", tag = "dashboard",
+    responses(
+        (status = 204, description = "Signed out; the cookie is cleared"),
+        (status = 403, description = "Refused:\n- `cross_origin_refused`", body = super::openapi::ApiError),
+        (status = 422, description = "Invalid content:\n- `no_dashboard_session`: the request used a bearer token", body = super::openapi::ApiError),
+    ),
+)]
 pub async fn delete_session(req: HttpRequest, kiln: web::Data<Kiln>) -> AppResult<HttpResponse> {
     let Some(hash) = auth::session_hash(&req) else {
         return Err(AppError::invalid("no_dashboard_session", "this request did not use a dashboard session: there is nothing to sign out of"));
@@ -195,14 +255,14 @@ fn session_ttl_ms(kiln: &Kiln) -> i64 {
     i64::try_from(kiln.config.dashboard.session_ttl_secs.saturating_mul(1000)).unwrap_or(i64::MAX / 2)
 }
 
-fn view(session: &WebSession) -> serde_json::Value {
-    json!({
-        "admin": session.token_id.is_none(),
-        "organization": session.organization,
-        "token": session.token_id,
-        "expires_at": session.expires_at,
-        "cookie": true,
-    })
+fn view(session: &WebSession) -> DashboardSession {
+    DashboardSession {
+        admin: session.token_id.is_none(),
+        organization: Some(session.organization.clone()),
+        token: session.token_id.clone(),
+        expires_at: Some(session.expires_at),
+        cookie: true,
+    }
 }
 
 fn secure(req: &HttpRequest) -> &'static str {

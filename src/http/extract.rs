@@ -142,7 +142,9 @@ impl<T: DeserializeOwned> FromRequest for Query<T> {
 /// Middleware: a query string reaches only a route that reads one.
 ///
 /// Only `GET` routes take query parameters. A query string on any other method is
-/// refused before routing, so nothing is changed. A `GET` route that did not read
+/// refused before routing when a route would run for that method and path, so
+/// nothing is changed; when none would, routing answers (404, or 405 with
+/// `Allow`) and runs nothing. A `GET` route that did not read
 /// the query (it takes no [`Query`]) has its answer replaced with the same 400:
 /// reads change nothing, so the order documented in api.md holds (a bad query
 /// beats 403, 404 and the rest). Unknown paths and wrong methods keep their 404
@@ -156,6 +158,9 @@ pub async fn query_rule(
         return next.call(req).await.map(ServiceResponse::map_into_left_body);
     }
     if !matches!(*req.method(), Method::GET | Method::HEAD) {
+        if !super::openapi::has_operation(req.method(), req.path()) {
+            return next.call(req).await.map(ServiceResponse::map_into_left_body);
+        }
         let err = no_query_here(req.method(), req.path(), &query);
         return Ok(req.into_response(err.error_response()).map_into_right_body());
     }
@@ -375,6 +380,10 @@ impl<'de> de::Deserializer<'de> for Strict<'_> {
             Value::Number(n) => match (n.as_u64(), n.as_i64(), n.as_f64()) {
                 (Some(u), _, _) => visitor.visit_u64(u),
                 (None, Some(i), _) => visitor.visit_i64(i),
+                // JSON has one number type: `5.0` is the integer 5 (as JSON Schema
+                // says), so an integer field takes it. A fraction stays a float.
+                (None, None, Some(f)) if f.fract() == 0.0 && f >= 0.0 && f < u64::MAX as f64 => visitor.visit_u64(f as u64),
+                (None, None, Some(f)) if f.fract() == 0.0 && f >= i64::MIN as f64 && f < 0.0 => visitor.visit_i64(f as i64),
                 (None, None, Some(f)) => visitor.visit_f64(f),
                 (None, None, None) => Err(de::Error::invalid_type(de::Unexpected::Other("number"), &visitor)),
             },

@@ -9,6 +9,7 @@ pub mod dashboard;
 pub mod dto;
 pub mod events;
 pub mod extract;
+pub mod openapi;
 pub mod organizations;
 pub mod repos;
 pub mod sessions;
@@ -36,14 +37,15 @@ use crate::validate;
 pub fn configure(cfg: &mut web::ServiceConfig, max_body: usize) {
     cfg.app_data(extract::BodyLimit(max_body))
         .app_data(web::PathConfig::default().error_handler(|err, _| path_error(err).into()))
-        .route("/v1/health", web::get().to(admin::health))
+        .service(web::resource("/v1/health").route(web::get().to(admin::health)))
+        .service(web::resource("/v1/openapi.json").route(web::get().to(openapi::serve)))
         .service(
             web::resource("/v1/webhooks/github")
                 // GitHub sends payloads up to 25 MB; pull request events are far smaller.
                 .app_data(extract::BodyLimit(5 * 1024 * 1024))
                 .route(web::post().to(webhooks::github)),
         )
-        .route("/metrics", web::get().to(admin::metrics))
+        .service(web::resource("/metrics").route(web::get().to(admin::metrics)))
         .service(web::resource("/v1/dashboard/codes").route(web::post().to(dashboard::create_code)))
         .service(web::resource(dashboard::SESSIONS_PATH).route(web::post().to(dashboard::create_session)))
         .service(
@@ -112,18 +114,20 @@ pub fn configure(cfg: &mut web::ServiceConfig, max_body: usize) {
         )
         .service(
             web::scope("/admin")
-                .route("/actors", web::get().to(admin::actors))
-                .route("/config", web::get().to(admin::config))
-                .route("/db/checkpoint", web::post().to(admin::checkpoint))
-                .route("/db/backup", web::post().to(admin::backup))
-                .route("/pollers", web::get().to(admin::pollers))
-                .route("/pollers/{key:.+}/{op}", web::post().to(admin::poller_control)),
+                .service(web::resource("/actors").route(web::get().to(admin::actors)))
+                .service(web::resource("/config").route(web::get().to(admin::config)))
+                .service(web::resource("/db/checkpoint").route(web::post().to(admin::checkpoint)))
+                .service(web::resource("/db/backup").route(web::post().to(admin::backup)))
+                .service(web::resource("/pollers").route(web::get().to(admin::pollers)))
+                .service(web::resource("/pollers/{key:.+}/{op}").route(web::post().to(admin::poller_control))),
         );
 }
 
 /// Rewrites every error answer that is not already our JSON (actix's own 404,
 /// 405, 413 and 400s, and anything a future route lets through) into the JSON
-/// error shape, keeping its status. No response is ever `text/plain`.
+/// error shape, keeping its status. No response is ever `text/plain`. A 405
+/// says in `Allow` which methods the path takes, as the OpenAPI document lists
+/// them (RFC 9110).
 pub fn json_error_pages<B: MessageBody + 'static>() -> ErrorHandlers<B> {
     ErrorHandlers::new().default_handler(rewrite_plain::<B>)
 }
@@ -150,9 +154,16 @@ fn rewrite_plain<B: MessageBody + 'static>(res: ServiceResponse<B>) -> actix_web
         }
         s => AppError::bad_request("bad_request", format!("the request was refused ({s})")),
     };
+    let allow = (status == StatusCode::METHOD_NOT_ALLOWED)
+        .then(|| res.request().match_pattern())
+        .flatten()
+        .and_then(|pattern| openapi::allowed_methods(&pattern));
     let (req, _) = res.into_parts();
     let mut body: HttpResponse<BoxBody> = err.error_response();
     *body.status_mut() = status;
+    if let Some(allow) = allow.and_then(|a| actix_web::http::header::HeaderValue::from_str(&a).ok()) {
+        body.headers_mut().insert(actix_web::http::header::ALLOW, allow);
+    }
     Ok(ErrorHandlerResponse::Response(ServiceResponse::new(req, body).map_into_right_body::<B>()))
 }
 

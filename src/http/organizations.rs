@@ -5,6 +5,7 @@ use serde_json::json;
 
 use super::auth::Caller;
 use super::dto;
+use super::openapi::{ApiError, OrgPath};
 use super::extract::Json;
 use super::organization_or_404;
 use crate::actors::organization::{
@@ -12,20 +13,35 @@ use crate::actors::organization::{
     UpdateOrganization, PROVIDERS,
 };
 use crate::actors::Kiln;
+use crate::db::models::{ApiToken, Organization};
 use crate::db::queries;
 use crate::error::{AppError, AppResult};
 use crate::validate;
 
 /// Lists the organizations the caller can see: all for the admin, its own for an
 /// organization token.
+#[utoipa::path(
+    get, path = "/v1/organizations", tag = "organizations",
+    responses((status = 200, description = "All organizations for the admin; its own for an organization token", body = dto::Items<Organization>)),
+)]
 pub async fn list(kiln: web::Data<Kiln>, caller: Caller) -> AppResult<HttpResponse> {
     let mut orgs = kiln.db.read(queries::organizations_list).await?;
     if let Caller::Organization(own) = &caller {
         orgs.retain(|o| &o.name == own);
     }
-    Ok(HttpResponse::Ok().json(json!({ "items": orgs })))
+    Ok(HttpResponse::Ok().json(dto::Items { items: orgs }))
 }
 
+/// Creates an organization (admin only).
+#[utoipa::path(
+    post, path = "/v1/organizations", tag = "organizations",
+    request_body = dto::CreateOrganization,
+    responses(
+        (status = 201, description = "Created", body = Organization),
+        (status = 409, description = "Conflict:\n- `organization_exists`", body = ApiError),
+        (status = 422, description = "Invalid content:\n- `invalid_name`\n- `invalid_display_name`", body = ApiError),
+    ),
+)]
 pub async fn create(
     kiln: web::Data<Kiln>,
     caller: Caller,
@@ -41,12 +57,25 @@ pub async fn create(
     Ok(HttpResponse::Created().json(row))
 }
 
+#[utoipa::path(
+    get, path = "/v1/organizations/{org}", tag = "organizations", params(OrgPath),
+    responses((status = 200, description = "The organization", body = Organization), (status = 404, description = "Not found:\n- `organization_not_found`", body = ApiError)),
+)]
 pub async fn get(kiln: web::Data<Kiln>, caller: Caller, path: web::Path<String>) -> AppResult<HttpResponse> {
     let org = path.into_inner();
     caller.require_org(&org)?;
     Ok(HttpResponse::Ok().json(organization_or_404(&kiln, &org).await?))
 }
 
+/// Renames the organization's display name.
+#[utoipa::path(
+    patch, path = "/v1/organizations/{org}", tag = "organizations", params(OrgPath),
+    request_body = dto::UpdateOrganization,
+    responses(
+        (status = 200, description = "Updated", body = Organization), (status = 404, description = "Not found:\n- `organization_not_found`", body = ApiError),
+        (status = 422, description = "Invalid content:\n- `invalid_display_name`", body = ApiError),
+    ),
+)]
 pub async fn update(
     kiln: web::Data<Kiln>,
     caller: Caller,
@@ -56,14 +85,26 @@ pub async fn update(
     let org = path.into_inner();
     caller.require_org(&org)?;
     organization_or_404(&kiln, &org).await?;
-    let display_name = body.into_inner().display_name.trim().to_string();
-    if display_name.is_empty() || display_name.chars().count() > 200 {
+    // The limits the document states: at most 200 characters as sent, and some
+    // beyond ASCII white space (which is trimmed off).
+    let sent = body.into_inner().display_name;
+    let display_name = sent.trim_matches(|c: char| c.is_ascii_whitespace()).to_string();
+    if display_name.is_empty() || sent.chars().count() > 200 {
         return Err(AppError::invalid("invalid_display_name", "display_name must be 1-200 characters"));
     }
     let row = kiln.organization(&org).send(UpdateOrganization { display_name }).await??;
     Ok(HttpResponse::Ok().json(row))
 }
 
+/// Deletes the organization and everything in it (admin only); its tokens' open
+/// connections close with 4004.
+#[utoipa::path(
+    delete, path = "/v1/organizations/{org}", tag = "organizations", params(OrgPath),
+    responses(
+        (status = 204, description = "Deleted"), (status = 404, description = "Not found:\n- `organization_not_found`", body = ApiError),
+        (status = 409, description = "Conflict:\n- `organization_not_empty`: it still has repositories (delete them first)", body = ApiError),
+    ),
+)]
 pub async fn delete(kiln: web::Data<Kiln>, caller: Caller, path: web::Path<String>) -> AppResult<HttpResponse> {
     let org = path.into_inner();
     caller.require_admin()?;
@@ -73,6 +114,14 @@ pub async fn delete(kiln: web::Data<Kiln>, caller: Caller, path: web::Path<Strin
 }
 
 /// Reads a provider profile: its config and the names of its secrets.
+#[utoipa::path(
+    get, path = "/v1/organizations/{org}/providers/{provider}", tag = "organizations",
+    params(OrgPath, ("provider" = String, Path, description = "`worktree`, `daytona` or `github`")),
+    responses(
+        (status = 200, description = "The profile (empty when never set)", body = ProviderProfileView),
+        (status = 404, description = "Not found:\n- `organization_not_found`\n- `provider_not_found`", body = ApiError),
+    ),
+)]
 pub async fn get_provider(
     kiln: web::Data<Kiln>,
     caller: Caller,
@@ -91,6 +140,18 @@ pub async fn get_provider(
     Ok(HttpResponse::Ok().json(view))
 }
 
+/// Stores a provider profile: `config` replaces the old one; `secrets` are merged
+/// name by name (`null` removes one) and never read back.
+#[utoipa::path(
+    put, path = "/v1/organizations/{org}/providers/{provider}", tag = "organizations",
+    params(OrgPath, ("provider" = String, Path, description = "`worktree`, `daytona` or `github`")),
+    request_body = dto::PutProviderProfile,
+    responses(
+        (status = 200, description = "The stored profile", body = ProviderProfileView),
+        (status = 404, description = "Not found:\n- `organization_not_found`\n- `provider_not_found`", body = ApiError),
+        (status = 422, description = "Invalid content:\n- `invalid_secret`: a value that is not a string or null, or a name that is not an environment variable name\n- `invalid_provider_config`: settings the provider does not take (`worktree` takes none)", body = ApiError),
+    ),
+)]
 pub async fn put_provider(
     kiln: web::Data<Kiln>,
     caller: Caller,
@@ -147,15 +208,28 @@ fn known_provider(provider: &str) -> AppResult<()> {
     }
 }
 
+/// The organization's tokens, revoked ones included (admin only). Never the secrets.
+#[utoipa::path(
+    get, path = "/v1/organizations/{org}/tokens", tag = "organizations", params(OrgPath),
+    responses((status = 200, description = "The tokens", body = dto::Items<ApiToken>), (status = 404, description = "Not found:\n- `organization_not_found`", body = ApiError)),
+)]
 pub async fn list_tokens(kiln: web::Data<Kiln>, caller: Caller, path: web::Path<String>) -> AppResult<HttpResponse> {
     let org = path.into_inner();
     caller.require_admin()?;
     organization_or_404(&kiln, &org).await?;
     let tokens = kiln.db.read(move |c| queries::tokens_list(c, &org)).await?;
-    Ok(HttpResponse::Ok().json(json!({ "items": tokens })))
+    Ok(HttpResponse::Ok().json(dto::Items { items: tokens }))
 }
 
 /// Creates a token; the secret is in this answer and nowhere else.
+#[utoipa::path(
+    post, path = "/v1/organizations/{org}/tokens", tag = "organizations", params(OrgPath),
+    request_body = dto::CreateToken,
+    responses(
+        (status = 201, description = "Created; `token` is shown this once", body = dto::CreatedToken), (status = 404, description = "Not found:\n- `organization_not_found`", body = ApiError),
+        (status = 422, description = "Invalid content:\n- `invalid_token_name`", body = ApiError),
+    ),
+)]
 pub async fn create_token(
     kiln: web::Data<Kiln>,
     caller: Caller,
@@ -165,16 +239,25 @@ pub async fn create_token(
     let org = path.into_inner();
     caller.require_admin()?;
     organization_or_404(&kiln, &org).await?;
-    let name = body.into_inner().name.trim().to_string();
-    if name.is_empty() || name.len() > 100 {
+    let sent = body.into_inner().name;
+    let name = sent.trim_matches(|c: char| c.is_ascii_whitespace()).to_string();
+    if name.is_empty() || sent.chars().count() > 100 {
         return Err(AppError::invalid("invalid_token_name", "a token name must be 1-100 characters"));
     }
     let (row, secret) = kiln.organization(&org).send(CreateToken { name }).await??;
-    let mut value = serde_json::to_value(&row).map_err(AppError::internal)?;
-    value["token"] = json!(secret);
-    Ok(HttpResponse::Created().json(value))
+    Ok(HttpResponse::Created().json(dto::CreatedToken { row, token: secret }))
 }
 
+/// Revokes a token (admin only): it stops working at once, and its open
+/// WebSockets close with 4001. Revoking a revoked token answers it as it is.
+#[utoipa::path(
+    delete, path = "/v1/organizations/{org}/tokens/{token}", tag = "organizations",
+    params(OrgPath, ("token" = String, Path, description = "The token's id")),
+    responses(
+        (status = 200, description = "The revoked token", body = ApiToken),
+        (status = 404, description = "Not found:\n- `organization_not_found`\n- `token_not_found`", body = ApiError),
+    ),
+)]
 pub async fn revoke_token(
     kiln: web::Data<Kiln>,
     caller: Caller,

@@ -1,28 +1,50 @@
 //! `/v1/organizations/{org}/repos`: register, list, read and delete repositories.
 
 use actix_web::{web, HttpResponse};
-use serde_json::json;
 
 use super::auth::Caller;
 use super::dto;
+use super::openapi::{ApiError, OrgPath, RepoPath};
 use super::extract::Json;
 use super::organization_or_404;
 use crate::actors::repository::{derive_name, DeleteRepo, RegisterRepo, Registrant, SetRepoSettings, SetRepoSetup, Source};
 use crate::actors::Kiln;
-use crate::db::models::Repo;
+use crate::db::models::{Branch, PullRequest, Repo, RepoSettings};
 use crate::db::queries;
 use crate::error::{AppError, AppResult};
 use crate::validate;
 
+/// The organization's repositories, by name.
+#[utoipa::path(
+    get, path = "/v1/organizations/{org}/repos", tag = "repos", params(OrgPath),
+    responses(
+        (status = 200, description = "The repositories", body = dto::Items<Repo>),
+        (status = 404, description = "Not found:\n- `organization_not_found`", body = ApiError),
+    ),
+)]
 pub async fn list(kiln: web::Data<Kiln>, caller: Caller, path: web::Path<String>) -> AppResult<HttpResponse> {
     let org = path.into_inner();
     caller.require_org(&org)?;
     organization_or_404(&kiln, &org).await?;
     let repos = kiln.db.read(move |c| queries::repos_list(c, &org)).await?;
-    Ok(HttpResponse::Ok().json(json!({ "items": repos })))
+    Ok(HttpResponse::Ok().json(dto::Items { items: repos }))
 }
 
 /// Registers a repository: 201 when cloned now, 200 when it was already there.
+/// Which sources are accepted, and from whom, is in docs/api.md.
+#[utoipa::path(
+    post, path = "/v1/organizations/{org}/repos", tag = "repos", params(OrgPath),
+    request_body = dto::CreateRepo,
+    responses(
+        (status = 200, description = "Already registered with this very source", body = Repo),
+        (status = 201, description = "Cloned now", body = Repo),
+        (status = 403, description = "Refused:\n- `local_path_refused`: a local path this caller may not register", body = ApiError),
+        (status = 404, description = "Not found:\n- `organization_not_found`", body = ApiError),
+        (status = 409, description = "Conflict:\n- `repo_name_taken`\n- `repo_already_registered`", body = ApiError),
+        (status = 422, description = "Invalid content:\n- `invalid_source`\n- `unsupported_source`\n- `invalid_name`\n- `repo_path_not_found`\n- `not_a_git_repository`\n- `repo_unreachable`\n- `clone_failed`", body = ApiError),
+        (status = 503, description = "Unavailable:\n- `git_missing`", body = ApiError),
+    ),
+)]
 pub async fn create(
     kiln: web::Data<Kiln>,
     caller: Caller,
@@ -50,6 +72,10 @@ pub async fn repo_or_404(kiln: &Kiln, org: &str, name: &str) -> AppResult<Repo> 
     kiln.db.read(move |c| queries::repo_by_name(c, &o, &n)).await?.ok_or_else(missing)
 }
 
+#[utoipa::path(
+    get, path = "/v1/organizations/{org}/repos/{repo}", tag = "repos", params(RepoPath),
+    responses((status = 200, description = "The repository", body = Repo), (status = 404, description = "Not found:\n- `repo_not_found` (also when the organization does not exist)", body = ApiError)),
+)]
 pub async fn get(kiln: web::Data<Kiln>, caller: Caller, path: web::Path<(String, String)>) -> AppResult<HttpResponse> {
     let (org, name) = path.into_inner();
     caller.require_org(&org)?;
@@ -57,6 +83,13 @@ pub async fn get(kiln: web::Data<Kiln>, caller: Caller, path: web::Path<(String,
 }
 
 /// Deletes a repository with no active tasks.
+#[utoipa::path(
+    delete, path = "/v1/organizations/{org}/repos/{repo}", tag = "repos", params(RepoPath),
+    responses(
+        (status = 204, description = "Deleted"), (status = 404, description = "Not found:\n- `repo_not_found` (also when the organization does not exist)", body = ApiError),
+        (status = 409, description = "Conflict:\n- `repo_has_active_tasks`", body = ApiError),
+    ),
+)]
 pub async fn delete(kiln: web::Data<Kiln>, caller: Caller, path: web::Path<(String, String)>) -> AppResult<HttpResponse> {
     let (org, name) = path.into_inner();
     caller.require_org(&org)?;
@@ -68,6 +101,14 @@ pub async fn delete(kiln: web::Data<Kiln>, caller: Caller, path: web::Path<(Stri
 
 /// Replaces the repository's setup step: shell commands run in each new task's
 /// terminal before the agent, and untracked files copied from the source checkout.
+#[utoipa::path(
+    put, path = "/v1/organizations/{org}/repos/{repo}/setup", tag = "repos", params(RepoPath),
+    request_body = dto::RepoSetup,
+    responses(
+        (status = 200, description = "The repository with its new setup", body = Repo), (status = 404, description = "Not found:\n- `repo_not_found` (also when the organization does not exist)", body = ApiError),
+        (status = 422, description = "Invalid content:\n- `invalid_setup`", body = ApiError),
+    ),
+)]
 pub async fn put_setup(
     kiln: web::Data<Kiln>,
     caller: Caller,
@@ -101,11 +142,19 @@ pub async fn put_setup(
 
 /// Replaces the repository's settings: its GitHub `owner/name` (when the source
 /// URL does not say it), `keep_after_merge`, and the automation switches.
+#[utoipa::path(
+    put, path = "/v1/organizations/{org}/repos/{repo}/settings", tag = "repos", params(RepoPath),
+    request_body = RepoSettings,
+    responses(
+        (status = 200, description = "The repository with its new settings", body = Repo), (status = 404, description = "Not found:\n- `repo_not_found` (also when the organization does not exist)", body = ApiError),
+        (status = 422, description = "Invalid content:\n- `invalid_settings`", body = ApiError),
+    ),
+)]
 pub async fn put_settings(
     kiln: web::Data<Kiln>,
     caller: Caller,
     path: web::Path<(String, String)>,
-    body: Json<crate::db::models::RepoSettings>,
+    body: Json<RepoSettings>,
 ) -> AppResult<HttpResponse> {
     let (org, name) = path.into_inner();
     caller.require_org(&org)?;
@@ -127,19 +176,27 @@ pub async fn put_settings(
 }
 
 /// The branch snapshot the BranchSyncPoller keeps.
+#[utoipa::path(
+    get, path = "/v1/organizations/{org}/repos/{repo}/branches", tag = "repos", params(RepoPath),
+    responses((status = 200, description = "The branches, by name", body = dto::Items<Branch>), (status = 404, description = "Not found:\n- `repo_not_found` (also when the organization does not exist)", body = ApiError)),
+)]
 pub async fn branches(kiln: web::Data<Kiln>, caller: Caller, path: web::Path<(String, String)>) -> AppResult<HttpResponse> {
     let (org, name) = path.into_inner();
     caller.require_org(&org)?;
     let repo = repo_or_404(&kiln, &org, &name).await?;
     let rows = kiln.db.read(move |c| queries::branches_list(c, repo.id)).await?;
-    Ok(HttpResponse::Ok().json(json!({ "items": rows })))
+    Ok(HttpResponse::Ok().json(dto::Items { items: rows }))
 }
 
 /// The pull-request cache the PrSyncPoller keeps.
+#[utoipa::path(
+    get, path = "/v1/organizations/{org}/repos/{repo}/pulls", tag = "repos", params(RepoPath),
+    responses((status = 200, description = "The pull requests, highest number first", body = dto::Items<PullRequest>), (status = 404, description = "Not found:\n- `repo_not_found` (also when the organization does not exist)", body = ApiError)),
+)]
 pub async fn pulls(kiln: web::Data<Kiln>, caller: Caller, path: web::Path<(String, String)>) -> AppResult<HttpResponse> {
     let (org, name) = path.into_inner();
     caller.require_org(&org)?;
     let repo = repo_or_404(&kiln, &org, &name).await?;
     let rows = kiln.db.read(move |c| queries::pulls_list(c, repo.id)).await?;
-    Ok(HttpResponse::Ok().json(json!({ "items": rows })))
+    Ok(HttpResponse::Ok().json(dto::Items { items: rows }))
 }

@@ -4,13 +4,14 @@
 
 use actix_web::{web, HttpResponse};
 use serde::Serialize;
-use serde_json::json;
+use utoipa::ToSchema;
 
 use super::auth::Caller;
 use super::dto;
+use super::openapi::{ApiError, SessionPath, TaskPath};
 use super::extract::Json;
 use super::tasks::task_or_404;
-use crate::actors::session::{self, view::SessionView, AnswerPermission, Cancel, CloseSession, OpenSession, Prompt};
+use crate::actors::session::{self, view::SessionView, PromptAccepted, AnswerPermission, Cancel, CloseSession, OpenSession, Prompt};
 use crate::actors::task::CreateSession;
 use crate::actors::Kiln;
 use crate::db::models::{Task, TaskSession};
@@ -18,19 +19,27 @@ use crate::db::queries;
 use crate::error::{AppError, AppResult};
 use crate::util::random_hex;
 
-/// Longest accepted prompt, in bytes.
+/// Longest accepted prompt, in characters (as the document says).
 const MAX_PROMPT: usize = 128 * 1024;
 
 /// A session as the API shows it: its row plus what the journal says now.
-#[derive(Serialize)]
-struct SessionDetail {
+#[derive(Serialize, ToSchema)]
+pub struct SessionDetail {
     #[serde(flatten)]
     session: TaskSession,
     /// A prompt is in flight (its `session/prompt` request id).
+    #[schema(value_type = Option<Object>)]
     prompt_in_flight: Option<serde_json::Value>,
     pending_permissions: Vec<session::view::PendingPermission>,
     /// The journal's last cursor.
     seq: u64,
+}
+
+/// `GET …/sessions/{session}/transcript`: the row and the folded journal.
+#[derive(Serialize, ToSchema)]
+pub struct Transcript {
+    session: TaskSession,
+    transcript: SessionView,
 }
 
 fn detail(session: TaskSession, view: &SessionView) -> SessionDetail {
@@ -90,6 +99,18 @@ async fn session_row_or_404(kiln: &Kiln, org: &str, task: &str, id: &str) -> App
     Ok((task, repo, row))
 }
 
+/// Opens an ACP session with the task's agent.
+#[utoipa::path(
+    post, path = "/v1/organizations/{org}/tasks/{task}/sessions", tag = "sessions", params(TaskPath),
+    request_body = dto::CreateSession,
+    responses(
+        (status = 201, description = "Opened (or `closed` with `last_error` when the agent could not start)", body = SessionDetail),
+        (status = 404, description = "Not found:\n- `task_not_found`", body = ApiError),
+        (status = 409, description = "Not in this state:\n- `task_not_active`: the task is not `running` or `idle`", body = ApiError),
+        (status = 422, description = "Invalid content:\n- `agent_required`\n- `invalid_session`\n- `unsupported_agent`\n- `sandbox_agent_missing`", body = ApiError),
+        (status = 502, description = "The agent failed (the session is left `closed`, with the cause in `last_error`):\n- `agent_error`\n- `agent_timeout`\n- `agent_exited`\n- `sandbox_agent_error`", body = ApiError),
+    ),
+)]
 pub async fn create(
     kiln: web::Data<Kiln>,
     caller: Caller,
@@ -110,15 +131,24 @@ pub async fn create(
     Ok(HttpResponse::Created().json(detail(row, &view)))
 }
 
+/// The task's sessions, oldest first.
+#[utoipa::path(
+    get, path = "/v1/organizations/{org}/tasks/{task}/sessions", tag = "sessions", params(TaskPath),
+    responses((status = 200, description = "The sessions", body = dto::Items<TaskSession>), (status = 404, description = "Not found:\n- `task_not_found` (also when the organization does not exist)", body = ApiError)),
+)]
 pub async fn list(kiln: web::Data<Kiln>, caller: Caller, path: web::Path<(String, String)>) -> AppResult<HttpResponse> {
     let (org, id) = path.into_inner();
     caller.require_org(&org)?;
     let (task, _) = task_or_404(&kiln, &org, &id).await?;
     let t = task.id.clone();
     let rows = kiln.db.read(move |c| queries::task_sessions(c, &t)).await?;
-    Ok(HttpResponse::Ok().json(json!({ "items": rows })))
+    Ok(HttpResponse::Ok().json(dto::Items { items: rows }))
 }
 
+#[utoipa::path(
+    get, path = "/v1/organizations/{org}/tasks/{task}/sessions/{session}", tag = "sessions", params(SessionPath),
+    responses((status = 200, description = "The session", body = SessionDetail), (status = 404, description = "Not found:\n- `task_not_found`\n- `session_not_found`", body = ApiError)),
+)]
 pub async fn get(kiln: web::Data<Kiln>, caller: Caller, path: web::Path<(String, String, String)>) -> AppResult<HttpResponse> {
     let (org, task, sid) = path.into_inner();
     caller.require_org(&org)?;
@@ -126,6 +156,11 @@ pub async fn get(kiln: web::Data<Kiln>, caller: Caller, path: web::Path<(String,
     Ok(HttpResponse::Ok().json(detail(row, &view)))
 }
 
+/// The session's transcript, folded from its journal.
+#[utoipa::path(
+    get, path = "/v1/organizations/{org}/tasks/{task}/sessions/{session}/transcript", tag = "sessions", params(SessionPath),
+    responses((status = 200, description = "The transcript", body = Transcript), (status = 404, description = "Not found:\n- `task_not_found`\n- `session_not_found`", body = ApiError)),
+)]
 pub async fn transcript(
     kiln: web::Data<Kiln>,
     caller: Caller,
@@ -134,9 +169,20 @@ pub async fn transcript(
     let (org, task, sid) = path.into_inner();
     caller.require_org(&org)?;
     let (_, _, row, view) = session_or_404(&kiln, &org, &task, &sid).await?;
-    Ok(HttpResponse::Ok().json(json!({ "session": row, "transcript": view })))
+    Ok(HttpResponse::Ok().json(Transcript { session: row, transcript: view }))
 }
 
+/// Sends a prompt; the turn runs on (follow the session's events).
+#[utoipa::path(
+    post, path = "/v1/organizations/{org}/tasks/{task}/sessions/{session}/prompt", tag = "sessions", params(SessionPath),
+    request_body = dto::SessionPrompt,
+    responses(
+        (status = 202, description = "Accepted", body = PromptAccepted), (status = 404, description = "Not found:\n- `task_not_found`\n- `session_not_found`", body = ApiError),
+        (status = 409, description = "Not in this state:\n- `turn_in_progress`\n- `session_closed`\n- `session_starting`", body = ApiError),
+        (status = 422, description = "Invalid content:\n- `invalid_prompt`", body = ApiError),
+        (status = 502, description = "The agent failed:\n- `restore_failed`\n- `agent_error`\n- `agent_timeout`\n- `agent_exited`\n- `sandbox_agent_error`", body = ApiError),
+    ),
+)]
 pub async fn prompt(
     kiln: web::Data<Kiln>,
     caller: Caller,
@@ -146,17 +192,26 @@ pub async fn prompt(
     let (org, task, sid) = path.into_inner();
     caller.require_org(&org)?;
     let text = body.into_inner().text;
-    if text.trim().is_empty() {
+    if text.trim_matches(|c: char| c.is_ascii_whitespace()).is_empty() {
         return Err(AppError::invalid("invalid_prompt", "the prompt is empty: send {\"text\": \"...\"}"));
     }
-    if text.len() > MAX_PROMPT {
-        return Err(AppError::invalid("invalid_prompt", format!("the prompt is longer than {MAX_PROMPT} bytes")));
+    if text.chars().count() > MAX_PROMPT {
+        return Err(AppError::invalid("invalid_prompt", format!("the prompt is longer than {MAX_PROMPT} characters")));
     }
     let (task, repo, _) = session_row_or_404(&kiln, &org, &task, &sid).await?;
     let accepted = ask(&kiln, &org, &repo, &task.id, &sid, Prompt { text }).await?;
     Ok(HttpResponse::Accepted().json(accepted))
 }
 
+/// Cancels the turn in flight, and every pending permission request with it.
+#[utoipa::path(
+    post, path = "/v1/organizations/{org}/tasks/{task}/sessions/{session}/cancel", tag = "sessions", params(SessionPath),
+    responses(
+        (status = 202, description = "Cancelled", body = dto::Cancelled), (status = 404, description = "Not found:\n- `task_not_found`\n- `session_not_found`", body = ApiError),
+        (status = 409, description = "Not in this state:\n- `no_turn`\n- `session_not_open`", body = ApiError),
+        (status = 502, description = "The agent failed:\n- `agent_error`\n- `agent_timeout`\n- `agent_exited`\n- `sandbox_agent_error`", body = ApiError),
+    ),
+)]
 pub async fn cancel(kiln: web::Data<Kiln>, caller: Caller, path: web::Path<(String, String, String)>) -> AppResult<HttpResponse> {
     let (org, task, sid) = path.into_inner();
     caller.require_org(&org)?;
@@ -165,6 +220,19 @@ pub async fn cancel(kiln: web::Data<Kiln>, caller: Caller, path: web::Path<(Stri
     Ok(HttpResponse::Accepted().json(outcome))
 }
 
+/// Answers a pending permission request: an option, or `cancelled`.
+#[utoipa::path(
+    post, path = "/v1/organizations/{org}/tasks/{task}/sessions/{session}/permissions/{request}", tag = "sessions",
+    params(SessionPath, ("request" = String, Path, description = "The request's id as the session shows it")),
+    request_body = dto::PermissionAnswer,
+    responses(
+        (status = 202, description = "Answered", body = dto::PermissionAnswered),
+        (status = 404, description = "Not found:\n- `task_not_found`\n- `session_not_found`\n- `permission_not_found`", body = ApiError),
+        (status = 409, description = "Not in this state:\n- `session_not_open`", body = ApiError),
+        (status = 422, description = "Invalid content:\n- `invalid_answer`\n- `unknown_option`", body = ApiError),
+        (status = 502, description = "The agent failed:\n- `agent_error`\n- `agent_timeout`\n- `agent_exited`\n- `sandbox_agent_error`", body = ApiError),
+    ),
+)]
 pub async fn answer_permission(
     kiln: web::Data<Kiln>,
     caller: Caller,
@@ -189,6 +257,11 @@ pub async fn answer_permission(
     Ok(HttpResponse::Accepted().json(outcome))
 }
 
+/// Closes the session; closing a closed one answers it as it is.
+#[utoipa::path(
+    delete, path = "/v1/organizations/{org}/tasks/{task}/sessions/{session}", tag = "sessions", params(SessionPath),
+    responses((status = 200, description = "Closed", body = TaskSession), (status = 404, description = "Not found:\n- `task_not_found`\n- `session_not_found`", body = ApiError)),
+)]
 pub async fn close(kiln: web::Data<Kiln>, caller: Caller, path: web::Path<(String, String, String)>) -> AppResult<HttpResponse> {
     let (org, task, sid) = path.into_inner();
     caller.require_org(&org)?;

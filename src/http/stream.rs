@@ -27,6 +27,7 @@ use actix_web_actors::ws;
 
 use super::auth::{self, Caller};
 use super::dto;
+use super::openapi::{ApiError, OrgPath};
 use super::extract::Query;
 use super::organization_or_404;
 use crate::actors::connections::{CloseRevoked, Ticket};
@@ -38,6 +39,21 @@ use crate::error::{AppError, AppResult};
 /// Events read from the database per replay step.
 const REPLAY_PAGE: i64 = 1000;
 
+/// The live event stream over a WebSocket.
+///
+/// Each text frame is one event as JSON (the `Event` schema): first the history
+/// after `since` (when given), then live events, with no gap and no duplicate.
+/// Close codes: 1013 for a client that fell behind (the reason names the `since`
+/// to resume from), 4001 when the token is revoked, 4004 when the organization
+/// is deleted.
+#[utoipa::path(
+    get, path = "/v1/organizations/{org}/stream", tag = "events", operation_id = "stream", params(OrgPath, dto::StreamQuery, super::openapi::WebSocketUpgrade),
+    responses(
+        (status = 101, description = "Switching to the WebSocket protocol: one `Event` per text frame"),
+        (status = 400, description = "Bad request:\n- `websocket_required`: not a WebSocket upgrade\n- `invalid_since`", body = ApiError),
+        (status = 404, description = "Not found:\n- `organization_not_found`", body = ApiError),
+    ),
+)]
 pub async fn connect(
     req: HttpRequest,
     payload: web::Payload,

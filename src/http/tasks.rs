@@ -4,10 +4,11 @@ use std::collections::HashMap;
 
 use actix_web::{web, HttpResponse};
 use serde::Serialize;
-use serde_json::json;
+use utoipa::ToSchema;
 
 use super::auth::Caller;
 use super::dto;
+use super::openapi::{ApiError, OrgPath, TaskPath};
 use super::extract::{Json, OptionalJson, Query};
 use super::organization_or_404;
 use super::repos::repo_or_404;
@@ -21,11 +22,11 @@ use crate::error::{AppError, AppResult};
 use crate::util::random_hex;
 use crate::validate;
 
-/// Longest accepted task description, in bytes.
+/// Longest accepted task description, in characters (as the document says).
 const MAX_DESCRIPTION: usize = 64 * 1024;
 
 /// A task as the API shows it, with its repository's name.
-#[derive(Serialize)]
+#[derive(Serialize, serde::Deserialize, ToSchema)]
 pub struct TaskView {
     #[serde(flatten)]
     pub task: Task,
@@ -33,24 +34,32 @@ pub struct TaskView {
 }
 
 /// A task in a list: with its pull request's number, CI state and review.
-#[derive(Serialize)]
-struct TaskListItem {
+#[derive(Serialize, ToSchema)]
+pub struct TaskListItem {
     #[serde(flatten)]
     task: TaskView,
     pr: Option<PrSummary>,
 }
 
-#[derive(Serialize)]
-struct PrSummary {
+#[derive(Serialize, ToSchema)]
+pub struct PrSummary {
     number: i32,
     state: String,
     ci_state: Option<String>,
     review_decision: Option<String>,
 }
 
+/// `GET …/tasks`: a page of tasks, newest first.
+#[derive(Serialize, ToSchema)]
+pub struct TaskPage {
+    items: Vec<TaskListItem>,
+    /// Pass as `cursor` for the next page; `null` on the last one.
+    next_cursor: Option<String>,
+}
+
 /// One task with everything known about it.
-#[derive(Serialize)]
-struct TaskDetail {
+#[derive(Serialize, ToSchema)]
+pub struct TaskDetail {
     #[serde(flatten)]
     task: TaskView,
     runtime: Option<TaskRuntime>,
@@ -60,6 +69,30 @@ struct TaskDetail {
     sessions: Vec<TaskSession>,
 }
 
+/// What a task action answers.
+#[derive(Serialize, ToSchema)]
+pub struct ActionResult {
+    /// The action that ran.
+    action: String,
+    /// Where uncommitted work was saved, when the action removed a sandbox.
+    snapshot_ref: Option<String>,
+    /// For `attach` and `switch`: the sandbox (its `path` only for the admin).
+    sandbox: Option<dto::SandboxRef>,
+    task: TaskView,
+}
+
+/// Creates a task: a branch, a sandbox, and the agent started in it.
+#[utoipa::path(
+    post, path = "/v1/organizations/{org}/tasks", tag = "tasks", params(OrgPath),
+    request_body = dto::CreateTask,
+    responses(
+        (status = 201, description = "Created; provisioning goes on (follow `task.*` events)", body = TaskView),
+        (status = 404, description = "Not found:\n- `organization_not_found`\n- `repo_not_found`", body = ApiError),
+        (status = 409, description = "Conflict:\n- `task_id_taken`", body = ApiError),
+        (status = 422, description = "Invalid content:\n- `invalid_description`\n- `invalid_title`\n- `unknown_agent`\n- `unknown_provider`\n- `provider_unavailable`\n- `invalid_branch`\n- `unknown_base_branch`", body = ApiError),
+        (status = 503, description = "Unavailable:\n- `git_missing`", body = ApiError),
+    ),
+)]
 pub async fn create(
     kiln: web::Data<Kiln>,
     caller: Caller,
@@ -70,11 +103,11 @@ pub async fn create(
     caller.require_org(&org)?;
     organization_or_404(&kiln, &org).await?;
     let body = body.into_inner();
-    if body.description.trim().is_empty() {
+    if body.description.trim_matches(|c: char| c.is_ascii_whitespace()).is_empty() {
         return Err(AppError::invalid("invalid_description", "describe the change: description is empty"));
     }
-    if body.description.len() > MAX_DESCRIPTION {
-        return Err(AppError::invalid("invalid_description", format!("description is longer than {MAX_DESCRIPTION} bytes")));
+    if body.description.chars().count() > MAX_DESCRIPTION {
+        return Err(AppError::invalid("invalid_description", format!("description is longer than {MAX_DESCRIPTION} characters")));
     }
     if body.title.as_ref().is_some_and(|t| t.chars().count() > 200) {
         return Err(AppError::invalid("invalid_title", "title is longer than 200 characters"));
@@ -116,6 +149,15 @@ pub async fn create(
     Ok(HttpResponse::Created().json(TaskView { task, repo: repo.name }))
 }
 
+/// The organization's tasks, newest first, a page at a time.
+#[utoipa::path(
+    get, path = "/v1/organizations/{org}/tasks", tag = "tasks", params(OrgPath, dto::TaskListQuery),
+    responses(
+        (status = 200, description = "A page of tasks", body = TaskPage),
+        (status = 400, description = "Bad query:\n- `invalid_limit`\n- `invalid_status`\n- `invalid_cursor`", body = ApiError),
+        (status = 404, description = "Not found:\n- `organization_not_found`\n- `repo_not_found`", body = ApiError),
+    ),
+)]
 pub async fn list(
     kiln: web::Data<Kiln>,
     caller: Caller,
@@ -173,7 +215,7 @@ pub async fn list(
             TaskListItem { task: TaskView { task, repo }, pr }
         })
         .collect();
-    Ok(HttpResponse::Ok().json(json!({ "items": items, "next_cursor": next_cursor })))
+    Ok(HttpResponse::Ok().json(TaskPage { items, next_cursor }))
 }
 
 fn parse_cursor(raw: &str) -> AppResult<(i64, String)> {
@@ -198,6 +240,11 @@ pub async fn task_or_404(kiln: &Kiln, org: &str, id: &str) -> AppResult<(Task, S
     found.ok_or_else(|| AppError::not_found("task_not_found", format!("no task `{id}` in `{org}`")))
 }
 
+/// One task with its runtime, sandbox, pull request and sessions.
+#[utoipa::path(
+    get, path = "/v1/organizations/{org}/tasks/{task}", tag = "tasks", params(TaskPath),
+    responses((status = 200, description = "The task", body = TaskDetail), (status = 404, description = "Not found:\n- `task_not_found` (also when the organization does not exist)", body = ApiError)),
+)]
 pub async fn get(kiln: web::Data<Kiln>, caller: Caller, path: web::Path<(String, String)>) -> AppResult<HttpResponse> {
     let (org, id) = path.into_inner();
     caller.require_org(&org)?;
@@ -220,6 +267,20 @@ pub async fn get(kiln: web::Data<Kiln>, caller: Caller, path: web::Path<(String,
 }
 
 /// `POST …/tasks/{task}/{action}`: runs the action through the task's actor.
+/// What each action does, and the git lifecycle's errors, are in docs/api.md.
+#[utoipa::path(
+    post, path = "/v1/organizations/{org}/tasks/{task}/{action}", tag = "tasks",
+    params(TaskPath, ("action" = String, Path, description = "`push`, `sync`, `pr`, `merge`, `archive`, `kill`, `resume`, `input`, `attach` or `switch`", pattern = "^(push|sync|pr|merge|archive|kill|resume|input|attach|switch)$")),
+    request_body(content = dto::TaskAction, description = "Optional: an empty body means no fields"),
+    responses(
+        (status = 200, description = "Done", body = ActionResult),
+        (status = 404, description = "Not found:\n- `unknown_action`\n- `task_not_found`", body = ApiError),
+        (status = 409, description = "Not in this state:\n- `invalid_transition`\n- `task_changed`\n- `agent_unreachable`\n- `agent_running`\n- `commit_failed`\n- `push_rejected`\n- `remote_moved`\n- `sync_conflict`\n- `sync_failed`\n- `no_pull_request`\n- `head_moved`\n- `unpushed_commits`\n- `not_mergeable`\n- `merge_conflict`\n- `merge_failed`", body = ApiError),
+        (status = 422, description = "Invalid content:\n- `invalid_input`\n- `agent_not_found`\n- `unknown_agent`\n- `sandbox_failed`\n- `invalid_mode`\n- `not_github`\n- `github_token_missing`\n- `github_rejected`\n- `invalid_method`", body = ApiError),
+        (status = 502, description = "A remote failed:\n- `commit_failed`\n- `push_rejected`\n- `sync_failed`\n- `merge_failed`\n- `github_unauthorized`\n- `github_failed`", body = ApiError),
+        (status = 503, description = "Unavailable:\n- `git_missing`\n- `github_rate_limited`", body = ApiError),
+    ),
+)]
 pub async fn action(
     kiln: web::Data<Kiln>,
     caller: Caller,
@@ -235,6 +296,17 @@ pub async fn action(
             format!("no task action `{}`: use one of {}", validate::truncate(&action, 40), ACTIONS.join(", ")),
         )
     })?;
+    // A value outside its set is refused whatever the action, never ignored
+    // (the sync and merge steps check again, with the same codes).
+    if let Some(mode) = body.mode.as_deref().filter(|m| !["rebase", "merge"].contains(m)) {
+        return Err(AppError::invalid("invalid_mode", format!("sync mode `{}`: use rebase or merge", validate::truncate(mode, 40))));
+    }
+    if let Some(method) = body.method.as_deref().filter(|m| !["squash", "merge", "rebase"].contains(m)) {
+        return Err(AppError::invalid(
+            "invalid_method",
+            format!("merge method `{}`: use squash, merge or rebase", validate::truncate(method, 40)),
+        ));
+    }
     let (_, repo) = task_or_404(&kiln, &org, &id).await?;
     let git = crate::actors::task::git_ops::GitParams {
         commit: body.commit,
@@ -249,11 +321,13 @@ pub async fn action(
         Err(actix::MailboxError::Closed) => kiln.task(&org, &repo, &id).send(msg).await?,
         other => other?,
     }?;
-    Ok(HttpResponse::Ok().json(json!({
-        "action": outcome.action,
-        "snapshot_ref": outcome.snapshot_ref,
+    Ok(HttpResponse::Ok().json(ActionResult {
+        action: outcome.action.to_string(),
+        snapshot_ref: outcome.snapshot_ref,
         // `null` path: there is a sandbox, but only the admin token sees where.
-        "sandbox": outcome.sandbox.map(|s| json!({"path": Some(s.path).filter(|_| caller == Caller::Admin)})),
-        "task": TaskView { task: outcome.task, repo },
-    })))
+        sandbox: outcome.sandbox.map(|s| dto::SandboxRef {
+            path: Some(s.path.to_string_lossy().into_owned()).filter(|_| caller == Caller::Admin),
+        }),
+        task: TaskView { task: outcome.task, repo },
+    }))
 }

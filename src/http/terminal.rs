@@ -30,6 +30,7 @@ use tokio::sync::mpsc;
 
 use super::auth::{self, Caller};
 use super::dto;
+use super::openapi::{ApiError, TaskPath};
 use super::extract::Query;
 use super::tasks::task_or_404;
 use crate::actors::connections::{CloseRevoked, Connections, Ticket};
@@ -50,6 +51,24 @@ const MAX_MESSAGE: usize = 1 << 20;
 /// Input goes to the host in pieces of at most this many bytes.
 const INPUT_PIECE: usize = 64 * 1024;
 
+/// Attaches to the task's terminal over a WebSocket.
+///
+/// Binary frames carry terminal bytes both ways. Text frames carry control JSON:
+/// the server sends `{"type":"attached","offset":N}` first, `{"type":"offset","offset":N}`
+/// when output skips ahead (older output was rotated away) and `{"type":"exited",…}`
+/// when the agent ends; the client sends `{"type":"resize","cols":C,"rows":R}`.
+/// Close codes: 1013 for a client that fell behind (the reason names the offset to
+/// resume from), 4001 when the token is revoked, 4004 when the organization is deleted.
+#[utoipa::path(
+    get, path = "/v1/organizations/{org}/tasks/{task}/terminal", tag = "tasks", operation_id = "terminal", params(TaskPath, dto::TerminalQuery, super::openapi::WebSocketUpgrade),
+    responses(
+        (status = 101, description = "Switching to the WebSocket protocol: terminal bytes in binary frames, control JSON in text frames"),
+        (status = 400, description = "Bad request:\n- `websocket_required`: not a WebSocket upgrade", body = ApiError),
+        (status = 404, description = "Not found:\n- `task_not_found`", body = ApiError),
+        (status = 409, description = "Not in this state:\n- `no_terminal`: the task has no terminal yet", body = ApiError),
+        (status = 422, description = "Invalid content:\n- `provider_unavailable`", body = ApiError),
+    ),
+)]
 pub async fn connect(
     req: HttpRequest,
     payload: web::Payload,

@@ -60,6 +60,23 @@ fn header<'a>(req: &'a HttpRequest, name: &str) -> Option<&'a str> {
     req.headers().get(name).and_then(|v| v.to_str().ok())
 }
 
+/// A GitHub delivery, verified with HMAC-SHA256 against each organization's
+/// `github` profile `webhook_secret`; no bearer token.
+#[utoipa::path(
+    post, path = "/v1/webhooks/github", tag = "webhooks",
+    params(
+        ("X-Hub-Signature-256" = Option<String>, Header, description = "`sha256=<hex HMAC of the body>`"),
+        ("X-GitHub-Delivery" = Option<String>, Header, description = "The delivery's id; a repeated one is refused"),
+        ("X-GitHub-Event" = Option<String>, Header, description = "The event's name"),
+    ),
+    request_body(content = Object, description = "GitHub's payload, up to 5 MiB"),
+    responses(
+        (status = 202, description = "Accepted", body = super::dto::WebhookAccepted),
+        (status = 400, description = "Bad request:\n- `missing_delivery`\n- `malformed_json`", body = super::openapi::ApiError),
+        (status = 401, description = "Not signed by any organization:\n- `unauthorized`", body = super::openapi::ApiError),
+        (status = 409, description = "Conflict:\n- `replayed_delivery`", body = super::openapi::ApiError),
+    ),
+)]
 pub async fn github(
     req: HttpRequest,
     body: RawBody,
@@ -112,7 +129,7 @@ pub async fn github(
             }
         }
     }
-    Ok(HttpResponse::Accepted().json(json!({"delivery": delivery, "event": event, "repositories": repos})))
+    Ok(HttpResponse::Accepted().json(super::dto::WebhookAccepted { delivery, event, repositories: repos }))
 }
 
 /// Records a refused delivery as an event in the organizations that have the

@@ -117,7 +117,8 @@ async fn bad_ids_and_queries() {
         "/v1/organizations/default/events?since=abc",
         "/v1/organizations/default/events?limit=0",
         "/v1/organizations/default/events?limit=5000",
-        "/v1/organizations/default/events?since=1&tail=5",
+        "/v1/organizations/default/events?since=1&tail=5000",
+        "/v1/organizations/default/events?tail=5&limit=5000",
         "/v1/organizations/default/events?what=1",
         "/v1/organizations/default/stream?since=-5",
         "/v1/organizations/default/stream?since=x",
@@ -178,6 +179,7 @@ fn every_route(task: &str) -> Vec<(&'static str, &'static str, String, Reads)> {
     let s = format!("{t}/sessions/0123456789ab");
     vec![
         ("GET", "/v1/health", "/v1/health".into(), Nothing),
+        ("GET", "/v1/openapi.json", "/v1/openapi.json".into(), Nothing),
         ("GET", "/v1/organizations", "/v1/organizations".into(), Nothing),
         ("POST", "/v1/organizations", "/v1/organizations".into(), Json),
         ("GET", "/v1/organizations/{org}", o.into(), Nothing),

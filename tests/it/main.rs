@@ -17,6 +17,7 @@ mod git_lifecycle;
 mod isolation;
 mod lifecycle;
 mod migrations;
+mod openapi;
 mod restart;
 mod sandbox_agent;
 mod sandboxes;

@@ -59,7 +59,7 @@ impl NewEvent {
 }
 
 /// An event as the API and the stream show it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct Event {
     pub id: i64,
     pub organization: String,

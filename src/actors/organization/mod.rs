@@ -114,7 +114,7 @@ pub struct PutProviderProfile {
 }
 
 /// A provider profile as the API shows it: secret names, never their values.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct ProviderProfileView {
     pub provider: String,
     pub config: serde_json::Value,

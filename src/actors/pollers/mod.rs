@@ -103,7 +103,7 @@ pub struct SetInterval {
 #[rtype(result = "PollerInfo")]
 pub struct DescribePoller {}
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct PollerInfo {
     pub key: String,
     pub kind: &'static str,
@@ -113,6 +113,7 @@ pub struct PollerInfo {
     pub last_error: Option<String>,
     /// What the last poll cost (pull-request pollers).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
     pub cost: Option<pr_sync::PollCost>,
     /// Paused by a rate limit until then (unix ms).
     #[serde(skip_serializing_if = "Option::is_none")]

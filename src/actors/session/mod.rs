@@ -144,7 +144,7 @@ pub struct Prompt {
 }
 
 /// What `Prompt` answers: the turn runs on.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct PromptAccepted {
     pub session: String,
     /// The JSON-RPC id of the `session/prompt`; its response ends the turn.

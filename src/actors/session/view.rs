@@ -81,7 +81,7 @@ pub fn id_key(id: &Value) -> String {
 }
 
 /// One thing in the transcript, in the order it first appeared.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Item {
     /// What the user asked (a prompt Kiln sent, or a `user_message_chunk`).
@@ -128,7 +128,7 @@ pub enum Item {
 }
 
 /// A permission request waiting for its answer.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PendingPermission {
     /// The JSON-RPC id as the agent sent it (number or string).
     pub id: Value,
@@ -153,7 +153,7 @@ pub enum Change {
 }
 
 /// A session folded from its journal.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, utoipa::ToSchema)]
 pub struct SessionView {
     pub items: Vec<Item>,
     /// The current plan's entries (a `plan` update replaces the whole list).
