@@ -72,7 +72,16 @@ impl Api {
         self.send(self.request(awc::http::Method::DELETE, path), None::<&Value>).await
     }
 
+    /// POST, answering the status too (201 created, 200 already there).
+    pub async fn post_status<T: DeserializeOwned>(&self, path: &str, body: &impl Serialize) -> CliResult<(u16, T)> {
+        self.send_status(self.request(awc::http::Method::POST, path), Some(body)).await
+    }
+
     async fn send<T: DeserializeOwned>(&self, req: awc::ClientRequest, body: Option<&impl Serialize>) -> CliResult<T> {
+        self.send_status(req, body).await.map(|(_, v)| v)
+    }
+
+    async fn send_status<T: DeserializeOwned>(&self, req: awc::ClientRequest, body: Option<&impl Serialize>) -> CliResult<(u16, T)> {
         let sent = match body {
             Some(b) => req.send_json(b).await,
             None => req.send().await,
@@ -84,7 +93,8 @@ impl Api {
             return Err(api_error(status.as_u16(), &bytes));
         }
         let text: &[u8] = if bytes.is_empty() { b"null" } else { &bytes };
-        serde_json::from_slice(text).map_err(|e| CliError(format!("the server sent an answer this CLI cannot read: {e}")))
+        let value = serde_json::from_slice(text).map_err(|e| CliError(format!("the server sent an answer this CLI cannot read: {e}")))?;
+        Ok((status.as_u16(), value))
     }
 
     fn unreachable(&self, e: impl std::fmt::Display) -> CliError {

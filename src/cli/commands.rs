@@ -333,11 +333,13 @@ async fn repo(ctx: &Ctx, cmd: RepoCmd) -> CliResult<()> {
                 _ => source,
             };
             let progress = actix_web::rt::spawn(show_clone_progress(ctx.api.websocket(&ctx.org_path("/stream")).await.ok()));
-            let res: CliResult<Value> = ctx.api.post(&ctx.org_path("/repos"), &dto::CreateRepo { source, name }).await;
+            let res: CliResult<(u16, Value)> = ctx.api.post_status(&ctx.org_path("/repos"), &dto::CreateRepo { source, name }).await;
             progress.abort();
-            let res = res?;
+            // Registering the same source again answers 200 with the repository as it is.
+            let (status, res) = res?;
+            let done = if status == 200 { "already registered" } else { "registered" };
             println!(
-                "registered `{}` from {} (default branch {})",
+                "{done} `{}` from {} (default branch {})",
                 field(&res, "name"),
                 field(&res, "source"),
                 field(&res, "default_branch")
@@ -442,7 +444,7 @@ async fn show(ctx: &Ctx, task: &str, json: bool) -> CliResult<()> {
     if pr.is_null() {
         println!("{:<14}-", "pr");
     } else {
-        let draft = if pr["draft"] == true { " (draft)" } else { "" };
+        let draft = if pr["draft"] == true && pr["state"] == "open" { " (draft)" } else { "" };
         println!("{:<14}#{} {}{draft} {}", "pr", pr["number"], field(pr, "state"), field(pr, "url"));
         println!("{:<14}{}", "ci", field(pr, "ci_state"));
         println!("{:<14}{}", "review", field(pr, "review_decision"));

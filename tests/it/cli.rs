@@ -18,7 +18,10 @@ async fn walk_through() {
     let src = git_repo(dir.path(), "app");
 
     let out = ok(cli(&server, &["repo", "add", src.to_str().unwrap()]));
-    assert!(out.contains("registered `app`"), "{out}");
+    assert!(out.starts_with("registered `app`"), "{out}");
+    // The same source again is not a new registration, and the CLI says so.
+    let out = ok(cli(&server, &["repo", "add", src.to_str().unwrap()]));
+    assert!(out.starts_with("already registered `app`"), "{out}");
     let repos: Value = serde_json::from_str(&ok(cli(&server, &["repo", "list", "--json"]))).unwrap();
     assert_eq!(repos[0]["name"], "app");
     let table = ok(cli(&server, &["repo", "list"]));
