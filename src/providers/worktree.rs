@@ -185,6 +185,14 @@ fn launch_path(launch: &LaunchSpec) -> Option<String> {
     launch.env.iter().find(|(k, _)| k == "PATH").map(|(_, v)| v.clone())
 }
 
+/// The agent's program as exec would find it, or `agent_not_found`.
+fn locate_agent(launch: &LaunchSpec) -> ProviderResult<PathBuf> {
+    let program = &launch.argv[0];
+    find_program(program, launch_path(launch).as_deref()).ok_or_else(|| {
+        AppError::invalid("agent_not_found", format!("agent `{program}` not found on PATH: install it or choose another agent"))
+    })
+}
+
 /// Finds `program` the way exec would: a path as given, else on `PATH`.
 pub fn find_program(program: &str, path_var: Option<&str>) -> Option<PathBuf> {
     use std::os::unix::fs::PermissionsExt;
@@ -392,15 +400,10 @@ impl SandboxProvider for WorktreeProvider {
         let host_program = self.terminal.host_program.clone();
         let locks = self.locks.clone();
         Box::pin(async move {
-            let (program, path_var) = (req.launch.argv[0].clone(), launch_path(&req.launch));
+            let launch = req.launch.clone();
             let parent = handle.path.parent().map(Path::to_path_buf);
             let found = off_thread(move || {
-                let Some(found) = find_program(&program, path_var.as_deref()) else {
-                    return Err(AppError::invalid(
-                        "agent_not_found",
-                        format!("agent `{program}` not found on PATH: install it or choose another agent"),
-                    ));
-                };
+                let found = locate_agent(&launch)?;
                 if let Some(parent) = parent {
                     std::fs::create_dir_all(parent).map_err(|e| io_error("creating the worktree folder", e))?;
                 }
@@ -476,13 +479,7 @@ impl SandboxProvider for WorktreeProvider {
             }
             off_thread(move || {
                 let handle = req.handle;
-                let program = &req.launch.argv[0];
-                let Some(found) = find_program(program, launch_path(&req.launch).as_deref()) else {
-                    return Err(AppError::invalid(
-                        "agent_not_found",
-                        format!("agent `{program}` not found on PATH: install it or choose another agent"),
-                    ));
-                };
+                let found = locate_agent(&req.launch)?;
                 let (env, confine) = confine_launch(&handle, &req.launch.env, &found)?;
                 let launch = LaunchSpec { env, ..req.launch.clone() };
                 let opts = HostOptions { confine, ..opts };
