@@ -147,7 +147,10 @@ impl Connections {
 
     /// Closes every connection opened with a token of `organization`; answers how many.
     pub fn close_organization(&self, organization: &str) -> usize {
-        self.close_where(Revoked::Organization, |_, e| e.organization == organization && e.token.is_some())
+        // The admin's bearer connections stay (the admin can read a deleted
+        // organization's history); an admin's dashboard session on this
+        // organization is deleted with it, so its connections go too.
+        self.close_where(Revoked::Organization, |_, e| e.organization == organization && (e.token.is_some() || e.session.is_some()))
     }
 
     fn close_where(&self, why: Revoked, matches: impl Fn(u64, &Entry) -> bool) -> usize {
@@ -204,13 +207,16 @@ mod tests {
         assert_eq!(c.close_session("sess_b"), 0, "b was closed with its organization");
         let admin = c.ticket();
         c.register(&admin, "globex", None, Some("sess_admin"), probe.clone().recipient());
-        assert_eq!(c.close_organization("globex"), 1, "an admin's session outlives an organization's tokens");
-        assert_eq!(c.close_session("sess_admin"), 1);
-        assert!(admin.is_cut());
+        let bearer = c.ticket();
+        c.register(&bearer, "globex", None, None, probe.clone().recipient());
+        assert_eq!(c.close_organization("globex"), 2, "its token's and the admin's dashboard session on it, not the admin's bearer");
+        assert!(admin.is_cut() && other.is_cut() && !bearer.is_cut());
+        assert_eq!(c.close_session("sess_admin"), 0, "closed with its organization");
+        c.unregister(&bearer);
         c.unregister(&other);
         assert!(c.is_empty());
         // Let the probe handle its mail.
         probe.send(CloseRevoked { why: Revoked::Token }).await.unwrap();
-        assert_eq!(*got.lock().unwrap(), vec![Revoked::Token, Revoked::Organization, Revoked::Organization, Revoked::SessionEnded, Revoked::Token]);
+        assert_eq!(*got.lock().unwrap(), vec![Revoked::Token, Revoked::Organization, Revoked::Organization, Revoked::Organization, Revoked::Token]);
     }
 }

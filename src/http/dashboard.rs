@@ -218,8 +218,11 @@ pub async fn delete_session(req: HttpRequest, kiln: web::Data<Kiln>) -> AppResul
 /// history. Followed from another site it signs nobody in: the page then asks
 /// the person to confirm (a login-CSRF defence), through `POST …/sessions`.
 pub async fn sign_in_link(req: &HttpRequest, kiln: &Kiln, code: &str) -> Option<HttpResponse> {
+    // Only a navigation the browser says the person made (typed, pasted, from a
+    // bookmark or this site) spends the code at once; anything else, a browser
+    // that sends no Sec-Fetch-Site included, gets the confirm page.
     let site = req.headers().get("sec-fetch-site").and_then(|v| v.to_str().ok());
-    if matches!(site, Some("cross-site") | Some("same-site")) {
+    if !matches!(site, Some("none") | Some("same-origin")) {
         return None;
     }
     let answer = match redeem(kiln, code).await {

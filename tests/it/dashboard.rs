@@ -146,7 +146,7 @@ async fn a_sign_in_link_works_once_and_its_cookie_is_the_token_s_and_only_from_t
     let cookie = cookie_of(&opened);
     assert!(cookie.starts_with("kiln_session=") && cookie.len() > 40, "{cookie}");
     // The same link again: refused, and the page says why.
-    let reused = raw("GET", &format!("{url}{path}"), &[], None).await;
+    let reused = raw("GET", &format!("{url}{path}"), &[("sec-fetch-site", "none")], None).await;
     assert_eq!(reused.status, 303);
     assert_eq!(reused.header("location"), "/sign-in?error=sign_in_code_invalid");
     assert!(reused.header("set-cookie").is_empty());
@@ -158,6 +158,14 @@ async fn a_sign_in_link_works_once_and_its_cookie_is_the_token_s_and_only_from_t
     let cross = raw("GET", &format!("{url}{other}"), &[("sec-fetch-site", "cross-site")], None).await;
     assert_eq!(cross.status, 200);
     assert!(cross.header("set-cookie").is_empty());
+    // So is one from a browser that does not say where the link came from.
+    let unsaid = raw("GET", &format!("{url}{other}"), &[], None).await;
+    assert_eq!(unsaid.status, 200);
+    assert!(unsaid.header("set-cookie").is_empty());
+    // Neither spent the code: the confirm button still signs in with it.
+    let code = other.trim_start_matches("/sign-in?code=");
+    let confirmed = raw("POST", &format!("{url}/v1/dashboard/sessions"), &[("origin", url)], Some(json!({"code": code}))).await;
+    assert!(confirmed.status < 300 && !confirmed.header("set-cookie").is_empty(), "{:?}", confirmed.body);
 
     // The cookie is the token: its organization's data, nothing of another's.
     let with = |extra: &[(&'static str, String)]| {
@@ -234,7 +242,7 @@ async fn dashboard_sessions_expire() {
     let (server, _dir) = Server::start(&[("KILN_DASHBOARD__SESSION_TTL_SECS", "1")]);
     let url = server.url.clone();
     let path = sign_in_path(&server, &server.token, json!({"organization": "default"})).await;
-    let opened = raw("GET", &format!("{url}{path}"), &[], None).await;
+    let opened = raw("GET", &format!("{url}{path}"), &[("sec-fetch-site", "none")], None).await;
     assert_eq!(opened.status, 303);
     let cookie = cookie_of(&opened);
     let me = raw("GET", &format!("{url}/v1/dashboard/session"), &[("cookie", &cookie)], None).await;
@@ -478,14 +486,14 @@ async fn kiln_dashboard_prints_a_link_for_its_own_token() {
     let link = out.trim().to_string();
     assert!(link.starts_with(&format!("{}/sign-in?code=", server.url)), "{out}");
     assert!(err.contains("organization `acme`") && err.contains("60 seconds"), "{err}");
-    let opened = raw("GET", &link, &[], None).await;
+    let opened = raw("GET", &link, &[("sec-fetch-site", "none")], None).await;
     assert_eq!((opened.status, opened.header("location").as_str()), (303, "/"));
     let me = raw("GET", &format!("{}/v1/dashboard/session", server.url), &[("cookie", &cookie_of(&opened))], None).await;
     assert_eq!((me.body["organization"].as_str(), me.body["token"].as_str()), (Some("acme"), Some(token_id.as_str())));
     // The admin picks the board with -o; another organization's token cannot.
     let (code, out, err) = cli(&server, &["-o", "acme", "dashboard", "--print"]);
     assert_eq!(code, 0, "{out}{err}");
-    let opened = raw("GET", out.trim(), &[], None).await;
+    let opened = raw("GET", out.trim(), &[("sec-fetch-site", "none")], None).await;
     let me = raw("GET", &format!("{}/v1/dashboard/session", server.url), &[("cookie", &cookie_of(&opened))], None).await;
     assert_eq!((me.body["organization"].as_str(), me.body["admin"].as_bool()), (Some("acme"), Some(true)));
     let (code, _, err) = cli(&server, &["-o", "default", "dashboard", "--print", "--token", &token]);
