@@ -221,15 +221,29 @@ impl Handler<DeleteOrganization> for OrganizationActor {
                     format!("organization `{org}` still has {repos} repositories: delete them first"),
                 ));
             }
-            // Its agents' home (their logins, caches) goes first: a later
-            // organization of the same name must not start with it.
+            // Its agents' home (their logins, caches) is set aside first, so a
+            // later organization of the same name never starts with it, and put
+            // back if the organization turns out not to be deleted.
             let home = crate::confine::Confiner::agent_home(&kiln.data_dir, &org);
-            crate::db::pool::blocking(move || {
-                retire_home(&home).map_err(|e| crate::db::DbError::Blocking(format!("removing {}: {e}", home.display())))
+            let h = home.clone();
+            let aside = crate::db::pool::blocking(move || {
+                set_home_aside(&h).map_err(|e| crate::db::DbError::Blocking(format!("moving {}: {e}", h.display())))
             })
             .await?;
             let name = org.clone();
-            if !kiln.db.write(move |c| store::delete_organization(c, &name)).await? {
+            let deleted = kiln.db.write(move |c| store::delete_organization(c, &name)).await;
+            let keep = !matches!(deleted, Ok(true));
+            if let Some(aside) = aside {
+                crate::db::pool::blocking(move || {
+                    match keep {
+                        true => std::fs::rename(&aside, &home).map_err(|e| crate::db::DbError::Blocking(format!("restoring {}: {e}", home.display())))?,
+                        false => remove_home(&aside),
+                    }
+                    Ok(())
+                })
+                .await?;
+            }
+            if !deleted? {
                 return Err(missing);
             }
             // Its tokens went with it: so do the connections they opened.
@@ -240,20 +254,24 @@ impl Handler<DeleteOrganization> for OrganizationActor {
     }
 }
 
-/// Moves a deleted organization's agent home out of the way (a rename, which
-/// nothing an agent left inside can stop), then removes it. What cannot be
-/// removed stays under a hidden name no organization can have, and is logged.
-fn retire_home(home: &std::path::Path) -> std::io::Result<()> {
+/// Moves an organization's agent home out of the way (a rename, which nothing
+/// an agent left inside can stop), under a hidden name no organization can
+/// have; answers where, or `None` when it has none.
+fn set_home_aside(home: &std::path::Path) -> std::io::Result<Option<std::path::PathBuf>> {
     let name = home.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
-    let gone = home.with_file_name(format!(".deleted-{name}-{}", random_hex(8)));
-    match std::fs::rename(home, &gone) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        other => other?,
+    let aside = home.with_file_name(format!(".deleted-{name}-{}", random_hex(8)));
+    match std::fs::rename(home, &aside) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+        Ok(()) => Ok(Some(aside)),
     }
-    if let Err(e) = std::fs::remove_dir_all(&gone) {
-        log::warn!("the agent home of deleted organization `{name}` is left at {}: {e}", gone.display());
+}
+
+/// Removes a home set aside; what cannot be removed stays there, and is logged.
+fn remove_home(aside: &std::path::Path) {
+    if let Err(e) = std::fs::remove_dir_all(aside) {
+        log::warn!("the agent home of a deleted organization is left at {}: {e}", aside.display());
     }
-    Ok(())
 }
 
 impl Handler<CreateToken> for OrganizationActor {
