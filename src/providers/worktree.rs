@@ -427,6 +427,15 @@ impl SandboxProvider for WorktreeProvider {
             let launched = off_thread(move || {
                 let mut report = super::copy_in::CopyReport::default();
                 if let Some(source) = &req.source_checkout {
+                    // The source was stored resolved at registration; a path that
+                    // resolves elsewhere now has had a symlink put on its way,
+                    // maybe toward another organization's files: copy nothing.
+                    if std::fs::canonicalize(source).is_ok_and(|now| now != *source) {
+                        return Err(io_error(
+                            "copying included files",
+                            std::io::Error::other("the repository's source folder now leads elsewhere through a symlink; nothing is copied from it"),
+                        ));
+                    }
                     report = super::copy_in::copy_includes(source, &h.path, &req.copy)
                         .map_err(|e| io_error("copying included files", e))?;
                 }

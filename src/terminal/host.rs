@@ -212,7 +212,10 @@ fn serve(opts: HostOptions) -> std::io::Result<()> {
         // The agent's own terminal (`/dev/stderr`, `tty`), and no other.
         ruleset.allow_terminal(std::os::fd::AsFd::as_fd(&pts))?;
     }
-    let key = std::fs::read(opts.state_dir.join(KEY_FILE)).ok();
+    // Without its key the host would serve anyone who reaches its socket, an
+    // agent of another task included: it does not start.
+    let key = std::fs::read(opts.state_dir.join(KEY_FILE))
+        .map_err(|e| std::io::Error::other(format!("reading the host key {KEY_FILE}: {e}")))?;
     let pty = Arc::new(pty);
     let state: Shared = Arc::new(Mutex::new(State {
         log,
@@ -388,15 +391,15 @@ fn pump_output(pty: &pty_process::blocking::Pty, state: &Shared) {
     }
 }
 
-fn accept_loop(listener: UnixListener, state: Shared, pty: Arc<pty_process::blocking::Pty>, key: Option<Vec<u8>>) {
+fn accept_loop(listener: UnixListener, state: Shared, pty: Arc<pty_process::blocking::Pty>, key: Vec<u8>) {
     let key = Arc::new(key);
     for conn in listener.incoming() {
         let Ok(stream) = conn else { continue };
         let (state, pty, key) = (state.clone(), pty.clone(), key.clone());
         std::thread::spawn(move || {
             let mut stream = stream;
-            if let Some(key) = key.as_ref() {
-                if !protocol::read_hello(&mut stream, key) {
+            {
+                if !protocol::read_hello(&mut stream, &key) {
                     let _ = stream.shutdown(std::net::Shutdown::Both);
                     return;
                 }

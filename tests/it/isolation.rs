@@ -550,3 +550,28 @@ async fn a_credential_stored_in_an_old_source_is_moved_out_at_boot() {
     assert!(log.contains("moved the credential out of its stored source"), "{log}");
     assert!(!log.contains("0ld-s3cret"), "{log}");
 }
+
+/// A registered local source swapped for a symlink afterwards (toward someone
+/// else's files) is not copied from: the task fails and says why, and nothing of
+/// the link's target reaches a worktree.
+#[actix_web::test]
+async fn a_source_swapped_for_a_symlink_is_not_copied_from() {
+    let (server, dir) = Server::start(&[]);
+    let c = server.client();
+    let src = git_repo(dir.path(), "app");
+    std::fs::write(src.join("local.env"), "MINE=1\n").unwrap();
+    c.add_repo("default", &src).await;
+    let r = c.put("/v1/organizations/default/repos/app/setup", serde_json::json!({"commands": [], "copy": ["local.env"]})).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    // The source folder becomes a link to another folder with its own secret.
+    let other = dir.path().join("other");
+    std::fs::create_dir(&other).unwrap();
+    std::fs::write(other.join("local.env"), "THEIRS=secret\n").unwrap();
+    std::fs::rename(&src, dir.path().join("app-moved")).unwrap();
+    std::os::unix::fs::symlink(&other, &src).unwrap();
+    let id = c.create_task_with("default", serde_json::json!({"repo": "app", "description": "swap"})).await["id"].as_str().unwrap().to_string();
+    let task = c.wait_status("default", &id, "failed").await;
+    assert!(task["status_reason"].as_str().unwrap().contains("leads elsewhere through a symlink"), "{task}");
+    let worktree = server.data_dir().join(format!("worktrees/default/app/{id}"));
+    assert!(!worktree.join("local.env").exists());
+}
