@@ -319,11 +319,17 @@ fn stop_leftovers(
     deadline: Instant,
 ) -> (usize, bool) {
     let me = std::process::id() as i32;
+    let leader_start = sid.and_then(|sid| tracked.iter().find(|p| p.pid == sid).map(|p| p.start));
     let remaining = || {
         let all = procs::scan();
         let mut found: Vec<procs::Proc> = tracked.iter().filter(|p| procs::alive(p)).cloned().collect();
         if let Some(sid) = sid {
-            found.extend(procs::session_tree(&all, sid));
+            // Linux reuses a session id only once no process holds it; a new
+            // leader under that number is someone else's session, never swept.
+            let reused = all.iter().any(|p| p.pid == sid && p.sid == sid && Some(p.start) != leader_start);
+            if !reused {
+                found.extend(procs::session_tree(&all, sid));
+            }
         }
         if let Some(cgroup) = cgroup {
             let pids = cgroup.pids();
