@@ -8,11 +8,21 @@ import { signInView } from './views/sign-in.js';
 import { boardView } from './views/board.js';
 import { newTaskView } from './views/new-task.js';
 import { taskView } from './views/task.js';
+import { Inbox } from './lib/attention.js';
+import { dialogOpen, closeDialog } from './lib/dialog.js';
+import { applyTheme, setTheme, themeChoice, THEMES } from './lib/theme.js';
+import { inboxButton, openInbox, updateInboxButton } from './views/inbox.js';
+import { openPalette, openShortcuts } from './views/palette.js';
+
+applyTheme();
 
 const app = {
   session: null,
   org: null,
   store: null,
+  inbox: null,
+  // The current page's own commands for the palette (the task page's actions).
+  pageCommands: null,
   cleanup: null,
   navigate,
 };
@@ -40,6 +50,9 @@ window.addEventListener('kiln:signed-out', () => {
 
 function signedOut(message) {
   app.session = null;
+  closeDialog();
+  if (app.inbox) app.inbox.stop();
+  app.inbox = null;
   if (app.store) app.store.stop();
   app.store = null;
   navigate(`/sign-in${message ? '?ended=1' : ''}`, { replace: true });
@@ -57,10 +70,22 @@ async function whoAmI() {
 /** Opens the organization's store (once per organization). */
 function useOrg(org) {
   if (app.store && app.org === org) return;
+  if (app.inbox) app.inbox.stop();
   if (app.store) app.store.stop();
   app.org = org;
   app.store = new Store(org);
   app.store.subscribe(updateTitle);
+  // The inbox's read marks are this token's (the admin's are the admin's).
+  app.inbox = new Inbox(app.store, app.session?.token || 'admin', {
+    // No notification for what the person is looking at now.
+    isWatching: (task) => !document.hidden && document.hasFocus() && location.pathname === `/tasks/${task}`,
+    open: (entry) => {
+      app.inbox?.markRead(entry);
+      navigate(`/tasks/${entry.task}`);
+    },
+  });
+  app.inbox.subscribe(() => updateInboxButton(app));
+  app.inbox.load().catch(() => {});
   app.store.start().catch((e) => {
     app.storeError = e;
     app.store.changed();
@@ -99,10 +124,48 @@ function shell(main) {
     orgPicker,
     h('nav.nav', { 'aria-label': 'Main' },
       h('a', { href: '/', 'aria-current': location.pathname === '/' ? 'page' : null }, 'Board', h('span#needs-count.count', { 'aria-label': 'tasks that need you' })),
-      h('a', { href: '/new', 'aria-current': location.pathname === '/new' ? 'page' : null, 'aria-keyshortcuts': 'n' }, 'New task')),
+      h('a.nav-new', { href: '/new', 'aria-current': location.pathname === '/new' ? 'page' : null, 'aria-keyshortcuts': 'n' }, h('span.nav-new-text', 'New task'))),
     h('span#live.live.off', { role: 'status' }, 'Loading…'),
+    h('button.ghost.icon-button#palette-button', {
+      type: 'button', 'aria-haspopup': 'dialog', 'aria-keyshortcuts': 'Control+K Meta+K', title: 'Commands (Ctrl+K)',
+      'aria-label': 'Command palette', onclick: () => openPalette(app),
+    }, searchIcon(), h('span.kbd-hint', { 'aria-hidden': 'true' }, /Mac|iPhone|iPad/.test(navigator.platform) ? '⌘K' : 'Ctrl K')),
+    inboxButton(app),
+    themeButton(),
     h('button.ghost#sign-out', { type: 'button', onclick: signOut }, 'Sign out'));
   return [header, main, h('div#announce.visually-hidden', { 'aria-live': 'polite' })];
+}
+
+/** A magnifier, drawn (no icon font). */
+function searchIcon() {
+  const ns = 'http://www.w3.org/2000/svg';
+  const svg = document.createElementNS(ns, 'svg');
+  for (const [k, v] of Object.entries({ viewBox: '0 0 16 16', width: '16', height: '16', 'aria-hidden': 'true', class: 'icon', fill: 'none', stroke: 'currentColor', 'stroke-width': '1.6' })) svg.setAttribute(k, v);
+  const path = document.createElementNS(ns, 'path');
+  path.setAttribute('d', 'M7 2.5a4.5 4.5 0 1 1 0 9 4.5 4.5 0 0 1 0-9Zm3.3 7.8 3.4 3.4');
+  path.setAttribute('stroke-linecap', 'round');
+  svg.append(path);
+  return svg;
+}
+
+/** Cycles the theme: system → light → dark. */
+function themeButton() {
+  const words = { system: 'Theme: system', light: 'Theme: light', dark: 'Theme: dark' };
+  const glyph = { system: '◐', light: '☀', dark: '☾' };
+  const button = h('button.ghost.icon-button#theme-button', { type: 'button' });
+  const show = () => {
+    const t = themeChoice();
+    button.textContent = glyph[t];
+    button.setAttribute('aria-label', `${words[t]} (change)`);
+    button.title = words[t];
+  };
+  button.addEventListener('click', () => {
+    setTheme(THEMES[(THEMES.indexOf(themeChoice()) + 1) % THEMES.length]);
+    show();
+  });
+  window.addEventListener('kiln:theme', show);
+  show();
+  return button;
 }
 
 async function signOut() {
@@ -120,6 +183,8 @@ async function route() {
     app.cleanup();
     app.cleanup = null;
   }
+  app.pageCommands = null;
+  closeDialog();
   const path = location.pathname;
   if (path === '/sign-in') {
     if (!app.session) app.session = await whoAmI();
@@ -138,6 +203,7 @@ async function route() {
   const main = h('main#main.page');
   replace(root, ...shell(main));
   updateTitle();
+  updateInboxButton(app);
   const task = path.match(/^\/tasks\/([0-9a-f]{8})$/);
   if (path === '/') app.cleanup = boardView(main, app);
   else if (path === '/new') app.cleanup = newTaskView(main, app);
@@ -146,13 +212,28 @@ async function route() {
   main.focus?.();
 }
 
-// Shortcuts: n = new task, g then b = board, / = search (the board's own).
+// Shortcuts: Ctrl+K / Cmd+K = palette, ? = shortcuts, n = new task, g then b =
+// board, i = inbox, / = search (the board's own).
 let lastKey = '';
 document.addEventListener('keydown', (e) => {
+  // Ctrl+K works in inputs too, but not in the terminal: it is readline's kill-line there.
+  if ((e.ctrlKey || e.metaKey) && !e.altKey && !e.shiftKey && e.key.toLowerCase() === 'k' && app.session && app.store) {
+    if (e.target.closest?.('.xterm')) return;
+    e.preventDefault();
+    if (document.getElementById('palette')) closeDialog();
+    else openPalette(app);
+    return;
+  }
   if (e.ctrlKey || e.metaKey || e.altKey) return;
   const typing = e.target.closest?.('input, textarea, select, [contenteditable], .xterm');
-  if (typing) return;
-  if (e.key === 'n' && app.session) {
+  if (typing || dialogOpen()) return;
+  if (e.key === '?' && app.session) {
+    e.preventDefault();
+    openShortcuts();
+  } else if (e.key === 'i' && app.session && app.inbox) {
+    e.preventDefault();
+    openInbox(app);
+  } else if (e.key === 'n' && app.session) {
     e.preventDefault();
     navigate('/new');
   } else if (e.key === 'b' && lastKey === 'g' && app.session) {

@@ -124,6 +124,33 @@ impl Browser {
         .await;
     }
 
+    /// Emulates `prefers-color-scheme: dark` (or light) for the page, as a
+    /// system set to dark would.
+    pub async fn color_scheme(&self, scheme: &str) {
+        self.call(
+            "POST",
+            "/goog/cdp/execute",
+            Some(json!({"cmd": "Emulation.setEmulatedMedia",
+                        "params": {"features": [{"name": "prefers-color-scheme", "value": scheme}]}})),
+        )
+        .await;
+    }
+
+    /// Sets a permission for the page's origin (WebDriver's Permissions
+    /// extension), e.g. `notifications` to `granted`.
+    pub async fn set_permission(&self, name: &str, state: &str) {
+        self.call("POST", "/permissions", Some(json!({"descriptor": {"name": name}, "state": state}))).await;
+    }
+
+    /// Presses a chord on whatever has the focus, as a keyboard would: every key
+    /// down in order, then up in reverse (`"\u{E009}"` is Control, `"\u{E00C}"` Escape).
+    pub async fn press(&self, keys: &[&str]) {
+        let mut actions: Vec<Value> = keys.iter().map(|k| json!({"type": "keyDown", "value": k})).collect();
+        actions.extend(keys.iter().rev().map(|k| json!({"type": "keyUp", "value": k})));
+        self.call("POST", "/actions", Some(json!({"actions": [{"type": "key", "id": "keyboard", "actions": actions}]}))).await;
+        self.call("DELETE", "/actions", None).await;
+    }
+
     pub async fn goto(&self, url: &str) {
         self.call("POST", "/url", Some(json!({ "url": url }))).await;
     }

@@ -99,6 +99,13 @@ export function taskView(main, app, id) {
     }
   }
 
+  // The palette offers the same actions, run by the same code.
+  app.pageCommands = () => (task && !busy
+    ? ACTIONS.filter((a) => a.from.includes(task.status)).map((a) => ({
+      id: `task-${a.action}`, label: `${a.label}: ${task.title || id}`, hint: 'Task action', danger: a.danger, run: () => act(a),
+    }))
+    : []);
+
   let lastStatus = task?.status;
   const unsubscribe = store.subscribe(() => {
     const t = store.tasks.get(id);

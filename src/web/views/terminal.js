@@ -7,6 +7,10 @@ import { Terminal } from '/vendor/xterm/xterm.mjs';
 import { FitAddon } from '/vendor/xterm-addon-fit/addon-fit.mjs';
 import { orgPath, wsUrl } from '../lib/api.js';
 import { h } from '../lib/dom.js';
+import { isDark } from '../lib/theme.js';
+
+const DARK = { background: '#0d1117', foreground: '#e6edf3', cursor: '#e6edf3', selectionBackground: '#264f78' };
+const LIGHT = { background: '#ffffff', foreground: '#1f2328', cursor: '#1f2328', selectionBackground: '#b6d4fe' };
 
 /** Codes after which the terminal is over (or the credential gone). */
 const FINAL = new Set([1000, 4001, 4003, 4004]);
@@ -15,14 +19,13 @@ export function terminalPane(container, app, taskId) {
   const status = h('p.term-status.muted.small', { role: 'status' }, 'Connecting…');
   const host = h('div.term', { 'aria-label': 'Terminal' });
   container.append(status, host);
-  const dark = matchMedia('(prefers-color-scheme: dark)').matches;
   const term = new Terminal({
     convertEol: false,
     cursorBlink: true,
     fontFamily: 'ui-monospace, SFMono-Regular, Menlo, Consolas, "DejaVu Sans Mono", monospace',
     fontSize: 13,
     scrollback: 5000,
-    theme: dark ? { background: '#0d1117', foreground: '#e6edf3' } : { background: '#ffffff', foreground: '#1f2328', cursor: '#1f2328', selectionBackground: '#b6d4fe' },
+    theme: isDark() ? DARK : LIGHT,
   });
   const fit = new FitAddon();
   term.loadAddon(fit);
@@ -46,6 +49,11 @@ export function terminalPane(container, app, taskId) {
     sendSize();
   };
   const observer = new ResizeObserver(() => refit());
+  // The theme toggle (and the system's switch) recolour the terminal too.
+  const onTheme = () => {
+    term.options.theme = isDark() ? DARK : LIGHT;
+  };
+  window.addEventListener('kiln:theme', onTheme);
   observer.observe(host);
 
   term.onData((data) => {
@@ -94,6 +102,7 @@ export function terminalPane(container, app, taskId) {
     closed = true;
     clearTimeout(timer);
     observer.disconnect();
+    window.removeEventListener('kiln:theme', onTheme);
     ws?.close(1000);
     term.dispose();
   };

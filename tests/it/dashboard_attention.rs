@@ -1,0 +1,269 @@
+//! The dashboard's attention features in a real Chromium (`browser.rs`): the
+//! inbox and browser notifications from the live event stream, the page title's
+//! count, the command palette and the shortcuts sheet, and dark mode, with
+//! screenshots at desktop and phone width.
+
+use serde_json::{json, Value};
+
+use crate::browser::Browser;
+use crate::common::{git_repo, Client, Server, Term};
+
+const CONTROL: &str = "\u{E009}";
+const ESCAPE: &str = "\u{E00C}";
+const TAB: &str = "\u{E004}";
+
+/// Creates organization `org` with a token; answers the token's secret.
+async fn org_with_token(admin: &Client, org: &str) -> String {
+    let r = admin.post("/v1/organizations", json!({"name": org})).await;
+    assert_eq!(r.status, 201, "{r:?}");
+    let r = admin.post(&format!("/v1/organizations/{org}/tokens"), json!({"name": "dashboard"})).await;
+    assert_eq!(r.status, 201, "{r:?}");
+    r.body["token"].as_str().unwrap().to_string()
+}
+
+/// Signs `browser` in with a fresh link made with `token`; waits until the board is live.
+async fn sign_in(browser: &Browser, server: &Server, token: &str) {
+    let r = Client::new(&server.url, Some(token)).post("/v1/dashboard/codes", json!({})).await;
+    assert_eq!(r.status, 201, "{r:?}");
+    browser.goto(&format!("{}{}", server.url, r.body["path"].as_str().unwrap())).await;
+    browser.wait_for(".board").await;
+    browser.until("the stream is live", "return document.getElementById('live')?.textContent === 'Live'", json!([])).await;
+}
+
+fn id(task: &Value) -> String {
+    task["id"].as_str().unwrap().to_string()
+}
+
+const TITLE: &str = "return document.title";
+const UNREAD: &str = "return document.getElementById('inbox-count')?.textContent || '0'";
+/// The notifications the page made: the real constructor, recorded.
+const RECORD_NOTIFICATIONS: &str = "window.__notes = []; const Real = window.Notification; \
+    window.Notification = class extends Real { constructor(title, options) { super(title, options); window.__notes.push({title, tag: options && options.tag}); } }; \
+    return Real.permission;";
+const NOTES: &str = "return window.__notes.map(n => n.title)";
+
+#[actix_web::test]
+async fn in_a_browser_a_task_going_idle_live_makes_an_inbox_entry_a_notification_and_counts_in_the_title() {
+    let (server, dir) = Server::start(&[]);
+    let admin = server.client();
+    let token = org_with_token(&admin, "acme").await;
+    admin.add_repo("acme", &git_repo(dir.path(), "app")).await;
+    // Before the page opens: one task went idle (history: listed, never notified).
+    let old = admin.create_task_with("acme", json!({"repo": "app", "title": "Tidy the README", "description": "Tidy the README", "agent": "quick"})).await;
+    admin.wait_status("acme", &id(&old), "idle").await;
+    let busy = admin.create_task_with("acme", json!({"repo": "app", "title": "Port the CLI", "description": "Port the CLI"})).await;
+    admin.wait_status("acme", &id(&busy), "running").await;
+
+    let browser = Browser::start().await;
+    sign_in(&browser, &server, &token).await;
+    browser.until("the history's entry is unread", &format!("{UNREAD} === '1'"), json!([])).await;
+    assert_eq!(browser.eval(TITLE, json!([])).await, "(1) Kiln", "the title counts what needs you");
+
+    // Notifications: the inbox offers the switch while the browser has not been asked.
+    browser.click("#inbox-button").await;
+    browser.wait_for("#inbox[role=dialog] #enable-notifications").await;
+    let entries = browser.eval("return [...document.querySelectorAll('.inbox-entry a')].map(a => a.dataset.task)", json!([])).await;
+    assert_eq!(entries, json!([id(&old)]), "the history's idle task is listed");
+    browser.press(&[ESCAPE]).await;
+    browser.until("Escape closes the inbox", "return !document.getElementById('inbox')", json!([])).await;
+    browser.set_permission("notifications", "granted").await;
+    assert_eq!(browser.eval(RECORD_NOTIFICATIONS, json!([])).await, "granted");
+
+    // Live: a task goes idle while the page is on the board.
+    let live = admin.create_task_with("acme", json!({"repo": "app", "title": "Fix the flaky login test", "description": "Fix it", "agent": "quick"})).await;
+    let live_id = id(&live);
+    admin.wait_status("acme", &live_id, "idle").await;
+    browser.until("the live entry is unread", &format!("{UNREAD} === '2'"), json!([])).await;
+    browser.until("the title counts it", "return document.title === '(2) Kiln'", json!([])).await;
+    let notes = browser.until("a notification", "return window.__notes.length && window.__notes", json!([])).await;
+    assert_eq!(notes, json!([{"title": "Went idle: Fix the flaky login test", "tag": format!("kiln:acme:{live_id}")}]), "only the live event notifies");
+
+    browser.click("#inbox-button").await;
+    browser.wait_for(&format!(".inbox-entry.unread a[data-task='{live_id}']")).await;
+    let order = browser.eval("return [...document.querySelectorAll('.inbox-entry a')].map(a => a.dataset.task)", json!([])).await;
+    assert_eq!(order, json!([live_id.clone(), id(&old)]), "newest first");
+    assert!(browser.text().await.contains("Notifications are on"));
+    browser.screenshot("inbox-desktop").await;
+    browser.viewport(390, 844).await;
+    browser.screenshot("inbox-phone").await;
+    let overflow = browser.eval("return document.documentElement.scrollWidth > window.innerWidth", json!([])).await;
+    assert_eq!(overflow, false, "no sideways scrolling at phone width");
+    browser.viewport(1280, 800).await;
+
+    // A click opens the task and marks the entry read; the mark outlives a reload.
+    browser.eval("window.__sameDocument = true", json!([])).await;
+    browser.click(&format!(".inbox-entry a[data-task='{live_id}']")).await;
+    browser.until("the task page", &format!("return location.pathname === '/tasks/{live_id}'"), json!([])).await;
+    assert_eq!(browser.eval("return window.__sameDocument === true", json!([])).await, true, "no reload");
+    browser.until("one unread left", &format!("{UNREAD} === '1'"), json!([])).await;
+    let stored = browser.eval("return Object.keys(localStorage).filter(k => k.startsWith('kiln:inbox-read:acme:'))", json!([])).await;
+    assert_eq!(stored.as_array().map(|a| a.len()), Some(1), "kept per organization and token: {stored}");
+
+    // The task's page is showing and focused: its next idle is listed, not notified.
+    browser.eval(RECORD_NOTIFICATIONS, json!([])).await;
+    browser.until("the page has the focus", "return document.hasFocus()", json!([])).await;
+    let mut term = Term::open(&admin, "acme", &live_id, 0).await;
+    term.send(b"wake up\n").await;
+    term.expect("echo: wake up").await;
+    admin.wait_status("acme", &live_id, "running").await;
+    admin.wait_status("acme", &live_id, "idle").await;
+    browser
+        .until("the second idle is listed", &format!("return document.getElementById('inbox-count')?.textContent === '2' && document.title === '(2) Kiln' && '{live_id}'"), json!([]))
+        .await;
+    assert_eq!(browser.eval(NOTES, json!([])).await, json!([]), "no notification for the task on screen");
+
+    // Mark all read; a reload keeps it, and replays no notification.
+    browser.click("#inbox-button").await;
+    browser.click("#inbox-mark-all").await;
+    browser.until("nothing unread", "return !document.querySelector('.inbox-entry.unread') && document.getElementById('inbox-count').textContent === ''", json!([])).await;
+    browser.goto(&format!("{}/", server.url)).await;
+    browser.wait_for(".board").await;
+    browser.eval(RECORD_NOTIFICATIONS, json!([])).await;
+    browser.click("#inbox-button").await;
+    browser.until("the entries are back, read", "return document.querySelectorAll('.inbox-entry').length === 3 && !document.querySelector('.inbox-entry.unread')", json!([])).await;
+    assert_eq!(browser.eval(UNREAD, json!([])).await, "0");
+    assert_eq!(browser.eval("return document.title", json!([])).await, "(2) Kiln", "the title still counts the idle tasks");
+    assert_eq!(browser.eval(NOTES, json!([])).await, json!([]));
+}
+
+#[actix_web::test]
+async fn in_a_browser_the_palette_finds_a_task_runs_its_actions_and_every_view_works_in_dark_mode() {
+    let (server, dir) = Server::start(&[]);
+    let admin = server.client();
+    let token = org_with_token(&admin, "acme").await;
+    admin.add_repo("acme", &git_repo(dir.path(), "app")).await;
+    admin.add_repo("acme", &git_repo(dir.path(), "api")).await;
+    let a = admin.create_task_with("acme", json!({"repo": "app", "title": "Add dark mode to settings", "description": "Add dark mode"})).await;
+    let b = admin.create_task_with("acme", json!({"repo": "api", "title": "Rate-limit the login endpoint", "description": "Rate-limit it", "agent": "quick"})).await;
+    let c = admin.create_task_with("acme", json!({"repo": "app", "title": "Upgrade the date library", "description": "Upgrade it"})).await;
+    let (a, b, c) = (id(&a), id(&b), id(&c));
+    admin.wait_status("acme", &a, "running").await;
+    admin.wait_status("acme", &b, "idle").await;
+    admin.wait_status("acme", &c, "running").await;
+
+    let browser = Browser::start().await;
+    sign_in(&browser, &server, &token).await;
+    browser.eval("window.__sameDocument = true", json!([])).await;
+
+    // Ctrl+K opens the palette, focused, as a modal dialog.
+    browser.press(&[CONTROL, "k"]).await;
+    browser.wait_for("#palette[role=dialog][aria-modal=true]").await;
+    assert_eq!(browser.eval("return document.activeElement.id", json!([])).await, "palette-input");
+    // Focus stays inside: Tab from the last control comes back around.
+    for _ in 0..3 {
+        browser.press(&[TAB]).await;
+        assert_eq!(browser.eval("return !!document.activeElement.closest('#palette')", json!([])).await, true, "focus left the dialog");
+    }
+    browser.press(&[ESCAPE]).await;
+    browser.until("Escape closes it", "return !document.getElementById('palette')", json!([])).await;
+
+    // Find a task by a word of its title, and go there with Enter.
+    browser.press(&[CONTROL, "k"]).await;
+    browser.wait_for("#palette-input").await;
+    browser.type_into("#palette-input", "date lib").await;
+    browser
+        .until("c is the first result", "const o = document.querySelector('#palette-list [role=option]'); return o && o.dataset.task === arguments[0] && o.getAttribute('aria-selected') === 'true'", json!([c]))
+        .await;
+    browser.screenshot("palette-desktop").await;
+    browser.viewport(390, 844).await;
+    browser.screenshot("palette-phone").await;
+    browser.viewport(1280, 800).await;
+    browser.press(&["\u{E007}"]).await; // Enter
+    browser.until("c's page", "return location.pathname === `/tasks/${arguments[0]}`", json!([c])).await;
+    assert_eq!(browser.eval("return !document.getElementById('palette')", json!([])).await, true, "the palette closed");
+    assert_eq!(browser.eval("return window.__sameDocument === true", json!([])).await, true, "no reload");
+    // An id works as well as a title.
+    browser.press(&[CONTROL, "k"]).await;
+    browser.type_into("#palette-input", &a[..6]).await;
+    browser.until("a by its id", "const o = document.querySelector('#palette-list [role=option][data-kind=task]'); return o && o.dataset.task === arguments[0]", json!([a])).await;
+    browser.press(&[ESCAPE]).await;
+
+    // On a task page the palette has the actions its status allows, and runs them.
+    browser.until("c is running", "return document.getElementById('task-status')?.textContent === 'Running'", json!([])).await;
+    browser.press(&[CONTROL, "k"]).await;
+    browser.type_into("#palette-input", "push").await;
+    browser.until("the push action", "return [...document.querySelectorAll('#palette-list .palette-label')].some(l => l.textContent.startsWith('Push:'))", json!([])).await;
+    let labels = browser.eval("document.getElementById('palette-input').value = ''; document.getElementById('palette-input').dispatchEvent(new Event('input')); return [...document.querySelectorAll('#palette-list [data-kind=command] .palette-label')].map(l => l.textContent)", json!([])).await;
+    let labels: Vec<String> = serde_json::from_value(labels).unwrap();
+    for want in ["Push:", "Sync:", "Open PR:", "Merge:", "Archive:", "Kill:"] {
+        assert!(labels.iter().any(|l| l.starts_with(want)), "{want} in {labels:?}");
+    }
+    assert!(!labels.iter().any(|l| l.starts_with("Resume:")), "a running task cannot resume: {labels:?}");
+    // Push runs the page's own action code: its answer shows as the button's would.
+    browser.type_into("#palette-input", "push").await;
+    browser.until("push is selected", "return document.querySelector('#palette-list [aria-selected=true] .palette-label')?.textContent.startsWith('Push:')", json!([])).await;
+    browser.press(&["\u{E007}"]).await;
+    let answered = browser
+        .until("push answered", "const e = document.querySelector('.task-head ~ p.error'); const a = document.getElementById('announce'); return (e && !e.hidden && e.textContent) || (a && a.textContent)", json!([]))
+        .await;
+    let answered = answered.as_str().unwrap();
+    assert!(answered == "Push: done" || answered.starts_with("Push failed: "), "{answered}");
+    let pushed = admin.get(&format!("/v1/organizations/acme/events?task={c}&kind=task.pushed")).await.body;
+    assert_eq!(pushed["items"].as_array().map(|i| i.len()), Some(usize::from(answered == "Push: done")), "{pushed}");
+
+    // ? shows the shortcuts; Escape closes it.
+    browser.eval("document.activeElement.blur()", json!([])).await;
+    browser.press(&["?"]).await;
+    browser.wait_for("#shortcuts[role=dialog]").await;
+    assert!(browser.text().await.contains("Command palette"));
+    browser.press(&[ESCAPE]).await;
+    browser.until("closed", "return !document.getElementById('shortcuts')", json!([])).await;
+
+    // Dark mode: the system's setting, then the toggle. Every view, desktop and phone.
+    browser.color_scheme("dark").await;
+    browser.goto(&format!("{}/", server.url)).await;
+    browser.wait_for(".board .card").await;
+    let bg = "return getComputedStyle(document.body).backgroundColor";
+    assert_eq!(browser.eval(bg, json!([])).await, "rgb(13, 17, 23)", "the page follows prefers-color-scheme");
+    browser.screenshot("board-dark-desktop").await;
+    browser.viewport(390, 844).await;
+    browser.screenshot("board-dark-phone").await;
+    let overflow = browser.eval("return document.documentElement.scrollWidth > window.innerWidth", json!([])).await;
+    assert_eq!(overflow, false, "no sideways scrolling at phone width");
+    browser.viewport(1280, 800).await;
+    browser.click(&format!("a.card[data-task='{a}']")).await;
+    browser.until("the terminal shows output", "return (document.querySelector('.xterm-rows')?.textContent || '').trim().length > 0", json!([])).await;
+    browser.screenshot("task-dark-desktop").await;
+    browser.viewport(390, 844).await;
+    browser.screenshot("task-dark-phone").await;
+    browser.viewport(1280, 800).await;
+    browser.click("#tab-events").await;
+    browser.until("the events list", "return document.querySelectorAll('.event').length > 0", json!([])).await;
+    browser.screenshot("task-events-dark-desktop").await;
+    browser.click("a[href='/new']").await;
+    browser.wait_for("#nt-agent option[value='typed']").await;
+    browser.screenshot("new-task-dark-desktop").await;
+    browser.viewport(390, 844).await;
+    browser.screenshot("new-task-dark-phone").await;
+    browser.viewport(1280, 800).await;
+    browser.click("a[href='/']").await;
+    browser.click("#inbox-button").await;
+    browser.wait_for(&format!(".inbox-entry a[data-task='{b}']")).await;
+    browser.screenshot("inbox-dark-desktop").await;
+    browser.press(&[ESCAPE]).await;
+    browser.press(&[CONTROL, "k"]).await;
+    browser.wait_for("#palette-input").await;
+    browser.screenshot("palette-dark-desktop").await;
+    browser.press(&[ESCAPE]).await;
+
+    // The toggle overrides the system, and is kept: light, on a dark system.
+    browser.click("#theme-button").await; // system → light
+    assert_eq!(browser.eval("return document.documentElement.dataset.theme", json!([])).await, "light");
+    assert_eq!(browser.eval(bg, json!([])).await, "rgb(246, 247, 249)");
+    browser.goto(&format!("{}/", server.url)).await;
+    browser.wait_for(".board .card").await;
+    assert_eq!(browser.eval(bg, json!([])).await, "rgb(246, 247, 249)", "the choice outlives a reload");
+    browser.click("#theme-button").await; // light → dark
+    browser.color_scheme("light").await;
+    assert_eq!(browser.eval(bg, json!([])).await, "rgb(13, 17, 23)", "dark on a light system");
+    browser.click("#theme-button").await; // dark → system (light)
+    assert_eq!(browser.eval(bg, json!([])).await, "rgb(246, 247, 249)");
+
+    // Signed out, in dark: the sign-in page.
+    browser.color_scheme("dark").await;
+    browser.click("#sign-out").await;
+    browser.wait_for("form #token").await;
+    browser.screenshot("sign-in-dark-desktop").await;
+    browser.viewport(390, 844).await;
+    browser.screenshot("sign-in-dark-phone").await;
+}
