@@ -96,13 +96,17 @@ function updateTitle() {
   if (!app.store) return;
   let n = 0;
   for (const t of app.store.tasks.values()) if (needsYou(t)) n++;
-  document.title = n ? `(${n}) Kiln` : 'Kiln';
+  // Writes only what changed: this runs on every frame the stream changes something.
+  const title = n ? `(${n}) Kiln` : 'Kiln';
+  if (document.title !== title) document.title = title;
   const badge = document.getElementById('needs-count');
-  if (badge) badge.textContent = n ? String(n) : '';
+  if (badge && badge.textContent !== (n ? String(n) : '')) badge.textContent = n ? String(n) : '';
   const live = document.getElementById('live');
   if (live) {
-    live.textContent = app.store.connected ? 'Live' : app.store.loaded ? 'Reconnecting…' : 'Loading…';
-    live.className = `live ${app.store.connected ? 'on' : 'off'}`;
+    const text = app.store.connected ? 'Live' : app.store.loaded ? 'Reconnecting…' : 'Loading…';
+    const cls = `live ${app.store.connected ? 'on' : 'off'}`;
+    if (live.textContent !== text) live.textContent = text;
+    if (live.className !== cls) live.className = cls;
   }
 }
 

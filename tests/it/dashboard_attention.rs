@@ -69,12 +69,16 @@ async fn in_a_browser_a_task_going_idle_live_makes_an_inbox_entry_a_notification
     browser.set_permission("notifications", "granted").await;
     assert_eq!(browser.eval(RECORD_NOTIFICATIONS, json!([])).await, "granted");
 
+    // The board keeps the cards that did not change (it patches, not redraws: docs/performance.md).
+    browser.eval("window.__busyCard = document.querySelector(`a.card[data-task=\"${arguments[0]}\"]`); return !!window.__busyCard", json!([id(&busy)])).await;
     // Live: a task goes idle while the page is on the board.
     let live = admin.create_task_with("acme", json!({"repo": "app", "title": "Fix the flaky login test", "description": "Fix it", "agent": "quick"})).await;
     let live_id = id(&live);
     admin.wait_status("acme", &live_id, "idle").await;
     browser.until("the live entry is unread", &format!("{UNREAD} === '2'"), json!([])).await;
     browser.until("the title counts it", "return document.title === '(2) Kiln'", json!([])).await;
+    let kept = browser.eval("return document.querySelector(`a.card[data-task=\"${arguments[0]}\"]`) === window.__busyCard", json!([id(&busy)])).await;
+    assert_eq!(kept, true, "an unchanged card is the same element after a live update");
     let notes = browser.until("a notification", "return window.__notes.length && window.__notes", json!([])).await;
     assert_eq!(notes, json!([{"title": "Went idle: Fix the flaky login test", "tag": format!("kiln:acme:{live_id}")}]), "only the live event notifies");
 

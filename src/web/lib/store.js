@@ -65,6 +65,8 @@ export class Store {
       }
       if (typeof event.id !== 'number' || event.id <= this.cursor) return;
       this.cursor = event.id;
+      // When the newest event happened (server clock), for the board's lag reading.
+      this.lastEventAt = event.at;
       this.apply(event);
       for (const fn of this.eventListeners) fn(event);
     };

@@ -7,14 +7,32 @@ import { h, replace } from '../lib/dom.js';
 import { age, when, STATUS_WORDS } from '../lib/format.js';
 
 const PAGE = 50;
+/** The least time between two renders the stream causes (ms). */
+const LIVE_MS = 100;
 
 // What the benchmarks read (docs/performance.md): the board sets the User Timing
 // marks `kiln:board-first-render` (the first render with tasks in it) and
 // `kiln:board-ready` (every task loaded and rendered, the stream following), and
 // counts its renders here. Numbers only; no data.
-const stats = { renders: 0, renderMs: 0, maxRenderMs: 0 };
+const stats = { renders: 0, renderMs: 0, maxRenderMs: 0, lags: [] };
 globalThis.kilnBoardStats = stats;
 let marked = { first: false, ready: false };
+
+/** Sets an element's text only when it changed (an equal write still costs a style pass). */
+function setText(el, text) {
+  if (el.textContent !== text) el.textContent = text;
+}
+
+/** Makes `list`'s children exactly `want`, in order, moving only what is out of place. */
+function reconcile(list, want) {
+  const keep = new Set(want);
+  for (const child of [...list.children]) if (!keep.has(child)) child.remove();
+  let at = list.firstElementChild;
+  for (const el of want) {
+    if (el === at) at = at.nextElementSibling;
+    else list.insertBefore(el, at);
+  }
+}
 
 export function boardView(main, app) {
   const store = app.store;
@@ -35,7 +53,7 @@ export function boardView(main, app) {
     const section = h(`section.column.col-${c.id}`, { 'aria-labelledby': `col-${c.id}`, dataset: { column: c.id } },
       h('h2', { id: `col-${c.id}`, title: c.hint }, h('span.col-dot', { 'aria-hidden': 'true' }), c.title, count),
       list, more);
-    columns[c.id] = { section, count, list, more };
+    columns[c.id] = { section, count, list, more, empty: h('li.empty', 'Nothing here') };
     grid.append(section);
   }
 
@@ -64,8 +82,14 @@ export function boardView(main, app) {
 
   let options = '';
   function syncOptions(tasks) {
-    const repos = [...new Set(tasks.map((t) => t.repo))].sort();
-    const agents = [...new Set(tasks.map((t) => t.agent))].sort();
+    const repoSet = new Set();
+    const agentSet = new Set();
+    for (const t of tasks) {
+      repoSet.add(t.repo);
+      agentSet.add(t.agent);
+    }
+    const repos = [...repoSet].sort();
+    const agents = [...agentSet].sort();
     const key = repos.join('\n') + '\0' + agents.join('\n');
     if (key === options) return;
     options = key;
@@ -73,13 +97,21 @@ export function boardView(main, app) {
     replace(agentSel, h('option', { value: '' }, 'All agents'), ...agents.map((a) => h('option', { value: a, selected: a === filter.agent }, a)));
   }
 
+  let lastSeenEventAt = store.lastEventAt;
   function render() {
     const t0 = performance.now();
+    lastRender = t0;
     draw();
     const ms = performance.now() - t0;
     stats.renders++;
     stats.renderMs += ms;
     stats.maxRenderMs = Math.max(stats.maxRenderMs, ms);
+    // How long after the newest event (server time) the board showed it: the live update's lag.
+    if (store.lastEventAt && store.lastEventAt !== lastSeenEventAt) {
+      lastSeenEventAt = store.lastEventAt;
+      if (stats.lags.length >= 10000) stats.lags.shift();
+      stats.lags.push(Date.now() - store.lastEventAt);
+    }
     if (!marked.first && store.tasks.size > 0) {
       marked.first = true;
       performance.mark('kiln:board-first-render');
@@ -104,25 +136,48 @@ export function boardView(main, app) {
       matched++;
     }
     const focused = document.activeElement?.closest?.('[data-task]')?.dataset.task;
+    renderId++;
     for (const c of COLUMNS) {
       const tasks = groups[c.id].sort((a, b) => b.updated_at - a.updated_at || (a.id < b.id ? -1 : 1));
       const col = columns[c.id];
-      col.count.textContent = String(tasks.length);
       const visible = tasks.slice(0, shown[c.id]);
-      replace(col.list, ...visible.map(card));
-      if (!visible.length) col.list.append(h('li.empty', 'Nothing here'));
+      setText(col.count, String(tasks.length));
+      reconcile(col.list, visible.length ? visible.map(cardFor) : [col.empty]);
       const rest = tasks.length - visible.length;
-      col.more.hidden = rest <= 0;
-      col.more.textContent = `Show more (${rest} hidden)`;
+      if (col.more.hidden !== rest <= 0) col.more.hidden = rest <= 0;
+      setText(col.more, `Show more (${rest} hidden)`);
       col.section.classList.toggle('is-empty', tasks.length === 0);
     }
+    // Forget the cards no column shows now.
+    for (const [id, entry] of cards) if (entry.seen !== renderId) cards.delete(id);
     if (focused) grid.querySelector(`[data-task="${focused}"]`)?.focus();
     const total = store.tasks.size;
-    summary.textContent = !store.loaded && total === 0
+    setText(summary, !store.loaded && total === 0
       ? 'Loading tasks…'
       : app.storeError ? `The tasks could not be loaded: ${app.storeError.message}`
       : total === 0 ? 'No tasks yet: create one with New task (or press n).'
-      : matched === total ? `${total} tasks` : `${matched} of ${total} tasks match`;
+      : matched === total ? `${total} tasks` : `${matched} of ${total} tasks match`);
+  }
+
+  // Cards are kept between renders and rebuilt only when what they show changed,
+  // and a column's list is patched in place: with 10,000 tasks and a stream of
+  // events, a render touches the few cards that moved, not every card on screen.
+  const cards = new Map();
+  let renderId = 0;
+  function cardFor(t) {
+    const pr = t.pr;
+    const key = [t.status, t.title, t.repo, t.branch, t.agent, needsYou(t),
+      pr ? `${pr.number} ${pr.state} ${pr.ci_state} ${pr.review_decision}` : ''].join('\u0001');
+    let entry = cards.get(t.id);
+    if (!entry || entry.key !== key) {
+      const el = card(t);
+      entry = { key, el, age: el.querySelector('time.age') };
+      cards.set(t.id, entry);
+    }
+    entry.seen = renderId;
+    // The age moves on with the clock: its text is updated in place.
+    if (entry.age) setText(entry.age, age(t.created_at));
+    return entry.el;
   }
 
   function card(t) {
@@ -179,13 +234,25 @@ export function boardView(main, app) {
     }
   };
   document.addEventListener('keydown', onKey);
-  const unsubscribe = store.subscribe(render);
+  // The stream's changes render at most every LIVE_MS: at 100 events a second a
+  // render per frame would spend the frame budget on layout a person cannot
+  // follow anyway. Typing and filters render at once.
+  let lastRender = 0;
+  let pending = null;
+  const live = () => {
+    if (pending) return;
+    const wait = lastRender + LIVE_MS - performance.now();
+    if (wait <= 0) render();
+    else pending = setTimeout(() => { pending = null; render(); }, wait);
+  };
+  const unsubscribe = store.subscribe(live);
   // Ages move on with the clock; this re-renders from memory and asks the server nothing.
   const tick = setInterval(render, 30000);
   render();
   return () => {
     unsubscribe();
     clearInterval(tick);
+    clearTimeout(pending);
     document.removeEventListener('keydown', onKey);
   };
 }

@@ -24,8 +24,9 @@ export function updateInboxButton(app) {
   const button = document.getElementById('inbox-button');
   if (!count || !button) return;
   const n = app.inbox ? app.inbox.unread : 0;
-  count.textContent = n ? String(n) : '';
-  button.setAttribute('aria-label', n ? `Inbox, ${n} unread` : 'Inbox');
+  if (count.textContent !== (n ? String(n) : '')) count.textContent = n ? String(n) : '';
+  const label = n ? `Inbox, ${n} unread` : 'Inbox';
+  if (button.getAttribute('aria-label') !== label) button.setAttribute('aria-label', label);
 }
 
 /** Opens the inbox dialog. */
