@@ -195,7 +195,7 @@ impl Window {
             format!("{:.1} / {:.1} / {:.1} ms", quantile(&f, 0.5), p95, f.last().copied().unwrap_or(f64::NAN)),
             format!("{:.2}", p95 / baseline_p95),
             format!("{over} ({:.1}%)", 100.0 * over as f64 / f.len().max(1) as f64),
-            format!("{} ({:.0} ms)", self.long.len(), self.long.iter().sum::<f64>()),
+            format!("{} ({:.0} ms)", self.long.len(), self.long.iter().sum::<f64>() + 0.0),
             format!("{:.0}/s", self.renders / self.secs),
             if self.renders > 0.0 { format!("{:.1} / {:.1} ms", self.render_ms / self.renders, self.max_render_ms) } else { "–".into() },
             if lags.is_empty() { "–".into() } else { format!("{:.0} / {:.0} / {:.0} ms", quantile(&lags, 0.5), quantile(&lags, 0.95), lags.last().copied().unwrap_or(f64::NAN)) },
