@@ -37,10 +37,11 @@ fn id(task: &Value) -> String {
 const TITLE: &str = "return document.title";
 const UNREAD: &str = "return document.getElementById('inbox-count')?.textContent || '0'";
 /// The notifications the page made: the real constructor, recorded.
-const RECORD_NOTIFICATIONS: &str = "window.__notes = []; const Real = window.Notification; \
+const RECORD_NOTIFICATIONS: &str = "window.__notes = []; const Real = window.__RealNotification ||= window.Notification; \
     window.Notification = class extends Real { constructor(title, options) { super(title, options); window.__notes.push({title, tag: options && options.tag}); } }; \
     return Real.permission;";
 const NOTES: &str = "return window.__notes.map(n => n.title)";
+const NOTES_SOON: &str = "return window.__notes.length && window.__notes.map(n => n.title)";
 
 #[actix_web::test]
 async fn in_a_browser_a_task_going_idle_live_makes_an_inbox_entry_a_notification_and_counts_in_the_title() {
@@ -270,4 +271,55 @@ async fn in_a_browser_the_palette_finds_a_task_runs_its_actions_and_every_view_w
     browser.screenshot("sign-in-dark-desktop").await;
     browser.viewport(390, 844).await;
     browser.screenshot("sign-in-dark-phone").await;
+}
+
+#[actix_web::test]
+async fn in_a_browser_a_permission_request_arriving_live_is_a_needs_input_entry_and_the_title_follows_it() {
+    let bin = crate::fake_sandbox_agent::fake_sandbox_agent_bin();
+    let (server, dir) = Server::start(&[("KILN_SANDBOX_AGENT_BIN", bin.to_str().unwrap())]);
+    let admin = server.client();
+    let token = org_with_token(&admin, "acme").await;
+    admin.add_repo("acme", &git_repo(dir.path(), "widget")).await;
+    let task = admin.create_task_with("acme", json!({"repo": "widget", "title": "Wire up the widget", "description": "Wire it up"})).await;
+    let task = id(&task);
+    admin.wait_status("acme", &task, "running").await;
+
+    let browser = Browser::start().await;
+    sign_in(&browser, &server, &token).await;
+    assert_eq!(browser.eval(TITLE, json!([])).await, "Kiln", "nothing needs you yet");
+    browser.set_permission("notifications", "granted").await;
+    browser.eval(RECORD_NOTIFICATIONS, json!([])).await;
+
+    // A session opens: once it is ready for a prompt, the task is idle (live: an entry, a notification).
+    let sessions = format!("/v1/organizations/acme/tasks/{task}/sessions");
+    let r = admin.post(&sessions, json!({"agent": "fake"})).await;
+    assert_eq!(r.status, 201, "{r:?}");
+    let sid = r.body["id"].as_str().unwrap().to_string();
+    browser.until("the idle entry", &format!("{UNREAD} === '1'"), json!([])).await;
+    browser.until("the title counts it", "return document.title === '(1) Kiln'", json!([])).await;
+    assert_eq!(browser.until("a notification", NOTES_SOON, json!([])).await, json!(["Went idle: Wire up the widget"]));
+    browser.eval(RECORD_NOTIFICATIONS, json!([])).await;
+
+    // The agent asks for a permission: the task needs input, live.
+    let r = admin.post(&format!("{sessions}/{sid}/prompt"), json!({"text": "this needs permission"})).await;
+    assert_eq!(r.status, 202, "{r:?}");
+    browser.until("a needs-input entry", &format!("{UNREAD} === '2'"), json!([])).await;
+    assert_eq!(browser.until("a notification", NOTES_SOON, json!([])).await, json!(["Needs input: Wire up the widget"]));
+    let badge = "return [...document.querySelectorAll(`a.card[data-task=\"${arguments[0]}\"] .badge.attn`)].map(b => b.textContent).join()";
+    browser.until("the card says why", &format!("{badge} === 'Needs input'"), json!([task])).await;
+    assert_eq!(browser.eval(TITLE, json!([])).await, "(1) Kiln", "one task needs you, once");
+    browser.click("#inbox-button").await;
+    let reasons = browser.eval("return [...document.querySelectorAll('.inbox-entry a')].map(a => a.dataset.reason)", json!([])).await;
+    assert_eq!(reasons, json!(["input", "idle"]), "newest first");
+    browser.screenshot("inbox-needs-input-desktop").await;
+    browser.press(&[ESCAPE]).await;
+
+    // Answered: the turn ends, the task is idle again (another entry); it no longer needs input.
+    let session = admin.get(&format!("{sessions}/{sid}")).await.body;
+    let request = session["pending_permissions"][0]["request"].as_str().expect("a pending permission").to_string();
+    let r = admin.post(&format!("{sessions}/{sid}/permissions/{request}"), json!({"option_id": "allow-once"})).await;
+    assert_eq!(r.status, 202, "{r:?}");
+    browser.until("no longer needs input", &format!("{badge} === ''"), json!([task])).await;
+    browser.until("idle again", &format!("{UNREAD} === '3'"), json!([])).await;
+    assert_eq!(browser.eval(TITLE, json!([])).await, "(1) Kiln", "still one task, idle");
 }

@@ -4,7 +4,7 @@
 
 import { COLUMNS, columnOf, needsYou } from '../lib/store.js';
 import { h, replace } from '../lib/dom.js';
-import { age, when, STATUS_WORDS } from '../lib/format.js';
+import { age, when, plural, STATUS_WORDS } from '../lib/format.js';
 
 const PAGE = 50;
 /** The least time between two renders the stream causes (ms). */
@@ -156,7 +156,7 @@ export function boardView(main, app) {
       ? 'Loading tasks…'
       : app.storeError ? `The tasks could not be loaded: ${app.storeError.message}`
       : total === 0 ? 'No tasks yet: create one with New task (or press n).'
-      : matched === total ? `${total} tasks` : `${matched} of ${total} tasks match`);
+      : matched === total ? plural(total, 'task') : `${matched} of ${plural(total, 'task')} match`);
   }
 
   // Cards are kept between renders and rebuilt only when what they show changed,
