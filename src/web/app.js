@@ -154,23 +154,23 @@ function searchIcon() {
 
 /** Cycles the theme: system → light → dark. */
 function themeButton() {
-  const words = { system: 'Theme: system', light: 'Theme: light', dark: 'Theme: dark' };
-  const glyph = { system: '◐', light: '☀', dark: '☾' };
   const button = h('button.ghost.icon-button#theme-button', { type: 'button' });
-  const show = () => {
-    const t = themeChoice();
-    button.textContent = glyph[t];
-    button.setAttribute('aria-label', `${words[t]} (change)`);
-    button.title = words[t];
-  };
-  button.addEventListener('click', () => {
-    setTheme(THEMES[(THEMES.indexOf(themeChoice()) + 1) % THEMES.length]);
-    show();
-  });
-  window.addEventListener('kiln:theme', show);
-  show();
+  button.addEventListener('click', () => setTheme(THEMES[(THEMES.indexOf(themeChoice()) + 1) % THEMES.length]));
+  showTheme(button);
   return button;
 }
+
+function showTheme(button) {
+  if (!button) return;
+  const words = { system: 'Theme: system', light: 'Theme: light', dark: 'Theme: dark' };
+  const glyph = { system: '◐', light: '☀', dark: '☾' };
+  const t = themeChoice();
+  button.textContent = glyph[t];
+  button.setAttribute('aria-label', `${words[t]} (change)`);
+  button.title = words[t];
+}
+// One listener for the page (the header is rebuilt on every route): the palette changes the theme too.
+window.addEventListener('kiln:theme', () => showTheme(document.getElementById('theme-button')));
 
 async function signOut() {
   try {
