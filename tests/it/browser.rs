@@ -124,6 +124,17 @@ impl Browser {
         .await;
     }
 
+    /// Emulates the system's dark (or light) colour scheme.
+    pub async fn dark(&self, on: bool) {
+        let scheme = if on { "dark" } else { "light" };
+        self.call(
+            "POST",
+            "/goog/cdp/execute",
+            Some(json!({"cmd": "Emulation.setEmulatedMedia", "params": {"features": [{"name": "prefers-color-scheme", "value": scheme}]}})),
+        )
+        .await;
+    }
+
     pub async fn goto(&self, url: &str) {
         self.call("POST", "/url", Some(json!({ "url": url }))).await;
     }

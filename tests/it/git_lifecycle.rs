@@ -14,7 +14,7 @@ const WAIT: Duration = Duration::from_secs(30);
 const FULL: &str = "acme/app";
 
 /// A bare repository with `main` and one commit, as `origin`; answers (bare, scratch clone).
-fn bare_origin(dir: &Path) -> (PathBuf, PathBuf) {
+pub(crate) fn bare_origin(dir: &Path) -> (PathBuf, PathBuf) {
     let bare = dir.join("origin.git");
     git(dir, &["init", "-q", "--bare", "-b", "main", bare.to_str().unwrap()]);
     let work = dir.join("upstream-work");
