@@ -38,12 +38,13 @@ export function sessionPane(container, app, taskId, getTask) {
   // buffered and folded after it (those already in it are skipped by seq).
   const off = app.store.onEvent((ev) => {
     if (ev.task !== taskId || !ev.session) return;
-    if (!sid) {
-      // A session opened elsewhere (the CLI, another browser) shows up here.
-      if (ev.kind === 'session.status_changed' && !busy) load();
+    if (ev.session !== sid) {
+      // A session opened elsewhere (the CLI, another browser) shows up here
+      // when none is open in the pane.
+      if (ev.kind === 'session.status_changed' && !busy && (!sid || view?.status === 'closed')) load();
       return;
     }
-    if (ev.session !== sid) return;
+    if (!view && !buffered) return;
     if (buffered) buffered.push(ev);
     else if (view.apply(ev)) schedule();
   });
