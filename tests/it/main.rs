@@ -7,6 +7,7 @@ mod api;
 mod auth;
 mod bad_input;
 mod browser;
+mod changes;
 mod cli;
 mod concurrency;
 mod confine;
