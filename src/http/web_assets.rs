@@ -58,6 +58,7 @@ static ASSETS: &[Asset] = &[
     asset!("/views/new-task.js", JS),
     asset!("/views/task.js", JS),
     asset!("/views/terminal.js", JS),
+    asset!("/views/changes.js", JS),
     asset!("/vendor/xterm/xterm.mjs", JS),
     asset!("/vendor/xterm/xterm.css", CSS),
     asset!("/vendor/xterm/LICENSE", "text/plain; charset=utf-8"),

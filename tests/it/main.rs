@@ -12,6 +12,7 @@ mod cli;
 mod concurrency;
 mod confine;
 mod dashboard;
+mod dashboard_changes;
 mod fake_github;
 mod fake_sandbox_agent;
 mod git_lifecycle;

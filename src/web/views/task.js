@@ -5,6 +5,7 @@ import { get, post, orgPath } from '../lib/api.js';
 import { h, replace, announce } from '../lib/dom.js';
 import { age, when, STATUS_WORDS } from '../lib/format.js';
 import { terminalPane } from './terminal.js';
+import { changesPane } from './changes.js';
 
 /** Which actions each status allows (docs/api.md, task actions). */
 const ACTIONS = [
@@ -80,7 +81,7 @@ export function taskView(main, app, id) {
       type: 'button', role: 'tab', id: `tab-${id}`, 'aria-selected': String(tab === id),
       onclick: () => { tab = id; history.replaceState(null, '', `?tab=${id}`); renderTabs(); renderPane(); },
     }, label);
-    replace(tabs, mk('terminal', 'Terminal'), mk('events', 'Events'));
+    replace(tabs, mk('terminal', 'Terminal'), mk('changes', 'Changes'), mk('events', 'Events'));
   }
 
   function renderPane() {
@@ -94,6 +95,8 @@ export function taskView(main, app, id) {
         return;
       }
       closePane = terminalPane(pane, app, id);
+    } else if (tab === 'changes') {
+      closePane = changesPane(pane, app, id);
     } else {
       closePane = eventsPane(pane, app, id);
     }
