@@ -227,6 +227,19 @@ async fn a_review_reaches_the_agent_s_terminal_as_one_paste_and_is_recorded() {
     let answer: Value = serde_json::from_str(&out).expect("--json prints the answer");
     assert_eq!(answer["delivered_via"], "terminal");
     terminal_shows(&c, id, &["1. src/b.rs:7", "Use a constant", "From the CLI"]).await;
+    // A whole request on stdin.
+    let mut child = std::process::Command::new(crate::common::BIN)
+        .args(["--url", &server.url, "--token", &server.token, "review", id, "--file", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(br#"{"comments": [{"path": "lib/c.rs", "line": 9, "side": "old", "text": "Keep this check"}]}"#).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    terminal_shows(&c, id, &["1. lib/c.rs:9 (a deleted line, numbered in the base)", "Keep this check"]).await;
     let (code, _, err) = cli(&server, &["--token", &server.token, "review", id, "--comment", "nocolon"]);
     assert_ne!(code, 0);
     assert!(err.contains("path:line:text"), "{err}");
@@ -237,7 +250,7 @@ async fn a_review_reaches_the_agent_s_terminal_as_one_paste_and_is_recorded() {
     assert_eq!((r.status, r.code()), (409, "agent_not_running"), "{r:?}");
     assert!(r.body["message"].as_str().unwrap().contains("killed"), "{r:?}");
     let count = c.events_since("default", 0).await.iter().filter(|e| e["kind"] == "task.review_sent").count();
-    assert_eq!(count, 3);
+    assert_eq!(count, 4);
 }
 
 #[actix_rt::test]
