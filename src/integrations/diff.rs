@@ -35,6 +35,9 @@ pub const MAX_FILE_LINES: u64 = 20_000;
 pub const MAX_FILE_BYTES: usize = 2 << 20;
 /// git's patch output is read up to this many bytes, then git is stopped.
 pub const MAX_BYTES: usize = 16 << 20;
+/// The file list (`--raw --numstat`) is read up to this many bytes; a change
+/// with a longer list (hundreds of thousands of files) is refused.
+pub const MAX_SUMMARY_BYTES: usize = 64 << 20;
 /// Both git runs together may take this long; then git is killed and the
 /// request fails with `diff_timeout`.
 pub const TIME_LIMIT: Duration = Duration::from_secs(20);
@@ -162,6 +165,8 @@ pub enum DiffError {
     NoMergeBase(String),
     #[error("git took longer than {} s to diff the worktree", TIME_LIMIT.as_secs())]
     TimedOut,
+    #[error("the change touches too many files to list (over {} MiB of file names)", MAX_SUMMARY_BYTES >> 20)]
+    TooBig,
 }
 
 /// The diff of the worktree at `worktree` against the merge-base of its `HEAD`
@@ -177,7 +182,7 @@ pub fn worktree_diff(worktree: &Path, base_branch: &str, base_ref: &str) -> Resu
     };
     let index = TempIndex::new(worktree)?;
     index.add_untracked(worktree)?;
-    let summary = index.capture(worktree, &diff_args(&base_commit, &["--raw", "--numstat", "-z"]), started, usize::MAX)?;
+    let summary = index.capture(worktree, &diff_args(&base_commit, &["--raw", "--numstat", "-z"]), started, MAX_SUMMARY_BYTES)?;
     let mut files = parse_summary(&summary);
     let omitted_files = files.len().saturating_sub(MAX_FILES);
     files.truncate(MAX_FILES);
@@ -284,13 +289,16 @@ impl TempIndex {
         }
     }
 
-    /// Runs git and answers its whole stdout (at most `max` bytes).
+    /// Runs git and answers its whole stdout; `TooBig` past `max` bytes.
     fn capture(&self, worktree: &Path, args: &[String], started: Instant, max: usize) -> Result<Vec<u8>, DiffError> {
         let mut out = Vec::new();
-        self.stream(worktree, args, started, |line| {
+        let complete = self.stream(worktree, args, started, |line| {
             out.extend_from_slice(line);
-            out.len() < max
+            out.len() <= max
         })?;
+        if !complete {
+            return Err(DiffError::TooBig);
+        }
         Ok(out)
     }
 
