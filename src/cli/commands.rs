@@ -233,6 +233,7 @@ pub async fn run(ctx: Ctx, command: Command) -> CliResult<()> {
         Command::Switch { task, shell } => switch(&ctx, &task, shell).await,
         Command::Events(args) => events(&ctx, args).await,
         Command::Session(cmd) => super::session::run(&ctx, cmd).await,
+        Command::Review(args) => super::review::run(&ctx, args).await,
         Command::Token(cmd) => token(&ctx, cmd).await,
         Command::Serve { .. } | Command::Migrate { .. } | Command::Openapi | Command::TerminalHost { .. } | Command::Dashboard { .. } => {
             Err(CliError("not a client command".into()))

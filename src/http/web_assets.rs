@@ -62,6 +62,7 @@ static ASSETS: &[Asset] = &[
     asset!("/views/terminal.js", JS),
     asset!("/views/session.js", JS),
     asset!("/views/pull-request.js", JS),
+    asset!("/views/changes.js", JS),
     asset!("/vendor/xterm/xterm.mjs", JS),
     asset!("/vendor/xterm/xterm.css", CSS),
     asset!("/vendor/xterm/LICENSE", "text/plain; charset=utf-8"),

@@ -126,7 +126,11 @@ impl Browser {
 
     /// Emulates the system's dark (or light) colour scheme.
     pub async fn dark(&self, on: bool) {
-        let scheme = if on { "dark" } else { "light" };
+        self.color_scheme(if on { "dark" } else { "light" }).await;
+    }
+
+    /// Emulates the system's light or dark setting (`prefers-color-scheme`).
+    pub async fn color_scheme(&self, scheme: &str) {
         self.call(
             "POST",
             "/goog/cdp/execute",

@@ -8,6 +8,7 @@ import { age, when, STATUS_WORDS } from '../lib/format.js';
 import { terminalPane } from './terminal.js';
 import { sessionPane } from './session.js';
 import { pullRequestPane } from './pull-request.js';
+import { changesPane } from './changes.js';
 
 /** Which actions each status allows (docs/api.md, task actions). */
 const ACTIONS = [
@@ -83,7 +84,7 @@ export function taskView(main, app, id) {
       type: 'button', role: 'tab', id: `tab-${id}`, 'aria-selected': String(tab === id),
       onclick: () => { tab = id; history.replaceState(null, '', `?tab=${id}`); renderTabs(); renderPane(); },
     }, label);
-    replace(tabs, mk('terminal', 'Terminal'), mk('session', 'Session'), mk('pr', 'Pull request'), mk('events', 'Events'));
+    replace(tabs, mk('terminal', 'Terminal'), mk('changes', 'Changes'), mk('session', 'Session'), mk('pr', 'Pull request'), mk('events', 'Events'));
   }
 
   function renderPane() {
@@ -101,6 +102,8 @@ export function taskView(main, app, id) {
       closePane = sessionPane(pane, app, id, () => task);
     } else if (tab === 'pr') {
       closePane = pullRequestPane(pane, app, id, () => task);
+    } else if (tab === 'changes') {
+      closePane = changesPane(pane, app, id);
     } else {
       closePane = eventsPane(pane, app, id);
     }
