@@ -233,6 +233,7 @@ pub async fn run(ctx: Ctx, command: Command) -> CliResult<()> {
         Command::Switch { task, shell } => switch(&ctx, &task, shell).await,
         Command::Events(args) => events(&ctx, args).await,
         Command::Session(cmd) => super::session::run(&ctx, cmd).await,
+        Command::Review(args) => super::review::run(&ctx, args).await,
         Command::Token(cmd) => token(&ctx, cmd).await,
         Command::Serve { .. } | Command::Migrate { .. } | Command::Openapi | Command::TerminalHost { .. } | Command::Dashboard { .. } => {
             Err(CliError("not a client command".into()))
@@ -447,6 +448,12 @@ async fn show(ctx: &Ctx, task: &str, json: bool) -> CliResult<()> {
         let draft = if pr["draft"] == true && pr["state"] == "open" { " (draft)" } else { "" };
         println!("{:<14}#{} {}{draft} {}", "pr", pr["number"], field(pr, "state"), field(pr, "url"));
         println!("{:<14}{}", "ci", field(pr, "ci_state"));
+        for check in pr["checks"].as_array().cloned().unwrap_or_default() {
+            // `check  tests: success https://…`, `check  lint: in_progress`.
+            let state = check["conclusion"].as_str().or(check["status"].as_str()).unwrap_or("-");
+            let url = check["url"].as_str().map(|u| format!(" {u}")).unwrap_or_default();
+            println!("{:<14}{}: {state}{url}", "check", field(&check, "name"));
+        }
         println!("{:<14}{}", "review", field(pr, "review_decision"));
     }
     if let Some(sha) = res["runtime"]["pushed_sha"].as_str() {

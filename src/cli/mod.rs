@@ -6,6 +6,7 @@ mod client;
 mod commands;
 mod dashboard;
 mod output;
+mod review;
 mod session;
 
 use std::path::PathBuf;
@@ -113,6 +114,9 @@ pub enum Command {
         #[structopt(required = true)]
         text: Vec<String>,
     },
+    /// Send review comments to the task's agent as one message: a prompt to its
+    /// open ACP session, else typed into its terminal.
+    Review(review::ReviewArgs),
     /// Print the task's sandbox path; --shell opens a shell there.
     Switch {
         task: String,

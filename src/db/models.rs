@@ -204,6 +204,10 @@ pub struct PullRequest {
     pub ci_state: Option<String>,
     pub review_decision: Option<String>,
     pub updated_at: i64,
+    /// The head's checks as JSON (`integrations::github::Check`s); `None` until
+    /// the PR poller has looked. The API shows them parsed, as `checks`.
+    #[serde(skip)]
+    pub checks: Option<String>,
 }
 
 #[derive(Debug, Clone, Queryable, Selectable, Insertable, Serialize, serde::Deserialize, utoipa::ToSchema)]

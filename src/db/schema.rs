@@ -71,6 +71,7 @@ diesel::table! {
         ci_state -> Nullable<Text>,
         review_decision -> Nullable<Text>,
         updated_at -> BigInt,
+        checks -> Nullable<Text>,
     }
 }
 

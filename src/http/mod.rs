@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod agents;
 pub mod auth;
+pub mod changes;
 pub mod dashboard;
 pub mod dto;
 pub mod events;
@@ -108,6 +109,8 @@ pub fn configure(cfg: &mut web::ServiceConfig, max_body: usize) {
                     web::resource("/{org}/tasks/{task}/sessions/{session}/permissions/{request}")
                         .route(web::post().to(sessions::answer_permission)),
                 )
+                .service(web::resource("/{org}/tasks/{task}/diff").route(web::get().to(changes::diff)))
+                .service(web::resource("/{org}/tasks/{task}/review").route(web::post().to(changes::review)))
                 .service(web::resource("/{org}/tasks/{task}/{action}").route(web::post().to(tasks::action)))
                 .service(web::resource("/{org}/events").route(web::get().to(events::list)))
                 .service(web::resource("/{org}/stream").route(web::get().to(stream::connect))),

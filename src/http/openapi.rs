@@ -21,7 +21,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, RefOr, Response, ResponseBuilder};
 use utoipa::{IntoParams, Modify, OpenApi, ToSchema};
 
-use super::{admin, agents, dashboard, events, organizations, repos, sessions, stream, tasks, terminal, webhooks};
+use super::{admin, agents, changes, dashboard, events, organizations, repos, sessions, stream, tasks, terminal, webhooks};
 
 /// The JSON body of every error answer.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -118,6 +118,7 @@ pub struct WebSocketUpgrade {
         repos::branches, repos::pulls,
         agents::list,
         tasks::list, tasks::create, tasks::get, tasks::action,
+        changes::diff, changes::review,
         terminal::connect,
         sessions::list, sessions::create, sessions::get, sessions::close, sessions::transcript,
         sessions::prompt, sessions::cancel, sessions::answer_permission,

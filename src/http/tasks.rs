@@ -19,6 +19,7 @@ use crate::actors::Kiln;
 use crate::db::models::{PullRequest, SandboxInstance, Task, TaskRuntime, TaskSession};
 use crate::db::queries::{self, TaskFilter};
 use crate::error::{AppError, AppResult};
+use crate::integrations::github::Check;
 use crate::util::random_hex;
 use crate::validate;
 
@@ -64,9 +65,29 @@ pub struct TaskDetail {
     task: TaskView,
     runtime: Option<TaskRuntime>,
     sandbox: Option<SandboxInstance>,
-    pull_request: Option<PullRequest>,
+    pull_request: Option<PullRequestView>,
     /// Its ACP sessions, oldest first.
     sessions: Vec<TaskSession>,
+}
+
+/// A task's pull request with its head's latest checks.
+#[derive(Serialize, ToSchema)]
+pub struct PullRequestView {
+    #[serde(flatten)]
+    pr: PullRequest,
+    /// The head's checks as the PR poller last saw them (check runs and the
+    /// combined status's statuses, by name; at most the first 100); empty until
+    /// it has looked, and again after a push until it looks at the new head.
+    checks: Vec<Check>,
+}
+
+impl From<PullRequest> for PullRequestView {
+    fn from(pr: PullRequest) -> Self {
+        // The column is written by the RepositoryActor from `checks_of`; a row it
+        // cannot parse shows no checks rather than failing the task.
+        let checks = pr.checks.as_deref().and_then(|c| serde_json::from_str(c).ok()).unwrap_or_default();
+        PullRequestView { pr, checks }
+    }
 }
 
 /// What a task action answers.
@@ -263,6 +284,7 @@ pub async fn get(kiln: web::Data<Kiln>, caller: Caller, path: web::Path<(String,
         .await?;
     // Where the sandbox lives on the server is the admin's business only.
     let sandbox = sandbox.map(|s| SandboxInstance { path: s.path.filter(|_| caller == Caller::Admin), ..s });
+    let pull_request = pull_request.map(PullRequestView::from);
     Ok(HttpResponse::Ok().json(TaskDetail { task: TaskView { task, repo }, runtime, sandbox, pull_request, sessions }))
 }
 

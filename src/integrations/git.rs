@@ -121,7 +121,7 @@ fn settings(cmd: &mut Command) {
 /// can make its worktree's git read any config it likes, so that config may
 /// run only what the agent itself could); a repository's mirror keeps git out
 /// of the rest of the data dir. Answers the command and the task's temp dir.
-fn git_in(dir: &Path) -> Result<(Command, Option<std::path::PathBuf>), GitError> {
+pub(crate) fn git_in(dir: &Path) -> Result<(Command, Option<std::path::PathBuf>), GitError> {
     use crate::confine::GitJail;
     let jail = match crate::confine::global() {
         Some(confiner) => confiner.git_jail(dir).map_err(|e| GitError::Failed { command: "(confinement)".into(), stderr: e.to_string() })?,
@@ -205,7 +205,7 @@ fn signal_name(sig: i32) -> &'static str {
     }
 }
 
-fn spawn_error(e: std::io::Error) -> GitError {
+pub(crate) fn spawn_error(e: std::io::Error) -> GitError {
     if e.kind() == std::io::ErrorKind::NotFound {
         GitError::Missing(e)
     } else {

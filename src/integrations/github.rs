@@ -205,6 +205,67 @@ pub fn combine_ci(runs: &Value, status: &Value) -> (Option<String>, Vec<FailedCh
     (state.map(str::to_string), failed)
 }
 
+/// The most checks kept per pull request head (the rest are counted, not kept).
+pub const MAX_CHECKS: usize = 100;
+
+/// One check on a pull request's head, from a check run or a commit status, as
+/// the API and the dashboard show it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct Check {
+    /// `check_run` (GitHub Actions and Apps) or `status` (the statuses API).
+    pub kind: String,
+    /// The check run's name, or the status's context.
+    pub name: String,
+    /// A check run's `status` (`queued`, `in_progress`, `completed`, …); a
+    /// status is `pending` or `completed`.
+    pub status: String,
+    /// A completed check run's `conclusion` (`success`, `failure`, `neutral`,
+    /// `cancelled`, `skipped`, `timed_out`, `action_required`, …), or a
+    /// completed status's `state` (`success`, `failure`, `error`); `null` while
+    /// it runs.
+    pub conclusion: Option<String>,
+    /// Where to read it: the run's `html_url` (else `details_url`), the status's
+    /// `target_url`. Only `http(s)` URLs are kept.
+    pub url: Option<String>,
+}
+
+/// The checks of a head from its check runs and combined status, sorted by name
+/// (so a re-run does not move a check), at most [`MAX_CHECKS`]; names and URLs
+/// are cut to sane lengths.
+pub fn checks_of(runs: &Value, status: &Value) -> Vec<Check> {
+    let text = |v: &Value, max: usize| v.as_str().map(|s| s.chars().take(max).collect::<String>());
+    // A link the dashboard renders: nothing but http(s), and nothing huge.
+    let url = |v: &Value| {
+        v.as_str()
+            .filter(|u| (u.starts_with("https://") || u.starts_with("http://")) && u.len() <= 2000)
+            .map(str::to_string)
+    };
+    let mut out = Vec::new();
+    for run in runs["check_runs"].as_array().into_iter().flatten() {
+        out.push(Check {
+            kind: "check_run".into(),
+            name: text(&run["name"], 200).unwrap_or_else(|| "check".into()),
+            status: text(&run["status"], 40).unwrap_or_else(|| "queued".into()),
+            conclusion: text(&run["conclusion"], 40),
+            url: url(&run["html_url"]).or_else(|| url(&run["details_url"])),
+        });
+    }
+    for s in status["statuses"].as_array().into_iter().flatten() {
+        let state = text(&s["state"], 40).unwrap_or_else(|| "pending".into());
+        let done = state != "pending";
+        out.push(Check {
+            kind: "status".into(),
+            name: text(&s["context"], 200).unwrap_or_else(|| "status".into()),
+            status: if done { "completed" } else { "pending" }.into(),
+            conclusion: done.then_some(state),
+            url: url(&s["target_url"]),
+        });
+    }
+    out.sort_by(|a, b| a.name.to_lowercase().cmp(&b.name.to_lowercase()).then_with(|| a.kind.cmp(&b.kind)));
+    out.truncate(MAX_CHECKS);
+    out
+}
+
 /// `approved`, `changes_requested` or `review_required` from the latest review
 /// of each reviewer (comments do not count).
 pub fn review_decision(reviews: &Value) -> Option<String> {
@@ -275,6 +336,42 @@ mod tests {
         assert_eq!(failed, vec![FailedCheck { name: "lint".into(), summary: "2 errors".into() }]);
         let legacy = json!({"state": "failure", "total_count": 1, "statuses": [{"context": "ci/jenkins", "state": "error", "description": "boom"}]});
         assert_eq!(combine_ci(&ok, &legacy).0.as_deref(), Some("failure"));
+    }
+
+    #[test]
+    fn checks_list_runs_and_statuses_with_safe_links_and_a_bound() {
+        let runs = json!({"check_runs": [
+            {"name": "test", "status": "completed", "conclusion": "success", "html_url": "https://github.com/a/b/runs/1"},
+            {"name": "lint", "status": "in_progress", "conclusion": null, "html_url": null, "details_url": "https://ci.example/l"},
+            {"name": "evil", "status": "completed", "conclusion": "failure", "html_url": "javascript:alert(1)"},
+        ]});
+        let status = json!({"state": "failure", "total_count": 2, "statuses": [
+            {"context": "ci/jenkins", "state": "error", "target_url": "http://jenkins.local/1"},
+            {"context": "deploy", "state": "pending", "target_url": null},
+        ]});
+        let checks = checks_of(&runs, &status);
+        let c = |kind: &str, name: &str, st: &str, concl: Option<&str>, url: Option<&str>| Check {
+            kind: kind.into(),
+            name: name.into(),
+            status: st.into(),
+            conclusion: concl.map(Into::into),
+            url: url.map(Into::into),
+        };
+        assert_eq!(
+            checks,
+            vec![
+                c("status", "ci/jenkins", "completed", Some("error"), Some("http://jenkins.local/1")),
+                c("status", "deploy", "pending", None, None),
+                c("check_run", "evil", "completed", Some("failure"), None),
+                c("check_run", "lint", "in_progress", None, Some("https://ci.example/l")),
+                c("check_run", "test", "completed", Some("success"), Some("https://github.com/a/b/runs/1")),
+            ]
+        );
+        // An Actions-only repo's empty combined status adds nothing.
+        assert!(checks_of(&json!({}), &json!({"state": "pending", "total_count": 0, "statuses": []})).is_empty());
+        let many: Vec<Value> = (0..150).rev().map(|i| json!({"name": format!("job {i:03}"), "status": "queued"})).collect();
+        let bounded = checks_of(&json!({"check_runs": many}), &json!({}));
+        assert_eq!((bounded.len(), bounded[0].name.as_str(), bounded[99].name.as_str()), (MAX_CHECKS, "job 000", "job 099"));
     }
 
     #[test]

@@ -203,6 +203,8 @@ fn every_route(task: &str) -> Vec<(&'static str, &'static str, String, Reads)> {
         ("POST", "/v1/organizations/{org}/tasks", format!("{o}/tasks"), Json),
         ("GET", "/v1/organizations/{org}/tasks/{task}", t.clone(), Nothing),
         ("POST", "/v1/organizations/{org}/tasks/{task}/{action}", format!("{t}/kill"), Json),
+        ("GET", "/v1/organizations/{org}/tasks/{task}/diff", format!("{t}/diff"), Nothing),
+        ("POST", "/v1/organizations/{org}/tasks/{task}/review", format!("{t}/review"), Json),
         ("GET", "/v1/organizations/{org}/tasks/{task}/terminal", format!("{t}/terminal"), Nothing),
         ("GET", "/v1/organizations/{org}/tasks/{task}/sessions", format!("{t}/sessions"), Nothing),
         ("POST", "/v1/organizations/{org}/tasks/{task}/sessions", format!("{t}/sessions"), Json),

@@ -124,14 +124,17 @@ impl Browser {
         .await;
     }
 
-    /// Emulates `prefers-color-scheme: dark` (or light) for the page, as a
-    /// system set to dark would.
+    /// Emulates the system's dark (or light) colour scheme.
+    pub async fn dark(&self, on: bool) {
+        self.color_scheme(if on { "dark" } else { "light" }).await;
+    }
+
+    /// Emulates the system's light or dark setting (`prefers-color-scheme`).
     pub async fn color_scheme(&self, scheme: &str) {
         self.call(
             "POST",
             "/goog/cdp/execute",
-            Some(json!({"cmd": "Emulation.setEmulatedMedia",
-                        "params": {"features": [{"name": "prefers-color-scheme", "value": scheme}]}})),
+            Some(json!({"cmd": "Emulation.setEmulatedMedia", "params": {"features": [{"name": "prefers-color-scheme", "value": scheme}]}})),
         )
         .await;
     }

@@ -50,7 +50,7 @@ fn cookie_of(res: &Raw) -> String {
 }
 
 /// Creates organization `org` with a token; answers (token secret, token id).
-async fn org_with_token(admin: &Client, org: &str) -> (String, String) {
+pub(crate) async fn org_with_token(admin: &Client, org: &str) -> (String, String) {
     let r = admin.post("/v1/organizations", json!({"name": org})).await;
     assert_eq!(r.status, 201, "{r:?}");
     let r = admin.post(&format!("/v1/organizations/{org}/tokens"), json!({"name": "dashboard"})).await;
@@ -59,7 +59,7 @@ async fn org_with_token(admin: &Client, org: &str) -> (String, String) {
 }
 
 /// A sign-in link's path, made with `token`.
-async fn sign_in_path(server: &Server, token: &str, body: Value) -> String {
+pub(crate) async fn sign_in_path(server: &Server, token: &str, body: Value) -> String {
     let r = Client::new(&server.url, Some(token)).post("/v1/dashboard/codes", body).await;
     assert_eq!(r.status, 201, "{r:?}");
     r.body["path"].as_str().unwrap().to_string()
@@ -295,7 +295,7 @@ fn sqlite_count(server: &Server, sql: &str, param: &str) -> i64 {
 // --- In a real browser -------------------------------------------------------
 
 /// Signs `browser` in with a fresh link made with `token`; waits for the board.
-async fn sign_in(browser: &Browser, server: &Server, token: &str, org: &str) {
+pub(crate) async fn sign_in(browser: &Browser, server: &Server, token: &str, org: &str) {
     let path = sign_in_path(server, token, json!({"organization": org})).await;
     browser.goto(&format!("{}{path}", server.url)).await;
     browser.wait_for(".board").await;

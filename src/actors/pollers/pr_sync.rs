@@ -3,7 +3,8 @@
 //! client and the task branches (`PlanPrPoll`), lists every pull request page by
 //! page with `If-None-Match` (an unchanged page is a free 304), and for the open
 //! pull requests of task branches reads mergeability, CI (check runs plus the
-//! combined status) and the review decision, also conditionally. It reports
+//! combined status, folded into one state and kept as a list of checks) and the
+//! review decision, also conditionally. It reports
 //! `PullRequestsObserved` and writes nothing. Rate limits: a 403/429 pauses it
 //! for `retry-after` (or until the reset), doubling on repeats.
 
@@ -19,7 +20,7 @@ use crate::actors::repository::{PlanPrPoll, PrObservation, PullRequestsObserved}
 use crate::actors::task::git_ops::pull_row;
 use crate::actors::Kiln;
 use crate::error::AppError;
-use crate::integrations::github::{combine_ci, review_decision, GitHub, GitHubError};
+use crate::integrations::github::{checks_of, combine_ci, review_decision, GitHub, GitHubError};
 use crate::util::now_ms;
 
 /// Responses kept for conditional requests: URL → (etag, body, next page).
@@ -221,6 +222,7 @@ async fn poll_pages(
             let (status, _) = get(gh, &format!("/commits/{}/status", row.head_sha), cache, used, cost).await?;
             let (ci, failures) = combine_ci(&runs, &status);
             row.ci_state = ci;
+            row.checks = serde_json::to_string(&checks_of(&runs, &status)).ok();
             failed = failures;
             let (reviews, _) = get(gh, &format!("/pulls/{}/reviews?per_page=100", row.number), cache, used, cost).await?;
             row.review_decision = review_decision(&reviews);

@@ -509,6 +509,12 @@ async fn apply_pulls(kiln: Kiln, org: String, name: String, pulls: Vec<PrObserva
                 follow_ups.push((task_id.clone(), Some(obs.failed_checks.clone())));
             }
         }
+        // The list itself, so a page shows each check as it moves without asking again.
+        let old_checks = old.as_ref().filter(|_| !new_head).and_then(|o| o.checks.clone());
+        if let Some(checks) = row.checks.as_ref().filter(|c| Some(*c) != old_checks.as_ref()) {
+            let list: serde_json::Value = serde_json::from_str(checks).unwrap_or_else(|_| json!([]));
+            events.push(event("pr.checks_changed", json!({"number": row.number, "head_sha": row.head_sha, "checks": list})));
+        }
         let old_review = old.as_ref().and_then(|o| o.review_decision.clone());
         if row.review_decision.is_some() && row.review_decision != old_review {
             events.push(event("pr.review_changed", json!({"number": row.number, "from": old_review, "to": row.review_decision})));

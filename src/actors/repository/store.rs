@@ -59,8 +59,8 @@ pub(super) fn delete_repo(conn: &mut SqliteConnection, id: i32) -> QueryResult<(
     diesel::delete(repos::table.find(id)).execute(conn).map(|_| ())
 }
 
-/// Inserts or replaces one pull request; keeps the CI state and review decision
-/// it had when the new row does not know them.
+/// Inserts or replaces one pull request; keeps the CI state, checks and review
+/// decision it had when the new row does not know them.
 pub(super) fn upsert_pull(conn: &mut SqliteConnection, row: &PullRequest) -> QueryResult<PullRequest> {
     let existing: Option<PullRequest> = pull_requests::table
         .find((row.repo_id, row.number))
@@ -70,6 +70,7 @@ pub(super) fn upsert_pull(conn: &mut SqliteConnection, row: &PullRequest) -> Que
     // CI belongs to a head: a new head starts without the old one's state.
     let same_head = existing.as_ref().is_some_and(|e| e.head_sha == row.head_sha);
     let ci_state = row.ci_state.clone().or_else(|| existing.as_ref().filter(|_| same_head).and_then(|e| e.ci_state.clone()));
+    let checks = row.checks.clone().or_else(|| existing.as_ref().filter(|_| same_head).and_then(|e| e.checks.clone()));
     let review = row.review_decision.clone().or_else(|| existing.as_ref().and_then(|e| e.review_decision.clone()));
     let values = (
         pull_requests::repo_id.eq(row.repo_id),
@@ -85,6 +86,7 @@ pub(super) fn upsert_pull(conn: &mut SqliteConnection, row: &PullRequest) -> Que
         pull_requests::ci_state.eq(ci_state),
         pull_requests::review_decision.eq(review),
         pull_requests::updated_at.eq(row.updated_at),
+        pull_requests::checks.eq(checks),
     );
     diesel::replace_into(pull_requests::table).values(values).execute(conn)?;
     pull_requests::table.find((row.repo_id, row.number)).select(PullRequest::as_select()).first(conn)
@@ -103,6 +105,7 @@ pub(super) fn upsert_pulls(conn: &mut SqliteConnection, rows: &[PullRequest]) ->
             o.state == row.state && o.head_sha == row.head_sha && o.title == row.title && o.draft == row.draft
                 && (row.ci_state.is_none() || o.ci_state == row.ci_state)
                 && (row.review_decision.is_none() || o.review_decision == row.review_decision)
+                && (row.checks.is_none() || o.checks == row.checks)
                 && (row.mergeable.is_none() || o.mergeable == row.mergeable)
         });
         if !unchanged {

@@ -331,6 +331,7 @@ pub fn pull_row(repo_id: i32, pr: &serde_json::Value) -> PullRequest {
         ci_state: None,
         review_decision: None,
         updated_at: crate::util::now_ms(),
+        checks: None,
     }
 }
 

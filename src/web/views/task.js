@@ -1,10 +1,14 @@
 // One task: its header (status, reason, the actions the lifecycle allows now,
-// with the API's own words when one is refused), its terminal and its events.
+// with the API's own words when one is refused), and its panes: terminal, ACP
+// session, pull request and events.
 
 import { get, post, orgPath } from '../lib/api.js';
 import { h, replace, announce } from '../lib/dom.js';
 import { age, when, STATUS_WORDS } from '../lib/format.js';
 import { terminalPane } from './terminal.js';
+import { sessionPane } from './session.js';
+import { pullRequestPane } from './pull-request.js';
+import { changesPane } from './changes.js';
 
 /** Which actions each status allows (docs/api.md, task actions). */
 const ACTIONS = [
@@ -80,7 +84,7 @@ export function taskView(main, app, id) {
       type: 'button', role: 'tab', id: `tab-${id}`, 'aria-selected': String(tab === id),
       onclick: () => { tab = id; history.replaceState(null, '', `?tab=${id}`); renderTabs(); renderPane(); },
     }, label);
-    replace(tabs, mk('terminal', 'Terminal'), mk('events', 'Events'));
+    replace(tabs, mk('terminal', 'Terminal'), mk('changes', 'Changes'), mk('session', 'Session'), mk('pr', 'Pull request'), mk('events', 'Events'));
   }
 
   function renderPane() {
@@ -94,6 +98,12 @@ export function taskView(main, app, id) {
         return;
       }
       closePane = terminalPane(pane, app, id);
+    } else if (tab === 'session') {
+      closePane = sessionPane(pane, app, id, () => task);
+    } else if (tab === 'pr') {
+      closePane = pullRequestPane(pane, app, id, () => task);
+    } else if (tab === 'changes') {
+      closePane = changesPane(pane, app, id);
     } else {
       closePane = eventsPane(pane, app, id);
     }

@@ -1,0 +1,219 @@
+//! The task page's Changes pane and its review, in a real Chromium: a file
+//! changed in the worktree shows up (live, from the branch poller's event), the
+//! unified and split views, and review comments that reach the agent — typed
+//! into its terminal, or as a prompt to its open ACP session. Screenshots at
+//! desktop and phone width. The render-time measurement of a 10,000-line diff
+//! is here too, ignored by default (docs/performance.md says how to run it).
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::browser::Browser;
+use crate::common::{eventually, git, git_repo, Client, Server, Term};
+use crate::fake_sandbox_agent::fake_sandbox_agent_bin;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// Organization `org` with a token; answers the token.
+async fn org_with_token(admin: &Client, org: &str) -> String {
+    assert_eq!(admin.post("/v1/organizations", json!({"name": org})).await.status, 201);
+    let r = admin.post(&format!("/v1/organizations/{org}/tokens"), json!({"name": "dashboard"})).await;
+    assert_eq!(r.status, 201, "{r:?}");
+    r.body["token"].as_str().unwrap().to_string()
+}
+
+/// Signs the browser in as `token` on `org`, through a one-time link.
+async fn sign_in(browser: &Browser, server: &Server, token: &str, org: &str) {
+    let r = Client::new(&server.url, Some(token)).post("/v1/dashboard/codes", json!({"organization": org})).await;
+    assert_eq!(r.status, 201, "{r:?}");
+    browser.goto(&format!("{}{}", server.url, r.body["path"].as_str().unwrap())).await;
+    browser.wait_for(".board").await;
+}
+
+async fn worktree(admin: &Client, org: &str, task: &str) -> PathBuf {
+    let r = admin.get(&format!("/v1/organizations/{org}/tasks/{task}")).await;
+    PathBuf::from(r.body["sandbox"]["path"].as_str().expect("the admin sees the worktree"))
+}
+
+fn write(dir: &Path, name: &str, text: &str) {
+    if let Some(parent) = Path::new(name).parent() {
+        std::fs::create_dir_all(dir.join(parent)).unwrap();
+    }
+    std::fs::write(dir.join(name), text).unwrap();
+}
+
+/// A repository with a small app in it.
+fn app_repo(parent: &Path) -> PathBuf {
+    let repo = git_repo(parent, "app");
+    write(&repo, "src/app.js", "export function greet(name) {\n  return 'Hello ' + name;\n}\n\nexport const VERSION = '1.0';\n");
+    write(&repo, "docs/guide.md", "# Guide\n\nRun it.\n");
+    git(&repo, &["add", "."]);
+    git(&repo, &["commit", "-q", "-m", "app"]);
+    repo
+}
+
+const FILE: &str = "return !!document.querySelector(`.diff-file[data-path=\"${arguments[0]}\"]`)";
+
+/// Clicks a line's comment button and adds `text`.
+async fn comment(browser: &Browser, path: &str, line: u32, text: &str) {
+    let button = format!(".add-comment[data-path=\"{path}\"][data-line=\"{line}\"][data-side=\"new\"]");
+    browser.wait_for(&button).await;
+    browser.click(&button).await;
+    browser.type_into(".comment-form textarea", text).await;
+    browser.click(".comment-form button[type='submit']").await;
+}
+
+#[actix_web::test]
+async fn in_a_browser_a_worktree_change_shows_in_changes_and_a_review_reaches_the_agent() {
+    let bin = fake_sandbox_agent_bin();
+    let (server, dir) = Server::start(&[("KILN_REPOS__BRANCH_POLL_MS", "200"), ("KILN_SANDBOX_AGENT_BIN", bin.to_str().unwrap())]);
+    let admin = server.client();
+    let token = org_with_token(&admin, "acme").await;
+    admin.add_repo("acme", &app_repo(dir.path())).await;
+    let task = admin.create_task_with("acme", json!({"repo": "app", "title": "Greet politely", "description": "Make the greeting polite"})).await;
+    let id = task["id"].as_str().unwrap().to_string();
+    admin.wait_status("acme", &id, "running").await;
+    let wt = worktree(&admin, "acme", &id).await;
+    // The agent's work: a commit, an edit, a new file.
+    write(&wt, "src/app.js", "export function greet(name) {\n  return `Good morning, ${name}.`;\n}\n\nexport const VERSION = '1.1';\n");
+    git(&wt, &["commit", "-q", "-am", "polite greeting"]);
+    write(&wt, "docs/guide.md", "# Guide\n\nRun it with `npm start`.\n\nIt greets you politely.\n");
+    write(&wt, "src/polite.test.js", "import { greet } from './app.js';\n\ntest('greets', () => {\n  expect(greet('Ada')).toBe('Good morning, Ada.');\n});\n");
+
+    let browser = Browser::start().await;
+    sign_in(&browser, &server, &token, "acme").await;
+    browser.goto(&format!("{}/tasks/{id}?tab=changes", server.url)).await;
+    browser.until("src/app.js in Changes", FILE, json!(["src/app.js"])).await;
+    browser.until("the untracked test file in Changes", FILE, json!(["src/polite.test.js"])).await;
+    let text = browser.text().await;
+    assert!(text.contains("Good morning, ${name}.") && text.contains("'Hello ' + name"), "the edit, both sides: {text}");
+    assert!(text.contains("3 files changed"), "{text}");
+
+    // Changed in the worktree while the page is open: it appears with no reload
+    // and no click (the branch poller's event).
+    browser.eval("window.__sameDocument = true", json!([])).await;
+    write(&wt, "CHANGELOG.md", "## 1.1\n\n- A polite greeting.\n");
+    browser.until("CHANGELOG.md appears live", FILE, json!(["CHANGELOG.md"])).await;
+    assert_eq!(browser.eval("return window.__sameDocument === true", json!([])).await, true, "the page was not reloaded");
+    browser.screenshot("changes-desktop").await;
+
+    // Split view: old and new side by side.
+    browser.click("button[data-view='split']").await;
+    browser.wait_for(".diff-table.split").await;
+    browser.screenshot("changes-split-desktop").await;
+    browser.click("button[data-view='unified']").await;
+    browser.wait_for(".diff-table.unified").await;
+
+    // Review: two comments and a note, sent to the agent's terminal.
+    comment(&browser, "src/app.js", 2, "Use a template without the trailing period").await;
+    comment(&browser, "src/polite.test.js", 4, "Also test an empty name").await;
+    browser.until("two pending comments", "return document.getElementById('review-count')?.textContent === '2'", json!([])).await;
+    browser.type_into("#review-note", "Otherwise good").await;
+    browser.screenshot("review-desktop").await;
+    browser.color_scheme("dark").await;
+    browser.screenshot("review-dark-desktop").await;
+    browser.color_scheme("light").await;
+    browser.viewport(390, 844).await;
+    browser.screenshot("changes-phone").await;
+    let overflow = browser.eval("return document.documentElement.scrollWidth > window.innerWidth", json!([])).await;
+    assert_eq!(overflow, false, "no sideways scrolling at phone width (the diff scrolls inside its box)");
+    browser.viewport(1280, 800).await;
+    browser.click("#review-send").await;
+    let said = browser.until("the page says where it went", "const r = document.querySelector('.review-result'); return r && !r.hidden && r.textContent", json!([])).await;
+    assert!(said.as_str().unwrap().contains("typed into the agent's terminal"), "{said}");
+    assert_eq!(browser.eval("return document.getElementById('review-count').textContent", json!([])).await, "", "the draft is cleared");
+    // The agent got it: the fake agent echoes each line it reads.
+    let mut term = Term::open(&admin, "acme", &id, 0).await;
+    term.until(WAIT, "the review in the terminal", |t| {
+        let out = t.text();
+        ["echo: 1. src/app.js:2", "Use a template without the trailing period", "echo: 2. src/polite.test.js:4", "Also test an empty name", "Otherwise good"]
+            .iter()
+            .all(|n| out.contains(n))
+    })
+    .await;
+    let events = admin.events_since("acme", 0).await;
+    let sent = events.iter().find(|e| e["kind"] == "task.review_sent").expect("task.review_sent");
+    assert_eq!(sent["data"]["files"], json!(["src/app.js", "src/polite.test.js"]));
+
+    // With an ACP session open, the next review is its prompt.
+    let r = admin.post(&format!("/v1/organizations/acme/tasks/{id}/sessions"), json!({"agent": "fake"})).await;
+    assert_eq!(r.status, 201, "{r:?}");
+    let sid = r.body["id"].as_str().unwrap().to_string();
+    comment(&browser, "CHANGELOG.md", 3, "Mention the test").await;
+    browser.click("#review-send").await;
+    let said = browser
+        .until("sent to the session", "const r = document.querySelector('.review-result'); return r && /session/.test(r.textContent) && r.textContent", json!([]))
+        .await;
+    assert!(said.as_str().unwrap().contains(&sid), "{said}");
+    eventually(WAIT, "the review in the session's transcript", || async {
+        let t = admin.get(&format!("/v1/organizations/acme/tasks/{id}/sessions/{sid}/transcript")).await;
+        let items = t.body["transcript"]["items"].as_array().cloned().unwrap_or_default();
+        items.iter().any(|i| i["type"] == "user" && i["text"].as_str().is_some_and(|s| s.contains("1. CHANGELOG.md:3") && s.contains("Mention the test"))).then_some(())
+    })
+    .await;
+
+    // Killed: the page says why nothing can be sent, in the API's words.
+    assert_eq!(admin.delete(&format!("/v1/organizations/acme/tasks/{id}/sessions/{sid}")).await.status, 200);
+    assert_eq!(admin.post(&format!("/v1/organizations/acme/tasks/{id}/kill"), json!({})).await.status, 200);
+    browser.until("the diff says there is no worktree", "return /no worktree/.test(document.querySelector('.changes-main .error')?.textContent || '')", json!([])).await;
+}
+
+/// Measures the page with a 10,000-line change (10 files of 1,000 lines): the
+/// API's time as the page sees it, the first render (files open up to the
+/// budget) and opening every file. Ignored by default; run with
+/// `cargo test --test it dashboard_changes::measure -- --ignored --nocapture`.
+#[actix_web::test]
+#[ignore]
+async fn measure_a_10_000_line_diff_in_the_browser() {
+    let (server, dir) = Server::start(&[]);
+    let admin = server.client();
+    let token = org_with_token(&admin, "acme").await;
+    admin.add_repo("acme", &git_repo(dir.path(), "app")).await;
+    let task = admin.create_task_with("acme", json!({"repo": "app", "description": "big"})).await;
+    let id = task["id"].as_str().unwrap().to_string();
+    admin.wait_status("acme", &id, "running").await;
+    let wt = worktree(&admin, "acme", &id).await;
+    for f in 0..10 {
+        let text: String = (0..1000).map(|i| format!("    let value_{i} = compute({f}, {i}); // file {f} line {i}\n")).collect();
+        write(&wt, &format!("src/f{f}.rs"), &text);
+    }
+    let browser = Browser::start().await;
+    sign_in(&browser, &server, &token, "acme").await;
+    let mut rows: Vec<(String, f64, f64, f64)> = Vec::new();
+    for round in 0..5 {
+        browser.goto(&format!("{}/tasks/{id}?tab=changes", server.url)).await;
+        let loaded = browser.until("the diff rendered", "return document.getElementById('diff-files')?.dataset.renderMs", json!([])).await;
+        let fetch: f64 = browser.eval("return Number(document.getElementById('diff-files').dataset.fetchMs)", json!([])).await.as_f64().unwrap();
+        let render: f64 = loaded.as_str().unwrap().parse().unwrap();
+        // Open every closed file, then wait a frame.
+        let started = Instant::now();
+        let all: Value = browser
+            .eval_async(
+                "const done = arguments[0]; const t0 = performance.now(); \
+                 for (const b of document.querySelectorAll('.diff-toggle[aria-expanded=\"false\"]')) b.click(); \
+                 requestAnimationFrame(() => done(performance.now() - t0));",
+                json!([]),
+            )
+            .await;
+        let rows_shown = browser.eval("return document.querySelectorAll('.diff-table tr.ln-add').length", json!([])).await;
+        assert_eq!(rows_shown, 10_000, "every line is shown once every file is open");
+        let _ = started;
+        rows.push((format!("round {round}"), fetch, render, all.as_f64().unwrap()));
+    }
+    println!("\n10,000-line diff in Chromium (ms): fetch (API + JSON), first render (3,000 lines open), open all 10 files");
+    for (name, fetch, render, all) in &rows {
+        println!("{name:>8}  fetch {fetch:>6.0}  first render {render:>6.0}  open all {all:>6.0}");
+    }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        v[v.len() / 2]
+    };
+    println!(
+        "  median  fetch {:>6.0}  first render {:>6.0}  open all {:>6.0}",
+        median(rows.iter().map(|r| r.1).collect()),
+        median(rows.iter().map(|r| r.2).collect()),
+        median(rows.iter().map(|r| r.3).collect())
+    );
+}
