@@ -89,6 +89,7 @@ diesel::table! {
         settings -> Text,
         credential_user -> Nullable<Text>,
         credential_secret -> Nullable<Text>,
+        registered_by -> Text,
     }
 }
 
