@@ -563,6 +563,10 @@ async fn on_idle_automation_commits_pushes_and_opens_a_draft_pr() {
     assert!(git(&s.bare, &["log", "-1", "--format=%s", &branch]).starts_with("kiln: work in progress"));
     let listed = s.c.get("/v1/organizations/default/tasks").await.body;
     assert_eq!(listed["items"][0]["pr"]["number"], task["pull_request"]["number"], "the list shows the PR");
+    // One push, one `task.pushed` (the draft PR step used to push again).
+    let events = s.c.events_since("default", 0).await;
+    let count = |kind: &str| events.iter().filter(|e| e["kind"] == kind && e["task"] == id.as_str()).count();
+    assert_eq!((count("task.committed"), count("task.pushed")), (1, 1), "{events:?}");
 }
 
 #[test]

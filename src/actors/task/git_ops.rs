@@ -353,11 +353,15 @@ pub fn pull_row(repo_id: i32, pr: &serde_json::Value) -> PullRequest {
 }
 
 /// Opens the task's pull request (pushing first), or adopts the one that exists.
-pub async fn open_pr(ctx: &TaskCtx, task: &Task, repo: &Repo, worktree: &Path, draft: bool) -> AppResult<PullRequest> {
+pub async fn open_pr(ctx: &TaskCtx, task: &Task, repo: &Repo, worktree: &Path, draft: bool, pushed: bool) -> AppResult<PullRequest> {
     let Some((gh, _)) = github_for(ctx, repo).await? else {
         return Err(not_github(repo));
     };
-    push(ctx, task, repo, worktree, None, false).await?;
+    // A caller that has just pushed (on-idle's push step) is not pushed for
+    // again: one push, one `task.pushed`.
+    if !pushed {
+        push(ctx, task, repo, worktree, None, false).await?;
+    }
     let (dir, base_ref, branch) = (worktree.to_path_buf(), format!("refs/remotes/origin/{}", task.base_branch), task.branch.clone());
     let commits = git_call(move || git::commit_subjects(&dir, &base_ref, &branch)).await?.unwrap_or_default();
     let mut body = task.description.clone();
