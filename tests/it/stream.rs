@@ -296,3 +296,35 @@ async fn clients_that_miss_heartbeats_are_dropped_and_unregistered() {
     let got = good.events(1, WAIT).await;
     assert_eq!(got[0]["data"]["display_name"], "still here");
 }
+
+/// A client frame over 64 KiB closes the stream with 1009 and a reason (it used
+/// to be dropped with the connection and no close frame); smaller frames are
+/// ignored and the stream goes on.
+#[actix_web::test]
+async fn a_client_frame_over_64_kib_closes_the_stream_with_1009() {
+    use futures_util::SinkExt;
+    let (server, _dir) = Server::start(&[]);
+    let c = server.client();
+    let mut ws = c.ws("/v1/organizations/default/stream?since=0").await;
+    ws.framed.send(awc::ws::Message::Text("x".repeat(60 * 1024).into())).await.unwrap();
+    c.patch("/v1/organizations/default", json!({"display_name": "still here"})).await;
+    // A frame under the limit is ignored: the stream goes on.
+    loop {
+        match ws.next(WAIT).await {
+            WsItem::Event(e) if e["data"]["display_name"] == "still here" => break,
+            WsItem::Event(_) => continue,
+            other => panic!("the stream ended after a frame under the limit: {other:?}"),
+        }
+    }
+    let _ = ws.framed.send(awc::ws::Message::Binary(vec![b'x'; 70 * 1024].into())).await;
+    let reason = loop {
+        match ws.next(WAIT).await {
+            WsItem::Event(_) => continue,
+            WsItem::Close(reason) => break reason.expect("a close frame with a reason"),
+            WsItem::Ended => panic!("the connection ended without a close frame"),
+        }
+    };
+    assert_eq!(reason.code, awc::ws::CloseCode::Size, "{reason:?}");
+    let text = reason.description.unwrap_or_default();
+    assert!(text.contains("at most 65536 bytes") && text.contains("since="), "{text}");
+}

@@ -295,7 +295,7 @@ pub async fn apply(ctx: TaskCtx, input: TaskInput, text: Option<String>, params:
                         super::git_ops::sync(&ctx, &task, &repo, &worktree, params.mode.clone()).await?;
                     }
                     GitOp::Pr => {
-                        super::git_ops::open_pr(&ctx, &task, &repo, &worktree, params.draft.unwrap_or(false)).await?;
+                        super::git_ops::open_pr(&ctx, &task, &repo, &worktree, params.draft.unwrap_or(false), false).await?;
                     }
                     GitOp::Merge => {
                         super::git_ops::merge(&ctx, &task, &repo, &worktree, params.method.clone()).await?;
@@ -466,7 +466,8 @@ pub(super) async fn on_idle(ctx: &TaskCtx, task: &Task) -> AppResult<()> {
         let (repo_id, branch) = (repo.id, task.branch.clone());
         let existing = ctx.kiln.db.read(move |c| queries::task_pull_request(c, repo_id, &branch)).await?;
         if existing.is_none() {
-            result = super::git_ops::open_pr(ctx, task, &repo, &worktree, true).await.map(|_| ()).map_err(|e| ("draft_pr", e));
+            // The push step above (when on, and it succeeded) pushed already.
+            result = super::git_ops::open_pr(ctx, task, &repo, &worktree, true, auto.push).await.map(|_| ()).map_err(|e| ("draft_pr", e));
         }
     }
     if let Err((step, err)) = result {
