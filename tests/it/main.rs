@@ -12,6 +12,7 @@ mod concurrency;
 mod confine;
 mod dashboard;
 mod dashboard_session;
+mod dashboard_views;
 mod fake_github;
 mod fake_sandbox_agent;
 mod git_lifecycle;
