@@ -110,6 +110,12 @@ function shell(main) {
       }, n.label))),
     h('span#live.live.off', { role: 'status' }, 'Loading…'),
     h('button.ghost#sign-out', { type: 'button', onclick: signOut }, 'Sign out'));
+  // At phone width the navigation is a strip that scrolls: keep the current view in sight.
+  requestAnimationFrame(() => {
+    const nav = header.querySelector('.nav');
+    const here = nav?.querySelector('[aria-current="page"]');
+    if (nav && here && nav.scrollWidth > nav.clientWidth) nav.scrollLeft = here.offsetLeft - nav.offsetLeft - 8;
+  });
   return [header, main, h('div#announce.visually-hidden', { 'aria-live': 'polite' })];
 }
 

@@ -124,8 +124,10 @@ async fn sign_in(browser: &Browser, server: &Server, token: &str, org: &str) {
 /// Screenshots the page at desktop and phone width (`{name}-desktop`, `{name}-phone`),
 /// asserting that nothing scrolls sideways on the phone.
 async fn both_widths(browser: &Browser, name: &str) {
+    browser.eval("window.scrollTo(0, 0)", json!([])).await;
     browser.screenshot(&format!("{name}-desktop")).await;
     browser.viewport(390, 844).await;
+    browser.eval("window.scrollTo(0, 0)", json!([])).await;
     browser.screenshot(&format!("{name}-phone")).await;
     let overflow = browser.eval("return document.documentElement.scrollWidth > window.innerWidth", json!([])).await;
     assert_eq!(overflow, false, "{name} scrolls sideways at phone width");
@@ -175,6 +177,7 @@ async fn in_a_browser_a_repository_is_added_with_its_clone_progress_and_its_sett
     let log = log.as_str().unwrap();
     assert!(log.contains("Cloning ") && log.contains('%'), "{log}");
     assert_eq!(admin.get("/v1/organizations/acme/repos/big").await.status, 200);
+    both_widths(&browser, "repos").await;
     // A second add of the same source says so; a bad one shows the API's words.
     browser.type_into("#repo-source", src.to_str().unwrap()).await;
     browser.click("#repo-add-form button[type='submit']").await;
@@ -185,8 +188,6 @@ async fn in_a_browser_a_repository_is_added_with_its_clone_progress_and_its_sett
     browser.click("#repo-add-form button[type='submit']").await;
     browser.until("the refusal", "return document.querySelector('#repo-add-form .error:not([hidden])')?.innerText", json!([])).await;
     browser.eval("document.getElementById('repo-source').value = ''", json!([])).await;
-    browser.eval("document.querySelector('#repo-add-form .error').hidden = true", json!([])).await;
-    both_widths(&browser, "repos").await;
 
     // A repository's page: its settings refuse a bad slug with the API's message, then save.
     browser.click("tr[data-repo='big'] a").await;
@@ -345,6 +346,18 @@ async fn in_a_browser_the_admin_manages_secrets_tokens_and_pollers_and_backs_up(
     let path = std::path::PathBuf::from(path.as_str().unwrap());
     assert!(path.starts_with(server.data_dir().join("backups")) && path.is_file(), "{path:?}");
     both_widths(&browser, "admin").await;
+    // Dark mode follows the system.
+    browser.dark(true).await;
+    browser.eval("window.scrollTo(0, 0)", json!([])).await;
+    browser.screenshot("admin-dark-desktop").await;
+    browser.click("a[data-nav='organization']").await;
+    browser.wait_for("#provider-github li[data-secret='token']").await;
+    browser.viewport(390, 844).await;
+    browser.screenshot("organization-dark-phone").await;
+    browser.viewport(1280, 800).await;
+    browser.dark(false).await;
+    browser.click("a[data-nav='admin']").await;
+    browser.wait_for(&row).await;
     browser.eval(CONFIRM_YES, json!([])).await;
     browser.click(&format!("{row} button[data-op='stop']")).await;
     browser.until("the poller is gone", &format!("return !document.querySelector(\"{row}\")"), json!([])).await;

@@ -41,7 +41,7 @@ export function adminView(main, app) {
 
   replace(main,
     h('div.view-head', h('h1', 'Admin'),
-      h('div.actions', asOf, h('button#admin-refresh', { type: 'button', onclick: () => loadAll() }, 'Refresh'))),
+      h('div.actions', asOf, h('button#admin-refresh', { type: 'button', onclick: () => { pollStatus.hidden = true; loadAll(); } }, 'Refresh'))),
     h('p.muted.small', 'The whole server, every organization. Actors and pollers are read when the page opens, after each action and on Refresh.'),
     metricsEl, pollersEl, backupEl, actorsEl);
 

@@ -105,12 +105,6 @@ export function organizationView(main, app) {
       error.hidden = false;
       error.textContent = e.message;
     };
-    const ok = (text) => {
-      error.hidden = true;
-      done.hidden = false;
-      done.textContent = text;
-      announce(text);
-    };
     // `config` is replaced as a whole by every PUT: send the one shown.
     const save = async (body, text) => {
       try {
