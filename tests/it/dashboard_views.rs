@@ -10,6 +10,7 @@ use serde_json::{json, Value};
 
 use crate::browser::Browser;
 use crate::common::{eventually, git_repo, Client, Server};
+use crate::fake_github::FakeGithub;
 
 /// One request with exactly these headers (no token), no redirects followed: (status, body).
 async fn raw(method: &str, url: &str, headers: &[(&str, &str)]) -> (u16, Value, String, String) {
@@ -149,12 +150,18 @@ const CONFIRM_YES: &str = "window.confirm = () => true;";
 
 #[actix_web::test]
 async fn in_a_browser_a_repository_is_added_with_its_clone_progress_and_its_settings_show_the_api_s_refusal_then_save() {
-    let (server, dir) = Server::start(&[]);
+    let (server, dir) = Server::start(&[("KILN_GITHUB__PR_POLL_MS", "300")]);
     let admin = server.client();
     admin.post("/v1/organizations", json!({"name": "acme"})).await;
     admin.add_repo("acme", &git_repo(dir.path(), "web.app")).await;
     admin.create_task_with("acme", json!({"repo": "web.app", "description": "Tidy the footer"})).await;
     let src = big_repo(dir.path(), "big");
+    // On (a fake) GitHub, with a pull request opened by hand.
+    let gh = FakeGithub::start();
+    gh.add_repo("acme/big", &src);
+    gh.add_pull("acme/big", "feature", "main", "Add the feature flag");
+    let profile = json!({"config": {"api_url": gh.url.clone()}, "secrets": {"token": gh.token()}});
+    assert_eq!(admin.put("/v1/organizations/acme/providers/github", profile).await.status, 200);
     let browser = Browser::start().await;
     sign_in(&browser, &server, &server.token, "acme").await;
 
@@ -234,8 +241,20 @@ async fn in_a_browser_a_repository_is_added_with_its_clone_progress_and_its_sett
     browser.wait_for("tr[data-branch='dev']").await;
     browser.wait_for("tr[data-branch='main']").await;
     both_widths(&browser, "repo-branches").await;
+    eventually(Duration::from_secs(30), "the PR poller read the pull request", || {
+        let c = server.client();
+        async move {
+            let r = c.get("/v1/organizations/acme/repos/big/pulls").await;
+            (!r.body["items"].as_array()?.is_empty()).then_some(())
+        }
+    })
+    .await;
     browser.click("#tab-pulls").await;
-    browser.until("the pulls pane", "return document.querySelector('.pane').innerText.includes('No pull requests')", json!([])).await;
+    browser.wait_for("tr[data-pr='1']").await;
+    let row = browser.eval("return document.querySelector(\"tr[data-pr='1']\").innerText", json!([])).await;
+    let row = row.as_str().unwrap();
+    assert!(row.contains("Add the feature flag") && row.contains("open") && row.contains("feature"), "{row}");
+    both_widths(&browser, "repo-pulls").await;
 
     // A name with a dot is a page, not an asset, when opened directly.
     browser.goto(&format!("{}/repos/web.app?tab=settings", server.url)).await;

@@ -91,8 +91,8 @@ export function adminView(main, app) {
             h('td.wrap', { dataset: { label: 'Last error' } }, p.last_error ? h('span.bad-text', p.last_error) : h('span.muted', 'none'),
               p.paused_until ? h('span.muted.small.block', `paused until ${when(p.paused_until)}`) : null),
             h('td.row-actions', { dataset: { label: 'Actions' } },
-              h('button', { type: 'button', dataset: { op: 'poll' }, onclick: (e) => control(p.key, 'poll', e.currentTarget) }, 'Poll now'),
-              h('button.danger', { type: 'button', dataset: { op: 'stop' }, onclick: (e) => control(p.key, 'stop', e.currentTarget) }, 'Stop')))))) :
+              h('button', { type: 'button', dataset: { op: 'poll' }, 'aria-label': `Poll ${p.key} now`, onclick: (e) => control(p.key, 'poll', e.currentTarget) }, 'Poll now'),
+              h('button.danger', { type: 'button', dataset: { op: 'stop' }, 'aria-label': `Stop ${p.key}`, onclick: (e) => control(p.key, 'stop', e.currentTarget) }, 'Stop')))))) :
           h('p.muted', 'No pollers are running.'));
     } catch (e) {
       replace(pollersEl, h('h2', 'Pollers'), h('p.error', e.message));

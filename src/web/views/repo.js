@@ -363,7 +363,7 @@ function pullsPane(pane, app, base, current) {
       replace(body, r.items.length ? h('table.grid.pulls', { 'aria-label': 'Pull requests' },
         h('thead', h('tr', h('th', '#'), h('th', 'Title'), h('th', 'State'), h('th', 'CI'), h('th', 'Review'), h('th', 'Branches'))),
         h('tbody', r.items.map((p) => h('tr', { dataset: { pr: String(p.number) } },
-          h('td', { dataset: { label: '#' } }, h('a', { href: p.url, target: '_blank', rel: 'noopener noreferrer' }, `#${p.number}`)),
+          h('td', { dataset: { label: '#' } }, /^https?:\/\//.test(p.url || '') ? h('a', { href: p.url, target: '_blank', rel: 'noopener noreferrer' }, `#${p.number}`) : `#${p.number}`),
           h('td.wrap', { dataset: { label: 'Title' } }, p.title, p.draft ? [' ', h('span.badge', 'draft')] : null),
           h('td', { dataset: { label: 'State' } }, h(`span.badge.pr-${p.state}`, p.state)),
           h('td', { dataset: { label: 'CI' } }, p.ci_state ? h('span.ci-cell', h(`span.ci.ci-${p.ci_state}`, { 'aria-hidden': 'true' }), p.ci_state) : '–'),

@@ -104,7 +104,7 @@ export function tokensView(main, app) {
             ? h('span.status', { title: when(t.revoked_at) }, `Revoked ${age(t.revoked_at)} ago`)
             : h('span.status.s-running', 'Active')),
           h('td.row-actions', { dataset: { label: 'Actions' } }, t.revoked_at ? null : h('button.danger', {
-            type: 'button', dataset: { revoke: t.id }, onclick: (e) => revoke(t, e.currentTarget),
+            type: 'button', dataset: { revoke: t.id }, 'aria-label': `Revoke token ${t.name}`, onclick: (e) => revoke(t, e.currentTarget),
           }, 'Revoke')))))) :
         h('p.muted', 'No tokens yet: the admin token reaches everything; create one per person or machine.'));
     }).catch((e) => replace(list, h('p.error', e.message)));
