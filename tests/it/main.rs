@@ -14,6 +14,7 @@ mod confine;
 mod dashboard;
 mod dashboard_session;
 mod dashboard_changes;
+mod dashboard_views;
 mod fake_github;
 mod fake_sandbox_agent;
 mod git_lifecycle;
