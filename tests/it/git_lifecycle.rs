@@ -714,6 +714,8 @@ async fn the_task_shows_its_pull_request_checks_with_links_and_each_change_is_an
     assert!(lines[0].ends_with("ci/legacy: pending"), "{}", out.1);
     assert!(lines[1].contains("lint: failure https://"), "{}", out.1);
     assert!(lines[2].contains("tests: success https://github.com/acme/app/runs/"), "{}", out.1);
+}
+
 /// A local merge (no GitHub) whose push is refused because the base moved on
 /// origin in the meantime answers 409 `remote_moved`, like push, and says so in
 /// `task.merge_failed`; an origin that cannot be reached stays a 502.
