@@ -3,6 +3,7 @@
 //! in a detached terminal host) is the default and needs only git.
 
 pub mod copy_in;
+pub mod daytona;
 pub mod worktree;
 
 use std::future::Future;
