@@ -313,6 +313,11 @@ impl FakeDaytona {
         self.state().faults.push(Fault { scope, left: count, status, retry_after });
     }
 
+    /// Drops the failures not yet answered.
+    pub fn clear_faults(&self) {
+        self.state().faults.clear();
+    }
+
     /// While on, toolbox requests are never answered.
     pub fn hang_toolbox(&self, on: bool) {
         self.state().hang_toolbox = on;

@@ -11,6 +11,7 @@ mod cli;
 mod concurrency;
 mod confine;
 mod dashboard;
+mod daytona_client;
 mod fake_daytona;
 mod fake_github;
 mod fake_sandbox_agent;
