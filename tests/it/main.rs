@@ -12,6 +12,7 @@ mod concurrency;
 mod confine;
 mod dashboard;
 mod daytona_client;
+mod daytona_profile;
 mod fake_daytona;
 mod fake_github;
 mod fake_sandbox_agent;
