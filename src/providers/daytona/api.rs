@@ -870,6 +870,25 @@ impl DaytonaClient {
     }
 }
 
+/// Runs a call of this client (whose awc futures are not `Send`) as a task on the
+/// current actix arbiter, and answers a `Send` future of its result, as a
+/// `SandboxProvider`'s boxed futures must be. `make` builds the call on the
+/// arbiter; call this from code an arbiter polls (actors, handlers, pollers).
+pub fn on_arbiter<T, F, Fut>(make: F) -> impl std::future::Future<Output = Result<T, AppError>> + Send
+where
+    T: Send + 'static,
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = DaytonaResult<T>> + 'static,
+{
+    async move {
+        let handle = actix_rt::spawn(async move { make().await });
+        match handle.await {
+            Ok(result) => result.map_err(AppError::from),
+            Err(e) => Err(AppError::bug(format!("a Daytona call's task ended early: {e}"))),
+        }
+    }
+}
+
 /// The human part of an error body: NestJS's `message` (a text or a list), else
 /// the body's start, else the status's name.
 pub fn message_of(body: &[u8], status: u16) -> String {
@@ -945,6 +964,16 @@ mod tests {
         assert!(shown.contains("ANTHROPIC_API_KEY"), "names are shown: {shown}");
         let err = DaytonaError::Unauthorized { status: 401, message: client.scrub("bad key dtn_supersecret") };
         assert!(!err.to_string().contains("supersecret"), "{err}");
+    }
+
+    #[actix_rt::test]
+    async fn calls_can_be_awaited_from_send_futures() {
+        fn assert_send<F: std::future::Future + Send>(f: F) -> F {
+            f
+        }
+        let client = DaytonaClient::new("http://127.0.0.1:9/api", ApiKey::new("k")).with_retry(Retry { attempts: 1, ..Retry::default() });
+        let err = assert_send(on_arbiter(move || async move { client.get("x").await })).await.unwrap_err();
+        assert_eq!(err.code(), "daytona_unavailable", "nothing listens on port 9: {err}");
     }
 
     #[test]
