@@ -523,8 +523,17 @@ fn header(req: &HttpRequest, name: &str) -> Option<String> {
 }
 
 /// The one handler: routes by hand, then records the call.
-async fn entry(req: HttpRequest, body: web::Bytes, shared: web::Data<Shared>) -> HttpResponse {
+async fn entry(req: HttpRequest, payload: web::Payload, shared: web::Data<Shared>) -> HttpResponse {
     let shared = shared.into_inner();
+    let upgrade = header(&req, "upgrade").is_some_and(|u| u.eq_ignore_ascii_case("websocket"));
+    let (body, payload) = if upgrade {
+        (web::Bytes::new(), Some(payload))
+    } else {
+        match payload.to_bytes_limited(32 * 1024 * 1024).await {
+            Ok(Ok(bytes)) => (bytes, None),
+            _ => return HttpResponse::PayloadTooLarge().finish(),
+        }
+    };
     let path = req.path().to_string();
     let full = if req.query_string().is_empty() { path.clone() } else { format!("{path}?{}", req.query_string()) };
     let authorized = header(&req, "authorization").as_deref() == Some(format!("Bearer {}", shared.key).as_str());
@@ -533,7 +542,7 @@ async fn entry(req: HttpRequest, body: web::Bytes, shared: web::Data<Shared>) ->
     let res = match segments.first().map(String::as_str) {
         Some("api") => api(&shared, &req, &body, &segments[1..], authorized),
         Some("toolbox") => toolbox(&shared, &req, body.clone(), &segments[1..], authorized).await,
-        Some("preview") => preview(&shared, &req, body.clone(), &segments[1..], authorized).await,
+        Some("preview") => preview(&shared, &req, body.clone(), payload, &segments[1..], authorized).await,
         _ => nest_error(404, &path, json!(format!("Cannot {} {path}", req.method()))),
     };
     lock(&shared.state).calls.push(Call {
@@ -1054,8 +1063,16 @@ async fn run_session_command(ctx: RunCtx, turn: Arc<tokio::sync::Mutex<()>>, cmd
     let _ = cmd.done.send(true);
 }
 
-/// A preview URL (§2.7): the token, then a streaming proxy to the port.
-async fn preview(shared: &Shared, req: &HttpRequest, body: web::Bytes, rest: &[String], authorized: bool) -> HttpResponse {
+/// A preview URL (§2.7): the token, then a streaming proxy to the port (a
+/// WebSocket upgrade is proxied frame by frame when `payload` is given).
+async fn preview(
+    shared: &Shared,
+    req: &HttpRequest,
+    body: web::Bytes,
+    payload: Option<web::Payload>,
+    rest: &[String],
+    authorized: bool,
+) -> HttpResponse {
     let Some((target, tail)) = rest.split_first() else { return HttpResponse::NotFound().body("no such preview") };
     let Some((port, id)) = target.split_once('-').and_then(|(p, id)| Some((p.parse::<u16>().ok()?, id.to_string()))) else {
         return HttpResponse::NotFound().body("no such preview");
@@ -1078,6 +1095,9 @@ async fn preview(shared: &Shared, req: &HttpRequest, body: web::Bytes, rest: &[S
     let mut url = format!("http://127.0.0.1:{port}/{}", tail.join("/"));
     if !req.query_string().is_empty() {
         url = format!("{url}?{}", req.query_string());
+    }
+    if let Some(payload) = payload {
+        return proxy_websocket(req, payload, url, authorized).await;
     }
     let client = awc::Client::builder().disable_timeout().finish();
     let mut out = client.request(req.method().clone(), url);
@@ -1102,6 +1122,69 @@ async fn preview(shared: &Shared, req: &HttpRequest, body: web::Bytes, rest: &[S
         }
         Err(e) => HttpResponse::BadGateway().body(format!("cannot reach port {port} in the sandbox: {e}")),
     }
+}
+
+
+/// A frame as the message that sends it again.
+fn frame_to_message(frame: actix_http::ws::Frame) -> actix_http::ws::Message {
+    use actix_http::ws::{Frame, Message};
+    match frame {
+        Frame::Text(b) => match String::from_utf8(b.to_vec()) {
+            Ok(text) => Message::Text(text.into()),
+            Err(_) => Message::Close(None),
+        },
+        Frame::Binary(b) => Message::Binary(b),
+        Frame::Continuation(item) => Message::Continuation(item),
+        Frame::Ping(b) => Message::Ping(b),
+        Frame::Pong(b) => Message::Pong(b),
+        Frame::Close(reason) => Message::Close(reason),
+    }
+}
+
+/// Proxies a WebSocket to `url` (on 127.0.0.1) frame by frame, both ways.
+async fn proxy_websocket(req: &HttpRequest, payload: web::Payload, url: String, authorized: bool) -> HttpResponse {
+    use actix_codec::{Decoder, Encoder};
+    use futures_util::{SinkExt, StreamExt};
+    let mut handshake = match actix_web_actors::ws::handshake(req) {
+        Ok(h) => h,
+        Err(e) => return HttpResponse::BadRequest().body(format!("not a WebSocket handshake: {e}")),
+    };
+    let mut upstream = awc::Client::builder().disable_timeout().finish().ws(url).max_frame_size(16 << 20);
+    for (name, value) in req.headers() {
+        let n = name.as_str();
+        if n == "sec-websocket-protocol" || (n == "authorization" && !authorized) {
+            upstream = upstream.set_header(name.clone(), value.clone());
+        }
+    }
+    let framed = match upstream.connect().await {
+        Ok((_, framed)) => framed,
+        Err(e) => return HttpResponse::BadGateway().body(format!("cannot open the WebSocket in the sandbox: {e}")),
+    };
+    let (mut to_upstream, from_upstream) = framed.split();
+    // Client to upstream: decode the client's (masked) frames, send them on.
+    actix_web::rt::spawn(async move {
+        let (mut payload, mut codec, mut buf) = (payload, actix_http::ws::Codec::new().max_size(16 << 20), web::BytesMut::new());
+        while let Some(Ok(chunk)) = payload.next().await {
+            buf.extend_from_slice(&chunk);
+            while let Ok(Some(frame)) = codec.decode(&mut buf) {
+                let message = frame_to_message(frame);
+                let closing = matches!(message, actix_http::ws::Message::Close(_));
+                if to_upstream.send(message).await.is_err() || closing {
+                    return;
+                }
+            }
+        }
+        let _ = to_upstream.close().await;
+    });
+    // Upstream to client: each frame encoded again, unmasked, as a server sends it.
+    let codec = actix_http::ws::Codec::new().max_size(16 << 20);
+    let body = futures_util::stream::unfold((from_upstream, codec), |(mut frames, mut codec)| async move {
+        let frame = frames.next().await?.ok()?;
+        let mut buf = web::BytesMut::new();
+        codec.encode(frame_to_message(frame), &mut buf).ok()?;
+        Some((Ok::<_, actix_web::Error>(buf.freeze()), (frames, codec)))
+    });
+    handshake.streaming(body)
 }
 
 #[cfg(test)]
@@ -1412,6 +1495,36 @@ mod tests {
         assert_eq!((r.status, r.location.is_some()), (307, true), "no token: a redirect, not a 401");
         let r = raw("GET", &format!("{url}/v1/health"), None, &[("x-daytona-preview-token", "wrong")], None).await;
         assert_eq!(r.status, 307);
+
+        // A PTY process, and its terminal WebSocket through the preview URL.
+        let tok = [("x-daytona-preview-token", token.as_str())];
+        let body = json!({"command": "sh", "tty": true, "interactive": true});
+        let proc_ = raw("POST", &format!("{url}/v1/processes"), None, &tok, Some(body)).await;
+        assert_eq!(proc_.status, 200, "{proc_:?}");
+        let pid = proc_.body["id"].as_str().unwrap().to_string();
+        let ws_url = format!("{url}/v1/processes/{pid}/terminal/ws");
+        let refused = awc::Client::new().ws(ws_url.as_str()).connect().await;
+        assert!(refused.is_err(), "no token, no WebSocket");
+        let (_, mut ws) = awc::Client::new().ws(ws_url.as_str()).header("x-daytona-preview-token", token.as_str()).connect().await.expect("ws");
+        use futures_util::{SinkExt, StreamExt};
+        let first = tokio::time::timeout(WAIT, ws.next()).await.expect("a frame").unwrap().unwrap();
+        let awc::ws::Frame::Text(ready) = first else { panic!("{first:?}") };
+        assert_eq!(serde_json::from_slice::<Value>(&ready).unwrap()["type"], "ready");
+        let input = json!({"type": "input", "data": "echo through-the-$((20+22))-proxy\n", "encoding": "utf8"}).to_string();
+        ws.send(awc::ws::Message::Text(input.into())).await.unwrap();
+        let mut seen = String::new();
+        tokio::time::timeout(WAIT, async {
+            while !seen.contains("through-the-42-proxy") {
+                match ws.next().await {
+                    Some(Ok(awc::ws::Frame::Binary(b))) => seen.push_str(&String::from_utf8_lossy(&b)),
+                    Some(Ok(_)) => {}
+                    other => panic!("the terminal ended: {other:?} after {seen:?}"),
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("no echo through the proxied terminal: {seen:?}"));
+        let _ = ws.send(awc::ws::Message::Close(None)).await;
 
         // Stopping kills it; after a start, the old token no longer works.
         fake.call("POST", &format!("/api/sandbox/{id}/stop"), None).await;
