@@ -33,8 +33,8 @@
 //!   each time the sandbox starts. The preview URL (`{url}/preview/{port}-{sandboxId}`)
 //!   needs `x-daytona-preview-token` (or the API key as a Bearer token, or a public
 //!   sandbox); without it: `307` to a login page. Requests are proxied, streaming, to
-//!   that port on 127.0.0.1: a fake sandbox's ports are this machine's, so tests pick
-//!   free ones.
+//!   that port on 127.0.0.1 (WebSockets too, frame by frame): a fake sandbox's ports
+//!   are this machine's, so tests pick free ones.
 //!
 //! Injectable faults: [`FakeDaytona::fail_next`] (429 with `retry-after`, or any 5xx, on
 //! the control plane or the toolbox), [`FakeDaytona::hang_toolbox`] (the toolbox never
@@ -43,7 +43,7 @@
 //!
 //! Not faked: a session's commands sharing one shell (each runs in its own bash, so a
 //! `cd` does not carry over), `follow=true` log streaming (answers what there is),
-//! WebSocket proxying through preview URLs, signed preview URLs, archive, resize,
+//! signed preview URLs, archive, resize,
 //! snapshots and images, volumes, JWT auth and organizations, the toolbox's file, git
 //! and PTY APIs.
 
