@@ -1299,12 +1299,12 @@ mod tests {
     #[actix_web::test]
     async fn the_state_machine_takes_its_time() {
         let fake = FakeDaytona::with_timing(Timing { create: Duration::from_millis(400), ..Timing::default() });
-        let id = fake.created(json!({})).await;
-        let r = fake.call("GET", &format!("/api/sandbox/{id}"), None).await;
-        assert_eq!(r.body["state"], "creating", "not started at once");
         let before = Instant::now();
+        let r = fake.call("POST", "/api/sandbox", Some(json!({}))).await;
+        assert_eq!(r.body["state"], "creating", "not started at once");
+        let id = r.body["id"].as_str().unwrap().to_string();
         fake.wait_state(&id, "started").await;
-        assert!(before.elapsed() >= Duration::from_millis(250), "started too soon: {:?}", before.elapsed());
+        assert!(before.elapsed() >= Duration::from_millis(400), "started too soon: {:?}", before.elapsed());
 
         let r = fake.call("GET", &format!("/api/sandbox/{id}/ports/3000/preview-url"), None).await;
         let first_token = r.body["token"].as_str().unwrap().to_string();
@@ -1343,7 +1343,8 @@ mod tests {
 
     #[actix_web::test]
     async fn list_filters_on_labels_and_pages() {
-        let fake = FakeDaytona::start();
+        // Creates take a minute here, so none is started unless advanced.
+        let fake = FakeDaytona::with_timing(Timing { create: Duration::from_secs(60), ..Timing::default() });
         for i in 0..5 {
             let team = if i % 2 == 0 { "a" } else { "b" };
             fake.created(json!({"name": format!("s{i}"), "labels": {"team": team, "n": i.to_string()}})).await;
@@ -1367,6 +1368,10 @@ mod tests {
         assert_eq!((names, pages), (vec!["s0".to_string(), "s2".into(), "s4".into()], 2));
         let r = fake.call("GET", "/api/sandbox?states=started", None).await;
         assert_eq!(r.body["items"], json!([]), "all still creating");
+        let s3 = fake.call("GET", "/api/sandbox/s3", None).await.body["id"].as_str().unwrap().to_string();
+        fake.advance(&s3);
+        let r = fake.call("GET", "/api/sandbox?states=started,stopped", None).await;
+        assert_eq!(r.body["items"].as_array().unwrap().iter().map(|s| s["name"].clone()).collect::<Vec<_>>(), vec![json!("s3")]);
         assert_eq!(fake.call("GET", "/api/sandbox?labels=nope", None).await.status, 400);
         assert_eq!(fake.call("GET", "/api/sandbox?limit=0", None).await.status, 400);
     }

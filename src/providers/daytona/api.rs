@@ -222,7 +222,7 @@ pub struct Sandbox {
     pub desired_state: Option<String>,
     #[serde(default)]
     pub error_reason: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_empty")]
     pub labels: BTreeMap<String, String>,
     #[serde(default)]
     pub snapshot: Option<String>,
@@ -238,6 +238,11 @@ pub struct Sandbox {
     pub auto_stop_interval: Option<i64>,
     #[serde(default)]
     pub toolbox_proxy_url: Option<String>,
+}
+
+/// `null` (which Daytona may send for an empty map) as an empty map.
+fn null_as_empty<'de, D: serde::Deserializer<'de>>(d: D) -> Result<BTreeMap<String, String>, D::Error> {
+    Ok(Option::<BTreeMap<String, String>>::deserialize(d)?.unwrap_or_default())
 }
 
 impl Sandbox {
@@ -938,6 +943,16 @@ mod tests {
         assert_eq!(message_of(br#"{"statusCode":401,"error":"Unauthorized"}"#, 401), "Unauthorized");
         assert_eq!(message_of(b"upstream connect error", 503), "upstream connect error");
         assert_eq!(message_of(b"", 502), "Bad Gateway");
+    }
+
+    #[test]
+    fn a_sandbox_reads_with_fields_missing_or_null() {
+        let s: Sandbox = serde_json::from_value(json!({"id": "a", "state": "started", "labels": null, "errorReason": null, "cpu": 2})).unwrap();
+        assert!(s.labels.is_empty() && s.is_started() && s.cpu == Some(2.0));
+        assert_eq!(s.toolbox().unwrap_err().to_string(), "Daytona's answer could not be read: sandbox a has no toolboxProxyUrl");
+        let s: Sandbox = serde_json::from_value(json!({"id": "b", "state": "error", "toolboxProxyUrl": "https://proxy.example/toolbox/"})).unwrap();
+        assert!(s.is_failed() && s.failure().ends_with("no reason given"));
+        assert_eq!(s.toolbox().unwrap().url("/process/execute"), "https://proxy.example/toolbox/b/process/execute");
     }
 
     #[test]
