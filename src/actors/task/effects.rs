@@ -120,12 +120,19 @@ async fn launch_spec(ctx: &TaskCtx, task: &Task, resume: bool) -> AppResult<Laun
 }
 
 /// What an agent's environment gets: `base` (the profile's env), then the
-/// organization's provider secrets, then `KILN_TASK`.
+/// organization's provider secrets (less those Kiln keeps, see
+/// `providers::is_agent_secret`), then `KILN_TASK`.
 async fn agent_env(ctx: &TaskCtx, task: &Task, mut env: Vec<(String, String)>) -> AppResult<Vec<(String, String)>> {
     let (o, p) = (ctx.org.clone(), task.provider.clone());
     if let Some((_, secrets, _)) = ctx.kiln.db.read(move |c| queries::provider_profile(c, &o, &p)).await? {
         let secrets: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&secrets).unwrap_or_default();
-        env.extend(secrets.into_iter().filter_map(|(k, v)| v.as_str().map(|v| (k, v.to_string()))));
+        let provider = task.provider.as_str();
+        env.extend(
+            secrets
+                .into_iter()
+                .filter(|(k, _)| crate::providers::is_agent_secret(provider, k))
+                .filter_map(|(k, v)| v.as_str().map(|v| (k, v.to_string()))),
+        );
     }
     env.push(("KILN_TASK".into(), task.id.clone()));
     Ok(env)
