@@ -52,7 +52,10 @@ async fn a_since_past_the_newest_event_is_refused_with_where_to_go_on() {
 
 #[actix_web::test]
 async fn replay_then_live_without_gap_or_duplicate() {
-    let (server, dir) = Server::start(&[]);
+    // The test reads nothing while it creates 40 tasks (slow on a loaded
+    // machine), so it answers no ping meanwhile: a long client timeout keeps the
+    // server from dropping it for that.
+    let (server, dir) = Server::start(&[("KILN_EVENTS__CLIENT_TIMEOUT_SECS", "3600")]);
     let c = server.client();
     c.add_repo("default", &git_repo(dir.path(), "app")).await;
     for i in 0..5 {
