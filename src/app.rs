@@ -26,6 +26,11 @@ pub enum BootError {
     DataDir { path: PathBuf, source: std::io::Error },
     #[error("another `kiln serve` is already using {0}: stop it first, or give this one another data_dir")]
     Locked(PathBuf),
+    #[error(
+        "the data dir {path} is too long: a task's terminal socket would be {socket_len} bytes long under it, and a unix socket path may be at most {max} bytes here: use a data_dir of at most {longest} bytes ({len} now)",
+        path = .path.display(), longest = .max - (.socket_len - .len)
+    )]
+    DataDirTooLong { path: PathBuf, len: usize, socket_len: usize, max: usize },
     #[error("database: {0}")]
     Db(#[from] crate::db::DbError),
     #[error("cannot listen on {bind}: {source}")]
@@ -34,6 +39,17 @@ pub enum BootError {
     Seed(String),
     #[error("the server failed: {0}")]
     Server(std::io::Error),
+}
+
+/// Refuses a data dir under which a task's terminal socket path would be too
+/// long for a unix socket: said at boot, not when the first task starts.
+pub fn check_data_dir_length(dir: &Path) -> Result<(), BootError> {
+    let socket_len = crate::terminal::client::socket_path_len(dir);
+    let max = crate::terminal::client::MAX_SOCKET_PATH;
+    if socket_len > max {
+        return Err(BootError::DataDirTooLong { len: dir.as_os_str().len(), path: dir.to_path_buf(), socket_len, max });
+    }
+    Ok(())
 }
 
 /// Creates the data dir layout (mode 0700) and returns it.
@@ -103,6 +119,7 @@ pub struct Running {
 
 /// Boots everything and starts the HTTP server. Must run inside an actix System.
 pub async fn start(config: Config) -> Result<Running, BootError> {
+    check_data_dir_length(&config.data_dir())?;
     let dir = prepare_data_dir(&config)?;
     let lock = lock_data_dir(&dir)?;
     let (db, applied) = {

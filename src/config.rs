@@ -151,6 +151,13 @@ pub struct ReposConfig {
     pub clone_timeout_secs: u64,
     pub branch_poll_ms: u64,
     pub fetch_secs: u64,
+    /// Refuse source URLs of an organization's token whose host is (or resolves
+    /// to) a loopback, link-local or private address; at registration and at
+    /// every fetch. The admin token is not held to it.
+    pub deny_private_hosts: bool,
+    /// Hosts an organization's source URL may name even when they are private
+    /// (`git.corp.example`, or `*.corp.example` for every name under it).
+    pub allowed_hosts: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

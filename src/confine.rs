@@ -541,6 +541,11 @@ impl Confiner {
         if paths.mirror.is_dir() {
             std::fs::create_dir_all(paths.mirror.join("logs"))?;
             link_packed_refs(&paths.mirror)?;
+            // ...nor in `objects/`: every folder a commit writes into exists.
+            std::fs::create_dir_all(paths.mirror.join("objects/info"))?;
+            for dir in object_dirs(&paths.mirror) {
+                std::fs::create_dir_all(dir)?;
+            }
         }
         Ok(())
     }
@@ -568,8 +573,15 @@ impl Confiner {
         // stay read-only.
         let m = &paths.mirror;
         rs.allow_path(m, READ)?;
-        for sub in ["objects", "refs", "logs", PACKED_DIR] {
+        for sub in ["refs", "logs", PACKED_DIR] {
             rs.allow_path(&m.join(sub), GIT_WRITE)?;
+        }
+        // Objects: the fan-out folders and `pack/` only. `objects/` itself and
+        // `objects/info/` stay read-only, so no `info/alternates` can be planted
+        // (it would lend this repository another one's objects).
+        rs.allow_path(&m.join("objects"), READ)?;
+        for dir in object_dirs(m) {
+            rs.allow_path(&dir, GIT_WRITE)?;
         }
         if !paths.task.is_empty() {
             rs.allow_path(&m.join("worktrees").join(&paths.task), GIT_WRITE)?;
@@ -577,6 +589,28 @@ impl Confiner {
         for p in &self.allow_write {
             self.allow_broad(&rs, p, READ_WRITE, false)?;
         }
+        Ok(rs)
+    }
+
+    /// Kiln's own git on a mirror talking to a local origin: the system, git's
+    /// own configuration, the mirror, its worktrees and the origin's folder (as
+    /// open in `source`, read and written: a push writes there). Not cached:
+    /// each command holds the folder it checked.
+    fn build_local_origin(&self, abi: u32, mirror: &Path, worktrees: &Path, source: BorrowedFd<'_>) -> std::io::Result<Ruleset> {
+        let rs = Ruleset::create(abi, 0, false)?;
+        self.allow_system(&rs, None)?;
+        // git reads the server user's global configuration (and dies when it
+        // exists but cannot be read).
+        if let Some(home) = std::env::var_os("HOME").map(PathBuf::from) {
+            rs.allow_path(&home.join(".gitconfig"), READ)?;
+            rs.allow_path(&home.join(".config/git"), READ)?;
+        }
+        if let Some(xdg) = std::env::var_os("XDG_CONFIG_HOME").map(PathBuf::from) {
+            rs.allow_path(&xdg.join("git"), READ)?;
+        }
+        rs.allow_path(mirror, EVERYTHING)?;
+        rs.allow_path(worktrees, EVERYTHING)?;
+        rs.allow_fd(source, EVERYTHING, true)?;
         Ok(rs)
     }
 
@@ -615,10 +649,19 @@ impl Confiner {
         allow_carved(rs, path, access, &self.denied, carve)
     }
 
+    /// Whether `path` (resolved) is Kiln's data dir, lies in it or holds it.
+    pub fn touches_data_dir(&self, path: &Path) -> bool {
+        path.starts_with(&self.data_dir_real) || self.data_dir_real.starts_with(path)
+    }
+
     /// Which jail git gets in `dir`: a task's worktree
     /// (`<data>/worktrees/<org>/<repo>/<task>`, or anything inside one), a
-    /// repository's mirror (`<data>/repos/<org>/<repo>.git`), or none.
-    pub fn git_jail(&self, dir: &Path) -> Result<GitJail, AppError> {
+    /// repository's mirror (`<data>/repos/<org>/<repo>.git`), or none. With
+    /// `source` (the open folder of a local origin, checked by the caller), a
+    /// mirror's jail is narrowed for a command that talks to that origin: the
+    /// system, the mirror, its worktrees and that very folder, nothing else of
+    /// the disk (so a path swapped for a symlink after the check leads nowhere).
+    pub fn git_jail(&self, dir: &Path, source: Option<BorrowedFd<'_>>) -> Result<GitJail, AppError> {
         let rel = dir.strip_prefix(&self.data_dir).or_else(|_| dir.strip_prefix(&self.data_dir_real));
         let Ok(rel) = rel else { return Ok(GitJail::None) };
         let parts: Vec<String> = rel.components().map(|c| c.as_os_str().to_string_lossy().to_string()).collect();
@@ -647,6 +690,10 @@ impl Confiner {
                 let mirror = self.data_dir.join("repos").join(org).join(format!("{repo}.git"));
                 let worktrees = self.data_dir.join("worktrees").join(org).join(repo);
                 std::fs::create_dir_all(&worktrees).map_err(AppError::internal)?;
+                if let Some(source) = source {
+                    let rs = self.build_local_origin(abi, &mirror, &worktrees, source).map_err(AppError::internal)?;
+                    return Ok(GitJail::Repo { ruleset: Arc::new(rs) });
+                }
                 let inode = |p: &Path| std::fs::metadata(p).map(|m| std::os::unix::fs::MetadataExt::ino(&m)).map_err(AppError::internal);
                 let key = (mirror.clone(), inode(&mirror)?, inode(&worktrees)?);
                 let cached = self.repo_jails.lock().ok().and_then(|m| m.get(&key).filter(|(at, _)| at.elapsed() < REPO_JAIL_TTL).map(|(_, r)| r.clone()));
@@ -671,6 +718,15 @@ impl Confiner {
             _ => Ok(GitJail::None),
         }
     }
+}
+
+/// The folders of a mirror's object store that git writes into for a commit or
+/// a fetch: the 256 fan-out folders of loose objects and `pack/`. (Kiln's own
+/// git never prunes them: `gc.auto=0` in `integrations/git.rs`, since a jail
+/// holds the folders it was made with, not ones made again later.)
+fn object_dirs(mirror: &Path) -> Vec<PathBuf> {
+    let objects = mirror.join("objects");
+    (0..=255u8).map(|b| objects.join(format!("{b:02x}"))).chain(std::iter::once(objects.join("pack"))).collect()
 }
 
 /// Where a mirror's packed refs live, so that git in a worktree can rewrite
@@ -767,5 +823,50 @@ mod tests {
         // Agents never make device nodes.
         assert_eq!(READ_WRITE & (sys::MAKE_CHAR | sys::MAKE_BLOCK), 0);
         assert_eq!(GIT_WRITE & (sys::MAKE_SYM | sys::EXECUTE), 0);
+    }
+
+    /// Kiln's git on a mirror, talking to a local origin, reaches that origin's
+    /// folder as it was opened and checked, not what its path leads to later.
+    #[test]
+    fn a_local_origin_s_jail_holds_the_folder_checked_not_its_path() {
+        if kernel_abi() < LOWEST_USABLE_ABI {
+            eprintln!("skipped: no usable Landlock");
+            return;
+        }
+        let tmp = std::env::temp_dir().join(format!("kiln-origin-jail-{}", crate::util::random_hex(8)));
+        let (data, src, other) = (tmp.join("data"), tmp.join("src"), tmp.join("other"));
+        let git = |dir: &Path, args: &[&str]| {
+            let ok = std::process::Command::new("git").args(args).current_dir(dir).output().unwrap();
+            assert!(ok.status.success(), "{args:?}: {}", String::from_utf8_lossy(&ok.stderr));
+        };
+        for d in [&src, &other, &data.join("repos/o")] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        for repo in [&src, &other] {
+            git(repo, &["init", "-q", "-b", "main"]);
+            git(repo, &["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "--allow-empty", "-m", "x"]);
+        }
+        let mirror = data.join("repos/o/app.git");
+        git(&tmp, &["init", "-q", "--bare", mirror.to_str().unwrap()]);
+        let cfg = crate::config::Config::load_from(None, None, &[]).unwrap().sandboxes;
+        let confiner = Confiner::with_kernel_abi(&cfg, &data, &[], kernel_abi());
+        let pinned = crate::integrations::git::pin_local_source(&src).unwrap();
+        let GitJail::Repo { ruleset } = confiner.git_jail(&mirror, Some(pinned.as_fd())).unwrap() else { panic!("a repository jail") };
+        let ls_remote = |target: &Path| {
+            let mut cmd = std::process::Command::new("git");
+            cmd.args(["ls-remote", target.to_str().unwrap()]).current_dir(&mirror);
+            ruleset.confine_command(&mut cmd);
+            cmd.output().unwrap()
+        };
+        assert!(ls_remote(&src).status.success(), "the folder checked");
+        // The path becomes a symlink to another repository after the check.
+        let moved = tmp.join("src-moved");
+        std::fs::rename(&src, &moved).unwrap();
+        std::os::unix::fs::symlink(&other, &src).unwrap();
+        let out = ls_remote(&src);
+        assert!(!out.status.success(), "git read what the path leads to now");
+        assert!(ls_remote(&moved).status.success(), "the folder checked, wherever it is now");
+        assert!(matches!(crate::integrations::git::pin_local_source(&src), Err(crate::integrations::git::GitError::SourceMoved(_))));
+        let _ = std::fs::remove_dir_all(&tmp);
     }
 }

@@ -30,8 +30,9 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition of every metric; `live_actors` comes from
-    /// the registry.
-    pub fn render(&self, live_actors: usize) -> String {
+    /// the registry, `tasks` (every status with its count, zeros included) from
+    /// the database.
+    pub fn render(&self, live_actors: usize, tasks: &[(&str, i64)]) -> String {
         let mut out = String::new();
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         out.push_str("# HELP kiln_http_requests_total HTTP requests answered, by status class (1xx: WebSocket upgrades).\n");
@@ -54,6 +55,10 @@ impl Metrics {
         ];
         for (name, kind, help, value) in rows {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
+        }
+        out.push_str("# HELP kiln_tasks Tasks by status, over every organization.\n# TYPE kiln_tasks gauge\n");
+        for (status, n) in tasks {
+            let _ = writeln!(out, "kiln_tasks{{status=\"{status}\"}} {n}");
         }
         out
     }

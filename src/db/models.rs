@@ -46,6 +46,10 @@ pub struct Repo {
     #[serde(serialize_with = "json_text")]
     #[schema(value_type = RepoSettings)]
     pub settings: String,
+    /// `admin` or `organization`: which token registered it (the host policy
+    /// applies to an organization's). Not shown.
+    #[serde(skip)]
+    pub registered_by: String,
 }
 
 /// A repository's setup step, stored as JSON in `repos.setup` (the API shows
@@ -172,6 +176,7 @@ pub struct NewRepo {
     pub updated_at: i64,
     pub credential_user: Option<String>,
     pub credential_secret: Option<String>,
+    pub registered_by: String,
 }
 
 #[derive(Debug, Clone, Queryable, Selectable, Serialize, utoipa::ToSchema)]

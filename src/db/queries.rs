@@ -220,6 +220,15 @@ pub fn tasks_list(conn: &mut SqliteConnection, org: &str, f: &TaskFilter) -> Que
     q.order((tasks::created_at.desc(), tasks::id.desc())).limit(f.limit).load(conn)
 }
 
+/// How many tasks are in each status, over every organization (for `/metrics`).
+pub fn task_counts_by_status(conn: &mut SqliteConnection) -> QueryResult<Vec<(String, i64)>> {
+    tasks::table
+        .group_by(tasks::status)
+        .select((tasks::status, diesel::dsl::count_star()))
+        .order(tasks::status)
+        .load(conn)
+}
+
 /// `(organization, repo name, task id)` of every task that may have a live agent,
 /// or was waiting to get one: the ones boot recovery reconciles.
 pub fn tasks_to_recover(conn: &mut SqliteConnection) -> QueryResult<Vec<(String, String, String)>> {

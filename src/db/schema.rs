@@ -90,6 +90,7 @@ diesel::table! {
         settings -> Text,
         credential_user -> Nullable<Text>,
         credential_secret -> Nullable<Text>,
+        registered_by -> Text,
     }
 }
 

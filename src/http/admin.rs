@@ -13,7 +13,8 @@ use super::extract::OptionalJson;
 use crate::actors::pollers::{branch_sync::BranchSyncPoller, pr_sync::PrSyncPoller, task_status::TaskStatusPoller};
 use crate::actors::pollers::{DescribePoller, PollNow, SetInterval, StopPoller};
 use crate::actors::Kiln;
-use crate::db::{pool::blocking, DbError};
+use crate::actors::task::state::ALL_STATUSES;
+use crate::db::{pool::blocking, queries, DbError};
 use crate::error::{AppError, AppResult};
 use crate::util::now_ms;
 
@@ -33,9 +34,15 @@ pub async fn health() -> HttpResponse {
 )]
 pub async fn metrics(kiln: web::Data<Kiln>, caller: Caller) -> AppResult<HttpResponse> {
     caller.require_admin()?;
+    let counted = kiln.db.read(queries::task_counts_by_status).await?;
+    // Every status, so a scraper (and the dashboard) sees a zero, not a gap.
+    let tasks: Vec<(&str, i64)> = ALL_STATUSES
+        .iter()
+        .map(|s| (s.as_str(), counted.iter().find(|(c, _)| c == s.as_str()).map_or(0, |(_, n)| *n)))
+        .collect();
     Ok(HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
-        .body(kiln.metrics.render(kiln.registry.count())))
+        .body(kiln.metrics.render(kiln.registry.count(), &tasks)))
 }
 
 /// Live actors by key, with backlog and last activity.

@@ -149,7 +149,7 @@ pub async fn get_provider(
     responses(
         (status = 200, description = "The stored profile", body = ProviderProfileView),
         (status = 404, description = "Not found:\n- `organization_not_found`\n- `provider_not_found`", body = ApiError),
-        (status = 422, description = "Invalid content:\n- `invalid_secret`: a value that is not a string or null, or a name that is not an environment variable name\n- `invalid_provider_config`: settings the provider does not take (`worktree` takes none)", body = ApiError),
+        (status = 422, description = "Invalid content:\n- `invalid_secret`: a value that is not a string or null, or a name that is not an environment variable name\n- `invalid_provider_config`: settings the provider does not take (`worktree` takes none; `daytona`'s are checked, see docs/providers.md)", body = ApiError),
     ),
 )]
 pub async fn put_provider(
@@ -179,13 +179,14 @@ pub async fn put_provider(
             format!("secret name `{}` is not an environment variable name (letters, digits, _)", validate::truncate(key, 40)),
         ));
     }
-    if let Ok(p) = kiln.providers.get(&provider) {
-        p.validate_config(&serde_json::Value::Object(body.config.clone()))?;
+    let config = crate::providers::validate_profile(&kiln.providers, &provider, body.config)?;
+    for (key, value) in &body.secrets {
+        crate::providers::validate_secret(&provider, key, value)?;
     }
     let is_github = provider == "github";
     let view = kiln
         .organization(&org)
-        .send(PutProviderProfile { provider, config: body.config, secrets: body.secrets })
+        .send(PutProviderProfile { provider, config, secrets: body.secrets })
         .await??;
     if is_github {
         // A new token or API URL: (re)start the pull-request pollers.

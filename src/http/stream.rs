@@ -38,14 +38,16 @@ use crate::error::{AppError, AppResult};
 
 /// Events read from the database per replay step.
 const REPLAY_PAGE: i64 = 1000;
+/// The largest frame a client may send: the stream reads only pings and closes.
+const MAX_MESSAGE: usize = 64 * 1024;
 
 /// The live event stream over a WebSocket.
 ///
 /// Each text frame is one event as JSON (the `Event` schema): first the history
 /// after `since` (when given), then live events, with no gap and no duplicate.
 /// Close codes: 1013 for a client that fell behind (the reason names the `since`
-/// to resume from), 4001 when the token is revoked, 4004 when the organization
-/// is deleted.
+/// to resume from), 1009 for a client frame over 64 KiB, 4001 when the token is
+/// revoked, 4004 when the organization is deleted.
 #[utoipa::path(
     get, path = "/v1/organizations/{org}/stream", tag = "events", operation_id = "stream", params(OrgPath, dto::StreamQuery, super::openapi::WebSocketUpgrade),
     responses(
@@ -89,7 +91,7 @@ pub async fn connect(
         heartbeat: Instant::now(),
         ticket: ticket.clone(),
     };
-    let (addr, response) = ws::WsResponseBuilder::new(session, &req, payload).start_with_addr().map_err(|e| {
+    let (addr, response) = ws::WsResponseBuilder::new(session, &req, payload).frame_size(MAX_MESSAGE).start_with_addr().map_err(|e| {
         history.addr.do_send(Unsubscribe { id: sub_id });
         AppError::bad_request("websocket_required", e.to_string())
     })?;
@@ -244,6 +246,17 @@ impl StreamHandler<Result<ws::Message, ws::ProtocolError>> for StreamSession {
                 ctx.stop();
             }
             Ok(_) => {}
+            // Closed with a reason, as the terminal does, not dropped in silence.
+            Err(ws::ProtocolError::Overflow) => {
+                ctx.close(Some(ws::CloseReason {
+                    code: ws::CloseCode::Size,
+                    description: Some(format!(
+                        "a message is at most {MAX_MESSAGE} bytes: the stream reads only pings and closes; reconnect with since={}",
+                        self.last_sent
+                    )),
+                }));
+                ctx.stop();
+            }
             Err(err) => {
                 log::debug!("stream client protocol error: {err}");
                 ctx.stop();

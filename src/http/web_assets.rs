@@ -68,6 +68,12 @@ static ASSETS: &[Asset] = &[
     asset!("/views/changes.js", JS),
     asset!("/views/inbox.js", JS),
     asset!("/views/palette.js", JS),
+    asset!("/views/repos.js", JS),
+    asset!("/views/repo.js", JS),
+    asset!("/views/organization.js", JS),
+    asset!("/views/tokens.js", JS),
+    asset!("/views/admin.js", JS),
+    asset!("/lib/prometheus.js", JS),
     asset!("/vendor/xterm/xterm.mjs", JS),
     asset!("/vendor/xterm/xterm.css", CSS),
     asset!("/vendor/xterm/LICENSE", "text/plain; charset=utf-8"),
@@ -117,6 +123,12 @@ pub fn is_api_path(path: &str) -> bool {
         .any(|p| path.strip_prefix(p).is_some_and(|rest| rest.is_empty() || rest.starts_with('/')))
 }
 
+/// `/repos/{name}`: a repository's page, whatever its name holds (names may
+/// have dots, so it cannot be told from an asset by its extension).
+fn is_repo_page(path: &str) -> bool {
+    path.strip_prefix("/repos/").is_some_and(|name| !name.is_empty() && !name.contains('/'))
+}
+
 /// The default service: the dashboard for its paths, the JSON 404 for the API's.
 pub async fn serve(req: HttpRequest, kiln: web::Data<Kiln>) -> AppResult<HttpResponse> {
     let path = req.path().to_string();
@@ -141,8 +153,9 @@ pub async fn serve(req: HttpRequest, kiln: web::Data<Kiln>) -> AppResult<HttpRes
     let last = path.rsplit('/').next().unwrap_or("");
     let prepared = match found {
         Some(p) => p,
-        // A page of the app (`/tasks/2b0894e4`): the app routes itself.
-        None if !last.contains('.') => prepared().iter().find(|p| p.asset.path == "/index.html").ok_or_else(|| AppError::bug("index.html is not embedded"))?,
+        // A page of the app (`/tasks/2b0894e4`): the app routes itself. A
+        // repository's page keeps its name's dots (`/repos/repo.js`).
+        None if !last.contains('.') || is_repo_page(&path) => prepared().iter().find(|p| p.asset.path == "/index.html").ok_or_else(|| AppError::bug("index.html is not embedded"))?,
         None => return super::not_found(req).await,
     };
     Ok(answer(&req, prepared))
@@ -197,6 +210,16 @@ mod tests {
         }
         for p in ["/", "/v1x", "/administrator", "/metricsx", "/tasks/2b0894e4", "/app.js"] {
             assert!(!is_api_path(p), "{p}");
+        }
+    }
+
+    #[test]
+    fn a_repository_s_page_is_a_page_even_with_a_dot_in_its_name() {
+        for p in ["/repos/app", "/repos/repo.js", "/repos/my.lib.v2"] {
+            assert!(is_repo_page(p), "{p}");
+        }
+        for p in ["/repos", "/repos/", "/repos/a/b.js", "/lib/api.js", "/reposx/a.js"] {
+            assert!(!is_repo_page(p), "{p}");
         }
     }
 

@@ -10,6 +10,7 @@
 
 use std::collections::HashMap;
 use std::io::Read;
+use std::os::fd::AsFd;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
@@ -48,6 +49,14 @@ pub enum GitError {
     Failed { command: String, stderr: String },
     #[error("git {command} took longer than {secs} s and was stopped")]
     TimedOut { command: String, secs: u64 },
+    /// A local origin is no longer the folder it was registered as (a symlink
+    /// was put on its way, or it is gone): git was not run.
+    #[error("{0}")]
+    SourceMoved(String),
+    /// A remote origin's host is one the repository may not reach (the host
+    /// policy for an organization's URLs): git was not run.
+    #[error("{0}")]
+    HostRefused(String),
 }
 
 impl GitError {
@@ -76,18 +85,73 @@ const LOCAL_PROTOCOLS: &str = "file";
 /// doc) and which credentials.
 #[derive(Debug, Clone, Default)]
 pub struct Origin {
-    /// The origin is a path on this host, registered by a caller allowed to.
-    pub local: bool,
+    /// The origin is this folder on this host, as it was registered (resolved),
+    /// by a caller allowed to. Every command that talks to it checks first that
+    /// the path still leads to that folder ([`pin_local_source`]).
+    pub local: Option<PathBuf>,
     pub credentials: Option<Credentials>,
+    /// For a remote origin under the host policy: the addresses checked, the
+    /// only ones git may connect to.
+    pub connect: Option<Connect>,
+    /// Why git may not talk to this origin at all (the host policy refused its
+    /// host); every command that would is refused with it.
+    pub refused: Option<String>,
+}
+
+/// The addresses git connects to for a host: https/http through
+/// `http.curloptResolve` (and no redirect followed, which would lead elsewhere),
+/// ssh through `HostName` (the host key is still looked up by the name).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Connect {
+    pub host: String,
+    pub port: u16,
+    pub ssh: bool,
+    pub addrs: Vec<std::net::IpAddr>,
+}
+
+impl Connect {
+    fn args(&self) -> Vec<String> {
+        let addrs: Vec<String> = self
+            .addrs
+            .iter()
+            .map(|a| match a {
+                std::net::IpAddr::V6(v6) => format!("[{v6}]"),
+                v4 => v4.to_string(),
+            })
+            .collect();
+        vec![
+            "-c".into(),
+            format!("http.curloptResolve={}:{}:{}", self.host, self.port, addrs.join(",")),
+            "-c".into(),
+            "http.followRedirects=false".into(),
+        ]
+    }
+
+    fn env(&self) -> Vec<(String, String)> {
+        match (self.ssh, self.addrs.first()) {
+            (true, Some(addr)) => vec![(
+                "GIT_SSH_COMMAND".into(),
+                format!("ssh -o BatchMode=yes -o ConnectTimeout=30 -o HostKeyAlias={} -o HostName={addr}", self.host),
+            )],
+            _ => Vec::new(),
+        }
+    }
 }
 
 impl Origin {
     fn env(&self) -> Vec<(String, String)> {
         let mut env = self.credentials.as_ref().map(Credentials::env).unwrap_or_default();
-        if self.local {
+        if self.local.is_some() {
             env.push(("GIT_ALLOW_PROTOCOL".into(), LOCAL_PROTOCOLS.into()));
         }
+        if let Some(connect) = &self.connect {
+            env.extend(connect.env());
+        }
         env
+    }
+
+    fn args(&self) -> Vec<String> {
+        self.connect.as_ref().map(Connect::args).unwrap_or_default()
     }
 }
 
@@ -110,6 +174,9 @@ fn settings(cmd: &mut Command) {
         .env("LC_ALL", "C")
         .env("GIT_ALLOW_PROTOCOL", REMOTE_PROTOCOLS)
         .args(["-c", "protocol.ext.allow=never", "-c", "core.hooksPath=/dev/null", "-c", "core.fsmonitor=false"])
+        // No automatic gc: its prune removes empty object fan-out folders, and a
+        // running task's jail grants the folders it was made with (confine.rs).
+        .args(["-c", "gc.auto=0", "-c", "maintenance.auto=false"])
         // Worktrees share the mirror's refs, and Kiln runs git for several tasks
         // and pollers at once: wait for a ref lock instead of failing on it.
         .args(["-c", "core.filesRefLockTimeout=10000", "-c", "core.packedRefsTimeout=10000"])
@@ -122,9 +189,56 @@ fn settings(cmd: &mut Command) {
 /// run only what the agent itself could); a repository's mirror keeps git out
 /// of the rest of the data dir. Answers the command and the task's temp dir.
 pub(crate) fn git_in(dir: &Path) -> Result<(Command, Option<std::path::PathBuf>), GitError> {
+    git_in_jail(dir, None)
+}
+
+/// git in `dir` for a command that talks to `origin`, with its environment. A
+/// local origin is checked and held open first ([`pin_local_source`]), and a
+/// mirror's jail then reaches that folder only (`Confiner::git_jail`).
+fn git_for_origin(dir: &Path, origin: &Origin) -> Result<Command, GitError> {
+    if let Some(why) = &origin.refused {
+        return Err(GitError::HostRefused(why.clone()));
+    }
+    let pinned = origin.local.as_deref().map(pin_local_source).transpose()?;
+    let mut cmd = git_in_jail(dir, pinned.as_ref().map(|fd| fd.as_fd()))?.0;
+    cmd.args(origin.args()).envs(origin.env());
+    Ok(cmd)
+}
+
+/// Opens a local origin's folder for one command and checks that it is still
+/// the folder registered: the path, resolved now, must be the stored (resolved)
+/// path itself, so no symlink has been put on its way since (toward another
+/// organization's files or Kiln's data dir), and it must not lie in the data
+/// dir. The check is made on the open folder, and the repository jail grants
+/// that very folder, so a swap after the check leaves git with nothing to read.
+pub fn pin_local_source(path: &Path) -> Result<std::os::fd::OwnedFd, GitError> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::OpenOptionsExt;
+    let moved = |why: &str| {
+        GitError::SourceMoved(format!(
+            "the repository's source folder {} {why}: Kiln no longer fetches from or pushes to it (put the folder back, or register the repository again)",
+            path.display()
+        ))
+    };
+    let dir = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|_| moved("is gone or is no longer a folder"))?;
+    let now = std::fs::read_link(format!("/proc/self/fd/{}", dir.as_raw_fd()))?;
+    if now != path {
+        return Err(moved("now leads elsewhere through a symlink"));
+    }
+    if crate::confine::global().is_some_and(|c| c.touches_data_dir(&now)) {
+        return Err(moved("now lies in Kiln's data dir"));
+    }
+    Ok(dir.into())
+}
+
+fn git_in_jail(dir: &Path, source: Option<std::os::fd::BorrowedFd<'_>>) -> Result<(Command, Option<std::path::PathBuf>), GitError> {
     use crate::confine::GitJail;
     let jail = match crate::confine::global() {
-        Some(confiner) => confiner.git_jail(dir).map_err(|e| GitError::Failed { command: "(confinement)".into(), stderr: e.to_string() })?,
+        Some(confiner) => confiner.git_jail(dir, source).map_err(|e| GitError::Failed { command: "(confinement)".into(), stderr: e.to_string() })?,
         None => GitJail::None,
     };
     let mut cmd = Command::new("git");
@@ -236,10 +350,13 @@ pub fn clone_bare(
     origin: &Origin,
     mut on_progress: impl FnMut(CloneProgress),
 ) -> Result<(), GitError> {
+    if let Some(why) = &origin.refused {
+        return Err(GitError::HostRefused(why.clone()));
+    }
     std::fs::create_dir(dest)?;
     let mut cmd = git();
-    cmd.args(["clone", "--bare", "--progress"]);
-    if origin.local {
+    cmd.args(origin.args()).args(["clone", "--bare", "--progress"]);
+    if origin.local.is_some() {
         cmd.arg("--no-local");
     }
     let mut child = cmd
@@ -525,18 +642,9 @@ pub fn push(worktree: &Path, mirror: &Path, branch: &str, lease: &Lease, origin:
         args.push(format!("--force-with-lease={refname}:{}", expect.as_deref().unwrap_or("")));
     }
     args.extend(["origin".into(), format!("{head}:{refname}")]);
-    let out = git_in(mirror)?
-        .0
-        .args(&args)
-        .envs(origin.env())
-        .output()
-        .map_err(spawn_error)?;
+    let out = git_for_origin(mirror, origin)?.args(&args).output().map_err(spawn_error)?;
     if !out.status.success() {
-        // With --porcelain, why a ref was refused (`[rejected] (stale info)`) is on stdout.
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let mut text: Vec<u8> = stdout.lines().filter(|l| l.starts_with('!')).flat_map(|l| format!("{l}\n").into_bytes()).collect();
-        text.extend_from_slice(&out.stderr);
-        return Err(failure("push", out.status, &text, &out.stdout));
+        return Err(push_failure(&out));
     }
     // The worktree's `git status` compares with origin's copy (best effort).
     let _ = run(mirror, &["branch", "--quiet", &format!("--set-upstream-to=origin/{branch}"), "--", branch]);
@@ -546,9 +654,8 @@ pub fn push(worktree: &Path, mirror: &Path, branch: &str, lease: &Lease, origin:
 /// The commit `branch` points at on origin, asked of origin itself (not the last
 /// fetch); `None` when origin has no such branch.
 pub fn remote_head(dir: &Path, branch: &str, origin: &Origin) -> Result<Option<String>, GitError> {
-    let env = origin.env();
     let refname = format!("refs/heads/{branch}");
-    let out = run_env(dir, &["ls-remote", "--heads", "origin", &refname], &env)?;
+    let out = run_origin(dir, &["ls-remote", "--heads", "origin", &refname], origin)?;
     Ok(out
         .lines()
         .filter_map(|l| l.split_once('\t'))
@@ -558,15 +665,23 @@ pub fn remote_head(dir: &Path, branch: &str, origin: &Origin) -> Result<Option<S
 
 /// Fetches `branch` from origin into `refs/remotes/origin/<branch>`.
 pub fn fetch_branch(dir: &Path, branch: &str, origin: &Origin) -> Result<(), GitError> {
-    let env = origin.env();
     let refspec = format!("+refs/heads/{branch}:refs/remotes/origin/{branch}");
-    run_env(dir, &["fetch", "--quiet", "--no-tags", "origin", &refspec], &env).map(|_| ())
+    run_origin(dir, &["fetch", "--quiet", "--no-tags", "origin", &refspec], origin).map(|_| ())
 }
 
 /// Fetches every branch of origin into `refs/remotes/origin/*` (and prunes).
 pub fn fetch_all(mirror: &Path, origin: &Origin) -> Result<(), GitError> {
-    let env = origin.env();
-    run_env(mirror, &["fetch", "--quiet", "--prune", "--no-tags", "origin"], &env).map(|_| ())
+    run_origin(mirror, &["fetch", "--quiet", "--prune", "--no-tags", "origin"], origin).map(|_| ())
+}
+
+/// Runs git in `dir` talking to `origin` (see [`git_for_origin`]).
+fn run_origin(dir: &Path, args: &[&str], origin: &Origin) -> Result<String, GitError> {
+    let out = git_for_origin(dir, origin)?.args(args).output().map_err(spawn_error)?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    } else {
+        Err(failure(args.first().copied().unwrap_or(""), out.status, &out.stderr, &out.stdout))
+    }
 }
 
 /// What integrating the base into a branch did.
@@ -643,8 +758,30 @@ pub fn merge_in_bare(mirror: &Path, base_rev: &str, branch_rev: &str, squash: bo
 
 /// Pushes a commit to `refs/heads/<branch>` on origin (no force).
 pub fn push_commit(mirror: &Path, commit: &str, branch: &str, origin: &Origin) -> Result<(), GitError> {
-    let env = origin.env();
-    run_env(mirror, &["push", "--porcelain", "origin", &format!("{commit}:refs/heads/{branch}")], &env).map(|_| ())
+    let refspec = format!("{commit}:refs/heads/{branch}");
+    let out = git_for_origin(mirror, origin)?.args(["push", "--porcelain", "origin", &refspec]).output().map_err(spawn_error)?;
+    if !out.status.success() {
+        return Err(push_failure(&out));
+    }
+    Ok(())
+}
+
+/// A failed push's error: with `--porcelain`, why a ref was refused
+/// (`! … [rejected] (non-fast-forward)`) is on stdout, so those lines lead.
+fn push_failure(out: &std::process::Output) -> GitError {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let mut text: Vec<u8> = stdout.lines().filter(|l| l.starts_with('!')).flat_map(|l| format!("{l}\n").into_bytes()).collect();
+    text.extend_from_slice(&out.stderr);
+    failure("push", out.status, &text, &out.stdout)
+}
+
+/// Whether a push was refused because the remote branch moved on (someone
+/// pushed first: not a fast-forward, or a lease that no longer holds), as
+/// opposed to a remote that could not be reached or a rule that refused it.
+pub fn refused_because_moved(err: &GitError) -> bool {
+    let GitError::Failed { stderr, .. } = err else { return false };
+    let lower = stderr.to_ascii_lowercase();
+    lower.lines().any(|l| l.starts_with('!') && (l.contains("non-fast-forward") || l.contains("fetch first") || l.contains("stale info")))
 }
 
 /// Every branch of a repository with its head: origin's copy (as last fetched)
@@ -766,6 +903,22 @@ mod tests {
                 ("Receiving objects".into(), 20),
             ]
         );
+    }
+
+    #[test]
+    fn a_push_refused_because_the_remote_moved_is_told_apart() {
+        let failed = |stderr: &str| GitError::Failed { command: "push".into(), stderr: stderr.into() };
+        for moved in ["!\tc0ffee:refs/heads/main\t[rejected] (fetch first)\nerror: failed to push some refs", "!\tx:refs/heads/main\t[rejected] (non-fast-forward)", "!\tx:refs/heads/k\t[rejected] (stale info)"] {
+            assert!(refused_because_moved(&failed(moved)), "{moved}");
+        }
+        for other in [
+            "fatal: unable to access 'https://h/x/': Could not resolve host: h",
+            "!\tx:refs/heads/main\t[remote rejected] (pre-receive hook declined)",
+            "hint: Updates were rejected because the remote contains work that you do not",
+        ] {
+            assert!(!refused_because_moved(&failed(other)), "{other}");
+        }
+        assert!(!refused_because_moved(&GitError::SourceMoved("x".into())));
     }
 
     #[test]

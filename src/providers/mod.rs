@@ -3,6 +3,7 @@
 //! in a detached terminal host) is the default and needs only git.
 
 pub mod copy_in;
+pub mod daytona;
 pub mod worktree;
 
 use std::future::Future;
@@ -221,5 +222,50 @@ impl Providers {
 
     pub fn names(&self) -> Vec<String> {
         self.map.keys().cloned().collect()
+    }
+}
+
+/// Checks a provider profile's `config` and answers what to store: `daytona`'s
+/// settings normalized (its provider is not offered yet, but its profile can be
+/// set up), a provider this server offers checked by it, any other (`github`)
+/// as given.
+pub fn validate_profile(
+    providers: &Providers,
+    name: &str,
+    config: serde_json::Map<String, serde_json::Value>,
+) -> ProviderResult<serde_json::Map<String, serde_json::Value>> {
+    if name == "daytona" {
+        return daytona::settings::validate_config(&config);
+    }
+    if let Ok(p) = providers.get(name) {
+        p.validate_config(&serde_json::Value::Object(config.clone()))?;
+    }
+    Ok(config)
+}
+
+/// Checks one secret a profile `PUT` sets (`null` removes it and is always fine).
+pub fn validate_secret(provider: &str, name: &str, value: &serde_json::Value) -> ProviderResult<()> {
+    match (provider, value.as_str()) {
+        ("daytona", Some(v)) => daytona::settings::validate_secret(name, v),
+        _ => Ok(()),
+    }
+}
+
+/// Whether a profile secret is the agents' environment: every one but those Kiln
+/// keeps for itself (`daytona`'s `api_key`, which would let an agent create and
+/// delete the organization's sandboxes).
+pub fn is_agent_secret(provider: &str, name: &str) -> bool {
+    !(provider == "daytona" && daytona::settings::KILN_SECRETS.contains(&name))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kiln_keeps_the_daytona_key_from_agents() {
+        assert!(!is_agent_secret("daytona", "api_key"));
+        assert!(is_agent_secret("daytona", "ANTHROPIC_API_KEY"));
+        assert!(is_agent_secret("worktree", "api_key"), "a worktree secret of that name is the agent's");
     }
 }

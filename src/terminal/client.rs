@@ -16,6 +16,16 @@ use super::protocol::{self, ExitInfo, Frame, HostStatus};
 const TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Connects to the host serving `state_dir`, proving its key first.
+/// The longest unix socket path Kiln uses: `sun_path` holds 108 bytes with the
+/// terminating NUL on Linux, and Kiln keeps some room.
+pub const MAX_SOCKET_PATH: usize = 100;
+
+/// How long a task's terminal socket path (`<data_dir>/sandboxes/<task>/host.sock`)
+/// is under `data_dir`: every task id has 8 characters, so this is exact.
+pub fn socket_path_len(data_dir: &Path) -> usize {
+    super::host::socket_path(&data_dir.join("sandboxes").join("00000000")).as_os_str().len()
+}
+
 pub fn connect(state_dir: &Path) -> io::Result<UnixStream> {
     let mut stream = UnixStream::connect(state_dir.join(SOCKET))?;
     stream.set_read_timeout(Some(TIMEOUT))?;
@@ -102,7 +112,7 @@ pub fn launch(opts: &HostOptions, launch: &crate::providers::LaunchSpec, program
     }
     let env = &launch.env;
     let socket = opts.state_dir.join(SOCKET);
-    if socket.as_os_str().len() > 100 {
+    if socket.as_os_str().len() > MAX_SOCKET_PATH {
         return Err(io::Error::other(format!(
             "the terminal socket path {} is too long for a unix socket: use a shorter data_dir",
             socket.display()

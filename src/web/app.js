@@ -13,6 +13,11 @@ import { dialogOpen, closeDialog } from './lib/dialog.js';
 import { applyTheme, setTheme, themeChoice, THEMES } from './lib/theme.js';
 import { inboxButton, openInbox, updateInboxButton } from './views/inbox.js';
 import { openPalette, openShortcuts } from './views/palette.js';
+import { reposView } from './views/repos.js';
+import { repoView } from './views/repo.js';
+import { organizationView } from './views/organization.js';
+import { tokensView } from './views/tokens.js';
+import { adminView } from './views/admin.js';
 
 applyTheme();
 
@@ -115,7 +120,7 @@ function shell(main) {
   const orgPicker = s.admin
     ? h('label.org-picker', h('span.visually-hidden', 'Organization'),
         (() => {
-          const select = h('select#org-select', { 'aria-label': 'Organization', onchange: (e) => { useOrg(e.target.value); navigate('/'); } },
+          const select = h('select#org-select', { 'aria-label': 'Organization', onchange: (e) => { useOrg(e.target.value); navigate(samePageAfterSwitch()); } },
             h('option', { value: app.org, selected: true }, app.org));
           get('/v1/organizations').then((r) => {
             replace(select, ...r.items.map((o) => h('option', { value: o.name, selected: o.name === app.org }, o.display_name || o.name)));
@@ -128,7 +133,10 @@ function shell(main) {
     orgPicker,
     h('nav.nav', { 'aria-label': 'Main' },
       h('a', { href: '/', 'aria-current': location.pathname === '/' ? 'page' : null }, 'Board', h('span#needs-count.count', { 'aria-label': 'tasks that need you' })),
-      h('a.nav-new', { href: '/new', 'aria-current': location.pathname === '/new' ? 'page' : null, 'aria-keyshortcuts': 'n' }, h('span.nav-new-text', 'New task'))),
+      h('a', { href: '/new', 'aria-current': location.pathname === '/new' ? 'page' : null, 'aria-keyshortcuts': 'n' }, 'New task'),
+      NAV.filter((n) => !n.admin || s.admin).map((n) => h('a', {
+        href: n.path, dataset: { nav: n.id }, 'aria-current': current(n.path) ? 'page' : null,
+      }, n.label))),
     h('span#live.live.off', { role: 'status' }, 'Loading…'),
     h('button.ghost.icon-button#palette-button', {
       type: 'button', 'aria-haspopup': 'dialog', 'aria-keyshortcuts': 'Control+K Meta+K', title: 'Commands (Ctrl+K)',
@@ -137,6 +145,12 @@ function shell(main) {
     inboxButton(app),
     themeButton(),
     h('button.ghost#sign-out', { type: 'button', onclick: signOut }, 'Sign out'));
+  // At phone width the navigation is a strip that scrolls: keep the current view in sight.
+  requestAnimationFrame(() => {
+    const nav = header.querySelector('.nav');
+    const here = nav?.querySelector('[aria-current="page"]');
+    if (nav && here && nav.scrollWidth > nav.clientWidth) nav.scrollLeft = here.offsetLeft - nav.offsetLeft - 8;
+  });
   return [header, main, h('div#announce.visually-hidden', { 'aria-live': 'polite' })];
 }
 
@@ -171,6 +185,34 @@ function showTheme(button) {
 }
 // One listener for the page (the header is rebuilt on every route): the palette changes the theme too.
 window.addEventListener('kiln:theme', () => showTheme(document.getElementById('theme-button')));
+
+/** The views after Board and New task; admin-only ones are not shown to an organization's token. */
+const NAV = [
+  { id: 'repos', path: '/repos', label: 'Repositories' },
+  { id: 'organization', path: '/organization', label: 'Organization' },
+  { id: 'tokens', path: '/tokens', label: 'Tokens', admin: true },
+  { id: 'admin', path: '/server', label: 'Admin', admin: true },
+];
+// The palette offers the same views.
+app.nav = NAV;
+
+/** A percent-decoded path segment; a malformed one is kept as it is (and is not found). */
+function decodePart(part) {
+  try {
+    return decodeURIComponent(part);
+  } catch (e) {
+    return part;
+  }
+}
+
+function current(path) {
+  return location.pathname === path || location.pathname.startsWith(`${path}/`);
+}
+
+/** Where the organization switcher goes: the same view when it is not one organization's object. */
+function samePageAfterSwitch() {
+  return ['/repos', '/organization', '/tokens', '/server', '/new'].includes(location.pathname) ? location.pathname : '/';
+}
 
 async function signOut() {
   try {
@@ -212,6 +254,11 @@ async function route() {
   if (path === '/') app.cleanup = boardView(main, app);
   else if (path === '/new') app.cleanup = newTaskView(main, app);
   else if (task) app.cleanup = taskView(main, app, task[1]);
+  else if (path === '/repos') app.cleanup = reposView(main, app);
+  else if (path.startsWith('/repos/') && path.split('/').length === 3) app.cleanup = repoView(main, app, decodePart(path.slice(7)));
+  else if (path === '/organization') app.cleanup = organizationView(main, app);
+  else if (path === '/tokens') app.cleanup = tokensView(main, app);
+  else if (path === '/server') app.cleanup = adminView(main, app);
   else replace(main, h('h1', 'Not found'), h('p', 'There is no page here. ', h('a', { href: '/' }, 'Back to the board.')));
   main.focus?.();
 }

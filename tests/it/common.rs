@@ -176,6 +176,14 @@ impl Server {
         let _ = child.wait();
     }
 
+    /// Sets (or with `None` removes) one `KILN_*` setting for the next boot.
+    pub fn set_env(&mut self, key: &str, value: Option<&str>) {
+        self.env.retain(|(k, _)| k != key);
+        if let Some(v) = value {
+            self.env.push((key.to_string(), v.to_string()));
+        }
+    }
+
     /// Starts the server again on the same data dir (after `stop` or `kill`).
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "stop or kill the server first");

@@ -76,6 +76,11 @@ probe write_tmp sh -c "echo x > /tmp/kiln-confine-pwned-{task}"
 probe write_sibling sh -c "echo x > ../sibling-{task}"
 probe write_mirror_config sh -c "echo x >> $D/repos/beta/app.git/config"
 probe write_mirror_hook sh -c "echo x > $D/repos/beta/app.git/hooks/post-checkout"
+probe write_alternates sh -c "echo $D/repos/alpha/app.git/objects > $D/repos/beta/app.git/objects/info/alternates"
+probe replace_objects_info mv $D/repos/beta/app.git/objects/info $D/repos/beta/app.git/objects/info-old
+probe make_objects_dir mkdir $D/repos/beta/app.git/objects/info2
+probe dev_shm_write sh -c "echo x > /dev/shm/kiln-probe-{task}"
+probe dev_shm_list ls /dev/shm
 probe signal_server kill -0 $P
 fails mknod_disk mknod disk b 8 0
 echo PROBES-DONE

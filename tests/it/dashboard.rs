@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use crate::browser::Browser;
-use crate::common::{cli, eventually, git_repo, Client, Server};
+use crate::common::{cli, eventually, git_repo, Client, Server, Ws, WsItem};
 
 /// A raw answer: status, headers we look at, body.
 struct Raw {
@@ -499,4 +499,82 @@ async fn kiln_dashboard_prints_a_link_for_its_own_token() {
     let (code, _, err) = cli(&server, &["-o", "default", "dashboard", "--print", "--token", &token]);
     assert_eq!(code, 1);
     assert!(err.contains("forbidden"), "{err}");
+}
+
+/// Revoking a token ends every dashboard session signed in with it: the rows are
+/// deleted, and every WebSocket opened through them (the stream, a terminal)
+/// closes with 4001 at once; a session of another token of the same
+/// organization, and its stream, live on.
+#[actix_web::test]
+async fn revoking_a_token_closes_its_sessions_websockets_and_deletes_them() {
+    const WAIT: Duration = Duration::from_secs(30);
+    let (server, dir) = Server::start(&[]);
+    let url = server.url.clone();
+    let admin = server.client();
+    let (token, token_id) = org_with_token(&admin, "acme").await;
+    let other = admin.post("/v1/organizations/acme/tokens", json!({"name": "other"})).await.body["token"].as_str().unwrap().to_string();
+    admin.add_repo("acme", &git_repo(dir.path(), "app")).await;
+    let id = admin.create_task("acme", "app", "watched").await["id"].as_str().unwrap().to_string();
+    let session = |t: String| {
+        let url = url.clone();
+        async move {
+            let r = raw("POST", &format!("{url}/v1/dashboard/sessions"), &[("origin", &url)], Some(json!({"token": t}))).await;
+            assert_eq!(r.status, 201, "{:?}", r.body);
+            cookie_of(&r)
+        }
+    };
+    let (mine1, mine2, theirs) = (session(token.clone()).await, session(token.clone()).await, session(other).await);
+    let ws = |path: String, cookie: String| {
+        let url = url.clone();
+        async move {
+            let (_, framed) = awc::Client::new()
+                .ws(format!("{}{path}", url.replacen("http", "ws", 1)))
+                .header("cookie", cookie)
+                .header("origin", url.as_str())
+                .max_frame_size(16 * 1024 * 1024)
+                .connect()
+                .await
+                .expect("websocket connect");
+            Ws { framed }
+        }
+    };
+    let mut stream = ws("/v1/organizations/acme/stream".into(), mine1.clone()).await;
+    let mut terminal = ws(format!("/v1/organizations/acme/tasks/{id}/terminal"), mine2.clone()).await;
+    let mut survivor = ws("/v1/organizations/acme/stream".into(), theirs.clone()).await;
+    eventually(WAIT, "both streams subscribed", || {
+        let admin = admin.clone();
+        async move {
+            let m = admin.get("/metrics").await.text;
+            m.lines().any(|l| l == "kiln_stream_subscribers 2").then_some(())
+        }
+    })
+    .await;
+    let r = admin.delete(&format!("/v1/organizations/acme/tokens/{token_id}")).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    for (what, ws) in [("the stream", &mut stream), ("the terminal", &mut terminal)] {
+        let reason = loop {
+            match ws.next(WAIT).await {
+                WsItem::Event(_) => continue,
+                WsItem::Close(reason) => break reason.unwrap_or_else(|| panic!("{what}: a close without a reason")),
+                WsItem::Ended => panic!("{what} ended without a close frame"),
+            }
+        };
+        assert_eq!(reason.code, awc::ws::CloseCode::Other(4001), "{what}: {reason:?}");
+    }
+    assert_eq!(sqlite_count(&server, "SELECT count(*) FROM web_sessions WHERE token_id = ?1", &token_id), 0);
+    for cookie in [&mine1, &mine2] {
+        let dead = raw("GET", &format!("{url}/v1/organizations/acme/tasks"), &[("cookie", cookie)], None).await;
+        assert_eq!(dead.status, 401);
+    }
+    // The other token's session and stream are untouched.
+    let live = raw("GET", &format!("{url}/v1/organizations/acme/tasks"), &[("cookie", &theirs)], None).await;
+    assert_eq!(live.status, 200);
+    admin.patch("/v1/organizations/acme", json!({"display_name": "still here"})).await;
+    loop {
+        match survivor.next(WAIT).await {
+            WsItem::Event(e) if e["data"]["display_name"] == "still here" => break,
+            WsItem::Event(_) => continue,
+            other => panic!("the other session's stream ended: {other:?}"),
+        }
+    }
 }

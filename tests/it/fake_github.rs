@@ -765,7 +765,7 @@ fn made_up_sha(name: &str) -> String {
 }
 
 /// `%2F` and friends in a path segment, as GitHub clients escape a branch's `/`.
-fn percent_decode(s: &str) -> String {
+pub(crate) fn percent_decode(s: &str) -> String {
     let (bytes, mut out, mut i) = (s.as_bytes(), Vec::new(), 0);
     while i < bytes.len() {
         let escaped = bytes.get(i + 1..i + 3).and_then(|h| u8::from_str_radix(std::str::from_utf8(h).ok()?, 16).ok());
@@ -782,7 +782,7 @@ fn now() -> u64 {
 }
 
 /// Epoch seconds as GitHub writes them: `2011-01-26T19:01:12Z`.
-fn rfc3339(secs: u64) -> String {
+pub(crate) fn rfc3339(secs: u64) -> String {
     // Days to a civil date: Howard Hinnant's `civil_from_days`.
     let z = (secs / 86_400) as i64 + 719_468;
     let (era, doe) = (z.div_euclid(146_097), z.rem_euclid(146_097));

@@ -566,6 +566,10 @@ async fn on_idle_automation_commits_pushes_and_opens_a_draft_pr() {
     assert!(git(&s.bare, &["log", "-1", "--format=%s", &branch]).starts_with("kiln: work in progress"));
     let listed = s.c.get("/v1/organizations/default/tasks").await.body;
     assert_eq!(listed["items"][0]["pr"]["number"], task["pull_request"]["number"], "the list shows the PR");
+    // One push, one `task.pushed` (the draft PR step used to push again).
+    let events = s.c.events_since("default", 0).await;
+    let count = |kind: &str| events.iter().filter(|e| e["kind"] == kind && e["task"] == id.as_str()).count();
+    assert_eq!((count("task.committed"), count("task.pushed")), (1, 1), "{events:?}");
 }
 
 #[test]
@@ -710,4 +714,57 @@ async fn the_task_shows_its_pull_request_checks_with_links_and_each_change_is_an
     assert!(lines[0].ends_with("ci/legacy: pending"), "{}", out.1);
     assert!(lines[1].contains("lint: failure https://"), "{}", out.1);
     assert!(lines[2].contains("tests: success https://github.com/acme/app/runs/"), "{}", out.1);
+}
+
+/// A local merge (no GitHub) whose push is refused because the base moved on
+/// origin in the meantime answers 409 `remote_moved`, like push, and says so in
+/// `task.merge_failed`; an origin that cannot be reached stays a 502.
+#[actix_web::test]
+async fn a_local_merge_refused_because_the_base_moved_is_a_409() {
+    // The poller fetches once, at its first poll, and not again during the test.
+    let s = setup(None, &[("KILN_REPOS__FETCH_SECS", "3600"), ("KILN_REPOS__BRANCH_POLL_MS", "200")]).await;
+    let (id, _) = task_with_work(&s, "feature.txt").await;
+    act(&s.c, &id, "push", json!({"commit": "Feature"})).await;
+    eventually(WAIT, "the poller's first fetch", || {
+        let c = s.c.clone();
+        async move {
+            let b = c.get("/v1/organizations/default/repos/origin/branches").await.body;
+            b["items"].as_array().is_some_and(|items| !items.is_empty()).then_some(())
+        }
+    })
+    .await;
+    // Origin's main moves right after Kiln's next fetch, before its push: the
+    // mirror runs this instead of git-upload-pack for its origin.
+    let script = s.bare.join("move-after-fetch.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\ngit-upload-pack \"$@\"; rc=$?\nif [ ! -e {b}/moved ]; then touch {b}/moved\n  c=$(git --git-dir={b} -c user.name=o -c user.email=o@o commit-tree main^{{tree}} -p main -m moved) && git --git-dir={b} update-ref refs/heads/main $c\nfi\nexit $rc\n",
+            b = s.bare.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let mirror = s.server.data_dir().join("repos/default/origin.git");
+    git(&mirror, &["config", "remote.origin.uploadpack", script.to_str().unwrap()]);
+    let r = act(&s.c, &id, "merge", json!({"method": "merge"})).await;
+    assert_eq!((r.status, r.code()), (409, "remote_moved"), "{r:?}");
+    assert!(s.bare.join("moved").exists(), "origin moved during the merge");
+    assert_eq!(git(&s.bare, &["log", "-1", "--format=%s", "main"]), "moved", "nothing was merged");
+    let events = s.c.events_since("default", 0).await;
+    let failed = events.iter().find(|e| e["kind"] == "task.merge_failed").expect("task.merge_failed");
+    assert_eq!(failed["data"]["code"], "remote_moved", "{failed}");
+    // Merging again merges onto the new base.
+    let r = act(&s.c, &id, "merge", json!({"method": "merge"})).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(git(&s.bare, &["show", "main:feature.txt"]), "task work");
+
+    // An origin that is gone is not a conflict.
+    let s = setup(None, &[]).await;
+    let (id, _) = task_with_work(&s, "feature.txt").await;
+    act(&s.c, &id, "push", json!({"commit": "Feature"})).await;
+    let mirror = s.server.data_dir().join("repos/default/origin.git");
+    git(&mirror, &["config", "remote.origin.uploadpack", "/nonexistent/upload-pack"]);
+    let r = act(&s.c, &id, "merge", json!({"method": "merge"})).await;
+    assert_eq!((r.status, r.code()), (502, "merge_failed"), "{r:?}");
 }

@@ -395,8 +395,13 @@ fn base64(input: &[u8]) -> String {
 /// poller's fetch, a task's push).
 #[actix_web::test]
 async fn a_password_in_a_source_url_is_kept_apart_and_used_through_askpass() {
-    let (server, admin, _beta, alpha, dir) =
-        two_tenants(&[("KILN_REPOS__BRANCH_POLL_MS", "200"), ("KILN_REPOS__FETCH_SECS", "0")]).await;
+    // The git server runs on this host: the operator lets organizations reach it.
+    let (server, admin, _beta, alpha, dir) = two_tenants(&[
+        ("KILN_REPOS__BRANCH_POLL_MS", "200"),
+        ("KILN_REPOS__FETCH_SECS", "0"),
+        ("KILN_REPOS__ALLOWED_HOSTS", r#"["127.0.0.1"]"#),
+    ])
+    .await;
     let served = dir.path().join("served");
     std::fs::create_dir_all(&served).unwrap();
     let bare = served.join("app.git");
@@ -574,4 +579,114 @@ async fn a_source_swapped_for_a_symlink_is_not_copied_from() {
     assert!(task["status_reason"].as_str().unwrap().contains("leads elsewhere through a symlink"), "{task}");
     let worktree = server.data_dir().join(format!("worktrees/default/app/{id}"));
     assert!(!worktree.join("local.env").exists());
+}
+
+/// Every command that talks to a local origin checks first that its path still
+/// leads to the folder registered: once it is a symlink toward another folder
+/// (another organization's files), sync, push and the poller's fetch are refused
+/// with `source_moved` and say so in events, and nothing of the other folder
+/// reaches the mirror. Put back, the folder works again.
+#[actix_web::test]
+async fn a_local_source_swapped_for_a_symlink_is_not_fetched_from_or_pushed_to() {
+    let (server, dir) = Server::start(&[("KILN_REPOS__BRANCH_POLL_MS", "200"), ("KILN_REPOS__FETCH_SECS", "0")]);
+    let c = server.client();
+    let src = git_repo(dir.path(), "app");
+    c.add_repo("default", &src).await;
+    let id = c.create_task("default", "app", "swap").await["id"].as_str().unwrap().to_string();
+    // Someone else's repository, with a commit of its own on main.
+    let other = git_repo(&dir.path().join("theirs"), "app");
+    std::fs::write(other.join("secret.txt"), "theirs\n").unwrap();
+    git(&other, &["add", "."]);
+    git(&other, &["commit", "-q", "-m", "their secret"]);
+    let theirs = git(&other, &["rev-parse", "HEAD"]);
+    let moved = dir.path().join("app-moved");
+    std::fs::rename(&src, &moved).unwrap();
+    std::os::unix::fs::symlink(&other, &src).unwrap();
+
+    let act = |action: &'static str| {
+        let c = c.clone();
+        let id = id.clone();
+        async move { c.post(&format!("/v1/organizations/default/tasks/{id}/{action}"), json!({})).await }
+    };
+    let r = act("sync").await;
+    assert_eq!((r.status, r.code()), (409, "source_moved"), "{r:?}");
+    assert!(r.text.contains("leads elsewhere through a symlink"), "{r:?}");
+    let r = act("push").await;
+    assert_eq!((r.status, r.code()), (409, "source_moved"), "{r:?}");
+    let event = eventually(WAIT, "repo.fetch_refused", || {
+        let c = c.clone();
+        async move { c.events_since("default", 0).await.into_iter().find(|e| e["kind"] == "repo.fetch_refused") }
+    })
+    .await;
+    assert_eq!(event["data"]["code"], "source_moved", "{event}");
+    let events = c.events_since("default", 0).await;
+    for kind in ["task.sync_failed", "task.push_failed"] {
+        let e = events.iter().find(|e| e["kind"] == kind).unwrap_or_else(|| panic!("no {kind}"));
+        assert_eq!(e["data"]["code"], "source_moved", "{e}");
+    }
+    assert_eq!(events.iter().filter(|e| e["kind"] == "repo.fetch_refused").count(), 1, "said once, not at every poll");
+    let mirror = server.data_dir().join("repos/default/app.git");
+    let fetched = std::process::Command::new("git").args(["cat-file", "-e", &theirs]).current_dir(&mirror).status().unwrap();
+    assert!(!fetched.success(), "their commit reached the mirror");
+
+    // The folder put back is fetched from again.
+    std::fs::remove_file(&src).unwrap();
+    std::fs::rename(&moved, &src).unwrap();
+    let r = act("sync").await;
+    assert_eq!(r.status, 200, "{r:?}");
+}
+
+/// An organization's source URL may not lead git into the server or its
+/// network (loopback, link-local, private addresses), at registration and at
+/// every fetch; the operator lets a host through with `repos.allowed_hosts`, and
+/// the admin token is not held to it.
+#[actix_web::test]
+async fn an_organization_s_source_url_may_not_reach_the_server_s_own_addresses() {
+    let allowed = ("KILN_REPOS__ALLOWED_HOSTS", r#"["127.0.0.1"]"#);
+    let (mut server, admin, _beta, alpha, dir) =
+        two_tenants(&[("KILN_REPOS__BRANCH_POLL_MS", "200"), ("KILN_REPOS__FETCH_SECS", "0"), allowed]).await;
+    for source in [
+        "ssh://git@127.0.0.2/x.git",
+        "git@localhost:x.git",
+        "https://[::1]/x.git",
+        "http://169.254.169.254/latest/meta-data",
+        "git://10.0.0.1/x",
+        "https://[::ffff:127.0.0.1]:8443/x",
+        "http://0.0.0.0:1/x",
+    ] {
+        let r = alpha.post("/v1/organizations/alpha/repos", json!({"source": source, "name": "ssrf"})).await;
+        assert_eq!((r.status, r.code()), (403, "source_host_refused"), "{source}: {r:?}");
+    }
+    // A git server on this host that the operator allows (127.0.0.1).
+    let served = dir.path().join("served");
+    std::fs::create_dir_all(&served).unwrap();
+    let bare = served.join("app.git");
+    git(dir.path(), &["clone", "-q", "--bare", git_repo(dir.path(), "seed").to_str().unwrap(), bare.to_str().unwrap()]);
+    let http = GitHttp::start(&served, "u", "p");
+    let url = format!("http://u:p@{}/app.git", http.url.trim_start_matches("http://"));
+    let r = alpha.post("/v1/organizations/alpha/repos", json!({"source": url})).await;
+    assert_eq!(r.status, 201, "{r:?}");
+    // The admin token may register any host.
+    let r = admin.post("/v1/organizations/alpha/repos", json!({"source": url.replace("127.0.0.1", "localhost"), "name": "admins"})).await;
+    assert_eq!(r.status, 201, "{r:?}");
+    let id = alpha.create_task("alpha", "app", "fetch").await["id"].as_str().unwrap().to_string();
+
+    // The operator takes the host off the list: the next fetch is refused.
+    server.stop();
+    server.set_env(allowed.0, None);
+    server.restart();
+    let (admin, alpha) = (server.client(), server.client().with_token(alpha.token.as_deref()));
+    let r = alpha.post(&format!("/v1/organizations/alpha/tasks/{id}/sync"), json!({})).await;
+    assert_eq!((r.status, r.code()), (403, "source_host_refused"), "{r:?}");
+    let event = eventually(WAIT, "repo.fetch_refused", || {
+        let c = admin.clone();
+        async move { c.events_since("alpha", 0).await.into_iter().find(|e| e["kind"] == "repo.fetch_refused") }
+    })
+    .await;
+    assert_eq!((event["repo"].as_str(), event["data"]["code"].as_str()), (Some("app"), Some("source_host_refused")), "{event}");
+    let events = admin.events_since("alpha", 0).await;
+    let failed = events.iter().find(|e| e["kind"] == "task.sync_failed").expect("task.sync_failed");
+    assert_eq!(failed["data"]["code"], "source_host_refused");
+    // What the admin registered is still fetched.
+    assert!(!events.iter().any(|e| e["kind"] == "repo.fetch_refused" && e["repo"] == "admins"), "{events:?}");
 }

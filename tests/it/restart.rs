@@ -127,3 +127,59 @@ async fn migrate_runs_alone() {
     let server = Server::start_in(dir.path(), &[]);
     assert_eq!(server.client().get("/v1/organizations").await.status, 200);
 }
+
+/// A data dir too long for a task's terminal socket is refused at boot, with the
+/// limit and the lengths in the message (it used to be found at the first task,
+/// which then failed in provisioning); one byte shorter boots.
+#[test]
+fn serve_refuses_a_data_dir_too_long_for_the_terminal_sockets() {
+    let dir = tempdir();
+    // `<data>/sandboxes/<8-char id>/host.sock` adds 29 bytes; 100 is the limit.
+    let base = dir.path().display().to_string();
+    let data = |len: usize| format!("{base}/{}", "d".repeat(len - base.len() - 1));
+    // Answers the exit code, or `None` when it started listening (then it is killed).
+    let run = |data_dir: &str| {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(BIN)
+            .arg("serve")
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("HOME", dir.path())
+            .env("KILN_DATA_DIR", data_dir)
+            .env("KILN_SERVER__BIND", "127.0.0.1:0")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            if rx.try_recv().is_ok_and(|l| l.starts_with("kiln listening on")) {
+                let _ = child.kill();
+                let _ = child.wait();
+                return (None, String::new());
+            }
+            if child.try_wait().unwrap().is_some() {
+                let out = child.wait_with_output().unwrap();
+                return (out.status.code(), String::from_utf8_lossy(&out.stderr).to_string());
+            }
+            assert!(std::time::Instant::now() < deadline, "kiln serve neither refused nor started");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let too_long = data(72);
+    let (code, stderr) = run(&too_long);
+    assert_eq!(code, Some(1), "kiln serve started with a data dir of 72 bytes: {stderr}");
+    assert!(stderr.contains(&too_long) && stderr.contains("101 bytes") && stderr.contains("at most 100 bytes"), "{stderr}");
+    assert!(stderr.contains("at most 71 bytes (72 now)"), "{stderr}");
+    assert!(!std::path::Path::new(&too_long).exists(), "nothing was made before the refusal");
+    // 71 bytes: it boots.
+    let (code, stderr) = run(&data(71));
+    assert_eq!(code, None, "a data dir of 71 bytes is fine: {stderr}");
+}

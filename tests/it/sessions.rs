@@ -939,16 +939,13 @@ async fn every_turns_status_changes_are_journaled_in_order() {
 /// own, so they are in the journal already, around the response.
 #[actix_rt::test]
 async fn a_turns_status_is_journaled_in_order_while_the_task_actor_is_busy() {
-    // A push remote whose pre-receive hook holds every push until released (then
-    // refuses it): a local bare repository, since a repository registered by path
-    // may only talk to local remotes. Made before the server, whose git jail for the
-    // mirror grants what exists around the data dir when it is made.
-    let hold = crate::common::tempdir();
+    // The repository's own origin (a local folder) gets a pre-receive hook that
+    // holds every push until released (then refuses it). Kiln's git on a mirror
+    // reaches the registered folder only, so the hook lives there.
     let s = Setup::new(&[]).await;
-    let (accepted, release) = (hold.path().join("accepted"), hold.path().join("release"));
-    let remote = hold.path().join("held.git");
-    crate::common::git(hold.path(), &["init", "-q", "--bare", remote.to_str().unwrap()]);
-    let hook = remote.join("hooks/pre-receive");
+    let source = s.server.data_dir().parent().unwrap().join("widget");
+    let (accepted, release) = (source.join(".git/accepted"), source.join(".git/release"));
+    let hook = source.join(".git/hooks/pre-receive");
     std::fs::write(
         &hook,
         format!(
@@ -959,14 +956,6 @@ async fn a_turns_status_is_journaled_in_order_while_the_task_actor_is_busy() {
     )
     .unwrap();
     std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let mirror = s.server.data_dir().join("repos/default/widget.git");
-    let out = std::process::Command::new("git")
-        .arg("-C")
-        .arg(&mirror)
-        .args(["config", "remote.origin.pushurl", remote.to_str().unwrap()])
-        .output()
-        .expect("git config");
-    assert!(out.status.success(), "{out:?}");
     // Opening the session makes the task idle (no turn in flight) before the
     // on-idle push is set, so the first push is the one after the first turn.
     let sid = s.open("fake").await;

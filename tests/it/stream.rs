@@ -52,7 +52,10 @@ async fn a_since_past_the_newest_event_is_refused_with_where_to_go_on() {
 
 #[actix_web::test]
 async fn replay_then_live_without_gap_or_duplicate() {
-    let (server, dir) = Server::start(&[]);
+    // The test reads nothing while it creates 40 tasks (slow on a loaded
+    // machine), so it answers no ping meanwhile: a long client timeout keeps the
+    // server from dropping it for that.
+    let (server, dir) = Server::start(&[("KILN_EVENTS__CLIENT_TIMEOUT_SECS", "3600")]);
     let c = server.client();
     c.add_repo("default", &git_repo(dir.path(), "app")).await;
     for i in 0..5 {
@@ -295,4 +298,36 @@ async fn clients_that_miss_heartbeats_are_dropped_and_unregistered() {
     c.patch("/v1/organizations/default", json!({"display_name": "still here"})).await;
     let got = good.events(1, WAIT).await;
     assert_eq!(got[0]["data"]["display_name"], "still here");
+}
+
+/// A client frame over 64 KiB closes the stream with 1009 and a reason (it used
+/// to be dropped with the connection and no close frame); smaller frames are
+/// ignored and the stream goes on.
+#[actix_web::test]
+async fn a_client_frame_over_64_kib_closes_the_stream_with_1009() {
+    use futures_util::SinkExt;
+    let (server, _dir) = Server::start(&[]);
+    let c = server.client();
+    let mut ws = c.ws("/v1/organizations/default/stream?since=0").await;
+    ws.framed.send(awc::ws::Message::Text("x".repeat(60 * 1024).into())).await.unwrap();
+    c.patch("/v1/organizations/default", json!({"display_name": "still here"})).await;
+    // A frame under the limit is ignored: the stream goes on.
+    loop {
+        match ws.next(WAIT).await {
+            WsItem::Event(e) if e["data"]["display_name"] == "still here" => break,
+            WsItem::Event(_) => continue,
+            other => panic!("the stream ended after a frame under the limit: {other:?}"),
+        }
+    }
+    let _ = ws.framed.send(awc::ws::Message::Binary(vec![b'x'; 70 * 1024].into())).await;
+    let reason = loop {
+        match ws.next(WAIT).await {
+            WsItem::Event(_) => continue,
+            WsItem::Close(reason) => break reason.expect("a close frame with a reason"),
+            WsItem::Ended => panic!("the connection ended without a close frame"),
+        }
+    };
+    assert_eq!(reason.code, awc::ws::CloseCode::Size, "{reason:?}");
+    let text = reason.description.unwrap_or_default();
+    assert!(text.contains("at most 65536 bytes") && text.contains("since="), "{text}");
 }

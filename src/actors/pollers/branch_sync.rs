@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use actix::prelude::*;
 
+use crate::actors::history::NewEvent;
 use crate::actors::registry::ActorMeta;
 use crate::actors::repository::{BranchObservation, BranchesObserved, PlanBranchPoll};
 use crate::actors::Kiln;
@@ -31,11 +32,14 @@ pub struct BranchSyncPoller {
     last_poll_at: Option<i64>,
     last_fetch_at: i64,
     last_error: Option<String>,
+    /// A fetch that git was not allowed to run was reported
+    /// (`repo.fetch_refused`, once until a fetch works again).
+    source_moved: bool,
 }
 
 impl BranchSyncPoller {
     pub fn new(kiln: Kiln, org: String, repo: String, meta: Arc<ActorMeta>, interval: Duration) -> Self {
-        BranchSyncPoller { kiln, org, repo, meta, interval, timer: None, busy: false, polls: 0, last_poll_at: None, last_fetch_at: 0, last_error: None }
+        BranchSyncPoller { kiln, org, repo, meta, interval, timer: None, busy: false, polls: 0, last_poll_at: None, last_fetch_at: 0, last_error: None, source_moved: false }
     }
 
 
@@ -47,27 +51,41 @@ impl BranchSyncPoller {
         self.meta.touch();
         let fetch_due = now_ms() - self.last_fetch_at >= (self.kiln.config.repos.fetch_secs * 1000) as i64;
         let (kiln, org, repo) = (self.kiln.clone(), self.org.clone(), self.repo.clone());
+        let reported = self.source_moved;
         let work = async move {
             let plan = kiln.repository(&org, &repo).send(PlanBranchPoll {}).await??;
             let Some(plan) = plan else { return Ok(None) };
             let origin = plan.origin.clone();
             // A fetch writes the mirror's refs: it waits for the tasks' git work.
             let _git = if fetch_due { Some(kiln.lock_git(&plan.mirror.to_string_lossy()).await) } else { None };
-            let branches = blocking(move || Ok(observe(&plan.mirror, &plan.default_branch, &plan.worktrees, fetch_due, &origin)))
+            let (branches, fetch_error) = blocking(move || Ok(observe(&plan.mirror, &plan.default_branch, &plan.worktrees, fetch_due, &origin)))
                 .await?
                 .map_err(|e: git::GitError| AppError::BadGateway { code: "git_failed", message: e.message() })?;
+            // Git was not run at all (the source moved, the host is refused):
+            // said once as `repo.fetch_refused`, until a fetch works again.
+            let refused = match fetch_error {
+                Some(git::GitError::SourceMoved(message)) => Some(("source_moved", message)),
+                Some(git::GitError::HostRefused(message)) => Some(("source_host_refused", message)),
+                _ => None,
+            };
+            let moved = refused.is_some();
+            if let (Some((code, message)), false) = (refused, reported) {
+                let data = serde_json::json!({"code": code, "error": message});
+                kiln.emit_one(&org, NewEvent::new("repo.fetch_refused", data).repo(&repo)).await?;
+            }
             kiln.repository(&org, &repo).send(BranchesObserved { branches }).await??;
-            Ok::<_, AppError>(Some(fetch_due))
+            Ok::<_, AppError>(Some((fetch_due, moved)))
         };
         ctx.spawn(work.into_actor(self).map(|result, act, ctx| {
             act.busy = false;
             act.polls += 1;
             act.last_poll_at = Some(now_ms());
             match result {
-                Ok(Some(fetched)) => {
+                Ok(Some((fetched, moved))) => {
                     act.last_error = None;
                     if fetched {
                         act.last_fetch_at = now_ms();
+                        act.source_moved = moved;
                     }
                 }
                 // The repository is gone.
@@ -78,17 +96,20 @@ impl BranchSyncPoller {
     }
 }
 
-/// Reads branch heads, ahead/behind and dirty files (fetching first when due).
+/// Reads branch heads, ahead/behind and dirty files (fetching first when due);
+/// answers them and why the fetch failed, if it did (what is read is read anyway).
 fn observe(
     mirror: &Path,
     default_branch: &str,
     worktrees: &Path,
     fetch: bool,
     origin: &git::Origin,
-) -> Result<Vec<BranchObservation>, git::GitError> {
+) -> Result<(Vec<BranchObservation>, Option<git::GitError>), git::GitError> {
+    let mut fetch_error = None;
     if fetch {
         if let Err(e) = git::fetch_all(mirror, origin) {
             log::warn!("fetching origin for {} failed: {}", mirror.display(), e.message());
+            fetch_error = Some(e);
         }
     }
     let base = git::base_ref(mirror, default_branch);
@@ -106,7 +127,7 @@ fn observe(
         let (ahead, behind) = if name == default_branch { (0, 0) } else { git::ahead_behind(mirror, &base, &name).unwrap_or((0, 0)) };
         out.push(BranchObservation { dirty_files: dirty.get(&name).copied(), name, head, ahead, behind });
     }
-    Ok(out)
+    Ok((out, fetch_error))
 }
 
 poller_controls!(BranchSyncPoller, "branch_sync", |_this| (None, None));

@@ -10,6 +10,7 @@
 //! registrations of one name never race. Lifecycle: started on demand; stops
 //! after `tasks.actor_idle_secs` without a command.
 
+pub mod hosts;
 mod source;
 mod store;
 
@@ -198,11 +199,30 @@ async fn register(kiln: Kiln, org: String, name: String, msg: RegisterRepo) -> A
         ));
     }
 
+    // An organization's URL must not lead git into the server or its network.
+    let connect = match (&source, msg.by) {
+        (Source::Url(url), Registrant::Organization) => {
+            let (cfg, url) = (kiln.config.repos.clone(), url.clone());
+            match blocking(move || Ok(hosts::check(&cfg, &url))).await? {
+                Ok(pin) => pin.map(|p| p.connect()),
+                Err(refusal @ hosts::Refusal::Private { .. }) => {
+                    return Err(AppError::denied("source_host_refused", refusal.message()))
+                }
+                Err(refusal) => return Err(AppError::invalid("repo_unreachable", refusal.message())),
+            }
+        }
+        _ => None,
+    };
     let repo_event = |kind, data| NewEvent::new(kind, data).repo(&name);
     kiln.emit_one(&org, repo_event("repo.clone_started", json!({"source": source.as_str()}))).await?;
     let mirror = kiln.mirror_dir(&org, &name);
     let origin = git::Origin {
-        local: matches!(source, Source::Path(_)),
+        connect,
+        refused: None,
+        local: match &source {
+            Source::Path(p) => Some(p.clone()),
+            Source::Url(_) => None,
+        },
         credentials: credential.as_ref().map(|c| git::Credentials {
             user: c.user.clone(),
             ..crate::actors::task::git_ops::credentials(&kiln, &c.secret)
@@ -229,6 +249,11 @@ async fn register(kiln: Kiln, org: String, name: String, msg: RegisterRepo) -> A
         updated_at: now,
         credential_user: credential.as_ref().and_then(|c| c.user.clone()),
         credential_secret: credential.map(|c| c.secret),
+        registered_by: match msg.by {
+            Registrant::Admin => "admin",
+            Registrant::Organization => "organization",
+        }
+        .to_string(),
     };
     let repo = match kiln.db.write(move |c| store::insert_repo(c, &row)).await {
         Ok(repo) => repo,

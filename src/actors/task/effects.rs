@@ -120,12 +120,19 @@ async fn launch_spec(ctx: &TaskCtx, task: &Task, resume: bool) -> AppResult<Laun
 }
 
 /// What an agent's environment gets: `base` (the profile's env), then the
-/// organization's provider secrets, then `KILN_TASK`.
+/// organization's provider secrets (less those Kiln keeps, see
+/// `providers::is_agent_secret`), then `KILN_TASK`.
 async fn agent_env(ctx: &TaskCtx, task: &Task, mut env: Vec<(String, String)>) -> AppResult<Vec<(String, String)>> {
     let (o, p) = (ctx.org.clone(), task.provider.clone());
     if let Some((_, secrets, _)) = ctx.kiln.db.read(move |c| queries::provider_profile(c, &o, &p)).await? {
         let secrets: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&secrets).unwrap_or_default();
-        env.extend(secrets.into_iter().filter_map(|(k, v)| v.as_str().map(|v| (k, v.to_string()))));
+        let provider = task.provider.as_str();
+        env.extend(
+            secrets
+                .into_iter()
+                .filter(|(k, _)| crate::providers::is_agent_secret(provider, k))
+                .filter_map(|(k, v)| v.as_str().map(|v| (k, v.to_string()))),
+        );
     }
     env.push(("KILN_TASK".into(), task.id.clone()));
     Ok(env)
@@ -295,7 +302,7 @@ pub async fn apply(ctx: TaskCtx, input: TaskInput, text: Option<String>, params:
                         super::git_ops::sync(&ctx, &task, &repo, &worktree, params.mode.clone()).await?;
                     }
                     GitOp::Pr => {
-                        super::git_ops::open_pr(&ctx, &task, &repo, &worktree, params.draft.unwrap_or(false)).await?;
+                        super::git_ops::open_pr(&ctx, &task, &repo, &worktree, params.draft.unwrap_or(false), false).await?;
                     }
                     GitOp::Merge => {
                         super::git_ops::merge(&ctx, &task, &repo, &worktree, params.method.clone()).await?;
@@ -466,7 +473,8 @@ pub(super) async fn on_idle(ctx: &TaskCtx, task: &Task) -> AppResult<()> {
         let (repo_id, branch) = (repo.id, task.branch.clone());
         let existing = ctx.kiln.db.read(move |c| queries::task_pull_request(c, repo_id, &branch)).await?;
         if existing.is_none() {
-            result = super::git_ops::open_pr(ctx, task, &repo, &worktree, true).await.map(|_| ()).map_err(|e| ("draft_pr", e));
+            // The push step above (when on, and it succeeded) pushed already.
+            result = super::git_ops::open_pr(ctx, task, &repo, &worktree, true, auto.push).await.map(|_| ()).map_err(|e| ("draft_pr", e));
         }
     }
     if let Err((step, err)) = result {

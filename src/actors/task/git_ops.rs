@@ -71,14 +71,30 @@ fn mirror_of(repo: &Repo) -> std::path::PathBuf {
 }
 
 pub async fn origin(kiln: &crate::actors::Kiln, org: &str, repo: &Repo) -> AppResult<Origin> {
-    let local = repo.source_kind == "path";
+    let local = (repo.source_kind == "path").then(|| std::path::PathBuf::from(&repo.source));
     let id = repo.id;
     let own = kiln.db.read(move |c| queries::repo_credential(c, id)).await?;
     let credentials = match own {
         Some((user, secret)) => Some(Credentials { user, ..credentials(kiln, &secret) }),
         None => github_client(kiln, org, repo).await.ok().flatten().map(|(_, c)| c),
     };
-    Ok(Origin { local, credentials })
+    let (connect, refused) = host_policy(kiln, repo).await?;
+    Ok(Origin { local, credentials, connect, refused })
+}
+
+/// The host policy for a URL an organization registered, checked again now (DNS
+/// can change since registration): the addresses git may connect to, or why it
+/// may not talk to the origin at all.
+async fn host_policy(kiln: &crate::actors::Kiln, repo: &Repo) -> AppResult<(Option<git::Connect>, Option<String>)> {
+    if repo.source_kind != "url" || repo.registered_by != "organization" {
+        return Ok((None, None));
+    }
+    let (cfg, url) = (kiln.config.repos.clone(), repo.source.clone());
+    let checked = blocking(move || Ok(crate::actors::repository::hosts::check(&cfg, &url))).await?;
+    Ok(match checked {
+        Ok(pin) => (pin.map(|p| p.connect()), None),
+        Err(refusal) => (None, Some(refusal.message())),
+    })
 }
 
 /// git gets the token from this binary acting as its askpass helper.
@@ -113,6 +129,8 @@ async fn git_call<T: Send + 'static>(f: impl FnOnce() -> Result<T, GitError> + S
 fn git_failure(code: &'static str, err: GitError) -> AppError {
     match err {
         GitError::Missing(_) => AppError::git_missing(),
+        GitError::SourceMoved(message) => AppError::conflict("source_moved", message),
+        GitError::HostRefused(message) => AppError::denied("source_host_refused", message),
         GitError::Failed { stderr, .. } => {
             let lower = stderr.to_lowercase();
             let rejected = ["rejected", "non-fast-forward", "fetch first", "protected"].iter().any(|w| lower.contains(w));
@@ -308,7 +326,7 @@ pub async fn sync(ctx: &TaskCtx, task: &Task, repo: &Repo, worktree: &Path, mode
         }
         Err(e) => {
             let err = git_failure("sync_failed", e);
-            ctx.kiln.emit_one(&ctx.org, ctx.event("task.sync_failed", json!({"error": err.to_string()}))).await?;
+            ctx.kiln.emit_one(&ctx.org, ctx.event("task.sync_failed", json!({"code": err.code(), "error": err.to_string()}))).await?;
             Err(err)
         }
     }
@@ -336,11 +354,15 @@ pub fn pull_row(repo_id: i32, pr: &serde_json::Value) -> PullRequest {
 }
 
 /// Opens the task's pull request (pushing first), or adopts the one that exists.
-pub async fn open_pr(ctx: &TaskCtx, task: &Task, repo: &Repo, worktree: &Path, draft: bool) -> AppResult<PullRequest> {
+pub async fn open_pr(ctx: &TaskCtx, task: &Task, repo: &Repo, worktree: &Path, draft: bool, pushed: bool) -> AppResult<PullRequest> {
     let Some((gh, _)) = github_for(ctx, repo).await? else {
         return Err(not_github(repo));
     };
-    push(ctx, task, repo, worktree, None, false).await?;
+    // A caller that has just pushed (on-idle's push step) is not pushed for
+    // again: one push, one `task.pushed`.
+    if !pushed {
+        push(ctx, task, repo, worktree, None, false).await?;
+    }
     let (dir, base_ref, branch) = (worktree.to_path_buf(), format!("refs/remotes/origin/{}", task.base_branch), task.branch.clone());
     let commits = git_call(move || git::commit_subjects(&dir, &base_ref, &branch)).await?.unwrap_or_default();
     let mut body = task.description.clone();
@@ -470,8 +492,20 @@ pub async fn merge(ctx: &TaskCtx, task: &Task, repo: &Repo, worktree: &Path, met
                     return Err(AppError::conflict("merge_conflict", format!("merging into {} conflicts in: {}: sync first", task.base_branch, files.join(", "))));
                 }
                 Err(e) => {
-                    let err = git_failure("merge_failed", e);
-                    ctx.kiln.emit_one(&ctx.org, ctx.event("task.merge_failed", json!({"error": err.to_string()}))).await?;
+                    // The base moved on origin between Kiln's fetch and its push:
+                    // a conflict to retry, as for push, not a broken remote.
+                    let err = if git::refused_because_moved(&e) {
+                        AppError::conflict(
+                            "remote_moved",
+                            format!(
+                                "{} on the remote moved while Kiln merged into it (someone pushed to it): nothing was merged; merge again",
+                                task.base_branch
+                            ),
+                        )
+                    } else {
+                        git_failure("merge_failed", e)
+                    };
+                    ctx.kiln.emit_one(&ctx.org, ctx.event("task.merge_failed", json!({"code": err.code(), "error": err.to_string()}))).await?;
                     return Err(err);
                 }
             }

@@ -43,6 +43,31 @@ export async function api(method, path, body) {
 export const get = (path) => api('GET', path);
 export const post = (path, body) => api('POST', path, body);
 export const del = (path) => api('DELETE', path);
+export const put = (path, body) => api('PUT', path, body);
+export const patch = (path, body) => api('PATCH', path, body);
+
+/** GETs a text answer (the Prometheus text of `/metrics`). Throws ApiError. */
+export async function getText(path) {
+  let res;
+  try {
+    res = await fetch(path, { headers: { accept: 'text/plain' }, credentials: 'same-origin', cache: 'no-store' });
+  } catch (e) {
+    throw new ApiError(0, 'unreachable', 'Kiln cannot be reached: check that the server is running and the network is up.');
+  }
+  const text = await res.text();
+  if (!res.ok) {
+    let data = null;
+    try {
+      data = JSON.parse(text);
+    } catch (e) {
+      data = null;
+    }
+    const err = new ApiError(res.status, data?.error || 'http_error', data?.message || `The server answered ${res.status}.`);
+    if (res.status === 401) window.dispatchEvent(new CustomEvent('kiln:signed-out', { detail: err }));
+    throw err;
+  }
+  return text;
+}
 
 /** `/v1/organizations/{org}` + rest, with the name escaped. */
 export function orgPath(org, rest = '') {

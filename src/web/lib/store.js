@@ -20,6 +20,11 @@ export class Store {
     this.retry = 500;
     this.closed = false;
     this.scheduled = false;
+    // Repositories: null until a view asks for them (loadRepos), then kept fresh
+    // by the stream. Clones in flight (and failed ones) by repository name.
+    this.repos = null;
+    this.reposLoading = null;
+    this.clones = new Map();
   }
 
   /** Loads the tasks, then follows the stream from the moment before the load. */
@@ -84,9 +89,12 @@ export class Store {
     };
   }
 
-  /** Folds one event into the tasks. */
+  /** Folds one event into the tasks (and the repositories). */
   apply(ev) {
-    if (!ev.task) return;
+    if (!ev.task) {
+      if (ev.repo && ev.kind.startsWith('repo.')) this.applyRepo(ev);
+      return;
+    }
     const kind = ev.kind;
     if (kind === 'task.created') {
       const d = ev.data || {};
@@ -141,6 +149,71 @@ export class Store {
     }
     task.updated_at = ev.at;
     this.changed();
+  }
+
+  /** Loads the repositories once; later calls answer the same promise. */
+  loadRepos() {
+    if (!this.reposLoading) {
+      // Events that land while the list loads are kept and folded in after it.
+      this.pendingRepoEvents = [];
+      this.reposLoading = get(orgPath(this.org, '/repos')).then((r) => {
+        this.repos = new Map(r.items.map((repo) => [repo.name, repo]));
+        const pending = this.pendingRepoEvents;
+        this.pendingRepoEvents = null;
+        for (const ev of pending) this.applyRepoRow(ev);
+        this.changed();
+        return this.repos;
+      }, (e) => {
+        this.reposLoading = null;
+        throw e;
+      });
+    }
+    return this.reposLoading;
+  }
+
+  /** Folds a `repo.*` event into the clones in flight and the repositories. */
+  applyRepo(ev) {
+    const name = ev.repo;
+    const d = ev.data || {};
+    const clone = () => this.clones.get(name) || { name, source: null, phase: null, percent: 0, steps: [], error: null, at: ev.at };
+    if (ev.kind === 'repo.clone_started') {
+      this.clones.set(name, { name, source: d.source, phase: null, percent: 0, steps: [], error: null, at: ev.at });
+    } else if (ev.kind === 'repo.clone_progress') {
+      const c = clone();
+      Object.assign(c, { phase: d.phase, percent: d.percent });
+      c.steps.push({ phase: d.phase, percent: d.percent });
+      this.clones.set(name, c);
+    } else if (ev.kind === 'repo.clone_failed') {
+      const c = clone();
+      c.error = d.error || 'the clone failed';
+      this.clones.set(name, c);
+    } else if (ev.kind === 'repo.registered') {
+      this.clones.delete(name);
+    }
+    if (this.pendingRepoEvents) this.pendingRepoEvents.push(ev);
+    else if (this.repos) this.applyRepoRow(ev);
+    this.changed();
+  }
+
+  /** Folds a `repo.*` event into the loaded list of repositories. */
+  applyRepoRow(ev) {
+    const d = ev.data || {};
+    const repo = this.repos.get(ev.repo);
+    if (ev.kind === 'repo.registered') this.fetchRepo(ev.repo);
+    else if (ev.kind === 'repo.deleted') this.repos.delete(ev.repo);
+    else if (repo && ev.kind === 'repo.setup_changed') repo.setup = { commands: d.commands || [], copy: d.copy || [] };
+    else if (repo && ev.kind === 'repo.settings_changed') repo.settings = d;
+  }
+
+  /** Reads one repository into the list (after it was registered). */
+  async fetchRepo(name) {
+    try {
+      const repo = await get(orgPath(this.org, `/repos/${encodeURIComponent(name)}`));
+      if (this.repos) this.repos.set(name, repo);
+      this.changed();
+    } catch (e) {
+      // Deleted meanwhile: nothing to show.
+    }
   }
 
   async fetchTask(id) {

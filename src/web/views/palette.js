@@ -19,6 +19,8 @@ function commands(app) {
   list.push(
     { id: 'board', label: 'Go to the board', keys: 'g b', run: () => app.navigate('/') },
     { id: 'new', label: 'Create a task', keys: 'n', run: () => app.navigate('/new') },
+    ...(app.nav || []).filter((n) => !n.admin || app.session?.admin)
+      .map((n) => ({ id: n.id, label: `Go to ${n.label}`, run: () => app.navigate(n.path) })),
     { id: 'inbox', label: 'Open the inbox', keys: 'i', run: () => openInbox(app) },
     { id: 'shortcuts', label: 'Show keyboard shortcuts', keys: '?', run: () => openShortcuts() },
   );
