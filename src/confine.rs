@@ -737,24 +737,30 @@ fn object_dirs(mirror: &Path) -> Vec<PathBuf> {
 pub const PACKED_DIR: &str = "packed";
 
 /// Turns `<mirror>/packed-refs` into a symlink to `packed/packed-refs` (once;
-/// every step is atomic for concurrent readers).
+/// every step is atomic for concurrent readers). Tasks of one repository are set
+/// up concurrently, so callers take turns, and the staging names are unique.
 fn link_packed_refs(mirror: &Path) -> std::io::Result<()> {
+    static TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
     let link = mirror.join("packed-refs");
     let target = Path::new(PACKED_DIR).join("packed-refs");
     if std::fs::read_link(&link).is_ok_and(|t| t == target) {
         return Ok(());
     }
     std::fs::create_dir_all(mirror.join(PACKED_DIR))?;
-    if link.is_file() {
-        let staged = mirror.join(PACKED_DIR).join("packed-refs.kiln-new");
-        let _ = std::fs::remove_file(&staged);
+    let unique = format!("{}-{}", std::process::id(), crate::util::random_hex(8));
+    // Only a regular file is moved: a symlink (someone else's link, or a
+    // planted one) is replaced below, never followed.
+    if std::fs::symlink_metadata(&link).is_ok_and(|m| m.file_type().is_file()) {
+        let staged = mirror.join(PACKED_DIR).join(format!("packed-refs.kiln-new-{unique}"));
         std::fs::hard_link(&link, &staged)?;
         std::fs::rename(&staged, mirror.join(&target))?;
     }
-    let tmp = mirror.join("packed-refs.kiln-link");
-    let _ = std::fs::remove_file(&tmp);
+    let tmp = mirror.join(format!("packed-refs.kiln-link-{unique}"));
     std::os::unix::fs::symlink(&target, &tmp)?;
-    std::fs::rename(&tmp, &link)
+    std::fs::rename(&tmp, &link).inspect_err(|_| {
+        let _ = std::fs::remove_file(&tmp);
+    })
 }
 
 fn allow_carved(rs: &Ruleset, path: &Path, access: u64, denied: &[PathBuf], carve: bool) -> std::io::Result<()> {

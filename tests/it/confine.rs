@@ -46,6 +46,14 @@ fn probe_script(data: &Path, server_pid: u32, task: &str, alpha_task: &str, conf
   if [ $rc -ne 0 ] && printf %s "$out" | grep -q -e "Permission denied" -e "Operation not permitted"; then echo "DENIED $name"
   else echo "LEAK $name rc=$rc: $(printf %s "$out" | head -c 300 | tr '\n' ' ')"; fi
 }}
+# A server fd can close between the listing and the probe: gone is not a leak.
+probe_fd() {{
+  name=$1; shift
+  out=$("$@" 2>&1 </dev/null); rc=$?
+  if [ $rc -ne 0 ] && printf %s "$out" | grep -q -e "Permission denied" -e "Operation not permitted"; then echo "DENIED $name"
+  elif [ $rc -ne 0 ] && printf %s "$out" | grep -q "No such file or directory"; then echo "GONE $name"
+  else echo "LEAK $name rc=$rc: $(printf %s "$out" | head -c 300 | tr '\n' ' ')"; fi
+}}
 fails() {{ name=$1; shift; if "$@" >/dev/null 2>&1 </dev/null; then echo "LEAK $name"; else echo "DENIED $name"; fi; }}
 D={d}; P={server_pid}
 probe admin_token cat $D/admin.token
@@ -55,8 +63,8 @@ fails kiln_db_sqlite sqlite3 $D/kiln.db "select token_hash from api_tokens"
 probe server_environ cat /proc/$P/environ
 # The numbers in /proc/<pid>/fd are listed; what they point at is not.
 for n in $(ls /proc/$P/fd); do
-  probe server_fd_link_$n readlink -v /proc/$P/fd/$n
-  probe server_fd_open_$n timeout 5 cat /proc/$P/fd/$n
+  probe_fd server_fd_link_$n readlink -v /proc/$P/fd/$n
+  probe_fd server_fd_open_$n timeout 5 cat /proc/$P/fd/$n
 done
 probe server_root cat /proc/$P/root$D/admin.token
 probe server_cwd ls /proc/$P/cwd/

@@ -21,13 +21,14 @@ const SHIFT: &str = "\u{E008}";
 const RELEASE: &str = "\u{E000}";
 
 /// The transcript's text (what a person reads in it).
-const TRANSCRIPT: &str = "return document.querySelector('.transcript')?.innerText || ''";
+/// The transcript's text (an expression).
+const TRANSCRIPT: &str = "(document.querySelector('.transcript')?.innerText || '')";
 
 /// Whether the page has no sideways scrolling.
 const NO_OVERFLOW: &str = "return document.documentElement.scrollWidth <= window.innerWidth";
 
 async fn transcript_has(browser: &Browser, what: &str, text: &str) {
-    browser.until(what, &format!("{TRANSCRIPT}.includes(arguments[0])"), json!([text])).await;
+    browser.until(what, &format!("return {TRANSCRIPT}.includes(arguments[0])"), json!([text])).await;
 }
 
 #[actix_web::test]
@@ -129,9 +130,9 @@ async fn in_a_browser_a_session_is_opened_prompted_answered_and_cancelled_from_t
     let r = fake.post(&format!("/_fake/emit/{sid}"), update).await;
     assert_eq!(r.status, 200, "{r:?}");
     transcript_has(&browser, "the injected text", "<img src=x").await;
-    let last = "const b = [...document.querySelectorAll('.msg-agent .bubble')].pop(); \
-                return {img: b.querySelectorAll('img, script').length, strong: b.querySelector('strong')?.textContent, \
-                        code: b.querySelector('code')?.textContent, items: b.querySelectorAll('li').length, owned: window.__owned || 0};";
+    let last = "const b = [...document.querySelectorAll('.msg-agent .bubble')].find(b => b.textContent.includes('<img src=x')); \
+                return b ? {img: b.querySelectorAll('img, script').length, strong: b.querySelector('strong')?.textContent, \
+                        code: b.querySelector('code')?.textContent, items: b.querySelectorAll('li').length, owned: window.__owned || 0} : null;";
     let html = browser.eval("return document.querySelector('.transcript').innerHTML", json!([])).await;
     assert_eq!(browser.eval(last, json!([])).await, json!({"img": 0, "strong": "Done.", "code": "src/lib.rs", "items": 2, "owned": 0}), "{html}");
     assert_eq!(browser.eval("return window.__sameDocument === true", json!([])).await, true, "all of it without a reload");
