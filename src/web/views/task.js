@@ -87,9 +87,14 @@ export function taskView(main, app, id) {
     replace(tabs, mk('terminal', 'Terminal'), mk('changes', 'Changes'), mk('session', 'Session'), mk('pr', 'Pull request'), mk('events', 'Events'));
   }
 
+  // Whether the pane was drawn with the task known: the task may come first
+  // from the store or from the detail request, whichever answers first.
+  let paneHasTask = false;
+
   function renderPane() {
     if (closePane) closePane();
     closePane = null;
+    paneHasTask = Boolean(task);
     replace(pane);
     if (tab === 'terminal') {
       if (!task) return;
@@ -122,8 +127,10 @@ export function taskView(main, app, id) {
     if (!t) return;
     task = t;
     renderHead();
-    // The terminal appears when a queued task starts.
-    if (tab === 'terminal' && NO_TERMINAL.includes(lastStatus) && !NO_TERMINAL.includes(t.status)) renderPane();
+    // The pane is drawn once the task is known; the terminal appears when a
+    // queued task starts.
+    if (!paneHasTask) renderPane();
+    else if (tab === 'terminal' && NO_TERMINAL.includes(lastStatus) && !NO_TERMINAL.includes(t.status)) renderPane();
     lastStatus = t.status;
   });
 
@@ -133,12 +140,11 @@ export function taskView(main, app, id) {
   get(orgPath(app.org, `/tasks/${id}`)).then((t) => {
     const p = t.pull_request;
     const fresh = { ...t, pr: p ? { number: p.number, state: p.state, ci_state: p.ci_state, review_decision: p.review_decision } : null };
-    const first = !task;
     task = store.tasks.get(id) || fresh;
     if (!store.tasks.has(id)) store.tasks.set(id, fresh);
     lastStatus = task.status;
     renderHead();
-    if (first) renderPane();
+    if (!paneHasTask) renderPane();
   }).catch((e) => {
     replace(head, h('h1', 'Task not found'), h('p.error', e.message));
   });
