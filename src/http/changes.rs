@@ -104,8 +104,9 @@ pub struct ReviewRequest {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReviewComment {
-    /// The file, relative to the worktree: no leading `/`, no `..` part.
-    #[schema(min_length = 1, max_length = 1024)]
+    /// The file, relative to the worktree: no leading `/`, no `..` part, no
+    /// control characters (the pattern says exactly this).
+    #[schema(min_length = 1, max_length = 1024, pattern = r"^(?:[^./\u0000-\u001f\u007f-\u009f][^/\u0000-\u001f\u007f-\u009f]*|\.(?:[^./\u0000-\u001f\u007f-\u009f][^/\u0000-\u001f\u007f-\u009f]*)?|\.\.[^/\u0000-\u001f\u007f-\u009f]+)(?:/(?:[^./\u0000-\u001f\u007f-\u009f][^/\u0000-\u001f\u007f-\u009f]*|\.(?:[^./\u0000-\u001f\u007f-\u009f][^/\u0000-\u001f\u007f-\u009f]*)?|\.\.[^/\u0000-\u001f\u007f-\u009f]+)?)*$")]
     pub path: String,
     /// The line number, on `side`.
     #[schema(minimum = 1)]
@@ -118,7 +119,7 @@ pub struct ReviewComment {
     #[schema(max_length = 8000)]
     pub code: Option<String>,
     /// What the reviewer says (at most 8000 characters, not all white space).
-    #[schema(min_length = 1, max_length = 8000)]
+    #[schema(min_length = 1, max_length = 8000, pattern = r"[^ \t\n\f\r]")]
     pub text: String,
 }
 
@@ -247,7 +248,7 @@ pub fn validate_review(body: &ReviewRequest) -> AppResult<()> {
         if let Some(side) = c.side.as_deref().filter(|s| !["new", "old"].contains(s)) {
             return bad(format!("comment {n}: side `{}` is not new or old", crate::validate::truncate(side, 20)));
         }
-        if c.text.trim().is_empty() {
+        if c.text.chars().all(|ch| matches!(ch, ' ' | '\t' | '\n' | '\x0c' | '\r')) {
             return bad(format!("comment {n}: text is empty"));
         }
         if c.text.chars().count() > MAX_TEXT {
