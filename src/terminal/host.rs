@@ -312,8 +312,8 @@ impl remote::Sink for RemoteSink {
         if status.connected != connected || status.process_id.as_deref() != process {
             status.since = now;
         }
-        if status.connected && !connected {
-            note(&format!("lost the remote terminal: {}", error.as_deref().unwrap_or("")));
+        if let (true, false, Some(e)) = (status.connected, connected, &error) {
+            note(&format!("lost the remote terminal: {e}"));
         } else if !status.connected && connected && status.error.is_some() {
             note("the remote terminal is connected again");
         }

@@ -294,6 +294,10 @@ enum Fail {
     /// A redirect or `401`/`403`: the target's credentials are refused (a Daytona
     /// preview token that changed): wait for a retarget.
     Auth(u16),
+    /// sandbox-agent refused the request itself: a process it could not spawn
+    /// (`502 stream_error`: no such program, no such cwd) or a request it rejects
+    /// (`400`, `409`, `422`). Trying again would answer the same.
+    Refused(String),
     /// Anything else: the network, a 5xx, a proxy that cannot reach the sandbox.
     Other(String),
 }
@@ -303,16 +307,29 @@ impl std::fmt::Display for Fail {
         match self {
             Fail::Gone => f.write_str("the process is gone"),
             Fail::Auth(status) => write!(f, "sandbox-agent refused the credentials ({status}): waiting for a retarget"),
+            Fail::Refused(detail) => f.write_str(detail),
             Fail::Other(e) => f.write_str(e),
         }
     }
 }
 
 fn fail_for(status: u16, body: &[u8]) -> Fail {
+    let problem: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    // Its own problem+json, as opposed to a proxy's 502 on the way to it.
+    let own = problem["type"].as_str().is_some_and(|t| t.starts_with("urn:sandbox-agent:error:"));
+    let detail = || {
+        problem["details"]["message"]
+            .as_str()
+            .or(problem["detail"].as_str())
+            .map(str::to_string)
+            .unwrap_or_else(|| String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned())
+    };
     match status {
         404 => Fail::Gone,
         300..=399 | 401 | 403 => Fail::Auth(status),
-        _ => Fail::Other(format!("sandbox-agent answered {status}: {}", crate::integrations::sandbox_agent::AcpError::from_response(status, body))),
+        400 | 409 | 413 | 415 | 422 => Fail::Refused(detail()),
+        502 if own && problem["type"].as_str().is_some_and(|t| t.ends_with(":stream_error")) => Fail::Refused(detail()),
+        _ => Fail::Other(format!("sandbox-agent answered {status}: {}", detail())),
     }
 }
 
@@ -428,7 +445,7 @@ impl Driver {
         let created = loop {
             match self.call("POST", "/v1/processes", Some(&body)).await {
                 Ok(v) => break v,
-                Err(Fail::Other(e)) if e.contains("stream_error") || e.contains("answered 400") => {
+                Err(Fail::Refused(e)) => {
                     // sandbox-agent could not spawn it (no such program, a bad cwd).
                     self.sink.output(format!("\r\nkiln: cannot start `{}`: {e}\r\n", argv[0]).as_bytes());
                     return (End::NotStarted, None);
@@ -449,6 +466,7 @@ impl Driver {
             return (End::Lost(format!("sandbox-agent answered a process without an id: {created}")), None);
         };
         let _ = std::fs::write(self.plan.state_dir.join(PROCESS_FILE), &id);
+        self.sink.remote(Some(&id), false, None);
         let mut proc_ = Proc { id, cursor: Cursor::default(), signalled: None, size: None };
         let initial = (self.plan.cols, self.plan.rows);
         self.resize_http(&mut proc_, self.size.unwrap_or(initial)).await;
@@ -845,6 +863,22 @@ mod tests {
         assert_eq!(take_target(dir.path()).unwrap(), t);
         assert!(!dir.path().join(TARGET_FILE).exists(), "deleted once read");
         assert!(take_target(dir.path()).is_err());
+    }
+
+    #[test]
+    fn answers_are_sorted_into_gone_auth_refused_and_retry() {
+        assert!(matches!(fail_for(404, b""), Fail::Gone));
+        assert!(matches!(fail_for(307, b""), Fail::Auth(307)), "Daytona's preview answers a bad token with a redirect");
+        assert!(matches!(fail_for(401, b"{}"), Fail::Auth(401)));
+        let spawn = br#"{"type":"urn:sandbox-agent:error:stream_error","status":502,"detail":"stream error: x","details":{"message":"failed to spawn tty process: No such file or directory (os error 2)"}}"#;
+        match fail_for(502, spawn) {
+            Fail::Refused(d) => assert!(d.starts_with("failed to spawn"), "{d}"),
+            other => panic!("{other:?}"),
+        }
+        // A proxy's 502 (the sandbox is not reachable) is retried.
+        assert!(matches!(fail_for(502, b"Bad Gateway"), Fail::Other(_)));
+        assert!(matches!(fail_for(503, b""), Fail::Other(_)));
+        assert!(matches!(fail_for(400, b"Failed to deserialize"), Fail::Refused(_)));
     }
 
     #[test]
