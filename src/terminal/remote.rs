@@ -15,15 +15,18 @@
 //!   process's bounded buffer dropped while Kiln was away) is said in the terminal.
 //! - **The terminal WebSocket** (`…/terminal/ws`) carries input (always
 //!   `encoding: base64`, so bytes that are not UTF-8 arrive as typed), resizes,
-//!   and the `exit` frame. Its binary output frames are read and dropped.
+//!   and the `exit` frame. Its binary output frames are read and dropped. Input
+//!   is queued in order as the host gets it (never waiting for the driver, which
+//!   may be connecting) and written as soon as the WebSocket is up.
 //! - **Reconnect.** When either connection drops, the host asks for the process
 //!   (`GET /v1/processes/{id}`): exited → the end is recorded; `404` → the process
 //!   is gone (sandbox-agent restarted with the sandbox) and the run ends with a
 //!   reason; otherwise it retries with backoff (250 ms doubling to 10 s, jittered),
 //!   and gives up after [`GIVE_UP`] without reaching sandbox-agent. Input typed
-//!   meanwhile is queued (up to [`MAX_QUEUED_INPUT`]) and written on reconnect.
+//!   meanwhile stays queued (up to [`MAX_QUEUED_INPUT`]) and is written on reconnect.
 //! - **Retarget** replaces the base URL and headers (a restarted Daytona sandbox has
-//!   a new preview token) and reconnects at once.
+//!   a new preview token) and reconnects at once, cutting short a connection
+//!   attempt or a backoff wait.
 //! - **Signals**: SIGHUP and SIGTERM → `POST …/stop`, SIGKILL → `POST …/kill`;
 //!   others are refused.
 //!
@@ -167,23 +170,66 @@ pub struct Plan {
 type Reply = SyncSender<io::Result<()>>;
 
 enum Command {
-    Input(Vec<u8>, Reply),
     Resize(u16, u16),
     Signal(i32, Reply),
-    Retarget(Retarget, Reply),
 }
 
-/// The host's side of the driver: its calls block (briefly) until the driver
-/// has taken the command, so call them from the host's connection threads.
+/// Input waiting to be written, in order.
+#[derive(Default)]
+struct Inbox {
+    queue: VecDeque<Vec<u8>>,
+    bytes: usize,
+    /// The run has ended: input is refused.
+    closed: bool,
+}
+
+/// What the host's threads hand the driver without waiting for it (it may be
+/// busy connecting): input, and a new target.
+#[derive(Default)]
+struct Mailbox {
+    inbox: std::sync::Mutex<Inbox>,
+    input_ready: tokio::sync::Notify,
+    retarget: std::sync::Mutex<Option<Retarget>>,
+    retargeted: tokio::sync::Notify,
+}
+
+impl Mailbox {
+    fn inbox(&self) -> std::sync::MutexGuard<'_, Inbox> {
+        self.inbox.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn take_retarget(&self) -> Option<Retarget> {
+        self.retarget.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+}
+
+/// The host's side of the driver. Input and retargets never wait for it; a
+/// signal waits (briefly) for its HTTP call, so call `signal` from the host's
+/// connection threads.
 #[derive(Clone)]
 pub struct Handle {
     tx: tokio::sync::mpsc::UnboundedSender<Command>,
+    mail: Arc<Mailbox>,
 }
 
 impl Handle {
-    /// Types `bytes`: written on the terminal WebSocket, or queued while it is down.
+    /// Types `bytes`: queued in order and written on the terminal WebSocket as
+    /// soon as it is connected. Refused when [`MAX_QUEUED_INPUT`] bytes wait
+    /// already (sandbox-agent has been unreachable), or the run has ended.
     pub fn input(&self, bytes: &[u8]) -> io::Result<()> {
-        self.call(|reply| Command::Input(bytes.to_vec(), reply))
+        {
+            let mut inbox = self.mail.inbox();
+            if inbox.closed {
+                return Err(io::Error::other("the remote terminal has ended"));
+            }
+            if inbox.bytes + bytes.len() > MAX_QUEUED_INPUT {
+                return Err(io::Error::other("sandbox-agent cannot be reached and the input queue is full"));
+            }
+            inbox.bytes += bytes.len();
+            inbox.queue.push_back(bytes.to_vec());
+        }
+        self.mail.input_ready.notify_one();
+        Ok(())
     }
 
     pub fn resize(&self, cols: u16, rows: u16) {
@@ -195,8 +241,15 @@ impl Handle {
         self.call(|reply| Command::Signal(sig, reply))
     }
 
+    /// Replaces the base URL and headers; the driver drops its connections (or
+    /// its attempt) and reconnects with them at once.
     pub fn retarget(&self, to: Retarget) -> io::Result<()> {
-        self.call(|reply| Command::Retarget(to, reply))
+        if self.mail.inbox().closed {
+            return Err(io::Error::other("the remote terminal has ended"));
+        }
+        *self.mail.retarget.lock().unwrap_or_else(|p| p.into_inner()) = Some(to);
+        self.mail.retargeted.notify_one();
+        Ok(())
     }
 
     fn call(&self, make: impl FnOnce(Reply) -> Command) -> io::Result<()> {
@@ -212,13 +265,19 @@ impl Handle {
 /// answers how the run ended.
 pub fn start(target: RemoteTarget, plan: Plan, sink: Arc<dyn Sink>) -> io::Result<(Handle, std::thread::JoinHandle<ExitInfo>)> {
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    let thread = std::thread::Builder::new().name("remote".into()).spawn(move || {
-        actix_web::rt::System::new().block_on(async move {
-            let mut driver = Driver { target, plan, sink, rx, size: None, queued: VecDeque::new(), queued_bytes: 0 };
-            driver.run().await
-        })
-    })?;
-    Ok((Handle { tx }, thread))
+    let mail = Arc::new(Mailbox::default());
+    let thread = {
+        let mail = mail.clone();
+        std::thread::Builder::new().name("remote".into()).spawn(move || {
+            actix_web::rt::System::new().block_on(async move {
+                let mut driver = Driver { target, plan, sink, rx, size: None, mail };
+                let exit = driver.run().await;
+                driver.mail.inbox().closed = true;
+                exit
+            })
+        })?
+    };
+    Ok((Handle { tx, mail }, thread))
 }
 
 /// The retry delays: 250 ms doubling to 10 s, each with up to a quarter more of
@@ -354,9 +413,7 @@ struct Driver {
     rx: tokio::sync::mpsc::UnboundedReceiver<Command>,
     /// The size the attachers want, once one has said.
     size: Option<(u16, u16)>,
-    /// Input typed while the WebSocket was down, in order.
-    queued: VecDeque<Vec<u8>>,
-    queued_bytes: usize,
+    mail: Arc<Mailbox>,
 }
 
 /// The state of the process driven now.
@@ -443,6 +500,7 @@ impl Driver {
         let mut backoff = Backoff::default();
         let mut unreachable_since: Option<Instant> = None;
         let created = loop {
+            self.apply_retarget();
             match self.call("POST", "/v1/processes", Some(&body)).await {
                 Ok(v) => break v,
                 Err(Fail::Refused(e)) => {
@@ -475,20 +533,40 @@ impl Driver {
             let input_file = self.plan.state_dir.join(super::host::INITIAL_INPUT_FILE);
             if let Ok(text) = std::fs::read(&input_file) {
                 let _ = std::fs::remove_file(&input_file);
-                self.queue(text);
+                let mut inbox = self.mail.inbox();
+                inbox.bytes += text.len();
+                // Before anything typed during setup: the agent gets it first.
+                inbox.queue.push_front(text);
             }
         }
         let end = self.follow(&mut proc_).await;
         (end, proc_.signalled)
     }
 
-    fn queue(&mut self, bytes: Vec<u8>) -> bool {
-        if self.queued_bytes + bytes.len() > MAX_QUEUED_INPUT {
-            return false;
+    /// Takes a retarget if one came: `true` when the target changed.
+    fn apply_retarget(&mut self) -> bool {
+        match self.mail.take_retarget() {
+            Some(to) => {
+                self.target.base_url = to.base_url;
+                self.target.headers = to.headers;
+                true
+            }
+            None => false,
         }
-        self.queued_bytes += bytes.len();
-        self.queued.push_back(bytes);
-        true
+    }
+
+    /// Writes the queued input in order; what could not be written stays first
+    /// in the queue.
+    async fn flush_input(&self, ws: &mut Ws) -> Result<(), String> {
+        loop {
+            let Some(bytes) = self.mail.inbox().queue.pop_front() else { return Ok(()) };
+            if let Err(e) = send_input(ws, &bytes).await {
+                self.mail.inbox().queue.push_front(bytes);
+                return Err(e);
+            }
+            let mut inbox = self.mail.inbox();
+            inbox.bytes = inbox.bytes.saturating_sub(bytes.len());
+        }
     }
 
     async fn resize_http(&self, proc_: &mut Proc, size: (u16, u16)) {
@@ -504,7 +582,12 @@ impl Driver {
         let mut backoff = Backoff::default();
         let mut unreachable_since: Option<Instant> = None;
         loop {
-            let why = match self.open(proc_).await {
+            self.apply_retarget();
+            let opened = tokio::select! {
+                opened = self.open(proc_) => opened,
+                _ = self.mail.retargeted.notified() => continue,
+            };
+            let why = match opened {
                 Ok((ws, sse)) => {
                     backoff.reset();
                     unreachable_since = None;
@@ -588,13 +671,8 @@ impl Driver {
     /// Moves output to the log and input to the process until something ends it.
     async fn pump(&mut self, proc_: &mut Proc, mut ws: Ws, mut sse: awc::ClientResponse) -> Pumped {
         // Input typed while disconnected goes first, in order.
-        while let Some(bytes) = self.queued.pop_front() {
-            self.queued_bytes -= bytes.len();
-            if let Err(e) = send_input(&mut ws, &bytes).await {
-                self.queued_bytes += bytes.len();
-                self.queued.push_front(bytes);
-                return Pumped::Broken(e);
-            }
+        if let Err(e) = self.flush_input(&mut ws).await {
+            return Pumped::Broken(e);
         }
         if let Some(size) = self.size.filter(|s| proc_.size != Some(*s)) {
             if send_resize(&mut ws, size).await.is_ok() {
@@ -642,17 +720,18 @@ impl Driver {
                         Some(Ok(_)) => {}
                     }
                 },
+                _ = self.mail.input_ready.notified() => {
+                    if let Err(e) = self.flush_input(&mut ws).await {
+                        return Pumped::Broken(e);
+                    }
+                },
+                _ = self.mail.retargeted.notified() => {
+                    let _ = ws.close().await;
+                    return Pumped::Retargeted;
+                },
                 cmd = self.rx.recv() => {
                     let Some(cmd) = cmd else { return Pumped::Closed };
                     match cmd {
-                        Command::Input(bytes, reply) => {
-                            if let Err(e) = send_input(&mut ws, &bytes).await {
-                                let queued = self.queue(bytes);
-                                let _ = reply.try_send(if queued { Ok(()) } else { Err(io::Error::other("input queue full")) });
-                                return Pumped::Broken(e);
-                            }
-                            let _ = reply.try_send(Ok(()));
-                        }
                         Command::Resize(cols, rows) => {
                             self.size = Some((cols, rows));
                             if proc_.size != self.size {
@@ -665,13 +744,6 @@ impl Driver {
                         Command::Signal(sig, reply) => {
                             let answer = self.signal(proc_, sig).await;
                             let _ = reply.try_send(answer);
-                        }
-                        Command::Retarget(to, reply) => {
-                            self.target.base_url = to.base_url;
-                            self.target.headers = to.headers;
-                            let _ = reply.try_send(Ok(()));
-                            let _ = ws.close().await;
-                            return Pumped::Retargeted;
                         }
                     }
                 },
@@ -747,20 +819,18 @@ impl Driver {
         }
     }
 
-    /// Waits `delay` while handling commands: input is queued, a signal is tried
-    /// over HTTP, a retarget ends the wait at once. `false` when the host is closing.
+    /// Waits `delay` while handling commands (input stays queued): a signal is
+    /// tried over HTTP, a retarget ends the wait at once. `false` when the host
+    /// is closing.
     async fn wait(&mut self, delay: Duration, mut proc_: Option<&mut Proc>) -> bool {
         let until = tokio::time::Instant::now() + delay;
         loop {
             tokio::select! {
                 _ = tokio::time::sleep_until(until) => return true,
+                _ = self.mail.retargeted.notified() => return true,
                 cmd = self.rx.recv() => {
                     let Some(cmd) = cmd else { return false };
                     match cmd {
-                        Command::Input(bytes, reply) => {
-                            let queued = self.queue(bytes);
-                            let _ = reply.try_send(if queued { Ok(()) } else { Err(io::Error::other("sandbox-agent cannot be reached and the input queue is full")) });
-                        }
                         Command::Resize(cols, rows) => self.size = Some((cols, rows)),
                         Command::Signal(sig, reply) => {
                             let answer = match proc_.as_deref_mut() {
@@ -768,12 +838,6 @@ impl Driver {
                                 None => Err(io::Error::other("no remote process yet")),
                             };
                             let _ = reply.try_send(answer);
-                        }
-                        Command::Retarget(to, reply) => {
-                            self.target.base_url = to.base_url;
-                            self.target.headers = to.headers;
-                            let _ = reply.try_send(Ok(()));
-                            return true;
                         }
                     }
                 }
