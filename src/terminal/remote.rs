@@ -7,6 +7,8 @@
 //!   CMD`, `tty: true`), one after another, then the agent (its argv); the first
 //!   setup command that fails ends the run with `phase: setup`, as on a local
 //!   host. The launch's initial input is typed once the agent's process exists.
+//!   A create whose answer was lost is not repeated blindly: the host adopts the
+//!   process it made if the process list shows it.
 //! - **Output** comes from the process's PTY log, followed (`GET …/logs?stream=pty
 //!   &follow=true&since=SEQ`, SSE): every entry carries a sequence number, so after
 //!   a reconnect the stream resumes after the last entry logged, with no byte
@@ -270,7 +272,7 @@ pub fn start(target: RemoteTarget, plan: Plan, sink: Arc<dyn Sink>) -> io::Resul
         let mail = mail.clone();
         std::thread::Builder::new().name("remote".into()).spawn(move || {
             actix_web::rt::System::new().block_on(async move {
-                let mut driver = Driver { target, plan, sink, rx, size: None, mail };
+                let mut driver = Driver { target, plan, sink, rx, size: None, mail, ran: Vec::new() };
                 let exit = driver.run().await;
                 driver.mail.inbox().closed = true;
                 exit
@@ -353,6 +355,8 @@ enum Fail {
     /// A redirect or `401`/`403`: the target's credentials are refused (a Daytona
     /// preview token that changed): wait for a retarget.
     Auth(u16),
+    /// The request never reached sandbox-agent (no connection): safe to send again.
+    Unreached(String),
     /// sandbox-agent refused the request itself: a process it could not spawn
     /// (`502 stream_error`: no such program, no such cwd) or a request it rejects
     /// (`400`, `409`, `422`). Trying again would answer the same.
@@ -366,7 +370,7 @@ impl std::fmt::Display for Fail {
         match self {
             Fail::Gone => f.write_str("the process is gone"),
             Fail::Auth(status) => write!(f, "sandbox-agent refused the credentials ({status}): waiting for a retarget"),
-            Fail::Refused(detail) => f.write_str(detail),
+            Fail::Refused(detail) | Fail::Unreached(detail) => f.write_str(detail),
             Fail::Other(e) => f.write_str(e),
         }
     }
@@ -414,6 +418,8 @@ struct Driver {
     /// The size the attachers want, once one has said.
     size: Option<(u16, u16)>,
     mail: Arc<Mailbox>,
+    /// The processes this host has run, never adopted again.
+    ran: Vec<String>,
 }
 
 /// The state of the process driven now.
@@ -472,7 +478,14 @@ impl Driver {
             Some(b) => req.send_json(b).await,
             None => req.send().await,
         };
-        let mut res = sent.map_err(|e| Fail::Other(format!("reaching sandbox-agent: {e}")))?;
+        let mut res = sent.map_err(|e| match e {
+            // No connection was made; `Disconnected` (a connection lost while
+            // the request was on it) may have delivered it.
+            awc::error::SendRequestError::Connect(e) if !matches!(e, awc::error::ConnectError::Disconnected) => {
+                Fail::Unreached(format!("reaching sandbox-agent: {e}"))
+            }
+            e => Fail::Other(format!("reaching sandbox-agent: {e}")),
+        })?;
         let status = res.status().as_u16();
         let bytes = res.body().limit(16 * 1024 * 1024).await.map_err(|e| Fail::Other(format!("reading sandbox-agent's answer: {e}")))?;
         if !(200..300).contains(&status) {
@@ -499,9 +512,21 @@ impl Driver {
         });
         let mut backoff = Backoff::default();
         let mut unreachable_since: Option<Instant> = None;
+        // A create whose answer was lost may have made the process: look for it
+        // before making another (an agent must never run twice).
+        let mut ambiguous = false;
         let created = loop {
             self.apply_retarget();
-            match self.call("POST", "/v1/processes", Some(&body)).await {
+            let attempt = match ambiguous {
+                // Only once the list says it is not there is another create safe.
+                true => match self.adopt(&body).await {
+                    Ok(Some(found)) => break found,
+                    Ok(None) => self.call("POST", "/v1/processes", Some(&body)).await,
+                    Err(e) => Err(e),
+                },
+                false => self.call("POST", "/v1/processes", Some(&body)).await,
+            };
+            match attempt {
                 Ok(v) => break v,
                 Err(Fail::Refused(e)) => {
                     // sandbox-agent could not spawn it (no such program, a bad cwd).
@@ -509,6 +534,8 @@ impl Driver {
                     return (End::NotStarted, None);
                 }
                 Err(e) => {
+                    // Once unsure, stay unsure until a list has answered.
+                    ambiguous |= matches!(e, Fail::Other(_));
                     let since = *unreachable_since.get_or_insert_with(Instant::now);
                     self.sink.remote(None, false, Some(e.to_string()));
                     if since.elapsed() > GIVE_UP {
@@ -523,6 +550,7 @@ impl Driver {
         let Some(id) = created["id"].as_str().map(str::to_string) else {
             return (End::Lost(format!("sandbox-agent answered a process without an id: {created}")), None);
         };
+        self.ran.push(id.clone());
         let _ = std::fs::write(self.plan.state_dir.join(PROCESS_FILE), &id);
         self.sink.remote(Some(&id), false, None);
         let mut proc_ = Proc { id, cursor: Cursor::default(), signalled: None, size: None };
@@ -541,6 +569,26 @@ impl Driver {
         }
         let end = self.follow(&mut proc_).await;
         (end, proc_.signalled)
+    }
+
+    /// The newest running process that a lost create of `body` would have made
+    /// (same command, args and cwd, not one this host ran before).
+    async fn adopt(&mut self, body: &Value) -> Result<Option<Value>, Fail> {
+        let list = self.call("GET", "/v1/processes", None).await?;
+        let Some(processes) = list["processes"].as_array() else {
+            return Err(Fail::Other(format!("sandbox-agent's process list has no processes: {list}")));
+        };
+        let found = processes
+            .iter()
+            .filter(|p| p["status"] == "running" && p["tty"] == true)
+            .filter(|p| p["command"] == body["command"] && p["args"] == body["args"] && p["cwd"] == body["cwd"])
+            .filter(|p| p["id"].as_str().is_some_and(|id| !self.ran.iter().any(|r| r == id)))
+            .max_by_key(|p| p["createdAtMs"].as_i64().unwrap_or(0))
+            .cloned();
+        if let Some(p) = &found {
+            super::host::note(&format!("adopted process {} made by a create whose answer was lost", p["id"]));
+        }
+        Ok(found)
     }
 
     /// Takes a retarget if one came: `true` when the target changed.
