@@ -30,7 +30,8 @@
 //!   a new preview token) and reconnects at once, cutting short a connection
 //!   attempt or a backoff wait.
 //! - **Signals**: SIGHUP and SIGTERM → `POST …/stop`, SIGKILL → `POST …/kill`;
-//!   others are refused.
+//!   others are refused. They are sent on a task of their own, so a kill never
+//!   waits for the driver.
 //!
 //! Secrets (the headers' values, the env) are never on a command line nor in
 //! `host.log`: `client::launch` hands the target over in a 0600 file that the host
@@ -171,15 +172,26 @@ pub struct Plan {
 
 type Reply = SyncSender<io::Result<()>>;
 
-enum Command {
+/// What the attachers send the process, in the order they sent it.
+enum Item {
+    Input(Vec<u8>),
     Resize(u16, u16),
-    Signal(i32, Reply),
 }
 
-/// Input waiting to be written, in order.
+/// Where a signal goes: the target now, and the process driven now.
+#[derive(Clone)]
+struct Current {
+    base_url: String,
+    headers: Vec<(String, String)>,
+    process_id: String,
+}
+
+/// Input and resizes waiting to be written, in order (a resize right after
+/// `stty size` typed before it must not overtake it).
 #[derive(Default)]
 struct Inbox {
-    queue: VecDeque<Vec<u8>>,
+    queue: VecDeque<Item>,
+    /// Input bytes in `queue`.
     bytes: usize,
     /// The run has ended: input is refused.
     closed: bool,
@@ -193,9 +205,21 @@ struct Mailbox {
     input_ready: tokio::sync::Notify,
     retarget: std::sync::Mutex<Option<Retarget>>,
     retargeted: tokio::sync::Notify,
+    current: std::sync::Mutex<Option<Current>>,
+    /// The signal Kiln sent the current process, to report when it dies without
+    /// an exit code.
+    signalled: std::sync::Mutex<Option<i32>>,
 }
 
 impl Mailbox {
+    fn current(&self) -> std::sync::MutexGuard<'_, Option<Current>> {
+        self.current.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn signalled(&self) -> std::sync::MutexGuard<'_, Option<i32>> {
+        self.signalled.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn inbox(&self) -> std::sync::MutexGuard<'_, Inbox> {
         self.inbox.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -205,12 +229,12 @@ impl Mailbox {
     }
 }
 
-/// The host's side of the driver. Input and retargets never wait for it; a
-/// signal waits (briefly) for its HTTP call, so call `signal` from the host's
-/// connection threads.
+/// The host's side of the driver. Nothing here waits for the driver (it may be
+/// busy connecting); a signal waits (briefly) for its own HTTP call, so call
+/// `signal` from the host's connection threads.
 #[derive(Clone)]
 pub struct Handle {
-    tx: tokio::sync::mpsc::UnboundedSender<Command>,
+    signals: tokio::sync::mpsc::UnboundedSender<(i32, Reply)>,
     mail: Arc<Mailbox>,
 }
 
@@ -228,19 +252,36 @@ impl Handle {
                 return Err(io::Error::other("sandbox-agent cannot be reached and the input queue is full"));
             }
             inbox.bytes += bytes.len();
-            inbox.queue.push_back(bytes.to_vec());
+            inbox.queue.push_back(Item::Input(bytes.to_vec()));
         }
         self.mail.input_ready.notify_one();
         Ok(())
     }
 
+    /// Resizes the process's PTY, in order with the input.
     pub fn resize(&self, cols: u16, rows: u16) {
-        let _ = self.tx.send(Command::Resize(cols, rows));
+        {
+            let mut inbox = self.mail.inbox();
+            if inbox.closed {
+                return;
+            }
+            // Resizes in a row while disconnected: only the last one counts.
+            if let Some(Item::Resize(..)) = inbox.queue.back() {
+                inbox.queue.pop_back();
+            }
+            inbox.queue.push_back(Item::Resize(cols, rows));
+        }
+        self.mail.input_ready.notify_one();
     }
 
-    /// SIGHUP/SIGTERM stop the process, SIGKILL kills it; other signals are refused.
+    /// SIGHUP/SIGTERM stop the process, SIGKILL kills it; other signals are
+    /// refused. Sent at once, whatever the driver is doing.
     pub fn signal(&self, sig: i32) -> io::Result<()> {
-        self.call(|reply| Command::Signal(sig, reply))
+        let (reply, answer): (Reply, Receiver<io::Result<()>>) = sync_channel(1);
+        self.signals.send((sig, reply)).map_err(|_| io::Error::other("the remote terminal has ended"))?;
+        answer
+            .recv_timeout(REPLY_WAIT)
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "sandbox-agent did not answer the signal in time"))?
     }
 
     /// Replaces the base URL and headers; the driver drops its connections (or
@@ -253,33 +294,49 @@ impl Handle {
         self.mail.retargeted.notify_one();
         Ok(())
     }
+}
 
-    fn call(&self, make: impl FnOnce(Reply) -> Command) -> io::Result<()> {
-        let (reply, answer): (Reply, Receiver<io::Result<()>>) = sync_channel(1);
-        self.tx.send(make(reply)).map_err(|_| io::Error::other("the remote terminal has ended"))?;
-        answer
-            .recv_timeout(REPLY_WAIT)
-            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "the remote terminal did not answer"))?
+/// Answers signals on their own task, beside the driver.
+async fn signal_loop(mut rx: tokio::sync::mpsc::UnboundedReceiver<(i32, Reply)>, mail: Arc<Mailbox>) {
+    while let Some((sig, reply)) = rx.recv().await {
+        let _ = reply.try_send(send_signal(&mail, sig).await);
+    }
+}
+
+async fn send_signal(mail: &Mailbox, sig: i32) -> io::Result<()> {
+    let action = match sig {
+        libc::SIGHUP | libc::SIGTERM => "stop",
+        libc::SIGKILL => "kill",
+        _ => return Err(io::Error::new(io::ErrorKind::Unsupported, format!("signal {sig} cannot be sent to a remote process"))),
+    };
+    let current = mail.current().clone();
+    let Some(c) = current else { return Err(io::Error::other("no remote process runs now")) };
+    *mail.signalled() = Some(sig);
+    let path = format!("/v1/processes/{}/{action}?waitMs=0", c.process_id);
+    match call_at(&c.base_url, &c.headers, "POST", &path, None).await {
+        Ok(_) => Ok(()),
+        Err(e) => Err(io::Error::other(e.to_string())),
     }
 }
 
 /// Starts the driver on a thread of its own (with its own runtime); the thread
 /// answers how the run ended.
 pub fn start(target: RemoteTarget, plan: Plan, sink: Arc<dyn Sink>) -> io::Result<(Handle, std::thread::JoinHandle<ExitInfo>)> {
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let (signals, signals_rx) = tokio::sync::mpsc::unbounded_channel();
     let mail = Arc::new(Mailbox::default());
     let thread = {
         let mail = mail.clone();
         std::thread::Builder::new().name("remote".into()).spawn(move || {
             actix_web::rt::System::new().block_on(async move {
-                let mut driver = Driver { target, plan, sink, rx, size: None, mail, ran: Vec::new() };
+                actix_web::rt::spawn(signal_loop(signals_rx, mail.clone()));
+                let mut driver = Driver { target, plan, sink, size: None, mail, ran: Vec::new() };
                 let exit = driver.run().await;
                 driver.mail.inbox().closed = true;
                 exit
             })
         })?
     };
-    Ok((Handle { tx, mail }, thread))
+    Ok((Handle { signals, mail }, thread))
 }
 
 /// The retry delays: 250 ms doubling to 10 s, each with up to a quarter more of
@@ -406,15 +463,12 @@ enum Pumped {
     Broken(String),
     /// A retarget: reconnect now.
     Retargeted,
-    /// The host is going away (every handle dropped).
-    Closed,
 }
 
 struct Driver {
     target: RemoteTarget,
     plan: Plan,
     sink: Arc<dyn Sink>,
-    rx: tokio::sync::mpsc::UnboundedReceiver<Command>,
     /// The size the attachers want, once one has said.
     size: Option<(u16, u16)>,
     mail: Arc<Mailbox>,
@@ -426,8 +480,6 @@ struct Driver {
 struct Proc {
     id: String,
     cursor: Cursor,
-    /// The signal Kiln sent it, to report when it dies without an exit code.
-    signalled: Option<i32>,
     /// The size its PTY has.
     size: Option<(u16, u16)>,
 }
@@ -456,46 +508,13 @@ impl Driver {
     }
 
     fn client(&self, timeout: Option<Duration>) -> awc::Client {
-        let mut b = awc::Client::builder().disable_redirects().max_http_version(awc::http::Version::HTTP_11);
-        b = match timeout {
-            Some(t) => b.timeout(t),
-            None => b.disable_timeout(),
-        };
-        for (k, v) in &self.target.headers {
-            // Checked at launch and retarget: `add_default_header` panics on a bad one.
-            if valid_header(k, v) {
-                b = b.add_default_header((k.as_str(), v.as_str()));
-            }
-        }
-        b.finish()
+        http_client(&self.target.headers, timeout)
     }
 
-    /// One JSON call; the answer's body when it is a 2xx.
     async fn call(&self, method: &str, path: &str, body: Option<&Value>) -> Result<Value, Fail> {
-        let method = awc::http::Method::from_bytes(method.as_bytes()).map_err(|e| Fail::Other(e.to_string()))?;
-        let req = self.client(Some(HTTP_TIMEOUT)).request(method, self.url(path));
-        let sent = match body {
-            Some(b) => req.send_json(b).await,
-            None => req.send().await,
-        };
-        let mut res = sent.map_err(|e| match e {
-            // No connection was made; `Disconnected` (a connection lost while
-            // the request was on it) may have delivered it.
-            awc::error::SendRequestError::Connect(e) if !matches!(e, awc::error::ConnectError::Disconnected) => {
-                Fail::Unreached(format!("reaching sandbox-agent: {e}"))
-            }
-            e => Fail::Other(format!("reaching sandbox-agent: {e}")),
-        })?;
-        let status = res.status().as_u16();
-        let bytes = res.body().limit(16 * 1024 * 1024).await.map_err(|e| Fail::Other(format!("reading sandbox-agent's answer: {e}")))?;
-        if !(200..300).contains(&status) {
-            return Err(fail_for(status, &bytes));
-        }
-        if bytes.is_empty() {
-            return Ok(Value::Null);
-        }
-        serde_json::from_slice(&bytes).map_err(|e| Fail::Other(format!("sandbox-agent's answer is not JSON: {e}")))
+        call_at(&self.target.base_url, &self.target.headers, method, path, body).await
     }
+
 
     /// Creates the process (retrying while sandbox-agent cannot be reached), then
     /// follows it to its end.
@@ -541,9 +560,7 @@ impl Driver {
                     if since.elapsed() > GIVE_UP {
                         return (End::Lost(format!("sandbox-agent could not be reached to start the process: {e}")), None);
                     }
-                    if !self.wait(backoff.next_delay(), None).await {
-                        return (End::Lost("the terminal host is closing".into()), None);
-                    }
+                    self.wait(backoff.next_delay()).await;
                 }
             }
         };
@@ -553,7 +570,10 @@ impl Driver {
         self.ran.push(id.clone());
         let _ = std::fs::write(self.plan.state_dir.join(PROCESS_FILE), &id);
         self.sink.remote(Some(&id), false, None);
-        let mut proc_ = Proc { id, cursor: Cursor::default(), signalled: None, size: None };
+        *self.mail.signalled() = None;
+        *self.mail.current() =
+            Some(Current { base_url: self.target.base_url.clone(), headers: self.target.headers.clone(), process_id: id.clone() });
+        let mut proc_ = Proc { id, cursor: Cursor::default(), size: None };
         let initial = (self.plan.cols, self.plan.rows);
         self.resize_http(&mut proc_, self.size.unwrap_or(initial)).await;
         if agent {
@@ -564,11 +584,13 @@ impl Driver {
                 let mut inbox = self.mail.inbox();
                 inbox.bytes += text.len();
                 // Before anything typed during setup: the agent gets it first.
-                inbox.queue.push_front(text);
+                inbox.queue.push_front(Item::Input(text));
             }
         }
         let end = self.follow(&mut proc_).await;
-        (end, proc_.signalled)
+        *self.mail.current() = None;
+        let signalled = self.mail.signalled().take();
+        (end, signalled)
     }
 
     /// The newest running process that a lost create of `body` would have made
@@ -595,6 +617,10 @@ impl Driver {
     fn apply_retarget(&mut self) -> bool {
         match self.mail.take_retarget() {
             Some(to) => {
+                if let Some(c) = self.mail.current().as_mut() {
+                    c.base_url = to.base_url.clone();
+                    c.headers = to.headers.clone();
+                }
                 self.target.base_url = to.base_url;
                 self.target.headers = to.headers;
                 true
@@ -603,17 +629,33 @@ impl Driver {
         }
     }
 
-    /// Writes the queued input in order; what could not be written stays first
-    /// in the queue.
-    async fn flush_input(&self, ws: &mut Ws) -> Result<(), String> {
+    /// Writes the queued input and resizes in order; what could not be written
+    /// stays first in the queue.
+    async fn flush_input(&mut self, ws: &mut Ws, proc_: &mut Proc) -> Result<(), String> {
         loop {
-            let Some(bytes) = self.mail.inbox().queue.pop_front() else { return Ok(()) };
-            if let Err(e) = send_input(ws, &bytes).await {
-                self.mail.inbox().queue.push_front(bytes);
-                return Err(e);
+            let Some(item) = self.mail.inbox().queue.pop_front() else { return Ok(()) };
+            let sent = match &item {
+                Item::Input(bytes) => send_input(ws, bytes).await,
+                Item::Resize(cols, rows) => {
+                    self.size = Some((*cols, *rows));
+                    if proc_.size == self.size {
+                        Ok(())
+                    } else {
+                        send_resize(ws, (*cols, *rows)).await.map(|()| proc_.size = self.size)
+                    }
+                }
+            };
+            match (sent, item) {
+                (Ok(()), Item::Input(bytes)) => {
+                    let mut inbox = self.mail.inbox();
+                    inbox.bytes = inbox.bytes.saturating_sub(bytes.len());
+                }
+                (Ok(()), Item::Resize(..)) => {}
+                (Err(e), item) => {
+                    self.mail.inbox().queue.push_front(item);
+                    return Err(e);
+                }
             }
-            let mut inbox = self.mail.inbox();
-            inbox.bytes = inbox.bytes.saturating_sub(bytes.len());
         }
     }
 
@@ -642,7 +684,6 @@ impl Driver {
                     self.sink.remote(Some(&proc_.id), true, None);
                     match self.pump(proc_, ws, sse).await {
                         Pumped::Exit(code) => return self.finish(proc_, Some(code)).await,
-                        Pumped::Closed => return End::Lost("the terminal host is closing".into()),
                         Pumped::Retargeted => continue,
                         Pumped::Broken(e) => e,
                     }
@@ -675,9 +716,7 @@ impl Driver {
                 }
             }
             self.sink.remote(Some(&proc_.id), false, Some(why));
-            if !self.wait(backoff.next_delay(), Some(proc_)).await {
-                return End::Lost("the terminal host is closing".into());
-            }
+            self.wait(backoff.next_delay()).await;
         }
     }
 
@@ -718,14 +757,15 @@ impl Driver {
 
     /// Moves output to the log and input to the process until something ends it.
     async fn pump(&mut self, proc_: &mut Proc, mut ws: Ws, mut sse: awc::ClientResponse) -> Pumped {
-        // Input typed while disconnected goes first, in order.
-        if let Err(e) = self.flush_input(&mut ws).await {
-            return Pumped::Broken(e);
-        }
+        // The size the attachers asked for last, then what they typed (and
+        // resized) while disconnected, in order.
         if let Some(size) = self.size.filter(|s| proc_.size != Some(*s)) {
             if send_resize(&mut ws, size).await.is_ok() {
                 proc_.size = Some(size);
             }
+        }
+        if let Err(e) = self.flush_input(&mut ws, proc_).await {
+            return Pumped::Broken(e);
         }
         let mut parser = SseParser::new();
         let mut sse_heard = Instant::now();
@@ -769,31 +809,13 @@ impl Driver {
                     }
                 },
                 _ = self.mail.input_ready.notified() => {
-                    if let Err(e) = self.flush_input(&mut ws).await {
+                    if let Err(e) = self.flush_input(&mut ws, proc_).await {
                         return Pumped::Broken(e);
                     }
                 },
                 _ = self.mail.retargeted.notified() => {
                     let _ = ws.close().await;
                     return Pumped::Retargeted;
-                },
-                cmd = self.rx.recv() => {
-                    let Some(cmd) = cmd else { return Pumped::Closed };
-                    match cmd {
-                        Command::Resize(cols, rows) => {
-                            self.size = Some((cols, rows));
-                            if proc_.size != self.size {
-                                if let Err(e) = send_resize(&mut ws, (cols, rows)).await {
-                                    return Pumped::Broken(e);
-                                }
-                                proc_.size = self.size;
-                            }
-                        }
-                        Command::Signal(sig, reply) => {
-                            let answer = self.signal(proc_, sig).await;
-                            let _ = reply.try_send(answer);
-                        }
-                    }
                 },
                 _ = ping.tick() => {
                     if sse_heard.elapsed() > SILENCE || ws_heard.elapsed() > SILENCE {
@@ -854,44 +876,59 @@ impl Driver {
         End::Exited(code)
     }
 
-    async fn signal(&self, proc_: &mut Proc, sig: i32) -> io::Result<()> {
-        let action = match sig {
-            libc::SIGHUP | libc::SIGTERM => "stop",
-            libc::SIGKILL => "kill",
-            _ => return Err(io::Error::new(io::ErrorKind::Unsupported, format!("signal {sig} cannot be sent to a remote process"))),
-        };
-        proc_.signalled = Some(sig);
-        match self.call("POST", &format!("/v1/processes/{}/{action}?waitMs=0", proc_.id), None).await {
-            Ok(_) => Ok(()),
-            Err(e) => Err(io::Error::other(e.to_string())),
+    /// Waits `delay` (input and resizes stay queued); a retarget ends the wait
+    /// at once.
+    async fn wait(&self, delay: Duration) {
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = self.mail.retargeted.notified() => {}
         }
     }
+}
 
-    /// Waits `delay` while handling commands (input stays queued): a signal is
-    /// tried over HTTP, a retarget ends the wait at once. `false` when the host
-    /// is closing.
-    async fn wait(&mut self, delay: Duration, mut proc_: Option<&mut Proc>) -> bool {
-        let until = tokio::time::Instant::now() + delay;
-        loop {
-            tokio::select! {
-                _ = tokio::time::sleep_until(until) => return true,
-                _ = self.mail.retargeted.notified() => return true,
-                cmd = self.rx.recv() => {
-                    let Some(cmd) = cmd else { return false };
-                    match cmd {
-                        Command::Resize(cols, rows) => self.size = Some((cols, rows)),
-                        Command::Signal(sig, reply) => {
-                            let answer = match proc_.as_deref_mut() {
-                                Some(p) => self.signal(p, sig).await,
-                                None => Err(io::Error::other("no remote process yet")),
-                            };
-                            let _ = reply.try_send(answer);
-                        }
-                    }
-                }
-            }
+/// An HTTP client that sends `headers` on every request and follows no redirect
+/// (Daytona answers a refused preview token with one).
+fn http_client(headers: &[(String, String)], timeout: Option<Duration>) -> awc::Client {
+    let mut b = awc::Client::builder().disable_redirects().max_http_version(awc::http::Version::HTTP_11);
+    b = match timeout {
+        Some(t) => b.timeout(t),
+        None => b.disable_timeout(),
+    };
+    for (k, v) in headers {
+        // Checked at launch and retarget: `add_default_header` panics on a bad one.
+        if valid_header(k, v) {
+            b = b.add_default_header((k.as_str(), v.as_str()));
         }
     }
+    b.finish()
+}
+
+/// One JSON call to sandbox-agent at `base_url`; the answer's body when it is a 2xx.
+async fn call_at(base_url: &str, headers: &[(String, String)], method: &str, path: &str, body: Option<&Value>) -> Result<Value, Fail> {
+    let method = awc::http::Method::from_bytes(method.as_bytes()).map_err(|e| Fail::Other(e.to_string()))?;
+    let url = format!("{}{path}", base_url.trim_end_matches('/'));
+    let req = http_client(headers, Some(HTTP_TIMEOUT)).request(method, url);
+    let sent = match body {
+        Some(b) => req.send_json(b).await,
+        None => req.send().await,
+    };
+    let mut res = sent.map_err(|e| match e {
+        // No connection was made; `Disconnected` (a connection lost while
+        // the request was on it) may have delivered it.
+        awc::error::SendRequestError::Connect(e) if !matches!(e, awc::error::ConnectError::Disconnected) => {
+            Fail::Unreached(format!("reaching sandbox-agent: {e}"))
+        }
+        e => Fail::Other(format!("reaching sandbox-agent: {e}")),
+    })?;
+    let status = res.status().as_u16();
+    let bytes = res.body().limit(16 * 1024 * 1024).await.map_err(|e| Fail::Other(format!("reading sandbox-agent's answer: {e}")))?;
+    if !(200..300).contains(&status) {
+        return Err(fail_for(status, &bytes));
+    }
+    if bytes.is_empty() {
+        return Ok(Value::Null);
+    }
+    serde_json::from_slice(&bytes).map_err(|e| Fail::Other(format!("sandbox-agent's answer is not JSON: {e}")))
 }
 
 async fn send_input(ws: &mut Ws, bytes: &[u8]) -> Result<(), String> {

@@ -440,8 +440,8 @@ fn setup_failures_and_missing_programs_end_as_locally() {
     client::launch(&opts, &spec, BIN).unwrap();
     let err = client::retarget(&dir, &target(&sa.url(), &[])).unwrap_err();
     assert!(err.to_string().contains("not a remote host"), "{err}");
-    let s = status(&dir);
-    assert!(s.running && s.remote.is_none() && s.agent_pid.is_some(), "{s:?}");
+    let s = wait_for("the local agent started", || Some(status(&dir)).filter(|s| s.agent_pid.is_some()));
+    assert!(s.running && s.remote.is_none(), "{s:?}");
     client::signal(&dir, libc::SIGKILL).unwrap();
     wait_exit(&dir);
 }
