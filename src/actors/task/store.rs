@@ -186,29 +186,29 @@ pub(super) fn claim_reaction(
     outcome: &str,
     now: i64,
 ) -> QueryResult<Option<(i32, Vec<String>)>> {
-    use crate::db::schema::task_reactions as r;
-    let seen: Vec<String> = r::table
-        .filter(r::task_id.eq(task))
-        .filter(r::cause.eq(cause))
-        .filter(r::cause_key.eq_any(keys))
-        .select(r::cause_key)
+    use crate::db::schema::task_reactions;
+    let seen: Vec<String> = task_reactions::table
+        .filter(task_reactions::task_id.eq(task))
+        .filter(task_reactions::cause.eq(cause))
+        .filter(task_reactions::cause_key.eq_any(keys))
+        .select(task_reactions::cause_key)
         .load(conn)?;
     let fresh: Vec<String> = keys.iter().filter(|k| !seen.contains(k)).cloned().collect();
     if fresh.is_empty() {
         return Ok(None);
     }
     let last: Option<i32> =
-        r::table.filter(r::task_id.eq(task)).filter(r::cause.eq(cause)).select(diesel::dsl::max(r::attempt)).first(conn)?;
+        task_reactions::table.filter(task_reactions::task_id.eq(task)).filter(task_reactions::cause.eq(cause)).select(diesel::dsl::max(task_reactions::attempt)).first(conn)?;
     let attempt = last.unwrap_or(0) + 1;
     for key in &fresh {
-        diesel::insert_into(r::table)
+        diesel::insert_into(task_reactions::table)
             .values((
-                r::task_id.eq(task),
-                r::cause.eq(cause),
-                r::cause_key.eq(key),
-                r::attempt.eq(attempt),
-                r::outcome.eq(outcome),
-                r::fired_at.eq(now),
+                task_reactions::task_id.eq(task),
+                task_reactions::cause.eq(cause),
+                task_reactions::cause_key.eq(key),
+                task_reactions::attempt.eq(attempt),
+                task_reactions::outcome.eq(outcome),
+                task_reactions::fired_at.eq(now),
             ))
             .execute(conn)?;
     }
@@ -217,9 +217,9 @@ pub(super) fn claim_reaction(
 
 /// Records how a claimed firing ended.
 pub(super) fn settle_reaction(conn: &mut SqliteConnection, task: &str, cause: &str, attempt: i32, outcome: &str) -> QueryResult<()> {
-    use crate::db::schema::task_reactions as r;
-    diesel::update(r::table.filter(r::task_id.eq(task)).filter(r::cause.eq(cause)).filter(r::attempt.eq(attempt)))
-        .set(r::outcome.eq(outcome))
+    use crate::db::schema::task_reactions;
+    diesel::update(task_reactions::table.filter(task_reactions::task_id.eq(task)).filter(task_reactions::cause.eq(cause)).filter(task_reactions::attempt.eq(attempt)))
+        .set(task_reactions::outcome.eq(outcome))
         .execute(conn)
         .map(|_| ())
 }
