@@ -12,7 +12,8 @@ use crate::common::*;
 use crate::fake_github::FakeGithub;
 use crate::git_lifecycle::bare_origin;
 
-const WAIT: Duration = Duration::from_secs(40);
+/// Generous: the machine may be busy; every wait polls for its condition.
+const WAIT: Duration = Duration::from_secs(90);
 const FULL: &str = "acme/app";
 
 struct Setup {
@@ -127,7 +128,7 @@ async fn ci_failed_hands_each_failure_over_once_says_when_it_repeats_then_escala
     assert_eq!(act(&s.c, &id, "push", json!({"commit": "fix 1"})).await.status, 200);
     let head = git(&worktree, &["rev-parse", "HEAD"]);
     gh.add_failed_check_run(FULL, &head, "tests", "1 test failed", "still broken\n", &[]);
-    term.expect("failed before on an earlier head (1 time)").await;
+    term.until(WAIT, "failed before on an earlier head (1 time)", |t| t.text().contains("failed before on an earlier head (1 time)")).await;
     let second = wait_fired(&s.c, &id, "reaction.fired", "ci_failed", 2).await;
     assert_eq!(second[1]["data"]["attempt"], 2);
     assert_eq!(second[1]["data"]["checks"][0]["failed_before"], 1);
@@ -197,7 +198,7 @@ async fn review_comments_reach_the_agent_as_one_message_with_bots_kept_apart() {
 
     // A new human comment is a new firing carrying only itself.
     gh.add_review_comment(FULL, pr, "bob", "feature.txt", 1, hunk, "One more thing.", None);
-    term.expect("One more thing.").await;
+    term.until(WAIT, "One more thing.", |t| t.text().contains("One more thing.")).await;
     let again = wait_fired(&s.c, &id, "reaction.fired", "changes_requested", 2).await;
     assert_eq!((again[1]["data"]["attempt"].as_i64(), again[1]["data"]["comments"].as_i64()), (Some(2), Some(1)));
     assert_eq!(term.text().matches("Say what work.").count(), shown, "an old comment is not sent again");
@@ -253,7 +254,7 @@ async fn an_agent_stuck_is_said_once_per_quiet_spell() {
     // Output starts a new spell, which is said again when it lasts.
     let mut term = Term::open(&s.c, "default", &id, 0).await;
     term.send(b"hello\r").await;
-    term.expect("echo: hello").await;
+    term.until(WAIT, "echo: hello", |t| t.text().contains("echo: hello")).await;
     let second = wait_fired(&s.c, &id, "reaction.fired", "agent_stuck", 2).await;
     assert_eq!(second[1]["data"]["attempt"], 2);
 

@@ -92,7 +92,7 @@ async fn react(kiln: &Kiln, org: &str, repo: &Repo, gh: Option<&GitHub>, f: &PrF
     let ci = settings.ci_failed_reaction();
     if ci.enabled && pr.ci_state.as_deref() == Some("failure") && !f.failed.is_empty() {
         let keys: Vec<String> = f.failed.iter().map(|c| check_key(c, &pr.head_sha)).collect();
-        if let Some(fresh) = r.fresh("ci_failed", &keys) {
+        if let Some(fresh) = r.fresh("ci_failed", &keys).filter(|_| !r.spent("ci_failed", ci.max_attempts)) {
             let checks: Vec<&FailedCheck> = f.failed.iter().filter(|c| fresh.contains(&check_key(c, &pr.head_sha))).collect();
             let mut annotations = Vec::new();
             for c in &checks {
@@ -124,9 +124,9 @@ async fn react(kiln: &Kiln, org: &str, repo: &Repo, gh: Option<&GitHub>, f: &PrF
         }
         let items = review_items(f.reviews.as_ref(), f.comments.as_ref(), |login| settings.is_bot(login) == bots);
         let keys: Vec<String> = items.iter().map(|i| i.key.clone()).collect();
-        if let Some(fresh) = r.fresh(cause, &keys) {
+        let max = if bots { reactions.bot_comments.max_attempts } else { reactions.changes_requested.max_attempts };
+        if let Some(fresh) = r.fresh(cause, &keys).filter(|_| !r.spent(cause, max)) {
             let new: Vec<&ReviewItem> = items.iter().filter(|i| fresh.contains(&i.key)).collect();
-            let max = if bots { reactions.bot_comments.max_attempts } else { reactions.changes_requested.max_attempts };
             let text = review_message(pr.number, &new, bots);
             let authors: BTreeSet<&str> = new.iter().map(|i| i.author.as_str()).collect();
             let files: BTreeSet<&str> = new.iter().filter_map(|i| i.path.as_deref()).collect();
@@ -138,7 +138,7 @@ async fn react(kiln: &Kiln, org: &str, repo: &Repo, gh: Option<&GitHub>, f: &PrF
     let conflict = &reactions.merge_conflict;
     if conflict.enabled && pr.mergeable == Some(false) {
         let keys = vec![format!("conflict@{}", pr.head_sha)];
-        if let Some(fresh) = r.fresh("merge_conflict", &keys) {
+        if let Some(fresh) = r.fresh("merge_conflict", &keys).filter(|_| !r.spent("merge_conflict", conflict.max_attempts)) {
             merge_conflict(&r, repo, f, fresh, conflict.auto_sync, conflict.max_attempts).await?;
         }
     }
@@ -190,6 +190,12 @@ impl Reactor<'_> {
         let attempts: BTreeSet<i32> =
             self.rows.iter().filter(|r| r.cause == cause && r.cause_key != "escalated").map(|r| r.attempt).collect();
         attempts.len()
+    }
+
+    /// Past its bound and escalated already: nothing more to do (or to read
+    /// from GitHub and git) for this cause.
+    fn spent(&self, cause: &str, max: u32) -> bool {
+        self.attempts(cause) >= max as usize && self.rows.iter().any(|r| r.cause == cause && r.cause_key == "escalated")
     }
 
     fn next_attempt(&self, cause: &str) -> usize {
