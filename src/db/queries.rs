@@ -256,6 +256,21 @@ pub fn task_runtime(conn: &mut SqliteConnection, task_id: &str) -> QueryResult<O
         .optional()
 }
 
+/// A task's reactions, newest first (at most `limit`).
+pub fn task_reactions(conn: &mut SqliteConnection, task_id: &str, limit: i64) -> QueryResult<Vec<TaskReaction>> {
+    task_reactions::table
+        .filter(task_reactions::task_id.eq(task_id))
+        .order((task_reactions::fired_at.desc(), task_reactions::attempt.desc(), task_reactions::cause_key.asc()))
+        .limit(limit)
+        .select(TaskReaction::as_select())
+        .load(conn)
+}
+
+/// Every reaction row of a task (what has fired already, for dedupe).
+pub fn all_task_reactions(conn: &mut SqliteConnection, task_id: &str) -> QueryResult<Vec<TaskReaction>> {
+    task_reactions::table.filter(task_reactions::task_id.eq(task_id)).select(TaskReaction::as_select()).load(conn)
+}
+
 /// The newest sandbox of a task, if it ever had one.
 pub fn task_sandbox(conn: &mut SqliteConnection, task_id: &str) -> QueryResult<Option<SandboxInstance>> {
     sandbox_instances::table

@@ -170,9 +170,45 @@ pub async fn put_settings(
     if settings.automation.on_ci_failure.max_attempts > 20 {
         return Err(AppError::invalid("invalid_settings", "automation.on_ci_failure.max_attempts must be at most 20"));
     }
+    check_reactions(&settings.reactions)?;
     let repo = kiln.repository(&org, &name).send(SetRepoSettings { settings }).await??;
     kiln.repo_pollers(&org, &name);
     Ok(HttpResponse::Ok().json(repo))
+}
+
+/// `settings.reactions` within its bounds (docs/git.md, "Reactions").
+fn check_reactions(r: &crate::db::models::Reactions) -> AppResult<()> {
+    let bad = |m: String| Err(AppError::invalid("invalid_settings", m));
+    for (name, max) in [
+        ("ci_failed", r.ci_failed.max_attempts),
+        ("changes_requested", r.changes_requested.max_attempts),
+        ("bot_comments", r.bot_comments.max_attempts),
+        ("merge_conflict", r.merge_conflict.max_attempts),
+    ] {
+        if max > 20 {
+            return bad(format!("reactions.{name}.max_attempts must be at most 20"));
+        }
+    }
+    if r.bot_logins.len() > 50 {
+        return bad("reactions.bot_logins holds at most 50 logins".into());
+    }
+    for login in &r.bot_logins {
+        let ok = (1..=100).contains(&login.len()) && login.chars().all(|c| c.is_ascii_alphanumeric() || "-_.[]".contains(c));
+        if !ok {
+            return bad(format!("reactions.bot_logins: `{}` is not a GitHub login", validate::truncate(login, 40)));
+        }
+    }
+    const MONTH: u64 = 30 * 24 * 3600;
+    let stuck = &r.agent_stuck;
+    for (name, secs) in [("silent_secs", stuck.silent_secs), ("idle_without_pr_secs", stuck.idle_without_pr_secs)] {
+        if !(1..=MONTH).contains(&secs) {
+            return bad(format!("reactions.agent_stuck.{name} must be from 1 to {MONTH} seconds"));
+        }
+    }
+    if !["squash", "merge", "rebase"].contains(&r.approved_and_green.method.as_str()) {
+        return bad("reactions.approved_and_green.method must be squash, merge or rebase".into());
+    }
+    Ok(())
 }
 
 /// The branch snapshot the BranchSyncPoller keeps.

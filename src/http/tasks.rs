@@ -68,6 +68,10 @@ pub struct TaskDetail {
     pull_request: Option<PullRequestView>,
     /// Its ACP sessions, oldest first.
     sessions: Vec<TaskSession>,
+    /// What Kiln reacted to on its own (docs/git.md, "Reactions"), newest
+    /// first, the last 50 rows: one per cause key, the keys of one firing
+    /// sharing its `attempt`.
+    reactions: Vec<crate::db::models::TaskReaction>,
 }
 
 /// A task's pull request with its head's latest checks.
@@ -271,7 +275,7 @@ pub async fn get(kiln: web::Data<Kiln>, caller: Caller, path: web::Path<(String,
     caller.require_org(&org)?;
     let (task, repo) = task_or_404(&kiln, &org, &id).await?;
     let (task_id, repo_id, branch) = (task.id.clone(), task.repo_id, task.branch.clone());
-    let (runtime, sandbox, pull_request, sessions) = kiln
+    let (runtime, sandbox, pull_request, sessions, reactions) = kiln
         .db
         .read(move |c| {
             Ok((
@@ -279,13 +283,14 @@ pub async fn get(kiln: web::Data<Kiln>, caller: Caller, path: web::Path<(String,
                 queries::task_sandbox(c, &task_id)?,
                 queries::task_pull_request(c, repo_id, &branch)?,
                 queries::task_sessions(c, &task_id)?,
+                queries::task_reactions(c, &task_id, 50)?,
             ))
         })
         .await?;
     // Where the sandbox lives on the server is the admin's business only.
     let sandbox = sandbox.map(|s| SandboxInstance { path: s.path.filter(|_| caller == Caller::Admin), ..s });
     let pull_request = pull_request.map(PullRequestView::from);
-    Ok(HttpResponse::Ok().json(TaskDetail { task: TaskView { task, repo }, runtime, sandbox, pull_request, sessions }))
+    Ok(HttpResponse::Ok().json(TaskDetail { task: TaskView { task, repo }, runtime, sandbox, pull_request, sessions, reactions }))
 }
 
 /// `POST …/tasks/{task}/{action}`: runs the action through the task's actor.

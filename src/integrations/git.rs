@@ -756,6 +756,22 @@ pub fn merge_in_bare(mirror: &Path, base_rev: &str, branch_rev: &str, squash: bo
     Ok(Integration::Clean(run_env(mirror, &args, &env)?))
 }
 
+/// The files that would conflict merging `branch_rev` into `base_rev`, from
+/// `git merge-tree --write-tree --name-only` in a bare repository: nothing is
+/// written but loose objects. Empty when they merge cleanly.
+pub fn merge_conflicts(mirror: &Path, base_rev: &str, branch_rev: &str) -> Result<Vec<String>, GitError> {
+    let out = git_in(mirror)?
+        .0
+        .args(["merge-tree", "--write-tree", "--name-only", "--no-messages", base_rev, branch_rev])
+        .output()
+        .map_err(spawn_error)?;
+    match out.status.code() {
+        Some(0) => Ok(Vec::new()),
+        Some(1) => Ok(String::from_utf8_lossy(&out.stdout).lines().skip(1).take_while(|l| !l.is_empty()).map(str::to_string).collect()),
+        _ => Err(failure("merge-tree", out.status, &out.stderr, &[])),
+    }
+}
+
 /// Pushes a commit to `refs/heads/<branch>` on origin (no force).
 pub fn push_commit(mirror: &Path, commit: &str, branch: &str, origin: &Origin) -> Result<(), GitError> {
     let refspec = format!("{commit}:refs/heads/{branch}");

@@ -27,6 +27,7 @@ mod lifecycle;
 mod migrations;
 mod openapi;
 mod remote_terminal;
+mod reactions;
 mod restart;
 mod sandbox_agent;
 mod sandboxes;

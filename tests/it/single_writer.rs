@@ -16,6 +16,7 @@ const OWNERS: &[(&str, &str)] = &[
     ("tasks", "src/actors/task/store.rs"),
     ("task_runtime", "src/actors/task/store.rs"),
     ("task_sessions", "src/actors/task/store.rs"),
+    ("task_reactions", "src/actors/task/store.rs"),
     ("sandbox_instances", "src/actors/sandbox/store.rs"),
     ("events", "src/actors/history/store.rs"),
 ];

@@ -109,6 +109,8 @@ pub struct PrPlan {
     pub repo_id: i32,
     /// Branches of tasks that are not finished: their PRs get CI and reviews read.
     pub task_branches: Vec<String>,
+    /// Read those PRs' review comments too (a review reaction is on).
+    pub review_comments: bool,
 }
 
 /// One pull request as the PrSyncPoller saw it.
@@ -116,6 +118,10 @@ pub struct PrPlan {
 pub struct PrObservation {
     pub row: crate::db::models::PullRequest,
     pub failed_checks: Vec<crate::integrations::github::FailedCheck>,
+    /// The reviews as GitHub answers them (open task PRs only).
+    pub reviews: Option<serde_json::Value>,
+    /// The review comments, when the plan asked for them.
+    pub review_comments: Option<serde_json::Value>,
 }
 
 /// The PrSyncPoller's findings: every pull request of the repository.
@@ -472,7 +478,9 @@ impl Handler<PlanPrPoll> for RepositoryActor {
             let Ok(Some((github, _))) = crate::actors::task::git_ops::github_client(&kiln, &org, &repo).await else { return Ok(None) };
             let repo_id = repo.id;
             let task_branches = kiln.db.read(move |c| queries::active_task_branches(c, repo_id)).await?.into_iter().map(|(_, b, _)| b).collect();
-            Ok(Some(PrPlan { github, repo_id, task_branches }))
+            let reactions = repo.settings().reactions;
+            let review_comments = reactions.changes_requested.enabled || reactions.bot_comments.enabled;
+            Ok(Some(PrPlan { github, repo_id, task_branches, review_comments }))
         })
     }
 }
@@ -487,7 +495,7 @@ impl Handler<PullRequestsObserved> for RepositoryActor {
 }
 
 /// Stores what the PR poller saw, with events for task PRs that changed, and the
-/// automation that follows: archive on an outside merge, CI failures to the agent.
+/// automation that follows: archive on an outside merge, then the reactions.
 async fn apply_pulls(kiln: Kiln, org: String, name: String, pulls: Vec<PrObservation>) -> AppResult<()> {
     let (o, n) = (org.clone(), name.clone());
     let Some(repo) = kiln.db.read(move |c| queries::repo_by_name(c, &o, &n)).await? else { return Ok(()) };
@@ -514,13 +522,13 @@ async fn apply_pulls(kiln: Kiln, org: String, name: String, pulls: Vec<PrObserva
             Some(old) if old.state != row.state && row.state == "merged" => {
                 events.push(event("pr.merged", base.clone()));
                 if settings.automation.archive_on_external_merge {
-                    follow_ups.push((task_id.clone(), None));
+                    follow_ups.push(task_id.clone());
                 }
             }
             Some(old) if old.state != row.state && row.state == "closed" => {
                 events.push(event("pr.closed", base.clone()));
                 if settings.automation.archive_on_external_merge {
-                    follow_ups.push((task_id.clone(), None));
+                    follow_ups.push(task_id.clone());
                 }
             }
             _ => {}
@@ -530,9 +538,6 @@ async fn apply_pulls(kiln: Kiln, org: String, name: String, pulls: Vec<PrObserva
         // A failure on a new head is a new failure, even if the last head failed too.
         if row.ci_state.is_some() && (row.ci_state != old_ci || new_head) {
             events.push(event("pr.ci_changed", json!({"number": row.number, "from": old_ci, "to": row.ci_state, "failed": obs.failed_checks})));
-            if row.ci_state.as_deref() == Some("failure") && settings.automation.on_ci_failure.enabled {
-                follow_ups.push((task_id.clone(), Some(obs.failed_checks.clone())));
-            }
         }
         // The list itself, so a page shows each check as it moves without asking again.
         let old_checks = old.as_ref().filter(|_| !new_head).and_then(|o| o.checks.clone());
@@ -546,28 +551,47 @@ async fn apply_pulls(kiln: Kiln, org: String, name: String, pulls: Vec<PrObserva
         }
     }
     kiln.emit(&org, events).await?;
+    // The reactions (docs/git.md): open PRs of tasks with a live agent.
+    let reacting: Vec<crate::actors::task::reactions::PrFacts> = if crate::actors::task::reactions::any_pr_reaction(&settings) {
+        pulls
+            .iter()
+            .filter(|p| p.row.state == "open")
+            .filter_map(|p| {
+                let (task_id, status) = tasks.get(&p.row.head_ref)?;
+                matches!(status.as_str(), "running" | "idle").then(|| crate::actors::task::reactions::PrFacts {
+                    task: task_id.clone(),
+                    branch: p.row.head_ref.clone(),
+                    base: p.row.base_ref.clone(),
+                    pr: p.row.clone(),
+                    failed: p.failed_checks.clone(),
+                    reviews: p.reviews.clone(),
+                    comments: p.review_comments.clone(),
+                })
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
     // Tasks hear about it after the rows and events are written; never for PRs
     // that belong to no task. Sent from a task of their own, so this actor never
     // waits on a TaskActor that may itself be waiting on this actor (pr, merge).
-    let max = settings.automation.on_ci_failure.max_attempts;
-    actix::spawn(notify_tasks(kiln, org, name, follow_ups, max));
+    actix::spawn(async move {
+        notify_tasks(kiln.clone(), org.clone(), name, follow_ups).await;
+        if !reacting.is_empty() {
+            crate::actors::task::reactions::after_pr_poll(kiln, org, repo, reacting).await;
+        }
+    });
     Ok(())
 }
 
-async fn notify_tasks(kiln: Kiln, org: String, name: String, follow_ups: Vec<(String, Option<Vec<crate::integrations::github::FailedCheck>>)>, max: u32) {
-    for (task_id, failed) in follow_ups {
-        let handle = kiln.task(&org, &name, &task_id);
-        let result = match failed {
-            None => handle
-                .send(crate::actors::task::ApplyAction {
-                    input: crate::actors::task::state::TaskInput::Archive,
-                    text: None,
-                    git: Default::default(),
-                })
-                .await
-                .map(|r| r.map(|_| ())),
-            Some(checks) => handle.send(crate::actors::task::CiFailed { checks, max_attempts: max }).await,
+async fn notify_tasks(kiln: Kiln, org: String, name: String, follow_ups: Vec<String>) {
+    for task_id in follow_ups {
+        let archive = crate::actors::task::ApplyAction {
+            input: crate::actors::task::state::TaskInput::Archive,
+            text: None,
+            git: Default::default(),
         };
+        let result = kiln.task(&org, &name, &task_id).send(archive).await.map(|r| r.map(|_| ()));
         if let Ok(Err(e)) | Err(e) = result.map_err(AppError::from) {
             log::warn!("follow-up for task {task_id} failed: {e}");
         }
