@@ -416,10 +416,33 @@ impl DaytonaProvider {
     }
 }
 
-/// Makes the sandbox and everything in it, reporting each step; on an error
-/// after the sandbox exists, deletes it (a fresh clone holds no work).
+/// Makes the sandbox and everything in it, then the agent's terminal.
 async fn provision(db: Db, req: CreateSandbox, handle: SandboxHandle) -> ProviderResult<Created> {
     let (settings, client) = profile(&db, &req.org).await?;
+    let (record, endpoint) = provision_sandbox(&client, &settings, &req, &handle).await?;
+    report(&req.progress, "setup", 85, Some(format!("{} setup command(s)", req.setup.len())));
+    if let Err(e) = start_terminal(&handle, &endpoint, &req.setup, &req.launch) {
+        // Nothing of the user's is in it yet: delete it, and wait until it is gone.
+        if let Err(e) = client.delete_and_wait(&record.id, DESTROY_TIMEOUT).await {
+            log::warn!("task {}: removing the sandbox {} failed: {e}", req.task, record.id);
+        }
+        return Err(e);
+    }
+    report(&req.progress, "ready", 100, None);
+    Ok(Created { handle, copy: Default::default() })
+}
+
+/// Creates the task's sandbox (labelled, with the agent's env, the profile's
+/// resources), waits until it is started, clones the task branch and starts
+/// sandbox-agent behind its preview URL, reporting each step; records it in
+/// the handle's state dir. On an error after the sandbox exists it is deleted
+/// (a fresh clone holds no work).
+pub async fn provision_sandbox(
+    client: &DaytonaClient,
+    settings: &DaytonaSettings,
+    req: &CreateSandbox,
+    handle: &SandboxHandle,
+) -> ProviderResult<(SandboxRecord, AgentEndpoint)> {
     let origin = req.origin.clone().ok_or_else(|| remote_source_required(&req.repo))?;
     report(&req.progress, "creating", 5, None);
     let labels = BTreeMap::from([
@@ -442,7 +465,7 @@ async fn provision(db: Db, req: CreateSandbox, handle: SandboxHandle) -> Provide
         report(&req.progress, "cloning", 40, None);
         let home = client.user_home_dir(&tb).await?;
         let checkout = format!("{}/{}", home.trim_end_matches('/'), req.repo);
-        clone_repo(&client, &tb, &origin, &checkout, &req.branch, &req.base_branch).await?;
+        clone_repo(client, &tb, &origin, &checkout, &req.branch, &req.base_branch).await?;
         let record = SandboxRecord {
             id: id.clone(),
             name: name.clone(),
@@ -454,15 +477,11 @@ async fn provision(db: Db, req: CreateSandbox, handle: SandboxHandle) -> Provide
         let r = record.clone();
         blocking(move || Ok(write_record(&state_dir, &r))).await?.map_err(|e| io_error("recording the sandbox", e))?;
         report(&req.progress, "starting_agent", 70, None);
-        let endpoint = start_agent_server(&client, &tb, &settings.agent_bin, &record).await?;
-        report(&req.progress, "setup", 85, Some(format!("{} setup command(s)", req.setup.len())));
-        start_terminal(&handle, &endpoint, &req.setup, &req.launch)?;
-        report(&req.progress, "ready", 100, None);
-        Ok(Created { handle: handle.clone(), copy: Default::default() })
+        let endpoint = start_agent_server(client, &tb, &settings.agent_bin, &record).await?;
+        Ok((record, endpoint))
     }
     .await;
     if result.is_err() {
-        // Nothing of the user's is in it yet: delete it, and wait until it is gone.
         if let Err(e) = client.delete_and_wait(&id, DESTROY_TIMEOUT).await {
             log::warn!("task {}: removing the failed sandbox {id} failed: {e}", req.task);
         }
@@ -497,8 +516,16 @@ async fn ensure_started(client: &DaytonaClient, sandbox: Sandbox) -> ProviderRes
 }
 
 async fn destroy(db: Db, locks: MirrorLocks, org: String, req: DestroySandbox) -> ProviderResult<Destroyed> {
-    let started = Instant::now();
     let (_, client) = profile(&db, &org).await?;
+    destroy_sandbox(&client, &locks, req).await
+}
+
+/// Saves the sandbox's work into the mirror (`save_work`) and deletes the
+/// sandbox, polling until it is gone. If saving fails the sandbox is stopped,
+/// not deleted, and the error says so (`409 snapshot_failed`).
+pub async fn destroy_sandbox(client: &DaytonaClient, locks: &MirrorLocks, req: DestroySandbox) -> ProviderResult<Destroyed> {
+    let started = Instant::now();
+    let client = client.clone();
     let task = req.handle.id.clone();
     let (found, record) = find(&client, &req.handle.state_dir, &task).await?;
     let stop = AgentStop { how: "not_running", leftovers: 0, containment: "sandbox", ms: 0 };
@@ -513,7 +540,7 @@ async fn destroy(db: Db, locks: MirrorLocks, org: String, req: DestroySandbox) -
             let tb = sandbox.toolbox()?;
             // The agent's server first: nothing writes while the work is saved.
             let _ = client.delete_session(&tb, AGENT_SESSION).await;
-            save_work(&client, &tb, record, &task, &req.handle.mirror, &req.snapshot_ref, &locks).await
+            save_work(&client, &tb, record, &task, &req.handle.mirror, &req.snapshot_ref, locks).await
         }
         .await;
         match saved {
@@ -540,6 +567,13 @@ async fn destroy(db: Db, locks: MirrorLocks, org: String, req: DestroySandbox) -
 
 async fn health(db: Db, org: String, handle: SandboxHandle) -> ProviderResult<SandboxHealth> {
     let (_, client) = profile(&db, &org).await?;
+    sandbox_health(&client, handle).await
+}
+
+/// The sandbox as Daytona and its sandbox-agent say now: gone or failed (with
+/// Daytona's reason), stopped, or started with sandbox-agent answering or not.
+pub async fn sandbox_health(client: &DaytonaClient, handle: SandboxHandle) -> ProviderResult<SandboxHealth> {
+    let client = client.clone();
     let (found, record) = find(&client, &handle.state_dir, &handle.id).await?;
     let state_dir = handle.state_dir.clone();
     // The agent's terminal host is local (remote mode): its status as for worktrees.
@@ -585,6 +619,14 @@ async fn health(db: Db, org: String, handle: SandboxHandle) -> ProviderResult<Sa
 
 async fn ensure_agent(db: Db, org: String, req: EnsureAgent) -> ProviderResult<AgentEndpoint> {
     let (settings, client) = profile(&db, &org).await?;
+    ensure_agent_server(&client, &settings, req.handle).await
+}
+
+/// sandbox-agent's endpoint through a fresh preview URL (its token changes when
+/// the sandbox restarts), starting the sandbox and the server again if needed.
+pub async fn ensure_agent_server(client: &DaytonaClient, settings: &DaytonaSettings, handle: SandboxHandle) -> ProviderResult<AgentEndpoint> {
+    let req = EnsureAgent { handle, bin: PathBuf::new(), env: Vec::new() };
+    let client = client.clone();
     let (found, record) = find(&client, &req.handle.state_dir, &req.handle.id).await?;
     let record = record.ok_or_else(|| AppError::conflict("sandbox_missing", "this task has no Daytona sandbox on record"))?;
     let sandbox = found.filter(|s| !s.is_gone()).ok_or_else(|| {

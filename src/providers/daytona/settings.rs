@@ -11,7 +11,7 @@
 //! | `disk` | integer, GB | 1-1024 | Daytona's default |
 //! | `target` | region name | 1-64 of `a-z A-Z 0-9 - _` | Daytona's default |
 //! | `auto_stop_minutes` | integer | 0-10080 (0: never) | 30 |
-//! | `agent_bin` | program | 1-200 of `a-z A-Z 0-9 / . _ + -` | `sandbox-agent` (on the sandbox's `PATH`) |
+//! | `agent_bin` | program | 1-200 of `a-z A-Z 0-9 / . _ + - @` | `sandbox-agent` (on the sandbox's `PATH`) |
 //! | `agent_port` | port | 1-65535 (Daytona previews 3000-9999) | [`DEFAULT_AGENT_PORT`] |
 //!
 //! Numbers are taken as JSON numbers or as digit strings (the CLI's `--setting
@@ -69,7 +69,7 @@ pub fn validate_config(config: &Map<String, Value>) -> Result<Map<String, Value>
             "memory" => Value::from(number(key, value, 1, 256)?),
             "disk" => Value::from(number(key, value, 1, 1024)?),
             "auto_stop_minutes" => Value::from(number(key, value, 0, 10_080)?),
-            "agent_bin" => Value::String(text(key, value, 200, |c| c.is_ascii_alphanumeric() || "/._+-".contains(c))?),
+            "agent_bin" => Value::String(text(key, value, 200, |c| c.is_ascii_alphanumeric() || "/._+-@".contains(c))?),
             "agent_port" => Value::from(number(key, value, 1, 65_535)?),
             other => {
                 return Err(invalid(format!(
