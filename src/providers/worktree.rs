@@ -135,6 +135,7 @@ impl WorktreeProvider {
             argv: launch.argv.clone(),
             confine: None,
             cgroup: self.terminal.cgroup,
+            remote: None,
         }
     }
 }

@@ -26,6 +26,7 @@ mod isolation;
 mod lifecycle;
 mod migrations;
 mod openapi;
+mod remote_terminal;
 mod restart;
 mod sandbox_agent;
 mod sandboxes;
