@@ -303,7 +303,7 @@ async fn daytona_server(fake: &FakeDaytona, remote: &Remote, key: &str) -> (Serv
 }
 
 #[actix_web::test]
-async fn a_daytona_task_is_provisioned_through_the_server_then_fails_clearly_without_the_remote_terminal() {
+async fn a_daytona_task_runs_end_to_end_through_the_server_and_its_kill_keeps_the_work() {
     let fake = FakeDaytona::with_timing(fast());
     let remote = Remote::start();
     let (server, _dir) = daytona_server(&fake, &remote, &fake.key()).await;
@@ -311,13 +311,11 @@ async fn a_daytona_task_is_provisioned_through_the_server_then_fails_clearly_wit
     let created = c.create_task_with("default", json!({"repo": "app", "description": "Fix the flaky test", "provider": "daytona"})).await;
     let task = created["id"].as_str().unwrap().to_string();
     assert_eq!(created["provider"], "daytona");
-    let failed = c.wait_status("default", &task, "failed").await;
-    // The remote terminal is built apart (docs/providers.md): until it is, this is where it stops.
-    assert!(failed["status_reason"].as_str().unwrap().contains("remote terminal"), "{failed}");
+    c.wait_status("default", &task, "running").await;
 
     let events = c.events_since("default", 0).await;
     let steps: Vec<&str> = events.iter().filter(|e| e["kind"] == "sandbox.progress").map(|e| e["data"]["step"].as_str().unwrap()).collect();
-    assert_eq!(steps, ["creating", "starting", "cloning", "starting_agent", "setup"]);
+    assert_eq!(steps, ["creating", "starting", "cloning", "starting_agent", "setup", "ready"]);
     let sent = fake.creates().into_iter().find(|c| c["name"] == format!("kiln-{task}")).expect("a create");
     assert_eq!(sent["labels"], json!({"kiln/organization": "default", "kiln/repo": "app", "kiln/task": task}));
     // The agent's env: the profile's secrets less api_key, and KILN_TASK; no Kiln token.
@@ -325,8 +323,34 @@ async fn a_daytona_task_is_provisioned_through_the_server_then_fails_clearly_wit
     assert_eq!(sent["env"]["KILN_TASK"], task.as_str());
     let env = sent["env"].to_string();
     assert!(!env.contains(&fake.key()) && !env.contains(&server.token) && !env.contains(SECRET), "{env}");
-    // Nothing is left behind, and the key is in no answer, event or log.
+
+    // The same terminal route: the agent runs in the sandbox, in the checkout.
+    let mut term = crate::common::Term::open(&c, "default", &task, 0).await;
+    term.expect("fake-agent ready: Fix the flaky test").await;
+    term.send(b"write work.txt\r").await;
+    term.expect("wrote work.txt").await;
+    let id = sandbox_id(&fake, &task).await.expect("the sandbox");
+    let checkout = fake.home(&id).unwrap().join("app");
+    assert_eq!(std::fs::read_to_string(checkout.join("work.txt")).unwrap(), "agent was here\n");
+    assert_eq!(git(&checkout, &["rev-parse", "--abbrev-ref", "HEAD"]), created["branch"].as_str().unwrap());
+
+    // What needs the checkout on this machine says so.
+    for action in ["switch", "push"] {
+        let r = c.post(&format!("/v1/organizations/default/tasks/{task}/{action}"), json!({})).await;
+        assert_eq!((r.status, r.code()), (422, "not_supported_by_provider"), "{action}: {r:?}");
+    }
+
+    // Kill: the agent stopped, the work brought into the mirror, the sandbox deleted.
+    let r = c.post(&format!("/v1/organizations/default/tasks/{task}/kill"), json!({})).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let refname = format!("refs/kiln/snapshots/{task}");
+    assert_eq!(r.body["snapshot_ref"], refname.as_str(), "{r:?}");
+    let mirror = server.data_dir().join("repos/default/app.git");
+    assert_eq!(git(&mirror, &["show", &format!("{refname}:work.txt")]), "agent was here");
     assert_eq!(sandbox_id(&fake, &task).await, None);
+    let events = c.events_since("default", 0).await;
+    assert!(events.iter().any(|e| e["kind"] == "task.snapshot_saved"), "{events:?}");
+    // The key is in no answer, event or log.
     assert!(!serde_json::to_string(&events).unwrap().contains(&fake.key()));
     assert!(!server.log().contains(&fake.key()) && !server.log().contains(SECRET));
 }

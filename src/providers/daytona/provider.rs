@@ -21,6 +21,8 @@ use serde::{Deserialize, Serialize};
 use super::api::{DaytonaClient, DaytonaError, ExecMode, Execute, PreviewUrl, Sandbox, Toolbox};
 use super::settings::{DaytonaSettings, API_KEY};
 use crate::config::TerminalConfig;
+use crate::terminal::host::HostOptions;
+use crate::terminal::remote::RemoteTarget;
 use crate::db::pool::{blocking, Db};
 use crate::integrations::git::{self, MirrorLocks};
 use crate::providers::*;
@@ -97,7 +99,6 @@ pub fn shell_quote(s: &str) -> String {
 
 pub struct DaytonaProvider {
     data_dir: PathBuf,
-    #[allow(dead_code)]
     terminal: TerminalConfig,
     locks: MirrorLocks,
     db: Db,
@@ -295,15 +296,82 @@ command -v "$KILN_AGENT_BIN" >/dev/null || { echo "sandbox-agent ($KILN_AGENT_BI
     })
 }
 
-/// Starts the agent's terminal in the sandbox: a local terminal host in remote
-/// mode, bridged to sandbox-agent's process PTY (built apart, in the remote
-/// terminal work). Until that lands this is a clear error, so a Daytona task
-/// fails at this step with its sandbox removed.
-fn start_terminal(_handle: &SandboxHandle, _endpoint: &AgentEndpoint, _setup: &[String], _launch: &LaunchSpec) -> ProviderResult<()> {
-    Err(AppError::invalid(
-        "daytona_terminal_unavailable",
-        "the sandbox is ready, but this server cannot run an agent's terminal in a Daytona sandbox yet (the remote terminal is not built): use the worktree provider",
-    ))
+/// How the terminal host reaches the agent's process: sandbox-agent behind the
+/// preview URL (its bearer token and the preview token on every request), in
+/// the checkout, with the launch's env (the sandbox has it too, from create).
+fn remote_target(endpoint: &AgentEndpoint, record: &SandboxRecord, env: &[(String, String)]) -> RemoteTarget {
+    let mut headers = endpoint.headers.clone();
+    headers.push(("Authorization".to_string(), format!("Bearer {}", endpoint.token)));
+    RemoteTarget {
+        base_url: endpoint.url.trim_end_matches('/').to_string(),
+        headers,
+        cwd: record.checkout.clone(),
+        env: env.iter().filter(|(k, _)| k != API_KEY).cloned().collect(),
+    }
+}
+
+/// Starts the agent's terminal: a terminal host on this machine in remote mode
+/// (it keeps the log, offsets and attachers as for a worktree), running the
+/// setup commands and then the agent as PTY processes of sandbox-agent in the
+/// sandbox. Blocking: on the blocking pool.
+fn start_terminal(
+    terminal: &TerminalConfig,
+    handle: &SandboxHandle,
+    target: RemoteTarget,
+    setup: Vec<String>,
+    launch: &LaunchSpec,
+) -> ProviderResult<()> {
+    let opts = HostOptions {
+        state_dir: handle.state_dir.clone(),
+        cwd: PathBuf::from(&target.cwd),
+        log_max_bytes: terminal.log_max_bytes,
+        cols: terminal.cols,
+        rows: terminal.rows,
+        setup,
+        argv: launch.argv.clone(),
+        confine: None,
+        cgroup: false,
+        remote: Some(target),
+    };
+    crate::terminal::client::launch(&opts, launch, &terminal.host_program).map_err(|e| io_error("starting the terminal host", e))
+}
+
+/// Stops the agent through its terminal host (SIGHUP, then SIGKILL after
+/// `grace`: the host maps them to sandbox-agent's stop and kill), then the
+/// host itself. Blocking.
+fn stop_agent(state_dir: &Path, grace: Duration) -> AgentStop {
+    use crate::terminal::client;
+    let started = Instant::now();
+    let running = |dir: &Path| client::status(dir).is_ok_and(|s| s.running);
+    let wait = |until: Instant| loop {
+        if !running(state_dir) {
+            return true;
+        }
+        if Instant::now() >= until {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut how = "not_running";
+    if running(state_dir) {
+        let _ = client::signal(state_dir, libc::SIGHUP);
+        how = "hangup";
+        if !wait(Instant::now() + grace) {
+            let _ = client::signal(state_dir, libc::SIGKILL);
+            how = "kill";
+            wait(Instant::now() + Duration::from_secs(5));
+        }
+    }
+    // A host still waiting on a sandbox it cannot reach is ended here.
+    if let Some(pid) = std::fs::read_to_string(state_dir.join(crate::terminal::host::PID_FILE))
+        .ok()
+        .and_then(|p| p.trim().parse::<i32>().ok())
+    {
+        if client::status(state_dir).is_ok() {
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+        }
+    }
+    AgentStop { how, leftovers: 0, containment: "sandbox", ms: started.elapsed().as_millis() as u64 }
 }
 
 /// What is saved of a sandbox's work.
@@ -417,11 +485,14 @@ impl DaytonaProvider {
 }
 
 /// Makes the sandbox and everything in it, then the agent's terminal.
-async fn provision(db: Db, req: CreateSandbox, handle: SandboxHandle) -> ProviderResult<Created> {
+async fn provision(db: Db, terminal: TerminalConfig, req: CreateSandbox, handle: SandboxHandle) -> ProviderResult<Created> {
     let (settings, client) = profile(&db, &req.org).await?;
     let (record, endpoint) = provision_sandbox(&client, &settings, &req, &handle).await?;
-    report(&req.progress, "setup", 85, Some(format!("{} setup command(s)", req.setup.len())));
-    if let Err(e) = start_terminal(&handle, &endpoint, &req.setup, &req.launch) {
+    report(&req.progress, "setup", 85, Some(format!("{} setup command(s), then the agent", req.setup.len())));
+    let target = remote_target(&endpoint, &record, &req.launch.env);
+    let (h, setup, launch) = (handle.clone(), req.setup.clone(), req.launch.clone());
+    let started = blocking(move || Ok(start_terminal(&terminal, &h, target, setup, &launch))).await?;
+    if let Err(e) = started {
         // Nothing of the user's is in it yet: delete it, and wait until it is gone.
         if let Err(e) = client.delete_and_wait(&record.id, DESTROY_TIMEOUT).await {
             log::warn!("task {}: removing the sandbox {} failed: {e}", req.task, record.id);
@@ -444,6 +515,11 @@ pub async fn provision_sandbox(
     handle: &SandboxHandle,
 ) -> ProviderResult<(SandboxRecord, AgentEndpoint)> {
     let origin = req.origin.clone().ok_or_else(|| remote_source_required(&req.repo))?;
+    let old = handle.state_dir.clone();
+    // A leftover of a crash mid-provisioning (task ids are never reused): ours to replace.
+    blocking(move || Ok(if old.exists() { std::fs::remove_dir_all(&old) } else { Ok(()) }))
+        .await?
+        .map_err(|e| io_error("clearing old terminal state", e))?;
     report(&req.progress, "creating", 5, None);
     let labels = BTreeMap::from([
         (LABEL_ORG.to_string(), req.org.clone()),
@@ -528,7 +604,8 @@ pub async fn destroy_sandbox(client: &DaytonaClient, locks: &MirrorLocks, req: D
     let client = client.clone();
     let task = req.handle.id.clone();
     let (found, record) = find(&client, &req.handle.state_dir, &task).await?;
-    let stop = AgentStop { how: "not_running", leftovers: 0, containment: "sandbox", ms: 0 };
+    let (dir, grace) = (req.handle.state_dir.clone(), req.grace);
+    let stop = blocking(move || Ok(stop_agent(&dir, grace))).await?;
     let Some(sandbox) = found.filter(|s| !s.is_gone()) else {
         // Already gone: nothing left to save or delete.
         return Ok(Destroyed { snapshot: None, stop: AgentStop { ms: started.elapsed().as_millis() as u64, ..stop } });
@@ -648,7 +725,36 @@ pub async fn ensure_agent_server(client: &DaytonaClient, settings: &DaytonaSetti
     }
     let tb = sandbox.toolbox()?;
     let endpoint = start_agent_server(&client, &tb, &settings.agent_bin, &record).await?;
+    // A terminal host still running reaches sandbox-agent by the new URL and token.
+    let (dir, target) = (req.handle.state_dir.clone(), remote_target(&endpoint, &record, &[]));
+    blocking(move || {
+        if crate::terminal::client::status(&dir).is_ok_and(|s| s.running) {
+            if let Err(e) = crate::terminal::client::retarget(&dir, &target) {
+                log::warn!("retargeting the terminal host in {} failed: {e}", dir.display());
+            }
+        }
+        Ok(())
+    })
+    .await?;
     Ok(AgentEndpoint { restarted: true, ..endpoint })
+}
+
+/// Relaunches the agent (its resume command) in the task's sandbox: started
+/// again if it was stopped, sandbox-agent checked, a new terminal host.
+async fn resume(db: Db, terminal: TerminalConfig, org: String, req: ResumeSandbox) -> ProviderResult<SandboxHandle> {
+    let (settings, client) = profile(&db, &org).await?;
+    let dir = req.handle.state_dir.clone();
+    let running = blocking(move || Ok(crate::terminal::client::status(&dir).is_ok_and(|s| s.running))).await?;
+    if running {
+        return Err(AppError::conflict("agent_running", "the agent is still running: attach to it instead"));
+    }
+    let endpoint = ensure_agent_server(&client, &settings, req.handle.clone()).await?;
+    let dir = req.handle.state_dir.clone();
+    let record = blocking(move || Ok(read_record(&dir))).await?.ok_or_else(|| AppError::conflict("sandbox_missing", "this task has no Daytona sandbox on record"))?;
+    let target = remote_target(&endpoint, &record, &req.launch.env);
+    let (h, launch) = (req.handle.clone(), req.launch.clone());
+    blocking(move || Ok(start_terminal(&terminal, &h, target, Vec::new(), &launch))).await??;
+    Ok(req.handle)
 }
 
 async fn preflight(db: Db, req: Preflight) -> ProviderResult<()> {
@@ -707,17 +813,17 @@ impl SandboxProvider for DaytonaProvider {
 
     fn create(&self, req: CreateSandbox) -> BoxFuture<'_, ProviderResult<Created>> {
         let handle = self.handle_for(&req.org, &req.repo, &req.task, &req.mirror);
-        let db = self.db.clone();
-        Box::pin(local(move || provision(db, req, handle)))
+        let (db, terminal) = (self.db.clone(), self.terminal.clone());
+        Box::pin(local(move || provision(db, terminal, req, handle)))
     }
 
-    fn resume(&self, _req: ResumeSandbox) -> BoxFuture<'_, ProviderResult<SandboxHandle>> {
-        Box::pin(async {
-            Err(AppError::invalid(
-                "daytona_terminal_unavailable",
-                "this server cannot run an agent's terminal in a Daytona sandbox yet (the remote terminal is not built)",
-            ))
-        })
+    fn resume(&self, req: ResumeSandbox) -> BoxFuture<'_, ProviderResult<SandboxHandle>> {
+        let (db, terminal) = (self.db.clone(), self.terminal.clone());
+        let org = org_of(&self.data_dir, &req.handle);
+        Box::pin(local(move || async move {
+            let org = org.ok_or_else(|| AppError::bug("a Daytona sandbox handle without its organization"))?;
+            resume(db, terminal, org, req).await
+        }))
     }
 
     fn destroy(&self, req: DestroySandbox) -> BoxFuture<'_, ProviderResult<Destroyed>> {
