@@ -254,6 +254,10 @@ pub struct AgentEndpoint {
     /// preview URL's `x-daytona-preview-token`). Secret: never serialized.
     #[serde(default, skip_serializing)]
     pub headers: Vec<(String, String)>,
+    /// The checkout as the server sees it, when that is not the handle's `path`
+    /// (a remote sandbox's); ACP sessions open there.
+    #[serde(default, skip_serializing)]
+    pub cwd: Option<String>,
 }
 
 impl std::fmt::Debug for AgentEndpoint {

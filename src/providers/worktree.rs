@@ -89,7 +89,7 @@ fn start_agent_server(req: &EnsureAgent, restarted: bool) -> ProviderResult<Agen
         std::thread::sleep(Duration::from_millis(50));
     }
     let endpoint =
-        AgentEndpoint { url: format!("http://127.0.0.1:{port}"), token, port, pid: child.id(), restarted, fresh: true, headers: Vec::new() };
+        AgentEndpoint { url: format!("http://127.0.0.1:{port}"), token, port, pid: child.id(), restarted, fresh: true, headers: Vec::new(), cwd: None };
     // The token is a secret: the record is readable by Kiln's user only.
     let record = serde_json::to_vec(&serde_json::json!({
         "url": endpoint.url, "token": endpoint.token, "port": port, "pid": endpoint.pid,

@@ -334,6 +334,16 @@ async fn a_daytona_task_runs_end_to_end_through_the_server_and_its_kill_keeps_th
     assert_eq!(std::fs::read_to_string(checkout.join("work.txt")).unwrap(), "agent was here\n");
     assert_eq!(git(&checkout, &["rev-parse", "--abbrev-ref", "HEAD"]), created["branch"].as_str().unwrap());
 
+    // ACP sessions reach the sandbox's sandbox-agent through the preview URL
+    // (its token on every request): the real `mock` agent answers `initialize`
+    // and, echoing only, cannot open a session, and says so.
+    let r = c.post(&format!("/v1/organizations/default/tasks/{task}/sessions"), json!({"agent": "mock"})).await;
+    assert_eq!((r.status, r.code()), (502, "agent_error"), "{r:?}");
+    assert!(r.body["message"].as_str().unwrap().contains("without a sessionId"), "through the preview URL: {r:?}");
+    let events = c.events_since("default", 0).await;
+    let initialized = events.iter().any(|e| e["kind"] == "session.response" && e["data"]["envelope"]["result"]["echoed"]["method"] == "initialize");
+    assert!(initialized, "initialize answered by the sandbox's sandbox-agent");
+
     // What needs the checkout on this machine says so.
     for action in ["switch", "push"] {
         let r = c.post(&format!("/v1/organizations/default/tasks/{task}/{action}"), json!({})).await;

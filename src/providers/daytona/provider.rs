@@ -293,6 +293,7 @@ command -v "$KILN_AGENT_BIN" >/dev/null || { echo "sandbox-agent ($KILN_AGENT_BI
         restarted: false,
         fresh: true,
         headers,
+        cwd: Some(record.checkout.clone()),
     })
 }
 
@@ -721,6 +722,7 @@ pub async fn ensure_agent_server(client: &DaytonaClient, settings: &DaytonaSetti
             restarted: false,
             fresh: false,
             headers,
+            cwd: Some(record.checkout.clone()),
         });
     }
     let tb = sandbox.toolbox()?;
