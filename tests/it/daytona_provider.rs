@@ -344,19 +344,51 @@ async fn a_daytona_task_runs_end_to_end_through_the_server_and_its_kill_keeps_th
     let initialized = events.iter().any(|e| e["kind"] == "session.response" && e["data"]["envelope"]["result"]["echoed"]["method"] == "initialize");
     assert!(initialized, "initialize answered by the sandbox's sandbox-agent");
 
-    // What needs the checkout on this machine says so.
-    for action in ["switch", "push"] {
-        let r = c.post(&format!("/v1/organizations/default/tasks/{task}/{action}"), json!({})).await;
-        assert_eq!((r.status, r.code()), (422, "not_supported_by_provider"), "{action}: {r:?}");
-    }
+    // `switch` needs the checkout on this machine, and says so.
+    let r = c.post(&format!("/v1/organizations/default/tasks/{task}/switch"), json!({})).await;
+    assert_eq!((r.status, r.code()), (422, "not_supported_by_provider"), "{r:?}");
 
-    // Kill: the agent stopped, the work brought into the mirror, the sandbox deleted.
+    // Push: committed in the sandbox, brought into the mirror, pushed from there
+    // with the repository's credential (which the sandbox never held for it).
+    let branch = created["branch"].as_str().unwrap().to_string();
+    let r = c.post(&format!("/v1/organizations/default/tasks/{task}/push"), json!({"commit": "The agent's work"})).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let served = remote.dir.path().join("served/app.git");
+    assert_eq!(git(&served, &["show", &format!("{branch}:work.txt")]), "agent was here");
+    assert_eq!(git(&served, &["log", "-1", "--format=%s", &branch]), "The agent's work");
+    assert_eq!(git(&checkout, &["status", "--porcelain"]), "", "committed in the sandbox");
+    let events = c.events_since("default", 0).await;
+    let pushed = events.iter().find(|e| e["kind"] == "task.pushed").expect("task.pushed");
+    assert_eq!(pushed["data"]["sha"].as_str().unwrap(), git(&checkout, &["rev-parse", "HEAD"]));
+    assert!(events.iter().any(|e| e["kind"] == "task.committed"));
+
+    // Sync: someone pushes to main; the task rebases onto it in the sandbox.
+    let upstream = remote.dir.path().join("upstream");
+    git(remote.dir.path(), &["clone", "-q", served.to_str().unwrap(), upstream.to_str().unwrap()]);
+    std::fs::write(upstream.join("upstream.txt"), "from main\n").unwrap();
+    git(&upstream, &["add", "."]);
+    git(&upstream, &["commit", "-q", "-m", "upstream change"]);
+    git(&upstream, &["push", "-q", "origin", "HEAD:main"]);
+    let r = c.post(&format!("/v1/organizations/default/tasks/{task}/sync"), json!({})).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(std::fs::read_to_string(checkout.join("upstream.txt")).unwrap(), "from main\n");
+    assert_eq!(git(&checkout, &["log", "-1", "--format=%s"]), "The agent's work", "rebased onto main");
+    // A push after the rebase replaces only Kiln's own last push.
+    let r = c.post(&format!("/v1/organizations/default/tasks/{task}/push"), json!({})).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(git(&served, &["rev-parse", &branch]), git(&checkout, &["rev-parse", "HEAD"]));
+
+    // More work, not committed, then kill: the agent stopped, the work brought
+    // into the mirror, the sandbox deleted.
+    term.send(b"write more.txt\r").await;
+    term.expect("wrote more.txt").await;
     let r = c.post(&format!("/v1/organizations/default/tasks/{task}/kill"), json!({})).await;
     assert_eq!(r.status, 200, "{r:?}");
     let refname = format!("refs/kiln/snapshots/{task}");
     assert_eq!(r.body["snapshot_ref"], refname.as_str(), "{r:?}");
     let mirror = server.data_dir().join("repos/default/app.git");
-    assert_eq!(git(&mirror, &["show", &format!("{refname}:work.txt")]), "agent was here");
+    assert_eq!(git(&mirror, &["show", &format!("{refname}:more.txt")]), "agent was here");
+    assert_eq!(git(&mirror, &["show", &format!("{refname}:upstream.txt")]), "from main");
     assert_eq!(sandbox_id(&fake, &task).await, None);
     let events = c.events_since("default", 0).await;
     assert!(events.iter().any(|e| e["kind"] == "task.snapshot_saved"), "{events:?}");

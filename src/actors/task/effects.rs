@@ -138,23 +138,6 @@ async fn agent_env(ctx: &TaskCtx, task: &Task, mut env: Vec<(String, String)>) -
     Ok(env)
 }
 
-/// The repository's remote origin and its credential, for a provider that
-/// clones inside the sandbox; `None` for a repository registered from a path.
-async fn remote_origin(ctx: &TaskCtx, repo: &Repo) -> AppResult<Option<crate::providers::RemoteOrigin>> {
-    if repo.source_kind != "url" {
-        return Ok(None);
-    }
-    let origin = super::git_ops::origin(&ctx.kiln, &ctx.org, repo).await?;
-    if let Some(why) = origin.refused {
-        return Err(AppError::denied("source_host_refused", why));
-    }
-    let (user, secret) = match origin.credentials {
-        Some(c) => (c.user, Some(c.token)),
-        None => (None, None),
-    };
-    Ok(Some(crate::providers::RemoteOrigin { url: repo.source.clone(), user, secret }))
-}
-
 /// The sandbox-agent binary, or a 4xx that says how to install it.
 async fn sandbox_agent_bin(ctx: &TaskCtx) -> AppResult<PathBuf> {
     // Looking on PATH stats files: not on the actor's thread.
@@ -207,7 +190,7 @@ pub async fn provision(ctx: &TaskCtx) -> AppResult<()> {
         let source_checkout =
             (repo.source_kind == "path").then(|| PathBuf::from(&repo.source)).filter(|p| !p.starts_with(&ctx.kiln.data_dir));
         let setup = repo.setup();
-        let origin = remote_origin(ctx, &repo).await?;
+        let origin = super::git_ops::remote_origin(&ctx.kiln, &ctx.org, &repo).await?;
         let (progress, mut steps) = tokio::sync::mpsc::unbounded_channel::<crate::providers::Progress>();
         // Each provisioning step becomes a `sandbox.progress` event, in order.
         let (kiln, org, events) = (ctx.kiln.clone(), ctx.org.clone(), ctx.clone());
@@ -333,9 +316,6 @@ pub async fn apply(ctx: TaskCtx, input: TaskInput, text: Option<String>, params:
                 sandbox = Some(ctx.handle(&task, &repo)?)
             }
             Effect::Git(op) => {
-                // Not built yet for remote checkouts: a clear 4xx, nothing run.
-                let what = format!("`{}`", input.name());
-                ctx.kiln.providers.get(&task.provider)?.capabilities().require_local_path(&task.provider, &what)?;
                 let worktree = ctx.handle(&task, &repo)?.path;
                 let git_guard = ctx.kiln.lock_git(&repo.mirror_path).await;
                 match op {
@@ -500,10 +480,6 @@ pub(super) async fn on_idle(ctx: &TaskCtx, task: &Task) -> AppResult<()> {
     let (_, repo) = ctx.load().await?;
     let auto = repo.settings().automation.on_idle;
     if !(auto.commit || auto.push || auto.draft_pr) {
-        return Ok(());
-    }
-    if let Err(err) = ctx.kiln.providers.get(&task.provider)?.capabilities().require_local_path(&task.provider, "on-idle automation") {
-        ctx.kiln.emit_one(&ctx.org, ctx.event("task.automation_failed", json!({"step": "commit", "error": err.to_string()}))).await?;
         return Ok(());
     }
     let worktree = ctx.handle(task, &repo)?.path;

@@ -381,9 +381,8 @@ struct Saved {
 }
 
 /// Saves the checkout's work (uncommitted changes as a commit on HEAD, and the
-/// commits origin does not have) as `refs/kiln/snapshots/<task>` in the mirror:
-/// `git bundle create` in the sandbox, read out through the toolbox, unbundled
-/// into the mirror. Answers `None` when origin already has everything.
+/// commits origin does not have) as `refname` in the mirror (see
+/// [`bring_to_mirror`]). Answers `None` when origin already has everything.
 async fn save_work(
     client: &DaytonaClient,
     tb: &Toolbox,
@@ -401,51 +400,95 @@ async fn save_work(
 export GIT_AUTHOR_NAME=Kiln GIT_AUTHOR_EMAIL=kiln@localhost GIT_COMMITTER_NAME=Kiln GIT_COMMITTER_EMAIL=kiln@localhost
 mkdir -p "$HOME/.kiln"
 idx="$HOME/.kiln/snapshot.index"
-rm -f "$idx" "$HOME/.kiln/snapshot.bundle"
+rm -f "$idx"
 GIT_INDEX_FILE="$idx" git read-tree HEAD
 GIT_INDEX_FILE="$idx" git add --all -- .
 tree=$(GIT_INDEX_FILE="$idx" git write-tree)
 rm -f "$idx"
 if [ "$tree" = "$(git rev-parse 'HEAD^{tree}')" ]; then snap=$(git rev-parse HEAD); else snap=$(git commit-tree "$tree" -p HEAD -m "$KILN_MESSAGE"); fi
 git update-ref refs/kiln/snapshot "$snap"
-if [ -n "$(git for-each-ref --count=1 --contains "$snap" refs/remotes/origin)" ]; then echo "none $snap"; exit 0; fi
-if [ "${KILN_FULL:-}" = 1 ]; then git bundle create --quiet "$HOME/.kiln/snapshot.bundle" refs/kiln/snapshot
-else git bundle create --quiet "$HOME/.kiln/snapshot.bundle" refs/kiln/snapshot --not --remotes=origin; fi
-echo "bundle $snap $(wc -c < "$HOME/.kiln/snapshot.bundle")""#;
-    for full in [false, true] {
-        let mut envs = envs.clone();
-        if full {
-            envs.insert("KILN_FULL".into(), "1".into());
+if [ -n "$(git for-each-ref --count=1 --contains "$snap" refs/remotes/origin)" ]; then echo "none $snap"; else echo "save $snap"; fi"#;
+    let out = run(client, tb, "saving the sandbox's work", script, envs, SHORT * 5).await?;
+    let last = out.lines().rev().find(|l| l.starts_with("none ") || l.starts_with("save ")).unwrap_or_default();
+    match last.split_whitespace().collect::<Vec<_>>().as_slice() {
+        ["none", _] => Ok(None),
+        ["save", commit] => {
+            bring_to_mirror(client, tb, record, "refs/kiln/snapshot", commit, mirror, refname, Some(locks)).await?;
+            Ok(Some(Saved { commit: commit.to_string() }))
         }
-        let out = run(client, tb, "saving the sandbox's work", script, envs, SHORT * 5).await?;
-        let last = out.lines().rev().find(|l| l.starts_with("none ") || l.starts_with("bundle ")).unwrap_or_default();
-        let parts: Vec<&str> = last.split_whitespace().collect();
-        let (commit, size) = match parts.as_slice() {
-            ["none", _] => return Ok(None),
-            ["bundle", commit, size] => (commit.to_string(), size.parse::<u64>().unwrap_or(0)),
-            _ => return Err(command_failed("saving the sandbox's work", 0, &out)),
-        };
-        if size == 0 || size > BUNDLE_MAX {
-            return Err(AppError::invalid(
-                "snapshot_failed",
-                format!("the bundle of the sandbox's work is {size} bytes (at most {BUNDLE_MAX} are brought out)"),
-            ));
+        _ => Err(command_failed("saving the sandbox's work", 0, &out)),
+    }
+}
+
+/// Makes `refname` in the mirror point at `commit`, which the sandbox's
+/// `sandbox_ref` names: when the mirror lacks it, `git bundle create` in the
+/// sandbox (only what origin lacks, else the whole history), read out through
+/// the toolbox, `git bundle unbundle` into the mirror. Takes the mirror's lock
+/// from `locks`; `None` when the caller holds it already (the git lifecycle).
+#[allow(clippy::too_many_arguments)]
+async fn bring_to_mirror(
+    client: &DaytonaClient,
+    tb: &Toolbox,
+    record: &SandboxRecord,
+    sandbox_ref: &str,
+    commit: &str,
+    mirror: &Path,
+    refname: &str,
+    locks: Option<&MirrorLocks>,
+) -> ProviderResult<()> {
+    let stored = |e: git::GitError| AppError::invalid("snapshot_failed", format!("the sandbox's work could not be stored in the mirror: {}", e.message()));
+    let (m, c) = (mirror.to_path_buf(), commit.to_string());
+    let present = blocking(move || Ok(git::rev_parse(&m, &c).is_ok())).await?;
+    if !present {
+        let script = r#"cd "$KILN_CHECKOUT"
+mkdir -p "$HOME/.kiln"
+rm -f "$HOME/.kiln/out.bundle"
+if [ "${KILN_FULL:-}" = 1 ]; then git bundle create --quiet "$HOME/.kiln/out.bundle" "$KILN_REF"
+else git bundle create --quiet "$HOME/.kiln/out.bundle" "$KILN_REF" --not --remotes=origin; fi
+echo "bundle $(wc -c < "$HOME/.kiln/out.bundle")""#;
+        let mut imported = false;
+        for full in [false, true] {
+            let mut envs = BTreeMap::from([
+                ("KILN_CHECKOUT".to_string(), record.checkout.clone()),
+                ("KILN_REF".to_string(), sandbox_ref.to_string()),
+            ]);
+            if full {
+                envs.insert("KILN_FULL".into(), "1".into());
+            }
+            let out = run(client, tb, "bundling the sandbox's work", script, envs, SHORT * 5).await?;
+            let size = out.lines().rev().find_map(|l| l.strip_prefix("bundle ")).and_then(|n| n.trim().parse::<u64>().ok()).unwrap_or(0);
+            if size == 0 || size > BUNDLE_MAX {
+                return Err(AppError::invalid(
+                    "snapshot_failed",
+                    format!("the bundle of the sandbox's work is {size} bytes (at most {BUNDLE_MAX} are brought out)"),
+                ));
+            }
+            let bytes = read_file(client, tb, "$HOME/.kiln/out.bundle", size).await?;
+            let m = mirror.to_path_buf();
+            let _git = match locks {
+                Some(locks) => Some(locks.lock(&m).await),
+                None => None,
+            };
+            match blocking(move || Ok(unbundle(&m, &bytes))).await? {
+                Ok(()) => {
+                    imported = true;
+                    break;
+                }
+                // The mirror lacks a commit the thin bundle assumed: send it whole.
+                Err(e) if !full => log::info!("a thin bundle from sandbox {} did not import ({e}); bringing the whole history", record.id),
+                Err(e) => return Err(stored(e)),
+            }
         }
-        let bytes = read_file(client, tb, "$HOME/.kiln/snapshot.bundle", size).await?;
-        let (mirror, refname, commit2) = (mirror.to_path_buf(), refname.to_string(), commit.clone());
-        let _git = locks.lock(&mirror).await;
-        let imported = blocking(move || {
-            Ok(import_bundle(&mirror, &bytes, &refname, &commit2))
-        })
-        .await?;
-        match imported {
-            Ok(()) => return Ok(Some(Saved { commit })),
-            // The mirror lacks a commit the thin bundle assumed: send it whole.
-            Err(e) if !full => log::info!("task {task}: a thin bundle did not import ({e}); bringing the whole history"),
-            Err(e) => return Err(AppError::invalid("snapshot_failed", format!("the sandbox's work could not be stored in the mirror: {}", e.message()))),
+        if !imported {
+            return Err(AppError::bug("a bundle neither imported nor failed"));
         }
     }
-    Err(AppError::bug("unreachable: the whole bundle is the last try"))
+    let (m, r, c) = (mirror.to_path_buf(), refname.to_string(), commit.to_string());
+    let _git = match locks {
+        Some(locks) => Some(locks.lock(&m).await),
+        None => None,
+    };
+    blocking(move || Ok(git::run(&m, &["update-ref", &r, &c]))).await?.map(drop).map_err(stored)
 }
 
 /// Reads a file of `size` bytes out of the sandbox, in base64 pieces.
@@ -468,15 +511,128 @@ async fn read_file(client: &DaytonaClient, tb: &Toolbox, path: &str, size: u64) 
     Ok(bytes)
 }
 
-/// Writes `bundle` into the mirror (a file there, inside the mirror's jail),
-/// unbundles it and points `refname` at `commit`.
-fn import_bundle(mirror: &Path, bundle: &[u8], refname: &str, commit: &str) -> Result<(), git::GitError> {
-    let file = mirror.join(format!("kiln-snapshot-{}.bundle", crate::util::random_hex(8)));
+/// Writes `bundle` into the mirror (a file there, inside the mirror's jail)
+/// and unbundles its objects.
+fn unbundle(mirror: &Path, bundle: &[u8]) -> Result<(), git::GitError> {
+    let file = mirror.join(format!("kiln-bundle-{}.bundle", crate::util::random_hex(8)));
     std::fs::write(&file, bundle).map_err(|e| git::GitError::Failed { command: "bundle".into(), stderr: e.to_string() })?;
     let name = file.to_string_lossy().to_string();
-    let result = git::run(mirror, &["bundle", "unbundle", &name]).and_then(|_| git::run(mirror, &["update-ref", refname, commit]));
+    let result = git::run(mirror, &["bundle", "unbundle", &name]);
     let _ = std::fs::remove_file(&file);
     result.map(drop)
+}
+
+/// A Daytona task's checkout, for the git lifecycle (`task::git_ops`): the
+/// sandbox started, its toolbox and what Kiln recorded of it.
+#[derive(Clone)]
+pub struct RemoteCheckout {
+    client: DaytonaClient,
+    tb: Toolbox,
+    record: SandboxRecord,
+}
+
+/// A sandbox command's failure as git's (for `git_ops`' codes and events).
+fn as_git(step: &str, e: AppError) -> git::GitError {
+    git::GitError::Failed { command: step.to_string(), stderr: e.to_string() }
+}
+
+impl RemoteCheckout {
+    /// The task's sandbox, started if it was stopped.
+    pub async fn open(db: Db, org: String, handle: SandboxHandle) -> ProviderResult<RemoteCheckout> {
+        local(move || async move {
+            let (_, client) = profile(&db, &org).await?;
+            let (found, record) = find(&client, &handle.state_dir, &handle.id).await?;
+            let record = record.ok_or_else(|| AppError::conflict("sandbox_missing", "this task has no Daytona sandbox on record"))?;
+            let sandbox = found.filter(|s| !s.is_gone()).ok_or_else(|| {
+                AppError::conflict("sandbox_missing", format!("the Daytona sandbox {} is gone", record.name))
+            })?;
+            let sandbox = ensure_started(&client, sandbox).await?;
+            let tb = sandbox.toolbox()?;
+            Ok(RemoteCheckout { client, tb, record })
+        })
+        .await
+    }
+
+    /// Commits everything uncommitted in the sandbox's checkout; `None` when
+    /// there was nothing.
+    pub async fn commit_all(&self, message: String) -> ProviderResult<Result<Option<String>, git::GitError>> {
+        let me = self.clone();
+        local(move || async move {
+            let envs = BTreeMap::from([("KILN_CHECKOUT".to_string(), me.record.checkout.clone()), ("KILN_MESSAGE".to_string(), message)]);
+            let script = r#"cd "$KILN_CHECKOUT"
+if [ -z "$(git status --porcelain --untracked-files=all)" ]; then echo "clean"; exit 0; fi
+if [ -z "$(git config user.email || true)" ]; then export GIT_AUTHOR_NAME=Kiln GIT_AUTHOR_EMAIL=kiln@localhost GIT_COMMITTER_NAME=Kiln GIT_COMMITTER_EMAIL=kiln@localhost; fi
+git add --all -- .
+git commit --quiet --no-verify -m "$KILN_MESSAGE"
+echo "commit $(git rev-parse HEAD)""#;
+            Ok(match run(&me.client, &me.tb, "git commit", script, envs, SHORT).await {
+                Ok(out) => Ok(out.lines().rev().find_map(|l| l.strip_prefix("commit ")).map(str::to_string)),
+                Err(e) => Err(as_git("commit", e)),
+            })
+        })
+        .await
+    }
+
+    /// Brings the checkout's HEAD into the mirror as `refs/heads/<branch>`
+    /// (Kiln's git pushes and merges from there, with credentials the sandbox
+    /// never sees); answers the commit.
+    pub async fn export(&self, branch: String, mirror: PathBuf) -> ProviderResult<String> {
+        let me = self.clone();
+        local(move || async move {
+            let envs = BTreeMap::from([("KILN_CHECKOUT".to_string(), me.record.checkout.clone())]);
+            let script = r#"cd "$KILN_CHECKOUT"
+git update-ref refs/kiln/export HEAD
+echo "head $(git rev-parse HEAD)""#;
+            let out = run(&me.client, &me.tb, "reading the task's branch", script, envs, SHORT).await?;
+            let head = out.lines().rev().find_map(|l| l.strip_prefix("head ")).map(str::to_string).ok_or_else(|| command_failed("reading the task's branch", 0, &out))?;
+            let refname = format!("refs/heads/{branch}");
+            // The git lifecycle holds the mirror's lock for the whole action.
+            bring_to_mirror(&me.client, &me.tb, &me.record, "refs/kiln/export", &head, &mirror, &refname, None).await?;
+            Ok(head)
+        })
+        .await
+    }
+
+    /// Fetches `base` from origin in the sandbox (the credential through
+    /// askpass, for this command only) and rebases the checkout's branch onto
+    /// it (or merges it in), with autostash; on a conflict it aborts, leaving
+    /// the checkout as it was, and answers the files, as `git::integrate` does.
+    pub async fn integrate(&self, origin: RemoteOrigin, base: String, merge: bool) -> ProviderResult<Result<git::Integration, git::GitError>> {
+        let me = self.clone();
+        local(move || async move {
+            let mut envs = git_envs(&origin);
+            envs.insert("KILN_CHECKOUT".into(), me.record.checkout.clone());
+            envs.insert("KILN_BASE".into(), base);
+            envs.insert("KILN_MODE".into(), if merge { "merge" } else { "rebase" }.into());
+            let script = r#"cd "$KILN_CHECKOUT"
+if [ -n "${KILN_GIT_TOKEN:-}" ]; then export GIT_ASKPASS="$HOME/.kiln/askpass"; fi
+git -c credential.helper= fetch --quiet --no-tags origin "+refs/heads/$KILN_BASE:refs/remotes/origin/$KILN_BASE" 2>&1 || { echo "KILN_FETCH_FAILED"; exit 3; }
+if [ -z "$(git config user.email || true)" ]; then export GIT_AUTHOR_NAME=Kiln GIT_AUTHOR_EMAIL=kiln@localhost GIT_COMMITTER_NAME=Kiln GIT_COMMITTER_EMAIL=kiln@localhost; fi
+set +e
+if [ "$KILN_MODE" = merge ]; then out=$(git merge --autostash --no-edit "origin/$KILN_BASE" 2>&1); else out=$(git rebase --autostash "origin/$KILN_BASE" 2>&1); fi
+code=$?
+set -e
+if [ $code -eq 0 ]; then echo "clean $(git rev-parse HEAD)"; exit 0; fi
+files=$(git diff --name-only --diff-filter=U)
+git "$KILN_MODE" --abort >/dev/null 2>&1 || true
+if [ -n "$files" ]; then printf '%s
+' "$files" | sed 's/^/conflict /'; exit 0; fi
+printf '%s
+' "$out"; exit 4"#;
+            Ok(match run(&me.client, &me.tb, "git sync", script, envs, CLONE_TIMEOUT).await {
+                Ok(out) => {
+                    let conflicts: Vec<String> = out.lines().filter_map(|l| l.strip_prefix("conflict ")).map(str::to_string).collect();
+                    match out.lines().rev().find_map(|l| l.strip_prefix("clean ")) {
+                        Some(head) => Ok(git::Integration::Clean(head.to_string())),
+                        None if !conflicts.is_empty() => Ok(git::Integration::Conflicts(conflicts)),
+                        None => Err(git::GitError::Failed { command: "sync".into(), stderr: out }),
+                    }
+                }
+                Err(e) => Err(as_git("sync", e)),
+            })
+        })
+        .await
+    }
 }
 
 impl DaytonaProvider {
