@@ -157,6 +157,8 @@ pub async fn start(config: Config) -> Result<Running, BootError> {
     };
     seed_default_organization(&kiln).await?;
     recover_tasks(&kiln).await?;
+    // In the background: listing sandboxes must not hold the server's start.
+    actix_rt::spawn(crate::actors::pollers::daytona_orphans::sweep(kiln.clone()));
     start_repo_pollers(&kiln).await?;
 
     web::block(http::web_assets::prepare_assets).await.map_err(|e| BootError::Server(std::io::Error::other(e)))?;

@@ -437,3 +437,47 @@ async fn what_the_provider_cannot_take_is_a_4xx_at_create_with_nothing_made() {
     assert_eq!(tasks.body["items"].as_array().map(Vec::len), Some(0), "no task was inserted: {tasks:?}");
     assert!(fake.creates().is_empty(), "no sandbox was made");
 }
+
+#[actix_web::test]
+async fn a_running_daytona_task_survives_a_restart_and_orphaned_sandboxes_are_reported_then_deleted() {
+    let fake = FakeDaytona::with_timing(fast());
+    let remote = Remote::start();
+    let (mut server, _dir) = daytona_server(&fake, &remote, &fake.key()).await;
+    let c = server.client();
+    let created = c.create_task_with("default", json!({"repo": "app", "description": "Keep going", "provider": "daytona"})).await;
+    let task = created["id"].as_str().unwrap().to_string();
+    c.wait_status("default", &task, "running").await;
+    // A sandbox of this organization whose task does not exist (a crash between
+    // create and insert, a task deleted with its repository…).
+    let dc = client(&fake);
+    let labels = std::collections::BTreeMap::from([
+        ("kiln/organization".to_string(), "default".to_string()),
+        ("kiln/task".to_string(), "deadbeef".to_string()),
+    ]);
+    let req = kiln::providers::daytona::api::CreateSandboxRequest { name: Some("kiln-deadbeef".into()), labels, ..Default::default() };
+    let orphan = kiln::providers::daytona::api::on_arbiter(move || async move { dc.create(&req).await }).await.unwrap().id;
+
+    server.kill();
+    server.set_env("KILN_TASKS__ORPHAN_GRACE_SECS", Some("1"));
+    server.restart();
+    let c = server.client();
+    // The task reconnects: still running, its terminal and agent in the sandbox.
+    let mut term = crate::common::Term::open(&c, "default", &task, 0).await;
+    term.expect("fake-agent ready: Keep going").await;
+    term.send(b"after the restart\r").await;
+    term.expect("echo: after the restart").await;
+    assert_eq!(c.get(&format!("/v1/organizations/default/tasks/{task}")).await.body["status"], "running");
+
+    // The orphan is reported, then deleted after the grace period; the task's is not.
+    let deleted = eventually(WAIT, "the orphan deleted", || async {
+        let events = c.events_since("default", 0).await;
+        events.iter().any(|e| e["kind"] == "sandbox.orphan_deleted").then_some(events)
+    })
+    .await;
+    let reported: Vec<&serde_json::Value> = deleted.iter().filter(|e| e["kind"] == "sandbox.orphaned").collect();
+    assert_eq!(reported.len(), 1, "{reported:?}");
+    assert_eq!((reported[0]["data"]["sandbox"].as_str(), reported[0]["data"]["task"].as_str()), (Some(orphan.as_str()), Some("deadbeef")));
+    assert!(reported[0]["data"]["reason"].as_str().unwrap().contains("no longer exists"));
+    assert_eq!(sandbox_id(&fake, "deadbeef").await, None);
+    assert!(sandbox_id(&fake, &task).await.is_some(), "the running task's sandbox is kept");
+}

@@ -915,6 +915,45 @@ async fn resume(db: Db, terminal: TerminalConfig, org: String, req: ResumeSandbo
     Ok(req.handle)
 }
 
+/// One of Kiln's sandboxes of an organization, found by its labels.
+#[derive(Debug, Clone, Serialize)]
+pub struct Labelled {
+    pub id: String,
+    pub name: Option<String>,
+    /// The `kiln/task` label.
+    pub task: String,
+    pub state: String,
+}
+
+/// Every sandbox labelled with `org` (Kiln's, for that organization's tasks):
+/// how Kiln finds them again after a restart.
+pub async fn labelled_sandboxes(db: Db, org: String) -> ProviderResult<Vec<Labelled>> {
+    local(move || async move {
+        let (_, client) = profile(&db, &org).await?;
+        let labels = BTreeMap::from([(LABEL_ORG.to_string(), org.clone())]);
+        let found = client.list(&labels).await?;
+        Ok(found
+            .into_iter()
+            .filter(|s| !s.is_gone())
+            .filter_map(|s| {
+                let task = s.labels.get(LABEL_TASK)?.clone();
+                Some(Labelled { id: s.id, name: s.name, task, state: s.state })
+            })
+            .collect())
+    })
+    .await
+}
+
+/// Deletes an organization's sandbox and waits until it is gone.
+pub async fn delete_sandbox(db: Db, org: String, id: String) -> ProviderResult<()> {
+    local(move || async move {
+        let (_, client) = profile(&db, &org).await?;
+        client.delete_and_wait(&id, DESTROY_TIMEOUT).await?;
+        Ok(())
+    })
+    .await
+}
+
 async fn preflight(db: Db, req: Preflight) -> ProviderResult<()> {
     let (_, client) = profile(&db, &req.org).await?;
     if req.source_kind != "url" {
