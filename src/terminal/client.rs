@@ -89,16 +89,22 @@ pub fn retarget(state_dir: &Path, target: &super::remote::RemoteTarget) -> io::R
     super::remote::check_headers(&target.headers)?;
     let json = serde_json::to_vec(&super::remote::Retarget::from(target)).map_err(io::Error::other)?;
     let mut stream = connect(state_dir)?;
-    // The host waits for its driver to take it (up to 10 s).
-    stream.set_read_timeout(Some(Duration::from_secs(15)))?;
     protocol::write_frame(&mut stream, &Frame::new(protocol::RETARGET, json))?;
-    protocol::write_frame(&mut stream, &Frame::new(protocol::STATUS, vec![]))?;
-    loop {
+    // A host that refuses it closes the connection: the status request or its
+    // answer then fails (a reset, a broken pipe or the end of the stream).
+    let refused = || io::Error::other("the terminal host refused the retarget (not a remote host?)");
+    let answered = protocol::write_frame(&mut stream, &Frame::new(protocol::STATUS, vec![])).and_then(|()| loop {
         match protocol::read_frame(&mut stream)? {
-            Some(f) if f.kind == protocol::STATUS_REPLY => return Ok(()),
+            Some(f) if f.kind == protocol::STATUS_REPLY => return Ok(true),
             Some(_) => continue,
-            None => return Err(io::Error::other("the terminal host refused the retarget (not a remote host?)")),
+            None => return Ok(false),
         }
+    });
+    match answered {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(refused()),
+        Err(e) if matches!(e.kind(), io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe | io::ErrorKind::UnexpectedEof) => Err(refused()),
+        Err(e) => Err(e),
     }
 }
 

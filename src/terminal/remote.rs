@@ -7,6 +7,8 @@
 //!   CMD`, `tty: true`), one after another, then the agent (its argv); the first
 //!   setup command that fails ends the run with `phase: setup`, as on a local
 //!   host. The launch's initial input is typed once the agent's process exists.
+//!   A create whose answer was lost is not repeated blindly: the host adopts the
+//!   process it made if the process list shows it.
 //! - **Output** comes from the process's PTY log, followed (`GET …/logs?stream=pty
 //!   &follow=true&since=SEQ`, SSE): every entry carries a sequence number, so after
 //!   a reconnect the stream resumes after the last entry logged, with no byte
@@ -15,17 +17,21 @@
 //!   process's bounded buffer dropped while Kiln was away) is said in the terminal.
 //! - **The terminal WebSocket** (`…/terminal/ws`) carries input (always
 //!   `encoding: base64`, so bytes that are not UTF-8 arrive as typed), resizes,
-//!   and the `exit` frame. Its binary output frames are read and dropped.
+//!   and the `exit` frame. Its binary output frames are read and dropped. Input
+//!   is queued in order as the host gets it (never waiting for the driver, which
+//!   may be connecting) and written as soon as the WebSocket is up.
 //! - **Reconnect.** When either connection drops, the host asks for the process
 //!   (`GET /v1/processes/{id}`): exited → the end is recorded; `404` → the process
 //!   is gone (sandbox-agent restarted with the sandbox) and the run ends with a
 //!   reason; otherwise it retries with backoff (250 ms doubling to 10 s, jittered),
 //!   and gives up after [`GIVE_UP`] without reaching sandbox-agent. Input typed
-//!   meanwhile is queued (up to [`MAX_QUEUED_INPUT`]) and written on reconnect.
+//!   meanwhile stays queued (up to [`MAX_QUEUED_INPUT`]) and is written on reconnect.
 //! - **Retarget** replaces the base URL and headers (a restarted Daytona sandbox has
-//!   a new preview token) and reconnects at once.
+//!   a new preview token) and reconnects at once, cutting short a connection
+//!   attempt or a backoff wait.
 //! - **Signals**: SIGHUP and SIGTERM → `POST …/stop`, SIGKILL → `POST …/kill`;
-//!   others are refused.
+//!   others are refused. They are sent on a task of their own, so a kill never
+//!   waits for the driver.
 //!
 //! Secrets (the headers' values, the env) are never on a command line nor in
 //! `host.log`: `client::launch` hands the target over in a 0600 file that the host
@@ -166,59 +172,171 @@ pub struct Plan {
 
 type Reply = SyncSender<io::Result<()>>;
 
-enum Command {
-    Input(Vec<u8>, Reply),
+/// What the attachers send the process, in the order they sent it.
+enum Item {
+    Input(Vec<u8>),
     Resize(u16, u16),
-    Signal(i32, Reply),
-    Retarget(Retarget, Reply),
 }
 
-/// The host's side of the driver: its calls block (briefly) until the driver
-/// has taken the command, so call them from the host's connection threads.
+/// Where a signal goes: the target now, and the process driven now.
+#[derive(Clone)]
+struct Current {
+    base_url: String,
+    headers: Vec<(String, String)>,
+    process_id: String,
+}
+
+/// Input and resizes waiting to be written, in order (a resize right after
+/// `stty size` typed before it must not overtake it).
+#[derive(Default)]
+struct Inbox {
+    queue: VecDeque<Item>,
+    /// Input bytes in `queue`.
+    bytes: usize,
+    /// The run has ended: input is refused.
+    closed: bool,
+}
+
+/// What the host's threads hand the driver without waiting for it (it may be
+/// busy connecting): input, and a new target.
+#[derive(Default)]
+struct Mailbox {
+    inbox: std::sync::Mutex<Inbox>,
+    input_ready: tokio::sync::Notify,
+    retarget: std::sync::Mutex<Option<Retarget>>,
+    retargeted: tokio::sync::Notify,
+    current: std::sync::Mutex<Option<Current>>,
+    /// The signal Kiln sent the current process, to report when it dies without
+    /// an exit code.
+    signalled: std::sync::Mutex<Option<i32>>,
+}
+
+impl Mailbox {
+    fn current(&self) -> std::sync::MutexGuard<'_, Option<Current>> {
+        self.current.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn signalled(&self) -> std::sync::MutexGuard<'_, Option<i32>> {
+        self.signalled.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn inbox(&self) -> std::sync::MutexGuard<'_, Inbox> {
+        self.inbox.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn take_retarget(&self) -> Option<Retarget> {
+        self.retarget.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+}
+
+/// The host's side of the driver. Nothing here waits for the driver (it may be
+/// busy connecting); a signal waits (briefly) for its own HTTP call, so call
+/// `signal` from the host's connection threads.
 #[derive(Clone)]
 pub struct Handle {
-    tx: tokio::sync::mpsc::UnboundedSender<Command>,
+    signals: tokio::sync::mpsc::UnboundedSender<(i32, Reply)>,
+    mail: Arc<Mailbox>,
 }
 
 impl Handle {
-    /// Types `bytes`: written on the terminal WebSocket, or queued while it is down.
+    /// Types `bytes`: queued in order and written on the terminal WebSocket as
+    /// soon as it is connected. Refused when [`MAX_QUEUED_INPUT`] bytes wait
+    /// already (sandbox-agent has been unreachable), or the run has ended.
     pub fn input(&self, bytes: &[u8]) -> io::Result<()> {
-        self.call(|reply| Command::Input(bytes.to_vec(), reply))
+        {
+            let mut inbox = self.mail.inbox();
+            if inbox.closed {
+                return Err(io::Error::other("the remote terminal has ended"));
+            }
+            if inbox.bytes + bytes.len() > MAX_QUEUED_INPUT {
+                return Err(io::Error::other("sandbox-agent cannot be reached and the input queue is full"));
+            }
+            inbox.bytes += bytes.len();
+            inbox.queue.push_back(Item::Input(bytes.to_vec()));
+        }
+        self.mail.input_ready.notify_one();
+        Ok(())
     }
 
+    /// Resizes the process's PTY, in order with the input.
     pub fn resize(&self, cols: u16, rows: u16) {
-        let _ = self.tx.send(Command::Resize(cols, rows));
+        {
+            let mut inbox = self.mail.inbox();
+            if inbox.closed {
+                return;
+            }
+            // Resizes in a row while disconnected: only the last one counts.
+            if let Some(Item::Resize(..)) = inbox.queue.back() {
+                inbox.queue.pop_back();
+            }
+            inbox.queue.push_back(Item::Resize(cols, rows));
+        }
+        self.mail.input_ready.notify_one();
     }
 
-    /// SIGHUP/SIGTERM stop the process, SIGKILL kills it; other signals are refused.
+    /// SIGHUP/SIGTERM stop the process, SIGKILL kills it; other signals are
+    /// refused. Sent at once, whatever the driver is doing.
     pub fn signal(&self, sig: i32) -> io::Result<()> {
-        self.call(|reply| Command::Signal(sig, reply))
-    }
-
-    pub fn retarget(&self, to: Retarget) -> io::Result<()> {
-        self.call(|reply| Command::Retarget(to, reply))
-    }
-
-    fn call(&self, make: impl FnOnce(Reply) -> Command) -> io::Result<()> {
         let (reply, answer): (Reply, Receiver<io::Result<()>>) = sync_channel(1);
-        self.tx.send(make(reply)).map_err(|_| io::Error::other("the remote terminal has ended"))?;
+        self.signals.send((sig, reply)).map_err(|_| io::Error::other("the remote terminal has ended"))?;
         answer
             .recv_timeout(REPLY_WAIT)
-            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "the remote terminal did not answer"))?
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "sandbox-agent did not answer the signal in time"))?
+    }
+
+    /// Replaces the base URL and headers; the driver drops its connections (or
+    /// its attempt) and reconnects with them at once.
+    pub fn retarget(&self, to: Retarget) -> io::Result<()> {
+        if self.mail.inbox().closed {
+            return Err(io::Error::other("the remote terminal has ended"));
+        }
+        *self.mail.retarget.lock().unwrap_or_else(|p| p.into_inner()) = Some(to);
+        self.mail.retargeted.notify_one();
+        Ok(())
+    }
+}
+
+/// Answers signals on their own task, beside the driver.
+async fn signal_loop(mut rx: tokio::sync::mpsc::UnboundedReceiver<(i32, Reply)>, mail: Arc<Mailbox>) {
+    while let Some((sig, reply)) = rx.recv().await {
+        let _ = reply.try_send(send_signal(&mail, sig).await);
+    }
+}
+
+async fn send_signal(mail: &Mailbox, sig: i32) -> io::Result<()> {
+    let action = match sig {
+        libc::SIGHUP | libc::SIGTERM => "stop",
+        libc::SIGKILL => "kill",
+        _ => return Err(io::Error::new(io::ErrorKind::Unsupported, format!("signal {sig} cannot be sent to a remote process"))),
+    };
+    let current = mail.current().clone();
+    let Some(c) = current else { return Err(io::Error::other("no remote process runs now")) };
+    *mail.signalled() = Some(sig);
+    let path = format!("/v1/processes/{}/{action}?waitMs=0", c.process_id);
+    match call_at(&c.base_url, &c.headers, "POST", &path, None).await {
+        Ok(_) => Ok(()),
+        Err(e) => Err(io::Error::other(e.to_string())),
     }
 }
 
 /// Starts the driver on a thread of its own (with its own runtime); the thread
 /// answers how the run ended.
 pub fn start(target: RemoteTarget, plan: Plan, sink: Arc<dyn Sink>) -> io::Result<(Handle, std::thread::JoinHandle<ExitInfo>)> {
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    let thread = std::thread::Builder::new().name("remote".into()).spawn(move || {
-        actix_web::rt::System::new().block_on(async move {
-            let mut driver = Driver { target, plan, sink, rx, size: None, queued: VecDeque::new(), queued_bytes: 0 };
-            driver.run().await
-        })
-    })?;
-    Ok((Handle { tx }, thread))
+    let (signals, signals_rx) = tokio::sync::mpsc::unbounded_channel();
+    let mail = Arc::new(Mailbox::default());
+    let thread = {
+        let mail = mail.clone();
+        std::thread::Builder::new().name("remote".into()).spawn(move || {
+            actix_web::rt::System::new().block_on(async move {
+                actix_web::rt::spawn(signal_loop(signals_rx, mail.clone()));
+                let mut driver = Driver { target, plan, sink, size: None, mail, ran: Vec::new() };
+                let exit = driver.run().await;
+                driver.mail.inbox().closed = true;
+                exit
+            })
+        })?
+    };
+    Ok((Handle { signals, mail }, thread))
 }
 
 /// The retry delays: 250 ms doubling to 10 s, each with up to a quarter more of
@@ -294,6 +412,8 @@ enum Fail {
     /// A redirect or `401`/`403`: the target's credentials are refused (a Daytona
     /// preview token that changed): wait for a retarget.
     Auth(u16),
+    /// The request never reached sandbox-agent (no connection): safe to send again.
+    Unreached(String),
     /// sandbox-agent refused the request itself: a process it could not spawn
     /// (`502 stream_error`: no such program, no such cwd) or a request it rejects
     /// (`400`, `409`, `422`). Trying again would answer the same.
@@ -307,7 +427,7 @@ impl std::fmt::Display for Fail {
         match self {
             Fail::Gone => f.write_str("the process is gone"),
             Fail::Auth(status) => write!(f, "sandbox-agent refused the credentials ({status}): waiting for a retarget"),
-            Fail::Refused(detail) => f.write_str(detail),
+            Fail::Refused(detail) | Fail::Unreached(detail) => f.write_str(detail),
             Fail::Other(e) => f.write_str(e),
         }
     }
@@ -343,28 +463,23 @@ enum Pumped {
     Broken(String),
     /// A retarget: reconnect now.
     Retargeted,
-    /// The host is going away (every handle dropped).
-    Closed,
 }
 
 struct Driver {
     target: RemoteTarget,
     plan: Plan,
     sink: Arc<dyn Sink>,
-    rx: tokio::sync::mpsc::UnboundedReceiver<Command>,
     /// The size the attachers want, once one has said.
     size: Option<(u16, u16)>,
-    /// Input typed while the WebSocket was down, in order.
-    queued: VecDeque<Vec<u8>>,
-    queued_bytes: usize,
+    mail: Arc<Mailbox>,
+    /// The processes this host has run, never adopted again.
+    ran: Vec<String>,
 }
 
 /// The state of the process driven now.
 struct Proc {
     id: String,
     cursor: Cursor,
-    /// The signal Kiln sent it, to report when it dies without an exit code.
-    signalled: Option<i32>,
     /// The size its PTY has.
     size: Option<(u16, u16)>,
 }
@@ -393,39 +508,13 @@ impl Driver {
     }
 
     fn client(&self, timeout: Option<Duration>) -> awc::Client {
-        let mut b = awc::Client::builder().disable_redirects().max_http_version(awc::http::Version::HTTP_11);
-        b = match timeout {
-            Some(t) => b.timeout(t),
-            None => b.disable_timeout(),
-        };
-        for (k, v) in &self.target.headers {
-            // Checked at launch and retarget: `add_default_header` panics on a bad one.
-            if valid_header(k, v) {
-                b = b.add_default_header((k.as_str(), v.as_str()));
-            }
-        }
-        b.finish()
+        http_client(&self.target.headers, timeout)
     }
 
-    /// One JSON call; the answer's body when it is a 2xx.
     async fn call(&self, method: &str, path: &str, body: Option<&Value>) -> Result<Value, Fail> {
-        let method = awc::http::Method::from_bytes(method.as_bytes()).map_err(|e| Fail::Other(e.to_string()))?;
-        let req = self.client(Some(HTTP_TIMEOUT)).request(method, self.url(path));
-        let sent = match body {
-            Some(b) => req.send_json(b).await,
-            None => req.send().await,
-        };
-        let mut res = sent.map_err(|e| Fail::Other(format!("reaching sandbox-agent: {e}")))?;
-        let status = res.status().as_u16();
-        let bytes = res.body().limit(16 * 1024 * 1024).await.map_err(|e| Fail::Other(format!("reading sandbox-agent's answer: {e}")))?;
-        if !(200..300).contains(&status) {
-            return Err(fail_for(status, &bytes));
-        }
-        if bytes.is_empty() {
-            return Ok(Value::Null);
-        }
-        serde_json::from_slice(&bytes).map_err(|e| Fail::Other(format!("sandbox-agent's answer is not JSON: {e}")))
+        call_at(&self.target.base_url, &self.target.headers, method, path, body).await
     }
+
 
     /// Creates the process (retrying while sandbox-agent cannot be reached), then
     /// follows it to its end.
@@ -442,8 +531,21 @@ impl Driver {
         });
         let mut backoff = Backoff::default();
         let mut unreachable_since: Option<Instant> = None;
+        // A create whose answer was lost may have made the process: look for it
+        // before making another (an agent must never run twice).
+        let mut ambiguous = false;
         let created = loop {
-            match self.call("POST", "/v1/processes", Some(&body)).await {
+            self.apply_retarget();
+            let attempt = match ambiguous {
+                // Only once the list says it is not there is another create safe.
+                true => match self.adopt(&body).await {
+                    Ok(Some(found)) => break found,
+                    Ok(None) => self.call("POST", "/v1/processes", Some(&body)).await,
+                    Err(e) => Err(e),
+                },
+                false => self.call("POST", "/v1/processes", Some(&body)).await,
+            };
+            match attempt {
                 Ok(v) => break v,
                 Err(Fail::Refused(e)) => {
                     // sandbox-agent could not spawn it (no such program, a bad cwd).
@@ -451,23 +553,27 @@ impl Driver {
                     return (End::NotStarted, None);
                 }
                 Err(e) => {
+                    // Once unsure, stay unsure until a list has answered.
+                    ambiguous |= matches!(e, Fail::Other(_));
                     let since = *unreachable_since.get_or_insert_with(Instant::now);
                     self.sink.remote(None, false, Some(e.to_string()));
                     if since.elapsed() > GIVE_UP {
                         return (End::Lost(format!("sandbox-agent could not be reached to start the process: {e}")), None);
                     }
-                    if !self.wait(backoff.next_delay(), None).await {
-                        return (End::Lost("the terminal host is closing".into()), None);
-                    }
+                    self.wait(backoff.next_delay()).await;
                 }
             }
         };
         let Some(id) = created["id"].as_str().map(str::to_string) else {
             return (End::Lost(format!("sandbox-agent answered a process without an id: {created}")), None);
         };
+        self.ran.push(id.clone());
         let _ = std::fs::write(self.plan.state_dir.join(PROCESS_FILE), &id);
         self.sink.remote(Some(&id), false, None);
-        let mut proc_ = Proc { id, cursor: Cursor::default(), signalled: None, size: None };
+        *self.mail.signalled() = None;
+        *self.mail.current() =
+            Some(Current { base_url: self.target.base_url.clone(), headers: self.target.headers.clone(), process_id: id.clone() });
+        let mut proc_ = Proc { id, cursor: Cursor::default(), size: None };
         let initial = (self.plan.cols, self.plan.rows);
         self.resize_http(&mut proc_, self.size.unwrap_or(initial)).await;
         if agent {
@@ -475,20 +581,82 @@ impl Driver {
             let input_file = self.plan.state_dir.join(super::host::INITIAL_INPUT_FILE);
             if let Ok(text) = std::fs::read(&input_file) {
                 let _ = std::fs::remove_file(&input_file);
-                self.queue(text);
+                let mut inbox = self.mail.inbox();
+                inbox.bytes += text.len();
+                // Before anything typed during setup: the agent gets it first.
+                inbox.queue.push_front(Item::Input(text));
             }
         }
         let end = self.follow(&mut proc_).await;
-        (end, proc_.signalled)
+        *self.mail.current() = None;
+        let signalled = self.mail.signalled().take();
+        (end, signalled)
     }
 
-    fn queue(&mut self, bytes: Vec<u8>) -> bool {
-        if self.queued_bytes + bytes.len() > MAX_QUEUED_INPUT {
-            return false;
+    /// The newest running process that a lost create of `body` would have made
+    /// (same command, args and cwd, not one this host ran before).
+    async fn adopt(&mut self, body: &Value) -> Result<Option<Value>, Fail> {
+        let list = self.call("GET", "/v1/processes", None).await?;
+        let Some(processes) = list["processes"].as_array() else {
+            return Err(Fail::Other(format!("sandbox-agent's process list has no processes: {list}")));
+        };
+        let found = processes
+            .iter()
+            .filter(|p| p["status"] == "running" && p["tty"] == true)
+            .filter(|p| p["command"] == body["command"] && p["args"] == body["args"] && p["cwd"] == body["cwd"])
+            .filter(|p| p["id"].as_str().is_some_and(|id| !self.ran.iter().any(|r| r == id)))
+            .max_by_key(|p| p["createdAtMs"].as_i64().unwrap_or(0))
+            .cloned();
+        if let Some(p) = &found {
+            super::host::note(&format!("adopted process {} made by a create whose answer was lost", p["id"]));
         }
-        self.queued_bytes += bytes.len();
-        self.queued.push_back(bytes);
-        true
+        Ok(found)
+    }
+
+    /// Takes a retarget if one came: `true` when the target changed.
+    fn apply_retarget(&mut self) -> bool {
+        match self.mail.take_retarget() {
+            Some(to) => {
+                if let Some(c) = self.mail.current().as_mut() {
+                    c.base_url = to.base_url.clone();
+                    c.headers = to.headers.clone();
+                }
+                self.target.base_url = to.base_url;
+                self.target.headers = to.headers;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Writes the queued input and resizes in order; what could not be written
+    /// stays first in the queue.
+    async fn flush_input(&mut self, ws: &mut Ws, proc_: &mut Proc) -> Result<(), String> {
+        loop {
+            let Some(item) = self.mail.inbox().queue.pop_front() else { return Ok(()) };
+            let sent = match &item {
+                Item::Input(bytes) => send_input(ws, bytes).await,
+                Item::Resize(cols, rows) => {
+                    self.size = Some((*cols, *rows));
+                    if proc_.size == self.size {
+                        Ok(())
+                    } else {
+                        send_resize(ws, (*cols, *rows)).await.map(|()| proc_.size = self.size)
+                    }
+                }
+            };
+            match (sent, item) {
+                (Ok(()), Item::Input(bytes)) => {
+                    let mut inbox = self.mail.inbox();
+                    inbox.bytes = inbox.bytes.saturating_sub(bytes.len());
+                }
+                (Ok(()), Item::Resize(..)) => {}
+                (Err(e), item) => {
+                    self.mail.inbox().queue.push_front(item);
+                    return Err(e);
+                }
+            }
+        }
     }
 
     async fn resize_http(&self, proc_: &mut Proc, size: (u16, u16)) {
@@ -504,14 +672,18 @@ impl Driver {
         let mut backoff = Backoff::default();
         let mut unreachable_since: Option<Instant> = None;
         loop {
-            let why = match self.open(proc_).await {
+            self.apply_retarget();
+            let opened = tokio::select! {
+                opened = self.open(proc_) => opened,
+                _ = self.mail.retargeted.notified() => continue,
+            };
+            let why = match opened {
                 Ok((ws, sse)) => {
                     backoff.reset();
                     unreachable_since = None;
                     self.sink.remote(Some(&proc_.id), true, None);
                     match self.pump(proc_, ws, sse).await {
                         Pumped::Exit(code) => return self.finish(proc_, Some(code)).await,
-                        Pumped::Closed => return End::Lost("the terminal host is closing".into()),
                         Pumped::Retargeted => continue,
                         Pumped::Broken(e) => e,
                     }
@@ -544,9 +716,7 @@ impl Driver {
                 }
             }
             self.sink.remote(Some(&proc_.id), false, Some(why));
-            if !self.wait(backoff.next_delay(), Some(proc_)).await {
-                return End::Lost("the terminal host is closing".into());
-            }
+            self.wait(backoff.next_delay()).await;
         }
     }
 
@@ -587,19 +757,15 @@ impl Driver {
 
     /// Moves output to the log and input to the process until something ends it.
     async fn pump(&mut self, proc_: &mut Proc, mut ws: Ws, mut sse: awc::ClientResponse) -> Pumped {
-        // Input typed while disconnected goes first, in order.
-        while let Some(bytes) = self.queued.pop_front() {
-            self.queued_bytes -= bytes.len();
-            if let Err(e) = send_input(&mut ws, &bytes).await {
-                self.queued_bytes += bytes.len();
-                self.queued.push_front(bytes);
-                return Pumped::Broken(e);
-            }
-        }
+        // The size the attachers asked for last, then what they typed (and
+        // resized) while disconnected, in order.
         if let Some(size) = self.size.filter(|s| proc_.size != Some(*s)) {
             if send_resize(&mut ws, size).await.is_ok() {
                 proc_.size = Some(size);
             }
+        }
+        if let Err(e) = self.flush_input(&mut ws, proc_).await {
+            return Pumped::Broken(e);
         }
         let mut parser = SseParser::new();
         let mut sse_heard = Instant::now();
@@ -642,38 +808,14 @@ impl Driver {
                         Some(Ok(_)) => {}
                     }
                 },
-                cmd = self.rx.recv() => {
-                    let Some(cmd) = cmd else { return Pumped::Closed };
-                    match cmd {
-                        Command::Input(bytes, reply) => {
-                            if let Err(e) = send_input(&mut ws, &bytes).await {
-                                let queued = self.queue(bytes);
-                                let _ = reply.try_send(if queued { Ok(()) } else { Err(io::Error::other("input queue full")) });
-                                return Pumped::Broken(e);
-                            }
-                            let _ = reply.try_send(Ok(()));
-                        }
-                        Command::Resize(cols, rows) => {
-                            self.size = Some((cols, rows));
-                            if proc_.size != self.size {
-                                if let Err(e) = send_resize(&mut ws, (cols, rows)).await {
-                                    return Pumped::Broken(e);
-                                }
-                                proc_.size = self.size;
-                            }
-                        }
-                        Command::Signal(sig, reply) => {
-                            let answer = self.signal(proc_, sig).await;
-                            let _ = reply.try_send(answer);
-                        }
-                        Command::Retarget(to, reply) => {
-                            self.target.base_url = to.base_url;
-                            self.target.headers = to.headers;
-                            let _ = reply.try_send(Ok(()));
-                            let _ = ws.close().await;
-                            return Pumped::Retargeted;
-                        }
+                _ = self.mail.input_ready.notified() => {
+                    if let Err(e) = self.flush_input(&mut ws, proc_).await {
+                        return Pumped::Broken(e);
                     }
+                },
+                _ = self.mail.retargeted.notified() => {
+                    let _ = ws.close().await;
+                    return Pumped::Retargeted;
                 },
                 _ = ping.tick() => {
                     if sse_heard.elapsed() > SILENCE || ws_heard.elapsed() > SILENCE {
@@ -734,52 +876,59 @@ impl Driver {
         End::Exited(code)
     }
 
-    async fn signal(&self, proc_: &mut Proc, sig: i32) -> io::Result<()> {
-        let action = match sig {
-            libc::SIGHUP | libc::SIGTERM => "stop",
-            libc::SIGKILL => "kill",
-            _ => return Err(io::Error::new(io::ErrorKind::Unsupported, format!("signal {sig} cannot be sent to a remote process"))),
-        };
-        proc_.signalled = Some(sig);
-        match self.call("POST", &format!("/v1/processes/{}/{action}?waitMs=0", proc_.id), None).await {
-            Ok(_) => Ok(()),
-            Err(e) => Err(io::Error::other(e.to_string())),
+    /// Waits `delay` (input and resizes stay queued); a retarget ends the wait
+    /// at once.
+    async fn wait(&self, delay: Duration) {
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = self.mail.retargeted.notified() => {}
         }
     }
+}
 
-    /// Waits `delay` while handling commands: input is queued, a signal is tried
-    /// over HTTP, a retarget ends the wait at once. `false` when the host is closing.
-    async fn wait(&mut self, delay: Duration, mut proc_: Option<&mut Proc>) -> bool {
-        let until = tokio::time::Instant::now() + delay;
-        loop {
-            tokio::select! {
-                _ = tokio::time::sleep_until(until) => return true,
-                cmd = self.rx.recv() => {
-                    let Some(cmd) = cmd else { return false };
-                    match cmd {
-                        Command::Input(bytes, reply) => {
-                            let queued = self.queue(bytes);
-                            let _ = reply.try_send(if queued { Ok(()) } else { Err(io::Error::other("sandbox-agent cannot be reached and the input queue is full")) });
-                        }
-                        Command::Resize(cols, rows) => self.size = Some((cols, rows)),
-                        Command::Signal(sig, reply) => {
-                            let answer = match proc_.as_deref_mut() {
-                                Some(p) => self.signal(p, sig).await,
-                                None => Err(io::Error::other("no remote process yet")),
-                            };
-                            let _ = reply.try_send(answer);
-                        }
-                        Command::Retarget(to, reply) => {
-                            self.target.base_url = to.base_url;
-                            self.target.headers = to.headers;
-                            let _ = reply.try_send(Ok(()));
-                            return true;
-                        }
-                    }
-                }
-            }
+/// An HTTP client that sends `headers` on every request and follows no redirect
+/// (Daytona answers a refused preview token with one).
+fn http_client(headers: &[(String, String)], timeout: Option<Duration>) -> awc::Client {
+    let mut b = awc::Client::builder().disable_redirects().max_http_version(awc::http::Version::HTTP_11);
+    b = match timeout {
+        Some(t) => b.timeout(t),
+        None => b.disable_timeout(),
+    };
+    for (k, v) in headers {
+        // Checked at launch and retarget: `add_default_header` panics on a bad one.
+        if valid_header(k, v) {
+            b = b.add_default_header((k.as_str(), v.as_str()));
         }
     }
+    b.finish()
+}
+
+/// One JSON call to sandbox-agent at `base_url`; the answer's body when it is a 2xx.
+async fn call_at(base_url: &str, headers: &[(String, String)], method: &str, path: &str, body: Option<&Value>) -> Result<Value, Fail> {
+    let method = awc::http::Method::from_bytes(method.as_bytes()).map_err(|e| Fail::Other(e.to_string()))?;
+    let url = format!("{}{path}", base_url.trim_end_matches('/'));
+    let req = http_client(headers, Some(HTTP_TIMEOUT)).request(method, url);
+    let sent = match body {
+        Some(b) => req.send_json(b).await,
+        None => req.send().await,
+    };
+    let mut res = sent.map_err(|e| match e {
+        // No connection was made; `Disconnected` (a connection lost while
+        // the request was on it) may have delivered it.
+        awc::error::SendRequestError::Connect(e) if !matches!(e, awc::error::ConnectError::Disconnected) => {
+            Fail::Unreached(format!("reaching sandbox-agent: {e}"))
+        }
+        e => Fail::Other(format!("reaching sandbox-agent: {e}")),
+    })?;
+    let status = res.status().as_u16();
+    let bytes = res.body().limit(16 * 1024 * 1024).await.map_err(|e| Fail::Other(format!("reading sandbox-agent's answer: {e}")))?;
+    if !(200..300).contains(&status) {
+        return Err(fail_for(status, &bytes));
+    }
+    if bytes.is_empty() {
+        return Ok(Value::Null);
+    }
+    serde_json::from_slice(&bytes).map_err(|e| Fail::Other(format!("sandbox-agent's answer is not JSON: {e}")))
 }
 
 async fn send_input(ws: &mut Ws, bytes: &[u8]) -> Result<(), String> {

@@ -132,6 +132,9 @@ fn dechunk(mut s: &str) -> String {
 struct Proxy {
     port: u16,
     cut: Arc<AtomicBool>,
+    /// Requests reach sandbox-agent, but answers are lost (the connection
+    /// closes on the client once the answer starts).
+    swallow: Arc<AtomicBool>,
     conns: Arc<Mutex<Vec<TcpStream>>>,
 }
 
@@ -140,8 +143,9 @@ impl Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let cut = Arc::new(AtomicBool::new(false));
+        let swallow = Arc::new(AtomicBool::new(false));
         let conns: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
-        let (c, k) = (cut.clone(), conns.clone());
+        let (c, k, sw) = (cut.clone(), conns.clone(), swallow.clone());
         std::thread::spawn(move || {
             for inbound in listener.incoming() {
                 let Ok(inbound) = inbound else { continue };
@@ -155,15 +159,24 @@ impl Proxy {
                     k.push(inbound.try_clone().unwrap());
                     k.push(outbound.try_clone().unwrap());
                 }
-                for (mut from, mut into) in [(inbound.try_clone().unwrap(), outbound.try_clone().unwrap()), (outbound, inbound)] {
+                let swallowing = sw.load(Ordering::SeqCst);
+                for (n, (mut from, mut into)) in
+                    [(inbound.try_clone().unwrap(), outbound.try_clone().unwrap()), (outbound, inbound)].into_iter().enumerate()
+                {
                     std::thread::spawn(move || {
+                        if n == 1 && swallowing {
+                            let _ = from.read(&mut [0u8; 4096]);
+                            let _ = into.shutdown(Shutdown::Both);
+                            let _ = from.shutdown(Shutdown::Both);
+                            return;
+                        }
                         let _ = std::io::copy(&mut from, &mut into);
                         let _ = into.shutdown(Shutdown::Write);
                     });
                 }
             }
         });
-        Proxy { port, cut, conns }
+        Proxy { port, cut, swallow, conns }
     }
 
     fn url(&self) -> String {
@@ -180,6 +193,10 @@ impl Proxy {
 
     fn heal(&self) {
         self.cut.store(false, Ordering::SeqCst);
+    }
+
+    fn swallow(&self, on: bool) {
+        self.swallow.store(on, Ordering::SeqCst);
     }
 }
 
@@ -423,8 +440,8 @@ fn setup_failures_and_missing_programs_end_as_locally() {
     client::launch(&opts, &spec, BIN).unwrap();
     let err = client::retarget(&dir, &target(&sa.url(), &[])).unwrap_err();
     assert!(err.to_string().contains("not a remote host"), "{err}");
-    let s = status(&dir);
-    assert!(s.running && s.remote.is_none() && s.agent_pid.is_some(), "{s:?}");
+    let s = wait_for("the local agent started", || Some(status(&dir)).filter(|s| s.agent_pid.is_some()));
+    assert!(s.running && s.remote.is_none(), "{s:?}");
     client::signal(&dir, libc::SIGKILL).unwrap();
     wait_exit(&dir);
 }
@@ -517,6 +534,38 @@ fn a_cut_connection_reconnects_without_losing_or_repeating_output_and_retarget_m
     // No host, no retarget.
     wait_for("the host gone", || client::status(&dir).is_err().then_some(()));
     assert!(client::retarget(&dir, &target(&other.url(), &[])).is_err());
+}
+
+/// sandbox-agent's running processes whose args are `args`.
+fn running_with_args(sa: &SandboxAgent, args: &Value) -> Vec<String> {
+    let (_, list) = http("GET", &format!("{}/v1/processes", sa.url()), &[], None);
+    let all = list["processes"].as_array().cloned().unwrap_or_default();
+    all.iter().filter(|p| p["status"] == "running" && &p["args"] == args).map(|p| p["id"].as_str().unwrap().to_string()).collect()
+}
+
+#[test]
+fn a_create_whose_answer_is_lost_is_adopted_not_repeated() {
+    let sa = SandboxAgent::start();
+    let proxy = Proxy::start(sa.port);
+    proxy.swallow(true);
+    let root = tempfile::Builder::new().prefix("kiln-rt-").tempdir().unwrap();
+    let dir = state_dir(&root, "a1");
+    let script = "echo adop\"\"ted-once; exec sleep 600";
+    launch(&dir, target(&proxy.url(), &[]), &[], &["sh", "-c", script], &[], None);
+    let args = json!(["-c", script]);
+    // The create reached sandbox-agent; its answer did not reach the host.
+    let made = wait_for("the process made", || Some(running_with_args(&sa, &args)).filter(|p| !p.is_empty()));
+    assert!(!status(&dir).remote.unwrap().connected);
+    proxy.swallow(false);
+    let s = wait_connected(&dir);
+    assert_eq!(s.remote.unwrap().process_id.as_deref(), Some(made[0].as_str()), "the host adopted the process made");
+    assert_eq!(running_with_args(&sa, &args), made, "and made no other");
+    let host_log = std::fs::read_to_string(dir.join("host.log")).unwrap_or_default();
+    assert!(host_log.contains(&format!("adopted process \"{}\"", made[0])), "{host_log}");
+    let a = Attacher::open(&dir, 0);
+    a.until("its output", "adopted-once");
+    client::signal(&dir, libc::SIGKILL).unwrap();
+    assert_eq!(wait_exit(&dir).signal, Some(libc::SIGKILL));
 }
 
 /// The fake Daytona's control plane and toolbox, with its API key.
