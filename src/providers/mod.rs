@@ -371,6 +371,23 @@ mod tests {
     use super::*;
 
     #[test]
+    fn what_needs_a_local_checkout_says_which_provider_has_none() {
+        let remote = ProviderCapabilities {
+            local_terminal: true,
+            remote: true,
+            local_path: false,
+            terminal: "remote_pty",
+            snapshot: "mirror_ref",
+            ports: true,
+            needs_remote_source: true,
+        };
+        let err = remote.require_local_path("daytona", "`switch`").unwrap_err();
+        assert_eq!(err.code(), "not_supported_by_provider");
+        assert!(err.to_string().contains("`switch` needs the task's checkout on this machine"), "{err}");
+        assert!(ProviderCapabilities { local_path: true, ..remote }.require_local_path("worktree", "`switch`").is_ok());
+    }
+
+    #[test]
     fn kiln_keeps_the_daytona_key_from_agents() {
         assert!(!is_agent_secret("daytona", "api_key"));
         assert!(is_agent_secret("daytona", "ANTHROPIC_API_KEY"));

@@ -251,6 +251,17 @@ async fn a_save_that_fails_stops_the_sandbox_instead_of_deleting_it() {
     assert_eq!(fake.sandbox_state(&record.id).as_deref(), Some("stopped"));
     assert!(home.join("app/work.txt").exists(), "the work is still there");
     assert!(!fake.calls().iter().any(|c| c.method == "DELETE" && c.path.starts_with("/api/sandbox")), "nothing deleted");
+
+    // A sandbox in `error` cannot be read: it is kept, and the error says why.
+    let handle = remote.handle("t6");
+    let (record, _) = provision_sandbox(&c, &settings(&fake, port()), &remote.request("t6", None), &handle).await.expect("provisioned");
+    fake.set_error(&record.id, "the runner is gone");
+    let err = destroy_sandbox(&c, &Default::default(), DestroySandbox { handle, snapshot_ref: "refs/kiln/snapshots/t6".into(), grace: Duration::from_secs(1) })
+        .await
+        .expect_err("an errored sandbox cannot be read");
+    assert_eq!(err.code(), "snapshot_failed");
+    assert!(err.to_string().contains("the runner is gone") && err.to_string().contains("it is kept"), "{err}");
+    assert_eq!(fake.sandbox_state(&record.id).as_deref(), Some("error"));
 }
 
 #[actix_web::test]

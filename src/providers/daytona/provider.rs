@@ -768,6 +768,17 @@ pub async fn destroy_sandbox(client: &DaytonaClient, locks: &MirrorLocks, req: D
         return Ok(Destroyed { snapshot: None, stop: AgentStop { ms: started.elapsed().as_millis() as u64, ..stop } });
     };
     let mut snapshot = None;
+    if let (Some(record), true) = (&record, sandbox.is_failed()) {
+        // Its toolbox cannot run: the work cannot be read, and is not deleted.
+        let why = sandbox.error_reason.clone().filter(|r| !r.is_empty()).unwrap_or_else(|| "no reason given".into());
+        return Err(AppError::conflict(
+            "snapshot_failed",
+            format!(
+                "the Daytona sandbox {} is in state `{}` ({why}), so its work cannot be read, and it is kept: recover it in Daytona and try again, or delete it there to let the task go",
+                record.name, sandbox.state
+            ),
+        ));
+    }
     if let Some(record) = &record {
         let saved = async {
             let sandbox = ensure_started(&client, sandbox.clone()).await?;
