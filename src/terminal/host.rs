@@ -33,7 +33,9 @@ use std::time::Duration;
 use super::log::TerminalLog;
 use super::procs::Cgroup;
 use super::protocol::{self, ExitInfo, Frame, HostStatus, RemoteStatus};
-use super::remote::{self, RemoteTarget};
+use super::remote;
+/// Also here, beside the `HostOptions` that holds it.
+pub use super::remote::RemoteTarget;
 use crate::util::now_ms;
 
 /// Frames queued per attacher before it is cut loose.

@@ -21,9 +21,9 @@
 //!   is queued in order as the host gets it (never waiting for the driver, which
 //!   may be connecting) and written as soon as the WebSocket is up.
 //! - **Reconnect.** When either connection drops, the host asks for the process
-//!   (`GET /v1/processes/{id}`): exited → the end is recorded; `404` → the process
-//!   is gone (sandbox-agent restarted with the sandbox) and the run ends with a
-//!   reason; otherwise it retries with backoff (250 ms doubling to 10 s, jittered),
+//!   (`GET /v1/processes/{id}`): exited → the end is recorded; `404`, or another
+//!   process under that id (ids restart with sandbox-agent) → the process is gone
+//!   (sandbox-agent restarted with the sandbox) and the run ends with a reason; otherwise it retries with backoff (250 ms doubling to 10 s, jittered),
 //!   and gives up after [`GIVE_UP`] without reaching sandbox-agent. Input typed
 //!   meanwhile stays queued (up to [`MAX_QUEUED_INPUT`]) and is written on reconnect.
 //! - **Retarget** replaces the base URL and headers (a restarted Daytona sandbox has
@@ -455,6 +455,13 @@ fn fail_for(status: u16, body: &[u8]) -> Fail {
 
 type Ws = actix_codec::Framed<awc::BoxedSocket, awc::ws::Codec>;
 
+impl Proc {
+    /// Whether sandbox-agent's record `info` is this process.
+    fn is(&self, info: &Value) -> bool {
+        info["id"].as_str() == Some(self.id.as_str()) && (self.created_at.is_none() || info["createdAtMs"].as_i64() == self.created_at)
+    }
+}
+
 /// Why a pump stopped.
 enum Pumped {
     /// The WebSocket said the process exited.
@@ -479,6 +486,9 @@ struct Driver {
 /// The state of the process driven now.
 struct Proc {
     id: String,
+    /// `createdAtMs`: with the id, it names this process even after sandbox-agent
+    /// restarted and numbers its processes from `proc_1` again.
+    created_at: Option<i64>,
     cursor: Cursor,
     /// The size its PTY has.
     size: Option<(u16, u16)>,
@@ -573,7 +583,7 @@ impl Driver {
         *self.mail.signalled() = None;
         *self.mail.current() =
             Some(Current { base_url: self.target.base_url.clone(), headers: self.target.headers.clone(), process_id: id.clone() });
-        let mut proc_ = Proc { id, cursor: Cursor::default(), size: None };
+        let mut proc_ = Proc { id, created_at: created["createdAtMs"].as_i64(), cursor: Cursor::default(), size: None };
         let initial = (self.plan.cols, self.plan.rows);
         self.resize_http(&mut proc_, self.size.unwrap_or(initial)).await;
         if agent {
@@ -666,13 +676,39 @@ impl Driver {
         }
     }
 
-    /// Follows the process until it ends: connect, pump, and on a break ask
-    /// sandbox-agent what became of it, reconnecting with backoff.
+    /// Follows the process until it ends: connect and pump; after a break, ask
+    /// sandbox-agent what became of the process before connecting again, with
+    /// backoff.
     async fn follow(&mut self, proc_: &mut Proc) -> End {
         let mut backoff = Backoff::default();
         let mut unreachable_since: Option<Instant> = None;
+        let mut first = true;
         loop {
             self.apply_retarget();
+            if !first {
+                match self.call("GET", &format!("/v1/processes/{}", proc_.id), None).await {
+                    // Ids restart with sandbox-agent: `proc_1` may now be another process.
+                    Ok(info) if !proc_.is(&info) => return self.gone(proc_),
+                    Ok(info) if info["status"] == "exited" => {
+                        let code = info["exitCode"].as_i64().map(|c| c as i32);
+                        return self.finish(proc_, Some(code)).await;
+                    }
+                    Ok(_) => unreachable_since = None,
+                    Err(Fail::Gone) => return self.gone(proc_),
+                    Err(e) => {
+                        let since = *unreachable_since.get_or_insert_with(Instant::now);
+                        if since.elapsed() > GIVE_UP {
+                            let reason = format!("sandbox-agent could not be reached for {} s: {e}", GIVE_UP.as_secs());
+                            self.sink.output(format!("\r\nkiln: {reason}\r\n").as_bytes());
+                            return End::Lost(reason);
+                        }
+                        self.sink.remote(Some(&proc_.id), false, Some(e.to_string()));
+                        self.wait(backoff.next_delay()).await;
+                        continue;
+                    }
+                }
+            }
+            first = false;
             let opened = tokio::select! {
                 opened = self.open(proc_) => opened,
                 _ = self.mail.retargeted.notified() => continue,
@@ -680,7 +716,6 @@ impl Driver {
             let why = match opened {
                 Ok((ws, sse)) => {
                     backoff.reset();
-                    unreachable_since = None;
                     self.sink.remote(Some(&proc_.id), true, None);
                     match self.pump(proc_, ws, sse).await {
                         Pumped::Exit(code) => return self.finish(proc_, Some(code)).await,
@@ -688,36 +723,19 @@ impl Driver {
                         Pumped::Broken(e) => e,
                     }
                 }
-                Err(Fail::Gone) => String::from("not found"),
                 Err(e) => e.to_string(),
             };
-            // What became of the process?
-            match self.call("GET", &format!("/v1/processes/{}", proc_.id), None).await {
-                Ok(info) if info["status"] == "exited" => {
-                    let code = info["exitCode"].as_i64().map(|c| c as i32);
-                    return self.finish(proc_, Some(code)).await;
-                }
-                Ok(_) => {}
-                Err(Fail::Gone) => {
-                    let reason = format!(
-                        "the agent's process {} is gone from the sandbox (sandbox-agent restarted, or the sandbox did)",
-                        proc_.id
-                    );
-                    self.sink.output(format!("\r\nkiln: {reason}\r\n").as_bytes());
-                    return End::Lost(reason);
-                }
-                Err(e) => {
-                    let since = *unreachable_since.get_or_insert_with(Instant::now);
-                    if since.elapsed() > GIVE_UP {
-                        let reason = format!("sandbox-agent could not be reached for {} s: {e}", GIVE_UP.as_secs());
-                        self.sink.output(format!("\r\nkiln: {reason}\r\n").as_bytes());
-                        return End::Lost(reason);
-                    }
-                }
-            }
             self.sink.remote(Some(&proc_.id), false, Some(why));
             self.wait(backoff.next_delay()).await;
         }
+    }
+
+    /// The process is gone from sandbox-agent: says so in the terminal.
+    fn gone(&self, proc_: &Proc) -> End {
+        let reason =
+            format!("the agent's process {} is gone from the sandbox (sandbox-agent restarted, or the sandbox did)", proc_.id);
+        self.sink.output(format!("\r\nkiln: {reason}\r\n").as_bytes());
+        End::Lost(reason)
     }
 
     /// Opens the terminal WebSocket (and waits for its `ready`), then the log stream

@@ -314,7 +314,33 @@ fn wait_exit(state_dir: &Path) -> kiln::terminal::protocol::ExitInfo {
     wait_for("the run ended", || client::exit_info(state_dir))
 }
 
-fn state_dir(root: &tempfile::TempDir, name: &str) -> PathBuf {
+/// The tests' state dirs; on drop (a failed test included) every host still
+/// running in one is killed, so none lingers retrying a sandbox-agent that is gone.
+struct Root(tempfile::TempDir);
+
+impl Root {
+    fn new() -> Root {
+        Root(tempfile::Builder::new().prefix("kiln-rt-").tempdir().unwrap())
+    }
+
+    fn path(&self) -> &Path {
+        self.0.path()
+    }
+}
+
+impl Drop for Root {
+    fn drop(&mut self) {
+        for entry in std::fs::read_dir(self.0.path()).into_iter().flatten().flatten() {
+            let pid = std::fs::read_to_string(entry.path().join("host.pid")).ok().and_then(|p| p.trim().parse::<i32>().ok());
+            if let Some(pid) = pid {
+                // SAFETY: kill(2) on a host this test launched (its pid file is in our temp dir).
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+    }
+}
+
+fn state_dir(root: &Root, name: &str) -> PathBuf {
     let dir = root.path().join(name);
     std::fs::create_dir_all(&dir).unwrap();
     dir
@@ -327,7 +353,7 @@ fn count(haystack: &str, needle: &str) -> usize {
 #[test]
 fn a_remote_terminal_types_resizes_replays_and_records_the_exit() {
     let sa = SandboxAgent::start();
-    let root = tempfile::Builder::new().prefix("kiln-rt-").tempdir().unwrap();
+    let root = Root::new();
     let dir = state_dir(&root, "t1");
     let header_secret = "hdr-secret-9f1c";
     let tgt = target(&sa.url(), &[("x-test-token", header_secret)]);
@@ -407,7 +433,7 @@ fn a_remote_terminal_types_resizes_replays_and_records_the_exit() {
 #[test]
 fn setup_failures_and_missing_programs_end_as_locally() {
     let sa = SandboxAgent::start();
-    let root = tempfile::Builder::new().prefix("kiln-rt-").tempdir().unwrap();
+    let root = Root::new();
     let dir = state_dir(&root, "s1");
     launch(&dir, target(&sa.url(), &[]), &["echo fir\"\"st", "exit 3", "echo never-runs"], &["bash"], &[], None);
     let exit = wait_exit(&dir);
@@ -449,7 +475,7 @@ fn setup_failures_and_missing_programs_end_as_locally() {
 #[test]
 fn signals_stop_and_kill_the_remote_process() {
     let sa = SandboxAgent::start();
-    let root = tempfile::Builder::new().prefix("kiln-rt-").tempdir().unwrap();
+    let root = Root::new();
     // SIGTERM → stop.
     let dir = state_dir(&root, "k1");
     launch(&dir, target(&sa.url(), &[]), &[], &["sh", "-c", "echo slee\"\"ping; exec sleep 600"], &[], None);
@@ -472,7 +498,7 @@ fn signals_stop_and_kill_the_remote_process() {
 fn a_cut_connection_reconnects_without_losing_or_repeating_output_and_retarget_moves_it() {
     let mut sa = SandboxAgent::start();
     let proxy = Proxy::start(sa.port);
-    let root = tempfile::Builder::new().prefix("kiln-rt-").tempdir().unwrap();
+    let root = Root::new();
     let dir = state_dir(&root, "r1");
     launch(&dir, target(&proxy.url(), &[]), &[], &["bash", "--norc", "--noprofile", "-i"], &[], None);
     wait_connected(&dir);
@@ -524,13 +550,22 @@ fn a_cut_connection_reconnects_without_losing_or_repeating_output_and_retarget_m
     assert_eq!(count(&a.text(), "all-done"), 1);
 
     // sandbox-agent restarts (the sandbox did): the process is gone, and the
-    // host says so instead of hanging.
+    // host says so instead of hanging. The new sandbox-agent numbers its
+    // processes from proc_1 again: another process with the agent's id is not
+    // the agent.
+    assert_eq!(status(&dir).remote.unwrap().process_id.as_deref(), Some("proc_1"));
+    other.cut();
     sa.kill();
     sa.boot();
+    let body = json!({"command": "sh", "args": ["-c", "while :; do echo impo\"\"stor; sleep 0.2; done"], "tty": true, "interactive": true});
+    let (code, impostor) = http("POST", &format!("{}/v1/processes", sa.url()), &[], Some(body));
+    assert_eq!((code, impostor["id"].as_str()), (200, Some("proc_1")), "{impostor}");
+    other.heal();
     let exit = wait_exit(&dir);
     assert_eq!((exit.code, exit.signal, exit.phase.as_str()), (None, None, "agent"));
     assert!(exit.reason.as_deref().is_some_and(|r| r.contains("is gone")), "{exit:?}");
     assert!(log_text(&dir).contains("kiln: the agent's process"), "the terminal says why");
+    assert!(!log_text(&dir).contains("impostor"), "another process's output never reaches the log");
     // No host, no retarget.
     wait_for("the host gone", || client::status(&dir).is_err().then_some(()));
     assert!(client::retarget(&dir, &target(&other.url(), &[])).is_err());
@@ -548,7 +583,7 @@ fn a_create_whose_answer_is_lost_is_adopted_not_repeated() {
     let sa = SandboxAgent::start();
     let proxy = Proxy::start(sa.port);
     proxy.swallow(true);
-    let root = tempfile::Builder::new().prefix("kiln-rt-").tempdir().unwrap();
+    let root = Root::new();
     let dir = state_dir(&root, "a1");
     let script = "echo adop\"\"ted-once; exec sleep 600";
     launch(&dir, target(&proxy.url(), &[]), &[], &["sh", "-c", script], &[], None);
@@ -603,7 +638,7 @@ fn through_a_daytona_preview_url_with_its_token_and_a_restart() {
     let port = kiln::integrations::sandbox_agent::free_port().unwrap();
     let (url, token) = start_agent_in(&fake, &id, port, "agent");
 
-    let root = tempfile::Builder::new().prefix("kiln-rt-").tempdir().unwrap();
+    let root = Root::new();
     let dir = state_dir(&root, "d1");
     let mut tgt = target(&url, &[("x-daytona-preview-token", &token)]);
     tgt.cwd = fake.home(&id).unwrap().display().to_string();
