@@ -335,12 +335,19 @@ async fn a_daytona_task_runs_end_to_end_through_the_server_and_its_kill_keeps_th
     let env = sent["env"].to_string();
     assert!(!env.contains(&fake.key()) && !env.contains(&server.token) && !env.contains(SECRET), "{env}");
 
+    // The status poller reads the sandbox on each poll, but probes sandbox-agent
+    // through the preview URL it already has: no new one per poll.
+    let id = sandbox_id(&fake, &task).await.expect("the sandbox");
+    let count = |path: String| fake.calls().iter().filter(|c| c.method == "GET" && c.path.starts_with(&path)).count();
+    let (gets, previews) = (count(format!("/api/sandbox/{id}")), count(format!("/api/sandbox/{id}/ports/")));
+    eventually(WAIT, "five more polls", || async { (count(format!("/api/sandbox/{id}")) >= gets + 5).then_some(()) }).await;
+    assert_eq!(count(format!("/api/sandbox/{id}/ports/")), previews, "the preview URL is not fetched on every poll");
+
     // The same terminal route: the agent runs in the sandbox, in the checkout.
     let mut term = crate::common::Term::open(&c, "default", &task, 0).await;
     term.expect("fake-agent ready: Fix the flaky test").await;
     term.send(b"write work.txt\r").await;
     term.expect("wrote work.txt").await;
-    let id = sandbox_id(&fake, &task).await.expect("the sandbox");
     let checkout = fake.home(&id).unwrap().join("app");
     assert_eq!(std::fs::read_to_string(checkout.join("work.txt")).unwrap(), "agent was here\n");
     assert_eq!(git(&checkout, &["rev-parse", "--abbrev-ref", "HEAD"]), created["branch"].as_str().unwrap());

@@ -222,11 +222,40 @@ git rev-parse HEAD"#
     run(client, tb, "cloning the repository", &script, envs, CLONE_TIMEOUT).await.map(drop)
 }
 
-/// The preview URL of sandbox-agent's port and the headers every request needs.
+/// The preview URLs and headers last fetched, by sandbox id: the status poller
+/// probes sandbox-agent through them without asking Daytona each time, and
+/// fetches again when a probe fails (the token changes when a sandbox restarts).
+type PreviewCache = std::sync::Mutex<std::collections::HashMap<String, (String, Vec<(String, String)>)>>;
+
+fn previews() -> &'static PreviewCache {
+    static CACHE: std::sync::OnceLock<PreviewCache> = std::sync::OnceLock::new();
+    CACHE.get_or_init(Default::default)
+}
+
+/// The preview URL of sandbox-agent's port and the headers every request needs,
+/// fetched now (and remembered for the status poller).
 async fn agent_endpoint(client: &DaytonaClient, record: &SandboxRecord) -> ProviderResult<(PreviewUrl, Vec<(String, String)>)> {
     let preview = client.preview_url(&record.id, record.agent_port).await?;
     let headers = vec![(PreviewUrl::TOKEN_HEADER.to_string(), preview.token.expose().to_string())];
+    if let Ok(mut cache) = previews().lock() {
+        cache.insert(record.id.clone(), (preview.url.clone(), headers.clone()));
+    }
     Ok((preview, headers))
+}
+
+/// Whether sandbox-agent answers, through the remembered preview URL, else
+/// through a freshly fetched one.
+async fn agent_answers(client: &DaytonaClient, record: &SandboxRecord) -> bool {
+    let cached = previews().lock().ok().and_then(|c| c.get(&record.id).cloned());
+    if let Some((url, headers)) = cached {
+        if agent_healthy(&url, &record.agent_token, &headers, Duration::from_secs(5)).await {
+            return true;
+        }
+    }
+    match agent_endpoint(client, record).await {
+        Ok((preview, headers)) => agent_healthy(&preview.url, &record.agent_token, &headers, Duration::from_secs(5)).await,
+        Err(_) => false,
+    }
 }
 
 /// Whether sandbox-agent answers `/v1/health` through its preview URL.
@@ -805,6 +834,9 @@ pub async fn destroy_sandbox(client: &DaytonaClient, locks: &MirrorLocks, req: D
         }
     }
     client.delete_and_wait(&sandbox.id, DESTROY_TIMEOUT).await?;
+    if let Ok(mut cache) = previews().lock() {
+        cache.remove(&sandbox.id);
+    }
     let dir = req.handle.state_dir.clone();
     let _ = blocking(move || Ok(std::fs::remove_file(dir.join(STATE_FILE)))).await;
     Ok(Destroyed { snapshot, stop: AgentStop { ms: started.elapsed().as_millis() as u64, ..stop } })
@@ -850,13 +882,7 @@ pub async fn sandbox_health(client: &DaytonaClient, handle: SandboxHandle) -> Pr
         });
     }
     let agent_server = match (&record, sandbox.is_started()) {
-        (Some(record), true) => {
-            let healthy = match agent_endpoint(&client, record).await {
-                Ok((preview, headers)) => agent_healthy(&preview.url, &record.agent_token, &headers, Duration::from_secs(5)).await,
-                Err(_) => false,
-            };
-            Some(healthy)
-        }
+        (Some(record), true) => Some(agent_answers(&client, record).await),
         _ => None,
     };
     Ok(SandboxHealth { exists: true, host, exit, agent_server, reason: None, remote_state: Some(sandbox.state.clone()) })
