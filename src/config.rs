@@ -138,6 +138,14 @@ pub struct TasksConfig {
     pub status_poll_ms: u64,
     pub default_agent: String,
     pub default_provider: String,
+    /// How long a remote sandbox whose task is gone or over (found by its labels
+    /// at boot) is kept after it is reported, before it is deleted.
+    #[serde(default = "default_orphan_grace_secs")]
+    pub orphan_grace_secs: u64,
+}
+
+fn default_orphan_grace_secs() -> u64 {
+    600
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -132,6 +132,21 @@ pub fn all_repos_full(conn: &mut SqliteConnection) -> QueryResult<Vec<Repo>> {
     repos::table.select(Repo::as_select()).load(conn)
 }
 
+/// The organizations whose `daytona` profile has an `api_key`.
+pub fn daytona_organizations(conn: &mut SqliteConnection) -> QueryResult<Vec<String>> {
+    let rows: Vec<(String, String)> = provider_profiles::table
+        .filter(provider_profiles::provider.eq("daytona"))
+        .select((provider_profiles::organization, provider_profiles::secrets))
+        .load(conn)?;
+    Ok(rows
+        .into_iter()
+        .filter(|(_, secrets)| {
+            serde_json::from_str::<serde_json::Value>(secrets).is_ok_and(|v| v["api_key"].as_str().is_some_and(|k| !k.is_empty()))
+        })
+        .map(|(org, _)| org)
+        .collect())
+}
+
 /// `(organization, webhook secret)` of every organization that set one.
 pub fn github_webhook_secrets(conn: &mut SqliteConnection) -> QueryResult<Vec<(String, String)>> {
     let rows: Vec<(String, String)> = provider_profiles::table

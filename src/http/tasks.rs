@@ -114,8 +114,9 @@ pub struct ActionResult {
         (status = 201, description = "Created; provisioning goes on (follow `task.*` events)", body = TaskView),
         (status = 404, description = "Not found:\n- `organization_not_found`\n- `repo_not_found`", body = ApiError),
         (status = 409, description = "Conflict:\n- `task_id_taken`", body = ApiError),
-        (status = 422, description = "Invalid content:\n- `invalid_description`\n- `invalid_title`\n- `unknown_agent`\n- `unknown_provider`\n- `provider_unavailable`\n- `invalid_branch`\n- `unknown_base_branch`", body = ApiError),
-        (status = 503, description = "Unavailable:\n- `git_missing`", body = ApiError),
+        (status = 422, description = "Invalid content:\n- `invalid_description`\n- `invalid_title`\n- `unknown_agent`\n- `unknown_provider`\n- `provider_unavailable`\n- `invalid_branch`\n- `unknown_base_branch`\n- `daytona_not_configured`\n- `daytona_unauthorized`\n- `remote_source_required`", body = ApiError),
+        (status = 502, description = "A remote failed:\n- `daytona_unavailable`", body = ApiError),
+        (status = 503, description = "Unavailable:\n- `git_missing`\n- `daytona_rate_limited`", body = ApiError),
     ),
 )]
 pub async fn create(
@@ -302,9 +303,9 @@ pub async fn get(kiln: web::Data<Kiln>, caller: Caller, path: web::Path<(String,
     responses(
         (status = 200, description = "Done", body = ActionResult),
         (status = 404, description = "Not found:\n- `unknown_action`\n- `task_not_found`", body = ApiError),
-        (status = 409, description = "Not in this state:\n- `invalid_transition`\n- `task_changed`\n- `agent_unreachable`\n- `agent_running`\n- `commit_failed`\n- `push_rejected`\n- `remote_moved`\n- `sync_conflict`\n- `sync_failed`\n- `no_pull_request`\n- `head_moved`\n- `unpushed_commits`\n- `not_mergeable`\n- `merge_conflict`\n- `merge_failed`", body = ApiError),
-        (status = 422, description = "Invalid content:\n- `invalid_input`\n- `agent_not_found`\n- `unknown_agent`\n- `sandbox_failed`\n- `invalid_mode`\n- `not_github`\n- `github_token_missing`\n- `github_rejected`\n- `invalid_method`", body = ApiError),
-        (status = 502, description = "A remote failed:\n- `commit_failed`\n- `push_rejected`\n- `sync_failed`\n- `merge_failed`\n- `github_unauthorized`\n- `github_failed`", body = ApiError),
+        (status = 409, description = "Not in this state:\n- `invalid_transition`\n- `task_changed`\n- `agent_unreachable`\n- `agent_running`\n- `commit_failed`\n- `push_rejected`\n- `remote_moved`\n- `sync_conflict`\n- `sync_failed`\n- `no_pull_request`\n- `head_moved`\n- `unpushed_commits`\n- `not_mergeable`\n- `merge_conflict`\n- `merge_failed`\n- `snapshot_failed`\n- `sandbox_missing`", body = ApiError),
+        (status = 422, description = "Invalid content:\n- `invalid_input`\n- `agent_not_found`\n- `unknown_agent`\n- `sandbox_failed`\n- `invalid_mode`\n- `not_github`\n- `github_token_missing`\n- `github_rejected`\n- `invalid_method`\n- `not_supported_by_provider`", body = ApiError),
+        (status = 502, description = "A remote failed:\n- `commit_failed`\n- `push_rejected`\n- `sync_failed`\n- `merge_failed`\n- `github_unauthorized`\n- `github_failed`\n- `daytona_unavailable`", body = ApiError),
         (status = 503, description = "Unavailable:\n- `git_missing`\n- `github_rate_limited`", body = ApiError),
     ),
 )]

@@ -636,6 +636,14 @@ pub enum Lease {
 /// credentials must only ever meet the mirror's config, which it cannot write.
 pub fn push(worktree: &Path, mirror: &Path, branch: &str, lease: &Lease, origin: &Origin) -> Result<String, GitError> {
     let head = rev_parse(worktree, "HEAD")?;
+    push_rev(mirror, &head, branch, lease, origin)
+}
+
+/// Pushes the commit `head` (present in the mirror) to `origin` as `branch`,
+/// as [`push`] does for a worktree's HEAD (a remote sandbox's branch is brought
+/// into the mirror first).
+pub fn push_rev(mirror: &Path, head: &str, branch: &str, lease: &Lease, origin: &Origin) -> Result<String, GitError> {
+    let head = head.to_string();
     let refname = format!("refs/heads/{branch}");
     let mut args = vec!["push".to_string(), "--porcelain".into()];
     if let Lease::Expect(expect) = lease {

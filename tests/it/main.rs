@@ -18,6 +18,7 @@ mod dashboard_changes;
 mod dashboard_views;
 mod daytona_client;
 mod daytona_profile;
+mod daytona_provider;
 mod fake_daytona;
 mod fake_github;
 mod fake_sandbox_agent;

@@ -190,6 +190,18 @@ pub async fn provision(ctx: &TaskCtx) -> AppResult<()> {
         let source_checkout =
             (repo.source_kind == "path").then(|| PathBuf::from(&repo.source)).filter(|p| !p.starts_with(&ctx.kiln.data_dir));
         let setup = repo.setup();
+        let origin = super::git_ops::remote_origin(&ctx.kiln, &ctx.org, &repo).await?;
+        let (progress, mut steps) = tokio::sync::mpsc::unbounded_channel::<crate::providers::Progress>();
+        // Each provisioning step becomes a `sandbox.progress` event, in order.
+        let (kiln, org, events) = (ctx.kiln.clone(), ctx.org.clone(), ctx.clone());
+        let forwarder = actix_rt::spawn(async move {
+            while let Some(step) = steps.recv().await {
+                let data = json!({"step": step.step, "percent": step.percent, "detail": step.detail});
+                if let Err(e) = kiln.emit_one(&org, events.event("sandbox.progress", data)).await {
+                    log::warn!("task {}: recording a provisioning step failed: {e}", events.id);
+                }
+            }
+        });
         let req = CreateSandbox {
             org: ctx.org.clone(),
             repo: ctx.repo.clone(),
@@ -201,8 +213,14 @@ pub async fn provision(ctx: &TaskCtx) -> AppResult<()> {
             copy: setup.copy,
             setup: setup.commands,
             launch,
+            origin,
+            progress: Some(progress),
         };
-        ctx.kiln.sandbox(&ctx.org, &task.provider, &task.id)?.send(ProvisionSandbox { req }).await?
+        let created = ctx.kiln.sandbox(&ctx.org, &task.provider, &task.id)?.send(ProvisionSandbox { req }).await;
+        // The request (and its sender) is gone: the forwarder ends once it has
+        // recorded every step, before the outcome's events.
+        let _ = forwarder.await;
+        created?
     }
     .await;
     let created = match created {
@@ -290,7 +308,13 @@ pub async fn apply(ctx: TaskCtx, input: TaskInput, text: Option<String>, params:
                 .await
                 .map_err(|_| AppError::conflict("agent_unreachable", "the agent's terminal does not answer; try resume"))?;
             }
-            Effect::DescribeSandbox => sandbox = Some(ctx.handle(&task, &repo)?),
+            Effect::DescribeSandbox => {
+                if input == TaskInput::Switch {
+                    // `kiln switch` opens the checkout here: a remote one has none.
+                    ctx.kiln.providers.get(&task.provider)?.capabilities().require_local_path(&task.provider, "`switch`")?;
+                }
+                sandbox = Some(ctx.handle(&task, &repo)?)
+            }
             Effect::Git(op) => {
                 let worktree = ctx.handle(&task, &repo)?.path;
                 let git_guard = ctx.kiln.lock_git(&repo.mirror_path).await;
@@ -398,7 +422,9 @@ pub async fn observe(ctx: TaskCtx, health: SandboxHealth) -> AppResult<bool> {
         if input == TaskInput::SandboxLost {
             ctx.kiln.sandbox(&ctx.org, &task.provider, &task.id)?.send(MarkSandboxLost {}).await??;
         }
-        ctx.set_status(status, step.to, step.reason.clone(), input.name(), json!({})).await?;
+        // A lost sandbox is `stalled` with the provider's reason (Daytona's).
+        let reason = if input == TaskInput::SandboxLost { health.reason.clone().or(step.reason.clone()) } else { step.reason.clone() };
+        ctx.set_status(status, step.to, reason, input.name(), json!({})).await?;
         status = step.to;
         if status == TaskStatus::Idle {
             on_idle(&ctx, &task).await?;

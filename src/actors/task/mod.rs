@@ -321,6 +321,16 @@ async fn create(kiln: Kiln, org: String, id: String, msg: CreateTask) -> AppResu
             format!("base branch `{base}` does not exist in repository `{}`", msg.repo.name),
         ));
     }
+    // What the provider cannot take (not configured, a refused key, a repository
+    // it cannot reach) is a 4xx now, with nothing inserted or made.
+    kiln.providers
+        .get(&msg.provider)?
+        .preflight(crate::providers::Preflight {
+            org: org.clone(),
+            repo: msg.repo.name.clone(),
+            source_kind: msg.repo.source_kind.clone(),
+        })
+        .await?;
     let title = msg
         .title
         .map(|t| t.trim().to_string())
