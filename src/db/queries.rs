@@ -271,6 +271,11 @@ pub fn conflicts_list(conn: &mut SqliteConnection, repo_id: i32) -> QueryResult<
         .load(conn)
 }
 
+/// (id, branch, base branch) of the tasks named.
+pub fn task_branches(conn: &mut SqliteConnection, ids: &[String]) -> QueryResult<Vec<(String, String, String)>> {
+    tasks::table.filter(tasks::id.eq_any(ids)).select((tasks::id, tasks::branch, tasks::base_branch)).load(conn)
+}
+
 pub fn task_runtime(conn: &mut SqliteConnection, task_id: &str) -> QueryResult<Option<TaskRuntime>> {
     task_runtime::table
         .find(task_id)

@@ -10,6 +10,7 @@ mod browser;
 mod changes;
 mod cli;
 mod concurrency;
+mod conflicts;
 mod confine;
 mod dashboard;
 mod dashboard_attention;
