@@ -134,6 +134,9 @@ pub struct Prediction {
     /// came from the cache).
     pub states_built: usize,
     pub merges_run: usize,
+    /// Where the round's time went: state commits and file lists, then the merges.
+    pub prepare_time: std::time::Duration,
+    pub merge_time: std::time::Duration,
 }
 
 /// What one round keeps for the next (see the module doc).
@@ -155,47 +158,22 @@ impl Cache {
 /// their base branches point at (`bases`: branch → commit), reusing and then
 /// replacing `cache`.
 pub fn predict(mirror: &Path, candidates: &[Candidate], bases: &HashMap<String, String>, cache: &mut Cache) -> Prediction {
+    let started = std::time::Instant::now();
     let mut out = Prediction::default();
     let mut states = HashMap::new();
     let mut changes = HashMap::new();
     // (task, base branch, state commit, base commit, own changes)
     let mut looked = Vec::new();
-    for c in candidates {
-        let Some(base) = bases.get(&c.base_branch) else { continue };
-        let state = match &c.side {
-            Side::Branch { head } => head.clone(),
-            Side::Worktree { seen, .. } if seen.dirty_files == 0 => seen.head.clone(),
-            Side::Worktree { path, seen } => match cache.states.get(&c.task).filter(|(fp, _)| *fp == seen.fingerprint) {
-                Some((_, commit)) => commit.clone(),
-                None => match git::worktree_state(path) {
-                    Ok(commit) => {
-                        out.states_built += 1;
-                        commit
-                    }
-                    Err(e) => {
-                        log::debug!("conflict prediction: task {}'s worktree could not be read: {}", c.task, e.message());
-                        continue;
-                    }
-                },
-            },
-        };
+    let prepared = in_parallel(candidates, |c| prepare(mirror, c, bases, cache));
+    for (c, prepared) in candidates.iter().zip(prepared) {
+        let Some((state, base, files, built)) = prepared.flatten() else { continue };
+        out.states_built += built as usize;
         if let Side::Worktree { seen, .. } = &c.side {
             states.insert(c.task.clone(), (seen.fingerprint, state.clone()));
         }
-        let key = (state.clone(), base.clone());
-        let files = match cache.changes.get(&key) {
-            Some(files) => files.clone(),
-            None => match git::changed_since_fork(mirror, base, &state) {
-                Ok(files) => Arc::new(files.into_iter().collect::<BTreeSet<_>>()),
-                Err(e) => {
-                    log::debug!("conflict prediction: task {}'s changes could not be listed: {}", c.task, e.message());
-                    continue;
-                }
-            },
-        };
-        changes.insert(key, files.clone());
+        changes.insert((state.clone(), base.clone()), files.clone());
         out.evaluated.push(c.task.clone());
-        looked.push((c.task.as_str(), c.base_branch.as_str(), state, base.clone(), files));
+        looked.push((c.task.as_str(), c.base_branch.as_str(), state, base, files));
     }
 
     // Which merges can conflict: each task that changed something against its
@@ -224,7 +202,17 @@ pub fn predict(mirror: &Path, candidates: &[Candidate], bases: &HashMap<String, 
             missing.push(key.clone());
         }
     }
-    match git::merge_conflicts(mirror, &missing) {
+    out.prepare_time = started.elapsed();
+    let merging = std::time::Instant::now();
+    // In as many git runs as there are workers, each a slice of the merges.
+    let slices: Vec<&[(String, String)]> = missing.chunks(missing.len().div_ceil(workers()).max(1)).collect();
+    let merged = in_parallel(&slices, |slice| git::merge_conflicts(mirror, slice))
+        .into_iter()
+        .map(|r| r.unwrap_or_else(|| Err(GitError::Io(std::io::Error::other("a merge worker panicked")))))
+        .collect::<Result<Vec<_>, _>>()
+        .map(|answers| answers.into_iter().flatten().collect::<Vec<_>>());
+    out.merge_time = merging.elapsed();
+    match merged {
         Ok(answers) => {
             out.merges_run = missing.len();
             merges.extend(missing.into_iter().zip(answers));
@@ -252,6 +240,78 @@ pub fn predict(mirror: &Path, candidates: &[Candidate], bases: &HashMap<String, 
     out.conflicts.sort_by(|a, b| (&a.task, &a.other).cmp(&(&b.task, &b.other)));
     *cache = Cache { states, changes, merges };
     out
+}
+
+/// One task's side of the round: its state commit, its base's commit, the files
+/// it changed since it left the base, and whether the state had to be built.
+/// `None` when its base is unknown or git could not read it this time.
+fn prepare(mirror: &Path, c: &Candidate, bases: &HashMap<String, String>, cache: &Cache) -> Option<(String, String, Arc<BTreeSet<String>>, bool)> {
+    let base = bases.get(&c.base_branch)?;
+    let mut built = false;
+    let state = match &c.side {
+        Side::Branch { head } => head.clone(),
+        Side::Worktree { seen, .. } if seen.dirty_files == 0 => seen.head.clone(),
+        Side::Worktree { path, seen } => match cache.states.get(&c.task).filter(|(fp, _)| *fp == seen.fingerprint) {
+            Some((_, commit)) => commit.clone(),
+            None => match git::worktree_state(path) {
+                Ok(commit) => {
+                    built = true;
+                    commit
+                }
+                Err(e) => {
+                    log::debug!("conflict prediction: task {}'s worktree could not be read: {}", c.task, e.message());
+                    return None;
+                }
+            },
+        },
+    };
+    let files = match cache.changes.get(&(state.clone(), base.clone())) {
+        Some(files) => files.clone(),
+        None => match git::changed_since_fork(mirror, base, &state) {
+            Ok(files) => Arc::new(files.into_iter().collect::<BTreeSet<_>>()),
+            Err(e) => {
+                log::debug!("conflict prediction: task {}'s changes could not be listed: {}", c.task, e.message());
+                return None;
+            }
+        },
+    };
+    Some((state, base.clone(), files, built))
+}
+
+/// How many git processes a round runs at once: the cores, at most 4.
+pub fn workers() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).clamp(1, 4)
+}
+
+/// `f` over `items` on up to [`workers`] threads; the answers in `items`'
+/// order, `None` for an item whose worker panicked.
+pub fn in_parallel<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<Option<R>> {
+    let n = workers().min(items.len());
+    if n <= 1 {
+        return items.iter().map(|i| Some(f(i))).collect();
+    }
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let mut out: Vec<(usize, R)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..n)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut done = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(item) = items.get(i) else { break };
+                        done.push((i, f(item)));
+                    }
+                    done
+                })
+            })
+            .collect();
+        handles.into_iter().flat_map(|h| h.join().unwrap_or_default()).collect()
+    });
+    let mut answers: Vec<Option<R>> = items.iter().map(|_| None).collect();
+    for (i, r) in out.drain(..) {
+        answers[i] = Some(r);
+    }
+    answers
 }
 
 fn ordered(a: &str, b: &str) -> (String, String) {

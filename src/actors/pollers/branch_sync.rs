@@ -168,13 +168,16 @@ fn observe(
     let base = git::base_ref(mirror, default_branch);
     let mut dirty = std::collections::HashMap::new();
     let mut seen = std::collections::HashMap::new();
-    if let Ok(entries) = std::fs::read_dir(worktrees) {
-        for entry in entries.flatten() {
-            let path: PathBuf = entry.path();
-            if let Ok(look) = conflicts::look_at_worktree(&path) {
-                dirty.insert(look.branch.clone(), look.dirty_files as i32);
-                seen.insert(entry.file_name().to_string_lossy().to_string(), look);
-            }
+    let folders: Vec<(String, PathBuf)> = match std::fs::read_dir(worktrees) {
+        Ok(entries) => entries.flatten().map(|e| (e.file_name().to_string_lossy().to_string(), e.path())).collect(),
+        Err(_) => Vec::new(),
+    };
+    // Each worktree is its own git runs: a few at a time.
+    let looks = conflicts::in_parallel(&folders, |(_, path)| conflicts::look_at_worktree(path).ok());
+    for ((task, _), look) in folders.into_iter().zip(looks) {
+        if let Some(look) = look.flatten() {
+            dirty.insert(look.branch.clone(), look.dirty_files as i32);
+            seen.insert(task, look);
         }
     }
     let mut out = Vec::new();
