@@ -16,6 +16,7 @@ mod dashboard;
 mod dashboard_attention;
 mod dashboard_session;
 mod dashboard_changes;
+mod dashboard_conflicts;
 mod dashboard_views;
 mod daytona_client;
 mod daytona_profile;
