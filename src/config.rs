@@ -166,6 +166,9 @@ pub struct ReposConfig {
     /// Hosts an organization's source URL may name even when they are private
     /// (`git.corp.example`, or `*.corp.example` for every name under it).
     pub allowed_hosts: Vec<String>,
+    /// Predict conflicts between active tasks, and against their base, at
+    /// every branch poll (docs/git.md, "Conflict prediction").
+    pub predict_conflicts: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

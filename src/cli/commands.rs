@@ -171,6 +171,15 @@ pub struct ListArgs {
 }
 
 #[derive(Debug, StructOpt)]
+pub struct ConflictsArgs {
+    /// Only this repository (default: every repository of the organization).
+    #[structopt(long, short = "r")]
+    pub repo: Option<String>,
+    #[structopt(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, StructOpt)]
 pub struct EventsArgs {
     /// Show events after this id (default: the newest --limit events).
     #[structopt(long)]
@@ -216,6 +225,7 @@ pub async fn run(ctx: Ctx, command: Command) -> CliResult<()> {
         Command::Repo(cmd) => repo(&ctx, cmd).await,
         Command::Create(args) => create(&ctx, args).await,
         Command::List(args) => list(&ctx, args).await,
+        Command::Conflicts(args) => conflicts(&ctx, args).await,
         Command::Show { task, json } => show(&ctx, &task, json).await,
         Command::Kill { task } => action(&ctx, &task, "kill", dto::TaskAction::default()).await.map(|_| ()),
         Command::Archive { task } => action(&ctx, &task, "archive", dto::TaskAction::default()).await.map(|_| ()),
@@ -498,6 +508,44 @@ async fn list(ctx: &Ctx, args: ListArgs) -> CliResult<()> {
     if !res["next_cursor"].is_null() {
         eprintln!("(more tasks: raise --limit or filter with --repo/--status)");
     }
+    Ok(())
+}
+
+/// `kiln conflicts`: the predicted conflicts of one repository, or of all.
+async fn conflicts(ctx: &Ctx, args: ConflictsArgs) -> CliResult<()> {
+    let repos = match args.repo {
+        Some(repo) => vec![repo],
+        None => {
+            let res: Value = ctx.api.get(&ctx.org_path("/repos")).await?;
+            items(&res).iter().map(|r| field(r, "name")).collect()
+        }
+    };
+    let mut all = Vec::new();
+    for repo in repos {
+        let res: Value = ctx.api.get(&ctx.org_path(&format!("/repos/{}/conflicts", enc(&repo)))).await?;
+        for mut item in items(&res) {
+            item["repo"] = Value::String(repo.clone());
+            all.push(item);
+        }
+    }
+    if args.json {
+        output::json(&Value::Array(all));
+        return Ok(());
+    }
+    if all.is_empty() {
+        println!("no conflicts predicted");
+        return Ok(());
+    }
+    let rows = all
+        .iter()
+        .map(|c| {
+            let files: Vec<String> = c["files"].as_array().cloned().unwrap_or_default().iter().filter_map(|f| f.as_str().map(str::to_string)).collect();
+            let other = if c["other"] == "base" { format!("base ({})", field(c, "other_branch")) } else { field(c, "other") };
+            let since = c["since"].as_i64().map(output::time).unwrap_or_else(|| "-".into());
+            vec![field(c, "repo"), field(c, "task"), other, since, files.join(", ")]
+        })
+        .collect::<Vec<_>>();
+    output::table(&["REPO", "TASK", "CONFLICTS WITH", "SINCE", "FILES"], &rows);
     Ok(())
 }
 

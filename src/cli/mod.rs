@@ -62,6 +62,9 @@ pub enum Command {
     Create(commands::CreateArgs),
     /// List tasks.
     List(commands::ListArgs),
+    /// Conflicts predicted between active tasks, and against their base branch
+    /// (uncommitted work included), before anyone merges.
+    Conflicts(commands::ConflictsArgs),
     /// Show one task.
     Show {
         task: String,

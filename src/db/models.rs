@@ -334,6 +334,26 @@ pub struct Branch {
     pub dirty_files: Option<i32>,
 }
 
+/// One predicted conflict as stored: a pair of tasks (`task_id` < `other`) or a
+/// task and its base (`other` = `base`). `files` is a JSON array.
+#[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable, Insertable)]
+#[diesel(table_name = task_conflicts)]
+pub struct TaskConflict {
+    pub repo_id: i32,
+    pub task_id: String,
+    pub other: String,
+    pub files: String,
+    pub since: i64,
+    pub updated_at: i64,
+}
+
+impl TaskConflict {
+    /// The files, as stored.
+    pub fn file_list(&self) -> Vec<String> {
+        serde_json::from_str(&self.files).unwrap_or_default()
+    }
+}
+
 #[derive(Debug, Clone, Queryable, Selectable, Serialize, utoipa::ToSchema)]
 #[diesel(table_name = pull_requests)]
 pub struct PullRequest {

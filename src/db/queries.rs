@@ -263,6 +263,34 @@ pub fn active_task_branches(conn: &mut SqliteConnection, repo_id: i32) -> QueryR
         .load(conn)
 }
 
+/// Statuses of tasks whose work conflict prediction looks at: past
+/// provisioning, not finished.
+pub const PREDICTED_TASK_STATUSES: &[&str] = &["running", "idle", "stalled", "interrupted"];
+
+/// The repository's tasks that conflict prediction looks at: (id, branch, base branch).
+pub fn conflict_candidates(conn: &mut SqliteConnection, repo_id: i32) -> QueryResult<Vec<(String, String, String)>> {
+    tasks::table
+        .filter(tasks::repo_id.eq(repo_id))
+        .filter(tasks::status.eq_any(PREDICTED_TASK_STATUSES))
+        .order(tasks::id.asc())
+        .select((tasks::id, tasks::branch, tasks::base_branch))
+        .load(conn)
+}
+
+/// The conflicts predicted in a repository, by task then other.
+pub fn conflicts_list(conn: &mut SqliteConnection, repo_id: i32) -> QueryResult<Vec<TaskConflict>> {
+    task_conflicts::table
+        .filter(task_conflicts::repo_id.eq(repo_id))
+        .order((task_conflicts::task_id.asc(), task_conflicts::other.asc()))
+        .select(TaskConflict::as_select())
+        .load(conn)
+}
+
+/// (id, branch, base branch) of the tasks named.
+pub fn task_branches(conn: &mut SqliteConnection, ids: &[String]) -> QueryResult<Vec<(String, String, String)>> {
+    tasks::table.filter(tasks::id.eq_any(ids)).select((tasks::id, tasks::branch, tasks::base_branch)).load(conn)
+}
+
 pub fn task_runtime(conn: &mut SqliteConnection, task_id: &str) -> QueryResult<Option<TaskRuntime>> {
     task_runtime::table
         .find(task_id)

@@ -109,6 +109,17 @@ diesel::table! {
 }
 
 diesel::table! {
+    task_conflicts (repo_id, task_id, other) {
+        repo_id -> Integer,
+        task_id -> Text,
+        other -> Text,
+        files -> Text,
+        since -> BigInt,
+        updated_at -> BigInt,
+    }
+}
+
+diesel::table! {
     task_reactions (task_id, cause, cause_key) {
         task_id -> Text,
         cause -> Text,
@@ -205,6 +216,8 @@ diesel::joinable!(pull_requests -> repos (repo_id));
 diesel::joinable!(repos -> organizations (organization));
 diesel::joinable!(sandbox_instances -> organizations (organization));
 diesel::joinable!(sandbox_instances -> tasks (task_id));
+diesel::joinable!(task_conflicts -> repos (repo_id));
+diesel::joinable!(task_conflicts -> tasks (task_id));
 diesel::joinable!(task_reactions -> tasks (task_id));
 diesel::joinable!(task_runtime -> tasks (task_id));
 diesel::joinable!(task_sessions -> tasks (task_id));
@@ -224,6 +237,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     pull_requests,
     repos,
     sandbox_instances,
+    task_conflicts,
     task_reactions,
     task_runtime,
     task_sessions,

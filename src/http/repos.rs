@@ -236,3 +236,42 @@ pub async fn pulls(kiln: web::Data<Kiln>, caller: Caller, path: web::Path<(Strin
     let rows = kiln.db.read(move |c| queries::pulls_list(c, repo.id)).await?;
     Ok(HttpResponse::Ok().json(dto::Items { items: rows }))
 }
+
+/// The conflicts the branch poller predicts between the repository's active
+/// tasks (running, idle, stalled, interrupted), and between each of them and its
+/// base branch: what would conflict if they were merged now, uncommitted work
+/// included. Each pair of tasks is listed once. Updated at every branch poll.
+#[utoipa::path(
+    get, path = "/v1/organizations/{org}/repos/{repo}/conflicts", tag = "repos", params(RepoPath),
+    responses((status = 200, description = "The predicted conflicts, by task then other", body = dto::Items<dto::Conflict>), (status = 404, description = "Not found:\n- `repo_not_found` (also when the organization does not exist)", body = ApiError)),
+)]
+pub async fn conflicts(kiln: web::Data<Kiln>, caller: Caller, path: web::Path<(String, String)>) -> AppResult<HttpResponse> {
+    let (org, name) = path.into_inner();
+    caller.require_org(&org)?;
+    let repo = repo_or_404(&kiln, &org, &name).await?;
+    let (rows, branches) = kiln
+        .db
+        .read(move |c| {
+            let rows = queries::conflicts_list(c, repo.id)?;
+            let mut ids: Vec<String> = rows.iter().flat_map(|r| [r.task_id.clone(), r.other.clone()]).collect();
+            ids.sort();
+            ids.dedup();
+            Ok((rows, queries::task_branches(c, &ids)?))
+        })
+        .await?;
+    let branches: std::collections::HashMap<String, (String, String)> = branches.into_iter().map(|(id, b, base)| (id, (b, base))).collect();
+    let items = rows
+        .into_iter()
+        .map(|r| {
+            let (task_branch, base) = branches.get(&r.task_id).cloned().unwrap_or_default();
+            let other_branch = if r.other == crate::integrations::conflicts::BASE {
+                base
+            } else {
+                branches.get(&r.other).map(|(b, _)| b.clone()).unwrap_or_default()
+            };
+            let files = r.file_list();
+            dto::Conflict { task: r.task_id, task_branch, other: r.other, other_branch, files, since: r.since, updated_at: r.updated_at }
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(dto::Items { items }))
+}

@@ -35,7 +35,7 @@ fn up_down_up() {
     conn.batch_execute("PRAGMA foreign_keys = ON;").unwrap();
     let expected = vec![
         "api_tokens", "branches", "events", "organizations", "provider_profiles", "pull_requests", "repos",
-        "sandbox_instances", "task_reactions", "task_runtime", "task_sessions", "tasks", "web_sessions", "web_sign_in_codes",
+        "sandbox_instances", "task_conflicts", "task_reactions", "task_runtime", "task_sessions", "tasks", "web_sessions", "web_sign_in_codes",
     ];
 
     let applied = conn.run_pending_migrations(MIGRATIONS).unwrap();

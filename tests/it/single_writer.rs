@@ -13,6 +13,7 @@ const OWNERS: &[(&str, &str)] = &[
     ("repos", "src/actors/repository/store.rs"),
     ("branches", "src/actors/repository/store.rs"),
     ("pull_requests", "src/actors/repository/store.rs"),
+    ("task_conflicts", "src/actors/repository/store.rs"),
     ("tasks", "src/actors/task/store.rs"),
     ("task_runtime", "src/actors/task/store.rs"),
     ("task_sessions", "src/actors/task/store.rs"),

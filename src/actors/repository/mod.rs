@@ -1,15 +1,17 @@
 //! RepositoryActor (`org/{org}/repo/{repo}`): the only writer of `repos`,
-//! `branches` and `pull_requests`.
+//! `branches`, `pull_requests` and `task_conflicts`.
 //!
 //! Messages: `RegisterRepo` (check who may register the source, clone a bare
 //! mirror, then insert the row with any URL credential kept apart; idempotent for
 //! the same source), `MoveSourceCredential` (at boot: a credential still in a
 //! stored source moves to its own columns), `SetRepoSetup` and `DeleteRepo`
-//! (refused while tasks are active). The
-//! pollers' results arrive here in later work. Handlers are atomic, so two
+//! (refused while tasks are active). The pollers' results arrive here:
+//! `BranchesObserved`, `PullRequestsObserved`, and `ConflictsObserved` (the
+//! conflicts predicted between active tasks, applied by `conflicts::reconcile`). Handlers are atomic, so two
 //! registrations of one name never race. Lifecycle: started on demand; stops
 //! after `tasks.actor_idle_secs` without a command.
 
+pub mod conflicts;
 pub mod hosts;
 mod source;
 mod store;
@@ -78,6 +80,27 @@ pub struct BranchPlan {
     pub worktrees: PathBuf,
     /// How to fetch origin: transports and credentials.
     pub origin: crate::integrations::git::Origin,
+    /// Whether to predict conflicts (`repos.predict_conflicts`).
+    pub predict_conflicts: bool,
+    /// The tasks conflict prediction looks at (running, idle, stalled, interrupted).
+    pub tasks: Vec<PlannedTask>,
+}
+
+/// An active task, for conflict prediction.
+#[derive(Debug, Clone)]
+pub struct PlannedTask {
+    pub id: String,
+    pub branch: String,
+    pub base_branch: String,
+}
+
+/// The BranchSyncPoller's conflict prediction for the active tasks: which
+/// tasks it looked at, and the conflicts it found among them.
+#[derive(Message, Clone)]
+#[rtype(result = "AppResult<()>")]
+pub struct ConflictsObserved {
+    pub evaluated: Vec<String>,
+    pub conflicts: Vec<crate::integrations::conflicts::Found>,
 }
 
 /// One branch as the BranchSyncPoller saw it.
@@ -435,11 +458,20 @@ impl Handler<PlanBranchPoll> for RepositoryActor {
             let (o, n) = (org.clone(), name.clone());
             let Some(repo) = kiln.db.read(move |c| queries::repo_by_name(c, &o, &n)).await? else { return Ok(None) };
             let origin = crate::actors::task::git_ops::origin(&kiln, &org, &repo).await?;
+            let predict_conflicts = kiln.config.repos.predict_conflicts;
+            let repo_id = repo.id;
+            let tasks = if predict_conflicts {
+                kiln.db.read(move |c| queries::conflict_candidates(c, repo_id)).await?
+            } else {
+                Vec::new()
+            };
             Ok(Some(BranchPlan {
                 mirror: PathBuf::from(&repo.mirror_path),
                 default_branch: repo.default_branch.clone(),
                 worktrees: kiln.data_dir.join("worktrees").join(&org).join(&name),
                 origin,
+                predict_conflicts,
+                tasks: tasks.into_iter().map(|(id, branch, base_branch)| PlannedTask { id, branch, base_branch }).collect(),
             }))
         })
     }
@@ -460,6 +492,37 @@ impl Handler<BranchesObserved> for RepositoryActor {
                 .into_iter()
                 .map(|(kind, data)| NewEvent::new(kind, data).repo(&name))
                 .collect::<Vec<_>>();
+            kiln.emit(&org, events).await?;
+            Ok(())
+        })
+    }
+}
+
+impl Handler<ConflictsObserved> for RepositoryActor {
+    type Result = AtomicResponse<Self, AppResult<()>>;
+
+    fn handle(&mut self, msg: ConflictsObserved, _: &mut Self::Context) -> Self::Result {
+        let (kiln, org, name) = (self.kiln.clone(), self.org.clone(), self.repo.clone());
+        atomic!(self, async move {
+            let (o, n) = (org.clone(), name.clone());
+            let Some(repo) = kiln.db.read(move |c| queries::repo_by_name(c, &o, &n)).await? else { return Ok(()) };
+            let repo_id = repo.id;
+            // Which tasks are active now, not when the poll was planned: a
+            // task archived meanwhile gets no new conflict.
+            let (stored, active) = kiln
+                .db
+                .read(move |c| Ok((queries::conflicts_list(c, repo_id)?, queries::conflict_candidates(c, repo_id)?)))
+                .await?;
+            let active: std::collections::HashSet<String> = active.into_iter().map(|(id, _, _)| id).collect();
+            let evaluated: std::collections::HashSet<String> = msg.evaluated.into_iter().collect();
+            let round = conflicts::Round { repo_id, evaluated: &evaluated, active: &active, found: &msg.conflicts, now: now_ms() };
+            let changes = conflicts::reconcile(&stored, round);
+            if changes.upserts.is_empty() && changes.removed.is_empty() {
+                return Ok(());
+            }
+            let (upserts, removed) = (changes.upserts, changes.removed);
+            kiln.db.write(move |c| store::apply_conflicts(c, &upserts, &removed)).await?;
+            let events = changes.events.into_iter().map(|(task, kind, data)| NewEvent::new(kind, data).repo(&name).task(&task)).collect();
             kiln.emit(&org, events).await?;
             Ok(())
         })

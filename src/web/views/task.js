@@ -5,6 +5,7 @@
 import { get, post, orgPath } from '../lib/api.js';
 import { h, replace, announce } from '../lib/dom.js';
 import { age, when, STATUS_WORDS } from '../lib/format.js';
+import { conflictOther } from '../lib/store.js';
 import { terminalPane } from './terminal.js';
 import { sessionPane } from './session.js';
 import { pullRequestPane } from './pull-request.js';
@@ -67,6 +68,7 @@ export function taskView(main, app, id) {
         h('h1', task.title || '(untitled)'),
         h(`span.status.big.s-${task.status}`, { id: 'task-status' }, STATUS_WORDS[task.status] || task.status)),
       task.status_reason ? h('p.reason', { id: 'task-reason' }, task.status_reason) : null,
+      predictedConflicts(),
       h('dl.facts',
         h('div', h('dt', 'Repository'), h('dd', task.repo)),
         h('div', h('dt', 'Branch'), h('dd', h('code', task.branch)), h('span.muted', ` from ${task.base_branch}`)),
@@ -77,6 +79,21 @@ export function taskView(main, app, id) {
         allowed.length ? allowed.map((a) => h(`button${a.danger ? '.danger' : ''}`, {
           type: 'button', disabled: !!busy, dataset: { action: a.action }, onclick: () => act(a),
         }, busy === a.action ? `${a.label}…` : a.label)) : h('span.muted', 'No actions: this task is finished.')));
+  }
+
+  // What would conflict if this task and the others were merged now (the
+  // branch poller's prediction, live from `task.conflict_*` events).
+  function predictedConflicts() {
+    const list = store.conflictsOf(id);
+    if (!list.length) return null;
+    return h('div.predicted-conflicts', { id: 'task-conflicts', role: 'status' },
+      h('span.badge.predicted', h('span.predicted-mark', { 'aria-hidden': 'true' }, '⚠'), list.length === 1 ? 'Conflict predicted' : `${list.length} conflicts predicted`),
+      h('ul', list.map((c) => h('li', { dataset: { other: c.other } },
+        'With ',
+        c.other === 'base' ? conflictOther(store, task, c.other) : h('a', { href: `/tasks/${c.other}` }, conflictOther(store, task, c.other)),
+        ' in ',
+        ...c.files.slice(0, 10).flatMap((f, i) => [i ? ', ' : null, h('code', f)]),
+        c.files.length > 10 ? ` and ${c.files.length - 10} more` : null))));
   }
 
   function renderTabs() {
