@@ -927,7 +927,7 @@ pub fn merge_in_bare(mirror: &Path, base_rev: &str, branch_rev: &str, squash: bo
 /// The files that would conflict merging `branch_rev` into `base_rev`, from
 /// `git merge-tree --write-tree --name-only` in a bare repository: nothing is
 /// written but loose objects. Empty when they merge cleanly.
-pub fn merge_conflicts(mirror: &Path, base_rev: &str, branch_rev: &str) -> Result<Vec<String>, GitError> {
+pub fn merge_conflict_files(mirror: &Path, base_rev: &str, branch_rev: &str) -> Result<Vec<String>, GitError> {
     let out = git_in(mirror)?
         .0
         .args(["merge-tree", "--write-tree", "--name-only", "--no-messages", base_rev, branch_rev])

@@ -310,7 +310,7 @@ async fn conflicting_files(kiln: &Kiln, org: &str, repo: &Repo, base: &str, bran
             log::warn!("fetching {base} for a merge-conflict check failed: {}", e.message());
         }
         let base_rev = git::base_ref(&mirror, &base);
-        git::merge_conflicts(&mirror, &base_rev, &format!("refs/heads/{branch}")).map_err(|e| DbError::Blocking(e.message()))
+        git::merge_conflict_files(&mirror, &base_rev, &format!("refs/heads/{branch}")).map_err(|e| DbError::Blocking(e.message()))
     })
     .await?;
     Ok(files)
