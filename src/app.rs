@@ -157,6 +157,8 @@ pub async fn start(config: Config) -> Result<Running, BootError> {
     seed_default_organization(&kiln).await?;
     recover_tasks(&kiln).await?;
     start_repo_pollers(&kiln).await?;
+    // Catches up every organization's notifications and resumes pending deliveries.
+    kiln.notifier();
 
     web::block(http::web_assets::prepare_assets).await.map_err(|e| BootError::Server(std::io::Error::other(e)))?;
     let max_body = config.server.max_body_bytes;
