@@ -25,6 +25,7 @@ mod git_lifecycle;
 mod isolation;
 mod lifecycle;
 mod migrations;
+mod notifications;
 mod openapi;
 mod restart;
 mod sandbox_agent;
