@@ -15,6 +15,7 @@ mod dashboard;
 mod dashboard_attention;
 mod dashboard_session;
 mod dashboard_changes;
+mod dashboard_notify;
 mod dashboard_views;
 mod daytona_client;
 mod daytona_profile;
