@@ -195,9 +195,8 @@ pub(super) fn record_attempt(conn: &mut SqliteConnection, row: &AttemptRow, next
         return Ok(());
     }
     diesel::insert_or_ignore_into(notification_attempts::table).values(row).execute(conn)?;
-    let target = notification_deliveries::table.find(&row.delivery_id);
     match next {
-        Next::Delivered => diesel::update(target)
+        Next::Delivered => diesel::update(notification_deliveries::table.find(&row.delivery_id))
             .set((
                 notification_deliveries::status.eq("delivered"),
                 notification_deliveries::attempts.eq(row.attempt),
@@ -205,14 +204,14 @@ pub(super) fn record_attempt(conn: &mut SqliteConnection, row: &AttemptRow, next
                 notification_deliveries::finished_at.eq(Some(now)),
             ))
             .execute(conn)?,
-        Next::Retry { at, error } => diesel::update(target)
+        Next::Retry { at, error } => diesel::update(notification_deliveries::table.find(&row.delivery_id))
             .set((
                 notification_deliveries::attempts.eq(row.attempt),
                 notification_deliveries::next_attempt_at.eq(at),
                 notification_deliveries::last_error.eq(Some(error)),
             ))
             .execute(conn)?,
-        Next::Failed { error } => diesel::update(target)
+        Next::Failed { error } => diesel::update(notification_deliveries::table.find(&row.delivery_id))
             .set((
                 notification_deliveries::status.eq("failed"),
                 notification_deliveries::attempts.eq(row.attempt),
@@ -243,13 +242,17 @@ pub enum ReadWhich {
 
 /// Marks unread entries of `org` read; answers the ids marked and how many stay unread.
 pub(super) fn mark_read(conn: &mut SqliteConnection, org: &str, which: &ReadWhich, by: Option<&str>, now: i64) -> QueryResult<(Vec<i64>, i64)> {
-    let base = inbox_entries::table.filter(inbox_entries::organization.eq(org)).filter(inbox_entries::read_at.is_null());
     let set = (inbox_entries::read_at.eq(Some(now)), inbox_entries::read_by.eq(by));
+    let unread_of_org = inbox_entries::organization.eq(org).and(inbox_entries::read_at.is_null());
     let marked: Vec<i64> = match which {
-        ReadWhich::All => diesel::update(base).set(set).returning(inbox_entries::id).get_results(conn)?,
-        ReadWhich::Ids(ids) => {
-            diesel::update(base.filter(inbox_entries::id.eq_any(ids))).set(set).returning(inbox_entries::id).get_results(conn)?
-        }
+        ReadWhich::All => diesel::update(inbox_entries::table.filter(unread_of_org))
+            .set(set)
+            .returning(inbox_entries::id)
+            .get_results(conn)?,
+        ReadWhich::Ids(ids) => diesel::update(inbox_entries::table.filter(unread_of_org).filter(inbox_entries::id.eq_any(ids)))
+            .set(set)
+            .returning(inbox_entries::id)
+            .get_results(conn)?,
     };
     let unread = super::view::unread_count(conn, org)?;
     Ok((marked, unread))
