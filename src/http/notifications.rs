@@ -66,7 +66,7 @@ pub struct CreateWebhookBody {
     #[schema(max_length = 2048)]
     pub url: String,
     /// 1-100 characters (default: the URL's host).
-    #[schema(max_length = 100)]
+    #[schema(min_length = 1, max_length = 100)]
     pub name: Option<String>,
     /// `json` (the default) or `slack`.
     pub format: Option<WebhookFormat>,
@@ -379,7 +379,7 @@ pub async fn get_delivery(
     get, path = "/v1/organizations/{org}/inbox", tag = "notifications", params(OrgPath, InboxQuery),
     responses(
         (status = 200, description = "A page of the inbox", body = InboxPage),
-        (status = 400, description = "Bad query:\n- `invalid_limit`", body = ApiError),
+        (status = 400, description = "Bad query:\n- `invalid_limit`\n- `invalid_before`", body = ApiError),
         (status = 404, description = "Not found:\n- `organization_not_found`", body = ApiError),
     ),
 )]
@@ -390,6 +390,9 @@ pub async fn inbox(kiln: web::Data<Kiln>, caller: Caller, path: web::Path<String
     let limit = q.limit.unwrap_or(100);
     if !(1..=500).contains(&limit) {
         return Err(AppError::bad_request("invalid_limit", "limit must be between 1 and 500"));
+    }
+    if q.before.is_some_and(|b| b < 1) {
+        return Err(AppError::bad_request("invalid_before", "before must be an entry id, 1 or more"));
     }
     organization_or_404(&kiln, &org).await?;
     let (unread_only, before) = (q.unread.unwrap_or(false), q.before);
