@@ -156,7 +156,7 @@ pub struct InboxPage {
 #[serde(deny_unknown_fields)]
 pub struct MarkReadBody {
     /// Entries to mark read (ids of other organizations' entries, or of none, are ignored).
-    #[schema(max_items = 500)]
+    #[schema(value_type = Option<Vec<u64>>, max_items = 500)]
     pub ids: Option<Vec<i64>>,
     /// `true`: every entry.
     pub all: Option<bool>,
@@ -411,7 +411,7 @@ pub async fn inbox(kiln: web::Data<Kiln>, caller: Caller, path: web::Path<String
     responses(
         (status = 200, description = "Marked", body = MarkedRead),
         (status = 404, description = "Not found:\n- `organization_not_found`", body = ApiError),
-        (status = 422, description = "Invalid content:\n- `invalid_read`: neither `ids` nor `all: true`, or both", body = ApiError),
+        (status = 422, description = "Invalid content:\n- `invalid_read`: neither `ids` nor `all: true`, or both, or an id below 1", body = ApiError),
     ),
 )]
 pub async fn mark_read(
@@ -425,6 +425,9 @@ pub async fn mark_read(
     caller.require_org(&org)?;
     organization_or_404(&kiln, &org).await?;
     let body = body.into_inner();
+    if body.ids.as_ref().is_some_and(|ids| ids.iter().any(|id| *id < 1)) {
+        return Err(AppError::invalid("invalid_read", "entry ids are 1 or more"));
+    }
     let which = match (body.ids, body.all.unwrap_or(false)) {
         (Some(ids), false) if ids.len() <= 500 => ReadWhich::Ids(ids),
         (Some(_), false) => return Err(AppError::invalid("invalid_read", "at most 500 ids at once (or send `all: true`)")),
