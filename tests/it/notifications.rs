@@ -23,7 +23,7 @@ struct Received {
 }
 
 /// A local HTTP receiver: answers each request with the next scripted status
-/// (200 once the script is spent) and keeps what it got.
+/// (200 once the script is spent; 0: no answer at all) and keeps what it got.
 struct Receiver {
     url: String,
     got: Arc<Mutex<Vec<Received>>>,
@@ -39,38 +39,10 @@ impl Receiver {
         let (g, s) = (got.clone(), script.clone());
         std::thread::spawn(move || {
             for stream in listener.incoming() {
-                let Ok(mut stream) = stream else { continue };
-                let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                let head_end = loop {
-                    if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                        break Some(i);
-                    }
-                    match stream.read(&mut chunk) {
-                        Ok(0) | Err(_) => break None,
-                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                    }
-                };
-                let Some(head_end) = head_end else { continue };
-                let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
-                let headers: HashMap<String, String> = head
-                    .lines()
-                    .skip(1)
-                    .filter_map(|l| l.split_once(':'))
-                    .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-                    .collect();
-                let len: usize = headers.get("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
-                let mut body = buf[head_end + 4..].to_vec();
-                while body.len() < len {
-                    match stream.read(&mut chunk) {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => body.extend_from_slice(&chunk[..n]),
-                    }
-                }
-                let status = s.lock().unwrap().pop_front().unwrap_or(200);
-                g.lock().unwrap().push(Received { headers, body, at: Instant::now() });
-                let _ = stream.write_all(format!("HTTP/1.1 {status} X\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").as_bytes());
+                let Ok(stream) = stream else { continue };
+                let (g, s) = (g.clone(), s.clone());
+                // One thread per connection: a request told to hang holds only its own.
+                std::thread::spawn(move || serve_one(stream, &g, &s));
             }
         });
         Receiver { url, got, script }
@@ -85,6 +57,45 @@ impl Receiver {
         let what = format!("{n} requests at the receiver");
         eventually(timeout, &what, || async { (self.got().len() >= n).then(|| self.got()) }).await
     }
+}
+
+/// Reads one request, records it, and answers the next scripted status; `0`
+/// means: never answer (hold the connection for a minute).
+fn serve_one(mut stream: std::net::TcpStream, got: &Mutex<Vec<Received>>, script: &Mutex<VecDeque<u16>>) {
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i;
+        }
+        match stream.read(&mut chunk) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+    let headers: HashMap<String, String> = head
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let len: usize = headers.get("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
+    let mut body = buf[head_end + 4..].to_vec();
+    while body.len() < len {
+        match stream.read(&mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => body.extend_from_slice(&chunk[..n]),
+        }
+    }
+    let status = script.lock().unwrap().pop_front().unwrap_or(200);
+    got.lock().unwrap().push(Received { headers, body, at: Instant::now() });
+    if status == 0 {
+        std::thread::sleep(Duration::from_secs(60));
+        return;
+    }
+    let _ = stream.write_all(format!("HTTP/1.1 {status} X\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").as_bytes());
 }
 
 /// The signature a receiver computes: HMAC-SHA256 of `<timestamp>.<body>`.
@@ -421,4 +432,38 @@ async fn the_cli_manages_webhooks_and_reads_the_inbox() {
     assert_eq!(code, 0, "{out}{err}");
     let (_, out, _) = cli(&server, &["notify", "list", "--json"]);
     assert_eq!(serde_json::from_str::<Value>(&out).unwrap(), json!([]));
+}
+
+#[actix_web::test]
+async fn a_receiver_that_never_answers_holds_up_no_other_delivery() {
+    // A long deadline: the hanging attempt is still in flight when the test looks.
+    let (server, _dir) = server_with_local_receivers(&[("KILN_NOTIFICATIONS__TIMEOUT_MS", "60000")]);
+    let admin = server.client();
+    let dead = Receiver::start(&[0, 0, 0]);
+    let alive = Receiver::start(&[]);
+    let mut hooks = Vec::new();
+    for r in [&dead, &alive] {
+        let c = admin.post("/v1/organizations/default/notifications/webhooks", json!({"url": r.url})).await;
+        assert_eq!(c.status, 201, "{c:?}");
+        hooks.push(c.body["id"].as_str().unwrap().to_string());
+    }
+    let test = |hook: String| {
+        let admin = admin.clone();
+        async move {
+            let t = admin.post(&format!("/v1/organizations/default/notifications/webhooks/{hook}/test"), json!({})).await;
+            assert_eq!(t.status, 202, "{t:?}");
+            t.body["id"].as_str().unwrap().to_string()
+        }
+    };
+    let stuck = test(hooks[0].clone()).await;
+    dead.wait_for(1, Duration::from_secs(30)).await;
+    // The dead receiver holds its attempt open; another webhook is delivered meanwhile.
+    let fine = test(hooks[1].clone()).await;
+    let done = settled(&admin, "default", &hooks[1], &fine).await;
+    assert_eq!(done["status"], "delivered", "{done}");
+    let held = admin.get(&format!("/v1/organizations/default/notifications/webhooks/{}/deliveries/{stuck}", hooks[0])).await;
+    assert_eq!((held.body["status"].as_str(), held.body["attempts"].as_i64()), (Some("pending"), Some(0)), "still in flight: {held:?}");
+    // So is the rest of the server.
+    assert_eq!(admin.get("/v1/organizations/default/inbox").await.status, 200);
+    assert_eq!(alive.got().len(), 1);
 }
