@@ -142,6 +142,7 @@ pub async fn start(config: Config) -> Result<Running, BootError> {
 
     let actors = Arbiter::new();
     let git_locks = crate::integrations::git::MirrorLocks::default();
+    let providers = crate::providers::Providers::builtin(dir.clone(), config.terminal.clone(), git_locks.clone(), db.clone());
     let kiln = Kiln {
         db,
         config: Arc::new(config.clone()),
@@ -149,13 +150,15 @@ pub async fn start(config: Config) -> Result<Running, BootError> {
         connections: Default::default(),
         metrics: Arc::new(Metrics::default()),
         registry: Registry::new(actors.handle()),
-        providers: Arc::new(crate::providers::Providers::builtin(dir.clone(), config.terminal.clone(), git_locks.clone())),
+        providers: Arc::new(providers),
         shutdown: Arc::new(tokio::sync::watch::channel(false).0),
         git_locks,
         redactor: Arc::new(crate::redact::Redactor::new(&dir)),
     };
     seed_default_organization(&kiln).await?;
     recover_tasks(&kiln).await?;
+    // In the background: listing sandboxes must not hold the server's start.
+    actix_rt::spawn(crate::actors::pollers::daytona_orphans::sweep(kiln.clone()));
     start_repo_pollers(&kiln).await?;
     // Catches up every organization's notifications and resumes pending deliveries.
     kiln.notifier();

@@ -139,6 +139,14 @@ pub struct TasksConfig {
     pub status_poll_ms: u64,
     pub default_agent: String,
     pub default_provider: String,
+    /// How long a remote sandbox whose task is gone or over (found by its labels
+    /// at boot) is kept after it is reported, before it is deleted.
+    #[serde(default = "default_orphan_grace_secs")]
+    pub orphan_grace_secs: u64,
+}
+
+fn default_orphan_grace_secs() -> u64 {
+    600
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -159,6 +167,9 @@ pub struct ReposConfig {
     /// Hosts an organization's source URL may name even when they are private
     /// (`git.corp.example`, or `*.corp.example` for every name under it).
     pub allowed_hosts: Vec<String>,
+    /// Predict conflicts between active tasks, and against their base, at
+    /// every branch poll (docs/git.md, "Conflict prediction").
+    pub predict_conflicts: bool,
 }
 
 /// Outbound webhooks (docs/notifications.md): where they may go and how they

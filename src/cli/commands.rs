@@ -6,7 +6,7 @@ use serde_json::{json, Value};
 use structopt::StructOpt;
 
 use super::client::{Api, CliError, CliResult};
-use crate::db::models::{ApiToken, OnCiFailure, OnIdle, Organization, RepoSettings};
+use crate::db::models::{ApiToken, DeliverReaction, OnCiFailure, OnIdle, Organization, RepoSettings};
 use crate::http::dto;
 use super::output::{self, field};
 use super::Command;
@@ -86,9 +86,28 @@ pub enum RepoCmd {
         /// On idle, any of: commit, push, draft_pr (comma-separated; `none` clears).
         #[structopt(long)]
         on_idle: Option<String>,
-        /// Hand CI failures to the agent at most N times per task (0: never).
+        /// Hand CI failures to the agent at most N times per task (0: never);
+        /// the `ci_failed` reaction.
         #[structopt(long)]
         ci_feedback: Option<u32>,
+        /// Reactions to switch on, any of: ci_failed, changes_requested,
+        /// bot_comments, merge_conflict, agent_stuck, approved_and_green
+        /// (comma-separated; the others are switched off; `none` clears).
+        #[structopt(long)]
+        reactions: Option<String>,
+        /// Logins to treat as bots besides `…[bot]` (comma-separated; `none` clears).
+        #[structopt(long)]
+        bot_logins: Option<String>,
+        /// On a merge conflict, sync and push on Kiln's own when that is clean (true/false).
+        #[structopt(long)]
+        sync_on_conflict: Option<bool>,
+        /// Merge an approved, green PR with this method (squash, merge, rebase), or `off`
+        /// to only say it is ready.
+        #[structopt(long)]
+        merge_when_green: Option<String>,
+        /// `agent_stuck` after this many seconds without output (running) or without a PR (idle).
+        #[structopt(long)]
+        stuck_after: Option<u64>,
         /// Archive a task whose PR is merged or closed outside Kiln (true/false).
         #[structopt(long)]
         archive_on_external_merge: Option<bool>,
@@ -152,6 +171,15 @@ pub struct ListArgs {
 }
 
 #[derive(Debug, StructOpt)]
+pub struct ConflictsArgs {
+    /// Only this repository (default: every repository of the organization).
+    #[structopt(long, short = "r")]
+    pub repo: Option<String>,
+    #[structopt(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, StructOpt)]
 pub struct EventsArgs {
     /// Show events after this id (default: the newest --limit events).
     #[structopt(long)]
@@ -197,6 +225,7 @@ pub async fn run(ctx: Ctx, command: Command) -> CliResult<()> {
         Command::Repo(cmd) => repo(&ctx, cmd).await,
         Command::Create(args) => create(&ctx, args).await,
         Command::List(args) => list(&ctx, args).await,
+        Command::Conflicts(args) => conflicts(&ctx, args).await,
         Command::Show { task, json } => show(&ctx, &task, json).await,
         Command::Kill { task } => action(&ctx, &task, "kill", dto::TaskAction::default()).await.map(|_| ()),
         Command::Archive { task } => action(&ctx, &task, "archive", dto::TaskAction::default()).await.map(|_| ()),
@@ -294,7 +323,20 @@ async fn repo(ctx: &Ctx, cmd: RepoCmd) -> CliResult<()> {
             println!("setup of `{}`: {n_commands} commands, {n_copy} files to copy", field(&res, "name"));
             Ok(())
         }
-        RepoCmd::Settings { repo, github, keep_after_merge, on_idle, ci_feedback, archive_on_external_merge, json } => {
+        RepoCmd::Settings {
+            repo,
+            github,
+            keep_after_merge,
+            on_idle,
+            ci_feedback,
+            reactions,
+            bot_logins,
+            sync_on_conflict,
+            merge_when_green,
+            stuck_after,
+            archive_on_external_merge,
+            json,
+        } => {
             let current: Value = ctx.api.get(&ctx.org_path(&format!("/repos/{}", enc(&repo)))).await?;
             let mut settings: RepoSettings = serde_json::from_value(current["settings"].clone())
                 .map_err(|e| CliError(format!("the server sent settings this CLI cannot read: {e}")))?;
@@ -315,8 +357,46 @@ async fn repo(ctx: &Ctx, cmd: RepoCmd) -> CliResult<()> {
                     draft_pr: steps.contains(&"draft_pr"),
                 };
             }
+            if let Some(list) = reactions {
+                const ALL: [&str; 6] =
+                    ["ci_failed", "changes_requested", "bot_comments", "merge_conflict", "agent_stuck", "approved_and_green"];
+                let on: Vec<&str> = list.split(',').map(str::trim).filter(|s| !s.is_empty() && *s != "none").collect();
+                if let Some(bad) = on.iter().find(|s| !ALL.contains(s)) {
+                    return Err(CliError(format!("--reactions takes {} or none, not `{bad}`", ALL.join(", "))));
+                }
+                let r = &mut settings.reactions;
+                r.ci_failed.enabled = on.contains(&"ci_failed");
+                r.changes_requested.enabled = on.contains(&"changes_requested");
+                r.bot_comments.enabled = on.contains(&"bot_comments");
+                r.merge_conflict.enabled = on.contains(&"merge_conflict");
+                r.agent_stuck.enabled = on.contains(&"agent_stuck");
+                r.approved_and_green.enabled = on.contains(&"approved_and_green");
+                if !r.ci_failed.enabled {
+                    settings.automation.on_ci_failure.enabled = false;
+                }
+            }
             if let Some(n) = ci_feedback {
-                settings.automation.on_ci_failure = OnCiFailure { enabled: n > 0, max_attempts: n };
+                // The older `automation.on_ci_failure` moves to the reaction.
+                settings.reactions.ci_failed = DeliverReaction { enabled: n > 0, max_attempts: n };
+                settings.automation.on_ci_failure = OnCiFailure::default();
+            }
+            if let Some(list) = bot_logins {
+                settings.reactions.bot_logins =
+                    list.split(',').map(str::trim).filter(|s| !s.is_empty() && *s != "none").map(str::to_string).collect();
+            }
+            if let Some(b) = sync_on_conflict {
+                settings.reactions.merge_conflict.auto_sync = b;
+            }
+            if let Some(method) = merge_when_green {
+                let green = &mut settings.reactions.approved_and_green;
+                green.merge = method != "off";
+                if green.merge {
+                    green.method = method;
+                }
+            }
+            if let Some(secs) = stuck_after {
+                settings.reactions.agent_stuck.silent_secs = secs;
+                settings.reactions.agent_stuck.idle_without_pr_secs = secs;
             }
             if let Some(a) = archive_on_external_merge {
                 settings.automation.archive_on_external_merge = a;
@@ -433,6 +513,44 @@ async fn list(ctx: &Ctx, args: ListArgs) -> CliResult<()> {
     Ok(())
 }
 
+/// `kiln conflicts`: the predicted conflicts of one repository, or of all.
+async fn conflicts(ctx: &Ctx, args: ConflictsArgs) -> CliResult<()> {
+    let repos = match args.repo {
+        Some(repo) => vec![repo],
+        None => {
+            let res: Value = ctx.api.get(&ctx.org_path("/repos")).await?;
+            items(&res).iter().map(|r| field(r, "name")).collect()
+        }
+    };
+    let mut all = Vec::new();
+    for repo in repos {
+        let res: Value = ctx.api.get(&ctx.org_path(&format!("/repos/{}/conflicts", enc(&repo)))).await?;
+        for mut item in items(&res) {
+            item["repo"] = Value::String(repo.clone());
+            all.push(item);
+        }
+    }
+    if args.json {
+        output::json(&Value::Array(all));
+        return Ok(());
+    }
+    if all.is_empty() {
+        println!("no conflicts predicted");
+        return Ok(());
+    }
+    let rows = all
+        .iter()
+        .map(|c| {
+            let files: Vec<String> = c["files"].as_array().cloned().unwrap_or_default().iter().filter_map(|f| f.as_str().map(str::to_string)).collect();
+            let other = if c["other"] == "base" { format!("base ({})", field(c, "other_branch")) } else { field(c, "other") };
+            let since = c["since"].as_i64().map(output::time).unwrap_or_else(|| "-".into());
+            vec![field(c, "repo"), field(c, "task"), other, since, files.join(", ")]
+        })
+        .collect::<Vec<_>>();
+    output::table(&["REPO", "TASK", "CONFLICTS WITH", "SINCE", "FILES"], &rows);
+    Ok(())
+}
+
 async fn show(ctx: &Ctx, task: &str, json: bool) -> CliResult<()> {
     let res: Value = ctx.api.get(&ctx.org_path(&format!("/tasks/{}", enc(task)))).await?;
     if json {
@@ -467,6 +585,18 @@ async fn show(ctx: &Ctx, task: &str, json: bool) -> CliResult<()> {
     }
     for s in res["sessions"].as_array().cloned().unwrap_or_default() {
         println!("{:<14}{} {} {}", "session", field(&s, "id"), field(&s, "agent"), field(&s, "status"));
+    }
+    // One line per firing: `reaction  ci_failed #2 delivered: tests@0123abcd…, lint@0123abcd…`.
+    let mut firings: Vec<(String, i64, String, Vec<String>)> = Vec::new();
+    for r in res["reactions"].as_array().cloned().unwrap_or_default() {
+        let (cause, attempt, key) = (field(&r, "cause"), r["attempt"].as_i64().unwrap_or(0), field(&r, "cause_key"));
+        match firings.iter_mut().find(|f| f.0 == cause && f.1 == attempt) {
+            Some(f) => f.3.push(key),
+            None => firings.push((cause, attempt, field(&r, "outcome"), vec![key])),
+        }
+    }
+    for (cause, attempt, outcome, keys) in firings {
+        println!("{:<14}{cause} #{attempt} {outcome}: {}", "reaction", keys.join(", "));
     }
     println!("\n{}", field(&res, "description"));
     Ok(())

@@ -63,6 +63,9 @@ pub enum Command {
     Create(commands::CreateArgs),
     /// List tasks.
     List(commands::ListArgs),
+    /// Conflicts predicted between active tasks, and against their base branch
+    /// (uncommitted work included), before anyone merges.
+    Conflicts(commands::ConflictsArgs),
     /// Show one task.
     Show {
         task: String,
@@ -167,6 +170,10 @@ pub enum Command {
         /// Do not put the agent in a cgroup of its own.
         #[structopt(long)]
         no_cgroup: bool,
+        /// Run the agent remotely, through sandbox-agent: the target is in the
+        /// state dir's `remote.json` (0600), read and deleted at start.
+        #[structopt(long)]
+        remote: bool,
         /// The agent's argument vector.
         #[structopt(last = true, required = true)]
         argv: Vec<String>,
@@ -176,7 +183,16 @@ pub enum Command {
 /// Runs the CLI and answers the process exit code.
 pub fn main() -> i32 {
     let opts = Opts::from_args();
-    if let Command::TerminalHost { state_dir, cwd, log_max_bytes, cols, rows, setup, argv, confine_fd, confine_abi, no_cgroup } = opts.command {
+    if let Command::TerminalHost { state_dir, cwd, log_max_bytes, cols, rows, setup, argv, confine_fd, confine_abi, no_cgroup, remote } =
+        opts.command
+    {
+        let remote = match remote.then(|| crate::terminal::remote::take_target(&state_dir)).transpose() {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("terminal-host: {e}");
+                return 1;
+            }
+        };
         let confine = match confine_fd.filter(|fd| *fd > 2) {
             // SAFETY: the server left this ruleset open for us and nothing else owns it.
             Some(fd) => match unsafe { crate::confine::Ruleset::from_inherited(fd, confine_abi, true) } {
@@ -199,6 +215,7 @@ pub fn main() -> i32 {
             argv,
             confine,
             cgroup: !no_cgroup,
+            remote,
         };
         return crate::terminal::host::run(host);
     }

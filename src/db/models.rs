@@ -105,6 +105,9 @@ pub struct RepoSettings {
     pub keep_after_merge: bool,
     #[serde(default)]
     pub automation: Automation,
+    /// What Kiln does on its own about a task's pull request or agent (docs/git.md, "Reactions").
+    #[serde(default)]
+    pub reactions: Reactions,
 }
 
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
@@ -156,6 +159,145 @@ fn default_ci_attempts() -> u32 {
     3
 }
 
+/// Reactions, each off by default. Every firing is a `reaction.fired` event and a
+/// `task_reactions` row, so one cause fires once, also across restarts.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Reactions {
+    /// A failing check on the PR's head: its name, conclusion, link and output
+    /// (annotations, log tail) go to the agent.
+    #[serde(default)]
+    pub ci_failed: DeliverReaction,
+    /// A human reviewer requested changes or commented: the new review comments
+    /// (file, line, quoted code, text) go to the agent as one message.
+    #[serde(default)]
+    pub changes_requested: DeliverReaction,
+    /// The same for bots (logins ending in `[bot]`, or listed in `bot_logins`).
+    #[serde(default)]
+    pub bot_comments: DeliverReaction,
+    /// More logins to treat as bots (compared without case).
+    #[serde(default)]
+    #[schema(max_items = 50)]
+    pub bot_logins: Vec<String>,
+    /// The PR no longer merges cleanly with its base.
+    #[serde(default)]
+    pub merge_conflict: ConflictReaction,
+    /// The agent runs without output, or sits idle without a PR, too long.
+    #[serde(default)]
+    pub agent_stuck: StuckReaction,
+    /// Approved, every check green, no conflict: merge (opt-in) or say it is ready.
+    #[serde(default)]
+    pub approved_and_green: GreenReaction,
+}
+
+/// A reaction that hands something to the agent, at most `max_attempts` times
+/// per task; the next one is escalated (`reaction.escalated`) instead.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DeliverReaction {
+    #[serde(default)]
+    pub enabled: bool,
+    #[serde(default = "default_ci_attempts")]
+    #[schema(maximum = 20)]
+    pub max_attempts: u32,
+}
+
+impl Default for DeliverReaction {
+    fn default() -> Self {
+        DeliverReaction { enabled: false, max_attempts: default_ci_attempts() }
+    }
+}
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ConflictReaction {
+    #[serde(default)]
+    pub enabled: bool,
+    #[serde(default = "default_ci_attempts")]
+    #[schema(maximum = 20)]
+    pub max_attempts: u32,
+    /// Sync (rebase onto the base) and push on Kiln's own when that is clean;
+    /// the agent is told only when it is not.
+    #[serde(default)]
+    pub auto_sync: bool,
+}
+
+impl Default for ConflictReaction {
+    fn default() -> Self {
+        ConflictReaction { enabled: false, max_attempts: default_ci_attempts(), auto_sync: false }
+    }
+}
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StuckReaction {
+    #[serde(default)]
+    pub enabled: bool,
+    /// `running` without terminal output for this long.
+    #[serde(default = "default_silent_secs")]
+    #[schema(minimum = 1)]
+    pub silent_secs: u64,
+    /// `idle` without a pull request for this long.
+    #[serde(default = "default_idle_without_pr_secs")]
+    #[schema(minimum = 1)]
+    pub idle_without_pr_secs: u64,
+}
+
+impl Default for StuckReaction {
+    fn default() -> Self {
+        StuckReaction { enabled: false, silent_secs: default_silent_secs(), idle_without_pr_secs: default_idle_without_pr_secs() }
+    }
+}
+
+fn default_silent_secs() -> u64 {
+    1800
+}
+
+fn default_idle_without_pr_secs() -> u64 {
+    3600
+}
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GreenReaction {
+    #[serde(default)]
+    pub enabled: bool,
+    /// Merge it (with `method`); off: only say it is ready.
+    #[serde(default)]
+    pub merge: bool,
+    /// `squash`, `merge` or `rebase`.
+    #[serde(default = "default_merge_method")]
+    #[schema(pattern = "^(squash|merge|rebase)$")]
+    pub method: String,
+}
+
+impl Default for GreenReaction {
+    fn default() -> Self {
+        GreenReaction { enabled: false, merge: false, method: default_merge_method() }
+    }
+}
+
+fn default_merge_method() -> String {
+    "squash".into()
+}
+
+impl RepoSettings {
+    /// `reactions.ci_failed`, or the older `automation.on_ci_failure` it replaced
+    /// when only that is on (kept working: docs/git.md).
+    pub fn ci_failed_reaction(&self) -> DeliverReaction {
+        let legacy = &self.automation.on_ci_failure;
+        if !self.reactions.ci_failed.enabled && legacy.enabled {
+            return DeliverReaction { enabled: true, max_attempts: legacy.max_attempts };
+        }
+        self.reactions.ci_failed.clone()
+    }
+
+    /// Whether `login` is a bot: a `[bot]` suffix (GitHub Apps) or one of `bot_logins`.
+    pub fn is_bot(&self, login: &str) -> bool {
+        login.ends_with("[bot]") || self.reactions.bot_logins.iter().any(|b| b.eq_ignore_ascii_case(login))
+    }
+}
+
 /// Serializes a JSON text column as the JSON it holds.
 fn json_text<S: serde::Serializer>(text: &str, s: S) -> Result<S::Ok, S::Error> {
     let value: serde_json::Value = serde_json::from_str(text).unwrap_or(serde_json::Value::Null);
@@ -190,6 +332,26 @@ pub struct Branch {
     pub behind: Option<i32>,
     pub updated_at: i64,
     pub dirty_files: Option<i32>,
+}
+
+/// One predicted conflict as stored: a pair of tasks (`task_id` < `other`) or a
+/// task and its base (`other` = `base`). `files` is a JSON array.
+#[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable, Insertable)]
+#[diesel(table_name = task_conflicts)]
+pub struct TaskConflict {
+    pub repo_id: i32,
+    pub task_id: String,
+    pub other: String,
+    pub files: String,
+    pub since: i64,
+    pub updated_at: i64,
+}
+
+impl TaskConflict {
+    /// The files, as stored.
+    pub fn file_list(&self) -> Vec<String> {
+        serde_json::from_str(&self.files).unwrap_or_default()
+    }
 }
 
 #[derive(Debug, Clone, Queryable, Selectable, Serialize, utoipa::ToSchema)]
@@ -359,4 +521,24 @@ pub struct WebSession {
     pub token_id: Option<String>,
     pub created_at: i64,
     pub expires_at: i64,
+}
+
+/// One cause Kiln reacted to (written only by the TaskActor).
+#[derive(Debug, Clone, Queryable, Selectable, Insertable, Serialize, utoipa::ToSchema)]
+#[diesel(table_name = task_reactions)]
+pub struct TaskReaction {
+    #[serde(skip)]
+    pub task_id: String,
+    /// `ci_failed`, `changes_requested`, `bot_comments`, `merge_conflict`,
+    /// `agent_stuck` or `approved_and_green`.
+    pub cause: String,
+    /// What made it distinct: `<check>@<sha>`, `review:<id>`, `comment:<id>`,
+    /// `conflict@<sha>`, `ready@<sha>`, `silent@<ms>`, `idle@<ms>` or `escalated`.
+    pub cause_key: String,
+    /// The firing, counted per task and cause from 1.
+    pub attempt: i32,
+    /// `pending` (being delivered), `delivered`, `synced`, `merged`,
+    /// `notified`, `escalated` or `failed`.
+    pub outcome: String,
+    pub fired_at: i64,
 }

@@ -132,6 +132,21 @@ pub fn all_repos_full(conn: &mut SqliteConnection) -> QueryResult<Vec<Repo>> {
     repos::table.select(Repo::as_select()).load(conn)
 }
 
+/// The organizations whose `daytona` profile has an `api_key`.
+pub fn daytona_organizations(conn: &mut SqliteConnection) -> QueryResult<Vec<String>> {
+    let rows: Vec<(String, String)> = provider_profiles::table
+        .filter(provider_profiles::provider.eq("daytona"))
+        .select((provider_profiles::organization, provider_profiles::secrets))
+        .load(conn)?;
+    Ok(rows
+        .into_iter()
+        .filter(|(_, secrets)| {
+            serde_json::from_str::<serde_json::Value>(secrets).is_ok_and(|v| v["api_key"].as_str().is_some_and(|k| !k.is_empty()))
+        })
+        .map(|(org, _)| org)
+        .collect())
+}
+
 /// `(organization, webhook secret)` of every organization that set one.
 pub fn github_webhook_secrets(conn: &mut SqliteConnection) -> QueryResult<Vec<(String, String)>> {
     let rows: Vec<(String, String)> = provider_profiles::table
@@ -248,12 +263,55 @@ pub fn active_task_branches(conn: &mut SqliteConnection, repo_id: i32) -> QueryR
         .load(conn)
 }
 
+/// Statuses of tasks whose work conflict prediction looks at: past
+/// provisioning, not finished.
+pub const PREDICTED_TASK_STATUSES: &[&str] = &["running", "idle", "stalled", "interrupted"];
+
+/// The repository's tasks that conflict prediction looks at: (id, branch, base branch).
+pub fn conflict_candidates(conn: &mut SqliteConnection, repo_id: i32) -> QueryResult<Vec<(String, String, String)>> {
+    tasks::table
+        .filter(tasks::repo_id.eq(repo_id))
+        .filter(tasks::status.eq_any(PREDICTED_TASK_STATUSES))
+        .order(tasks::id.asc())
+        .select((tasks::id, tasks::branch, tasks::base_branch))
+        .load(conn)
+}
+
+/// The conflicts predicted in a repository, by task then other.
+pub fn conflicts_list(conn: &mut SqliteConnection, repo_id: i32) -> QueryResult<Vec<TaskConflict>> {
+    task_conflicts::table
+        .filter(task_conflicts::repo_id.eq(repo_id))
+        .order((task_conflicts::task_id.asc(), task_conflicts::other.asc()))
+        .select(TaskConflict::as_select())
+        .load(conn)
+}
+
+/// (id, branch, base branch) of the tasks named.
+pub fn task_branches(conn: &mut SqliteConnection, ids: &[String]) -> QueryResult<Vec<(String, String, String)>> {
+    tasks::table.filter(tasks::id.eq_any(ids)).select((tasks::id, tasks::branch, tasks::base_branch)).load(conn)
+}
+
 pub fn task_runtime(conn: &mut SqliteConnection, task_id: &str) -> QueryResult<Option<TaskRuntime>> {
     task_runtime::table
         .find(task_id)
         .select(TaskRuntime::as_select())
         .first(conn)
         .optional()
+}
+
+/// A task's reactions, newest first (at most `limit`).
+pub fn task_reactions(conn: &mut SqliteConnection, task_id: &str, limit: i64) -> QueryResult<Vec<TaskReaction>> {
+    task_reactions::table
+        .filter(task_reactions::task_id.eq(task_id))
+        .order((task_reactions::fired_at.desc(), task_reactions::attempt.desc(), task_reactions::cause_key.asc()))
+        .limit(limit)
+        .select(TaskReaction::as_select())
+        .load(conn)
+}
+
+/// Every reaction row of a task (what has fired already, for dedupe).
+pub fn all_task_reactions(conn: &mut SqliteConnection, task_id: &str) -> QueryResult<Vec<TaskReaction>> {
+    task_reactions::table.filter(task_reactions::task_id.eq(task_id)).select(TaskReaction::as_select()).load(conn)
 }
 
 /// The newest sandbox of a task, if it ever had one.

@@ -174,6 +174,28 @@ diesel::table! {
 }
 
 diesel::table! {
+    task_conflicts (repo_id, task_id, other) {
+        repo_id -> Integer,
+        task_id -> Text,
+        other -> Text,
+        files -> Text,
+        since -> BigInt,
+        updated_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    task_reactions (task_id, cause, cause_key) {
+        task_id -> Text,
+        cause -> Text,
+        cause_key -> Text,
+        attempt -> Integer,
+        outcome -> Text,
+        fired_at -> BigInt,
+    }
+}
+
+diesel::table! {
     task_runtime (task_id) {
         task_id -> Text,
         pid -> Nullable<Integer>,
@@ -259,6 +281,9 @@ diesel::joinable!(pull_requests -> repos (repo_id));
 diesel::joinable!(repos -> organizations (organization));
 diesel::joinable!(sandbox_instances -> organizations (organization));
 diesel::joinable!(sandbox_instances -> tasks (task_id));
+diesel::joinable!(task_conflicts -> repos (repo_id));
+diesel::joinable!(task_conflicts -> tasks (task_id));
+diesel::joinable!(task_reactions -> tasks (task_id));
 diesel::joinable!(task_runtime -> tasks (task_id));
 diesel::joinable!(task_sessions -> tasks (task_id));
 diesel::joinable!(tasks -> organizations (organization));
@@ -277,6 +302,8 @@ diesel::allow_tables_to_appear_in_same_query!(
     pull_requests,
     repos,
     sandbox_instances,
+    task_conflicts,
+    task_reactions,
     task_runtime,
     task_sessions,
     tasks,

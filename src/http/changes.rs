@@ -14,9 +14,7 @@ use super::extract::Json;
 use super::openapi::{ApiError, TaskPath};
 use super::tasks::task_or_404;
 use crate::actors::history::NewEvent;
-use crate::actors::session::Prompt;
-use crate::actors::task::state::TaskInput;
-use crate::actors::task::{git_ops::GitParams, ApplyAction};
+use crate::actors::task::deliver::{self, clean};
 use crate::actors::Kiln;
 use crate::db::models::Task;
 use crate::db::pool::blocking;
@@ -104,8 +102,9 @@ pub struct ReviewRequest {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReviewComment {
-    /// The file, relative to the worktree: no leading `/`, no `..` part.
-    #[schema(min_length = 1, max_length = 1024)]
+    /// The file, relative to the worktree: no leading `/`, no `..` part, no
+    /// control characters (the pattern says exactly this).
+    #[schema(min_length = 1, max_length = 1024, pattern = r"^(?:[^./\u0000-\u001f\u007f-\u009f][^/\u0000-\u001f\u007f-\u009f]*|\.(?:[^./\u0000-\u001f\u007f-\u009f][^/\u0000-\u001f\u007f-\u009f]*)?|\.\.[^/\u0000-\u001f\u007f-\u009f]+)(?:/(?:[^./\u0000-\u001f\u007f-\u009f][^/\u0000-\u001f\u007f-\u009f]*|\.(?:[^./\u0000-\u001f\u007f-\u009f][^/\u0000-\u001f\u007f-\u009f]*)?|\.\.[^/\u0000-\u001f\u007f-\u009f]+)?)*$")]
     pub path: String,
     /// The line number, on `side`.
     #[schema(minimum = 1)]
@@ -118,7 +117,7 @@ pub struct ReviewComment {
     #[schema(max_length = 8000)]
     pub code: Option<String>,
     /// What the reviewer says (at most 8000 characters, not all white space).
-    #[schema(min_length = 1, max_length = 8000)]
+    #[schema(min_length = 1, max_length = 8000, pattern = r"[^ \t\n\f\r]")]
     pub text: String,
 }
 
@@ -165,34 +164,8 @@ pub async fn review(
     }
     let (task, repo) = task_or_404(&kiln, &org, &id).await?;
     require_live(&task)?;
-    let t = task.id.clone();
-    let sessions = kiln.db.read(move |c| queries::task_sessions(c, &t)).await?;
-    // The newest session that is not closed is the one the user talks to.
-    let open = sessions.into_iter().rev().find(|s| s.status != "closed");
-    let (via, session) = match open {
-        Some(s) => {
-            let msg = Prompt { text: text.clone() };
-            match kiln.session(&org, &repo, &task.id, &s.id).send(msg.clone()).await {
-                Err(actix::MailboxError::Closed) => kiln.session(&org, &repo, &task.id, &s.id).send(msg).await??,
-                answer => answer??,
-            };
-            ("session", Some(s.id))
-        }
-        None => {
-            let typed = format!("\x1b[200~{}\x1b[201~\r", text.replace("\r\n", "\n").replace('\n', "\r"));
-            let msg = ApplyAction { input: TaskInput::Input, text: Some(typed), git: GitParams::default() };
-            let sent = match kiln.task(&org, &repo, &task.id).send(msg.clone()).await {
-                Err(actix::MailboxError::Closed) => kiln.task(&org, &repo, &task.id).send(msg).await?,
-                other => other?,
-            };
-            match sent {
-                // The task stopped between the check above and the actor's.
-                Err(AppError::Conflict { code: "invalid_transition", .. }) => return Err(not_running(&task.id, "no longer running")),
-                other => other?,
-            };
-            ("terminal", None)
-        }
-    };
+    let delivered = deliver::to_agent(&kiln, &org, &repo, &task.id, &text, "the review").await?;
+    let (via, session) = (delivered.via, delivered.session);
     let mut files: Vec<&str> = Vec::new();
     for c in &body.comments {
         if !files.contains(&c.path.as_str()) {
@@ -209,18 +182,11 @@ pub async fn review(
     Ok(HttpResponse::Ok().json(ReviewSent { delivered_via: via.to_string(), session, event_id, comments: body.comments.len(), text }))
 }
 
-fn not_running(task: &str, state: &str) -> AppError {
-    AppError::conflict(
-        "agent_not_running",
-        format!("task `{task}` is {state}: there is no running agent to send the review to (resume the task first)"),
-    )
-}
-
 fn require_live(task: &Task) -> AppResult<()> {
     if matches!(task.status.as_str(), "running" | "idle") {
         Ok(())
     } else {
-        Err(not_running(&task.id, &task.status))
+        Err(deliver::not_running(&task.id, &task.status, "the review"))
     }
 }
 
@@ -247,7 +213,7 @@ pub fn validate_review(body: &ReviewRequest) -> AppResult<()> {
         if let Some(side) = c.side.as_deref().filter(|s| !["new", "old"].contains(s)) {
             return bad(format!("comment {n}: side `{}` is not new or old", crate::validate::truncate(side, 20)));
         }
-        if c.text.trim().is_empty() {
+        if c.text.chars().all(|ch| matches!(ch, ' ' | '\t' | '\n' | '\x0c' | '\r')) {
             return bad(format!("comment {n}: text is empty"));
         }
         if c.text.chars().count() > MAX_TEXT {
@@ -278,13 +244,6 @@ fn relative_path(path: &str) -> Result<(), &'static str> {
         return Err("must not hold control characters");
     }
     Ok(())
-}
-
-/// Text the agent may get: no control characters but newlines and tabs, so
-/// nothing in a comment can end the terminal's bracketed paste early or move
-/// its cursor.
-fn clean(text: &str) -> String {
-    text.chars().filter(|c| !c.is_control() || *c == '\n' || *c == '\t').collect()
 }
 
 /// The one message the agent gets: each comment with its place and the quoted

@@ -224,6 +224,26 @@ pub struct PermissionAnswer {
 
 // ---- Answers ----------------------------------------------------------------
 
+/// One predicted conflict (`GET …/repos/{repo}/conflicts`): two active tasks
+/// of one base branch that would conflict if both were merged, or a task that
+/// would conflict with its base branch as it is now. Uncommitted work counts.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Conflict {
+    /// The task; for a pair, the one with the smaller id.
+    pub task: String,
+    pub task_branch: String,
+    /// The other task's id, or `base` for the task's base branch.
+    pub other: String,
+    /// The other task's branch, or the name of the base branch.
+    pub other_branch: String,
+    /// The files that would conflict, by path (at most 200).
+    pub files: Vec<String>,
+    /// When this conflict was first predicted (unix ms).
+    pub since: i64,
+    /// When its files last changed (unix ms).
+    pub updated_at: i64,
+}
+
 /// A list: `{"items": [...]}`.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct Items<T> {

@@ -90,6 +90,7 @@ pub fn configure(cfg: &mut web::ServiceConfig, max_body: usize) {
                 .service(web::resource("/{org}/repos/{repo}/settings").route(web::put().to(repos::put_settings)))
                 .service(web::resource("/{org}/repos/{repo}/branches").route(web::get().to(repos::branches)))
                 .service(web::resource("/{org}/repos/{repo}/pulls").route(web::get().to(repos::pulls)))
+                .service(web::resource("/{org}/repos/{repo}/conflicts").route(web::get().to(repos::conflicts)))
                 .service(web::resource("/{org}/tasks").route(web::get().to(tasks::list)).route(web::post().to(tasks::create)))
                 .service(web::resource("/{org}/tasks/{task}").route(web::get().to(tasks::get)))
                 .service(web::resource("/{org}/tasks/{task}/terminal").route(web::get().to(terminal::connect)))

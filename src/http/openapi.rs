@@ -115,7 +115,7 @@ pub struct WebSocketUpgrade {
         organizations::get_provider, organizations::put_provider,
         organizations::list_tokens, organizations::create_token, organizations::revoke_token,
         repos::list, repos::create, repos::get, repos::delete, repos::put_setup, repos::put_settings,
-        repos::branches, repos::pulls,
+        repos::branches, repos::pulls, repos::conflicts,
         agents::list,
         tasks::list, tasks::create, tasks::get, tasks::action,
         changes::diff, changes::review,
@@ -137,7 +137,7 @@ pub struct WebSocketUpgrade {
     tags(
         (name = "health", description = "Liveness, and this document."),
         (name = "organizations", description = "Organizations, their provider profiles and tokens."),
-        (name = "repos", description = "Repositories: registration, setup, settings, branches, pull requests."),
+        (name = "repos", description = "Repositories: registration, setup, settings, branches, pull requests, predicted conflicts."),
         (name = "tasks", description = "Tasks: an agent in its own worktree, and the git lifecycle."),
         (name = "sessions", description = "ACP sessions with a task's agent."),
         (name = "events", description = "The event history and its live stream."),

@@ -170,9 +170,45 @@ pub async fn put_settings(
     if settings.automation.on_ci_failure.max_attempts > 20 {
         return Err(AppError::invalid("invalid_settings", "automation.on_ci_failure.max_attempts must be at most 20"));
     }
+    check_reactions(&settings.reactions)?;
     let repo = kiln.repository(&org, &name).send(SetRepoSettings { settings }).await??;
     kiln.repo_pollers(&org, &name);
     Ok(HttpResponse::Ok().json(repo))
+}
+
+/// `settings.reactions` within its bounds (docs/git.md, "Reactions").
+fn check_reactions(r: &crate::db::models::Reactions) -> AppResult<()> {
+    let bad = |m: String| Err(AppError::invalid("invalid_settings", m));
+    for (name, max) in [
+        ("ci_failed", r.ci_failed.max_attempts),
+        ("changes_requested", r.changes_requested.max_attempts),
+        ("bot_comments", r.bot_comments.max_attempts),
+        ("merge_conflict", r.merge_conflict.max_attempts),
+    ] {
+        if max > 20 {
+            return bad(format!("reactions.{name}.max_attempts must be at most 20"));
+        }
+    }
+    if r.bot_logins.len() > 50 {
+        return bad("reactions.bot_logins holds at most 50 logins".into());
+    }
+    for login in &r.bot_logins {
+        let ok = (1..=100).contains(&login.len()) && login.chars().all(|c| c.is_ascii_alphanumeric() || "-_.[]".contains(c));
+        if !ok {
+            return bad(format!("reactions.bot_logins: `{}` is not a GitHub login", validate::truncate(login, 40)));
+        }
+    }
+    const MONTH: u64 = 30 * 24 * 3600;
+    let stuck = &r.agent_stuck;
+    for (name, secs) in [("silent_secs", stuck.silent_secs), ("idle_without_pr_secs", stuck.idle_without_pr_secs)] {
+        if !(1..=MONTH).contains(&secs) {
+            return bad(format!("reactions.agent_stuck.{name} must be from 1 to {MONTH} seconds"));
+        }
+    }
+    if !["squash", "merge", "rebase"].contains(&r.approved_and_green.method.as_str()) {
+        return bad("reactions.approved_and_green.method must be squash, merge or rebase".into());
+    }
+    Ok(())
 }
 
 /// The branch snapshot the BranchSyncPoller keeps.
@@ -199,4 +235,43 @@ pub async fn pulls(kiln: web::Data<Kiln>, caller: Caller, path: web::Path<(Strin
     let repo = repo_or_404(&kiln, &org, &name).await?;
     let rows = kiln.db.read(move |c| queries::pulls_list(c, repo.id)).await?;
     Ok(HttpResponse::Ok().json(dto::Items { items: rows }))
+}
+
+/// The conflicts the branch poller predicts between the repository's active
+/// tasks (running, idle, stalled, interrupted), and between each of them and its
+/// base branch: what would conflict if they were merged now, uncommitted work
+/// included. Each pair of tasks is listed once. Updated at every branch poll.
+#[utoipa::path(
+    get, path = "/v1/organizations/{org}/repos/{repo}/conflicts", tag = "repos", params(RepoPath),
+    responses((status = 200, description = "The predicted conflicts, by task then other", body = dto::Items<dto::Conflict>), (status = 404, description = "Not found:\n- `repo_not_found` (also when the organization does not exist)", body = ApiError)),
+)]
+pub async fn conflicts(kiln: web::Data<Kiln>, caller: Caller, path: web::Path<(String, String)>) -> AppResult<HttpResponse> {
+    let (org, name) = path.into_inner();
+    caller.require_org(&org)?;
+    let repo = repo_or_404(&kiln, &org, &name).await?;
+    let (rows, branches) = kiln
+        .db
+        .read(move |c| {
+            let rows = queries::conflicts_list(c, repo.id)?;
+            let mut ids: Vec<String> = rows.iter().flat_map(|r| [r.task_id.clone(), r.other.clone()]).collect();
+            ids.sort();
+            ids.dedup();
+            Ok((rows, queries::task_branches(c, &ids)?))
+        })
+        .await?;
+    let branches: std::collections::HashMap<String, (String, String)> = branches.into_iter().map(|(id, b, base)| (id, (b, base))).collect();
+    let items = rows
+        .into_iter()
+        .map(|r| {
+            let (task_branch, base) = branches.get(&r.task_id).cloned().unwrap_or_default();
+            let other_branch = if r.other == crate::integrations::conflicts::BASE {
+                base
+            } else {
+                branches.get(&r.other).map(|(b, _)| b.clone()).unwrap_or_default()
+            };
+            let files = r.file_list();
+            dto::Conflict { task: r.task_id, task_branch, other: r.other, other_branch, files, since: r.since, updated_at: r.updated_at }
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(dto::Items { items }))
 }

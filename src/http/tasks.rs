@@ -68,6 +68,10 @@ pub struct TaskDetail {
     pull_request: Option<PullRequestView>,
     /// Its ACP sessions, oldest first.
     sessions: Vec<TaskSession>,
+    /// What Kiln reacted to on its own (docs/git.md, "Reactions"), newest
+    /// first, the last 50 rows: one per cause key, the keys of one firing
+    /// sharing its `attempt`.
+    reactions: Vec<crate::db::models::TaskReaction>,
 }
 
 /// A task's pull request with its head's latest checks.
@@ -110,8 +114,9 @@ pub struct ActionResult {
         (status = 201, description = "Created; provisioning goes on (follow `task.*` events)", body = TaskView),
         (status = 404, description = "Not found:\n- `organization_not_found`\n- `repo_not_found`", body = ApiError),
         (status = 409, description = "Conflict:\n- `task_id_taken`", body = ApiError),
-        (status = 422, description = "Invalid content:\n- `invalid_description`\n- `invalid_title`\n- `unknown_agent`\n- `unknown_provider`\n- `provider_unavailable`\n- `invalid_branch`\n- `unknown_base_branch`", body = ApiError),
-        (status = 503, description = "Unavailable:\n- `git_missing`", body = ApiError),
+        (status = 422, description = "Invalid content:\n- `invalid_description`\n- `invalid_title`\n- `unknown_agent`\n- `unknown_provider`\n- `provider_unavailable`\n- `invalid_branch`\n- `unknown_base_branch`\n- `daytona_not_configured`\n- `daytona_unauthorized`\n- `remote_source_required`", body = ApiError),
+        (status = 502, description = "A remote failed:\n- `daytona_unavailable`", body = ApiError),
+        (status = 503, description = "Unavailable:\n- `git_missing`\n- `daytona_rate_limited`", body = ApiError),
     ),
 )]
 pub async fn create(
@@ -271,7 +276,7 @@ pub async fn get(kiln: web::Data<Kiln>, caller: Caller, path: web::Path<(String,
     caller.require_org(&org)?;
     let (task, repo) = task_or_404(&kiln, &org, &id).await?;
     let (task_id, repo_id, branch) = (task.id.clone(), task.repo_id, task.branch.clone());
-    let (runtime, sandbox, pull_request, sessions) = kiln
+    let (runtime, sandbox, pull_request, sessions, reactions) = kiln
         .db
         .read(move |c| {
             Ok((
@@ -279,13 +284,14 @@ pub async fn get(kiln: web::Data<Kiln>, caller: Caller, path: web::Path<(String,
                 queries::task_sandbox(c, &task_id)?,
                 queries::task_pull_request(c, repo_id, &branch)?,
                 queries::task_sessions(c, &task_id)?,
+                queries::task_reactions(c, &task_id, 50)?,
             ))
         })
         .await?;
     // Where the sandbox lives on the server is the admin's business only.
     let sandbox = sandbox.map(|s| SandboxInstance { path: s.path.filter(|_| caller == Caller::Admin), ..s });
     let pull_request = pull_request.map(PullRequestView::from);
-    Ok(HttpResponse::Ok().json(TaskDetail { task: TaskView { task, repo }, runtime, sandbox, pull_request, sessions }))
+    Ok(HttpResponse::Ok().json(TaskDetail { task: TaskView { task, repo }, runtime, sandbox, pull_request, sessions, reactions }))
 }
 
 /// `POST …/tasks/{task}/{action}`: runs the action through the task's actor.
@@ -297,9 +303,9 @@ pub async fn get(kiln: web::Data<Kiln>, caller: Caller, path: web::Path<(String,
     responses(
         (status = 200, description = "Done", body = ActionResult),
         (status = 404, description = "Not found:\n- `unknown_action`\n- `task_not_found`", body = ApiError),
-        (status = 409, description = "Not in this state:\n- `invalid_transition`\n- `task_changed`\n- `agent_unreachable`\n- `agent_running`\n- `commit_failed`\n- `push_rejected`\n- `remote_moved`\n- `sync_conflict`\n- `sync_failed`\n- `no_pull_request`\n- `head_moved`\n- `unpushed_commits`\n- `not_mergeable`\n- `merge_conflict`\n- `merge_failed`", body = ApiError),
-        (status = 422, description = "Invalid content:\n- `invalid_input`\n- `agent_not_found`\n- `unknown_agent`\n- `sandbox_failed`\n- `invalid_mode`\n- `not_github`\n- `github_token_missing`\n- `github_rejected`\n- `invalid_method`", body = ApiError),
-        (status = 502, description = "A remote failed:\n- `commit_failed`\n- `push_rejected`\n- `sync_failed`\n- `merge_failed`\n- `github_unauthorized`\n- `github_failed`", body = ApiError),
+        (status = 409, description = "Not in this state:\n- `invalid_transition`\n- `task_changed`\n- `agent_unreachable`\n- `agent_running`\n- `commit_failed`\n- `push_rejected`\n- `remote_moved`\n- `sync_conflict`\n- `sync_failed`\n- `no_pull_request`\n- `head_moved`\n- `unpushed_commits`\n- `not_mergeable`\n- `merge_conflict`\n- `merge_failed`\n- `snapshot_failed`\n- `sandbox_missing`", body = ApiError),
+        (status = 422, description = "Invalid content:\n- `invalid_input`\n- `agent_not_found`\n- `unknown_agent`\n- `sandbox_failed`\n- `invalid_mode`\n- `not_github`\n- `github_token_missing`\n- `github_rejected`\n- `invalid_method`\n- `not_supported_by_provider`", body = ApiError),
+        (status = 502, description = "A remote failed:\n- `commit_failed`\n- `push_rejected`\n- `sync_failed`\n- `merge_failed`\n- `github_unauthorized`\n- `github_failed`\n- `daytona_unavailable`", body = ApiError),
         (status = 503, description = "Unavailable:\n- `git_missing`\n- `github_rate_limited`", body = ApiError),
     ),
 )]

@@ -347,7 +347,7 @@ impl Actor for TerminalSession {
                 self.move_to(ctx, start);
             }
             self.output(ctx, start, &bytes);
-            let exit = exit.map(|e| json!({"type": "exited", "code": e.code, "signal": e.signal, "phase": e.phase}));
+            let exit = exit.map(|e| exited_control(&serde_json::to_value(&e).unwrap_or_default()));
             self.control(ctx, exit.unwrap_or_else(|| json!({"type": "exited", "code": null, "reason": "the terminal host is gone"})));
             ctx.close(Some(ws::CloseReason { code: ws::CloseCode::Normal, description: Some("the agent is not running".into()) }));
             ctx.stop();
@@ -412,7 +412,7 @@ impl StreamHandler<Frame> for TerminalSession {
             protocol::EXITED => {
                 self.exited = true;
                 let exit: serde_json::Value = serde_json::from_slice(&frame.payload).unwrap_or(json!({}));
-                self.control(ctx, json!({"type": "exited", "code": exit["code"], "signal": exit["signal"], "phase": exit["phase"]}));
+                self.control(ctx, exited_control(&exit));
             }
             // Only a closing client asks for status: the host has taken its input.
             protocol::STATUS_REPLY => self.finish_close(ctx),
@@ -460,4 +460,28 @@ fn too_big(ctx: &mut ws::WebsocketContext<TerminalSession>) {
         description: Some(format!("a message is at most {MAX_MESSAGE} bytes: send input in smaller pieces")),
     }));
     ctx.stop();
+}
+
+/// The `exited` control for a recorded `ExitInfo` (JSON); `reason` only when the
+/// run ended without an exit status (a remote process that is gone).
+fn exited_control(exit: &serde_json::Value) -> serde_json::Value {
+    let mut control = json!({"type": "exited", "code": exit["code"], "signal": exit["signal"], "phase": exit["phase"]});
+    if let Some(reason) = exit["reason"].as_str() {
+        control["reason"] = json!(reason);
+    }
+    control
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_exited_control_carries_a_reason_only_when_there_is_one() {
+        let local = exited_control(&json!({"code": 7, "signal": null, "phase": "agent", "at": 1}));
+        assert_eq!(local, json!({"type": "exited", "code": 7, "signal": null, "phase": "agent"}));
+        let gone = exited_control(&json!({"code": null, "signal": null, "phase": "agent", "at": 1, "reason": "the agent's process proc_2 is gone"}));
+        assert_eq!(gone["reason"], "the agent's process proc_2 is gone");
+        assert_eq!(gone["code"], serde_json::Value::Null);
+    }
 }

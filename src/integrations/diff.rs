@@ -260,7 +260,7 @@ impl TempIndex {
         // The copy keeps the index's stat cache, so unchanged files are not
         // read again. Never through a symlink: the agent owns its worktree's
         // git dir, and a link there must not make the server read another file.
-        match copy_regular(Path::new(&real), &index.path) {
+        match git::copy_regular(Path::new(&real), &index.path) {
             Ok(true) => {}
             // No index yet (or not a plain file): start from HEAD's tree.
             Ok(false) => index.git(worktree, &["read-tree", "HEAD"])?,
@@ -379,23 +379,6 @@ impl Drop for TempIndex {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.path);
     }
-}
-
-/// Copies `from` to `to` when `from` is a regular file, never following a
-/// symlink; `false` when there is no such file.
-fn copy_regular(from: &Path, to: &Path) -> std::io::Result<bool> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let src = match std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(from) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ELOOP) => return Ok(false),
-        Err(e) => return Err(e),
-    };
-    if !src.metadata()?.is_file() {
-        return Ok(false);
-    }
-    let mut dst = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(to)?;
-    std::io::copy(&mut (&src), &mut dst)?;
-    Ok(true)
 }
 
 /// Parses `git diff --raw --numstat -z`: first one raw record per file

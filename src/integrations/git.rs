@@ -479,36 +479,196 @@ pub fn snapshot(path: &Path, refname: &str, message: &str) -> Result<Option<Stri
     if dirty.is_empty() {
         return Ok(None);
     }
-    // In the task's own temp dir when confined (git runs in the task's jail).
-    let tmp = git_in(path)?.1.unwrap_or_else(std::env::temp_dir);
-    let index = tmp.join(format!("kiln-snapshot-{}.index", crate::util::random_hex(12)));
-    let with_index = |args: &[&str]| -> Result<String, GitError> {
-        let out = git_in(path)?
+    let index = ScratchIndex::new(path, "snapshot")?;
+    let tree = index.worktree_tree(path, None)?;
+    let commit = index.git(path, &["commit-tree", &tree, "-p", "HEAD", "-m", message], &[])?;
+    index.git(path, &["update-ref", refname, &commit], &[])?;
+    Ok(Some(commit))
+}
+
+/// The message of a [`worktree_state`] commit.
+pub const STATE_MESSAGE: &str = "kiln: worktree state (conflict prediction)";
+
+/// Everything a worktree holds right now, as one commit: `head` itself when the
+/// worktree has nothing uncommitted, else a commit of its files (built as a
+/// snapshot is: a scratch index, never the worktree's own) on top of `head`,
+/// with a fixed author, date and message, so the same files on the same `head`
+/// are always the same commit. No ref points at it. The scratch index starts as
+/// a copy of the worktree's own, so files whose stat data did not change are
+/// not read again.
+pub fn worktree_state(path: &Path) -> Result<String, GitError> {
+    let out = run(path, &["rev-parse", "HEAD", "HEAD^{tree}", "--path-format=absolute", "--git-path", "index"])?;
+    let mut lines = out.lines();
+    let (Some(head), Some(head_tree), Some(real_index)) = (lines.next(), lines.next(), lines.next()) else {
+        return Err(GitError::Failed { command: "rev-parse".into(), stderr: format!("unexpected answer: {out}") });
+    };
+    let index = ScratchIndex::new(path, "state")?;
+    let tree = index.worktree_tree(path, Some(Path::new(real_index)))?;
+    if tree == head_tree {
+        return Ok(head.to_string());
+    }
+    let fixed: Vec<(String, String)> = [
+        ("GIT_AUTHOR_NAME", "Kiln"),
+        ("GIT_AUTHOR_EMAIL", "kiln@localhost"),
+        ("GIT_AUTHOR_DATE", "@0 +0000"),
+        ("GIT_COMMITTER_NAME", "Kiln"),
+        ("GIT_COMMITTER_EMAIL", "kiln@localhost"),
+        ("GIT_COMMITTER_DATE", "@0 +0000"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    index.git(path, &["commit-tree", &tree, "-p", head, "-m", STATE_MESSAGE], &fixed)
+}
+
+/// A temporary index for Kiln's own git in a worktree: in the task's temp dir
+/// when confined (git runs in the task's jail), removed when dropped.
+struct ScratchIndex {
+    path: PathBuf,
+}
+
+impl ScratchIndex {
+    fn new(worktree: &Path, purpose: &str) -> Result<ScratchIndex, GitError> {
+        let tmp = git_in(worktree)?.1.unwrap_or_else(std::env::temp_dir);
+        Ok(ScratchIndex { path: tmp.join(format!("kiln-{purpose}-{}.index", crate::util::random_hex(12))) })
+    }
+
+    /// Runs git in `worktree` on this index, as Kiln (for the commits it makes).
+    fn git(&self, worktree: &Path, args: &[&str], env: &[(String, String)]) -> Result<String, GitError> {
+        let out = git_in(worktree)?
             .0
             .args(args)
-            .env("GIT_INDEX_FILE", &index)
+            .env("GIT_INDEX_FILE", &self.path)
             .env("GIT_AUTHOR_NAME", "Kiln")
             .env("GIT_AUTHOR_EMAIL", "kiln@localhost")
             .env("GIT_COMMITTER_NAME", "Kiln")
             .env("GIT_COMMITTER_EMAIL", "kiln@localhost")
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .output()
             .map_err(spawn_error)?;
         if out.status.success() {
             Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
         } else {
-            Err(failure(args[0], out.status, &out.stderr, &out.stdout))
+            Err(failure(args.first().copied().unwrap_or(""), out.status, &out.stderr, &out.stdout))
         }
+    }
+
+    /// The tree of everything in the worktree: HEAD's files with every change
+    /// on top, untracked files too (not ignored ones). Starts from a copy of
+    /// `seed` (the worktree's own index, for its stat cache) when given and a
+    /// plain file, else from HEAD's tree.
+    fn worktree_tree(&self, worktree: &Path, seed: Option<&Path>) -> Result<String, GitError> {
+        match seed.map(|s| copy_regular(s, &self.path)) {
+            Some(Ok(true)) => {}
+            Some(Err(e)) => return Err(GitError::Io(e)),
+            _ => {
+                self.git(worktree, &["read-tree", "HEAD"], &[])?;
+            }
+        }
+        self.git(worktree, &["add", "--all", "--", "."], &[])?;
+        self.git(worktree, &["write-tree"], &[])
+    }
+}
+
+impl Drop for ScratchIndex {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Copies `from` to `to` when `from` is a regular file, never following a
+/// symlink (the agent owns its worktree's git dir: a link there must not make
+/// the server read another file); `false` when there is no such file.
+pub(crate) fn copy_regular(from: &Path, to: &Path) -> std::io::Result<bool> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let src = match std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(from) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ELOOP) => return Ok(false),
+        Err(e) => return Err(e),
     };
-    let result = (|| {
-        with_index(&["read-tree", "HEAD"])?;
-        with_index(&["add", "--all", "--", "."])?;
-        let tree = with_index(&["write-tree"])?;
-        let commit = with_index(&["commit-tree", &tree, "-p", "HEAD", "-m", message])?;
-        with_index(&["update-ref", refname, &commit])?;
-        Ok(commit)
-    })();
-    let _ = std::fs::remove_file(&index);
-    result.map(Some)
+    if !src.metadata()?.is_file() {
+        return Ok(false);
+    }
+    let mut dst = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(to)?;
+    std::io::copy(&mut (&src), &mut dst)?;
+    Ok(true)
+}
+
+/// Tries each merge of `pairs` (two commits each) as `git merge-tree
+/// --write-tree` would, in one git run (`--stdin`), in the mirror. Answers, for
+/// each pair in order, the files that would conflict (empty: it merges
+/// cleanly). git writes the merged trees into the mirror's object store and
+/// changes no ref, index or worktree.
+pub fn merge_conflicts(mirror: &Path, pairs: &[(String, String)]) -> Result<Vec<Vec<String>>, GitError> {
+    if pairs.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut child = git_in(mirror)?
+        .0
+        .args(["merge-tree", "--stdin", "-z", "--name-only", "--no-messages"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(spawn_error)?;
+    let input: String = pairs.iter().map(|(a, b)| format!("{a} {b}\n")).collect();
+    let mut stdin = child.stdin.take().ok_or_else(|| GitError::Io(std::io::Error::other("no stdin")))?;
+    // Written from a thread: git answers as it reads, and a full pipe each way
+    // would hold both sides.
+    let writer = std::thread::spawn(move || {
+        use std::io::Write;
+        let _ = stdin.write_all(input.as_bytes());
+    });
+    let out = child.wait_with_output()?;
+    let _ = writer.join();
+    if !out.status.success() {
+        return Err(failure("merge-tree", out.status, &out.stderr, &[]));
+    }
+    parse_merge_batch(&out.stdout, pairs.len())
+}
+
+/// Parses `merge-tree --stdin -z --name-only --no-messages`: per merge, its
+/// status (`1` clean, `0` conflicted), the tree, each conflicted file, and an
+/// empty field; every field ends in NUL.
+fn parse_merge_batch(raw: &[u8], expected: usize) -> Result<Vec<Vec<String>>, GitError> {
+    let bad = |why: &str| GitError::Failed { command: "merge-tree".into(), stderr: format!("unexpected answer: {why}") };
+    let mut fields = raw.split(|b| *b == 0);
+    let mut out = Vec::with_capacity(expected);
+    while out.len() < expected {
+        let status = fields.next().ok_or_else(|| bad("too few merges"))?;
+        fields.next().ok_or_else(|| bad("no tree"))?;
+        let mut files = Vec::new();
+        loop {
+            match fields.next() {
+                Some([]) => break,
+                Some(name) => files.push(String::from_utf8_lossy(name).into_owned()),
+                None => return Err(bad("a file list without its end")),
+            }
+        }
+        match status {
+            b"1" if files.is_empty() => out.push(files),
+            b"0" if !files.is_empty() => out.push(files),
+            // Conflicted with no file named (a rare directory/rename case): say
+            // that something conflicts rather than nothing.
+            b"0" => out.push(vec![".".to_string()]),
+            _ => return Err(bad("a status that is neither 0 nor 1")),
+        }
+    }
+    Ok(out)
+}
+
+/// The files `commit` changed since it left `base` (`git diff base...commit`:
+/// against their merge-base), in the mirror.
+pub fn changed_since_fork(mirror: &Path, base: &str, commit: &str) -> Result<Vec<String>, GitError> {
+    let out = git_in(mirror)?
+        .0
+        .args(["diff", "--name-only", "-z", "--no-renames", &format!("{base}...{commit}"), "--"])
+        .output()
+        .map_err(spawn_error)?;
+    if !out.status.success() {
+        return Err(failure("diff", out.status, &out.stderr, &out.stdout));
+    }
+    Ok(out.stdout.split(|b| *b == 0).filter(|p| !p.is_empty()).map(|p| String::from_utf8_lossy(p).into_owned()).collect())
 }
 
 /// Runs git in `dir` with extra environment; answers stdout, or git's stderr.
@@ -636,6 +796,14 @@ pub enum Lease {
 /// credentials must only ever meet the mirror's config, which it cannot write.
 pub fn push(worktree: &Path, mirror: &Path, branch: &str, lease: &Lease, origin: &Origin) -> Result<String, GitError> {
     let head = rev_parse(worktree, "HEAD")?;
+    push_rev(mirror, &head, branch, lease, origin)
+}
+
+/// Pushes the commit `head` (present in the mirror) to `origin` as `branch`,
+/// as [`push`] does for a worktree's HEAD (a remote sandbox's branch is brought
+/// into the mirror first).
+pub fn push_rev(mirror: &Path, head: &str, branch: &str, lease: &Lease, origin: &Origin) -> Result<String, GitError> {
+    let head = head.to_string();
     let refname = format!("refs/heads/{branch}");
     let mut args = vec!["push".to_string(), "--porcelain".into()];
     if let Lease::Expect(expect) = lease {
@@ -754,6 +922,22 @@ pub fn merge_in_bare(mirror: &Path, base_rev: &str, branch_rev: &str, squash: bo
     }
     args.extend(["-m", message]);
     Ok(Integration::Clean(run_env(mirror, &args, &env)?))
+}
+
+/// The files that would conflict merging `branch_rev` into `base_rev`, from
+/// `git merge-tree --write-tree --name-only` in a bare repository: nothing is
+/// written but loose objects. Empty when they merge cleanly.
+pub fn merge_conflict_files(mirror: &Path, base_rev: &str, branch_rev: &str) -> Result<Vec<String>, GitError> {
+    let out = git_in(mirror)?
+        .0
+        .args(["merge-tree", "--write-tree", "--name-only", "--no-messages", base_rev, branch_rev])
+        .output()
+        .map_err(spawn_error)?;
+    match out.status.code() {
+        Some(0) => Ok(Vec::new()),
+        Some(1) => Ok(String::from_utf8_lossy(&out.stdout).lines().skip(1).take_while(|l| !l.is_empty()).map(str::to_string).collect()),
+        _ => Err(failure("merge-tree", out.status, &out.stderr, &[])),
+    }
 }
 
 /// Pushes a commit to `refs/heads/<branch>` on origin (no force).

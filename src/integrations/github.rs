@@ -149,6 +149,12 @@ impl GitHub {
         Ok(combine_ci(&runs, &status))
     }
 
+    /// A check run's annotations (the first 50), each as
+    /// `{path, start_line, end_line, annotation_level, title, message, raw_details}`.
+    pub async fn check_run_annotations(&self, run_id: i64) -> Result<Value, GitHubError> {
+        Ok(self.send("GET", &format!("/check-runs/{run_id}/annotations?per_page=50"), None, None).await?.body)
+    }
+
     /// The review decision from the latest review of each reviewer.
     pub async fn review_decision(&self, number: i64) -> Result<Option<String>, GitHubError> {
         let reviews = self.send("GET", &format!("/pulls/{number}/reviews?per_page=100"), None, None).await?.body;
@@ -157,10 +163,24 @@ impl GitHub {
 }
 
 /// A failed check, for the agent.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize)]
 pub struct FailedCheck {
     pub name: String,
     pub summary: String,
+    /// The run's `conclusion` (`failure`, `timed_out`, …) or the status's `state`.
+    pub conclusion: String,
+    /// Where to read it (http(s) only).
+    pub url: Option<String>,
+    /// The check run's id (for its annotations); `None` for a commit status.
+    #[serde(skip)]
+    pub run_id: Option<i64>,
+    /// The run's `output.title` and `output.text` (the long form, often a log tail).
+    #[serde(skip)]
+    pub title: String,
+    #[serde(skip)]
+    pub text: String,
+    #[serde(skip)]
+    pub annotations: u64,
 }
 
 /// Folds check runs and the combined status into one CI state.
@@ -172,9 +192,15 @@ pub fn combine_ci(runs: &Value, status: &Value) -> (Option<String>, Vec<FailedCh
         seen = true;
         match (run["status"].as_str(), run["conclusion"].as_str()) {
             (Some("completed"), Some("success" | "neutral" | "skipped")) => {}
-            (Some("completed"), _) => failed.push(FailedCheck {
+            (Some("completed"), conclusion) => failed.push(FailedCheck {
                 name: run["name"].as_str().unwrap_or("check").to_string(),
                 summary: run["output"]["summary"].as_str().or(run["output"]["title"].as_str()).unwrap_or("").to_string(),
+                conclusion: conclusion.unwrap_or("failure").to_string(),
+                url: web_url(&run["html_url"]).or_else(|| web_url(&run["details_url"])),
+                run_id: run["id"].as_i64(),
+                title: run["output"]["title"].as_str().unwrap_or("").to_string(),
+                text: run["output"]["text"].as_str().unwrap_or("").to_string(),
+                annotations: run["output"]["annotations_count"].as_u64().unwrap_or(0),
             }),
             _ => pending = true,
         }
@@ -186,9 +212,12 @@ pub fn combine_ci(runs: &Value, status: &Value) -> (Option<String>, Vec<FailedCh
             match s["state"].as_str() {
                 Some("success") => {}
                 Some("pending") => pending = true,
-                _ => failed.push(FailedCheck {
+                state => failed.push(FailedCheck {
                     name: s["context"].as_str().unwrap_or("status").to_string(),
                     summary: s["description"].as_str().unwrap_or("").to_string(),
+                    conclusion: state.unwrap_or("error").to_string(),
+                    url: web_url(&s["target_url"]),
+                    ..FailedCheck::default()
                 }),
             }
         }
@@ -203,6 +232,11 @@ pub fn combine_ci(runs: &Value, status: &Value) -> (Option<String>, Vec<FailedCh
         None
     };
     (state.map(str::to_string), failed)
+}
+
+/// A link safe to show and follow: http(s) only, and not huge.
+fn web_url(v: &Value) -> Option<String> {
+    v.as_str().filter(|u| (u.starts_with("https://") || u.starts_with("http://")) && u.len() <= 2000).map(str::to_string)
 }
 
 /// The most checks kept per pull request head (the rest are counted, not kept).
@@ -333,7 +367,10 @@ mod tests {
         let bad = json!({"check_runs": [{"name": "lint", "status": "completed", "conclusion": "failure", "output": {"summary": "2 errors"}}]});
         let (state, failed) = combine_ci(&bad, &actions_only);
         assert_eq!(state.as_deref(), Some("failure"));
-        assert_eq!(failed, vec![FailedCheck { name: "lint".into(), summary: "2 errors".into() }]);
+        assert_eq!(
+            failed,
+            vec![FailedCheck { name: "lint".into(), summary: "2 errors".into(), conclusion: "failure".into(), ..FailedCheck::default() }]
+        );
         let legacy = json!({"state": "failure", "total_count": 1, "statuses": [{"context": "ci/jenkins", "state": "error", "description": "boom"}]});
         assert_eq!(combine_ci(&ok, &legacy).0.as_deref(), Some("failure"));
     }

@@ -1,5 +1,6 @@
 //! Clients of the outside world: git (and later GitHub, Daytona, sandbox-agent).
 
+pub mod conflicts;
 pub mod diff;
 pub mod git;
 pub mod github;

@@ -483,24 +483,39 @@ pub struct AcpClient {
     pub base: String,
     /// The bearer token, if the server was started with one.
     pub token: Option<String>,
+    /// Sent on every request besides the token, e.g. a Daytona preview URL's
+    /// `x-daytona-preview-token` (secret: `Debug` shows names only).
+    pub headers: Vec<(String, String)>,
 }
 
 impl std::fmt::Debug for AcpClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let token = self.token.as_ref().map(|_| "(hidden)");
-        f.debug_struct("AcpClient").field("base", &self.base).field("token", &token).finish()
+        let headers: Vec<&str> = self.headers.iter().map(|(k, _)| k.as_str()).collect();
+        f.debug_struct("AcpClient").field("base", &self.base).field("token", &token).field("headers", &headers).finish()
     }
 }
 
 impl AcpClient {
     /// A client for `base` (a trailing `/` is dropped).
     pub fn new(base: &str, token: Option<&str>) -> AcpClient {
-        AcpClient { base: base.trim_end_matches('/').to_string(), token: token.map(str::to_string) }
+        AcpClient { base: base.trim_end_matches('/').to_string(), token: token.map(str::to_string), headers: Vec::new() }
+    }
+
+    /// The same client, sending `headers` on every request too.
+    pub fn with_headers(mut self, headers: Vec<(String, String)>) -> AcpClient {
+        self.headers = headers;
+        self
     }
 
     fn request(&self, method: awc::http::Method, path: &str, timeout: Duration) -> awc::ClientRequest {
-        let client = awc::Client::builder().timeout(timeout).finish();
-        let req = client.request(method, format!("{}{}", self.base, path));
+        // A preview URL answers a wrong token with a redirect to a login page:
+        // never followed, so it is an error here.
+        let client = awc::Client::builder().timeout(timeout).disable_redirects().finish();
+        let mut req = client.request(method, format!("{}{}", self.base, path));
+        for (name, value) in &self.headers {
+            req = req.insert_header((name.as_str(), value.as_str()));
+        }
         match &self.token {
             Some(t) => req.bearer_auth(t),
             None => req,

@@ -18,13 +18,87 @@ use crate::terminal::protocol::{ExitInfo, HostStatus};
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 pub type ProviderResult<T> = Result<T, AppError>;
 
-/// What a provider can do.
+/// What a provider can do; what it cannot answers a clear error (see
+/// docs/providers.md, "What each provider supports").
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct ProviderCapabilities {
     /// The terminal host runs on this machine, so its socket can be attached.
     pub local_terminal: bool,
     /// Work survives the server's host going away.
     pub remote: bool,
+    /// The checkout is a folder on this machine (`path`, `kiln switch`, and
+    /// git run by Kiln on it).
+    pub local_path: bool,
+    /// Where the agent's terminal runs: `local_pty` (a PTY on this machine) or
+    /// `remote_pty` (sandbox-agent's process PTY in the sandbox, bridged by a
+    /// local terminal host that keeps the log).
+    pub terminal: &'static str,
+    /// How uncommitted work is saved on kill and archive: `mirror_ref` (a
+    /// commit under `refs/kiln/snapshots/<task>` in the repository's mirror).
+    pub snapshot: &'static str,
+    /// A port the agent serves can be reached from outside (preview URLs).
+    pub ports: bool,
+    /// The repository must have a remote source URL (the sandbox clones it).
+    pub needs_remote_source: bool,
+}
+
+impl ProviderCapabilities {
+    /// A clear 4xx for an action that needs the checkout on this machine.
+    pub fn require_local_path(&self, provider: &str, what: &str) -> ProviderResult<()> {
+        if self.local_path {
+            return Ok(());
+        }
+        Err(AppError::invalid(
+            "not_supported_by_provider",
+            format!("{what} needs the task's checkout on this machine, and the `{provider}` provider keeps it in a remote sandbox"),
+        ))
+    }
+}
+
+/// One provisioning step, for the task's `sandbox.progress` events.
+#[derive(Debug, Clone, Serialize)]
+pub struct Progress {
+    /// `creating`, `starting`, `cloning`, `setup`, `starting_agent`.
+    pub step: &'static str,
+    /// How far provisioning is, 0-100.
+    pub percent: u8,
+    pub detail: Option<String>,
+}
+
+/// Where a provider reports provisioning steps (the task turns them into events).
+pub type ProgressTx = tokio::sync::mpsc::UnboundedSender<Progress>;
+
+/// Reports a step when someone listens.
+pub fn report(tx: &Option<ProgressTx>, step: &'static str, percent: u8, detail: Option<String>) {
+    if let Some(tx) = tx {
+        let _ = tx.send(Progress { step, percent, detail });
+    }
+}
+
+/// A repository's remote origin, for a provider that clones in the sandbox.
+#[derive(Clone)]
+pub struct RemoteOrigin {
+    pub url: String,
+    /// The user name for the secret (`x-access-token` when none).
+    pub user: Option<String>,
+    /// The repository's own credential, else the organization's GitHub token.
+    pub secret: Option<String>,
+}
+
+impl std::fmt::Debug for RemoteOrigin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RemoteOrigin").field("url", &self.url).field("secret", &self.secret.as_ref().map(|_| "(hidden)")).finish()
+    }
+}
+
+/// What a provider checks before a task is created, so that what it cannot do
+/// is a 4xx at once and nothing is left behind.
+#[derive(Debug, Clone)]
+pub struct Preflight {
+    pub org: String,
+    pub repo: String,
+    /// `path` or `url` (the repository's `source_kind`).
+    pub source_kind: String,
 }
 
 /// How to start the agent: its argument vector, extra environment, and text
@@ -52,6 +126,10 @@ pub struct CreateSandbox {
     /// Shell commands run in the terminal before the agent.
     pub setup: Vec<String>,
     pub launch: LaunchSpec,
+    /// The repository's remote origin (none for a local-path repository).
+    pub origin: Option<RemoteOrigin>,
+    /// Where provisioning steps are reported.
+    pub progress: Option<ProgressTx>,
 }
 
 /// What a create made: the sandbox, and what its copy-in did.
@@ -140,6 +218,13 @@ pub struct SandboxHealth {
     pub exit: Option<ExitInfo>,
     /// The sandbox-agent server, when the sandbox has one: whether it answers.
     pub agent_server: Option<bool>,
+    /// Why the sandbox is gone or broken, in the provider's words (e.g.
+    /// Daytona's `errorReason`); the task's `stalled` reason.
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// The remote sandbox's state (`started`, `stopped`, …), for remote providers.
+    #[serde(default)]
+    pub remote_state: Option<String>,
 }
 
 /// Start (or find) the sandbox's sandbox-agent server.
@@ -165,6 +250,14 @@ pub struct AgentEndpoint {
     /// It was started by this call (not found running).
     #[serde(default, skip_serializing)]
     pub fresh: bool,
+    /// Headers every request to `url` carries besides the token (a Daytona
+    /// preview URL's `x-daytona-preview-token`). Secret: never serialized.
+    #[serde(default, skip_serializing)]
+    pub headers: Vec<(String, String)>,
+    /// The checkout as the server sees it, when that is not the handle's `path`
+    /// (a remote sandbox's); ACP sessions open there.
+    #[serde(default, skip_serializing)]
+    pub cwd: Option<String>,
 }
 
 impl std::fmt::Debug for AgentEndpoint {
@@ -195,6 +288,11 @@ pub trait SandboxProvider: Send + Sync {
     /// starting it again if it died), and answers where it is.
     fn ensure_agent(&self, req: EnsureAgent) -> BoxFuture<'_, ProviderResult<AgentEndpoint>>;
     fn attach_target(&self, handle: &SandboxHandle) -> ProviderResult<AttachTarget>;
+    /// Checks, before a task is inserted, that this provider can take it
+    /// (configured, reachable, a repository it can use): a 4xx when not.
+    fn preflight(&self, _req: Preflight) -> BoxFuture<'_, ProviderResult<()>> {
+        Box::pin(async { Ok(()) })
+    }
 }
 
 /// The providers this server offers, by name.
@@ -203,11 +301,21 @@ pub struct Providers {
 }
 
 impl Providers {
-    /// The built-in set: `worktree`, rooted in the data dir, taking the same
+    /// The built-in set: `worktree`, rooted in the data dir, and `daytona`,
+    /// which reads each organization's `daytona` profile; both take the same
     /// per-mirror git locks as the rest of Kiln.
-    pub fn builtin(data_dir: PathBuf, terminal: crate::config::TerminalConfig, git_locks: crate::integrations::git::MirrorLocks) -> Self {
+    pub fn builtin(
+        data_dir: PathBuf,
+        terminal: crate::config::TerminalConfig,
+        git_locks: crate::integrations::git::MirrorLocks,
+        db: crate::db::pool::Db,
+    ) -> Self {
         let mut map: std::collections::BTreeMap<String, std::sync::Arc<dyn SandboxProvider>> = Default::default();
-        map.insert("worktree".into(), std::sync::Arc::new(worktree::WorktreeProvider::new(data_dir, terminal, git_locks)));
+        map.insert(
+            "worktree".into(),
+            std::sync::Arc::new(worktree::WorktreeProvider::new(data_dir.clone(), terminal.clone(), git_locks.clone())),
+        );
+        map.insert("daytona".into(), std::sync::Arc::new(daytona::DaytonaProvider::new(data_dir, terminal, git_locks, db)));
         Providers { map }
     }
 
@@ -261,6 +369,23 @@ pub fn is_agent_secret(provider: &str, name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn what_needs_a_local_checkout_says_which_provider_has_none() {
+        let remote = ProviderCapabilities {
+            local_terminal: true,
+            remote: true,
+            local_path: false,
+            terminal: "remote_pty",
+            snapshot: "mirror_ref",
+            ports: true,
+            needs_remote_source: true,
+        };
+        let err = remote.require_local_path("daytona", "`switch`").unwrap_err();
+        assert_eq!(err.code(), "not_supported_by_provider");
+        assert!(err.to_string().contains("`switch` needs the task's checkout on this machine"), "{err}");
+        assert!(ProviderCapabilities { local_path: true, ..remote }.require_local_path("worktree", "`switch`").is_ok());
+    }
 
     #[test]
     fn kiln_keeps_the_daytona_key_from_agents() {

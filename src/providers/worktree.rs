@@ -89,7 +89,7 @@ fn start_agent_server(req: &EnsureAgent, restarted: bool) -> ProviderResult<Agen
         std::thread::sleep(Duration::from_millis(50));
     }
     let endpoint =
-        AgentEndpoint { url: format!("http://127.0.0.1:{port}"), token, port, pid: child.id(), restarted, fresh: true };
+        AgentEndpoint { url: format!("http://127.0.0.1:{port}"), token, port, pid: child.id(), restarted, fresh: true, headers: Vec::new(), cwd: None };
     // The token is a secret: the record is readable by Kiln's user only.
     let record = serde_json::to_vec(&serde_json::json!({
         "url": endpoint.url, "token": endpoint.token, "port": port, "pid": endpoint.pid,
@@ -135,6 +135,7 @@ impl WorktreeProvider {
             argv: launch.argv.clone(),
             confine: None,
             cgroup: self.terminal.cgroup,
+            remote: None,
         }
     }
 }
@@ -376,7 +377,15 @@ impl SandboxProvider for WorktreeProvider {
     }
 
     fn capabilities(&self) -> ProviderCapabilities {
-        ProviderCapabilities { local_terminal: true, remote: false }
+        ProviderCapabilities {
+            local_terminal: true,
+            remote: false,
+            local_path: true,
+            terminal: "local_pty",
+            snapshot: "mirror_ref",
+            ports: false,
+            needs_remote_source: false,
+        }
     }
 
     fn validate_config(&self, cfg: &serde_json::Value) -> ProviderResult<serde_json::Value> {
@@ -545,7 +554,7 @@ impl SandboxProvider for WorktreeProvider {
             };
             let exit = host.as_ref().and_then(|h| h.exit.clone()).or_else(|| client::exit_info(&handle.state_dir));
             let agent_server = read_agent(&handle.state_dir).map(|e| agent_alive(&e));
-            Ok(SandboxHealth { exists: handle.path.exists(), host, exit, agent_server })
+            Ok(SandboxHealth { exists: handle.path.exists(), host, exit, agent_server, reason: None, remote_state: None })
         }))
     }
 

@@ -81,6 +81,33 @@ pub fn signal(state_dir: &Path, sig: i32) -> io::Result<()> {
     Ok(())
 }
 
+/// Points a remote host at a new base URL and headers (a Daytona sandbox that
+/// restarted has a new preview token); the host reconnects with them at once.
+/// `target.cwd` and `target.env` are not used: the process already runs. An
+/// error when no host answers, or when the host is not a remote one.
+pub fn retarget(state_dir: &Path, target: &super::remote::RemoteTarget) -> io::Result<()> {
+    super::remote::check_headers(&target.headers)?;
+    let json = serde_json::to_vec(&super::remote::Retarget::from(target)).map_err(io::Error::other)?;
+    let mut stream = connect(state_dir)?;
+    protocol::write_frame(&mut stream, &Frame::new(protocol::RETARGET, json))?;
+    // A host that refuses it closes the connection: the status request or its
+    // answer then fails (a reset, a broken pipe or the end of the stream).
+    let refused = || io::Error::other("the terminal host refused the retarget (not a remote host?)");
+    let answered = protocol::write_frame(&mut stream, &Frame::new(protocol::STATUS, vec![])).and_then(|()| loop {
+        match protocol::read_frame(&mut stream)? {
+            Some(f) if f.kind == protocol::STATUS_REPLY => return Ok(true),
+            Some(_) => continue,
+            None => return Ok(false),
+        }
+    });
+    match answered {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(refused()),
+        Err(e) if matches!(e.kind(), io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe | io::ErrorKind::UnexpectedEof) => Err(refused()),
+        Err(e) => Err(e),
+    }
+}
+
 /// Whether a status error means no host is there (as opposed to a slow one).
 pub fn is_gone(err: &io::Error) -> bool {
     matches!(err.kind(), io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused | io::ErrorKind::UnexpectedEof)
@@ -96,6 +123,10 @@ pub fn exit_info(state_dir: &Path) -> Option<ExitInfo> {
 /// `opts` with the launch's environment added to the server's, and waits until
 /// it answers on its socket. The launch's first input goes through a private
 /// file the host types in once the agent has started.
+///
+/// With `opts.remote`, the agent runs in a remote sandbox through sandbox-agent:
+/// the target (its headers, and its env with the launch's env on top) goes to
+/// the host in a private file, never on its command line or in its environment.
 pub fn launch(opts: &HostOptions, launch: &crate::providers::LaunchSpec, program: &str) -> io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     std::fs::create_dir_all(&opts.state_dir)?;
@@ -110,7 +141,9 @@ pub fn launch(opts: &HostOptions, launch: &crate::providers::LaunchSpec, program
             .open(&input_file)?;
         std::io::Write::write_all(&mut f, text.as_bytes())?;
     }
-    let env = &launch.env;
+    let local_env: &[(String, String)] = if opts.remote.is_some() { &[] } else { &launch.env };
+    let target_file = opts.state_dir.join(super::remote::TARGET_FILE);
+    let _ = std::fs::remove_file(&target_file);
     let socket = opts.state_dir.join(SOCKET);
     if socket.as_os_str().len() > MAX_SOCKET_PATH {
         return Err(io::Error::other(format!(
@@ -147,6 +180,9 @@ pub fn launch(opts: &HostOptions, launch: &crate::providers::LaunchSpec, program
     if !opts.cgroup {
         cmd.arg("--no-cgroup");
     }
+    if opts.remote.is_some() {
+        cmd.arg("--remote");
+    }
     cmd.arg("--").args(&opts.argv);
     // The server's own settings (KILN_*) are none of the agent's business.
     for (key, _) in std::env::vars_os() {
@@ -154,7 +190,7 @@ pub fn launch(opts: &HostOptions, launch: &crate::providers::LaunchSpec, program
             cmd.env_remove(key);
         }
     }
-    cmd.envs(env.iter().map(|(k, v)| (k, v)))
+    cmd.envs(local_env.iter().map(|(k, v)| (k, v)))
         .env("TERM", "xterm-256color")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -184,7 +220,24 @@ pub fn launch(opts: &HostOptions, launch: &crate::providers::LaunchSpec, program
         .mode(0o600)
         .open(opts.state_dir.join(KEY_FILE))
         .and_then(|mut f| std::io::Write::write_all(&mut f, crate::util::random_hex(32).as_bytes()))?;
-    let mut child = cmd.spawn()?;
+    if let Some(target) = &opts.remote {
+        // The launch's env on top of the target's, as a local agent gets it on
+        // top of the server's.
+        let mut target = target.clone();
+        for (k, v) in &launch.env {
+            target.env.retain(|(name, _)| name != k);
+            target.env.push((k.clone(), v.clone()));
+        }
+        super::remote::write_target(&opts.state_dir, &target)?;
+    }
+    let spawned = cmd.spawn();
+    let mut child = match spawned {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = std::fs::remove_file(&target_file);
+            return Err(e);
+        }
+    };
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         // Only our own host counts as up, not one that was there before.
@@ -192,11 +245,13 @@ pub fn launch(opts: &HostOptions, launch: &crate::providers::LaunchSpec, program
             break;
         }
         if let Some(code) = child.try_wait()? {
+            let _ = std::fs::remove_file(&target_file);
             let log = std::fs::read_to_string(opts.state_dir.join("host.log")).unwrap_or_default();
             return Err(io::Error::other(format!("the terminal host exited at once ({code}): {}", log.trim())));
         }
         if Instant::now() > deadline {
             let _ = child.kill();
+            let _ = std::fs::remove_file(&target_file);
             return Err(io::Error::other("the terminal host did not come up within 10 s"));
         }
         std::thread::sleep(Duration::from_millis(10));

@@ -10,6 +10,11 @@
 //! Files in the state dir: `host.sock`, `host.pid`, `terminal.log*` and
 //! `exit.json` (how the agent ended; written before the host exits).
 //!
+//! In remote mode (`HostOptions::remote`) there is no local PTY: a driver thread
+//! (`remote`) runs the setup commands and the agent as sandbox-agent processes and
+//! feeds their output into the same log; attachers, offsets and the protocol are
+//! the same.
+//!
 //! A log that cannot be written (a full disk) never stops the terminal: output
 //! still reaches attachers, the bytes are a hole in the log, the failure is in
 //! the host's status for the server to report, and logging resumes as soon as
@@ -27,7 +32,10 @@ use std::time::Duration;
 
 use super::log::TerminalLog;
 use super::procs::Cgroup;
-use super::protocol::{self, ExitInfo, Frame, HostStatus};
+use super::protocol::{self, ExitInfo, Frame, HostStatus, RemoteStatus};
+use super::remote;
+/// Also here, beside the `HostOptions` that holds it.
+pub use super::remote::RemoteTarget;
 use crate::util::now_ms;
 
 /// Frames queued per attacher before it is cut loose.
@@ -63,6 +71,16 @@ pub struct HostOptions {
     /// Run the setup commands and the agent in a cgroup of their own, where one
     /// can be made (see `procs`).
     pub cgroup: bool,
+    /// Run the setup commands and the agent in a remote sandbox through
+    /// sandbox-agent's process API instead of a local PTY (see `remote`);
+    /// `confine` and `cgroup` do not apply.
+    pub remote: Option<RemoteTarget>,
+}
+
+/// Where input, resizes and signals go: the local PTY, or the remote driver.
+enum Backend {
+    Local(pty_process::blocking::Pty),
+    Remote(remote::Handle),
 }
 
 enum Outgoing {
@@ -94,6 +112,8 @@ struct State {
     log_error: Option<(String, i64)>,
     /// Bytes of output that could not be written to the log, since the start.
     log_dropped: u64,
+    /// A remote host's connection to its process.
+    remote: Option<RemoteStatus>,
 }
 
 impl State {
@@ -111,6 +131,7 @@ impl State {
             log_error: self.log_error.as_ref().map(|(e, _)| e.clone()),
             log_error_since: self.log_error.as_ref().map(|(_, at)| *at),
             log_dropped_bytes: self.log_dropped,
+            remote: self.remote.clone(),
         }
     }
 
@@ -174,7 +195,7 @@ pub fn run(opts: HostOptions) -> i32 {
 
 /// A line on the host's stderr (`host.log`). A failed write is ignored: the
 /// disk may be full, and `eprintln!` would panic.
-fn note(message: &str) {
+pub(super) fn note(message: &str) {
     let _ = writeln!(std::io::stderr(), "terminal-host: {message}");
 }
 
@@ -200,23 +221,10 @@ fn serve(opts: HostOptions) -> std::io::Result<()> {
         std::fs::remove_file(&sock_path)?;
     }
     let log = TerminalLog::open(&opts.state_dir, opts.log_max_bytes)?;
-    let cgroup = if opts.cgroup {
-        Cgroup::create(&opts.state_dir)
-    } else {
-        let _ = std::fs::remove_file(opts.state_dir.join(super::procs::CGROUP_FILE));
-        None
-    };
-    let (pty, pts) = pty_process::blocking::open().map_err(std::io::Error::other)?;
-    pty.resize(pty_process::Size::new(opts.rows, opts.cols)).map_err(std::io::Error::other)?;
-    if let Some(ruleset) = &opts.confine {
-        // The agent's own terminal (`/dev/stderr`, `tty`), and no other.
-        ruleset.allow_terminal(std::os::fd::AsFd::as_fd(&pts))?;
-    }
     // Without its key the host would serve anyone who reaches its socket, an
     // agent of another task included: it does not start.
     let key = std::fs::read(opts.state_dir.join(KEY_FILE))
         .map_err(|e| std::io::Error::other(format!("reading the host key {KEY_FILE}: {e}")))?;
-    let pty = Arc::new(pty);
     let state: Shared = Arc::new(Mutex::new(State {
         log,
         clients: HashMap::new(),
@@ -229,50 +237,148 @@ fn serve(opts: HostOptions) -> std::io::Result<()> {
         phase: "setup",
         log_error: None,
         log_dropped: 0,
+        remote: opts.remote.as_ref().map(|_| RemoteStatus { process_id: None, connected: false, error: None, since: now_ms() }),
     }));
-
-    // Listen before anything runs, so the server can attach from byte 0.
-    let listener = UnixListener::bind(&sock_path)?;
-    std::fs::write(opts.state_dir.join(PID_FILE), std::process::id().to_string())?;
-    {
-        let (state, pty) = (state.clone(), pty.clone());
-        std::thread::spawn(move || accept_loop(listener, state, pty, key));
-    }
-    let reader = {
-        let (state, pty) = (state.clone(), pty.clone());
-        std::thread::spawn(move || pump_output(&pty, &state))
-    };
     {
         let state = state.clone();
         std::thread::spawn(move || retry_log(&state));
     }
+    match opts.remote.clone() {
+        Some(target) => serve_remote(&opts, target, state, key, &sock_path),
+        None => serve_local(&opts, state, key, &sock_path),
+    }
+}
 
-    let exit = run_steps(&opts, &pty, pts, &state, cgroup.as_ref());
+fn serve_local(opts: &HostOptions, state: Shared, key: Vec<u8>, sock_path: &Path) -> std::io::Result<()> {
+    let cgroup = if opts.cgroup {
+        Cgroup::create(&opts.state_dir)
+    } else {
+        let _ = std::fs::remove_file(opts.state_dir.join(super::procs::CGROUP_FILE));
+        None
+    };
+    let (pty, pts) = pty_process::blocking::open().map_err(std::io::Error::other)?;
+    pty.resize(pty_process::Size::new(opts.rows, opts.cols)).map_err(std::io::Error::other)?;
+    if let Some(ruleset) = &opts.confine {
+        // The agent's own terminal (`/dev/stderr`, `tty`), and no other.
+        ruleset.allow_terminal(std::os::fd::AsFd::as_fd(&pts))?;
+    }
+    let backend = Arc::new(Backend::Local(pty));
+
+    // Listen before anything runs, so the server can attach from byte 0.
+    let listener = UnixListener::bind(sock_path)?;
+    std::fs::write(opts.state_dir.join(PID_FILE), std::process::id().to_string())?;
+    {
+        let (state, backend) = (state.clone(), backend.clone());
+        std::thread::spawn(move || accept_loop(listener, state, backend, key));
+    }
+    let reader = {
+        let (state, backend) = (state.clone(), backend.clone());
+        std::thread::spawn(move || {
+            if let Backend::Local(pty) = &*backend {
+                pump_output(pty, &state)
+            }
+        })
+    };
+    let Backend::Local(pty) = &*backend else { return Err(std::io::Error::other("a local host without a PTY")) };
+    let exit = run_steps(opts, pty, pts, &state, cgroup.as_ref());
     // Give the reader a moment to drain what the agent printed last.
     let deadline = std::time::Instant::now() + Duration::from_secs(2);
     while !reader.is_finished() && std::time::Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
+    finish(opts, &state, exit, sock_path);
+    // Only once nothing the agent started runs on (kill stops those).
+    if let Some(cgroup) = &cgroup {
+        let _ = cgroup.remove();
+    }
+    Ok(())
+}
+
+/// The host's side of the remote driver: output into the log, the phase and the
+/// connection into the status.
+struct RemoteSink(Shared);
+
+impl remote::Sink for RemoteSink {
+    fn output(&self, bytes: &[u8]) {
+        record_output(&self.0, bytes);
+    }
+
+    fn agent_started(&self) {
+        lock(&self.0).phase = "agent";
+    }
+
+    fn remote(&self, process: Option<&str>, connected: bool, error: Option<String>) {
+        let mut s = lock(&self.0);
+        let now = now_ms();
+        let status = s.remote.get_or_insert(RemoteStatus { process_id: None, connected, error: None, since: now });
+        if status.connected != connected || status.process_id.as_deref() != process {
+            status.since = now;
+        }
+        if let (true, false, Some(e)) = (status.connected, connected, &error) {
+            note(&format!("lost the remote terminal: {e}"));
+        } else if !status.connected && connected && status.error.is_some() {
+            note("the remote terminal is connected again");
+        }
+        status.process_id = process.map(str::to_string);
+        status.connected = connected;
+        status.error = error;
+    }
+}
+
+fn serve_remote(opts: &HostOptions, target: RemoteTarget, state: Shared, key: Vec<u8>, sock_path: &Path) -> std::io::Result<()> {
+    // Nothing of the agent runs on this machine: no cgroup, no confinement.
+    let _ = std::fs::remove_file(opts.state_dir.join(super::procs::CGROUP_FILE));
+    let _ = std::fs::remove_file(opts.state_dir.join(remote::PROCESS_FILE));
+    let listener = UnixListener::bind(sock_path)?;
+    std::fs::write(opts.state_dir.join(PID_FILE), std::process::id().to_string())?;
+    let plan = remote::Plan {
+        setup: opts.setup.clone(),
+        argv: opts.argv.clone(),
+        cols: opts.cols,
+        rows: opts.rows,
+        state_dir: opts.state_dir.clone(),
+    };
+    let (handle, driver) = remote::start(target, plan, Arc::new(RemoteSink(state.clone())))?;
+    let backend = Arc::new(Backend::Remote(handle));
+    {
+        let (state, backend) = (state.clone(), backend.clone());
+        std::thread::spawn(move || accept_loop(listener, state, backend, key));
+    }
+    let exit = driver.join().unwrap_or_else(|_| ExitInfo {
+        code: None,
+        signal: None,
+        phase: lock(&state).phase.into(),
+        at: now_ms(),
+        reason: Some("the remote terminal failed".into()),
+    });
+    if let Some(reason) = &exit.reason {
+        note(reason);
+    }
+    if let Some(r) = lock(&state).remote.as_mut() {
+        r.connected = false;
+    }
+    finish(opts, &state, exit, sock_path);
+    Ok(())
+}
+
+/// Records how the run ended, tells the attachers, lets them read the last
+/// frames, and takes the socket away.
+fn finish(opts: &HostOptions, state: &Shared, exit: ExitInfo, sock_path: &Path) {
     let json = serde_json::to_vec(&exit).unwrap_or_default();
     // Attachers still hear of the end if the record cannot be written.
     if let Err(e) = std::fs::write(opts.state_dir.join(EXIT_FILE), &json) {
         note(&format!("cannot write {EXIT_FILE}: {e}"));
     }
     {
-        let mut s = lock(&state);
+        let mut s = lock(state);
         s.exit = Some(exit);
         s.agent_pid = None;
         s.broadcast(&Frame::new(protocol::EXITED, json));
     }
     // Let attachers read the last frames, then go.
     std::thread::sleep(Duration::from_millis(500));
-    // Only once nothing the agent started runs on (kill stops those).
-    if let Some(cgroup) = &cgroup {
-        let _ = cgroup.remove();
-    }
-    let _ = std::fs::remove_file(&sock_path);
+    let _ = std::fs::remove_file(sock_path);
     let _ = std::fs::remove_file(opts.state_dir.join(PID_FILE));
-    Ok(())
 }
 
 /// Runs the setup commands, then the agent; answers how it ended.
@@ -301,12 +407,12 @@ fn run_steps(
             Ok(s) => return exit_info(&s, "setup"),
             Err(e) => {
                 announce(state, &format!("\r\nkiln: setup could not start: {e}\r\n"));
-                return ExitInfo { code: Some(127), signal: None, phase: "setup".into(), at: now_ms() };
+                return ExitInfo { code: Some(127), signal: None, phase: "setup".into(), at: now_ms(), reason: None };
             }
         }
     }
     let Some((program, args)) = opts.argv.split_first() else {
-        return ExitInfo { code: Some(127), signal: None, phase: "agent".into(), at: now_ms() };
+        return ExitInfo { code: Some(127), signal: None, phase: "agent".into(), at: now_ms(), reason: None };
     };
     let inside = cgroup.and_then(Cgroup::enter);
     let spawned = confined(pty_process::blocking::Command::new(program).args(args).current_dir(&opts.cwd), opts).spawn(pts);
@@ -325,12 +431,12 @@ fn run_steps(
             }
             match child.wait() {
                 Ok(s) => exit_info(&s, "agent"),
-                Err(_) => ExitInfo { code: None, signal: None, phase: "agent".into(), at: now_ms() },
+                Err(_) => ExitInfo { code: None, signal: None, phase: "agent".into(), at: now_ms(), reason: None },
             }
         }
         Err(e) => {
             announce(state, &format!("\r\nkiln: cannot start `{program}`: {e}\r\n"));
-            ExitInfo { code: Some(127), signal: None, phase: "agent".into(), at: now_ms() }
+            ExitInfo { code: Some(127), signal: None, phase: "agent".into(), at: now_ms(), reason: None }
         }
     }
 }
@@ -346,7 +452,7 @@ fn confined(cmd: pty_process::blocking::Command, opts: &HostOptions) -> pty_proc
 
 fn exit_info(status: &std::process::ExitStatus, phase: &str) -> ExitInfo {
     use std::os::unix::process::ExitStatusExt;
-    ExitInfo { code: status.code(), signal: status.signal(), phase: phase.into(), at: now_ms() }
+    ExitInfo { code: status.code(), signal: status.signal(), phase: phase.into(), at: now_ms(), reason: None }
 }
 
 /// Writes a line of Kiln's own into the terminal stream.
@@ -391,11 +497,11 @@ fn pump_output(pty: &pty_process::blocking::Pty, state: &Shared) {
     }
 }
 
-fn accept_loop(listener: UnixListener, state: Shared, pty: Arc<pty_process::blocking::Pty>, key: Vec<u8>) {
+fn accept_loop(listener: UnixListener, state: Shared, backend: Arc<Backend>, key: Vec<u8>) {
     let key = Arc::new(key);
     for conn in listener.incoming() {
         let Ok(stream) = conn else { continue };
-        let (state, pty, key) = (state.clone(), pty.clone(), key.clone());
+        let (state, backend, key) = (state.clone(), backend.clone(), key.clone());
         std::thread::spawn(move || {
             let mut stream = stream;
             {
@@ -404,12 +510,12 @@ fn accept_loop(listener: UnixListener, state: Shared, pty: Arc<pty_process::bloc
                     return;
                 }
             }
-            serve_client(stream, state, pty)
+            serve_client(stream, state, backend)
         });
     }
 }
 
-fn serve_client(stream: UnixStream, state: Shared, pty: Arc<pty_process::blocking::Pty>) {
+fn serve_client(stream: UnixStream, state: Shared, backend: Arc<Backend>) {
     let (Ok(write_half), Ok(shutdown_handle)) = (stream.try_clone(), stream.try_clone()) else { return };
     let (tx, rx) = sync_channel::<Outgoing>(CLIENT_QUEUE);
     let id = {
@@ -425,7 +531,7 @@ fn serve_client(stream: UnixStream, state: Shared, pty: Arc<pty_process::blockin
     };
     let mut reader = stream;
     while let Ok(Some(frame)) = protocol::read_frame(&mut reader) {
-        if !handle_frame(&frame, id, &tx, &state, &pty) {
+        if !handle_frame(&frame, id, &tx, &state, &backend) {
             break;
         }
     }
@@ -442,7 +548,7 @@ fn handle_frame(
     id: u64,
     tx: &SyncSender<Outgoing>,
     state: &Shared,
-    pty: &pty_process::blocking::Pty,
+    backend: &Backend,
 ) -> bool {
     match frame.kind {
         protocol::ATTACH => {
@@ -468,8 +574,11 @@ fn handle_frame(
             true
         }
         protocol::INPUT => {
-            make_active(state, id, pty);
-            (&*pty).write_all(&frame.payload).is_ok()
+            make_active(state, id, backend);
+            match backend {
+                Backend::Local(pty) => (&*pty).write_all(&frame.payload).is_ok(),
+                Backend::Remote(handle) => handle.input(&frame.payload).is_ok(),
+            }
         }
         protocol::RESIZE => {
             let Some(size) = frame.size() else { return false };
@@ -479,7 +588,7 @@ fn handle_frame(
             if let Some(c) = lock(state).clients.get_mut(&id) {
                 c.size = Some(size);
             }
-            make_active(state, id, pty);
+            make_active(state, id, backend);
             true
         }
         protocol::STATUS => {
@@ -487,24 +596,52 @@ fn handle_frame(
             tx.send(Outgoing::Frame(Frame::new(protocol::STATUS_REPLY, json))).is_ok()
         }
         protocol::SIGNAL => {
-            let pid = lock(state).agent_pid;
-            if let (Some(pid), Some(sig)) = (pid, frame.signal_number()) {
-                // The agent leads its own session and process group.
-                unsafe { libc::kill(-(pid as i32), sig) };
+            let Some(sig) = frame.signal_number() else { return true };
+            match backend {
+                Backend::Local(_) => {
+                    if let Some(pid) = lock(state).agent_pid {
+                        // SAFETY: kill(2); the agent leads its own session and process group.
+                        unsafe { libc::kill(-(pid as i32), sig) };
+                    }
+                }
+                Backend::Remote(handle) => {
+                    if lock(state).exit.is_none() {
+                        if let Err(e) = handle.signal(sig) {
+                            note(&format!("signal {sig} to the remote process: {e}"));
+                        }
+                    }
+                }
             }
             true
+        }
+        protocol::RETARGET => {
+            let Backend::Remote(handle) = backend else { return false };
+            let Ok(to) = serde_json::from_slice::<remote::Retarget>(&frame.payload) else { return false };
+            if remote::check_headers(&to.headers).is_err() {
+                return false;
+            }
+            // Ended already: nothing to reconnect, and the driver is gone.
+            if lock(state).exit.is_some() {
+                return true;
+            }
+            handle.retarget(to).is_ok()
         }
         _ => false,
     }
 }
 
 /// The most recently active client decides the terminal size.
-fn make_active(state: &Shared, id: u64, pty: &pty_process::blocking::Pty) {
+fn make_active(state: &Shared, id: u64, backend: &Backend) {
     let mut s = lock(state);
     let Some(size) = s.clients.get(&id).and_then(|c| c.size) else { return };
     if s.active_size != Some(size) {
         s.active_size = Some(size);
-        let _ = pty.resize(pty_process::Size::new(size.1, size.0));
+        match backend {
+            Backend::Local(pty) => {
+                let _ = pty.resize(pty_process::Size::new(size.1, size.0));
+            }
+            Backend::Remote(handle) => handle.resize(size.0, size.1),
+        }
     }
 }
 

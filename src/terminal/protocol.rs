@@ -3,7 +3,8 @@
 //!
 //! Client to host: `ATTACH` (u64 offset: send output from there, then live),
 //! `INPUT` (bytes for the PTY), `RESIZE` (u16 cols, u16 rows), `STATUS` (answered
-//! with a `STATUS` frame) and `SIGNAL` (i32: send it to the agent's process group).
+//! with a `STATUS` frame), `SIGNAL` (i32: send it to the agent's process group)
+//! and `RETARGET` (a remote host only: JSON, new base URL and headers).
 //! Host to client: `ATTACHED` (u64: the offset output starts from, answering
 //! `ATTACH`; an offset past the end is moved back to the end), `OUTPUT` (u64
 //! offset of the first byte, then the bytes), `STATUS` (JSON `HostStatus`) and
@@ -20,6 +21,9 @@ pub const STATUS: u8 = 4;
 pub const SIGNAL: u8 = 5;
 /// The first frame of every connection to a host that has a key: the key.
 pub const HELLO: u8 = 6;
+/// JSON `{"base_url", "headers"}`: where a remote host now reaches sandbox-agent.
+/// A local host closes the connection.
+pub const RETARGET: u8 = 7;
 pub const OUTPUT: u8 = 101;
 pub const STATUS_REPLY: u8 = 102;
 pub const EXITED: u8 = 103;
@@ -151,6 +155,23 @@ pub struct ExitInfo {
     /// Which step ended: `setup` (a setup command failed) or `agent`.
     pub phase: String,
     pub at: i64,
+    /// Why the run ended when no exit status says it: a remote host whose process
+    /// is gone, or whose sandbox-agent could not be reached.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// A remote host's view of its process (see `remote`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemoteStatus {
+    /// sandbox-agent's id of the process driven now (`proc_3`), once created.
+    pub process_id: Option<String>,
+    /// Whether the host is connected to it now.
+    pub connected: bool,
+    /// Why it is not, while it is not.
+    pub error: Option<String>,
+    /// Since when it is in this state (unix ms).
+    pub since: i64,
 }
 
 /// What the host reports about its agent.
@@ -178,6 +199,10 @@ pub struct HostStatus {
     /// Bytes of output missing from the log (holes), since the host started.
     #[serde(default)]
     pub log_dropped_bytes: u64,
+    /// Set on a remote host (the agent runs in a sandbox, through sandbox-agent);
+    /// `agent_pid` is then always `null`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote: Option<RemoteStatus>,
 }
 
 #[cfg(test)]

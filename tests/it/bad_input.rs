@@ -199,6 +199,7 @@ fn every_route(task: &str) -> Vec<(&'static str, &'static str, String, Reads)> {
         ("PUT", "/v1/organizations/{org}/repos/{repo}/settings", format!("{o}/repos/app/settings"), Json),
         ("GET", "/v1/organizations/{org}/repos/{repo}/branches", format!("{o}/repos/app/branches"), Nothing),
         ("GET", "/v1/organizations/{org}/repos/{repo}/pulls", format!("{o}/repos/app/pulls"), Nothing),
+        ("GET", "/v1/organizations/{org}/repos/{repo}/conflicts", format!("{o}/repos/app/conflicts"), Nothing),
         ("GET", "/v1/organizations/{org}/tasks", format!("{o}/tasks"), Nothing),
         ("POST", "/v1/organizations/{org}/tasks", format!("{o}/tasks"), Json),
         ("GET", "/v1/organizations/{org}/tasks/{task}", t.clone(), Nothing),

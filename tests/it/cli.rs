@@ -288,7 +288,25 @@ async fn repository_setup_settings_and_provider_profiles() {
     assert_eq!(out["github"], "acme/app");
     assert_eq!(out["automation"]["on_idle"]["push"], true);
     assert_eq!(out["automation"]["on_idle"]["draft_pr"], false);
-    assert_eq!(out["automation"]["on_ci_failure"]["max_attempts"], 2);
+    // `--ci-feedback` sets the ci_failed reaction (the older on_ci_failure is cleared).
+    assert_eq!(out["reactions"]["ci_failed"], serde_json::json!({"enabled": true, "max_attempts": 2}));
+    assert_eq!(out["automation"]["on_ci_failure"]["enabled"], false);
+    let out: Value = serde_json::from_str(&ok(cli(
+        &server,
+        &["repo", "settings", "app", "--reactions", "ci_failed,merge_conflict,approved_and_green", "--bot-logins", "renovate,ci-helper",
+          "--sync-on-conflict", "true", "--merge-when-green", "rebase", "--stuck-after", "600", "--json"],
+    )))
+    .unwrap();
+    let r = &out["reactions"];
+    assert_eq!((r["ci_failed"]["enabled"].as_bool(), r["ci_failed"]["max_attempts"].as_u64()), (Some(true), Some(2)));
+    assert_eq!((r["merge_conflict"]["enabled"].as_bool(), r["merge_conflict"]["auto_sync"].as_bool()), (Some(true), Some(true)));
+    assert_eq!(r["changes_requested"]["enabled"], false);
+    assert_eq!(r["bot_logins"], serde_json::json!(["renovate", "ci-helper"]));
+    assert_eq!((r["approved_and_green"]["merge"].as_bool(), r["approved_and_green"]["method"].as_str()), (Some(true), Some("rebase")));
+    assert_eq!((r["agent_stuck"]["silent_secs"].as_u64(), r["agent_stuck"]["idle_without_pr_secs"].as_u64()), (Some(600), Some(600)));
+    let (code, _, err) = cli(&server, &["repo", "settings", "app", "--reactions", "ci_failed,nope"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("--reactions takes"), "{err}");
     // Flags not given keep their value.
     let out: Value = serde_json::from_str(&ok(cli(&server, &["repo", "settings", "app", "--keep-after-merge", "true", "--json"]))).unwrap();
     assert_eq!(out["github"], "acme/app");

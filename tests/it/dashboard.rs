@@ -273,7 +273,7 @@ async fn agents_lists_the_profiles_and_providers_without_their_commands() {
     assert!(!r.text.contains("fake-agent.sh"), "no commands: {r:?}");
     assert_eq!(
         r.body["providers"],
-        json!([{"name": "worktree", "default": true, "available": true}, {"name": "daytona", "default": false, "available": false}])
+        json!([{"name": "worktree", "default": true, "available": true}, {"name": "daytona", "default": false, "available": true}])
     );
     let other = server.client().with_token(Some("kiln_nope")).get("/v1/organizations/default/agents").await;
     assert_eq!(other.status, 401);

@@ -1,7 +1,7 @@
 //! The organization's `daytona` profile: its settings are checked and stored
 //! normalized (the CLI's `--setting cpu=2` becomes the number 2), its `api_key`
-//! is checked and write-only, and tasks still cannot name `daytona` (the
-//! provider is not built yet: docs/providers.md).
+//! is checked and write-only, and a task on a repository registered from a path
+//! cannot use it (a sandbox clones the repository's URL: docs/providers.md).
 
 use std::io::Write;
 use std::process::{Command, Stdio};
@@ -50,12 +50,12 @@ async fn daytona_settings_are_validated_and_normalized() {
     let events = c.get("/v1/organizations/default/events?kind=provider.updated").await;
     assert!(!events.text.contains("dtn_live_0123456789abcdef") && !server.log().contains("dtn_live_0123456789abcdef"));
 
-    // The provider itself is not offered yet: a task on it is refused, saying so.
+    // A repository registered from a path cannot go to a Daytona sandbox: refused, saying so.
     let dir = tempfile::tempdir().unwrap();
     c.add_repo("default", &git_repo(dir.path(), "app")).await;
     let r = c.post("/v1/organizations/default/tasks", json!({"repo": "app", "description": "x", "provider": "daytona"})).await;
-    assert_eq!((r.status, r.code()), (422, "provider_unavailable"), "{r:?}");
-    assert!(r.body["message"].as_str().unwrap().contains("`daytona` is not available"), "{r:?}");
+    assert_eq!((r.status, r.code()), (422, "remote_source_required"), "{r:?}");
+    assert!(r.body["message"].as_str().unwrap().contains("register it by its URL"), "{r:?}");
 }
 
 #[actix_web::test]

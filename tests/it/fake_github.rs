@@ -15,7 +15,9 @@
 //! - §3.5: merge: 405 when not open or not mergeable, 409 when `sha` is not the head; `merge` and
 //!   `squash` are written with `git merge-tree` + `git commit-tree` + `git update-ref`.
 //! - §3.6: check runs (`filter=latest`, the default, keeps the newest per name) and the combined
-//!   status (`pending` with `total_count: 0` when there is none); §3.3's reviews.
+//!   status (`pending` with `total_count: 0` when there is none); §3.3's reviews. A check run's
+//!   annotations (`GET /check-runs/{id}/annotations`) and a PR's review comments
+//!   (`GET /pulls/{n}/comments`, with `diff_hunk`, `path`, `line`), paged like lists.
 //! - §3.8: a `link` header (prev, next, last, first; GitHub leaves out the ones that do not apply)
 //!   keeping the request's other query parameters; `per_page` is 30 by default, at most 100.
 //! - §3.9: `x-ratelimit-*` on every answer; 5000 to spend, one per authenticated request; `403 API
@@ -97,6 +99,10 @@ struct Repo {
     statuses: Vec<(String, Value)>,
     /// (PR number, review)
     reviews: Vec<(u64, Value)>,
+    /// (PR number, review comment)
+    review_comments: Vec<(u64, Value)>,
+    /// (check run id, annotation)
+    annotations: Vec<(u64, Value)>,
 }
 
 #[derive(Default)]
@@ -191,7 +197,8 @@ impl FakeGithub {
     pub fn add_repo(&self, full_name: &str, origin: &Path) {
         let (full_name, origin) = (full_name.to_string(), origin.to_path_buf());
         let (clock, pulls, check_runs, statuses, reviews) = Default::default();
-        let repo = Repo { full_name: full_name.clone(), origin, clock, pulls, check_runs, statuses, reviews };
+        let (review_comments, annotations) = Default::default();
+        let repo = Repo { full_name: full_name.clone(), origin, clock, pulls, check_runs, statuses, reviews, review_comments, annotations };
         self.state().repos.insert(full_name, repo);
     }
 
@@ -232,14 +239,78 @@ impl FakeGithub {
 
     /// Adds a review of PR `number` on its current head; it bumps the PR's `updated_at`.
     pub fn add_review(&self, full_name: &str, number: u64, user: &str, state: &str) {
+        self.add_review_with_body(full_name, number, user, state, "");
+    }
+
+    /// A review with a body (its overall comment); answers the review's id.
+    pub fn add_review_with_body(&self, full_name: &str, number: u64, user: &str, state: &str, body: &str) -> u64 {
         self.with_repo(full_name, |repo| {
             let (at, id) = (repo.clock.tick(), next_id());
             let pull = repo.pull_mut(number);
             pull.updated_at = at;
-            let review = json!({"id": id, "user": {"login": user}, "body": "", "state": state, "commit_id": pull.head_sha,
-                                "submitted_at": rfc3339(at),
+            let user_type = if user.ends_with("[bot]") { "Bot" } else { "User" };
+            let review = json!({"id": id, "user": {"login": user, "type": user_type}, "body": body, "state": state,
+                                "commit_id": pull.head_sha, "submitted_at": rfc3339(at), "author_association": "MEMBER",
                                 "html_url": format!("https://github.com/{full_name}/pull/{number}#pullrequestreview-{id}")});
             repo.reviews.push((number, review));
+            id
+        })
+    }
+
+    /// Adds a review comment on `path` line `line` of PR `number`'s head (as
+    /// `GET …/pulls/{n}/comments` answers it: `diff_hunk` ends at the line),
+    /// belonging to review `review_id` when given; bumps the PR's `updated_at`.
+    /// Answers the comment's id.
+    pub fn add_review_comment(
+        &self,
+        full_name: &str,
+        number: u64,
+        user: &str,
+        path: &str,
+        line: u64,
+        diff_hunk: &str,
+        body: &str,
+        review_id: Option<u64>,
+    ) -> u64 {
+        self.with_repo(full_name, |repo| {
+            let (at, id) = (repo.clock.tick(), next_id());
+            let pull = repo.pull_mut(number);
+            pull.updated_at = at;
+            let user_type = if user.ends_with("[bot]") { "Bot" } else { "User" };
+            let comment = json!({
+                "id": id, "pull_request_review_id": review_id, "node_id": format!("PRRC_{id}"),
+                "diff_hunk": diff_hunk, "path": path, "commit_id": pull.head_sha, "original_commit_id": pull.head_sha,
+                "user": {"login": user, "type": user_type}, "body": body,
+                "created_at": rfc3339(at), "updated_at": rfc3339(at), "author_association": "MEMBER",
+                "html_url": format!("https://github.com/{full_name}/pull/{number}#discussion_r{id}"),
+                "line": line, "original_line": line, "side": "RIGHT", "start_line": null, "start_side": null,
+                "subject_type": "line",
+            });
+            repo.review_comments.push((number, comment));
+            id
+        })
+    }
+
+    /// Adds a check run like [`FakeGithub::add_check_run`] with `output.text` (the
+    /// long form) and annotations, each `(path, line, message)`; answers its id.
+    pub fn add_failed_check_run(&self, full_name: &str, sha: &str, name: &str, summary: &str, text: &str, notes: &[(&str, u64, &str)]) -> u64 {
+        self.with_repo(full_name, |repo| {
+            let (at, id) = (rfc3339(repo.clock.tick()), next_id());
+            let url = format!("https://github.com/{full_name}/runs/{id}");
+            repo.check_runs.push(json!({
+                "id": id, "name": name, "head_sha": sha, "status": "completed", "conclusion": "failure",
+                "started_at": at, "completed_at": at, "html_url": url, "details_url": url,
+                "output": {"title": format!("{name} failed"), "summary": summary, "text": text, "annotations_count": notes.len()},
+                "app": {"id": 15368, "slug": "github-actions", "name": "GitHub Actions"},
+            }));
+            for (path, line, message) in notes {
+                repo.annotations.push((id, json!({
+                    "path": path, "start_line": line, "end_line": line, "start_column": null, "end_column": null,
+                    "annotation_level": "failure", "title": name, "message": message, "raw_details": null,
+                    "blob_href": format!("https://github.com/{full_name}/blob/{sha}/{path}"),
+                })));
+            }
+            id
         })
     }
 
@@ -433,6 +504,16 @@ impl State {
                 let number = repo.pulls[i].number;
                 page(repo.reviews.iter().filter(|(n, _)| *n == number).map(|(_, r)| r.clone()).collect())
             }),
+            ("GET", ["pulls", n, "comments"]) => pull(n).map_or_else(not_found, |i| {
+                let number = repo.pulls[i].number;
+                page(repo.review_comments.iter().filter(|(n, _)| *n == number).map(|(_, c)| c.clone()).collect())
+            }),
+            ("GET", ["check-runs", id, "annotations"]) => match id.parse::<u64>() {
+                Ok(id) if repo.check_runs.iter().any(|c| c["id"] == id) => {
+                    page(repo.annotations.iter().filter(|(run, _)| *run == id).map(|(_, a)| a.clone()).collect())
+                }
+                _ => not_found(),
+            },
             ("GET", ["commits", r @ .., "check-runs"]) if !r.is_empty() => repo.check_runs_json(&r.join("/"), &q),
             ("GET", ["commits", r @ .., "status"]) if !r.is_empty() => repo.combined_status(&r.join("/")),
             _ => not_found(),

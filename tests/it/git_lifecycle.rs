@@ -448,11 +448,11 @@ async fn ci_failures_go_to_the_agent_at_most_n_times() {
         let head = git(&worktree, &["rev-parse", "HEAD"]);
         gh.add_check_run(FULL, &head, "tests", "completed", Some("failure"), &format!("3 tests failed (round {round})"));
         if round <= 2 {
-            term.expect(&format!("tests: 3 tests failed (round {round})")).await;
+            term.expect(&format!("3 tests failed (round {round})")).await;
         } else {
             eventually(WAIT, "the loop stops", || {
                 let c = s.c.clone();
-                async move { c.events_since("default", 0).await.iter().any(|e| e["kind"] == "task.ci_feedback_exhausted").then_some(()) }
+                async move { c.events_since("default", 0).await.iter().any(|e| e["kind"] == "reaction.escalated").then_some(()) }
             })
             .await;
         }
@@ -462,7 +462,8 @@ async fn ci_failures_go_to_the_agent_at_most_n_times() {
         assert_eq!(r.status, 200, "{r:?}");
     }
     let events = s.c.events_since("default", 0).await;
-    let sent = events.iter().filter(|e| e["kind"] == "task.ci_feedback_sent").count();
+    // The older setting still works: it is the `ci_failed` reaction now.
+    let sent = events.iter().filter(|e| e["kind"] == "reaction.fired" && e["data"]["cause"] == "ci_failed").count();
     assert_eq!(sent, 2, "at most N hand-overs");
     assert!(!term.text().contains("round 3"), "no third hand-over");
     assert!(events.iter().any(|e| e["kind"] == "pr.ci_changed" && e["data"]["to"] == "failure"));

@@ -263,8 +263,8 @@ async fn an_organization_sees_no_server_paths() {
 
 /// A git smart-HTTP server (`git http-backend` as CGI) that demands HTTP basic
 /// auth with one user and password; it counts the requests it let through.
-struct GitHttp {
-    url: String,
+pub struct GitHttp {
+    pub url: String,
     server: actix_web::dev::ServerHandle,
     thread: Option<std::thread::JoinHandle<()>>,
     shared: Arc<GitHttpState>,
@@ -278,7 +278,7 @@ struct GitHttpState {
 }
 
 impl GitHttp {
-    fn start(root: &Path, user: &str, password: &str) -> GitHttp {
+    pub fn start(root: &Path, user: &str, password: &str) -> GitHttp {
         let shared = Arc::new(GitHttpState {
             root: root.to_path_buf(),
             authorization: format!("Basic {}", base64(format!("{user}:{password}").as_bytes())),
@@ -304,7 +304,7 @@ impl GitHttp {
         GitHttp { url, server, thread: Some(thread), shared }
     }
 
-    fn requests(&self) -> Vec<(String, String, bool)> {
+    pub fn requests(&self) -> Vec<(String, String, bool)> {
         self.shared.requests.lock().unwrap().clone()
     }
 }

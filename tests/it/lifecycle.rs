@@ -23,7 +23,8 @@ async fn task_actors_start_on_demand_and_stop_when_quiet() {
     let keys = actor_keys(&actors.body);
     assert!(keys.contains(&key), "{keys:?}");
     assert!(keys.contains(&"org/default/history".to_string()));
-    assert!(keys.contains(&"org/default/repo/app".to_string()));
+    // (The repository's actor is not asserted: with a 1 s idle limit it may
+    // already have stopped on a loaded machine, and it starts again on demand.)
     let row = actors.body["items"].as_array().unwrap().iter().find(|a| a["key"] == key.as_str()).unwrap().clone();
     assert_eq!(row["kind"], "task");
     assert!(row["last_activity_at"].as_i64().unwrap() >= row["started_at"].as_i64().unwrap());

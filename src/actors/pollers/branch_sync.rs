@@ -3,7 +3,10 @@
 //! at (`PlanBranchPoll`), then reads the mirror and the task worktrees: branch
 //! heads, ahead/behind against the default branch, and uncommitted files per
 //! worktree. Every `repos.fetch_secs` it first fetches origin. It reports
-//! `BranchesObserved` and writes nothing.
+//! `BranchesObserved` and writes no table. Then, under the mirror's git lock, it
+//! predicts conflicts between the repository's active tasks and against their
+//! base (`integrations::conflicts`, with its cache kept here between polls) and
+//! reports `ConflictsObserved`.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -13,10 +16,11 @@ use actix::prelude::*;
 
 use crate::actors::history::NewEvent;
 use crate::actors::registry::ActorMeta;
-use crate::actors::repository::{BranchObservation, BranchesObserved, PlanBranchPoll};
+use crate::actors::repository::{BranchObservation, BranchesObserved, ConflictsObserved, PlanBranchPoll};
 use crate::actors::Kiln;
 use crate::db::pool::blocking;
 use crate::error::AppError;
+use crate::integrations::conflicts::{self, Candidate, Side, WorktreeSeen};
 use crate::integrations::git;
 use crate::util::now_ms;
 
@@ -35,11 +39,13 @@ pub struct BranchSyncPoller {
     /// A fetch that git was not allowed to run was reported
     /// (`repo.fetch_refused`, once until a fetch works again).
     source_moved: bool,
+    /// Conflict prediction's cache (taken by a poll while it runs).
+    conflicts: Option<conflicts::Cache>,
 }
 
 impl BranchSyncPoller {
     pub fn new(kiln: Kiln, org: String, repo: String, meta: Arc<ActorMeta>, interval: Duration) -> Self {
-        BranchSyncPoller { kiln, org, repo, meta, interval, timer: None, busy: false, polls: 0, last_poll_at: None, last_fetch_at: 0, last_error: None, source_moved: false }
+        BranchSyncPoller { kiln, org, repo, meta, interval, timer: None, busy: false, polls: 0, last_poll_at: None, last_fetch_at: 0, last_error: None, source_moved: false, conflicts: Some(conflicts::Cache::default()) }
     }
 
 
@@ -52,15 +58,18 @@ impl BranchSyncPoller {
         let fetch_due = now_ms() - self.last_fetch_at >= (self.kiln.config.repos.fetch_secs * 1000) as i64;
         let (kiln, org, repo) = (self.kiln.clone(), self.org.clone(), self.repo.clone());
         let reported = self.source_moved;
+        let mut cache = self.conflicts.take().unwrap_or_default();
         let work = async move {
             let plan = kiln.repository(&org, &repo).send(PlanBranchPoll {}).await??;
-            let Some(plan) = plan else { return Ok(None) };
+            let Some(plan) = plan else { return Ok((None, cache)) };
             let origin = plan.origin.clone();
+            let (mirror, default_branch, worktrees) = (plan.mirror.clone(), plan.default_branch.clone(), plan.worktrees.clone());
             // A fetch writes the mirror's refs: it waits for the tasks' git work.
-            let _git = if fetch_due { Some(kiln.lock_git(&plan.mirror.to_string_lossy()).await) } else { None };
-            let (branches, fetch_error) = blocking(move || Ok(observe(&plan.mirror, &plan.default_branch, &plan.worktrees, fetch_due, &origin)))
+            let git_lock = if fetch_due { Some(kiln.lock_git(&plan.mirror.to_string_lossy()).await) } else { None };
+            let (seen, fetch_error) = blocking(move || Ok(observe(&mirror, &default_branch, &worktrees, fetch_due, &origin)))
                 .await?
                 .map_err(|e: git::GitError| AppError::BadGateway { code: "git_failed", message: e.message() })?;
+            drop(git_lock);
             // Git was not run at all (the source moved, the host is refused):
             // said once as `repo.fetch_refused`, until a fetch works again.
             let refused = match fetch_error {
@@ -73,15 +82,50 @@ impl BranchSyncPoller {
                 let data = serde_json::json!({"code": code, "error": message});
                 kiln.emit_one(&org, NewEvent::new("repo.fetch_refused", data).repo(&repo)).await?;
             }
+            let Observed { branches, worktrees } = seen;
+            let heads: std::collections::HashMap<String, String> = branches.iter().map(|b| (b.name.clone(), b.head.clone())).collect();
             kiln.repository(&org, &repo).send(BranchesObserved { branches }).await??;
-            Ok::<_, AppError>(Some((fetch_due, moved)))
+            if plan.predict_conflicts {
+                let candidates: Vec<Candidate> = plan
+                    .tasks
+                    .iter()
+                    .filter_map(|t| {
+                        let side = match worktrees.get(&t.id) {
+                            Some(seen) => Side::Worktree { path: plan.worktrees.join(&t.id), seen: seen.clone() },
+                            None => Side::Branch { head: heads.get(&t.branch)?.clone() },
+                        };
+                        Some(Candidate { task: t.id.clone(), base_branch: t.base_branch.clone(), side })
+                    })
+                    .collect();
+                let prediction = if candidates.is_empty() {
+                    cache = conflicts::Cache::default();
+                    conflicts::Prediction::default()
+                } else {
+                    // The state commits and merged trees go into the mirror's
+                    // object store: one at a time with the tasks' git work.
+                    let _git = kiln.lock_git(&plan.mirror.to_string_lossy()).await;
+                    let mirror = plan.mirror.clone();
+                    let (prediction, back) = blocking(move || {
+                        let prediction = conflicts::predict(&mirror, &candidates, &heads, &mut cache);
+                        Ok((prediction, cache))
+                    })
+                    .await?;
+                    cache = back;
+                    prediction
+                };
+                kiln.repository(&org, &repo)
+                    .send(ConflictsObserved { evaluated: prediction.evaluated, conflicts: prediction.conflicts })
+                    .await??;
+            }
+            Ok::<_, AppError>((Some((fetch_due, moved)), cache))
         };
         ctx.spawn(work.into_actor(self).map(|result, act, ctx| {
             act.busy = false;
             act.polls += 1;
             act.last_poll_at = Some(now_ms());
             match result {
-                Ok(Some((fetched, moved))) => {
+                Ok((Some((fetched, moved)), cache)) => {
+                    act.conflicts = Some(cache);
                     act.last_error = None;
                     if fetched {
                         act.last_fetch_at = now_ms();
@@ -89,22 +133,31 @@ impl BranchSyncPoller {
                     }
                 }
                 // The repository is gone.
-                Ok(None) => ctx.stop(),
+                Ok((None, _)) => ctx.stop(),
+                // The cache went with the failed poll: the next one starts cold.
                 Err(e) => act.last_error = Some(e.to_string()),
             }
         }));
     }
 }
 
-/// Reads branch heads, ahead/behind and dirty files (fetching first when due);
-/// answers them and why the fetch failed, if it did (what is read is read anyway).
+/// What one poll read: the mirror's branches, and each task worktree (by its
+/// folder's name, the task id).
+struct Observed {
+    branches: Vec<BranchObservation>,
+    worktrees: std::collections::HashMap<String, WorktreeSeen>,
+}
+
+/// Reads branch heads, ahead/behind and the task worktrees (fetching first when
+/// due); answers them and why the fetch failed, if it did (what is read is read
+/// anyway).
 fn observe(
     mirror: &Path,
     default_branch: &str,
     worktrees: &Path,
     fetch: bool,
     origin: &git::Origin,
-) -> Result<(Vec<BranchObservation>, Option<git::GitError>), git::GitError> {
+) -> Result<(Observed, Option<git::GitError>), git::GitError> {
     let mut fetch_error = None;
     if fetch {
         if let Err(e) = git::fetch_all(mirror, origin) {
@@ -114,12 +167,17 @@ fn observe(
     }
     let base = git::base_ref(mirror, default_branch);
     let mut dirty = std::collections::HashMap::new();
-    if let Ok(entries) = std::fs::read_dir(worktrees) {
-        for entry in entries.flatten() {
-            let path: PathBuf = entry.path();
-            if let (Ok(branch), Ok(count)) = (git::run(&path, &["rev-parse", "--abbrev-ref", "HEAD"]), git::dirty_count(&path)) {
-                dirty.insert(branch, count as i32);
-            }
+    let mut seen = std::collections::HashMap::new();
+    let folders: Vec<(String, PathBuf)> = match std::fs::read_dir(worktrees) {
+        Ok(entries) => entries.flatten().map(|e| (e.file_name().to_string_lossy().to_string(), e.path())).collect(),
+        Err(_) => Vec::new(),
+    };
+    // Each worktree is its own git runs: a few at a time.
+    let looks = conflicts::in_parallel(&folders, |(_, path)| conflicts::look_at_worktree(path).ok());
+    for ((task, _), look) in folders.into_iter().zip(looks) {
+        if let Some(look) = look.flatten() {
+            dirty.insert(look.branch.clone(), look.dirty_files as i32);
+            seen.insert(task, look);
         }
     }
     let mut out = Vec::new();
@@ -127,7 +185,7 @@ fn observe(
         let (ahead, behind) = if name == default_branch { (0, 0) } else { git::ahead_behind(mirror, &base, &name).unwrap_or((0, 0)) };
         out.push(BranchObservation { dirty_files: dirty.get(&name).copied(), name, head, ahead, behind });
     }
-    Ok((out, fetch_error))
+    Ok((Observed { branches: out, worktrees: seen }, fetch_error))
 }
 
 poller_controls!(BranchSyncPoller, "branch_sync", |_this| (None, None));

@@ -4,7 +4,8 @@
 //! page with `If-None-Match` (an unchanged page is a free 304), and for the open
 //! pull requests of task branches reads mergeability, CI (check runs plus the
 //! combined status, folded into one state and kept as a list of checks) and the
-//! review decision, also conditionally. It reports
+//! review decision (and, when a review reaction is on, the review comments),
+//! also conditionally. It reports
 //! `PullRequestsObserved` and writes nothing. Rate limits: a 403/429 pauses it
 //! for `retry-after` (or until the reset), doubling on repeats.
 
@@ -16,7 +17,7 @@ use actix::prelude::*;
 use serde_json::Value;
 
 use crate::actors::registry::ActorMeta;
-use crate::actors::repository::{PlanPrPoll, PrObservation, PullRequestsObserved};
+use crate::actors::repository::{PlanPrPoll, PrObservation, PrPlan, PullRequestsObserved};
 use crate::actors::task::git_ops::pull_row;
 use crate::actors::Kiln;
 use crate::error::AppError;
@@ -86,7 +87,7 @@ impl PrSyncPoller {
                 let Some(plan) = kiln.repository(&org, &repo).send(PlanPrPoll {}).await?? else { return Ok(None) };
                 let mut cost = PollCost::default();
                 let started = std::time::Instant::now();
-                let observed = poll_github(&plan.github, plan.repo_id, &plan.task_branches, &mut cache, &mut cost).await;
+                let observed = poll_github(&plan, &mut cache, &mut cost).await;
                 cost.millis = started.elapsed().as_millis() as u64;
                 let pulls = observed?;
                 kiln.repository(&org, &repo).send(PullRequestsObserved { pulls }).await??;
@@ -174,17 +175,11 @@ async fn get(
 }
 
 /// One cycle: every page of pull requests, then the details of task PRs.
-async fn poll_github(
-    gh: &GitHub,
-    repo_id: i32,
-    task_branches: &[String],
-    cache: &mut Cache,
-    cost: &mut PollCost,
-) -> Result<Vec<PrObservation>, PollError> {
+async fn poll_github(plan: &PrPlan, cache: &mut Cache, cost: &mut PollCost) -> Result<Vec<PrObservation>, PollError> {
     // Entries used this cycle move to `used`, which becomes the cache: URLs no
     // longer asked (an old head's CI) drop out.
     let mut used = Cache::new();
-    let result = poll_pages(gh, repo_id, task_branches, cache, &mut used, cost).await;
+    let result = poll_pages(plan, cache, &mut used, cost).await;
     if result.is_ok() {
         *cache = used;
     } else {
@@ -193,14 +188,8 @@ async fn poll_github(
     result
 }
 
-async fn poll_pages(
-    gh: &GitHub,
-    repo_id: i32,
-    task_branches: &[String],
-    cache: &mut Cache,
-    used: &mut Cache,
-    cost: &mut PollCost,
-) -> Result<Vec<PrObservation>, PollError> {
+async fn poll_pages(plan: &PrPlan, cache: &mut Cache, used: &mut Cache, cost: &mut PollCost) -> Result<Vec<PrObservation>, PollError> {
+    let (gh, repo_id, task_branches) = (&plan.github, plan.repo_id, &plan.task_branches);
     let mut url = "/pulls?state=all&per_page=100".to_string();
     let mut listed = Vec::new();
     for _page in 0..100 {
@@ -215,6 +204,7 @@ async fn poll_pages(
     for pr in listed {
         let mut row = pull_row(repo_id, &pr);
         let mut failed = Vec::new();
+        let (mut reviews_seen, mut comments_seen) = (None, None);
         if row.state == "open" && task_branches.contains(&row.head_ref) {
             let (full, _) = get(gh, &format!("/pulls/{}", row.number), cache, used, cost).await?;
             row = pull_row(repo_id, &full);
@@ -226,8 +216,14 @@ async fn poll_pages(
             failed = failures;
             let (reviews, _) = get(gh, &format!("/pulls/{}/reviews?per_page=100", row.number), cache, used, cost).await?;
             row.review_decision = review_decision(&reviews);
+            if plan.review_comments {
+                // For the review reactions: the line comments, also conditional.
+                let (comments, _) = get(gh, &format!("/pulls/{}/comments?per_page=100", row.number), cache, used, cost).await?;
+                comments_seen = Some(comments);
+            }
+            reviews_seen = Some(reviews);
         }
-        out.push(PrObservation { row, failed_checks: failed });
+        out.push(PrObservation { row, failed_checks: failed, reviews: reviews_seen, review_comments: comments_seen });
     }
     Ok(out)
 }

@@ -1,15 +1,17 @@
 //! RepositoryActor (`org/{org}/repo/{repo}`): the only writer of `repos`,
-//! `branches` and `pull_requests`.
+//! `branches`, `pull_requests` and `task_conflicts`.
 //!
 //! Messages: `RegisterRepo` (check who may register the source, clone a bare
 //! mirror, then insert the row with any URL credential kept apart; idempotent for
 //! the same source), `MoveSourceCredential` (at boot: a credential still in a
 //! stored source moves to its own columns), `SetRepoSetup` and `DeleteRepo`
-//! (refused while tasks are active). The
-//! pollers' results arrive here in later work. Handlers are atomic, so two
+//! (refused while tasks are active). The pollers' results arrive here:
+//! `BranchesObserved`, `PullRequestsObserved`, and `ConflictsObserved` (the
+//! conflicts predicted between active tasks, applied by `conflicts::reconcile`). Handlers are atomic, so two
 //! registrations of one name never race. Lifecycle: started on demand; stops
 //! after `tasks.actor_idle_secs` without a command.
 
+pub mod conflicts;
 pub mod hosts;
 mod source;
 mod store;
@@ -78,6 +80,27 @@ pub struct BranchPlan {
     pub worktrees: PathBuf,
     /// How to fetch origin: transports and credentials.
     pub origin: crate::integrations::git::Origin,
+    /// Whether to predict conflicts (`repos.predict_conflicts`).
+    pub predict_conflicts: bool,
+    /// The tasks conflict prediction looks at (running, idle, stalled, interrupted).
+    pub tasks: Vec<PlannedTask>,
+}
+
+/// An active task, for conflict prediction.
+#[derive(Debug, Clone)]
+pub struct PlannedTask {
+    pub id: String,
+    pub branch: String,
+    pub base_branch: String,
+}
+
+/// The BranchSyncPoller's conflict prediction for the active tasks: which
+/// tasks it looked at, and the conflicts it found among them.
+#[derive(Message, Clone)]
+#[rtype(result = "AppResult<()>")]
+pub struct ConflictsObserved {
+    pub evaluated: Vec<String>,
+    pub conflicts: Vec<crate::integrations::conflicts::Found>,
 }
 
 /// One branch as the BranchSyncPoller saw it.
@@ -109,6 +132,8 @@ pub struct PrPlan {
     pub repo_id: i32,
     /// Branches of tasks that are not finished: their PRs get CI and reviews read.
     pub task_branches: Vec<String>,
+    /// Read those PRs' review comments too (a review reaction is on).
+    pub review_comments: bool,
 }
 
 /// One pull request as the PrSyncPoller saw it.
@@ -116,6 +141,10 @@ pub struct PrPlan {
 pub struct PrObservation {
     pub row: crate::db::models::PullRequest,
     pub failed_checks: Vec<crate::integrations::github::FailedCheck>,
+    /// The reviews as GitHub answers them (open task PRs only).
+    pub reviews: Option<serde_json::Value>,
+    /// The review comments, when the plan asked for them.
+    pub review_comments: Option<serde_json::Value>,
 }
 
 /// The PrSyncPoller's findings: every pull request of the repository.
@@ -429,11 +458,20 @@ impl Handler<PlanBranchPoll> for RepositoryActor {
             let (o, n) = (org.clone(), name.clone());
             let Some(repo) = kiln.db.read(move |c| queries::repo_by_name(c, &o, &n)).await? else { return Ok(None) };
             let origin = crate::actors::task::git_ops::origin(&kiln, &org, &repo).await?;
+            let predict_conflicts = kiln.config.repos.predict_conflicts;
+            let repo_id = repo.id;
+            let tasks = if predict_conflicts {
+                kiln.db.read(move |c| queries::conflict_candidates(c, repo_id)).await?
+            } else {
+                Vec::new()
+            };
             Ok(Some(BranchPlan {
                 mirror: PathBuf::from(&repo.mirror_path),
                 default_branch: repo.default_branch.clone(),
                 worktrees: kiln.data_dir.join("worktrees").join(&org).join(&name),
                 origin,
+                predict_conflicts,
+                tasks: tasks.into_iter().map(|(id, branch, base_branch)| PlannedTask { id, branch, base_branch }).collect(),
             }))
         })
     }
@@ -460,6 +498,37 @@ impl Handler<BranchesObserved> for RepositoryActor {
     }
 }
 
+impl Handler<ConflictsObserved> for RepositoryActor {
+    type Result = AtomicResponse<Self, AppResult<()>>;
+
+    fn handle(&mut self, msg: ConflictsObserved, _: &mut Self::Context) -> Self::Result {
+        let (kiln, org, name) = (self.kiln.clone(), self.org.clone(), self.repo.clone());
+        atomic!(self, async move {
+            let (o, n) = (org.clone(), name.clone());
+            let Some(repo) = kiln.db.read(move |c| queries::repo_by_name(c, &o, &n)).await? else { return Ok(()) };
+            let repo_id = repo.id;
+            // Which tasks are active now, not when the poll was planned: a
+            // task archived meanwhile gets no new conflict.
+            let (stored, active) = kiln
+                .db
+                .read(move |c| Ok((queries::conflicts_list(c, repo_id)?, queries::conflict_candidates(c, repo_id)?)))
+                .await?;
+            let active: std::collections::HashSet<String> = active.into_iter().map(|(id, _, _)| id).collect();
+            let evaluated: std::collections::HashSet<String> = msg.evaluated.into_iter().collect();
+            let round = conflicts::Round { repo_id, evaluated: &evaluated, active: &active, found: &msg.conflicts, now: now_ms() };
+            let changes = conflicts::reconcile(&stored, round);
+            if changes.upserts.is_empty() && changes.removed.is_empty() {
+                return Ok(());
+            }
+            let (upserts, removed) = (changes.upserts, changes.removed);
+            kiln.db.write(move |c| store::apply_conflicts(c, &upserts, &removed)).await?;
+            let events = changes.events.into_iter().map(|(task, kind, data)| NewEvent::new(kind, data).repo(&name).task(&task)).collect();
+            kiln.emit(&org, events).await?;
+            Ok(())
+        })
+    }
+}
+
 impl Handler<PlanPrPoll> for RepositoryActor {
     type Result = ResponseFuture<AppResult<Option<PrPlan>>>;
 
@@ -472,7 +541,9 @@ impl Handler<PlanPrPoll> for RepositoryActor {
             let Ok(Some((github, _))) = crate::actors::task::git_ops::github_client(&kiln, &org, &repo).await else { return Ok(None) };
             let repo_id = repo.id;
             let task_branches = kiln.db.read(move |c| queries::active_task_branches(c, repo_id)).await?.into_iter().map(|(_, b, _)| b).collect();
-            Ok(Some(PrPlan { github, repo_id, task_branches }))
+            let reactions = repo.settings().reactions;
+            let review_comments = reactions.changes_requested.enabled || reactions.bot_comments.enabled;
+            Ok(Some(PrPlan { github, repo_id, task_branches, review_comments }))
         })
     }
 }
@@ -487,7 +558,7 @@ impl Handler<PullRequestsObserved> for RepositoryActor {
 }
 
 /// Stores what the PR poller saw, with events for task PRs that changed, and the
-/// automation that follows: archive on an outside merge, CI failures to the agent.
+/// automation that follows: archive on an outside merge, then the reactions.
 async fn apply_pulls(kiln: Kiln, org: String, name: String, pulls: Vec<PrObservation>) -> AppResult<()> {
     let (o, n) = (org.clone(), name.clone());
     let Some(repo) = kiln.db.read(move |c| queries::repo_by_name(c, &o, &n)).await? else { return Ok(()) };
@@ -514,13 +585,13 @@ async fn apply_pulls(kiln: Kiln, org: String, name: String, pulls: Vec<PrObserva
             Some(old) if old.state != row.state && row.state == "merged" => {
                 events.push(event("pr.merged", base.clone()));
                 if settings.automation.archive_on_external_merge {
-                    follow_ups.push((task_id.clone(), None));
+                    follow_ups.push(task_id.clone());
                 }
             }
             Some(old) if old.state != row.state && row.state == "closed" => {
                 events.push(event("pr.closed", base.clone()));
                 if settings.automation.archive_on_external_merge {
-                    follow_ups.push((task_id.clone(), None));
+                    follow_ups.push(task_id.clone());
                 }
             }
             _ => {}
@@ -530,9 +601,6 @@ async fn apply_pulls(kiln: Kiln, org: String, name: String, pulls: Vec<PrObserva
         // A failure on a new head is a new failure, even if the last head failed too.
         if row.ci_state.is_some() && (row.ci_state != old_ci || new_head) {
             events.push(event("pr.ci_changed", json!({"number": row.number, "from": old_ci, "to": row.ci_state, "failed": obs.failed_checks})));
-            if row.ci_state.as_deref() == Some("failure") && settings.automation.on_ci_failure.enabled {
-                follow_ups.push((task_id.clone(), Some(obs.failed_checks.clone())));
-            }
         }
         // The list itself, so a page shows each check as it moves without asking again.
         let old_checks = old.as_ref().filter(|_| !new_head).and_then(|o| o.checks.clone());
@@ -546,28 +614,47 @@ async fn apply_pulls(kiln: Kiln, org: String, name: String, pulls: Vec<PrObserva
         }
     }
     kiln.emit(&org, events).await?;
+    // The reactions (docs/git.md): open PRs of tasks with a live agent.
+    let reacting: Vec<crate::actors::task::reactions::PrFacts> = if crate::actors::task::reactions::any_pr_reaction(&settings) {
+        pulls
+            .iter()
+            .filter(|p| p.row.state == "open")
+            .filter_map(|p| {
+                let (task_id, status) = tasks.get(&p.row.head_ref)?;
+                matches!(status.as_str(), "running" | "idle").then(|| crate::actors::task::reactions::PrFacts {
+                    task: task_id.clone(),
+                    branch: p.row.head_ref.clone(),
+                    base: p.row.base_ref.clone(),
+                    pr: p.row.clone(),
+                    failed: p.failed_checks.clone(),
+                    reviews: p.reviews.clone(),
+                    comments: p.review_comments.clone(),
+                })
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
     // Tasks hear about it after the rows and events are written; never for PRs
     // that belong to no task. Sent from a task of their own, so this actor never
     // waits on a TaskActor that may itself be waiting on this actor (pr, merge).
-    let max = settings.automation.on_ci_failure.max_attempts;
-    actix::spawn(notify_tasks(kiln, org, name, follow_ups, max));
+    actix::spawn(async move {
+        notify_tasks(kiln.clone(), org.clone(), name, follow_ups).await;
+        if !reacting.is_empty() {
+            crate::actors::task::reactions::after_pr_poll(kiln, org, repo, reacting).await;
+        }
+    });
     Ok(())
 }
 
-async fn notify_tasks(kiln: Kiln, org: String, name: String, follow_ups: Vec<(String, Option<Vec<crate::integrations::github::FailedCheck>>)>, max: u32) {
-    for (task_id, failed) in follow_ups {
-        let handle = kiln.task(&org, &name, &task_id);
-        let result = match failed {
-            None => handle
-                .send(crate::actors::task::ApplyAction {
-                    input: crate::actors::task::state::TaskInput::Archive,
-                    text: None,
-                    git: Default::default(),
-                })
-                .await
-                .map(|r| r.map(|_| ())),
-            Some(checks) => handle.send(crate::actors::task::CiFailed { checks, max_attempts: max }).await,
+async fn notify_tasks(kiln: Kiln, org: String, name: String, follow_ups: Vec<String>) {
+    for task_id in follow_ups {
+        let archive = crate::actors::task::ApplyAction {
+            input: crate::actors::task::state::TaskInput::Archive,
+            text: None,
+            git: Default::default(),
         };
+        let result = kiln.task(&org, &name, &task_id).send(archive).await.map(|r| r.map(|_| ()));
         if let Ok(Err(e)) | Err(e) = result.map_err(AppError::from) {
             log::warn!("follow-up for task {task_id} failed: {e}");
         }

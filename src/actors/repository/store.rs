@@ -1,12 +1,12 @@
-//! Writes to `repos`, `branches` and `pull_requests`. Only the RepositoryActor
-//! calls these.
+//! Writes to `repos`, `branches`, `pull_requests` and `task_conflicts`. Only
+//! the RepositoryActor calls these.
 
 use diesel::prelude::*;
 use diesel::sqlite::SqliteConnection;
 
 use super::BranchObservation;
-use crate::db::models::{Branch, NewRepo, PullRequest, Repo};
-use crate::db::schema::{branches, pull_requests, repos};
+use crate::db::models::{Branch, NewRepo, PullRequest, Repo, TaskConflict};
+use crate::db::schema::{branches, pull_requests, repos, task_conflicts};
 
 pub(super) fn insert_repo(conn: &mut SqliteConnection, row: &NewRepo) -> QueryResult<Repo> {
     diesel::insert_into(repos::table).values(row).returning(Repo::as_returning()).get_result(conn)
@@ -154,4 +154,16 @@ pub(super) fn apply_branches(
         events.push(("branch.deleted", serde_json::json!({"branch": gone.name})));
     }
     Ok(events)
+}
+
+/// Applies one round of conflict prediction: rows replaced (inserted or their
+/// files changed) and rows removed, in the writer's one transaction.
+pub(super) fn apply_conflicts(conn: &mut SqliteConnection, upserts: &[TaskConflict], removed: &[TaskConflict]) -> QueryResult<()> {
+    for row in removed {
+        diesel::delete(task_conflicts::table.find((row.repo_id, &row.task_id, &row.other))).execute(conn)?;
+    }
+    for row in upserts {
+        diesel::replace_into(task_conflicts::table).values(row).execute(conn)?;
+    }
+    Ok(())
 }

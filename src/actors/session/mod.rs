@@ -588,7 +588,7 @@ impl Shared {
             self.settle(live).await;
         }
         let (endpoint, cwd) = self.kiln.task(&self.org, &self.repo, &self.task).send(super::task::EnsureAcp {}).await??;
-        let client = AcpClient::new(&endpoint.url, Some(&endpoint.token));
+        let client = AcpClient::new(&endpoint.url, Some(&endpoint.token)).with_headers(endpoint.headers.clone());
         let agent = live.row.agent.clone();
         client.install_agent(&agent).await.map_err(|e| match e {
             AcpError::Http { status: 400, message, .. } => {
@@ -742,7 +742,7 @@ impl Shared {
     async fn refresh_client(&self) -> AppResult<()> {
         let (endpoint, cwd) = self.kiln.task(&self.org, &self.repo, &self.task).send(super::task::EnsureAcp {}).await??;
         let mut live = self.live.lock().await;
-        live.client = Some(AcpClient::new(&endpoint.url, Some(&endpoint.token)));
+        live.client = Some(AcpClient::new(&endpoint.url, Some(&endpoint.token)).with_headers(endpoint.headers.clone()));
         live.cwd = Some(cwd);
         Ok(())
     }

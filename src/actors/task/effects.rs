@@ -190,6 +190,18 @@ pub async fn provision(ctx: &TaskCtx) -> AppResult<()> {
         let source_checkout =
             (repo.source_kind == "path").then(|| PathBuf::from(&repo.source)).filter(|p| !p.starts_with(&ctx.kiln.data_dir));
         let setup = repo.setup();
+        let origin = super::git_ops::remote_origin(&ctx.kiln, &ctx.org, &repo).await?;
+        let (progress, mut steps) = tokio::sync::mpsc::unbounded_channel::<crate::providers::Progress>();
+        // Each provisioning step becomes a `sandbox.progress` event, in order.
+        let (kiln, org, events) = (ctx.kiln.clone(), ctx.org.clone(), ctx.clone());
+        let forwarder = actix_rt::spawn(async move {
+            while let Some(step) = steps.recv().await {
+                let data = json!({"step": step.step, "percent": step.percent, "detail": step.detail});
+                if let Err(e) = kiln.emit_one(&org, events.event("sandbox.progress", data)).await {
+                    log::warn!("task {}: recording a provisioning step failed: {e}", events.id);
+                }
+            }
+        });
         let req = CreateSandbox {
             org: ctx.org.clone(),
             repo: ctx.repo.clone(),
@@ -201,8 +213,14 @@ pub async fn provision(ctx: &TaskCtx) -> AppResult<()> {
             copy: setup.copy,
             setup: setup.commands,
             launch,
+            origin,
+            progress: Some(progress),
         };
-        ctx.kiln.sandbox(&ctx.org, &task.provider, &task.id)?.send(ProvisionSandbox { req }).await?
+        let created = ctx.kiln.sandbox(&ctx.org, &task.provider, &task.id)?.send(ProvisionSandbox { req }).await;
+        // The request (and its sender) is gone: the forwarder ends once it has
+        // recorded every step, before the outcome's events.
+        let _ = forwarder.await;
+        created?
     }
     .await;
     let created = match created {
@@ -290,7 +308,13 @@ pub async fn apply(ctx: TaskCtx, input: TaskInput, text: Option<String>, params:
                 .await
                 .map_err(|_| AppError::conflict("agent_unreachable", "the agent's terminal does not answer; try resume"))?;
             }
-            Effect::DescribeSandbox => sandbox = Some(ctx.handle(&task, &repo)?),
+            Effect::DescribeSandbox => {
+                if input == TaskInput::Switch {
+                    // `kiln switch` opens the checkout here: a remote one has none.
+                    ctx.kiln.providers.get(&task.provider)?.capabilities().require_local_path(&task.provider, "`switch`")?;
+                }
+                sandbox = Some(ctx.handle(&task, &repo)?)
+            }
             Effect::Git(op) => {
                 let worktree = ctx.handle(&task, &repo)?.path;
                 let git_guard = ctx.kiln.lock_git(&repo.mirror_path).await;
@@ -335,7 +359,7 @@ pub async fn apply(ctx: TaskCtx, input: TaskInput, text: Option<String>, params:
 /// Applies what the status poller saw. Answers whether the task is still active
 /// (the poller stops when it is not).
 pub async fn observe(ctx: TaskCtx, health: SandboxHealth) -> AppResult<bool> {
-    let (task, _) = ctx.load().await?;
+    let (task, repo) = ctx.load().await?;
     let from: TaskStatus = task.status.parse().map_err(AppError::bug)?;
     if !matches!(from, TaskStatus::Provisioning | TaskStatus::Running | TaskStatus::Idle) {
         return Ok(false);
@@ -398,7 +422,9 @@ pub async fn observe(ctx: TaskCtx, health: SandboxHealth) -> AppResult<bool> {
         if input == TaskInput::SandboxLost {
             ctx.kiln.sandbox(&ctx.org, &task.provider, &task.id)?.send(MarkSandboxLost {}).await??;
         }
-        ctx.set_status(status, step.to, step.reason.clone(), input.name(), json!({})).await?;
+        // A lost sandbox is `stalled` with the provider's reason (Daytona's).
+        let reason = if input == TaskInput::SandboxLost { health.reason.clone().or(step.reason.clone()) } else { step.reason.clone() };
+        ctx.set_status(status, step.to, reason, input.name(), json!({})).await?;
         status = step.to;
         if status == TaskStatus::Idle {
             on_idle(&ctx, &task).await?;
@@ -409,7 +435,40 @@ pub async fn observe(ctx: TaskCtx, health: SandboxHealth) -> AppResult<bool> {
             destroy_sandbox(&ctx, &task, &repo).await?;
         }
     }
+    if status == from {
+        agent_stuck(&ctx, &task, &repo, &health).await?;
+    }
     Ok(matches!(status, TaskStatus::Provisioning | TaskStatus::Running | TaskStatus::Idle))
+}
+
+/// The `agent_stuck` reaction: a task running without output, or idle without
+/// a pull request, past the repository's thresholds gets one `reaction.fired`
+/// per quiet spell (its key is when the spell began, kept in `task_reactions`).
+async fn agent_stuck(ctx: &TaskCtx, task: &Task, repo: &Repo, health: &SandboxHealth) -> AppResult<()> {
+    let settings = repo.settings().reactions.agent_stuck;
+    if !settings.enabled || !matches!(task.status.as_str(), "running" | "idle") {
+        return Ok(());
+    }
+    let quiet_since = health.host.as_ref().map(|h| h.last_output_at.unwrap_or(h.started_at));
+    let has_pr = if task.status == "idle" {
+        let (repo_id, branch) = (repo.id, task.branch.clone());
+        ctx.kiln.db.read(move |c| queries::task_pull_request(c, repo_id, &branch)).await?.is_some()
+    } else {
+        false
+    };
+    let Some((key, reason, since)) =
+        super::reactions::stuck(&settings, &task.status, quiet_since, task.updated_at, has_pr, now_ms())
+    else {
+        return Ok(());
+    };
+    let id = ctx.id.clone();
+    let claimed = ctx.kiln.db.write(move |c| store::claim_reaction(c, &id, "agent_stuck", &[key], "notified", now_ms())).await?;
+    if let Some((attempt, _)) = claimed {
+        let data = json!({"cause": "agent_stuck", "attempt": attempt, "outcome": "notified", "reason": reason,
+                          "status": task.status, "since": since});
+        ctx.kiln.emit_one(&ctx.org, ctx.event("reaction.fired", data)).await?;
+    }
+    Ok(())
 }
 
 /// Records whether the agent just started is confined (the server's decision at
@@ -573,44 +632,5 @@ pub async fn recover(ctx: TaskCtx) -> AppResult<()> {
             ctx.kiln.session(&ctx.org, &ctx.repo, &ctx.id, &s.id).addr.do_send(crate::actors::session::ResumeSession {});
         }
     }
-    Ok(())
-}
-
-/// Types the failed checks into the agent, counting hand-overs per task; once
-/// the limit is reached it says so once and stops.
-pub async fn ci_failed(ctx: TaskCtx, checks: Vec<crate::integrations::github::FailedCheck>, max_attempts: u32) -> AppResult<()> {
-    let (task, repo) = ctx.load().await?;
-    let status: TaskStatus = task.status.parse().map_err(AppError::bug)?;
-    if !matches!(status, TaskStatus::Running | TaskStatus::Idle) {
-        return Ok(());
-    }
-    let id = ctx.id.clone();
-    let count = ctx.kiln.db.read(move |c| queries::task_runtime(c, &id)).await?.map(|r| r.ci_feedback_count).unwrap_or(0);
-    if count as u32 >= max_attempts {
-        if count as u32 == max_attempts {
-            ctx.kiln
-                .emit_one(&ctx.org, ctx.event("task.ci_feedback_exhausted", json!({"attempts": count, "max_attempts": max_attempts})))
-                .await?;
-            let id = ctx.id.clone();
-            ctx.kiln.db.write(move |c| store::bump_ci_feedback(c, &id, now_ms())).await?;
-        }
-        return Ok(());
-    }
-    let mut text = String::from("CI failed on your pull request:\n");
-    for c in &checks {
-        text.push_str(&format!("- {}: {}\n", c.name, c.summary.lines().next().unwrap_or("")));
-    }
-    text.push_str("Please fix these failures, commit, and push.\r");
-    let handle = ctx.handle(&task, &repo)?;
-    crate::db::pool::blocking(move || {
-        crate::terminal::client::send_input(&handle.state_dir, text.as_bytes()).map_err(|e| crate::db::DbError::Blocking(e.to_string()))
-    })
-    .await
-    .map_err(|_| AppError::conflict("agent_unreachable", "the agent's terminal does not answer"))?;
-    let id = ctx.id.clone();
-    ctx.kiln.db.write(move |c| store::bump_ci_feedback(c, &id, now_ms())).await?;
-    ctx.kiln
-        .emit_one(&ctx.org, ctx.event("task.ci_feedback_sent", json!({"attempt": count + 1, "max_attempts": max_attempts, "checks": checks})))
-        .await?;
     Ok(())
 }

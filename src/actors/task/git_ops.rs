@@ -16,6 +16,7 @@ use crate::db::{queries, DbError};
 use crate::error::{AppError, AppResult};
 use crate::integrations::git::{self, Credentials, GitError, Integration, Origin};
 use crate::integrations::github::{GitHub, GitHubError, DEFAULT_API_URL};
+use crate::providers::daytona::provider::RemoteCheckout;
 
 /// What a git action was asked to do.
 #[derive(Debug, Clone, Default, serde::Deserialize)]
@@ -97,6 +98,49 @@ async fn host_policy(kiln: &crate::actors::Kiln, repo: &Repo) -> AppResult<(Opti
     })
 }
 
+/// The repository's remote origin and its credential, for a provider that
+/// clones inside the sandbox; `None` for a repository registered from a path.
+pub async fn remote_origin(kiln: &crate::actors::Kiln, org: &str, repo: &Repo) -> AppResult<Option<crate::providers::RemoteOrigin>> {
+    if repo.source_kind != "url" {
+        return Ok(None);
+    }
+    let origin = origin(kiln, org, repo).await?;
+    if let Some(why) = origin.refused {
+        return Err(AppError::denied("source_host_refused", why));
+    }
+    let (user, secret) = match origin.credentials {
+        Some(c) => (c.user, Some(c.token)),
+        None => (None, None),
+    };
+    Ok(Some(crate::providers::RemoteOrigin { url: repo.source.clone(), user, secret }))
+}
+
+/// The task's checkout when it is in a remote sandbox (the `daytona`
+/// provider), `None` when it is the local worktree. For a remote one, git runs
+/// in the sandbox through its toolbox where it changes the checkout (commit,
+/// sync), and Kiln's git runs on the mirror, into which the task's branch is
+/// brought first, where it talks to origin (push, PR, merge): the same
+/// semantics, codes and events, and credentials the sandbox never holds for a push.
+async fn remote_checkout(ctx: &TaskCtx, task: &Task, repo: &Repo) -> AppResult<Option<RemoteCheckout>> {
+    let provider = ctx.kiln.providers.get(&task.provider)?;
+    if provider.capabilities().local_path {
+        return Ok(None);
+    }
+    let handle = provider.handle_for(&ctx.org, &ctx.repo, &task.id, Path::new(&repo.mirror_path));
+    let checkout = RemoteCheckout::open(ctx.kiln.db.clone(), ctx.org.clone(), handle).await?;
+    Ok(Some(checkout))
+}
+
+/// Brings a remote checkout's branch into the mirror; answers where Kiln's git
+/// reads the task's head (`dir`, `rev`): the worktree's `HEAD`, or the mirror
+/// and the commit brought in.
+async fn head_of(remote: &Option<RemoteCheckout>, task: &Task, repo: &Repo, worktree: &Path) -> AppResult<(std::path::PathBuf, String)> {
+    match remote {
+        Some(r) => Ok((mirror_of(repo), r.export(task.branch.clone(), mirror_of(repo)).await?)),
+        None => Ok((worktree.to_path_buf(), "HEAD".to_string())),
+    }
+}
+
 /// git gets the token from this binary acting as its askpass helper.
 pub fn credentials(kiln: &crate::actors::Kiln, token: &str) -> Credentials {
     let program = &kiln.config.terminal.host_program;
@@ -147,8 +191,15 @@ fn git_failure(code: &'static str, err: GitError) -> AppError {
 /// Commits everything uncommitted in the worktree (`task.committed` when there
 /// was something); answers the new commit.
 pub async fn commit_all(ctx: &TaskCtx, worktree: &Path, message: String) -> AppResult<Option<String>> {
-    let dir = worktree.to_path_buf();
-    match git_call(move || git::commit_all(&dir, &message)).await? {
+    let (task, repo) = ctx.load().await?;
+    let committed = match remote_checkout(ctx, &task, &repo).await? {
+        Some(remote) => remote.commit_all(message).await?,
+        None => {
+            let dir = worktree.to_path_buf();
+            git_call(move || git::commit_all(&dir, &message)).await?
+        }
+    };
+    match committed {
         Ok(Some(sha)) => {
             ctx.kiln.emit_one(&ctx.org, ctx.event("task.committed", json!({"sha": sha}))).await?;
             Ok(Some(sha))
@@ -226,13 +277,15 @@ pub async fn push(ctx: &TaskCtx, task: &Task, repo: &Repo, worktree: &Path, comm
     if let Some(message) = commit.filter(|m| !m.trim().is_empty()) {
         commit_all(ctx, worktree, message).await?;
     }
+    let remote_co = remote_checkout(ctx, task, repo).await?;
+    let (dir, head) = head_of(&remote_co, task, repo, worktree).await?;
     let lease = push_lease(ctx, task).await?;
-    let (dir, mirror, branch, o) = (worktree.to_path_buf(), mirror_of(repo), task.branch.clone(), origin.clone());
+    let (mirror, branch, o, h) = (mirror_of(repo), task.branch.clone(), origin.clone(), head.clone());
     let seen = git_call(move || {
         // Asked in the mirror, whose config the agent cannot touch (see `git::push`).
         let remote = git::remote_head(&mirror, &branch, &o)?;
         let contained = match &remote {
-            Some(r) => git::is_ancestor(&dir, r, "HEAD")?,
+            Some(r) => git::is_ancestor(&dir, r, &h)?,
             None => false,
         };
         Ok((remote, contained))
@@ -249,8 +302,15 @@ pub async fn push(ctx: &TaskCtx, task: &Task, repo: &Repo, worktree: &Path, comm
         Ok(PushPlan::RemoteMoved { remote, lease }) => return Err(push_failed(ctx, remote_moved(&task.branch, &remote, Some(&lease))).await?),
         Err(e) => return Err(push_failed(ctx, e).await?),
     };
-    let (dir, mirror, branch, l, o) = (worktree.to_path_buf(), mirror_of(repo), task.branch.clone(), git_lease.clone(), origin.clone());
-    match git_call(move || git::push(&dir, &mirror, &branch, &l, &o)).await? {
+    let (mirror, branch, l, o) = (mirror_of(repo), task.branch.clone(), git_lease.clone(), origin.clone());
+    let pushed = match remote_co {
+        Some(_) => git_call(move || git::push_rev(&mirror, &head, &branch, &l, &o)).await?,
+        None => {
+            let dir = worktree.to_path_buf();
+            git_call(move || git::push(&dir, &mirror, &branch, &l, &o)).await?
+        }
+    };
+    match pushed {
         Ok(sha) => {
             let (id, branch, pushed, now) = (ctx.id.clone(), task.branch.clone(), sha.clone(), crate::util::now_ms());
             ctx.kiln.db.write(move |c| store::record_push(c, &id, &branch, &pushed, now)).await?;
@@ -296,14 +356,24 @@ pub async fn sync(ctx: &TaskCtx, task: &Task, repo: &Repo, worktree: &Path, mode
         Some("merge") => true,
         Some(other) => return Err(AppError::invalid("invalid_mode", format!("sync mode `{other}`: use rebase or merge"))),
     };
-    let origin = origin(&ctx.kiln, &ctx.org, repo).await?;
-    let (dir, mirror, base) = (worktree.to_path_buf(), mirror_of(repo), task.base_branch.clone());
-    let result = git_call(move || {
-        // Fetched in the mirror, whose config the agent cannot touch (see `git::push`).
-        git::fetch_branch(&mirror, &base, &origin)?;
-        git::integrate(&dir, &format!("refs/remotes/origin/{base}"), merge)
-    })
-    .await?;
+    let result = match remote_checkout(ctx, task, repo).await? {
+        Some(remote) => {
+            // In the sandbox, which fetches the base itself (its credential for
+            // that one command); the mirror's copy is refreshed by its poller.
+            let origin = remote_origin(&ctx.kiln, &ctx.org, repo).await?.ok_or_else(|| AppError::bug("a remote checkout of a local repository"))?;
+            remote.integrate(origin, task.base_branch.clone(), merge).await?
+        }
+        None => {
+            let origin = origin(&ctx.kiln, &ctx.org, repo).await?;
+            let (dir, mirror, base) = (worktree.to_path_buf(), mirror_of(repo), task.base_branch.clone());
+            git_call(move || {
+                // Fetched in the mirror, whose config the agent cannot touch (see `git::push`).
+                git::fetch_branch(&mirror, &base, &origin)?;
+                git::integrate(&dir, &format!("refs/remotes/origin/{base}"), merge)
+            })
+            .await?
+        }
+    };
     match result {
         Ok(Integration::Clean(head)) => {
             ctx.kiln
@@ -363,7 +433,9 @@ pub async fn open_pr(ctx: &TaskCtx, task: &Task, repo: &Repo, worktree: &Path, d
     if !pushed {
         push(ctx, task, repo, worktree, None, false).await?;
     }
-    let (dir, base_ref, branch) = (worktree.to_path_buf(), format!("refs/remotes/origin/{}", task.base_branch), task.branch.clone());
+    // A remote checkout's branch is in the mirror now (the push brought it).
+    let dir = if ctx.kiln.providers.get(&task.provider)?.capabilities().local_path { worktree.to_path_buf() } else { mirror_of(repo) };
+    let (base_ref, branch) = (format!("refs/remotes/origin/{}", task.base_branch), task.branch.clone());
     let commits = git_call(move || git::commit_subjects(&dir, &base_ref, &branch)).await?.unwrap_or_default();
     let mut body = task.description.clone();
     if !commits.is_empty() {
@@ -407,8 +479,10 @@ pub async fn merge(ctx: &TaskCtx, task: &Task, repo: &Repo, worktree: &Path, met
     if !["squash", "merge", "rebase"].contains(&method.as_str()) {
         return Err(AppError::invalid("invalid_method", format!("merge method `{method}`: use squash, merge or rebase")));
     }
-    let dir = worktree.to_path_buf();
-    let head = git_call(move || git::rev_parse(&dir, "HEAD")).await?.map_err(|e| git_failure("merge_failed", e))?;
+    let remote_co = remote_checkout(ctx, task, repo).await?;
+    let (dir, rev) = head_of(&remote_co, task, repo, worktree).await?;
+    let d = dir.clone();
+    let head = git_call(move || git::rev_parse(&d, &rev)).await?.map_err(|e| git_failure("merge_failed", e))?;
     let sha = match github_for(ctx, repo).await? {
         Some((gh, _)) => {
             let (repo_id, branch) = (repo.id, task.branch.clone());
@@ -424,7 +498,7 @@ pub async fn merge(ctx: &TaskCtx, task: &Task, repo: &Repo, worktree: &Path, met
             // not what the worktree holds.
             let pr_head = gh.get_pull(number).await.map_err(github_error)?["head"]["sha"].as_str().unwrap_or_default().to_string();
             if !pr_head.is_empty() && pr_head != head {
-                let (dir, remote, local) = (worktree.to_path_buf(), pr_head.clone(), head.clone());
+                let (dir, remote, local) = (dir.clone(), pr_head.clone(), head.clone());
                 let ahead = git_call(move || git::is_ancestor(&dir, &remote, &local)).await?.unwrap_or(false);
                 // GitHub still has what Kiln pushed last, and the task was rewritten since (a sync that rebased).
                 let rewritten = push_lease(ctx, task).await?.as_deref() == Some(pr_head.as_str());

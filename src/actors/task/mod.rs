@@ -1,11 +1,12 @@
 //! TaskActor (`org/{org}/repo/{repo}/task/{task}`): the only writer of `tasks`,
-//! `task_runtime` and `task_sessions`.
+//! `task_runtime`, `task_sessions` and `task_reactions`.
 //!
 //! Messages: `CreateTask` (insert as `queued`, then provision), `ApplyAction` (a
 //! user action run through the pure lifecycle in `state.rs`; a refused one is a
 //! 409), `StatusObserved` (from its TaskStatusPoller), `Recover` (at boot), and
 //! for ACP sessions `CreateSession`, `SessionObserved` (from a SessionActor),
-//! `CloseSession` and `EnsureAcp` (see `sessions.rs`).
+//! `CloseSession` and `EnsureAcp` (see `sessions.rs`); `ClaimReaction` and
+//! `SettleReaction` for reactions (`reactions.rs`; it also writes `task_reactions`).
 //! Every handler is atomic and re-reads its row, so push, sync, merge, archive and
 //! kill on one task run one after another and always see the last write. A
 //! transition's effects (create the sandbox, stop the agent, snapshot…) run
@@ -15,8 +16,10 @@
 //! after `tasks.actor_idle_secs` without one; while the task is active its poller
 //! keeps it busy. The next message starts it again from its rows.
 
+pub mod deliver;
 mod effects;
 pub mod git_ops;
+pub mod reactions;
 mod sessions;
 pub mod state;
 mod store;
@@ -87,13 +90,25 @@ pub struct StatusObserved {
     pub from: Arc<ActorMeta>,
 }
 
-/// CI failed on the task's pull request: hand the failed checks to the agent,
-/// at most `max_attempts` times per task.
+/// Claims one firing of a reaction covering `keys` (see `reactions.rs`):
+/// answers its attempt number and the keys not claimed before, or `None` when
+/// all of them fired already.
+#[derive(Message, Clone)]
+#[rtype(result = "AppResult<Option<(i32, Vec<String>)>>")]
+pub struct ClaimReaction {
+    pub cause: &'static str,
+    pub keys: Vec<String>,
+    /// What the rows say until `SettleReaction` (`pending`, or final already).
+    pub outcome: &'static str,
+}
+
+/// Records how a claimed firing ended (`delivered`, `synced`, `failed`, …).
 #[derive(Message, Clone)]
 #[rtype(result = "AppResult<()>")]
-pub struct CiFailed {
-    pub checks: Vec<crate::integrations::github::FailedCheck>,
-    pub max_attempts: u32,
+pub struct SettleReaction {
+    pub cause: &'static str,
+    pub attempt: i32,
+    pub outcome: &'static str,
 }
 
 /// Inserts an ACP session as `starting`; its SessionActor then opens it.
@@ -215,12 +230,25 @@ impl Handler<StatusObserved> for TaskActor {
     }
 }
 
-impl Handler<CiFailed> for TaskActor {
+impl Handler<ClaimReaction> for TaskActor {
+    type Result = AtomicResponse<Self, AppResult<Option<(i32, Vec<String>)>>>;
+
+    fn handle(&mut self, msg: ClaimReaction, _: &mut Self::Context) -> Self::Result {
+        let (kiln, id) = (self.kiln.clone(), self.id.clone());
+        atomic!(self, async move {
+            Ok(kiln.db.write(move |c| store::claim_reaction(c, &id, msg.cause, &msg.keys, msg.outcome, now_ms())).await?)
+        })
+    }
+}
+
+impl Handler<SettleReaction> for TaskActor {
     type Result = AtomicResponse<Self, AppResult<()>>;
 
-    fn handle(&mut self, msg: CiFailed, _: &mut Self::Context) -> Self::Result {
-        let ctx = self.ctx();
-        atomic!(self, effects::ci_failed(ctx, msg.checks, msg.max_attempts))
+    fn handle(&mut self, msg: SettleReaction, _: &mut Self::Context) -> Self::Result {
+        let (kiln, id) = (self.kiln.clone(), self.id.clone());
+        atomic!(self, async move {
+            Ok(kiln.db.write(move |c| store::settle_reaction(c, &id, msg.cause, msg.attempt, msg.outcome)).await?)
+        })
     }
 }
 
@@ -293,6 +321,16 @@ async fn create(kiln: Kiln, org: String, id: String, msg: CreateTask) -> AppResu
             format!("base branch `{base}` does not exist in repository `{}`", msg.repo.name),
         ));
     }
+    // What the provider cannot take (not configured, a refused key, a repository
+    // it cannot reach) is a 4xx now, with nothing inserted or made.
+    kiln.providers
+        .get(&msg.provider)?
+        .preflight(crate::providers::Preflight {
+            org: org.clone(),
+            repo: msg.repo.name.clone(),
+            source_kind: msg.repo.source_kind.clone(),
+        })
+        .await?;
     let title = msg
         .title
         .map(|t| t.trim().to_string())

@@ -235,7 +235,8 @@ pub async fn ensure_acp(ctx: &TaskCtx) -> AppResult<(crate::providers::AgentEndp
     let endpoint = super::effects::ensure_agent_server(ctx, &task, &handle, true)
         .await?
         .ok_or_else(|| AppError::bug("ensure_agent answered no endpoint on demand"))?;
-    Ok((endpoint, handle.path))
+    let cwd = endpoint.cwd.clone().map(std::path::PathBuf::from).unwrap_or(handle.path);
+    Ok((endpoint, cwd))
 }
 
 /// Saves a session's checkpoint, unless a newer one is already there.

@@ -1,4 +1,4 @@
-//! Writes to `tasks`, `task_runtime` and `task_sessions`. Only the TaskActor
+//! Writes to `tasks`, `task_runtime`, `task_sessions` and `task_reactions`. Only the TaskActor
 //! calls these.
 
 use diesel::prelude::*;
@@ -106,18 +106,6 @@ pub(super) fn set_log_error(conn: &mut SqliteConnection, task: &str, error: Opti
         .map(|_| ())
 }
 
-/// Counts one more CI failure handed to the agent.
-pub(super) fn bump_ci_feedback(conn: &mut SqliteConnection, task: &str, now: i64) -> QueryResult<()> {
-    use crate::db::schema::task_runtime;
-    diesel::insert_into(task_runtime::table)
-        .values((task_runtime::task_id.eq(task), task_runtime::ci_feedback_count.eq(1), task_runtime::updated_at.eq(now)))
-        .on_conflict(task_runtime::task_id)
-        .do_update()
-        .set((task_runtime::ci_feedback_count.eq(task_runtime::ci_feedback_count + 1), task_runtime::updated_at.eq(now)))
-        .execute(conn)
-        .map(|_| ())
-}
-
 pub(super) fn insert_session(conn: &mut SqliteConnection, row: &crate::db::models::TaskSession) -> QueryResult<()> {
     use crate::db::schema::task_sessions;
     diesel::insert_into(task_sessions::table).values(row).execute(conn).map(|_| ())
@@ -182,6 +170,56 @@ pub(super) fn save_checkpoint(conn: &mut SqliteConnection, id: &str, checkpoint:
     use crate::db::schema::task_sessions;
     diesel::update(task_sessions::table.filter(task_sessions::id.eq(id)).filter(task_sessions::checkpoint_event_id.lt(event_id)))
         .set((task_sessions::checkpoint.eq(checkpoint), task_sessions::checkpoint_event_id.eq(event_id)))
+        .execute(conn)
+        .map(|_| ())
+}
+
+/// Claims a firing of `cause` covering `keys`: the keys not claimed before are
+/// inserted as `pending`, all with the next attempt number. Answers that number
+/// and the keys claimed now; `None` when every key had fired already (so two
+/// polls racing fire once).
+pub(super) fn claim_reaction(
+    conn: &mut SqliteConnection,
+    task: &str,
+    cause: &str,
+    keys: &[String],
+    outcome: &str,
+    now: i64,
+) -> QueryResult<Option<(i32, Vec<String>)>> {
+    use crate::db::schema::task_reactions;
+    let seen: Vec<String> = task_reactions::table
+        .filter(task_reactions::task_id.eq(task))
+        .filter(task_reactions::cause.eq(cause))
+        .filter(task_reactions::cause_key.eq_any(keys))
+        .select(task_reactions::cause_key)
+        .load(conn)?;
+    let fresh: Vec<String> = keys.iter().filter(|k| !seen.contains(k)).cloned().collect();
+    if fresh.is_empty() {
+        return Ok(None);
+    }
+    let last: Option<i32> =
+        task_reactions::table.filter(task_reactions::task_id.eq(task)).filter(task_reactions::cause.eq(cause)).select(diesel::dsl::max(task_reactions::attempt)).first(conn)?;
+    let attempt = last.unwrap_or(0) + 1;
+    for key in &fresh {
+        diesel::insert_into(task_reactions::table)
+            .values((
+                task_reactions::task_id.eq(task),
+                task_reactions::cause.eq(cause),
+                task_reactions::cause_key.eq(key),
+                task_reactions::attempt.eq(attempt),
+                task_reactions::outcome.eq(outcome),
+                task_reactions::fired_at.eq(now),
+            ))
+            .execute(conn)?;
+    }
+    Ok(Some((attempt, fresh)))
+}
+
+/// Records how a claimed firing ended.
+pub(super) fn settle_reaction(conn: &mut SqliteConnection, task: &str, cause: &str, attempt: i32, outcome: &str) -> QueryResult<()> {
+    use crate::db::schema::task_reactions;
+    diesel::update(task_reactions::table.filter(task_reactions::task_id.eq(task)).filter(task_reactions::cause.eq(cause)).filter(task_reactions::attempt.eq(attempt)))
+        .set(task_reactions::outcome.eq(outcome))
         .execute(conn)
         .map(|_| ())
 }

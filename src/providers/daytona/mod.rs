@@ -1,7 +1,10 @@
-//! The `daytona` provider's foundations: Daytona's REST API client (`api`) and
-//! the organization's `daytona` profile, validated (`settings`). The provider
-//! itself (a `SandboxProvider` that creates sandboxes on Daytona) is not built
-//! yet, so tasks cannot name `daytona`: see docs/providers.md.
+//! The `daytona` provider: tasks whose sandboxes are Daytona sandboxes.
+//! `api` is Daytona's REST API client, `settings` the organization's validated
+//! `daytona` profile, `provider` the `SandboxProvider` built on both. What works
+//! and what is not built yet: docs/providers.md.
 
 pub mod api;
+pub mod provider;
 pub mod settings;
+
+pub use provider::DaytonaProvider;

@@ -11,6 +11,8 @@
 //! | `disk` | integer, GB | 1-1024 | Daytona's default |
 //! | `target` | region name | 1-64 of `a-z A-Z 0-9 - _` | Daytona's default |
 //! | `auto_stop_minutes` | integer | 0-10080 (0: never) | 30 |
+//! | `agent_bin` | program | 1-200 of `a-z A-Z 0-9 / . _ + - @` | `sandbox-agent` (on the sandbox's `PATH`) |
+//! | `agent_port` | port | 1-65535 (Daytona previews 3000-9999) | [`DEFAULT_AGENT_PORT`] |
 //!
 //! Numbers are taken as JSON numbers or as digit strings (the CLI's `--setting
 //! cpu=2` sends a string) and stored as numbers. `snapshot` excludes `cpu`,
@@ -29,6 +31,10 @@ pub const API_KEY: &str = "api_key";
 /// The profile secrets Kiln uses itself: never handed to agents as environment.
 pub const KILN_SECRETS: &[&str] = &[API_KEY];
 pub const DEFAULT_AUTO_STOP_MINUTES: u32 = 30;
+/// sandbox-agent's port in a sandbox: its own 2468, moved into the range
+/// Daytona's preview URLs reach (3000-9999).
+pub const DEFAULT_AGENT_PORT: u16 = 8468;
+pub const DEFAULT_AGENT_BIN: &str = "sandbox-agent";
 
 /// A `daytona` profile's settings, defaults filled in.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -40,6 +46,10 @@ pub struct DaytonaSettings {
     pub disk: Option<u32>,
     pub target: Option<String>,
     pub auto_stop_minutes: u32,
+    /// The sandbox-agent program inside the sandbox (the snapshot provides it).
+    pub agent_bin: String,
+    /// The port sandbox-agent serves in the sandbox, reached by its preview URL.
+    pub agent_port: u16,
 }
 
 fn invalid(message: String) -> AppError {
@@ -59,9 +69,11 @@ pub fn validate_config(config: &Map<String, Value>) -> Result<Map<String, Value>
             "memory" => Value::from(number(key, value, 1, 256)?),
             "disk" => Value::from(number(key, value, 1, 1024)?),
             "auto_stop_minutes" => Value::from(number(key, value, 0, 10_080)?),
+            "agent_bin" => Value::String(text(key, value, 200, |c| c.is_ascii_alphanumeric() || "/._+-@".contains(c))?),
+            "agent_port" => Value::from(number(key, value, 1, 65_535)?),
             other => {
                 return Err(invalid(format!(
-                    "the daytona provider takes no setting `{}`: use api_url, snapshot, cpu, memory, disk, target or auto_stop_minutes",
+                    "the daytona provider takes no setting `{}`: use api_url, snapshot, cpu, memory, disk, target, auto_stop_minutes, agent_bin or agent_port",
                     crate::validate::truncate(other, 40)
                 )))
             }
@@ -140,6 +152,8 @@ impl DaytonaSettings {
             disk: num("disk"),
             target: text("target"),
             auto_stop_minutes: num("auto_stop_minutes").unwrap_or(DEFAULT_AUTO_STOP_MINUTES),
+            agent_bin: text("agent_bin").unwrap_or_else(|| DEFAULT_AGENT_BIN.to_string()),
+            agent_port: num("agent_port").map(|p| p as u16).unwrap_or(DEFAULT_AGENT_PORT),
         })
     }
 

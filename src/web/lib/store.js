@@ -25,6 +25,9 @@ export class Store {
     this.repos = null;
     this.reposLoading = null;
     this.clones = new Map();
+    // Predicted conflicts, by task id: other task id (or 'base') → files.
+    // Loaded once per repository, then kept fresh by `task.conflict_*` events.
+    this.predicted = new Map();
   }
 
   /** Loads the tasks, then follows the stream from the moment before the load. */
@@ -41,9 +44,41 @@ export class Store {
       cursor = page.next_cursor;
       this.changed();
     } while (cursor && !this.closed);
+    await this.loadConflicts();
     this.loaded = true;
     this.changed();
     this.connect();
+  }
+
+  /** The conflicts predicted for every repository (after the cursor was taken,
+   * so an event in between is folded in twice at worst, which changes nothing). */
+  async loadConflicts() {
+    try {
+      const repos = await get(orgPath(this.org, '/repos'));
+      for (const repo of repos.items) {
+        const r = await get(orgPath(this.org, `/repos/${encodeURIComponent(repo.name)}/conflicts`));
+        for (const c of r.items) {
+          this.setPredicted(c.task, c.other, c.files);
+          if (c.other !== 'base') this.setPredicted(c.other, c.task, c.files);
+        }
+      }
+    } catch (e) {
+      // The board works without them; the stream still brings new ones.
+    }
+  }
+
+  setPredicted(task, other, files) {
+    if (!this.predicted.has(task)) this.predicted.set(task, new Map());
+    if (files) this.predicted.get(task).set(other, files);
+    else this.predicted.get(task).delete(other);
+    if (!this.predicted.get(task).size) this.predicted.delete(task);
+  }
+
+  /** The conflicts predicted for a task: [{other, files}], base last. */
+  conflictsOf(id) {
+    const m = this.predicted.get(id);
+    if (!m) return [];
+    return [...m].map(([other, files]) => ({ other, files })).sort((a, b) => (a.other === 'base') - (b.other === 'base') || a.other.localeCompare(b.other));
   }
 
   stop() {
@@ -96,6 +131,12 @@ export class Store {
       return;
     }
     const kind = ev.kind;
+    if (kind === 'task.conflict_predicted' || kind === 'task.conflict_cleared') {
+      const d = ev.data || {};
+      this.setPredicted(ev.task, d.other, kind === 'task.conflict_predicted' ? (d.files || []) : null);
+      this.changed();
+      return;
+    }
     if (kind === 'task.created') {
       const d = ev.data || {};
       this.tasks.set(ev.task, {
@@ -258,6 +299,23 @@ export const COLUMNS = [
   { id: 'done', title: 'Done', hint: 'Merged or archived' },
   { id: 'stopped', title: 'Stopped', hint: 'Failed, killed, interrupted or stalled' },
 ];
+
+/** Names the other side of a predicted conflict: a task's title, or the base. */
+export function conflictOther(store, t, other) {
+  if (other === 'base') return `its base ${t.base_branch || 'branch'}`;
+  const o = store.tasks.get(other);
+  return o ? `“${o.title || other}”` : `task ${other}`;
+}
+
+/** A task's predicted conflicts in a few words and in full, or null. */
+export function conflictBadge(store, t) {
+  const list = store.conflictsOf(t.id);
+  if (!list.length) return null;
+  const files = (f) => (f.length > 3 ? `${f.slice(0, 3).join(', ')} and ${f.length - 3} more` : f.join(', '));
+  const title = `Predicted to conflict: ${list.map((c) => `with ${conflictOther(store, t, c.other)} in ${files(c.files)}`).join('; ')}`;
+  const text = list.length === 1 ? (list[0].other === 'base' ? 'Conflicts with base' : 'Conflict predicted') : `${list.length} conflicts`;
+  return { count: list.length, text, title };
+}
 
 /** Why a task needs its person, or null. */
 export function needsYou(t) {

@@ -2,7 +2,7 @@
 // live from the store. Filter by repository and agent, search titles. Each
 // column shows its newest 50 cards and grows on request, so 10,000 tasks stay fast.
 
-import { COLUMNS, columnOf, needsYou } from '../lib/store.js';
+import { COLUMNS, columnOf, conflictBadge, needsYou } from '../lib/store.js';
 import { h, replace } from '../lib/dom.js';
 import { age, when, plural, STATUS_WORDS } from '../lib/format.js';
 
@@ -166,8 +166,10 @@ export function boardView(main, app) {
   let renderId = 0;
   function cardFor(t) {
     const pr = t.pr;
+    const predicted = conflictBadge(store, t);
     const key = [t.status, t.title, t.repo, t.branch, t.agent, needsYou(t),
-      pr ? `${pr.number} ${pr.state} ${pr.ci_state} ${pr.review_decision}` : ''].join('\u0001');
+      pr ? `${pr.number} ${pr.state} ${pr.ci_state} ${pr.review_decision}` : '',
+      predicted ? predicted.title : ''].join('\u0001');
     let entry = cards.get(t.id);
     if (!entry || entry.key !== key) {
       const el = card(t);
@@ -186,6 +188,11 @@ export function boardView(main, app) {
     const badges = [];
     // The status pill already says idle; other reasons get a badge.
     if (why && why !== 'Idle') badges.push(h('span.badge.attn', why));
+    const predicted = conflictBadge(store, t);
+    if (predicted) {
+      badges.push(h('span.badge.predicted', { title: predicted.title, 'aria-label': predicted.title, dataset: { conflicts: predicted.count } },
+        h('span.predicted-mark', { 'aria-hidden': 'true' }, '⚠'), predicted.text));
+    }
     if (pr) {
       const ci = pr.ci_state ? h(`span.ci.ci-${pr.ci_state}`, { title: `CI: ${pr.ci_state}`, 'aria-label': `CI ${pr.ci_state}` }) : null;
       badges.push(h(`span.badge.pr.pr-${pr.state}`, { title: `Pull request #${pr.number}: ${pr.state}` }, ci, `#${pr.number}`));

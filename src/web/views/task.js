@@ -5,6 +5,7 @@
 import { get, post, orgPath } from '../lib/api.js';
 import { h, replace, announce } from '../lib/dom.js';
 import { age, when, STATUS_WORDS } from '../lib/format.js';
+import { conflictOther } from '../lib/store.js';
 import { terminalPane } from './terminal.js';
 import { sessionPane } from './session.js';
 import { pullRequestPane } from './pull-request.js';
@@ -67,6 +68,7 @@ export function taskView(main, app, id) {
         h('h1', task.title || '(untitled)'),
         h(`span.status.big.s-${task.status}`, { id: 'task-status' }, STATUS_WORDS[task.status] || task.status)),
       task.status_reason ? h('p.reason', { id: 'task-reason' }, task.status_reason) : null,
+      predictedConflicts(),
       h('dl.facts',
         h('div', h('dt', 'Repository'), h('dd', task.repo)),
         h('div', h('dt', 'Branch'), h('dd', h('code', task.branch)), h('span.muted', ` from ${task.base_branch}`)),
@@ -79,6 +81,21 @@ export function taskView(main, app, id) {
         }, busy === a.action ? `${a.label}…` : a.label)) : h('span.muted', 'No actions: this task is finished.')));
   }
 
+  // What would conflict if this task and the others were merged now (the
+  // branch poller's prediction, live from `task.conflict_*` events).
+  function predictedConflicts() {
+    const list = store.conflictsOf(id);
+    if (!list.length) return null;
+    return h('div.predicted-conflicts', { id: 'task-conflicts', role: 'status' },
+      h('span.badge.predicted', h('span.predicted-mark', { 'aria-hidden': 'true' }, '⚠'), list.length === 1 ? 'Conflict predicted' : `${list.length} conflicts predicted`),
+      h('ul', list.map((c) => h('li', { dataset: { other: c.other } },
+        'With ',
+        c.other === 'base' ? conflictOther(store, task, c.other) : h('a', { href: `/tasks/${c.other}` }, conflictOther(store, task, c.other)),
+        ' in ',
+        ...c.files.slice(0, 10).flatMap((f, i) => [i ? ', ' : null, h('code', f)]),
+        c.files.length > 10 ? ` and ${c.files.length - 10} more` : null))));
+  }
+
   function renderTabs() {
     const mk = (id, label) => h('button.tab', {
       type: 'button', role: 'tab', id: `tab-${id}`, 'aria-selected': String(tab === id),
@@ -87,9 +104,14 @@ export function taskView(main, app, id) {
     replace(tabs, mk('terminal', 'Terminal'), mk('changes', 'Changes'), mk('session', 'Session'), mk('pr', 'Pull request'), mk('events', 'Events'));
   }
 
+  // Whether the pane was drawn with the task known: the task may come first
+  // from the store or from the detail request, whichever answers first.
+  let paneHasTask = false;
+
   function renderPane() {
     if (closePane) closePane();
     closePane = null;
+    paneHasTask = Boolean(task);
     replace(pane);
     if (tab === 'terminal') {
       if (!task) return;
@@ -122,8 +144,10 @@ export function taskView(main, app, id) {
     if (!t) return;
     task = t;
     renderHead();
-    // The terminal appears when a queued task starts.
-    if (tab === 'terminal' && NO_TERMINAL.includes(lastStatus) && !NO_TERMINAL.includes(t.status)) renderPane();
+    // The pane is drawn once the task is known; the terminal appears when a
+    // queued task starts.
+    if (!paneHasTask) renderPane();
+    else if (tab === 'terminal' && NO_TERMINAL.includes(lastStatus) && !NO_TERMINAL.includes(t.status)) renderPane();
     lastStatus = t.status;
   });
 
@@ -133,12 +157,11 @@ export function taskView(main, app, id) {
   get(orgPath(app.org, `/tasks/${id}`)).then((t) => {
     const p = t.pull_request;
     const fresh = { ...t, pr: p ? { number: p.number, state: p.state, ci_state: p.ci_state, review_decision: p.review_decision } : null };
-    const first = !task;
     task = store.tasks.get(id) || fresh;
     if (!store.tasks.has(id)) store.tasks.set(id, fresh);
     lastStatus = task.status;
     renderHead();
-    if (first) renderPane();
+    if (!paneHasTask) renderPane();
   }).catch((e) => {
     replace(head, h('h1', 'Task not found'), h('p.error', e.message));
   });
