@@ -160,6 +160,8 @@ pub async fn start(config: Config) -> Result<Running, BootError> {
     // In the background: listing sandboxes must not hold the server's start.
     actix_rt::spawn(crate::actors::pollers::daytona_orphans::sweep(kiln.clone()));
     start_repo_pollers(&kiln).await?;
+    // Catches up every organization's notifications and resumes pending deliveries.
+    kiln.notifier();
 
     web::block(http::web_assets::prepare_assets).await.map_err(|e| BootError::Server(std::io::Error::other(e)))?;
     let max_body = config.server.max_body_bytes;

@@ -44,6 +44,7 @@ pub struct Config {
     pub dashboard: DashboardConfig,
     pub sessions: SessionsConfig,
     pub sandboxes: SandboxesConfig,
+    pub notifications: NotificationsConfig,
     pub agents: BTreeMap<String, AgentProfile>,
     /// The config files this was loaded from (never granted to agents).
     #[serde(skip)]
@@ -169,6 +170,34 @@ pub struct ReposConfig {
     /// Predict conflicts between active tasks, and against their base, at
     /// every branch poll (docs/git.md, "Conflict prediction").
     pub predict_conflicts: bool,
+}
+
+/// Outbound webhooks (docs/notifications.md): where they may go and how they
+/// are retried.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotificationsConfig {
+    /// Refuse a webhook whose host is, or resolves to, a loopback, link-local
+    /// or private address (for every caller, the admin too); at creation and
+    /// again before every attempt.
+    pub deny_private_hosts: bool,
+    /// Hosts a webhook may name even so (`hooks.corp.example`, `*.corp.example`).
+    pub allowed_hosts: Vec<String>,
+    /// Only `allowed_hosts` may be named at all, public hosts included.
+    pub only_allowed_hosts: bool,
+    /// Longest one attempt may take (connect, send, answer).
+    pub timeout_ms: u64,
+    /// Attempts per delivery before it is given up.
+    pub max_attempts: u32,
+    /// The wait before the second attempt; it doubles each time, up to `retry_max_ms`.
+    pub retry_base_ms: u64,
+    pub retry_max_ms: u64,
+    /// Attempts in flight at once, over every webhook (one per webhook at a time).
+    pub concurrency: usize,
+    /// Inbox entries kept per organization (the oldest go first).
+    pub inbox_keep: i64,
+    /// Finished deliveries kept per webhook in the delivery log.
+    pub log_keep: i64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -11,6 +11,9 @@
 //! | SessionActor        | nothing: its journal goes through the HistoryActor  |
 //! | SandboxActor        | sandbox_instances (arrives with sandboxes)          |
 //! | HistoryActor        | events                                              |
+//! | NotifierActor       | notification_webhooks, notification_deliveries,     |
+//! |                     | notification_attempts, inbox_entries,               |
+//! |                     | notification_cursors (one per server)               |
 //!
 //! A table's write functions live in its owner's `store.rs` and are private to that
 //! actor's module; `tests/single_writer.rs` fails if any other file writes a table.
@@ -27,6 +30,7 @@ macro_rules! atomic {
 
 pub mod connections;
 pub mod history;
+pub mod notify;
 pub mod organization;
 pub mod pollers;
 pub mod registry;
@@ -101,6 +105,12 @@ impl Kiln {
         let org_name = org.to_string();
         self.registry
             .get_or_start(registry::history_key(org), "history", move |meta| HistoryActor::new(kiln, org_name, meta))
+    }
+
+    /// The NotifierActor (one per server: the delivery queue), started on demand.
+    pub fn notifier(&self) -> Handle<notify::NotifierActor> {
+        let kiln = self.clone();
+        self.registry.get_or_start("notifications".to_string(), "notifier", move |meta| notify::NotifierActor::new(kiln, meta))
     }
 
     /// The OrganizationActor of `org`, started on demand.

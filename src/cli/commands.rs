@@ -264,6 +264,8 @@ pub async fn run(ctx: Ctx, command: Command) -> CliResult<()> {
         Command::Session(cmd) => super::session::run(&ctx, cmd).await,
         Command::Review(args) => super::review::run(&ctx, args).await,
         Command::Token(cmd) => token(&ctx, cmd).await,
+        Command::Notify(cmd) => super::notify::notify(&ctx, cmd).await,
+        Command::Inbox(args) => super::notify::inbox(&ctx, args).await,
         Command::Serve { .. } | Command::Migrate { .. } | Command::Openapi | Command::TerminalHost { .. } | Command::Dashboard { .. } => {
             Err(CliError("not a client command".into()))
         }

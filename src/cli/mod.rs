@@ -5,6 +5,7 @@ mod attach;
 mod client;
 mod commands;
 mod dashboard;
+mod notify;
 mod output;
 mod review;
 mod session;
@@ -132,6 +133,10 @@ pub enum Command {
     Session(session::SessionCmd),
     /// API tokens of an organization: create, list, revoke (admin only).
     Token(commands::TokenCmd),
+    /// Outbound webhooks of the organization: add, list, remove, test, log.
+    Notify(notify::NotifyCmd),
+    /// The organization's inbox (what needs a person); `inbox read <id>…|--all`.
+    Inbox(notify::InboxArgs),
     /// Provider and integration profiles (worktree, daytona, github): show, set.
     Provider(commands::ProviderCmd),
     /// Sign a browser in to the web dashboard: prints a one-time link (valid 60 s,

@@ -38,6 +38,71 @@ diesel::table! {
 }
 
 diesel::table! {
+    inbox_entries (id) {
+        id -> BigInt,
+        organization -> Text,
+        kind -> Text,
+        repo -> Nullable<Text>,
+        task -> Nullable<Text>,
+        title -> Nullable<Text>,
+        data -> Text,
+        at -> BigInt,
+        read_at -> Nullable<BigInt>,
+        read_by -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
+    notification_attempts (delivery_id, attempt) {
+        delivery_id -> Text,
+        attempt -> Integer,
+        at -> BigInt,
+        status_code -> Nullable<Integer>,
+        error -> Nullable<Text>,
+        duration_ms -> BigInt,
+    }
+}
+
+diesel::table! {
+    notification_cursors (organization) {
+        organization -> Text,
+        last_event -> BigInt,
+    }
+}
+
+diesel::table! {
+    notification_deliveries (id) {
+        id -> Text,
+        organization -> Text,
+        webhook_id -> Text,
+        event_id -> Nullable<BigInt>,
+        kind -> Text,
+        body -> Text,
+        status -> Text,
+        attempts -> Integer,
+        next_attempt_at -> BigInt,
+        last_error -> Nullable<Text>,
+        created_at -> BigInt,
+        finished_at -> Nullable<BigInt>,
+    }
+}
+
+diesel::table! {
+    notification_webhooks (id) {
+        id -> Text,
+        organization -> Text,
+        name -> Text,
+        url -> Text,
+        format -> Text,
+        kinds -> Text,
+        secret -> Text,
+        after_event -> BigInt,
+        created_at -> BigInt,
+        created_by -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
     organizations (name) {
         name -> Text,
         display_name -> Text,
@@ -245,3 +310,5 @@ diesel::allow_tables_to_appear_in_same_query!(
     web_sessions,
     web_sign_in_codes,
 );
+
+diesel::allow_tables_to_appear_in_same_query!(notification_deliveries, notification_webhooks);

@@ -11,6 +11,7 @@ pub mod dto;
 pub mod events;
 pub mod extract;
 pub mod openapi;
+pub mod notifications;
 pub mod organizations;
 pub mod repos;
 pub mod sessions;
@@ -113,6 +114,27 @@ pub fn configure(cfg: &mut web::ServiceConfig, max_body: usize) {
                 .service(web::resource("/{org}/tasks/{task}/diff").route(web::get().to(changes::diff)))
                 .service(web::resource("/{org}/tasks/{task}/review").route(web::post().to(changes::review)))
                 .service(web::resource("/{org}/tasks/{task}/{action}").route(web::post().to(tasks::action)))
+                .service(
+                    web::resource("/{org}/notifications/webhooks")
+                        .route(web::get().to(notifications::list_webhooks))
+                        .route(web::post().to(notifications::create_webhook)),
+                )
+                .service(
+                    web::resource("/{org}/notifications/webhooks/{webhook}")
+                        .route(web::get().to(notifications::get_webhook))
+                        .route(web::delete().to(notifications::delete_webhook)),
+                )
+                .service(web::resource("/{org}/notifications/webhooks/{webhook}/test").route(web::post().to(notifications::test_webhook)))
+                .service(
+                    web::resource("/{org}/notifications/webhooks/{webhook}/deliveries")
+                        .route(web::get().to(notifications::list_deliveries)),
+                )
+                .service(
+                    web::resource("/{org}/notifications/webhooks/{webhook}/deliveries/{delivery}")
+                        .route(web::get().to(notifications::get_delivery)),
+                )
+                .service(web::resource("/{org}/inbox").route(web::get().to(notifications::inbox)))
+                .service(web::resource("/{org}/inbox/read").route(web::post().to(notifications::mark_read)))
                 .service(web::resource("/{org}/events").route(web::get().to(events::list)))
                 .service(web::resource("/{org}/stream").route(web::get().to(stream::connect))),
         )

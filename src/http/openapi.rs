@@ -21,7 +21,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, RefOr, Response, ResponseBuilder};
 use utoipa::{IntoParams, Modify, OpenApi, ToSchema};
 
-use super::{admin, agents, changes, dashboard, events, organizations, repos, sessions, stream, tasks, terminal, webhooks};
+use super::{admin, agents, changes, dashboard, events, notifications, organizations, repos, sessions, stream, tasks, terminal, webhooks};
 
 /// The JSON body of every error answer.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -124,6 +124,9 @@ pub struct WebSocketUpgrade {
         sessions::prompt, sessions::cancel, sessions::answer_permission,
         events::list,
         stream::connect,
+        notifications::list_webhooks, notifications::create_webhook, notifications::get_webhook, notifications::delete_webhook,
+        notifications::test_webhook, notifications::list_deliveries, notifications::get_delivery,
+        notifications::inbox, notifications::mark_read,
         webhooks::github,
         dashboard::create_code, dashboard::create_session, dashboard::get_session, dashboard::delete_session,
         admin::actors, admin::config, admin::checkpoint, admin::backup, admin::pollers, admin::poller_control,
@@ -138,6 +141,7 @@ pub struct WebSocketUpgrade {
         (name = "tasks", description = "Tasks: an agent in its own worktree, and the git lifecycle."),
         (name = "sessions", description = "ACP sessions with a task's agent."),
         (name = "events", description = "The event history and its live stream."),
+        (name = "notifications", description = "Outbound webhooks (signed, retried, with a delivery log) and the inbox."),
         (name = "webhooks", description = "GitHub deliveries, signed with HMAC-SHA256."),
         (name = "dashboard", description = "Signing a browser in to the web dashboard (a session cookie acts as the token it was made with)."),
         (name = "admin", description = "Operator routes: the admin token only."),
@@ -373,6 +377,7 @@ const CREATES: &[(&str, &str, &str)] = &[
     ("/v1/organizations/{org}/tokens", "token", "/id"),
     ("/v1/organizations/{org}/tasks", "task", "/id"),
     ("/v1/organizations/{org}/tasks/{task}/sessions", "session", "/id"),
+    ("/v1/organizations/{org}/notifications/webhooks", "webhook", "/id"),
 ];
 
 /// OpenAPI links from each creating `POST`'s success answers to the operations

@@ -80,13 +80,13 @@ function useOrg(org) {
   app.org = org;
   app.store = new Store(org);
   app.store.subscribe(updateTitle);
-  // The inbox's read marks are this token's (the admin's are the admin's).
-  app.inbox = new Inbox(app.store, app.session?.token || 'admin', {
+  // The inbox and its read marks are the organization's (GET …/inbox).
+  app.inbox = new Inbox(app.store, {
     // No notification for what the person is looking at now.
     isWatching: (task) => !document.hidden && document.hasFocus() && location.pathname === `/tasks/${task}`,
     open: (entry) => {
       app.inbox?.markRead(entry);
-      navigate(`/tasks/${entry.task}`);
+      if (entry.task) navigate(`/tasks/${entry.task}`);
     },
   });
   app.inbox.subscribe(() => updateInboxButton(app));

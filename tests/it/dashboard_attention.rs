@@ -6,7 +6,9 @@
 use serde_json::{json, Value};
 
 use crate::browser::Browser;
-use crate::common::{git_repo, Client, Server, Term};
+use std::time::Duration;
+
+use crate::common::{eventually, git_repo, Client, Server, Term};
 
 const CONTROL: &str = "\u{E009}";
 const ESCAPE: &str = "\u{E00C}";
@@ -101,8 +103,16 @@ async fn in_a_browser_a_task_going_idle_live_makes_an_inbox_entry_a_notification
     browser.until("the task page", &format!("return location.pathname === '/tasks/{live_id}'"), json!([])).await;
     assert_eq!(browser.eval("return window.__sameDocument === true", json!([])).await, true, "no reload");
     browser.until("one unread left", &format!("{UNREAD} === '1'"), json!([])).await;
-    let stored = browser.eval("return Object.keys(localStorage).filter(k => k.startsWith('kiln:inbox-read:acme:'))", json!([])).await;
-    assert_eq!(stored.as_array().map(|a| a.len()), Some(1), "kept per organization and token: {stored}");
+    // The mark is the server's (the organization's inbox, shared with `kiln inbox`), not the browser's.
+    let marked = eventually(Duration::from_secs(10), "the read mark on the server", || async {
+        let r = admin.get("/v1/organizations/acme/inbox").await;
+        let items = r.body["items"].as_array().cloned().unwrap_or_default();
+        items.iter().any(|e| e["task"] == live_id.as_str() && e["read_at"].is_i64()).then_some(items)
+    })
+    .await;
+    assert!(marked.iter().any(|e| e["task"] == id(&old).as_str() && e["read_at"].is_null()), "only that entry: {marked:?}");
+    let stored = browser.eval("return Object.keys(localStorage).filter(k => k.startsWith('kiln:inbox-read:'))", json!([])).await;
+    assert_eq!(stored, json!([]), "no read marks in the browser");
 
     // The task's page is showing and focused: its next idle is listed, not notified.
     browser.eval(RECORD_NOTIFICATIONS, json!([])).await;

@@ -34,7 +34,8 @@ fn up_down_up() {
     let mut conn = SqliteConnection::establish(path.to_str().unwrap()).unwrap();
     conn.batch_execute("PRAGMA foreign_keys = ON;").unwrap();
     let expected = vec![
-        "api_tokens", "branches", "events", "organizations", "provider_profiles", "pull_requests", "repos",
+        "api_tokens", "branches", "events", "inbox_entries", "notification_attempts", "notification_cursors",
+        "notification_deliveries", "notification_webhooks", "organizations", "provider_profiles", "pull_requests", "repos",
         "sandbox_instances", "task_conflicts", "task_reactions", "task_runtime", "task_sessions", "tasks", "web_sessions", "web_sign_in_codes",
     ];
 

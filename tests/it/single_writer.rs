@@ -20,6 +20,11 @@ const OWNERS: &[(&str, &str)] = &[
     ("task_reactions", "src/actors/task/store.rs"),
     ("sandbox_instances", "src/actors/sandbox/store.rs"),
     ("events", "src/actors/history/store.rs"),
+    ("notification_webhooks", "src/actors/notify/store.rs"),
+    ("notification_deliveries", "src/actors/notify/store.rs"),
+    ("notification_attempts", "src/actors/notify/store.rs"),
+    ("inbox_entries", "src/actors/notify/store.rs"),
+    ("notification_cursors", "src/actors/notify/store.rs"),
 ];
 
 /// The tables a piece of Rust source writes, by Diesel DSL or raw SQL.

@@ -221,6 +221,9 @@ impl HistoryActor {
                 act.kiln.metrics.events_appended.fetch_add(events.len() as u64, Ordering::Relaxed);
                 act.kiln.metrics.event_batches.fetch_add(1, Ordering::Relaxed);
                 act.publish(&events);
+                if events.iter().any(|e| super::notify::watched(&e.kind)) {
+                    act.kiln.notifier().addr.do_send(super::notify::EventsCommitted { org: act.org.clone() });
+                }
                 for (start, end, tx) in waiters {
                     let _ = tx.send(Ok(events[start..end].iter().map(|e| e.id).collect()));
                 }

@@ -162,8 +162,14 @@ pub fn allowed(allowed_hosts: &[String], host: &str) -> bool {
 /// nothing to check (the policy is off, the host is allowed, not a URL), else
 /// the addresses git is to use. Resolves the host: call on the blocking pool.
 pub fn check(cfg: &ReposConfig, url: &str) -> Result<Option<Pin>, Refusal> {
+    check_with(cfg.deny_private_hosts, &cfg.allowed_hosts, url)
+}
+
+/// [`check`] with the policy given as its two settings (notifications have
+/// their own, `notifications.deny_private_hosts` and `allowed_hosts`).
+pub fn check_with(deny_private_hosts: bool, allowed_hosts: &[String], url: &str) -> Result<Option<Pin>, Refusal> {
     let Some(target) = target(url) else { return Ok(None) };
-    if !cfg.deny_private_hosts || allowed(&cfg.allowed_hosts, &target.host) {
+    if !deny_private_hosts || allowed(allowed_hosts, &target.host) {
         return Ok(None);
     }
     // The pin goes into ssh's command line: only what a host name or address holds.

@@ -1,112 +1,61 @@
-// What needs its person, from the event stream: the inbox's entries (a task that
-// needs input, went idle, whose CI failed, whose PR merged), which of them are
-// read (localStorage, per organization and token), and browser notifications for
-// the ones that arrive live. Nothing here polls: the history is read once at
-// load, then the store's stream adds entries as they happen.
+// What needs its person: the organization's inbox, from the server (`GET
+// …/inbox`: the same list and read marks as `kiln inbox`), kept live from the
+// event stream (`inbox.added` adds an entry, `inbox.read` marks entries read, for
+// every page and token of the organization), and browser notifications for the
+// entries that arrive live. Nothing here polls: the inbox is read once at load,
+// then the store's stream keeps it fresh.
 
-import { get, orgPath } from './api.js';
+import { get, post, orgPath } from './api.js';
 
-/** How many entries the inbox keeps (newest first). */
+/** How many entries the page keeps (newest first). */
 export const INBOX_LIMIT = 100;
-/** A live event older than this (a reconnect's catch-up) is listed, not notified. */
+/** A live entry older than this (a reconnect's catch-up) is listed, not notified. */
 const NOTIFY_MAX_AGE_MS = 10 * 60 * 1000;
-/** The event kinds that can make an entry, and how many of each history gives. */
-const HISTORY = [
-  ['task.awaiting_input', 50],
-  ['task.status_changed', 200],
-  ['pr.ci_changed', 50],
-  ['pr.merged', 50],
-];
+/** The CSS class suffix of each notification kind (`r-…`). */
+const REASONS = { needs_input: 'input', idle: 'idle', ci_failed: 'ci', merged: 'merged' };
 
-/** The entry an event makes, or null: a pure function of the event. */
-export function attentionOf(ev) {
-  if (!ev || !ev.task || typeof ev.id !== 'number') return null;
-  const d = ev.data || {};
-  switch (ev.kind) {
-    case 'task.awaiting_input':
-      return d.awaiting_input ? { reason: 'input', label: 'Needs input' } : null;
-    case 'task.status_changed':
-      return d.to === 'idle' ? { reason: 'idle', label: 'Went idle' } : null;
-    case 'pr.ci_changed':
-      return d.to === 'failure' ? { reason: 'ci', label: 'CI failed' } : null;
-    case 'pr.merged':
-      return { reason: 'merged', label: 'PR merged' };
-    default:
-      return null;
-  }
+/** A page entry from the API's inbox entry: a pure function. */
+export function entryOf(e) {
+  if (!e || typeof e.id !== 'number') return null;
+  return {
+    id: e.id, task: e.task, repo: e.repo, at: e.at, title: e.title, kind: e.kind,
+    reason: REASONS[e.kind] || e.kind, label: e.label || e.kind, read: e.read_at != null,
+  };
 }
 
 /**
- * Which entries are read: every id up to `upTo` (mark all read), and the ids
- * marked one by one above it. Bounded: marking all read forgets the list.
- */
-export class ReadState {
-  constructor(key, storage = globalThis.localStorage) {
-    this.key = key;
-    this.storage = storage;
-    this.upTo = 0;
-    this.ids = new Set();
-    try {
-      const saved = JSON.parse(storage?.getItem(key) || 'null');
-      if (saved && typeof saved.upTo === 'number') this.upTo = saved.upTo;
-      if (saved && Array.isArray(saved.ids)) for (const id of saved.ids) if (typeof id === 'number' && id > this.upTo) this.ids.add(id);
-    } catch (e) {
-      // A corrupt or blocked store: everything is unread.
-    }
-  }
-
-  has(id) {
-    return id <= this.upTo || this.ids.has(id);
-  }
-
-  mark(id) {
-    if (this.has(id)) return;
-    this.ids.add(id);
-    this.save();
-  }
-
-  markUpTo(id) {
-    this.upTo = Math.max(this.upTo, id);
-    for (const x of this.ids) if (x <= this.upTo) this.ids.delete(x);
-    this.save();
-  }
-
-  save() {
-    // Keep the newest 500 single marks: older ones belong to entries long gone.
-    const ids = [...this.ids].sort((a, b) => b - a).slice(0, 500);
-    try {
-      this.storage?.setItem(this.key, JSON.stringify({ upTo: this.upTo, ids }));
-    } catch (e) {
-      // Storage full or blocked: the marks last as long as the page.
-    }
-  }
-}
-
-/**
- * The inbox of one organization's store. `identity` names who is signed in (the
- * token), so two tokens on one browser keep their own read marks. `isWatching(task)`
- * answers whether the person is looking at that task right now (no notification then).
+ * The inbox of one organization's store. `isWatching(task)` answers whether the
+ * person is looking at that task right now (no notification then).
  */
 export class Inbox {
-  constructor(store, identity, { isWatching = () => false, open = () => {} } = {}) {
+  constructor(store, { isWatching = () => false, open = () => {} } = {}) {
     this.store = store;
-    this.read = new ReadState(`kiln:inbox-read:${store.org}:${identity}`);
     this.entries = [];
     this.ids = new Set();
+    this.unreadTotal = 0;
     this.listeners = new Set();
     this.isWatching = isWatching;
     this.open = open;
     this.loaded = false;
-    this.off = store.onEvent((ev) => this.add(ev, true));
+    this.error = null;
+    // Events that arrive while the list loads wait, then apply in order.
+    this.early = [];
+    this.off = store.onEvent((ev) => (this.loaded ? this.apply(ev, true) : this.early.push(ev)));
   }
 
-  /** Reads the recent history once (no notification for it). */
+  /** Reads the inbox once (no notification for what it lists). */
   async load() {
-    const pages = await Promise.all(
-      HISTORY.map(([kind, tail]) =>
-        get(orgPath(this.store.org, `/events?kind=${encodeURIComponent(kind)}&tail=${tail}`)).catch(() => ({ items: [] }))));
-    for (const page of pages) for (const ev of page.items || []) this.add(ev, false, false);
+    try {
+      const page = await get(orgPath(this.store.org, `/inbox?limit=${INBOX_LIMIT}`));
+      for (const e of page.items || []) this.add(entryOf(e), false);
+      this.unreadTotal = page.unread || 0;
+      this.error = null;
+    } catch (e) {
+      this.error = e;
+    }
     this.loaded = true;
+    // Only what is newer than the list (the stream may have replayed older events).
+    for (const ev of this.early.splice(0)) this.apply(ev, true);
     this.changed();
   }
 
@@ -115,54 +64,83 @@ export class Inbox {
     this.listeners.clear();
   }
 
-  /** Adds the entry `ev` makes, if any; notifies when it arrived live. */
-  add(ev, live, announce = true) {
-    const a = attentionOf(ev);
-    if (!a || this.ids.has(ev.id)) return;
-    const entry = { id: ev.id, task: ev.task, repo: ev.repo, at: ev.at, ...a };
-    this.ids.add(ev.id);
-    let i = this.entries.findIndex((e) => e.id < ev.id);
+  /** An event of the stream: a new entry, or read marks. */
+  apply(ev, live) {
+    if (ev?.kind === 'inbox.added') {
+      const entry = entryOf(ev.data?.entry);
+      if (entry && !this.ids.has(entry.id)) {
+        this.add(entry, live);
+        if (!entry.read) this.unreadTotal++;
+        this.changed();
+      }
+    } else if (ev?.kind === 'inbox.read') {
+      const ids = new Set(ev.data?.ids || []);
+      for (const e of this.entries) if (ids.has(e.id)) e.read = true;
+      if (typeof ev.data?.unread === 'number') this.unreadTotal = ev.data.unread;
+      this.changed();
+    }
+  }
+
+  add(entry, live) {
+    if (!entry || this.ids.has(entry.id)) return;
+    this.ids.add(entry.id);
+    let i = this.entries.findIndex((e) => e.id < entry.id);
     if (i < 0) i = this.entries.length;
     this.entries.splice(i, 0, entry);
     while (this.entries.length > INBOX_LIMIT) this.ids.delete(this.entries.pop().id);
-    if (live) this.notify(entry);
-    if (announce) this.changed();
+    if (live && !entry.read) this.notify(entry);
   }
 
   isRead(entry) {
-    return this.read.has(entry.id);
+    return entry.read;
   }
 
+  /** Unread entries of the whole inbox (the server's count). */
   get unread() {
-    let n = 0;
-    for (const e of this.entries) if (!this.read.has(e.id)) n++;
-    return n;
+    return Math.max(0, this.unreadTotal);
   }
 
+  /** Marks one entry read, for the organization; the page shows it at once. */
   markRead(entry) {
-    this.read.mark(entry.id);
+    if (entry.read) return;
+    entry.read = true;
+    this.unreadTotal--;
     this.changed();
+    this.send({ ids: [entry.id] });
   }
 
   markAllRead() {
-    if (this.entries.length) this.read.markUpTo(this.entries[0].id);
+    for (const e of this.entries) e.read = true;
+    this.unreadTotal = 0;
+    this.changed();
+    this.send({ all: true });
+  }
+
+  async send(body) {
+    try {
+      const res = await post(orgPath(this.store.org, '/inbox/read'), body);
+      if (typeof res?.unread === 'number') this.unreadTotal = res.unread;
+      this.error = null;
+    } catch (e) {
+      this.error = e;
+    }
     this.changed();
   }
 
-  /** The title of an entry's task, as the store knows it now. */
+  /** The title of an entry's task: as the store knows it now, else as the entry was made. */
   titleOf(entry) {
-    return this.store.tasks.get(entry.task)?.title || `Task ${entry.task}`;
+    return this.store.tasks.get(entry.task)?.title || entry.title || (entry.task ? `Task ${entry.task}` : this.store.org);
   }
 
   notify(entry) {
     const N = globalThis.Notification;
     if (!N || N.permission !== 'granted') return;
     if (typeof entry.at === 'number' && Date.now() - entry.at > NOTIFY_MAX_AGE_MS) return;
-    if (this.isWatching(entry.task)) return;
+    if (entry.task && this.isWatching(entry.task)) return;
     try {
       const n = new N(`${entry.label}: ${this.titleOf(entry)}`, {
         body: [entry.repo, this.store.org].filter(Boolean).join(' · '),
-        tag: `kiln:${this.store.org}:${entry.task}`,
+        tag: `kiln:${this.store.org}:${entry.task || entry.id}`,
         icon: '/favicon.svg',
       });
       n.onclick = () => {

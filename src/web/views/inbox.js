@@ -1,7 +1,9 @@
 // The inbox: what happened that needs you (a task needs input, went idle, its CI
-// failed, its PR merged), newest first, unread in bold. A click opens the task
-// and marks the entry read. Browser notifications are switched on here, by a
-// button: browsers only ask for the permission on a person's gesture.
+// failed, changes were requested, it is ready to merge or merged, a conflict is
+// predicted, its agent is stuck), newest first, unread in bold. The list and its
+// read marks are the organization's (`GET …/inbox`, shared with `kiln inbox`). A
+// click opens the task and marks the entry read. Browser notifications are
+// switched on here, by a button: browsers only ask on a person's gesture.
 
 import { h, replace, announce } from '../lib/dom.js';
 import { age, when } from '../lib/format.js';
@@ -68,14 +70,19 @@ export function openInbox(app) {
     const entries = inbox.entries;
     markAll.disabled = inbox.unread === 0;
     if (!entries.length) {
-      replace(list, h('li.empty', inbox.loaded ? 'Nothing needs you. Entries appear here when a task needs input, goes idle, fails CI or merges.' : 'Loading…'));
+      const empty = inbox.error
+        ? `The inbox could not be read: ${inbox.error.message}`
+        : inbox.loaded
+          ? 'Nothing needs you. Entries appear here when a task needs input, goes idle, fails CI, gets changes requested, is ready to merge or merged, may conflict, or its agent is stuck.'
+          : 'Loading…';
+      replace(list, h('li.empty', empty));
       return;
     }
     replace(list, ...entries.map((e) => {
       const unread = !inbox.isRead(e);
       return h(`li.inbox-entry${unread ? '.unread' : ''}`,
         h('a', {
-          href: `/tasks/${e.task}`, dataset: { entry: String(e.id), task: e.task, reason: e.reason },
+          href: e.task ? `/tasks/${e.task}` : '/', dataset: { entry: String(e.id), task: e.task || '', reason: e.reason },
           onclick: () => {
             inbox.markRead(e);
             dialog.close();
