@@ -177,7 +177,7 @@ pub struct Reactions {
     pub bot_comments: DeliverReaction,
     /// More logins to treat as bots (compared without case).
     #[serde(default)]
-    #[schema(max_items = 50)]
+    #[schema(max_items = 50, value_type = Vec<BotLogin>)]
     pub bot_logins: Vec<String>,
     /// The PR no longer merges cleanly with its base.
     #[serde(default)]
@@ -542,3 +542,10 @@ pub struct TaskReaction {
     pub outcome: String,
     pub fired_at: i64,
 }
+
+/// A GitHub login in `reactions.bot_logins` (the schema of each item; the
+/// field itself is a plain string list).
+#[derive(utoipa::ToSchema)]
+#[schema(pattern = r"^[A-Za-z0-9_.\[\]-]{1,100}$")]
+#[allow(dead_code)]
+pub struct BotLogin(String);
