@@ -97,6 +97,10 @@ impl Browser {
     }
 
     async fn call(&self, method: &str, path: &str, body: Option<Value>) -> Value {
+        self.try_call(method, path, body).await.unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    async fn try_call(&self, method: &str, path: &str, body: Option<Value>) -> Result<Value, String> {
         let url = format!("{}/session/{}{}", self.base, self.session, path);
         let method = awc::http::Method::from_bytes(method.as_bytes()).unwrap();
         let req = self.http.request(method, url);
@@ -107,9 +111,22 @@ impl Browser {
         .unwrap_or_else(|e| panic!("webdriver {path}: {e}"));
         let value: Value = res.json().limit(64 << 20).await.unwrap_or(Value::Null);
         if !res.status().is_success() {
-            panic!("webdriver {path} answered {}: {}", res.status(), value["value"]["message"]);
+            return Err(format!("webdriver {path} answered {}: {}", res.status(), value["value"]["message"]));
         }
-        value["value"].clone()
+        Ok(value["value"].clone())
+    }
+
+    /// Finds `css` and acts on it; a live page may redraw it between the two,
+    /// so a stale element is found again (a few times).
+    async fn on_element(&self, css: &str, action: &str, body: Value) {
+        for attempt in 0.. {
+            let id = self.wait_for(css).await;
+            match self.try_call("POST", &format!("/element/{id}/{action}"), Some(body.clone())).await {
+                Ok(_) => return,
+                Err(e) if e.contains("stale element") && attempt < 5 => continue,
+                Err(e) => panic!("{e}"),
+            }
+        }
     }
 
     /// Sizes the page's viewport (CSS pixels), as a phone or a desktop would.
@@ -206,14 +223,12 @@ impl Browser {
     }
 
     pub async fn click(&self, css: &str) {
-        let id = self.wait_for(css).await;
-        self.call("POST", &format!("/element/{id}/click"), Some(json!({}))).await;
+        self.on_element(css, "click", json!({})).await;
     }
 
     /// Types `text` into the element (WebDriver key events, as a person would).
     pub async fn type_into(&self, css: &str, text: &str) {
-        let id = self.wait_for(css).await;
-        self.call("POST", &format!("/element/{id}/value"), Some(json!({ "text": text }))).await;
+        self.on_element(css, "value", json!({ "text": text })).await;
     }
 
     /// Picks the option with `value` in a select.
