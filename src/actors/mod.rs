@@ -195,6 +195,12 @@ impl Kiln {
         self.registry.get_or_start(format!("{}/pr-sync", registry::repo_key(org, repo)), "poller", move |meta| {
             pollers::pr_sync::PrSyncPoller::new(kiln, o, r, meta, every)
         });
+        // Stops itself at once when the repository has nothing for it (not on
+        // GitHub, intake off, no PR to report on an issue).
+        let (kiln, o, r) = (self.clone(), org.to_string(), repo.to_string());
+        self.registry.get_or_start(format!("{}/issue-intake", registry::repo_key(org, repo)), "poller", move |meta| {
+            pollers::issue_intake::IssueIntakePoller::new(kiln, o, r, meta, every)
+        });
     }
 
     /// Stops a repository's pollers (it was deleted).
@@ -204,6 +210,9 @@ impl Kiln {
             p.addr.do_send(pollers::StopPoller {});
         }
         if let Some(p) = self.registry.get::<pollers::pr_sync::PrSyncPoller>(&format!("{base}/pr-sync")) {
+            p.addr.do_send(pollers::StopPoller {});
+        }
+        if let Some(p) = self.registry.get::<pollers::issue_intake::IssueIntakePoller>(&format!("{base}/issue-intake")) {
             p.addr.do_send(pollers::StopPoller {});
         }
     }

@@ -108,6 +108,58 @@ pub struct RepoSettings {
     /// What Kiln does on its own about a task's pull request or agent (docs/git.md, "Reactions").
     #[serde(default)]
     pub reactions: Reactions,
+    /// Issues in: open GitHub issues with a label become tasks (docs/git.md, "Issues in").
+    #[serde(default)]
+    pub issues: IssueIntake,
+}
+
+/// Issues in (docs/git.md): each open issue carrying `label` becomes one task,
+/// at most `max_active` of them active at a time. Off by default.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct IssueIntake {
+    #[serde(default)]
+    pub enabled: bool,
+    /// The label that asks for a task (compared without case, as GitHub does):
+    /// 1-50 characters, no comma, no control character.
+    #[serde(default = "default_issue_label")]
+    #[schema(pattern = r"^[^,\x00-\x1f\x7f]{1,50}$")]
+    pub label: String,
+    /// The agent profile the tasks get; the server's `tasks.default_agent` when absent.
+    #[serde(default)]
+    #[schema(pattern = r"^[A-Za-z0-9_.-]{1,64}$")]
+    pub agent: Option<String>,
+    /// At most this many tasks made from issues are active (not finished) at
+    /// once; further issues wait for one to finish.
+    #[serde(default = "default_issue_max_active")]
+    #[schema(minimum = 1, maximum = 100)]
+    pub max_active: u32,
+}
+
+impl Default for IssueIntake {
+    fn default() -> Self {
+        IssueIntake { enabled: false, label: default_issue_label(), agent: None, max_active: default_issue_max_active() }
+    }
+}
+
+fn default_issue_label() -> String {
+    "kiln".into()
+}
+
+fn default_issue_max_active() -> u32 {
+    5
+}
+
+impl IssueIntake {
+    /// Whether `label` is one the schema allows (the same rule as its pattern).
+    pub fn label_is_valid(label: &str) -> bool {
+        (1..=50).contains(&label.chars().count()) && !label.chars().any(|c| c == ',' || c.is_ascii_control())
+    }
+
+    /// Whether `agent` is a name the schema allows.
+    pub fn agent_is_valid(agent: &str) -> bool {
+        (1..=64).contains(&agent.len()) && agent.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+    }
 }
 
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
@@ -541,6 +593,32 @@ pub struct TaskReaction {
     /// `notified`, `escalated` or `failed`.
     pub outcome: String,
     pub fired_at: i64,
+}
+
+/// The GitHub issue a task was made from (written only by the TaskActor, in
+/// the same transaction as the task; one task per issue and repository).
+#[derive(Debug, Clone, Queryable, Selectable, Insertable, Serialize, utoipa::ToSchema)]
+#[diesel(table_name = task_issues)]
+pub struct TaskIssue {
+    #[serde(skip)]
+    pub task_id: String,
+    #[serde(skip)]
+    pub repo_id: i32,
+    /// The issue's number in its repository.
+    #[serde(rename = "number")]
+    pub issue_number: i64,
+    /// The issue on GitHub (its `html_url`).
+    pub url: String,
+    /// The issue's title when the task was made.
+    pub title: String,
+    /// The comment that reports the task's PR on the issue: `none` (no PR
+    /// yet), `pending` (being posted), `posted` or `failed` (given up).
+    pub comment_state: String,
+    #[serde(skip)]
+    pub comment_attempts: i32,
+    /// The comment, once posted.
+    pub comment_url: Option<String>,
+    pub created_at: i64,
 }
 
 /// A GitHub login in `reactions.bot_logins` (the schema of each item; the

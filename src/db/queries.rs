@@ -463,3 +463,41 @@ pub fn session_journal(conn: &mut SqliteConnection, org: &str, session: &str, af
         .select((events::id, events::data))
         .load(conn)
 }
+
+/// The GitHub issue a task was made from, if it was.
+pub fn task_issue(conn: &mut SqliteConnection, task_id: &str) -> QueryResult<Option<TaskIssue>> {
+    task_issues::table.find(task_id).select(TaskIssue::as_select()).first(conn).optional()
+}
+
+/// The issue numbers of a repository that have their task (whatever its state).
+pub fn taken_issue_numbers(conn: &mut SqliteConnection, repo_id: i32) -> QueryResult<Vec<i64>> {
+    task_issues::table.filter(task_issues::repo_id.eq(repo_id)).select(task_issues::issue_number).load(conn)
+}
+
+/// How many of a repository's tasks made from issues are active.
+pub fn active_issue_tasks(conn: &mut SqliteConnection, repo_id: i32) -> QueryResult<i64> {
+    task_issues::table
+        .inner_join(tasks::table)
+        .filter(task_issues::repo_id.eq(repo_id))
+        .filter(tasks::status.eq_any(ACTIVE_TASK_STATUSES))
+        .count()
+        .get_result(conn)
+}
+
+/// Tasks made from issues of a repository whose pull request exists but is not
+/// reported on the issue yet (comment `none` or `pending`).
+pub fn unreported_issue_tasks(conn: &mut SqliteConnection, repo_id: i32) -> QueryResult<Vec<String>> {
+    let waiting: Vec<(String, String)> = task_issues::table
+        .inner_join(tasks::table)
+        .filter(task_issues::repo_id.eq(repo_id))
+        .filter(task_issues::comment_state.eq_any(["none", "pending"]))
+        .select((tasks::id, tasks::branch))
+        .load(conn)?;
+    let mut out = Vec::new();
+    for (id, branch) in waiting {
+        if task_pull_request(conn, repo_id, &branch)?.is_some() {
+            out.push(id);
+        }
+    }
+    Ok(out)
+}

@@ -185,6 +185,20 @@ diesel::table! {
 }
 
 diesel::table! {
+    task_issues (task_id) {
+        task_id -> Text,
+        repo_id -> Integer,
+        issue_number -> BigInt,
+        url -> Text,
+        title -> Text,
+        comment_state -> Text,
+        comment_attempts -> Integer,
+        comment_url -> Nullable<Text>,
+        created_at -> BigInt,
+    }
+}
+
+diesel::table! {
     task_reactions (task_id, cause, cause_key) {
         task_id -> Text,
         cause -> Text,
@@ -283,6 +297,8 @@ diesel::joinable!(sandbox_instances -> organizations (organization));
 diesel::joinable!(sandbox_instances -> tasks (task_id));
 diesel::joinable!(task_conflicts -> repos (repo_id));
 diesel::joinable!(task_conflicts -> tasks (task_id));
+diesel::joinable!(task_issues -> repos (repo_id));
+diesel::joinable!(task_issues -> tasks (task_id));
 diesel::joinable!(task_reactions -> tasks (task_id));
 diesel::joinable!(task_runtime -> tasks (task_id));
 diesel::joinable!(task_sessions -> tasks (task_id));
@@ -303,6 +319,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     repos,
     sandbox_instances,
     task_conflicts,
+    task_issues,
     task_reactions,
     task_runtime,
     task_sessions,

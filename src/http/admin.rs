@@ -10,7 +10,7 @@ use super::openapi::ApiError;
 use crate::actors::pollers::PollerInfo;
 use crate::actors::registry::ActorInfo;
 use super::extract::OptionalJson;
-use crate::actors::pollers::{branch_sync::BranchSyncPoller, pr_sync::PrSyncPoller, task_status::TaskStatusPoller};
+use crate::actors::pollers::{branch_sync::BranchSyncPoller, issue_intake::IssueIntakePoller, pr_sync::PrSyncPoller, task_status::TaskStatusPoller};
 use crate::actors::pollers::{DescribePoller, PollNow, SetInterval, StopPoller};
 use crate::actors::Kiln;
 use crate::actors::task::state::ALL_STATUSES;
@@ -216,6 +216,9 @@ fn poller(kiln: &Kiln, key: &str) -> Option<PollerControl> {
         return Some(control(h));
     }
     if let Some(h) = kiln.registry.get::<BranchSyncPoller>(key) {
+        return Some(control(h));
+    }
+    if let Some(h) = kiln.registry.get::<IssueIntakePoller>(key) {
         return Some(control(h));
     }
     kiln.registry.get::<PrSyncPoller>(key).map(control)

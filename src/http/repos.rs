@@ -147,7 +147,7 @@ pub async fn put_setup(
     request_body = RepoSettings,
     responses(
         (status = 200, description = "The repository with its new settings", body = Repo), (status = 404, description = "Not found:\n- `repo_not_found` (also when the organization does not exist)", body = ApiError),
-        (status = 422, description = "Invalid content:\n- `invalid_settings`", body = ApiError),
+        (status = 422, description = "Invalid content:\n- `invalid_settings`\n- `unknown_agent`", body = ApiError),
     ),
 )]
 pub async fn put_settings(
@@ -171,9 +171,32 @@ pub async fn put_settings(
         return Err(AppError::invalid("invalid_settings", "automation.on_ci_failure.max_attempts must be at most 20"));
     }
     check_reactions(&settings.reactions)?;
+    check_issue_intake(&kiln, &settings.issues)?;
     let repo = kiln.repository(&org, &name).send(SetRepoSettings { settings }).await??;
     kiln.repo_pollers(&org, &name);
     Ok(HttpResponse::Ok().json(repo))
+}
+
+/// `settings.issues` within its bounds (docs/git.md, "Issues in"): the
+/// schema's rules, and an agent this server has.
+fn check_issue_intake(kiln: &Kiln, i: &crate::db::models::IssueIntake) -> AppResult<()> {
+    use crate::db::models::IssueIntake;
+    if !IssueIntake::label_is_valid(&i.label) {
+        return Err(AppError::invalid("invalid_settings", "issues.label must be 1-50 characters, without commas or control characters"));
+    }
+    if !(1..=100).contains(&i.max_active) {
+        return Err(AppError::invalid("invalid_settings", "issues.max_active must be between 1 and 100"));
+    }
+    if let Some(agent) = &i.agent {
+        if !IssueIntake::agent_is_valid(agent) {
+            return Err(AppError::invalid("invalid_settings", format!("issues.agent `{}` is not an agent name", validate::truncate(agent, 40))));
+        }
+        if !kiln.config.agents.contains_key(agent) {
+            let known: Vec<&str> = kiln.config.agents.keys().map(String::as_str).collect();
+            return Err(AppError::invalid("unknown_agent", format!("issues.agent `{agent}` is not an agent profile: use one of {}", known.join(", "))));
+        }
+    }
+    Ok(())
 }
 
 /// `settings.reactions` within its bounds (docs/git.md, "Reactions").

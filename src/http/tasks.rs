@@ -72,6 +72,8 @@ pub struct TaskDetail {
     /// first, the last 50 rows: one per cause key, the keys of one firing
     /// sharing its `attempt`.
     reactions: Vec<crate::db::models::TaskReaction>,
+    /// The GitHub issue it was made from (docs/git.md, "Issues in"), if it was.
+    issue: Option<crate::db::models::TaskIssue>,
 }
 
 /// A task's pull request with its head's latest checks.
@@ -162,6 +164,7 @@ pub async fn create(
         base_branch: body.base_branch,
         agent,
         provider,
+        issue: None,
     };
     // Ids are random; on the rare collision, draw again.
     let mut attempts = 0;
@@ -276,7 +279,7 @@ pub async fn get(kiln: web::Data<Kiln>, caller: Caller, path: web::Path<(String,
     caller.require_org(&org)?;
     let (task, repo) = task_or_404(&kiln, &org, &id).await?;
     let (task_id, repo_id, branch) = (task.id.clone(), task.repo_id, task.branch.clone());
-    let (runtime, sandbox, pull_request, sessions, reactions) = kiln
+    let (runtime, sandbox, pull_request, sessions, reactions, issue) = kiln
         .db
         .read(move |c| {
             Ok((
@@ -285,13 +288,14 @@ pub async fn get(kiln: web::Data<Kiln>, caller: Caller, path: web::Path<(String,
                 queries::task_pull_request(c, repo_id, &branch)?,
                 queries::task_sessions(c, &task_id)?,
                 queries::task_reactions(c, &task_id, 50)?,
+                queries::task_issue(c, &task_id)?,
             ))
         })
         .await?;
     // Where the sandbox lives on the server is the admin's business only.
     let sandbox = sandbox.map(|s| SandboxInstance { path: s.path.filter(|_| caller == Caller::Admin), ..s });
     let pull_request = pull_request.map(PullRequestView::from);
-    Ok(HttpResponse::Ok().json(TaskDetail { task: TaskView { task, repo }, runtime, sandbox, pull_request, sessions, reactions }))
+    Ok(HttpResponse::Ok().json(TaskDetail { task: TaskView { task, repo }, runtime, sandbox, pull_request, sessions, reactions, issue }))
 }
 
 /// `POST …/tasks/{task}/{action}`: runs the action through the task's actor.

@@ -3,7 +3,9 @@
 //! constant time, against each organization's webhook secret (the `github`
 //! profile's `webhook_secret`), before the body is parsed. A delivery id seen
 //! before is refused as a replay. A valid delivery asks the matching
-//! repositories' pollers to poll now; the pollers do the reading.
+//! repositories' pollers to poll now; the pollers do the reading. The one
+//! exception is an `issues` delivery (opened, labeled, reopened) for an issue
+//! carrying a repository's intake label: it is taken from the payload at once.
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::Mutex;
@@ -15,6 +17,8 @@ use sha2::Sha256;
 
 use super::extract::RawBody;
 use crate::actors::history::NewEvent;
+use crate::actors::repository::issues::wanted;
+use crate::actors::repository::IntakeIssues;
 use crate::actors::pollers::PollNow;
 use crate::actors::Kiln;
 use crate::db::queries;
@@ -103,14 +107,32 @@ pub async fn github(
     let payload: Value = serde_json::from_slice(&body).map_err(|e| AppError::bad_request("malformed_json", e.to_string()))?;
     let full_name = payload["repository"]["full_name"].as_str().unwrap_or("").to_string();
     let o = org.clone();
-    let repos: Vec<String> = kiln
+    let matching: Vec<crate::db::models::Repo> = kiln
         .db
         .read(move |c| queries::repos_list(c, &o))
         .await?
         .into_iter()
         .filter(|r| r.github().as_deref() == Some(full_name.as_str()))
-        .map(|r| r.name)
         .collect();
+    let repos: Vec<String> = matching.iter().map(|r| r.name.clone()).collect();
+    // Issues in: an issue opened, labelled or reopened with the intake label
+    // is taken at once, from the delivery (the poller would find it too; the
+    // task is made once either way).
+    if event == "issues" && matches!(payload["action"].as_str(), Some("opened" | "labeled" | "reopened")) {
+        for repo in &matching {
+            let intake = repo.settings().issues;
+            let Some(issue) = intake.enabled.then(|| wanted(&payload["issue"], &intake.label)).flatten() else { continue };
+            let target = kiln.repository(&org, &repo.name);
+            // Answered at once: GitHub waits 10 s at most for a delivery.
+            actix::spawn(async move {
+                match target.send(IntakeIssues { issues: vec![issue], via: "webhook" }).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => log::warn!("issue intake from a webhook failed: {e}"),
+                    Err(e) => log::warn!("issue intake from a webhook failed: {e}"),
+                }
+            });
+        }
+    }
     let wakes = matches!(event.as_str(), "pull_request" | "check_run" | "check_suite" | "status" | "pull_request_review" | "push");
     for repo in &repos {
         let _ = kiln

@@ -155,6 +155,29 @@ impl GitHub {
         Ok(self.send("GET", &format!("/check-runs/{run_id}/annotations?per_page=50"), None, None).await?.body)
     }
 
+    /// Comments on issue `number`: posts one, answers the comment object (201).
+    pub async fn create_issue_comment(&self, number: i64, body: &str) -> Result<Value, GitHubError> {
+        Ok(self.send("POST", &format!("/issues/{number}/comments"), Some(&json!({"body": body})), None).await?.body)
+    }
+
+    /// The first comment on issue `number` whose body contains `needle`, reading
+    /// at most ten pages of 100 (oldest first).
+    pub async fn find_issue_comment(&self, number: i64, needle: &str) -> Result<Option<Value>, GitHubError> {
+        let mut url = format!("/issues/{number}/comments?per_page=100");
+        for _ in 0..10 {
+            let res = self.send("GET", &url, None, None).await?;
+            let found = res.body.as_array().and_then(|cs| cs.iter().find(|c| c["body"].as_str().is_some_and(|b| b.contains(needle))).cloned());
+            if found.is_some() {
+                return Ok(found);
+            }
+            match res.next {
+                Some(next) => url = next,
+                None => break,
+            }
+        }
+        Ok(None)
+    }
+
     /// The review decision from the latest review of each reviewer.
     pub async fn review_decision(&self, number: i64) -> Result<Option<String>, GitHubError> {
         let reviews = self.send("GET", &format!("/pulls/{number}/reviews?per_page=100"), None, None).await?.body;
@@ -332,6 +355,20 @@ pub fn next_link(link: &str) -> Option<String> {
     })
 }
 
+/// `value` percent-encoded for a query string (everything but RFC 3986's
+/// unreserved characters is escaped, as UTF-8 bytes).
+pub fn query_value(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for b in value.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 fn validation_message(body: &Value) -> String {
     let mut parts = vec![body["message"].as_str().unwrap_or("Validation Failed").to_string()];
     for e in body["errors"].as_array().into_iter().flatten() {
@@ -347,6 +384,14 @@ fn validation_message(body: &Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn query_values_are_percent_encoded() {
+        assert_eq!(query_value("kiln"), "kiln");
+        assert_eq!(query_value("good first issue"), "good%20first%20issue");
+        assert_eq!(query_value("a&b=c#d"), "a%26b%3Dc%23d");
+        assert_eq!(query_value("é"), "%C3%A9");
+    }
 
     #[test]
     fn link_headers() {

@@ -36,7 +36,7 @@ fn up_down_up() {
     let expected = vec![
         "api_tokens", "branches", "events", "inbox_entries", "notification_attempts", "notification_cursors",
         "notification_deliveries", "notification_webhooks", "organizations", "provider_profiles", "pull_requests", "repos",
-        "sandbox_instances", "task_conflicts", "task_reactions", "task_runtime", "task_sessions", "tasks", "web_sessions", "web_sign_in_codes",
+        "sandbox_instances", "task_conflicts", "task_issues", "task_reactions", "task_runtime", "task_sessions", "tasks", "web_sessions", "web_sign_in_codes",
     ];
 
     let applied = conn.run_pending_migrations(MIGRATIONS).unwrap();

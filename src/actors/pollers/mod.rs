@@ -76,6 +76,7 @@ macro_rules! poller_controls {
 
 pub mod branch_sync;
 pub mod daytona_orphans;
+pub mod issue_intake;
 pub mod pr_sync;
 pub mod task_status;
 

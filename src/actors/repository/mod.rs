@@ -7,12 +7,16 @@
 //! stored source moves to its own columns), `SetRepoSetup` and `DeleteRepo`
 //! (refused while tasks are active). The pollers' results arrive here:
 //! `BranchesObserved`, `PullRequestsObserved`, and `ConflictsObserved` (the
-//! conflicts predicted between active tasks, applied by `conflicts::reconcile`). Handlers are atomic, so two
+//! conflicts predicted between active tasks, applied by `conflicts::reconcile`).
+//! Issues in: `PlanIssuePoll` and `IntakeIssues` (from the IssueIntakePoller and
+//! the `issues` webhook) turn labelled issues into tasks, through the TaskActor,
+//! which records each task with its issue. Handlers are atomic, so two
 //! registrations of one name never race. Lifecycle: started on demand; stops
 //! after `tasks.actor_idle_secs` without a command.
 
 pub mod conflicts;
 pub mod hosts;
+pub mod issues;
 mod source;
 mod store;
 
@@ -152,6 +156,34 @@ pub struct PrObservation {
 #[rtype(result = "AppResult<()>")]
 pub struct PullRequestsObserved {
     pub pulls: Vec<PrObservation>,
+}
+
+/// What the IssueIntakePoller should do; `None` when the repository is gone,
+/// not on GitHub with a token, or has nothing for it (intake off and no PR left
+/// to report on an issue).
+#[derive(Message, Clone)]
+#[rtype(result = "AppResult<Option<IssuePlan>>")]
+pub struct PlanIssuePoll {}
+
+#[derive(Debug, Clone)]
+pub struct IssuePlan {
+    pub github: crate::integrations::github::GitHub,
+    /// The label to list open issues by; `None` when intake is off.
+    pub label: Option<String>,
+    /// Tasks made from issues whose PR is not reported on the issue yet.
+    pub unreported: Vec<String>,
+}
+
+/// Open issues that carry the intake label, as the poller or an `issues`
+/// webhook saw them: each one without a task gets one (oldest first, up to
+/// `issues.max_active` active). Answers the issues whose intake failed, with
+/// the `updated_at` they had, so the poller tries them again only once they change.
+#[derive(Message, Clone)]
+#[rtype(result = "AppResult<Vec<(i64, String)>>")]
+pub struct IntakeIssues {
+    pub issues: Vec<issues::IssueSeen>,
+    /// `poll` or `webhook`, for the `issue.claimed` event.
+    pub via: &'static str,
 }
 
 /// Moves a credential out of a source stored before they were kept apart
@@ -545,6 +577,109 @@ impl Handler<PlanPrPoll> for RepositoryActor {
             let review_comments = reactions.changes_requested.enabled || reactions.bot_comments.enabled;
             Ok(Some(PrPlan { github, repo_id, task_branches, review_comments }))
         })
+    }
+}
+
+impl Handler<PlanIssuePoll> for RepositoryActor {
+    type Result = ResponseFuture<AppResult<Option<IssuePlan>>>;
+
+    fn handle(&mut self, _: PlanIssuePoll, _: &mut Self::Context) -> Self::Result {
+        self.meta.touch();
+        let (kiln, org, name) = (self.kiln.clone(), self.org.clone(), self.repo.clone());
+        Box::pin(async move {
+            let (o, n) = (org.clone(), name.clone());
+            let Some(repo) = kiln.db.read(move |c| queries::repo_by_name(c, &o, &n)).await? else { return Ok(None) };
+            let Ok(Some((github, _))) = crate::actors::task::git_ops::github_client(&kiln, &org, &repo).await else { return Ok(None) };
+            let settings = repo.settings().issues;
+            let repo_id = repo.id;
+            let unreported = kiln.db.read(move |c| queries::unreported_issue_tasks(c, repo_id)).await?;
+            if !settings.enabled && unreported.is_empty() {
+                return Ok(None);
+            }
+            Ok(Some(IssuePlan { github, label: settings.enabled.then_some(settings.label), unreported }))
+        })
+    }
+}
+
+impl Handler<IntakeIssues> for RepositoryActor {
+    type Result = AtomicResponse<Self, AppResult<Vec<(i64, String)>>>;
+
+    fn handle(&mut self, msg: IntakeIssues, _: &mut Self::Context) -> Self::Result {
+        self.meta.touch();
+        let (kiln, org, name) = (self.kiln.clone(), self.org.clone(), self.repo.clone());
+        atomic!(self, intake(kiln, org, name, msg))
+    }
+}
+
+/// Makes a task of each issue that has none, oldest first, while fewer than
+/// `issues.max_active` tasks made from issues are active. The TaskActor inserts
+/// each task with its issue in one transaction, unique per issue, so a race
+/// with another intake (or a restart) never makes a second task.
+async fn intake(kiln: Kiln, org: String, name: String, msg: IntakeIssues) -> AppResult<Vec<(i64, String)>> {
+    let (o, n) = (org.clone(), name.clone());
+    let Some(repo) = kiln.db.read(move |c| queries::repo_by_name(c, &o, &n)).await? else { return Ok(Vec::new()) };
+    let settings = repo.settings().issues;
+    if !settings.enabled {
+        return Ok(Vec::new());
+    }
+    let repo_id = repo.id;
+    let (taken, mut active) =
+        kiln.db.read(move |c| Ok((queries::taken_issue_numbers(c, repo_id)?, queries::active_issue_tasks(c, repo_id)?))).await?;
+    let taken: std::collections::HashSet<i64> = taken.into_iter().collect();
+    let mut wanted: Vec<issues::IssueSeen> = msg.issues.into_iter().filter(|i| !taken.contains(&i.number)).collect();
+    wanted.sort_by_key(|i| i.number);
+    wanted.dedup_by_key(|i| i.number);
+    let agent = settings.agent.clone().unwrap_or_else(|| kiln.config.tasks.default_agent.clone());
+    let mut failed = Vec::new();
+    for issue in wanted {
+        // The rest wait: the poller offers them again when a task finishes.
+        if active >= i64::from(settings.max_active) {
+            break;
+        }
+        let created = if kiln.config.agents.contains_key(&agent) {
+            create_issue_task(&kiln, &org, &repo, &issue, &agent).await
+        } else {
+            Err(AppError::invalid("unknown_agent", format!("issues.agent `{agent}` is not an agent profile of this server")))
+        };
+        let about = |kind: &'static str, data: serde_json::Value| NewEvent::new(kind, data).repo(&name);
+        match created {
+            Ok(task) => {
+                active += 1;
+                let data = json!({"number": issue.number, "url": issue.url, "title": task.title, "via": msg.via});
+                kiln.emit_one(&org, about("issue.claimed", data).task(&task.id)).await?;
+            }
+            Err(AppError::Conflict { code: "issue_taken", .. }) => {}
+            Err(e) => {
+                // Internal failures say only their code; the log has the rest.
+                log::warn!("repository {org}/{name}: no task for issue #{}: {e}", issue.number);
+                let message = if matches!(e, AppError::Internal(_)) { "internal error".to_string() } else { e.to_string() };
+                let data = json!({"number": issue.number, "url": issue.url, "code": e.code(), "error": message});
+                kiln.emit_one(&org, about("issue.intake_failed", data)).await?;
+                failed.push((issue.number, issue.updated_at.clone()));
+            }
+        }
+    }
+    Ok(failed)
+}
+
+/// Creates the task for one issue (a new random id on the rare collision).
+async fn create_issue_task(kiln: &Kiln, org: &str, repo: &Repo, issue: &issues::IssueSeen, agent: &str) -> AppResult<crate::db::models::Task> {
+    let msg = crate::actors::task::CreateTask {
+        repo: repo.clone(),
+        title: Some(issues::task_title(issue)),
+        description: issues::prompt(issue),
+        base_branch: None,
+        agent: agent.to_string(),
+        provider: kiln.config.tasks.default_provider.clone(),
+        issue: Some(crate::actors::task::IssueRef { number: issue.number, url: issue.url.clone(), title: issues::task_title(issue) }),
+    };
+    let mut attempts = 0;
+    loop {
+        // A new task's actor is idle: waiting for it here cannot deadlock.
+        match kiln.task(org, &repo.name, &random_hex(8)).send(msg.clone()).await? {
+            Err(AppError::Conflict { code: "task_id_taken", .. }) if attempts < 3 => attempts += 1,
+            other => return other,
+        }
     }
 }
 

@@ -437,7 +437,14 @@ pub async fn open_pr(ctx: &TaskCtx, task: &Task, repo: &Repo, worktree: &Path, d
     let dir = if ctx.kiln.providers.get(&task.provider)?.capabilities().local_path { worktree.to_path_buf() } else { mirror_of(repo) };
     let (base_ref, branch) = (format!("refs/remotes/origin/{}", task.base_branch), task.branch.clone());
     let commits = git_call(move || git::commit_subjects(&dir, &base_ref, &branch)).await?.unwrap_or_default();
-    let mut body = task.description.clone();
+    // A task made from an issue closes it; its description (the issue's own
+    // text, fenced for the agent) is on the issue already.
+    let task_id = task.id.clone();
+    let issue = ctx.kiln.db.read(move |c| queries::task_issue(c, &task_id)).await?;
+    let mut body = match &issue {
+        Some(i) => format!("{}\n\nMade from issue #{} by Kiln.", super::issues::closes(i.issue_number), i.issue_number),
+        None => task.description.clone(),
+    };
     if !commits.is_empty() {
         body.push_str("\n\n---\nCommits:\n");
         for c in &commits {
@@ -459,6 +466,12 @@ pub async fn open_pr(ctx: &TaskCtx, task: &Task, repo: &Repo, worktree: &Path, d
     let stored = ctx.kiln.repository(&ctx.org, &ctx.repo).send(UpsertPullRequest { row: row.clone() }).await??;
     let kind = if adopted { "pr.adopted" } else { "pr.opened" };
     ctx.kiln.emit_one(&ctx.org, ctx.event(kind, json!({"number": row.number, "url": row.url, "draft": row.draft}))).await?;
+    if issue.is_some() {
+        // The PR is open whatever happens to the comment; the issue poller retries it.
+        if let Err(e) = super::issues::report_pr(ctx).await {
+            log::warn!("task {}: reporting the PR on its issue failed: {e}", task.id);
+        }
+    }
     Ok(stored)
 }
 

@@ -1,12 +1,14 @@
 //! TaskActor (`org/{org}/repo/{repo}/task/{task}`): the only writer of `tasks`,
-//! `task_runtime`, `task_sessions` and `task_reactions`.
+//! `task_runtime`, `task_sessions`, `task_reactions` and `task_issues`.
 //!
 //! Messages: `CreateTask` (insert as `queued`, then provision), `ApplyAction` (a
 //! user action run through the pure lifecycle in `state.rs`; a refused one is a
 //! 409), `StatusObserved` (from its TaskStatusPoller), `Recover` (at boot), and
 //! for ACP sessions `CreateSession`, `SessionObserved` (from a SessionActor),
 //! `CloseSession` and `EnsureAcp` (see `sessions.rs`); `ClaimReaction` and
-//! `SettleReaction` for reactions (`reactions.rs`; it also writes `task_reactions`).
+//! `SettleReaction` for reactions (`reactions.rs`; it also writes `task_reactions`);
+//! `ReportPrToIssue` for a task made from a GitHub issue (`issues.rs`; it also
+//! writes `task_issues`, whose row `CreateTask` inserts with the task).
 //! Every handler is atomic and re-reads its row, so push, sync, merge, archive and
 //! kill on one task run one after another and always see the last write. A
 //! transition's effects (create the sandbox, stop the agent, snapshot…) run
@@ -19,6 +21,7 @@
 pub mod deliver;
 mod effects;
 pub mod git_ops;
+pub mod issues;
 pub mod reactions;
 mod sessions;
 pub mod state;
@@ -51,7 +54,25 @@ pub struct CreateTask {
     pub base_branch: Option<String>,
     pub agent: String,
     pub provider: String,
+    /// The GitHub issue it is made from (issues in): recorded with the task in
+    /// one transaction; a second task for the same issue is refused with
+    /// `issue_taken` and nothing inserted.
+    pub issue: Option<IssueRef>,
 }
+
+/// The GitHub issue a task is made from.
+#[derive(Debug, Clone)]
+pub struct IssueRef {
+    pub number: i64,
+    pub url: String,
+    pub title: String,
+}
+
+/// Reports the task's pull request on the issue it was made from, once (a
+/// no-op for other tasks, before the PR exists, and after it was reported).
+#[derive(Message, Clone)]
+#[rtype(result = "AppResult<()>")]
+pub struct ReportPrToIssue {}
 
 /// Applies a user action (`kill`, `archive`, `input`, …) through the lifecycle.
 #[derive(Message, Clone)]
@@ -252,6 +273,15 @@ impl Handler<SettleReaction> for TaskActor {
     }
 }
 
+impl Handler<ReportPrToIssue> for TaskActor {
+    type Result = AtomicResponse<Self, AppResult<()>>;
+
+    fn handle(&mut self, _: ReportPrToIssue, _: &mut Self::Context) -> Self::Result {
+        let ctx = self.ctx();
+        atomic!(self, async move { issues::report_pr(&ctx).await })
+    }
+}
+
 impl Handler<Recover> for TaskActor {
     type Result = AtomicResponse<Self, AppResult<()>>;
 
@@ -358,11 +388,29 @@ async fn create(kiln: Kiln, org: String, id: String, msg: CreateTask) -> AppResu
         updated_at: now,
     };
     let row = task.clone();
-    match kiln.db.write(move |c| store::insert_task(c, &row)).await {
+    let claim = msg.issue.as_ref().map(|i| crate::db::models::TaskIssue {
+        task_id: id.clone(),
+        repo_id: msg.repo.id,
+        issue_number: i.number,
+        url: i.url.clone(),
+        title: i.title.clone(),
+        comment_state: "none".into(),
+        comment_attempts: 0,
+        comment_url: None,
+        created_at: now,
+    });
+    // A task made from an issue is inserted with its claim, in one transaction.
+    match kiln.db.write(move |c| store::insert_task(c, &row, claim.as_ref())).await {
         Err(e) if e.is_unique_violation() => {
             return Err(AppError::conflict("task_id_taken", format!("task id `{id}` is taken: draw another")))
         }
-        other => other?,
+        Ok(false) => {
+            let number = msg.issue.as_ref().map(|i| i.number).unwrap_or_default();
+            return Err(AppError::conflict("issue_taken", format!("issue #{number} already has its task")));
+        }
+        other => {
+            other?;
+        }
     }
     kiln.emit_one(
         &org,
@@ -373,6 +421,7 @@ async fn create(kiln: Kiln, org: String, id: String, msg: CreateTask) -> AppResu
                 "title": task.title, "description": task.description, "branch": task.branch,
                 "base_branch": task.base_branch, "agent": task.agent, "provider": task.provider,
                 "status": task.status,
+                "issue": msg.issue.as_ref().map(|i| json!({"number": i.number, "url": i.url})),
             }),
         )
         .repo(&msg.repo.name)

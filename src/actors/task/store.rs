@@ -1,5 +1,5 @@
-//! Writes to `tasks`, `task_runtime`, `task_sessions` and `task_reactions`. Only the TaskActor
-//! calls these.
+//! Writes to `tasks`, `task_runtime`, `task_sessions`, `task_reactions` and
+//! `task_issues`. Only the TaskActor calls these.
 
 use diesel::prelude::*;
 use diesel::sqlite::SqliteConnection;
@@ -7,8 +7,47 @@ use diesel::sqlite::SqliteConnection;
 use crate::db::models::Task;
 use crate::db::schema::tasks;
 
-pub(super) fn insert_task(conn: &mut SqliteConnection, row: &Task) -> QueryResult<()> {
-    diesel::insert_into(tasks::table).values(row).execute(conn).map(|_| ())
+/// Inserts the task, and with it (in the writer's one transaction) the issue it
+/// is made from. Answers `false`, inserting nothing, when that issue has a task
+/// already (the unique `(repo_id, issue_number)` is the backstop).
+pub(super) fn insert_task(conn: &mut SqliteConnection, row: &Task, issue: Option<&crate::db::models::TaskIssue>) -> QueryResult<bool> {
+    use crate::db::schema::task_issues;
+    if let Some(issue) = issue {
+        let taken: i64 = task_issues::table
+            .filter(task_issues::repo_id.eq(issue.repo_id))
+            .filter(task_issues::issue_number.eq(issue.issue_number))
+            .count()
+            .get_result(conn)?;
+        if taken > 0 {
+            return Ok(false);
+        }
+    }
+    diesel::insert_into(tasks::table).values(row).execute(conn)?;
+    if let Some(issue) = issue {
+        diesel::insert_into(task_issues::table).values(issue).execute(conn)?;
+    }
+    Ok(true)
+}
+
+/// Claims one attempt at the comment that reports the PR on the issue: the
+/// row goes to `pending` with one more attempt. Answers it, or `None` when it
+/// is `posted` or `failed` already.
+pub(super) fn claim_issue_comment(conn: &mut SqliteConnection, task: &str) -> QueryResult<Option<crate::db::models::TaskIssue>> {
+    use crate::db::schema::task_issues;
+    diesel::update(task_issues::table.find(task).filter(task_issues::comment_state.eq_any(["none", "pending"])))
+        .set((task_issues::comment_state.eq("pending"), task_issues::comment_attempts.eq(task_issues::comment_attempts + 1)))
+        .returning(crate::db::models::TaskIssue::as_returning())
+        .get_result(conn)
+        .optional()
+}
+
+/// Records how the comment ended: `posted` (with its URL) or `failed`.
+pub(super) fn settle_issue_comment(conn: &mut SqliteConnection, task: &str, state: &str, url: Option<&str>) -> QueryResult<()> {
+    use crate::db::schema::task_issues;
+    diesel::update(task_issues::table.find(task))
+        .set((task_issues::comment_state.eq(state), task_issues::comment_url.eq(url)))
+        .execute(conn)
+        .map(|_| ())
 }
 
 /// Moves the task from `from` to `to`; answers `None` if it was no longer in `from`.
