@@ -26,6 +26,15 @@
 //! - §3.10: every `200` to a GET carries a strong ETag of its body; a matching `If-None-Match`
 //!   answers `304` with no body and spends nothing.
 //! - §3.11: [`FakeGithub::sign`] makes `X-Hub-Signature-256`.
+//! - Issues (not in PROTOCOLS.md; from GitHub's REST reference, "List repository issues",
+//!   "Get an issue", "Create an issue comment", "List issue comments", and the `issues`
+//!   webhook): issues and PRs share one number sequence, and the issue list answers both, a PR
+//!   as an issue with a `pull_request` key. The list filters on `state` (`open` by default),
+//!   `labels` (comma-separated, all must be on it, names compared without case) and `since`
+//!   (`updated_at` at or after), sorts by `created` or `updated`, `desc` by default, and pages
+//!   like every list (with ETags). A comment answers 201 and bumps the issue's `updated_at`, as
+//!   on GitHub; a comment without `body` is a 422. [`FakeGithub::issues_delivery`] builds an
+//!   `issues` webhook payload (`action`, `issue`, `label` for `labeled`, `repository`, `sender`).
 //!
 //! Not faked: forks, `rebase` merges that are not a fast-forward (405), `sort`/`direction`,
 //! branches (§3.7), webhook delivery, GraphQL, and the hourly reset of the limit.
@@ -103,6 +112,23 @@ struct Repo {
     review_comments: Vec<(u64, Value)>,
     /// (check run id, annotation)
     annotations: Vec<(u64, Value)>,
+    issues: Vec<Issue>,
+    /// (issue or PR number, comment)
+    issue_comments: Vec<(u64, Value)>,
+}
+
+/// An issue (not a PR): PRs are issues too, but live in `pulls`.
+#[derive(Default, Clone)]
+struct Issue {
+    number: u64,
+    title: String,
+    body: String,
+    user: String,
+    labels: Vec<String>,
+    open: bool,
+    created_at: u64,
+    updated_at: u64,
+    closed_at: Option<u64>,
 }
 
 #[derive(Default)]
@@ -125,6 +151,7 @@ struct Pull {
     updated_at: u64,
     closed_at: Option<u64>,
     merged_at: Option<u64>,
+    labels: Vec<String>,
 }
 
 /// What the server got, detached from actix so it can be answered on the blocking pool.
@@ -197,8 +224,10 @@ impl FakeGithub {
     pub fn add_repo(&self, full_name: &str, origin: &Path) {
         let (full_name, origin) = (full_name.to_string(), origin.to_path_buf());
         let (clock, pulls, check_runs, statuses, reviews) = Default::default();
-        let (review_comments, annotations) = Default::default();
-        let repo = Repo { full_name: full_name.clone(), origin, clock, pulls, check_runs, statuses, reviews, review_comments, annotations };
+        let (review_comments, annotations, issues, issue_comments) = Default::default();
+        let repo = Repo {
+            full_name: full_name.clone(), origin, clock, pulls, check_runs, statuses, reviews, review_comments, annotations, issues, issue_comments,
+        };
         self.state().repos.insert(full_name, repo);
     }
 
@@ -209,6 +238,71 @@ impl FakeGithub {
             let (head_sha, base_sha, user, title) = (made_up_sha(head_ref), made_up_sha(base), "octocat".into(), title.into());
             repo.push_pull(Pull { user, title, head_ref: head_ref.into(), base_ref: base.into(), head_sha, base_sha, ..Pull::default() })
         })
+    }
+
+    /// Opens an issue by `octocat` with these labels; answers its number (shared with PRs).
+    pub fn add_issue(&self, full_name: &str, title: &str, body: &str, labels: &[&str]) -> u64 {
+        self.with_repo(full_name, |repo| {
+            let (number, at) = (repo.next_number(), repo.clock.tick());
+            let labels = labels.iter().map(|l| l.to_string()).collect();
+            let (title, body) = (title.to_string(), body.to_string());
+            repo.issues.push(Issue { number, title, body, user: "octocat".into(), labels, open: true, created_at: at, updated_at: at, closed_at: None });
+            number
+        })
+    }
+
+    /// Adds `label` to issue or PR `number` (bumps its `updated_at`).
+    pub fn label(&self, full_name: &str, number: u64, label: &str) {
+        self.with_repo(full_name, |repo| {
+            let at = repo.clock.tick();
+            if let Some(issue) = repo.issues.iter_mut().find(|i| i.number == number) {
+                issue.labels.push(label.into());
+                issue.updated_at = at;
+            } else {
+                let pull = repo.pull_mut(number);
+                pull.labels.push(label.into());
+                pull.updated_at = at;
+            }
+        })
+    }
+
+    /// Removes `label` from issue `number` (bumps its `updated_at`).
+    pub fn unlabel(&self, full_name: &str, number: u64, label: &str) {
+        self.with_repo(full_name, |repo| {
+            let at = repo.clock.tick();
+            let issue = repo.issue_mut(number);
+            issue.labels.retain(|l| !l.eq_ignore_ascii_case(label));
+            issue.updated_at = at;
+        })
+    }
+
+    /// The issue object, as `GET /repos/{o}/{r}/issues/{n}` answers it.
+    pub fn issue(&self, full_name: &str, number: u64) -> Value {
+        self.with_repo(full_name, |repo| {
+            let i = repo.issues.iter().position(|i| i.number == number).expect("no such issue");
+            repo.issue_json(&self.url, &repo.issues[i])
+        })
+    }
+
+    /// The comments on issue (or PR) `number`, oldest first.
+    pub fn issue_comments(&self, full_name: &str, number: u64) -> Vec<Value> {
+        self.with_repo(full_name, |repo| repo.issue_comments.iter().filter(|(n, _)| *n == number).map(|(_, c)| c.clone()).collect())
+    }
+
+    /// An `issues` webhook payload for issue `number` as it is now: `action`
+    /// (`opened`, `labeled`, …), and for `labeled`/`unlabeled` the `label`.
+    pub fn issues_delivery(&self, full_name: &str, number: u64, action: &str, label: Option<&str>) -> Value {
+        let issue = self.issue(full_name, number);
+        let (owner, name) = full_name.split_once('/').expect("owner/name");
+        let mut payload = json!({
+            "action": action, "issue": issue,
+            "repository": {"id": 1, "full_name": full_name, "name": name, "owner": {"login": owner}, "private": false},
+            "sender": {"login": "octocat", "type": "User"},
+        });
+        if let Some(l) = label {
+            payload["label"] = label_json(l);
+        }
+        payload
     }
 
     /// Adds a check run on `sha`; a `completed` one gets `completed_at`. A second run
@@ -514,6 +608,26 @@ impl State {
                 }
                 _ => not_found(),
             },
+            ("GET", ["issues"]) => match repo.list_issues(base, &q) {
+                Ok(items) => page(items),
+                Err(answer) => answer,
+            },
+            ("GET", ["issues", n]) => match n.parse::<u64>().ok() {
+                Some(n) => match (repo.issues.iter().find(|i| i.number == n), repo.index(n)) {
+                    (Some(i), _) => ok(repo.issue_json(base, i)),
+                    (None, Some(p)) => ok(repo.pull_as_issue(base, &repo.pulls[p])),
+                    _ => not_found(),
+                },
+                None => not_found(),
+            },
+            ("GET", ["issues", n, "comments"]) => match n.parse::<u64>().ok().filter(|n| repo.issues.iter().any(|i| i.number == *n) || repo.index(*n).is_some()) {
+                Some(n) => page(repo.issue_comments.iter().filter(|(m, _)| *m == n).map(|(_, c)| c.clone()).collect()),
+                None => not_found(),
+            },
+            ("POST", ["issues", n, "comments"]) => match n.parse::<u64>().ok().filter(|n| repo.issues.iter().any(|i| i.number == *n) || repo.index(*n).is_some()) {
+                Some(n) => repo.comment(n, &call.body),
+                None => not_found(),
+            },
             ("GET", ["commits", r @ .., "check-runs"]) if !r.is_empty() => repo.check_runs_json(&r.join("/"), &q),
             ("GET", ["commits", r @ .., "status"]) if !r.is_empty() => repo.combined_status(&r.join("/")),
             _ => not_found(),
@@ -576,6 +690,109 @@ impl Repo {
         self.pulls.iter().position(|p| p.number == number)
     }
 
+    /// The next issue or PR number (one sequence for both, as on GitHub).
+    fn next_number(&self) -> u64 {
+        (self.pulls.len() + self.issues.len()) as u64 + 1
+    }
+
+    fn issue_mut(&mut self, number: u64) -> &mut Issue {
+        let i = self.issues.iter().position(|i| i.number == number).unwrap_or_else(|| panic!("fake github: no issue #{number}"));
+        &mut self.issues[i]
+    }
+
+    /// An issue as the issues API answers it.
+    fn issue_json(&self, base: &str, i: &Issue) -> Value {
+        let comments = self.issue_comments.iter().filter(|(n, _)| *n == i.number).count();
+        json!({
+            "url": format!("{base}/repos/{}/issues/{}", self.full_name, i.number),
+            "html_url": format!("https://github.com/{}/issues/{}", self.full_name, i.number),
+            "id": 200_000 + i.number, "number": i.number, "state": if i.open { "open" } else { "closed" },
+            "title": i.title, "body": i.body, "user": {"login": i.user, "type": "User"},
+            "labels": i.labels.iter().map(|l| label_json(l)).collect::<Vec<_>>(),
+            "assignees": [], "milestone": null, "locked": false, "comments": comments,
+            "created_at": rfc3339(i.created_at), "updated_at": rfc3339(i.updated_at), "closed_at": i.closed_at.map(rfc3339),
+            "author_association": "NONE",
+        })
+    }
+
+    /// A PR as the issues API answers it: an issue with a `pull_request` key.
+    fn pull_as_issue(&self, base: &str, p: &Pull) -> Value {
+        let comments = self.issue_comments.iter().filter(|(n, _)| *n == p.number).count();
+        let html = format!("https://github.com/{}/pull/{}", self.full_name, p.number);
+        json!({
+            "url": format!("{base}/repos/{}/issues/{}", self.full_name, p.number),
+            "html_url": html, "id": 100_000 + p.number, "number": p.number, "state": if p.open { "open" } else { "closed" },
+            "title": p.title, "body": p.body, "user": {"login": p.user, "type": "User"},
+            "labels": p.labels.iter().map(|l| label_json(l)).collect::<Vec<_>>(),
+            "assignees": [], "milestone": null, "locked": false, "comments": comments, "draft": p.draft,
+            "created_at": rfc3339(p.created_at), "updated_at": rfc3339(p.updated_at), "closed_at": p.closed_at.map(rfc3339),
+            "author_association": "NONE",
+            "pull_request": {
+                "url": format!("{base}/repos/{}/pulls/{}", self.full_name, p.number), "html_url": html,
+                "diff_url": format!("{html}.diff"), "patch_url": format!("{html}.patch"), "merged_at": p.merged_at.map(rfc3339),
+            },
+        })
+    }
+
+    /// "List repository issues": issues and PRs, filtered, sorted, for the caller to page.
+    fn list_issues(&self, base: &str, q: &Query) -> Result<Vec<Value>, Answer> {
+        let arg = |k: &str| q.get(k).map(String::as_str);
+        let labels: Vec<String> = arg("labels").map(|l| l.split(',').map(|s| s.trim().to_lowercase()).filter(|s| !s.is_empty()).collect()).unwrap_or_default();
+        let since = match arg("since") {
+            Some(s) => Some(parse_rfc3339(s).ok_or_else(|| validation(json!({"resource": "Issue", "field": "since", "code": "invalid"})))?),
+            None => None,
+        };
+        let state = arg("state").unwrap_or("open");
+        // (number, open, labels, created, updated, json)
+        let mut rows: Vec<(bool, Vec<String>, u64, u64, Value)> = Vec::new();
+        for i in &self.issues {
+            rows.push((i.open, i.labels.clone(), i.created_at, i.updated_at, self.issue_json(base, i)));
+        }
+        for p in &self.pulls {
+            rows.push((p.open, p.labels.clone(), p.created_at, p.updated_at, self.pull_as_issue(base, p)));
+        }
+        rows.retain(|(open, have, _, updated, _)| {
+            let state_ok = match state {
+                "all" => true,
+                "closed" => !open,
+                _ => *open,
+            };
+            let have: Vec<String> = have.iter().map(|l| l.to_lowercase()).collect();
+            state_ok && labels.iter().all(|l| have.contains(l)) && since.is_none_or(|s| *updated >= s)
+        });
+        let by_updated = arg("sort") == Some("updated");
+        rows.sort_by_key(|(_, _, created, updated, v)| (if by_updated { *updated } else { *created }, v["number"].as_u64().unwrap_or(0)));
+        if arg("direction") != Some("asc") {
+            rows.reverse();
+        }
+        Ok(rows.into_iter().map(|r| r.4).collect())
+    }
+
+    /// "Create an issue comment": 201 with the comment; bumps the issue's `updated_at`.
+    fn comment(&mut self, number: u64, body: &[u8]) -> Answer {
+        let Ok(b) = serde_json::from_slice::<Value>(body) else { return error(400, "Problems parsing JSON") };
+        let Some(text) = b["body"].as_str() else {
+            return validation(json!({"resource": "IssueComment", "field": "body", "code": "missing_field"}));
+        };
+        let (at, id) = (self.clock.tick(), next_id());
+        let html = if self.issues.iter().any(|i| i.number == number) {
+            format!("https://github.com/{}/issues/{number}#issuecomment-{id}", self.full_name)
+        } else {
+            self.pull_mut(number).updated_at = at;
+            format!("https://github.com/{}/pull/{number}#issuecomment-{id}", self.full_name)
+        };
+        if let Some(issue) = self.issues.iter_mut().find(|i| i.number == number) {
+            issue.updated_at = at;
+        }
+        let comment = json!({
+            "id": id, "node_id": format!("IC_{id}"), "html_url": html, "body": text,
+            "user": {"login": BOT, "type": "User"}, "created_at": rfc3339(at), "updated_at": rfc3339(at),
+            "author_association": "MEMBER",
+        });
+        self.issue_comments.push((number, comment.clone()));
+        json_answer(201, comment)
+    }
+
     fn pull_mut(&mut self, number: u64) -> &mut Pull {
         let i = self.index(number).unwrap_or_else(|| panic!("fake github: no pull #{number}"));
         &mut self.pulls[i]
@@ -583,7 +800,7 @@ impl Repo {
 
     /// Opens `pull` with the next number; answers the number.
     fn push_pull(&mut self, pull: Pull) -> u64 {
-        let (number, at) = (self.pulls.len() as u64 + 1, self.clock.tick());
+        let (number, at) = (self.next_number(), self.clock.tick());
         self.pulls.push(Pull { number, open: true, created_at: at, updated_at: at, ..pull });
         number
     }
@@ -608,7 +825,7 @@ impl Repo {
             "base": {"ref": p.base_ref, "sha": p.base_sha, "label": format!("{owner}:{}", p.base_ref), "repo": repo},
             "created_at": rfc3339(p.created_at), "updated_at": rfc3339(p.updated_at),
             "closed_at": p.closed_at.map(rfc3339), "merged_at": p.merged_at.map(rfc3339),
-            "labels": [], "requested_reviewers": [], "auto_merge": null,
+            "labels": p.labels.iter().map(|l| label_json(l)).collect::<Vec<_>>(), "requested_reviewers": [], "auto_merge": null,
         });
         if !full {
             return v;
@@ -681,7 +898,7 @@ impl Repo {
         let (body, draft) = (b["body"].as_str().unwrap_or_default().into(), b["draft"].as_bool().unwrap_or(false));
         let (title, user, head_ref, base_ref) = (title.into(), BOT.into(), head_ref.into(), base_ref.into());
         let number = self.push_pull(Pull { title, body, user, head_ref, base_ref, head_sha, base_sha, draft, ..Pull::default() });
-        json_answer(201, self.pull_json(base, &self.pulls[number as usize - 1], true))
+        json_answer(201, self.pull_json(base, &self.pulls[self.index(number).expect("just pushed")], true))
     }
 
     /// §3.5: 405 unless open and mergeable, 409 on a moved head, else a real merge.
@@ -804,6 +1021,30 @@ fn paginate(base: &str, call: &Call, q: &Query, items: Vec<Value>) -> Answer {
         answer.headers.push(("link", links.join(", ")));
     }
     answer
+}
+
+/// A label as the API answers it.
+fn label_json(name: &str) -> Value {
+    let id = name.bytes().fold(7u64, |h, b| h.wrapping_mul(31).wrapping_add(b as u64)) % 1_000_000_000;
+    json!({"id": id, "name": name, "color": "ededed", "default": false, "description": null})
+}
+
+/// `YYYY-MM-DDTHH:MM:SSZ` as unix seconds (what `since` takes).
+fn parse_rfc3339(s: &str) -> Option<u64> {
+    let b = s.as_bytes();
+    if b.len() != 20 || b[4] != b'-' || b[7] != b'-' || b[10] != b'T' || b[13] != b':' || b[16] != b':' || b[19] != b'Z' {
+        return None;
+    }
+    let n = |r: std::ops::Range<usize>| s.get(r)?.parse::<u64>().ok();
+    let (y, mo, d, h, mi, se) = (n(0..4)?, n(5..7)?, n(8..10)?, n(11..13)?, n(14..16)?, n(17..19)?);
+    // Days from the civil date (Howard Hinnant's algorithm), 1970-01-01 is day 0.
+    let (y, mo) = if mo <= 2 { (y - 1, mo + 9) } else { (y, mo - 3) };
+    let era = y / 400;
+    let yoe = y - era * 400;
+    let doy = (153 * mo + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(days * 86_400 + h * 3600 + mi * 60 + se)
 }
 
 fn json_answer(status: u16, body: Value) -> Answer {
@@ -969,6 +1210,42 @@ mod tests {
     fn sign_matches_the_documented_test_vector() {
         let signature = FakeGithub::sign("It's a Secret to Everybody", b"Hello, World!");
         assert_eq!(signature, "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17");
+    }
+
+    #[actix_web::test]
+    async fn issues_list_with_prs_labels_since_etags_and_comments() {
+        let dir = tempfile::tempdir().unwrap();
+        let (gh, _origin, _work) = fake_with_origin(dir.path());
+        let bug = gh.add_issue("acme/widget", "Bug", "it breaks", &["kiln", "bug"]);
+        let pr = gh.add_pull("acme/widget", "feature", "main", "A PR");
+        let plain = gh.add_issue("acme/widget", "Plain", "", &[]);
+        assert_eq!((bug, pr, plain), (1, 2, 3), "issues and PRs share one number sequence");
+        gh.label("acme/widget", pr, "Kiln");
+        let url = "/repos/acme/widget/issues?labels=kiln&state=open&sort=created&direction=asc&per_page=100";
+        let got = get(&gh, url).await;
+        assert_eq!(got.status, 200);
+        assert_eq!(got.numbers(), vec![1, 2], "labelled issue and PR, oldest first; labels compared without case");
+        assert!(got.body[0].get("pull_request").is_none());
+        assert_eq!(got.body[1]["pull_request"]["html_url"], "https://github.com/acme/widget/pull/2");
+        assert_eq!(get(&gh, "/repos/acme/widget/issues").await.numbers(), vec![3, 2, 1], "newest first by default");
+        assert_eq!(get(&gh, "/repos/acme/widget/issues?labels=kiln,bug").await.numbers(), vec![1], "every label must be on it");
+        assert_eq!(get(&gh, "/repos/acme/widget/issues?since=2999-01-01T00:00:00Z").await.numbers(), Vec::<u64>::new());
+        assert_eq!(get(&gh, "/repos/acme/widget/issues?since=yesterday").await.status, 422);
+        // Unchanged: a free 304.
+        let etag = got.header("etag").to_string();
+        let before = gh.rate_limit_remaining();
+        let again = call(&gh, Some(gh.token()), "GET", url, None, &[("If-None-Match", &etag)]).await;
+        assert_eq!((again.status, gh.rate_limit_remaining()), (304, before));
+        // A comment is a 201 and changes the issue, so the list changes too.
+        let c = send(&gh, "POST", "/repos/acme/widget/issues/1/comments", json!({"body": "hello"})).await;
+        assert_eq!(c.status, 201, "{:?}", c.body);
+        assert!(c.body["html_url"].as_str().unwrap().starts_with("https://github.com/acme/widget/issues/1#issuecomment-"));
+        assert_eq!(send(&gh, "POST", "/repos/acme/widget/issues/1/comments", json!({})).await.status, 422);
+        assert_eq!(send(&gh, "POST", "/repos/acme/widget/issues/99/comments", json!({"body": "x"})).await.status, 404);
+        assert_eq!(get(&gh, "/repos/acme/widget/issues/1/comments").await.body[0]["body"], "hello");
+        let changed = call(&gh, Some(gh.token()), "GET", url, None, &[("If-None-Match", &etag)]).await;
+        assert_eq!(changed.status, 200, "a comment bumps updated_at");
+        assert_eq!(parse_rfc3339(&rfc3339(1_795_000_123)), Some(1_795_000_123));
     }
 
     #[test]

@@ -27,6 +27,7 @@ mod fake_github;
 mod fake_sandbox_agent;
 mod git_lifecycle;
 mod isolation;
+mod issue_intake;
 mod lifecycle;
 mod migrations;
 mod notifications;
