@@ -111,6 +111,18 @@ pub enum RepoCmd {
         /// Archive a task whose PR is merged or closed outside Kiln (true/false).
         #[structopt(long)]
         archive_on_external_merge: Option<bool>,
+        /// Make a task of each open GitHub issue with the intake label (true/false).
+        #[structopt(long)]
+        issues: Option<bool>,
+        /// The label that asks for a task (default `kiln`).
+        #[structopt(long)]
+        issue_label: Option<String>,
+        /// The agent profile of tasks made from issues (`default`: the server's default agent).
+        #[structopt(long)]
+        issue_agent: Option<String>,
+        /// At most this many tasks made from issues active at once (1-100).
+        #[structopt(long)]
+        issue_max_active: Option<u32>,
         #[structopt(long)]
         json: bool,
     },
@@ -335,6 +347,10 @@ async fn repo(ctx: &Ctx, cmd: RepoCmd) -> CliResult<()> {
             merge_when_green,
             stuck_after,
             archive_on_external_merge,
+            issues,
+            issue_label,
+            issue_agent,
+            issue_max_active,
             json,
         } => {
             let current: Value = ctx.api.get(&ctx.org_path(&format!("/repos/{}", enc(&repo)))).await?;
@@ -400,6 +416,18 @@ async fn repo(ctx: &Ctx, cmd: RepoCmd) -> CliResult<()> {
             }
             if let Some(a) = archive_on_external_merge {
                 settings.automation.archive_on_external_merge = a;
+            }
+            if let Some(on) = issues {
+                settings.issues.enabled = on;
+            }
+            if let Some(label) = issue_label {
+                settings.issues.label = label;
+            }
+            if let Some(agent) = issue_agent {
+                settings.issues.agent = Some(agent).filter(|a| a != "default" && !a.is_empty());
+            }
+            if let Some(n) = issue_max_active {
+                settings.issues.max_active = n;
             }
             let res: Value = ctx.api.put(&ctx.org_path(&format!("/repos/{}/settings", enc(&repo))), &settings).await?;
             if json {
@@ -561,6 +589,16 @@ async fn show(ctx: &Ctx, task: &str, json: bool) -> CliResult<()> {
         println!("{key:<14}{}", field(&res, key));
     }
     println!("{:<14}{}", "created", created(&res));
+    let issue = &res["issue"];
+    if !issue.is_null() {
+        // `issue  #12 https://github.com/acme/app/issues/12 (PR reported: https://…)`.
+        let reported = match issue["comment_state"].as_str() {
+            Some("posted") => format!(" (PR reported: {})", field(issue, "comment_url")),
+            Some("failed") => " (could not report the PR on it)".to_string(),
+            _ => String::new(),
+        };
+        println!("{:<14}#{} {}{reported}", "issue", issue["number"], field(issue, "url"));
+    }
     let pr = &res["pull_request"];
     if pr.is_null() {
         println!("{:<14}-", "pr");

@@ -197,6 +197,10 @@ async fn a_labelled_issue_becomes_exactly_one_task_whose_pr_closes_it_with_one_c
     })
     .await;
     assert_eq!(detail["issue"]["comment_url"], comments[0]["html_url"]);
+    let (code, out, err) = cli(&s.server, &["show", &task]);
+    assert_eq!(code, 0, "{err}");
+    let line = out.lines().find(|l| l.starts_with("issue ")).unwrap_or_else(|| panic!("kiln show names the issue: {out}"));
+    assert!(line.contains(&format!("#{issue} https://github.com/{FULL}/issues/{issue}")) && line.contains("PR reported"), "{line}");
     let commented: Vec<Value> = s.c.events_since("default", 0).await.into_iter().filter(|e| e["kind"] == "issue.commented").collect();
     assert_eq!(commented.len(), 1, "{commented:?}");
     assert_eq!(commented[0]["data"]["pr"], pr_number);
@@ -273,6 +277,16 @@ async fn issue_settings_are_off_by_default_and_checked() {
     }
     let r = put(json!({"agent": "nobody"})).await;
     assert_eq!((r.status, r.code()), (422, "unknown_agent"), "{r:?}");
+    // The CLI sets them; flags not given keep their value.
+    let (code, out, err) = cli(&s.server, &["repo", "settings", "origin", "--issue-label", "good first issue", "--issue-agent", "quick", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let shown: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(shown["issues"], json!({"enabled": false, "label": "good first issue", "agent": "quick", "max_active": 5}));
+    assert_eq!(shown["github"], FULL);
+    let (code, out, err) = cli(&s.server, &["repo", "settings", "origin", "--issue-agent", "default", "--issue-max-active", "3", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let shown: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(shown["issues"], json!({"enabled": false, "label": "good first issue", "agent": null, "max_active": 3}));
     // Off: no poller lists issues, and a webhook takes nothing.
     let payload = gh.issues_delivery(FULL, 1, "opened", None);
     assert_eq!(deliver(&s.c, &gh, &payload, "d-off").await, 202);
