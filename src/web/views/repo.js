@@ -213,9 +213,11 @@ function settingsPane(pane, app, base, current, saved) {
         },
       };
       if (github.value.trim()) body.github = github.value.trim();
-      // A PUT replaces every setting: keep the reactions this form does not show.
+      // A PUT replaces every setting: keep the reactions and issue intake this form does not show.
       const reactions = current().settings?.reactions;
       if (reactions) body.reactions = reactions;
+      const issues = current().settings?.issues;
+      if (issues) body.issues = issues;
       if (max.value.trim() === '' || !Number.isInteger(Number(max.value)) || Number(max.value) < 0) {
         out.fail({ message: 'Not saved: the number of CI hand-overs must be a whole number from 0 to 20.' });
         max.focus();
