@@ -18,6 +18,7 @@ const OWNERS: &[(&str, &str)] = &[
     ("task_runtime", "src/actors/task/store.rs"),
     ("task_sessions", "src/actors/task/store.rs"),
     ("task_reactions", "src/actors/task/store.rs"),
+    ("task_issues", "src/actors/task/store.rs"),
     ("sandbox_instances", "src/actors/sandbox/store.rs"),
     ("events", "src/actors/history/store.rs"),
     ("notification_webhooks", "src/actors/notify/store.rs"),
