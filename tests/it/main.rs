@@ -20,6 +20,7 @@ mod dashboard_notify;
 mod dashboard_conflicts;
 mod dashboard_views;
 mod daytona_client;
+mod daytona_many;
 mod daytona_profile;
 mod daytona_provider;
 mod fake_daytona;
