@@ -118,6 +118,10 @@ pub struct Call {
     pub sdk_version: Option<String>,
     /// It carried the right API key.
     pub authorized: bool,
+    /// When it arrived, and how long the fake took to answer it (to the answer's
+    /// head: a proxied body may stream on), so a bench can tell the fake's time from Kiln's.
+    pub at: Instant,
+    pub took: Duration,
 }
 
 /// The running fake; stops on drop, killing every process its sandboxes run.
@@ -416,6 +420,18 @@ impl FakeDaytona {
         path.to_string_lossy().into_owned()
     }
 
+    /// The sandboxes not yet deleted: `(id, name)`, in creation order.
+    pub fn sandboxes(&self) -> Vec<(String, String)> {
+        let mut state = self.state();
+        state.settle();
+        state.sandboxes.iter().filter(|s| s.state != "destroyed").map(|s| (s.id.clone(), s.name.clone())).collect()
+    }
+
+    /// How many sandboxes are not yet deleted.
+    pub fn live_sandboxes(&self) -> usize {
+        self.sandboxes().len()
+    }
+
     /// How many process groups the sandbox runs now.
     pub fn process_groups(&self, id: &str) -> usize {
         self.state().sandboxes.iter().find(|s| s.id == id).map(|s| lock(&s.procs).len()).unwrap_or(0)
@@ -562,7 +578,7 @@ fn header(req: &HttpRequest, name: &str) -> Option<String> {
 
 /// The one handler: routes by hand, then records the call.
 async fn entry(req: HttpRequest, payload: web::Payload, shared: web::Data<Shared>) -> HttpResponse {
-    let shared = shared.into_inner();
+    let (shared, at) = (shared.into_inner(), Instant::now());
     let upgrade = header(&req, "upgrade").is_some_and(|u| u.eq_ignore_ascii_case("websocket"));
     let (body, payload) = if upgrade {
         (web::Bytes::new(), Some(payload))
@@ -590,6 +606,8 @@ async fn entry(req: HttpRequest, payload: web::Payload, shared: web::Data<Shared
         body: json_body,
         sdk_version: header(&req, "x-daytona-sdk-version"),
         authorized,
+        at,
+        took: at.elapsed(),
     });
     res
 }

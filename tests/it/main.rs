@@ -26,6 +26,8 @@ mod daytona_provider;
 mod fake_daytona;
 mod fake_github;
 mod fake_sandbox_agent;
+mod first_polls;
+mod git_http;
 mod git_lifecycle;
 mod isolation;
 mod lifecycle;
