@@ -294,3 +294,35 @@ pub fn git(dir: &Path, args: &[&str]) -> String {
     assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
+
+/// The real sandbox-agent binary, found as the integration tests find it:
+/// `KILN_SANDBOX_AGENT_BIN`, else where `.ci/run` caches it.
+pub fn sandbox_agent_bin() -> Option<String> {
+    if let Ok(bin) = std::env::var("KILN_SANDBOX_AGENT_BIN") {
+        return Some(bin);
+    }
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+    let bin = cache.join("kiln-ci/sandbox-agent-0.4.2/node_modules/@sandbox-agent/cli-linux-x64/bin/sandbox-agent");
+    bin.is_file().then(|| bin.to_string_lossy().to_string())
+}
+
+/// Polls `check` until it answers, or panics after `timeout` (as the tests'
+/// helper of the same name, which the fakes' own tests use).
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        if std::time::Instant::now() > deadline {
+            panic!("timed out waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

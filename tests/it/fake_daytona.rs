@@ -50,7 +50,7 @@
 #![allow(dead_code)]
 
 use std::collections::{HashMap, HashSet};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -118,6 +118,10 @@ pub struct Call {
     pub sdk_version: Option<String>,
     /// It carried the right API key.
     pub authorized: bool,
+    /// When it arrived, and how long the fake took to answer it (to the answer's
+    /// head: a proxied body may stream on), so a bench can tell the fake's time from Kiln's.
+    pub at: Instant,
+    pub took: Duration,
 }
 
 /// The running fake; stops on drop, killing every process its sandboxes run.
@@ -156,6 +160,8 @@ struct State {
     hang_toolbox: bool,
     next_create: Option<CreateFault>,
     calls: Vec<Call>,
+    /// Ports each new sandbox gets a host port of its own for ([`FakeDaytona::private_ports`]).
+    private_ports: Vec<u16>,
 }
 
 struct Sandbox {
@@ -177,6 +183,8 @@ struct Sandbox {
     epoch: u64,
     procs: Procs,
     sessions: HashMap<String, Arc<Session>>,
+    /// Its own host port for each private port: what its previews of that port reach.
+    ports: HashMap<u16, u16>,
 }
 
 /// The process groups a sandbox runs (each command leads its own).
@@ -259,6 +267,7 @@ impl FakeDaytona {
                 hang_toolbox: false,
                 next_create: None,
                 calls: Vec::new(),
+                private_ports: Vec::new(),
             }),
         });
         let data = web::Data::from(shared.clone());
@@ -379,6 +388,50 @@ impl FakeDaytona {
         self.state().sandboxes.iter().find(|s| s.id == id).map(|s| s.home.clone())
     }
 
+    /// A real sandbox has a network of its own; the fake's share this machine's,
+    /// so twenty sandboxes cannot all listen on one port. From now on each new
+    /// sandbox gets a free host port of its own for each of `ports`: its commands
+    /// see it as `DAYTONA_FAKE_PORT_<port>`, and its preview URL of `port` reaches
+    /// it. A program that takes `--port` learns it through [`FakeDaytona::port_mapper`].
+    pub fn private_ports(&self, ports: &[u16]) {
+        self.state().private_ports = ports.to_vec();
+    }
+
+    /// A wrapper for `bin` (as a sandbox's image would ship it) that runs `bin`
+    /// with `--port N` replaced by the sandbox's own `DAYTONA_FAKE_PORT_N`, when it
+    /// has one. Answers its path.
+    pub fn port_mapper(&self, bin: &str) -> String {
+        let dir = self.shared.root.join("bin");
+        std::fs::create_dir_all(&dir).expect("wrapper dir");
+        let path = dir.join(format!("port-mapped-{}", Path::new(bin).file_name().and_then(|n| n.to_str()).unwrap_or("bin")));
+        let script = format!(
+            "#!/usr/bin/env bash\n\
+             # {bin} as a fake Daytona sandbox runs it: on the sandbox's own port.\n\
+             args=()\n\
+             while [ $# -gt 0 ]; do\n\
+             \x20 if [ \"$1\" = --port ] && [ $# -gt 1 ]; then var=DAYTONA_FAKE_PORT_$2; args+=(--port \"${{!var:-$2}}\"); shift 2; continue; fi\n\
+             \x20 args+=(\"$1\"); shift\n\
+             done\n\
+             exec '{bin}' \"${{args[@]}}\"\n"
+        );
+        std::fs::write(&path, script).expect("write wrapper");
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod wrapper");
+        path.to_string_lossy().into_owned()
+    }
+
+    /// The sandboxes not yet deleted: `(id, name)`, in creation order.
+    pub fn sandboxes(&self) -> Vec<(String, String)> {
+        let mut state = self.state();
+        state.settle();
+        state.sandboxes.iter().filter(|s| s.state != "destroyed").map(|s| (s.id.clone(), s.name.clone())).collect()
+    }
+
+    /// How many sandboxes are not yet deleted.
+    pub fn live_sandboxes(&self) -> usize {
+        self.sandboxes().len()
+    }
+
     /// How many process groups the sandbox runs now.
     pub fn process_groups(&self, id: &str) -> usize {
         self.state().sandboxes.iter().find(|s| s.id == id).map(|s| lock(&s.procs).len()).unwrap_or(0)
@@ -468,6 +521,7 @@ impl Sandbox {
             ("LANG".into(), "C.UTF-8".into()),
             ("DAYTONA_SANDBOX_ID".into(), self.id.clone()),
         ];
+        env.extend(self.ports.iter().map(|(port, host)| (format!("DAYTONA_FAKE_PORT_{port}"), host.to_string())));
         env.extend(self.env.iter().filter_map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_string()))));
         RunCtx { home: self.home.clone(), env, procs: self.procs.clone() }
     }
@@ -524,7 +578,7 @@ fn header(req: &HttpRequest, name: &str) -> Option<String> {
 
 /// The one handler: routes by hand, then records the call.
 async fn entry(req: HttpRequest, payload: web::Payload, shared: web::Data<Shared>) -> HttpResponse {
-    let shared = shared.into_inner();
+    let (shared, at) = (shared.into_inner(), Instant::now());
     let upgrade = header(&req, "upgrade").is_some_and(|u| u.eq_ignore_ascii_case("websocket"));
     let (body, payload) = if upgrade {
         (web::Bytes::new(), Some(payload))
@@ -552,6 +606,8 @@ async fn entry(req: HttpRequest, payload: web::Payload, shared: web::Data<Shared
         body: json_body,
         sdk_version: header(&req, "x-daytona-sdk-version"),
         authorized,
+        at,
+        took: at.elapsed(),
     });
     res
 }
@@ -742,7 +798,14 @@ fn create(shared: &Shared, state: &mut State, path: &str, body: &[u8]) -> HttpRe
         epoch: 0,
         procs: Arc::default(),
         sessions: HashMap::new(),
+        ports: HashMap::new(),
     };
+    for port in state.private_ports.clone() {
+        match std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()) {
+            Ok(addr) => sb.ports.insert(port, addr.port()),
+            Err(e) => return nest_error(500, path, json!(format!("Internal server error: {e}"))),
+        };
+    }
     sb.transition("creating", then, state.timing.create, reason);
     let view = sb.view(&shared.base);
     state.sandboxes.push(sb);
@@ -1077,11 +1140,12 @@ async fn preview(
     let Some((port, id)) = target.split_once('-').and_then(|(p, id)| Some((p.parse::<u16>().ok()?, id.to_string()))) else {
         return HttpResponse::NotFound().body("no such preview");
     };
-    let (token, public, started) = {
+    let (token, public, started, host_port) = {
         let mut state = lock(&shared.state);
         let Some(sb) = state.find(&id) else { return HttpResponse::NotFound().body("sandbox not found") };
         let public = sb.request.get("public").and_then(Value::as_bool).unwrap_or(false);
-        (preview_token(&shared.secret, &sb.id, port, sb.epoch), public, sb.state == "started")
+        let host_port = sb.ports.get(&port).copied().unwrap_or(port);
+        (preview_token(&shared.secret, &sb.id, port, sb.epoch), public, sb.state == "started", host_port)
     };
     let given = header(req, "x-daytona-preview-token");
     if !(public || authorized || given.as_deref() == Some(token.as_str())) {
@@ -1092,7 +1156,7 @@ async fn preview(
     if !started {
         return HttpResponse::BadGateway().body("the sandbox is not running");
     }
-    let mut url = format!("http://127.0.0.1:{port}/{}", tail.join("/"));
+    let mut url = format!("http://127.0.0.1:{host_port}/{}", tail.join("/"));
     if !req.query_string().is_empty() {
         url = format!("{url}?{}", req.query_string());
     }
