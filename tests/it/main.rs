@@ -4,6 +4,7 @@
 mod common;
 
 mod api;
+mod attach;
 mod auth;
 mod bad_input;
 mod browser;
