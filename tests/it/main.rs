@@ -30,6 +30,7 @@ mod fake_sandbox_agent;
 mod git_lifecycle;
 mod isolation;
 mod lifecycle;
+mod maintenance;
 mod migrations;
 mod notifications;
 mod openapi;
