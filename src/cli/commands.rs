@@ -261,7 +261,7 @@ pub async fn run(ctx: Ctx, command: Command) -> CliResult<()> {
         Command::Merge { task, method } => {
             action(&ctx, &task, "merge", dto::TaskAction { method: Some(method), ..Default::default() }).await.map(|_| ())
         }
-        Command::Attach { task } => super::attach::attach(&ctx, &task).await,
+        Command::Attach { task, linger } => super::attach::attach(&ctx, &task, linger).await,
         Command::Send { task, no_enter, text } => {
             let mut text = text.join(" ");
             if !no_enter {

@@ -107,8 +107,15 @@ pub enum Command {
     },
     /// Relaunch an interrupted or stalled task's agent with its resume command.
     Resume { task: String },
-    /// Attach this terminal to the task's agent (Ctrl-\ detaches).
-    Attach { task: String },
+    /// Attach this terminal to the task's agent (Ctrl-\ detaches). A stream the server
+    /// cuts (a slow reader, a restart) is resumed from the offset reached.
+    Attach {
+        task: String,
+        /// When stdin is a pipe or file and ends: keep showing output until the
+        /// terminal has been quiet this many seconds, then detach
+        #[structopt(long, default_value = "1")]
+        linger: f64,
+    },
     /// Type text into the task's agent, followed by Enter.
     Send {
         task: String,

@@ -110,6 +110,74 @@ pub async fn backup(kiln: web::Data<Kiln>, caller: Caller) -> AppResult<HttpResp
     Ok(HttpResponse::Created().json(dto::Backup { path: target.to_string_lossy().into_owned(), bytes }))
 }
 
+/// Packs the repositories' mirrors (refs and objects, deleting no object), one at
+/// a time under each mirror's lock; a repository with an active task is skipped.
+/// See docs/operations.md, "Mirror maintenance".
+#[utoipa::path(
+    post, path = "/admin/repos/maintain", tag = "admin",
+    request_body(content = dto::MaintainRepos, description = "Optional: which repositories (default: every one)"),
+    responses(
+        (status = 200, description = "Each repository's outcome", body = dto::Items<dto::MirrorMaintained>),
+    ),
+)]
+pub async fn maintain_repos(
+    kiln: web::Data<Kiln>,
+    caller: Caller,
+    body: OptionalJson<dto::MaintainRepos>,
+) -> AppResult<HttpResponse> {
+    caller.require_admin()?;
+    let q = body.into_inner();
+    let repos = kiln.db.read(queries::all_repos_full).await?;
+    let mut items = Vec::new();
+    for repo in repos.into_iter().filter(|r| {
+        q.organization.as_deref().is_none_or(|o| r.organization == o) && q.repo.as_deref().is_none_or(|n| r.name == n)
+    }) {
+        items.push(maintain_one(&kiln, repo).await?);
+    }
+    Ok(HttpResponse::Ok().json(dto::Items { items }))
+}
+
+/// One mirror: under its lock, so no worktree is added or removed and no fetch
+/// or push runs meanwhile; and only with no active task, checked under the lock
+/// (a task created later provisions under the same lock, after this).
+async fn maintain_one(kiln: &Kiln, repo: crate::db::models::Repo) -> AppResult<dto::MirrorMaintained> {
+    let started = std::time::Instant::now();
+    let mirror = kiln.mirror_dir(&repo.organization, &repo.name);
+    let _git = kiln.git_locks.lock(&mirror).await;
+    let id = repo.id;
+    let active = kiln.db.read(move |c| queries::active_tasks_count(c, id)).await?;
+    let mut item = dto::MirrorMaintained {
+        organization: repo.organization,
+        repo: repo.name,
+        outcome: "skipped".into(),
+        reason: None,
+        before: None,
+        after: None,
+        ms: 0,
+    };
+    if active > 0 {
+        item.reason = Some(format!(
+            "{active} active task(s) share its object store; it is packed once none is active (kill, archive or merge them)"
+        ));
+    } else {
+        let done = blocking(move || Ok(crate::integrations::git::maintain_mirror(&mirror))).await?;
+        match done {
+            Ok((before, after)) => {
+                item.outcome = "packed".into();
+                item.before = Some(before.into());
+                item.after = Some(after.into());
+            }
+            Err(e) => {
+                log::warn!("maintaining the mirror of {}/{} failed: {e}", item.organization, item.repo);
+                item.outcome = "failed".into();
+                item.reason = Some(kiln.redactor.text(&e.to_string()).into_owned());
+            }
+        }
+    }
+    item.ms = started.elapsed().as_millis() as u64;
+    Ok(item)
+}
+
 /// Every live poller, with its interval and how its polls went.
 #[utoipa::path(
     get, path = "/admin/pollers", tag = "admin",

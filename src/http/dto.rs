@@ -301,6 +301,47 @@ pub struct PermissionAnswered {
     pub outcome: serde_json::Value,
 }
 
+/// The optional body of `POST /admin/repos/maintain`: which mirrors (default: all of them).
+#[derive(Debug, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MaintainRepos {
+    /// Only this organization's repositories.
+    pub organization: Option<String>,
+    /// Only repositories of this name (with `organization`: that one).
+    pub repo: Option<String>,
+}
+
+/// A mirror's object store, as `git count-objects -v` counts it.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema)]
+pub struct ObjectStore {
+    /// Loose objects (one file each).
+    pub loose: u64,
+    /// Objects in packs.
+    pub in_packs: u64,
+    /// Pack files.
+    pub packs: u64,
+}
+
+impl From<crate::integrations::git::ObjectCounts> for ObjectStore {
+    fn from(c: crate::integrations::git::ObjectCounts) -> Self {
+        ObjectStore { loose: c.loose, in_packs: c.in_packs, packs: c.packs }
+    }
+}
+
+/// What `POST /admin/repos/maintain` did to one repository's mirror.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct MirrorMaintained {
+    pub organization: String,
+    pub repo: String,
+    /// `packed`; `skipped` (it has active tasks: `reason`); `failed` (`reason` is git's message).
+    pub outcome: String,
+    pub reason: Option<String>,
+    /// The object store before and after (`packed` only).
+    pub before: Option<ObjectStore>,
+    pub after: Option<ObjectStore>,
+    pub ms: u64,
+}
+
 /// `POST /admin/db/checkpoint`.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct Checkpoint {

@@ -144,6 +144,7 @@ pub fn configure(cfg: &mut web::ServiceConfig, max_body: usize) {
                 .service(web::resource("/config").route(web::get().to(admin::config)))
                 .service(web::resource("/db/checkpoint").route(web::post().to(admin::checkpoint)))
                 .service(web::resource("/db/backup").route(web::post().to(admin::backup)))
+                .service(web::resource("/repos/maintain").route(web::post().to(admin::maintain_repos)))
                 .service(web::resource("/pollers").route(web::get().to(admin::pollers)))
                 .service(web::resource("/pollers/{key:.+}/{op}").route(web::post().to(admin::poller_control))),
         );

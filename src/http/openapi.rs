@@ -129,7 +129,7 @@ pub struct WebSocketUpgrade {
         notifications::inbox, notifications::mark_read,
         webhooks::github,
         dashboard::create_code, dashboard::create_session, dashboard::get_session, dashboard::delete_session,
-        admin::actors, admin::config, admin::checkpoint, admin::backup, admin::pollers, admin::poller_control,
+        admin::actors, admin::config, admin::checkpoint, admin::backup, admin::maintain_repos, admin::pollers, admin::poller_control,
         admin::metrics,
     ),
     components(schemas(ApiError)),

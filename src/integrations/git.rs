@@ -470,6 +470,52 @@ pub fn worktree_remove(mirror: &Path, path: &Path) -> Result<(), GitError> {
     Ok(())
 }
 
+/// A mirror's object store, as `git count-objects -v` counts it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ObjectCounts {
+    /// Loose objects (one file each).
+    pub loose: u64,
+    /// Objects in packs.
+    pub in_packs: u64,
+    /// Pack files.
+    pub packs: u64,
+}
+
+/// Counts the objects of the repository at `dir`.
+pub fn count_objects(dir: &Path) -> Result<ObjectCounts, GitError> {
+    let out = run(dir, &["count-objects", "-v"])?;
+    let field = |name: &str| {
+        out.lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(": ")))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    Ok(ObjectCounts { loose: field("count"), in_packs: field("in-pack"), packs: field("packs") })
+}
+
+/// Packs a mirror's refs and objects without deleting any object, the
+/// maintenance `gc.auto=0` otherwise never gets. The caller holds the mirror's
+/// lock and has made sure no task of the repository is active (their worktrees
+/// share this object store, and a running agent's jail holds the fan-out folders
+/// `repack -d` may remove when it empties them).
+///
+/// - `pack-refs --all`: loose refs into `packed-refs` (a symlink into `packed/`,
+///   which git follows).
+/// - `repack -a -d -k`: every object into one pack; `-k` keeps unreachable
+///   objects (appended to the pack) instead of dropping them, so a snapshot, a
+///   dangling commit someone still means to recover, or an object a worktree's
+///   index names is never lost. No `prune`, no reflog expiry. Bitmaps are off:
+///   they cannot cover the kept unreachable objects.
+///
+/// Answers the counts before and after.
+pub fn maintain_mirror(mirror: &Path) -> Result<(ObjectCounts, ObjectCounts), GitError> {
+    let before = count_objects(mirror)?;
+    run(mirror, &["pack-refs", "--all"])?;
+    run(mirror, &["-c", "repack.writeBitmaps=false", "repack", "-a", "-d", "-k", "-q"])?;
+    let after = count_objects(mirror)?;
+    Ok((before, after))
+}
+
 /// Saves everything uncommitted in the worktree at `path` (modified, staged and
 /// untracked files; not ignored ones) as a commit on top of HEAD, stored under
 /// `refname`, without touching the worktree or its index. Answers the commit, or

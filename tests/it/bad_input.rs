@@ -240,6 +240,7 @@ fn every_route(task: &str) -> Vec<(&'static str, &'static str, String, Reads)> {
         ("GET", "/admin/config", "/admin/config".into(), Nothing),
         ("POST", "/admin/db/checkpoint", "/admin/db/checkpoint".into(), Nothing),
         ("POST", "/admin/db/backup", "/admin/db/backup".into(), Nothing),
+        ("POST", "/admin/repos/maintain", "/admin/repos/maintain".into(), Json),
         ("GET", "/admin/pollers", "/admin/pollers".into(), Nothing),
         ("POST", "/admin/pollers/{key}/{poll\\|stop\\|interval}", "/admin/pollers/org/default/nope/interval".into(), Json),
         ("GET", "/metrics", "/metrics".into(), Nothing),

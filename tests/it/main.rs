@@ -4,6 +4,7 @@
 mod common;
 
 mod api;
+mod attach;
 mod auth;
 mod bad_input;
 mod browser;
@@ -17,6 +18,7 @@ mod dashboard_attention;
 mod dashboard_session;
 mod dashboard_changes;
 mod dashboard_notify;
+mod dashboard_qa;
 mod dashboard_conflicts;
 mod dashboard_views;
 mod daytona_client;
@@ -32,6 +34,7 @@ mod git_lifecycle;
 mod isolation;
 mod issue_intake;
 mod lifecycle;
+mod maintenance;
 mod migrations;
 mod notifications;
 mod openapi;

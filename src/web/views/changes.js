@@ -31,6 +31,9 @@ export function changesPane(pane, app, id) {
     view: localStorage.getItem('kiln.diff.view') === 'split' ? 'split' : 'unified',
     open: new Map(), // path -> open?
     comments: loadDraft(key),
+    // Comment boxes open but not added yet, by line (formKey): their unsent text
+    // outlives every redraw of the diff (a branch.updated, a refresh, a layout switch).
+    forms: new Map(),
     note: '',
     loading: false,
     again: false,
@@ -114,6 +117,7 @@ export function changesPane(pane, app, id) {
   function renderFiles() {
     const d = state.diff;
     if (!d) return;
+    const focus = focusedForm();
     const frag = document.createDocumentFragment();
     let budget = OPEN_LINES;
     for (const f of d.files) {
@@ -127,6 +131,22 @@ export function changesPane(pane, app, id) {
     }
     if (!d.files.length) frag.append(h('p.muted.empty-diff', 'The worktree has no changes against its base yet.'));
     files.replaceChildren(frag);
+    restoreFocus(focus);
+  }
+
+  /** The comment box being typed in, with its caret, so a redraw can give it back. */
+  function focusedForm() {
+    const a = document.activeElement;
+    if (!a || a.tagName !== 'TEXTAREA' || !a.dataset.form || !files.contains(a)) return null;
+    return { key: a.dataset.form, start: a.selectionStart, end: a.selectionEnd };
+  }
+
+  function restoreFocus(focus) {
+    if (!focus) return;
+    const box = [...files.querySelectorAll('textarea[data-form]')].find((t) => t.dataset.form === focus.key);
+    if (!box) return;
+    box.focus({ preventScroll: true });
+    box.setSelectionRange(focus.start, focus.end);
   }
 
   function fileSection(f, lines) {
@@ -140,7 +160,7 @@ export function changesPane(pane, app, id) {
         state.open.set(f.path, now);
         toggle.setAttribute('aria-expanded', String(now));
         if (now) renderBody(f, body);
-        else body.replaceChildren();
+        else body.replaceChildren(); // its open boxes stay in state.forms, back on reopening
       },
     },
     h('span.chev', { 'aria-hidden': 'true' }, '▸'),
@@ -270,12 +290,14 @@ export function changesPane(pane, app, id) {
     return table;
   }
 
-  /** The pending comments on one line, as rows under it. */
+  /** The pending comments on one line, as rows under it, then its open comment box. */
   function appendComments(tbody, path, side, line, cols) {
     if (!line) return;
     for (const c of state.comments) {
       if (c.path === path && c.side === side && c.line === line) tbody.append(commentRow(c, cols));
     }
+    const form = state.forms.get(formKey(path, line, side));
+    if (form) tbody.append(formRow(form, cols));
   }
 
   function commentRow(c, cols) {
@@ -288,35 +310,59 @@ export function changesPane(pane, app, id) {
     return tr;
   }
 
+  function formKey(path, line, side) {
+    return `${side}:${line}:${path}`;
+  }
+
   function openForm(row, f, line, side, code, cols) {
     const next = row.nextElementSibling;
     if (next && next.classList.contains('comment-form-row')) {
       next.querySelector('textarea').focus();
       return;
     }
+    const k = formKey(f.path, line, side);
+    const form = state.forms.get(k) || { key: k, path: f.path, line, side, code, text: '' };
+    state.forms.set(k, form);
+    const tr = formRow(form, cols);
+    row.after(tr);
+    tr.querySelector('textarea').focus();
+  }
+
+  /** An open comment box; its text lives in `form` (state.forms) as it is typed. */
+  function formRow(form, cols) {
+    const { path, line, side } = form;
     const tr = el('tr', 'comment-form-row');
     const td = el('td');
     td.colSpan = cols;
-    const text = h('textarea', { rows: 3, 'aria-label': `Comment on ${f.path} line ${line}`, placeholder: 'What should the agent change here?' });
+    const text = h('textarea', {
+      rows: 3, 'aria-label': `Comment on ${path} line ${line}`, placeholder: 'What should the agent change here?',
+      dataset: { form: form.key },
+      oninput: () => { form.text = text.value; },
+    });
+    text.value = form.text;
+    const close = () => {
+      state.forms.delete(form.key);
+      tr.remove();
+    };
     const add = () => {
       if (!text.value.trim()) { text.focus(); return; }
-      const c = { path: f.path, line, side, code, text: text.value.trim() };
+      const c = { path, line, side, code: form.code, text: text.value.trim() };
       state.comments.push(c);
       saveDraft(key, state.comments);
+      state.forms.delete(form.key);
       tr.replaceWith(commentRow(c, cols));
       renderReview();
-      announce(`Comment added on ${f.path} line ${line}`);
+      announce(`Comment added on ${path} line ${line}`);
     };
     text.addEventListener('keydown', (e) => {
       if (e.key === 'Enter' && (e.ctrlKey || e.metaKey)) add();
-      if (e.key === 'Escape') tr.remove();
+      if (e.key === 'Escape') close();
     });
     td.append(h('form.comment-form', { onsubmit: (e) => { e.preventDefault(); add(); } },
-      h('label.small', `${f.path}:${line}${side === 'old' ? ' (deleted line)' : ''}`), text,
-      h('div.actions', h('button.primary', { type: 'submit' }, 'Add comment'), h('button.ghost', { type: 'button', onclick: () => tr.remove() }, 'Cancel'))));
+      h('label.small', `${path}:${line}${side === 'old' ? ' (deleted line)' : ''}`), text,
+      h('div.actions', h('button.primary', { type: 'submit' }, 'Add comment'), h('button.ghost', { type: 'button', onclick: close }, 'Cancel'))));
     tr.append(td);
-    row.after(tr);
-    text.focus();
+    return tr;
   }
 
   function removeComment(c) {
