@@ -321,3 +321,50 @@ async fn reaction_settings_are_checked() {
     assert_eq!(r.body["settings"]["reactions"]["merge_conflict"]["auto_sync"], false, "defaults shown: {r:?}");
     assert_eq!(r.body["settings"]["reactions"]["ci_failed"]["enabled"], false);
 }
+
+#[actix_web::test]
+async fn ci_failed_hands_over_the_tail_of_an_actions_jobs_log_when_the_token_may_read_it() {
+    let gh = FakeGithub::start();
+    let s = setup(&gh, json!({"ci_failed": {"enabled": true, "max_attempts": 5}})).await;
+    let (id, worktree, _) = task_with_pr(&s, "feature.txt", "work\n").await;
+    let mut term = Term::open(&s.c, "default", &id, 0).await;
+
+    // A runner's log: timestamps, colours, groups, a token that leaked into the output.
+    let mut log: String = (1..=80).map(|i| format!("2024-05-01T12:00:{:02}.0000000Z compile step {i}\n", i % 60)).collect();
+    log.push_str("2024-05-01T12:01:00.0000000Z \x1b[31merror[E0425]\x1b[0m: cannot find value `answer`\n");
+    log.push_str(&format!("2024-05-01T12:01:01.0000000Z using {}\n", gh.token()));
+    log.push_str("2024-05-01T12:01:02.0000000Z ##[error]Process completed with exit code 101.\n");
+    let head = git(&worktree, &["rev-parse", "HEAD"]);
+    let job = gh.add_failed_actions_job(FULL, &head, "build", "1 error", &log);
+    term.until(WAIT, "the CI hand-over with the job's log", |t| {
+        let text = t.text();
+        text.contains("error: Process completed with exit code 101.") && text.contains("\x1b[201~")
+    })
+    .await;
+    let text = term.text();
+    assert!(text.contains(&format!("1. build: failure (https://github.com/acme/app/actions/runs/")), "{text}");
+    assert!(text.contains("Job log (last "), "{text}");
+    assert!(text.contains("| error[E0425]: cannot find value `answer`"), "colours and timestamps stripped: {text}");
+    assert!(!text.contains("[31m") && !text.contains("2024-05-01T12"), "{text}");
+    assert!(!text.contains(gh.token()) && text.contains("using ***"), "the token is redacted: {text}");
+    assert!(text.contains("compile step 80") && !text.contains("compile step 10"), "only the tail: {text}");
+    let fired1 = wait_fired(&s.c, &id, "reaction.fired", "ci_failed", 1).await;
+    assert_eq!(fired1[0]["data"]["checks"][0]["job_log"], true, "{fired1:?}");
+    // The log came through the redirect, fetched from the signed URL without the token.
+    let reqs = gh.requests();
+    assert!(reqs.iter().any(|r| r.path.ends_with(&format!("/actions/jobs/{job}/logs")) && r.status == 302), "{reqs:?}");
+    assert!(reqs.iter().any(|r| r.path.starts_with("/_blobs/") && r.status == 200), "no token sent to the blob: {reqs:?}");
+
+    // A token without actions:read: the hand-over still comes, with the check run's output only.
+    gh.set_actions_read(false);
+    std::fs::write(worktree.join("feature.txt"), "fix 1\n").unwrap();
+    assert_eq!(act(&s.c, &id, "push", json!({"commit": "fix 1"})).await.status, 200);
+    let head = git(&worktree, &["rev-parse", "HEAD"]);
+    gh.add_failed_actions_job(FULL, &head, "build", "still 1 error (round two)", "2024-05-01T12:00:00.0000000Z secret log line\n");
+    let second = wait_fired(&s.c, &id, "reaction.fired", "ci_failed", 2).await;
+    assert_eq!((second[1]["data"]["outcome"].as_str(), second[1]["data"]["checks"][0]["job_log"].as_bool()), (Some("delivered"), Some(false)));
+    term.until(WAIT, "the second hand-over", |t| t.text().contains("still 1 error (round two)")).await;
+    let text = term.text();
+    assert!(!text.contains("secret log line"), "{text}");
+    assert!(gh.requests().iter().any(|r| r.path.contains("/actions/jobs/") && r.status == 403), "it asked and was refused");
+}

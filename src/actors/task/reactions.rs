@@ -42,6 +42,10 @@ const MAX_PART: usize = 3_000;
 const TAIL_LINES: usize = 30;
 /// Annotations kept per check.
 const MAX_ANNOTATIONS: usize = 10;
+/// Lines of an Actions job's log kept (its tail).
+const LOG_LINES: usize = 40;
+/// Characters the job log's tail may take of a check's part.
+const LOG_CHARS: usize = 1_500;
 
 /// One open task PR as the PR poller just saw it.
 #[derive(Debug, Clone)]
@@ -101,13 +105,20 @@ async fn react(kiln: &Kiln, org: &str, repo: &Repo, gh: Option<&GitHub>, f: &PrF
                     _ => Value::Null,
                 });
             }
+            let mut logs = Vec::new();
+            for c in &checks {
+                logs.push(match (gh, c.job_id) {
+                    (Some(gh), Some(id)) => job_log(kiln, gh, id).await,
+                    _ => None,
+                });
+            }
             let before: Vec<usize> = checks.iter().map(|c| r.earlier_failures(&c.name, &pr.head_sha)).collect();
             let attempt = r.next_attempt("ci_failed");
-            let text = ci_message(pr, &checks, &annotations, &before, attempt, ci.max_attempts);
+            let text = ci_message(pr, &checks, &annotations, &logs, &before, attempt, ci.max_attempts);
             let detail = json!({
                 "number": pr.number, "head_sha": pr.head_sha,
-                "checks": checks.iter().zip(&before).map(|(c, n)| json!({
-                    "name": c.name, "conclusion": c.conclusion, "url": c.url, "failed_before": n,
+                "checks": checks.iter().zip(&before).zip(&logs).map(|((c, n), log)| json!({
+                    "name": c.name, "conclusion": c.conclusion, "url": c.url, "failed_before": n, "job_log": log.is_some(),
                 })).collect::<Vec<_>>(),
             });
             r.deliver("ci_failed", fresh, ci.max_attempts, text, detail).await?;
@@ -161,6 +172,28 @@ async fn react(kiln: &Kiln, org: &str, repo: &Repo, gh: Option<&GitHub>, f: &PrF
 /// same failure; the next head's is a new one).
 fn check_key(c: &FailedCheck, sha: &str) -> String {
     format!("{}@{sha}", c.name)
+}
+
+/// The tail of an Actions job's log, cleaned ([`github::job_log_tail`]) and
+/// redacted (the token, the data dir, URL passwords); `None` when the token may
+/// not read it (no `actions:read`), it is gone, too long, or GitHub failed: the
+/// check run's output and annotations are then all the agent gets.
+async fn job_log(kiln: &Kiln, gh: &GitHub, job_id: i64) -> Option<String> {
+    let raw = match gh.job_log(job_id).await {
+        Ok(Some(raw)) => raw,
+        Ok(None) => {
+            log::info!("job {job_id}'s log is over {} bytes: not read", crate::integrations::github::MAX_JOB_LOG);
+            return None;
+        }
+        Err(e) => {
+            log::info!("job {job_id}'s log cannot be read ({e}): the check's output only");
+            return None;
+        }
+    };
+    let tail = blocking(move || Ok(crate::integrations::github::job_log_tail(&raw, LOG_LINES))).await.ok()?;
+    let tail = tail.replace(&gh.token, "***");
+    let tail = kiln.redactor.text(&tail).into_owned();
+    (!tail.trim().is_empty()).then_some(tail)
 }
 
 /// One task's reaction state while its reactions run.
@@ -463,11 +496,13 @@ pub fn review_message(number: i32, items: &[&ReviewItem], bots: bool) -> String 
 }
 
 /// The one message for CI failures: per check its name, conclusion, link, and
-/// what GitHub says about it (annotations, the output's tail), each bounded.
+/// what GitHub says about it (annotations, the Actions job log's tail, the
+/// output's tail), each bounded.
 pub fn ci_message(
     pr: &PullRequest,
     checks: &[&FailedCheck],
     annotations: &[Value],
+    logs: &[Option<String>],
     failed_before: &[usize],
     attempt: usize,
     max: u32,
@@ -507,6 +542,24 @@ pub fn ci_message(
                 let level = a["annotation_level"].as_str().unwrap_or("failure");
                 let message = clean(a["message"].as_str().unwrap_or("")).lines().next().unwrap_or("").to_string();
                 part.push_str(&format!("   - {place} ({level}): {message}\n"));
+            }
+        }
+        if let Some(log) = logs.get(i).and_then(Option::as_deref) {
+            // The newest lines that fit the budget: the end of a log says why it failed.
+            let log = clean(log);
+            let mut kept: Vec<&str> = Vec::new();
+            let mut used = 0;
+            for line in log.lines().rev() {
+                used += line.chars().count() + 6;
+                if used > LOG_CHARS {
+                    break;
+                }
+                kept.push(line);
+            }
+            kept.reverse();
+            part.push_str(&format!("   Job log (last {} lines):\n", kept.len()));
+            for line in kept {
+                part.push_str(&format!("   | {line}\n"));
             }
         }
         if !c.text.trim().is_empty() {
@@ -595,9 +648,10 @@ mod tests {
             title: "tests".into(),
             text: format!("{long}\x1b[201~evil"),
             annotations: 1,
+            job_id: None,
         };
         let notes = json!([{"path": "src/lib.rs", "start_line": 10, "annotation_level": "failure", "message": "assertion failed: x == 1"}]);
-        let text = ci_message(&pr(), &[&check], &[notes], &[1], 2, 3);
+        let text = ci_message(&pr(), &[&check], &[notes], &[None], &[1], 2, 3);
         assert!(text.contains("#7 (head 0123456789ab); hand-over 2 of 3"), "{text}");
         assert!(text.contains("1. tests: failure (https://github.com/a/b/runs/5)"), "{text}");
         assert!(text.contains("failed before on an earlier head (1 time)"), "{text}");
@@ -606,6 +660,19 @@ mod tests {
         assert!(!text.contains("log line 0\n"), "only the tail");
         assert!(!text.contains('\x1b'), "no escape can end the paste");
         assert!(text.chars().count() <= MAX_PART + 300, "bounded: {}", text.chars().count());
+    }
+
+    #[test]
+    fn a_job_log_tail_comes_before_the_output_and_keeps_its_newest_lines_within_its_budget() {
+        let check = FailedCheck { name: "build".into(), conclusion: "failure".into(), job_id: Some(9), ..FailedCheck::default() };
+        let log: String = (0..200).map(|i| format!("step {i}\n")).collect::<String>() + "error: exit code 101";
+        let text = ci_message(&pr(), &[&check], &[Value::Null], &[Some(log)], &[0], 1, 3);
+        assert!(text.contains("Job log (last "), "{text}");
+        assert!(text.ends_with("| error: exit code 101"), "the end of the log is kept: {text}");
+        assert!(!text.contains("| step 0\n"), "only the tail: {text}");
+        assert!(text.chars().count() < LOG_CHARS + 400, "bounded: {}", text.chars().count());
+        let without = ci_message(&pr(), &[&check], &[Value::Null], &[None], &[0], 1, 3);
+        assert!(!without.contains("Job log"), "{without}");
     }
 
     #[test]
