@@ -17,6 +17,8 @@
 //!
 //! The PR causes run after each PR poll ([`after_pr_poll`]), outside every
 //! actor (it talks to GitHub, git and the TaskActor), one task after another.
+//! `merge_conflict` for a task with no open PR runs after each round of
+//! conflict prediction ([`after_conflict_round`]), from its task-vs-base result.
 //! Deciding what to fire and writing the messages are pure functions, tested
 //! below without any I/O.
 
@@ -302,7 +304,8 @@ impl Reactor<'_> {
 /// The PR cannot merge: Kiln syncs itself when that is clean (`auto_sync`),
 /// else the agent is told which files conflict.
 async fn merge_conflict(r: &Reactor<'_>, repo: &Repo, f: &PrFacts, keys: Vec<String>, auto_sync: bool, max: u32) -> AppResult<()> {
-    let detail = |files: &[String]| json!({"number": f.pr.number, "head_sha": f.pr.head_sha, "base": f.base, "files": files});
+    let detail =
+        |files: &[String]| json!({"source": "pull_request", "number": f.pr.number, "head_sha": f.pr.head_sha, "base": f.base, "files": files});
     let files = conflicting_files(r.kiln, r.org, repo, &f.base, &f.branch).await.unwrap_or_default();
     if auto_sync && r.attempts("merge_conflict") < max as usize {
         let handle = r.kiln.task(r.org, r.repo, r.task);
@@ -329,6 +332,113 @@ async fn merge_conflict(r: &Reactor<'_>, repo: &Repo, f: &PrFacts, keys: Vec<Str
     }
     let text = conflict_message(f.pr.number, &f.base, &files);
     r.deliver("merge_conflict", keys, max, text, detail(&files)).await
+}
+
+/// `merge_conflict` for the tasks that have no open pull request, from conflict
+/// prediction (`task_conflicts` rows against `base`, uncommitted work
+/// included): called by the branch poller after each round. A conflict is one
+/// cause from the round it was first predicted until it clears (its key is
+/// `local@<since>`), so the agent's edits while it stands do not fire it again;
+/// the same bound (`max_attempts`) and escalation as the PR's. A failure is
+/// logged.
+pub async fn after_conflict_round(kiln: Kiln, org: String, repo: String) {
+    if let Err(e) = local_conflicts(&kiln, &org, &repo).await {
+        log::warn!("merge_conflict reactions for {org}/{repo}: {e}");
+    }
+}
+
+async fn local_conflicts(kiln: &Kiln, org: &str, name: &str) -> AppResult<()> {
+    let (o, n) = (org.to_string(), name.to_string());
+    let Some(repo) = kiln.db.read(move |c| queries::repo_by_name(c, &o, &n)).await? else { return Ok(()) };
+    let settings = repo.settings();
+    let conflict = settings.reactions.merge_conflict.clone();
+    if !conflict.enabled {
+        return Ok(());
+    }
+    let (repo_id, o) = (repo.id, org.to_string());
+    // (task, base branch, files, since, committed only) of the live tasks without an open PR.
+    let found = kiln
+        .db
+        .read(move |c| {
+            let mut out = Vec::new();
+            let branches = queries::branches_list(c, repo_id)?;
+            for row in queries::conflicts_list(c, repo_id)?.into_iter().filter(|r| r.other == crate::integrations::conflicts::BASE) {
+                let Some(task) = queries::task(c, &o, &row.task_id)? else { continue };
+                if !matches!(task.status.as_str(), "running" | "idle") {
+                    continue;
+                }
+                if queries::task_pull_request(c, repo_id, &task.branch)?.is_some_and(|p| p.state == "open") {
+                    continue;
+                }
+                let clean = branches.iter().any(|b| b.name == task.branch && b.dirty_files == Some(0));
+                out.push((task.id, task.base_branch, row.file_list(), row.since, clean));
+            }
+            Ok(out)
+        })
+        .await?;
+    for (task, base, files, since, clean) in found {
+        let t = task.clone();
+        let rows = kiln.db.read(move |c| queries::all_task_reactions(c, &t)).await?;
+        let r = Reactor { kiln, org, repo: name, task: &task, rows: &rows };
+        let keys = vec![format!("local@{since}")];
+        let Some(fresh) = r.fresh("merge_conflict", &keys).filter(|_| !r.spent("merge_conflict", conflict.max_attempts)) else { continue };
+        // Uncommitted work would be rebased through git's autostash, which parks
+        // it in the stash on a conflict instead of failing: the agent does it.
+        let auto_sync = conflict.auto_sync && clean;
+        if let Err(e) = local_conflict(&r, fresh, &base, &files, since, auto_sync, conflict.max_attempts).await {
+            log::warn!("merge_conflict reaction for task {task}: {e}");
+        }
+    }
+    Ok(())
+}
+
+/// A task without a PR no longer merges with its base: Kiln rebases it itself
+/// when that is clean (`auto_sync`; no push: nothing was published for review),
+/// else the agent is told which files conflict.
+async fn local_conflict(
+    r: &Reactor<'_>,
+    keys: Vec<String>,
+    base: &str,
+    files: &[String],
+    since: i64,
+    auto_sync: bool,
+    max: u32,
+) -> AppResult<()> {
+    let detail = json!({"source": "prediction", "base": base, "files": files, "since": since});
+    if auto_sync && r.attempts("merge_conflict") < max as usize {
+        let sync = ApplyAction { input: super::state::TaskInput::Sync, text: None, git: Default::default() };
+        match r.kiln.task(r.org, r.repo, r.task).send(sync).await? {
+            Ok(_) => {
+                let Some(attempt) = r.claim("merge_conflict", keys, "synced").await? else { return Ok(()) };
+                let mut data = json!({"cause": "merge_conflict", "attempt": attempt, "max_attempts": max, "outcome": "synced"});
+                merge(&mut data, detail);
+                r.kiln.emit_one(r.org, r.event("reaction.fired", data)).await?;
+                return Ok(());
+            }
+            Err(AppError::Conflict { code: "sync_conflict", .. }) => {}
+            Err(e) => log::warn!("task {}: syncing on a predicted conflict failed: {e}", r.task),
+        }
+    }
+    r.deliver("merge_conflict", keys, max, local_conflict_message(base, files), detail).await
+}
+
+/// The message for a task (without a PR) whose work no longer merges with its base.
+pub fn local_conflict_message(base: &str, files: &[String]) -> String {
+    let mut out = format!(
+        "Your work (committed and uncommitted) no longer merges cleanly with {}, which has moved on. These files conflict:\n",
+        clean(base)
+    );
+    for f in files.iter().take(100) {
+        out.push_str(&format!("- {}\n", clean(f)));
+    }
+    if files.len() > 100 {
+        out.push_str(&format!("- … and {} more\n", files.len() - 100));
+    }
+    out.push_str(&format!(
+        "Please sync now, before this grows: commit your work, fetch origin, rebase onto origin/{} (or merge it in), and resolve the conflicts.",
+        clean(base)
+    ));
+    out
 }
 
 /// The files that conflict between the task branch and origin's base, from
@@ -719,6 +829,13 @@ mod tests {
         let text = conflict_message(7, "main", &["README.md".into()]);
         assert!(text.contains("#7 no longer merges cleanly with main. These files conflict:\n- README.md\n"), "{text}");
         assert!(text.contains("rebase onto origin/main"));
+    }
+
+    #[test]
+    fn a_predicted_conflict_message_names_the_files_and_asks_for_a_sync() {
+        let text = local_conflict_message("main", &["shared.txt".into()]);
+        assert!(text.contains("no longer merges cleanly with main, which has moved on. These files conflict:\n- shared.txt\n"), "{text}");
+        assert!(text.contains("rebase onto origin/main"), "{text}");
     }
 
     #[test]
