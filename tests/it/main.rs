@@ -18,6 +18,7 @@ mod dashboard_session;
 mod dashboard_changes;
 mod dashboard_notify;
 mod dashboard_conflicts;
+mod dashboard_reactions;
 mod dashboard_views;
 mod daytona_client;
 mod daytona_profile;
