@@ -342,7 +342,7 @@ async fn ci_failed_hands_over_the_tail_of_an_actions_jobs_log_when_the_token_may
     })
     .await;
     let text = term.text();
-    assert!(text.contains(&format!("1. build: failure (https://github.com/acme/app/actions/runs/")), "{text}");
+    assert!(text.contains("1. build: failure (https://github.com/acme/app/actions/runs/"), "{text}");
     assert!(text.contains("Job log (last "), "{text}");
     assert!(text.contains("| error[E0425]: cannot find value `answer`"), "colours and timestamps stripped: {text}");
     assert!(!text.contains("[31m") && !text.contains("2024-05-01T12"), "{text}");
