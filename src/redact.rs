@@ -117,6 +117,35 @@ pub fn strip_url_userinfo(text: &str) -> Cow<'_, str> {
     }
 }
 
+/// Prefixes of GitHub's tokens (classic, OAuth, user-to-server, server-to-server,
+/// refresh, fine-grained).
+const GITHUB_TOKEN_PREFIXES: &[&str] = &["ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_"];
+
+/// `text` with every GitHub token in it (one of [`GITHUB_TOKEN_PREFIXES`] and 20
+/// or more letters, digits or `_`) replaced by `***`, as Actions masks secrets:
+/// for text read from CI (a job's log) before anyone else sees it.
+pub fn github_tokens(text: &str) -> Cow<'_, str> {
+    if !GITHUB_TOKEN_PREFIXES.iter().any(|p| text.contains(p)) {
+        return Cow::Borrowed(text);
+    }
+    let word = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some((at, prefix)) = GITHUB_TOKEN_PREFIXES.iter().filter_map(|p| rest.find(p).map(|i| (i, *p))).min() {
+        let starts_word = rest[..at].chars().next_back().is_none_or(|c| !word(c));
+        let len = rest[at + prefix.len()..].find(|c: char| !word(c)).unwrap_or(rest.len() - at - prefix.len());
+        out.push_str(&rest[..at]);
+        if starts_word && len >= 20 {
+            out.push_str("***");
+        } else {
+            out.push_str(&rest[at..at + prefix.len() + len]);
+        }
+        rest = &rest[at + prefix.len() + len..];
+    }
+    out.push_str(rest);
+    Cow::Owned(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -134,6 +163,14 @@ mod tests {
         let mut v = serde_json::json!({"a": ["/srv/kiln/worktrees/x", 3], "b": {"c": "https://u:p@h/x"}});
         r.json(&mut v);
         assert_eq!(v, serde_json::json!({"a": ["<data_dir>/worktrees/x", 3], "b": {"c": "https://h/x"}}));
+    }
+
+    #[test]
+    fn github_tokens_are_masked() {
+        let t = "x ghp_abcdefghijklmnopqrstuvwxyz0123456789, github_pat_11ABCDEFG0123456789_abcdefghij end";
+        assert_eq!(github_tokens(t), "x ***, *** end");
+        assert_eq!(github_tokens("ghp_short and myghp_abcdefghijklmnopqrstuvwxyz"), "ghp_short and myghp_abcdefghijklmnopqrstuvwxyz");
+        assert!(matches!(github_tokens("nothing"), Cow::Borrowed(_)));
     }
 
     #[test]

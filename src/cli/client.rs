@@ -68,6 +68,10 @@ impl Api {
         self.send(self.request(awc::http::Method::PUT, path), Some(body)).await
     }
 
+    pub async fn patch<T: DeserializeOwned>(&self, path: &str, body: &impl Serialize) -> CliResult<T> {
+        self.send(self.request(awc::http::Method::PATCH, path), Some(body)).await
+    }
+
     pub async fn delete_json<T: DeserializeOwned>(&self, path: &str) -> CliResult<T> {
         self.send(self.request(awc::http::Method::DELETE, path), None::<&Value>).await
     }

@@ -1,4 +1,4 @@
-//! `kiln notify add|list|remove|test|log` (an organization's webhooks) and
+//! `kiln notify add|update|list|remove|test|log` (an organization's webhooks) and
 //! `kiln inbox [read <id>…|--all]` (docs/notifications.md).
 
 use std::time::{Duration, Instant};
@@ -11,7 +11,7 @@ use super::commands::{enc, Ctx};
 use super::output::{self, field};
 use crate::actors::notify::view::{Delivery, Webhook};
 use crate::http::dto;
-use crate::http::notifications::{CreatedWebhook, InboxPage, MarkedRead};
+use crate::http::notifications::{CreatedWebhook, InboxPage, MarkedRead, UpdatedWebhook};
 
 #[derive(Debug, StructOpt)]
 pub enum NotifyCmd {
@@ -29,6 +29,34 @@ pub enum NotifyCmd {
         /// changes_requested, ready_to_merge, merged, conflict_predicted, agent_stuck.
         #[structopt(long = "kind")]
         kinds: Vec<String>,
+        #[structopt(long)]
+        json: bool,
+    },
+    /// Change a webhook: its URL, name, format, kinds, on/off; or rotate its
+    /// secret (the new one is printed once).
+    Update {
+        id: String,
+        /// A new URL (checked as when adding).
+        #[structopt(long = "webhook-url")]
+        target: Option<String>,
+        #[structopt(long)]
+        name: Option<String>,
+        #[structopt(long, possible_values = &["json", "slack"])]
+        format: Option<String>,
+        /// A kind to send (repeatable): replaces the list. See `add`.
+        #[structopt(long = "kind", conflicts_with = "all-kinds")]
+        kinds: Vec<String>,
+        /// Send every kind (clears the list).
+        #[structopt(long)]
+        all_kinds: bool,
+        /// Switch it off: nothing is delivered (events meanwhile are skipped) until --enable.
+        #[structopt(long, conflicts_with = "enable")]
+        disable: bool,
+        #[structopt(long)]
+        enable: bool,
+        /// Replace the signing secret; the new one is printed once.
+        #[structopt(long)]
+        rotate_secret: bool,
         #[structopt(long)]
         json: bool,
     },
@@ -92,6 +120,24 @@ pub async fn notify(ctx: &Ctx, cmd: NotifyCmd) -> CliResult<()> {
             }
             Ok(())
         }
+        NotifyCmd::Update { id, target, name, format, kinds, all_kinds, disable, enable, rotate_secret, json } => {
+            let kinds = if all_kinds { Some(Vec::new()) } else { (!kinds.is_empty()).then_some(kinds) };
+            let enabled = if disable { Some(false) } else { enable.then_some(true) };
+            let body = json!({"url": target, "name": name, "format": format, "kinds": kinds, "enabled": enabled, "rotate_secret": rotate_secret});
+            let updated: UpdatedWebhook = ctx.api.patch(&hooks(ctx, &format!("/{}", enc(&id))), &body).await?;
+            if json {
+                output::json(&serde_json::to_value(&updated)?);
+                return Ok(());
+            }
+            let state = if updated.enabled { "on" } else { "off" };
+            let kinds = if updated.kinds.is_empty() { "all".to_string() } else { updated.kinds.join(",") };
+            println!("updated webhook {} `{}` ({}, {state}, kinds: {kinds}) {}", updated.id, updated.name, updated.format, updated.url);
+            if let Some(secret) = &updated.secret {
+                println!("{secret}");
+                eprintln!("(the new signing secret is shown only now: give it to the receiver; the old one no longer signs)");
+            }
+            Ok(())
+        }
         NotifyCmd::List { json } => {
             let res: dto::Items<Webhook> = ctx.api.get(&hooks(ctx, "")).await?;
             if json {
@@ -103,10 +149,11 @@ pub async fn notify(ctx: &Ctx, cmd: NotifyCmd) -> CliResult<()> {
                 .iter()
                 .map(|w| {
                     let kinds = if w.kinds.is_empty() { "all".to_string() } else { w.kinds.join(",") };
-                    vec![w.id.clone(), w.name.clone(), w.format.clone(), kinds, w.url.clone()]
+                    let state = if w.enabled { "on" } else { "off" };
+                    vec![w.id.clone(), w.name.clone(), w.format.clone(), state.to_string(), kinds, w.url.clone()]
                 })
                 .collect::<Vec<_>>();
-            output::table(&["ID", "NAME", "FORMAT", "KINDS", "URL"], &rows);
+            output::table(&["ID", "NAME", "FORMAT", "STATE", "KINDS", "URL"], &rows);
             Ok(())
         }
         NotifyCmd::Remove { id } => {

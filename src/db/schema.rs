@@ -99,6 +99,7 @@ diesel::table! {
         after_event -> BigInt,
         created_at -> BigInt,
         created_by -> Nullable<Text>,
+        enabled -> Bool,
     }
 }
 

@@ -122,6 +122,7 @@ pub fn configure(cfg: &mut web::ServiceConfig, max_body: usize) {
                 .service(
                     web::resource("/{org}/notifications/webhooks/{webhook}")
                         .route(web::get().to(notifications::get_webhook))
+                        .route(web::patch().to(notifications::update_webhook))
                         .route(web::delete().to(notifications::delete_webhook)),
                 )
                 .service(web::resource("/{org}/notifications/webhooks/{webhook}/test").route(web::post().to(notifications::test_webhook)))

@@ -13,7 +13,7 @@ use super::extract::{Json, Query};
 use super::openapi::{ApiError, OrgPath};
 use super::organization_or_404;
 use crate::actors::notify::view::{self, Delivery, InboxEntry, Webhook};
-use crate::actors::notify::{self, CreateWebhook, DeleteWebhook, MarkRead, ReadWhich, TestWebhook};
+use crate::actors::notify::{self, CreateWebhook, DeleteWebhook, MarkRead, ReadWhich, TestWebhook, UpdateWebhook};
 use crate::actors::Kiln;
 use crate::error::{AppError, AppResult};
 
@@ -71,8 +71,60 @@ pub struct CreateWebhookBody {
     /// `json` (the default) or `slack`.
     pub format: Option<WebhookFormat>,
     /// The kinds it gets (default: all of them).
-    #[schema(max_items = 8)]
+    #[schema(schema_with = kinds_schema)]
     pub kinds: Option<Vec<NotificationKind>>,
+}
+
+/// `PATCH …/notifications/webhooks/{webhook}`: what to change; a field left
+/// out (or `null`) is kept.
+#[derive(Debug, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateWebhookBody {
+    /// A new URL, checked as at creation (shape and the server's host policy).
+    #[schema(max_length = 2048)]
+    pub url: Option<String>,
+    /// 1-100 characters.
+    #[schema(min_length = 1, max_length = 100)]
+    pub name: Option<String>,
+    pub format: Option<WebhookFormat>,
+    /// The kinds it gets; `[]`: all of them.
+    #[schema(schema_with = kinds_schema)]
+    pub kinds: Option<Vec<NotificationKind>>,
+    /// `false`: no delivery is made for it (events meanwhile are skipped, not
+    /// kept) and its pending deliveries wait; `true`: they resume.
+    pub enabled: Option<bool>,
+    /// `true`: a new secret replaces the old one at once (pending retries are
+    /// signed with it) and is answered, this once.
+    pub rotate_secret: Option<bool>,
+}
+
+/// A list of kinds, each at most once (`invalid_kinds` otherwise), or `null`.
+fn kinds_schema() -> utoipa::openapi::schema::Array {
+    use utoipa::openapi::schema::{ArrayBuilder, SchemaType, Type};
+    use utoipa::openapi::Ref;
+    ArrayBuilder::new()
+        .schema_type(SchemaType::from_iter([Type::Array, Type::Null]))
+        .items(Ref::from_schema_name("NotificationKind"))
+        .max_items(Some(8))
+        .unique_items(true)
+        .description(Some("The notification kinds it gets, each at most once; empty or left out: all of them."))
+        .build()
+}
+
+/// The webhook after a `PATCH`.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct UpdatedWebhook {
+    pub id: String,
+    pub name: String,
+    /// The full URL when this request changed it, else `scheme://host[:port]/…`.
+    pub url: String,
+    pub format: String,
+    pub kinds: Vec<String>,
+    pub enabled: bool,
+    pub created_at: i64,
+    pub created_by: Option<String>,
+    /// The new `whsec_…` secret when `rotate_secret` was `true` (shown this once); else `null`.
+    pub secret: Option<String>,
 }
 
 /// The created webhook: its full URL and its secret, shown this once.
@@ -225,31 +277,13 @@ pub async fn create_webhook(
     caller.require_org(&org)?;
     organization_or_404(&kiln, &org).await?;
     let body = body.into_inner();
-    let url = body.url.trim().to_string();
-    notify::url_shape(&url).map_err(|m| AppError::invalid("invalid_webhook_url", m))?;
-    let cfg = kiln.config.notifications.clone();
-    let checked = url.clone();
-    crate::db::pool::blocking(move || Ok(notify::policy(&cfg, &checked)))
-        .await?
-        .map_err(|m| AppError::invalid("webhook_host_refused", m))?;
+    let url = checked_url(&kiln, &body.url).await?;
     let name = match body.name {
-        Some(n) => n.trim().to_string(),
+        Some(n) => checked_name(&n)?,
         None => crate::actors::repository::hosts::target(&url).map(|t| t.host).unwrap_or_else(|| "webhook".into()),
     };
-    if name.is_empty() || name.chars().count() > 100 {
-        return Err(AppError::invalid("invalid_name", "name must be 1-100 characters"));
-    }
-    let mut kinds: Vec<String> = Vec::new();
-    for k in body.kinds.unwrap_or_default() {
-        if kinds.iter().any(|x| x == k.as_str()) {
-            return Err(AppError::invalid("invalid_kinds", format!("kind `{}` is listed twice", k.as_str())));
-        }
-        kinds.push(k.as_str().to_string());
-    }
-    let format = match body.format.unwrap_or(WebhookFormat::Json) {
-        WebhookFormat::Json => "json",
-        WebhookFormat::Slack => "slack",
-    };
+    let kinds = checked_kinds(body.kinds.unwrap_or_default())?;
+    let format = format_str(body.format.unwrap_or(WebhookFormat::Json));
     let row = kiln
         .notifier()
         .send(CreateWebhook { org, name, url, format: format.into(), kinds: kinds.clone(), created_by: token_id(&req) })
@@ -266,6 +300,44 @@ pub async fn create_webhook(
     }))
 }
 
+/// A webhook URL as given, trimmed, of the right shape and allowed by the host policy.
+async fn checked_url(kiln: &Kiln, url: &str) -> AppResult<String> {
+    let url = url.trim().to_string();
+    notify::url_shape(&url).map_err(|m| AppError::invalid("invalid_webhook_url", m))?;
+    let cfg = kiln.config.notifications.clone();
+    let checked = url.clone();
+    crate::db::pool::blocking(move || Ok(notify::policy(&cfg, &checked)))
+        .await?
+        .map_err(|m| AppError::invalid("webhook_host_refused", m))?;
+    Ok(url)
+}
+
+fn checked_name(name: &str) -> AppResult<String> {
+    let name = name.trim().to_string();
+    if name.is_empty() || name.chars().count() > 100 {
+        return Err(AppError::invalid("invalid_name", "name must be 1-100 characters"));
+    }
+    Ok(name)
+}
+
+fn checked_kinds(given: Vec<NotificationKind>) -> AppResult<Vec<String>> {
+    let mut kinds: Vec<String> = Vec::new();
+    for k in given {
+        if kinds.iter().any(|x| x == k.as_str()) {
+            return Err(AppError::invalid("invalid_kinds", format!("kind `{}` is listed twice", k.as_str())));
+        }
+        kinds.push(k.as_str().to_string());
+    }
+    Ok(kinds)
+}
+
+fn format_str(format: WebhookFormat) -> &'static str {
+    match format {
+        WebhookFormat::Json => "json",
+        WebhookFormat::Slack => "slack",
+    }
+}
+
 #[utoipa::path(
     get, path = "/v1/organizations/{org}/notifications/webhooks/{webhook}", tag = "notifications", params(WebhookPath),
     responses(
@@ -279,6 +351,61 @@ pub async fn get_webhook(kiln: web::Data<Kiln>, caller: Caller, path: web::Path<
     organization_or_404(&kiln, &org).await?;
     let row = webhook_or_404(&kiln, &org, &id).await?;
     Ok(HttpResponse::Ok().json(Webhook::from(&row)))
+}
+
+/// Changes a webhook: its URL (checked as at creation), name, format, kinds,
+/// whether it is on; or rotates its secret.
+#[utoipa::path(
+    patch, path = "/v1/organizations/{org}/notifications/webhooks/{webhook}", tag = "notifications", params(WebhookPath),
+    request_body = UpdateWebhookBody,
+    responses(
+        (status = 200, description = "Changed; `secret` is the new secret when `rotate_secret` was `true`, and `url` is the full URL when it was changed", body = UpdatedWebhook),
+        (status = 404, description = "Not found:\n- `organization_not_found`\n- `webhook_not_found`", body = ApiError),
+        (status = 422, description = "Invalid content:\n- `invalid_webhook_url`: not an http(s) URL with a host, or with a user name, password or fragment\n- `webhook_host_refused`: the host is (or resolves to) a loopback, link-local or private address, does not resolve, or is not one the server's operator allows\n- `invalid_name`: not 1-100 characters\n- `invalid_kinds`: a kind listed twice", body = ApiError),
+    ),
+)]
+pub async fn update_webhook(
+    kiln: web::Data<Kiln>,
+    caller: Caller,
+    path: web::Path<(String, String)>,
+    body: Json<UpdateWebhookBody>,
+) -> AppResult<HttpResponse> {
+    let (org, id) = path.into_inner();
+    caller.require_org(&org)?;
+    organization_or_404(&kiln, &org).await?;
+    webhook_or_404(&kiln, &org, &id).await?;
+    let body = body.into_inner();
+    let url = match &body.url {
+        Some(u) => Some(checked_url(&kiln, u).await?),
+        None => None,
+    };
+    let name = body.name.as_deref().map(checked_name).transpose()?;
+    let kinds = body.kinds.map(checked_kinds).transpose()?;
+    let rotate_secret = body.rotate_secret.unwrap_or(false);
+    let url_changed = url.is_some();
+    let msg = UpdateWebhook {
+        org,
+        id,
+        name,
+        url,
+        format: body.format.map(|f| format_str(f).to_string()),
+        kinds,
+        enabled: body.enabled,
+        rotate_secret,
+    };
+    let row = kiln.notifier().send(msg).await??;
+    let shown = Webhook::from(&row);
+    Ok(HttpResponse::Ok().json(UpdatedWebhook {
+        id: row.id,
+        name: row.name,
+        url: if url_changed { row.url } else { shown.url },
+        format: row.format,
+        kinds: shown.kinds,
+        enabled: row.enabled,
+        created_at: row.created_at,
+        created_by: row.created_by,
+        secret: rotate_secret.then_some(row.secret),
+    }))
 }
 
 /// Deletes a webhook, its pending deliveries and its delivery log.
@@ -304,6 +431,7 @@ pub async fn delete_webhook(kiln: web::Data<Kiln>, caller: Caller, path: web::Pa
     responses(
         (status = 202, description = "Queued: follow it at `…/deliveries/{id}`", body = Delivery),
         (status = 404, description = "Not found:\n- `organization_not_found`\n- `webhook_not_found`", body = ApiError),
+        (status = 409, description = "Conflict:\n- `webhook_disabled`: the webhook is switched off", body = ApiError),
     ),
 )]
 pub async fn test_webhook(kiln: web::Data<Kiln>, caller: Caller, path: web::Path<(String, String)>) -> AppResult<HttpResponse> {

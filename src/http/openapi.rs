@@ -124,7 +124,7 @@ pub struct WebSocketUpgrade {
         sessions::prompt, sessions::cancel, sessions::answer_permission,
         events::list,
         stream::connect,
-        notifications::list_webhooks, notifications::create_webhook, notifications::get_webhook, notifications::delete_webhook,
+        notifications::list_webhooks, notifications::create_webhook, notifications::get_webhook, notifications::update_webhook, notifications::delete_webhook,
         notifications::test_webhook, notifications::list_deliveries, notifications::get_delivery,
         notifications::inbox, notifications::mark_read,
         webhooks::github,

@@ -178,11 +178,166 @@ impl GitHub {
         Ok(None)
     }
 
+    /// The tail of an Actions job's log: `GET /actions/jobs/{id}/logs` answers a
+    /// `302` to a short-lived signed URL on another host, which is fetched
+    /// without the token (it must not leave for a host that is not GitHub's
+    /// API). At most [`MAX_JOB_LOG`] bytes are read, within [`JOB_LOG_TIMEOUT`];
+    /// a longer log answers `None` (its tail cannot be had without reading it
+    /// all). A token without `actions:read` gets `Unauthorized`/`Http 403`, a job
+    /// without a log `NotFound`: the caller does without.
+    pub async fn job_log(&self, job_id: i64) -> Result<Option<Vec<u8>>, GitHubError> {
+        let client = awc::Client::builder().timeout(JOB_LOG_TIMEOUT).disable_redirects().finish();
+        let url = self.url(&format!("/actions/jobs/{job_id}/logs"));
+        let res = client
+            .get(&url)
+            .bearer_auth(&self.token)
+            .insert_header(("Accept", "application/vnd.github+json"))
+            .insert_header(("X-GitHub-Api-Version", API_VERSION))
+            .insert_header(("User-Agent", concat!("kiln/", env!("CARGO_PKG_VERSION"))))
+            .send()
+            .await
+            .map_err(|e| GitHubError::Transport(e.to_string()))?;
+        let status = res.status().as_u16();
+        let res = match status {
+            301 | 302 | 303 | 307 | 308 => {
+                let location = res.headers().get("location").and_then(|v| v.to_str().ok()).unwrap_or_default();
+                let target = if location.starts_with('/') { format!("{}{location}", self.api) } else { location.to_string() };
+                if !(target.starts_with("https://") || target.starts_with("http://")) {
+                    return Err(GitHubError::Http { status, message: "the log's redirect has no http(s) location".into() });
+                }
+                client
+                    .get(&target)
+                    .insert_header(("User-Agent", concat!("kiln/", env!("CARGO_PKG_VERSION"))))
+                    .send()
+                    .await
+                    .map_err(|e| GitHubError::Transport(e.to_string()))?
+            }
+            200 => res,
+            401 => return Err(GitHubError::Unauthorized("the job's log".into())),
+            404 | 410 => return Err(GitHubError::NotFound(format!("{}: job {job_id}'s log", self.repo))),
+            _ => return Err(GitHubError::Http { status, message: "the job's log".into() }),
+        };
+        if res.status().as_u16() != 200 {
+            return Err(GitHubError::Http { status: res.status().as_u16(), message: "the job's log download".into() });
+        }
+        read_bounded(res, MAX_JOB_LOG).await
+    }
+
     /// The review decision from the latest review of each reviewer.
     pub async fn review_decision(&self, number: i64) -> Result<Option<String>, GitHubError> {
         let reviews = self.send("GET", &format!("/pulls/{number}/reviews?per_page=100"), None, None).await?.body;
         Ok(review_decision(&reviews))
     }
+}
+
+/// The most of an Actions job log that is read (its tail is what the agent gets).
+pub const MAX_JOB_LOG: usize = 16 * 1024 * 1024;
+/// How long reading a job's log may take, redirect included.
+pub const JOB_LOG_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A body of at most `max` bytes; `None` when it is longer (the read stops there).
+async fn read_bounded<S>(mut res: awc::ClientResponse<S>, max: usize) -> Result<Option<Vec<u8>>, GitHubError>
+where
+    S: futures_util::Stream<Item = Result<actix_web::web::Bytes, awc::error::PayloadError>> + Unpin,
+{
+    use futures_util::StreamExt;
+    if res.headers().get("content-length").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok()).is_some_and(|n| n > max) {
+        return Ok(None);
+    }
+    let mut out = Vec::new();
+    while let Some(chunk) = res.next().await {
+        let chunk = chunk.map_err(|e| GitHubError::Transport(e.to_string()))?;
+        if out.len() + chunk.len() > max {
+            return Ok(None);
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(Some(out))
+}
+
+/// An Actions job's log as the agent gets it: its last `lines` lines, each at
+/// most 300 characters, without the runner's timestamps, ANSI colours and
+/// `##[group]` markers (`##[error]` reads `error:`), and without anything
+/// that looks like a GitHub token.
+pub fn job_log_tail(raw: &[u8], lines: usize) -> String {
+    let text = String::from_utf8_lossy(raw);
+    let text = strip_ansi(&text);
+    let mut kept: Vec<String> = Vec::new();
+    for line in text.lines() {
+        let line = strip_timestamp(line.trim_end_matches('\r'));
+        let line = match line {
+            l if l.starts_with("##[endgroup]") => continue,
+            l if l.starts_with("##[group]") => l["##[group]".len()..].to_string(),
+            l if l.starts_with("##[error]") => format!("error: {}", &l["##[error]".len()..]),
+            l if l.starts_with("##[warning]") => format!("warning: {}", &l["##[warning]".len()..]),
+            l => l.to_string(),
+        };
+        kept.push(line.chars().take(300).collect());
+    }
+    while kept.last().is_some_and(|l| l.trim().is_empty()) {
+        kept.pop();
+    }
+    let tail = kept[kept.len().saturating_sub(lines)..].join("\n");
+    crate::redact::github_tokens(&tail).into_owned()
+}
+
+/// `text` without ANSI escape sequences (CSI `ESC[…<final>`, OSC `ESC]…BEL`, and
+/// two-byte escapes).
+pub fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c != '\x1b' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('[') => {
+                for c in chars.by_ref() {
+                    if ('@'..='~').contains(&c) {
+                        break;
+                    }
+                }
+            }
+            Some(']') => {
+                while let Some(c) = chars.next() {
+                    if c == '\x07' || (c == '\x1b' && chars.next_if_eq(&'\\').is_some()) {
+                        break;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+/// A runner's line without its leading `2024-05-01T12:00:00.1234567Z `.
+fn strip_timestamp(line: &str) -> &str {
+    let b = line.as_bytes();
+    let stamped = b.len() > 20 && b[4] == b'-' && b[7] == b'-' && b[10] == b'T' && b[13] == b':' && b[..4].iter().all(u8::is_ascii_digit);
+    if !stamped {
+        return line;
+    }
+    match line.find(' ') {
+        Some(i) if line[..i].ends_with('Z') => &line[i + 1..],
+        _ => line,
+    }
+}
+
+/// The job id of a check run made by GitHub Actions (its `app.slug` is
+/// `github-actions`): the `…/job/{id}` of its `details_url`, else the check
+/// run's own id (an Actions check run's id is its job's id).
+fn actions_job_id(run: &Value) -> Option<i64> {
+    if run["app"]["slug"].as_str() != Some("github-actions") {
+        return None;
+    }
+    let from_url = run["details_url"]
+        .as_str()
+        .and_then(|u| u.split_once("/job/"))
+        .and_then(|(_, rest)| rest.split(['/', '?', '#']).next())
+        .and_then(|id| id.parse::<i64>().ok());
+    from_url.or(run["id"].as_i64())
 }
 
 /// A failed check, for the agent.
@@ -204,6 +359,9 @@ pub struct FailedCheck {
     pub text: String,
     #[serde(skip)]
     pub annotations: u64,
+    /// The Actions job behind the check run (for its log); `None` for other apps.
+    #[serde(skip)]
+    pub job_id: Option<i64>,
 }
 
 /// Folds check runs and the combined status into one CI state.
@@ -224,6 +382,7 @@ pub fn combine_ci(runs: &Value, status: &Value) -> (Option<String>, Vec<FailedCh
                 title: run["output"]["title"].as_str().unwrap_or("").to_string(),
                 text: run["output"]["text"].as_str().unwrap_or("").to_string(),
                 annotations: run["output"]["annotations_count"].as_u64().unwrap_or(0),
+                job_id: actions_job_id(run),
             }),
             _ => pending = true,
         }
@@ -454,6 +613,25 @@ mod tests {
         let many: Vec<Value> = (0..150).rev().map(|i| json!({"name": format!("job {i:03}"), "status": "queued"})).collect();
         let bounded = checks_of(&json!({"check_runs": many}), &json!({}));
         assert_eq!((bounded.len(), bounded[0].name.as_str(), bounded[99].name.as_str()), (MAX_CHECKS, "job 000", "job 099"));
+    }
+
+    #[test]
+    fn an_actions_check_run_names_its_job_and_its_log_tail_is_clean() {
+        let run = |slug: &str, details: &str| json!({"id": 7, "app": {"slug": slug}, "details_url": details});
+        assert_eq!(actions_job_id(&run("github-actions", "https://github.com/a/b/actions/runs/5/job/99")), Some(99));
+        assert_eq!(actions_job_id(&run("github-actions", "https://ci.example/x")), Some(7), "else the check run's id");
+        assert_eq!(actions_job_id(&run("circleci", "https://github.com/a/b/actions/runs/5/job/99")), None);
+        let raw = "2024-05-01T12:00:00.1234567Z ##[group]Run cargo test\n\
+                   2024-05-01T12:00:01.0000000Z \x1b[31merror[E0425]\x1b[0m: cannot find value `x`\n\
+                   2024-05-01T12:00:01.1000000Z ##[endgroup]\n\
+                   2024-05-01T12:00:02.0000000Z token ghp_abcdefghijklmnopqrstuvwxyz0123456789 leaked\n\
+                   2024-05-01T12:00:03.0000000Z ##[error]Process completed with exit code 101.\n\n";
+        assert_eq!(
+            job_log_tail(raw.as_bytes(), 10),
+            "Run cargo test\nerror[E0425]: cannot find value `x`\ntoken *** leaked\nerror: Process completed with exit code 101."
+        );
+        assert_eq!(job_log_tail(raw.as_bytes(), 1), "error: Process completed with exit code 101.");
+        assert_eq!(strip_ansi("a\x1b]8;;http://x\x07b\x1b]0;t\x1b\\c"), "abc");
     }
 
     #[test]

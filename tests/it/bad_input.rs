@@ -218,6 +218,7 @@ fn every_route(task: &str) -> Vec<(&'static str, &'static str, String, Reads)> {
         ("GET", "/v1/organizations/{org}/notifications/webhooks", format!("{o}/notifications/webhooks"), Nothing),
         ("POST", "/v1/organizations/{org}/notifications/webhooks", format!("{o}/notifications/webhooks"), Json),
         ("GET", "/v1/organizations/{org}/notifications/webhooks/{webhook}", format!("{o}/notifications/webhooks/wh_000000000000"), Nothing),
+        ("PATCH", "/v1/organizations/{org}/notifications/webhooks/{webhook}", format!("{o}/notifications/webhooks/wh_000000000000"), Json),
         ("DELETE", "/v1/organizations/{org}/notifications/webhooks/{webhook}", format!("{o}/notifications/webhooks/wh_000000000000"), Nothing),
         ("POST", "/v1/organizations/{org}/notifications/webhooks/{webhook}/test", format!("{o}/notifications/webhooks/wh_000000000000/test"), Nothing),
         ("GET", "/v1/organizations/{org}/notifications/webhooks/{webhook}/deliveries", format!("{o}/notifications/webhooks/wh_000000000000/deliveries"), Nothing),

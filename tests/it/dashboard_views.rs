@@ -208,14 +208,14 @@ async fn in_a_browser_a_repository_is_added_with_its_clone_progress_and_its_sett
     browser.eval("document.getElementById('rs-github').value = ''", json!([])).await;
     browser.type_into("#rs-github", "acme/big").await;
     browser.click("#rs-idle-commit").await;
-    browser.eval("document.getElementById('rs-ci-max').value = ''", json!([])).await;
-    browser.type_into("#rs-ci-max", "5").await;
+    browser.eval("document.getElementById('rx-ci_failed-max').value = ''", json!([])).await;
+    browser.type_into("#rx-ci_failed-max", "5").await;
     browser.click("#settings-form button[type='submit']").await;
     browser.until("saved", "const e = document.getElementById('settings-saved'); return !e.hidden && document.getElementById('settings-error').hidden", json!([])).await;
     let settings = admin.get("/v1/organizations/acme/repos/big").await.body["settings"].clone();
     assert_eq!(settings["github"], "acme/big");
     assert_eq!(settings["automation"]["on_idle"]["commit"], true);
-    assert_eq!(settings["automation"]["on_ci_failure"]["max_attempts"], 5);
+    assert_eq!(settings["reactions"]["ci_failed"]["max_attempts"], 5);
     // Another client's change shows in the untouched form, live.
     let mut other = settings.clone();
     other["keep_after_merge"] = json!(true);

@@ -35,6 +35,10 @@
 //!   like every list (with ETags). A comment answers 201 and bumps the issue's `updated_at`, as
 //!   on GitHub; a comment without `body` is a 422. [`FakeGithub::issues_delivery`] builds an
 //!   `issues` webhook payload (`action`, `issue`, `label` for `labeled`, `repository`, `sender`).
+//! - Actions job logs (`GET /actions/jobs/{job_id}/logs`, see "Actions job logs" below): a
+//!   `302` to a signed URL elsewhere on the fake (`/_blobs/…`, no token wanted: one sent is
+//!   refused, as a storage host refuses a bearer it does not know), `403 Resource not accessible`
+//!   when the token lacks `actions:read`, `404` for a job that is not there or has no log.
 //!
 //! Not faked: forks, `rebase` merges that are not a fast-forward (405), `sort`/`direction`,
 //! branches (§3.7), webhook delivery, GraphQL, and the hourly reset of the limit.
@@ -90,6 +94,7 @@ struct State {
     /// Injected failures: how many are left, the status, `retry-after`.
     fail: Option<(usize, u16, u64)>,
     requests: Vec<Request>,
+    actions: Actions,
 }
 
 /// A repository's timestamps: every change gets a later second than the last, so
@@ -186,6 +191,7 @@ impl FakeGithub {
             reset: now() + 3600,
             fail: None,
             requests: Vec::new(),
+            actions: Actions { read: true, ..Actions::default() },
         };
         let shared = Arc::new(Shared {
             token: format!("ghp_{}", hex::encode(rand::random::<[u8; 18]>())),
@@ -510,6 +516,8 @@ async fn entry(req: HttpRequest, body: web::Bytes, shared: web::Data<Shared>) ->
         res.insert_header(header);
     }
     match answer.body {
+        // GitHub never answers a bare JSON string: this is a plain-text body (a log).
+        Some(Value::String(text)) => res.content_type("text/plain; charset=utf-8").body(text),
         Some(body) => res.content_type("application/json; charset=utf-8").body(body.to_string()),
         None => res.finish(),
     }
@@ -534,6 +542,9 @@ impl Shared {
 impl State {
     /// Authentication, injected failures and the rate limit (§3.9), the route, then ETags (§3.10).
     fn answer(&mut self, token: &str, call: &Call) -> Answer {
+        if let Some(blob) = call.path.strip_prefix("/_blobs/") {
+            return self.actions.blob(blob, call);
+        }
         let given = call.auth.as_deref().and_then(|a| a.strip_prefix("Bearer ").or_else(|| a.strip_prefix("token ")));
         if given != Some(token) {
             return error(401, "Bad credentials");
@@ -629,6 +640,7 @@ impl State {
                 None => not_found(),
             },
             ("GET", ["commits", r @ .., "check-runs"]) if !r.is_empty() => repo.check_runs_json(&r.join("/"), &q),
+            ("GET", ["actions", "jobs", id, "logs"]) => self.actions.job_logs(base, &repo.full_name, id),
             ("GET", ["commits", r @ .., "status"]) if !r.is_empty() => repo.combined_status(&r.join("/")),
             _ => not_found(),
         }
@@ -1510,5 +1522,75 @@ mod tests {
         assert!(reviews.body[1]["id"].is_u64() && reviews.body[1]["submitted_at"].is_string());
         assert_eq!(reviews.body[1]["commit_id"], json!(sha));
         assert_eq!(get(&gh, "/repos/acme/widget/pulls/99/reviews").await.status, 404);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Actions job logs (kept apart from the rest: the reactions' `ci_failed` reads them).
+//
+// On GitHub a check run made by Actions (`app.slug: github-actions`) is one job of
+// a workflow run: its id is the job's id, and its `details_url`/`html_url` read
+// `https://github.com/{owner}/{repo}/actions/runs/{run_id}/job/{job_id}`.
+// `GET /repos/{o}/{r}/actions/jobs/{job_id}/logs` answers `302` with a short-lived
+// signed `Location` on another host, which wants no token; a token without
+// `actions:read` gets `403 Resource not accessible by …`; a job with no log `404`.
+// ---------------------------------------------------------------------------
+
+#[derive(Default)]
+struct Actions {
+    /// Whether the token has `actions:read`.
+    read: bool,
+    /// (repo, job id) → the job's log.
+    logs: HashMap<(String, u64), String>,
+    /// Signed blob name → log, handed out by a 302.
+    blobs: HashMap<String, String>,
+}
+
+impl Actions {
+    fn job_logs(&mut self, base: &str, repo: &str, id: &str) -> Answer {
+        if !self.read {
+            return error(403, "Resource not accessible by personal access token");
+        }
+        let Some(log) = id.parse::<u64>().ok().and_then(|id| self.logs.get(&(repo.to_string(), id))) else { return not_found() };
+        let blob = format!("{}?sig={}", hex::encode(rand::random::<[u8; 8]>()), hex::encode(rand::random::<[u8; 16]>()));
+        self.blobs.insert(blob.split('?').next().unwrap_or_default().to_string(), log.clone());
+        Answer { status: 302, body: None, headers: vec![("location", format!("{base}/_blobs/{blob}"))] }
+    }
+
+    /// The signed URL: no token wanted (one sent is refused), the log as plain text.
+    fn blob(&self, name: &str, call: &Call) -> Answer {
+        if call.auth.is_some() {
+            return error(403, "Server failed to authenticate the request: a bearer token was sent to a signed URL");
+        }
+        match self.blobs.get(name) {
+            Some(log) if call.query.starts_with("sig=") => json_answer(200, Value::String(log.clone())),
+            _ => not_found(),
+        }
+    }
+}
+
+impl FakeGithub {
+    /// Adds a failed check run made by GitHub Actions, as GitHub shows one (its id is
+    /// the job's id; `details_url` names the run and the job), with `log` as the
+    /// job's log; answers the job id. Its `output` carries only a title and summary.
+    pub fn add_failed_actions_job(&self, full_name: &str, sha: &str, name: &str, summary: &str, log: &str) -> u64 {
+        let id = self.with_repo(full_name, |repo| {
+            let (at, id, run) = (rfc3339(repo.clock.tick()), next_id(), next_id());
+            let url = format!("https://github.com/{full_name}/actions/runs/{run}/job/{id}");
+            repo.check_runs.push(json!({
+                "id": id, "name": name, "head_sha": sha, "status": "completed", "conclusion": "failure",
+                "external_id": format!("{:032x}", id), "started_at": at, "completed_at": at, "html_url": url, "details_url": url,
+                "output": {"title": format!("{name} failed"), "summary": summary, "text": null, "annotations_count": 0},
+                "app": {"id": 15368, "slug": "github-actions", "name": "GitHub Actions"},
+            }));
+            id
+        });
+        self.state().actions.logs.insert((full_name.to_string(), id), log.to_string());
+        id
+    }
+
+    /// Whether the token may read Actions (`actions:read`); on by default.
+    pub fn set_actions_read(&self, allowed: bool) {
+        self.state().actions.read = allowed;
     }
 }

@@ -467,3 +467,121 @@ async fn a_receiver_that_never_answers_holds_up_no_other_delivery() {
     assert_eq!(admin.get("/v1/organizations/default/inbox").await.status, 200);
     assert_eq!(alive.got().len(), 1);
 }
+
+#[actix_web::test]
+async fn a_webhook_is_changed_in_place_switched_off_and_on_and_its_secret_rotated() {
+    let (server, _dir) = server_with_local_receivers(&[]);
+    let admin = server.client();
+    let (acme, _) = org_with_token(&admin, "acme").await;
+    let (old, new) = (Receiver::start(&[]), Receiver::start(&[]));
+    let r = acme.post("/v1/organizations/acme/notifications/webhooks", json!({"url": old.url, "kinds": ["idle"]})).await;
+    assert_eq!(r.status, 201, "{r:?}");
+    let (id, secret) = (r.body["id"].as_str().unwrap().to_string(), r.body["secret"].as_str().unwrap().to_string());
+    let hook = format!("/v1/organizations/acme/notifications/webhooks/{id}");
+
+    // The same checks as at creation: shape, host policy, name, kinds; nothing changes on a refusal.
+    for (body, code) in [
+        (json!({"url": "http://user:pw@example.com/x"}), "invalid_webhook_url"),
+        (json!({"url": "http://169.254.169.254/latest/meta-data"}), "webhook_host_refused"),
+        (json!({"url": "http://localhost/x"}), "webhook_host_refused"),
+        (json!({"name": "  "}), "invalid_name"),
+        (json!({"kinds": ["idle", "idle"]}), "invalid_kinds"),
+    ] {
+        let r = acme.patch(&hook, body.clone()).await;
+        assert_eq!((r.status, r.code()), (422, code), "{body}: {r:?}");
+    }
+    let r = acme.patch(&hook, json!({"nope": 1})).await;
+    assert_eq!(r.status, 422, "unknown fields are refused: {r:?}");
+    let r = acme.patch("/v1/organizations/acme/notifications/webhooks/wh_000000000000", json!({"enabled": false})).await;
+    assert_eq!((r.status, r.code()), (404, "webhook_not_found"));
+    let r = admin.post("/v1/organizations", json!({"name": "other"})).await;
+    assert_eq!(r.status, 201);
+    let r = admin.patch(&format!("/v1/organizations/other/notifications/webhooks/{id}"), json!({"enabled": false})).await;
+    assert_eq!((r.status, r.code()), (404, "webhook_not_found"), "another organization's webhook is not there: {r:?}");
+
+    // New URL, name, format and kinds; the full URL is answered since it changed, no secret.
+    let r = acme.patch(&hook, json!({"url": new.url, "name": "ops", "format": "slack", "kinds": ["merged", "idle"]})).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!((r.body["url"].as_str(), r.body["name"].as_str(), r.body["format"].as_str()), (Some(new.url.as_str()), Some("ops"), Some("slack")));
+    assert_eq!(r.body["kinds"], json!(["merged", "idle"]));
+    assert!(r.body["secret"].is_null() && r.body["enabled"] == true, "{r:?}");
+    let shown = acme.get(&hook).await;
+    assert_eq!((shown.body["name"].as_str(), shown.body["enabled"].as_bool()), (Some("ops"), Some(true)));
+    assert!(!shown.text.contains("secret-path"), "the path is not shown again: {shown:?}");
+
+    // The test delivery goes to the new URL, signed with the old secret still.
+    let t = acme.post(&format!("{hook}/test"), json!({})).await;
+    assert_eq!(settled(&acme, "acme", &id, t.body["id"].as_str().unwrap()).await["status"], "delivered");
+    let got = new.wait_for(1, Duration::from_secs(30)).await;
+    assert!(old.got().is_empty(), "nothing went to the old URL");
+    let ts = &got[0].headers["x-kiln-timestamp"];
+    assert_eq!(got[0].headers["x-kiln-signature-256"], expected_signature(&secret, ts, &got[0].body));
+    let slack: Value = serde_json::from_slice(&got[0].body).unwrap();
+    assert!(slack["blocks"].is_array(), "the new format: {slack}");
+
+    // Rotating: the new secret is answered once, and signs from now on.
+    let r = acme.patch(&hook, json!({"rotate_secret": true})).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let rotated = r.body["secret"].as_str().unwrap().to_string();
+    assert!(rotated.starts_with("whsec_") && rotated != secret, "{r:?}");
+    assert!(r.body["url"].as_str().unwrap().ends_with("/…"), "the URL did not change: masked {r:?}");
+    assert!(!acme.get(&hook).await.text.contains(&rotated), "shown this once");
+    let t = acme.post(&format!("{hook}/test"), json!({})).await;
+    assert_eq!(settled(&acme, "acme", &id, t.body["id"].as_str().unwrap()).await["status"], "delivered");
+    let got = new.wait_for(2, Duration::from_secs(30)).await;
+    let ts = &got[1].headers["x-kiln-timestamp"];
+    assert_eq!(got[1].headers["x-kiln-signature-256"], expected_signature(&rotated, ts, &got[1].body), "the new secret signs");
+    assert_ne!(got[1].headers["x-kiln-signature-256"], expected_signature(&secret, ts, &got[1].body), "the old one no longer does");
+
+    // Switched off: a test is refused, and an event it wants makes no delivery, now or after it is on again.
+    let r = acme.patch(&hook, json!({"enabled": false})).await;
+    assert_eq!((r.status, r.body["enabled"].as_bool()), (200, Some(false)), "{r:?}");
+    let t = acme.post(&format!("{hook}/test"), json!({})).await;
+    assert_eq!((t.status, t.code()), (409, "webhook_disabled"), "{t:?}");
+    let c = admin.clone();
+    let dir = tempdir();
+    admin.add_repo("acme", &git_repo(dir.path(), "app")).await;
+    let task = c.create_task_with("acme", json!({"repo": "app", "description": "Quiet one", "agent": "quick"})).await;
+    c.wait_status("acme", task["id"].as_str().unwrap(), "idle").await;
+    eventually(Duration::from_secs(20), "the inbox entry (the event was read)", || async {
+        let r = acme.get("/v1/organizations/acme/inbox").await;
+        (!r.body["items"].as_array().unwrap().is_empty()).then_some(())
+    })
+    .await;
+    let log = acme.get(&format!("{hook}/deliveries")).await;
+    assert!(log.body["items"].as_array().unwrap().iter().all(|d| d["kind"] == "test"), "no delivery while off: {log:?}");
+    let r = acme.patch(&hook, json!({"enabled": true})).await;
+    assert_eq!((r.status, r.body["enabled"].as_bool()), (200, Some(true)));
+    let t = acme.post(&format!("{hook}/test"), json!({})).await;
+    assert_eq!(settled(&acme, "acme", &id, t.body["id"].as_str().unwrap()).await["status"], "delivered", "on again");
+    let log = acme.get(&format!("{hook}/deliveries")).await;
+    assert!(log.body["items"].as_array().unwrap().iter().all(|d| d["kind"] == "test"), "events from while it was off are not replayed: {log:?}");
+    let events = acme.events_since("acme", 0).await;
+    let updates: Vec<&Value> = events.iter().filter(|e| e["kind"] == "notification.webhook_updated").collect();
+    assert_eq!(updates.len(), 4, "{updates:?}");
+    assert_eq!(updates[1]["data"]["changed"], json!(["secret"]));
+    assert!(!serde_json::to_string(&events).unwrap().contains(&rotated), "the event never carries the secret");
+}
+
+#[actix_web::test]
+async fn the_cli_updates_a_webhook() {
+    let (server, _dir) = server_with_local_receivers(&[]);
+    let receiver = Receiver::start(&[]);
+    let (code, out, err) = cli(&server, &["notify", "add", &receiver.url, "--name", "ops"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (_, out, _) = cli(&server, &["notify", "list", "--json"]);
+    let id = serde_json::from_str::<Value>(&out).unwrap()[0]["id"].as_str().unwrap().to_string();
+    let (code, out, err) = cli(&server, &["notify", "update", &id, "--name", "pager", "--kind", "merged", "--disable", "--rotate-secret"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("pager") && out.contains("off") && out.contains("kinds: merged"), "{out}");
+    assert!(out.contains("whsec_"), "the new secret is printed once: {out}");
+    let (_, out, _) = cli(&server, &["notify", "list"]);
+    assert!(out.contains("pager") && out.contains("off"), "{out}");
+    let (code, out, err) = cli(&server, &["notify", "update", &id, "--enable", "--all-kinds", "--json"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!((v["enabled"].as_bool(), v["kinds"].clone(), v["secret"].is_null()), (Some(true), json!([]), true), "{v}");
+    let (code, _, err) = cli(&server, &["notify", "update", &id, "--webhook-url", "http://169.254.169.254/x"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("host") || err.contains("webhook_host_refused"), "{err}");
+}

@@ -321,3 +321,117 @@ async fn reaction_settings_are_checked() {
     assert_eq!(r.body["settings"]["reactions"]["merge_conflict"]["auto_sync"], false, "defaults shown: {r:?}");
     assert_eq!(r.body["settings"]["reactions"]["ci_failed"]["enabled"], false);
 }
+
+#[actix_web::test]
+async fn ci_failed_hands_over_the_tail_of_an_actions_jobs_log_when_the_token_may_read_it() {
+    let gh = FakeGithub::start();
+    let s = setup(&gh, json!({"ci_failed": {"enabled": true, "max_attempts": 5}})).await;
+    let (id, worktree, _) = task_with_pr(&s, "feature.txt", "work\n").await;
+    let mut term = Term::open(&s.c, "default", &id, 0).await;
+
+    // A runner's log: timestamps, colours, groups, a token that leaked into the output.
+    let mut log: String = (1..=80).map(|i| format!("2024-05-01T12:00:{:02}.0000000Z compile step {i}\n", i % 60)).collect();
+    log.push_str("2024-05-01T12:01:00.0000000Z \x1b[31merror[E0425]\x1b[0m: cannot find value `answer`\n");
+    log.push_str(&format!("2024-05-01T12:01:01.0000000Z using {}\n", gh.token()));
+    log.push_str("2024-05-01T12:01:02.0000000Z ##[error]Process completed with exit code 101.\n");
+    let head = git(&worktree, &["rev-parse", "HEAD"]);
+    let job = gh.add_failed_actions_job(FULL, &head, "build", "1 error", &log);
+    term.until(WAIT, "the CI hand-over with the job's log", |t| {
+        let text = t.text();
+        text.contains("error: Process completed with exit code 101.") && text.contains("\x1b[201~")
+    })
+    .await;
+    let text = term.text();
+    assert!(text.contains("1. build: failure (https://github.com/acme/app/actions/runs/"), "{text}");
+    assert!(text.contains("Job log (last "), "{text}");
+    assert!(text.contains("| error[E0425]: cannot find value `answer`"), "colours and timestamps stripped: {text}");
+    assert!(!text.contains("[31m") && !text.contains("2024-05-01T12"), "{text}");
+    assert!(!text.contains(gh.token()) && text.contains("using ***"), "the token is redacted: {text}");
+    assert!(text.contains("compile step 80") && !text.contains("compile step 10"), "only the tail: {text}");
+    let fired1 = wait_fired(&s.c, &id, "reaction.fired", "ci_failed", 1).await;
+    assert_eq!(fired1[0]["data"]["checks"][0]["job_log"], true, "{fired1:?}");
+    // The log came through the redirect, fetched from the signed URL without the token.
+    let reqs = gh.requests();
+    assert!(reqs.iter().any(|r| r.path.ends_with(&format!("/actions/jobs/{job}/logs")) && r.status == 302), "{reqs:?}");
+    assert!(reqs.iter().any(|r| r.path.starts_with("/_blobs/") && r.status == 200), "no token sent to the blob: {reqs:?}");
+
+    // A token without actions:read: the hand-over still comes, with the check run's output only.
+    gh.set_actions_read(false);
+    std::fs::write(worktree.join("feature.txt"), "fix 1\n").unwrap();
+    assert_eq!(act(&s.c, &id, "push", json!({"commit": "fix 1"})).await.status, 200);
+    let head = git(&worktree, &["rev-parse", "HEAD"]);
+    gh.add_failed_actions_job(FULL, &head, "build", "still 1 error (round two)", "2024-05-01T12:00:00.0000000Z secret log line\n");
+    let second = wait_fired(&s.c, &id, "reaction.fired", "ci_failed", 2).await;
+    assert_eq!((second[1]["data"]["outcome"].as_str(), second[1]["data"]["checks"][0]["job_log"].as_bool()), (Some("delivered"), Some(false)));
+    term.until(WAIT, "the second hand-over", |t| t.text().contains("still 1 error (round two)")).await;
+    let text = term.text();
+    assert!(!text.contains("secret log line"), "{text}");
+    assert!(gh.requests().iter().any(|r| r.path.contains("/actions/jobs/") && r.status == 403), "it asked and was refused");
+}
+
+#[actix_web::test]
+async fn a_task_without_a_pr_is_told_once_when_its_work_no_longer_merges_with_its_moving_base() {
+    let dir = tempdir();
+    let server = Server::start_in(
+        dir.path(),
+        &[("KILN_REPOS__BRANCH_POLL_MS", "200"), ("KILN_REPOS__FETCH_SECS", "1"), ("KILN_TASKS__STATUS_POLL_MS", "200")],
+    );
+    let c = server.client();
+    let (bare, upstream) = bare_origin(dir.path());
+    c.add_repo("default", &bare).await;
+    let r = c
+        .put("/v1/organizations/default/repos/origin/settings", json!({"reactions": {"merge_conflict": {"enabled": true, "auto_sync": true, "max_attempts": 3}}}))
+        .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let t = c.create_task("default", "origin", "edit the readme").await;
+    let id = t["id"].as_str().unwrap().to_string();
+    let worktree = server.data_dir().join(format!("worktrees/default/origin/{id}"));
+    let mut term = Term::open(&c, "default", &id, 0).await;
+    // Uncommitted work: the prediction sees it.
+    std::fs::write(worktree.join("README.md"), "hello from the task\n").unwrap();
+    branch_polls(&c, 3).await;
+    assert!(fired(&c, &id, "reaction.fired", "merge_conflict").await.is_empty(), "the base has not moved");
+
+    // main moves on with another README.
+    std::fs::write(upstream.join("README.md"), "hello from main\n").unwrap();
+    git(&upstream, &["commit", "-q", "-am", "main's readme"]);
+    git(&upstream, &["push", "-q", "origin", "main"]);
+    term.until(WAIT, "the conflict message", |t| {
+        let text = t.text();
+        text.contains("\x1b[200~Your work (committed and uncommitted) no longer merges cleanly with main") && text.contains("\x1b[201~")
+    })
+    .await;
+    assert!(term.text().contains("- README.md"), "{}", term.text());
+    let got = wait_fired(&c, &id, "reaction.fired", "merge_conflict", 1).await;
+    let d = &got[0]["data"];
+    assert_eq!((d["source"].as_str(), d["outcome"].as_str(), d["attempt"].as_i64()), (Some("prediction"), Some("delivered"), Some(1)), "{d}");
+    assert_eq!((d["base"].clone(), d["files"].clone()), (json!("main"), json!(["README.md"])));
+    // auto_sync does not rebase uncommitted work (git's autostash would park it in
+    // the stash on a conflict): the agent is told, and the worktree is untouched.
+    let events = c.events_since("default", 0).await;
+    assert!(!events.iter().any(|e| e["task"] == id.as_str() && e["kind"].as_str().unwrap().starts_with("task.sync")), "no sync tried");
+    assert_eq!(std::fs::read_to_string(worktree.join("README.md")).unwrap(), "hello from the task\n");
+
+    // The conflict stands while the agent keeps editing and commits: the same cause, not fired again.
+    std::fs::write(worktree.join("README.md"), "hello from the task, edited more\n").unwrap();
+    std::fs::write(worktree.join("other.txt"), "more work\n").unwrap();
+    git(&worktree, &["commit", "-q", "-am", "the task's readme"]);
+    let predicted = || async {
+        c.events_since("default", 0).await.into_iter().filter(|e| e["task"] == id.as_str() && e["kind"] == "task.conflict_predicted").count()
+    };
+    let before = predicted().await;
+    // Rounds enough for the edit to be seen (the same files predicted again say nothing new).
+    branch_polls(&c, 5).await;
+    assert_eq!(predicted().await, before);
+    assert_eq!(fired(&c, &id, "reaction.fired", "merge_conflict").await.len(), 1, "once per cause");
+}
+
+/// Waits until `origin`'s branch poller has finished `n` more polls than now.
+async fn branch_polls(c: &Client, n: u64) {
+    let count = || async {
+        let r = c.get("/admin/pollers").await;
+        r.body["items"].as_array().unwrap().iter().find(|p| p["key"] == "org/default/repo/origin/branch-sync").and_then(|p| p["polls"].as_u64()).unwrap_or(0)
+    };
+    let from = count().await;
+    eventually(WAIT, "the branch poller polls again", || async { (count().await >= from + n).then_some(()) }).await;
+}

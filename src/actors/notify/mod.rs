@@ -4,7 +4,7 @@
 //!
 //! Messages: `EventsCommitted` (from the HistoryActors, after a batch holding a
 //! watched kind commits), `CreateWebhook`, `DeleteWebhook`, `TestWebhook`,
-//! `MarkRead`. It reads each organization's new events from its cursor, turns
+//! `UpdateWebhook`, `MarkRead`. It reads each organization's new events from its cursor, turns
 //! those that need a person into inbox entries and deliveries (`state::classify`)
 //! and moves the cursor in the same transaction, then announces the entries as
 //! `inbox.added` events. Deliveries are rows: a restart loses none.
@@ -70,6 +70,22 @@ pub struct CreateWebhook {
 pub struct DeleteWebhook {
     pub org: String,
     pub id: String,
+}
+
+/// Changes a webhook (its URL, if new, already checked by the caller): `None`
+/// fields are kept; `rotate_secret` makes a new secret. Answers the row, secret
+/// included (the caller shows it only when it was rotated).
+#[derive(Message)]
+#[rtype(result = "AppResult<WebhookRow>")]
+pub struct UpdateWebhook {
+    pub org: String,
+    pub id: String,
+    pub name: Option<String>,
+    pub url: Option<String>,
+    pub format: Option<String>,
+    pub kinds: Option<Vec<String>>,
+    pub enabled: Option<bool>,
+    pub rotate_secret: bool,
 }
 
 /// Queues a test delivery to a webhook; answers it (pending).
@@ -384,6 +400,7 @@ impl Handler<CreateWebhook> for NotifierActor {
                 after_event: after,
                 created_at: now_ms(),
                 created_by: msg.created_by,
+                enabled: true,
             };
             let inserted = row.clone();
             kiln.db.write(move |c| store::insert_webhook(c, &inserted)).await?;
@@ -413,6 +430,51 @@ impl Handler<DeleteWebhook> for NotifierActor {
     }
 }
 
+impl Handler<UpdateWebhook> for NotifierActor {
+    type Result = AtomicResponse<Self, AppResult<WebhookRow>>;
+
+    fn handle(&mut self, msg: UpdateWebhook, ctx: &mut Self::Context) -> Self::Result {
+        let kiln = self.kiln.clone();
+        let me = ctx.address();
+        atomic!(self, async move {
+            let change = store::WebhookChange {
+                name: msg.name,
+                url: msg.url,
+                format: msg.format,
+                kinds: msg.kinds.as_ref().map(|k| serde_json::to_string(k).unwrap_or_else(|_| "[]".into())),
+                enabled: msg.enabled,
+                secret: msg.rotate_secret.then(|| format!("whsec_{}", random_hex(40))),
+            };
+            let mut changed: Vec<&str> = Vec::new();
+            for (field, set) in [
+                ("name", change.name.is_some()),
+                ("url", change.url.is_some()),
+                ("format", change.format.is_some()),
+                ("kinds", change.kinds.is_some()),
+                ("enabled", change.enabled.is_some()),
+                ("secret", change.secret.is_some()),
+            ] {
+                if set {
+                    changed.push(field);
+                }
+            }
+            let (org, id) = (msg.org.clone(), msg.id.clone());
+            let row = kiln
+                .db
+                .write(move |c| store::update_webhook(c, &org, &id, &change))
+                .await?
+                .ok_or_else(|| webhook_not_found(&msg.id))?;
+            let data = json!({"id": row.id, "name": row.name, "format": row.format, "enabled": row.enabled, "changed": changed});
+            kiln.emit_one(&msg.org, NewEvent::new("notification.webhook_updated", data)).await?;
+            // Switched on again: its waiting deliveries are due.
+            if row.enabled {
+                me.do_send(Pump {});
+            }
+            Ok(row)
+        })
+    }
+}
+
 impl Handler<TestWebhook> for NotifierActor {
     type Result = AtomicResponse<Self, AppResult<Delivery>>;
 
@@ -422,6 +484,12 @@ impl Handler<TestWebhook> for NotifierActor {
         atomic!(self, async move {
             let (org, id) = (msg.org.clone(), msg.id.clone());
             let hook = kiln.db.read(move |c| view::webhook(c, &org, &id)).await?.ok_or_else(|| webhook_not_found(&msg.id))?;
+            if !hook.enabled {
+                return Err(AppError::conflict(
+                    "webhook_disabled",
+                    format!("webhook `{}` is switched off: switch it on (PATCH with `enabled: true`) to test it", hook.id),
+                ));
+            }
             let delivery = format!("dlv_{}", random_hex(16));
             let notice = state::Notice {
                 delivery: &delivery,

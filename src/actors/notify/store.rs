@@ -27,6 +27,49 @@ pub(super) fn delete_webhook(conn: &mut SqliteConnection, org: &str, id: &str) -
     .map(|n| n > 0)
 }
 
+/// What a `PATCH` changes of a webhook (`None`: kept).
+#[derive(Debug, Default, Clone)]
+pub(super) struct WebhookChange {
+    pub name: Option<String>,
+    pub url: Option<String>,
+    pub format: Option<String>,
+    /// JSON array of kinds.
+    pub kinds: Option<String>,
+    pub enabled: Option<bool>,
+    pub secret: Option<String>,
+}
+
+/// Applies `change` to a webhook of `org`; answers the row as it is now (`None`: no such webhook).
+pub(super) fn update_webhook(conn: &mut SqliteConnection, org: &str, id: &str, change: &WebhookChange) -> QueryResult<Option<WebhookRow>> {
+    let Some(mut row) = notification_webhooks::table
+        .filter(notification_webhooks::organization.eq(org))
+        .filter(notification_webhooks::id.eq(id))
+        .select(WebhookRow::as_select())
+        .first(conn)
+        .optional()?
+    else {
+        return Ok(None);
+    };
+    let c = change.clone();
+    row.name = c.name.unwrap_or(row.name);
+    row.url = c.url.unwrap_or(row.url);
+    row.format = c.format.unwrap_or(row.format);
+    row.kinds = c.kinds.unwrap_or(row.kinds);
+    row.enabled = c.enabled.unwrap_or(row.enabled);
+    row.secret = c.secret.unwrap_or(row.secret);
+    diesel::update(notification_webhooks::table.find(id))
+        .set((
+            notification_webhooks::name.eq(&row.name),
+            notification_webhooks::url.eq(&row.url),
+            notification_webhooks::format.eq(&row.format),
+            notification_webhooks::kinds.eq(&row.kinds),
+            notification_webhooks::enabled.eq(row.enabled),
+            notification_webhooks::secret.eq(&row.secret),
+        ))
+        .execute(conn)?;
+    Ok(Some(row))
+}
+
 pub(super) fn insert_delivery(conn: &mut SqliteConnection, row: &DeliveryRow) -> QueryResult<()> {
     diesel::insert_into(notification_deliveries::table).values(row).execute(conn).map(|_| ())
 }
@@ -79,8 +122,10 @@ pub(super) fn scan(conn: &mut SqliteConnection, org: &str, page: i64, inbox_keep
         .load(conn)?;
     let more = rows.len() as i64 == page;
     let upto = if more { rows.last().map(|r| r.0).unwrap_or(hi) } else { hi };
+    // A webhook switched off gets nothing for these events, now or later.
     let hooks: Vec<WebhookRow> = notification_webhooks::table
         .filter(notification_webhooks::organization.eq(org))
+        .filter(notification_webhooks::enabled.eq(true))
         .select(WebhookRow::as_select())
         .load(conn)?;
     let mut out = Scanned { entries: Vec::new(), deliveries: 0, more };

@@ -21,6 +21,7 @@ pub struct WebhookRow {
     pub after_event: i64,
     pub created_at: i64,
     pub created_by: Option<String>,
+    pub enabled: bool,
 }
 
 #[derive(Debug, Clone, Queryable, Selectable, Insertable)]
@@ -82,6 +83,9 @@ pub struct Webhook {
     pub created_at: i64,
     /// The token that created it (`null`: the admin).
     pub created_by: Option<String>,
+    /// `false`: switched off (`PATCH`); no delivery is made for it and its
+    /// pending ones wait until it is on again.
+    pub enabled: bool,
 }
 
 impl From<&WebhookRow> for Webhook {
@@ -94,6 +98,7 @@ impl From<&WebhookRow> for Webhook {
             kinds: serde_json::from_str(&row.kinds).unwrap_or_default(),
             created_at: row.created_at,
             created_by: row.created_by.clone(),
+            enabled: row.enabled,
         }
     }
 }
@@ -278,6 +283,7 @@ pub fn due(conn: &mut SqliteConnection, now: i64, limit: i64) -> QueryResult<Vec
     let rows: Vec<(String, String, String, String, i32, String, String)> = notification_deliveries::table
         .inner_join(notification_webhooks::table.on(notification_webhooks::id.eq(notification_deliveries::webhook_id)))
         .filter(notification_deliveries::status.eq("pending"))
+        .filter(notification_webhooks::enabled.eq(true))
         .filter(notification_deliveries::next_attempt_at.le(now))
         .order(notification_deliveries::next_attempt_at.asc())
         .limit(limit)
@@ -300,7 +306,9 @@ pub fn due(conn: &mut SqliteConnection, now: i64, limit: i64) -> QueryResult<Vec
 /// When the next pending delivery after `now` is due.
 pub fn next_due_after(conn: &mut SqliteConnection, now: i64) -> QueryResult<Option<i64>> {
     notification_deliveries::table
+        .inner_join(notification_webhooks::table.on(notification_webhooks::id.eq(notification_deliveries::webhook_id)))
         .filter(notification_deliveries::status.eq("pending"))
+        .filter(notification_webhooks::enabled.eq(true))
         .filter(notification_deliveries::next_attempt_at.gt(now))
         .select(diesel::dsl::min(notification_deliveries::next_attempt_at))
         .first(conn)

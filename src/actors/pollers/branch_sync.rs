@@ -6,7 +6,8 @@
 //! `BranchesObserved` and writes no table. Then, under the mirror's git lock, it
 //! predicts conflicts between the repository's active tasks and against their
 //! base (`integrations::conflicts`, with its cache kept here between polls) and
-//! reports `ConflictsObserved`.
+//! reports `ConflictsObserved`, then runs the `merge_conflict` reaction for
+//! tasks without a pull request (`reactions::after_conflict_round`).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -116,6 +117,9 @@ impl BranchSyncPoller {
                 kiln.repository(&org, &repo)
                     .send(ConflictsObserved { evaluated: prediction.evaluated, conflicts: prediction.conflicts })
                     .await??;
+                // Tasks without a PR learn of a conflict with their base from here
+                // (awaited: the next round waits, so one cause is not handled twice at once).
+                crate::actors::task::reactions::after_conflict_round(kiln.clone(), org.clone(), repo.clone()).await;
             }
             Ok::<_, AppError>((Some((fetch_due, moved)), cache))
         };

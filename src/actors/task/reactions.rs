@@ -17,6 +17,8 @@
 //!
 //! The PR causes run after each PR poll ([`after_pr_poll`]), outside every
 //! actor (it talks to GitHub, git and the TaskActor), one task after another.
+//! `merge_conflict` for a task with no open PR runs after each round of
+//! conflict prediction ([`after_conflict_round`]), from its task-vs-base result.
 //! Deciding what to fire and writing the messages are pure functions, tested
 //! below without any I/O.
 
@@ -42,6 +44,10 @@ const MAX_PART: usize = 3_000;
 const TAIL_LINES: usize = 30;
 /// Annotations kept per check.
 const MAX_ANNOTATIONS: usize = 10;
+/// Lines of an Actions job's log kept (its tail).
+const LOG_LINES: usize = 40;
+/// Characters the job log's tail may take of a check's part.
+const LOG_CHARS: usize = 1_500;
 
 /// One open task PR as the PR poller just saw it.
 #[derive(Debug, Clone)]
@@ -101,13 +107,20 @@ async fn react(kiln: &Kiln, org: &str, repo: &Repo, gh: Option<&GitHub>, f: &PrF
                     _ => Value::Null,
                 });
             }
+            let mut logs = Vec::new();
+            for c in &checks {
+                logs.push(match (gh, c.job_id) {
+                    (Some(gh), Some(id)) => job_log(kiln, gh, id).await,
+                    _ => None,
+                });
+            }
             let before: Vec<usize> = checks.iter().map(|c| r.earlier_failures(&c.name, &pr.head_sha)).collect();
             let attempt = r.next_attempt("ci_failed");
-            let text = ci_message(pr, &checks, &annotations, &before, attempt, ci.max_attempts);
+            let text = ci_message(pr, &checks, &annotations, &logs, &before, attempt, ci.max_attempts);
             let detail = json!({
                 "number": pr.number, "head_sha": pr.head_sha,
-                "checks": checks.iter().zip(&before).map(|(c, n)| json!({
-                    "name": c.name, "conclusion": c.conclusion, "url": c.url, "failed_before": n,
+                "checks": checks.iter().zip(&before).zip(&logs).map(|((c, n), log)| json!({
+                    "name": c.name, "conclusion": c.conclusion, "url": c.url, "failed_before": n, "job_log": log.is_some(),
                 })).collect::<Vec<_>>(),
             });
             r.deliver("ci_failed", fresh, ci.max_attempts, text, detail).await?;
@@ -161,6 +174,28 @@ async fn react(kiln: &Kiln, org: &str, repo: &Repo, gh: Option<&GitHub>, f: &PrF
 /// same failure; the next head's is a new one).
 fn check_key(c: &FailedCheck, sha: &str) -> String {
     format!("{}@{sha}", c.name)
+}
+
+/// The tail of an Actions job's log, cleaned ([`github::job_log_tail`]) and
+/// redacted (the token, the data dir, URL passwords); `None` when the token may
+/// not read it (no `actions:read`), it is gone, too long, or GitHub failed: the
+/// check run's output and annotations are then all the agent gets.
+async fn job_log(kiln: &Kiln, gh: &GitHub, job_id: i64) -> Option<String> {
+    let raw = match gh.job_log(job_id).await {
+        Ok(Some(raw)) => raw,
+        Ok(None) => {
+            log::info!("job {job_id}'s log is over {} bytes: not read", crate::integrations::github::MAX_JOB_LOG);
+            return None;
+        }
+        Err(e) => {
+            log::info!("job {job_id}'s log cannot be read ({e}): the check's output only");
+            return None;
+        }
+    };
+    let tail = blocking(move || Ok(crate::integrations::github::job_log_tail(&raw, LOG_LINES))).await.ok()?;
+    let tail = tail.replace(&gh.token, "***");
+    let tail = kiln.redactor.text(&tail).into_owned();
+    (!tail.trim().is_empty()).then_some(tail)
 }
 
 /// One task's reaction state while its reactions run.
@@ -269,7 +304,8 @@ impl Reactor<'_> {
 /// The PR cannot merge: Kiln syncs itself when that is clean (`auto_sync`),
 /// else the agent is told which files conflict.
 async fn merge_conflict(r: &Reactor<'_>, repo: &Repo, f: &PrFacts, keys: Vec<String>, auto_sync: bool, max: u32) -> AppResult<()> {
-    let detail = |files: &[String]| json!({"number": f.pr.number, "head_sha": f.pr.head_sha, "base": f.base, "files": files});
+    let detail =
+        |files: &[String]| json!({"source": "pull_request", "number": f.pr.number, "head_sha": f.pr.head_sha, "base": f.base, "files": files});
     let files = conflicting_files(r.kiln, r.org, repo, &f.base, &f.branch).await.unwrap_or_default();
     if auto_sync && r.attempts("merge_conflict") < max as usize {
         let handle = r.kiln.task(r.org, r.repo, r.task);
@@ -296,6 +332,113 @@ async fn merge_conflict(r: &Reactor<'_>, repo: &Repo, f: &PrFacts, keys: Vec<Str
     }
     let text = conflict_message(f.pr.number, &f.base, &files);
     r.deliver("merge_conflict", keys, max, text, detail(&files)).await
+}
+
+/// `merge_conflict` for the tasks that have no open pull request, from conflict
+/// prediction (`task_conflicts` rows against `base`, uncommitted work
+/// included): called by the branch poller after each round. A conflict is one
+/// cause from the round it was first predicted until it clears (its key is
+/// `local@<since>`), so the agent's edits while it stands do not fire it again;
+/// the same bound (`max_attempts`) and escalation as the PR's. A failure is
+/// logged.
+pub async fn after_conflict_round(kiln: Kiln, org: String, repo: String) {
+    if let Err(e) = local_conflicts(&kiln, &org, &repo).await {
+        log::warn!("merge_conflict reactions for {org}/{repo}: {e}");
+    }
+}
+
+async fn local_conflicts(kiln: &Kiln, org: &str, name: &str) -> AppResult<()> {
+    let (o, n) = (org.to_string(), name.to_string());
+    let Some(repo) = kiln.db.read(move |c| queries::repo_by_name(c, &o, &n)).await? else { return Ok(()) };
+    let settings = repo.settings();
+    let conflict = settings.reactions.merge_conflict.clone();
+    if !conflict.enabled {
+        return Ok(());
+    }
+    let (repo_id, o) = (repo.id, org.to_string());
+    // (task, base branch, files, since, committed only) of the live tasks without an open PR.
+    let found = kiln
+        .db
+        .read(move |c| {
+            let mut out = Vec::new();
+            let branches = queries::branches_list(c, repo_id)?;
+            for row in queries::conflicts_list(c, repo_id)?.into_iter().filter(|r| r.other == crate::integrations::conflicts::BASE) {
+                let Some(task) = queries::task(c, &o, &row.task_id)? else { continue };
+                if !matches!(task.status.as_str(), "running" | "idle") {
+                    continue;
+                }
+                if queries::task_pull_request(c, repo_id, &task.branch)?.is_some_and(|p| p.state == "open") {
+                    continue;
+                }
+                let clean = branches.iter().any(|b| b.name == task.branch && b.dirty_files == Some(0));
+                out.push((task.id, task.base_branch, row.file_list(), row.since, clean));
+            }
+            Ok(out)
+        })
+        .await?;
+    for (task, base, files, since, clean) in found {
+        let t = task.clone();
+        let rows = kiln.db.read(move |c| queries::all_task_reactions(c, &t)).await?;
+        let r = Reactor { kiln, org, repo: name, task: &task, rows: &rows };
+        let keys = vec![format!("local@{since}")];
+        let Some(fresh) = r.fresh("merge_conflict", &keys).filter(|_| !r.spent("merge_conflict", conflict.max_attempts)) else { continue };
+        // Uncommitted work would be rebased through git's autostash, which parks
+        // it in the stash on a conflict instead of failing: the agent does it.
+        let auto_sync = conflict.auto_sync && clean;
+        if let Err(e) = local_conflict(&r, fresh, &base, &files, since, auto_sync, conflict.max_attempts).await {
+            log::warn!("merge_conflict reaction for task {task}: {e}");
+        }
+    }
+    Ok(())
+}
+
+/// A task without a PR no longer merges with its base: Kiln rebases it itself
+/// when that is clean (`auto_sync`; no push: nothing was published for review),
+/// else the agent is told which files conflict.
+async fn local_conflict(
+    r: &Reactor<'_>,
+    keys: Vec<String>,
+    base: &str,
+    files: &[String],
+    since: i64,
+    auto_sync: bool,
+    max: u32,
+) -> AppResult<()> {
+    let detail = json!({"source": "prediction", "base": base, "files": files, "since": since});
+    if auto_sync && r.attempts("merge_conflict") < max as usize {
+        let sync = ApplyAction { input: super::state::TaskInput::Sync, text: None, git: Default::default() };
+        match r.kiln.task(r.org, r.repo, r.task).send(sync).await? {
+            Ok(_) => {
+                let Some(attempt) = r.claim("merge_conflict", keys, "synced").await? else { return Ok(()) };
+                let mut data = json!({"cause": "merge_conflict", "attempt": attempt, "max_attempts": max, "outcome": "synced"});
+                merge(&mut data, detail);
+                r.kiln.emit_one(r.org, r.event("reaction.fired", data)).await?;
+                return Ok(());
+            }
+            Err(AppError::Conflict { code: "sync_conflict", .. }) => {}
+            Err(e) => log::warn!("task {}: syncing on a predicted conflict failed: {e}", r.task),
+        }
+    }
+    r.deliver("merge_conflict", keys, max, local_conflict_message(base, files), detail).await
+}
+
+/// The message for a task (without a PR) whose work no longer merges with its base.
+pub fn local_conflict_message(base: &str, files: &[String]) -> String {
+    let mut out = format!(
+        "Your work (committed and uncommitted) no longer merges cleanly with {}, which has moved on. These files conflict:\n",
+        clean(base)
+    );
+    for f in files.iter().take(100) {
+        out.push_str(&format!("- {}\n", clean(f)));
+    }
+    if files.len() > 100 {
+        out.push_str(&format!("- … and {} more\n", files.len() - 100));
+    }
+    out.push_str(&format!(
+        "Please sync now, before this grows: commit your work, fetch origin, rebase onto origin/{} (or merge it in), and resolve the conflicts.",
+        clean(base)
+    ));
+    out
 }
 
 /// The files that conflict between the task branch and origin's base, from
@@ -463,11 +606,13 @@ pub fn review_message(number: i32, items: &[&ReviewItem], bots: bool) -> String 
 }
 
 /// The one message for CI failures: per check its name, conclusion, link, and
-/// what GitHub says about it (annotations, the output's tail), each bounded.
+/// what GitHub says about it (annotations, the Actions job log's tail, the
+/// output's tail), each bounded.
 pub fn ci_message(
     pr: &PullRequest,
     checks: &[&FailedCheck],
     annotations: &[Value],
+    logs: &[Option<String>],
     failed_before: &[usize],
     attempt: usize,
     max: u32,
@@ -507,6 +652,24 @@ pub fn ci_message(
                 let level = a["annotation_level"].as_str().unwrap_or("failure");
                 let message = clean(a["message"].as_str().unwrap_or("")).lines().next().unwrap_or("").to_string();
                 part.push_str(&format!("   - {place} ({level}): {message}\n"));
+            }
+        }
+        if let Some(log) = logs.get(i).and_then(Option::as_deref) {
+            // The newest lines that fit the budget: the end of a log says why it failed.
+            let log = clean(log);
+            let mut kept: Vec<&str> = Vec::new();
+            let mut used = 0;
+            for line in log.lines().rev() {
+                used += line.chars().count() + 6;
+                if used > LOG_CHARS {
+                    break;
+                }
+                kept.push(line);
+            }
+            kept.reverse();
+            part.push_str(&format!("   Job log (last {} lines):\n", kept.len()));
+            for line in kept {
+                part.push_str(&format!("   | {line}\n"));
             }
         }
         if !c.text.trim().is_empty() {
@@ -595,9 +758,10 @@ mod tests {
             title: "tests".into(),
             text: format!("{long}\x1b[201~evil"),
             annotations: 1,
+            job_id: None,
         };
         let notes = json!([{"path": "src/lib.rs", "start_line": 10, "annotation_level": "failure", "message": "assertion failed: x == 1"}]);
-        let text = ci_message(&pr(), &[&check], &[notes], &[1], 2, 3);
+        let text = ci_message(&pr(), &[&check], &[notes], &[None], &[1], 2, 3);
         assert!(text.contains("#7 (head 0123456789ab); hand-over 2 of 3"), "{text}");
         assert!(text.contains("1. tests: failure (https://github.com/a/b/runs/5)"), "{text}");
         assert!(text.contains("failed before on an earlier head (1 time)"), "{text}");
@@ -606,6 +770,19 @@ mod tests {
         assert!(!text.contains("log line 0\n"), "only the tail");
         assert!(!text.contains('\x1b'), "no escape can end the paste");
         assert!(text.chars().count() <= MAX_PART + 300, "bounded: {}", text.chars().count());
+    }
+
+    #[test]
+    fn a_job_log_tail_comes_before_the_output_and_keeps_its_newest_lines_within_its_budget() {
+        let check = FailedCheck { name: "build".into(), conclusion: "failure".into(), job_id: Some(9), ..FailedCheck::default() };
+        let log: String = (0..200).map(|i| format!("step {i}\n")).collect::<String>() + "error: exit code 101";
+        let text = ci_message(&pr(), &[&check], &[Value::Null], &[Some(log)], &[0], 1, 3);
+        assert!(text.contains("Job log (last "), "{text}");
+        assert!(text.ends_with("| error: exit code 101"), "the end of the log is kept: {text}");
+        assert!(!text.contains("| step 0\n"), "only the tail: {text}");
+        assert!(text.chars().count() < LOG_CHARS + 400, "bounded: {}", text.chars().count());
+        let without = ci_message(&pr(), &[&check], &[Value::Null], &[None], &[0], 1, 3);
+        assert!(!without.contains("Job log"), "{without}");
     }
 
     #[test]
@@ -652,6 +829,13 @@ mod tests {
         let text = conflict_message(7, "main", &["README.md".into()]);
         assert!(text.contains("#7 no longer merges cleanly with main. These files conflict:\n- README.md\n"), "{text}");
         assert!(text.contains("rebase onto origin/main"));
+    }
+
+    #[test]
+    fn a_predicted_conflict_message_names_the_files_and_asks_for_a_sync() {
+        let text = local_conflict_message("main", &["shared.txt".into()]);
+        assert!(text.contains("no longer merges cleanly with main, which has moved on. These files conflict:\n- shared.txt\n"), "{text}");
+        assert!(text.contains("rebase onto origin/main"), "{text}");
     }
 
     #[test]

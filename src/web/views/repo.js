@@ -14,16 +14,36 @@ const TABS = [
   { id: 'pulls', label: 'Pull requests' },
 ];
 
+/** The reactions' defaults, as the API fills them in (docs/git.md, "Reactions"). */
+const REACTION_DEFAULTS = {
+  ci_failed: { enabled: false, max_attempts: 3 },
+  changes_requested: { enabled: false, max_attempts: 3 },
+  bot_comments: { enabled: false, max_attempts: 3 },
+  bot_logins: [],
+  merge_conflict: { enabled: false, max_attempts: 3, auto_sync: false },
+  agent_stuck: { enabled: false, silent_secs: 1800, idle_without_pr_secs: 3600 },
+  approved_and_green: { enabled: false, merge: false, method: 'squash' },
+};
+
 /** The settings as the form shows them: `{}` until first set, so the defaults fill in. */
 export function settingsOf(repo) {
   const s = repo.settings || {};
   const a = s.automation || {};
+  const r = s.reactions || {};
+  const reactions = {};
+  for (const [key, dflt] of Object.entries(REACTION_DEFAULTS)) {
+    reactions[key] = Array.isArray(dflt) ? [...(r[key] || dflt)] : { ...dflt, ...(r[key] || {}) };
+  }
+  // The older `automation.on_ci_failure` still runs ci_failed when ci_failed is off: show it as such.
+  if (!reactions.ci_failed.enabled && a.on_ci_failure?.enabled) {
+    reactions.ci_failed = { enabled: true, max_attempts: a.on_ci_failure.max_attempts ?? 3 };
+  }
   return {
     github: s.github || '',
     keep_after_merge: !!s.keep_after_merge,
     on_idle: { commit: !!a.on_idle?.commit, push: !!a.on_idle?.push, draft_pr: !!a.on_idle?.draft_pr },
-    on_ci_failure: { enabled: !!a.on_ci_failure?.enabled, max_attempts: a.on_ci_failure?.max_attempts ?? 3 },
     archive_on_external_merge: !!a.archive_on_external_merge,
+    reactions,
   };
 }
 
@@ -164,37 +184,113 @@ function check(id, label, checked, hint) {
     h('label', { for: id }, label, hint ? h('span.muted.small.block', hint) : null));
 }
 
+/** A whole number input, `min`–`max`. */
+function numberInput(id, min, max) {
+  return h(`input#${id}`, { type: 'number', min, max, step: 1, inputmode: 'numeric' });
+}
+
 function settingsPane(pane, app, base, current, saved) {
   const out = outcome('settings');
   const github = h('input#rs-github', { autocomplete: 'off', spellcheck: 'false', placeholder: 'owner/name' });
-  const max = h('input#rs-ci-max', { type: 'number', min: 0, max: 20, step: 1, inputmode: 'numeric' });
   const submit = h('button.primary', { type: 'submit' }, 'Save settings');
   let dirty = false;
   const boxes = {};
-
-  function fill() {
-    const s = settingsOf(current());
-    github.value = s.github;
-    max.value = String(s.on_ci_failure.max_attempts);
-    boxes.keep.checked = s.keep_after_merge;
-    boxes.commit.checked = s.on_idle.commit;
-    boxes.push.checked = s.on_idle.push;
-    boxes.draft.checked = s.on_idle.draft_pr;
-    boxes.ci.checked = s.on_ci_failure.enabled;
-    boxes.archive.checked = s.archive_on_external_merge;
-    dirty = false;
-  }
 
   const keepRow = check('rs-keep', 'Keep a task after its PR is merged through Kiln', false, 'Instead of archiving it (and removing its sandbox).');
   const commitRow = check('rs-idle-commit', 'Commit what the agent left');
   const pushRow = check('rs-idle-push', 'Push the task\'s branch');
   const draftRow = check('rs-idle-draft', 'Open a draft pull request when the task has none');
-  const ciRow = check('rs-ci-enabled', 'Hand a CI failure on the task\'s PR to its agent');
   const archiveRow = check('rs-archive-external', 'Archive a task whose PR was merged or closed outside Kiln');
   Object.assign(boxes, {
     keep: keepRow.querySelector('input'), commit: commitRow.querySelector('input'), push: pushRow.querySelector('input'),
-    draft: draftRow.querySelector('input'), ci: ciRow.querySelector('input'), archive: archiveRow.querySelector('input'),
+    draft: draftRow.querySelector('input'), archive: archiveRow.querySelector('input'),
   });
+
+  // Reactions: one switch each, with its own bounds; the inputs are named after the API's fields.
+  const sw = (id, label, hint) => {
+    const row = check(id, label, false, hint);
+    row.querySelector('input').setAttribute('role', 'switch');
+    return row;
+  };
+  const nums = {};
+  // `path`: the field as the API names it in a refusal, to put the focus there.
+  const field = (id, label, min, max, hint, path) => {
+    nums[id] = { input: numberInput(id, min, max), label, path };
+    return h('div.field-row.inline', h('label', { for: id }, label, hint ? h('span.muted.small.block', hint) : null), nums[id].input);
+  };
+  const attempts = (key) => field(`rx-${key}-max`, 'At most this many hand-overs per task, then escalate', 0, 20, null, `${key}.max_attempts`);
+  const rows = {
+    ci_failed: sw('rx-ci_failed', 'CI failed: hand each failing check to the agent',
+      'Name, conclusion, link, annotations, the output\'s tail and the Actions job log\'s tail.'),
+    changes_requested: sw('rx-changes_requested', 'Changes requested: hand new reviews and review comments from people to the agent'),
+    bot_comments: sw('rx-bot_comments', 'Bot comments: the same for bots, in a message of their own'),
+    merge_conflict: sw('rx-merge_conflict', 'Merge conflict: tell the agent which files conflict with the base',
+      'From the PR, or from conflict prediction when the task has no PR.'),
+    auto_sync: sw('rx-merge_conflict-auto_sync', 'Let Kiln sync first, when the rebase is clean'),
+    agent_stuck: sw('rx-agent_stuck', 'Agent stuck: say so when it is silent, or idle without a PR, too long'),
+    approved_and_green: sw('rx-approved_and_green', 'Approved and green: act when the PR is approved, green and mergeable'),
+    merge: sw('rx-approved_and_green-merge', 'Merge it', 'Off: only say it is ready to merge.'),
+  };
+  const bots = h('input#rx-bot_logins', { autocomplete: 'off', spellcheck: 'false', placeholder: 'ci-helper, renovate' });
+  const method = h('select#rx-approved_and_green-method',
+    ['squash', 'merge', 'rebase'].map((m) => h('option', { value: m }, m)));
+  const input = (row) => row.querySelector('input');
+
+  function fill() {
+    const s = settingsOf(current());
+    const r = s.reactions;
+    github.value = s.github;
+    boxes.keep.checked = s.keep_after_merge;
+    boxes.commit.checked = s.on_idle.commit;
+    boxes.push.checked = s.on_idle.push;
+    boxes.draft.checked = s.on_idle.draft_pr;
+    boxes.archive.checked = s.archive_on_external_merge;
+    for (const key of ['ci_failed', 'changes_requested', 'bot_comments', 'merge_conflict', 'agent_stuck', 'approved_and_green']) {
+      input(rows[key]).checked = !!r[key].enabled;
+    }
+    for (const key of ['ci_failed', 'changes_requested', 'bot_comments', 'merge_conflict']) {
+      nums[`rx-${key}-max`].input.value = String(r[key].max_attempts);
+    }
+    input(rows.auto_sync).checked = !!r.merge_conflict.auto_sync;
+    nums['rx-agent_stuck-silent_secs'].input.value = String(r.agent_stuck.silent_secs);
+    nums['rx-agent_stuck-idle_without_pr_secs'].input.value = String(r.agent_stuck.idle_without_pr_secs);
+    input(rows.merge).checked = !!r.approved_and_green.merge;
+    method.value = r.approved_and_green.method;
+    bots.value = r.bot_logins.join(', ');
+    dirty = false;
+  }
+
+  const block = (title, ...children) => h('fieldset.reaction', h('legend', title), ...children);
+  const reactionsPart = [
+    block('CI failed', rows.ci_failed, attempts('ci_failed')),
+    block('Reviews', rows.changes_requested, attempts('changes_requested'), rows.bot_comments, attempts('bot_comments'),
+      h('div.field-row', h('label', { for: 'rx-bot_logins' }, 'Also bots (logins, separated by commas)'), bots,
+        h('p.muted.small', 'Logins ending in [bot] are bots already. Compared without case.'))),
+    block('Merge conflict', rows.merge_conflict, rows.auto_sync, attempts('merge_conflict')),
+    block('Agent stuck', rows.agent_stuck,
+      field('rx-agent_stuck-silent_secs', 'Running without output for (seconds)', 1, 2592000, '1800 = 30 minutes', 'silent_secs'),
+      field('rx-agent_stuck-idle_without_pr_secs', 'Idle without a pull request for (seconds)', 1, 2592000, '3600 = 1 hour', 'idle_without_pr_secs')),
+    block('Approved and green', rows.approved_and_green, rows.merge,
+      h('div.field-row.inline', h('label', { for: 'rx-approved_and_green-method' }, 'Merge method'), method)),
+  ];
+
+  function reactionsBody() {
+    const n = (id) => Number(nums[id].input.value);
+    const on = (key) => input(rows[key]).checked;
+    return {
+      ci_failed: { enabled: on('ci_failed'), max_attempts: n('rx-ci_failed-max') },
+      changes_requested: { enabled: on('changes_requested'), max_attempts: n('rx-changes_requested-max') },
+      bot_comments: { enabled: on('bot_comments'), max_attempts: n('rx-bot_comments-max') },
+      bot_logins: bots.value.split(/[\s,]+/).map((l) => l.trim()).filter(Boolean),
+      merge_conflict: { enabled: on('merge_conflict'), max_attempts: n('rx-merge_conflict-max'), auto_sync: on('auto_sync') },
+      agent_stuck: {
+        enabled: on('agent_stuck'),
+        silent_secs: n('rx-agent_stuck-silent_secs'),
+        idle_without_pr_secs: n('rx-agent_stuck-idle_without_pr_secs'),
+      },
+      approved_and_green: { enabled: on('approved_and_green'), merge: on('merge'), method: method.value },
+    };
+  }
 
   const form = h('form#settings-form.card-panel.narrow-form', {
     novalidate: true,
@@ -202,27 +298,35 @@ function settingsPane(pane, app, base, current, saved) {
       dirty = true;
       out.clear();
     },
+    // A select or a switch says `change`; a stream update must not undo it either.
+    onchange: () => {
+      dirty = true;
+    },
     onsubmit: async (e) => {
       e.preventDefault();
+      // Only what cannot be sent as a number is stopped here; the API judges the range.
+      for (const f of Object.values(nums)) {
+        const v = f.input.value.trim();
+        if (v === '' || !Number.isInteger(Number(v))) {
+          out.fail({ message: `Not saved: “${f.label}” must be a whole number.` });
+          f.input.focus();
+          return;
+        }
+      }
       const body = {
         keep_after_merge: boxes.keep.checked,
         automation: {
           on_idle: { commit: boxes.commit.checked, push: boxes.push.checked, draft_pr: boxes.draft.checked },
-          on_ci_failure: { enabled: boxes.ci.checked, max_attempts: Number(max.value) },
+          // The older name of ci_failed: this form writes reactions.ci_failed and clears it.
+          on_ci_failure: { enabled: false, max_attempts: 3 },
           archive_on_external_merge: boxes.archive.checked,
         },
+        reactions: reactionsBody(),
       };
       if (github.value.trim()) body.github = github.value.trim();
-      // A PUT replaces every setting: keep the reactions and issue intake this form does not show.
-      const reactions = current().settings?.reactions;
-      if (reactions) body.reactions = reactions;
+      // A PUT replaces every setting: keep issue intake, which this form does not show.
       const issues = current().settings?.issues;
       if (issues) body.issues = issues;
-      if (max.value.trim() === '' || !Number.isInteger(Number(max.value)) || Number(max.value) < 0) {
-        out.fail({ message: 'Not saved: the number of CI hand-overs must be a whole number from 0 to 20.' });
-        max.focus();
-        return;
-      }
       submit.disabled = true;
       try {
         const repo = await put(`${base}/settings`, body);
@@ -231,8 +335,10 @@ function settingsPane(pane, app, base, current, saved) {
         out.ok('Settings saved.');
       } catch (err) {
         out.fail(err);
+        const named = Object.values(nums).find((f) => err.message.includes(f.path));
         if (/github/.test(err.message)) github.focus();
-        else if (/max_attempts/.test(err.message)) max.focus();
+        else if (/bot_logins/.test(err.message)) bots.focus();
+        else if (named) named.input.focus();
       } finally {
         submit.disabled = false;
       }
@@ -245,9 +351,9 @@ function settingsPane(pane, app, base, current, saved) {
   keepRow,
   h('h2', 'When a task goes idle'),
   commitRow, pushRow, draftRow,
-  h('h2', 'When CI fails'),
-  ciRow,
-  h('div.field-row.inline', h('label', { for: 'rs-ci-max' }, 'At most this many hand-overs per task'), max),
+  h('h2', 'Reactions'),
+  h('p.muted.small', 'What Kiln does on its own about a task\'s pull request or agent. Each fires once per cause; past its bound it is escalated to a person.'),
+  ...reactionsPart,
   h('h2', 'Outside Kiln'),
   archiveRow,
   out.error, out.saved,

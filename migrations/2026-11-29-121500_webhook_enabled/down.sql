@@ -1,0 +1,1 @@
+ALTER TABLE notification_webhooks DROP COLUMN enabled;
