@@ -916,15 +916,25 @@ fn conflicted_files(dir: &Path) -> Vec<String> {
 /// Rebases the worktree's branch onto `upstream` (or merges it in), stashing
 /// and restoring uncommitted work. On a conflict it aborts, leaving the worktree
 /// exactly as it was, and answers the conflicting files.
+///
+/// A conflict between the uncommitted work and the new base counts too: git's
+/// autostash then exits 0 with the work parked in the stash and the worktree
+/// full of conflict markers. That sync is undone (the branch back where it was,
+/// the work applied back onto it), so nothing is left in a stash nobody reads.
 pub fn integrate(worktree: &Path, upstream: &str, merge: bool) -> Result<Integration, GitError> {
     let env = identity(worktree);
+    let before = rev_parse(worktree, "HEAD")?;
+    let stash_before = stash_top(worktree);
     let attempt = if merge {
         run_env(worktree, &["merge", "--autostash", "--no-edit", upstream], &env)
     } else {
         run_env(worktree, &["rebase", "--autostash", upstream], &env)
     };
     match attempt {
-        Ok(_) => Ok(Integration::Clean(rev_parse(worktree, "HEAD")?)),
+        Ok(_) => match stash_top(worktree).filter(|top| Some(top) != stash_before.as_ref()) {
+            Some(parked) => undo_parked_autostash(worktree, &before, &parked, &env),
+            None => Ok(Integration::Clean(rev_parse(worktree, "HEAD")?)),
+        },
         Err(GitError::Failed { stderr, command }) => {
             let files = conflicted_files(worktree);
             let abort = if merge { ["merge", "--abort"] } else { ["rebase", "--abort"] };
@@ -937,6 +947,39 @@ pub fn integrate(worktree: &Path, upstream: &str, merge: bool) -> Result<Integra
         }
         Err(e) => Err(e),
     }
+}
+
+/// The newest stash entry's commit, if there is one.
+fn stash_top(dir: &Path) -> Option<String> {
+    run(dir, &["rev-parse", "-q", "--verify", "refs/stash"]).ok().filter(|s| !s.is_empty())
+}
+
+/// After an integration whose autostash did not apply (`parked` is the stash
+/// entry git stored): notes the conflicting files, puts the branch back on
+/// `before` and the work back onto it (where it came from, so it applies), and
+/// drops the entry. Answers the conflicts; an error says where the work is if
+/// it could not be put back.
+fn undo_parked_autostash(worktree: &Path, before: &str, parked: &str, env: &[(String, String)]) -> Result<Integration, GitError> {
+    let files = conflicted_files(worktree);
+    run_env(worktree, &["reset", "--hard", "--quiet", before], env)?;
+    if run_env(worktree, &["stash", "apply", "--index", "--quiet", parked], env).is_err() {
+        run_env(worktree, &["reset", "--hard", "--quiet", before], env)?;
+        if let Err(e) = run_env(worktree, &["stash", "apply", "--quiet", parked], env) {
+            return Err(GitError::Failed {
+                command: "sync".into(),
+                stderr: format!("the uncommitted work conflicts with the new base and could not be put back; it is safe in the stash as {parked}: {e}"),
+            });
+        }
+    }
+    // Drop exactly that entry (the stash is shared by every worktree of the mirror).
+    let entries = run(worktree, &["reflog", "show", "--format=%H", "refs/stash"]).unwrap_or_default();
+    if let Some(i) = entries.lines().position(|l| l.trim() == parked) {
+        let _ = run_env(worktree, &["stash", "drop", "--quiet", &format!("stash@{{{i}}}")], env);
+    }
+    if files.is_empty() {
+        return Err(GitError::Failed { command: "sync".into(), stderr: "the uncommitted work does not apply on the new base; nothing was changed".into() });
+    }
+    Ok(Integration::Conflicts(files))
 }
 
 /// Merges `branch` into `base` inside a bare repository without a worktree
@@ -1114,6 +1157,37 @@ fn clean_stderr(raw: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A repository on branch `t` forked from `main`, where `main` then changed
+    /// `f` and `t` has `f` changed (uncommitted) the other way.
+    fn uncommitted_work_against_a_moved_base() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        let sh = |script: &str| {
+            let ok = std::process::Command::new("sh").arg("-c").arg(script).current_dir(dir.path()).env("GIT_CONFIG_NOSYSTEM", "1").status().unwrap().success();
+            assert!(ok, "{script}");
+        };
+        sh("git init -q -b main && git config user.email t@t && git config user.name t && printf 'a\\n' > f && printf 'x\\n' > g && git add f g && git commit -qm a");
+        sh("git checkout -qb t && printf 'mine\\n' > g && git commit -qam mine && git checkout -q main && printf 'b\\n' > f && git commit -qam b && git checkout -q t");
+        sh("printf 'c\\n' > f && printf 'staged\\n' > h && git add h && printf 'new\\n' > untracked");
+        dir
+    }
+
+    #[test]
+    fn uncommitted_work_that_conflicts_with_the_new_base_undoes_the_sync_and_keeps_the_work() {
+        for merge in [false, true] {
+            let dir = uncommitted_work_against_a_moved_base();
+            let before = rev_parse(dir.path(), "HEAD").unwrap();
+            match integrate(dir.path(), "main", merge).unwrap() {
+                Integration::Conflicts(files) => assert_eq!(files, vec!["f".to_string()], "merge={merge}"),
+                Integration::Clean(head) => panic!("merge={merge}: a conflicting autostash was called clean at {head}"),
+            }
+            assert_eq!(rev_parse(dir.path(), "HEAD").unwrap(), before, "merge={merge}: the branch is back where it was");
+            let read = |f: &str| std::fs::read_to_string(dir.path().join(f)).unwrap();
+            assert_eq!((read("f"), read("h"), read("untracked")), ("c\n".into(), "staged\n".into(), "new\n".into()), "merge={merge}");
+            assert_eq!(run(dir.path(), &["diff", "--cached", "--name-only"]).unwrap(), "h", "merge={merge}: the index as it was");
+            assert!(stash_top(dir.path()).is_none(), "merge={merge}: nothing left in the stash");
+        }
+    }
 
     #[test]
     fn progress_is_thinned_to_phases_and_tens() {

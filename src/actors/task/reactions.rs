@@ -382,8 +382,8 @@ async fn local_conflicts(kiln: &Kiln, org: &str, name: &str) -> AppResult<()> {
         let r = Reactor { kiln, org, repo: name, task: &task, rows: &rows };
         let keys = vec![format!("local@{since}")];
         let Some(fresh) = r.fresh("merge_conflict", &keys).filter(|_| !r.spent("merge_conflict", conflict.max_attempts)) else { continue };
-        // Uncommitted work would be rebased through git's autostash, which parks
-        // it in the stash on a conflict instead of failing: the agent does it.
+        // Kiln does not sync over uncommitted work: the agent owns it, and a
+        // conflicting sync would only be undone. The agent is told instead.
         let auto_sync = conflict.auto_sync && clean;
         if let Err(e) = local_conflict(&r, fresh, &base, &files, since, auto_sync, conflict.max_attempts).await {
             log::warn!("merge_conflict reaction for task {task}: {e}");

@@ -625,7 +625,8 @@ echo "head $(git rev-parse HEAD)""#;
     /// Fetches `base` from origin in the sandbox (the credential through
     /// askpass, for this command only) and rebases the checkout's branch onto
     /// it (or merges it in), with autostash; on a conflict it aborts, leaving
-    /// the checkout as it was, and answers the files, as `git::integrate` does.
+    /// the checkout as it was, and answers the files, as `git::integrate` does
+    /// (an autostash that does not apply on the new base undoes the sync too).
     pub async fn integrate(&self, origin: RemoteOrigin, base: String, merge: bool) -> ProviderResult<Result<git::Integration, git::GitError>> {
         let me = self.clone();
         local(move || async move {
@@ -637,10 +638,26 @@ echo "head $(git rev-parse HEAD)""#;
 if [ -n "${KILN_GIT_TOKEN:-}" ]; then export GIT_ASKPASS="$HOME/.kiln/askpass"; fi
 git -c credential.helper= fetch --quiet --no-tags origin "+refs/heads/$KILN_BASE:refs/remotes/origin/$KILN_BASE" 2>&1 || { echo "KILN_FETCH_FAILED"; exit 3; }
 if [ -z "$(git config user.email || true)" ]; then export GIT_AUTHOR_NAME=Kiln GIT_AUTHOR_EMAIL=kiln@localhost GIT_COMMITTER_NAME=Kiln GIT_COMMITTER_EMAIL=kiln@localhost; fi
+before=$(git rev-parse HEAD)
+stash_before=$(git rev-parse -q --verify refs/stash || true)
 set +e
 if [ "$KILN_MODE" = merge ]; then out=$(git merge --autostash --no-edit "origin/$KILN_BASE" 2>&1); else out=$(git rebase --autostash "origin/$KILN_BASE" 2>&1); fi
 code=$?
 set -e
+parked=$(git rev-parse -q --verify refs/stash || true)
+if [ $code -eq 0 ] && [ -n "$parked" ] && [ "$parked" != "$stash_before" ]; then
+  # The autostash did not apply on the new base: undo the sync, put the work back.
+  files=$(git diff --name-only --diff-filter=U)
+  git reset --hard -q "$before"
+  if ! git stash apply --index -q "$parked" >/dev/null 2>&1; then
+    git reset --hard -q "$before"
+    git stash apply -q "$parked" >/dev/null 2>&1 || { echo "the uncommitted work conflicts with the new base and could not be put back; it is safe in the stash as $parked"; exit 4; }
+  fi
+  i=$(git reflog show --format=%H refs/stash | grep -n "^$parked\$" | head -n 1 | cut -d: -f1)
+  if [ -n "$i" ]; then git stash drop -q "stash@{$((i - 1))}" || true; fi
+  if [ -n "$files" ]; then printf '%s\n' "$files" | sed 's/^/conflict /'; exit 0; fi
+  echo "the uncommitted work does not apply on the new base; nothing was changed"; exit 4
+fi
 if [ $code -eq 0 ]; then echo "clean $(git rev-parse HEAD)"; exit 0; fi
 files=$(git diff --name-only --diff-filter=U)
 git "$KILN_MODE" --abort >/dev/null 2>&1 || true
