@@ -27,31 +27,31 @@ use crate::common::{eventually, git, git_repo, sandbox_agent_bin, tempdir, Serve
 use crate::fake_daytona::{CreateFault, FakeDaytona, Scope, Timing};
 use crate::isolation::GitHttp;
 
-const WAIT: Duration = Duration::from_secs(30);
-const SECRET: &str = "s3cr3t-Pa55word";
+pub(crate) const WAIT: Duration = Duration::from_secs(30);
+pub(crate) const SECRET: &str = "s3cr3t-Pa55word";
 
-fn fast() -> Timing {
+pub(crate) fn fast() -> Timing {
     Timing { create: Duration::from_millis(50), start: Duration::from_millis(50), stop: Duration::from_millis(50), destroy: Duration::from_millis(50) }
 }
 
-fn bin() -> String {
+pub(crate) fn bin() -> String {
     sandbox_agent_bin().expect("the sandbox-agent binary: set KILN_SANDBOX_AGENT_BIN or run .ci/run")
 }
 
-fn client(fake: &FakeDaytona) -> DaytonaClient {
+pub(crate) fn client(fake: &FakeDaytona) -> DaytonaClient {
     let retry = Retry { attempts: 4, first_delay: Duration::from_millis(50), max_delay: Duration::from_millis(200), max_retry_after: Duration::from_secs(5) };
     DaytonaClient::new(&fake.api_url(), ApiKey::new(fake.key())).with_retry(retry)
 }
 
 /// A repository served over smart HTTP with a password, and a bare mirror of it.
-struct Remote {
-    dir: tempfile::TempDir,
-    http: GitHttp,
-    mirror: PathBuf,
+pub(crate) struct Remote {
+    pub(crate) dir: tempfile::TempDir,
+    pub(crate) http: GitHttp,
+    pub(crate) mirror: PathBuf,
 }
 
 impl Remote {
-    fn start() -> Remote {
+    pub(crate) fn start() -> Remote {
         let dir = tempdir();
         let served = dir.path().join("served");
         std::fs::create_dir_all(&served).unwrap();
@@ -68,7 +68,7 @@ impl Remote {
         format!("{}/app.git", self.http.url)
     }
 
-    fn with_password(&self) -> String {
+    pub(crate) fn with_password(&self) -> String {
         format!("http://kiln-bot:{SECRET}@{}/app.git", self.http.url.trim_start_matches("http://"))
     }
 
@@ -117,12 +117,12 @@ fn settings(fake: &FakeDaytona, port: u16) -> DaytonaSettings {
     DaytonaSettings::from_config(&json!({"api_url": fake.api_url(), "agent_bin": bin(), "agent_port": port})).unwrap()
 }
 
-fn port() -> u16 {
+pub(crate) fn port() -> u16 {
     kiln::integrations::sandbox_agent::free_port().unwrap()
 }
 
 /// A sandbox's id by its name (`None` once it is gone).
-async fn sandbox_id(fake: &FakeDaytona, task: &str) -> Option<String> {
+pub(crate) async fn sandbox_id(fake: &FakeDaytona, task: &str) -> Option<String> {
     let (c, name) = (client(fake), format!("kiln-{task}"));
     let found = kiln::providers::daytona::api::on_arbiter(move || async move { c.find(&name).await }).await.unwrap();
     found.filter(|s| s.state != "destroyed").map(|s| s.id)
@@ -299,7 +299,7 @@ async fn status_reports_a_failed_or_vanished_sandbox_with_daytonas_reason_and_re
 
 /// A server whose `default` organization has a daytona profile on `fake`, and a
 /// repository `app` registered by its URL (with a password).
-async fn daytona_server(fake: &FakeDaytona, remote: &Remote, key: &str) -> (Server, tempfile::TempDir) {
+pub(crate) async fn daytona_server(fake: &FakeDaytona, remote: &Remote, key: &str) -> (Server, tempfile::TempDir) {
     let (server, dir) = Server::start(&[("KILN_REPOS__ALLOWED_HOSTS", r#"["127.0.0.1"]"#)]);
     let c = server.client();
     let profile = json!({

@@ -19,6 +19,7 @@ mod dashboard_changes;
 mod dashboard_notify;
 mod dashboard_conflicts;
 mod dashboard_views;
+mod daytona_autostop;
 mod daytona_client;
 mod daytona_profile;
 mod daytona_provider;
