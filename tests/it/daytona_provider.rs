@@ -499,3 +499,42 @@ async fn a_running_daytona_task_survives_a_restart_and_orphaned_sandboxes_are_re
     assert_eq!(sandbox_id(&fake, "deadbeef").await, None);
     assert!(sandbox_id(&fake, &task).await.is_some(), "the running task's sandbox is kept");
 }
+
+#[actix_web::test]
+async fn a_sandbox_orphaned_while_kiln_runs_is_reported_then_deleted_without_a_restart() {
+    let fake = FakeDaytona::with_timing(fast());
+    let (server, _dir) = Server::start(&[
+        ("KILN_REPOS__ALLOWED_HOSTS", r#"["127.0.0.1"]"#),
+        ("KILN_TASKS__ORPHAN_SWEEP_SECS", "1"),
+        ("KILN_TASKS__ORPHAN_GRACE_SECS", "2"),
+    ]);
+    let c = server.client();
+    let profile = json!({"config": {"api_url": fake.api_url(), "agent_bin": bin(), "agent_port": port()}, "secrets": {"api_key": fake.key()}});
+    assert_eq!(c.put("/v1/organizations/default/providers/daytona", profile).await.status, 200);
+    // Kiln has swept at least once with nothing to find.
+    let listed = |fake: &FakeDaytona| fake.calls().iter().filter(|c| c.method == "GET" && c.path.starts_with("/api/sandbox?")).count();
+    eventually(WAIT, "a sweep", || async { (listed(&fake) >= 2).then_some(()) }).await;
+
+    // A sandbox of this organization whose task does not exist appears while Kiln runs.
+    let dc = client(&fake);
+    let labels = std::collections::BTreeMap::from([
+        ("kiln/organization".to_string(), "default".to_string()),
+        ("kiln/task".to_string(), "0rphan00".to_string()),
+    ]);
+    let req = kiln::providers::daytona::api::CreateSandboxRequest { name: Some("kiln-0rphan00".into()), labels, ..Default::default() };
+    let orphan = kiln::providers::daytona::api::on_arbiter(move || async move { dc.create(&req).await }).await.unwrap().id;
+
+    let events = eventually(WAIT, "the orphan reported, then deleted", || async {
+        let events = c.events_since("default", 0).await;
+        events.iter().any(|e| e["kind"] == "sandbox.orphan_deleted").then_some(events)
+    })
+    .await;
+    let reported: Vec<&serde_json::Value> = events.iter().filter(|e| e["kind"] == "sandbox.orphaned").collect();
+    assert_eq!(reported.len(), 1, "reported once, however many sweeps saw it: {reported:?}");
+    assert_eq!(reported[0]["data"]["sandbox"].as_str(), Some(orphan.as_str()));
+    let deleted = events.iter().find(|e| e["kind"] == "sandbox.orphan_deleted").unwrap();
+    assert_eq!(deleted["data"]["sandbox"].as_str(), Some(orphan.as_str()));
+    let at = |e: &serde_json::Value| e["at"].as_i64().unwrap_or_default();
+    assert!(at(deleted) - at(reported[0]) >= 2000, "deleted after the grace period: {reported:?} {deleted}");
+    assert_eq!(sandbox_id(&fake, "0rphan00").await, None);
+}
