@@ -538,3 +538,64 @@ async fn a_sandbox_orphaned_while_kiln_runs_is_reported_then_deleted_without_a_r
     assert!(at(deleted) - at(reported[0]) >= 2000, "deleted after the grace period: {reported:?} {deleted}");
     assert_eq!(sandbox_id(&fake, "0rphan00").await, None);
 }
+
+/// The processes sandbox-agent runs in a task's sandbox (through its preview
+/// URL, with both tokens), as `(id, command, status)`.
+async fn agent_processes(fake: &FakeDaytona, state_dir: &std::path::Path) -> Vec<(String, String, String)> {
+    let record: serde_json::Value = serde_json::from_slice(&std::fs::read(state_dir.join(provider::STATE_FILE)).unwrap()).unwrap();
+    let (id, port, token) =
+        (record["id"].as_str().unwrap().to_string(), record["agent_port"].as_u64().unwrap() as u16, record["agent_token"].as_str().unwrap().to_string());
+    let c = client(fake);
+    let preview = kiln::providers::daytona::api::on_arbiter(move || async move { c.preview_url(&id, port).await }).await.unwrap();
+    let http = awc::Client::builder().timeout(Duration::from_secs(10)).disable_redirects().finish();
+    let mut res = http
+        .get(format!("{}/v1/processes", preview.url))
+        .bearer_auth(&token)
+        .insert_header((kiln::providers::daytona::api::PreviewUrl::TOKEN_HEADER, preview.token.expose()))
+        .send()
+        .await
+        .unwrap();
+    let body: serde_json::Value = res.json().await.unwrap();
+    body["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p["id"].as_str().unwrap_or_default().to_string(), p["command"].as_str().unwrap_or_default().to_string(), p["status"].as_str().unwrap_or_default().to_string()))
+        .collect()
+}
+
+#[actix_web::test]
+async fn after_a_reboot_of_kilns_machine_resume_follows_the_agent_still_running_instead_of_starting_another() {
+    let fake = FakeDaytona::with_timing(fast());
+    let remote = Remote::start();
+    let (mut server, _dir) = daytona_server(&fake, &remote, &fake.key()).await;
+    let c = server.client();
+    let created = c.create_task_with("default", json!({"repo": "app", "description": "Outlive the reboot", "provider": "daytona"})).await;
+    let task = created["id"].as_str().unwrap().to_string();
+    c.wait_status("default", &task, "running").await;
+    let state_dir = server.data_dir().join("sandboxes").join(&task);
+    let agent = crate::common::fake_agent();
+    let running = |procs: &[(String, String, String)]| procs.iter().filter(|(_, cmd, st)| *cmd == agent && st == "running").count();
+    assert_eq!(running(&agent_processes(&fake, &state_dir).await), 1);
+
+    // The machine reboots: Kiln and every terminal host on it are gone; the
+    // sandbox, and the agent in it, are not.
+    server.kill();
+    crate::common::kill_hosts(&server.data_dir());
+    server.restart();
+    let c = server.client();
+    c.wait_status("default", &task, "interrupted").await;
+    assert_eq!(running(&agent_processes(&fake, &state_dir).await), 1, "the agent still runs in the sandbox");
+
+    // Resume follows that agent: still one agent process, and typed input reaches it.
+    let r = c.post(&format!("/v1/organizations/default/tasks/{task}/resume"), json!({})).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    c.wait_status("default", &task, "running").await;
+    let procs = agent_processes(&fake, &state_dir).await;
+    assert_eq!(running(&procs), 1, "one agent, not two: {procs:?}");
+    let mut term = crate::common::Term::open(&c, "default", &task, 0).await;
+    term.expect("[kiln: reattached to the agent still running in the sandbox").await;
+    term.send(b"still there\r").await;
+    term.expect("echo: still there").await;
+    assert!(!term.text().contains("--resumed"), "the resume command did not run: {}", term.text());
+}

@@ -337,6 +337,7 @@ fn remote_target(endpoint: &AgentEndpoint, record: &SandboxRecord, env: &[(Strin
         headers,
         cwd: record.checkout.clone(),
         env: env.iter().filter(|(k, _)| k != API_KEY).cloned().collect(),
+        adopt: None,
     }
 }
 
@@ -1024,12 +1025,16 @@ async fn resume(db: Db, terminal: TerminalConfig, org: String, req: ResumeSandbo
     let endpoint = ensure_agent_server(&client, &settings, req.handle.clone()).await?;
     let dir = req.handle.state_dir.clone();
     let record = blocking(move || Ok(read_record(&dir))).await?.ok_or_else(|| AppError::conflict("sandbox_missing", "this task has no Daytona sandbox on record"))?;
-    let target = remote_target(&endpoint, &record, &req.launch.env);
+    let mut target = remote_target(&endpoint, &record, &req.launch.env);
     let (h, launch, note) = (req.handle.clone(), req.launch.clone(), req.after_auto_stop);
     blocking(move || {
         if note {
             log_note(&terminal, &h.state_dir, "sandbox resumed");
         }
+        // The agent the last host drove may still run (Kiln's machine restarted,
+        // the sandbox did not): the new host follows it rather than start another.
+        let previous = std::fs::read_to_string(h.state_dir.join(crate::terminal::remote::PROCESS_FILE)).ok();
+        target.adopt = previous.map(|p| p.trim().to_string()).filter(|p| !p.is_empty());
         Ok(start_terminal(&terminal, &h, target, Vec::new(), &launch))
     })
     .await??;
