@@ -14,6 +14,7 @@ mod conflicts;
 mod confine;
 mod dashboard;
 mod dashboard_attention;
+mod dashboard_autostop;
 mod dashboard_session;
 mod dashboard_changes;
 mod dashboard_notify;
