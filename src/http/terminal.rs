@@ -67,7 +67,8 @@ const INPUT_PIECE: usize = 64 * 1024;
         (status = 404, description = "Not found:\n- `task_not_found`", body = ApiError),
         (status = 409, description = "Not in this state:\n- `no_terminal`: the task has no terminal yet", body = ApiError),
         (status = 422, description = "Invalid content:\n- `provider_unavailable`", body = ApiError),
-        (status = 502, description = "A remote failed: a sandbox stopped while idle could not be started again (`daytona_*`)", body = ApiError),
+        (status = 502, description = "A remote failed: a Daytona sandbox stopped while idle could not be started again:\n- `daytona_unavailable`\n- `daytona_timeout`\n- `daytona_sandbox_failed`", body = ApiError),
+        (status = 503, description = "Unavailable:\n- `daytona_rate_limited`", body = ApiError),
     ),
 )]
 pub async fn connect(
