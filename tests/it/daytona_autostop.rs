@@ -16,15 +16,20 @@ use crate::fake_daytona::FakeDaytona;
 /// stops an idle sandbox after 3 s (`auto_stop_minutes` as the CLI sends it),
 /// and the repository `app` registered by its URL.
 async fn server(fake: &FakeDaytona, remote: &Remote) -> (Server, tempfile::TempDir) {
+    server_stopping_after(fake, remote, "0.05").await
+}
+
+/// The same, stopping an idle sandbox after `minutes`.
+async fn server_stopping_after(fake: &FakeDaytona, remote: &Remote, minutes: &str) -> (Server, tempfile::TempDir) {
     let (server, dir) = Server::start(&[("KILN_REPOS__ALLOWED_HOSTS", r#"["127.0.0.1"]"#)]);
     let c = server.client();
     let profile = json!({
-        "config": {"api_url": fake.api_url(), "agent_bin": bin(), "agent_port": port(), "auto_stop_minutes": "0.05"},
+        "config": {"api_url": fake.api_url(), "agent_bin": bin(), "agent_port": port(), "auto_stop_minutes": minutes},
         "secrets": {"api_key": fake.key()},
     });
     let r = c.put("/v1/organizations/default/providers/daytona", profile).await;
     assert_eq!(r.status, 200, "{r:?}");
-    assert_eq!(r.body["config"]["auto_stop_minutes"], 0.05, "stored as a number: {r:?}");
+    assert_eq!(r.body["config"]["auto_stop_minutes"], minutes.parse::<f64>().unwrap(), "stored as a number: {r:?}");
     let r = c.post("/v1/organizations/default/repos", json!({"source": remote.with_password(), "name": "app"})).await;
     assert_eq!(r.status, 201, "{r:?}");
     (server, dir)
@@ -176,4 +181,43 @@ async fn a_sandbox_stopped_outside_kiln_is_taken_as_auto_stopped_and_input_start
     term.expect("echo: are you there").await;
     assert!(term.text().contains("[kiln: the sandbox was stopped outside Kiln"), "{}", term.text());
     assert_eq!(sandbox_row(&c, &task).await["run_state"], "started");
+}
+
+#[actix_web::test]
+async fn the_idle_clock_and_a_stopped_sandbox_survive_a_restart_of_kiln() {
+    let fake = FakeDaytona::with_timing(fast());
+    let remote = Remote::start();
+    // 6 s: time enough to stop Kiln before the sandbox is due to stop.
+    let (mut server, _dir) = server_stopping_after(&fake, &remote, "0.1").await;
+    let c = server.client();
+    let created = c
+        .create_task_with("default", json!({"repo": "app", "description": "Sleep through it", "provider": "daytona", "agent": "quick"}))
+        .await;
+    let task = created["id"].as_str().unwrap().to_string();
+    c.wait_status("default", &task, "idle").await;
+    let id = sandbox_id(&fake, &task).await.expect("the sandbox");
+
+    // Kiln stops before the idle sandbox is due to stop; after the restart it is
+    // still stopped (its clock is kept outside Kiln).
+    server.kill();
+    assert_eq!(fake.sandbox_state(&id).as_deref(), Some("started"));
+    server.restart();
+    let c = server.client();
+    let row = wait_auto_stopped(&c, &fake, &id, &task, 1).await;
+    assert_eq!(row["stopped_by"], "kiln");
+
+    // Kiln restarts again while the sandbox is stopped: the task is still idle
+    // (not taken for interrupted), and the next attach starts it again.
+    server.kill();
+    server.restart();
+    let c = server.client();
+    let polls = fake.calls().len();
+    eventually(WAIT, "polls after the restart", || async { (fake.calls().len() >= polls + 5).then_some(()) }).await;
+    let detail = c.get(&format!("/v1/organizations/default/tasks/{task}")).await.body;
+    assert_eq!((detail["status"].as_str(), detail["sandbox"]["run_state"].as_str()), (Some("idle"), Some("stopped")), "{detail}");
+    let mut term = Term::open(&c, "default", &task, 0).await;
+    term.expect("fake-agent ready: --resumed").await;
+    term.send(b"good morning\r").await;
+    term.expect("echo: good morning").await;
+    assert_eq!(resumes(&c).await, ["terminal"]);
 }
