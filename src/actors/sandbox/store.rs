@@ -44,9 +44,8 @@ pub(super) fn set_run_state(
     stopped_by: Option<&str>,
     now: i64,
 ) -> QueryResult<()> {
-    let target = sandbox_instances::table.find(id);
     match (run_state, stopped_by) {
-        ("stopped", Some(by)) => diesel::update(target)
+        ("stopped", Some(by)) => diesel::update(sandbox_instances::table.find(id))
             .set((
                 sandbox_instances::run_state.eq(run_state),
                 sandbox_instances::auto_stopped_at.eq(now),
@@ -54,7 +53,7 @@ pub(super) fn set_run_state(
                 sandbox_instances::updated_at.eq(now),
             ))
             .execute(conn),
-        ("started", _) => diesel::update(target)
+        ("started", _) => diesel::update(sandbox_instances::table.find(id))
             .set((
                 sandbox_instances::run_state.eq(run_state),
                 sandbox_instances::auto_stopped_at.eq(None::<i64>),
@@ -62,7 +61,7 @@ pub(super) fn set_run_state(
                 sandbox_instances::updated_at.eq(now),
             ))
             .execute(conn),
-        _ => diesel::update(target)
+        _ => diesel::update(sandbox_instances::table.find(id))
             .set((sandbox_instances::run_state.eq(run_state), sandbox_instances::updated_at.eq(now)))
             .execute(conn),
     }
