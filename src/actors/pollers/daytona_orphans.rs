@@ -25,6 +25,8 @@ use crate::util::now_ms;
 
 /// The orphans reported so far, by organization and sandbox id: when.
 type Reported = HashMap<(String, String), i64>;
+/// An orphaned sandbox, with its task's status (`None`: the task is gone).
+type Orphan = (Labelled, Option<String>);
 
 /// Sweeps at once, then every `tasks.orphan_sweep_secs`, until Kiln stops.
 pub async fn run(kiln: Kiln) {
@@ -66,12 +68,7 @@ async fn sweep(kiln: &Kiln, reported: &mut Reported) {
 /// before: report the new ones, delete those reported at least `grace_ms`
 /// ago; a sandbox reported before and not found now (gone, or its task
 /// active again) is forgotten. Pure.
-fn plan<'a>(
-    reported: &mut HashMap<String, i64>,
-    found: &'a [(Labelled, Option<String>)],
-    now: i64,
-    grace_ms: i64,
-) -> (Vec<&'a (Labelled, Option<String>)>, Vec<&'a (Labelled, Option<String>)>) {
+fn plan<'a>(reported: &mut HashMap<String, i64>, found: &'a [Orphan], now: i64, grace_ms: i64) -> (Vec<&'a Orphan>, Vec<&'a Orphan>) {
     reported.retain(|id, _| found.iter().any(|(s, _)| &s.id == id));
     let (mut report, mut delete) = (Vec::new(), Vec::new());
     for orphan in found {
@@ -91,7 +88,7 @@ fn plan<'a>(
 }
 
 async fn sweep_org(kiln: &Kiln, org: &str, all: &mut Reported) -> AppResult<()> {
-    let mut orphans: Vec<(Labelled, Option<String>)> = Vec::new();
+    let mut orphans: Vec<Orphan> = Vec::new();
     for sandbox in labelled_sandboxes(kiln.db.clone(), org.to_string()).await? {
         let (o, t) = (org.to_string(), sandbox.task.clone());
         let task = kiln.db.read(move |c| queries::task(c, &o, &t)).await?;
@@ -139,11 +136,11 @@ async fn sweep_org(kiln: &Kiln, org: &str, all: &mut Reported) -> AppResult<()> 
 mod tests {
     use super::*;
 
-    fn orphan(id: &str) -> (Labelled, Option<String>) {
+    fn orphan(id: &str) -> Orphan {
         (Labelled { id: id.into(), name: None, task: format!("t-{id}"), state: "started".into() }, None)
     }
 
-    fn ids(v: &[&(Labelled, Option<String>)]) -> Vec<String> {
+    fn ids(v: &[&Orphan]) -> Vec<String> {
         v.iter().map(|(s, _)| s.id.clone()).collect()
     }
 
