@@ -188,8 +188,12 @@ async fn the_idle_clock_and_a_stopped_sandbox_survive_a_restart_of_kiln() {
     let fake = FakeDaytona::with_timing(fast());
     let remote = Remote::start();
     // 6 s: time enough to stop Kiln before the sandbox is due to stop.
-    let (mut server, _dir) = server_stopping_after(&fake, &remote, "0.1").await;
+    let (mut server, dir) = server_stopping_after(&fake, &remote, "0.1").await;
     let c = server.client();
+    // A worktree task beside it, as idle for as long: auto-stop never touches it.
+    c.add_repo("default", &crate::common::git_repo(dir.path(), "local")).await;
+    let local = c.create_task_with("default", json!({"repo": "local", "description": "Stay put", "agent": "quick"})).await;
+    let local = local["id"].as_str().unwrap().to_string();
     let created = c
         .create_task_with("default", json!({"repo": "app", "description": "Sleep through it", "provider": "daytona", "agent": "quick"}))
         .await;
@@ -220,4 +224,9 @@ async fn the_idle_clock_and_a_stopped_sandbox_survive_a_restart_of_kiln() {
     term.send(b"good morning\r").await;
     term.expect("echo: good morning").await;
     assert_eq!(resumes(&c).await, ["terminal"]);
+
+    let detail = c.get(&format!("/v1/organizations/default/tasks/{local}")).await.body;
+    assert_eq!((detail["status"].as_str(), &detail["sandbox"]["run_state"]), (Some("idle"), &Value::Null), "{detail}");
+    let events = c.events_since("default", 0).await;
+    assert!(!events.iter().any(|e| e["task"] == local.as_str() && e["kind"].as_str().unwrap_or_default().starts_with("sandbox.auto_stop")), "{events:?}");
 }
