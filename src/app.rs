@@ -157,8 +157,9 @@ pub async fn start(config: Config) -> Result<Running, BootError> {
     };
     seed_default_organization(&kiln).await?;
     recover_tasks(&kiln).await?;
-    // In the background: listing sandboxes must not hold the server's start.
-    actix_rt::spawn(crate::actors::pollers::daytona_orphans::sweep(kiln.clone()));
+    // In the background, at boot and then periodically: listing sandboxes must
+    // not hold the server's start.
+    actix_rt::spawn(crate::actors::pollers::daytona_orphans::run(kiln.clone()));
     start_repo_pollers(&kiln).await?;
     // Catches up every organization's notifications and resumes pending deliveries.
     kiln.notifier();

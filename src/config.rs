@@ -143,10 +143,18 @@ pub struct TasksConfig {
     /// at boot) is kept after it is reported, before it is deleted.
     #[serde(default = "default_orphan_grace_secs")]
     pub orphan_grace_secs: u64,
+    /// How often remote sandboxes are listed by their labels to find orphans
+    /// (at boot, then every this many seconds).
+    #[serde(default = "default_orphan_sweep_secs")]
+    pub orphan_sweep_secs: u64,
 }
 
 fn default_orphan_grace_secs() -> u64 {
     600
+}
+
+fn default_orphan_sweep_secs() -> u64 {
+    300
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -618,6 +618,9 @@ async fn show(ctx: &Ctx, task: &str, json: bool) -> CliResult<()> {
         println!("{:<14}{sha} to {}", "pushed", field(&res["runtime"], "pushed_branch"));
     }
     println!("{:<14}{}", "confined", confinement(&res["runtime"]));
+    if let Some(line) = sandbox_power(&res["sandbox"]) {
+        println!("{:<14}{line}", "sandbox");
+    }
     if res["awaiting_input"] == true {
         println!("{:<14}yes: a session waits for a permission answer (`kiln session show`)", "awaiting");
     }
@@ -638,6 +641,26 @@ async fn show(ctx: &Ctx, task: &str, json: bool) -> CliResult<()> {
     }
     println!("\n{}", field(&res, "description"));
     Ok(())
+}
+
+/// A remote sandbox's power state for `kiln show`: `started`, `starting
+/// (resuming)`, `stopping`, or `stopped since … (idle; the next input, attach,
+/// prompt or git action starts it again)`; `None` for a sandbox without one
+/// (a worktree).
+fn sandbox_power(sandbox: &Value) -> Option<String> {
+    let state = sandbox["run_state"].as_str()?;
+    Some(match state {
+        "stopped" => {
+            let why = match sandbox["stopped_by"].as_str() {
+                Some("daytona") => "stopped outside Kiln",
+                _ => "idle",
+            };
+            let since = sandbox["auto_stopped_at"].as_i64().map(|ms| format!(" since {} UTC", output::time(ms))).unwrap_or_default();
+            format!("stopped{since} ({why}; the next input, attach, prompt or git action starts it again)")
+        }
+        "starting" => "starting (resuming)".to_string(),
+        other => other.to_string(),
+    })
 }
 
 /// `yes (Landlock ABI 7)`, `NO: …` or `not known yet`, from a task's runtime.
@@ -869,5 +892,20 @@ async fn provider(ctx: &Ctx, cmd: ProviderCmd) -> CliResult<()> {
             println!("profile `{}` saved; secrets: {}", res.provider, json!(res.secrets));
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn show_says_how_a_remote_sandbox_is() {
+        assert_eq!(sandbox_power(&json!({"state": "ready", "run_state": null})), None, "a worktree has no power state");
+        assert_eq!(sandbox_power(&json!({"run_state": "started"})).as_deref(), Some("started"));
+        let stopped = sandbox_power(&json!({"run_state": "stopped", "stopped_by": "kiln", "auto_stopped_at": 0})).unwrap();
+        assert_eq!(stopped, "stopped since 1970-01-01 00:00:00 UTC (idle; the next input, attach, prompt or git action starts it again)");
+        let outside = sandbox_power(&json!({"run_state": "stopped", "stopped_by": "daytona"})).unwrap();
+        assert!(outside.starts_with("stopped (stopped outside Kiln;"), "{outside}");
     }
 }

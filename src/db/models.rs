@@ -487,6 +487,14 @@ pub struct SandboxInstance {
     pub remote_id: Option<String>,
     pub created_at: i64,
     pub updated_at: i64,
+    /// A remote sandbox's power state: `started`, `stopping`, `stopped` (auto-stopped
+    /// for idleness, or stopped by Daytona) or `starting` (resuming); `null` for
+    /// providers without one (worktree). See docs/providers.md, "Auto-stop".
+    pub run_state: Option<String>,
+    /// When it was last stopped while its task was active (unix ms); `null` while it runs.
+    pub auto_stopped_at: Option<i64>,
+    /// Who stopped it: `kiln` (idle for `auto_stop_minutes`) or `daytona`.
+    pub stopped_by: Option<String>,
 }
 
 /// One persisted event. `data` is stored as JSON text and sent as JSON.

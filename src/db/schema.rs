@@ -171,6 +171,9 @@ diesel::table! {
         remote_id -> Nullable<Text>,
         created_at -> BigInt,
         updated_at -> BigInt,
+        run_state -> Nullable<Text>,
+        auto_stopped_at -> Nullable<BigInt>,
+        stopped_by -> Nullable<Text>,
     }
 }
 

@@ -309,8 +309,8 @@ pub async fn get(kiln: web::Data<Kiln>, caller: Caller, path: web::Path<(String,
         (status = 404, description = "Not found:\n- `unknown_action`\n- `task_not_found`", body = ApiError),
         (status = 409, description = "Not in this state:\n- `invalid_transition`\n- `task_changed`\n- `agent_unreachable`\n- `agent_running`\n- `commit_failed`\n- `push_rejected`\n- `remote_moved`\n- `sync_conflict`\n- `sync_failed`\n- `no_pull_request`\n- `head_moved`\n- `unpushed_commits`\n- `not_mergeable`\n- `merge_conflict`\n- `merge_failed`\n- `snapshot_failed`\n- `sandbox_missing`", body = ApiError),
         (status = 422, description = "Invalid content:\n- `invalid_input`\n- `agent_not_found`\n- `unknown_agent`\n- `sandbox_failed`\n- `invalid_mode`\n- `not_github`\n- `github_token_missing`\n- `github_rejected`\n- `invalid_method`\n- `not_supported_by_provider`", body = ApiError),
-        (status = 502, description = "A remote failed:\n- `commit_failed`\n- `push_rejected`\n- `sync_failed`\n- `merge_failed`\n- `github_unauthorized`\n- `github_failed`\n- `daytona_unavailable`", body = ApiError),
-        (status = 503, description = "Unavailable:\n- `git_missing`\n- `github_rate_limited`", body = ApiError),
+        (status = 502, description = "A remote failed:\n- `commit_failed`\n- `push_rejected`\n- `sync_failed`\n- `merge_failed`\n- `github_unauthorized`\n- `github_failed`\n- `daytona_unavailable`\n- `daytona_timeout`\n- `daytona_sandbox_failed`", body = ApiError),
+        (status = 503, description = "Unavailable:\n- `git_missing`\n- `github_rate_limited`\n- `daytona_rate_limited`", body = ApiError),
     ),
 )]
 pub async fn action(

@@ -67,6 +67,8 @@ const INPUT_PIECE: usize = 64 * 1024;
         (status = 404, description = "Not found:\n- `task_not_found`", body = ApiError),
         (status = 409, description = "Not in this state:\n- `no_terminal`: the task has no terminal yet", body = ApiError),
         (status = 422, description = "Invalid content:\n- `provider_unavailable`", body = ApiError),
+        (status = 502, description = "A remote failed: a Daytona sandbox stopped while idle could not be started again:\n- `daytona_unavailable`\n- `daytona_timeout`\n- `daytona_sandbox_failed`", body = ApiError),
+        (status = 503, description = "Unavailable:\n- `daytona_rate_limited`", body = ApiError),
     ),
 )]
 pub async fn connect(
@@ -87,6 +89,19 @@ pub async fn connect(
         .await?
         .ok_or_else(|| AppError::bug("task without repository"))?;
     let provider = kiln.providers.get(&task.provider)?;
+    let t = task.id.clone();
+    let sandbox = kiln.db.read(move |c| queries::task_sandbox(c, &t)).await?;
+    if sandbox.is_some_and(|s| matches!(s.run_state.as_deref(), Some("stopped" | "stopping" | "starting"))) {
+        // Stopped while idle: started again (once, however many attach at
+        // once: the task's actor runs one wake at a time) before attaching.
+        ws::handshake(&req).map_err(|e| AppError::bad_request("websocket_required", format!("this route speaks WebSocket only: {e}")))?;
+        let wake = crate::actors::task::WakeTask { cause: "terminal" };
+        // The actor may have stopped for quiet between lookup and send: start it again.
+        match kiln.task(&org, &repo_name, &task.id).send(wake.clone()).await {
+            Err(actix::MailboxError::Closed) => kiln.task(&org, &repo_name, &task.id).send(wake).await?,
+            other => other?,
+        }?;
+    }
     let handle = provider.handle_for(&org, &repo_name, &task.id, std::path::Path::new(&repo.mirror_path));
     let crate::providers::AttachTarget::Local { state_dir } = provider.attach_target(&handle)?;
     if !state_dir.exists() {

@@ -173,6 +173,9 @@ pub struct ResumeSandbox {
     pub handle: SandboxHandle,
     pub branch: String,
     pub launch: LaunchSpec,
+    /// The sandbox was stopped for idleness (or outside Kiln) and is started
+    /// again transparently: the terminal log says so.
+    pub after_auto_stop: bool,
 }
 
 /// Stop the agent, save uncommitted work to `snapshot_ref`, remove the sandbox.
@@ -225,6 +228,22 @@ pub struct SandboxHealth {
     /// The remote sandbox's state (`started`, `stopped`, …), for remote providers.
     #[serde(default)]
     pub remote_state: Option<String>,
+    /// After how long an idle task's sandbox is stopped (the organization's
+    /// setting, read afresh); `None`: never (a provider without auto-stop).
+    #[serde(default)]
+    pub auto_stop_after: Option<std::time::Duration>,
+}
+
+/// Stop a remote sandbox whose task idles (or end what is left of one that
+/// was stopped outside Kiln): its agent and terminal host end, its files stay.
+#[derive(Debug, Clone)]
+pub struct SuspendSandbox {
+    pub handle: SandboxHandle,
+    /// The sandbox is stopped already (by Daytona or a person): only the
+    /// terminal host, which cannot reach it, is ended.
+    pub already_stopped: bool,
+    /// How long the agent gets to end after its hangup.
+    pub grace: std::time::Duration,
 }
 
 /// Start (or find) the sandbox's sandbox-agent server.
@@ -234,6 +253,9 @@ pub struct EnsureAgent {
     /// The sandbox-agent binary.
     pub bin: PathBuf,
     pub env: Vec<(String, String)>,
+    /// Start the sandbox if it is stopped (a remote one); without, a stopped
+    /// sandbox is `409 sandbox_stopped`.
+    pub start_stopped: bool,
 }
 
 /// Where a sandbox's sandbox-agent server answers.
@@ -288,6 +310,12 @@ pub trait SandboxProvider: Send + Sync {
     /// starting it again if it died), and answers where it is.
     fn ensure_agent(&self, req: EnsureAgent) -> BoxFuture<'_, ProviderResult<AgentEndpoint>>;
     fn attach_target(&self, handle: &SandboxHandle) -> ProviderResult<AttachTarget>;
+    /// Stops an idle task's sandbox, keeping its files (auto-stop); `resume`
+    /// starts it again. Only providers whose `health` answers an
+    /// `auto_stop_after` are asked.
+    fn suspend(&self, _req: SuspendSandbox) -> BoxFuture<'_, ProviderResult<()>> {
+        Box::pin(async { Err(AppError::invalid("not_supported_by_provider", "this provider does not stop idle sandboxes")) })
+    }
     /// Checks, before a task is inserted, that this provider can take it
     /// (configured, reachable, a repository it can use): a 4xx when not.
     fn preflight(&self, _req: Preflight) -> BoxFuture<'_, ProviderResult<()>> {

@@ -554,7 +554,7 @@ impl SandboxProvider for WorktreeProvider {
             };
             let exit = host.as_ref().and_then(|h| h.exit.clone()).or_else(|| client::exit_info(&handle.state_dir));
             let agent_server = read_agent(&handle.state_dir).map(|e| agent_alive(&e));
-            Ok(SandboxHealth { exists: handle.path.exists(), host, exit, agent_server, reason: None, remote_state: None })
+            Ok(SandboxHealth { exists: handle.path.exists(), host, exit, agent_server, reason: None, remote_state: None, auto_stop_after: None })
         }))
     }
 

@@ -105,6 +105,8 @@ struct State {
     exit: Option<ExitInfo>,
     started_at: i64,
     last_output_at: Option<i64>,
+    /// When the last attached client went away (for the idle clock of auto-stop).
+    last_detached_at: Option<i64>,
     active_size: Option<(u16, u16)>,
     /// `setup` while setup commands run, then `agent`.
     phase: &'static str,
@@ -132,6 +134,8 @@ impl State {
             log_error_since: self.log_error.as_ref().map(|(_, at)| *at),
             log_dropped_bytes: self.log_dropped,
             remote: self.remote.clone(),
+            attached: self.clients.values().filter(|c| c.attached).count() as u32,
+            last_detached_at: self.last_detached_at,
         }
     }
 
@@ -233,6 +237,7 @@ fn serve(opts: HostOptions) -> std::io::Result<()> {
         exit: None,
         started_at: now_ms(),
         last_output_at: None,
+        last_detached_at: None,
         active_size: None,
         phase: "setup",
         log_error: None,
@@ -536,7 +541,12 @@ fn serve_client(stream: UnixStream, state: Shared, backend: Arc<Backend>) {
         }
     }
     // Everything the client sent has been read (or it broke the protocol).
-    lock(&state).clients.remove(&id);
+    {
+        let mut s = lock(&state);
+        if s.clients.remove(&id).is_some_and(|c| c.attached) {
+            s.last_detached_at = Some(now_ms());
+        }
+    }
     drop(tx);
     let _ = reader.shutdown(std::net::Shutdown::Both);
     let _ = writer.join();

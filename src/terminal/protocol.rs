@@ -203,6 +203,12 @@ pub struct HostStatus {
     /// `agent_pid` is then always `null`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub remote: Option<RemoteStatus>,
+    /// Clients attached now (terminal WebSockets, `kiln attach`).
+    #[serde(default)]
+    pub attached: u32,
+    /// When the last attached client went away (unix ms), if one did.
+    #[serde(default)]
+    pub last_detached_at: Option<i64>,
 }
 
 #[cfg(test)]

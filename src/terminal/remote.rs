@@ -89,6 +89,12 @@ pub struct RemoteTarget {
     /// The checkout inside the sandbox.
     pub cwd: String,
     pub env: Vec<(String, String)>,
+    /// The agent's process a previous host drove (its [`PROCESS_FILE`]): if it
+    /// still runs, with the same program in the same directory, the host
+    /// follows it instead of starting another agent beside it (after Kiln's
+    /// machine restarted, its hosts are gone but the sandbox's agent is not).
+    #[serde(default)]
+    pub adopt: Option<String>,
 }
 
 impl std::fmt::Debug for RemoteTarget {
@@ -100,6 +106,7 @@ impl std::fmt::Debug for RemoteTarget {
             .field("headers", &headers)
             .field("cwd", &self.cwd)
             .field("env", &env)
+            .field("adopt", &self.adopt)
             .finish()
     }
 }
@@ -544,7 +551,17 @@ impl Driver {
         // A create whose answer was lost may have made the process: look for it
         // before making another (an agent must never run twice).
         let mut ambiguous = false;
-        let created = loop {
+        // The agent a previous host drove may still run: follow it, from its
+        // output's current end (what it wrote meanwhile is not replayed).
+        let mut skip_to = None;
+        let adopted = match (agent, self.target.adopt.take()) {
+            (true, Some(id)) => self.adopt_previous(&id, &body).await,
+            _ => None,
+        };
+        if let Some((_, last)) = &adopted {
+            skip_to = Some(*last);
+        }
+        let created = if let Some((found, _)) = adopted { found } else { loop {
             self.apply_retarget();
             let attempt = match ambiguous {
                 // Only once the list says it is not there is another create safe.
@@ -573,7 +590,7 @@ impl Driver {
                     self.wait(backoff.next_delay()).await;
                 }
             }
-        };
+        } };
         let Some(id) = created["id"].as_str().map(str::to_string) else {
             return (End::Lost(format!("sandbox-agent answered a process without an id: {created}")), None);
         };
@@ -584,6 +601,10 @@ impl Driver {
         *self.mail.current() =
             Some(Current { base_url: self.target.base_url.clone(), headers: self.target.headers.clone(), process_id: id.clone() });
         let mut proc_ = Proc { id, created_at: created["createdAtMs"].as_i64(), cursor: Cursor::default(), size: None };
+        if let Some(last) = skip_to {
+            proc_.cursor.last = last;
+            self.sink.output(b"\r\n[kiln: reattached to the agent still running in the sandbox; what it wrote while no terminal host followed it is not in this log]\r\n");
+        }
         let initial = (self.plan.cols, self.plan.rows);
         self.resize_http(&mut proc_, self.size.unwrap_or(initial)).await;
         if agent {
@@ -601,6 +622,21 @@ impl Driver {
         *self.mail.current() = None;
         let signalled = self.mail.signalled().take();
         (end, signalled)
+    }
+
+    /// The process `id` a previous host drove, when it still runs the same
+    /// program (`body`'s command, in its cwd) with a terminal; with the last
+    /// sequence of its PTY log so far. `None` on any doubt: a new process is made.
+    async fn adopt_previous(&mut self, id: &str, body: &Value) -> Option<(Value, u64)> {
+        let info = self.call("GET", &format!("/v1/processes/{id}"), None).await.ok()?;
+        let same = info["status"] == "running" && info["tty"] == true && info["command"] == body["command"] && info["cwd"] == body["cwd"];
+        if !same {
+            return None;
+        }
+        let logs = self.call("GET", &format!("/v1/processes/{id}/logs?stream=pty&tail=1"), None).await.ok()?;
+        let last = logs["entries"].as_array().and_then(|e| e.iter().filter_map(|e| e["sequence"].as_u64()).max()).unwrap_or(0);
+        super::host::note(&format!("adopted process {id}, still running from a previous host"));
+        Some((info, last))
     }
 
     /// The newest running process that a lost create of `body` would have made
@@ -1013,6 +1049,7 @@ mod tests {
             headers: vec![("x-daytona-preview-token".into(), "tok_secret".into())],
             cwd: "/home/daytona/app".into(),
             env: vec![("GITHUB_TOKEN".into(), "ghp_secret".into())],
+            adopt: None,
         };
         let shown = format!("{t:?}");
         assert!(!shown.contains("tok_secret") && !shown.contains("ghp_secret"), "{shown}");
@@ -1023,7 +1060,7 @@ mod tests {
     fn the_target_file_is_private_and_read_once() {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
-        let t = RemoteTarget { base_url: "http://127.0.0.1:1".into(), headers: vec![], cwd: "/w".into(), env: vec![("K".into(), "V".into())] };
+        let t = RemoteTarget { base_url: "http://127.0.0.1:1".into(), headers: vec![], cwd: "/w".into(), env: vec![("K".into(), "V".into())], adopt: Some("proc_2".into()) };
         write_target(dir.path(), &t).unwrap();
         let mode = std::fs::metadata(dir.path().join(TARGET_FILE)).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);

@@ -27,8 +27,8 @@ use crate::common::{eventually, git, git_repo, sandbox_agent_bin, tempdir, Serve
 use crate::fake_daytona::{CreateFault, FakeDaytona, Scope, Timing};
 use crate::isolation::GitHttp;
 
-const WAIT: Duration = Duration::from_secs(30);
-const SECRET: &str = "s3cr3t-Pa55word";
+pub(crate) const WAIT: Duration = Duration::from_secs(30);
+pub(crate) const SECRET: &str = "s3cr3t-Pa55word";
 
 pub(crate) fn fast() -> Timing {
     Timing { create: Duration::from_millis(50), start: Duration::from_millis(50), stop: Duration::from_millis(50), destroy: Duration::from_millis(50) }
@@ -68,7 +68,7 @@ impl Remote {
         format!("{}/app.git", self.http.url)
     }
 
-    fn with_password(&self) -> String {
+    pub(crate) fn with_password(&self) -> String {
         format!("http://kiln-bot:{SECRET}@{}/app.git", self.http.url.trim_start_matches("http://"))
     }
 
@@ -117,7 +117,7 @@ fn settings(fake: &FakeDaytona, port: u16) -> DaytonaSettings {
     DaytonaSettings::from_config(&json!({"api_url": fake.api_url(), "agent_bin": bin(), "agent_port": port})).unwrap()
 }
 
-fn port() -> u16 {
+pub(crate) fn port() -> u16 {
     kiln::integrations::sandbox_agent::free_port().unwrap()
 }
 
@@ -498,4 +498,104 @@ async fn a_running_daytona_task_survives_a_restart_and_orphaned_sandboxes_are_re
     assert!(reported[0]["data"]["reason"].as_str().unwrap().contains("no longer exists"));
     assert_eq!(sandbox_id(&fake, "deadbeef").await, None);
     assert!(sandbox_id(&fake, &task).await.is_some(), "the running task's sandbox is kept");
+}
+
+#[actix_web::test]
+async fn a_sandbox_orphaned_while_kiln_runs_is_reported_then_deleted_without_a_restart() {
+    let fake = FakeDaytona::with_timing(fast());
+    let (server, _dir) = Server::start(&[
+        ("KILN_REPOS__ALLOWED_HOSTS", r#"["127.0.0.1"]"#),
+        ("KILN_TASKS__ORPHAN_SWEEP_SECS", "1"),
+        ("KILN_TASKS__ORPHAN_GRACE_SECS", "2"),
+    ]);
+    let c = server.client();
+    let profile = json!({"config": {"api_url": fake.api_url(), "agent_bin": bin(), "agent_port": port()}, "secrets": {"api_key": fake.key()}});
+    assert_eq!(c.put("/v1/organizations/default/providers/daytona", profile).await.status, 200);
+    // Kiln has swept at least once with nothing to find.
+    let listed = |fake: &FakeDaytona| fake.calls().iter().filter(|c| c.method == "GET" && c.path.starts_with("/api/sandbox?")).count();
+    eventually(WAIT, "a sweep", || async { (listed(&fake) >= 2).then_some(()) }).await;
+
+    // A sandbox of this organization whose task does not exist appears while Kiln runs.
+    let dc = client(&fake);
+    let labels = std::collections::BTreeMap::from([
+        ("kiln/organization".to_string(), "default".to_string()),
+        ("kiln/task".to_string(), "0rphan00".to_string()),
+    ]);
+    let req = kiln::providers::daytona::api::CreateSandboxRequest { name: Some("kiln-0rphan00".into()), labels, ..Default::default() };
+    let orphan = kiln::providers::daytona::api::on_arbiter(move || async move { dc.create(&req).await }).await.unwrap().id;
+
+    let events = eventually(WAIT, "the orphan reported, then deleted", || async {
+        let events = c.events_since("default", 0).await;
+        events.iter().any(|e| e["kind"] == "sandbox.orphan_deleted").then_some(events)
+    })
+    .await;
+    let reported: Vec<&serde_json::Value> = events.iter().filter(|e| e["kind"] == "sandbox.orphaned").collect();
+    assert_eq!(reported.len(), 1, "reported once, however many sweeps saw it: {reported:?}");
+    assert_eq!(reported[0]["data"]["sandbox"].as_str(), Some(orphan.as_str()));
+    let deleted = events.iter().find(|e| e["kind"] == "sandbox.orphan_deleted").unwrap();
+    assert_eq!(deleted["data"]["sandbox"].as_str(), Some(orphan.as_str()));
+    let at = |e: &serde_json::Value| e["at"].as_i64().unwrap_or_default();
+    assert!(at(deleted) - at(reported[0]) >= 2000, "deleted after the grace period: {reported:?} {deleted}");
+    assert_eq!(sandbox_id(&fake, "0rphan00").await, None);
+}
+
+/// The processes sandbox-agent runs in a task's sandbox (through its preview
+/// URL, with both tokens), as `(id, command, status)`.
+async fn agent_processes(fake: &FakeDaytona, state_dir: &std::path::Path) -> Vec<(String, String, String)> {
+    let record: serde_json::Value = serde_json::from_slice(&std::fs::read(state_dir.join(provider::STATE_FILE)).unwrap()).unwrap();
+    let (id, port, token) =
+        (record["id"].as_str().unwrap().to_string(), record["agent_port"].as_u64().unwrap() as u16, record["agent_token"].as_str().unwrap().to_string());
+    let c = client(fake);
+    let preview = kiln::providers::daytona::api::on_arbiter(move || async move { c.preview_url(&id, port).await }).await.unwrap();
+    let http = awc::Client::builder().timeout(Duration::from_secs(10)).disable_redirects().finish();
+    let mut res = http
+        .get(format!("{}/v1/processes", preview.url))
+        .bearer_auth(&token)
+        .insert_header((kiln::providers::daytona::api::PreviewUrl::TOKEN_HEADER, preview.token.expose()))
+        .send()
+        .await
+        .unwrap();
+    let body: serde_json::Value = res.json().await.unwrap();
+    body["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p["id"].as_str().unwrap_or_default().to_string(), p["command"].as_str().unwrap_or_default().to_string(), p["status"].as_str().unwrap_or_default().to_string()))
+        .collect()
+}
+
+#[actix_web::test]
+async fn after_a_reboot_of_kilns_machine_resume_follows_the_agent_still_running_instead_of_starting_another() {
+    let fake = FakeDaytona::with_timing(fast());
+    let remote = Remote::start();
+    let (mut server, _dir) = daytona_server(&fake, &remote, &fake.key()).await;
+    let c = server.client();
+    let created = c.create_task_with("default", json!({"repo": "app", "description": "Outlive the reboot", "provider": "daytona"})).await;
+    let task = created["id"].as_str().unwrap().to_string();
+    c.wait_status("default", &task, "running").await;
+    let state_dir = server.data_dir().join("sandboxes").join(&task);
+    let agent = crate::common::fake_agent();
+    let running = |procs: &[(String, String, String)]| procs.iter().filter(|(_, cmd, st)| *cmd == agent && st == "running").count();
+    assert_eq!(running(&agent_processes(&fake, &state_dir).await), 1);
+
+    // The machine reboots: Kiln and every terminal host on it are gone; the
+    // sandbox, and the agent in it, are not.
+    server.kill();
+    crate::common::kill_hosts(&server.data_dir());
+    server.restart();
+    let c = server.client();
+    c.wait_status("default", &task, "interrupted").await;
+    assert_eq!(running(&agent_processes(&fake, &state_dir).await), 1, "the agent still runs in the sandbox");
+
+    // Resume follows that agent: still one agent process, and typed input reaches it.
+    let r = c.post(&format!("/v1/organizations/default/tasks/{task}/resume"), json!({})).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    c.wait_status("default", &task, "running").await;
+    let procs = agent_processes(&fake, &state_dir).await;
+    assert_eq!(running(&procs), 1, "one agent, not two: {procs:?}");
+    let mut term = crate::common::Term::open(&c, "default", &task, 0).await;
+    term.expect("[kiln: reattached to the agent still running in the sandbox").await;
+    term.send(b"still there\r").await;
+    term.expect("echo: still there").await;
+    assert!(!term.text().contains("--resumed"), "the resume command did not run: {}", term.text());
 }

@@ -273,6 +273,7 @@ fn target(base_url: &str, headers: &[(&str, &str)]) -> RemoteTarget {
         headers: headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
         cwd: std::env::temp_dir().display().to_string(),
         env: vec![("REMOTE_T_BASE".into(), "from-the-target".into())],
+        adopt: None,
     }
 }
 

@@ -3,8 +3,10 @@
 //!
 //! Messages: `ProvisionSandbox` (record it as `creating`, have the provider make
 //! it, then `ready` or `failed`), `RelaunchSandbox` (the agent again, in the same
-//! sandbox), `DestroySandbox` (stop the agent, snapshot, remove: `destroyed`) and
-//! `MarkSandboxLost`. The provider does the I/O; this actor keeps the row true.
+//! sandbox), `DestroySandbox` (stop the agent, snapshot, remove: `destroyed`),
+//! `MarkSandboxLost`, and for remote sandboxes' auto-stop `SuspendSandbox`
+//! (`run_state` `stopping` → `stopped`) and `WakeSandbox` (`starting` →
+//! `started`, the agent relaunched). The provider does the I/O; this actor keeps the row true.
 //! Handlers are atomic, so a destroy never overlaps a relaunch. Lifecycle:
 //! started on demand; stops when quiet like the other command actors.
 
@@ -17,7 +19,10 @@ use actix::prelude::*;
 use super::registry::ActorMeta;
 use super::Kiln;
 use crate::error::AppResult;
-use crate::providers::{CreateSandbox, Created, DestroySandbox as DestroyRequest, Destroyed, ResumeSandbox, SandboxHandle, SandboxProvider};
+use crate::providers::{
+    CreateSandbox, Created, DestroySandbox as DestroyRequest, Destroyed, ResumeSandbox, SandboxHandle, SandboxProvider,
+    SuspendSandbox as SuspendRequest,
+};
 use crate::util::now_ms;
 
 /// Creates the sandbox for a task.
@@ -39,6 +44,23 @@ pub struct RelaunchSandbox {
 #[rtype(result = "AppResult<Destroyed>")]
 pub struct DestroySandbox {
     pub req: DestroyRequest,
+}
+
+/// Stops a remote sandbox whose task idles (or ends what is left of one that
+/// was stopped outside Kiln), recording who stopped it.
+#[derive(Message, Clone)]
+#[rtype(result = "AppResult<()>")]
+pub struct SuspendSandbox {
+    pub req: SuspendRequest,
+    /// `kiln` or `daytona`.
+    pub stopped_by: &'static str,
+}
+
+/// Starts a stopped remote sandbox again and relaunches the agent in it.
+#[derive(Message, Clone)]
+#[rtype(result = "AppResult<SandboxHandle>")]
+pub struct WakeSandbox {
+    pub req: ResumeSandbox,
 }
 
 /// Records that the sandbox disappeared.
@@ -85,7 +107,17 @@ impl Handler<ProvisionSandbox> for SandboxActor {
             match created {
                 Ok(created) => {
                     let path = created.handle.path.to_string_lossy().to_string();
-                    kiln.db.write(move |c| store::set_state(c, &i, "ready", Some(&path), now_ms())).await?;
+                    let remote = provider.capabilities().remote;
+                    kiln.db
+                        .write(move |c| {
+                            store::set_state(c, &i, "ready", Some(&path), now_ms())?;
+                            // A remote sandbox has a power state (auto-stop); a worktree none.
+                            if remote {
+                                store::set_run_state(c, &i, "started", None, now_ms())?;
+                            }
+                            Ok(())
+                        })
+                        .await?;
                     Ok(created)
                 }
                 Err(err) => {
@@ -123,6 +155,39 @@ impl Handler<DestroySandbox> for SandboxActor {
             let state = if destroyed.is_ok() { "destroyed" } else { "ready" };
             kiln.db.write(move |c| store::set_state(c, &id, state, None, now_ms())).await?;
             destroyed
+        })
+    }
+}
+
+impl Handler<SuspendSandbox> for SandboxActor {
+    type Result = AtomicResponse<Self, AppResult<()>>;
+
+    fn handle(&mut self, msg: SuspendSandbox, _: &mut Self::Context) -> Self::Result {
+        let (kiln, id, provider) = (self.kiln.clone(), self.id.clone(), self.provider.clone());
+        atomic!(self, async move {
+            let i = id.clone();
+            kiln.db.write(move |c| store::set_run_state(c, &i, "stopping", None, now_ms())).await?;
+            let stopped = provider.suspend(msg.req).await;
+            let (state, by) = if stopped.is_ok() { ("stopped", Some(msg.stopped_by)) } else { ("started", None) };
+            kiln.db.write(move |c| store::set_run_state(c, &id, state, by, now_ms())).await?;
+            stopped
+        })
+    }
+}
+
+impl Handler<WakeSandbox> for SandboxActor {
+    type Result = AtomicResponse<Self, AppResult<SandboxHandle>>;
+
+    fn handle(&mut self, msg: WakeSandbox, _: &mut Self::Context) -> Self::Result {
+        let (kiln, id, provider) = (self.kiln.clone(), self.id.clone(), self.provider.clone());
+        atomic!(self, async move {
+            let i = id.clone();
+            kiln.db.write(move |c| store::set_run_state(c, &i, "starting", None, now_ms())).await?;
+            let woken = provider.resume(msg.req).await;
+            // A failed start leaves it stopped (when and by whom kept): the next use tries again.
+            let state = if woken.is_ok() { "started" } else { "stopped" };
+            kiln.db.write(move |c| store::set_run_state(c, &id, state, None, now_ms())).await?;
+            woken
         })
     }
 }

@@ -33,3 +33,37 @@ pub(super) fn set_state(conn: &mut SqliteConnection, id: &str, state: &str, path
     }
     .map(|_| ())
 }
+
+/// Records a remote sandbox's power state (`started`, `stopping`, `stopped`,
+/// `starting`). `stopped` with `stopped_by` also records when and by whom;
+/// `started` clears both; anything else changes the state only.
+pub(super) fn set_run_state(
+    conn: &mut SqliteConnection,
+    id: &str,
+    run_state: &str,
+    stopped_by: Option<&str>,
+    now: i64,
+) -> QueryResult<()> {
+    match (run_state, stopped_by) {
+        ("stopped", Some(by)) => diesel::update(sandbox_instances::table.find(id))
+            .set((
+                sandbox_instances::run_state.eq(run_state),
+                sandbox_instances::auto_stopped_at.eq(now),
+                sandbox_instances::stopped_by.eq(by),
+                sandbox_instances::updated_at.eq(now),
+            ))
+            .execute(conn),
+        ("started", _) => diesel::update(sandbox_instances::table.find(id))
+            .set((
+                sandbox_instances::run_state.eq(run_state),
+                sandbox_instances::auto_stopped_at.eq(None::<i64>),
+                sandbox_instances::stopped_by.eq(None::<String>),
+                sandbox_instances::updated_at.eq(now),
+            ))
+            .execute(conn),
+        _ => diesel::update(sandbox_instances::table.find(id))
+            .set((sandbox_instances::run_state.eq(run_state), sandbox_instances::updated_at.eq(now)))
+            .execute(conn),
+    }
+    .map(|_| ())
+}

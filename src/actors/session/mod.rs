@@ -587,7 +587,7 @@ impl Shared {
             live.status = SessionStatus::Starting;
             self.settle(live).await;
         }
-        let (endpoint, cwd) = self.kiln.task(&self.org, &self.repo, &self.task).send(super::task::EnsureAcp {}).await??;
+        let (endpoint, cwd) = self.kiln.task(&self.org, &self.repo, &self.task).send(super::task::EnsureAcp { wake: true }).await??;
         let client = AcpClient::new(&endpoint.url, Some(&endpoint.token)).with_headers(endpoint.headers.clone());
         let agent = live.row.agent.clone();
         client.install_agent(&agent).await.map_err(|e| match e {
@@ -733,14 +733,15 @@ impl Shared {
             return Ok(live);
         }
         drop(live);
-        self.refresh_client().await?;
+        self.refresh_client(true).await?;
         Ok(self.live.lock().await)
     }
 
     /// Where the sandbox-agent server is now (it may have been restarted on a
-    /// new port).
-    async fn refresh_client(&self) -> AppResult<()> {
-        let (endpoint, cwd) = self.kiln.task(&self.org, &self.repo, &self.task).send(super::task::EnsureAcp {}).await??;
+    /// new port). With `wake` (a user's request), an auto-stopped sandbox is
+    /// started again; without (the reader), it is `409 sandbox_stopped`.
+    async fn refresh_client(&self, wake: bool) -> AppResult<()> {
+        let (endpoint, cwd) = self.kiln.task(&self.org, &self.repo, &self.task).send(super::task::EnsureAcp { wake }).await??;
         let mut live = self.live.lock().await;
         live.client = Some(AcpClient::new(&endpoint.url, Some(&endpoint.token)).with_headers(endpoint.headers.clone()));
         live.cwd = Some(cwd);
@@ -808,7 +809,7 @@ async fn read_loop(shared: Rc<Shared>) {
             (live.client.clone(), live.row.acp_server_id.clone(), live.epoch)
         };
         let Some(client) = client else {
-            if let Err(e) = shared.refresh_client().await {
+            if let Err(e) = shared.refresh_client(false).await {
                 let mut live = shared.live.lock().await;
                 shared.lose(&mut live, format!("the sandbox-agent server is not available: {e}")).await;
                 return;
@@ -819,7 +820,14 @@ async fn read_loop(shared: Rc<Shared>) {
             tokio::time::sleep(Duration::from_millis((100u64 << failures.min(6)).min(5000))).await;
             if failures.is_multiple_of(3) {
                 // Several failures in a row: the server may have been restarted elsewhere.
-                let _ = shared.refresh_client().await;
+                if let Err(e) = shared.refresh_client(false).await {
+                    if e.code() == "sandbox_stopped" {
+                        // Its sandbox was stopped while idle: the next prompt restores it.
+                        let mut live = shared.live.lock().await;
+                        shared.lose(&mut live, format!("{e}")).await;
+                        return;
+                    }
+                }
             }
         }
         // The instance must still exist, with the sequence the journal knows.

@@ -10,10 +10,10 @@ use serde_json::json;
 use super::state::{self, Effect, GitOp, TaskInput, TaskStatus};
 use super::{store, ActionOutcome};
 use crate::actors::history::NewEvent;
-use crate::actors::sandbox::{DestroySandbox, MarkSandboxLost, ProvisionSandbox, RelaunchSandbox};
+use crate::actors::sandbox::{DestroySandbox, MarkSandboxLost, ProvisionSandbox, RelaunchSandbox, SuspendSandbox, WakeSandbox};
 use crate::actors::Kiln;
 use crate::config::PromptMode;
-use crate::db::models::{Repo, Task};
+use crate::db::models::{Repo, SandboxInstance, Task};
 use crate::db::queries;
 use crate::error::{AppError, AppResult};
 use crate::providers::{CreateSandbox, DestroySandbox as DestroyRequest, LaunchSpec, ResumeSandbox, SandboxHandle, SandboxHealth};
@@ -161,6 +161,19 @@ pub(super) async fn ensure_agent_server(
     handle: &SandboxHandle,
     on_demand: bool,
 ) -> AppResult<Option<crate::providers::AgentEndpoint>> {
+    ensure_agent_server_in(ctx, task, handle, on_demand, true).await
+}
+
+/// `ensure_agent_server`; without `start_stopped`, a stopped sandbox is
+/// `409 sandbox_stopped` instead of started (supervision acting on a status
+/// seen before the sandbox was stopped must not start it again).
+async fn ensure_agent_server_in(
+    ctx: &TaskCtx,
+    task: &Task,
+    handle: &SandboxHandle,
+    on_demand: bool,
+    start_stopped: bool,
+) -> AppResult<Option<crate::providers::AgentEndpoint>> {
     let profile = ctx.kiln.config.agents.get(&task.agent);
     if !on_demand && profile.is_none_or(|p| p.acp.is_none()) {
         return Ok(None);
@@ -169,7 +182,7 @@ pub(super) async fn ensure_agent_server(
     let provider = ctx.kiln.providers.get(&task.provider)?;
     let base: Vec<(String, String)> = profile.map(|p| p.env.clone().into_iter().collect()).unwrap_or_default();
     let env = agent_env(ctx, task, base).await?;
-    let endpoint = provider.ensure_agent(crate::providers::EnsureAgent { handle: handle.clone(), bin, env }).await?;
+    let endpoint = provider.ensure_agent(crate::providers::EnsureAgent { handle: handle.clone(), bin, env, start_stopped }).await?;
     if endpoint.fresh {
         let kind = if endpoint.restarted { "sandbox.agent_restarted" } else { "sandbox.agent_started" };
         ctx.kiln.emit_one(&ctx.org, ctx.event(kind, json!({"url": endpoint.url, "pid": endpoint.pid}))).await?;
@@ -269,6 +282,10 @@ pub async fn apply(ctx: TaskCtx, input: TaskInput, text: Option<String>, params:
     let (task, repo) = ctx.load().await?;
     let from: TaskStatus = task.status.parse().map_err(AppError::bug)?;
     let step = state::transition(from, &input).map_err(|r| AppError::conflict("invalid_transition", r.message))?;
+    if matches!(input, TaskInput::Input | TaskInput::Attach | TaskInput::Push | TaskInput::Sync | TaskInput::Pr | TaskInput::Merge) {
+        // An auto-stopped sandbox starts again first, transparently.
+        wake(&ctx, input.name()).await?;
+    }
     let mut snapshot_ref = None;
     let mut sandbox = None;
     for effect in &step.effects {
@@ -290,7 +307,7 @@ pub async fn apply(ctx: TaskCtx, input: TaskInput, text: Option<String>, params:
             Effect::RelaunchAgent => {
                 let handle = ctx.handle(&task, &repo)?;
                 let launch = launch_spec(&ctx, &task, true).await?;
-                let req = ResumeSandbox { handle, branch: task.branch.clone(), launch };
+                let req = ResumeSandbox { handle, branch: task.branch.clone(), launch, after_auto_stop: false };
                 let handle = ctx.kiln.sandbox(&ctx.org, &task.provider, &task.id)?.send(RelaunchSandbox { req }).await??;
                 ensure_agent_server(&ctx, &task, &handle, false).await?;
                 record_confinement(&ctx).await?;
@@ -364,6 +381,25 @@ pub async fn observe(ctx: TaskCtx, health: SandboxHealth) -> AppResult<bool> {
     if !matches!(from, TaskStatus::Provisioning | TaskStatus::Running | TaskStatus::Idle) {
         return Ok(false);
     }
+    let row = sandbox_row(&ctx).await?;
+    if row.as_ref().is_some_and(asleep) && health.exists {
+        // Stopped for idleness (or being stopped or started): nothing runs to
+        // observe, and the host's end is not the agent's. Only a sandbox gone is news.
+        return Ok(true);
+    }
+    if matches!(from, TaskStatus::Running | TaskStatus::Idle)
+        && health.exists
+        && matches!(health.remote_state.as_deref(), Some("stopped" | "stopping"))
+    {
+        // Stopped outside Kiln (Daytona, a person): the same as Kiln's own stop.
+        auto_stop(&ctx, &task, &repo, "daytona", None).await?;
+        if let Ok(step) = state::transition(from, &TaskInput::Quiet) {
+            if step.to != from {
+                ctx.set_status(from, step.to, None, "sandbox_stopped", json!({})).await?;
+            }
+        }
+        return Ok(true);
+    }
     let log_error = record_runtime(&ctx, &health).await?;
     if let Some(host) = &health.host {
         record_log_health(&ctx, host, log_error).await?;
@@ -372,8 +408,13 @@ pub async fn observe(ctx: TaskCtx, health: SandboxHealth) -> AppResult<bool> {
         // Supervision: the sandbox-agent server died under a live task.
         let (_, repo) = ctx.load().await?;
         let handle = ctx.handle(&task, &repo)?;
-        if let Err(e) = ensure_agent_server(&ctx, &task, &handle, true).await {
-            ctx.kiln.emit_one(&ctx.org, ctx.event("sandbox.agent_failed", json!({"error": e.to_string()}))).await?;
+        match ensure_agent_server_in(&ctx, &task, &handle, true, false).await {
+            // Stopped meanwhile: the next poll sees it.
+            Ok(_) => {}
+            Err(e) if e.code() == "sandbox_stopped" => {}
+            Err(e) => {
+                ctx.kiln.emit_one(&ctx.org, ctx.event("sandbox.agent_failed", json!({"error": e.to_string()}))).await?;
+            }
         }
     }
     let mut inputs = Vec::new();
@@ -438,7 +479,126 @@ pub async fn observe(ctx: TaskCtx, health: SandboxHealth) -> AppResult<bool> {
     if status == from {
         agent_stuck(&ctx, &task, &repo, &health).await?;
     }
+    if status == TaskStatus::Idle {
+        if let Some(idle_ms) = idle_long_enough(&ctx, &health, row.as_ref()).await? {
+            let (task, repo) = ctx.load().await?;
+            auto_stop(&ctx, &task, &repo, "kiln", Some(idle_ms)).await?;
+        }
+    }
     Ok(matches!(status, TaskStatus::Provisioning | TaskStatus::Running | TaskStatus::Idle))
+}
+
+/// The task's sandbox row, if it ever had one.
+async fn sandbox_row(ctx: &TaskCtx) -> AppResult<Option<SandboxInstance>> {
+    let id = ctx.id.clone();
+    Ok(ctx.kiln.db.read(move |c| queries::task_sandbox(c, &id)).await?)
+}
+
+/// Whether a remote sandbox is stopped for idleness, or on its way (stopping,
+/// or starting again).
+fn asleep(row: &SandboxInstance) -> bool {
+    matches!(row.run_state.as_deref(), Some("stopped" | "stopping" | "starting"))
+}
+
+/// How long an idle task's sandbox has been unused, when that is past its
+/// provider's `auto_stop_after` and nothing holds it: no client attached to
+/// its terminal, no ACP session prompting or opening. The clock starts at the
+/// last of: the task's last change, its sandbox's last start, its runtime's
+/// last change (a push), the agent's last output, the last attacher leaving;
+/// all of them kept outside this process, so the clock survives a restart.
+async fn idle_long_enough(ctx: &TaskCtx, health: &SandboxHealth, row: Option<&SandboxInstance>) -> AppResult<Option<i64>> {
+    let (Some(after), Some(host), Some(row)) = (health.auto_stop_after, health.host.as_ref(), row) else { return Ok(None) };
+    if health.remote_state.as_deref() != Some("started") || !host.running || host.attached > 0 || row.state != "ready" {
+        return Ok(None);
+    }
+    let (o, t) = (ctx.org.clone(), ctx.id.clone());
+    let (task, runtime, sessions) = ctx
+        .kiln
+        .db
+        .read(move |c| Ok((queries::task(c, &o, &t)?, queries::task_runtime(c, &t)?, queries::open_sessions(c, &t)?)))
+        .await?;
+    if sessions.iter().any(|s| matches!(s.status.as_str(), "prompting" | "starting")) {
+        return Ok(None);
+    }
+    let since = [
+        task.map(|t| t.updated_at),
+        Some(row.updated_at),
+        runtime.map(|r| r.updated_at),
+        host.last_output_at,
+        Some(host.started_at),
+        host.last_detached_at,
+    ]
+    .into_iter()
+    .flatten()
+    .max()
+    .unwrap_or_else(now_ms);
+    let idle = now_ms() - since;
+    Ok((idle >= after.as_millis() as i64).then_some(idle))
+}
+
+/// Stops the task's sandbox while it idles (`by` `kiln`), or ends what is left
+/// of one stopped outside Kiln (`by` `daytona`); `sandbox.auto_stopped` says
+/// so. A failure is `sandbox.auto_stop_failed`, not an error of the poll.
+async fn auto_stop(ctx: &TaskCtx, task: &Task, repo: &Repo, by: &'static str, idle_ms: Option<i64>) -> AppResult<()> {
+    let req = crate::providers::SuspendSandbox {
+        handle: ctx.handle(task, repo)?,
+        already_stopped: by != "kiln",
+        grace: Duration::from_secs(ctx.kiln.config.terminal.kill_grace_secs),
+    };
+    let stopped = ctx.kiln.sandbox(&ctx.org, &task.provider, &task.id)?.send(SuspendSandbox { req, stopped_by: by }).await?;
+    match stopped {
+        Ok(()) => {
+            log::info!("task {}: its sandbox is stopped ({by}); the next use starts it again", ctx.id);
+            let data = json!({"by": by, "idle_secs": idle_ms.map(|ms| ms / 1000)});
+            ctx.kiln.emit_one(&ctx.org, ctx.event("sandbox.auto_stopped", data)).await?;
+        }
+        Err(e) => {
+            log::warn!("task {}: stopping its idle sandbox failed: {e}", ctx.id);
+            ctx.kiln.emit_one(&ctx.org, ctx.event("sandbox.auto_stop_failed", json!({"error": e.to_string()}))).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Starts the task's sandbox again if it was stopped for idleness (or outside
+/// Kiln), transparently, before `cause` (`input`, `attach`, `terminal`,
+/// `session`, `push`, …) uses it: the sandbox started and waited for, a fresh
+/// preview token, sandbox-agent and the agent (its resume command) started
+/// again in a new terminal host that carries on the same log. Runs inside the
+/// task's actor, so two clients at once cause one start. A sandbox that runs
+/// is left alone.
+pub(super) async fn wake(ctx: &TaskCtx, cause: &str) -> AppResult<()> {
+    let Some(row) = sandbox_row(ctx).await? else { return Ok(()) };
+    if !matches!(row.run_state.as_deref(), Some("stopped" | "stopping" | "starting")) {
+        return Ok(());
+    }
+    let (task, repo) = ctx.load().await?;
+    let status: TaskStatus = task.status.parse().map_err(AppError::bug)?;
+    if !matches!(status, TaskStatus::Running | TaskStatus::Idle) {
+        // Kill and archive start a stopped sandbox themselves to save its work.
+        return Ok(());
+    }
+    let began = std::time::Instant::now();
+    let handle = ctx.handle(&task, &repo)?;
+    let launch = launch_spec(ctx, &task, true).await?;
+    let req = ResumeSandbox { handle, branch: task.branch.clone(), launch, after_auto_stop: true };
+    let handle = ctx.kiln.sandbox(&ctx.org, &task.provider, &task.id)?.send(WakeSandbox { req }).await??;
+    ensure_agent_server(ctx, &task, &handle, false).await?;
+    let data = json!({"cause": cause, "stopped_by": row.stopped_by, "stopped_at": row.auto_stopped_at,
+                      "ms": began.elapsed().as_millis() as u64});
+    ctx.kiln.emit_one(&ctx.org, ctx.event("sandbox.resumed", data)).await?;
+    // A fresh poller: what the old one saw of the stopped sandbox is stale.
+    ctx.watch(&task, handle)
+}
+
+/// For an ACP reader reconnecting on its own: the sandbox-agent server, unless
+/// the sandbox is stopped for idleness (`409 sandbox_stopped`), which only a
+/// user's prompt or session open starts again.
+pub(super) async fn refuse_if_asleep(ctx: &TaskCtx) -> AppResult<()> {
+    if sandbox_row(ctx).await?.as_ref().is_some_and(asleep) {
+        return Err(AppError::conflict("sandbox_stopped", "the task's sandbox is stopped while idle: the next prompt starts it again"));
+    }
+    Ok(())
 }
 
 /// The `agent_stuck` reaction: a task running without output, or idle without

@@ -5,7 +5,8 @@
 //! user action run through the pure lifecycle in `state.rs`; a refused one is a
 //! 409), `StatusObserved` (from its TaskStatusPoller), `Recover` (at boot), and
 //! for ACP sessions `CreateSession`, `SessionObserved` (from a SessionActor),
-//! `CloseSession` and `EnsureAcp` (see `sessions.rs`); `ClaimReaction` and
+//! `CloseSession` and `EnsureAcp` (see `sessions.rs`); `WakeTask` (an
+//! auto-stopped sandbox started again before the terminal WebSocket uses it); `ClaimReaction` and
 //! `SettleReaction` for reactions (`reactions.rs`; it also writes `task_reactions`);
 //! `ReportPrToIssue` for a task made from a GitHub issue (`issues.rs`; it also
 //! writes `task_issues`, whose row `CreateTask` inserts with the task).
@@ -153,7 +154,19 @@ pub struct CloseSession {
 /// Makes sure the sandbox's sandbox-agent server runs; answers where it is.
 #[derive(Message, Clone)]
 #[rtype(result = "AppResult<(crate::providers::AgentEndpoint, PathBuf)>")]
-pub struct EnsureAcp {}
+pub struct EnsureAcp {
+    /// Start an auto-stopped sandbox again (a user's prompt or session open);
+    /// without, such a sandbox is `409 sandbox_stopped` (a reader reconnecting).
+    pub wake: bool,
+}
+
+/// Starts the task's sandbox again if it was stopped for idleness, before
+/// `cause` uses it (the terminal WebSocket); nothing when it runs.
+#[derive(Message, Clone)]
+#[rtype(result = "AppResult<()>")]
+pub struct WakeTask {
+    pub cause: &'static str,
+}
 
 /// At boot: reconcile an active task with its sandbox (re-attach or interrupt).
 #[derive(Message, Clone)]
@@ -330,9 +343,18 @@ impl Handler<CloseSession> for TaskActor {
 impl Handler<EnsureAcp> for TaskActor {
     type Result = AtomicResponse<Self, AppResult<(crate::providers::AgentEndpoint, PathBuf)>>;
 
-    fn handle(&mut self, _: EnsureAcp, _: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, msg: EnsureAcp, _: &mut Self::Context) -> Self::Result {
         let ctx = self.ctx();
-        atomic!(self, async move { sessions::ensure_acp(&ctx).await })
+        atomic!(self, async move { sessions::ensure_acp(&ctx, msg.wake).await })
+    }
+}
+
+impl Handler<WakeTask> for TaskActor {
+    type Result = AtomicResponse<Self, AppResult<()>>;
+
+    fn handle(&mut self, msg: WakeTask, _: &mut Self::Context) -> Self::Result {
+        let ctx = self.ctx();
+        atomic!(self, async move { effects::wake(&ctx, msg.cause).await })
     }
 }
 

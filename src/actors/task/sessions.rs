@@ -221,8 +221,15 @@ pub async fn close_one(ctx: &TaskCtx, session: &str) -> AppResult<TaskSession> {
 }
 
 /// The sandbox's sandbox-agent server, started if it is not running (for a
-/// session to open or restore).
-pub async fn ensure_acp(ctx: &TaskCtx) -> AppResult<(crate::providers::AgentEndpoint, std::path::PathBuf)> {
+/// session to open or restore); with `wake`, the sandbox too if it was
+/// stopped for idleness.
+pub async fn ensure_acp(ctx: &TaskCtx, wake: bool) -> AppResult<(crate::providers::AgentEndpoint, std::path::PathBuf)> {
+    if wake {
+        // A user's prompt or session open starts an auto-stopped sandbox again.
+        super::effects::wake(ctx, "session").await?;
+    } else {
+        super::effects::refuse_if_asleep(ctx).await?;
+    }
     let (task, repo) = ctx.load().await?;
     let status: TaskStatus = task.status.parse().map_err(AppError::bug)?;
     if !matches!(status, TaskStatus::Running | TaskStatus::Idle) {

@@ -337,6 +337,7 @@ fn remote_target(endpoint: &AgentEndpoint, record: &SandboxRecord, env: &[(Strin
         headers,
         cwd: record.checkout.clone(),
         env: env.iter().filter(|(k, _)| k != API_KEY).cloned().collect(),
+        adopt: None,
     }
 }
 
@@ -392,16 +393,26 @@ fn stop_agent(state_dir: &Path, grace: Duration) -> AgentStop {
             wait(Instant::now() + Duration::from_secs(5));
         }
     }
-    // A host still waiting on a sandbox it cannot reach is ended here.
-    if let Some(pid) = std::fs::read_to_string(state_dir.join(crate::terminal::host::PID_FILE))
-        .ok()
-        .and_then(|p| p.trim().parse::<i32>().ok())
-    {
-        if client::status(state_dir).is_ok() {
-            unsafe { libc::kill(pid, libc::SIGTERM) };
-        }
-    }
+    end_host(state_dir);
     AgentStop { how, leftovers: 0, containment: "sandbox", ms: started.elapsed().as_millis() as u64 }
+}
+
+/// Ends a terminal host still waiting on a sandbox it cannot reach (SIGTERM to
+/// the host, never to anything in the sandbox), and waits briefly until it is
+/// gone. Blocking.
+fn end_host(state_dir: &Path) {
+    use crate::terminal::client;
+    let pid = std::fs::read_to_string(state_dir.join(crate::terminal::host::PID_FILE)).ok().and_then(|p| p.trim().parse::<i32>().ok());
+    let Some(pid) = pid.filter(|p| *p > 0) else { return };
+    if client::status(state_dir).is_err() {
+        return;
+    }
+    // SAFETY: a plain kill(2) of the host this state dir names (it answered on its socket).
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while client::status(state_dir).is_ok() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// What is saved of a sandbox's work.
@@ -860,8 +871,60 @@ pub async fn destroy_sandbox(client: &DaytonaClient, locks: &MirrorLocks, req: D
 }
 
 async fn health(db: Db, org: String, handle: SandboxHandle) -> ProviderResult<SandboxHealth> {
+    let (settings, client) = profile(&db, &org).await?;
+    let health = sandbox_health(&client, handle).await?;
+    Ok(SandboxHealth { auto_stop_after: settings.auto_stop_after(), ..health })
+}
+
+async fn suspend(db: Db, terminal: TerminalConfig, org: String, req: SuspendSandbox) -> ProviderResult<()> {
     let (_, client) = profile(&db, &org).await?;
-    sandbox_health(&client, handle).await
+    suspend_sandbox(&client, &terminal, req).await
+}
+
+/// Appends a line of Kiln's own to the task's terminal log (no host is running
+/// then), so a reader of the log sees why the agent's screen ended or began
+/// again. Blocking; a failure is only logged: the note is a courtesy.
+fn log_note(terminal: &TerminalConfig, state_dir: &Path, note: &str) {
+    let written = crate::terminal::log::TerminalLog::open(state_dir, terminal.log_max_bytes)
+        .and_then(|mut log| log.append(format!("\r\n[kiln: {note}]\r\n").as_bytes()).1);
+    if let Err(e) = written {
+        log::warn!("writing a note to the terminal log in {} failed: {e}", state_dir.display());
+    }
+}
+
+/// Stops a task's sandbox for idleness (auto-stop): the agent is hung up
+/// through its terminal host (SIGHUP, as when a terminal closes, so it can save
+/// its state; SIGKILL after `grace`), the host ends, then Daytona stops the
+/// sandbox (its files are kept) and Kiln waits until it is `stopped`. A
+/// sandbox stopped outside Kiln already (`already_stopped`) only has its host,
+/// which cannot reach it, ended. A sandbox that is gone is left to the status
+/// poller (the task becomes `stalled`).
+pub async fn suspend_sandbox(client: &DaytonaClient, terminal: &TerminalConfig, req: SuspendSandbox) -> ProviderResult<()> {
+    let (dir, grace, already) = (req.handle.state_dir.clone(), req.grace, req.already_stopped);
+    let note = if already { "the sandbox was stopped outside Kiln; it starts again on the next input" } else { "sandbox stopped while idle; it starts again on the next input" };
+    let term = terminal.clone();
+    blocking(move || {
+        if already {
+            end_host(&dir);
+        } else {
+            stop_agent(&dir, grace);
+        }
+        log_note(&term, &dir, note);
+        Ok(())
+    })
+    .await?;
+    let (found, _) = find(client, &req.handle.state_dir, &req.handle.id).await?;
+    let Some(sandbox) = found.filter(|s| !s.is_gone()) else { return Ok(()) };
+    if let Ok(mut cache) = previews().lock() {
+        cache.remove(&sandbox.id);
+    }
+    if sandbox.state != "stopped" {
+        if sandbox.state != "stopping" {
+            client.stop(&sandbox.id).await?;
+        }
+        client.wait_until_stopped(&sandbox.id, STOP_TIMEOUT).await?;
+    }
+    Ok(())
 }
 
 /// The sandbox as Daytona and its sandbox-agent say now: gone or failed (with
@@ -885,6 +948,7 @@ pub async fn sandbox_health(client: &DaytonaClient, handle: SandboxHandle) -> Pr
             agent_server: None,
             reason: Some(format!("the Daytona sandbox {} is gone", sandbox_name(&handle.id))),
             remote_state: Some("destroyed".into()),
+            auto_stop_after: None,
         });
     };
     if sandbox.is_failed() {
@@ -896,30 +960,45 @@ pub async fn sandbox_health(client: &DaytonaClient, handle: SandboxHandle) -> Pr
             agent_server: None,
             reason: Some(format!("the Daytona sandbox is in state `{}`: {why}", sandbox.state)),
             remote_state: Some(sandbox.state.clone()),
+            auto_stop_after: None,
         });
     }
     let agent_server = match (&record, sandbox.is_started()) {
         (Some(record), true) => Some(agent_answers(&client, record).await),
         _ => None,
     };
-    Ok(SandboxHealth { exists: true, host, exit, agent_server, reason: None, remote_state: Some(sandbox.state.clone()) })
+    Ok(SandboxHealth { exists: true, host, exit, agent_server, reason: None, remote_state: Some(sandbox.state.clone()), auto_stop_after: None })
 }
 
 async fn ensure_agent(db: Db, org: String, req: EnsureAgent) -> ProviderResult<AgentEndpoint> {
     let (settings, client) = profile(&db, &org).await?;
-    ensure_agent_server(&client, &settings, req.handle).await
+    ensure_agent_server_in(&client, &settings, req.handle, req.start_stopped).await
 }
 
 /// sandbox-agent's endpoint through a fresh preview URL (its token changes when
 /// the sandbox restarts), starting the sandbox and the server again if needed.
 pub async fn ensure_agent_server(client: &DaytonaClient, settings: &DaytonaSettings, handle: SandboxHandle) -> ProviderResult<AgentEndpoint> {
-    let req = EnsureAgent { handle, bin: PathBuf::new(), env: Vec::new() };
+    ensure_agent_server_in(client, settings, handle, true).await
+}
+
+/// [`ensure_agent_server`]; without `start_stopped`, a sandbox that is not
+/// started is `409 sandbox_stopped`.
+async fn ensure_agent_server_in(
+    client: &DaytonaClient,
+    settings: &DaytonaSettings,
+    handle: SandboxHandle,
+    start_stopped: bool,
+) -> ProviderResult<AgentEndpoint> {
+    let req = EnsureAgent { handle, bin: PathBuf::new(), env: Vec::new(), start_stopped };
     let client = client.clone();
     let (found, record) = find(&client, &req.handle.state_dir, &req.handle.id).await?;
     let record = record.ok_or_else(|| AppError::conflict("sandbox_missing", "this task has no Daytona sandbox on record"))?;
     let sandbox = found.filter(|s| !s.is_gone()).ok_or_else(|| {
         AppError::conflict("sandbox_missing", format!("the Daytona sandbox {} is gone", record.name))
     })?;
+    if !start_stopped && !sandbox.is_started() {
+        return Err(AppError::conflict("sandbox_stopped", format!("the Daytona sandbox {} is {}", record.name, sandbox.state)));
+    }
     let sandbox = ensure_started(&client, sandbox).await?;
     // The preview token changes when a sandbox restarts: always fetch it now.
     let (preview, headers) = agent_endpoint(&client, &record).await?;
@@ -963,9 +1042,19 @@ async fn resume(db: Db, terminal: TerminalConfig, org: String, req: ResumeSandbo
     let endpoint = ensure_agent_server(&client, &settings, req.handle.clone()).await?;
     let dir = req.handle.state_dir.clone();
     let record = blocking(move || Ok(read_record(&dir))).await?.ok_or_else(|| AppError::conflict("sandbox_missing", "this task has no Daytona sandbox on record"))?;
-    let target = remote_target(&endpoint, &record, &req.launch.env);
-    let (h, launch) = (req.handle.clone(), req.launch.clone());
-    blocking(move || Ok(start_terminal(&terminal, &h, target, Vec::new(), &launch))).await??;
+    let mut target = remote_target(&endpoint, &record, &req.launch.env);
+    let (h, launch, note) = (req.handle.clone(), req.launch.clone(), req.after_auto_stop);
+    blocking(move || {
+        if note {
+            log_note(&terminal, &h.state_dir, "sandbox resumed");
+        }
+        // The agent the last host drove may still run (Kiln's machine restarted,
+        // the sandbox did not): the new host follows it rather than start another.
+        let previous = std::fs::read_to_string(h.state_dir.join(crate::terminal::remote::PROCESS_FILE)).ok();
+        target.adopt = previous.map(|p| p.trim().to_string()).filter(|p| !p.is_empty());
+        Ok(start_terminal(&terminal, &h, target, Vec::new(), &launch))
+    })
+    .await??;
     Ok(req.handle)
 }
 
@@ -1107,6 +1196,15 @@ impl SandboxProvider for DaytonaProvider {
     fn attach_target(&self, handle: &SandboxHandle) -> ProviderResult<AttachTarget> {
         // The remote terminal's host runs here and keeps the log.
         Ok(AttachTarget::Local { state_dir: handle.state_dir.clone() })
+    }
+
+    fn suspend(&self, req: SuspendSandbox) -> BoxFuture<'_, ProviderResult<()>> {
+        let (db, terminal) = (self.db.clone(), self.terminal.clone());
+        let org = org_of(&self.data_dir, &req.handle);
+        Box::pin(local(move || async move {
+            let org = org.ok_or_else(|| AppError::bug("a Daytona sandbox handle without its organization"))?;
+            suspend(db, terminal, org, req).await
+        }))
     }
 
     fn preflight(&self, req: Preflight) -> BoxFuture<'_, ProviderResult<()>> {

@@ -10,7 +10,7 @@
 //! | `memory` | integer, GB | 1-256 | Daytona's default |
 //! | `disk` | integer, GB | 1-1024 | Daytona's default |
 //! | `target` | region name | 1-64 of `a-z A-Z 0-9 - _` | Daytona's default |
-//! | `auto_stop_minutes` | integer | 0-10080 (0: never) | 30 |
+//! | `auto_stop_minutes` | number | 0-10080, fractions allowed (0: never) | 30 |
 //! | `agent_bin` | program | 1-200 of `a-z A-Z 0-9 / . _ + - @` | `sandbox-agent` (on the sandbox's `PATH`) |
 //! | `agent_port` | port | 1-65535 (Daytona previews 3000-9999) | [`DEFAULT_AGENT_PORT`] |
 //!
@@ -30,7 +30,8 @@ use crate::error::AppError;
 pub const API_KEY: &str = "api_key";
 /// The profile secrets Kiln uses itself: never handed to agents as environment.
 pub const KILN_SECRETS: &[&str] = &[API_KEY];
-pub const DEFAULT_AUTO_STOP_MINUTES: u32 = 30;
+/// How long a task may idle before Kiln stops its sandbox (docs/providers.md, "Auto-stop").
+pub const DEFAULT_AUTO_STOP_MINUTES: f64 = 30.0;
 /// sandbox-agent's port in a sandbox: its own 2468, moved into the range
 /// Daytona's preview URLs reach (3000-9999).
 pub const DEFAULT_AGENT_PORT: u16 = 8468;
@@ -45,7 +46,9 @@ pub struct DaytonaSettings {
     pub memory: Option<u32>,
     pub disk: Option<u32>,
     pub target: Option<String>,
-    pub auto_stop_minutes: u32,
+    /// Minutes of idleness before Kiln stops the sandbox; 0 never. Fractions
+    /// are taken (0.5 is 30 s), to the second, at least one second.
+    pub auto_stop_minutes: f64,
     /// The sandbox-agent program inside the sandbox (the snapshot provides it).
     pub agent_bin: String,
     /// The port sandbox-agent serves in the sandbox, reached by its preview URL.
@@ -68,7 +71,7 @@ pub fn validate_config(config: &Map<String, Value>) -> Result<Map<String, Value>
             "cpu" => Value::from(number(key, value, 1, 64)?),
             "memory" => Value::from(number(key, value, 1, 256)?),
             "disk" => Value::from(number(key, value, 1, 1024)?),
-            "auto_stop_minutes" => Value::from(number(key, value, 0, 10_080)?),
+            "auto_stop_minutes" => minutes(key, value, 10_080.0)?,
             "agent_bin" => Value::String(text(key, value, 200, |c| c.is_ascii_alphanumeric() || "/._+-@".contains(c))?),
             "agent_port" => Value::from(number(key, value, 1, 65_535)?),
             other => {
@@ -136,7 +139,34 @@ fn number(key: &str, value: &Value, min: u64, max: u64) -> Result<u64, AppError>
         .ok_or_else(|| invalid(format!("`{key}` must be a whole number from {min} to {max}")))
 }
 
+/// A number of minutes from 0 to `max`, fractions allowed (as a JSON number or a
+/// decimal string); stored as an integer when it is whole.
+fn minutes(key: &str, value: &Value, max: f64) -> Result<Value, AppError> {
+    let n = match value {
+        Value::Number(n) => n.as_f64(),
+        Value::String(s) => {
+            let s = s.trim();
+            let decimal = !s.is_empty() && s.chars().all(|c| c.is_ascii_digit() || c == '.') && s.matches('.').count() <= 1 && s != ".";
+            decimal.then(|| s.parse::<f64>().ok()).flatten()
+        }
+        _ => None,
+    };
+    let n = n.filter(|n| n.is_finite() && (0.0..=max).contains(n)).ok_or_else(|| {
+        invalid(format!("`{key}` must be a number of minutes from 0 to {max} (0 never stops; fractions such as 0.5 are taken)"))
+    })?;
+    Ok(if n.fract() == 0.0 { Value::from(n as u64) } else { Value::from(n) })
+}
+
 impl DaytonaSettings {
+    /// How long a task may idle before Kiln stops its sandbox; `None`: never.
+    pub fn auto_stop_after(&self) -> Option<std::time::Duration> {
+        if self.auto_stop_minutes <= 0.0 {
+            return None;
+        }
+        let secs = (self.auto_stop_minutes * 60.0).round().max(1.0);
+        Some(std::time::Duration::from_secs(secs as u64))
+    }
+
     /// The settings of a stored (already validated) profile config; defaults for
     /// what it leaves out. Validates again, so a hand-edited row fails clearly.
     pub fn from_config(config: &Value) -> Result<DaytonaSettings, AppError> {
@@ -151,7 +181,7 @@ impl DaytonaSettings {
             memory: num("memory"),
             disk: num("disk"),
             target: text("target"),
-            auto_stop_minutes: num("auto_stop_minutes").unwrap_or(DEFAULT_AUTO_STOP_MINUTES),
+            auto_stop_minutes: map.get("auto_stop_minutes").and_then(Value::as_f64).unwrap_or(DEFAULT_AUTO_STOP_MINUTES),
             agent_bin: text("agent_bin").unwrap_or_else(|| DEFAULT_AGENT_BIN.to_string()),
             agent_port: num("agent_port").map(|p| p as u16).unwrap_or(DEFAULT_AGENT_PORT),
         })
@@ -209,6 +239,8 @@ mod tests {
         let got = check(json!({"api_url": " https://daytona.example.com/api/ ", "cpu": "2", "memory": 4, "disk": "20", "target": "eu", "auto_stop_minutes": "0"}));
         assert_eq!(got, Ok(json!({"api_url": "https://daytona.example.com/api", "cpu": 2, "memory": 4, "disk": 20, "target": "eu", "auto_stop_minutes": 0})));
         assert_eq!(check(json!({"snapshot": "my-image:1.2", "api_url": "http://127.0.0.1:3986/api"})).unwrap()["snapshot"], "my-image:1.2");
+        assert_eq!(check(json!({"auto_stop_minutes": "0.5"})).unwrap()["auto_stop_minutes"], 0.5);
+        assert_eq!(check(json!({"auto_stop_minutes": 45.0})).unwrap()["auto_stop_minutes"], 45);
         assert_eq!(check(json!({})), Ok(json!({})));
     }
 
@@ -228,6 +260,9 @@ mod tests {
             (json!({"memory": "lots"}), "memory"),
             (json!({"disk": 100000}), "disk"),
             (json!({"auto_stop_minutes": 10081}), "auto_stop_minutes"),
+            (json!({"auto_stop_minutes": -1}), "auto_stop_minutes"),
+            (json!({"auto_stop_minutes": "1e3"}), "auto_stop_minutes"),
+            (json!({"auto_stop_minutes": "soon"}), "auto_stop_minutes"),
             (json!({"target": "us east"}), "target"),
             (json!({"snapshot": ""}), "snapshot"),
             (json!({"snapshot": "s", "cpu": 2, "disk": 10}), "only without a snapshot"),
@@ -253,7 +288,12 @@ mod tests {
     #[test]
     fn defaults_and_the_create_request() {
         let s = DaytonaSettings::from_config(&json!({})).unwrap();
-        assert_eq!((s.api_url.as_str(), s.auto_stop_minutes, s.cpu), (api::DEFAULT_API_URL, 30, None));
+        assert_eq!((s.api_url.as_str(), s.auto_stop_minutes, s.cpu), (api::DEFAULT_API_URL, 30.0, None));
+        assert_eq!(s.auto_stop_after(), Some(std::time::Duration::from_secs(1800)));
+        let never = DaytonaSettings::from_config(&json!({"auto_stop_minutes": 0})).unwrap();
+        assert_eq!(never.auto_stop_after(), None);
+        let quick = DaytonaSettings::from_config(&json!({"auto_stop_minutes": "0.05"})).unwrap();
+        assert_eq!(quick.auto_stop_after(), Some(std::time::Duration::from_secs(3)), "fractions of a minute, to the second");
         let s = DaytonaSettings::from_config(&json!({"cpu": 2, "memory": 4, "target": "eu"})).unwrap();
         let labels = BTreeMap::from([("kiln/task".to_string(), "1a2b3c4d".to_string())]);
         let req = serde_json::to_value(s.create_request("kiln-1a2b3c4d", labels, BTreeMap::new())).unwrap();

@@ -35,6 +35,9 @@ export function taskView(main, app, id) {
   let tab = new URLSearchParams(location.search).get('tab') || 'terminal';
   let closePane = null;
   let busy = null;
+  // A remote sandbox's power state (`run_state`, …) from the task detail, kept
+  // live by its `sandbox.auto_stopped` and `sandbox.resumed` events.
+  let sandbox = null;
 
   replace(main, h('p.crumbs', h('a', { href: '/' }, '← Board')), head, actionError, tabs, pane);
 
@@ -74,11 +77,29 @@ export function taskView(main, app, id) {
         h('div', h('dt', 'Branch'), h('dd', h('code', task.branch)), h('span.muted', ` from ${task.base_branch}`)),
         h('div', h('dt', 'Agent'), h('dd', `${task.agent} · ${task.provider}`)),
         h('div', h('dt', 'Created'), h('dd', h('time', { title: when(task.created_at) }, `${age(task.created_at)} ago`))),
+        sandboxFact(),
         pr ? h('div', h('dt', 'Pull request'), h('dd', `#${pr.number} ${pr.state}${pr.ci_state ? ` · CI ${pr.ci_state}` : ''}${pr.review_decision ? ` · ${pr.review_decision.replace('_', ' ')}` : ''}`)) : null),
       h('div.actions', { role: 'group', 'aria-label': 'Actions' },
         allowed.length ? allowed.map((a) => h(`button${a.danger ? '.danger' : ''}`, {
           type: 'button', disabled: !!busy, dataset: { action: a.action }, onclick: () => act(a),
         }, busy === a.action ? `${a.label}…` : a.label)) : h('span.muted', 'No actions: this task is finished.')));
+  }
+
+  // A remote sandbox stopped while idle says so, and that the next use starts
+  // it again; a running one says nothing more than its provider.
+  function sandboxFact() {
+    const state = sandbox?.run_state;
+    if (!state || state === 'started') return null;
+    const words = {
+      stopped: sandbox.stopped_by === 'daytona' ? 'Stopped outside Kiln' : 'Stopped while idle',
+      stopping: 'Stopping (idle)',
+      starting: 'Starting again…',
+    };
+    return h('div', { id: 'task-sandbox' }, h('dt', 'Sandbox'),
+      h('dd', h(`span.badge.sandbox-${state}`, words[state] || state),
+        state === 'stopped' && sandbox.auto_stopped_at
+          ? h('span.muted', ' since ', h('time', { title: when(sandbox.auto_stopped_at) }, `${age(sandbox.auto_stopped_at)} ago`), ' · starts again on the next input, attach, prompt or git action')
+          : null));
   }
 
   // What would conflict if this task and the others were merged now (the
@@ -139,6 +160,13 @@ export function taskView(main, app, id) {
     : []);
 
   let lastStatus = task?.status;
+  const offSandbox = store.onEvent((e) => {
+    if (e.task !== id || !sandbox) return;
+    if (e.kind === 'sandbox.auto_stopped') sandbox = { ...sandbox, run_state: 'stopped', stopped_by: e.data?.by, auto_stopped_at: e.at };
+    else if (e.kind === 'sandbox.resumed') sandbox = { ...sandbox, run_state: 'started', stopped_by: null, auto_stopped_at: null };
+    else return;
+    renderHead();
+  });
   const unsubscribe = store.subscribe(() => {
     const t = store.tasks.get(id);
     if (!t) return;
@@ -159,6 +187,7 @@ export function taskView(main, app, id) {
     const fresh = { ...t, pr: p ? { number: p.number, state: p.state, ci_state: p.ci_state, review_decision: p.review_decision } : null };
     task = store.tasks.get(id) || fresh;
     if (!store.tasks.has(id)) store.tasks.set(id, fresh);
+    sandbox = t.sandbox || null;
     lastStatus = task.status;
     renderHead();
     if (!paneHasTask) renderPane();
@@ -168,6 +197,7 @@ export function taskView(main, app, id) {
 
   return () => {
     unsubscribe();
+    offSandbox();
     if (closePane) closePane();
   };
 }
