@@ -147,7 +147,7 @@ pub async fn put_setup(
     request_body = RepoSettings,
     responses(
         (status = 200, description = "The repository with its new settings", body = Repo), (status = 404, description = "Not found:\n- `repo_not_found` (also when the organization does not exist)", body = ApiError),
-        (status = 422, description = "Invalid content:\n- `invalid_settings`\n- `unknown_agent`", body = ApiError),
+        (status = 422, description = "Invalid content:\n- `invalid_settings`\n- `unknown_agent`\n- `github_required`", body = ApiError),
     ),
 )]
 pub async fn put_settings(
@@ -158,8 +158,14 @@ pub async fn put_settings(
 ) -> AppResult<HttpResponse> {
     let (org, name) = path.into_inner();
     caller.require_org(&org)?;
-    repo_or_404(&kiln, &org, &name).await?;
+    let current = repo_or_404(&kiln, &org, &name).await?;
     let settings = body.into_inner();
+    if settings.issues.enabled && settings.github.is_none() && crate::db::models::github_slug(&current.source).is_none() {
+        return Err(AppError::invalid(
+            "github_required",
+            "issue intake reads the repository's GitHub issues, and its source URL names no GitHub repository: give its `github` owner/name too",
+        ));
+    }
     if let Some(slug) = &settings.github {
         let ok = slug.split('/').count() == 2
             && slug.split('/').all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)));

@@ -277,6 +277,10 @@ async fn issue_settings_are_off_by_default_and_checked() {
     }
     let r = put(json!({"agent": "nobody"})).await;
     assert_eq!((r.status, r.code()), (422, "unknown_agent"), "{r:?}");
+    // The source is a local path: without `github`, there are no issues to read.
+    let r = s.c.put("/v1/organizations/default/repos/origin/settings", json!({"issues": {"enabled": true}})).await;
+    assert_eq!((r.status, r.code()), (422, "github_required"), "{r:?}");
+    assert!(r.body["message"].as_str().unwrap().contains("owner/name"), "{r:?}");
     // The CLI sets them; flags not given keep their value.
     let (code, out, err) = cli(&s.server, &["repo", "settings", "origin", "--issue-label", "good first issue", "--issue-agent", "quick", "--json"]);
     assert_eq!(code, 0, "{err}");
