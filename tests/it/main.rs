@@ -20,6 +20,7 @@ mod dashboard_changes;
 mod dashboard_notify;
 mod dashboard_qa;
 mod dashboard_conflicts;
+mod dashboard_intake;
 mod dashboard_reactions;
 mod dashboard_views;
 mod daytona_client;
