@@ -48,4 +48,5 @@ mod sandboxes;
 mod sessions;
 mod single_writer;
 mod stream;
+mod sync_uncommitted;
 mod terminal_host;
