@@ -463,7 +463,8 @@ async fn in_a_browser_revoking_the_token_ends_the_session() {
     let browser = Browser::start().await;
     sign_in(&browser, &server, &token, "acme").await;
     browser.until("the stream is live", "return document.getElementById('live')?.textContent === 'Live'", json!([])).await;
-    assert!(browser.text().await.contains("Keep me private"));
+    // "Live" can come before the board has drawn its first cards: wait for the card.
+    browser.until("the task on the board", "return document.body.innerText.includes('Keep me private')", json!([])).await;
     let r = admin.delete(&format!("/v1/organizations/acme/tokens/{token_id}")).await;
     assert_eq!(r.status, 200);
     // The stream closes with 4001 and the page signs out by itself.

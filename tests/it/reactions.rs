@@ -26,8 +26,15 @@ struct Setup {
 /// A server polling the fake GitHub every 200 ms, with `app`'s origin on it
 /// as `acme/app`, and these reactions.
 async fn setup(gh: &FakeGithub, reactions: Value) -> Setup {
+    setup_with(gh, reactions, &[]).await
+}
+
+/// [`setup`], with more of the server's environment.
+async fn setup_with(gh: &FakeGithub, reactions: Value, env: &[(&str, &str)]) -> Setup {
     let dir = tempdir();
-    let server = Server::start_in(dir.path(), &[("KILN_GITHUB__PR_POLL_MS", "200"), ("KILN_TASKS__STATUS_POLL_MS", "200")]);
+    let mut all = vec![("KILN_GITHUB__PR_POLL_MS", "200"), ("KILN_TASKS__STATUS_POLL_MS", "200")];
+    all.extend_from_slice(env);
+    let server = Server::start_in(dir.path(), &all);
     let c = server.client();
     let (bare, work) = bare_origin(dir.path());
     c.add_repo("default", &bare).await;
@@ -434,4 +441,96 @@ async fn branch_polls(c: &Client, n: u64) {
     };
     let from = count().await;
     eventually(WAIT, "the branch poller polls again", || async { (count().await >= from + n).then_some(()) }).await;
+}
+
+#[actix_web::test]
+async fn a_task_without_a_pr_whose_committed_work_rebases_cleanly_is_synced_by_kiln_onto_its_moved_base() {
+    let dir = tempdir();
+    let server = Server::start_in(
+        dir.path(),
+        &[("KILN_REPOS__BRANCH_POLL_MS", "200"), ("KILN_REPOS__FETCH_SECS", "1"), ("KILN_TASKS__STATUS_POLL_MS", "200")],
+    );
+    let c = server.client();
+    let (bare, upstream) = bare_origin(dir.path());
+    c.add_repo("default", &bare).await;
+    let r = c
+        .put("/v1/organizations/default/repos/origin/settings", json!({"reactions": {"merge_conflict": {"enabled": true, "auto_sync": true}}}))
+        .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let t = c.create_task("default", "origin", "rewrite the readme").await;
+    let id = t["id"].as_str().unwrap().to_string();
+    c.wait_status("default", &id, "running").await;
+    let worktree = server.data_dir().join(format!("worktrees/default/origin/{id}"));
+    // Two commits on README.md, and nothing left uncommitted.
+    std::fs::write(worktree.join("README.md"), "v1\n").unwrap();
+    git(&worktree, &["commit", "-q", "-am", "readme v1"]);
+    std::fs::write(worktree.join("README.md"), "v2\n").unwrap();
+    git(&worktree, &["commit", "-q", "-am", "readme v2"]);
+    assert_eq!(git(&worktree, &["status", "--porcelain"]), "", "a clean worktree");
+    let before = git(&worktree, &["rev-parse", "HEAD"]);
+
+    // main takes the task's first commit as its own (the same change): merging
+    // the branch now conflicts on README.md (hello→v1 against hello→v2), yet a
+    // rebase drops the commit main has and puts the second on top, cleanly.
+    std::fs::write(upstream.join("README.md"), "v1\n").unwrap();
+    git(&upstream, &["commit", "-q", "-am", "readme v1 (picked)"]);
+    git(&upstream, &["push", "-q", "origin", "main"]);
+    let main = git(&upstream, &["rev-parse", "HEAD"]);
+
+    let got = wait_fired(&c, &id, "reaction.fired", "merge_conflict", 1).await;
+    let d = &got[0]["data"];
+    assert_eq!((d["source"].as_str(), d["outcome"].as_str(), d["attempt"].as_i64()), (Some("prediction"), Some("synced"), Some(1)), "{d}");
+    assert_eq!((d["base"].clone(), d["files"].clone()), (json!("main"), json!(["README.md"])));
+    let events = c.events_since("default", 0).await;
+    assert!(events.iter().any(|e| e["task"] == id.as_str() && e["kind"] == "task.conflict_predicted" && e["data"]["other"] == "base"));
+    let synced = events.iter().find(|e| e["task"] == id.as_str() && e["kind"] == "task.synced").expect("task.synced");
+    // The branch is now on top of the moved base, with the second commit only.
+    let head = git(&worktree, &["rev-parse", "HEAD"]);
+    assert_ne!(head, before);
+    assert_eq!(synced["data"]["head"], head.as_str(), "{synced}");
+    assert_eq!(git(&worktree, &["rev-parse", "HEAD~1"]), main, "the branch sits right on main");
+    assert_eq!(git(&worktree, &["log", "-1", "--format=%s"]), "readme v2");
+    assert_eq!(std::fs::read_to_string(worktree.join("README.md")).unwrap(), "v2\n");
+    assert_eq!(git(&worktree, &["status", "--porcelain"]), "");
+    // Nothing was published for review, and the agent was told nothing.
+    assert!(!events.iter().any(|e| e["task"] == id.as_str() && e["kind"] == "task.pushed"), "no push without a PR");
+    // The conflict clears once the branch is on the base, and nothing fires again.
+    eventually(WAIT, "the conflict cleared", || async {
+        let events = c.events_since("default", 0).await;
+        events.iter().any(|e| e["task"] == id.as_str() && e["kind"] == "task.conflict_cleared" && e["data"]["reason"] == "resolved").then_some(())
+    })
+    .await;
+    branch_polls(&c, 3).await;
+    let all = fired(&c, &id, "reaction.fired", "merge_conflict").await;
+    assert_eq!(all.len(), 1, "{all:?}");
+}
+
+#[actix_web::test]
+async fn a_task_with_an_open_pr_is_left_to_the_pull_requests_merge_conflict_not_the_predictions() {
+    let gh = FakeGithub::start();
+    let env = [("KILN_REPOS__BRANCH_POLL_MS", "200"), ("KILN_REPOS__FETCH_SECS", "1")];
+    let s = setup_with(&gh, json!({"merge_conflict": {"enabled": true}}), &env).await;
+    let (id, _, pr) = task_with_pr(&s, "README.md", "the task's readme\n").await;
+    // main changes the same file: the prediction sees the conflict with the base,
+    // and GitHub calls the PR unmergeable.
+    std::fs::write(s.work.join("README.md"), "main's readme\n").unwrap();
+    git(&s.work, &["commit", "-qam", "upstream readme"]);
+    git(&s.work, &["push", "-q", "origin", "main"]);
+    eventually(WAIT, "the conflict with the base predicted", || {
+        let c = s.c.clone();
+        let id = id.clone();
+        async move {
+            let events = c.events_since("default", 0).await;
+            events.iter().any(|e| e["task"] == id.as_str() && e["kind"] == "task.conflict_predicted" && e["data"]["other"] == "base").then_some(())
+        }
+    })
+    .await;
+    let got = wait_fired(&s.c, &id, "reaction.fired", "merge_conflict", 1).await;
+    assert_eq!((got[0]["data"]["source"].as_str(), got[0]["data"]["number"].as_u64()), (Some("pull_request"), Some(pr)), "{got:?}");
+    // Rounds of prediction and PR polls later, the task was told once, by the PR's path.
+    branch_polls(&s.c, 5).await;
+    polls(&gh, 3).await;
+    let all = fired(&s.c, &id, "reaction.fired", "merge_conflict").await;
+    assert!(all.iter().all(|e| e["data"]["source"] == "pull_request"), "no firing from the prediction: {all:?}");
+    assert_eq!(all.len(), 1, "{all:?}");
 }

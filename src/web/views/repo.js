@@ -1,5 +1,6 @@
-// One repository: its facts, its settings and setup step (forms that show the
-// current values, save with PUT and show the API's own validation message), its
+// One repository: its facts, its settings (reactions and issue intake included)
+// and setup step (forms that show the current values, save with PUT and show
+// the API's own validation message), its
 // branches and its pull requests (kept fresh by the stream's `branch.*` and
 // `pr.*` events), and deleting it.
 
@@ -25,6 +26,9 @@ const REACTION_DEFAULTS = {
   approved_and_green: { enabled: false, merge: false, method: 'squash' },
 };
 
+/** Issue intake's defaults, as the API fills them in (docs/git.md, "Issues in"). */
+const ISSUES_DEFAULTS = { enabled: false, label: 'kiln', agent: null, max_active: 5 };
+
 /** The settings as the form shows them: `{}` until first set, so the defaults fill in. */
 export function settingsOf(repo) {
   const s = repo.settings || {};
@@ -44,6 +48,7 @@ export function settingsOf(repo) {
     on_idle: { commit: !!a.on_idle?.commit, push: !!a.on_idle?.push, draft_pr: !!a.on_idle?.draft_pr },
     archive_on_external_merge: !!a.archive_on_external_merge,
     reactions,
+    issues: { ...ISSUES_DEFAULTS, ...(s.issues || {}) },
   };
 }
 
@@ -161,7 +166,7 @@ function outcome(id) {
     fail(e) {
       saved.hidden = true;
       error.hidden = false;
-      error.textContent = e.code === 'invalid_settings' || e.code === 'invalid_setup' || e.code === 'invalid_body'
+      error.textContent = ['invalid_settings', 'invalid_setup', 'invalid_body', 'unknown_agent'].includes(e.code)
         ? `Not saved: ${e.message}`
         : e.message;
     },
@@ -236,6 +241,26 @@ function settingsPane(pane, app, base, current, saved) {
     ['squash', 'merge', 'rebase'].map((m) => h('option', { value: m }, m)));
   const input = (row) => row.querySelector('input');
 
+  // Issue intake: a switch, the label, the agent (`GET …/agents`; '' = null, the
+  // server's default) and how many such tasks may be active at once.
+  const intakeRow = sw('issues-enabled', 'Make a task of each open GitHub issue that carries the label',
+    'Once per issue, oldest first; its pull request says “Closes #N”, and a comment on the issue links to it.');
+  const label = h('input#issues-label', { autocomplete: 'off', spellcheck: 'false', placeholder: 'kiln' });
+  const agent = h('select#issues-agent', h('option', { value: '' }, 'Server default'));
+  let agents = null;
+  // The options: the server's profiles, plus the saved one should it be gone from the config.
+  function fillAgents(saved) {
+    const list = agents || [];
+    const dflt = list.find((x) => x.default);
+    const options = [h('option', { value: '' }, dflt ? `Server default (${dflt.name})` : 'Server default'),
+      ...list.map((x) => h('option', { value: x.name }, x.name))];
+    if (saved && !list.some((x) => x.name === saved)) {
+      options.push(h('option', { value: saved }, agents ? `${saved} (not on this server)` : saved));
+    }
+    replace(agent, ...options);
+    agent.value = saved || '';
+  }
+
   function fill() {
     const s = settingsOf(current());
     const r = s.reactions;
@@ -257,6 +282,10 @@ function settingsPane(pane, app, base, current, saved) {
     input(rows.merge).checked = !!r.approved_and_green.merge;
     method.value = r.approved_and_green.method;
     bots.value = r.bot_logins.join(', ');
+    input(intakeRow).checked = !!s.issues.enabled;
+    label.value = s.issues.label;
+    fillAgents(s.issues.agent);
+    nums['issues-max_active'].input.value = String(s.issues.max_active);
     dirty = false;
   }
 
@@ -273,6 +302,11 @@ function settingsPane(pane, app, base, current, saved) {
     block('Approved and green', rows.approved_and_green, rows.merge,
       h('div.field-row.inline', h('label', { for: 'rx-approved_and_green-method' }, 'Merge method'), method)),
   ];
+  const issuesPart = block('Issue intake', intakeRow,
+    h('div.field-row.inline', h('label', { for: 'issues-label' }, 'Label',
+      h('span.muted.small.block', 'Compared without case, as GitHub does.')), label),
+    h('div.field-row.inline', h('label', { for: 'issues-agent' }, 'Agent for those tasks'), agent),
+    field('issues-max_active', 'At most this many of those tasks active at once', 1, 100, 'The other issues wait their turn.', 'issues.max_active'));
 
   function reactionsBody() {
     const n = (id) => Number(nums[id].input.value);
@@ -324,9 +358,12 @@ function settingsPane(pane, app, base, current, saved) {
         reactions: reactionsBody(),
       };
       if (github.value.trim()) body.github = github.value.trim();
-      // A PUT replaces every setting: keep issue intake, which this form does not show.
-      const issues = current().settings?.issues;
-      if (issues) body.issues = issues;
+      body.issues = {
+        enabled: input(intakeRow).checked,
+        label: label.value.trim(),
+        agent: agent.value || null,
+        max_active: Number(nums['issues-max_active'].input.value),
+      };
       submit.disabled = true;
       try {
         const repo = await put(`${base}/settings`, body);
@@ -336,7 +373,9 @@ function settingsPane(pane, app, base, current, saved) {
       } catch (err) {
         out.fail(err);
         const named = Object.values(nums).find((f) => err.message.includes(f.path));
-        if (/github/.test(err.message)) github.focus();
+        if (/issues\.label/.test(err.message)) label.focus();
+        else if (/issues\.agent/.test(err.message)) agent.focus();
+        else if (/github/.test(err.message)) github.focus();
         else if (/bot_logins/.test(err.message)) bots.focus();
         else if (named) named.input.focus();
       } finally {
@@ -354,6 +393,9 @@ function settingsPane(pane, app, base, current, saved) {
   h('h2', 'Reactions'),
   h('p.muted.small', 'What Kiln does on its own about a task\'s pull request or agent. Each fires once per cause; past its bound it is escalated to a person.'),
   ...reactionsPart,
+  h('h2', 'Issues in'),
+  h('p.muted.small', 'GitHub issues that become tasks: needs the repository on GitHub and the organization\'s GitHub token (reading issues; writing them, for the comment).'),
+  issuesPart,
   h('h2', 'Outside Kiln'),
   archiveRow,
   out.error, out.saved,
@@ -361,6 +403,11 @@ function settingsPane(pane, app, base, current, saved) {
   h('p.muted.small', 'Everything that makes Kiln act on its own is off until you switch it on. docs/git.md explains each switch.'));
   pane.append(form);
   fill();
+  get(orgPath(app.org, '/agents')).then((a) => {
+    agents = a.agents;
+    // Keeps an unsaved choice: only the options change.
+    fillAgents(dirty ? agent.value : settingsOf(current()).issues.agent);
+  }).catch(() => {});
   // Someone else saved: show their values unless this form has unsaved edits.
   const unsubscribe = app.store.subscribe(() => {
     if (!dirty) fill();
