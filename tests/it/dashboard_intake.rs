@@ -27,6 +27,9 @@ async fn in_a_browser_issue_intake_is_switched_labelled_given_an_agent_and_bound
     let (server, dir) = Server::start(&[]);
     let admin = server.client();
     admin.add_repo("default", &git_repo(dir.path(), "app")).await;
+    // A local source: intake needs the GitHub repository it reads the issues of.
+    let r = admin.put("/v1/organizations/default/repos/app/settings", json!({"github": "acme/app"})).await;
+    assert_eq!(r.status, 200, "{r:?}");
     let r = admin.post("/v1/organizations/default/tokens", json!({"name": "browser"})).await;
     let token = r.body["token"].as_str().unwrap().to_string();
 
