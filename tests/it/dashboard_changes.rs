@@ -2,13 +2,13 @@
 //! changed in the worktree shows up (live, from the branch poller's event), the
 //! unified and split views, and review comments that reach the agent — typed
 //! into its terminal, or as a prompt to its open ACP session. Screenshots at
-//! desktop and phone width. The render-time measurement of a 10,000-line diff
-//! is here too, ignored by default (docs/performance.md says how to run it).
+//! desktop and phone width. (The render time of a 10,000-line diff is measured
+//! by `cargo bench --bench diff`, docs/performance.md.)
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use serde_json::{json, Value};
+use serde_json::json;
 
 use crate::browser::Browser;
 use crate::common::{eventually, git, git_repo, Client, Server, Term};
@@ -158,62 +158,4 @@ async fn in_a_browser_a_worktree_change_shows_in_changes_and_a_review_reaches_th
     assert_eq!(admin.delete(&format!("/v1/organizations/acme/tasks/{id}/sessions/{sid}")).await.status, 200);
     assert_eq!(admin.post(&format!("/v1/organizations/acme/tasks/{id}/kill"), json!({})).await.status, 200);
     browser.until("the diff says there is no worktree", "return /no worktree/.test(document.querySelector('.changes-main .error')?.textContent || '')", json!([])).await;
-}
-
-/// Measures the page with a 10,000-line change (10 files of 1,000 lines): the
-/// API's time as the page sees it, the first render (files open up to the
-/// budget) and opening every file. Ignored by default; run with
-/// `cargo test --test it dashboard_changes::measure -- --ignored --nocapture`.
-#[actix_web::test]
-#[ignore]
-async fn measure_a_10_000_line_diff_in_the_browser() {
-    let (server, dir) = Server::start(&[]);
-    let admin = server.client();
-    let token = org_with_token(&admin, "acme").await;
-    admin.add_repo("acme", &git_repo(dir.path(), "app")).await;
-    let task = admin.create_task_with("acme", json!({"repo": "app", "description": "big"})).await;
-    let id = task["id"].as_str().unwrap().to_string();
-    admin.wait_status("acme", &id, "running").await;
-    let wt = worktree(&admin, "acme", &id).await;
-    for f in 0..10 {
-        let text: String = (0..1000).map(|i| format!("    let value_{i} = compute({f}, {i}); // file {f} line {i}\n")).collect();
-        write(&wt, &format!("src/f{f}.rs"), &text);
-    }
-    let browser = Browser::start().await;
-    sign_in(&browser, &server, &token, "acme").await;
-    let mut rows: Vec<(String, f64, f64, f64)> = Vec::new();
-    for round in 0..5 {
-        browser.goto(&format!("{}/tasks/{id}?tab=changes", server.url)).await;
-        let loaded = browser.until("the diff rendered", "return document.getElementById('diff-files')?.dataset.renderMs", json!([])).await;
-        let fetch: f64 = browser.eval("return Number(document.getElementById('diff-files').dataset.fetchMs)", json!([])).await.as_f64().unwrap();
-        let render: f64 = loaded.as_str().unwrap().parse().unwrap();
-        // Open every closed file, then wait a frame.
-        let started = Instant::now();
-        let all: Value = browser
-            .eval_async(
-                "const done = arguments[0]; const t0 = performance.now(); \
-                 for (const b of document.querySelectorAll('.diff-toggle[aria-expanded=\"false\"]')) b.click(); \
-                 requestAnimationFrame(() => done(performance.now() - t0));",
-                json!([]),
-            )
-            .await;
-        let rows_shown = browser.eval("return document.querySelectorAll('.diff-table tr.ln-add').length", json!([])).await;
-        assert_eq!(rows_shown, 10_000, "every line is shown once every file is open");
-        let _ = started;
-        rows.push((format!("round {round}"), fetch, render, all.as_f64().unwrap()));
-    }
-    println!("\n10,000-line diff in Chromium (ms): fetch (API + JSON), first render (3,000 lines open), open all 10 files");
-    for (name, fetch, render, all) in &rows {
-        println!("{name:>8}  fetch {fetch:>6.0}  first render {render:>6.0}  open all {all:>6.0}");
-    }
-    let median = |mut v: Vec<f64>| {
-        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-        v[v.len() / 2]
-    };
-    println!(
-        "  median  fetch {:>6.0}  first render {:>6.0}  open all {:>6.0}",
-        median(rows.iter().map(|r| r.1).collect()),
-        median(rows.iter().map(|r| r.2).collect()),
-        median(rows.iter().map(|r| r.3).collect())
-    );
 }

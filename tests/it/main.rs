@@ -46,5 +46,6 @@ mod sandbox_agent;
 mod sandboxes;
 mod sessions;
 mod single_writer;
+mod suite;
 mod stream;
 mod terminal_host;
