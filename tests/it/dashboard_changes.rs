@@ -11,38 +11,11 @@ use std::time::Duration;
 use serde_json::json;
 
 use crate::browser::Browser;
-use crate::common::{eventually, git, git_repo, Client, Server, Term};
+use crate::common::{eventually, git, git_repo, Server, Term};
 use crate::fake_sandbox_agent::fake_sandbox_agent_bin;
+use crate::web_support::{assert_no_overflow, org_with_token, running_task, sign_in, worktree, write};
 
 const WAIT: Duration = Duration::from_secs(60);
-
-/// Organization `org` with a token; answers the token.
-async fn org_with_token(admin: &Client, org: &str) -> String {
-    assert_eq!(admin.post("/v1/organizations", json!({"name": org})).await.status, 201);
-    let r = admin.post(&format!("/v1/organizations/{org}/tokens"), json!({"name": "dashboard"})).await;
-    assert_eq!(r.status, 201, "{r:?}");
-    r.body["token"].as_str().unwrap().to_string()
-}
-
-/// Signs the browser in as `token` on `org`, through a one-time link.
-async fn sign_in(browser: &Browser, server: &Server, token: &str, org: &str) {
-    let r = Client::new(&server.url, Some(token)).post("/v1/dashboard/codes", json!({"organization": org})).await;
-    assert_eq!(r.status, 201, "{r:?}");
-    browser.goto(&format!("{}{}", server.url, r.body["path"].as_str().unwrap())).await;
-    browser.wait_for(".board").await;
-}
-
-async fn worktree(admin: &Client, org: &str, task: &str) -> PathBuf {
-    let r = admin.get(&format!("/v1/organizations/{org}/tasks/{task}")).await;
-    PathBuf::from(r.body["sandbox"]["path"].as_str().expect("the admin sees the worktree"))
-}
-
-fn write(dir: &Path, name: &str, text: &str) {
-    if let Some(parent) = Path::new(name).parent() {
-        std::fs::create_dir_all(dir.join(parent)).unwrap();
-    }
-    std::fs::write(dir.join(name), text).unwrap();
-}
 
 /// A repository with a small app in it.
 fn app_repo(parent: &Path) -> PathBuf {
@@ -72,9 +45,7 @@ async fn in_a_browser_a_worktree_change_shows_in_changes_and_a_review_reaches_th
     let admin = server.client();
     let token = org_with_token(&admin, "acme").await;
     admin.add_repo("acme", &app_repo(dir.path())).await;
-    let task = admin.create_task_with("acme", json!({"repo": "app", "title": "Greet politely", "description": "Make the greeting polite"})).await;
-    let id = task["id"].as_str().unwrap().to_string();
-    admin.wait_status("acme", &id, "running").await;
+    let id = running_task(&admin, "acme", json!({"repo": "app", "title": "Greet politely", "description": "Make the greeting polite"})).await;
     let wt = worktree(&admin, "acme", &id).await;
     // The agent's work: a commit, an edit, a new file.
     write(&wt, "src/app.js", "export function greet(name) {\n  return `Good morning, ${name}.`;\n}\n\nexport const VERSION = '1.1';\n");
@@ -117,8 +88,7 @@ async fn in_a_browser_a_worktree_change_shows_in_changes_and_a_review_reaches_th
     browser.color_scheme("light").await;
     browser.viewport(390, 844).await;
     browser.screenshot("changes-phone").await;
-    let overflow = browser.eval("return document.documentElement.scrollWidth > window.innerWidth", json!([])).await;
-    assert_eq!(overflow, false, "no sideways scrolling at phone width (the diff scrolls inside its box)");
+    assert_no_overflow(&browser, "no sideways scrolling at phone width (the diff scrolls inside its box)").await;
     browser.viewport(1280, 800).await;
     browser.click("#review-send").await;
     let said = browser.until("the page says where it went", "const r = document.querySelector('.review-result'); return r && !r.hidden && r.textContent", json!([])).await;

@@ -49,3 +49,4 @@ mod single_writer;
 mod suite;
 mod stream;
 mod terminal_host;
+mod web_support;
