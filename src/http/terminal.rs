@@ -32,11 +32,11 @@ use super::auth::{self, Caller};
 use super::dto;
 use super::openapi::{ApiError, TaskPath};
 use super::extract::Query;
-use super::tasks::task_or_404;
+use super::tasks::task_with_repo_or_404;
 use crate::actors::connections::{CloseRevoked, Connections, Ticket};
 use crate::actors::Kiln;
 use crate::db::pool::blocking;
-use crate::db::{queries, DbError};
+use crate::db::DbError;
 use crate::error::{AppError, AppResult};
 use crate::terminal::log::TerminalLog;
 use crate::terminal::protocol::{self, Frame};
@@ -79,15 +79,9 @@ pub async fn connect(
 ) -> AppResult<HttpResponse> {
     let (org, id) = path.into_inner();
     caller.require_org(&org)?;
-    let (task, repo_name) = task_or_404(&kiln, &org, &id).await?;
-    let repo_id = task.repo_id;
-    let repo = kiln
-        .db
-        .read(move |c| queries::repo_by_id(c, repo_id))
-        .await?
-        .ok_or_else(|| AppError::bug("task without repository"))?;
+    let (task, repo) = task_with_repo_or_404(&kiln, &org, &id).await?;
     let provider = kiln.providers.get(&task.provider)?;
-    let handle = provider.handle_for(&org, &repo_name, &task.id, std::path::Path::new(&repo.mirror_path));
+    let handle = provider.handle_for(&org, &repo.name, &task.id, std::path::Path::new(&repo.mirror_path));
     let crate::providers::AttachTarget::Local { state_dir } = provider.attach_target(&handle)?;
     if !state_dir.exists() {
         return Err(AppError::conflict(
