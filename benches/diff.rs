@@ -40,42 +40,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use browser::Browser;
-use common::{fmt_us, knob, print_table, Histogram, Service};
-
-fn bench_config(dir: &Path) -> PathBuf {
-    let path = dir.join("diff-bench.toml");
-    std::fs::write(
-        &path,
-        "[tasks]\ndefault_agent = \"idle\"\nstatus_poll_ms = 200\n\n\
-         [agents.idle]\ncommand = [\"cat\"]\nresume = [\"cat\"]\nprompt = \"none\"\nidle_secs = 3600\n",
-    )
-    .expect("bench config");
-    path
-}
-
-struct Http {
-    client: awc::Client,
-    base: String,
-    token: String,
-}
-
-impl Http {
-    async fn call(&self, method: awc::http::Method, path: &str, body: Option<Value>) -> (u16, actix_web::web::Bytes) {
-        let req = self.client.request(method, format!("{}{}", self.base, path)).bearer_auth(&self.token);
-        let mut res = match body {
-            Some(b) => req.send_json(&b).await,
-            None => req.send().await,
-        }
-        .unwrap_or_else(|e| panic!("{path}: {e}"));
-        let bytes = res.body().limit(256 * 1024 * 1024).await.expect("body");
-        (res.status().as_u16(), bytes)
-    }
-
-    async fn json(&self, method: awc::http::Method, path: &str, body: Option<Value>) -> (u16, Value) {
-        let (status, bytes) = self.call(method, path, body).await;
-        (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
-    }
-}
+use common::{fmt_us, knob, print_table, Histogram, Http, Service};
 
 fn git(dir: &Path, env: &[(&str, &Path)], args: &[&str]) -> Vec<u8> {
     let mut cmd = Command::new("git");
@@ -162,12 +127,12 @@ fn main() {
     let page_rounds = knob("BENCH_PAGE_ROUNDS", 5);
     let lines = knob("BENCH_LINES", 10_000).max(10);
     let tmp = common::tempdir();
-    let config = bench_config(tmp.path());
+    let config = common::idle_agent_config(tmp.path(), "diff-bench.toml");
     let system = actix_rt::System::new();
     system.block_on(async move {
         let host = env!("CARGO_BIN_EXE_kiln");
         let svc = Service::start_with_config(&config, &[("KILN_TERMINAL__HOST_PROGRAM", host)]).await;
-        let http = Http { client: awc::Client::builder().timeout(Duration::from_secs(120)).finish(), base: svc.base.clone(), token: svc.token.clone() };
+        let http = Http::new(&svc, Duration::from_secs(120));
         // The repository has the file the `rewritten` shape replaces.
         let repo = common::git_repo(svc.tmp.path(), "bench");
         let half = lines / 2;
