@@ -2,19 +2,9 @@
 //! (docs/performance.md), not behind `#[ignore]`, where `cargo test` would report
 //! it as skipped.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-/// Every `.rs` file below `dir`.
-fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            rust_files(&path, out);
-        } else if path.extension().is_some_and(|e| e == "rs") {
-            out.push(path);
-        }
-    }
-}
+use crate::single_writer::rust_files;
 
 #[test]
 fn no_test_in_the_suite_is_ignored() {
