@@ -40,28 +40,8 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use browser::Browser;
-use common::{knob, print_table, Service};
+use common::{knob, print_table, Http, Service};
 use kiln::actors::history::NewEvent;
-
-struct Http {
-    client: awc::Client,
-    base: String,
-    token: String,
-}
-
-impl Http {
-    async fn post(&self, path: &str, body: Value) -> (u16, Value) {
-        let mut res = self
-            .client
-            .post(format!("{}{}", self.base, path))
-            .bearer_auth(&self.token)
-            .send_json(&body)
-            .await
-            .unwrap_or_else(|e| panic!("{path}: {e}"));
-        let bytes = res.body().limit(16 << 20).await.expect("body");
-        (res.status().as_u16(), serde_json::from_slice(&bytes).unwrap_or(Value::Null))
-    }
-}
 
 /// The seeded statuses, in tenths: 4 running, 1 idle, 1 queued, 1 failed, 2 archived, 1 killed.
 const STATUSES: [&str; 10] = ["running", "running", "running", "running", "idle", "queued", "failed", "archived", "archived", "killed"];
@@ -74,13 +54,8 @@ fn task_id(org_index: u32, i: usize) -> String {
 /// Bench setup only: writes `n` tasks of `org` straight into the service's
 /// database file, bypassing the TaskActor, as if created over the last `n` minutes.
 fn seed_rows(db: &std::path::Path, org: &str, org_index: u32, repo_id: i32, n: usize) {
-    use diesel::connection::SimpleConnection;
-    use diesel::prelude::*;
     use kiln::db::models::Task;
-    use kiln::db::schema::tasks as t;
 
-    let mut conn = diesel::SqliteConnection::establish(&db.to_string_lossy()).expect("open the service's db");
-    conn.batch_execute("PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = ON; PRAGMA synchronous = NORMAL;").expect("pragmas");
     let now = kiln::util::now_ms();
     let words = ["login", "cache", "parser", "settings page", "CI config", "date library", "README", "search index", "billing", "export"];
     let rows: Vec<Task> = (0..n)
@@ -105,9 +80,7 @@ fn seed_rows(db: &std::path::Path, org: &str, org_index: u32, repo_id: i32, n: u
             }
         })
         .collect();
-    for chunk in rows.chunks(1000) {
-        conn.immediate_transaction(|c| diesel::insert_into(t::table).values(chunk).execute(c)).expect("seed tasks");
-    }
+    common::insert_task_rows(db, &rows);
 }
 
 /// Signs the browser in to `org` with a link the admin token makes; waits for the ready board.
@@ -262,11 +235,7 @@ async fn run() {
     println!("boards of {sizes:?} tasks, {rounds} reloads each; {rate} events/s for {storm_secs} s\n");
 
     let service = Service::start(&[]).await;
-    let http = Http {
-        client: awc::Client::builder().timeout(Duration::from_secs(60)).finish(),
-        base: service.base.clone(),
-        token: service.token.clone(),
-    };
+    let http = Http::new(&service, Duration::from_secs(60));
     let mut orgs = Vec::new();
     for (k, &n) in sizes.iter().enumerate() {
         let org = match n {

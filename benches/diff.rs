@@ -16,9 +16,22 @@
 //! ratio is Kiln's request (two git runs, the parse, JSON, HTTP) over that.
 //! Every answer is checked: all 10,000 changed lines, not truncated.
 //!
-//! Knobs: `BENCH_REQUESTS` (20 per shape), `BENCH_LINES` (10000).
+//! Then **the page**: with the untracked shape in place, the dashboard's Changes
+//! tab is loaded `BENCH_PAGE_ROUNDS` times in headless Chromium at 1280x800 (the
+//! client of the browser tests, `tests/it/browser.rs`). The page writes its own
+//! timings on the files' container: `data-fetch-ms` (the request and JSON parse,
+//! as the page sees it) and `data-render-ms` (from the answer to the frame after
+//! the DOM is built, files open up to the page's budget). Then every closed file
+//! is opened at once and timed to the next frame, and all 10,000 added lines must
+//! be on the page.
+//!
+//! Knobs: `BENCH_REQUESTS` (20 per shape), `BENCH_LINES` (10000),
+//! `BENCH_PAGE_ROUNDS` (5; 0 skips the page, and with it the need for Chromium).
 
 mod common;
+#[allow(dead_code)]
+#[path = "../tests/it/browser.rs"]
+mod browser;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -26,42 +39,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use common::{fmt_us, knob, print_table, Histogram, Service};
-
-fn bench_config(dir: &Path) -> PathBuf {
-    let path = dir.join("diff-bench.toml");
-    std::fs::write(
-        &path,
-        "[tasks]\ndefault_agent = \"idle\"\nstatus_poll_ms = 200\n\n\
-         [agents.idle]\ncommand = [\"cat\"]\nresume = [\"cat\"]\nprompt = \"none\"\nidle_secs = 3600\n",
-    )
-    .expect("bench config");
-    path
-}
-
-struct Http {
-    client: awc::Client,
-    base: String,
-    token: String,
-}
-
-impl Http {
-    async fn call(&self, method: awc::http::Method, path: &str, body: Option<Value>) -> (u16, actix_web::web::Bytes) {
-        let req = self.client.request(method, format!("{}{}", self.base, path)).bearer_auth(&self.token);
-        let mut res = match body {
-            Some(b) => req.send_json(&b).await,
-            None => req.send().await,
-        }
-        .unwrap_or_else(|e| panic!("{path}: {e}"));
-        let bytes = res.body().limit(256 * 1024 * 1024).await.expect("body");
-        (res.status().as_u16(), bytes)
-    }
-
-    async fn json(&self, method: awc::http::Method, path: &str, body: Option<Value>) -> (u16, Value) {
-        let (status, bytes) = self.call(method, path, body).await;
-        (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
-    }
-}
+use browser::Browser;
+use common::{fmt_us, knob, print_table, Histogram, Http, Service};
 
 fn git(dir: &Path, env: &[(&str, &Path)], args: &[&str]) -> Vec<u8> {
     let mut cmd = Command::new("git");
@@ -96,16 +75,64 @@ fn baseline(wt: &Path, base: &str, requests: usize, tmp: &Path) -> (Histogram, u
     (hist, bytes)
 }
 
+/// The page's timings of one load of the Changes tab, in ms.
+struct PageRound {
+    fetch: f64,
+    render: f64,
+    open_all: f64,
+}
+
+/// Loads the Changes tab of task `id` `rounds` times (signed in to `default`
+/// with a link the admin token makes); checks every one of `lines` added lines
+/// is shown once every file is open.
+async fn measure_page(http: &Http, id: &str, rounds: usize, lines: usize) -> Vec<PageRound> {
+    let browser = Browser::start().await;
+    let (status, body) = http.json(awc::http::Method::POST, "/v1/dashboard/codes", Some(json!({"organization": "default"}))).await;
+    assert_eq!(status, 201, "sign-in link: {body}");
+    browser.goto(&format!("{}{}", http.base, body["path"].as_str().expect("path"))).await;
+    browser.wait_for(".board").await;
+    let mut out = Vec::new();
+    for _ in 0..rounds {
+        browser.goto(&format!("{}/tasks/{id}?tab=changes", http.base)).await;
+        let loaded = browser.until("the diff rendered", "return document.getElementById('diff-files')?.dataset.renderMs", json!([])).await;
+        let fetch = browser.eval("return Number(document.getElementById('diff-files').dataset.fetchMs)", json!([])).await;
+        // Open every closed file, then wait a frame.
+        let open_all = browser
+            .eval_async(
+                "const done = arguments[0]; const t0 = performance.now(); \
+                 for (const b of document.querySelectorAll('.diff-toggle[aria-expanded=\"false\"]')) b.click(); \
+                 requestAnimationFrame(() => done(performance.now() - t0));",
+                json!([]),
+            )
+            .await;
+        let shown = browser.eval("return document.querySelectorAll('.diff-table tr.ln-add').length", json!([])).await;
+        assert_eq!(shown, lines, "every line is shown once every file is open");
+        out.push(PageRound {
+            fetch: fetch.as_f64().expect("data-fetch-ms"),
+            render: loaded.as_str().and_then(|s| s.parse().ok()).expect("data-render-ms"),
+            open_all: open_all.as_f64().expect("the time to open every file"),
+        });
+    }
+    out
+}
+
+/// The median and the range of one column of the page's rounds.
+fn median_and_range(mut v: Vec<f64>) -> (String, String) {
+    v.sort_by(|a, b| a.total_cmp(b));
+    (format!("{:.0}", v[v.len() / 2]), format!("{:.0}–{:.0}", v[0], v[v.len() - 1]))
+}
+
 fn main() {
     let requests = knob("BENCH_REQUESTS", 20).max(1);
+    let page_rounds = knob("BENCH_PAGE_ROUNDS", 5);
     let lines = knob("BENCH_LINES", 10_000).max(10);
     let tmp = common::tempdir();
-    let config = bench_config(tmp.path());
+    let config = common::idle_agent_config(tmp.path(), "diff-bench.toml");
     let system = actix_rt::System::new();
     system.block_on(async move {
         let host = env!("CARGO_BIN_EXE_kiln");
         let svc = Service::start_with_config(&config, &[("KILN_TERMINAL__HOST_PROGRAM", host)]).await;
-        let http = Http { client: awc::Client::builder().timeout(Duration::from_secs(120)).finish(), base: svc.base.clone(), token: svc.token.clone() };
+        let http = Http::new(&svc, Duration::from_secs(120));
         // The repository has the file the `rewritten` shape replaces.
         let repo = common::git_repo(svc.tmp.path(), "bench");
         let half = lines / 2;
@@ -135,6 +162,7 @@ fn main() {
         println!("{requests} sequential requests per shape; the baseline is one `git diff -p -M <merge-base>` of the same change\n");
         let per_file = lines / 10;
         let mut rows = Vec::new();
+        let mut page = Vec::new();
         for shape in ["untracked", "committed", "rewritten"] {
             match shape {
                 "untracked" => {
@@ -191,8 +219,27 @@ fn main() {
                 format!("{:.1} MB", size as f64 / 1e6),
                 format!("{:.1} MB", git_bytes as f64 / 1e6),
             ]);
+            if shape == "untracked" && page_rounds > 0 {
+                page = measure_page(&http, &id, page_rounds, per_file * 10).await;
+            }
         }
         print_table(&["shape", "GET …/diff p50", "p99", "git diff p50", "ratio", "JSON", "patch text"], &rows);
+        if !page.is_empty() {
+            println!("\n# The Changes tab in Chromium, the untracked shape ({} rounds, ms)\n", page.len());
+            let mut table: Vec<Vec<String>> = page
+                .iter()
+                .enumerate()
+                .map(|(i, r)| vec![format!("round {}", i + 1), format!("{:.0}", r.fetch), format!("{:.0}", r.render), format!("{:.0}", r.open_all)])
+                .collect();
+            let (fetch, render, open_all) = (
+                median_and_range(page.iter().map(|r| r.fetch).collect()),
+                median_and_range(page.iter().map(|r| r.render).collect()),
+                median_and_range(page.iter().map(|r| r.open_all).collect()),
+            );
+            table.push(vec!["median".into(), fetch.0, render.0, open_all.0]);
+            table.push(vec!["range".into(), fetch.1, render.1, open_all.1]);
+            print_table(&["ms", "fetch (API + JSON)", "first render (files open up to the budget)", "open every other file"], &table);
+        }
         let (status, _) = http.json(awc::http::Method::POST, &format!("{task_path}/kill"), Some(json!({}))).await;
         assert_eq!(status, 200, "kill the bench task");
         svc.stop().await;

@@ -74,7 +74,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot};
 
-use common::{fmt_rate, knob, print_table, unix_micros, Service};
+use common::{fmt_rate, knob, print_table, unix_micros, Http, Service};
 use kiln::actors::history::Subscribe;
 use kiln::db::models::{EventRow, NewEventRow};
 use kiln::db::schema::events;
@@ -550,46 +550,6 @@ fn raw_on_thread(rows: Vec<RawRow>) -> Duration {
 // The service, the task and the turns.
 // ---------------------------------------------------------------------------
 
-struct Http {
-    client: awc::Client,
-    base: String,
-    token: String,
-}
-
-impl Http {
-    async fn call(&self, method: awc::http::Method, path: &str, body: Option<Value>) -> (u16, Value) {
-        let req = self.client.request(method, format!("{}{}", self.base, path)).bearer_auth(&self.token);
-        let mut res = match body {
-            Some(b) => req.send_json(&b).await,
-            None => req.send().await,
-        }
-        .unwrap_or_else(|e| panic!("{path}: {e}"));
-        let bytes = res.body().limit(64 * 1024 * 1024).await.expect("body");
-        (res.status().as_u16(), serde_json::from_slice(&bytes).unwrap_or(Value::Null))
-    }
-
-    async fn get(&self, path: &str) -> (u16, Value) {
-        self.call(awc::http::Method::GET, path, None).await
-    }
-
-    async fn post(&self, path: &str, body: Value) -> (u16, Value) {
-        self.call(awc::http::Method::POST, path, Some(body)).await
-    }
-}
-
-/// The agent profile of the bench's task: `cat`, never idle. The sessions talk
-/// to the fake sandbox-agent, not to it.
-fn bench_config(dir: &Path) -> PathBuf {
-    let path = dir.join("journal-bench.toml");
-    std::fs::write(
-        &path,
-        "[tasks]\ndefault_agent = \"idle\"\nstatus_poll_ms = 200\n\n\
-         [agents.idle]\ncommand = [\"cat\"]\nresume = [\"cat\"]\nprompt = \"none\"\nidle_secs = 3600\n",
-    )
-    .expect("bench config");
-    path
-}
-
 /// Builds the fake sandbox-agent in release next to the `kiln` binary (a no-op
 /// when it is up to date) and answers its path.
 fn build_fake() -> PathBuf {
@@ -871,7 +831,7 @@ impl Bench {
 async fn wait_running(http: &Http, task: &str) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let (_, t) = http.get(&format!("/v1/organizations/{ORG}/tasks/{task}")).await;
+        let (_, t) = http.get_json(&format!("/v1/organizations/{ORG}/tasks/{task}")).await;
         if t["status"] == "running" {
             return;
         }
@@ -899,7 +859,7 @@ async fn run(fake: PathBuf) {
     let drain = Duration::from_secs(knob("BENCH_DRAIN_SECS", 120) as u64);
     let host = env!("CARGO_BIN_EXE_kiln");
     let tmp = common::tempdir();
-    let config = bench_config(tmp.path());
+    let config = common::idle_agent_config(tmp.path(), "journal-bench.toml");
     // Above a turn's events, so no subscriber is dropped for lagging: a loss would
     // then be a bug, not the designed overflow.
     let buffer = (n as usize + 4096).max(4096).to_string();
@@ -916,11 +876,7 @@ async fn run(fake: PathBuf) {
     .await;
     let data_dir = svc.data_dir.clone();
     let _cleanup = Cleanup(data_dir.clone());
-    let http = Http {
-        client: awc::Client::builder().timeout(Duration::from_secs(120)).finish(),
-        base: svc.base.clone(),
-        token: svc.token.clone(),
-    };
+    let http = Http::new(&svc, Duration::from_secs(120));
 
     println!("# ACP session journal throughput ({})", common::machine_line());
     println!(
@@ -988,7 +944,7 @@ async fn run(fake: PathBuf) {
     }
     let archived = Instant::now() + Duration::from_secs(30);
     loop {
-        let (_, t) = bench.http.get(&format!("/v1/organizations/{ORG}/tasks/{}", bench.task)).await;
+        let (_, t) = bench.http.get_json(&format!("/v1/organizations/{ORG}/tasks/{}", bench.task)).await;
         if t["status"] == "archived" || Instant::now() > archived {
             break;
         }

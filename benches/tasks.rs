@@ -27,37 +27,9 @@ use std::time::{Duration, Instant};
 use futures_util::stream::{self, StreamExt};
 use serde_json::{json, Value};
 
-use common::{fmt_rate, fmt_us, knob, print_table, rss_kib, Histogram, Service};
+use common::{fmt_rate, fmt_us, knob, print_table, rss_kib, Histogram, Http, Service};
 
 const ORG: &str = "default";
-
-struct Http {
-    client: awc::Client,
-    base: String,
-    token: String,
-}
-
-impl Http {
-    async fn call(&self, method: awc::http::Method, path: &str, body: Option<Value>) -> (u16, actix_web::web::Bytes) {
-        let req = self.client.request(method, format!("{}{}", self.base, path)).bearer_auth(&self.token);
-        let mut res = match body {
-            Some(b) => req.send_json(&b).await,
-            None => req.send().await,
-        }
-        .unwrap_or_else(|e| panic!("{path}: {e}"));
-        let bytes = res.body().limit(64 * 1024 * 1024).await.expect("body");
-        (res.status().as_u16(), bytes)
-    }
-
-    async fn get(&self, path: &str) -> (u16, actix_web::web::Bytes) {
-        self.call(awc::http::Method::GET, path, None).await
-    }
-
-    async fn post(&self, path: &str, body: Value) -> (u16, Value) {
-        let (status, bytes) = self.call(awc::http::Method::POST, path, Some(body)).await;
-        (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
-    }
-}
 
 /// Creates `tasks` tasks through `POST …/tasks`, `concurrency` at a time;
 /// answers the latency of each request.
@@ -95,14 +67,8 @@ async fn create_through_api(http: &Http, repo: &str, tasks: usize, concurrency: 
 /// database file, bypassing the TaskActor (the single writer), as if they had been
 /// created over the last `tasks` seconds. Same columns as `POST …/tasks` writes.
 fn seed_rows(db: &std::path::Path, repo_id: i32, tasks: usize) {
-    use diesel::connection::SimpleConnection;
-    use diesel::prelude::*;
     use kiln::db::models::Task;
-    use kiln::db::schema::tasks as t;
 
-    let mut conn = diesel::SqliteConnection::establish(&db.to_string_lossy()).expect("open the service's db");
-    conn.batch_execute("PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = ON; PRAGMA synchronous = NORMAL;")
-        .expect("pragmas");
     let now = kiln::util::now_ms();
     let rows: Vec<Task> = (0..tasks)
         .map(|i| {
@@ -127,9 +93,7 @@ fn seed_rows(db: &std::path::Path, repo_id: i32, tasks: usize) {
             }
         })
         .collect();
-    for chunk in rows.chunks(1000) {
-        conn.immediate_transaction(|c| diesel::insert_into(t::table).values(chunk).execute(c)).expect("seed tasks");
-    }
+    common::insert_task_rows(db, &rows);
 }
 
 /// How many tasks of the organization are in each status, most first.
@@ -164,11 +128,7 @@ async fn run() {
     println!("{tasks} tasks (seeded: {seed}), {requests} sequential requests per list variant\n");
 
     let service = Service::start(&[]).await;
-    let http = Http {
-        client: awc::Client::builder().timeout(Duration::from_secs(60)).finish(),
-        base: service.base.clone(),
-        token: service.token.clone(),
-    };
+    let http = Http::new(&service, Duration::from_secs(60));
     // Two requests, so the workers and the read pool are warm before the first reading.
     let (status, _) = http.get("/v1/health").await;
     assert_eq!(status, 200);

@@ -1,5 +1,6 @@
 //! Shared by the benchmark targets: an in-process Kiln service on a temp data dir,
-//! a small latency histogram, RSS readings and table printing.
+//! an HTTP client with its admin token, task rows seeded straight into its
+//! database, a small latency histogram, RSS readings and table printing.
 //!
 //! Benchmarks are `harness = false` binaries: `cargo bench --bench NAME` builds
 //! them in release and runs `main`. Knobs are environment variables (`BENCH_*`),
@@ -12,6 +13,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use kiln::actors::Kiln;
+use serde_json::Value;
 use kiln::config::Config;
 
 /// A running in-process service and the temp dir that holds its data.
@@ -77,6 +79,77 @@ impl Service {
     /// `ws://…` form of the base URL.
     pub fn ws_base(&self) -> String {
         self.base.replacen("http", "ws", 1)
+    }
+}
+
+/// An HTTP client for the service's API, with its admin token.
+pub struct Http {
+    pub client: awc::Client,
+    pub base: String,
+    pub token: String,
+}
+
+impl Http {
+    /// A client of `service` whose requests time out after `timeout`.
+    pub fn new(service: &Service, timeout: Duration) -> Http {
+        Http { client: awc::Client::builder().timeout(timeout).finish(), base: service.base.clone(), token: service.token.clone() }
+    }
+
+    /// One request (with a JSON body if given); answers the status and the body's bytes.
+    pub async fn call(&self, method: awc::http::Method, path: &str, body: Option<Value>) -> (u16, actix_web::web::Bytes) {
+        let req = self.client.request(method, format!("{}{}", self.base, path)).bearer_auth(&self.token);
+        let mut res = match body {
+            Some(b) => req.send_json(&b).await,
+            None => req.send().await,
+        }
+        .unwrap_or_else(|e| panic!("{path}: {e}"));
+        let bytes = res.body().limit(256 * 1024 * 1024).await.expect("body");
+        (res.status().as_u16(), bytes)
+    }
+
+    /// `call`, with the body read as JSON (`null` if it is not).
+    pub async fn json(&self, method: awc::http::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        let (status, bytes) = self.call(method, path, body).await;
+        (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, actix_web::web::Bytes) {
+        self.call(awc::http::Method::GET, path, None).await
+    }
+
+    pub async fn get_json(&self, path: &str) -> (u16, Value) {
+        self.json(awc::http::Method::GET, path, None).await
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        self.json(awc::http::Method::POST, path, Some(body)).await
+    }
+}
+
+/// A `--config` file whose default agent (`idle`) is `cat`: it waits and never
+/// goes idle, for benches that need a running task and nothing from its agent.
+pub fn idle_agent_config(dir: &Path, file_name: &str) -> PathBuf {
+    let path = dir.join(file_name);
+    std::fs::write(
+        &path,
+        "[tasks]\ndefault_agent = \"idle\"\nstatus_poll_ms = 200\n\n\
+         [agents.idle]\ncommand = [\"cat\"]\nresume = [\"cat\"]\nprompt = \"none\"\nidle_secs = 3600\n",
+    )
+    .expect("bench config");
+    path
+}
+
+/// Bench setup only: writes task rows straight into the service's database
+/// file (`db`), bypassing the TaskActor (the single writer), 1,000 a transaction.
+pub fn insert_task_rows(db: &Path, rows: &[kiln::db::models::Task]) {
+    use diesel::connection::SimpleConnection;
+    use diesel::prelude::*;
+    use kiln::db::schema::tasks as t;
+
+    let mut conn = diesel::SqliteConnection::establish(&db.to_string_lossy()).expect("open the service's db");
+    conn.batch_execute("PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = ON; PRAGMA synchronous = NORMAL;").expect("pragmas");
+    for chunk in rows.chunks(1000) {
+        conn.immediate_transaction(|c| diesel::insert_into(t::table).values(chunk).execute(c)).expect("seed tasks");
     }
 }
 

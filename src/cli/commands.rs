@@ -294,19 +294,10 @@ async fn organization(ctx: &Ctx, cmd: OrganizationCmd) -> CliResult<()> {
         }
         OrganizationCmd::List { json } => {
             let res: dto::Items<Organization> = ctx.api.get("/v1/organizations").await?;
-            if json {
-                output::json(&serde_json::to_value(&res.items)?);
-                return Ok(());
-            }
-            let rows = res
-                .items
-                .iter()
-                .map(|o| {
-                    let mark = if o.name == ctx.org { "*" } else { "" };
-                    vec![format!("{}{mark}", o.name), o.display_name.clone(), output::time(o.created_at)]
-                })
-                .collect::<Vec<_>>();
-            output::table(&["NAME", "DISPLAY NAME", "CREATED"], &rows);
+            output::list(json, &res.items, &["NAME", "DISPLAY NAME", "CREATED"], |o| {
+                let mark = if o.name == ctx.org { "*" } else { "" };
+                vec![format!("{}{mark}", o.name), o.display_name.clone(), output::time(o.created_at)]
+            })?;
             Ok(())
         }
         OrganizationCmd::Create { name, display_name } => {
@@ -833,19 +824,10 @@ async fn token(ctx: &Ctx, cmd: TokenCmd) -> CliResult<()> {
         }
         TokenCmd::List { json } => {
             let res: dto::Items<ApiToken> = ctx.api.get(&ctx.org_path("/tokens")).await?;
-            if json {
-                output::json(&serde_json::to_value(&res.items)?);
-                return Ok(());
-            }
-            let rows = res
-                .items
-                .iter()
-                .map(|t| {
-                    let revoked = t.revoked_at.map(output::time).unwrap_or_else(|| "-".into());
-                    vec![t.id.clone(), t.name.clone(), output::time(t.created_at), revoked]
-                })
-                .collect::<Vec<_>>();
-            output::table(&["ID", "NAME", "CREATED", "REVOKED"], &rows);
+            output::list(json, &res.items, &["ID", "NAME", "CREATED", "REVOKED"], |t| {
+                let revoked = t.revoked_at.map(output::time).unwrap_or_else(|| "-".into());
+                vec![t.id.clone(), t.name.clone(), output::time(t.created_at), revoked]
+            })?;
             Ok(())
         }
         TokenCmd::Revoke { id } => {

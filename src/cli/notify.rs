@@ -140,20 +140,11 @@ pub async fn notify(ctx: &Ctx, cmd: NotifyCmd) -> CliResult<()> {
         }
         NotifyCmd::List { json } => {
             let res: dto::Items<Webhook> = ctx.api.get(&hooks(ctx, "")).await?;
-            if json {
-                output::json(&serde_json::to_value(&res.items)?);
-                return Ok(());
-            }
-            let rows = res
-                .items
-                .iter()
-                .map(|w| {
-                    let kinds = if w.kinds.is_empty() { "all".to_string() } else { w.kinds.join(",") };
-                    let state = if w.enabled { "on" } else { "off" };
-                    vec![w.id.clone(), w.name.clone(), w.format.clone(), state.to_string(), kinds, w.url.clone()]
-                })
-                .collect::<Vec<_>>();
-            output::table(&["ID", "NAME", "FORMAT", "STATE", "KINDS", "URL"], &rows);
+            output::list(json, &res.items, &["ID", "NAME", "FORMAT", "STATE", "KINDS", "URL"], |w| {
+                let kinds = if w.kinds.is_empty() { "all".to_string() } else { w.kinds.join(",") };
+                let state = if w.enabled { "on" } else { "off" };
+                vec![w.id.clone(), w.name.clone(), w.format.clone(), state.to_string(), kinds, w.url.clone()]
+            })?;
             Ok(())
         }
         NotifyCmd::Remove { id } => {
@@ -193,20 +184,10 @@ pub async fn notify(ctx: &Ctx, cmd: NotifyCmd) -> CliResult<()> {
         }
         NotifyCmd::Log { id, json } => {
             let res: dto::Items<Delivery> = ctx.api.get(&hooks(ctx, &format!("/{}/deliveries", enc(&id)))).await?;
-            if json {
-                output::json(&serde_json::to_value(&res.items)?);
-                return Ok(());
-            }
-            let rows = res
-                .items
-                .iter()
-                .map(|d| {
-                    let codes: Vec<String> =
-                        d.log.iter().map(|a| a.status_code.map(|s| s.to_string()).unwrap_or_else(|| "-".into())).collect();
-                    vec![d.id.clone(), d.kind.clone(), d.status.clone(), codes.join(","), output::time(d.created_at), d.last_error.clone().unwrap_or_default()]
-                })
-                .collect::<Vec<_>>();
-            output::table(&["DELIVERY", "KIND", "STATUS", "ANSWERS", "CREATED", "ERROR"], &rows);
+            output::list(json, &res.items, &["DELIVERY", "KIND", "STATUS", "ANSWERS", "CREATED", "ERROR"], |d| {
+                let codes: Vec<String> = d.log.iter().map(|a| a.status_code.map(|s| s.to_string()).unwrap_or_else(|| "-".into())).collect();
+                vec![d.id.clone(), d.kind.clone(), d.status.clone(), codes.join(","), output::time(d.created_at), d.last_error.clone().unwrap_or_default()]
+            })?;
             Ok(())
         }
     }

@@ -1,16 +1,23 @@
 //! Human output: aligned tables and times. `--json` output bypasses this.
 
+use serde::Serialize;
 use serde_json::Value;
 
 /// Prints rows under headers, each column as wide as its widest cell.
 pub fn table(headers: &[&str], rows: &[Vec<String>]) {
+    print!("{}", table_text(headers, rows));
+}
+
+/// The text `table` prints, a line each.
+fn table_text(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let mut text = String::new();
     let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
     for row in rows {
         for (i, cell) in row.iter().enumerate() {
             widths[i] = widths[i].max(cell.chars().count());
         }
     }
-    let line = |cells: Vec<String>| {
+    let mut line = |cells: Vec<String>| {
         let mut out = String::new();
         for (i, cell) in cells.iter().enumerate() {
             if i + 1 == cells.len() {
@@ -19,17 +26,38 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) {
                 out.push_str(&format!("{cell:<w$}  ", w = widths[i]));
             }
         }
-        println!("{}", out.trim_end());
+        text.push_str(out.trim_end());
+        text.push('\n');
     };
     line(headers.iter().map(|h| h.to_string()).collect());
     for row in rows {
         line(row.clone());
     }
+    text
 }
 
 /// Prints a JSON value for scripts.
 pub fn json(value: &Value) {
-    println!("{}", serde_json::to_string_pretty(value).unwrap_or_default());
+    println!("{}", json_text(value));
+}
+
+fn json_text(value: &Value) -> String {
+    serde_json::to_string_pretty(value).unwrap_or_default()
+}
+
+/// Prints a list command's answer: with `json`, the items as a JSON array for
+/// scripts; otherwise a table under `headers` with `row(item)` for each item.
+pub fn list<T: Serialize>(json: bool, items: &[T], headers: &[&str], row: impl Fn(&T) -> Vec<String>) -> serde_json::Result<()> {
+    print!("{}", list_text(json, items, headers, row)?);
+    Ok(())
+}
+
+fn list_text<T: Serialize>(json: bool, items: &[T], headers: &[&str], row: impl Fn(&T) -> Vec<String>) -> serde_json::Result<String> {
+    if json {
+        // Through a `Value`, as `json` prints: its objects' keys come out sorted.
+        return Ok(format!("{}\n", json_text(&serde_json::to_value(items)?)));
+    }
+    Ok(table_text(headers, &items.iter().map(row).collect::<Vec<_>>()))
 }
 
 /// A string field, or `-`.
@@ -66,6 +94,24 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
+    #[test]
+    fn a_list_is_a_table_for_people_and_the_items_for_scripts() {
+        #[derive(serde::Serialize)]
+        struct Hook {
+            name: &'static str,
+            id: u32,
+        }
+        let items = [Hook { name: "ops", id: 7 }, Hook { name: "a-longer-name", id: 12 }];
+        let row = |h: &Hook| vec![h.id.to_string(), h.name.to_string(), "-".to_string()];
+        let table = super::list_text(false, &items, &["ID", "NAME", "NOTE"], row).unwrap();
+        assert_eq!(table, "ID  NAME           NOTE\n7   ops            -\n12  a-longer-name  -\n");
+        let json = super::list_text(true, &items, &["ID", "NAME", "NOTE"], row).unwrap();
+        assert_eq!(json, format!("{}\n", serde_json::to_string_pretty(&json!([{"id": 7, "name": "ops"}, {"id": 12, "name": "a-longer-name"}])).unwrap()));
+        assert_eq!(super::list_text(false, &[] as &[Hook], &["ID", "NAME"], row).unwrap(), "ID  NAME\n", "no items: the headers alone");
+    }
+
     #[test]
     fn formats_times() {
         assert_eq!(super::time(0), "1970-01-01 00:00:00");

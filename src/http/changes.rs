@@ -12,13 +12,13 @@ use utoipa::ToSchema;
 use super::auth::Caller;
 use super::extract::Json;
 use super::openapi::{ApiError, TaskPath};
-use super::tasks::task_or_404;
+use super::tasks::{task_or_404, task_with_repo_or_404};
 use crate::actors::history::NewEvent;
 use crate::actors::task::deliver::{self, clean};
 use crate::actors::Kiln;
 use crate::db::models::Task;
 use crate::db::pool::blocking;
-use crate::db::{queries, DbError};
+use crate::db::DbError;
 use crate::error::{AppError, AppResult};
 use crate::integrations::diff::{self, DiffError, TaskDiff};
 use crate::integrations::git::{self, GitError};
@@ -48,14 +48,8 @@ pub const MAX_REVIEW: usize = 128 * 1024;
 pub async fn diff(kiln: web::Data<Kiln>, caller: Caller, path: web::Path<(String, String)>) -> AppResult<HttpResponse> {
     let (org, id) = path.into_inner();
     caller.require_org(&org)?;
-    let (task, repo_name) = task_or_404(&kiln, &org, &id).await?;
-    let repo_id = task.repo_id;
-    let repo = kiln
-        .db
-        .read(move |c| queries::repo_by_id(c, repo_id))
-        .await?
-        .ok_or_else(|| AppError::not_found("task_not_found", format!("no task `{id}` in `{org}`")))?;
-    let handle = kiln.providers.get(&task.provider)?.handle_for(&org, &repo_name, &task.id, std::path::Path::new(&repo.mirror_path));
+    let (task, repo) = task_with_repo_or_404(&kiln, &org, &id).await?;
+    let handle = kiln.providers.get(&task.provider)?.handle_for(&org, &repo.name, &task.id, std::path::Path::new(&repo.mirror_path));
     let (worktree, mirror, base) = (handle.path, handle.mirror, task.base_branch.clone());
     let status = task.status.clone();
     let answer = blocking(move || {

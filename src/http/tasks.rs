@@ -16,7 +16,7 @@ use crate::actors::organization::SANDBOX_PROVIDERS as PROVIDERS;
 use crate::actors::task::state::{TaskInput, TaskStatus, ACTIONS};
 use crate::actors::task::{ApplyAction, CreateTask};
 use crate::actors::Kiln;
-use crate::db::models::{PullRequest, SandboxInstance, Task, TaskRuntime, TaskSession};
+use crate::db::models::{PullRequest, Repo, SandboxInstance, Task, TaskRuntime, TaskSession};
 use crate::db::queries::{self, TaskFilter};
 use crate::error::{AppError, AppResult};
 use crate::integrations::github::Check;
@@ -256,14 +256,21 @@ fn parse_cursor(raw: &str) -> AppResult<(i64, String)> {
 
 /// The task row and its repository's name, or 404.
 pub async fn task_or_404(kiln: &Kiln, org: &str, id: &str) -> AppResult<(Task, String)> {
+    task_with_repo_or_404(kiln, org, id).await.map(|(task, repo)| (task, repo.name))
+}
+
+/// The task `id` of `org` with its whole repository row (its mirror, for the
+/// task's provider handle), read together, or `task_not_found`. A task's row
+/// goes with its repository's (a foreign key with `ON DELETE CASCADE`), so one
+/// read never finds one without the other.
+pub async fn task_with_repo_or_404(kiln: &Kiln, org: &str, id: &str) -> AppResult<(Task, Repo)> {
     validate::task_id(id)?;
     let (o, i) = (org.to_string(), id.to_string());
     let found = kiln
         .db
         .read(move |c| {
             let Some(task) = queries::task(c, &o, &i)? else { return Ok(None) };
-            let repo = queries::repo_by_id(c, task.repo_id)?.map(|r| r.name).unwrap_or_default();
-            Ok(Some((task, repo)))
+            Ok(queries::repo_by_id(c, task.repo_id)?.map(|repo| (task, repo)))
         })
         .await?;
     found.ok_or_else(|| AppError::not_found("task_not_found", format!("no task `{id}` in `{org}`")))

@@ -32,11 +32,11 @@ use super::auth::{self, Caller};
 use super::dto;
 use super::openapi::{ApiError, TaskPath};
 use super::extract::Query;
-use super::tasks::task_or_404;
+use super::tasks::task_with_repo_or_404;
 use crate::actors::connections::{CloseRevoked, Connections, Ticket};
 use crate::actors::Kiln;
 use crate::db::pool::blocking;
-use crate::db::{queries, DbError};
+use crate::db::DbError;
 use crate::error::{AppError, AppResult};
 use crate::terminal::log::TerminalLog;
 use crate::terminal::protocol::{self, Frame};
@@ -81,28 +81,22 @@ pub async fn connect(
 ) -> AppResult<HttpResponse> {
     let (org, id) = path.into_inner();
     caller.require_org(&org)?;
-    let (task, repo_name) = task_or_404(&kiln, &org, &id).await?;
-    let repo_id = task.repo_id;
-    let repo = kiln
-        .db
-        .read(move |c| queries::repo_by_id(c, repo_id))
-        .await?
-        .ok_or_else(|| AppError::bug("task without repository"))?;
+    let (task, repo) = task_with_repo_or_404(&kiln, &org, &id).await?;
     let provider = kiln.providers.get(&task.provider)?;
     let t = task.id.clone();
-    let sandbox = kiln.db.read(move |c| queries::task_sandbox(c, &t)).await?;
+    let sandbox = kiln.db.read(move |c| crate::db::queries::task_sandbox(c, &t)).await?;
     if sandbox.is_some_and(|s| matches!(s.run_state.as_deref(), Some("stopped" | "stopping" | "starting"))) {
         // Stopped while idle: started again (once, however many attach at
         // once: the task's actor runs one wake at a time) before attaching.
         ws::handshake(&req).map_err(|e| AppError::bad_request("websocket_required", format!("this route speaks WebSocket only: {e}")))?;
         let wake = crate::actors::task::WakeTask { cause: "terminal" };
         // The actor may have stopped for quiet between lookup and send: start it again.
-        match kiln.task(&org, &repo_name, &task.id).send(wake.clone()).await {
-            Err(actix::MailboxError::Closed) => kiln.task(&org, &repo_name, &task.id).send(wake).await?,
+        match kiln.task(&org, &repo.name, &task.id).send(wake.clone()).await {
+            Err(actix::MailboxError::Closed) => kiln.task(&org, &repo.name, &task.id).send(wake).await?,
             other => other?,
         }?;
     }
-    let handle = provider.handle_for(&org, &repo_name, &task.id, std::path::Path::new(&repo.mirror_path));
+    let handle = provider.handle_for(&org, &repo.name, &task.id, std::path::Path::new(&repo.mirror_path));
     let crate::providers::AttachTarget::Local { state_dir } = provider.attach_target(&handle)?;
     if !state_dir.exists() {
         return Err(AppError::conflict(

@@ -11,13 +11,9 @@ use serde_json::{json, Value};
 
 use crate::common::{cli, eventually, git, git_repo, Client, Server, Term};
 use crate::fake_sandbox_agent::fake_sandbox_agent_bin;
+use crate::web_support::{worktree, write};
 
 const WAIT: Duration = Duration::from_secs(30);
-
-async fn worktree(c: &Client, task: &str) -> PathBuf {
-    let r = c.get(&format!("/v1/organizations/default/tasks/{task}")).await;
-    PathBuf::from(r.body["sandbox"]["path"].as_str().expect("the admin sees the worktree"))
-}
 
 fn file<'a>(diff: &'a Value, path: &str) -> &'a Value {
     diff["files"].as_array().unwrap().iter().find(|f| f["path"] == path).unwrap_or_else(|| panic!("{path} is not in the diff: {diff}"))
@@ -32,13 +28,6 @@ fn texts(f: &Value, kind: &str) -> Vec<String> {
         .filter(|l| l["kind"] == kind)
         .map(|l| l["text"].as_str().unwrap().to_string())
         .collect()
-}
-
-fn write(dir: &Path, name: &str, text: &str) {
-    if let Some(parent) = Path::new(name).parent() {
-        std::fs::create_dir_all(dir.join(parent)).unwrap();
-    }
-    std::fs::write(dir.join(name), text).unwrap();
 }
 
 #[actix_rt::test]
@@ -63,7 +52,7 @@ async fn the_diff_shows_committed_staged_unstaged_and_untracked_work_and_leaves_
     assert_eq!(empty.body["base_commit"], empty.body["head"]);
     assert_eq!(empty.body["truncated"], false);
 
-    let wt = worktree(&c, id).await;
+    let wt = worktree(&c, "default", id).await;
     // Committed on the task branch: a rename with an edit, a new file.
     git(&wt, &["mv", "old.txt", "renamed.txt"]);
     write(&wt, "renamed.txt", "one\ntwo\nTHREE\nfour\nfive\n");
@@ -145,7 +134,7 @@ async fn a_huge_diff_is_bounded_and_a_10_000_line_change_is_shown_whole() {
     c.add_repo("default", &repo).await;
     let task = c.create_task("default", "app", "big").await;
     let id = task["id"].as_str().unwrap();
-    let wt = worktree(&c, id).await;
+    let wt = worktree(&c, "default", id).await;
     // 10,000 lines over 10 files: shown whole.
     for f in 0..10 {
         let text: String = (0..1000).map(|i| format!("file {f} line {i}\n")).collect();

@@ -5,65 +5,11 @@
 
 use std::time::Duration;
 
-use serde_json::{json, Value};
+use serde_json::json;
 
 use crate::browser::Browser;
 use crate::common::{cli, eventually, git_repo, Client, Server, Ws, WsItem};
-
-/// A raw answer: status, headers we look at, body.
-struct Raw {
-    status: u16,
-    headers: awc::http::header::HeaderMap,
-    body: Value,
-    bytes: Vec<u8>,
-}
-
-impl Raw {
-    fn header(&self, name: &str) -> String {
-        self.headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string()
-    }
-    fn code(&self) -> &str {
-        self.body["error"].as_str().unwrap_or("")
-    }
-}
-
-/// One request with exactly these headers (no token unless given), no redirects followed.
-async fn raw(method: &str, url: &str, headers: &[(&str, &str)], body: Option<Value>) -> Raw {
-    let http = awc::Client::builder().disable_redirects().timeout(Duration::from_secs(60)).finish();
-    let mut req = http.request(awc::http::Method::from_bytes(method.as_bytes()).unwrap(), url);
-    for (k, v) in headers {
-        req = req.insert_header((*k, *v));
-    }
-    let mut res = match body {
-        Some(b) => req.send_json(&b).await,
-        None => req.send().await,
-    }
-    .unwrap_or_else(|e| panic!("{method} {url}: {e}"));
-    let bytes = res.body().limit(16 << 20).await.unwrap().to_vec();
-    Raw { status: res.status().as_u16(), headers: res.headers().clone(), body: serde_json::from_slice(&bytes).unwrap_or(Value::Null), bytes }
-}
-
-/// The `kiln_session=…` pair of a Set-Cookie header.
-fn cookie_of(res: &Raw) -> String {
-    let set = res.header("set-cookie");
-    set.split(';').next().unwrap_or_default().to_string()
-}
-
-/// Creates organization `org` with a token; answers (token secret, token id).
-pub(crate) async fn org_with_token(admin: &Client, org: &str) -> (String, String) {
-    let r = admin.post("/v1/organizations", json!({"name": org})).await;
-    assert_eq!(r.status, 201, "{r:?}");
-    let r = admin.post(&format!("/v1/organizations/{org}/tokens"), json!({"name": "dashboard"})).await;
-    assert_eq!(r.status, 201, "{r:?}");
-    (r.body["token"].as_str().unwrap().to_string(), r.body["id"].as_str().unwrap().to_string())
-}
-
-/// A sign-in link's path, made with `token`.
-pub(crate) async fn sign_in_path(server: &Server, token: &str, body: Value) -> String {
-    let r = Client::new(&server.url, Some(token)).post("/v1/dashboard/codes", body).await;
-    assert_eq!(r.status, 201, "{r:?}");
-    r.body["path"].as_str().unwrap().to_string()
-}
+use crate::web_support::{assert_no_overflow, cookie_of, org_with_token_id, raw, sign_in, sign_in_path, wait_live};
 
 #[actix_web::test]
 async fn the_dashboard_is_served_with_strict_headers_and_holds_no_data() {
@@ -116,7 +62,7 @@ async fn the_dashboard_is_served_with_strict_headers_and_holds_no_data() {
 async fn a_sign_in_link_works_once_and_its_cookie_is_the_token_s_and_only_from_this_origin() {
     let (server, dir) = Server::start(&[]);
     let admin = server.client();
-    let (token, token_id) = org_with_token(&admin, "acme").await;
+    let (token, token_id) = org_with_token_id(&admin, "acme").await;
     admin.add_repo("acme", &git_repo(dir.path(), "app")).await;
     admin.post("/v1/organizations", json!({"name": "globex"})).await;
     let url = &server.url;
@@ -294,14 +240,6 @@ fn sqlite_count(server: &Server, sql: &str, param: &str) -> i64 {
 
 // --- In a real browser -------------------------------------------------------
 
-/// Signs `browser` in with a fresh link made with `token`; waits for the board.
-pub(crate) async fn sign_in(browser: &Browser, server: &Server, token: &str, org: &str) {
-    let path = sign_in_path(server, token, json!({"organization": org})).await;
-    browser.goto(&format!("{}{path}", server.url)).await;
-    browser.wait_for(".board").await;
-    assert_eq!(browser.url().await, format!("{}/", server.url), "no code is left in the address bar");
-}
-
 /// The column a task's card is in, or null.
 const COLUMN_OF: &str = "const c = document.querySelector(`[data-task=\"${arguments[0]}\"]`); \
                          return c ? c.closest('.column').dataset.column : null;";
@@ -310,7 +248,7 @@ const COLUMN_OF: &str = "const c = document.querySelector(`[data-task=\"${argume
 async fn in_a_browser_a_link_signs_in_once_unauthenticated_pages_show_nothing_and_an_organization_sees_only_its_tasks() {
     let (server, dir) = Server::start(&[]);
     let admin = server.client();
-    let (token, _) = org_with_token(&admin, "acme").await;
+    let (token, _) = org_with_token_id(&admin, "acme").await;
     admin.post("/v1/organizations", json!({"name": "globex"})).await;
     admin.add_repo("acme", &git_repo(dir.path(), "app")).await;
     admin.add_repo("globex", &git_repo(&dir.path().join("g"), "secret-repo")).await;
@@ -365,7 +303,7 @@ async fn in_a_browser_a_link_signs_in_once_unauthenticated_pages_show_nothing_an
 async fn in_a_browser_the_board_is_live_and_a_task_is_created_from_the_form() {
     let (server, dir) = Server::start(&[]);
     let admin = server.client();
-    let (token, _) = org_with_token(&admin, "acme").await;
+    let (token, _) = org_with_token_id(&admin, "acme").await;
     admin.add_repo("acme", &git_repo(dir.path(), "app")).await;
     admin.add_repo("acme", &git_repo(dir.path(), "api")).await;
     let a = admin.create_task_with("acme", json!({"repo": "app", "description": "Add dark mode to settings"})).await;
@@ -388,7 +326,7 @@ async fn in_a_browser_the_board_is_live_and_a_task_is_created_from_the_form() {
     assert_eq!(browser.eval(COLUMN_OF, json!([b])).await, "needs-you");
     assert_eq!(browser.eval(COLUMN_OF, json!([archived])).await, "done");
     assert!(browser.text().await.contains("Idle"), "the needs-input badge names why");
-    browser.until("the stream is live", "return document.getElementById('live')?.textContent === 'Live'", json!([])).await;
+    wait_live(&browser).await;
     let title = browser.eval("return document.title", json!([])).await;
     assert_eq!(title, "(1) Kiln", "the title counts what needs you");
     browser.screenshot("board-desktop").await;
@@ -414,8 +352,7 @@ async fn in_a_browser_the_board_is_live_and_a_task_is_created_from_the_form() {
 
     browser.viewport(390, 844).await;
     browser.screenshot("board-phone").await;
-    let overflow = browser.eval("return document.documentElement.scrollWidth > window.innerWidth", json!([])).await;
-    assert_eq!(overflow, false, "no sideways scrolling at phone width");
+    assert_no_overflow(&browser, "no sideways scrolling at phone width").await;
     browser.viewport(1280, 800).await;
 
     // The form: repository, base branch from the branches API, agent and provider from the agents API.
@@ -457,12 +394,12 @@ async fn in_a_browser_the_board_is_live_and_a_task_is_created_from_the_form() {
 async fn in_a_browser_revoking_the_token_ends_the_session() {
     let (server, dir) = Server::start(&[]);
     let admin = server.client();
-    let (token, token_id) = org_with_token(&admin, "acme").await;
+    let (token, token_id) = org_with_token_id(&admin, "acme").await;
     admin.add_repo("acme", &git_repo(dir.path(), "app")).await;
     admin.create_task_with("acme", json!({"repo": "app", "description": "Keep me private"})).await;
     let browser = Browser::start().await;
     sign_in(&browser, &server, &token, "acme").await;
-    browser.until("the stream is live", "return document.getElementById('live')?.textContent === 'Live'", json!([])).await;
+    wait_live(&browser).await;
     // "Live" can come before the board has drawn its first cards: wait for the card.
     browser.until("the task on the board", "return document.body.innerText.includes('Keep me private')", json!([])).await;
     let r = admin.delete(&format!("/v1/organizations/acme/tokens/{token_id}")).await;
@@ -480,7 +417,7 @@ async fn in_a_browser_revoking_the_token_ends_the_session() {
 async fn kiln_dashboard_prints_a_link_for_its_own_token() {
     let (server, _dir) = Server::start(&[]);
     let admin = server.client();
-    let (token, token_id) = org_with_token(&admin, "acme").await;
+    let (token, token_id) = org_with_token_id(&admin, "acme").await;
     // An organization token, with the CLI's default organization (`default`) not its own.
     let (code, out, err) = cli(&server, &["dashboard", "--print", "--token", &token]);
     assert_eq!(code, 0, "{out}{err}");
@@ -512,7 +449,7 @@ async fn revoking_a_token_closes_its_sessions_websockets_and_deletes_them() {
     let (server, dir) = Server::start(&[]);
     let url = server.url.clone();
     let admin = server.client();
-    let (token, token_id) = org_with_token(&admin, "acme").await;
+    let (token, token_id) = org_with_token_id(&admin, "acme").await;
     let other = admin.post("/v1/organizations/acme/tokens", json!({"name": "other"})).await.body["token"].as_str().unwrap().to_string();
     admin.add_repo("acme", &git_repo(dir.path(), "app")).await;
     let id = admin.create_task("acme", "app", "watched").await["id"].as_str().unwrap().to_string();

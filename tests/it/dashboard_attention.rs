@@ -3,38 +3,17 @@
 //! count, the command palette and the shortcuts sheet, and dark mode, with
 //! screenshots at desktop and phone width.
 
-use serde_json::{json, Value};
+use serde_json::json;
 
 use crate::browser::Browser;
 use std::time::Duration;
 
-use crate::common::{eventually, git_repo, Client, Server, Term};
+use crate::common::{eventually, git_repo, Server, Term};
+use crate::web_support::{assert_no_overflow, id, org_with_token, running_task, sign_in_live};
 
 const CONTROL: &str = "\u{E009}";
 const ESCAPE: &str = "\u{E00C}";
 const TAB: &str = "\u{E004}";
-
-/// Creates organization `org` with a token; answers the token's secret.
-async fn org_with_token(admin: &Client, org: &str) -> String {
-    let r = admin.post("/v1/organizations", json!({"name": org})).await;
-    assert_eq!(r.status, 201, "{r:?}");
-    let r = admin.post(&format!("/v1/organizations/{org}/tokens"), json!({"name": "dashboard"})).await;
-    assert_eq!(r.status, 201, "{r:?}");
-    r.body["token"].as_str().unwrap().to_string()
-}
-
-/// Signs `browser` in with a fresh link made with `token`; waits until the board is live.
-async fn sign_in(browser: &Browser, server: &Server, token: &str) {
-    let r = Client::new(&server.url, Some(token)).post("/v1/dashboard/codes", json!({})).await;
-    assert_eq!(r.status, 201, "{r:?}");
-    browser.goto(&format!("{}{}", server.url, r.body["path"].as_str().unwrap())).await;
-    browser.wait_for(".board").await;
-    browser.until("the stream is live", "return document.getElementById('live')?.textContent === 'Live'", json!([])).await;
-}
-
-fn id(task: &Value) -> String {
-    task["id"].as_str().unwrap().to_string()
-}
 
 const TITLE: &str = "return document.title";
 const UNREAD: &str = "return document.getElementById('inbox-count')?.textContent || '0'";
@@ -58,7 +37,7 @@ async fn in_a_browser_a_task_going_idle_live_makes_an_inbox_entry_a_notification
     admin.wait_status("acme", &id(&busy), "running").await;
 
     let browser = Browser::start().await;
-    sign_in(&browser, &server, &token).await;
+    sign_in_live(&browser, &server, &token, "acme").await;
     browser.until("the history's entry is unread", &format!("{UNREAD} === '1'"), json!([])).await;
     assert_eq!(browser.eval(TITLE, json!([])).await, "(1) Kiln", "the title counts what needs you");
 
@@ -93,8 +72,7 @@ async fn in_a_browser_a_task_going_idle_live_makes_an_inbox_entry_a_notification
     browser.screenshot("inbox-desktop").await;
     browser.viewport(390, 844).await;
     browser.screenshot("inbox-phone").await;
-    let overflow = browser.eval("return document.documentElement.scrollWidth > window.innerWidth", json!([])).await;
-    assert_eq!(overflow, false, "no sideways scrolling at phone width");
+    assert_no_overflow(&browser, "no sideways scrolling at phone width").await;
     browser.viewport(1280, 800).await;
 
     // A click opens the task and marks the entry read; the mark outlives a reload.
@@ -157,7 +135,7 @@ async fn in_a_browser_the_palette_finds_a_task_runs_its_actions_and_every_view_w
     admin.wait_status("acme", &c, "running").await;
 
     let browser = Browser::start().await;
-    sign_in(&browser, &server, &token).await;
+    sign_in_live(&browser, &server, &token, "acme").await;
     browser.eval("window.__sameDocument = true", json!([])).await;
 
     // Ctrl+K opens the palette, focused, as a modal dialog.
@@ -233,8 +211,7 @@ async fn in_a_browser_the_palette_finds_a_task_runs_its_actions_and_every_view_w
     browser.screenshot("board-dark-desktop").await;
     browser.viewport(390, 844).await;
     browser.screenshot("board-dark-phone").await;
-    let overflow = browser.eval("return document.documentElement.scrollWidth > window.innerWidth", json!([])).await;
-    assert_eq!(overflow, false, "no sideways scrolling at phone width");
+    assert_no_overflow(&browser, "no sideways scrolling at phone width").await;
     browser.viewport(1280, 800).await;
     browser.click(&format!("a.card[data-task='{a}']")).await;
     browser.until("the terminal shows output", "return (document.querySelector('.xterm-rows')?.textContent || '').trim().length > 0", json!([])).await;
@@ -290,12 +267,10 @@ async fn in_a_browser_a_permission_request_arriving_live_is_a_needs_input_entry_
     let admin = server.client();
     let token = org_with_token(&admin, "acme").await;
     admin.add_repo("acme", &git_repo(dir.path(), "widget")).await;
-    let task = admin.create_task_with("acme", json!({"repo": "widget", "title": "Wire up the widget", "description": "Wire it up"})).await;
-    let task = id(&task);
-    admin.wait_status("acme", &task, "running").await;
+    let task = running_task(&admin, "acme", json!({"repo": "widget", "title": "Wire up the widget", "description": "Wire it up"})).await;
 
     let browser = Browser::start().await;
-    sign_in(&browser, &server, &token).await;
+    sign_in_live(&browser, &server, &token, "acme").await;
     assert_eq!(browser.eval(TITLE, json!([])).await, "Kiln", "nothing needs you yet");
     browser.set_permission("notifications", "granted").await;
     browser.eval(RECORD_NOTIFICATIONS, json!([])).await;

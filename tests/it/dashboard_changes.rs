@@ -2,47 +2,20 @@
 //! changed in the worktree shows up (live, from the branch poller's event), the
 //! unified and split views, and review comments that reach the agent — typed
 //! into its terminal, or as a prompt to its open ACP session. Screenshots at
-//! desktop and phone width. The render-time measurement of a 10,000-line diff
-//! is here too, ignored by default (docs/performance.md says how to run it).
+//! desktop and phone width. (The render time of a 10,000-line diff is measured
+//! by `cargo bench --bench diff`, docs/performance.md.)
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use serde_json::{json, Value};
+use serde_json::json;
 
 use crate::browser::Browser;
-use crate::common::{eventually, git, git_repo, Client, Server, Term};
+use crate::common::{eventually, git, git_repo, Server, Term};
 use crate::fake_sandbox_agent::fake_sandbox_agent_bin;
+use crate::web_support::{assert_no_overflow, org_with_token, running_task, sign_in, worktree, write};
 
 const WAIT: Duration = Duration::from_secs(60);
-
-/// Organization `org` with a token; answers the token.
-async fn org_with_token(admin: &Client, org: &str) -> String {
-    assert_eq!(admin.post("/v1/organizations", json!({"name": org})).await.status, 201);
-    let r = admin.post(&format!("/v1/organizations/{org}/tokens"), json!({"name": "dashboard"})).await;
-    assert_eq!(r.status, 201, "{r:?}");
-    r.body["token"].as_str().unwrap().to_string()
-}
-
-/// Signs the browser in as `token` on `org`, through a one-time link.
-async fn sign_in(browser: &Browser, server: &Server, token: &str, org: &str) {
-    let r = Client::new(&server.url, Some(token)).post("/v1/dashboard/codes", json!({"organization": org})).await;
-    assert_eq!(r.status, 201, "{r:?}");
-    browser.goto(&format!("{}{}", server.url, r.body["path"].as_str().unwrap())).await;
-    browser.wait_for(".board").await;
-}
-
-async fn worktree(admin: &Client, org: &str, task: &str) -> PathBuf {
-    let r = admin.get(&format!("/v1/organizations/{org}/tasks/{task}")).await;
-    PathBuf::from(r.body["sandbox"]["path"].as_str().expect("the admin sees the worktree"))
-}
-
-fn write(dir: &Path, name: &str, text: &str) {
-    if let Some(parent) = Path::new(name).parent() {
-        std::fs::create_dir_all(dir.join(parent)).unwrap();
-    }
-    std::fs::write(dir.join(name), text).unwrap();
-}
 
 /// A repository with a small app in it.
 fn app_repo(parent: &Path) -> PathBuf {
@@ -72,9 +45,7 @@ async fn in_a_browser_a_worktree_change_shows_in_changes_and_a_review_reaches_th
     let admin = server.client();
     let token = org_with_token(&admin, "acme").await;
     admin.add_repo("acme", &app_repo(dir.path())).await;
-    let task = admin.create_task_with("acme", json!({"repo": "app", "title": "Greet politely", "description": "Make the greeting polite"})).await;
-    let id = task["id"].as_str().unwrap().to_string();
-    admin.wait_status("acme", &id, "running").await;
+    let id = running_task(&admin, "acme", json!({"repo": "app", "title": "Greet politely", "description": "Make the greeting polite"})).await;
     let wt = worktree(&admin, "acme", &id).await;
     // The agent's work: a commit, an edit, a new file.
     write(&wt, "src/app.js", "export function greet(name) {\n  return `Good morning, ${name}.`;\n}\n\nexport const VERSION = '1.1';\n");
@@ -117,8 +88,7 @@ async fn in_a_browser_a_worktree_change_shows_in_changes_and_a_review_reaches_th
     browser.color_scheme("light").await;
     browser.viewport(390, 844).await;
     browser.screenshot("changes-phone").await;
-    let overflow = browser.eval("return document.documentElement.scrollWidth > window.innerWidth", json!([])).await;
-    assert_eq!(overflow, false, "no sideways scrolling at phone width (the diff scrolls inside its box)");
+    assert_no_overflow(&browser, "no sideways scrolling at phone width (the diff scrolls inside its box)").await;
     browser.viewport(1280, 800).await;
     browser.click("#review-send").await;
     let said = browser.until("the page says where it went", "const r = document.querySelector('.review-result'); return r && !r.hidden && r.textContent", json!([])).await;
@@ -158,62 +128,4 @@ async fn in_a_browser_a_worktree_change_shows_in_changes_and_a_review_reaches_th
     assert_eq!(admin.delete(&format!("/v1/organizations/acme/tasks/{id}/sessions/{sid}")).await.status, 200);
     assert_eq!(admin.post(&format!("/v1/organizations/acme/tasks/{id}/kill"), json!({})).await.status, 200);
     browser.until("the diff says there is no worktree", "return /no worktree/.test(document.querySelector('.changes-main .error')?.textContent || '')", json!([])).await;
-}
-
-/// Measures the page with a 10,000-line change (10 files of 1,000 lines): the
-/// API's time as the page sees it, the first render (files open up to the
-/// budget) and opening every file. Ignored by default; run with
-/// `cargo test --test it dashboard_changes::measure -- --ignored --nocapture`.
-#[actix_web::test]
-#[ignore]
-async fn measure_a_10_000_line_diff_in_the_browser() {
-    let (server, dir) = Server::start(&[]);
-    let admin = server.client();
-    let token = org_with_token(&admin, "acme").await;
-    admin.add_repo("acme", &git_repo(dir.path(), "app")).await;
-    let task = admin.create_task_with("acme", json!({"repo": "app", "description": "big"})).await;
-    let id = task["id"].as_str().unwrap().to_string();
-    admin.wait_status("acme", &id, "running").await;
-    let wt = worktree(&admin, "acme", &id).await;
-    for f in 0..10 {
-        let text: String = (0..1000).map(|i| format!("    let value_{i} = compute({f}, {i}); // file {f} line {i}\n")).collect();
-        write(&wt, &format!("src/f{f}.rs"), &text);
-    }
-    let browser = Browser::start().await;
-    sign_in(&browser, &server, &token, "acme").await;
-    let mut rows: Vec<(String, f64, f64, f64)> = Vec::new();
-    for round in 0..5 {
-        browser.goto(&format!("{}/tasks/{id}?tab=changes", server.url)).await;
-        let loaded = browser.until("the diff rendered", "return document.getElementById('diff-files')?.dataset.renderMs", json!([])).await;
-        let fetch: f64 = browser.eval("return Number(document.getElementById('diff-files').dataset.fetchMs)", json!([])).await.as_f64().unwrap();
-        let render: f64 = loaded.as_str().unwrap().parse().unwrap();
-        // Open every closed file, then wait a frame.
-        let started = Instant::now();
-        let all: Value = browser
-            .eval_async(
-                "const done = arguments[0]; const t0 = performance.now(); \
-                 for (const b of document.querySelectorAll('.diff-toggle[aria-expanded=\"false\"]')) b.click(); \
-                 requestAnimationFrame(() => done(performance.now() - t0));",
-                json!([]),
-            )
-            .await;
-        let rows_shown = browser.eval("return document.querySelectorAll('.diff-table tr.ln-add').length", json!([])).await;
-        assert_eq!(rows_shown, 10_000, "every line is shown once every file is open");
-        let _ = started;
-        rows.push((format!("round {round}"), fetch, render, all.as_f64().unwrap()));
-    }
-    println!("\n10,000-line diff in Chromium (ms): fetch (API + JSON), first render (3,000 lines open), open all 10 files");
-    for (name, fetch, render, all) in &rows {
-        println!("{name:>8}  fetch {fetch:>6.0}  first render {render:>6.0}  open all {all:>6.0}");
-    }
-    let median = |mut v: Vec<f64>| {
-        v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-        v[v.len() / 2]
-    };
-    println!(
-        "  median  fetch {:>6.0}  first render {:>6.0}  open all {:>6.0}",
-        median(rows.iter().map(|r| r.1).collect()),
-        median(rows.iter().map(|r| r.2).collect()),
-        median(rows.iter().map(|r| r.3).collect())
-    );
 }

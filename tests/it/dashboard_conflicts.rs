@@ -10,28 +10,10 @@ use serde_json::{json, Value};
 
 use crate::browser::Browser;
 use crate::common::{eventually, git, git_repo, Client, Server};
+use crate::web_support::{assert_no_overflow, org_with_token, running_task, sign_in, worktree};
 
 const WAIT: Duration = Duration::from_secs(60);
 const GREETING: &str = "# Greeting\n\nHello, world.\n\nSay it once.\n";
-
-async fn org_with_token(admin: &Client, org: &str) -> String {
-    assert_eq!(admin.post("/v1/organizations", json!({"name": org})).await.status, 201);
-    let r = admin.post(&format!("/v1/organizations/{org}/tokens"), json!({"name": "dashboard"})).await;
-    assert_eq!(r.status, 201, "{r:?}");
-    r.body["token"].as_str().unwrap().to_string()
-}
-
-async fn sign_in(browser: &Browser, server: &Server, token: &str, org: &str) {
-    let r = Client::new(&server.url, Some(token)).post("/v1/dashboard/codes", json!({"organization": org})).await;
-    assert_eq!(r.status, 201, "{r:?}");
-    browser.goto(&format!("{}{}", server.url, r.body["path"].as_str().unwrap())).await;
-    browser.wait_for(".board").await;
-}
-
-async fn worktree(admin: &Client, org: &str, task: &str) -> PathBuf {
-    let r = admin.get(&format!("/v1/organizations/{org}/tasks/{task}")).await;
-    PathBuf::from(r.body["sandbox"]["path"].as_str().expect("the admin sees the worktree"))
-}
 
 fn app_repo(parent: &Path) -> PathBuf {
     let repo = git_repo(parent, "app");
@@ -42,10 +24,7 @@ fn app_repo(parent: &Path) -> PathBuf {
 }
 
 async fn task(admin: &Client, title: &str) -> String {
-    let t = admin.create_task_with("acme", json!({"repo": "app", "title": title, "description": title})).await;
-    let id = t["id"].as_str().unwrap().to_string();
-    admin.wait_status("acme", &id, "running").await;
-    id
+    running_task(admin, "acme", json!({"repo": "app", "title": title, "description": title})).await
 }
 
 async fn predicted(admin: &Client) -> usize {
@@ -103,13 +82,11 @@ async fn in_a_browser_predicted_conflicts_show_on_cards_and_the_task_page_live()
     browser.color_scheme("light").await;
     browser.viewport(390, 844).await;
     browser.screenshot("conflicts-task-phone").await;
-    let overflow = browser.eval("return document.documentElement.scrollWidth > window.innerWidth", json!([])).await;
-    assert_eq!(overflow, false, "no sideways scrolling at phone width");
+    assert_no_overflow(&browser, "no sideways scrolling at phone width").await;
     browser.goto(&format!("{}/", server.url)).await;
     browser.until("a's badge at phone width", BADGE, json!([a])).await;
     browser.screenshot("conflicts-board-phone").await;
-    let overflow = browser.eval("return document.documentElement.scrollWidth > window.innerWidth", json!([])).await;
-    assert_eq!(overflow, false, "no sideways scrolling on the board at phone width");
+    assert_no_overflow(&browser, "no sideways scrolling on the board at phone width").await;
     browser.viewport(1280, 800).await;
 
     // b and c give the line back: a's list goes away live.

@@ -8,7 +8,8 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use crate::browser::Browser;
-use crate::common::{cli, eventually, git_repo, Client, Server};
+use crate::common::{cli, eventually, git_repo, Server};
+use crate::web_support::{assert_no_overflow, sign_in_live, token_of};
 
 const UNREAD: &str = "return document.getElementById('inbox-count')?.textContent || '0'";
 
@@ -16,9 +17,7 @@ const UNREAD: &str = "return document.getElementById('inbox-count')?.textContent
 async fn in_a_browser_the_inbox_is_the_organizations_and_a_read_mark_from_the_cli_shows_live() {
     let (server, dir) = Server::start(&[]);
     let admin = server.client();
-    let r = admin.post("/v1/organizations/default/tokens", json!({"name": "phone"})).await;
-    assert_eq!(r.status, 201, "{r:?}");
-    let token = r.body["token"].as_str().unwrap().to_string();
+    let token = token_of(&admin, "default", "phone").await;
     admin.add_repo("default", &git_repo(dir.path(), "app")).await;
     let mut ids = Vec::new();
     for title in ["Tidy the README", "Speed up the build"] {
@@ -35,10 +34,7 @@ async fn in_a_browser_the_inbox_is_the_organizations_and_a_read_mark_from_the_cl
     .await;
 
     let browser = Browser::start().await;
-    let r = Client::new(&server.url, Some(&token)).post("/v1/dashboard/codes", json!({})).await;
-    browser.goto(&format!("{}{}", server.url, r.body["path"].as_str().unwrap())).await;
-    browser.wait_for(".board").await;
-    browser.until("the stream is live", "return document.getElementById('live')?.textContent === 'Live'", json!([])).await;
+    sign_in_live(&browser, &server, &token, "default").await;
     browser.until("two unread", &format!("{UNREAD} === '2'"), json!([])).await;
     browser.click("#inbox-button").await;
     browser.wait_for(&format!(".inbox-entry.unread a[data-task='{}']", ids[1])).await;
@@ -51,8 +47,7 @@ async fn in_a_browser_the_inbox_is_the_organizations_and_a_read_mark_from_the_cl
     browser.screenshot("inbox-api-desktop").await;
     browser.viewport(390, 844).await;
     browser.screenshot("inbox-api-phone").await;
-    let overflow = browser.eval("return document.documentElement.scrollWidth > window.innerWidth", json!([])).await;
-    assert_eq!(overflow, false, "no sideways scrolling at phone width");
+    assert_no_overflow(&browser, "no sideways scrolling at phone width").await;
     browser.viewport(1280, 800).await;
 
     // The CLI (another token: the admin's) marks one read: the open page follows, live.

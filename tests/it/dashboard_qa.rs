@@ -2,49 +2,33 @@
 //! and caret) when the diff is redrawn: by a `branch.updated` from the branch
 //! poller while the agent works, or by a switch of layout.
 
-use std::path::{Path, PathBuf};
-
 use serde_json::json;
 
 use crate::browser::Browser;
-use crate::common::{git, git_repo, Client, Server};
+use crate::common::{git, git_repo, Server};
+use crate::web_support::{org_with_token, running_task, sign_in, worktree, write};
 
 const FILE: &str = "return !!document.querySelector(`.diff-file[data-path=\"${arguments[0]}\"]`)";
 /// The open comment box's text, and whether it has the focus.
 const BOX: &str = "const t = document.querySelector('.comment-form textarea'); \
     return t ? { value: t.value, focused: document.activeElement === t, caret: t.selectionStart } : null";
 
-fn write(dir: &Path, name: &str, text: &str) {
-    if let Some(parent) = Path::new(name).parent() {
-        std::fs::create_dir_all(dir.join(parent)).unwrap();
-    }
-    std::fs::write(dir.join(name), text).unwrap();
-}
-
 #[actix_web::test]
 async fn in_a_browser_an_open_comment_keeps_its_text_when_the_changes_are_redrawn() {
     let (server, dir) = Server::start(&[("KILN_REPOS__BRANCH_POLL_MS", "200")]);
     let admin = server.client();
-    assert_eq!(admin.post("/v1/organizations", json!({"name": "acme"})).await.status, 201);
-    let r = admin.post("/v1/organizations/acme/tokens", json!({"name": "dashboard"})).await;
-    let token = r.body["token"].as_str().unwrap().to_string();
+    let token = org_with_token(&admin, "acme").await;
     let repo = git_repo(dir.path(), "app");
     write(&repo, "src/app.js", "export function greet(name) {\n  return 'Hello ' + name;\n}\n");
     git(&repo, &["add", "."]);
     git(&repo, &["commit", "-q", "-m", "app"]);
     admin.add_repo("acme", &repo).await;
-    let task = admin.create_task_with("acme", json!({"repo": "app", "title": "Greet", "description": "Greet politely"})).await;
-    let id = task["id"].as_str().unwrap().to_string();
-    admin.wait_status("acme", &id, "running").await;
-    let r = admin.get(&format!("/v1/organizations/acme/tasks/{id}")).await;
-    let wt = PathBuf::from(r.body["sandbox"]["path"].as_str().unwrap());
+    let id = running_task(&admin, "acme", json!({"repo": "app", "title": "Greet", "description": "Greet politely"})).await;
+    let wt = worktree(&admin, "acme", &id).await;
     write(&wt, "src/app.js", "export function greet(name) {\n  return `Good morning, ${name}.`;\n}\n");
 
     let browser = Browser::start().await;
-    let r = Client::new(&server.url, Some(&token)).post("/v1/dashboard/codes", json!({"organization": "acme"})).await;
-    assert_eq!(r.status, 201, "{r:?}");
-    browser.goto(&format!("{}{}", server.url, r.body["path"].as_str().unwrap())).await;
-    browser.wait_for(".board").await;
+    sign_in(&browser, &server, &token, "acme").await;
     browser.goto(&format!("{}/tasks/{id}?tab=changes", server.url)).await;
     browser.until("src/app.js in Changes", FILE, json!(["src/app.js"])).await;
 

@@ -7,7 +7,8 @@
 use serde_json::{json, Value};
 
 use crate::browser::Browser;
-use crate::common::{git_repo, Client, Server};
+use crate::common::{git_repo, Server};
+use crate::web_support::{assert_no_overflow, sign_in, token_of};
 
 /// Scrolls the reactions' heading to just under the sticky header.
 const SCROLL: &str = "const h = [...document.querySelectorAll('#settings-form h2')].find(e => e.textContent === 'Reactions'); \
@@ -27,13 +28,10 @@ async fn in_a_browser_each_reaction_is_switched_and_bounded_and_saved_as_the_api
         .put("/v1/organizations/default/repos/app/settings", json!({"automation": {"on_ci_failure": {"enabled": true, "max_attempts": 4}}}))
         .await;
     assert_eq!(r.status, 200, "{r:?}");
-    let r = admin.post("/v1/organizations/default/tokens", json!({"name": "browser"})).await;
-    let token = r.body["token"].as_str().unwrap().to_string();
+    let token = token_of(&admin, "default", "browser").await;
 
     let browser = Browser::start().await;
-    let r = Client::new(&server.url, Some(&token)).post("/v1/dashboard/codes", json!({})).await;
-    browser.goto(&format!("{}{}", server.url, r.body["path"].as_str().unwrap())).await;
-    browser.wait_for(".board").await;
+    sign_in(&browser, &server, &token, "default").await;
     browser.goto(&format!("{}/repos/app", server.url)).await;
     browser.wait_for("#settings-form #rx-ci_failed").await;
     let shown = browser
@@ -113,8 +111,7 @@ async fn in_a_browser_each_reaction_is_switched_and_bounded_and_saved_as_the_api
     browser.viewport(390, 844).await;
     browser.eval(SCROLL, json!([])).await;
     browser.screenshot("repo-reactions-phone").await;
-    let overflow = browser.eval("return document.documentElement.scrollWidth > window.innerWidth", json!([])).await;
-    assert_eq!(overflow, false, "no sideways scrolling at phone width");
+    assert_no_overflow(&browser, "no sideways scrolling at phone width").await;
     browser.dark(true).await;
     browser.eval(SCROLL, json!([])).await;
     browser.screenshot("repo-reactions-phone-dark").await;

@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 
 use crate::browser::Browser;
 use crate::common::{git, Client, Server};
-use crate::dashboard::{org_with_token, sign_in};
+use crate::web_support::{org_with_token, running_task, sign_in};
 use crate::fake_github::FakeGithub;
 use crate::fake_sandbox_agent::fake_sandbox_agent_bin;
 use crate::git_lifecycle::bare_origin;
@@ -36,11 +36,9 @@ async fn in_a_browser_a_session_is_opened_prompted_answered_and_cancelled_from_t
     let bin = fake_sandbox_agent_bin();
     let (server, dir) = Server::start(&[("KILN_SANDBOX_AGENT_BIN", bin.to_str().unwrap())]);
     let admin = server.client();
-    let (token, _) = org_with_token(&admin, "acme").await;
+    let token = org_with_token(&admin, "acme").await;
     admin.add_repo("acme", &crate::common::git_repo(dir.path(), "app")).await;
-    let task = admin.create_task_with("acme", json!({"repo": "app", "description": "Talk to me over ACP", "agent": "fake"})).await;
-    let id = task["id"].as_str().unwrap().to_string();
-    admin.wait_status("acme", &id, "running").await;
+    let id = running_task(&admin, "acme", json!({"repo": "app", "description": "Talk to me over ACP", "agent": "fake"})).await;
 
     let browser = Browser::start().await;
     sign_in(&browser, &server, &token, "acme").await;
@@ -143,7 +141,7 @@ async fn in_a_browser_the_pull_request_pane_opens_a_pr_and_shows_its_checks_and_
     let gh = FakeGithub::start();
     let (server, dir) = Server::start(&[("KILN_GITHUB__PR_POLL_MS", "200")]);
     let admin = server.client();
-    let (token, _) = org_with_token(&admin, "acme").await;
+    let token = org_with_token(&admin, "acme").await;
     let (bare, _work) = bare_origin(dir.path());
     admin.add_repo("acme", &bare).await;
     gh.add_repo("acme/app", &bare);
@@ -156,9 +154,7 @@ async fn in_a_browser_the_pull_request_pane_opens_a_pr_and_shows_its_checks_and_
     assert_eq!(r.status, 200, "{r:?}");
     let r = admin.put("/v1/organizations/acme/repos/origin/settings", json!({"github": "acme/app"})).await;
     assert_eq!(r.status, 200, "{r:?}");
-    let task = admin.create_task_with("acme", json!({"repo": "origin", "title": "Add the feature flag", "description": "Add the feature flag"})).await;
-    let id = task["id"].as_str().unwrap().to_string();
-    admin.wait_status("acme", &id, "running").await;
+    let id = running_task(&admin, "acme", json!({"repo": "origin", "title": "Add the feature flag", "description": "Add the feature flag"})).await;
 
     let browser = Browser::start().await;
     sign_in(&browser, &server, &token, "acme").await;

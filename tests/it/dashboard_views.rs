@@ -6,43 +6,12 @@
 
 use std::time::Duration;
 
-use serde_json::{json, Value};
+use serde_json::json;
 
 use crate::browser::Browser;
 use crate::common::{eventually, git_repo, Client, Server};
+use crate::web_support::{assert_no_overflow, org_with_token, raw, session_cookie, sign_in, wait_live};
 use crate::fake_github::FakeGithub;
-
-/// One request with exactly these headers (no token), no redirects followed: (status, body).
-async fn raw(method: &str, url: &str, headers: &[(&str, &str)]) -> (u16, Value, String, String) {
-    let http = awc::Client::builder().disable_redirects().timeout(Duration::from_secs(60)).finish();
-    let mut req = http.request(awc::http::Method::from_bytes(method.as_bytes()).unwrap(), url);
-    for (k, v) in headers {
-        req = req.insert_header((*k, *v));
-    }
-    let mut res = req.send().await.unwrap_or_else(|e| panic!("{method} {url}: {e}"));
-    let bytes = res.body().limit(16 << 20).await.unwrap().to_vec();
-    let set_cookie = res.headers().get("set-cookie").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
-    let text = String::from_utf8_lossy(&bytes).to_string();
-    (res.status().as_u16(), serde_json::from_slice(&bytes).unwrap_or(Value::Null), text, set_cookie)
-}
-
-/// Signs in with a link made by `token` for `org`; answers the `kiln_session=…` cookie.
-async fn session_cookie(server: &Server, token: &str, org: &str) -> String {
-    let r = Client::new(&server.url, Some(token)).post("/v1/dashboard/codes", json!({"organization": org})).await;
-    assert_eq!(r.status, 201, "{r:?}");
-    let path = r.body["path"].as_str().unwrap();
-    let (status, _, _, set) = raw("GET", &format!("{}{path}", server.url), &[("sec-fetch-site", "none")]).await;
-    assert_eq!(status, 303);
-    set.split(';').next().unwrap().to_string()
-}
-
-/// Creates organization `org` with a token; answers its secret.
-async fn org_with_token(admin: &Client, org: &str) -> String {
-    assert_eq!(admin.post("/v1/organizations", json!({"name": org})).await.status, 201);
-    let r = admin.post(&format!("/v1/organizations/{org}/tokens"), json!({"name": "dashboard"})).await;
-    assert_eq!(r.status, 201, "{r:?}");
-    r.body["token"].as_str().unwrap().to_string()
-}
 
 /// The value of one sample of the Prometheus text.
 fn sample(text: &str, series: &str) -> Option<f64> {
@@ -62,17 +31,17 @@ async fn operator_routes_take_the_admin_s_dashboard_session_with_its_csrf_rules_
     // The admin's session: reads need nothing more than the cookie.
     let cookie = session_cookie(&server, &server.token, "acme").await;
     for path in ["/admin/actors", "/admin/pollers", "/metrics"] {
-        let (status, body, _, _) = raw("GET", &format!("{url}{path}"), &[("cookie", &cookie)]).await;
-        assert_eq!(status, 200, "{path}: {body}");
+        let r = raw("GET", &format!("{url}{path}"), &[("cookie", &cookie)], None).await;
+        assert_eq!(r.status, 200, "{path}: {}", r.body);
     }
     // The metric the Admin view's summary reads: every status, zeros included.
-    let (_, _, metrics, _) = raw("GET", &format!("{url}/metrics"), &[("cookie", &cookie)]).await;
+    let metrics = raw("GET", &format!("{url}/metrics"), &[("cookie", &cookie)], None).await.text();
     assert_eq!(sample(&metrics, "kiln_tasks{status=\"running\"}"), Some(1.0), "{metrics}");
     assert_eq!(sample(&metrics, "kiln_tasks{status=\"killed\"}"), Some(0.0), "{metrics}");
     assert!(metrics.contains("# TYPE kiln_tasks gauge"), "{metrics}");
     let id = task["id"].as_str().unwrap();
     assert_eq!(admin.post(&format!("/v1/organizations/acme/tasks/{id}/kill"), json!({})).await.status, 200);
-    let (_, _, metrics, _) = raw("GET", &format!("{url}/metrics"), &[("cookie", &cookie)]).await;
+    let metrics = raw("GET", &format!("{url}/metrics"), &[("cookie", &cookie)], None).await.text();
     assert_eq!(
         (sample(&metrics, "kiln_tasks{status=\"running\"}"), sample(&metrics, "kiln_tasks{status=\"killed\"}")),
         (Some(0.0), Some(1.0)),
@@ -83,29 +52,30 @@ async fn operator_routes_take_the_admin_s_dashboard_session_with_its_csrf_rules_
     let evil = [("cookie", cookie.as_str()), ("origin", "http://evil.example")];
     let cross = [("cookie", cookie.as_str()), ("origin", url.as_str()), ("sec-fetch-site", "cross-site")];
     for headers in [&[("cookie", cookie.as_str())][..], &evil[..], &cross[..]] {
-        let (status, body, _, _) = raw("POST", &format!("{url}/admin/db/backup"), headers).await;
-        assert_eq!((status, body["error"].as_str()), (403, Some("cross_origin_refused")), "{headers:?}");
+        let r = raw("POST", &format!("{url}/admin/db/backup"), headers, None).await;
+        assert_eq!((r.status, r.code()), (403, "cross_origin_refused"), "{headers:?}");
     }
     assert_eq!(backups(), 0, "a refused backup wrote nothing");
     let same = [("cookie", cookie.as_str()), ("origin", url.as_str()), ("sec-fetch-site", "same-origin")];
-    let (status, body, _, _) = raw("POST", &format!("{url}/admin/db/backup"), &same).await;
-    assert_eq!(status, 201, "{body}");
+    let r = raw("POST", &format!("{url}/admin/db/backup"), &same, None).await;
+    assert_eq!(r.status, 201, "{}", r.body);
     assert_eq!(backups(), 1);
     let key = "org/acme/repo/app/branch-sync";
-    let (status, body, _, _) = raw("POST", &format!("{url}/admin/pollers/{key}/poll"), &same).await;
-    assert_eq!((status, body["done"].as_str()), (200, Some("poll")), "{body}");
+    let r = raw("POST", &format!("{url}/admin/pollers/{key}/poll"), &same, None).await;
+    assert_eq!((r.status, r.body["done"].as_str()), (200, Some("poll")), "{}", r.body);
 
     // An organization's session: every operator route refused, changes too.
     let org_cookie = session_cookie(&server, &token, "acme").await;
     for path in ["/admin/actors", "/admin/pollers", "/admin/config", "/metrics", "/v1/organizations/acme/tokens"] {
-        let (status, body, text, _) = raw("GET", &format!("{url}{path}"), &[("cookie", &org_cookie)]).await;
-        assert_eq!((status, body["error"].as_str()), (403, Some("forbidden")), "{path}: {text}");
+        let r = raw("GET", &format!("{url}{path}"), &[("cookie", &org_cookie)], None).await;
+        let text = r.text();
+        assert_eq!((r.status, r.code()), (403, "forbidden"), "{path}: {text}");
         assert!(!text.contains("kiln_tasks") && !text.contains("org/acme"), "{path} leaked data: {text}");
     }
     let org_same = [("cookie", org_cookie.as_str()), ("origin", url.as_str()), ("sec-fetch-site", "same-origin")];
     for path in ["/admin/db/backup".to_string(), format!("/admin/pollers/{key}/stop")] {
-        let (status, body, _, _) = raw("POST", &format!("{url}{path}"), &org_same).await;
-        assert_eq!((status, body["error"].as_str()), (403, Some("forbidden")), "{path}");
+        let r = raw("POST", &format!("{url}{path}"), &org_same, None).await;
+        assert_eq!((r.status, r.code()), (403, "forbidden"), "{path}");
     }
     assert_eq!(backups(), 1);
     let live = admin.get("/admin/pollers").await.body["items"].as_array().unwrap().iter().any(|p| p["key"] == key);
@@ -113,14 +83,6 @@ async fn operator_routes_take_the_admin_s_dashboard_session_with_its_csrf_rules_
 }
 
 // --- In a real browser -------------------------------------------------------
-
-/// Signs `browser` in with a fresh link made with `token` for `org`; waits for the board.
-async fn sign_in(browser: &Browser, server: &Server, token: &str, org: &str) {
-    let r = Client::new(&server.url, Some(token)).post("/v1/dashboard/codes", json!({"organization": org})).await;
-    assert_eq!(r.status, 201, "{r:?}");
-    browser.goto(&format!("{}{}", server.url, r.body["path"].as_str().unwrap())).await;
-    browser.wait_for(".board").await;
-}
 
 /// Screenshots the page at desktop and phone width (`{name}-desktop`, `{name}-phone`),
 /// asserting that nothing scrolls sideways on the phone.
@@ -130,8 +92,7 @@ async fn both_widths(browser: &Browser, name: &str) {
     browser.viewport(390, 844).await;
     browser.eval("window.scrollTo(0, 0)", json!([])).await;
     browser.screenshot(&format!("{name}-phone")).await;
-    let overflow = browser.eval("return document.documentElement.scrollWidth > window.innerWidth", json!([])).await;
-    assert_eq!(overflow, false, "{name} scrolls sideways at phone width");
+    assert_no_overflow(browser, &format!("{name} scrolls sideways at phone width")).await;
     browser.viewport(1280, 800).await;
 }
 
@@ -168,7 +129,7 @@ async fn in_a_browser_a_repository_is_added_with_its_clone_progress_and_its_sett
     // Repositories, from the shell's navigation.
     browser.click("a[data-nav='repos']").await;
     browser.wait_for("tr[data-repo='web.app']").await;
-    browser.until("the stream is live", "return document.getElementById('live')?.textContent === 'Live'", json!([])).await;
+    wait_live(&browser).await;
     browser.type_into("#repo-source", src.to_str().unwrap()).await;
     browser.click("#repo-add-form button[type='submit']").await;
     browser.wait_for("tr[data-repo='big']").await;

@@ -49,6 +49,8 @@ mod sandbox_agent;
 mod sandboxes;
 mod sessions;
 mod single_writer;
+mod suite;
 mod stream;
 mod sync_uncommitted;
 mod terminal_host;
+mod web_support;
