@@ -22,6 +22,8 @@ use crate::db::{queries, DbError};
 use crate::error::{AppError, AppResult};
 use crate::integrations::diff::{self, DiffError, TaskDiff};
 use crate::integrations::git::{self, GitError};
+use crate::actors::task::state::TaskStatus;
+use crate::providers::daytona::provider::RemoteCheckout;
 
 /// At most this many comments in one review.
 pub const MAX_COMMENTS: usize = 100;
@@ -55,7 +57,12 @@ pub async fn diff(kiln: web::Data<Kiln>, caller: Caller, path: web::Path<(String
         .read(move |c| queries::repo_by_id(c, repo_id))
         .await?
         .ok_or_else(|| AppError::not_found("task_not_found", format!("no task `{id}` in `{org}`")))?;
-    let handle = kiln.providers.get(&task.provider)?.handle_for(&org, &repo_name, &task.id, std::path::Path::new(&repo.mirror_path));
+    let provider = kiln.providers.get(&task.provider)?;
+    let handle = provider.handle_for(&org, &repo_name, &task.id, std::path::Path::new(&repo.mirror_path));
+    if !provider.capabilities().local_path {
+        let answer = remote_diff(&kiln, &org, &repo_name, &task, handle).await?;
+        return Ok(HttpResponse::Ok().json(answer));
+    }
     let (worktree, mirror, base) = (handle.path, handle.mirror, task.base_branch.clone());
     let status = task.status.clone();
     let answer = blocking(move || {
@@ -72,6 +79,60 @@ pub async fn diff(kiln: web::Data<Kiln>, caller: Caller, path: web::Path<(String
     })
     .await??;
     Ok(HttpResponse::Ok().json(answer))
+}
+
+/// The largest bundle a remote task's diff brings out of its sandbox.
+const REMOTE_BUNDLE_MAX: u64 = 256 << 20;
+/// How long bringing a remote task's state into the mirror may take.
+const REMOTE_TIME_LIMIT: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// The diff of a task whose checkout is in a remote sandbox (`daytona`): its
+/// state (`HEAD` plus uncommitted work) brought into the mirror as
+/// `diff::remote_state_ref`, then diffed there tree against tree, with the
+/// worktree diff's answer, bounds and truncation. A sandbox stopped while idle
+/// is started again first, as a push does.
+async fn remote_diff(kiln: &Kiln, org: &str, repo: &str, task: &Task, handle: crate::providers::SandboxHandle) -> AppResult<TaskDiff> {
+    let status: TaskStatus = task.status.parse().map_err(AppError::bug)?;
+    let gone = || {
+        AppError::conflict(
+            "no_worktree",
+            format!("the task is {} and has no sandbox now: its branch (and snapshot ref, if any) keep its work", task.status),
+        )
+    };
+    if !status.may_have_sandbox() {
+        return Err(gone());
+    }
+    if matches!(status, TaskStatus::Running | TaskStatus::Idle) {
+        let wake = crate::actors::task::WakeTask { cause: "diff" };
+        // The actor may have stopped for quiet between lookup and send: start it again.
+        match kiln.task(org, repo, &task.id).send(wake.clone()).await {
+            Err(actix::MailboxError::Closed) => kiln.task(org, repo, &task.id).send(wake).await?,
+            other => other?,
+        }?;
+    }
+    let mirror = handle.mirror.clone();
+    let refname = diff::remote_state_ref(&task.id);
+    let bring = async {
+        let checkout = RemoteCheckout::open(kiln.db.clone(), org.to_string(), handle).await?;
+        checkout.bring_state(mirror.clone(), refname, kiln.git_locks.clone(), REMOTE_BUNDLE_MAX).await
+    };
+    let (head, state) = match actix_rt::time::timeout(REMOTE_TIME_LIMIT, bring).await {
+        Err(_) => {
+            return Err(AppError::unavailable(
+                "diff_timeout",
+                format!("the sandbox's changes took longer than {} s to read: the change is too big to show", REMOTE_TIME_LIMIT.as_secs()),
+            ))
+        }
+        Ok(Err(e)) if e.code() == "sandbox_missing" => return Err(gone()),
+        Ok(Err(e)) if e.code() == "snapshot_failed" => return Err(AppError::conflict("diff_failed", e.to_string())),
+        Ok(other) => other?,
+    };
+    let base = task.base_branch.clone();
+    Ok(blocking(move || {
+        let base_ref = git::base_ref(&mirror, &base);
+        Ok::<_, DbError>(diff::commit_diff(&mirror, &base, &base_ref, &head, &state).map_err(diff_error))
+    })
+    .await??)
 }
 
 fn diff_error(err: DiffError) -> AppError {
