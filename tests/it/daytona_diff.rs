@@ -155,3 +155,52 @@ async fn the_diff_of_a_daytona_task_shows_its_committed_and_uncommitted_work_and
     let r = c.get(&url).await;
     assert_eq!((r.status, r.code()), (409, "no_worktree"), "{r:?}");
 }
+
+#[actix_web::test]
+async fn conflict_prediction_counts_the_state_a_diff_brought_in_without_waking_a_stopped_sandbox() {
+    let fake = FakeDaytona::with_timing(fast());
+    let remote = Remote::start();
+    let (server, _dir) = server(&fake, &remote, &[("KILN_REPOS__BRANCH_POLL_MS", "200"), ("KILN_REPOS__FETCH_SECS", "3600")]).await;
+    let c = server.client();
+    let created = c.create_task_with("default", json!({"repo": "app", "description": "Remote edit", "provider": "daytona", "agent": "quick"})).await;
+    let remote_task = created["id"].as_str().unwrap().to_string();
+    c.wait_status("default", &remote_task, "running").await;
+    let id = sandbox_id(&fake, &remote_task).await.expect("the sandbox");
+    let checkout = fake.home(&id).unwrap().join("app");
+    // The sandbox's checkout and a worktree task change README.md's line two,
+    // both uncommitted.
+    std::fs::write(checkout.join("README.md"), "hello\nas the sandbox says\n").unwrap();
+    let local = c.create_task("default", "app", "Local edit").await["id"].as_str().unwrap().to_string();
+    let worktree = c.get(&format!("/v1/organizations/default/tasks/{local}")).await.body["sandbox"]["path"].as_str().unwrap().to_string();
+    std::fs::write(std::path::Path::new(&worktree).join("README.md"), "hello\nas the worktree says\n").unwrap();
+    let conflicts = || async {
+        let r = c.get("/v1/organizations/default/repos/app/conflicts").await;
+        assert_eq!(r.status, 200, "{r:?}");
+        r.body["items"].as_array().cloned().unwrap()
+    };
+
+    // Once a diff has brought the sandbox's work into the mirror, the pair is
+    // predicted to conflict, the sandbox stopped meanwhile and left stopped.
+    let r = c.get(&format!("/v1/organizations/default/tasks/{remote_task}/diff")).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    wait_stopped(&c, &fake, &id, &remote_task).await;
+    let starts = || fake.calls().iter().filter(|c| c.method == "POST" && c.path.ends_with(&format!("/sandbox/{id}/start"))).count();
+    let started_before = starts();
+    let found = eventually(WAIT, "the Daytona task and the worktree task predicted to conflict", || async {
+        let items = conflicts().await;
+        (!items.is_empty()).then_some(items)
+    })
+    .await;
+    let mut pair = [found[0]["task"].as_str().unwrap().to_string(), found[0]["other"].as_str().unwrap().to_string()];
+    pair.sort();
+    let mut expected = [remote_task.clone(), local.clone()];
+    expected.sort();
+    assert_eq!((found.len(), pair, found[0]["files"].clone()), (1, expected, json!(["README.md"])), "{found:?}");
+    assert_eq!(starts(), started_before, "prediction never starts a sandbox");
+    assert_eq!(fake.sandbox_state(&id).as_deref(), Some("stopped"));
+    // The sandbox's state is not the mirror's business once it is killed.
+    let r = c.post(&format!("/v1/organizations/default/tasks/{remote_task}/kill"), json!({})).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let mirror = server.data_dir().join("repos/default/app.git");
+    assert_eq!(git(&mirror, &["for-each-ref", &format!("refs/kiln/diff/{remote_task}")]), "");
+}
