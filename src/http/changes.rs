@@ -42,7 +42,7 @@ pub const MAX_REVIEW: usize = 128 * 1024;
     responses(
         (status = 200, description = "The diff (bounded: see `truncated`, `too_large` and `limits`)", body = TaskDiff),
         (status = 404, description = "Not found:\n- `task_not_found` (also when the organization does not exist)", body = ApiError),
-        (status = 409, description = "Not in this state:\n- `no_worktree`: the task has no worktree now\n- `no_base`: the base branch is gone\n- `no_merge_base`: the branch and its base share no commit\n- `diff_failed`: git failed in the worktree\n- `diff_too_large`: too many files changed to list", body = ApiError),
+        (status = 409, description = "Not in this state:\n- `no_worktree`: the task has no worktree (or Daytona sandbox) now\n- `no_base`: the base branch is gone\n- `no_merge_base`: the branch and its base share no commit\n- `diff_failed`: git failed in the worktree\n- `diff_too_large`: too many files changed to list", body = ApiError),
         (status = 422, description = "Invalid content:\n- `provider_unavailable`: the task's provider is not on this server", body = ApiError),
         (status = 503, description = "Unavailable:\n- `git_missing`\n- `diff_timeout`: git took longer than the time limit", body = ApiError),
     ),

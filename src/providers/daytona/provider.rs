@@ -770,7 +770,15 @@ impl DaytonaProvider {
 /// Makes the sandbox and everything in it, then the agent's terminal.
 async fn provision(db: Db, terminal: TerminalConfig, req: CreateSandbox, handle: SandboxHandle) -> ProviderResult<Created> {
     let (settings, client) = profile(&db, &req.org).await?;
-    let (record, endpoint) = provision_sandbox(&client, &settings, &req, &handle).await?;
+    let (record, endpoint) = match provision_sandbox(&client, &settings, &req, &handle).await {
+        Ok(done) => done,
+        Err(e) => {
+            if e.code() == "daytona_unauthorized" {
+                forget_key_check(&req.org);
+            }
+            return Err(e);
+        }
+    };
     report(&req.progress, "setup", 85, Some(format!("{} setup command(s), then the agent", req.setup.len())));
     let target = remote_target(&endpoint, &record, &req.launch.env);
     let (h, setup, launch) = (handle.clone(), req.setup.clone(), req.launch.clone());
@@ -1175,12 +1183,52 @@ async fn preflight(db: Db, req: Preflight) -> ProviderResult<()> {
     if req.source_kind != "url" {
         return Err(remote_source_required(&req.repo));
     }
-    // One cheap authenticated call: a wrong key is a 4xx now, before anything is made.
+    // One cheap authenticated call: a wrong key is a 4xx now, before anything
+    // is made. A key Daytona took lately is not asked about again (20 creates
+    // at once make one call, not 20); a 401 later forgets it.
+    let checked = key_check(&req.org, &client);
+    if key_checks().lock().ok().and_then(|m| m.get(&checked).copied()).is_some_and(|at| at.elapsed() < KEY_CHECK_TTL) {
+        return Ok(());
+    }
     let probe = BTreeMap::from([(LABEL_ORG.to_string(), req.org.clone()), (LABEL_TASK.to_string(), "-".to_string())]);
     match client.list(&probe).await {
-        Ok(_) => Ok(()),
-        Err(DaytonaError::NotFound(_)) => Ok(()),
-        Err(e) => Err(e.into()),
+        Ok(_) | Err(DaytonaError::NotFound(_)) => {
+            if let Ok(mut m) = key_checks().lock() {
+                m.retain(|_, at| at.elapsed() < KEY_CHECK_TTL);
+                m.insert(checked, Instant::now());
+            }
+            Ok(())
+        }
+        Err(e) => {
+            forget_key_check(&req.org);
+            Err(e.into())
+        }
+    }
+}
+
+/// How long a key Daytona took at create is taken without asking again.
+const KEY_CHECK_TTL: Duration = Duration::from_secs(60);
+
+/// Keys Daytona took at create lately: (organization, API URL, a hash of the
+/// key; never the key) → when.
+type KeyChecks = std::sync::Mutex<std::collections::HashMap<(String, String, u64), Instant>>;
+
+fn key_checks() -> &'static KeyChecks {
+    static CHECKS: std::sync::OnceLock<KeyChecks> = std::sync::OnceLock::new();
+    CHECKS.get_or_init(Default::default)
+}
+
+fn key_check(org: &str, client: &DaytonaClient) -> (String, String, u64) {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    client.key().expose().hash(&mut h);
+    (org.to_string(), client.api_url().to_string(), h.finish())
+}
+
+/// Forgets the organization's checked keys (Daytona refused one).
+fn forget_key_check(org: &str) {
+    if let Ok(mut m) = key_checks().lock() {
+        m.retain(|(o, _, _), _| o != org);
     }
 }
 
