@@ -22,6 +22,8 @@ use crate::db::DbError;
 use crate::error::{AppError, AppResult};
 use crate::integrations::diff::{self, DiffError, TaskDiff};
 use crate::integrations::git::{self, GitError};
+use crate::actors::task::state::TaskStatus;
+use crate::providers::daytona::provider::RemoteCheckout;
 
 /// At most this many comments in one review.
 pub const MAX_COMMENTS: usize = 100;
@@ -40,7 +42,7 @@ pub const MAX_REVIEW: usize = 128 * 1024;
     responses(
         (status = 200, description = "The diff (bounded: see `truncated`, `too_large` and `limits`)", body = TaskDiff),
         (status = 404, description = "Not found:\n- `task_not_found` (also when the organization does not exist)", body = ApiError),
-        (status = 409, description = "Not in this state:\n- `no_worktree`: the task has no worktree now\n- `no_base`: the base branch is gone\n- `no_merge_base`: the branch and its base share no commit\n- `diff_failed`: git failed in the worktree\n- `diff_too_large`: too many files changed to list", body = ApiError),
+        (status = 409, description = "Not in this state:\n- `no_worktree`: the task has no worktree (or Daytona sandbox) now\n- `no_base`: the base branch is gone\n- `no_merge_base`: the branch and its base share no commit\n- `diff_failed`: git failed in the worktree\n- `diff_too_large`: too many files changed to list", body = ApiError),
         (status = 422, description = "Invalid content:\n- `provider_unavailable`: the task's provider is not on this server", body = ApiError),
         (status = 503, description = "Unavailable:\n- `git_missing`\n- `diff_timeout`: git took longer than the time limit", body = ApiError),
     ),
@@ -49,7 +51,12 @@ pub async fn diff(kiln: web::Data<Kiln>, caller: Caller, path: web::Path<(String
     let (org, id) = path.into_inner();
     caller.require_org(&org)?;
     let (task, repo) = task_with_repo_or_404(&kiln, &org, &id).await?;
-    let handle = kiln.providers.get(&task.provider)?.handle_for(&org, &repo.name, &task.id, std::path::Path::new(&repo.mirror_path));
+    let provider = kiln.providers.get(&task.provider)?;
+    let handle = provider.handle_for(&org, &repo.name, &task.id, std::path::Path::new(&repo.mirror_path));
+    if !provider.capabilities().local_path {
+        let answer = remote_diff(&kiln, &org, &repo.name, &task, handle).await?;
+        return Ok(HttpResponse::Ok().json(answer));
+    }
     let (worktree, mirror, base) = (handle.path, handle.mirror, task.base_branch.clone());
     let status = task.status.clone();
     let answer = blocking(move || {
@@ -66,6 +73,60 @@ pub async fn diff(kiln: web::Data<Kiln>, caller: Caller, path: web::Path<(String
     })
     .await??;
     Ok(HttpResponse::Ok().json(answer))
+}
+
+/// The largest bundle a remote task's diff brings out of its sandbox.
+const REMOTE_BUNDLE_MAX: u64 = 256 << 20;
+/// How long bringing a remote task's state into the mirror may take.
+const REMOTE_TIME_LIMIT: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// The diff of a task whose checkout is in a remote sandbox (`daytona`): its
+/// state (`HEAD` plus uncommitted work) brought into the mirror as
+/// `diff::remote_state_ref`, then diffed there tree against tree, with the
+/// worktree diff's answer, bounds and truncation. A sandbox stopped while idle
+/// is started again first, as a push does.
+async fn remote_diff(kiln: &Kiln, org: &str, repo: &str, task: &Task, handle: crate::providers::SandboxHandle) -> AppResult<TaskDiff> {
+    let status: TaskStatus = task.status.parse().map_err(AppError::bug)?;
+    let gone = || {
+        AppError::conflict(
+            "no_worktree",
+            format!("the task is {} and has no sandbox now: its branch (and snapshot ref, if any) keep its work", task.status),
+        )
+    };
+    if !status.may_have_sandbox() {
+        return Err(gone());
+    }
+    if matches!(status, TaskStatus::Running | TaskStatus::Idle) {
+        let wake = crate::actors::task::WakeTask { cause: "diff" };
+        // The actor may have stopped for quiet between lookup and send: start it again.
+        match kiln.task(org, repo, &task.id).send(wake.clone()).await {
+            Err(actix::MailboxError::Closed) => kiln.task(org, repo, &task.id).send(wake).await?,
+            other => other?,
+        }?;
+    }
+    let mirror = handle.mirror.clone();
+    let refname = diff::remote_state_ref(&task.id);
+    let bring = async {
+        let checkout = RemoteCheckout::open(kiln.db.clone(), org.to_string(), handle).await?;
+        checkout.bring_state(mirror.clone(), refname, kiln.git_locks.clone(), REMOTE_BUNDLE_MAX).await
+    };
+    let (head, state) = match actix_rt::time::timeout(REMOTE_TIME_LIMIT, bring).await {
+        Err(_) => {
+            return Err(AppError::unavailable(
+                "diff_timeout",
+                format!("the sandbox's changes took longer than {} s to read: the change is too big to show", REMOTE_TIME_LIMIT.as_secs()),
+            ))
+        }
+        Ok(Err(e)) if e.code() == "sandbox_missing" => return Err(gone()),
+        Ok(Err(e)) if e.code() == "snapshot_failed" => return Err(AppError::conflict("diff_failed", e.to_string())),
+        Ok(other) => other?,
+    };
+    let base = task.base_branch.clone();
+    Ok(blocking(move || {
+        let base_ref = git::base_ref(&mirror, &base);
+        Ok::<_, DbError>(diff::commit_diff(&mirror, &base, &base_ref, &head, &state).map_err(diff_error))
+    })
+    .await??)
 }
 
 fn diff_error(err: DiffError) -> AppError {

@@ -107,8 +107,36 @@ pub struct Candidate {
 pub enum Side {
     /// A worktree on this host, as the branch poller just saw it.
     Worktree { path: PathBuf, seen: WorktreeSeen },
-    /// No worktree here (another provider, or it is gone): the branch head.
+    /// No worktree here (a remote sandbox, or it is gone): its latest state
+    /// the mirror knows ([`remote_states`]).
     Branch { head: String },
+}
+
+/// The latest state the mirror knows of each task in `tasks` (tasks without a
+/// worktree here: a remote sandbox's checkout, read only when Kiln brings it
+/// in, never by waking a sandbox): the state its last diff brought in
+/// ([`super::diff::remote_state_ref`], committed and uncommitted work) when
+/// that still contains its branch head in the mirror (as of its last push,
+/// sync or merge), else that branch head; tasks with neither are left out.
+/// `heads`: the mirror's branch heads by name.
+pub fn remote_states(mirror: &Path, tasks: &[&crate::actors::repository::PlannedTask], heads: &HashMap<&str, &str>) -> HashMap<String, String> {
+    let prefix = super::diff::remote_state_ref("");
+    let listed = git::run(mirror, &["for-each-ref", "--format=%(refname) %(objectname)", &prefix]).unwrap_or_default();
+    let states: HashMap<&str, &str> =
+        listed.lines().filter_map(|l| l.split_once(' ')).filter_map(|(r, sha)| Some((r.strip_prefix(&prefix)?, sha))).collect();
+    let mut out = HashMap::new();
+    for t in tasks {
+        let head = heads.get(t.branch.as_str()).copied();
+        let chosen = match (states.get(t.id.as_str()).copied(), head) {
+            (Some(state), Some(head)) if git::is_ancestor(mirror, head, state).unwrap_or(false) => Some(state),
+            (Some(_), Some(head)) => Some(head),
+            (state, head) => state.or(head),
+        };
+        if let Some(sha) = chosen {
+            out.insert(t.id.clone(), sha.to_string());
+        }
+    }
+    out
 }
 
 /// The other side of a predicted conflict.

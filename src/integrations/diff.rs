@@ -169,20 +169,64 @@ pub enum DiffError {
     TooBig,
 }
 
+/// The mirror's ref that keeps the state a remote task's diff last brought in
+/// (its sandbox's `HEAD` plus uncommitted work as one commit), replaced on each
+/// diff; conflict prediction reads it too.
+pub fn remote_state_ref(task: &str) -> String {
+    format!("refs/kiln/diff/{task}")
+}
+
 /// The diff of the worktree at `worktree` against the merge-base of its `HEAD`
 /// and `base_ref` (a full ref name, see `git::base_ref`).
 pub fn worktree_diff(worktree: &Path, base_branch: &str, base_ref: &str) -> Result<TaskDiff, DiffError> {
     let started = Instant::now();
     let head = git::rev_parse(worktree, "HEAD")?;
-    let base = git::rev_parse(worktree, base_ref).map_err(|_| DiffError::NoBase(base_branch.to_string()))?;
-    let base_commit = match git::run(worktree, &["merge-base", &head, &base]) {
-        Ok(sha) if !sha.is_empty() => sha,
-        Ok(_) | Err(GitError::Failed { .. }) => return Err(DiffError::NoMergeBase(base_branch.to_string())),
-        Err(e) => return Err(e.into()),
-    };
+    let base_commit = merge_base(worktree, &head, base_branch, base_ref)?;
     let index = TempIndex::new(worktree)?;
     index.add_untracked(worktree)?;
-    let summary = index.capture(worktree, &diff_args(&base_commit, &["--raw", "--numstat", "-z"]), started, MAX_SUMMARY_BYTES)?;
+    let command = |args: &[&str]| index.command(worktree, args);
+    diff_between(&command, base_branch, base_commit, head, None, started)
+}
+
+/// The diff of a remote task's state, brought into the repository at `repo`
+/// (the mirror) as the commit `state` (the sandbox's `HEAD`, `head`, plus its
+/// uncommitted work), against the merge-base of `head` and `base_ref`: the same
+/// answer, bounds and truncation as [`worktree_diff`], tree against tree.
+pub fn commit_diff(repo: &Path, base_branch: &str, base_ref: &str, head: &str, state: &str) -> Result<TaskDiff, DiffError> {
+    let started = Instant::now();
+    let head = git::rev_parse(repo, head)?;
+    let state = git::rev_parse(repo, state)?;
+    let base_commit = merge_base(repo, &head, base_branch, base_ref)?;
+    let command = |args: &[&str]| -> Result<std::process::Command, GitError> {
+        let mut cmd = git::git_in(repo)?.0;
+        cmd.arg("--no-optional-locks").args(args);
+        Ok(cmd)
+    };
+    diff_between(&command, base_branch, base_commit, head, Some(&state), started)
+}
+
+/// The merge-base of `head` and the base branch (`base_ref`) in `dir`.
+fn merge_base(dir: &Path, head: &str, base_branch: &str, base_ref: &str) -> Result<String, DiffError> {
+    let base = git::rev_parse(dir, base_ref).map_err(|_| DiffError::NoBase(base_branch.to_string()))?;
+    match git::run(dir, &["merge-base", head, &base]) {
+        Ok(sha) if !sha.is_empty() => Ok(sha),
+        Ok(_) | Err(GitError::Failed { .. }) => Err(DiffError::NoMergeBase(base_branch.to_string())),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Both diff runs against `base_commit`, through `command` (git in the
+/// worktree with its scratch index, or in the mirror): the working tree, or
+/// the commit `to` when given.
+fn diff_between(
+    command: &dyn Fn(&[&str]) -> Result<std::process::Command, GitError>,
+    base_branch: &str,
+    base_commit: String,
+    head: String,
+    to: Option<&str>,
+    started: Instant,
+) -> Result<TaskDiff, DiffError> {
+    let summary = capture(command, &diff_args(&base_commit, to, &["--raw", "--numstat", "-z"]), started, MAX_SUMMARY_BYTES)?;
     let mut files = parse_summary(&summary);
     let omitted_files = files.len().saturating_sub(MAX_FILES);
     files.truncate(MAX_FILES);
@@ -210,8 +254,8 @@ pub fn worktree_diff(worktree: &Path, base_branch: &str, base_ref: &str) -> Resu
     let last_wanted = wanted.iter().rposition(|w| *w);
     let mut reader = PatchReader::new(&mut files, &wanted);
     if let Some(last) = last_wanted {
-        let args = diff_args(&base_commit, &["-p", "-U3", "--src-prefix=a/", "--dst-prefix=b/"]);
-        let complete = index.stream(worktree, &args, started, |line| reader.feed(line, last))?;
+        let args = diff_args(&base_commit, to, &["-p", "-U3", "--src-prefix=a/", "--dst-prefix=b/"]);
+        let complete = stream(command, &args, started, |line| reader.feed(line, last))?;
         if !complete {
             truncated = true;
         }
@@ -232,16 +276,17 @@ pub fn worktree_diff(worktree: &Path, base_branch: &str, base_ref: &str) -> Resu
     })
 }
 
-/// The arguments of both diff runs: the working tree against `base`, with
-/// renames, and nothing a config could swap in (external diff, textconv,
-/// colour, a relative root).
-fn diff_args(base: &str, extra: &[&str]) -> Vec<String> {
+/// The arguments of both diff runs: the working tree (or the commit `to`)
+/// against `base`, with renames, and nothing a config could swap in (external
+/// diff, textconv, colour, a relative root).
+fn diff_args(base: &str, to: Option<&str>, extra: &[&str]) -> Vec<String> {
     let mut args: Vec<String> = ["diff", "-M", "--no-color", "--no-ext-diff", "--no-textconv", "--no-relative", "--submodule=short"]
         .into_iter()
         .map(String::from)
         .collect();
     args.extend(extra.iter().map(|s| s.to_string()));
     args.push(base.to_string());
+    args.extend(to.map(String::from));
     args.push("--".into());
     args
 }
@@ -288,91 +333,100 @@ impl TempIndex {
             Err(git::failure(args.first().copied().unwrap_or(""), out.status, &out.stderr, &out.stdout).into())
         }
     }
+}
 
-    /// Runs git and answers its whole stdout; `TooBig` past `max` bytes.
-    fn capture(&self, worktree: &Path, args: &[String], started: Instant, max: usize) -> Result<Vec<u8>, DiffError> {
-        let mut out = Vec::new();
-        let complete = self.stream(worktree, args, started, |line| {
-            out.extend_from_slice(line);
-            out.len() <= max
-        })?;
-        if !complete {
-            return Err(DiffError::TooBig);
-        }
-        Ok(out)
+/// Runs git and answers its whole stdout; `TooBig` past `max` bytes.
+fn capture(
+    command: &dyn Fn(&[&str]) -> Result<std::process::Command, GitError>,
+    args: &[String],
+    started: Instant,
+    max: usize,
+) -> Result<Vec<u8>, DiffError> {
+    let mut out = Vec::new();
+    let complete = stream(command, args, started, |line| {
+        out.extend_from_slice(line);
+        out.len() <= max
+    })?;
+    if !complete {
+        return Err(DiffError::TooBig);
     }
+    Ok(out)
+}
 
-    /// Runs git, handing `each` its stdout a line at a time (with the newline;
-    /// NUL-separated output comes as one piece) until `each` answers `false`,
-    /// which stops git. Answers whether git's whole output was read.
-    fn stream(&self, worktree: &Path, args: &[String], started: Instant, mut each: impl FnMut(&[u8]) -> bool) -> Result<bool, DiffError> {
-        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-        let mut child = self
-            .command(worktree, &refs)?
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(git::spawn_error)?;
-        let pid = child.id() as libc::pid_t;
-        let stdout = child.stdout.take().ok_or_else(|| GitError::Io(std::io::Error::other("no stdout")))?;
-        let mut stderr = child.stderr.take().ok_or_else(|| GitError::Io(std::io::Error::other("no stderr")))?;
-        let err_reader = std::thread::spawn(move || {
-            let mut buf = Vec::new();
-            let _ = (&mut stderr).take(64 * 1024).read_to_end(&mut buf);
-            buf
-        });
-        // The watchdog kills git at the deadline. The child is reaped only
-        // after the watchdog is told to stand down, so its pid cannot have been
-        // reused when it fires.
-        let remaining = TIME_LIMIT.saturating_sub(started.elapsed());
-        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
-        let watchdog = std::thread::spawn(move || {
-            if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = done_rx.recv_timeout(remaining) {
-                // SAFETY: `pid` is our unreaped child (see above).
-                unsafe { libc::kill(pid, libc::SIGKILL) };
-                return true;
-            }
-            false
-        });
-        let mut reader = BufReader::with_capacity(64 * 1024, stdout);
-        let mut line = Vec::with_capacity(256);
-        let mut complete = true;
-        loop {
-            line.clear();
-            match reader.read_until(b'\n', &mut line) {
-                Ok(0) => break,
-                Ok(_) => {
-                    if !each(&line) {
-                        complete = false;
-                        break;
-                    }
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    let _ = done_tx.send(());
-                    let _ = watchdog.join();
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    return Err(GitError::Io(e).into());
+/// Runs git, handing `each` its stdout a line at a time (with the newline;
+/// NUL-separated output comes as one piece) until `each` answers `false`,
+/// which stops git. Answers whether git's whole output was read.
+fn stream(
+    command: &dyn Fn(&[&str]) -> Result<std::process::Command, GitError>,
+    args: &[String],
+    started: Instant,
+    mut each: impl FnMut(&[u8]) -> bool,
+) -> Result<bool, DiffError> {
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut child = command(&refs)?
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(git::spawn_error)?;
+    let pid = child.id() as libc::pid_t;
+    let stdout = child.stdout.take().ok_or_else(|| GitError::Io(std::io::Error::other("no stdout")))?;
+    let mut stderr = child.stderr.take().ok_or_else(|| GitError::Io(std::io::Error::other("no stderr")))?;
+    let err_reader = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = (&mut stderr).take(64 * 1024).read_to_end(&mut buf);
+        buf
+    });
+    // The watchdog kills git at the deadline. The child is reaped only
+    // after the watchdog is told to stand down, so its pid cannot have been
+    // reused when it fires.
+    let remaining = TIME_LIMIT.saturating_sub(started.elapsed());
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let watchdog = std::thread::spawn(move || {
+        if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = done_rx.recv_timeout(remaining) {
+            // SAFETY: `pid` is our unreaped child (see above).
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            return true;
+        }
+        false
+    });
+    let mut reader = BufReader::with_capacity(64 * 1024, stdout);
+    let mut line = Vec::with_capacity(256);
+    let mut complete = true;
+    loop {
+        line.clear();
+        match reader.read_until(b'\n', &mut line) {
+            Ok(0) => break,
+            Ok(_) => {
+                if !each(&line) {
+                    complete = false;
+                    break;
                 }
             }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                let _ = done_tx.send(());
+                let _ = watchdog.join();
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(GitError::Io(e).into());
+            }
         }
-        if !complete {
-            let _ = child.kill();
-        }
-        drop(reader);
-        let _ = done_tx.send(());
-        let timed_out = watchdog.join().unwrap_or(false);
-        let status = child.wait().map_err(GitError::Io)?;
-        let err = err_reader.join().unwrap_or_default();
-        if timed_out {
-            return Err(DiffError::TimedOut);
-        }
-        if complete && !status.success() {
-            return Err(git::failure(refs.first().copied().unwrap_or(""), status, &err, &[]).into());
-        }
-        Ok(complete)
     }
+    if !complete {
+        let _ = child.kill();
+    }
+    drop(reader);
+    let _ = done_tx.send(());
+    let timed_out = watchdog.join().unwrap_or(false);
+    let status = child.wait().map_err(GitError::Io)?;
+    let err = err_reader.join().unwrap_or_default();
+    if timed_out {
+        return Err(DiffError::TimedOut);
+    }
+    if complete && !status.success() {
+        return Err(git::failure(refs.first().copied().unwrap_or(""), status, &err, &[]).into());
+    }
+    Ok(complete)
 }
 
 impl Drop for TempIndex {

@@ -26,6 +26,8 @@ mod dashboard_reactions;
 mod dashboard_views;
 mod daytona_autostop;
 mod daytona_client;
+mod daytona_diff;
+mod daytona_keycheck;
 mod daytona_many;
 mod daytona_profile;
 mod daytona_provider;

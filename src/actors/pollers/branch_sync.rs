@@ -17,7 +17,7 @@ use actix::prelude::*;
 
 use crate::actors::history::NewEvent;
 use crate::actors::registry::ActorMeta;
-use crate::actors::repository::{BranchObservation, BranchesObserved, ConflictsObserved, PlanBranchPoll};
+use crate::actors::repository::{BranchObservation, BranchesObserved, ConflictsObserved, PlanBranchPoll, PlannedTask};
 use crate::actors::Kiln;
 use crate::db::pool::blocking;
 use crate::error::AppError;
@@ -67,7 +67,8 @@ impl BranchSyncPoller {
             let (mirror, default_branch, worktrees) = (plan.mirror.clone(), plan.default_branch.clone(), plan.worktrees.clone());
             // A fetch writes the mirror's refs: it waits for the tasks' git work.
             let git_lock = if fetch_due { Some(kiln.lock_git(&plan.mirror.to_string_lossy()).await) } else { None };
-            let (seen, fetch_error) = blocking(move || Ok(observe(&mirror, &default_branch, &worktrees, fetch_due, &origin)))
+            let tasks = plan.tasks.clone();
+            let (seen, fetch_error) = blocking(move || Ok(observe(&mirror, &default_branch, &worktrees, fetch_due, &origin, &tasks)))
                 .await?
                 .map_err(|e: git::GitError| AppError::BadGateway { code: "git_failed", message: e.message() })?;
             drop(git_lock);
@@ -83,7 +84,7 @@ impl BranchSyncPoller {
                 let data = serde_json::json!({"code": code, "error": message});
                 kiln.emit_one(&org, NewEvent::new("repo.fetch_refused", data).repo(&repo)).await?;
             }
-            let Observed { branches, worktrees } = seen;
+            let Observed { branches, worktrees, remote } = seen;
             let heads: std::collections::HashMap<String, String> = branches.iter().map(|b| (b.name.clone(), b.head.clone())).collect();
             kiln.repository(&org, &repo).send(BranchesObserved { branches }).await??;
             if plan.predict_conflicts {
@@ -93,7 +94,7 @@ impl BranchSyncPoller {
                     .filter_map(|t| {
                         let side = match worktrees.get(&t.id) {
                             Some(seen) => Side::Worktree { path: plan.worktrees.join(&t.id), seen: seen.clone() },
-                            None => Side::Branch { head: heads.get(&t.branch)?.clone() },
+                            None => Side::Branch { head: remote.get(&t.id)?.clone() },
                         };
                         Some(Candidate { task: t.id.clone(), base_branch: t.base_branch.clone(), side })
                     })
@@ -150,6 +151,9 @@ impl BranchSyncPoller {
 struct Observed {
     branches: Vec<BranchObservation>,
     worktrees: std::collections::HashMap<String, WorktreeSeen>,
+    /// Each task without a worktree here (a remote sandbox): its latest state
+    /// the mirror knows (see `conflicts::remote_state`).
+    remote: std::collections::HashMap<String, String>,
 }
 
 /// Reads branch heads, ahead/behind and the task worktrees (fetching first when
@@ -161,6 +165,7 @@ fn observe(
     worktrees: &Path,
     fetch: bool,
     origin: &git::Origin,
+    tasks: &[PlannedTask],
 ) -> Result<(Observed, Option<git::GitError>), git::GitError> {
     let mut fetch_error = None;
     if fetch {
@@ -189,7 +194,10 @@ fn observe(
         let (ahead, behind) = if name == default_branch { (0, 0) } else { git::ahead_behind(mirror, &base, &name).unwrap_or((0, 0)) };
         out.push(BranchObservation { dirty_files: dirty.get(&name).copied(), name, head, ahead, behind });
     }
-    Ok((Observed { branches: out, worktrees: seen }, fetch_error))
+    let heads: std::collections::HashMap<&str, &str> = out.iter().map(|b| (b.name.as_str(), b.head.as_str())).collect();
+    let away: Vec<&PlannedTask> = tasks.iter().filter(|t| !seen.contains_key(&t.id)).collect();
+    let remote = if away.is_empty() { Default::default() } else { conflicts::remote_states(mirror, &away, &heads) };
+    Ok((Observed { branches: out, worktrees: seen, remote }, fetch_error))
 }
 
 poller_controls!(BranchSyncPoller, "branch_sync", |_this| (None, None));

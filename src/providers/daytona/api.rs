@@ -457,6 +457,11 @@ impl DaytonaClient {
         &self.api_url
     }
 
+    /// The key this client sends.
+    pub fn key(&self) -> &ApiKey {
+        &self.key
+    }
+
     /// Creates a sandbox; it is usually `creating`: see [`Self::wait_until_started`].
     /// A sandbox that fails at once is `daytona_sandbox_failed` with Daytona's reason.
     pub async fn create(&self, req: &CreateSandboxRequest) -> DaytonaResult<Sandbox> {

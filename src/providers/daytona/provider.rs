@@ -453,28 +453,43 @@ if [ -n "$(git for-each-ref --count=1 --contains "$snap" refs/remotes/origin)" ]
     match last.split_whitespace().collect::<Vec<_>>().as_slice() {
         ["none", _] => Ok(None),
         ["save", commit] => {
-            bring_to_mirror(client, tb, record, "refs/kiln/snapshot", commit, mirror, refname, Some(locks)).await?;
+            bring_to_mirror(client, tb, record, commit, mirror, refname, Some(locks)).await?;
             Ok(Some(Saved { commit: commit.to_string() }))
         }
         _ => Err(command_failed("saving the sandbox's work", 0, &out)),
     }
 }
 
-/// Makes `refname` in the mirror point at `commit`, which the sandbox's
-/// `sandbox_ref` names: when the mirror lacks it, `git bundle create` in the
-/// sandbox (only what origin lacks, else the whole history), read out through
-/// the toolbox, `git bundle unbundle` into the mirror. Takes the mirror's lock
-/// from `locks`; `None` when the caller holds it already (the git lifecycle).
-#[allow(clippy::too_many_arguments)]
+/// Makes `refname` in the mirror point at `commit`, a commit of the sandbox's
+/// checkout: when the mirror lacks it, `git bundle create` in the sandbox (only
+/// what origin lacks, else the whole history), read out through the toolbox,
+/// `git bundle unbundle` into the mirror. The bundle's ref and file in the
+/// sandbox are named for this call alone, so calls at once (a diff beside a
+/// push) never read each other's. Takes the mirror's lock from `locks`; `None`
+/// when the caller holds it already (the git lifecycle).
 async fn bring_to_mirror(
     client: &DaytonaClient,
     tb: &Toolbox,
     record: &SandboxRecord,
-    sandbox_ref: &str,
     commit: &str,
     mirror: &Path,
     refname: &str,
     locks: Option<&MirrorLocks>,
+) -> ProviderResult<()> {
+    bring_to_mirror_within(client, tb, record, commit, mirror, refname, locks, BUNDLE_MAX).await
+}
+
+/// [`bring_to_mirror`], refusing a bundle over `max` bytes.
+#[allow(clippy::too_many_arguments)]
+async fn bring_to_mirror_within(
+    client: &DaytonaClient,
+    tb: &Toolbox,
+    record: &SandboxRecord,
+    commit: &str,
+    mirror: &Path,
+    refname: &str,
+    locks: Option<&MirrorLocks>,
+    max: u64,
 ) -> ProviderResult<()> {
     let stored = |e: git::GitError| AppError::invalid("snapshot_failed", format!("the sandbox's work could not be stored in the mirror: {}", e.message()));
     let (m, c) = (mirror.to_path_buf(), commit.to_string());
@@ -482,28 +497,36 @@ async fn bring_to_mirror(
     if !present {
         let script = r#"cd "$KILN_CHECKOUT"
 mkdir -p "$HOME/.kiln"
-rm -f "$HOME/.kiln/out.bundle"
-if [ "${KILN_FULL:-}" = 1 ]; then git bundle create --quiet "$HOME/.kiln/out.bundle" "$KILN_REF"
-else git bundle create --quiet "$HOME/.kiln/out.bundle" "$KILN_REF" --not --remotes=origin; fi
-echo "bundle $(wc -c < "$HOME/.kiln/out.bundle")""#;
+out="$HOME/.kiln/$KILN_NONCE.bundle"
+ref="refs/kiln/bundle/$KILN_NONCE"
+trap 'git update-ref -d "$ref" 2>/dev/null || true' EXIT
+# Bundles of calls that ended early (Kiln stopped meanwhile).
+find "$HOME/.kiln" -maxdepth 1 -name '*.bundle' -mmin +60 -delete 2>/dev/null || true
+git update-ref "$ref" "$KILN_COMMIT"
+if [ "${KILN_FULL:-}" = 1 ]; then git bundle create --quiet "$out" "$ref"
+else git bundle create --quiet "$out" "$ref" --not --remotes=origin; fi
+echo "bundle $(wc -c < "$out")""#;
+        let nonce = crate::util::random_hex(12);
+        let file = format!("$HOME/.kiln/{nonce}.bundle");
         let mut imported = false;
         for full in [false, true] {
             let mut envs = BTreeMap::from([
                 ("KILN_CHECKOUT".to_string(), record.checkout.clone()),
-                ("KILN_REF".to_string(), sandbox_ref.to_string()),
+                ("KILN_COMMIT".to_string(), commit.to_string()),
+                ("KILN_NONCE".to_string(), nonce.clone()),
             ]);
             if full {
                 envs.insert("KILN_FULL".into(), "1".into());
             }
             let out = run(client, tb, "bundling the sandbox's work", script, envs, SHORT * 5).await?;
             let size = out.lines().rev().find_map(|l| l.strip_prefix("bundle ")).and_then(|n| n.trim().parse::<u64>().ok()).unwrap_or(0);
-            if size == 0 || size > BUNDLE_MAX {
+            if size == 0 || size > max {
                 return Err(AppError::invalid(
                     "snapshot_failed",
-                    format!("the bundle of the sandbox's work is {size} bytes (at most {BUNDLE_MAX} are brought out)"),
+                    format!("the bundle of the sandbox's work is {size} bytes (at most {max} are brought out)"),
                 ));
             }
-            let bytes = read_file(client, tb, "$HOME/.kiln/out.bundle", size).await?;
+            let bytes = read_file(client, tb, &file, size).await?;
             let m = mirror.to_path_buf();
             let _git = match locks {
                 Some(locks) => Some(locks.lock(&m).await),
@@ -531,13 +554,18 @@ echo "bundle $(wc -c < "$HOME/.kiln/out.bundle")""#;
     blocking(move || Ok(git::run(&m, &["update-ref", &r, &c]))).await?.map(drop).map_err(stored)
 }
 
-/// Reads a file of `size` bytes out of the sandbox, in base64 pieces.
+/// Reads a file of `size` bytes out of the sandbox, in base64 pieces, and
+/// removes it with the last one.
 async fn read_file(client: &DaytonaClient, tb: &Toolbox, path: &str, size: u64) -> ProviderResult<Vec<u8>> {
     use base64::Engine;
     let mut bytes = Vec::with_capacity(size as usize);
     let mut offset = 0u64;
     while offset < size {
-        let script = format!("tail -c +{} \"{path}\" | head -c {BUNDLE_CHUNK} | base64 -w0", offset + 1);
+        let last = offset + BUNDLE_CHUNK >= size;
+        let mut script = format!("tail -c +{} \"{path}\" | head -c {BUNDLE_CHUNK} | base64 -w0", offset + 1);
+        if last {
+            script.push_str(&format!("\nrm -f \"{path}\""));
+        }
         let out = run(client, tb, "reading the saved work", &script, BTreeMap::new(), SHORT * 2).await?;
         let piece = base64::engine::general_purpose::STANDARD
             .decode(out.trim())
@@ -627,8 +655,49 @@ echo "head $(git rev-parse HEAD)""#;
             let head = out.lines().rev().find_map(|l| l.strip_prefix("head ")).map(str::to_string).ok_or_else(|| command_failed("reading the task's branch", 0, &out))?;
             let refname = format!("refs/heads/{branch}");
             // The git lifecycle holds the mirror's lock for the whole action.
-            bring_to_mirror(&me.client, &me.tb, &me.record, "refs/kiln/export", &head, &mirror, &refname, None).await?;
+            bring_to_mirror(&me.client, &me.tb, &me.record, &head, &mirror, &refname, None).await?;
             Ok(head)
+        })
+        .await
+    }
+
+    /// Brings the checkout's current state into the mirror as `refname` (for
+    /// the diff): its `HEAD` and, when anything is uncommitted (staged,
+    /// unstaged, untracked; not ignored), a commit of it all on `HEAD`, made
+    /// with a scratch index named for this call (the checkout and its index are
+    /// untouched) and dated as `HEAD`, so the same work makes the same commit
+    /// and a second look brings nothing new. A bundle larger than `max` bytes
+    /// is refused (`snapshot_failed`). Answers `(head, state)`.
+    pub async fn bring_state(&self, mirror: PathBuf, refname: String, locks: MirrorLocks, max: u64) -> ProviderResult<(String, String)> {
+        let me = self.clone();
+        local(move || async move {
+            let envs = BTreeMap::from([
+                ("KILN_CHECKOUT".to_string(), me.record.checkout.clone()),
+                ("KILN_NONCE".to_string(), crate::util::random_hex(12)),
+                ("KILN_MESSAGE".to_string(), "kiln: uncommitted work (diff)".to_string()),
+            ]);
+            let script = r#"cd "$KILN_CHECKOUT"
+mkdir -p "$HOME/.kiln"
+idx="$HOME/.kiln/$KILN_NONCE.index"
+trap 'rm -f "$idx" "$idx.lock"' EXIT
+find "$HOME/.kiln" -maxdepth 1 -name '*.index' -mmin +60 -delete 2>/dev/null || true
+head=$(git rev-parse --verify HEAD)
+real=$(git rev-parse --path-format=absolute --git-path index)
+if [ -f "$real" ] && [ ! -L "$real" ]; then cp "$real" "$idx"; else GIT_INDEX_FILE="$idx" git read-tree "$head"; fi
+GIT_INDEX_FILE="$idx" git add --all -- .
+tree=$(GIT_INDEX_FILE="$idx" git write-tree)
+if [ "$tree" = "$(git rev-parse "$head^{tree}")" ]; then state=$head
+else
+  when="@$(git log -1 --format=%ct "$head") +0000"
+  state=$(GIT_AUTHOR_NAME=Kiln GIT_AUTHOR_EMAIL=kiln@localhost GIT_COMMITTER_NAME=Kiln GIT_COMMITTER_EMAIL=kiln@localhost \
+    GIT_AUTHOR_DATE="$when" GIT_COMMITTER_DATE="$when" git commit-tree "$tree" -p "$head" -m "$KILN_MESSAGE")
+fi
+echo "state $head $state""#;
+            let out = run(&me.client, &me.tb, "reading the sandbox's changes", script, envs, SHORT).await?;
+            let fields: Vec<&str> = out.lines().rev().find_map(|l| l.strip_prefix("state ")).unwrap_or_default().split_whitespace().collect();
+            let [head, state] = fields.as_slice() else { return Err(command_failed("reading the sandbox's changes", 0, &out)) };
+            bring_to_mirror_within(&me.client, &me.tb, &me.record, state, &mirror, &refname, Some(&locks), max).await?;
+            Ok((head.to_string(), state.to_string()))
         })
         .await
     }
@@ -701,7 +770,15 @@ impl DaytonaProvider {
 /// Makes the sandbox and everything in it, then the agent's terminal.
 async fn provision(db: Db, terminal: TerminalConfig, req: CreateSandbox, handle: SandboxHandle) -> ProviderResult<Created> {
     let (settings, client) = profile(&db, &req.org).await?;
-    let (record, endpoint) = provision_sandbox(&client, &settings, &req, &handle).await?;
+    let (record, endpoint) = match provision_sandbox(&client, &settings, &req, &handle).await {
+        Ok(done) => done,
+        Err(e) => {
+            if e.code() == "daytona_unauthorized" {
+                forget_key_check(&req.org);
+            }
+            return Err(e);
+        }
+    };
     report(&req.progress, "setup", 85, Some(format!("{} setup command(s), then the agent", req.setup.len())));
     let target = remote_target(&endpoint, &record, &req.launch.env);
     let (h, setup, launch) = (handle.clone(), req.setup.clone(), req.launch.clone());
@@ -867,6 +944,10 @@ pub async fn destroy_sandbox(client: &DaytonaClient, locks: &MirrorLocks, req: D
     }
     let dir = req.handle.state_dir.clone();
     let _ = blocking(move || Ok(std::fs::remove_file(dir.join(STATE_FILE)))).await;
+    // The state the last diff brought in is the snapshot's business now.
+    let (m, r) = (req.handle.mirror.clone(), crate::integrations::diff::remote_state_ref(&task));
+    let _git = locks.lock(&m).await;
+    let _ = blocking(move || Ok(git::run(&m, &["update-ref", "-d", &r]))).await;
     Ok(Destroyed { snapshot, stop: AgentStop { ms: started.elapsed().as_millis() as u64, ..stop } })
 }
 
@@ -1102,12 +1183,52 @@ async fn preflight(db: Db, req: Preflight) -> ProviderResult<()> {
     if req.source_kind != "url" {
         return Err(remote_source_required(&req.repo));
     }
-    // One cheap authenticated call: a wrong key is a 4xx now, before anything is made.
+    // One cheap authenticated call: a wrong key is a 4xx now, before anything
+    // is made. A key Daytona took lately is not asked about again (20 creates
+    // at once make one call, not 20); a 401 later forgets it.
+    let checked = key_check(&req.org, &client);
+    if key_checks().lock().ok().and_then(|m| m.get(&checked).copied()).is_some_and(|at| at.elapsed() < KEY_CHECK_TTL) {
+        return Ok(());
+    }
     let probe = BTreeMap::from([(LABEL_ORG.to_string(), req.org.clone()), (LABEL_TASK.to_string(), "-".to_string())]);
     match client.list(&probe).await {
-        Ok(_) => Ok(()),
-        Err(DaytonaError::NotFound(_)) => Ok(()),
-        Err(e) => Err(e.into()),
+        Ok(_) | Err(DaytonaError::NotFound(_)) => {
+            if let Ok(mut m) = key_checks().lock() {
+                m.retain(|_, at| at.elapsed() < KEY_CHECK_TTL);
+                m.insert(checked, Instant::now());
+            }
+            Ok(())
+        }
+        Err(e) => {
+            forget_key_check(&req.org);
+            Err(e.into())
+        }
+    }
+}
+
+/// How long a key Daytona took at create is taken without asking again.
+const KEY_CHECK_TTL: Duration = Duration::from_secs(60);
+
+/// Keys Daytona took at create lately: (organization, API URL, a hash of the
+/// key; never the key) → when.
+type KeyChecks = std::sync::Mutex<std::collections::HashMap<(String, String, u64), Instant>>;
+
+fn key_checks() -> &'static KeyChecks {
+    static CHECKS: std::sync::OnceLock<KeyChecks> = std::sync::OnceLock::new();
+    CHECKS.get_or_init(Default::default)
+}
+
+fn key_check(org: &str, client: &DaytonaClient) -> (String, String, u64) {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    client.key().expose().hash(&mut h);
+    (org.to_string(), client.api_url().to_string(), h.finish())
+}
+
+/// Forgets the organization's checked keys (Daytona refused one).
+fn forget_key_check(org: &str) {
+    if let Ok(mut m) = key_checks().lock() {
+        m.retain(|(o, _, _), _| o != org);
     }
 }
 
