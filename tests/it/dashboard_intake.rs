@@ -81,7 +81,7 @@ async fn in_a_browser_issue_intake_is_switched_labelled_given_an_agent_and_bound
     assert!(refused.as_str().unwrap().contains("issues.label"), "{refused}");
     assert_eq!(browser.eval("return document.activeElement.id", json!([])).await, "issues-label", "focus on the label");
     let settings = admin.get("/v1/organizations/default/repos/app").await.body["settings"].clone();
-    assert_eq!(settings, json!({}), "nothing was saved: {settings}");
+    assert_eq!(settings["issues"], json!({"enabled": false, "label": "kiln", "agent": null, "max_active": 5}), "nothing was saved: {settings}");
 
     browser.eval(&js_set("issues-label", "Kiln-Tasks"), json!([])).await;
     browser.click(SUBMIT).await;
