@@ -21,10 +21,11 @@ use crate::actors::repository::issues::{wanted, IssueSeen};
 use crate::actors::repository::{IntakeIssues, IssuePlan, PlanIssuePoll};
 use crate::actors::task::ReportPrToIssue;
 use crate::actors::Kiln;
-use crate::integrations::github::{query_value, GitHub, GitHubError};
+use crate::integrations::github::{query_value, GitHub};
 use crate::util::now_ms;
 
 use super::pr_sync::PollCost;
+use super::{rate_limit_backoff, PollError};
 
 /// Responses kept for conditional requests: URL → (etag, body, next page).
 type Cache = HashMap<String, (String, Value, Option<String>)>;
@@ -135,7 +136,7 @@ impl IssueIntakePoller {
                 }
                 Err(PollError::RateLimited(wait)) => {
                     act.failures += 1;
-                    let backoff = wait.max(Duration::from_secs(1)) * 2u32.saturating_pow(act.failures - 1).min(16);
+                    let backoff = rate_limit_backoff(wait, act.failures);
                     act.paused_until = now_ms() + backoff.as_millis() as i64;
                     act.last_error = Some(format!("rate limited; paused for {} s", backoff.as_secs()));
                 }
@@ -148,31 +149,6 @@ impl IssueIntakePoller {
     }
 }
 
-enum PollError {
-    RateLimited(Duration),
-    Other(String),
-}
-
-impl From<crate::error::AppError> for PollError {
-    fn from(e: crate::error::AppError) -> Self {
-        PollError::Other(e.to_string())
-    }
-}
-
-impl From<actix::MailboxError> for PollError {
-    fn from(e: actix::MailboxError) -> Self {
-        PollError::Other(e.to_string())
-    }
-}
-
-impl From<GitHubError> for PollError {
-    fn from(e: GitHubError) -> Self {
-        match e {
-            GitHubError::RateLimited { retry_after } => PollError::RateLimited(retry_after),
-            other => PollError::Other(other.to_string()),
-        }
-    }
-}
 
 /// Every page of open issues with `label`, oldest first, each page asked
 /// conditionally: a 304 answers the cached page and costs no rate limit.

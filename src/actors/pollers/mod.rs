@@ -83,6 +83,40 @@ pub mod task_status;
 use actix::prelude::*;
 use serde::Serialize;
 
+/// Why a GitHub poller's cycle failed: rate limited (pause for at least this
+/// long), or anything else (said in `last_error`, tried again next cycle).
+pub enum PollError {
+    RateLimited(std::time::Duration),
+    Other(String),
+}
+
+impl From<crate::error::AppError> for PollError {
+    fn from(e: crate::error::AppError) -> Self {
+        PollError::Other(e.to_string())
+    }
+}
+
+impl From<actix::MailboxError> for PollError {
+    fn from(e: actix::MailboxError) -> Self {
+        PollError::Other(e.to_string())
+    }
+}
+
+impl From<crate::integrations::github::GitHubError> for PollError {
+    fn from(e: crate::integrations::github::GitHubError) -> Self {
+        match e {
+            crate::integrations::github::GitHubError::RateLimited { retry_after } => PollError::RateLimited(retry_after),
+            other => PollError::Other(other.to_string()),
+        }
+    }
+}
+
+/// How long a GitHub poller pauses after its `failures`-th rate limit in a row:
+/// GitHub's wait (at least 1 s), doubled for each failure before, at most 16 times.
+pub fn rate_limit_backoff(wait: std::time::Duration, failures: u32) -> std::time::Duration {
+    wait.max(std::time::Duration::from_secs(1)) * 2u32.saturating_pow(failures.saturating_sub(1)).min(16)
+}
+
 /// Polls at once, without waiting for the timer.
 #[derive(Message, Clone)]
 #[rtype(result = "()")]

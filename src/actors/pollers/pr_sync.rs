@@ -20,9 +20,10 @@ use crate::actors::registry::ActorMeta;
 use crate::actors::repository::{PlanPrPoll, PrObservation, PrPlan, PullRequestsObserved};
 use crate::actors::task::git_ops::pull_row;
 use crate::actors::Kiln;
-use crate::error::AppError;
 use crate::integrations::github::{checks_of, combine_ci, review_decision, GitHub, GitHubError};
 use crate::util::now_ms;
+
+use super::{rate_limit_backoff, PollError};
 
 /// Responses kept for conditional requests: URL → (etag, body, next page).
 type Cache = HashMap<String, (String, Value, Option<String>)>;
@@ -110,7 +111,7 @@ impl PrSyncPoller {
                 Ok(None) => ctx.stop(),
                 Err(PollError::RateLimited(wait)) => {
                     act.failures += 1;
-                    let backoff = wait.max(Duration::from_secs(1)) * 2u32.saturating_pow(act.failures - 1).min(16);
+                    let backoff = rate_limit_backoff(wait, act.failures);
                     act.paused_until = now_ms() + backoff.as_millis() as i64;
                     act.last_error = Some(format!("rate limited; paused for {} s", backoff.as_secs()));
                 }
@@ -120,31 +121,6 @@ impl PrSyncPoller {
     }
 }
 
-enum PollError {
-    RateLimited(Duration),
-    Other(String),
-}
-
-impl From<AppError> for PollError {
-    fn from(e: AppError) -> Self {
-        PollError::Other(e.to_string())
-    }
-}
-
-impl From<actix::MailboxError> for PollError {
-    fn from(e: actix::MailboxError) -> Self {
-        PollError::Other(e.to_string())
-    }
-}
-
-impl From<GitHubError> for PollError {
-    fn from(e: GitHubError) -> Self {
-        match e {
-            GitHubError::RateLimited { retry_after } => PollError::RateLimited(retry_after),
-            other => PollError::Other(other.to_string()),
-        }
-    }
-}
 
 /// A conditional GET: a 304 answers the cached body.
 async fn get(

@@ -561,6 +561,15 @@ impl Handler<ConflictsObserved> for RepositoryActor {
     }
 }
 
+/// The repository's row and its GitHub client, for a poller's plan; `None` when
+/// the repository is gone or has no GitHub repository or token.
+async fn repo_with_github(kiln: &Kiln, org: &str, name: &str) -> AppResult<Option<(crate::db::models::Repo, crate::integrations::github::GitHub)>> {
+    let (o, n) = (org.to_string(), name.to_string());
+    let Some(repo) = kiln.db.read(move |c| queries::repo_by_name(c, &o, &n)).await? else { return Ok(None) };
+    let Ok(Some((github, _))) = crate::actors::task::git_ops::github_client(kiln, org, &repo).await else { return Ok(None) };
+    Ok(Some((repo, github)))
+}
+
 impl Handler<PlanPrPoll> for RepositoryActor {
     type Result = ResponseFuture<AppResult<Option<PrPlan>>>;
 
@@ -568,9 +577,7 @@ impl Handler<PlanPrPoll> for RepositoryActor {
         self.meta.touch();
         let (kiln, org, name) = (self.kiln.clone(), self.org.clone(), self.repo.clone());
         Box::pin(async move {
-            let (o, n) = (org.clone(), name.clone());
-            let Some(repo) = kiln.db.read(move |c| queries::repo_by_name(c, &o, &n)).await? else { return Ok(None) };
-            let Ok(Some((github, _))) = crate::actors::task::git_ops::github_client(&kiln, &org, &repo).await else { return Ok(None) };
+            let Some((repo, github)) = repo_with_github(&kiln, &org, &name).await? else { return Ok(None) };
             let repo_id = repo.id;
             let task_branches = kiln.db.read(move |c| queries::active_task_branches(c, repo_id)).await?.into_iter().map(|(_, b, _)| b).collect();
             let reactions = repo.settings().reactions;
@@ -587,9 +594,7 @@ impl Handler<PlanIssuePoll> for RepositoryActor {
         self.meta.touch();
         let (kiln, org, name) = (self.kiln.clone(), self.org.clone(), self.repo.clone());
         Box::pin(async move {
-            let (o, n) = (org.clone(), name.clone());
-            let Some(repo) = kiln.db.read(move |c| queries::repo_by_name(c, &o, &n)).await? else { return Ok(None) };
-            let Ok(Some((github, _))) = crate::actors::task::git_ops::github_client(&kiln, &org, &repo).await else { return Ok(None) };
+            let Some((repo, github)) = repo_with_github(&kiln, &org, &name).await? else { return Ok(None) };
             let settings = repo.settings().issues;
             let repo_id = repo.id;
             let unreported = kiln.db.read(move |c| queries::unreported_issue_tasks(c, repo_id)).await?;
