@@ -148,6 +148,7 @@ pub async fn get_provider(
     request_body = dto::PutProviderProfile,
     responses(
         (status = 200, description = "The stored profile", body = ProviderProfileView),
+        (status = 403, description = "Forbidden:\n- `provider_host_refused`: an organization's token set an `api_url` on a loopback, link-local or private address", body = ApiError),
         (status = 404, description = "Not found:\n- `organization_not_found`\n- `provider_not_found`", body = ApiError),
         (status = 422, description = "Invalid content:\n- `invalid_secret`: a value that is not a string or null, or a name that is not an environment variable name\n- `invalid_provider_config`: settings the provider does not take (`worktree` takes none; `daytona`'s are checked, see docs/providers.md)", body = ApiError),
     ),
@@ -180,6 +181,9 @@ pub async fn put_provider(
         ));
     }
     let config = crate::providers::validate_profile(&kiln.providers, &provider, body.config)?;
+    if matches!(caller, Caller::Organization(_)) {
+        api_url_host_policy(&kiln, &provider, &config).await?;
+    }
     for (key, value) in &body.secrets {
         crate::providers::validate_secret(&provider, key, value)?;
     }
@@ -196,6 +200,27 @@ pub async fn put_provider(
         }
     }
     Ok(HttpResponse::Ok().json(view))
+}
+
+/// An organization's token may not point a provider's `api_url` (GitHub's or
+/// Daytona's) at this server's own networks: Kiln would send requests there
+/// (and, for GitHub, hand what a job-log download answers to the agent). The
+/// same policy as for its repositories' source URLs (`repos.deny_private_hosts`,
+/// `repos.allowed_hosts`); the admin may set any URL (a GitHub Enterprise or a
+/// Daytona on the private network).
+async fn api_url_host_policy(kiln: &Kiln, provider: &str, config: &serde_json::Map<String, serde_json::Value>) -> AppResult<()> {
+    let Some(url) = config.get("api_url").and_then(|u| u.as_str()).map(str::to_string) else { return Ok(()) };
+    let cfg = kiln.config.repos.clone();
+    let checked = crate::db::pool::blocking(move || Ok(crate::actors::repository::hosts::check(&cfg, &url))).await?;
+    match checked {
+        Err(crate::actors::repository::hosts::Refusal::Private { host, addr }) => Err(AppError::denied(
+            "provider_host_refused",
+            format!(
+                "the {provider} api_url's host `{host}` is {addr}, a loopback, link-local or private address: an organization's token may only point it at public hosts (the admin may set it, or allow the host with repos.allowed_hosts)"
+            ),
+        )),
+        _ => Ok(()),
+    }
 }
 
 fn known_provider(provider: &str) -> AppResult<()> {

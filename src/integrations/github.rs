@@ -205,6 +205,24 @@ impl GitHub {
                 if !(target.starts_with("https://") || target.starts_with("http://")) {
                     return Err(GitHubError::Http { status, message: "the log's redirect has no http(s) location".into() });
                 }
+                // Where the API sends Kiln is not trusted as the API is: a host
+                // other than the API's own must be a public one (what it answers
+                // goes to the agent).
+                use crate::actors::repository::hosts;
+                let host_of = |u: &str| hosts::target(u).map(|t| t.host.to_ascii_lowercase());
+                if host_of(&target) != host_of(&self.api) {
+                    let t = target.clone();
+                    let checked = actix_web::rt::task::spawn_blocking(move || hosts::check_with(true, &[], &t).map(|_| ()))
+                        .await
+                        .map_err(|e| GitHubError::Transport(e.to_string()))?;
+                    if let Err(refusal) = checked {
+                        let why = match refusal {
+                            hosts::Refusal::Private { host, addr } => format!("`{host}` is {addr}, a private address"),
+                            hosts::Refusal::Unresolved { host, error } => format!("`{host}` does not resolve: {error}"),
+                        };
+                        return Err(GitHubError::Http { status, message: format!("the log's redirect was not followed: {why}") });
+                    }
+                }
                 client
                     .get(&target)
                     .insert_header(("User-Agent", concat!("kiln/", env!("CARGO_PKG_VERSION"))))

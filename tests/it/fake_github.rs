@@ -1544,6 +1544,8 @@ struct Actions {
     logs: HashMap<(String, u64), String>,
     /// Signed blob name → log, handed out by a 302.
     blobs: HashMap<String, String>,
+    /// Where the 302 points instead of the fake's own base URL (a storage host).
+    blob_base: Option<String>,
 }
 
 impl Actions {
@@ -1554,6 +1556,7 @@ impl Actions {
         let Some(log) = id.parse::<u64>().ok().and_then(|id| self.logs.get(&(repo.to_string(), id))) else { return not_found() };
         let blob = format!("{}?sig={}", hex::encode(rand::random::<[u8; 8]>()), hex::encode(rand::random::<[u8; 16]>()));
         self.blobs.insert(blob.split('?').next().unwrap_or_default().to_string(), log.clone());
+        let base = self.blob_base.as_deref().unwrap_or(base);
         Answer { status: 302, body: None, headers: vec![("location", format!("{base}/_blobs/{blob}"))] }
     }
 
@@ -1587,6 +1590,12 @@ impl FakeGithub {
         });
         self.state().actions.logs.insert((full_name.to_string(), id), log.to_string());
         id
+    }
+
+    /// Makes the job-log 302 point at `base` (e.g. the fake under another host
+    /// name) instead of the fake's own URL.
+    pub fn set_blob_base(&self, base: Option<&str>) {
+        self.state().actions.blob_base = base.map(str::to_string);
     }
 
     /// Whether the token may read Actions (`actions:read`); on by default.

@@ -561,3 +561,30 @@ async fn an_organization_s_source_url_may_not_reach_the_server_s_own_addresses()
     // What the admin registered is still fetched.
     assert!(!events.iter().any(|e| e["kind"] == "repo.fetch_refused" && e["repo"] == "admins"), "{events:?}");
 }
+
+/// An organization's token may not point GitHub's or Daytona's `api_url` at the
+/// server's own networks either (Kiln would send requests there, with the
+/// organization's key); the admin may (a GitHub Enterprise on the private
+/// network), and the operator can allow a host.
+#[actix_web::test]
+async fn an_organization_s_provider_api_url_may_not_reach_the_server_s_own_addresses() {
+    let allowed = ("KILN_REPOS__ALLOWED_HOSTS", r#"["127.0.0.9"]"#);
+    let (_server, admin, _beta, alpha, _dir) = two_tenants(&[allowed]).await;
+    for (provider, url) in [
+        ("github", "http://127.0.0.1:7420"),
+        ("github", "http://169.254.169.254/latest/meta-data"),
+        ("github", "https://[::1]/api/v3"),
+        ("daytona", "http://10.0.0.1/api"),
+        ("daytona", "http://localhost:3000/api"),
+    ] {
+        let r = alpha.put(&format!("/v1/organizations/alpha/providers/{provider}"), json!({"config": {"api_url": url}})).await;
+        assert_eq!((r.status, r.code()), (403, "provider_host_refused"), "{provider} {url}: {r:?}");
+        let shown = alpha.get(&format!("/v1/organizations/alpha/providers/{provider}")).await;
+        assert_ne!(shown.body["config"]["api_url"], url, "nothing stored: {shown:?}");
+    }
+    // A host the operator allows, and anything the admin sets.
+    let r = alpha.put("/v1/organizations/alpha/providers/github", json!({"config": {"api_url": "http://127.0.0.9:1"}})).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let r = admin.put("/v1/organizations/alpha/providers/github", json!({"config": {"api_url": "http://127.0.0.1:1"}})).await;
+    assert_eq!(r.status, 200, "{r:?}");
+}

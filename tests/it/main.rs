@@ -33,6 +33,7 @@ mod daytona_profile;
 mod daytona_provider;
 mod fake_daytona;
 mod fake_github;
+mod github_job_log;
 mod fake_sandbox_agent;
 mod first_polls;
 mod git_http;
