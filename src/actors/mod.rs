@@ -190,17 +190,28 @@ impl Kiln {
         self.registry.get_or_start(format!("{}/branch-sync", registry::repo_key(org, repo)), "poller", move |meta| {
             pollers::branch_sync::BranchSyncPoller::new(kiln, o, r, meta, every)
         });
+        // These two stop themselves when the repository has nothing for them
+        // (not on GitHub, no token, intake off, no PR to report on an issue). One
+        // still running is asked to poll again rather than left alone: it may be
+        // finishing a cycle planned before the change that called this, and
+        // would stop on that stale plan.
         let (kiln, o, r) = (self.clone(), org.to_string(), repo.to_string());
         let every = Duration::from_millis(self.config.github.pr_poll_ms);
-        self.registry.get_or_start(format!("{}/pr-sync", registry::repo_key(org, repo)), "poller", move |meta| {
-            pollers::pr_sync::PrSyncPoller::new(kiln, o, r, meta, every)
-        });
-        // Stops itself at once when the repository has nothing for it (not on
-        // GitHub, intake off, no PR to report on an issue).
+        let key = format!("{}/pr-sync", registry::repo_key(org, repo));
+        match self.registry.get::<pollers::pr_sync::PrSyncPoller>(&key).filter(|p| p.addr.connected()) {
+            Some(p) => p.addr.do_send(pollers::PollNow {}),
+            None => {
+                self.registry.get_or_start(key, "poller", move |meta| pollers::pr_sync::PrSyncPoller::new(kiln, o, r, meta, every));
+            }
+        }
         let (kiln, o, r) = (self.clone(), org.to_string(), repo.to_string());
-        self.registry.get_or_start(format!("{}/issue-intake", registry::repo_key(org, repo)), "poller", move |meta| {
-            pollers::issue_intake::IssueIntakePoller::new(kiln, o, r, meta, every)
-        });
+        let key = format!("{}/issue-intake", registry::repo_key(org, repo));
+        match self.registry.get::<pollers::issue_intake::IssueIntakePoller>(&key).filter(|p| p.addr.connected()) {
+            Some(p) => p.addr.do_send(pollers::PollNow {}),
+            None => {
+                self.registry.get_or_start(key, "poller", move |meta| pollers::issue_intake::IssueIntakePoller::new(kiln, o, r, meta, every));
+            }
+        }
     }
 
     /// Stops a repository's pollers (it was deleted).

@@ -131,7 +131,12 @@ impl IssueIntakePoller {
                     act.failed.extend(failed);
                 }
                 Ok(None) => {
-                    ctx.stop();
+                    // Asked again meanwhile (the settings changed): plan anew first.
+                    if std::mem::take(&mut act.again) {
+                        act.poll(ctx);
+                    } else {
+                        ctx.stop();
+                    }
                     return;
                 }
                 Err(PollError::RateLimited(wait)) => {

@@ -45,6 +45,8 @@ pub struct PrSyncPoller {
     interval: Duration,
     timer: Option<SpawnHandle>,
     busy: bool,
+    /// Asked to poll while a cycle ran: one more cycle follows it.
+    again: bool,
     cache: Option<Cache>,
     paused_until: i64,
     failures: u32,
@@ -64,6 +66,7 @@ impl PrSyncPoller {
             interval,
             timer: None,
             busy: false,
+            again: false,
             cache: Some(HashMap::new()),
             paused_until: 0,
             failures: 0,
@@ -76,7 +79,11 @@ impl PrSyncPoller {
 
 
     fn poll(&mut self, ctx: &mut Context<Self>) {
-        if self.busy || now_ms() < self.paused_until {
+        if self.busy {
+            self.again = true;
+            return;
+        }
+        if now_ms() < self.paused_until {
             return;
         }
         self.busy = true;
@@ -108,7 +115,15 @@ impl PrSyncPoller {
                     act.last_error = None;
                     act.last_cost = cost;
                 }
-                Ok(None) => ctx.stop(),
+                Ok(None) => {
+                    // Asked again meanwhile (a token or setting changed): plan anew first.
+                    if std::mem::take(&mut act.again) {
+                        act.poll(ctx);
+                    } else {
+                        ctx.stop();
+                    }
+                    return;
+                }
                 Err(PollError::RateLimited(wait)) => {
                     act.failures += 1;
                     let backoff = rate_limit_backoff(wait, act.failures);
@@ -116,6 +131,9 @@ impl PrSyncPoller {
                     act.last_error = Some(format!("rate limited; paused for {} s", backoff.as_secs()));
                 }
                 Err(PollError::Other(e)) => act.last_error = Some(e),
+            }
+            if std::mem::take(&mut act.again) {
+                act.poll(ctx);
             }
         }));
     }
