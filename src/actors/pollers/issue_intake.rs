@@ -25,7 +25,7 @@ use crate::integrations::github::{query_value, GitHub};
 use crate::util::now_ms;
 
 use super::pr_sync::PollCost;
-use super::{rate_limit_backoff, PollError};
+use super::{note_failure, PollError};
 
 /// Responses kept for conditional requests: URL → (etag, body, next page).
 type Cache = HashMap<String, (String, Value, Option<String>)>;
@@ -139,13 +139,7 @@ impl IssueIntakePoller {
                     }
                     return;
                 }
-                Err(PollError::RateLimited(wait)) => {
-                    act.failures += 1;
-                    let backoff = rate_limit_backoff(wait, act.failures);
-                    act.paused_until = now_ms() + backoff.as_millis() as i64;
-                    act.last_error = Some(format!("rate limited; paused for {} s", backoff.as_secs()));
-                }
-                Err(PollError::Other(e)) => act.last_error = Some(e),
+                Err(e) => note_failure(e, &mut act.failures, &mut act.paused_until, &mut act.last_error),
             }
             if std::mem::take(&mut act.again) {
                 act.poll(ctx);

@@ -117,6 +117,20 @@ pub fn rate_limit_backoff(wait: std::time::Duration, failures: u32) -> std::time
     wait.max(std::time::Duration::from_secs(1)) * 2u32.saturating_pow(failures.saturating_sub(1)).min(16)
 }
 
+/// A GitHub poller's bookkeeping after a failed cycle: a rate limit pauses it
+/// (backing off), anything else is only said in `last_error`.
+pub fn note_failure(e: PollError, failures: &mut u32, paused_until: &mut i64, last_error: &mut Option<String>) {
+    match e {
+        PollError::RateLimited(wait) => {
+            *failures += 1;
+            let backoff = rate_limit_backoff(wait, *failures);
+            *paused_until = crate::util::now_ms() + backoff.as_millis() as i64;
+            *last_error = Some(format!("rate limited; paused for {} s", backoff.as_secs()));
+        }
+        PollError::Other(e) => *last_error = Some(e),
+    }
+}
+
 /// Polls at once, without waiting for the timer.
 #[derive(Message, Clone)]
 #[rtype(result = "()")]
